@@ -1,0 +1,34 @@
+//! walrcv: a PostgreSQL WAL receiver.
+//!
+//! It streams WAL from a primary over the physical replication protocol, verifies
+//! every record's CRC-32C as it arrives, writes segment files exactly as the
+//! primary has them, and acknowledges only what is durable and verified.
+//!
+//! # Layout
+//!
+//! - [`lsn`]: WAL positions, segment numbers and file names.
+//! - [`conninfo`]: libpq-compatible connection strings, `PG*` environment, `.pgpass`.
+//! - [`pgwire`]: protocol messages (sans-IO) and the async [`pgwire::Connection`].
+//! - [`replication`]: replication commands and the CopyBoth stream payloads.
+//! - [`wal`]: sans-IO WAL decoding: page headers, records, CRC, history files.
+//! - [`archive`]: the archive directory: lock, scan, start point, segment writer.
+//! - [`receiver`]: the streaming session pipeline and its supervisor.
+//! - [`tools`]: offline tools over an archive (`verify`).
+//! - [`cli`]: command-line definitions.
+
+pub mod archive;
+pub mod cli;
+pub mod conninfo;
+pub mod lsn;
+pub mod pgwire;
+pub mod receiver;
+pub mod replication;
+pub mod tools;
+pub mod wal;
+
+/// The newest PostgreSQL major version walrcv supports, reported in the
+/// `pg_receivewal`-compatible `--version` line (Barman parses it).
+pub const NEWEST_SUPPORTED_SERVER: &str = "18.4";
+/// Oldest and newest supported server major versions.
+pub const MIN_SERVER_MAJOR: u32 = 13;
+pub const MAX_SERVER_MAJOR: u32 = 18;

@@ -1,0 +1,1 @@
+//! The streaming session pipeline and its supervisor.

@@ -1,0 +1,1 @@
+//! Replication commands and the CopyBoth stream payloads.

@@ -1,0 +1,3 @@
+//! Offline tools over an archive directory.
+
+pub mod verify;

@@ -1,0 +1,1 @@
+//! `walrcv verify DIR`: checks a whole archive offline.

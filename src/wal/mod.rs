@@ -1,0 +1,11 @@
+//! Sans-IO knowledge of PostgreSQL's WAL format: page headers, records, the
+//! record CRC-32C, and timeline history files. Nothing here touches a file or a
+//! socket: callers feed bytes and get values or errors back.
+//!
+//! See `../shared/reference/wal-format.md` for the layouts this follows.
+
+pub mod history;
+pub mod verifier;
+
+pub use history::{parse_history, HistoryEntry, HistoryError};
+pub use verifier::{Check, Verifier, VerifierConfig, VerifyError};

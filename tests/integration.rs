@@ -1,0 +1,2 @@
+//! Integration tests against real PostgreSQL servers started by the tests.
+mod support;

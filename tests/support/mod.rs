@@ -1,0 +1,1 @@
+//! Starts real PostgreSQL servers for the integration tests.
