@@ -5,6 +5,7 @@
 //! See `../shared/reference/wal-format.md` for the layouts this follows.
 
 pub mod history;
+pub mod page;
 pub mod verifier;
 
 pub use history::{parse_history, HistoryEntry, HistoryError};
