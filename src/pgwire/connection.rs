@@ -1,0 +1,476 @@
+//! The async connection to a server: TCP (with keepalives) or Unix socket,
+//! the startup packet, authentication (trust, cleartext password, MD5,
+//! SCRAM-SHA-256), simple queries, and raw message reads and writes for the
+//! CopyBoth stream.
+//!
+//! Cancellation: [`Connection::read_message`] is cancel-safe (bytes are only
+//! consumed from the read buffer once a whole message is parsed), so it can sit
+//! in a `select!` beside timers. Writes are not: they run to completion.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::backend::{self, AuthRequest, BackendMessage, ProtocolError, ServerMessage};
+use crate::conninfo::{ConnParams, Target};
+
+/// Anything we can speak the protocol over.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Errors of a connection, at connect time or later.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("could not connect to {target}: {source}")]
+    Connect { target: String, source: io::Error },
+    #[error("connection to {target} timed out after {secs} s")]
+    ConnectTimeout { target: String, secs: u64 },
+    #[error("I/O error on the connection to {target}: {source}")]
+    Io { target: String, source: io::Error },
+    #[error("server at {target} closed the connection unexpectedly")]
+    Closed { target: String },
+    #[error("protocol error from {target}: {source}")]
+    Protocol { target: String, source: ProtocolError },
+    #[error("{target}: {message}{}", hint_suffix(.message))]
+    Server { target: String, message: ServerMessage },
+    #[error("{target}: the server asks for a password but none was given (hint: use -W, PGPASSWORD or a password file)")]
+    NoPassword { target: String },
+    #[error("{target}: authentication failed: {what}")]
+    Auth { target: String, what: String },
+    #[error("{target}: unexpected message from the server while {during}: {got}")]
+    Unexpected { target: String, during: &'static str, got: String },
+    #[error("no host to connect to")]
+    NoTarget,
+}
+
+/// walrcv's own hint for server errors whose fix is on the operator's side.
+fn hint_suffix(m: &ServerMessage) -> String {
+    let ours = match m.code.as_str() {
+        "28P01" => Some("check the password given by -W, PGPASSWORD, the connection string or the password file"),
+        "28000" if m.message.contains("pg_hba.conf") => Some(
+            "add a line such as \"host replication ROLE ADDRESS scram-sha-256\" to pg_hba.conf (the database column must be the keyword 'replication') and reload the server",
+        ),
+        "42501" => Some("the role needs the REPLICATION attribute: ALTER ROLE name REPLICATION"),
+        "53300" => Some("all replication connection slots are in use: raise max_wal_senders or stop another client"),
+        _ => None,
+    };
+    match (ours, m.hint.is_some()) {
+        (Some(h), _) => format!(" (walrcv hint: {h})"),
+        (None, _) => String::new(),
+    }
+}
+
+impl PgError {
+    /// The server's SQLSTATE, when the server sent an error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            PgError::Server { message, .. } => Some(message.code.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying cannot help: authentication and authorisation failures.
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            PgError::NoPassword { .. } | PgError::Auth { .. } => true,
+            PgError::Server { message, .. } => {
+                message.code.starts_with("28") || message.code == "42501" || message.code == "3D000"
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Rows of a simple query's (single) result set, in text format.
+#[derive(Debug, Clone, Default)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<Bytes>>>,
+}
+
+impl QueryResult {
+    /// The text value at (row, col), if present and not NULL.
+    pub fn text(&self, row: usize, col: usize) -> Option<String> {
+        let v = self.rows.get(row)?.get(col)?.as_ref()?;
+        Some(String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// What START_REPLICATION answered.
+#[derive(Debug, Clone)]
+pub enum CopyStart {
+    /// The server entered CopyBoth.
+    CopyBoth,
+    /// No copy: the server answered with a result set (the requested point is the
+    /// exact end of a historic timeline), followed by ReadyForQuery.
+    ResultSet(QueryResult),
+}
+
+/// An open, authenticated connection.
+pub struct Connection {
+    stream: Box<dyn Stream>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    target: String,
+    params: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("target", &self.target).finish()
+    }
+}
+
+fn describe(target: &Target) -> String {
+    match target {
+        Target::Tcp { host, hostaddr: Some(addr), port } => format!("\"{host}\" ({addr}), port {port}"),
+        Target::Tcp { host, port, .. } => format!("\"{host}\", port {port}"),
+        Target::Unix { dir, port } => format!("socket \"{}/.s.PGSQL.{port}\"", dir.display()),
+    }
+}
+
+impl Connection {
+    /// Connects to the first target of `params` that accepts us, with
+    /// `replication=true` and the given application name. Authentication
+    /// failures end the attempt at once (other hosts would say the same).
+    pub async fn connect(params: &ConnParams, replication: bool) -> Result<Connection, PgError> {
+        let mut last = PgError::NoTarget;
+        for target in &params.targets {
+            let attempt = Self::connect_one(params, target, replication);
+            let result = match params.connect_timeout {
+                Some(t) => match tokio::time::timeout(t, attempt).await {
+                    Ok(r) => r,
+                    Err(_) => Err(PgError::ConnectTimeout {
+                        target: describe(target),
+                        secs: t.as_secs(),
+                    }),
+                },
+                None => attempt.await,
+            };
+            match result {
+                Ok(c) => return Ok(c),
+                Err(e) if e.is_auth_failure() => return Err(e),
+                Err(e) => {
+                    tracing::debug!("{e}");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn connect_one(params: &ConnParams, target: &Target, replication: bool) -> Result<Connection, PgError> {
+        let desc = describe(target);
+        let connect_err = |source| PgError::Connect {
+            target: desc.clone(),
+            source,
+        };
+        let stream: Box<dyn Stream> = match target {
+            Target::Tcp { host, hostaddr, port } => {
+                let addr = hostaddr.as_deref().unwrap_or(host);
+                let s = tokio::net::TcpStream::connect((addr, *port)).await.map_err(connect_err)?;
+                s.set_nodelay(true).map_err(connect_err)?;
+                if params.keepalives {
+                    let mut ka = socket2::TcpKeepalive::new();
+                    if let Some(d) = params.keepalives_idle {
+                        ka = ka.with_time(d);
+                    }
+                    if let Some(d) = params.keepalives_interval {
+                        ka = ka.with_interval(d);
+                    }
+                    if let Some(n) = params.keepalives_count {
+                        ka = ka.with_retries(n);
+                    }
+                    socket2::SockRef::from(&s).set_tcp_keepalive(&ka).map_err(connect_err)?;
+                }
+                Box::new(s)
+            }
+            Target::Unix { dir, port } => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                Box::new(tokio::net::UnixStream::connect(path).await.map_err(connect_err)?)
+            }
+        };
+        let mut conn = Connection {
+            stream,
+            rbuf: BytesMut::with_capacity(256 * 1024),
+            wbuf: BytesMut::with_capacity(1024),
+            target: desc,
+            params: HashMap::new(),
+        };
+        conn.startup(params, target, replication).await?;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, params: &ConnParams, target: &Target, replication: bool) -> Result<(), PgError> {
+        let mut startup: Vec<(&str, &str)> = vec![
+            ("user", params.user.as_str()),
+            ("database", params.dbname.as_str()),
+            ("application_name", params.application_name.as_str()),
+        ];
+        if replication {
+            startup.push(("replication", "true"));
+        }
+        if let Some(o) = &params.options {
+            startup.push(("options", o.as_str()));
+        }
+        let mut buf = BytesMut::new();
+        frontend::startup_message(startup, &mut buf).map_err(|e| self.io_err(e))?;
+        self.write_all(buf).await?;
+
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            match self.read_message().await? {
+                BackendMessage::Authentication(req) => match req {
+                    AuthRequest::Ok => {}
+                    AuthRequest::Cleartext => {
+                        let pw = self.password(params, target)?;
+                        let mut b = BytesMut::new();
+                        frontend::password_message(pw.as_bytes(), &mut b).map_err(|e| self.io_err(e))?;
+                        self.write_all(b).await?;
+                    }
+                    AuthRequest::Md5 { salt } => {
+                        let pw = self.password(params, target)?;
+                        let hash = md5_hash(params.user.as_bytes(), pw.as_bytes(), salt);
+                        let mut b = BytesMut::new();
+                        frontend::password_message(hash.as_bytes(), &mut b).map_err(|e| self.io_err(e))?;
+                        self.write_all(b).await?;
+                    }
+                    AuthRequest::Sasl { mechanisms } => {
+                        if !mechanisms.iter().any(|m| m == sasl::SCRAM_SHA_256) {
+                            return Err(self.auth_err(format!(
+                                "none of the SASL mechanisms offered ({}) is supported",
+                                mechanisms.join(", ")
+                            )));
+                        }
+                        let pw = self.password(params, target)?;
+                        // Channel binding needs TLS, which walrcv does not speak yet.
+                        let s = sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
+                        let mut b = BytesMut::new();
+                        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut b)
+                            .map_err(|e| self.io_err(e))?;
+                        self.write_all(b).await?;
+                        scram = Some(s);
+                    }
+                    AuthRequest::SaslContinue(data) => {
+                        let s = scram.as_mut().ok_or_else(|| self.unexpected("authenticating", "SASLContinue"))?;
+                        s.update(&data).map_err(|e| PgError::Auth {
+                            target: self.target.clone(),
+                            what: format!("SCRAM exchange failed: {e}"),
+                        })?;
+                        let mut b = BytesMut::new();
+                        frontend::sasl_response(s.message(), &mut b).map_err(|e| self.io_err(e))?;
+                        self.write_all(b).await?;
+                    }
+                    AuthRequest::SaslFinal(data) => {
+                        let s = scram.as_mut().ok_or_else(|| self.unexpected("authenticating", "SASLFinal"))?;
+                        s.finish(&data).map_err(|e| PgError::Auth {
+                            target: self.target.clone(),
+                            what: format!("the server's SCRAM signature is invalid: {e}"),
+                        })?;
+                    }
+                    AuthRequest::Unsupported(code) => {
+                        return Err(self.auth_err(format!("authentication method {code} is not supported")));
+                    }
+                },
+                BackendMessage::BackendKeyData | BackendMessage::NegotiateProtocolVersion => {}
+                BackendMessage::ReadyForQuery => return Ok(()),
+                BackendMessage::Error(message) => {
+                    return Err(PgError::Server {
+                        target: self.target.clone(),
+                        message,
+                    })
+                }
+                other => return Err(self.unexpected("starting up", &format!("{other:?}"))),
+            }
+        }
+    }
+
+    fn password(&self, params: &ConnParams, target: &Target) -> Result<String, PgError> {
+        params.password_for(target).ok_or_else(|| PgError::NoPassword {
+            target: self.target.clone(),
+        })
+    }
+
+    fn io_err(&self, source: io::Error) -> PgError {
+        PgError::Io {
+            target: self.target.clone(),
+            source,
+        }
+    }
+
+    fn auth_err(&self, what: String) -> PgError {
+        PgError::Auth {
+            target: self.target.clone(),
+            what,
+        }
+    }
+
+    fn unexpected(&self, during: &'static str, got: &str) -> PgError {
+        PgError::Unexpected {
+            target: self.target.clone(),
+            during,
+            got: got.chars().take(200).collect(),
+        }
+    }
+
+    /// A human description of the server this connection goes to.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// A ParameterStatus value reported by the server (e.g. `server_version`).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// `server_version_num`-style number derived from `server_version`
+    /// (e.g. "15.18 (Debian...)" → 150018), if the server reported it.
+    pub fn server_version_num(&self) -> Option<u32> {
+        let v = self.parameter("server_version")?;
+        let mut parts = v.split(|c: char| !c.is_ascii_digit());
+        let major: u32 = parts.next()?.parse().ok()?;
+        let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        Some(major * 10000 + minor)
+    }
+
+    async fn write_all(&mut self, buf: BytesMut) -> Result<(), PgError> {
+        let target = &self.target;
+        self.stream.write_all(&buf).await.map_err(|source| PgError::Io {
+            target: target.clone(),
+            source,
+        })?;
+        self.stream.flush().await.map_err(|source| PgError::Io {
+            target: target.clone(),
+            source,
+        })
+    }
+
+    /// Reads the next message, handling ParameterStatus and NoticeResponse
+    /// itself. Cancel-safe.
+    pub async fn read_message(&mut self) -> Result<BackendMessage, PgError> {
+        loop {
+            match backend::parse(&mut self.rbuf) {
+                Ok(Some(BackendMessage::ParameterStatus { name, value })) => {
+                    self.params.insert(name, value);
+                }
+                Ok(Some(BackendMessage::Notice(n))) => {
+                    tracing::info!("server: {n}");
+                }
+                Ok(Some(m)) => return Ok(m),
+                Ok(None) => {
+                    if self.rbuf.capacity() - self.rbuf.len() < 64 * 1024 {
+                        self.rbuf.reserve(256 * 1024);
+                    }
+                    let n = self.stream.read_buf(&mut self.rbuf).await.map_err(|e| self.io_err(e))?;
+                    if n == 0 {
+                        return Err(PgError::Closed {
+                            target: self.target.clone(),
+                        });
+                    }
+                }
+                Err(source) => {
+                    return Err(PgError::Protocol {
+                        target: self.target.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Whether a whole message is already buffered (so a read would not wait).
+    pub fn has_buffered_message(&self) -> bool {
+        if self.rbuf.len() < 5 {
+            return false;
+        }
+        let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
+        self.rbuf.len() > len
+    }
+
+    /// Runs a simple query and collects its result set (replication commands
+    /// return at most one). An ErrorResponse becomes [`PgError::Server`] once the
+    /// server is ready again.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<QueryResult, PgError> {
+        self.send_query(sql).await?;
+        let mut result = QueryResult::default();
+        let mut error = None;
+        loop {
+            match self.read_message().await? {
+                BackendMessage::RowDescription { columns } => result.columns = columns,
+                BackendMessage::DataRow { values } => result.rows.push(values),
+                BackendMessage::CommandComplete { .. } | BackendMessage::EmptyQueryResponse => {}
+                BackendMessage::Error(message) => error = Some(message),
+                BackendMessage::ReadyForQuery => break,
+                other => return Err(self.unexpected("running a command", &format!("{other:?}"))),
+            }
+        }
+        match error {
+            Some(message) => Err(PgError::Server {
+                target: self.target.clone(),
+                message,
+            }),
+            None => Ok(result),
+        }
+    }
+
+    async fn send_query(&mut self, sql: &str) -> Result<(), PgError> {
+        let mut b = BytesMut::new();
+        frontend::query(sql, &mut b).map_err(|e| self.io_err(e))?;
+        self.write_all(b).await
+    }
+
+    /// Sends START_REPLICATION (or any command that may enter CopyBoth) and
+    /// reports whether the server entered CopyBoth or answered with a result set.
+    pub async fn start_copy(&mut self, sql: &str) -> Result<CopyStart, PgError> {
+        self.send_query(sql).await?;
+        let mut result = QueryResult::default();
+        let mut error = None;
+        loop {
+            match self.read_message().await? {
+                BackendMessage::CopyBothResponse if error.is_none() => return Ok(CopyStart::CopyBoth),
+                BackendMessage::RowDescription { columns } => result.columns = columns,
+                BackendMessage::DataRow { values } => result.rows.push(values),
+                BackendMessage::CommandComplete { .. } => {}
+                BackendMessage::Error(message) => error = Some(message),
+                BackendMessage::ReadyForQuery => break,
+                other => return Err(self.unexpected("starting replication", &format!("{other:?}"))),
+            }
+        }
+        match error {
+            Some(message) => Err(PgError::Server {
+                target: self.target.clone(),
+                message,
+            }),
+            None => Ok(CopyStart::ResultSet(result)),
+        }
+    }
+
+    /// Sends one CopyData message.
+    pub async fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), PgError> {
+        let mut b = BytesMut::with_capacity(payload.len() + 5);
+        frontend::CopyData::new(payload)
+            .map_err(|e| self.io_err(e))?
+            .write(&mut b);
+        self.write_all(b).await
+    }
+
+    /// Sends CopyDone.
+    pub async fn send_copy_done(&mut self) -> Result<(), PgError> {
+        let mut b = BytesMut::new();
+        frontend::copy_done(&mut b);
+        self.write_all(b).await
+    }
+
+    /// Sends Terminate and closes the connection (errors ignored: we are leaving).
+    pub async fn close(mut self) {
+        self.wbuf.clear();
+        frontend::terminate(&mut self.wbuf);
+        let b = std::mem::take(&mut self.wbuf);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.write_all(b)).await;
+    }
+}
