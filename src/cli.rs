@@ -1,1 +1,231 @@
-//! Command-line definitions.
+//! Command-line definitions. `walrcv stream` takes pg_receivewal's flags, with
+//! the same meaning; invoked under the name `pg_receivewal` (a symlink), walrcv
+//! parses its arguments as `walrcv stream` and prints a version line that
+//! Barman's version check accepts.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::lsn::Lsn;
+
+#[derive(Debug, Parser)]
+#[command(name = "walrcv", version, about = "PostgreSQL WAL receiver: streams, verifies and archives WAL")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream WAL from a server into an archive directory (pg_receivewal's flags).
+    Stream(StreamArgs),
+}
+
+/// pg_receivewal's options. `-h` is the host, as in pg_receivewal, so help is
+/// `-?`/`--help`.
+#[derive(Debug, Clone, Args, Default)]
+#[command(disable_help_flag = true)]
+pub struct StreamArgs {
+    /// Receive WAL files into this directory (must exist).
+    #[arg(short = 'D', long = "directory", value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+    /// Exit after receiving the specified LSN.
+    #[arg(short = 'E', long = "endpos", value_name = "LSN")]
+    pub endpos: Option<Lsn>,
+    /// Do not error out when --create-slot is given and the slot already exists.
+    #[arg(long = "if-not-exists")]
+    pub if_not_exists: bool,
+    /// Do not loop on connection lost: exit with status 1.
+    #[arg(short = 'n', long = "no-loop")]
+    pub no_loop: bool,
+    /// Do not wait for changes to be written safely to disk (no fsync).
+    #[arg(long = "no-sync")]
+    pub no_sync: bool,
+    /// Time between status packets sent to the server (seconds; 0 = only when
+    /// flushed WAL advances or the server asks).
+    #[arg(short = 's', long = "status-interval", value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(0..=2_147_483))]
+    pub status_interval: u32,
+    /// Replication slot to use.
+    #[arg(short = 'S', long = "slot", value_name = "SLOTNAME")]
+    pub slot: Option<String>,
+    /// Flush WAL to disk and report it at once (walrcv always does).
+    #[arg(long = "synchronous")]
+    pub synchronous: bool,
+    /// Output verbose messages (twice for debug output).
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Compression (not supported yet: only 0 or none are accepted).
+    #[arg(short = 'Z', long = "compress", value_name = "METHOD[:DETAIL]")]
+    pub compress: Option<String>,
+    /// Connection string.
+    #[arg(short = 'd', long = "dbname", value_name = "CONNSTR")]
+    pub dbname: Option<String>,
+    /// Database server host or socket directory.
+    #[arg(short = 'h', long = "host", value_name = "HOSTNAME")]
+    pub host: Option<String>,
+    /// Database server port number.
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    pub port: Option<String>,
+    /// Connect as the specified database user.
+    #[arg(short = 'U', long = "username", value_name = "NAME")]
+    pub username: Option<String>,
+    /// Never prompt for a password.
+    #[arg(short = 'w', long = "no-password")]
+    pub no_password: bool,
+    /// Force a password prompt before connecting.
+    #[arg(short = 'W', long = "password")]
+    pub password: bool,
+    /// Create a new physical replication slot (reserving WAL) and exit.
+    #[arg(long = "create-slot")]
+    pub create_slot: bool,
+    /// Drop the replication slot and exit.
+    #[arg(long = "drop-slot")]
+    pub drop_slot: bool,
+    /// Show this help, then exit.
+    #[arg(short = '?', long = "help", action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// What `stream` will do once its flags are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamAction {
+    Stream,
+    CreateSlot,
+    DropSlot,
+}
+
+impl StreamArgs {
+    /// pg_receivewal's argument rules, plus walrcv's own refusals.
+    pub fn validate(&self) -> Result<StreamAction, String> {
+        if self.create_slot && self.drop_slot {
+            return Err("cannot use --create-slot together with --drop-slot".into());
+        }
+        if (self.create_slot || self.drop_slot) && self.slot.is_none() {
+            return Err(format!(
+                "{} needs a slot to be specified using --slot",
+                if self.create_slot { "--create-slot" } else { "--drop-slot" }
+            ));
+        }
+        if self.synchronous && self.no_sync {
+            return Err("cannot use --synchronous together with --no-sync".into());
+        }
+        if self.no_password && self.password {
+            return Err("cannot use --no-password together with --password".into());
+        }
+        if let Some(z) = &self.compress {
+            let plain = matches!(z.trim(), "0" | "none") || z.trim().starts_with("none:");
+            if !plain {
+                return Err(format!(
+                    "compression \"{z}\" is not supported yet: walrcv writes uncompressed segments (use -Z none, or leave -Z out)"
+                ));
+            }
+        }
+        if self.create_slot {
+            return Ok(StreamAction::CreateSlot);
+        }
+        if self.drop_slot {
+            return Ok(StreamAction::DropSlot);
+        }
+        if self.directory.is_none() {
+            return Err("no target directory specified (use -D/--directory)".into());
+        }
+        Ok(StreamAction::Stream)
+    }
+}
+
+/// pg_receivewal's name: walrcv behaves as `walrcv stream` under it.
+pub const PG_RECEIVEWAL: &str = "pg_receivewal";
+
+/// The arguments under the `pg_receivewal` name: the stream flags at top level.
+#[derive(Debug, Parser)]
+#[command(name = "pg_receivewal", about = "walrcv, invoked as pg_receivewal: streams WAL into a directory")]
+pub struct PgReceivewalCli {
+    #[command(flatten)]
+    pub stream: StreamArgs,
+}
+
+/// `--version` under the pg_receivewal name: `pg_receivewal (walrcv X) 18.4`.
+/// Barman drops the parenthesised part and reads the second token as the
+/// PostgreSQL version, which must be at least the server's.
+pub fn pg_receivewal_version() -> String {
+    format!(
+        "pg_receivewal (walrcv {}) {}",
+        env!("CARGO_PKG_VERSION"),
+        crate::NEWEST_SUPPORTED_SERVER
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(args: &[&str]) -> Result<StreamArgs, clap::Error> {
+        let mut v = vec!["walrcv", "stream"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).map(|c| match c.command {
+            Command::Stream(s) => s,
+        })
+    }
+
+    #[test]
+    fn barman_invocation_parses() {
+        let argv = [
+            "pg_receivewal",
+            "--dbname=application_name=barman_receive_wal dbname=replication host=pg options=-cdatestyle=iso replication=true user=streaming_barman",
+            "--verbose",
+            "--no-loop",
+            "--no-password",
+            "--directory=/var/lib/barman/pg/streaming",
+            "--slot=barman",
+            "--synchronous",
+        ];
+        let a = PgReceivewalCli::try_parse_from(argv).unwrap().stream;
+        assert_eq!(a.validate(), Ok(StreamAction::Stream));
+        assert!(a.no_loop && a.no_password && a.synchronous);
+        assert_eq!(a.verbose, 1);
+        assert_eq!(a.slot.as_deref(), Some("barman"));
+    }
+
+    #[test]
+    fn short_flags_as_pg_receivewal() {
+        let a = stream(&["-D", "/x", "-h", "db", "-p", "5433", "-U", "u", "-E", "0/3000000", "-s", "0", "-n", "-vv"]).unwrap();
+        assert_eq!(a.host.as_deref(), Some("db"));
+        assert_eq!(a.endpos, Some(Lsn(0x300_0000)));
+        assert_eq!(a.status_interval, 0);
+        assert_eq!(a.verbose, 2);
+    }
+
+    #[test]
+    fn rules() {
+        assert!(stream(&["--bogus"]).is_err());
+        assert!(stream(&["-D", "/x", "-E", "nope"]).is_err());
+        assert!(stream(&["-D", "/x", "-s", "-1"]).is_err());
+        assert!(stream(&["-D", "/x", "extra"]).is_err());
+        let v = |a: &[&str]| stream(a).unwrap().validate();
+        assert!(v(&["--create-slot", "--drop-slot", "-S", "s"]).is_err());
+        assert!(v(&["--create-slot"]).is_err());
+        assert_eq!(v(&["--create-slot", "-S", "s"]), Ok(StreamAction::CreateSlot));
+        assert_eq!(v(&["--drop-slot", "-S", "s"]), Ok(StreamAction::DropSlot));
+        assert!(v(&["-D", "/x", "--synchronous", "--no-sync"]).is_err());
+        assert!(v(&[]).is_err());
+        assert!(v(&["-D", "/x", "-Z", "gzip"]).unwrap_err().contains("not supported yet"));
+        assert!(v(&["-D", "/x", "-Z", "5"]).is_err());
+        assert_eq!(v(&["-D", "/x", "-Z", "0"]), Ok(StreamAction::Stream));
+    }
+
+    #[test]
+    fn version_line_is_what_barman_parses() {
+        // Barman: drop parenthesised groups, take the second token, major = before the last dot.
+        let v = pg_receivewal_version();
+        let mut s = v.clone();
+        while let (Some(a), Some(b)) = (s.find('('), s.find(')')) {
+            s.replace_range(a..=b, "");
+        }
+        let tok: Vec<&str> = s.split_whitespace().collect();
+        assert_eq!(tok[0], "pg_receivewal");
+        assert_eq!(tok[1], crate::NEWEST_SUPPORTED_SERVER);
+        assert!(tok[1].rsplit_once('.').is_some());
+    }
+}

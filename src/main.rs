@@ -1,1 +1,148 @@
-fn main() {}
+//! The `walrcv` binary: parse the command line, set up logging and signals,
+//! dispatch, and map results to documented exit codes.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+use walrcv::cli::{self, Cli, Command, PgReceivewalCli, StreamAction, StreamArgs};
+use walrcv::conninfo::{self, Overrides, ProcessEnv};
+use walrcv::receiver::{self, exit, Outcome, ReceiverError, StreamOptions};
+
+fn main() {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let invoked_as = argv
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let code = if invoked_as == cli::PG_RECEIVEWAL {
+        if argv.iter().skip(1).any(|a| a == "-V" || a == "--version") {
+            println!("{}", cli::pg_receivewal_version());
+            std::process::exit(0);
+        }
+        let args = PgReceivewalCli::parse_from(argv).stream;
+        stream_command(args)
+    } else {
+        match Cli::parse_from(argv).command {
+            Command::Stream(args) => stream_command(args),
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("WALRCV_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn stream_command(args: StreamArgs) -> i32 {
+    init_logging(args.verbose);
+    let action = match args.validate() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("walrcv: error: {msg}");
+            eprintln!("Try \"walrcv stream --help\" for more information.");
+            return exit::CONFIG;
+        }
+    };
+    let mut overrides = Overrides {
+        dbname: args.dbname.clone(),
+        host: args.host.clone(),
+        port: args.port.clone(),
+        user: args.username.clone(),
+        password: None,
+    };
+    if args.password {
+        match rpassword::prompt_password("Password: ") {
+            Ok(p) => overrides.password = Some(p),
+            Err(e) => {
+                eprintln!("walrcv: error: could not read the password: {e}");
+                return exit::CONFIG;
+            }
+        }
+    }
+    let conn = match conninfo::resolve(&overrides, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("walrcv: error: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("walrcv: error: could not start the runtime: {e}");
+            return exit::DISCONNECTED;
+        }
+    };
+    let opts = StreamOptions {
+        directory: args.directory.clone().unwrap_or_default(),
+        conn,
+        slot: args.slot.clone(),
+        endpos: args.endpos,
+        no_loop: args.no_loop,
+        sync: !args.no_sync,
+        synchronous: args.synchronous,
+        status_interval: (args.status_interval > 0).then(|| Duration::from_secs(u64::from(args.status_interval))),
+        receive_timeout: Duration::from_secs(60),
+        password_prompt: !args.no_password,
+    };
+    runtime.block_on(async move {
+        let result = match action {
+            StreamAction::CreateSlot => receiver::slots::create(&opts, args.if_not_exists).await.map(|_| None),
+            StreamAction::DropSlot => receiver::slots::drop(&opts).await.map(|_| None),
+            StreamAction::Stream => {
+                let shutdown = signals();
+                receiver::run(opts, shutdown).await.map(Some)
+            }
+        };
+        match result {
+            Ok(Some(Outcome::EndposReached)) => {
+                tracing::info!("end position reached");
+                exit::OK
+            }
+            Ok(_) => exit::OK,
+            Err(e) => report(&e),
+        }
+    })
+}
+
+fn report(e: &ReceiverError) -> i32 {
+    tracing::error!("{e}");
+    // Also on stderr without a log prefix when logging is filtered out.
+    eprintln!("walrcv: error: {e}");
+    e.exit_code()
+}
+
+/// A watch that turns true on SIGINT or SIGTERM.
+fn signals() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            tracing::warn!("could not install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("received a stop signal: finishing the current write, then exiting");
+        let _ = tx.send(true);
+    });
+    rx
+}
