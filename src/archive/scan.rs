@@ -411,3 +411,477 @@ impl Scan {
             .max_by_key(|s| (s.segno, s.timeline, !s.partial))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::page::magic_for_major;
+
+    const SEG: u64 = 1 << 20;
+    const SYSID: u64 = 7_310_415_656_024_096_833;
+
+    fn name(tli: TimeLineId, segno: SegNo) -> String {
+        crate::lsn::wal_file_name(tli, segno, SEG)
+    }
+
+    /// Creates `dir/name` of `size` bytes (sparse: content is zeros).
+    fn touch(dir: &Path, name: &str, size: u64) -> PathBuf {
+        let path = dir.join(name);
+        let f = File::create(&path).unwrap();
+        f.set_len(size).unwrap();
+        path
+    }
+
+    /// A synthetic 40-byte long page header.
+    fn long_header(magic: u16, info: u16, pageaddr: u64, sysid: u64, seg_size: u32) -> [u8; 40] {
+        let mut b = [0u8; 40];
+        b[0..2].copy_from_slice(&magic.to_le_bytes());
+        b[2..4].copy_from_slice(&info.to_le_bytes());
+        b[4..8].copy_from_slice(&1u32.to_le_bytes());
+        b[8..16].copy_from_slice(&pageaddr.to_le_bytes());
+        b[24..32].copy_from_slice(&sysid.to_le_bytes());
+        b[32..36].copy_from_slice(&seg_size.to_le_bytes());
+        b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        b
+    }
+
+    fn good_header(segno: SegNo) -> [u8; 40] {
+        let magic = magic_for_major(17).unwrap();
+        long_header(magic, XLP_LONG_HEADER, segno * SEG, SYSID, SEG as u32)
+    }
+
+    /// Creates a WAL file of `size` bytes whose first bytes are `header`.
+    fn wal_file(dir: &Path, name: &str, size: u64, header: &[u8]) -> PathBuf {
+        let path = touch(dir, name, size);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(header, 0).unwrap();
+        path
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn lock_is_refused_twice_and_released_on_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = ArchiveDir::open(tmp.path()).unwrap();
+        let err = ArchiveDir::open(tmp.path()).unwrap_err();
+        assert!(matches!(err, ArchiveError::Locked { .. }), "{err}");
+        // Same directory through another spelling of its path: still the same inode.
+        let err = ArchiveDir::open(&tmp.path().join(".")).unwrap_err();
+        assert!(matches!(err, ArchiveError::Locked { .. }), "{err}");
+        drop(first);
+        let again = ArchiveDir::open(tmp.path()).unwrap();
+        assert_eq!(again.path(), tmp.path());
+        // No lock file (or anything else) appeared in the directory.
+        assert!(names(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn open_requires_an_existing_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("nope");
+        let err = ArchiveDir::open(&missing).unwrap_err();
+        assert!(matches!(err, ArchiveError::NotADirectory(_)), "{err}");
+        assert!(!missing.exists(), "open must never create the directory");
+        let file = touch(tmp.path(), "file", 0);
+        let err = ArchiveDir::open(&file).unwrap_err();
+        assert!(matches!(err, ArchiveError::NotADirectory(_)), "{err}");
+    }
+
+    #[test]
+    fn open_removes_only_our_stale_temporaries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        touch(d, &format!("{}.partial.tmp", name(1, 3)), 12345);
+        touch(d, "00000002.history.tmp", 10);
+        for keep in [
+            "other.tmp",
+            "000000010000000000000003.tmp",
+            "0000000a.history.tmp",
+            "notes",
+            "00000002.history",
+        ] {
+            touch(d, keep, 1);
+        }
+        let _dir = ArchiveDir::open(d).unwrap();
+        assert_eq!(
+            names(d),
+            [
+                "000000010000000000000003.tmp",
+                "00000002.history",
+                "0000000a.history.tmp",
+                "notes",
+                "other.tmp"
+            ]
+        );
+    }
+
+    #[test]
+    fn scan_recognises_names_sorts_and_ignores_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        touch(d, &name(2, 5), SEG);
+        touch(d, &format!("{}.partial", name(1, 5)), 0);
+        touch(d, &name(1, 5), SEG);
+        touch(d, &format!("{}.partial", name(2, 6)), SEG);
+        touch(d, &name(1, 4), SEG);
+        touch(d, "00000002.history", 40);
+        touch(d, "00000003.history", 40);
+        let ignored = [
+            "000000010000000000000007.gz",
+            "000000010000000000000007.gz.partial",
+            "000000010000000000000007.lz4",
+            "000000010000000000000008.lz4.partial",
+            "00000001000000000000000a",         // lower case
+            "00000001000000000000000a.partial", // lower case
+            "000000010000000000001000",         // segment field out of range for 1 MiB
+            "000000000000000000000001",         // timeline 0
+            "00000001000000000000000",          // 23 characters
+            "0000000a.history",
+            "000000010000000000000002.00000028.backup",
+            "000000010000000000000009.tmp",
+            "random.txt",
+        ];
+        for n in ignored {
+            touch(d, n, 3);
+        }
+        std::fs::create_dir(d.join("subdir")).unwrap();
+        std::fs::create_dir(d.join(name(1, 9))).unwrap(); // a directory with a WAL name
+
+        let dir = ArchiveDir::open(d).unwrap();
+        let scan = dir.scan(SEG).unwrap();
+        let got: Vec<(TimeLineId, SegNo, bool, u64)> = scan
+            .segments
+            .iter()
+            .map(|s| (s.timeline, s.segno, s.partial, s.size))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 4, false, SEG),
+                (1, 5, true, 0),
+                (1, 5, false, SEG),
+                (2, 5, false, SEG),
+                (2, 6, true, SEG)
+            ]
+        );
+        assert_eq!(
+            scan.segments[1].path,
+            d.join(format!("{}.partial", name(1, 5)))
+        );
+        assert_eq!(scan.histories, [2, 3]);
+        assert!(dir.has_history(2) && dir.has_history(3));
+        assert!(!dir.has_history(1) && !dir.has_history(0) && !dir.has_history(10));
+        // Nothing was removed.
+        for n in ignored {
+            assert!(d.join(n).exists(), "{n}");
+        }
+    }
+
+    #[test]
+    fn scan_refuses_wrong_sizes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+
+        let short = touch(tmp.path(), &name(1, 1), SEG - 1);
+        let err = dir.scan(SEG).unwrap_err();
+        match &err {
+            ArchiveError::WrongSize {
+                path,
+                size,
+                expected,
+            } => {
+                assert_eq!((path, *size, *expected), (&short, SEG - 1, SEG));
+            }
+            other => panic!("{other}"),
+        }
+        assert!(
+            err.to_string()
+                .contains(&format!("has {} bytes, should be {SEG};", SEG - 1)),
+            "{err}"
+        );
+        std::fs::remove_file(&short).unwrap();
+
+        let long = touch(tmp.path(), &name(1, 1), SEG + 1);
+        assert!(
+            matches!(dir.scan(SEG), Err(ArchiveError::WrongSize { size, .. }) if size == SEG + 1)
+        );
+        std::fs::remove_file(&long).unwrap();
+
+        let partial = touch(tmp.path(), &format!("{}.partial", name(1, 2)), 8192);
+        let err = dir.scan(SEG).unwrap_err();
+        assert!(
+            matches!(&err, ArchiveError::WrongSize { path, size: 8192, .. } if *path == partial)
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("has 8192 bytes, should be 0 or {SEG}")),
+            "{err}"
+        );
+
+        assert!(matches!(
+            dir.scan(0),
+            Err(ArchiveError::InvalidSegmentSize { size: 0 })
+        ));
+        assert!(matches!(
+            dir.scan(3 << 20),
+            Err(ArchiveError::InvalidSegmentSize { .. })
+        ));
+    }
+
+    fn scan_of(files: &[(TimeLineId, SegNo, bool)]) -> Scan {
+        let segments = files
+            .iter()
+            .map(|&(timeline, segno, partial)| SegmentFile {
+                timeline,
+                segno,
+                partial,
+                size: SEG,
+                path: PathBuf::new(),
+            })
+            .collect();
+        Scan {
+            segments,
+            histories: vec![],
+        }
+    }
+
+    #[test]
+    fn streaming_start_follows_pg_receivewal() {
+        let start = |files: &[(TimeLineId, SegNo, bool)]| scan_of(files).streaming_start(SEG);
+        let at = |segno: u64, timeline| {
+            Some(StartPoint {
+                lsn: Lsn(segno * SEG),
+                timeline,
+            })
+        };
+        // Empty directory: no local start.
+        assert_eq!(start(&[]), None);
+        // Complete: start of the next segment on its timeline.
+        assert_eq!(start(&[(1, 3, false), (1, 4, false)]), at(5, 1));
+        // Partial: start of that segment.
+        assert_eq!(start(&[(1, 4, false), (1, 5, true)]), at(5, 1));
+        // Complete beats partial for the same (segno, tli).
+        assert_eq!(start(&[(1, 5, true), (1, 5, false)]), at(6, 1));
+        // Highest segno wins over highest timeline.
+        assert_eq!(start(&[(2, 4, false), (1, 6, true)]), at(6, 1));
+        // Same segno: highest timeline wins, even a partial over a complete
+        // (timeline switch: old TLI's segment complete, new TLI's in progress).
+        assert_eq!(start(&[(1, 5, false), (2, 5, true)]), at(5, 2));
+        // Old timeline's last segment stays partial; new timeline complete.
+        assert_eq!(start(&[(1, 5, true), (2, 5, false)]), at(6, 2));
+        // Order of the input does not matter.
+        assert_eq!(
+            start(&[(2, 5, false), (1, 5, true), (1, 4, false)]),
+            at(6, 2)
+        );
+        // Segment numbers beyond one xlogid.
+        assert_eq!(start(&[(1, 0x1_0000_0003, false)]), at(0x1_0000_0004, 1));
+    }
+
+    #[test]
+    fn streaming_start_from_a_real_scan_with_a_zero_byte_partial() {
+        // `barman receive-wal --reset` leaves exactly this.
+        let tmp = tempfile::tempdir().unwrap();
+        touch(tmp.path(), &name(1, 7), SEG);
+        touch(tmp.path(), &format!("{}.partial", name(1, 8)), 0);
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let scan = dir.scan(SEG).unwrap();
+        assert_eq!(
+            scan.streaming_start(SEG),
+            Some(StartPoint {
+                lsn: Lsn(8 * SEG),
+                timeline: 1
+            })
+        );
+        assert_eq!(scan.newest().map(|s| s.segno), Some(8));
+    }
+
+    #[test]
+    fn identity_accepts_matching_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        wal_file(d, &name(1, 3), SEG, &good_header(3));
+        wal_file(d, &name(1, 4), SEG, &good_header(4));
+        // Pre-padded partial with nothing written yet, and a zero-byte one.
+        touch(d, &format!("{}.partial", name(1, 5)), SEG);
+        touch(d, &format!("{}.partial", name(2, 5)), 0);
+        let dir = ArchiveDir::open(d).unwrap();
+        let scan = dir.scan(SEG).unwrap();
+        dir.check_identity(&scan, SYSID, SEG).unwrap();
+        // A partial in progress with a header is checked too.
+        wal_file(d, &format!("{}.partial", name(2, 6)), SEG, &good_header(6));
+        dir.check_identity(&dir.scan(SEG).unwrap(), SYSID, SEG)
+            .unwrap();
+        // An empty directory, or one with only header-less partials, is fine.
+        let empty = tempfile::tempdir().unwrap();
+        touch(empty.path(), &format!("{}.partial", name(1, 1)), SEG);
+        let dir = ArchiveDir::open(empty.path()).unwrap();
+        dir.check_identity(&dir.scan(SEG).unwrap(), SYSID, SEG)
+            .unwrap();
+    }
+
+    #[test]
+    fn identity_refuses_another_cluster() {
+        let tmp = tempfile::tempdir().unwrap();
+        let magic = magic_for_major(16).unwrap();
+        let other = wal_file(
+            tmp.path(),
+            &name(1, 3),
+            SEG,
+            &long_header(magic, XLP_LONG_HEADER, 3 * SEG, SYSID + 1, SEG as u32),
+        );
+        // The newest file (a header-less partial) is skipped; the older one is checked.
+        touch(tmp.path(), &format!("{}.partial", name(1, 4)), SEG);
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let err = dir
+            .check_identity(&dir.scan(SEG).unwrap(), SYSID, SEG)
+            .unwrap_err();
+        match err {
+            ArchiveError::OtherCluster {
+                path,
+                found,
+                expected,
+            } => {
+                assert_eq!((path, found, expected), (other, SYSID + 1, SYSID));
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn identity_catches_a_mixed_directory() {
+        // The newest file matches; an older one belongs to another cluster.
+        let tmp = tempfile::tempdir().unwrap();
+        let magic = magic_for_major(15).unwrap();
+        wal_file(
+            tmp.path(),
+            &name(1, 2),
+            SEG,
+            &long_header(magic, XLP_LONG_HEADER, 2 * SEG, 42, SEG as u32),
+        );
+        wal_file(tmp.path(), &name(1, 3), SEG, &good_header(3));
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let err = dir
+            .check_identity(&dir.scan(SEG).unwrap(), SYSID, SEG)
+            .unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::OtherCluster { found: 42, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn identity_refuses_another_segment_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let magic = magic_for_major(17).unwrap();
+        wal_file(
+            tmp.path(),
+            &format!("{}.partial", name(1, 3)),
+            SEG,
+            &long_header(magic, XLP_LONG_HEADER, 3 * SEG, SYSID, 16 << 20),
+        );
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let err = dir
+            .check_identity(&dir.scan(SEG).unwrap(), SYSID, SEG)
+            .unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::SegmentSizeMismatch { found, expected, .. } if found == 16 << 20 && expected == SEG),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn identity_refuses_garbage() {
+        let magic = magic_for_major(17).unwrap();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "text",
+                b"this is not a WAL file, just some text....".to_vec(),
+            ),
+            (
+                "unknown magic",
+                long_header(0xD0FF, XLP_LONG_HEADER, 3 * SEG, SYSID, SEG as u32).to_vec(),
+            ),
+            (
+                "short header",
+                long_header(magic, 0, 3 * SEG, SYSID, SEG as u32).to_vec(),
+            ),
+            (
+                "unknown flags",
+                long_header(magic, XLP_LONG_HEADER | 0x10, 3 * SEG, SYSID, SEG as u32).to_vec(),
+            ),
+            (
+                "wrong page address",
+                long_header(magic, XLP_LONG_HEADER, 4 * SEG, SYSID, SEG as u32).to_vec(),
+            ),
+            ("all zeros (complete file)", vec![0u8; 40]),
+        ];
+        for (what, header) in cases {
+            let tmp = tempfile::tempdir().unwrap();
+            wal_file(tmp.path(), &name(1, 3), SEG, &header);
+            let dir = ArchiveDir::open(tmp.path()).unwrap();
+            let err = dir
+                .check_identity(&dir.scan(SEG).unwrap(), SYSID, SEG)
+                .unwrap_err();
+            assert!(matches!(err, ArchiveError::NotWal { .. }), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn write_history_validates_the_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        for (tli, bad) in [
+            (2, "../x.history"),
+            (2, "../00000002.history"),
+            (2, "00000003.history"),
+            (0x1A, "0000001a.history"),
+            (2, "00000002.history/"),
+            (2, "/tmp/00000002.history"),
+            (2, "00000002.HISTORY"),
+            (2, "00000002.history.tmp"),
+            (2, ""),
+            (0, "00000000.history"),
+        ] {
+            let err = dir.write_history(tli, bad, b"content", true).unwrap_err();
+            assert!(
+                matches!(err, ArchiveError::BadHistoryName { .. }),
+                "{bad}: {err}"
+            );
+        }
+        assert!(names(tmp.path()).is_empty());
+        assert!(!tmp.path().parent().unwrap().join("x.history").exists());
+
+        let content = b"1\t0/5000060\tno recovery target specified\n";
+        dir.write_history(2, "00000002.history", content, true)
+            .unwrap();
+        dir.write_history(0x1A, "0000001A.history", content, false)
+            .unwrap();
+        assert_eq!(names(tmp.path()), ["00000002.history", "0000001A.history"]);
+        assert_eq!(
+            std::fs::read(tmp.path().join("00000002.history")).unwrap(),
+            content
+        );
+        assert!(dir.has_history(2) && dir.has_history(0x1A));
+        assert_eq!(dir.scan(SEG).unwrap().histories, [2, 0x1A]);
+    }
+
+    #[test]
+    fn sync_existing_and_fsync() {
+        let tmp = tempfile::tempdir().unwrap();
+        touch(tmp.path(), &name(1, 1), SEG);
+        touch(tmp.path(), "00000002.history", 10);
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let scan = dir.scan(SEG).unwrap();
+        dir.sync_existing(&scan).unwrap();
+        dir.fsync().unwrap();
+    }
+}

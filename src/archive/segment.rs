@@ -396,3 +396,248 @@ pub(crate) mod failpoints {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const SEG: u64 = 1 << 20;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn seg_name(tli: TimeLineId, segno: SegNo) -> String {
+        wal_file_name(tli, segno, SEG)
+    }
+
+    #[test]
+    fn create_pads_to_full_size_without_leftover_tmp() {
+        for sync in [true, false] {
+            let tmp = tempfile::tempdir().unwrap();
+            let w = SegmentWriter::open(tmp.path(), 1, 3, SEG, sync).unwrap();
+            let partial = tmp.path().join(format!("{}.partial", seg_name(1, 3)));
+            assert_eq!(w.path(), partial);
+            assert_eq!(w.final_path(), tmp.path().join(seg_name(1, 3)));
+            assert_eq!(
+                (w.timeline(), w.segno(), w.segment_size(), w.sync_enabled()),
+                (1, 3, SEG, sync)
+            );
+            assert_eq!(w.start_lsn(), Lsn(3 * SEG));
+            assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 3))]);
+            let meta = std::fs::metadata(&partial).unwrap();
+            assert_eq!(meta.len(), SEG);
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+            // Real zeros were written (not a hole-only sparse file): every block allocated.
+            use std::os::unix::fs::MetadataExt;
+            assert!(meta.blocks() * 512 >= SEG, "blocks {}", meta.blocks());
+            assert!(std::fs::read(&partial).unwrap().iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn write_then_complete_renames() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 2, 0x1_0000_0005, SEG, true).unwrap();
+        let data: Vec<u8> = (0..SEG).map(|i| (i % 251) as u8).collect();
+        // Written in uneven pieces, with a sync in between.
+        w.write_at(0, &data[..1000]).unwrap();
+        w.sync().unwrap();
+        w.write_at(1000, &data[1000..]).unwrap();
+        assert_eq!(w.written(), SEG);
+        let done = w.complete().unwrap();
+        let name = seg_name(2, 0x1_0000_0005);
+        assert_eq!(done, tmp.path().join(&name));
+        assert_eq!(names(tmp.path()), [name]);
+        assert_eq!(std::fs::read(&done).unwrap(), data);
+    }
+
+    #[test]
+    fn complete_without_sync_is_a_plain_rename() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 1, 1, SEG, false).unwrap();
+        w.write_at(0, &vec![7u8; SEG as usize]).unwrap();
+        w.sync().unwrap(); // no-op
+        w.complete().unwrap();
+        assert_eq!(names(tmp.path()), [seg_name(1, 1)]);
+    }
+
+    #[test]
+    fn complete_refuses_an_incomplete_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 1, 1, SEG, true).unwrap();
+        w.write_at(0, &[1u8; 100]).unwrap();
+        // A gap: the bytes after it do not count towards completeness.
+        w.write_at(200, &vec![1u8; (SEG - 200) as usize]).unwrap();
+        assert_eq!(w.written(), 100);
+        let err = w.complete().unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::IncompleteSegment { written: 100, .. }),
+            "{err}"
+        );
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 1))]);
+    }
+
+    #[test]
+    fn close_partial_keeps_the_name_and_reopen_reuses_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 1, 9, SEG, true).unwrap();
+        w.write_at(0, b"first session").unwrap();
+        w.close_partial().unwrap();
+        let partial = tmp.path().join(format!("{}.partial", seg_name(1, 9)));
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 9))]);
+
+        // Reopen: no truncation, no re-padding; old bytes stay until overwritten.
+        let mut w = SegmentWriter::open(tmp.path(), 1, 9, SEG, true).unwrap();
+        let content = std::fs::read(&partial).unwrap();
+        assert_eq!(content.len() as u64, SEG);
+        assert_eq!(&content[..13], b"first session");
+        w.write_at(0, b"second").unwrap();
+        w.close_partial().unwrap();
+        assert_eq!(&std::fs::read(&partial).unwrap()[..13], b"secondsession");
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 9))]);
+    }
+
+    #[test]
+    fn zero_byte_partial_is_replaced_by_a_padded_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let partial = tmp.path().join(format!("{}.partial", seg_name(1, 4)));
+        File::create(&partial).unwrap();
+        let w = SegmentWriter::open(tmp.path(), 1, 4, SEG, true).unwrap();
+        assert_eq!(std::fs::metadata(&partial).unwrap().len(), SEG);
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 4))]);
+        drop(w);
+    }
+
+    #[test]
+    fn wrong_sized_partial_is_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let partial = tmp.path().join(format!("{}.partial", seg_name(1, 4)));
+        std::fs::write(&partial, vec![1u8; 8192]).unwrap();
+        let err = SegmentWriter::open(tmp.path(), 1, 4, SEG, true).unwrap_err();
+        assert!(
+            matches!(&err, ArchiveError::WrongSize { path, size: 8192, .. } if *path == partial),
+            "{err}"
+        );
+        assert!(err.to_string().contains("should be 0 or"), "{err}");
+        assert_eq!(std::fs::read(&partial).unwrap(), vec![1u8; 8192]);
+        assert_eq!(names(tmp.path()).len(), 1);
+    }
+
+    #[test]
+    fn existing_complete_segment_is_not_reopened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let done = tmp.path().join(seg_name(1, 4));
+        std::fs::write(&done, b"x").unwrap();
+        let err = SegmentWriter::open(tmp.path(), 1, 4, SEG, true).unwrap_err();
+        assert!(
+            matches!(&err, ArchiveError::AlreadyComplete { path } if *path == done),
+            "{err}"
+        );
+        assert_eq!(names(tmp.path()), [seg_name(1, 4)]);
+    }
+
+    #[test]
+    fn invalid_arguments_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            SegmentWriter::open(tmp.path(), 1, 1, 0, true),
+            Err(ArchiveError::InvalidSegmentSize { size: 0 })
+        ));
+        assert!(matches!(
+            SegmentWriter::open(tmp.path(), 1, 1, SEG + 1, true),
+            Err(ArchiveError::InvalidSegmentSize { .. })
+        ));
+        assert!(matches!(
+            SegmentWriter::open(tmp.path(), 0, 1, SEG, true),
+            Err(ArchiveError::InvalidTimeline { timeline: 0 })
+        ));
+        assert!(names(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn write_out_of_bounds_is_an_error_not_a_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 1, 1, SEG, false).unwrap();
+        for (offset, len) in [
+            (SEG, 1usize),
+            (SEG - 1, 2),
+            (u64::MAX, 1),
+            (0, SEG as usize + 1),
+        ] {
+            let err = w.write_at(offset, &vec![0u8; len]).unwrap_err();
+            assert!(
+                matches!(err, ArchiveError::OutOfSegment { .. }),
+                "{offset}+{len}: {err}"
+            );
+        }
+        // Not poisoned by a refused request; the last byte is writable.
+        w.write_at(SEG - 1, &[1]).unwrap();
+        w.write_at(SEG, &[]).unwrap();
+        assert!(!w.is_poisoned());
+    }
+
+    #[test]
+    fn fsync_failure_poisons_the_writer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 1, 1, SEG, true).unwrap();
+        w.write_at(0, b"abc").unwrap();
+        failpoints::fail_next_datasync();
+        let err = w.sync().unwrap_err();
+        assert!(matches!(err, ArchiveError::Fsync { .. }), "{err}");
+        assert!(w.is_poisoned());
+        // Never retried: every later call fails without touching the file.
+        assert!(matches!(w.sync(), Err(ArchiveError::Poisoned { .. })));
+        assert!(matches!(
+            w.write_at(3, b"d"),
+            Err(ArchiveError::Poisoned { .. })
+        ));
+        assert!(matches!(
+            w.close_partial(),
+            Err(ArchiveError::Poisoned { .. })
+        ));
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 1))]);
+    }
+
+    #[test]
+    fn fsync_failure_at_completion_keeps_the_partial_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 1, 1, SEG, true).unwrap();
+        w.write_at(0, &vec![5u8; SEG as usize]).unwrap();
+        failpoints::fail_next_datasync();
+        let err = w.complete().unwrap_err();
+        assert!(matches!(err, ArchiveError::Fsync { .. }), "{err}");
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 1))]);
+    }
+
+    #[test]
+    fn padding_failure_leaves_no_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        for at in [0, 512 << 10] {
+            failpoints::fail_padding_at(Some(at));
+            let err = SegmentWriter::open(tmp.path(), 1, 1, 2 * SEG, true).unwrap_err();
+            failpoints::fail_padding_at(None);
+            match &err {
+                ArchiveError::Write { source, .. } => {
+                    assert_eq!(source.raw_os_error(), Some(libc::ENOSPC))
+                }
+                other => panic!("{other}"),
+            }
+            assert!(names(tmp.path()).is_empty(), "{:?}", names(tmp.path()));
+        }
+        // A zero-byte partial from Barman's reset survives a failed padding.
+        let partial = tmp.path().join(format!("{}.partial", seg_name(1, 1)));
+        File::create(&partial).unwrap();
+        failpoints::fail_padding_at(Some(0));
+        assert!(SegmentWriter::open(tmp.path(), 1, 1, SEG, true).is_err());
+        failpoints::fail_padding_at(None);
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 1))]);
+        assert_eq!(std::fs::metadata(&partial).unwrap().len(), 0);
+    }
+}
