@@ -40,7 +40,10 @@ pub fn fsync_dir(dir: &Path) -> Result<(), ArchiveError> {
         // Like PostgreSQL's fsync_fname_ext: some file systems cannot fsync a
         // directory at all (EINVAL/EBADF). That is "unsupported", not "lost data".
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EBADF)) => {
-            tracing::debug!(dir = %dir.display(), error = %e, "directory fsync not supported; ignored");
+            tracing::debug!(
+                dir = %dir.display(), error = %e,
+                "directory fsync not supported; ignored"
+            );
             Ok(())
         }
         Err(source) => Err(ArchiveError::Fsync {
@@ -65,16 +68,12 @@ pub fn durable_rename(from: &Path, to: &Path) -> Result<(), ArchiveError> {
     fsync_dir(&parent_dir(to))
 }
 
-/// A plain rename whose error names both paths (the target is the one reported
-/// as `path`; the message carries the source).
+/// A plain rename (no fsync) whose error names both paths.
 pub(crate) fn rename(from: &Path, to: &Path) -> Result<(), ArchiveError> {
-    std::fs::rename(from, to).map_err(|e| {
-        let msg = format!(
-            "could not rename \"{}\" to \"{}\": {e}",
-            from.display(),
-            to.display()
-        );
-        ArchiveError::io(to, std::io::Error::new(e.kind(), msg))
+    std::fs::rename(from, to).map_err(|source| ArchiveError::Rename {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+        source,
     })
 }
 

@@ -5,6 +5,16 @@
 //! Durability rules (DESIGN.md): a file is renamed only once all its bytes are
 //! fsynced, every rename is followed by an fsync of the directory, and a failed
 //! fsync is never retried on the same descriptor.
+//!
+//! Names: everything written here is a segment name, `NAME.partial`,
+//! `TTTTTTTT.history`, or a temporary ending in `.tmp` (which Barman ignores
+//! and [`ArchiveDir::open`] cleans up); the lock is taken on the directory's
+//! own descriptor, so no lock file ever appears. Names from the server are
+//! validated before use, and nothing is written outside the directory.
+//!
+//! - [`scan`]: [`ArchiveDir`] (lock, scan, start point, identity, history files).
+//! - [`segment`]: [`SegmentWriter`] (one `.partial` from creation to rename).
+//! - [`durable`]: fsync, durable rename, small files through `.tmp`.
 
 pub mod durable;
 pub mod scan;
@@ -67,6 +77,12 @@ pub enum ArchiveError {
     },
     #[error("segment writer for \"{path}\" is poisoned by an earlier fsync or write failure; the session must end")]
     Poisoned { path: PathBuf },
+    #[error("could not rename \"{from}\" to \"{to}\": {source}")]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
     /// [`SegmentWriter::open`] was asked for a segment whose complete file
     /// already exists: streaming must start after it, not rewrite it.
     #[error("WAL file \"{path}\" is already complete; refusing to open it for writing")]

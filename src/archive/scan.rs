@@ -148,7 +148,10 @@ impl ArchiveDir {
             let path = entry.path();
             match std::fs::remove_file(&path) {
                 Ok(()) => {
-                    tracing::info!(path = %path.display(), "removed temporary file left by an earlier run")
+                    tracing::info!(
+                        path = %path.display(),
+                        "removed temporary file left by an earlier run"
+                    )
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(ArchiveError::io(path, e)),
@@ -191,22 +194,42 @@ impl ArchiveDir {
             };
             if base.len() != 24 || !is_upper_hex(base) {
                 if is_compressed_segment(name) {
-                    tracing::warn!(path = %path.display(), "ignoring compressed WAL file: compressed segments are not supported yet");
+                    tracing::warn!(
+                        path = %path.display(),
+                        "ignoring compressed WAL file: compressed segments are not supported yet"
+                    );
                 } else if !name.ends_with(TMP_SUFFIX) {
-                    tracing::debug!(path = %path.display(), "ignoring file that is not a WAL segment or history file");
+                    tracing::debug!(
+                        path = %path.display(),
+                        "ignoring file that is not a WAL segment or history file"
+                    );
                 }
                 continue;
             }
             let Some((timeline, segno)) = parse_wal_file_name(base, segment_size) else {
                 // Upper-case hex but not a valid name for this segment size (or
                 // timeline 0): possibly written with another wal_segment_size.
-                tracing::warn!(path = %path.display(), segment_size, "ignoring file: not a valid WAL file name for this segment size");
+                tracing::warn!(
+                    path = %path.display(), segment_size,
+                    "ignoring file: not a valid WAL file name for this segment size"
+                );
                 continue;
             };
             // metadata follows symlinks, as pg_receivewal's stat does.
-            let meta = std::fs::metadata(&path).map_err(|e| ArchiveError::io(&path, e))?;
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                // Barman's archiver moves files out of the directory while we run.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::debug!(path = %path.display(), "file vanished during the scan");
+                    continue;
+                }
+                Err(e) => return Err(ArchiveError::io(&path, e)),
+            };
             if !meta.is_file() {
-                tracing::warn!(path = %path.display(), "ignoring WAL-named entry that is not a regular file");
+                tracing::warn!(
+                    path = %path.display(),
+                    "ignoring WAL-named entry that is not a regular file"
+                );
                 continue;
             }
             let size = meta.len();
@@ -307,11 +330,19 @@ impl ArchiveDir {
     /// that crashed before its fsync) are made durable before anything built on
     /// them is reported to the primary as flushed.
     pub fn sync_existing(&self, scan: &Scan) -> Result<(), ArchiveError> {
-        for seg in &scan.segments {
-            durable::fsync_path(&seg.path)?;
-        }
-        for &tli in &scan.histories {
-            durable::fsync_path(&self.path.join(history_file_name(tli)))?;
+        let paths = scan.segments.iter().map(|s| s.path.clone()).chain(
+            scan.histories
+                .iter()
+                .map(|&tli| self.path.join(history_file_name(tli))),
+        );
+        for path in paths {
+            match durable::fsync_path(&path) {
+                Ok(()) => {}
+                // Moved away by Barman since the scan: no longer ours to sync.
+                Err(ArchiveError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         durable::fsync_dir(&self.path)
     }
@@ -327,7 +358,12 @@ fn check_segment_header(
         path: seg.path.clone(),
         what,
     };
-    let file = File::open(&seg.path).map_err(|e| ArchiveError::io(&seg.path, e))?;
+    let file = match File::open(&seg.path) {
+        Ok(f) => f,
+        // Moved away by Barman since the scan: nothing left to contradict.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ArchiveError::io(&seg.path, e)),
+    };
     let mut buf = [0u8; LONG_HEADER_SIZE];
     match file.read_exact_at(&mut buf, 0) {
         Ok(()) => {}
@@ -793,7 +829,11 @@ mod tests {
             .check_identity(&dir.scan(SEG).unwrap(), SYSID, SEG)
             .unwrap_err();
         assert!(
-            matches!(err, ArchiveError::SegmentSizeMismatch { found, expected, .. } if found == 16 << 20 && expected == SEG),
+            matches!(
+                err,
+                ArchiveError::SegmentSizeMismatch { found, expected, .. }
+                    if found == 16 << 20 && expected == SEG
+            ),
             "{err}"
         );
     }
