@@ -915,6 +915,19 @@ mod tests {
     }
 
     #[test]
+    fn files_moved_away_after_the_scan_are_tolerated() {
+        // Barman's archiver moves completed segments out while we run.
+        let tmp = tempfile::tempdir().unwrap();
+        let moved = wal_file(tmp.path(), &name(1, 1), SEG, &good_header(1));
+        wal_file(tmp.path(), &name(1, 2), SEG, &good_header(2));
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let scan = dir.scan(SEG).unwrap();
+        std::fs::remove_file(&moved).unwrap();
+        dir.check_identity(&scan, SYSID, SEG).unwrap();
+        dir.sync_existing(&scan).unwrap();
+    }
+
+    #[test]
     fn sync_existing_and_fsync() {
         let tmp = tempfile::tempdir().unwrap();
         touch(tmp.path(), &name(1, 1), SEG);
