@@ -5,6 +5,16 @@
 //! Durability rules (DESIGN.md): a file is renamed only once all its bytes are
 //! fsynced, every rename is followed by an fsync of the directory, and a failed
 //! fsync is never retried on the same descriptor.
+//!
+//! Names: everything written here is a segment name, `NAME.partial`,
+//! `TTTTTTTT.history`, or a temporary ending in `.tmp` (which Barman ignores
+//! and [`ArchiveDir::open`] cleans up); the lock is taken on the directory's
+//! own descriptor, so no lock file ever appears. Names from the server are
+//! validated before use, and nothing is written outside the directory.
+//!
+//! - [`scan`]: [`ArchiveDir`] (lock, scan, start point, identity, history files).
+//! - [`segment`]: [`SegmentWriter`] (one `.partial` from creation to rename).
+//! - [`durable`]: fsync, durable rename, small files through `.tmp`.
 
 pub mod durable;
 pub mod scan;
@@ -12,7 +22,7 @@ pub mod segment;
 
 use std::path::PathBuf;
 
-use crate::lsn::{Lsn, SegNo, TimeLineId};
+use crate::lsn::TimeLineId;
 
 pub use scan::{ArchiveDir, Scan, SegmentFile, StartPoint};
 pub use segment::SegmentWriter;
@@ -21,35 +31,111 @@ pub use segment::SegmentWriter;
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     #[error("could not access \"{path}\": {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("could not fsync \"{path}\": {source}")]
-    Fsync { path: PathBuf, source: std::io::Error },
+    Fsync {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("directory \"{0}\" does not exist or is not a directory")]
     NotADirectory(PathBuf),
     #[error("directory \"{path}\" is already in use by another walrcv (or pg_receivewal-compatible) process")]
     Locked { path: PathBuf },
-    #[error("WAL file \"{path}\" has {size} bytes, should be 0 or {expected}; remove or fix it (a partial file is normally pre-padded to the segment size)")]
-    WrongSize { path: PathBuf, size: u64, expected: u64 },
+    /// A complete segment whose size is not the segment size, or a `.partial`
+    /// whose size is neither 0 nor the segment size. The message follows
+    /// pg_receivewal's wording and depends on which of the two it is.
+    #[error("{}", wrong_size_message(.path, *.size, *.expected))]
+    WrongSize {
+        path: PathBuf,
+        size: u64,
+        expected: u64,
+    },
     #[error("WAL file \"{path}\" belongs to database system {found}, but the server's system identifier is {expected}: this directory archives another cluster")]
-    OtherCluster { path: PathBuf, found: u64, expected: u64 },
+    OtherCluster {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
     #[error("WAL file \"{path}\" was written with wal_segment_size {found}, but the server uses {expected}")]
-    SegmentSizeMismatch { path: PathBuf, found: u64, expected: u64 },
+    SegmentSizeMismatch {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
     #[error("WAL file \"{path}\" does not start with a valid long page header: {what}")]
     NotWal { path: PathBuf, what: String },
     #[error("history file name {name:?} from the server is not a valid timeline history file name (expected {expected})")]
     BadHistoryName { name: String, expected: String },
     #[error("write to \"{path}\" at offset {offset} failed: {source}")]
-    Write { path: PathBuf, offset: u64, source: std::io::Error },
-    #[error("segment writer for \"{path}\" is poisoned by an earlier fsync failure; the session must end")]
+    Write {
+        path: PathBuf,
+        offset: u64,
+        source: std::io::Error,
+    },
+    #[error("segment writer for \"{path}\" is poisoned by an earlier fsync or write failure; the session must end")]
     Poisoned { path: PathBuf },
+    #[error("could not rename \"{from}\" to \"{to}\": {source}")]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
+    /// [`SegmentWriter::open`] was asked for a segment whose complete file
+    /// already exists: streaming must start after it, not rewrite it.
+    #[error("WAL file \"{path}\" is already complete; refusing to open it for writing")]
+    AlreadyComplete { path: PathBuf },
+    /// Not a `wal_segment_size` PostgreSQL accepts (a power of two, 1 MiB to 1 GiB).
+    #[error("invalid WAL segment size {size}: must be a power of two between 1 MiB and 1 GiB")]
+    InvalidSegmentSize { size: u64 },
+    /// Timeline 0 is invalid and has no file name.
+    #[error("invalid timeline {timeline}")]
+    InvalidTimeline { timeline: TimeLineId },
+    /// A write that would not fit inside the segment (a caller bug; nothing was written).
+    #[error("write of {len} bytes at offset {offset} does not fit in WAL file \"{path}\" of {segment_size} bytes")]
+    OutOfSegment {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        segment_size: u64,
+    },
+    /// [`SegmentWriter::complete`] before the whole segment was written from
+    /// offset 0: the file keeps its `.partial` name.
+    #[error("WAL file \"{path}\" is not complete: {written} of {expected} bytes written from the start; not renaming it")]
+    IncompleteSegment {
+        path: PathBuf,
+        written: u64,
+        expected: u64,
+    },
+}
+
+/// Display text of [`ArchiveError::WrongSize`]: pg_receivewal's "should be 0 or
+/// S" for a `.partial`, and the exact size for a complete segment.
+fn wrong_size_message(path: &std::path::Path, size: u64, expected: u64) -> String {
+    let partial = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".partial"));
+    if partial {
+        format!(
+            "WAL file \"{}\" has {size} bytes, should be 0 or {expected}; remove or fix it (a partial file is normally pre-padded to the segment size)",
+            path.display()
+        )
+    } else {
+        format!(
+            "WAL file \"{}\" has {size} bytes, should be {expected}; a complete segment of another size is truncated, damaged or from a server with another wal_segment_size: move it away and restart",
+            path.display()
+        )
+    }
 }
 
 impl ArchiveError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ArchiveError::Io { path: path.into(), source }
+        ArchiveError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
-
-/// Silence unused warnings in the skeleton.
-#[allow(dead_code)]
-fn _types(_: Lsn, _: SegNo, _: TimeLineId) {}

@@ -1,16 +1,44 @@
 //! Opening and locking the archive directory, scanning its files, and choosing
 //! where streaming starts (pg_receivewal's `FindStreamingStart` rules).
+//!
+//! The lock is `flock(LOCK_EX|LOCK_NB)` on a descriptor of the directory itself:
+//! no lock file appears in the directory (Barman moves any unknown file to its
+//! errors directory), the kernel drops the lock when the process dies, and a
+//! second opener, even in the same process, is refused because flock locks
+//! belong to the open file description.
+//!
+//! The scan recognises what pg_receivewal writes uncompressed: 24 upper-case hex
+//! characters (complete segment), the same plus `.partial`, and
+//! `TTTTTTTT.history`. It is stricter than pg_receivewal about sizes: a complete
+//! segment of the wrong size, or a `.partial` neither empty nor pre-padded, is an
+//! error rather than a warning, because streaming over it would silently leave
+//! a gap or a torn file. Nothing found by the scan is ever deleted.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use super::durable::{self, TMP_SUFFIX};
 use super::ArchiveError;
-use crate::lsn::{Lsn, SegNo, TimeLineId};
+use crate::lsn::{
+    history_file_name, is_valid_segment_size, parse_history_file_name, parse_wal_file_name,
+    segment_start_lsn, Lsn, SegNo, TimeLineId,
+};
+use crate::wal::page::{
+    major_for_magic, PageHeader, LONG_HEADER_SIZE, XLP_ALL_FLAGS, XLP_LONG_HEADER,
+};
+
+/// Suffix of a segment still being written.
+pub const PARTIAL_SUFFIX: &str = ".partial";
 
 /// An open, locked archive directory. The lock (flock on the directory itself,
 /// so no extra file appears in it) is held until this value is dropped.
 #[derive(Debug)]
 pub struct ArchiveDir {
     path: PathBuf,
+    /// The descriptor holding the flock; closing it (on drop) releases the lock.
+    _lock: File,
 }
 
 /// A segment file found by the scan.
@@ -39,12 +67,97 @@ pub struct StartPoint {
     pub timeline: TimeLineId,
 }
 
+/// Whether `s` is made only of upper-case hex digits (PostgreSQL's file names).
+fn is_upper_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+}
+
+/// Whether `name` is a temporary this module creates: `<24 hex>.partial.tmp`
+/// (segment being pre-padded) or `TTTTTTTT.history.tmp` (history being written).
+fn is_own_tmp(name: &str) -> bool {
+    let Some(base) = name.strip_suffix(TMP_SUFFIX) else {
+        return false;
+    };
+    if let Some(seg) = base.strip_suffix(PARTIAL_SUFFIX) {
+        return seg.len() == 24 && is_upper_hex(seg);
+    }
+    parse_history_file_name(base).is_some()
+}
+
+/// Whether `name` is a compressed segment as pg_receivewal --compress writes it.
+fn is_compressed_segment(name: &str) -> bool {
+    let base = name.strip_suffix(PARTIAL_SUFFIX).unwrap_or(name);
+    let Some(seg) = base
+        .strip_suffix(".gz")
+        .or_else(|| base.strip_suffix(".lz4"))
+    else {
+        return false;
+    };
+    seg.len() == 24 && is_upper_hex(seg)
+}
+
 impl ArchiveDir {
     /// Opens `path` (which must exist and be a directory) and takes the lock.
     /// A second opener gets [`ArchiveError::Locked`].
+    ///
+    /// Once locked, temporaries left by a crashed run of ours (`*.partial.tmp`,
+    /// `*.history.tmp`) are removed: they never carried data anyone relies on.
     pub fn open(path: &Path) -> Result<Self, ArchiveError> {
-        let _ = path;
-        todo!("helper D")
+        // Never create the directory: a typo in --directory must not start a
+        // fresh, empty archive somewhere else.
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(ArchiveError::NotADirectory(path.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ArchiveError::NotADirectory(path.to_path_buf()))
+            }
+            Err(e) => return Err(ArchiveError::io(path, e)),
+        }
+        let lock = File::open(path).map_err(|e| ArchiveError::io(path, e))?;
+        // SAFETY: flock on a descriptor we own and keep open; no memory is shared.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                ArchiveError::Locked {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                ArchiveError::io(path, e)
+            });
+        }
+        let dir = ArchiveDir {
+            path: path.to_path_buf(),
+            _lock: lock,
+        };
+        dir.remove_stale_tmp()?;
+        Ok(dir)
+    }
+
+    /// Removes our own temporaries left by a crash. Safe because we hold the
+    /// lock: no other walrcv can be writing them.
+    fn remove_stale_tmp(&self) -> Result<(), ArchiveError> {
+        let entries = std::fs::read_dir(&self.path).map_err(|e| ArchiveError::io(&self.path, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| ArchiveError::io(&self.path, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !is_own_tmp(name) {
+                continue;
+            }
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(
+                        path = %path.display(),
+                        "removed temporary file left by an earlier run"
+                    )
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ArchiveError::io(path, e)),
+            }
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -54,31 +167,257 @@ impl ArchiveDir {
     /// Lists segment and history files. Complete segments must be exactly
     /// `segment_size` bytes and `.partial` files 0 or `segment_size` bytes:
     /// anything else is [`ArchiveError::WrongSize`].
+    ///
+    /// Compressed segments (`.gz`, `.lz4`) are ignored with a warning; other
+    /// names are ignored (and never touched).
     pub fn scan(&self, segment_size: u64) -> Result<Scan, ArchiveError> {
-        let _ = segment_size;
-        todo!("helper D")
+        if !is_valid_segment_size(segment_size) {
+            return Err(ArchiveError::InvalidSegmentSize { size: segment_size });
+        }
+        let mut scan = Scan::default();
+        let entries = std::fs::read_dir(&self.path).map_err(|e| ArchiveError::io(&self.path, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| ArchiveError::io(&self.path, e))?;
+            let os_name = entry.file_name();
+            let Some(name) = os_name.to_str() else {
+                tracing::debug!(name = ?os_name, "ignoring file with a non-UTF-8 name");
+                continue;
+            };
+            let path = entry.path();
+            if let Some(tli) = parse_history_file_name(name) {
+                scan.histories.push(tli);
+                continue;
+            }
+            let (base, partial) = match name.strip_suffix(PARTIAL_SUFFIX) {
+                Some(base) => (base, true),
+                None => (name, false),
+            };
+            if base.len() != 24 || !is_upper_hex(base) {
+                if is_compressed_segment(name) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "ignoring compressed WAL file: compressed segments are not supported yet"
+                    );
+                } else if !name.ends_with(TMP_SUFFIX) {
+                    tracing::debug!(
+                        path = %path.display(),
+                        "ignoring file that is not a WAL segment or history file"
+                    );
+                }
+                continue;
+            }
+            let Some((timeline, segno)) = parse_wal_file_name(base, segment_size) else {
+                // Upper-case hex but not a valid name for this segment size (or
+                // timeline 0): possibly written with another wal_segment_size.
+                tracing::warn!(
+                    path = %path.display(), segment_size,
+                    "ignoring file: not a valid WAL file name for this segment size"
+                );
+                continue;
+            };
+            // metadata follows symlinks, as pg_receivewal's stat does.
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                // Barman's archiver moves files out of the directory while we run.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::debug!(path = %path.display(), "file vanished during the scan");
+                    continue;
+                }
+                Err(e) => return Err(ArchiveError::io(&path, e)),
+            };
+            if !meta.is_file() {
+                tracing::warn!(
+                    path = %path.display(),
+                    "ignoring WAL-named entry that is not a regular file"
+                );
+                continue;
+            }
+            let size = meta.len();
+            let size_ok = if partial {
+                size == 0 || size == segment_size
+            } else {
+                size == segment_size
+            };
+            if !size_ok {
+                return Err(ArchiveError::WrongSize {
+                    path,
+                    size,
+                    expected: segment_size,
+                });
+            }
+            scan.segments.push(SegmentFile {
+                timeline,
+                segno,
+                partial,
+                size,
+                path,
+            });
+        }
+        scan.segments
+            .sort_by_key(|s| (s.segno, s.timeline, !s.partial));
+        scan.histories.sort_unstable();
+        scan.histories.dedup();
+        Ok(scan)
     }
 
     /// Checks that the WAL already in the directory (the long page header of the
     /// newest non-empty segment file) belongs to `system_id` with `segment_size`.
-    pub fn check_identity(&self, scan: &Scan, system_id: u64, segment_size: u64) -> Result<(), ArchiveError> {
-        let _ = (scan, system_id, segment_size);
-        todo!("helper D")
+    ///
+    /// Every complete segment and every non-empty `.partial` in `scan` is checked
+    /// (one 40-byte read each), which also catches a directory mixing clusters.
+    /// A `.partial` whose header is still all zeros (pre-padded, nothing written
+    /// yet) is skipped; if no file has a header there is nothing to contradict.
+    /// Besides system identifier and segment size, the header's page address
+    /// must match the file name (catches renamed or recycled files).
+    pub fn check_identity(
+        &self,
+        scan: &Scan,
+        system_id: u64,
+        segment_size: u64,
+    ) -> Result<(), ArchiveError> {
+        // Newest first, so that the error (if any) names the file that matters.
+        for seg in scan.segments.iter().rev() {
+            if seg.size == 0 {
+                continue;
+            }
+            check_segment_header(seg, system_id, segment_size)?;
+        }
+        Ok(())
     }
 
     /// Whether `TTTTTTTT.history` is present.
     pub fn has_history(&self, timeline: TimeLineId) -> bool {
-        let _ = timeline;
-        todo!("helper D")
+        if timeline == 0 {
+            return false;
+        }
+        std::fs::metadata(self.path.join(history_file_name(timeline))).is_ok_and(|m| m.is_file())
     }
 
     /// Stores a history file received from the server, after checking that
     /// `name_from_server` is exactly the expected `TTTTTTTT.history` for `timeline`.
     /// Written through `NAME.tmp` and a durable rename (no fsync if `!sync`).
-    pub fn write_history(&self, timeline: TimeLineId, name_from_server: &str, content: &[u8], sync: bool) -> Result<(), ArchiveError> {
-        let _ = (timeline, name_from_server, content, sync);
-        todo!("helper D")
+    pub fn write_history(
+        &self,
+        timeline: TimeLineId,
+        name_from_server: &str,
+        content: &[u8],
+        sync: bool,
+    ) -> Result<(), ArchiveError> {
+        let expected = history_file_name(timeline);
+        // The exact comparison alone rules out separators, `..` and case
+        // variants; the parse re-checks the shape (and rejects timeline 0).
+        if name_from_server != expected
+            || parse_history_file_name(name_from_server) != Some(timeline)
+        {
+            return Err(ArchiveError::BadHistoryName {
+                name: name_from_server.to_string(),
+                expected,
+            });
+        }
+        durable::write_file_durably(&self.path, &expected, content, sync)?;
+        tracing::info!(path = %self.path.join(&expected).display(), "wrote timeline history file");
+        Ok(())
     }
+
+    /// fsyncs the directory itself (pg_receivewal does so at the end of each
+    /// streaming pass).
+    pub fn fsync(&self) -> Result<(), ArchiveError> {
+        durable::fsync_dir(&self.path)
+    }
+
+    /// fsyncs every segment and history file in `scan`, then the directory:
+    /// files left by an earlier run (perhaps with `--no-sync`, or by a process
+    /// that crashed before its fsync) are made durable before anything built on
+    /// them is reported to the primary as flushed.
+    pub fn sync_existing(&self, scan: &Scan) -> Result<(), ArchiveError> {
+        let paths = scan.segments.iter().map(|s| s.path.clone()).chain(
+            scan.histories
+                .iter()
+                .map(|&tli| self.path.join(history_file_name(tli))),
+        );
+        for path in paths {
+            match durable::fsync_path(&path) {
+                Ok(()) => {}
+                // Moved away by Barman since the scan: no longer ours to sync.
+                Err(ArchiveError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        durable::fsync_dir(&self.path)
+    }
+}
+
+/// Reads and checks the long page header at the start of one segment file.
+fn check_segment_header(
+    seg: &SegmentFile,
+    system_id: u64,
+    segment_size: u64,
+) -> Result<(), ArchiveError> {
+    let not_wal = |what: String| ArchiveError::NotWal {
+        path: seg.path.clone(),
+        what,
+    };
+    let file = match File::open(&seg.path) {
+        Ok(f) => f,
+        // Moved away by Barman since the scan: nothing left to contradict.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ArchiveError::io(&seg.path, e)),
+    };
+    let mut buf = [0u8; LONG_HEADER_SIZE];
+    match file.read_exact_at(&mut buf, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(not_wal(format!(
+                "file is shorter than {LONG_HEADER_SIZE} bytes"
+            )));
+        }
+        Err(e) => return Err(ArchiveError::io(&seg.path, e)),
+    }
+    if seg.partial && buf.iter().all(|&b| b == 0) {
+        // Pre-padded, first page not written yet: no header to compare.
+        tracing::debug!(path = %seg.path.display(), "partial segment has no page header yet");
+        return Ok(());
+    }
+    let header =
+        PageHeader::parse(&buf).ok_or_else(|| not_wal("too short for a page header".into()))?;
+    if major_for_magic(header.magic).is_none() {
+        return Err(not_wal(format!(
+            "page magic 0x{:04X} is not that of a supported PostgreSQL version",
+            header.magic
+        )));
+    }
+    if header.info & XLP_LONG_HEADER == 0 || header.info & !XLP_ALL_FLAGS != 0 {
+        return Err(not_wal(format!(
+            "page flags 0x{:04X} are not those of a long header",
+            header.info
+        )));
+    }
+    let Some(long) = header.long else {
+        return Err(not_wal("no long header fields".into()));
+    };
+    if long.system_id != system_id {
+        return Err(ArchiveError::OtherCluster {
+            path: seg.path.clone(),
+            found: long.system_id,
+            expected: system_id,
+        });
+    }
+    if u64::from(long.segment_size) != segment_size {
+        return Err(ArchiveError::SegmentSizeMismatch {
+            path: seg.path.clone(),
+            found: u64::from(long.segment_size),
+            expected: segment_size,
+        });
+    }
+    let expected_addr = segment_start_lsn(seg.segno, segment_size);
+    if header.page_address != expected_addr {
+        return Err(not_wal(format!(
+            "page address {} does not match the file name (expected {expected_addr})",
+            header.page_address
+        )));
+    }
+    Ok(())
 }
 
 impl Scan {
@@ -86,7 +425,516 @@ impl Scan {
     /// the newest `.partial`; highest segno, then highest timeline, complete beats
     /// partial. `None` when the directory holds no segment.
     pub fn streaming_start(&self, segment_size: u64) -> Option<StartPoint> {
-        let _ = segment_size;
-        todo!("helper D")
+        let best = self.newest()?;
+        // A zero-byte partial (e.g. from `barman receive-wal --reset`) counts as
+        // a partial: start at the beginning of that segment.
+        let segno = if best.partial {
+            best.segno
+        } else {
+            best.segno.saturating_add(1)
+        };
+        Some(StartPoint {
+            lsn: segment_start_lsn(segno, segment_size),
+            timeline: best.timeline,
+        })
+    }
+
+    /// The newest segment file by pg_receivewal's ordering (the one
+    /// [`Scan::streaming_start`] is derived from).
+    pub fn newest(&self) -> Option<&SegmentFile> {
+        self.segments
+            .iter()
+            .max_by_key(|s| (s.segno, s.timeline, !s.partial))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::page::magic_for_major;
+
+    const SEG: u64 = 1 << 20;
+    const SYSID: u64 = 7_310_415_656_024_096_833;
+
+    fn name(tli: TimeLineId, segno: SegNo) -> String {
+        crate::lsn::wal_file_name(tli, segno, SEG)
+    }
+
+    /// Creates `dir/name` of `size` bytes (sparse: content is zeros).
+    fn touch(dir: &Path, name: &str, size: u64) -> PathBuf {
+        let path = dir.join(name);
+        let f = File::create(&path).unwrap();
+        f.set_len(size).unwrap();
+        path
+    }
+
+    /// A synthetic 40-byte long page header.
+    fn long_header(magic: u16, info: u16, pageaddr: u64, sysid: u64, seg_size: u32) -> [u8; 40] {
+        let mut b = [0u8; 40];
+        b[0..2].copy_from_slice(&magic.to_le_bytes());
+        b[2..4].copy_from_slice(&info.to_le_bytes());
+        b[4..8].copy_from_slice(&1u32.to_le_bytes());
+        b[8..16].copy_from_slice(&pageaddr.to_le_bytes());
+        b[24..32].copy_from_slice(&sysid.to_le_bytes());
+        b[32..36].copy_from_slice(&seg_size.to_le_bytes());
+        b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        b
+    }
+
+    fn good_header(segno: SegNo) -> [u8; 40] {
+        let magic = magic_for_major(17).unwrap();
+        long_header(magic, XLP_LONG_HEADER, segno * SEG, SYSID, SEG as u32)
+    }
+
+    /// Creates a WAL file of `size` bytes whose first bytes are `header`.
+    fn wal_file(dir: &Path, name: &str, size: u64, header: &[u8]) -> PathBuf {
+        let path = touch(dir, name, size);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(header, 0).unwrap();
+        path
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn lock_is_refused_twice_and_released_on_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = ArchiveDir::open(tmp.path()).unwrap();
+        let err = ArchiveDir::open(tmp.path()).unwrap_err();
+        assert!(matches!(err, ArchiveError::Locked { .. }), "{err}");
+        // Same directory through another spelling of its path: still the same inode.
+        let err = ArchiveDir::open(&tmp.path().join(".")).unwrap_err();
+        assert!(matches!(err, ArchiveError::Locked { .. }), "{err}");
+        drop(first);
+        let again = ArchiveDir::open(tmp.path()).unwrap();
+        assert_eq!(again.path(), tmp.path());
+        // No lock file (or anything else) appeared in the directory.
+        assert!(names(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn open_requires_an_existing_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("nope");
+        let err = ArchiveDir::open(&missing).unwrap_err();
+        assert!(matches!(err, ArchiveError::NotADirectory(_)), "{err}");
+        assert!(!missing.exists(), "open must never create the directory");
+        let file = touch(tmp.path(), "file", 0);
+        let err = ArchiveDir::open(&file).unwrap_err();
+        assert!(matches!(err, ArchiveError::NotADirectory(_)), "{err}");
+    }
+
+    #[test]
+    fn open_removes_only_our_stale_temporaries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        touch(d, &format!("{}.partial.tmp", name(1, 3)), 12345);
+        touch(d, "00000002.history.tmp", 10);
+        for keep in [
+            "other.tmp",
+            "000000010000000000000003.tmp",
+            "0000000a.history.tmp",
+            "notes",
+            "00000002.history",
+        ] {
+            touch(d, keep, 1);
+        }
+        let _dir = ArchiveDir::open(d).unwrap();
+        assert_eq!(
+            names(d),
+            [
+                "000000010000000000000003.tmp",
+                "00000002.history",
+                "0000000a.history.tmp",
+                "notes",
+                "other.tmp"
+            ]
+        );
+    }
+
+    #[test]
+    fn scan_recognises_names_sorts_and_ignores_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        touch(d, &name(2, 5), SEG);
+        touch(d, &format!("{}.partial", name(1, 5)), 0);
+        touch(d, &name(1, 5), SEG);
+        touch(d, &format!("{}.partial", name(2, 6)), SEG);
+        touch(d, &name(1, 4), SEG);
+        touch(d, "00000002.history", 40);
+        touch(d, "00000003.history", 40);
+        let ignored = [
+            "000000010000000000000007.gz",
+            "000000010000000000000007.gz.partial",
+            "000000010000000000000007.lz4",
+            "000000010000000000000008.lz4.partial",
+            "00000001000000000000000a",         // lower case
+            "00000001000000000000000a.partial", // lower case
+            "000000010000000000001000",         // segment field out of range for 1 MiB
+            "000000000000000000000001",         // timeline 0
+            "00000001000000000000000",          // 23 characters
+            "0000000a.history",
+            "000000010000000000000002.00000028.backup",
+            "000000010000000000000009.tmp",
+            "random.txt",
+        ];
+        for n in ignored {
+            touch(d, n, 3);
+        }
+        std::fs::create_dir(d.join("subdir")).unwrap();
+        std::fs::create_dir(d.join(name(1, 9))).unwrap(); // a directory with a WAL name
+
+        let dir = ArchiveDir::open(d).unwrap();
+        let scan = dir.scan(SEG).unwrap();
+        let got: Vec<(TimeLineId, SegNo, bool, u64)> = scan
+            .segments
+            .iter()
+            .map(|s| (s.timeline, s.segno, s.partial, s.size))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 4, false, SEG),
+                (1, 5, true, 0),
+                (1, 5, false, SEG),
+                (2, 5, false, SEG),
+                (2, 6, true, SEG)
+            ]
+        );
+        assert_eq!(
+            scan.segments[1].path,
+            d.join(format!("{}.partial", name(1, 5)))
+        );
+        assert_eq!(scan.histories, [2, 3]);
+        assert!(dir.has_history(2) && dir.has_history(3));
+        assert!(!dir.has_history(1) && !dir.has_history(0) && !dir.has_history(10));
+        // Nothing was removed.
+        for n in ignored {
+            assert!(d.join(n).exists(), "{n}");
+        }
+    }
+
+    #[test]
+    fn scan_refuses_wrong_sizes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+
+        let short = touch(tmp.path(), &name(1, 1), SEG - 1);
+        let err = dir.scan(SEG).unwrap_err();
+        match &err {
+            ArchiveError::WrongSize {
+                path,
+                size,
+                expected,
+            } => {
+                assert_eq!((path, *size, *expected), (&short, SEG - 1, SEG));
+            }
+            other => panic!("{other}"),
+        }
+        assert!(
+            err.to_string()
+                .contains(&format!("has {} bytes, should be {SEG};", SEG - 1)),
+            "{err}"
+        );
+        std::fs::remove_file(&short).unwrap();
+
+        let long = touch(tmp.path(), &name(1, 1), SEG + 1);
+        assert!(
+            matches!(dir.scan(SEG), Err(ArchiveError::WrongSize { size, .. }) if size == SEG + 1)
+        );
+        std::fs::remove_file(&long).unwrap();
+
+        let partial = touch(tmp.path(), &format!("{}.partial", name(1, 2)), 8192);
+        let err = dir.scan(SEG).unwrap_err();
+        assert!(
+            matches!(&err, ArchiveError::WrongSize { path, size: 8192, .. } if *path == partial)
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("has 8192 bytes, should be 0 or {SEG}")),
+            "{err}"
+        );
+
+        assert!(matches!(
+            dir.scan(0),
+            Err(ArchiveError::InvalidSegmentSize { size: 0 })
+        ));
+        assert!(matches!(
+            dir.scan(3 << 20),
+            Err(ArchiveError::InvalidSegmentSize { .. })
+        ));
+    }
+
+    fn scan_of(files: &[(TimeLineId, SegNo, bool)]) -> Scan {
+        let segments = files
+            .iter()
+            .map(|&(timeline, segno, partial)| SegmentFile {
+                timeline,
+                segno,
+                partial,
+                size: SEG,
+                path: PathBuf::new(),
+            })
+            .collect();
+        Scan {
+            segments,
+            histories: vec![],
+        }
+    }
+
+    #[test]
+    fn streaming_start_follows_pg_receivewal() {
+        let start = |files: &[(TimeLineId, SegNo, bool)]| scan_of(files).streaming_start(SEG);
+        let at = |segno: u64, timeline| {
+            Some(StartPoint {
+                lsn: Lsn(segno * SEG),
+                timeline,
+            })
+        };
+        // Empty directory: no local start.
+        assert_eq!(start(&[]), None);
+        // Complete: start of the next segment on its timeline.
+        assert_eq!(start(&[(1, 3, false), (1, 4, false)]), at(5, 1));
+        // Partial: start of that segment.
+        assert_eq!(start(&[(1, 4, false), (1, 5, true)]), at(5, 1));
+        // Complete beats partial for the same (segno, tli).
+        assert_eq!(start(&[(1, 5, true), (1, 5, false)]), at(6, 1));
+        // Highest segno wins over highest timeline.
+        assert_eq!(start(&[(2, 4, false), (1, 6, true)]), at(6, 1));
+        // Same segno: highest timeline wins, even a partial over a complete
+        // (timeline switch: old TLI's segment complete, new TLI's in progress).
+        assert_eq!(start(&[(1, 5, false), (2, 5, true)]), at(5, 2));
+        // Old timeline's last segment stays partial; new timeline complete.
+        assert_eq!(start(&[(1, 5, true), (2, 5, false)]), at(6, 2));
+        // Order of the input does not matter.
+        assert_eq!(
+            start(&[(2, 5, false), (1, 5, true), (1, 4, false)]),
+            at(6, 2)
+        );
+        // Segment numbers beyond one xlogid.
+        assert_eq!(start(&[(1, 0x1_0000_0003, false)]), at(0x1_0000_0004, 1));
+    }
+
+    #[test]
+    fn streaming_start_from_a_real_scan_with_a_zero_byte_partial() {
+        // `barman receive-wal --reset` leaves exactly this.
+        let tmp = tempfile::tempdir().unwrap();
+        touch(tmp.path(), &name(1, 7), SEG);
+        touch(tmp.path(), &format!("{}.partial", name(1, 8)), 0);
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let scan = dir.scan(SEG).unwrap();
+        assert_eq!(
+            scan.streaming_start(SEG),
+            Some(StartPoint {
+                lsn: Lsn(8 * SEG),
+                timeline: 1
+            })
+        );
+        assert_eq!(scan.newest().map(|s| s.segno), Some(8));
+    }
+
+    #[test]
+    fn identity_accepts_matching_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        wal_file(d, &name(1, 3), SEG, &good_header(3));
+        wal_file(d, &name(1, 4), SEG, &good_header(4));
+        // Pre-padded partial with nothing written yet, and a zero-byte one.
+        touch(d, &format!("{}.partial", name(1, 5)), SEG);
+        touch(d, &format!("{}.partial", name(2, 5)), 0);
+        let dir = ArchiveDir::open(d).unwrap();
+        let scan = dir.scan(SEG).unwrap();
+        dir.check_identity(&scan, SYSID, SEG).unwrap();
+        // A partial in progress with a header is checked too.
+        wal_file(d, &format!("{}.partial", name(2, 6)), SEG, &good_header(6));
+        dir.check_identity(&dir.scan(SEG).unwrap(), SYSID, SEG)
+            .unwrap();
+        // An empty directory, or one with only header-less partials, is fine.
+        let empty = tempfile::tempdir().unwrap();
+        touch(empty.path(), &format!("{}.partial", name(1, 1)), SEG);
+        let dir = ArchiveDir::open(empty.path()).unwrap();
+        dir.check_identity(&dir.scan(SEG).unwrap(), SYSID, SEG)
+            .unwrap();
+    }
+
+    #[test]
+    fn identity_refuses_another_cluster() {
+        let tmp = tempfile::tempdir().unwrap();
+        let magic = magic_for_major(16).unwrap();
+        let other = wal_file(
+            tmp.path(),
+            &name(1, 3),
+            SEG,
+            &long_header(magic, XLP_LONG_HEADER, 3 * SEG, SYSID + 1, SEG as u32),
+        );
+        // The newest file (a header-less partial) is skipped; the older one is checked.
+        touch(tmp.path(), &format!("{}.partial", name(1, 4)), SEG);
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let err = dir
+            .check_identity(&dir.scan(SEG).unwrap(), SYSID, SEG)
+            .unwrap_err();
+        match err {
+            ArchiveError::OtherCluster {
+                path,
+                found,
+                expected,
+            } => {
+                assert_eq!((path, found, expected), (other, SYSID + 1, SYSID));
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn identity_catches_a_mixed_directory() {
+        // The newest file matches; an older one belongs to another cluster.
+        let tmp = tempfile::tempdir().unwrap();
+        let magic = magic_for_major(15).unwrap();
+        wal_file(
+            tmp.path(),
+            &name(1, 2),
+            SEG,
+            &long_header(magic, XLP_LONG_HEADER, 2 * SEG, 42, SEG as u32),
+        );
+        wal_file(tmp.path(), &name(1, 3), SEG, &good_header(3));
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let err = dir
+            .check_identity(&dir.scan(SEG).unwrap(), SYSID, SEG)
+            .unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::OtherCluster { found: 42, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn identity_refuses_another_segment_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let magic = magic_for_major(17).unwrap();
+        wal_file(
+            tmp.path(),
+            &format!("{}.partial", name(1, 3)),
+            SEG,
+            &long_header(magic, XLP_LONG_HEADER, 3 * SEG, SYSID, 16 << 20),
+        );
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let err = dir
+            .check_identity(&dir.scan(SEG).unwrap(), SYSID, SEG)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ArchiveError::SegmentSizeMismatch { found, expected, .. }
+                    if found == 16 << 20 && expected == SEG
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn identity_refuses_garbage() {
+        let magic = magic_for_major(17).unwrap();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "text",
+                b"this is not a WAL file, just some text....".to_vec(),
+            ),
+            (
+                "unknown magic",
+                long_header(0xD0FF, XLP_LONG_HEADER, 3 * SEG, SYSID, SEG as u32).to_vec(),
+            ),
+            (
+                "short header",
+                long_header(magic, 0, 3 * SEG, SYSID, SEG as u32).to_vec(),
+            ),
+            (
+                "unknown flags",
+                long_header(magic, XLP_LONG_HEADER | 0x10, 3 * SEG, SYSID, SEG as u32).to_vec(),
+            ),
+            (
+                "wrong page address",
+                long_header(magic, XLP_LONG_HEADER, 4 * SEG, SYSID, SEG as u32).to_vec(),
+            ),
+            ("all zeros (complete file)", vec![0u8; 40]),
+        ];
+        for (what, header) in cases {
+            let tmp = tempfile::tempdir().unwrap();
+            wal_file(tmp.path(), &name(1, 3), SEG, &header);
+            let dir = ArchiveDir::open(tmp.path()).unwrap();
+            let err = dir
+                .check_identity(&dir.scan(SEG).unwrap(), SYSID, SEG)
+                .unwrap_err();
+            assert!(matches!(err, ArchiveError::NotWal { .. }), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn write_history_validates_the_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        for (tli, bad) in [
+            (2, "../x.history"),
+            (2, "../00000002.history"),
+            (2, "00000003.history"),
+            (0x1A, "0000001a.history"),
+            (2, "00000002.history/"),
+            (2, "/tmp/00000002.history"),
+            (2, "00000002.HISTORY"),
+            (2, "00000002.history.tmp"),
+            (2, ""),
+            (0, "00000000.history"),
+        ] {
+            let err = dir.write_history(tli, bad, b"content", true).unwrap_err();
+            assert!(
+                matches!(err, ArchiveError::BadHistoryName { .. }),
+                "{bad}: {err}"
+            );
+        }
+        assert!(names(tmp.path()).is_empty());
+        assert!(!tmp.path().parent().unwrap().join("x.history").exists());
+
+        let content = b"1\t0/5000060\tno recovery target specified\n";
+        dir.write_history(2, "00000002.history", content, true)
+            .unwrap();
+        dir.write_history(0x1A, "0000001A.history", content, false)
+            .unwrap();
+        assert_eq!(names(tmp.path()), ["00000002.history", "0000001A.history"]);
+        assert_eq!(
+            std::fs::read(tmp.path().join("00000002.history")).unwrap(),
+            content
+        );
+        assert!(dir.has_history(2) && dir.has_history(0x1A));
+        assert_eq!(dir.scan(SEG).unwrap().histories, [2, 0x1A]);
+    }
+
+    #[test]
+    fn files_moved_away_after_the_scan_are_tolerated() {
+        // Barman's archiver moves completed segments out while we run.
+        let tmp = tempfile::tempdir().unwrap();
+        let moved = wal_file(tmp.path(), &name(1, 1), SEG, &good_header(1));
+        wal_file(tmp.path(), &name(1, 2), SEG, &good_header(2));
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let scan = dir.scan(SEG).unwrap();
+        std::fs::remove_file(&moved).unwrap();
+        dir.check_identity(&scan, SYSID, SEG).unwrap();
+        dir.sync_existing(&scan).unwrap();
+    }
+
+    #[test]
+    fn sync_existing_and_fsync() {
+        let tmp = tempfile::tempdir().unwrap();
+        touch(tmp.path(), &name(1, 1), SEG);
+        touch(tmp.path(), "00000002.history", 10);
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let scan = dir.scan(SEG).unwrap();
+        dir.sync_existing(&scan).unwrap();
+        dir.fsync().unwrap();
     }
 }

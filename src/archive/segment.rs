@@ -2,15 +2,56 @@
 //! segment size (through a `.tmp` name, so a short file never carries a WAL name),
 //! written with `pwrite`, made durable with `fdatasync`, and renamed to `NAME`
 //! once complete and fsynced.
+//!
+//! Lifecycle of a segment file:
+//!
+//! 1. `NAME.partial.tmp` is created (mode 0600), filled with real zeros (not
+//!    `fallocate`: written blocks mean a later `fdatasync` has no metadata to
+//!    flush), fsynced, renamed to `NAME.partial`, and the directory fsynced.
+//!    If padding fails (ENOSPC), the temporary is removed: unlike
+//!    pg_receivewal, no short `.partial` is left to block every later start.
+//!    An existing full-size `NAME.partial` is reused (and fsynced first, in
+//!    case an earlier run crashed before its fsync); a zero-byte one (Barman's
+//!    `receive-wal --reset`) is replaced by a new padded file.
+//! 2. WAL is written in place with `pwrite` and made durable with `fdatasync`.
+//! 3. Once every byte from offset 0 to the end was written: `fdatasync`,
+//!    rename to `NAME`, fsync the directory. Otherwise the file keeps its
+//!    `.partial` name ([`SegmentWriter::close_partial`]).
+//!
+//! A failed fsync (or write) poisons the writer: it is never retried on this
+//! descriptor, every later call returns [`ArchiveError::Poisoned`], and the
+//! session must end and re-stream from the last durable point.
 
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::durable::{self, TMP_SUFFIX};
+use super::scan::PARTIAL_SUFFIX;
 use super::ArchiveError;
-use crate::lsn::{SegNo, TimeLineId};
+use crate::lsn::{is_valid_segment_size, segment_start_lsn, wal_file_name, Lsn, SegNo, TimeLineId};
 
+/// Size of each zero block written while pre-padding.
+const PAD_BLOCK: usize = 1 << 20;
+
+/// An open `.partial` segment file.
 #[derive(Debug)]
 pub struct SegmentWriter {
+    file: File,
+    dir: PathBuf,
+    /// `dir/NAME.partial` (the file's name while it is being written).
     path: PathBuf,
+    /// `dir/NAME`, the name once complete.
+    final_path: PathBuf,
+    timeline: TimeLineId,
+    segno: SegNo,
+    segment_size: u64,
+    sync: bool,
+    /// End of the prefix `[0, written)` covered by writes through this writer.
+    /// [`SegmentWriter::complete`] requires the whole segment.
+    written: u64,
+    /// Set by a failed fsync or write; every later call fails.
+    poisoned: bool,
 }
 
 impl SegmentWriter {
@@ -18,41 +59,580 @@ impl SegmentWriter {
     /// `NAME.partial` of full size (fsyncing it first, in case of an earlier
     /// crash), or creates a new zero-padded one. With `sync`, the new file and the
     /// directory are fsynced before it is used.
-    pub fn open(dir: &Path, timeline: TimeLineId, segno: SegNo, segment_size: u64, sync: bool) -> Result<Self, ArchiveError> {
-        let _ = (dir, timeline, segno, segment_size, sync);
-        todo!("helper D")
+    ///
+    /// Errors: [`ArchiveError::AlreadyComplete`] if `NAME` exists,
+    /// [`ArchiveError::WrongSize`] if `NAME.partial` is neither empty nor full
+    /// size, [`ArchiveError::InvalidSegmentSize`] / [`ArchiveError::InvalidTimeline`]
+    /// for impossible arguments.
+    pub fn open(
+        dir: &Path,
+        timeline: TimeLineId,
+        segno: SegNo,
+        segment_size: u64,
+        sync: bool,
+    ) -> Result<Self, ArchiveError> {
+        if !is_valid_segment_size(segment_size) {
+            return Err(ArchiveError::InvalidSegmentSize { size: segment_size });
+        }
+        if timeline == 0 {
+            return Err(ArchiveError::InvalidTimeline { timeline });
+        }
+        let name = wal_file_name(timeline, segno, segment_size);
+        let final_path = dir.join(&name);
+        let path = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
+
+        match std::fs::symlink_metadata(&final_path) {
+            Ok(_) => return Err(ArchiveError::AlreadyComplete { path: final_path }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ArchiveError::io(&final_path, e)),
+        }
+
+        let existing = match std::fs::metadata(&path) {
+            Ok(m) if !m.is_file() => {
+                return Err(ArchiveError::io(
+                    &path,
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+                ))
+            }
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(ArchiveError::io(&path, e)),
+        };
+
+        let file = match existing {
+            Some(size) if size == segment_size => reopen_partial(dir, &path, sync)?,
+            Some(0) | None => create_padded(dir, &name, &path, segment_size, sync)?,
+            Some(size) => {
+                return Err(ArchiveError::WrongSize {
+                    path,
+                    size,
+                    expected: segment_size,
+                })
+            }
+        };
+
+        Ok(SegmentWriter {
+            file,
+            dir: dir.to_path_buf(),
+            path,
+            final_path,
+            timeline,
+            segno,
+            segment_size,
+            sync,
+            written: 0,
+            poisoned: false,
+        })
+    }
+
+    fn check_poisoned(&self) -> Result<(), ArchiveError> {
+        if self.poisoned {
+            return Err(ArchiveError::Poisoned {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Writes `data` at `offset` inside the segment (offset + len ≤ segment size).
+    ///
+    /// An out-of-bounds request is refused with [`ArchiveError::OutOfSegment`]
+    /// and writes nothing. A failed write poisons the writer: what reached the
+    /// file is unknown, so the session must re-stream.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), ArchiveError> {
-        let _ = (offset, data);
-        todo!("helper D")
+        self.check_poisoned()?;
+        let len = data.len() as u64;
+        let end = match offset.checked_add(len) {
+            Some(end) if end <= self.segment_size => end,
+            _ => {
+                return Err(ArchiveError::OutOfSegment {
+                    path: self.path.clone(),
+                    offset,
+                    len,
+                    segment_size: self.segment_size,
+                })
+            }
+        };
+        if let Err(source) = self.file.write_all_at(data, offset) {
+            self.poisoned = true;
+            return Err(ArchiveError::Write {
+                path: self.path.clone(),
+                offset,
+                source,
+            });
+        }
+        if offset <= self.written {
+            self.written = self.written.max(end);
+        }
+        Ok(())
     }
 
     /// fdatasync (no-op without `sync`). An error poisons the writer: it is never
     /// retried on this descriptor and every later call fails.
     pub fn sync(&mut self) -> Result<(), ArchiveError> {
-        todo!("helper D")
+        self.check_poisoned()?;
+        if !self.sync {
+            return Ok(());
+        }
+        self.datasync()
+    }
+
+    /// The fdatasync itself; poisons on failure.
+    fn datasync(&mut self) -> Result<(), ArchiveError> {
+        #[cfg(test)]
+        let result = match failpoints::take_datasync_failure() {
+            Some(source) => Err(ArchiveError::Fsync {
+                path: self.path.clone(),
+                source,
+            }),
+            None => durable::fdatasync(&self.file, &self.path),
+        };
+        #[cfg(not(test))]
+        let result = durable::fdatasync(&self.file, &self.path);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
     }
 
     /// The segment is complete: fsync, rename `NAME.partial` to `NAME`, fsync the
-    /// directory.
-    pub fn complete(self) -> Result<PathBuf, ArchiveError> {
-        todo!("helper D")
+    /// directory. Returns the final path.
+    ///
+    /// Refused with [`ArchiveError::IncompleteSegment`] unless every byte from
+    /// offset 0 to the segment end was written through this writer; the file
+    /// then keeps its `.partial` name. With `sync == false` this is a plain
+    /// rename.
+    pub fn complete(mut self) -> Result<PathBuf, ArchiveError> {
+        self.check_poisoned()?;
+        if self.written != self.segment_size {
+            return Err(ArchiveError::IncompleteSegment {
+                path: self.path.clone(),
+                written: self.written,
+                expected: self.segment_size,
+            });
+        }
+        if self.sync {
+            self.datasync()?;
+        }
+        durable::rename(&self.path, &self.final_path)?;
+        if self.sync {
+            durable::fsync_dir(&self.dir)?;
+        }
+        tracing::debug!(path = %self.final_path.display(), "segment complete");
+        Ok(self.final_path)
     }
 
     /// Stop writing but keep the `.partial` (fsynced when `sync`).
-    pub fn close_partial(self) -> Result<(), ArchiveError> {
-        todo!("helper D")
+    ///
+    /// A poisoned writer is closed without fsync and returns
+    /// [`ArchiveError::Poisoned`].
+    pub fn close_partial(mut self) -> Result<(), ArchiveError> {
+        self.check_poisoned()?;
+        if self.sync {
+            self.datasync()?;
+        }
+        tracing::info!(
+            "not renaming \"{}\", segment is not complete",
+            self.path.display()
+        );
+        Ok(())
     }
 
+    /// The file's current name (`NAME.partial`).
     pub fn path(&self) -> &Path {
         &self.path
     }
+    /// The name the file gets once complete (`NAME`).
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
     pub fn timeline(&self) -> TimeLineId {
-        todo!("helper D")
+        self.timeline
     }
     pub fn segno(&self) -> SegNo {
-        todo!("helper D")
+        self.segno
+    }
+    pub fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+    /// Whether fsyncs are done (`false` with `--no-sync`).
+    pub fn sync_enabled(&self) -> bool {
+        self.sync
+    }
+    /// LSN of the segment's first byte.
+    pub fn start_lsn(&self) -> Lsn {
+        segment_start_lsn(self.segno, self.segment_size)
+    }
+    /// Length of the prefix `[0, n)` written through this writer so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+    /// Whether an earlier fsync or write failed.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+}
+
+/// Reopens a full-size `.partial` for writing (no truncation). With `sync` it is
+/// fsynced first, and the directory too: an earlier run may have crashed before
+/// either reached the disk, and we are about to trust this file's name.
+fn reopen_partial(dir: &Path, path: &Path, sync: bool) -> Result<File, ArchiveError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| ArchiveError::io(path, e))?;
+    if sync {
+        // On failure the file is left in place (pg_receivewal deletes it): it is
+        // re-streamed from offset 0 by the next session anyway, and deleting
+        // could only lose bytes that might still be good.
+        file.sync_all().map_err(|source| ArchiveError::Fsync {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        durable::fsync_dir(dir)?;
+    }
+    tracing::debug!(path = %path.display(), "reusing existing pre-padded partial segment");
+    Ok(file)
+}
+
+/// Creates `NAME.partial` through `NAME.partial.tmp`, zero-padded to
+/// `segment_size`. The temporary is removed on any failure.
+fn create_padded(
+    dir: &Path,
+    name: &str,
+    path: &Path,
+    segment_size: u64,
+    sync: bool,
+) -> Result<File, ArchiveError> {
+    let tmp = dir.join(format!("{name}{PARTIAL_SUFFIX}{TMP_SUFFIX}"));
+    let result = create_padded_tmp(&tmp, segment_size, sync).and_then(|file| {
+        durable::rename(&tmp, path)?;
+        Ok(file)
+    });
+    let file = match result {
+        Ok(file) => file,
+        Err(e) => {
+            durable::remove_quietly(&tmp);
+            return Err(e);
+        }
+    };
+    if sync {
+        durable::fsync_dir(dir)?;
+    }
+    tracing::debug!(path = %path.display(), "created pre-padded partial segment");
+    Ok(file)
+}
+
+fn create_padded_tmp(tmp: &Path, segment_size: u64, sync: bool) -> Result<File, ArchiveError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(|e| ArchiveError::io(tmp, e))?;
+    let zeros = vec![0u8; PAD_BLOCK];
+    let mut offset = 0u64;
+    while offset < segment_size {
+        // Bounded by PAD_BLOCK, so the cast cannot truncate.
+        let n = (segment_size - offset).min(PAD_BLOCK as u64) as usize;
+        #[cfg(test)]
+        let result = match failpoints::pad_failure(offset) {
+            Some(e) => Err(e),
+            None => file.write_all_at(&zeros[..n], offset),
+        };
+        #[cfg(not(test))]
+        let result = file.write_all_at(&zeros[..n], offset);
+        result.map_err(|source| ArchiveError::Write {
+            path: tmp.to_path_buf(),
+            offset,
+            source,
+        })?;
+        offset += n as u64;
+    }
+    if sync {
+        file.sync_all().map_err(|source| ArchiveError::Fsync {
+            path: tmp.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(file)
+}
+
+/// Test-only fault injection, per test thread (each `#[test]` runs on its own
+/// thread, so tests do not see each other's faults).
+#[cfg(test)]
+pub(crate) mod failpoints {
+    use std::cell::Cell;
+
+    thread_local! {
+        static DATASYNC_FAIL: Cell<bool> = const { Cell::new(false) };
+        static PAD_FAIL_AT: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    /// The next fdatasync of a segment writer on this thread fails with EIO.
+    pub(crate) fn fail_next_datasync() {
+        DATASYNC_FAIL.with(|c| c.set(true));
+    }
+
+    /// Pre-padding on this thread fails with ENOSPC at the first block at or
+    /// after `offset`.
+    pub(crate) fn fail_padding_at(offset: Option<u64>) {
+        PAD_FAIL_AT.with(|c| c.set(offset));
+    }
+
+    pub(super) fn take_datasync_failure() -> Option<std::io::Error> {
+        DATASYNC_FAIL
+            .with(|c| c.replace(false))
+            .then(|| std::io::Error::from_raw_os_error(libc::EIO))
+    }
+
+    pub(super) fn pad_failure(offset: u64) -> Option<std::io::Error> {
+        PAD_FAIL_AT.with(|c| match c.get() {
+            Some(at) if offset >= at => Some(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const SEG: u64 = 1 << 20;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn seg_name(tli: TimeLineId, segno: SegNo) -> String {
+        wal_file_name(tli, segno, SEG)
+    }
+
+    #[test]
+    fn create_pads_to_full_size_without_leftover_tmp() {
+        for sync in [true, false] {
+            let tmp = tempfile::tempdir().unwrap();
+            let w = SegmentWriter::open(tmp.path(), 1, 3, SEG, sync).unwrap();
+            let partial = tmp.path().join(format!("{}.partial", seg_name(1, 3)));
+            assert_eq!(w.path(), partial);
+            assert_eq!(w.final_path(), tmp.path().join(seg_name(1, 3)));
+            assert_eq!(
+                (w.timeline(), w.segno(), w.segment_size(), w.sync_enabled()),
+                (1, 3, SEG, sync)
+            );
+            assert_eq!(w.start_lsn(), Lsn(3 * SEG));
+            assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 3))]);
+            let meta = std::fs::metadata(&partial).unwrap();
+            assert_eq!(meta.len(), SEG);
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+            assert!(std::fs::read(&partial).unwrap().iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn write_then_complete_renames() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 2, 0x1_0000_0005, SEG, true).unwrap();
+        let data: Vec<u8> = (0..SEG).map(|i| (i % 251) as u8).collect();
+        // Written in uneven pieces, with a sync in between.
+        w.write_at(0, &data[..1000]).unwrap();
+        w.sync().unwrap();
+        w.write_at(1000, &data[1000..]).unwrap();
+        assert_eq!(w.written(), SEG);
+        let done = w.complete().unwrap();
+        let name = seg_name(2, 0x1_0000_0005);
+        assert_eq!(done, tmp.path().join(&name));
+        assert_eq!(names(tmp.path()), [name]);
+        assert_eq!(std::fs::read(&done).unwrap(), data);
+    }
+
+    #[test]
+    fn complete_without_sync_is_a_plain_rename() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 1, 1, SEG, false).unwrap();
+        w.write_at(0, &vec![7u8; SEG as usize]).unwrap();
+        w.sync().unwrap(); // no-op
+        w.complete().unwrap();
+        assert_eq!(names(tmp.path()), [seg_name(1, 1)]);
+    }
+
+    #[test]
+    fn complete_refuses_an_incomplete_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 1, 1, SEG, true).unwrap();
+        w.write_at(0, &[1u8; 100]).unwrap();
+        // A gap: the bytes after it do not count towards completeness.
+        w.write_at(200, &vec![1u8; (SEG - 200) as usize]).unwrap();
+        assert_eq!(w.written(), 100);
+        let err = w.complete().unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::IncompleteSegment { written: 100, .. }),
+            "{err}"
+        );
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 1))]);
+    }
+
+    #[test]
+    fn close_partial_keeps_the_name_and_reopen_reuses_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 1, 9, SEG, true).unwrap();
+        w.write_at(0, b"first session").unwrap();
+        w.close_partial().unwrap();
+        let partial = tmp.path().join(format!("{}.partial", seg_name(1, 9)));
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 9))]);
+
+        // Reopen: no truncation, no re-padding; old bytes stay until overwritten.
+        let mut w = SegmentWriter::open(tmp.path(), 1, 9, SEG, true).unwrap();
+        let content = std::fs::read(&partial).unwrap();
+        assert_eq!(content.len() as u64, SEG);
+        assert_eq!(&content[..13], b"first session");
+        w.write_at(0, b"second").unwrap();
+        w.close_partial().unwrap();
+        assert_eq!(&std::fs::read(&partial).unwrap()[..13], b"secondsession");
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 9))]);
+    }
+
+    #[test]
+    fn zero_byte_partial_is_replaced_by_a_padded_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let partial = tmp.path().join(format!("{}.partial", seg_name(1, 4)));
+        File::create(&partial).unwrap();
+        let w = SegmentWriter::open(tmp.path(), 1, 4, SEG, true).unwrap();
+        assert_eq!(std::fs::metadata(&partial).unwrap().len(), SEG);
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 4))]);
+        drop(w);
+    }
+
+    #[test]
+    fn wrong_sized_partial_is_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let partial = tmp.path().join(format!("{}.partial", seg_name(1, 4)));
+        std::fs::write(&partial, vec![1u8; 8192]).unwrap();
+        let err = SegmentWriter::open(tmp.path(), 1, 4, SEG, true).unwrap_err();
+        assert!(
+            matches!(&err, ArchiveError::WrongSize { path, size: 8192, .. } if *path == partial),
+            "{err}"
+        );
+        assert!(err.to_string().contains("should be 0 or"), "{err}");
+        assert_eq!(std::fs::read(&partial).unwrap(), vec![1u8; 8192]);
+        assert_eq!(names(tmp.path()).len(), 1);
+    }
+
+    #[test]
+    fn existing_complete_segment_is_not_reopened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let done = tmp.path().join(seg_name(1, 4));
+        std::fs::write(&done, b"x").unwrap();
+        let err = SegmentWriter::open(tmp.path(), 1, 4, SEG, true).unwrap_err();
+        assert!(
+            matches!(&err, ArchiveError::AlreadyComplete { path } if *path == done),
+            "{err}"
+        );
+        assert_eq!(names(tmp.path()), [seg_name(1, 4)]);
+    }
+
+    #[test]
+    fn invalid_arguments_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            SegmentWriter::open(tmp.path(), 1, 1, 0, true),
+            Err(ArchiveError::InvalidSegmentSize { size: 0 })
+        ));
+        assert!(matches!(
+            SegmentWriter::open(tmp.path(), 1, 1, SEG + 1, true),
+            Err(ArchiveError::InvalidSegmentSize { .. })
+        ));
+        assert!(matches!(
+            SegmentWriter::open(tmp.path(), 0, 1, SEG, true),
+            Err(ArchiveError::InvalidTimeline { timeline: 0 })
+        ));
+        assert!(names(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn write_out_of_bounds_is_an_error_not_a_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 1, 1, SEG, false).unwrap();
+        for (offset, len) in [
+            (SEG, 1usize),
+            (SEG - 1, 2),
+            (u64::MAX, 1),
+            (0, SEG as usize + 1),
+        ] {
+            let err = w.write_at(offset, &vec![0u8; len]).unwrap_err();
+            assert!(
+                matches!(err, ArchiveError::OutOfSegment { .. }),
+                "{offset}+{len}: {err}"
+            );
+        }
+        // Not poisoned by a refused request; the last byte is writable.
+        w.write_at(SEG - 1, &[1]).unwrap();
+        w.write_at(SEG, &[]).unwrap();
+        assert!(!w.is_poisoned());
+    }
+
+    #[test]
+    fn fsync_failure_poisons_the_writer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 1, 1, SEG, true).unwrap();
+        w.write_at(0, b"abc").unwrap();
+        failpoints::fail_next_datasync();
+        let err = w.sync().unwrap_err();
+        assert!(matches!(err, ArchiveError::Fsync { .. }), "{err}");
+        assert!(w.is_poisoned());
+        // Never retried: every later call fails without touching the file.
+        assert!(matches!(w.sync(), Err(ArchiveError::Poisoned { .. })));
+        assert!(matches!(
+            w.write_at(3, b"d"),
+            Err(ArchiveError::Poisoned { .. })
+        ));
+        assert!(matches!(
+            w.close_partial(),
+            Err(ArchiveError::Poisoned { .. })
+        ));
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 1))]);
+    }
+
+    #[test]
+    fn fsync_failure_at_completion_keeps_the_partial_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(tmp.path(), 1, 1, SEG, true).unwrap();
+        w.write_at(0, &vec![5u8; SEG as usize]).unwrap();
+        failpoints::fail_next_datasync();
+        let err = w.complete().unwrap_err();
+        assert!(matches!(err, ArchiveError::Fsync { .. }), "{err}");
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 1))]);
+    }
+
+    #[test]
+    fn padding_failure_leaves_no_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        for at in [0, 512 << 10] {
+            failpoints::fail_padding_at(Some(at));
+            let err = SegmentWriter::open(tmp.path(), 1, 1, 2 * SEG, true).unwrap_err();
+            failpoints::fail_padding_at(None);
+            match &err {
+                ArchiveError::Write { source, .. } => {
+                    assert_eq!(source.raw_os_error(), Some(libc::ENOSPC))
+                }
+                other => panic!("{other}"),
+            }
+            assert!(names(tmp.path()).is_empty(), "{:?}", names(tmp.path()));
+        }
+        // A zero-byte partial from Barman's reset survives a failed padding.
+        let partial = tmp.path().join(format!("{}.partial", seg_name(1, 1)));
+        File::create(&partial).unwrap();
+        failpoints::fail_padding_at(Some(0));
+        assert!(SegmentWriter::open(tmp.path(), 1, 1, SEG, true).is_err());
+        failpoints::fail_padding_at(None);
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 1))]);
+        assert_eq!(std::fs::metadata(&partial).unwrap().len(), 0);
     }
 }
