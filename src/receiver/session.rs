@@ -90,6 +90,11 @@ async fn start_point(
     archive
         .check_identity(&scan, server.system_id, seg)
         .map_err(ReceiverError::Archive)?;
+    if opts.sync {
+        // What is already there is reported as flushed from the start: make sure
+        // it is durable first (an earlier run may have used --no-sync, or crashed).
+        archive.sync_existing(&scan).map_err(ReceiverError::Archive)?;
+    }
     if let Some(start) = scan.streaming_start(seg) {
         report_partial(archive, &scan, start, server);
         return Ok(start);
