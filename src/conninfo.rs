@@ -56,7 +56,11 @@ pub enum ConnInfoError {
     #[error("invalid URI {uri:?}: {what}")]
     BadUri { uri: String, what: String },
     #[error("invalid value for \"{key}\": {value:?} ({what})")]
-    BadValue { key: String, value: String, what: String },
+    BadValue {
+        key: String,
+        value: String,
+        what: String,
+    },
     #[error("sslmode \"{0}\" is not yet supported: walrcv cannot use TLS yet; use sslmode=disable or prefer")]
     TlsNotSupported(String),
     /// A valid libpq setting that asks for something walrcv does not implement.
@@ -86,7 +90,11 @@ pub enum Target {
     /// TCP to `host` (used for .pgpass matching and messages), connecting to
     /// `hostaddr` when given instead of resolving `host`. When only `hostaddr`
     /// was given, `host` is the address itself (libpq matches `.pgpass` on it).
-    Tcp { host: String, hostaddr: Option<String>, port: u16 },
+    Tcp {
+        host: String,
+        hostaddr: Option<String>,
+        port: u16,
+    },
     /// Unix-domain socket `dir/.s.PGSQL.port`.
     Unix { dir: PathBuf, port: u16 },
 }
@@ -177,9 +185,8 @@ fn effective_passwd() -> Option<(String, Option<PathBuf>)> {
         let mut result: *mut libc::passwd = std::ptr::null_mut();
         // SAFETY: every pointer is valid for writes for the whole call and
         // buf.len() is the true length of buf.
-        let rc = unsafe {
-            libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result)
-        };
+        let rc =
+            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
         // Entries with very long fields need a bigger buffer; the cap stops a
         // broken NSS module from making us allocate without bound.
         if rc == libc::ERANGE && buf_len < (1 << 20) {
@@ -191,7 +198,10 @@ fn effective_passwd() -> Option<(String, Option<PathBuf>)> {
         }
         // SAFETY: on success pw_name and pw_dir (when non-null) point to
         // NUL-terminated strings inside `buf`, which is still alive here.
-        let name = unsafe { CStr::from_ptr(pwd.pw_name) }.to_str().ok()?.to_owned();
+        let name = unsafe { CStr::from_ptr(pwd.pw_name) }
+            .to_str()
+            .ok()?
+            .to_owned();
         let dir = if pwd.pw_dir.is_null() {
             None
         } else {
@@ -319,7 +329,10 @@ const URI_PREFIXES: [&str; 2] = ["postgresql://", "postgres://"];
 /// Length of the URI scheme designator, as libpq's `uri_prefix_length`
 /// (case-sensitive, no leading whitespace).
 fn uri_prefix_len(s: &str) -> Option<usize> {
-    URI_PREFIXES.iter().find(|p| s.starts_with(**p)).map(|p| p.len())
+    URI_PREFIXES
+        .iter()
+        .find(|p| s.starts_with(**p))
+        .map(|p| p.len())
 }
 
 /// Parses a conninfo string (`key=value ...` or a `postgresql://` URI) into its
@@ -361,7 +374,9 @@ fn parse_key_value(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
         while chars.next_if(|&c| is_space(c)).is_some() {}
         if chars.next_if_eq(&'=').is_none() {
             return Err(match after_secret {
-                Some(secret) => ConnInfoError::TextAfterSecret { key: secret.to_owned() },
+                Some(secret) => ConnInfoError::TextAfterSecret {
+                    key: secret.to_owned(),
+                },
                 None => ConnInfoError::MissingEquals(key),
             });
         }
@@ -395,7 +410,9 @@ fn parse_key_value(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
         }
         let Some(known) = keyword(&key) else {
             return Err(match after_secret {
-                Some(secret) => ConnInfoError::TextAfterSecret { key: secret.to_owned() },
+                Some(secret) => ConnInfoError::TextAfterSecret {
+                    key: secret.to_owned(),
+                },
                 None => ConnInfoError::UnknownKey(key),
             });
         };
@@ -408,7 +425,10 @@ fn parse_key_value(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
 /// libpq's `conninfo_uri_parse_options`:
 /// `postgresql://[user[:password]@][host][:port][,...][/dbname][?param=value&...]`.
 fn parse_uri(uri: &str, prefix_len: usize) -> Result<Vec<(String, String)>, ConnInfoError> {
-    let bad = |what: String| ConnInfoError::BadUri { uri: redact_uri(uri), what };
+    let bad = |what: String| ConnInfoError::BadUri {
+        uri: redact_uri(uri),
+        what,
+    };
     let decode_part = |part: &str, what: &str| -> Result<String, ConnInfoError> {
         percent_decode(part).map_err(|e| bad(format!("{e} in the {what}")))
     };
@@ -443,12 +463,10 @@ fn parse_uri(uri: &str, prefix_len: usize) -> Result<Vec<(String, String)>, Conn
             let start = p + 1;
             let close = match rest[start..].find(']') {
                 Some(i) => start + i,
-                None => {
-                    return Err(bad(
-                        "end of string reached when looking for matching \"]\" in IPv6 host address"
-                            .to_owned(),
-                    ))
-                }
+                None => return Err(bad(
+                    "end of string reached when looking for matching \"]\" in IPv6 host address"
+                        .to_owned(),
+                )),
             };
             if close == start {
                 return Err(bad("IPv6 host address may not be empty".to_owned()));
@@ -493,9 +511,10 @@ fn parse_uri(uri: &str, prefix_len: usize) -> Result<Vec<(String, String)>, Conn
     if !hosts.is_empty() {
         out.push(("host".to_owned(), hosts));
     }
-    let ports = ports.join(",");
-    if !ports.is_empty() {
-        out.push(("port".to_owned(), ports));
+    // libpq would store "," for "a,b"; leaving it out means the same (every
+    // host on the default port) and reads better.
+    if ports.iter().any(|p| !p.is_empty()) {
+        out.push(("port".to_owned(), ports.join(",")));
     }
 
     if term == Some(b'/') {
@@ -580,7 +599,10 @@ fn redact_uri(uri: &str) -> String {
     };
     let mut out = uri[..prefix_len].to_owned();
     let mut rest = &uri[prefix_len..];
-    if let Some(at) = rest.find(['@', '/']).filter(|&i| rest.as_bytes()[i] == b'@') {
+    if let Some(at) = rest
+        .find(['@', '/'])
+        .filter(|&i| rest.as_bytes()[i] == b'@')
+    {
         match rest[..at].split_once(':') {
             Some((user, _)) => {
                 out.push_str(user);
@@ -657,7 +679,10 @@ fn bad_value(key: &str, value: &str, what: impl fmt::Display, origin: Origin) ->
 }
 
 fn unsupported(key: &str, what: impl fmt::Display, origin: Origin) -> ConnInfoError {
-    ConnInfoError::Unsupported { key: key.to_owned(), what: format!("{what} ({origin})") }
+    ConnInfoError::Unsupported {
+        key: key.to_owned(),
+        what: format!("{what} ({origin})"),
+    }
 }
 
 /// libpq's `parse_int_param`: a decimal `int`, surrounding whitespace allowed.
@@ -671,9 +696,16 @@ fn parse_int(key: &str, value: &str, origin: Origin) -> Result<i32, ConnInfoErro
 /// A number of seconds; zero or negative means "not set" (libpq passes such
 /// values to setsockopt, which refuses them; the system default is the useful
 /// reading).
-fn parse_seconds(key: &str, value: &str, origin: Origin) -> Result<Option<Duration>, ConnInfoError> {
+fn parse_seconds(
+    key: &str,
+    value: &str,
+    origin: Origin,
+) -> Result<Option<Duration>, ConnInfoError> {
     let n = parse_int(key, value, origin)?;
-    Ok(u64::try_from(n).ok().filter(|&n| n > 0).map(Duration::from_secs))
+    Ok(u64::try_from(n)
+        .ok()
+        .filter(|&n| n > 0)
+        .map(Duration::from_secs))
 }
 
 fn parse_port(value: &str, origin: Origin) -> Result<u16, ConnInfoError> {
@@ -686,7 +718,12 @@ fn parse_port(value: &str, origin: Origin) -> Result<u16, ConnInfoError> {
         .and_then(|n| u16::try_from(n).ok())
         .filter(|&n| n >= 1)
         .ok_or_else(|| {
-            bad_value("port", value, "invalid port number: must be from 1 to 65535", origin)
+            bad_value(
+                "port",
+                value,
+                "invalid port number: must be from 1 to 65535",
+                origin,
+            )
         })
 }
 
@@ -705,10 +742,19 @@ fn check_choice(
     if ok.contains(&value) {
         Ok(())
     } else if unsupported_values.contains(&value) {
-        Err(unsupported(key, format_args!("{key}={value}: {why}"), origin))
+        Err(unsupported(
+            key,
+            format_args!("{key}={value}: {why}"),
+            origin,
+        ))
     } else {
         let valid: Vec<&str> = ok.iter().chain(unsupported_values).copied().collect();
-        Err(bad_value(key, value, format_args!("valid values are {}", valid.join(", ")), origin))
+        Err(bad_value(
+            key,
+            value,
+            format_args!("valid values are {}", valid.join(", ")),
+            origin,
+        ))
     }
 }
 
@@ -788,17 +834,25 @@ pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParam
 
     let user = match s.get("user") {
         Some((user, _)) => user.to_owned(),
-        None => env.os_user().filter(|u| !u.is_empty()).ok_or(ConnInfoError::NoUser)?,
+        None => env
+            .os_user()
+            .filter(|u| !u.is_empty())
+            .ok_or(ConnInfoError::NoUser)?,
     };
     let password = s.get("password").map(|(p, _)| p.to_owned());
     let passfile = match s.get("passfile") {
         Some((path, _)) => Some(PathBuf::from(path)),
         None => env.home_dir().map(|home| home.join(".pgpass")),
     };
-    let dbname = s.get("dbname").map_or(REPLICATION_DBNAME, |(d, _)| d).to_owned();
+    let dbname = s
+        .get("dbname")
+        .map_or(REPLICATION_DBNAME, |(d, _)| d)
+        .to_owned();
 
-    let application_name =
-        s.get("application_name").map_or(DEFAULT_APPLICATION_NAME, |(a, _)| a).to_owned();
+    let application_name = s
+        .get("application_name")
+        .map_or(DEFAULT_APPLICATION_NAME, |(a, _)| a)
+        .to_owned();
     if !application_name.bytes().all(|b| (32..=126).contains(&b)) {
         // The server rewrites such bytes (to '?' or \xNN), so a
         // synchronous_standby_names entry written with the original would not match.
@@ -824,7 +878,10 @@ pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParam
             // libpq: zero or negative waits forever; the minimum is 2 s
             // because a 1 s timer could fire almost at once.
             let n = parse_int("connect_timeout", value, origin)?;
-            u64::try_from(n).ok().filter(|&n| n > 0).map(|n| Duration::from_secs(n.max(2)))
+            u64::try_from(n)
+                .ok()
+                .filter(|&n| n > 0)
+                .map(|n| Duration::from_secs(n.max(2)))
         }
         None => None,
     };
@@ -843,9 +900,9 @@ pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParam
         None => None,
     };
     let keepalives_count = match s.get("keepalives_count") {
-        Some((value, origin)) => {
-            u32::try_from(parse_int("keepalives_count", value, origin)?).ok().filter(|&n| n > 0)
-        }
+        Some((value, origin)) => u32::try_from(parse_int("keepalives_count", value, origin)?)
+            .ok()
+            .filter(|&n| n > 0),
         None => None,
     };
     if let Some((value, origin)) = s.get("tcp_user_timeout") {
@@ -906,10 +963,20 @@ fn check_unsupported(s: &Settings) -> Result<(), ConnInfoError> {
     for key in ["scram_client_key", "scram_server_key"] {
         if let Some((_, origin)) = s.get(key) {
             // Value not shown: these are secrets.
-            return Err(unsupported(key, "SCRAM pass-through keys are not supported", origin));
+            return Err(unsupported(
+                key,
+                "SCRAM pass-through keys are not supported",
+                origin,
+            ));
         }
     }
-    check_choice(s, "gssencmode", &["disable", "prefer"], &["require"], "GSSAPI encryption is not supported")?;
+    check_choice(
+        s,
+        "gssencmode",
+        &["disable", "prefer"],
+        &["require"],
+        "GSSAPI encryption is not supported",
+    )?;
     check_choice(
         s,
         "channel_binding",
@@ -921,7 +988,13 @@ fn check_unsupported(s: &Settings) -> Result<(), ConnInfoError> {
         s,
         "target_session_attrs",
         &["any"],
-        &["read-write", "read-only", "primary", "standby", "prefer-standby"],
+        &[
+            "read-write",
+            "read-only",
+            "primary",
+            "standby",
+            "prefer-standby",
+        ],
         "walrcv does not check the server's role; list only the server to stream from",
     )?;
     check_choice(
@@ -946,7 +1019,13 @@ fn check_unsupported(s: &Settings) -> Result<(), ConnInfoError> {
         &["3.2", "latest"],
         "walrcv speaks protocol version 3.0 only",
     )?;
-    check_choice(s, "max_protocol_version", &["3.0", "3.2", "latest"], &[], "")?;
+    check_choice(
+        s,
+        "max_protocol_version",
+        &["3.0", "3.2", "latest"],
+        &[],
+        "",
+    )?;
     Ok(())
 }
 
@@ -974,8 +1053,12 @@ fn resolve_sslmode(s: &Settings) -> Result<SslMode, ConnInfoError> {
 fn resolve_targets(s: &Settings) -> Result<Vec<Target>, ConnInfoError> {
     let host = s.get("host");
     let hostaddr = s.get("hostaddr");
-    let hosts: Vec<&str> = host.map(|(h, _)| h.split(',').collect()).unwrap_or_default();
-    let addrs: Vec<&str> = hostaddr.map(|(a, _)| a.split(',').collect()).unwrap_or_default();
+    let hosts: Vec<&str> = host
+        .map(|(h, _)| h.split(',').collect())
+        .unwrap_or_default();
+    let addrs: Vec<&str> = hostaddr
+        .map(|(a, _)| a.split(',').collect())
+        .unwrap_or_default();
     let n = if !addrs.is_empty() {
         addrs.len()
     } else {
@@ -1010,7 +1093,11 @@ fn resolve_targets(s: &Settings) -> Result<Vec<Target>, ConnInfoError> {
                 return Err(bad_value(
                     "port",
                     value,
-                    format_args!("could not match {} port numbers to {} hosts", ports.len(), n),
+                    format_args!(
+                        "could not match {} port numbers to {} hosts",
+                        ports.len(),
+                        n
+                    ),
                     origin,
                 ));
             }
@@ -1024,14 +1111,29 @@ fn resolve_targets(s: &Settings) -> Result<Vec<Target>, ConnInfoError> {
         let target = if !a.is_empty() {
             if a.parse::<std::net::IpAddr>().is_err() {
                 let origin = hostaddr.map_or(Origin::Conninfo, |(_, o)| o);
-                return Err(bad_value("hostaddr", a, "not a numeric IPv4 or IPv6 address", origin));
+                return Err(bad_value(
+                    "hostaddr",
+                    a,
+                    "not a numeric IPv4 or IPv6 address",
+                    origin,
+                ));
             }
             let host = if h.is_empty() { a } else { h };
-            Target::Tcp { host: host.to_owned(), hostaddr: Some(a.to_owned()), port }
+            Target::Tcp {
+                host: host.to_owned(),
+                hostaddr: Some(a.to_owned()),
+                port,
+            }
         } else if h.is_empty() {
-            Target::Unix { dir: PathBuf::from(DEFAULT_SOCKET_DIR), port }
+            Target::Unix {
+                dir: PathBuf::from(DEFAULT_SOCKET_DIR),
+                port,
+            }
         } else if h.starts_with('/') {
-            Target::Unix { dir: PathBuf::from(h), port }
+            Target::Unix {
+                dir: PathBuf::from(h),
+                port,
+            }
         } else if h.starts_with('@') {
             let origin = host.map_or(Origin::Conninfo, |(_, o)| o);
             return Err(bad_value(
@@ -1041,7 +1143,11 @@ fn resolve_targets(s: &Settings) -> Result<Vec<Target>, ConnInfoError> {
                 origin,
             ));
         } else {
-            Target::Tcp { host: h.to_owned(), hostaddr: None, port }
+            Target::Tcp {
+                host: h.to_owned(),
+                hostaddr: None,
+                port,
+            }
         };
         targets.push(target);
     }
@@ -1065,14 +1171,24 @@ impl ConnParams {
             Target::Tcp { host, port, .. } => (host.clone(), *port),
             Target::Unix { dir, port } => (dir.to_string_lossy().into_owned(), *port),
         };
-        let host = if host == DEFAULT_SOCKET_DIR { "localhost" } else { host.as_str() };
+        let host = if host == DEFAULT_SOCKET_DIR {
+            "localhost"
+        } else {
+            host.as_str()
+        };
         password_from_file(passfile, host, &port.to_string(), &self.dbname, &self.user)
     }
 }
 
 /// libpq's `passwordFromFile`: the password of the first line
 /// `hostname:port:database:username:password` matching all four fields.
-fn password_from_file(path: &Path, host: &str, port: &str, dbname: &str, user: &str) -> Option<String> {
+fn password_from_file(
+    path: &Path,
+    host: &str,
+    port: &str,
+    dbname: &str,
+    user: &str,
+) -> Option<String> {
     // A missing file is the normal case: no warning.
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_file() {
@@ -1101,7 +1217,9 @@ fn password_from_file(path: &Path, host: &str, port: &str, dbname: &str, user: &
         }
         let Some(rest) = [host, port, dbname, user]
             .iter()
-            .try_fold(line, |rest, field| pgpass_match_field(rest, field.as_bytes()))
+            .try_fold(line, |rest, field| {
+                pgpass_match_field(rest, field.as_bytes())
+            })
         else {
             continue;
         };
@@ -1167,4 +1285,1080 @@ fn pgpass_unescape_password(field: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    /// An injectable environment: no real `PG*` variable leaks into a test.
+    #[derive(Default)]
+    struct FakeEnv {
+        vars: HashMap<String, String>,
+        home: Option<PathBuf>,
+        user: Option<String>,
+    }
+
+    impl FakeEnv {
+        fn new() -> Self {
+            FakeEnv {
+                user: Some("osuser".to_owned()),
+                ..Default::default()
+            }
+        }
+        fn with(mut self, name: &str, value: &str) -> Self {
+            self.vars.insert(name.to_owned(), value.to_owned());
+            self
+        }
+    }
+
+    impl Environment for FakeEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.vars.get(name).cloned()
+        }
+        fn home_dir(&self) -> Option<PathBuf> {
+            self.home.clone()
+        }
+        fn os_user(&self) -> Option<String> {
+            self.user.clone()
+        }
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn d(conninfo: &str) -> Overrides {
+        Overrides {
+            dbname: Some(conninfo.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    fn resolve_d(conninfo: &str) -> Result<ConnParams, ConnInfoError> {
+        resolve(&d(conninfo), &FakeEnv::new())
+    }
+
+    fn unix(dir: &str, port: u16) -> Target {
+        Target::Unix {
+            dir: PathBuf::from(dir),
+            port,
+        }
+    }
+
+    fn tcp(host: &str, port: u16) -> Target {
+        Target::Tcp {
+            host: host.to_owned(),
+            hostaddr: None,
+            port,
+        }
+    }
+
+    // ---- key=value parsing ----
+
+    #[test]
+    fn key_value_basic_and_spaces_around_equals() {
+        assert_eq!(
+            parse("host=pg  port = 5433\tuser =bob dbname= db").unwrap(),
+            pairs(&[
+                ("host", "pg"),
+                ("port", "5433"),
+                ("user", "bob"),
+                ("dbname", "db")
+            ])
+        );
+        assert_eq!(parse("").unwrap(), vec![]);
+        assert_eq!(parse("   \n ").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn key_value_quoting_and_escapes() {
+        assert_eq!(
+            parse(r"password='it\'s a \\secret' options='-c a=b'").unwrap(),
+            pairs(&[("password", r"it's a \secret"), ("options", "-c a=b")])
+        );
+        // Empty values, quoted or at the end.
+        assert_eq!(
+            parse("user='' host=").unwrap(),
+            pairs(&[("user", ""), ("host", "")])
+        );
+        // Backslash escapes in unquoted values too.
+        assert_eq!(parse(r"user=a\ b").unwrap(), pairs(&[("user", "a b")]));
+        // A closing quote ends the value even without whitespace after it.
+        assert_eq!(
+            parse("user='a'host=b").unwrap(),
+            pairs(&[("user", "a"), ("host", "b")])
+        );
+        // Repeated keys are all returned, in order (the last one wins later).
+        assert_eq!(
+            parse("host=a host=b").unwrap(),
+            pairs(&[("host", "a"), ("host", "b")])
+        );
+        // Non-ASCII is kept as is.
+        assert_eq!(
+            parse("application_name='réplica 1'").unwrap(),
+            pairs(&[("application_name", "réplica 1")])
+        );
+    }
+
+    #[test]
+    fn key_value_errors() {
+        assert_eq!(
+            parse("host"),
+            Err(ConnInfoError::MissingEquals("host".into()))
+        );
+        assert_eq!(
+            parse("host pg"),
+            Err(ConnInfoError::MissingEquals("host".into()))
+        );
+        assert_eq!(parse("user='bob"), Err(ConnInfoError::UnterminatedQuote));
+        assert_eq!(parse(r"user='bob\"), Err(ConnInfoError::UnterminatedQuote));
+        let err = parse("host=pg colour=blue").unwrap_err();
+        assert_eq!(err, ConnInfoError::UnknownKey("colour".into()));
+        assert!(err.to_string().contains("\"colour\""), "{err}");
+        assert_eq!(parse("=x"), Err(ConnInfoError::UnknownKey("".into())));
+    }
+
+    #[test]
+    fn text_after_unquoted_password_is_not_echoed() {
+        for s in [
+            "password=open sesame",
+            "password=open sesame=1",
+            "user=u password=open sesame host=h",
+        ] {
+            let err = parse(s).unwrap_err();
+            assert_eq!(
+                err,
+                ConnInfoError::TextAfterSecret {
+                    key: "password".into()
+                },
+                "{s}"
+            );
+            assert!(!err.to_string().contains("sesame"), "{err}");
+        }
+        // Quoted, the same text after a password is an ordinary error.
+        assert_eq!(
+            parse("password='open' sesame"),
+            Err(ConnInfoError::MissingEquals("sesame".into()))
+        );
+    }
+
+    #[test]
+    fn all_libpq_keywords_parse() {
+        for k in KEYWORDS {
+            assert_eq!(
+                parse(&format!("{}=x", k.name)).unwrap(),
+                pairs(&[(k.name, "x")])
+            );
+        }
+    }
+
+    // ---- URIs ----
+
+    #[test]
+    fn uri_full() {
+        assert_eq!(
+            parse("postgresql://bob:s3cret@db.example.com:5433/mydb?application_name=x&sslmode=disable")
+                .unwrap(),
+            pairs(&[
+                ("user", "bob"),
+                ("password", "s3cret"),
+                ("host", "db.example.com"),
+                ("port", "5433"),
+                ("dbname", "mydb"),
+                ("application_name", "x"),
+                ("sslmode", "disable"),
+            ])
+        );
+        assert_eq!(parse("postgres://h").unwrap(), pairs(&[("host", "h")]));
+        assert_eq!(parse("postgresql://").unwrap(), vec![]);
+        assert_eq!(
+            parse("postgresql:///db").unwrap(),
+            pairs(&[("dbname", "db")])
+        );
+        assert_eq!(parse("postgresql://h/").unwrap(), pairs(&[("host", "h")]));
+        assert_eq!(parse("postgresql://h?").unwrap(), pairs(&[("host", "h")]));
+        assert_eq!(
+            parse("postgresql://bob@h").unwrap(),
+            pairs(&[("user", "bob"), ("host", "h")])
+        );
+        assert_eq!(
+            parse("postgresql://:pw@h").unwrap(),
+            pairs(&[("password", "pw"), ("host", "h")])
+        );
+        // A password may contain ':' (only the first one separates).
+        assert_eq!(
+            parse("postgresql://u:a:b@h").unwrap(),
+            pairs(&[("user", "u"), ("password", "a:b"), ("host", "h")])
+        );
+    }
+
+    #[test]
+    fn uri_ipv6_and_host_lists() {
+        assert_eq!(
+            parse("postgresql://[::1]:5433/db").unwrap(),
+            pairs(&[("host", "::1"), ("port", "5433"), ("dbname", "db")])
+        );
+        assert_eq!(
+            parse("postgresql://[2001:db8::7]").unwrap(),
+            pairs(&[("host", "2001:db8::7")])
+        );
+        assert_eq!(
+            parse("postgresql://h1:5432,[::1]:5433,h3/db").unwrap(),
+            pairs(&[
+                ("host", "h1,::1,h3"),
+                ("port", "5432,5433,"),
+                ("dbname", "db")
+            ])
+        );
+        assert_eq!(
+            parse("postgresql://a,b").unwrap(),
+            pairs(&[("host", "a,b")])
+        );
+    }
+
+    #[test]
+    fn uri_percent_decoding_and_socket_dir() {
+        assert_eq!(
+            parse("postgresql://%2Fvar%2Frun%2Fpostgresql/db").unwrap(),
+            pairs(&[("host", "/var/run/postgresql"), ("dbname", "db")])
+        );
+        assert_eq!(
+            parse("postgresql://us%40er:p%3Aw%2fd@h/my%20db?options=-c%20x%3D1").unwrap(),
+            pairs(&[
+                ("user", "us@er"),
+                ("password", "p:w/d"),
+                ("host", "h"),
+                ("dbname", "my db"),
+                ("options", "-c x=1"),
+            ])
+        );
+        // Socket directory as a query parameter too.
+        assert_eq!(
+            parse("postgresql:///db?host=/tmp&port=5999").unwrap(),
+            pairs(&[("dbname", "db"), ("host", "/tmp"), ("port", "5999")])
+        );
+        // '+' is not a space in libpq URIs.
+        assert_eq!(
+            parse("postgresql:///a+b").unwrap(),
+            pairs(&[("dbname", "a+b")])
+        );
+    }
+
+    #[test]
+    fn uri_params() {
+        assert_eq!(
+            parse("postgresql://h?ssl=true").unwrap(),
+            pairs(&[("host", "h"), ("sslmode", "require")])
+        );
+        assert_eq!(
+            parse("postgresql://h?ssl=false"),
+            Err(ConnInfoError::UnknownKey("ssl".into()))
+        );
+        let err = parse("postgresql://h?colour=blue").unwrap_err();
+        assert_eq!(err, ConnInfoError::UnknownKey("colour".into()));
+        assert!(err.to_string().contains("colour"));
+        // Trailing '&' is fine; an empty parameter in the middle is not.
+        assert_eq!(
+            parse("postgresql://h?port=1&").unwrap(),
+            pairs(&[("host", "h"), ("port", "1")])
+        );
+        assert!(matches!(
+            parse("postgresql://h?port=1&&user=u"),
+            Err(ConnInfoError::BadUri { .. })
+        ));
+        assert!(matches!(
+            parse("postgresql://h?port"),
+            Err(ConnInfoError::BadUri { .. })
+        ));
+        assert!(matches!(
+            parse("postgresql://h?port=1=2"),
+            Err(ConnInfoError::BadUri { .. })
+        ));
+    }
+
+    #[test]
+    fn uri_errors() {
+        for bad in [
+            "postgresql://[::1",
+            "postgresql://[]/db",
+            "postgresql://[::1]x/db",
+            "postgresql://h/db%2",
+            "postgresql://h/db%zz",
+            "postgresql://h/db%00",
+            "postgresql://h/db%ff",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ConnInfoError::BadUri { .. })),
+                "{bad}"
+            );
+        }
+        let err = parse("postgresql://[::1]x").unwrap_err();
+        assert!(err.to_string().contains("position 19"), "{err}");
+    }
+
+    #[test]
+    fn bad_uri_error_redacts_passwords() {
+        let err = parse("postgresql://bob:hunter2@[::1/db").unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(msg.contains("bob:***@"), "{msg}");
+
+        let err = parse("postgresql://h/db?password=hunter2&port=1&x=%zz").unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(msg.contains("password=***"), "{msg}");
+
+        // Encoded key names and bad escapes in the password itself.
+        let err = parse("postgresql://u:hunter2%zz@h").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = parse("postgresql://h?pass%77ord=hunter2&[").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    // ---- resolve: precedence ----
+
+    #[test]
+    fn defaults() {
+        let p = resolve(&Overrides::default(), &FakeEnv::new()).unwrap();
+        assert_eq!(
+            p,
+            ConnParams {
+                targets: vec![unix(DEFAULT_SOCKET_DIR, 5432)],
+                user: "osuser".into(),
+                password: None,
+                passfile: None,
+                dbname: "replication".into(),
+                application_name: "walrcv".into(),
+                options: None,
+                connect_timeout: None,
+                keepalives: true,
+                keepalives_idle: None,
+                keepalives_interval: None,
+                keepalives_count: None,
+                sslmode: SslMode::Prefer,
+                client_encoding: None,
+            }
+        );
+        let env = FakeEnv {
+            home: Some("/home/me".into()),
+            ..FakeEnv::new()
+        };
+        let p = resolve(&Overrides::default(), &env).unwrap();
+        assert_eq!(p.passfile, Some(PathBuf::from("/home/me/.pgpass")));
+    }
+
+    #[test]
+    fn no_user_anywhere_is_an_error() {
+        let env = FakeEnv::default();
+        assert_eq!(
+            resolve(&Overrides::default(), &env),
+            Err(ConnInfoError::NoUser)
+        );
+        assert_eq!(resolve(&d("user=u"), &env).unwrap().user, "u");
+    }
+
+    #[test]
+    fn barman_conninfo() {
+        let s = "application_name=barman_receive_wal dbname=replication host=pg \
+                 options=-cdatestyle=iso replication=true user=streaming_barman";
+        let p = resolve_d(s).unwrap();
+        assert_eq!(p.targets, vec![tcp("pg", 5432)]);
+        assert_eq!(p.user, "streaming_barman");
+        assert_eq!(p.application_name, "barman_receive_wal");
+        assert_eq!(p.options.as_deref(), Some("-cdatestyle=iso"));
+        assert_eq!(p.dbname, "replication");
+        assert_eq!(p.password, None);
+        assert_eq!(p.sslmode, SslMode::Prefer);
+    }
+
+    #[test]
+    fn flags_override_conninfo() {
+        let o = Overrides {
+            dbname: Some("host=dhost port=1111 user=duser password=dpw".into()),
+            host: Some("fhost".into()),
+            port: Some("2222".into()),
+            user: Some("fuser".into()),
+            password: Some("fpw".into()),
+        };
+        let env = FakeEnv::new()
+            .with("PGHOST", "ehost")
+            .with("PGPASSWORD", "epw");
+        let p = resolve(&o, &env).unwrap();
+        assert_eq!(p.targets, vec![tcp("fhost", 2222)]);
+        assert_eq!(p.user, "fuser");
+        assert_eq!(p.password.as_deref(), Some("fpw"));
+
+        // Empty flags are ignored, as libpq skips empty keyword values.
+        let o = Overrides {
+            dbname: Some("host=dhost".into()),
+            host: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(&o, &FakeEnv::new()).unwrap().targets,
+            vec![tcp("dhost", 5432)]
+        );
+    }
+
+    #[test]
+    fn conninfo_overrides_env_and_env_overrides_defaults() {
+        let env = FakeEnv::new()
+            .with("PGHOST", "ehost")
+            .with("PGPORT", "3333")
+            .with("PGUSER", "euser")
+            .with("PGPASSWORD", "epw")
+            .with("PGAPPNAME", "eapp")
+            .with("PGCONNECT_TIMEOUT", "7")
+            .with("PGSSLMODE", "disable")
+            .with("PGPASSFILE", "/e/pgpass")
+            .with("PGOPTIONS", "-c x=1")
+            .with("PGDATABASE", "edb");
+        let p = resolve(&Overrides::default(), &env).unwrap();
+        assert_eq!(p.targets, vec![tcp("ehost", 3333)]);
+        assert_eq!(p.user, "euser");
+        assert_eq!(p.password.as_deref(), Some("epw"));
+        assert_eq!(p.application_name, "eapp");
+        assert_eq!(p.connect_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(p.sslmode, SslMode::Disable);
+        assert_eq!(p.passfile, Some(PathBuf::from("/e/pgpass")));
+        assert_eq!(p.options.as_deref(), Some("-c x=1"));
+        // PGDATABASE is never used: pg_receivewal always sets dbname.
+        assert_eq!(p.dbname, "replication");
+
+        let p = resolve(
+            &d("host=dhost port=4444 user=duser password=dpw application_name=dapp sslmode=allow passfile=/d/pgpass"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(p.targets, vec![tcp("dhost", 4444)]);
+        assert_eq!(p.user, "duser");
+        assert_eq!(p.password.as_deref(), Some("dpw"));
+        assert_eq!(p.application_name, "dapp");
+        assert_eq!(p.sslmode, SslMode::Allow);
+        assert_eq!(p.passfile, Some(PathBuf::from("/d/pgpass")));
+
+        // An empty value in -d counts as unset: the environment fills it.
+        let p = resolve(&d("host='' user="), &env).unwrap();
+        assert_eq!(p.targets, vec![tcp("ehost", 3333)]);
+        assert_eq!(p.user, "euser");
+        // Empty environment variables are unset too.
+        let p = resolve(&Overrides::default(), &FakeEnv::new().with("PGHOST", "")).unwrap();
+        assert_eq!(p.targets, vec![unix(DEFAULT_SOCKET_DIR, 5432)]);
+    }
+
+    #[test]
+    fn last_repeated_key_wins() {
+        let p = resolve_d("host=a port=1 host=b").unwrap();
+        assert_eq!(p.targets, vec![tcp("b", 1)]);
+    }
+
+    #[test]
+    fn dbname_forms() {
+        assert_eq!(resolve_d("mydb").unwrap().dbname, "mydb");
+        assert_eq!(resolve_d("dbname=x host=h").unwrap().dbname, "x");
+        assert_eq!(resolve_d("host=h").unwrap().dbname, "replication");
+        assert_eq!(resolve_d("postgresql://h/urldb").unwrap().dbname, "urldb");
+        assert_eq!(resolve_d("").unwrap().dbname, "replication");
+    }
+
+    #[test]
+    fn uri_resolves() {
+        let p = resolve_d("postgresql://u:pw@h1:5433,[::1]/db?application_name=a").unwrap();
+        assert_eq!(p.targets, vec![tcp("h1", 5433), tcp("::1", 5432)]);
+        assert_eq!(p.user, "u");
+        assert_eq!(p.password.as_deref(), Some("pw"));
+        assert_eq!(p.application_name, "a");
+        let p = resolve_d("postgresql://%2Fvar%2Frun%2Fpostgresql:5444/db").unwrap();
+        assert_eq!(p.targets, vec![unix("/var/run/postgresql", 5444)]);
+        assert_eq!(
+            resolve_d("postgresql://h?ssl=true"),
+            Err(ConnInfoError::TlsNotSupported("require".into()))
+        );
+    }
+
+    #[test]
+    fn application_name_fallbacks() {
+        // fallback_application_name is replaced by walrcv's own fallback.
+        let p = resolve_d("fallback_application_name=other").unwrap();
+        assert_eq!(p.application_name, "walrcv");
+        let env = FakeEnv::new().with("PGAPPNAME", "fromenv");
+        assert_eq!(
+            resolve(&d("fallback_application_name=x"), &env)
+                .unwrap()
+                .application_name,
+            "fromenv"
+        );
+        assert_eq!(
+            resolve(&d("application_name=mine"), &env)
+                .unwrap()
+                .application_name,
+            "mine"
+        );
+    }
+
+    // ---- resolve: values ----
+
+    #[test]
+    fn sslmode_policy() {
+        assert_eq!(
+            resolve_d("sslmode=disable").unwrap().sslmode,
+            SslMode::Disable
+        );
+        assert_eq!(resolve_d("sslmode=allow").unwrap().sslmode, SslMode::Allow);
+        assert_eq!(
+            resolve_d("sslmode=prefer").unwrap().sslmode,
+            SslMode::Prefer
+        );
+        assert_eq!(resolve_d("").unwrap().sslmode, SslMode::Prefer);
+        for mode in ["require", "verify-ca", "verify-full"] {
+            assert_eq!(
+                resolve_d(&format!("sslmode={mode}")),
+                Err(ConnInfoError::TlsNotSupported(mode.into()))
+            );
+        }
+        let err = resolve_d("sslmode=bogus").unwrap_err();
+        assert!(
+            matches!(&err, ConnInfoError::BadValue { key, value, .. } if key == "sslmode" && value == "bogus")
+        );
+        let env = FakeEnv::new().with("PGSSLMODE", "verify-full");
+        assert_eq!(
+            resolve(&Overrides::default(), &env),
+            Err(ConnInfoError::TlsNotSupported("verify-full".into()))
+        );
+        // The connection string beats the environment.
+        assert_eq!(
+            resolve(&d("sslmode=disable"), &env).unwrap().sslmode,
+            SslMode::Disable
+        );
+    }
+
+    #[test]
+    fn replication_key() {
+        for v in ["true", "on", "yes", "1", "TRUE", "On"] {
+            assert!(resolve_d(&format!("replication={v}")).is_ok(), "{v}");
+        }
+        for v in ["false", "0", "database", "off", "maybe"] {
+            let err = resolve_d(&format!("replication={v}")).unwrap_err();
+            assert!(
+                matches!(&err, ConnInfoError::BadValue { key, .. } if key == "replication"),
+                "{v}"
+            );
+            assert!(err.to_string().contains("physical replication"), "{err}");
+        }
+    }
+
+    #[test]
+    fn host_lists() {
+        let p = resolve_d("host=a,b port=5433").unwrap();
+        assert_eq!(p.targets, vec![tcp("a", 5433), tcp("b", 5433)]);
+        let p = resolve_d("host=a,/tmp,b port=1,2,3").unwrap();
+        assert_eq!(p.targets, vec![tcp("a", 1), unix("/tmp", 2), tcp("b", 3)]);
+        // Empty entries mean the default host and port.
+        let p = resolve_d("host=a,,b port=1,,3").unwrap();
+        assert_eq!(
+            p.targets,
+            vec![tcp("a", 1), unix(DEFAULT_SOCKET_DIR, 5432), tcp("b", 3)]
+        );
+        // A port list without hosts: must match the single default host.
+        let err = resolve_d("host=a,b,c port=1,2").unwrap_err();
+        assert!(matches!(&err, ConnInfoError::BadValue { key, .. } if key == "port"));
+        assert!(
+            err.to_string()
+                .contains("could not match 2 port numbers to 3 hosts"),
+            "{err}"
+        );
+        assert!(resolve_d("port=1,2").is_err());
+    }
+
+    #[test]
+    fn hostaddr() {
+        let p = resolve_d("host=db.example hostaddr=10.0.0.1 port=5433").unwrap();
+        assert_eq!(
+            p.targets,
+            vec![Target::Tcp {
+                host: "db.example".into(),
+                hostaddr: Some("10.0.0.1".into()),
+                port: 5433
+            }]
+        );
+        // hostaddr alone: the address stands in for the host name.
+        let p = resolve_d("hostaddr=10.0.0.1,::1").unwrap();
+        assert_eq!(
+            p.targets,
+            vec![
+                Target::Tcp {
+                    host: "10.0.0.1".into(),
+                    hostaddr: Some("10.0.0.1".into()),
+                    port: 5432
+                },
+                Target::Tcp {
+                    host: "::1".into(),
+                    hostaddr: Some("::1".into()),
+                    port: 5432
+                },
+            ]
+        );
+        // Mixed: an empty hostaddr entry falls back to the host entry.
+        let p = resolve_d("host=a,b hostaddr=10.0.0.1,").unwrap();
+        assert_eq!(
+            p.targets,
+            vec![
+                Target::Tcp {
+                    host: "a".into(),
+                    hostaddr: Some("10.0.0.1".into()),
+                    port: 5432
+                },
+                tcp("b", 5432),
+            ]
+        );
+        let err = resolve_d("host=a,b,c hostaddr=10.0.0.1,10.0.0.2").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("could not match 3 host names to 2 hostaddr values"),
+            "{err}"
+        );
+        let err = resolve_d("hostaddr=db.example").unwrap_err();
+        assert!(matches!(&err, ConnInfoError::BadValue { key, .. } if key == "hostaddr"));
+        let env = FakeEnv::new().with("PGHOSTADDR", "10.1.1.1");
+        assert_eq!(
+            resolve(&d("host=h"), &env).unwrap().targets,
+            vec![Target::Tcp {
+                host: "h".into(),
+                hostaddr: Some("10.1.1.1".into()),
+                port: 5432
+            }]
+        );
+    }
+
+    #[test]
+    fn socket_hosts() {
+        assert_eq!(
+            resolve_d("host=/tmp port=5999").unwrap().targets,
+            vec![unix("/tmp", 5999)]
+        );
+        let err = resolve_d("host=@abstract").unwrap_err();
+        assert!(matches!(&err, ConnInfoError::BadValue { key, .. } if key == "host"));
+        assert!(err.to_string().contains("abstract"), "{err}");
+    }
+
+    #[test]
+    fn port_validation() {
+        assert_eq!(
+            resolve_d("port=' 5433 '").unwrap().targets,
+            vec![unix(DEFAULT_SOCKET_DIR, 5433)]
+        );
+        assert_eq!(
+            resolve_d("port=65535").unwrap().targets,
+            vec![unix(DEFAULT_SOCKET_DIR, 65535)]
+        );
+        for bad in ["0", "65536", "-1", "abc", "5432x", "99999999999"] {
+            let err = resolve_d(&format!("port={bad}")).unwrap_err();
+            assert!(
+                matches!(&err, ConnInfoError::BadValue { key, value, .. } if key == "port" && value == bad),
+                "{bad}: {err:?}"
+            );
+        }
+        let o = Overrides {
+            port: Some("x".into()),
+            ..Default::default()
+        };
+        let err = resolve(&o, &FakeEnv::new()).unwrap_err();
+        assert!(err.to_string().contains("command-line"), "{err}");
+        let err = resolve(&Overrides::default(), &FakeEnv::new().with("PGPORT", "x")).unwrap_err();
+        assert!(err.to_string().contains("PGPORT"), "{err}");
+    }
+
+    #[test]
+    fn timeouts_and_keepalives() {
+        let t = |s: &str| resolve_d(s).map(|p| p.connect_timeout);
+        assert_eq!(t("connect_timeout=10"), Ok(Some(Duration::from_secs(10))));
+        assert_eq!(t("connect_timeout=1"), Ok(Some(Duration::from_secs(2))));
+        assert_eq!(t("connect_timeout=0"), Ok(None));
+        assert_eq!(t("connect_timeout=-5"), Ok(None));
+        assert!(matches!(
+            t("connect_timeout=soon"),
+            Err(ConnInfoError::BadValue { .. })
+        ));
+        assert!(matches!(
+            t("connect_timeout=1.5"),
+            Err(ConnInfoError::BadValue { .. })
+        ));
+
+        let p = resolve_d("keepalives=0").unwrap();
+        assert!(!p.keepalives);
+        assert!(resolve_d("keepalives=1").unwrap().keepalives);
+        assert!(resolve_d("keepalives=yes").is_err());
+        let p = resolve_d("keepalives_idle=30 keepalives_interval=5 keepalives_count=3").unwrap();
+        assert_eq!(p.keepalives_idle, Some(Duration::from_secs(30)));
+        assert_eq!(p.keepalives_interval, Some(Duration::from_secs(5)));
+        assert_eq!(p.keepalives_count, Some(3));
+        let p = resolve_d("keepalives_idle=0 keepalives_interval=-1 keepalives_count=0").unwrap();
+        assert_eq!(
+            (p.keepalives_idle, p.keepalives_interval, p.keepalives_count),
+            (None, None, None)
+        );
+        for key in [
+            "keepalives_idle",
+            "keepalives_interval",
+            "keepalives_count",
+            "tcp_user_timeout",
+        ] {
+            let err = resolve_d(&format!("{key}=x")).unwrap_err();
+            assert!(
+                matches!(&err, ConnInfoError::BadValue { key: k, .. } if k == key),
+                "{err:?}"
+            );
+        }
+        assert!(resolve_d("tcp_user_timeout=1000").is_ok());
+    }
+
+    #[test]
+    fn options_and_client_encoding() {
+        let p = resolve_d("options='-c wal_sender_timeout=10s -c datestyle=iso'").unwrap();
+        assert_eq!(
+            p.options.as_deref(),
+            Some("-c wal_sender_timeout=10s -c datestyle=iso")
+        );
+        assert_eq!(
+            resolve_d("client_encoding=UTF8")
+                .unwrap()
+                .client_encoding
+                .as_deref(),
+            Some("UTF8")
+        );
+        assert_eq!(
+            resolve_d("client_encoding=auto").unwrap().client_encoding,
+            None
+        );
+        let env = FakeEnv::new().with("PGCLIENTENCODING", "LATIN1");
+        assert_eq!(
+            resolve(&Overrides::default(), &env)
+                .unwrap()
+                .client_encoding
+                .as_deref(),
+            Some("LATIN1")
+        );
+    }
+
+    #[test]
+    fn harmless_keys_are_ignored() {
+        let s = "sslrootcert=/r sslcert=/c sslkey=/k sslcrl=/l sslcrldir=/d sslpassword=x \
+                 sslcompression=1 sslsni=1 ssl_min_protocol_version=TLSv1.2 \
+                 ssl_max_protocol_version=TLSv1.3 sslcertmode=allow krbsrvname=postgres \
+                 gsslib=gssapi gssdelegation=0 gssencmode=prefer channel_binding=prefer \
+                 target_session_attrs=any load_balance_hosts=disable sslnegotiation=postgres \
+                 fallback_application_name=f min_protocol_version=3.0 max_protocol_version=latest \
+                 host=h";
+        let p = resolve_d(s).unwrap();
+        assert_eq!(p.targets, vec![tcp("h", 5432)]);
+        // requirepeer only applies to Unix sockets, as in libpq.
+        assert!(resolve_d("host=h requirepeer=postgres").is_ok());
+    }
+
+    #[test]
+    fn demanding_values_are_refused() {
+        for (s, key) in [
+            ("gssencmode=require", "gssencmode"),
+            ("channel_binding=require", "channel_binding"),
+            ("target_session_attrs=read-write", "target_session_attrs"),
+            ("target_session_attrs=primary", "target_session_attrs"),
+            ("load_balance_hosts=random", "load_balance_hosts"),
+            ("service=mydb", "service"),
+            ("require_auth=scram-sha-256", "require_auth"),
+            ("sslnegotiation=direct", "sslnegotiation"),
+            ("min_protocol_version=3.2", "min_protocol_version"),
+            ("requirepeer=postgres", "requirepeer"),
+            ("scram_client_key=c2VjcmV0", "scram_client_key"),
+        ] {
+            let err = resolve_d(s).unwrap_err();
+            assert!(
+                matches!(&err, ConnInfoError::Unsupported { key: k, .. } if k == key),
+                "{s}: {err:?}"
+            );
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        assert!(!resolve_d("scram_client_key=c2VjcmV0")
+            .unwrap_err()
+            .to_string()
+            .contains("c2VjcmV0"));
+        for (s, key) in [
+            ("gssencmode=maybe", "gssencmode"),
+            ("channel_binding=x", "channel_binding"),
+            ("target_session_attrs=x", "target_session_attrs"),
+            ("max_protocol_version=4.0", "max_protocol_version"),
+        ] {
+            let err = resolve_d(s).unwrap_err();
+            assert!(
+                matches!(&err, ConnInfoError::BadValue { key: k, .. } if k == key),
+                "{s}: {err:?}"
+            );
+        }
+        // From the environment too.
+        let env = FakeEnv::new().with("PGSERVICE", "svc");
+        let err = resolve(&Overrides::default(), &env).unwrap_err();
+        assert!(err.to_string().contains("PGSERVICE"), "{err}");
+        let env = FakeEnv::new().with("PGGSSENCMODE", "require");
+        assert!(matches!(
+            resolve(&Overrides::default(), &env),
+            Err(ConnInfoError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_key_in_d_is_reported() {
+        let err = resolve_d("host=h frobnicate=1").unwrap_err();
+        assert_eq!(err, ConnInfoError::UnknownKey("frobnicate".into()));
+        assert!(err.to_string().contains("frobnicate"));
+        // No '=' at all: a database name, as libpq reads a bare dbname.
+        assert_eq!(resolve_d("host pg").unwrap().dbname, "host pg");
+        assert!(matches!(
+            resolve_d("host=h pg"),
+            Err(ConnInfoError::MissingEquals(_))
+        ));
+    }
+
+    // ---- .pgpass ----
+
+    fn pgpass(contents: &str, mode: u32) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(contents.as_bytes()).unwrap();
+        f.flush().unwrap();
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        f
+    }
+
+    fn params_with(passfile: &Path, user: &str) -> ConnParams {
+        let mut p = resolve_d(&format!("user={user}")).unwrap();
+        p.passfile = Some(passfile.to_owned());
+        p
+    }
+
+    #[test]
+    fn pgpass_matching() {
+        let f = pgpass(
+            "# comment line\n\
+             \n\
+             db1:5432:replication:alice:first\n\
+             db1:5432:replication:alice:second\n\
+             *:5433:*:alice:wild-host\n\
+             db2:*:replication:*:wild-port-user\n\
+             db3:5432:otherdb:alice:wrong-db\n\
+             db3:5432:*:alice:any-db\n\
+             localhost:5432:replication:alice:socket\n\
+             /tmp:5432:replication:alice:tmp-socket\n\
+             \\:\\:1:5432:replication:alice:ipv6\n\
+             esc\\\\aped:5432:replication:alice:pw\\:with\\\\colon:ignored-field\n\
+             crlf:5432:replication:alice:crlf-pw\r\n",
+            0o600,
+        );
+        let p = params_with(f.path(), "alice");
+        let pw = |t: Target| p.password_for(&t);
+        assert_eq!(
+            pw(tcp("db1", 5432)).as_deref(),
+            Some("first"),
+            "first match wins"
+        );
+        assert_eq!(pw(tcp("anything", 5433)).as_deref(), Some("wild-host"));
+        assert_eq!(pw(tcp("db2", 9999)).as_deref(), Some("wild-port-user"));
+        assert_eq!(pw(tcp("db3", 5432)).as_deref(), Some("any-db"));
+        assert_eq!(pw(tcp("nomatch", 5432)), None);
+        assert_eq!(pw(tcp("db1", 5434)), None);
+        assert_eq!(
+            pw(unix(DEFAULT_SOCKET_DIR, 5432)).as_deref(),
+            Some("socket")
+        );
+        assert_eq!(pw(unix("/tmp", 5432)).as_deref(), Some("tmp-socket"));
+        assert_eq!(pw(tcp("::1", 5432)).as_deref(), Some("ipv6"));
+        assert_eq!(
+            pw(tcp("esc\\aped", 5432)).as_deref(),
+            Some("pw:with\\colon")
+        );
+        assert_eq!(pw(tcp("crlf", 5432)).as_deref(), Some("crlf-pw"));
+        // hostaddr-only targets match on the address.
+        let t = Target::Tcp {
+            host: "::1".into(),
+            hostaddr: Some("::1".into()),
+            port: 5432,
+        };
+        assert_eq!(pw(t).as_deref(), Some("ipv6"));
+
+        // Another user only gets the wildcard-user line.
+        let p = params_with(f.path(), "bob");
+        assert_eq!(p.password_for(&tcp("db1", 5432)), None);
+        assert_eq!(
+            p.password_for(&tcp("db2", 1)).as_deref(),
+            Some("wild-port-user")
+        );
+    }
+
+    #[test]
+    fn pgpass_dbname_is_matched() {
+        let f = pgpass("h:5432:replication:u:repl\nh:5432:mydb:u:mine\n", 0o600);
+        let mut p = resolve_d("dbname=mydb user=u").unwrap();
+        p.passfile = Some(f.path().to_owned());
+        assert_eq!(p.password_for(&tcp("h", 5432)).as_deref(), Some("mine"));
+    }
+
+    #[test]
+    fn pgpass_wildcard_is_a_whole_field_only() {
+        // "*x" is not a pattern; "\*" is a literal star.
+        let f = pgpass("*x:*:*:*:no\n\\*:*:*:*:star\n", 0o600);
+        let p = params_with(f.path(), "u");
+        assert_eq!(p.password_for(&tcp("ax", 5432)), None);
+        assert_eq!(p.password_for(&tcp("*", 5432)).as_deref(), Some("star"));
+    }
+
+    #[test]
+    fn pgpass_explicit_password_wins() {
+        let f = pgpass("*:*:*:*:file\n", 0o600);
+        let mut p = params_with(f.path(), "u");
+        assert_eq!(p.password_for(&tcp("h", 5432)).as_deref(), Some("file"));
+        p.password = Some("explicit".into());
+        assert_eq!(p.password_for(&tcp("h", 5432)).as_deref(), Some("explicit"));
+    }
+
+    #[test]
+    fn pgpass_insecure_missing_or_not_a_file_is_ignored() {
+        let f = pgpass("*:*:*:*:file\n", 0o644);
+        assert_eq!(
+            params_with(f.path(), "u").password_for(&tcp("h", 5432)),
+            None
+        );
+        let f = pgpass("*:*:*:*:file\n", 0o640);
+        assert_eq!(
+            params_with(f.path(), "u").password_for(&tcp("h", 5432)),
+            None
+        );
+        let f = pgpass("*:*:*:*:file\n", 0o400);
+        assert_eq!(
+            params_with(f.path(), "u")
+                .password_for(&tcp("h", 5432))
+                .as_deref(),
+            Some("file")
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            params_with(&dir.path().join("missing"), "u").password_for(&tcp("h", 5432)),
+            None
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(
+            params_with(dir.path(), "u").password_for(&tcp("h", 5432)),
+            None
+        );
+
+        let mut p = params_with(f.path(), "u");
+        p.passfile = None;
+        assert_eq!(p.password_for(&tcp("h", 5432)), None);
+    }
+
+    #[test]
+    fn pgpass_empty_first_match_stops_the_search() {
+        let f = pgpass("h:*:*:*:\n*:*:*:*:later\n", 0o600);
+        assert_eq!(
+            params_with(f.path(), "u").password_for(&tcp("h", 5432)),
+            None
+        );
+    }
+
+    #[test]
+    fn pgpass_path_from_home_pgpassfile_and_key() {
+        let home = tempfile::tempdir().unwrap();
+        let file = home.path().join(".pgpass");
+        std::fs::write(&file, "*:*:*:*:fromhome\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let env = FakeEnv {
+            home: Some(home.path().to_owned()),
+            ..FakeEnv::new()
+        };
+        let p = resolve(&d("host=h"), &env).unwrap();
+        assert_eq!(p.password_for(&p.targets[0]).as_deref(), Some("fromhome"));
+
+        let other = pgpass("*:*:*:*:fromenv\n", 0o600);
+        let env = FakeEnv {
+            home: Some(home.path().to_owned()),
+            ..FakeEnv::new()
+        }
+        .with("PGPASSFILE", other.path().to_str().unwrap());
+        let p = resolve(&d("host=h"), &env).unwrap();
+        assert_eq!(p.password_for(&p.targets[0]).as_deref(), Some("fromenv"));
+
+        let keyed = pgpass("*:*:*:*:fromkey\n", 0o600);
+        let p = resolve(
+            &d(&format!("host=h passfile='{}'", keyed.path().display())),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(p.password_for(&p.targets[0]).as_deref(), Some("fromkey"));
+
+        // An explicit empty password means "none": the file is used.
+        let p = resolve(&d("host=h password=''"), &env).unwrap();
+        assert_eq!(p.password, None);
+        assert_eq!(p.password_for(&p.targets[0]).as_deref(), Some("fromenv"));
+    }
+
+    #[test]
+    fn pgpass_field_matcher() {
+        assert_eq!(pgpass_match_field(b"abc:rest", b"abc"), Some(&b"rest"[..]));
+        assert_eq!(pgpass_match_field(b"*:rest", b"abc"), Some(&b"rest"[..]));
+        assert_eq!(pgpass_match_field(b"ab:rest", b"abc"), None);
+        assert_eq!(pgpass_match_field(b"abcd:rest", b"abc"), None);
+        assert_eq!(pgpass_match_field(b"abc", b"abc"), None);
+        assert_eq!(
+            pgpass_match_field(b"a\\:b:rest", b"a:b"),
+            Some(&b"rest"[..])
+        );
+        assert_eq!(pgpass_match_field(b"abc\\", b"abc"), None);
+        assert_eq!(pgpass_unescape_password(b"a\\:b\\\\c:d"), b"a:b\\c");
+        assert_eq!(pgpass_unescape_password(b"trailing\\"), b"trailing\\");
+    }
+
+    // ---- the real environment ----
+
+    #[test]
+    fn process_env_os_user_matches_passwd() {
+        let expected = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        match expected {
+            Some(name) => assert_eq!(ProcessEnv.os_user(), Some(name)),
+            // No passwd entry (some containers): $USER or nothing.
+            None => assert_eq!(
+                ProcessEnv.os_user(),
+                std::env::var("USER").ok().filter(|u| !u.is_empty())
+            ),
+        }
+    }
+
+    // ---- robustness ----
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC*") {
+            let _ = parse(&s);
+            let _ = parse(&format!("postgresql://{s}"));
+        }
+
+        #[test]
+        fn resolve_never_panics(s in "[a-z_=' ,:/@\\[\\]?&%0-9\\\\]*") {
+            let _ = resolve(&d(&s), &FakeEnv::new());
+            let _ = resolve(&d(&format!("postgresql://{s}")), &FakeEnv::new());
+        }
+
+        #[test]
+        fn uri_password_never_in_errors(pw in "[a-zA-Z0-9]{8,16}", tail in "[\\[\\]%?&=/:@a-z0-9]*") {
+            let uri = format!("postgresql://u:{pw}@{tail}");
+            if let Err(e) = parse(&uri) {
+                let msg = e.to_string();
+                proptest::prop_assert!(!msg.contains(&pw), "{}", msg);
+            }
+        }
+    }
 }
