@@ -99,6 +99,46 @@ pub enum Target {
     Unix { dir: PathBuf, port: u16 },
 }
 
+impl Target {
+    pub fn port(&self) -> u16 {
+        match self {
+            Target::Tcp { port, .. } | Target::Unix { port, .. } => *port,
+        }
+    }
+
+    /// The socket file of a Unix target (`dir/.s.PGSQL.port`, the server's naming).
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        match self {
+            Target::Unix { dir, port } => Some(dir.join(format!(".s.PGSQL.{port}"))),
+            Target::Tcp { .. } => None,
+        }
+    }
+}
+
+/// libpq's wording, for "connection to {target} failed: ..." messages:
+/// `server at "host" (addr), port N` or `server on socket "path"`.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tcp {
+                host,
+                hostaddr,
+                port,
+            } => {
+                write!(f, "server at \"{host}\"")?;
+                if let Some(addr) = hostaddr.as_deref().filter(|a| a != host) {
+                    write!(f, " ({addr})")?;
+                }
+                write!(f, ", port {port}")
+            }
+            Target::Unix { dir, port } => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                write!(f, "server on socket \"{}\"", path.display())
+            }
+        }
+    }
+}
+
 /// Fully resolved settings for one connection attempt sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnParams {
@@ -828,7 +868,10 @@ pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParam
         if let Some((_, origin)) = s.get(key) {
             // The key only, never the value: sslpassword and
             // oauth_client_secret are secrets.
-            tracing::debug!("ignoring connection option \"{key}\" ({origin}): TLS, GSSAPI and OAuth are not used by walrcv");
+            tracing::debug!(
+                "ignoring connection option \"{key}\" ({origin}): \
+                 TLS, GSSAPI and OAuth are not used by walrcv"
+            );
         }
     }
 
@@ -907,7 +950,10 @@ pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParam
     };
     if let Some((value, origin)) = s.get("tcp_user_timeout") {
         parse_int("tcp_user_timeout", value, origin)?;
-        tracing::warn!("connection option \"tcp_user_timeout\" ({origin}) is not supported by walrcv and is ignored");
+        tracing::warn!(
+            "connection option \"tcp_user_timeout\" ({origin}) is not supported by walrcv \
+             and is ignored"
+        );
     }
 
     Ok(ConnParams {
@@ -938,7 +984,8 @@ fn check_unsupported(s: &Settings) -> Result<(), ConnInfoError> {
             return Err(bad_value(
                 "replication",
                 value,
-                "walrcv always opens a physical replication connection; use replication=true or leave it out",
+                "walrcv always opens a physical replication connection; \
+                 use replication=true or leave it out",
                 origin,
             ));
         }
@@ -2317,6 +2364,28 @@ mod tests {
         assert_eq!(pgpass_match_field(b"abc\\", b"abc"), None);
         assert_eq!(pgpass_unescape_password(b"a\\:b\\\\c:d"), b"a:b\\c");
         assert_eq!(pgpass_unescape_password(b"trailing\\"), b"trailing\\");
+    }
+
+    #[test]
+    fn target_helpers() {
+        let t = unix(DEFAULT_SOCKET_DIR, 5433);
+        assert_eq!(t.port(), 5433);
+        assert_eq!(
+            t.socket_path(),
+            Some(PathBuf::from("/var/run/postgresql/.s.PGSQL.5433"))
+        );
+        assert_eq!(
+            t.to_string(),
+            "server on socket \"/var/run/postgresql/.s.PGSQL.5433\""
+        );
+        assert_eq!(tcp("pg", 5432).to_string(), "server at \"pg\", port 5432");
+        assert_eq!(tcp("pg", 5432).socket_path(), None);
+        let t = Target::Tcp {
+            host: "pg".into(),
+            hostaddr: Some("10.0.0.1".into()),
+            port: 5432,
+        };
+        assert_eq!(t.to_string(), "server at \"pg\" (10.0.0.1), port 5432");
     }
 
     // ---- the real environment ----
