@@ -465,21 +465,32 @@ fn parse_key_value(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
 /// libpq's `conninfo_uri_parse_options`:
 /// `postgresql://[user[:password]@][host][:port][,...][/dbname][?param=value&...]`.
 fn parse_uri(uri: &str, prefix_len: usize) -> Result<Vec<(String, String)>, ConnInfoError> {
+    let rest = &uri[prefix_len..];
+    let bytes = rest.as_bytes();
+    // libpq looks for '@' before the first '/', so an '@' in a query
+    // parameter can be mistaken for user info; same here for compatibility.
+    let userinfo_end = rest.find(['@', '/']).filter(|&i| bytes[i] == b'@');
+    let after_userinfo = userinfo_end.map_or(0, |at| at + 1);
+    // A raw '@' after the user info is legitimate only in a query value or an
+    // odd database name; more likely a password holds an unencoded '/' or '@'
+    // and pieces of it landed in the host, port or query. Errors then hide
+    // everything up to the last '@'.
+    let stray_at = rest[after_userinfo..].contains('@');
     let bad = |what: String| ConnInfoError::BadUri {
-        uri: redact_uri(uri),
+        uri: if stray_at {
+            redact_uri_through_last_at(uri, prefix_len)
+        } else {
+            redact_uri(uri)
+        },
         what,
     };
     let decode_part = |part: &str, what: &str| -> Result<String, ConnInfoError> {
         percent_decode(part).map_err(|e| bad(format!("{e} in the {what}")))
     };
-    let rest = &uri[prefix_len..];
-    let bytes = rest.as_bytes();
     let mut out = Vec::new();
-    let mut p = 0;
+    let mut p = after_userinfo;
 
-    // libpq looks for '@' before the first '/', so an '@' in a query
-    // parameter can be mistaken for user info; same here for compatibility.
-    if let Some(at) = rest.find(['@', '/']).filter(|&i| bytes[i] == b'@') {
+    if let Some(at) = userinfo_end {
         let userinfo = &rest[..at];
         let (user, password) = match userinfo.split_once(':') {
             Some((user, password)) => (user, Some(password)),
@@ -491,7 +502,18 @@ fn parse_uri(uri: &str, prefix_len: usize) -> Result<Vec<(String, String)>, Conn
         if let Some(password) = password.filter(|p| !p.is_empty()) {
             out.push(("password".to_owned(), decode_part(password, "password")?));
         }
-        p = at + 1;
+    }
+
+    // No host or port can contain '@', and a database name can write it as
+    // %40: an '@' there is a mis-encoded password, refused before libpq's
+    // split hands pieces of it to later checks that would echo them.
+    let query_start = rest[p..].find('?').map_or(rest.len(), |i| p + i);
+    if rest[p..query_start].contains('@') {
+        return Err(bad(
+            "unexpected \"@\" after the user info; percent-encode \"@\" as %40 and \
+             \"/\" as %2F in user names, passwords and database names"
+                .to_owned(),
+        ));
     }
 
     let mut hosts = Vec::new();
@@ -540,7 +562,13 @@ fn parse_uri(uri: &str, prefix_len: usize) -> Result<Vec<(String, String)>, Conn
             port = &rest[start..p];
             term = bytes.get(p).copied();
         }
-        ports.push(decode_part(port, "port")?);
+        let port = decode_part(port, "port")?;
+        // libpq checks ports only when connecting; checking here keeps a
+        // mis-split password out of a later "invalid port" error.
+        if !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("invalid port number: digits only".to_owned()));
+        }
+        ports.push(port);
         if term != Some(b',') {
             break;
         }
@@ -578,9 +606,13 @@ fn parse_uri(uri: &str, prefix_len: usize) -> Result<Vec<(String, String)>, Conn
             let param;
             (param, params) = params.split_once('&').unwrap_or((params, ""));
             let Some((key, value)) = param.split_once('=') else {
-                return Err(bad(format!(
-                    "missing key/value separator \"=\" in URI query parameter {param:?}"
-                )));
+                // Named only if it is a keyword: it could be a piece of a
+                // mis-encoded password.
+                let what = match percent_decode(param).ok().filter(|k| keyword(k).is_some()) {
+                    Some(k) => format!("missing key/value separator \"=\" after {k:?}"),
+                    None => "missing key/value separator \"=\" in a query parameter".to_owned(),
+                };
+                return Err(bad(what));
             };
             if value.contains('=') {
                 return Err(bad(format!(
@@ -653,12 +685,27 @@ fn redact_uri(uri: &str) -> String {
         out.push('@');
         rest = &rest[at + 1..];
     }
-    let Some(q) = rest.find('?') else {
-        out.push_str(rest);
-        return out;
+    out.push_str(&redact_query(rest));
+    out
+}
+
+/// For a URI whose user info cannot be told apart reliably: everything up to
+/// the last '@' is hidden.
+fn redact_uri_through_last_at(uri: &str, prefix_len: usize) -> String {
+    let rest = &uri[prefix_len..];
+    match rest.rfind('@') {
+        Some(at) => format!("{}***{}", &uri[..prefix_len], redact_query(&rest[at..])),
+        None => redact_uri(uri),
+    }
+}
+
+/// `s` with the values of secret query parameters (after the first '?')
+/// replaced by `***`.
+fn redact_query(s: &str) -> String {
+    let Some(q) = s.find('?') else {
+        return s.to_owned();
     };
-    out.push_str(&rest[..=q]);
-    let params: Vec<String> = rest[q + 1..]
+    let params: Vec<String> = s[q + 1..]
         .split('&')
         .map(|param| match param.split_once('=') {
             // A key that does not decode might be a secret in disguise.
@@ -668,8 +715,7 @@ fn redact_uri(uri: &str) -> String {
             _ => param.to_owned(),
         })
         .collect();
-    out.push_str(&params.join("&"));
-    out
+    format!("{}{}", &s[..=q], params.join("&"))
 }
 
 /// Where a setting came from, for error messages.
@@ -1665,6 +1711,46 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
         let err = parse("postgresql://h?pass%77ord=hunter2&[").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn unencoded_slash_or_at_in_password_is_refused_without_echo() {
+        for uri in [
+            "postgresql://u:qx/zz99@h/db",
+            "postgresql://u:qx@zz99@h/db",
+            "postgresql://u:q?x/zz99@h",
+            "postgresql://h/db@x?password=zz99",
+            "postgresql://u:q?x=1/zz99@h",
+            "postgresql://u:1?x/zz99@h",
+        ] {
+            let err = parse(uri).unwrap_err();
+            assert!(matches!(err, ConnInfoError::BadUri { .. }), "{uri}");
+            let msg = err.to_string();
+            assert!(
+                !msg.contains("zz99") && !msg.contains("qx") && !msg.contains("q?x"),
+                "{uri}: {msg}"
+            );
+        }
+        // A '?' alone in a password is fine: the '@' comes before any '/'.
+        assert_eq!(
+            parse("postgresql://u:qx?zz99@h").unwrap(),
+            pairs(&[("user", "u"), ("password", "qx?zz99"), ("host", "h")])
+        );
+        // '@' in a query value is legitimate (e.g. Azure-style user names).
+        assert_eq!(
+            parse("postgresql://h/db?user=me@corp").unwrap(),
+            pairs(&[("host", "h"), ("dbname", "db"), ("user", "me@corp")])
+        );
+        // Encoded, they are fine.
+        assert_eq!(
+            parse("postgresql://u:pa%2Fs%40s@h/d%40b").unwrap(),
+            pairs(&[
+                ("user", "u"),
+                ("password", "pa/s@s"),
+                ("host", "h"),
+                ("dbname", "d@b")
+            ])
+        );
     }
 
     // ---- resolve: precedence ----
