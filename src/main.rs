@@ -45,6 +45,8 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        // Barman and log collectors read stderr through a pipe: no colour codes there.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -122,8 +124,7 @@ fn stream_command(args: StreamArgs) -> i32 {
 }
 
 fn report(e: &ReceiverError) -> i32 {
-    tracing::error!("{e}");
-    // Also on stderr without a log prefix when logging is filtered out.
+    // Plain stderr, not the log: it must show whatever the log level.
     eprintln!("walrcv: error: {e}");
     e.exit_code()
 }

@@ -126,13 +126,6 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-fn describe(target: &Target) -> String {
-    match target {
-        Target::Tcp { host, hostaddr: Some(addr), port } => format!("\"{host}\" ({addr}), port {port}"),
-        Target::Tcp { host, port, .. } => format!("\"{host}\", port {port}"),
-        Target::Unix { dir, port } => format!("socket \"{}/.s.PGSQL.{port}\"", dir.display()),
-    }
-}
 
 impl Connection {
     /// Connects to the first target of `params` that accepts us, with
@@ -146,7 +139,7 @@ impl Connection {
                 Some(t) => match tokio::time::timeout(t, attempt).await {
                     Ok(r) => r,
                     Err(_) => Err(PgError::ConnectTimeout {
-                        target: describe(target),
+                        target: target.to_string(),
                         secs: t.as_secs(),
                     }),
                 },
@@ -165,7 +158,7 @@ impl Connection {
     }
 
     async fn connect_one(params: &ConnParams, target: &Target, replication: bool) -> Result<Connection, PgError> {
-        let desc = describe(target);
+        let desc = target.to_string();
         let connect_err = |source| PgError::Connect {
             target: desc.clone(),
             source,
@@ -217,6 +210,9 @@ impl Connection {
         }
         if let Some(o) = &params.options {
             startup.push(("options", o.as_str()));
+        }
+        if let Some(e) = &params.client_encoding {
+            startup.push(("client_encoding", e.as_str()));
         }
         let mut buf = BytesMut::new();
         frontend::startup_message(startup, &mut buf).map_err(|e| self.io_err(e))?;
