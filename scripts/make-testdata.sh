@@ -241,10 +241,15 @@ E17=$(sql "$P4" "SELECT pg_switch_wal()")
 sql "$P4" "CHECKPOINT" >/dev/null
 SEG17=$(segname 1 "$S17")
 SEG17_START=$(python3 -c "l='$S17'.split('/'); v=((int(l[0],16)<<32)|int(l[1],16))>>20<<20; print('%X/%X' % (v>>32, v & 0xffffffff))")
-C17=$(sql "$P4" "SELECT count(*) FROM pg_get_wal_records_info('$SEG17_START', '$E17')")
+SEG17_END=$(python3 -c "l='$S17'.split('/'); v=(((int(l[0],16)<<32)|int(l[1],16))>>20<<20)+(1<<20); print('%X/%X' % (v>>32, v & 0xffffffff))")
+# pg_walinspect stops at records whose end (EndRecPtr) is past end_lsn, and a switch
+# record's end is the end of its segment: count up to the segment end, so that the
+# switch record is included (end = the switch record's own end would leave it out).
+C17=$(sql "$P4" "SELECT count(*) FROM pg_get_wal_records_info('$SEG17_START', '$SEG17_END')")
+C17_NO_SWITCH=$(sql "$P4" "SELECT count(*) FROM pg_get_wal_records_info('$SEG17_START', '$E17')")
 stop_cluster "$PG17" "$D4"
 cp "$D4/pg_wal/$SEG17" "$OUT17/"
-echo "pg17 $SEG17 $SEG17 $C17" >>"$COUNTS"
+echo "pg17 $SEG17 $SEG17 $C17 (up to the switch record's end: $C17_NO_SWITCH)" >>"$COUNTS"
 
 chmod 644 "$OUT15"/* "$OUT17"/* "$OUTOTHER"/*
 chown -R --reference="$REPO" "$REPO/testdata" 2>/dev/null || true

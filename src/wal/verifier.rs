@@ -401,6 +401,14 @@ impl Verifier {
         }
     }
 
+    /// Start LSN of the record in progress (header or body being read), if any.
+    pub fn current_record_start(&self) -> Option<Lsn> {
+        match self.mode {
+            Mode::RecordHeader | Mode::RecordBody => Some(Lsn(self.rec_start)),
+            _ => None,
+        }
+    }
+
     /// Whether the verifier is inside the zero tail after an `XLOG_SWITCH`.
     pub fn in_switch_tail(&self) -> bool {
         matches!(self.mode, Mode::SwitchTail { .. })
@@ -722,18 +730,7 @@ impl Verifier {
                 format!("invalid info bits {:04X} in WAL segment {}, LSN {at}, offset {}", h.info, loc.file_name, loc.offset),
             ));
         }
-        // 3. Page address.
-        if h.page_address.0 != page {
-            return Err(err(
-                at,
-                Check::PageAddress,
-                format!(
-                    "unexpected pageaddr {} in WAL segment {}, LSN {at}, offset {}",
-                    h.page_address, loc.file_name, loc.offset
-                ),
-            ));
-        }
-        // 4. Long header iff segment start, with the server's parameters.
+        // 3. Long header iff segment start, with the server's parameters.
         let seg_start = page % self.seg_size == 0;
         match (&h.long, seg_start) {
             (None, true) => {
@@ -773,6 +770,17 @@ impl Verifier {
                 }
             }
             (None, false) => {}
+        }
+        // 4. Page address.
+        if h.page_address.0 != page {
+            return Err(err(
+                at,
+                Check::PageAddress,
+                format!(
+                    "unexpected pageaddr {} in WAL segment {}, LSN {at}, offset {}",
+                    h.page_address, loc.file_name, loc.offset
+                ),
+            ));
         }
         // 5. Timeline.
         if h.timeline == 0 || h.timeline > self.config.timeline {
