@@ -2,10 +2,12 @@
 //! installed major version start with the requested settings, standbys follow
 //! and promote, and every auth method accepts the right password only.
 
-use std::path::PathBuf;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{self, Auth, PgServer, SUPERUSER, SUPERUSER_PASSWORD};
+use crate::support::{self, Auth, BackgroundProcess, PgServer, SUPERUSER, SUPERUSER_PASSWORD};
 
 /// Starts `major` with 1 MB segments and checks version, segment size, WAL
 /// switching, pgbench, stop/start and the removal of the directory on drop.
@@ -229,4 +231,103 @@ fn harness_conf_and_slots() {
 fn harness_free_ports_are_distinct() {
     let ports: std::collections::HashSet<u16> = (0..50).map(|_| support::free_port()).collect();
     assert_eq!(ports.len(), 50);
+}
+
+#[test]
+fn harness_wal_file_names() {
+    let seg16 = 16 << 20;
+    assert_eq!(
+        support::wal_file_name(1, 0x16_B374_D848, seg16),
+        "0000000100000016000000B3"
+    );
+    assert_eq!(
+        support::parse_wal_file_name("0000000100000016000000B3.partial", seg16),
+        Some((1, 0x16_B300_0000))
+    );
+    // 1 MB segments: 4096 per xlogid.
+    assert_eq!(
+        support::wal_file_name(2, 0x1_0030_0000, 1 << 20),
+        "000000020000000100000003"
+    );
+    assert_eq!(
+        support::parse_wal_file_name("000000020000000100000003", 1 << 20),
+        Some((2, 0x1_0030_0000))
+    );
+    assert_eq!(
+        support::parse_wal_file_name("00000002.history", 1 << 20),
+        None
+    );
+}
+
+#[test]
+fn harness_processes() {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "echo out; echo err >&2; exit 3"]);
+    let out = support::run_with_timeout(sh, Duration::from_secs(10));
+    assert_eq!(out.code(), Some(3));
+    assert_eq!(out.stdout, "out\n");
+    out.assert_failure_with("err");
+
+    let mut sh = Command::new("sh");
+    sh.args([
+        "-c",
+        "trap 'echo bye >&2; exit 0' INT; echo ready >&2; while :; do sleep 0.1; done",
+    ]);
+    let mut p = BackgroundProcess::spawn(sh);
+    p.wait_for_stderr("ready", Duration::from_secs(10));
+    assert!(p.is_running());
+    assert!(p.interrupt().success());
+    assert!(p.stderr().contains("bye"));
+
+    let mut sleep = Command::new("sleep");
+    sleep.arg("100");
+    let mut p = BackgroundProcess::spawn(sleep);
+    let status = p.kill9();
+    assert_eq!(status.signal(), Some(9));
+    let pid = p.pid();
+    drop(p);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+/// The comparison helpers agree with the reference: pg_receivewal's archive of
+/// a 15 primary is byte-identical, and its `.partial` matches up to the flush
+/// position it reported.
+#[test]
+fn harness_compare_with_pg_receivewal() {
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let archive = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(support::debian_bin("pg_receivewal"));
+    cmd.arg("-D")
+        .arg(archive.path())
+        .args(["-d", &pg.conninfo(), "--synchronous", "-v", "-n"]);
+    let mut rcv = BackgroundProcess::spawn(cmd);
+    rcv.wait_for_stderr("starting log streaming", Duration::from_secs(30));
+    pg.pgbench_init(1);
+    pg.pgbench(&["-t", "50"]);
+    pg.force_switch_wal();
+    pg.psql("INSERT INTO walrcv_switch VALUES (now())");
+    let target = pg.current_lsn();
+    support::wait_until(Duration::from_secs(30), "pg_receivewal to flush", || {
+        pg.replication_flush_lsn("pg_receivewal")
+            .is_some_and(|l| l >= target)
+    });
+    let flushed = pg.replication_flush_lsn("pg_receivewal").unwrap();
+    assert!(rcv.interrupt().success());
+
+    let names = support::assert_only_wal_names(archive.path());
+    let compared = support::assert_segments_identical(archive.path(), &pg);
+    assert!(compared.len() >= 2, "{names:?}");
+    let partial = support::wal_file_name(1, flushed, pg.wal_segment_size()) + ".partial";
+    assert!(names.contains(&partial), "{partial} not in {names:?}");
+    support::assert_partial_matches(archive.path(), &pg, &partial, flushed);
+    // pg_receivewal stopped; the primary keeps writing past its .partial.
+    pg.psql("INSERT INTO walrcv_switch VALUES (now())");
+    let later = pg.current_lsn();
+    assert!(
+        std::panic::catch_unwind(|| {
+            support::assert_partial_matches(archive.path(), &pg, &partial, later)
+        })
+        .is_err(),
+        "the .partial cannot match past what was received"
+    );
 }

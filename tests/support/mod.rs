@@ -38,6 +38,12 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+mod process;
+mod walfiles;
+
+pub use process::*;
+pub use walfiles::*;
+
 /// Password of the superuser `postgres` when the server's auth needs one.
 pub const SUPERUSER_PASSWORD: &str = "postgres-secret";
 /// The superuser of every test server.
@@ -699,6 +705,17 @@ impl PgServer {
              ORDER BY application_name",
         );
         v.lines().map(str::to_string).collect()
+    }
+
+    /// `flush_lsn` that the client with this `application_name` last reported in
+    /// `pg_stat_replication` (None: not connected, or nothing reported yet).
+    pub fn replication_flush_lsn(&self, application_name: &str) -> Option<u64> {
+        let v = self.psql(&format!(
+            "SELECT flush_lsn FROM pg_stat_replication WHERE application_name = {} \
+             ORDER BY backend_start DESC LIMIT 1",
+            sql_literal(application_name)
+        ));
+        (!v.is_empty()).then(|| parse_lsn(&v))
     }
 
     /// A streaming standby of this primary, in its own temporary directory on a
