@@ -175,14 +175,22 @@ for _ in $(seq 100); do
     if ! kill -0 "$receiver_pid" 2>/dev/null; then
         break
     fi
-    if [ "$(psql_ -c "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")" != 0 ]; then
+    if [ "$(psql_ -c "SELECT count(*) FROM pg_stat_replication
+                      WHERE state = 'streaming' AND application_name = '$app_name'")" != 0 ]; then
         streaming=1
         break
     fi
     sleep 0.1
 done
 if [ "$streaming" != 1 ]; then
-    echo "try.sh: the receiver is not streaming after 10 s; its output:" >&2
+    if ! kill -0 "$receiver_pid" 2>/dev/null; then
+        rc=0
+        wait "$receiver_pid" || rc=$?
+        receiver_pid=""
+        echo "try.sh: $app_name exited with status $rc before streaming; its output:" >&2
+    else
+        echo "try.sh: $app_name is not streaming after 10 s; its output:" >&2
+    fi
     cat "$tmp/receiver.log" >&2
     exit 1
 fi
@@ -238,6 +246,10 @@ wait "$receiver_pid" || rc=$?
 receiver_pid=""
 echo "receiver exit status $rc; last lines of its output:"
 tail -n 15 "$tmp/receiver.log" | sed 's/^/  | /'
+
+say "stopping the primary"
+(cd "$pgdir" && as_server "$PGBIN/pg_ctl" -D "$pgdata" -m fast -w stop)
+server_started=0
 
 say "result"
 echo "$same complete segments identical, $differ different, $missing no longer on the primary"

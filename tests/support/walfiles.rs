@@ -84,7 +84,7 @@ fn read_prefix(path: &Path, len: u64) -> Vec<u8> {
 
 /// Every complete segment in `archive` must be byte-identical to the primary's
 /// file of the same name in pg_wal (which must still be there: the harness's
-/// `wal_keep_size` is 64 MB; use a slot or more for longer tests). Returns the
+/// `wal_keep_size` is 256 MB or 16 segments; use a slot for longer tests). Returns the
 /// names compared. Panics naming the first difference.
 pub fn assert_segments_identical(archive: &Path, pg: &PgServer) -> Vec<String> {
     let segs = complete_segments(archive);
