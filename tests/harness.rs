@@ -28,9 +28,13 @@ fn check_major(major: u32) {
     pg.pgbench_init(1);
     let out = pg.pgbench(&["-t", "20", "-c", "2"]);
     assert!(out.contains("tps"), "pgbench output: {out}");
-    pg.force_switch_wal();
+    let boundary = pg.force_switch_wal();
     let after = pg.current_lsn();
     assert!(after > before + (1 << 20), "{before:X} -> {after:X}");
+    assert!(
+        after >= boundary && boundary % (1 << 20) == 0,
+        "{after:X} {boundary:X}"
+    );
     let names = pg.wal_segment_names();
     assert!(names.contains(&first), "{first} not in {names:?}");
     for name in &names {
@@ -304,9 +308,12 @@ fn harness_compare_with_pg_receivewal() {
     rcv.wait_for_stderr("starting log streaming", Duration::from_secs(30));
     pg.pgbench_init(1);
     pg.pgbench(&["-t", "50"]);
-    pg.force_switch_wal();
+    let boundary = pg.force_switch_wal();
+    assert_eq!(boundary % pg.wal_segment_size(), 0);
+    pg.wait_for_flush("pg_receivewal", boundary, Duration::from_secs(30));
     pg.psql("INSERT INTO walrcv_switch VALUES (now())");
     let target = pg.current_lsn();
+    assert!(target > boundary);
     let flushed = pg.wait_for_flush("pg_receivewal", target, Duration::from_secs(30));
     assert!(rcv.interrupt().success());
 

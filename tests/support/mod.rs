@@ -18,6 +18,25 @@
 //! Servers are run as the `postgres` OS user when the tests run as root (the
 //! server refuses root), as the current user otherwise.
 //!
+//! A typical test:
+//!
+//! ```ignore
+//! let pg = PgServer::builder().wal_segsize_mb(1).auth(Auth::Scram).start();
+//! let archive = tempfile::tempdir().unwrap();
+//! let dir = archive.path().to_str().unwrap();
+//! let mut rcv = walrcv_spawn(&["stream", "-D", dir, "-d", &pg.conninfo(), "-v"]);
+//! pg.pgbench_init(1);
+//! pg.pgbench(&["-t", "200"]);
+//! let end = pg.force_switch_wal();
+//! let flushed = pg.wait_for_flush("walrcv", end, Duration::from_secs(30));
+//! assert!(rcv.interrupt().success());
+//! assert_segments_identical(archive.path(), &pg);
+//! ```
+//!
+//! Processes started with [`walrcv_spawn`] / [`BackgroundProcess`] are SIGKILLed
+//! when dropped, and also when the thread that spawned them exits
+//! (`PR_SET_PDEATHSIG`): spawn them from the test's own thread.
+//!
 //! Environment knobs:
 //! - `WALRCV_TEST_MAJOR`: default major version of [`PgServer::builder`] (15).
 //! - `WALRCV_PG_BIN_<major>`: directory of that major's server binaries.
@@ -636,14 +655,18 @@ impl PgServer {
         parse_lsn(&self.psql("SELECT pg_switch_wal()"))
     }
 
-    /// Writes a little WAL (a table insert), then `pg_switch_wal()`: guarantees
-    /// the segment switch actually happens. Returns the new insert LSN.
+    /// Writes a little WAL (a table insert), then `pg_switch_wal()`, so the
+    /// switch really happens. Returns the end of the segment just completed (the
+    /// start of the next one): a receiver that has the whole segment reports
+    /// at least this flush position.
     pub fn force_switch_wal(&self) -> u64 {
-        self.psql(
+        let out = self.psql(
             "CREATE TABLE IF NOT EXISTS walrcv_switch (t timestamptz); \
              INSERT INTO walrcv_switch VALUES (now()); SELECT pg_switch_wal()",
         );
-        self.insert_lsn()
+        let switch = parse_lsn(out.lines().last().expect("pg_switch_wal result"));
+        let seg = self.wal_segment_size();
+        switch.div_ceil(seg) * seg
     }
 
     /// The WAL file name holding `lsn` on the current timeline (`pg_walfile_name`;
