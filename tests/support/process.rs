@@ -1,0 +1,292 @@
+//! Running the walrcv binary from tests: one-shot runs with a timeout, and
+//! background processes that are killed when the test ends (also on panic, and
+//! when the test thread dies: `PR_SET_PDEATHSIG`), so a walrcv that reconnects
+//! forever can never outlive its test.
+
+use std::fs;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{tail, walrcv_command};
+
+/// What a finished process printed.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RunOutput {
+    /// Exit code (None when killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// stdout and stderr, for assertion messages.
+    pub fn text(&self) -> String {
+        format!(
+            "exit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+
+    /// Panics (with the output) unless the exit status is 0.
+    pub fn assert_success(&self) -> &Self {
+        assert!(self.success(), "expected success:\n{}", self.text());
+        self
+    }
+
+    /// Panics unless the exit status is non-zero and stderr contains `needle`.
+    pub fn assert_failure_with(&self, needle: &str) -> &Self {
+        assert!(
+            !self.success() && self.status.code().is_some(),
+            "expected a non-zero exit:\n{}",
+            self.text()
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "expected stderr to contain {needle:?}:\n{}",
+            self.text()
+        );
+        self
+    }
+}
+
+/// Runs `walrcv ARGS` to completion (stdin null, `PG*` environment removed);
+/// kills it and panics after `timeout`.
+pub fn walrcv_run(args: &[&str], timeout: Duration) -> RunOutput {
+    let mut cmd = walrcv_command();
+    cmd.args(args);
+    run_with_timeout(cmd, timeout)
+}
+
+/// Runs a command to completion with its output captured; kills it (SIGKILL)
+/// and panics with what it printed after `timeout`.
+pub fn run_with_timeout(cmd: Command, timeout: Duration) -> RunOutput {
+    let mut p = BackgroundProcess::spawn(cmd);
+    match p.wait_timeout(timeout) {
+        Some(status) => RunOutput {
+            status,
+            stdout: p.stdout(),
+            stderr: p.stderr(),
+        },
+        None => {
+            p.kill9();
+            panic!(
+                "{} did not finish within {timeout:?}:\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                p.program,
+                p.stdout(),
+                p.stderr()
+            );
+        }
+    }
+}
+
+/// Starts `walrcv ARGS` in the background (stdin null, `PG*` environment
+/// removed); see [`BackgroundProcess`].
+pub fn walrcv_spawn(args: &[&str]) -> BackgroundProcess {
+    let mut cmd = walrcv_command();
+    cmd.args(args);
+    BackgroundProcess::spawn(cmd)
+}
+
+/// A child process whose stdout and stderr go to files (read them at any time),
+/// SIGKILLed and reaped on drop, with its output printed when the test panicked.
+#[derive(Debug)]
+pub struct BackgroundProcess {
+    child: Child,
+    program: String,
+    status: Option<ExitStatus>,
+    dir: tempfile::TempDir,
+}
+
+impl BackgroundProcess {
+    /// Spawns `cmd` with stdout/stderr redirected to files; panics if it cannot start.
+    pub fn spawn(mut cmd: Command) -> BackgroundProcess {
+        let dir = tempfile::Builder::new()
+            .prefix("walrcv-proc-")
+            .tempdir()
+            .expect("tempdir for process output");
+        let out = fs::File::create(dir.path().join("stdout")).expect("create stdout file");
+        let err = fs::File::create(dir.path().join("stderr")).expect("create stderr file");
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        cmd.stdout(out).stderr(err);
+        if cmd.get_current_dir().is_none() {
+            cmd.current_dir(dir.path());
+        }
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        BackgroundProcess {
+            child,
+            program,
+            status: None,
+            dir,
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything written to stdout so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
+    }
+
+    /// Everything written to stderr so far (walrcv logs there).
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// Path of the file collecting stderr.
+    pub fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("stderr")
+    }
+
+    /// Whether the process is still running (reaps it if it exited).
+    pub fn is_running(&mut self) -> bool {
+        self.try_wait().is_none()
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_wait() {
+                return Some(s);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (e.g. `libc::SIGINT`) if the process is still running.
+    pub fn signal(&mut self, sig: i32) {
+        if self.is_running() {
+            // SAFETY: plain kill(2) on our own child, not yet reaped.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// SIGINT, then waits (30 s at most, else panics) and returns the exit status.
+    pub fn interrupt(&mut self) -> ExitStatus {
+        self.signal_and_wait(libc::SIGINT)
+    }
+
+    /// SIGTERM, then waits (30 s at most, else panics) and returns the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_and_wait(libc::SIGTERM)
+    }
+
+    fn signal_and_wait(&mut self, sig: i32) -> ExitStatus {
+        self.signal(sig);
+        match self.wait_timeout(Duration::from_secs(30)) {
+            Some(s) => s,
+            None => {
+                self.kill9();
+                panic!(
+                    "{} did not exit within 30 s of signal {sig}:\n{}",
+                    self.program,
+                    self.stderr()
+                );
+            }
+        }
+    }
+
+    /// SIGKILL and reap (a crash, as far as the process is concerned).
+    pub fn kill9(&mut self) -> ExitStatus {
+        if self.try_wait().is_none() {
+            let _ = self.child.kill();
+            self.status = Some(self.child.wait().expect("wait"));
+        }
+        self.status.expect("status")
+    }
+
+    /// Waits until stderr contains `needle`; panics (with stderr) after
+    /// `timeout` or if the process exits first.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if self.stderr().contains(needle) {
+                return;
+            }
+            if let Some(s) = self.try_wait() {
+                if self.stderr().contains(needle) {
+                    return;
+                }
+                panic!(
+                    "{} exited ({s}) before printing {needle:?}:\n{}",
+                    self.program,
+                    self.stderr()
+                );
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "{} did not print {needle:?} within {timeout:?}:\n{}",
+                    self.program,
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The signal that ended the process, if any (after it exited).
+    pub fn exit_signal(&mut self) -> Option<i32> {
+        self.try_wait().and_then(|s| s.signal())
+    }
+
+    /// Where stdout/stderr are kept.
+    pub fn output_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for BackgroundProcess {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} (pid {}) stderr tail ---\n{}\n--- stdout tail ---\n{}",
+                self.program,
+                self.child.id(),
+                tail(&self.dir.path().join("stderr"), 40),
+                tail(&self.dir.path().join("stdout"), 20)
+            );
+        }
+    }
+}
