@@ -1,2 +1,4 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
+mod harness;
+mod stream;
 mod support;

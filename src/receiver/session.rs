@@ -385,8 +385,10 @@ async fn stream(
                             }
                             *streamed = true;
                             feedback.received = end;
-                            // pg_receivewal's rule: stop once a message ends past endpos.
-                            if opts.endpos.is_some_and(|e| e < end) {
+                            // Stop once the WAL received reaches endpos. (pg_receivewal
+                            // waits for a message ending strictly past it, which on an
+                            // idle server may never come.)
+                            if opts.endpos.is_some_and(|e| e <= end) {
                                 break Ok(LoopEnd::Endpos);
                             }
                         }

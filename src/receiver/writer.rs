@@ -178,12 +178,10 @@ impl Writer {
     }
 
     fn close_partial(&mut self, seg: SegmentWriter) -> Result<(), WriterError> {
-        let name = seg.path().display().to_string();
         seg.close_partial()?;
         if self.config.sync {
             self.synced = self.position;
         }
-        tracing::info!("not renaming \"{name}\", segment is not complete");
         Ok(())
     }
 
