@@ -37,7 +37,7 @@ pub enum PgError {
     #[error("protocol error from {target}: {source}")]
     Protocol { target: String, source: ProtocolError },
     #[error("{target}: {message}{}", hint_suffix(.message))]
-    Server { target: String, message: ServerMessage },
+    Server { target: String, message: Box<ServerMessage> },
     #[error("{target}: the server asks for a password but none was given (hint: use -W, PGPASSWORD or a password file)")]
     NoPassword { target: String },
     #[error("{target}: authentication failed: {what}")]
@@ -278,7 +278,7 @@ impl Connection {
                 BackendMessage::Error(message) => {
                     return Err(PgError::Server {
                         target: self.target.clone(),
-                        message,
+                        message: Box::new(message),
                     })
                 }
                 other => return Err(self.unexpected("starting up", &format!("{other:?}"))),
@@ -408,7 +408,7 @@ impl Connection {
         match error {
             Some(message) => Err(PgError::Server {
                 target: self.target.clone(),
-                message,
+                message: Box::new(message),
             }),
             None => Ok(result),
         }
@@ -440,7 +440,7 @@ impl Connection {
         match error {
             Some(message) => Err(PgError::Server {
                 target: self.target.clone(),
-                message,
+                message: Box::new(message),
             }),
             None => Ok(CopyStart::ResultSet(result)),
         }

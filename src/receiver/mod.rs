@@ -114,7 +114,7 @@ impl From<ReplicationError> for ReceiverError {
 }
 
 /// Turns the server errors that no retry can fix into clear, actionable ones.
-fn classify_server_error(message: ServerMessage, target: String) -> ReceiverError {
+fn classify_server_error(message: Box<ServerMessage>, target: String) -> ReceiverError {
     let m = &message.message;
     let needs = |hint: &str| ReceiverError::NeedsOperator {
         message: format!("{target}: {message}"),

@@ -405,7 +405,7 @@ async fn stream(
                     BackendMessage::CopyDone => break Ok(LoopEnd::ServerCopyDone),
                     BackendMessage::CommandComplete { .. } => break Ok(LoopEnd::ServerClosed),
                     BackendMessage::Error(message) => {
-                        break Err(PgError::Server { target: conn.target().to_string(), message }.into())
+                        break Err(PgError::Server { target: conn.target().to_string(), message: Box::new(message) }.into())
                     }
                     other => break Err(ReceiverError::Unexpected(format!("{other:?}"))),
                 }
@@ -504,7 +504,7 @@ async fn read_until_ready(conn: &mut Connection) -> Result<QueryResult, Receiver
             BackendMessage::Error(message) => {
                 return Err(PgError::Server {
                     target: conn.target().to_string(),
-                    message,
+                    message: Box::new(message),
                 }
                 .into())
             }
