@@ -20,6 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Stream WAL from a server into an archive directory (pg_receivewal's flags).
     Stream(StreamArgs),
+    /// Check a whole archive offline: page headers, record CRCs, continuity,
+    /// timelines and gaps. Exit 0 only when there is no problem.
+    Verify(crate::tools::verify::VerifyArgs),
 }
 
 /// pg_receivewal's options. `-h` is the host, as in pg_receivewal, so help is
@@ -166,6 +169,7 @@ mod tests {
         v.extend_from_slice(args);
         Cli::try_parse_from(v).map(|c| match c.command {
             Command::Stream(s) => s,
+            Command::Verify(_) => unreachable!("parsed a stream command line"),
         })
     }
 

@@ -30,6 +30,10 @@ fn main() {
     } else {
         match Cli::parse_from(argv).command {
             Command::Stream(args) => stream_command(args),
+            Command::Verify(args) => {
+                init_logging(0);
+                walrcv::tools::verify::run(&args)
+            }
         }
     };
     std::process::exit(code);
