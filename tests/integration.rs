@@ -1,4 +1,5 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
+mod corruption;
 mod harness;
 mod stream;
 mod support;

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::{walrcv_bin, wait_until, Auth, PgServer};
+use crate::support::{walrcv_bin, walrcv_spawn, wait_until, Auth, BackgroundProcess, PgServer};
 
 const MB: u64 = 1 << 20;
 
@@ -36,8 +36,8 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn spawn(args: &[&str]) -> Child {
-    walrcv(args).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap()
+fn spawn(args: &[&str]) -> BackgroundProcess {
+    walrcv_spawn(args)
 }
 
 fn lsn(pg: &PgServer) -> String {
@@ -163,8 +163,7 @@ fn kill_9_then_restart_leaves_a_complete_identical_archive() {
         names(dir.path()).iter().any(|n| is_segment(n))
     });
     pg.pgbench(&["-n", "-c", "2", "-T", "2"]);
-    child.kill().unwrap(); // SIGKILL, mid-stream
-    child.wait().unwrap();
+    child.kill9(); // mid-stream
     make_wal(&pg, 2);
     let out = stream_until_current(&pg, dir.path(), &["-S", "k9"]);
     assert!(out.status.success());
@@ -202,9 +201,8 @@ fn follows_a_timeline_switch_from_a_promoted_standby() {
     wait_until(Duration::from_secs(60), "walrcv followed onto timeline 2", || {
         names(dir.path()).iter().any(|n| n.starts_with("00000002") && is_segment(n))
     });
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM exits 0");
+    let status = child.terminate();
+    assert!(status.success(), "SIGTERM exits 0: {}", child.stderr());
     let all = names(dir.path());
     assert!(all.contains("00000002.history"), "{all:?}");
     let history = std::fs::read_to_string(dir.path().join("00000002.history")).unwrap();
@@ -244,8 +242,7 @@ fn shows_in_pg_stat_replication_and_can_be_synchronous() {
     assert_eq!(parse_lsn(&flush), parse_lsn(&sent));
     pg.psql("ALTER SYSTEM RESET synchronous_standby_names");
     pg.psql("SELECT pg_reload_conf()");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(child.interrupt().success(), "SIGINT exits 0: {}", child.stderr());
     assert!(names(dir.path()).iter().any(|n| n.ends_with(".partial")), "the open segment stays .partial");
 }
 
@@ -364,8 +361,7 @@ fn refuses_another_clusters_directory_and_a_directory_in_use() {
     let o = run(&["stream", "-D", &d, "-d", &a.conninfo(), "-n", "-w"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("already in use"), "{}", stderr(&o));
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill9();
 }
 
 /// Barman's exact invocation, through a `pg_receivewal` symlink.
@@ -388,8 +384,8 @@ fn drop_in_for_pg_receivewal_under_barman() {
         "application_name=barman_receive_wal dbname=replication host=127.0.0.1 options=-cdatestyle=iso port={} replication=true user=postgres",
         pg.port()
     );
-    let mut child = Command::new(&link)
-        .args([
+    let mut cmd = Command::new(&link);
+    cmd.args([
             &format!("--dbname={conninfo}"),
             "--verbose",
             "--no-loop",
@@ -397,10 +393,8 @@ fn drop_in_for_pg_receivewal_under_barman() {
             &format!("--directory={}", dir.path().display()),
             "--slot=barman",
             "--synchronous",
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+        ]);
+    let mut child = BackgroundProcess::spawn(cmd);
     wait_until(Duration::from_secs(20), "barman_receive_wal streaming", || {
         pg.psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'barman_receive_wal'") == "1"
     });
@@ -411,8 +405,8 @@ fn drop_in_for_pg_receivewal_under_barman() {
     wait_until(Duration::from_secs(20), "slot is active with a restart_lsn", || {
         pg.psql("SELECT active AND restart_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = 'barman'") == "t"
     });
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(child.terminate().success(), "{}", child.stderr());
+    assert!(child.stderr().contains("finished segment"), "--verbose logs segments: {}", child.stderr());
     assert_only_barman_names(dir.path());
     assert!(assert_complete_segments_identical(dir.path(), &pg.wal_dir()) >= 1);
 }
