@@ -334,3 +334,8 @@ fn harness_compare_with_pg_receivewal() {
         "the .partial cannot match past what was received"
     );
 }
+
+#[test]
+fn harness_standby_promote_13() {
+    check_standby_promote(13);
+}

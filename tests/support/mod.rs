@@ -778,8 +778,9 @@ impl PgServer {
     /// A streaming standby of this primary, in its own temporary directory on a
     /// free port, started and streaming when this returns.
     ///
-    /// For servers up to 15 it is made with Debian's `pg_basebackup -R -X stream`
-    /// over the Unix socket (the primary keeps running). pg_basebackup 15 refuses
+    /// For servers up to 15 it is made with Debian's `pg_basebackup -X stream`
+    /// over the Unix socket (the primary keeps running), then `standby.signal`
+    /// and `primary_conninfo` (Unix socket, `application_name=walrcv_test_standby`). pg_basebackup 15 refuses
     /// newer servers, so for 16+ the primary is stopped (`-m fast`), its data
     /// directory copied, and restarted: any connection to it is cut once.
     /// Needs the replication pg_hba lines (not [`PgBuilder::no_replication_hba`]).
@@ -802,10 +803,9 @@ impl PgServer {
             cmd.current_dir(&root)
                 .arg("-D")
                 .arg(&data)
-                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-h"])
+                .args(["-X", "stream", "-c", "fast", "--no-sync", "-h"])
                 .arg(&self.root)
-                .args(["-p", &self.port.to_string(), "-U", SUPERUSER])
-                .args(["-d", &primary_conninfo]);
+                .args(["-p", &self.port.to_string(), "-U", SUPERUSER]);
             as_server_user(&mut cmd);
             let out = cmd.output().expect("run pg_basebackup");
             assert!(
@@ -831,18 +831,20 @@ impl PgServer {
                 output_text(&out)
             );
             let _ = fs::remove_file(data.join("postmaster.opts"));
-            write_as_server_user(&data.join("standby.signal"), "");
-            let mut auto = fs::OpenOptions::new()
-                .append(true)
-                .open(data.join("postgresql.auto.conf"))
-                .expect("open postgresql.auto.conf");
-            writeln!(
-                auto,
-                "primary_conninfo = {}",
-                sql_literal(&primary_conninfo)
-            )
-            .expect("write postgresql.auto.conf");
         }
+        // What `pg_basebackup -R` would write, minus the options (sslsni, ...)
+        // that pg_basebackup 15 adds and the libpq of older servers rejects.
+        write_as_server_user(&data.join("standby.signal"), "");
+        let mut auto = fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.auto.conf"))
+            .expect("open postgresql.auto.conf");
+        writeln!(
+            auto,
+            "primary_conninfo = {}",
+            sql_literal(&primary_conninfo)
+        )
+        .expect("write postgresql.auto.conf");
         let mut standby = PgServer {
             major: self.major,
             wal_segsize_mb: self.wal_segsize_mb,
