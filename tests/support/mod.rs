@@ -201,6 +201,19 @@ pub fn available_majors() -> Vec<u32> {
     (13..=18).filter(|m| pg_bin_dir(*m).is_some()).collect()
 }
 
+/// The majors every cross-version test covers: Debian's 15 and the npm ones
+/// (13, 17), in that order. Panics if one is missing: tests never skip silently.
+pub fn test_majors() -> Vec<u32> {
+    let mut majors = vec![DEBIAN_MAJOR];
+    majors.extend_from_slice(NPM_MAJORS);
+    for &m in &majors {
+        if pg_bin_dir(m).is_none() {
+            missing_version(m);
+        }
+    }
+    majors
+}
+
 /// A client tool of Debian's PostgreSQL (`psql`, `pgbench`, `pg_basebackup`,
 /// `pg_waldump`, `pg_receivewal`, ...).
 pub fn debian_bin(name: &str) -> PathBuf {
@@ -342,6 +355,10 @@ impl PgBuilder {
     /// Major version: 15 is Debian's (the default, or `$WALRCV_TEST_MAJOR`),
     /// others come from /opt/walrcv-pg (scripts/install-deps.sh installs 13 and 17).
     pub fn major(mut self, m: u32) -> Self {
+        assert!(
+            (13..=18).contains(&m),
+            "walrcv supports PostgreSQL 13 to 18, not {m}"
+        );
         self.major = m;
         self
     }
