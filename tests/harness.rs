@@ -102,6 +102,8 @@ fn check_standby_promote(major: u32) {
         "{apps:?}"
     );
 
+    assert_eq!(standby.timeline(), 1);
+    assert!(standby.current_lsn() > 0);
     standby.promote();
     assert!(!standby.is_in_recovery());
     assert_eq!(standby.timeline(), 2);
