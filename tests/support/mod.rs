@@ -71,6 +71,10 @@ pub const SUPERUSER: &str = "postgres";
 pub const DEBIAN_MAJOR: u32 = 15;
 /// Majors `scripts/install-deps.sh` installs besides Debian's.
 pub const NPM_MAJORS: &[u32] = &[13, 17];
+/// How long one psql call may take before it is killed and the test fails.
+pub const PSQL_TIMEOUT: Duration = Duration::from_secs(120);
+/// The same for pgbench and pg_basebackup.
+pub const PGBENCH_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How TCP connections (including replication) authenticate. Unix-socket
 /// connections always stay `trust`, so the harness itself never needs a password.
@@ -543,7 +547,14 @@ impl PgServer {
 
     /// Like [`psql`](Self::psql) but returns psql's stderr as the error.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
-        let mut cmd = self.client_command("psql");
+        self.try_psql_timeout(sql, PSQL_TIMEOUT)
+    }
+
+    /// Like [`try_psql`](Self::try_psql) with another time limit (whole
+    /// seconds); a timeout is an error saying "timed out". For SQL that is
+    /// expected to block, e.g. a commit waiting for a synchronous standby.
+    pub fn try_psql_timeout(&self, sql: &str, limit: Duration) -> Result<String, String> {
+        let mut cmd = self.client_command("psql", limit);
         cmd.args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.root)
             .args([
@@ -566,7 +577,7 @@ impl PgServer {
         password: Option<&str>,
         sql: &str,
     ) -> Result<String, String> {
-        let mut cmd = self.client_command("psql");
+        let mut cmd = self.client_command("psql", PSQL_TIMEOUT);
         cmd.args(["-XAtqw", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
             .args(["-p", &self.port.to_string(), "-U", user, "-d", "postgres"])
             .args(["-c", sql]);
@@ -585,7 +596,7 @@ impl PgServer {
         password: Option<&str>,
         command: &str,
     ) -> Result<String, String> {
-        let mut cmd = self.client_command("psql");
+        let mut cmd = self.client_command("psql", PSQL_TIMEOUT);
         cmd.args(["-XAtqw", "-v", "ON_ERROR_STOP=1", "-d"])
             .arg(format!(
                 "host=127.0.0.1 port={} user={user} dbname=replication replication=true",
@@ -626,13 +637,18 @@ impl PgServer {
     /// Debian's pgbench with `args` (options only; connection options and the
     /// database are added) over the Unix socket; returns stdout, panics on failure.
     pub fn pgbench(&self, args: &[&str]) -> String {
-        let mut cmd = self.client_command("pgbench");
+        let mut cmd = self.client_command("pgbench", PGBENCH_TIMEOUT);
         cmd.arg("-h")
             .arg(&self.root)
             .args(["-p", &self.port.to_string(), "-U", SUPERUSER])
             .args(args)
             .arg("postgres");
         let out = cmd.output().expect("run pgbench");
+        assert!(
+            out.status.code() != Some(124),
+            "pgbench {args:?} on port {} timed out after {PGBENCH_TIMEOUT:?}",
+            self.port
+        );
         assert!(
             out.status.success(),
             "pgbench {args:?} on port {} failed:\n{}",
@@ -816,7 +832,7 @@ impl PgServer {
             self.port
         );
         if self.major <= DEBIAN_MAJOR {
-            let mut cmd = self.client_command("pg_basebackup");
+            let mut cmd = self.client_command("pg_basebackup", PGBENCH_TIMEOUT);
             cmd.current_dir(&root)
                 .arg("-D")
                 .arg(&data)
@@ -1042,8 +1058,10 @@ impl PgServer {
 
         server.start_with_port_retry();
         if b.auth.needs_password() {
+            // synchronous_commit = local: a synchronous_standby_names from
+            // conf() must not make the set-up wait for a standby.
             server.psql(&format!(
-                "ALTER ROLE {SUPERUSER} PASSWORD {}",
+                "SET synchronous_commit = local; ALTER ROLE {SUPERUSER} PASSWORD {}",
                 sql_literal(SUPERUSER_PASSWORD)
             ));
         }
@@ -1140,9 +1158,14 @@ impl PgServer {
         cmd
     }
 
-    /// A command for one of Debian's client tools, run as the current user.
-    fn client_command(&self, name: &str) -> Command {
-        let mut cmd = Command::new(debian_bin(name));
+    /// A command for one of Debian's client tools, run as the current user,
+    /// killed after `limit` (coreutils `timeout`: exit status 124) so that a
+    /// server that hangs (e.g. a commit waiting for a synchronous standby that
+    /// never answers) fails the test instead of hanging it.
+    fn client_command(&self, name: &str, limit: Duration) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-k", "10", &limit.as_secs().to_string()])
+            .arg(debian_bin(name));
         clean_pg_env(&mut cmd);
         cmd.env("LC_ALL", "C")
             .env("PGPASSFILE", "/nonexistent/walrcv-test-pgpass")
@@ -1240,6 +1263,12 @@ fn write_as_server_user(path: &Path, text: &str) {
 
 fn run_psql(mut cmd: Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.code() == Some(124) {
+        return Err(format!(
+            "psql timed out: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
     if out.status.success() {
         let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
         while s.ends_with('\n') {
