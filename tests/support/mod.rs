@@ -312,6 +312,11 @@ fn sql_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// A conninfo value, quoted as libpq wants it.
+fn conninfo_value(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 fn sql_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -554,19 +559,12 @@ impl PgServer {
     /// seconds); a timeout is an error saying "timed out". For SQL that is
     /// expected to block, e.g. a commit waiting for a synchronous standby.
     pub fn try_psql_timeout(&self, sql: &str, limit: Duration) -> Result<String, String> {
-        let mut cmd = self.client_command("psql", limit);
-        cmd.args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.root)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                SUPERUSER,
-                "-d",
-                "postgres",
-            ])
-            .args(["-c", sql]);
-        run_psql(cmd)
+        let conn = format!(
+            "host={} port={} user={SUPERUSER} dbname=postgres",
+            conninfo_value(&self.root.to_string_lossy()),
+            self.port
+        );
+        self.run_psql(&conn, None, sql, limit)
     }
 
     /// Runs SQL over TCP (127.0.0.1) as `user` with `password` (None: no password
@@ -577,14 +575,12 @@ impl PgServer {
         password: Option<&str>,
         sql: &str,
     ) -> Result<String, String> {
-        let mut cmd = self.client_command("psql", PSQL_TIMEOUT);
-        cmd.args(["-XAtqw", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .args(["-p", &self.port.to_string(), "-U", user, "-d", "postgres"])
-            .args(["-c", sql]);
-        if let Some(pw) = password {
-            cmd.env("PGPASSWORD", pw);
-        }
-        run_psql(cmd)
+        let conn = format!(
+            "host=127.0.0.1 port={} user={} dbname=postgres",
+            self.port,
+            conninfo_value(user)
+        );
+        self.run_psql(&conn, password, sql, PSQL_TIMEOUT)
     }
 
     /// Runs a replication command (`IDENTIFY_SYSTEM`, `SHOW ...`, ...) with psql
@@ -596,17 +592,44 @@ impl PgServer {
         password: Option<&str>,
         command: &str,
     ) -> Result<String, String> {
-        let mut cmd = self.client_command("psql", PSQL_TIMEOUT);
-        cmd.args(["-XAtqw", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(format!(
-                "host=127.0.0.1 port={} user={user} dbname=replication replication=true",
-                self.port
-            ))
-            .args(["-c", command]);
+        let conn = format!(
+            "host=127.0.0.1 port={} user={} dbname=replication replication=true",
+            self.port,
+            conninfo_value(user)
+        );
+        self.run_psql(&conn, password, command, PSQL_TIMEOUT)
+    }
+
+    /// Debian's `psql -XAtqw -v ON_ERROR_STOP=1 -d CONNINFO -c SQL`, killed after
+    /// `limit`; stdout without its final newline, or stderr as the error.
+    fn run_psql(
+        &self,
+        conninfo: &str,
+        password: Option<&str>,
+        sql: &str,
+        limit: Duration,
+    ) -> Result<String, String> {
+        let mut cmd = self.client_command("psql", limit);
+        cmd.args(["-XAtqw", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql]);
         if let Some(pw) = password {
             cmd.env("PGPASSWORD", pw);
         }
-        run_psql(cmd)
+        let out = cmd.output().map_err(|e| format!("cannot run psql: {e}"))?;
+        if out.status.code() == Some(124) {
+            return Err(format!(
+                "psql timed out after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        if out.status.success() {
+            let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+            while s.ends_with('\n') {
+                s.pop();
+            }
+            Ok(s)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
     }
 
     /// `SHOW server_version_num` as a number (e.g. 150014).
@@ -735,14 +758,7 @@ impl PgServer {
 
     /// Names of the complete WAL segment files in pg_wal (24 hex digits), sorted.
     pub fn wal_segment_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.wal_dir())
-            .expect("read pg_wal")
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
-            .collect();
-        names.sort();
-        names
+        complete_segments(&self.wal_dir())
     }
 
     /// Creates a physical replication slot (reserving WAL now).
@@ -1259,23 +1275,4 @@ fn write_as_server_user(path: &Path, text: &str) {
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
     chown_to_server_user(path);
-}
-
-fn run_psql(mut cmd: Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("cannot run psql: {e}"))?;
-    if out.status.code() == Some(124) {
-        return Err(format!(
-            "psql timed out: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    if out.status.success() {
-        let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
-        while s.ends_with('\n') {
-            s.pop();
-        }
-        Ok(s)
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
 }
