@@ -43,7 +43,7 @@ if [ "$quick" = 1 ]; then
     cargo_args=(test --lib)
 else
     scripts/install-deps.sh
-    cargo_args=(test --all-targets)
+    cargo_args=(test --all-targets --no-fail-fast)
 fi
 
 start=$(date +%s)
@@ -65,7 +65,7 @@ echo "=== summary ($(($(date +%s) - start)) s) ==="
 grep -E '^\s*(Running|Doc-tests) |^test result:' "$log" | sed -E 's/^\s+//' || true
 if grep -qE '^failures:$' "$log"; then
     echo "--- failed tests ---"
-    awk '/^failures:$/ {f=1; next} /^test result:/ {f=0} f && /^    / {print}' "$log" | sort -u
+    awk '/^failures:$/ {f=1; next} /^test result:/ {f=0} f && /^    [A-Za-z0-9_:]+$/ {print}' "$log" | sort -u
 fi
 if [ "$status" -ne 0 ]; then
     echo "FAILED (cargo test exit status $status)"

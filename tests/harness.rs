@@ -73,6 +73,7 @@ fn harness_major_17() {
 
 #[test]
 fn harness_installed_majors() {
+    assert_eq!(support::test_majors(), [15, 13, 17]);
     let majors = support::available_majors();
     for m in [15, 13, 17] {
         assert!(
@@ -101,6 +102,8 @@ fn check_standby_promote(major: u32) {
         "{apps:?}"
     );
 
+    assert_eq!(standby.timeline(), 1);
+    assert!(standby.current_lsn() > 0);
     standby.promote();
     assert!(!standby.is_in_recovery());
     assert_eq!(standby.timeline(), 2);
@@ -333,4 +336,29 @@ fn harness_compare_with_pg_receivewal() {
         .is_err(),
         "the .partial cannot match past what was received"
     );
+}
+
+#[test]
+fn harness_standby_promote_13() {
+    check_standby_promote(13);
+}
+
+/// A commit waiting for a synchronous standby that never comes fails the
+/// test through psql's time limit instead of hanging it.
+#[test]
+fn harness_sync_commit_does_not_hang() {
+    let pg = PgServer::builder()
+        .auth(Auth::Scram)
+        .conf("synchronous_standby_names = 'nobody'")
+        .start();
+    pg.psql("SET synchronous_commit = local; CREATE TABLE t (i int)");
+    let start = std::time::Instant::now();
+    let err = pg
+        .try_psql_timeout("INSERT INTO t VALUES (1)", Duration::from_secs(2))
+        .unwrap_err();
+    assert!(err.contains("timed out"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    // The backend still waits for the standby, the row not yet visible.
+    let waiting = pg.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
+    assert_eq!(waiting, "1");
 }

@@ -71,6 +71,10 @@ pub const SUPERUSER: &str = "postgres";
 pub const DEBIAN_MAJOR: u32 = 15;
 /// Majors `scripts/install-deps.sh` installs besides Debian's.
 pub const NPM_MAJORS: &[u32] = &[13, 17];
+/// How long one psql call may take before it is killed and the test fails.
+pub const PSQL_TIMEOUT: Duration = Duration::from_secs(120);
+/// The same for pgbench and pg_basebackup.
+pub const PGBENCH_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How TCP connections (including replication) authenticate. Unix-socket
 /// connections always stay `trust`, so the harness itself never needs a password.
@@ -201,6 +205,19 @@ pub fn available_majors() -> Vec<u32> {
     (13..=18).filter(|m| pg_bin_dir(*m).is_some()).collect()
 }
 
+/// The majors every cross-version test covers: Debian's 15 and the npm ones
+/// (13, 17), in that order. Panics if one is missing: tests never skip silently.
+pub fn test_majors() -> Vec<u32> {
+    let mut majors = vec![DEBIAN_MAJOR];
+    majors.extend_from_slice(NPM_MAJORS);
+    for &m in &majors {
+        if pg_bin_dir(m).is_none() {
+            missing_version(m);
+        }
+    }
+    majors
+}
+
 /// A client tool of Debian's PostgreSQL (`psql`, `pgbench`, `pg_basebackup`,
 /// `pg_waldump`, `pg_receivewal`, ...).
 pub fn debian_bin(name: &str) -> PathBuf {
@@ -295,6 +312,11 @@ fn sql_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// A conninfo value, quoted as libpq wants it.
+fn conninfo_value(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 fn sql_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -342,6 +364,10 @@ impl PgBuilder {
     /// Major version: 15 is Debian's (the default, or `$WALRCV_TEST_MAJOR`),
     /// others come from /opt/walrcv-pg (scripts/install-deps.sh installs 13 and 17).
     pub fn major(mut self, m: u32) -> Self {
+        assert!(
+            (13..=18).contains(&m),
+            "walrcv supports PostgreSQL 13 to 18, not {m}"
+        );
         self.major = m;
         self
     }
@@ -526,19 +552,19 @@ impl PgServer {
 
     /// Like [`psql`](Self::psql) but returns psql's stderr as the error.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
-        let mut cmd = self.client_command("psql");
-        cmd.args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.root)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                SUPERUSER,
-                "-d",
-                "postgres",
-            ])
-            .args(["-c", sql]);
-        run_psql(cmd)
+        self.try_psql_timeout(sql, PSQL_TIMEOUT)
+    }
+
+    /// Like [`try_psql`](Self::try_psql) with another time limit (whole
+    /// seconds); a timeout is an error saying "timed out". For SQL that is
+    /// expected to block, e.g. a commit waiting for a synchronous standby.
+    pub fn try_psql_timeout(&self, sql: &str, limit: Duration) -> Result<String, String> {
+        let conn = format!(
+            "host={} port={} user={SUPERUSER} dbname=postgres",
+            conninfo_value(&self.root.to_string_lossy()),
+            self.port
+        );
+        self.run_psql(&conn, None, sql, limit)
     }
 
     /// Runs SQL over TCP (127.0.0.1) as `user` with `password` (None: no password
@@ -549,14 +575,12 @@ impl PgServer {
         password: Option<&str>,
         sql: &str,
     ) -> Result<String, String> {
-        let mut cmd = self.client_command("psql");
-        cmd.args(["-XAtqw", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .args(["-p", &self.port.to_string(), "-U", user, "-d", "postgres"])
-            .args(["-c", sql]);
-        if let Some(pw) = password {
-            cmd.env("PGPASSWORD", pw);
-        }
-        run_psql(cmd)
+        let conn = format!(
+            "host=127.0.0.1 port={} user={} dbname=postgres",
+            self.port,
+            conninfo_value(user)
+        );
+        self.run_psql(&conn, password, sql, PSQL_TIMEOUT)
     }
 
     /// Runs a replication command (`IDENTIFY_SYSTEM`, `SHOW ...`, ...) with psql
@@ -568,17 +592,44 @@ impl PgServer {
         password: Option<&str>,
         command: &str,
     ) -> Result<String, String> {
-        let mut cmd = self.client_command("psql");
-        cmd.args(["-XAtqw", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(format!(
-                "host=127.0.0.1 port={} user={user} dbname=replication replication=true",
-                self.port
-            ))
-            .args(["-c", command]);
+        let conn = format!(
+            "host=127.0.0.1 port={} user={} dbname=replication replication=true",
+            self.port,
+            conninfo_value(user)
+        );
+        self.run_psql(&conn, password, command, PSQL_TIMEOUT)
+    }
+
+    /// Debian's `psql -XAtqw -v ON_ERROR_STOP=1 -d CONNINFO -c SQL`, killed after
+    /// `limit`; stdout without its final newline, or stderr as the error.
+    fn run_psql(
+        &self,
+        conninfo: &str,
+        password: Option<&str>,
+        sql: &str,
+        limit: Duration,
+    ) -> Result<String, String> {
+        let mut cmd = self.client_command("psql", limit);
+        cmd.args(["-XAtqw", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql]);
         if let Some(pw) = password {
             cmd.env("PGPASSWORD", pw);
         }
-        run_psql(cmd)
+        let out = cmd.output().map_err(|e| format!("cannot run psql: {e}"))?;
+        if out.status.code() == Some(124) {
+            return Err(format!(
+                "psql timed out after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        if out.status.success() {
+            let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+            while s.ends_with('\n') {
+                s.pop();
+            }
+            Ok(s)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
     }
 
     /// `SHOW server_version_num` as a number (e.g. 150014).
@@ -609,13 +660,18 @@ impl PgServer {
     /// Debian's pgbench with `args` (options only; connection options and the
     /// database are added) over the Unix socket; returns stdout, panics on failure.
     pub fn pgbench(&self, args: &[&str]) -> String {
-        let mut cmd = self.client_command("pgbench");
+        let mut cmd = self.client_command("pgbench", PGBENCH_TIMEOUT);
         cmd.arg("-h")
             .arg(&self.root)
             .args(["-p", &self.port.to_string(), "-U", SUPERUSER])
             .args(args)
             .arg("postgres");
         let out = cmd.output().expect("run pgbench");
+        assert!(
+            out.status.code() != Some(124),
+            "pgbench {args:?} on port {} timed out after {PGBENCH_TIMEOUT:?}",
+            self.port
+        );
         assert!(
             out.status.success(),
             "pgbench {args:?} on port {} failed:\n{}",
@@ -702,14 +758,7 @@ impl PgServer {
 
     /// Names of the complete WAL segment files in pg_wal (24 hex digits), sorted.
     pub fn wal_segment_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.wal_dir())
-            .expect("read pg_wal")
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
-            .collect();
-        names.sort();
-        names
+        complete_segments(&self.wal_dir())
     }
 
     /// Creates a physical replication slot (reserving WAL now).
@@ -778,8 +827,9 @@ impl PgServer {
     /// A streaming standby of this primary, in its own temporary directory on a
     /// free port, started and streaming when this returns.
     ///
-    /// For servers up to 15 it is made with Debian's `pg_basebackup -R -X stream`
-    /// over the Unix socket (the primary keeps running). pg_basebackup 15 refuses
+    /// For servers up to 15 it is made with Debian's `pg_basebackup -X stream`
+    /// over the Unix socket (the primary keeps running), then `standby.signal`
+    /// and `primary_conninfo` (Unix socket, `application_name=walrcv_test_standby`). pg_basebackup 15 refuses
     /// newer servers, so for 16+ the primary is stopped (`-m fast`), its data
     /// directory copied, and restarted: any connection to it is cut once.
     /// Needs the replication pg_hba lines (not [`PgBuilder::no_replication_hba`]).
@@ -798,14 +848,13 @@ impl PgServer {
             self.port
         );
         if self.major <= DEBIAN_MAJOR {
-            let mut cmd = self.client_command("pg_basebackup");
+            let mut cmd = self.client_command("pg_basebackup", PGBENCH_TIMEOUT);
             cmd.current_dir(&root)
                 .arg("-D")
                 .arg(&data)
-                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-h"])
+                .args(["-X", "stream", "-c", "fast", "--no-sync", "-h"])
                 .arg(&self.root)
-                .args(["-p", &self.port.to_string(), "-U", SUPERUSER])
-                .args(["-d", &primary_conninfo]);
+                .args(["-p", &self.port.to_string(), "-U", SUPERUSER]);
             as_server_user(&mut cmd);
             let out = cmd.output().expect("run pg_basebackup");
             assert!(
@@ -831,18 +880,20 @@ impl PgServer {
                 output_text(&out)
             );
             let _ = fs::remove_file(data.join("postmaster.opts"));
-            write_as_server_user(&data.join("standby.signal"), "");
-            let mut auto = fs::OpenOptions::new()
-                .append(true)
-                .open(data.join("postgresql.auto.conf"))
-                .expect("open postgresql.auto.conf");
-            writeln!(
-                auto,
-                "primary_conninfo = {}",
-                sql_literal(&primary_conninfo)
-            )
-            .expect("write postgresql.auto.conf");
         }
+        // What `pg_basebackup -R` would write, minus the options (sslsni, ...)
+        // that pg_basebackup 15 adds and the libpq of older servers rejects.
+        write_as_server_user(&data.join("standby.signal"), "");
+        let mut auto = fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.auto.conf"))
+            .expect("open postgresql.auto.conf");
+        writeln!(
+            auto,
+            "primary_conninfo = {}",
+            sql_literal(&primary_conninfo)
+        )
+        .expect("write postgresql.auto.conf");
         let mut standby = PgServer {
             major: self.major,
             wal_segsize_mb: self.wal_segsize_mb,
@@ -1023,8 +1074,10 @@ impl PgServer {
 
         server.start_with_port_retry();
         if b.auth.needs_password() {
+            // synchronous_commit = local: a synchronous_standby_names from
+            // conf() must not make the set-up wait for a standby.
             server.psql(&format!(
-                "ALTER ROLE {SUPERUSER} PASSWORD {}",
+                "SET synchronous_commit = local; ALTER ROLE {SUPERUSER} PASSWORD {}",
                 sql_literal(SUPERUSER_PASSWORD)
             ));
         }
@@ -1121,9 +1174,14 @@ impl PgServer {
         cmd
     }
 
-    /// A command for one of Debian's client tools, run as the current user.
-    fn client_command(&self, name: &str) -> Command {
-        let mut cmd = Command::new(debian_bin(name));
+    /// A command for one of Debian's client tools, run as the current user,
+    /// killed after `limit` (coreutils `timeout`: exit status 124) so that a
+    /// server that hangs (e.g. a commit waiting for a synchronous standby that
+    /// never answers) fails the test instead of hanging it.
+    fn client_command(&self, name: &str, limit: Duration) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-k", "10", &limit.as_secs().to_string()])
+            .arg(debian_bin(name));
         clean_pg_env(&mut cmd);
         cmd.env("LC_ALL", "C")
             .env("PGPASSFILE", "/nonexistent/walrcv-test-pgpass")
@@ -1217,17 +1275,4 @@ fn write_as_server_user(path: &Path, text: &str) {
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
     chown_to_server_user(path);
-}
-
-fn run_psql(mut cmd: Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("cannot run psql: {e}"))?;
-    if out.status.success() {
-        let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
-        while s.ends_with('\n') {
-            s.pop();
-        }
-        Ok(s)
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
 }
