@@ -10,7 +10,11 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use crate::lsn::Lsn;
 
 #[derive(Debug, Parser)]
-#[command(name = "walrcv", version, about = "PostgreSQL WAL receiver: streams, verifies and archives WAL")]
+#[command(
+    name = "walrcv",
+    version,
+    about = "PostgreSQL WAL receiver: streams, verifies and archives WAL"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -108,7 +112,11 @@ impl StreamArgs {
         if (self.create_slot || self.drop_slot) && self.slot.is_none() {
             return Err(format!(
                 "{} needs a slot to be specified using --slot",
-                if self.create_slot { "--create-slot" } else { "--drop-slot" }
+                if self.create_slot {
+                    "--create-slot"
+                } else {
+                    "--drop-slot"
+                }
             ));
         }
         if self.synchronous && self.no_sync {
@@ -143,7 +151,10 @@ pub const PG_RECEIVEWAL: &str = "pg_receivewal";
 
 /// The arguments under the `pg_receivewal` name: the stream flags at top level.
 #[derive(Debug, Parser)]
-#[command(name = "pg_receivewal", about = "walrcv, invoked as pg_receivewal: streams WAL into a directory")]
+#[command(
+    name = "pg_receivewal",
+    about = "walrcv, invoked as pg_receivewal: streams WAL into a directory"
+)]
 pub struct PgReceivewalCli {
     #[command(flatten)]
     pub stream: StreamArgs,
@@ -194,7 +205,23 @@ mod tests {
 
     #[test]
     fn short_flags_as_pg_receivewal() {
-        let a = stream(&["-D", "/x", "-h", "db", "-p", "5433", "-U", "u", "-E", "0/3000000", "-s", "0", "-n", "-vv"]).unwrap();
+        let a = stream(&[
+            "-D",
+            "/x",
+            "-h",
+            "db",
+            "-p",
+            "5433",
+            "-U",
+            "u",
+            "-E",
+            "0/3000000",
+            "-s",
+            "0",
+            "-n",
+            "-vv",
+        ])
+        .unwrap();
         assert_eq!(a.host.as_deref(), Some("db"));
         assert_eq!(a.endpos, Some(Lsn(0x300_0000)));
         assert_eq!(a.status_interval, 0);
@@ -210,11 +237,16 @@ mod tests {
         let v = |a: &[&str]| stream(a).unwrap().validate();
         assert!(v(&["--create-slot", "--drop-slot", "-S", "s"]).is_err());
         assert!(v(&["--create-slot"]).is_err());
-        assert_eq!(v(&["--create-slot", "-S", "s"]), Ok(StreamAction::CreateSlot));
+        assert_eq!(
+            v(&["--create-slot", "-S", "s"]),
+            Ok(StreamAction::CreateSlot)
+        );
         assert_eq!(v(&["--drop-slot", "-S", "s"]), Ok(StreamAction::DropSlot));
         assert!(v(&["-D", "/x", "--synchronous", "--no-sync"]).is_err());
         assert!(v(&[]).is_err());
-        assert!(v(&["-D", "/x", "-Z", "gzip"]).unwrap_err().contains("not supported yet"));
+        assert!(v(&["-D", "/x", "-Z", "gzip"])
+            .unwrap_err()
+            .contains("not supported yet"));
         assert!(v(&["-D", "/x", "-Z", "5"]).is_err());
         assert_eq!(v(&["-D", "/x", "-Z", "0"]), Ok(StreamAction::Stream));
     }

@@ -85,7 +85,8 @@ impl FromStr for Lsn {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseLsnError(s.to_string());
         let (hi, lo) = s.split_once('/').ok_or_else(err)?;
-        let ok = |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
+        let ok =
+            |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
         if !ok(hi) || !ok(lo) {
             return Err(err());
         }
@@ -161,7 +162,11 @@ mod tests {
 
     #[test]
     fn display_and_parse_round_trip() {
-        for (text, v) in [("0/0", 0u64), ("0/3000060", 0x300_0060), ("16/B374D848", 0x16_B374_D848)] {
+        for (text, v) in [
+            ("0/0", 0u64),
+            ("0/3000060", 0x300_0060),
+            ("16/B374D848", 0x16_B374_D848),
+        ] {
             let lsn: Lsn = text.parse().unwrap();
             assert_eq!(lsn, Lsn(v));
             assert_eq!(lsn.to_string(), text);

@@ -88,7 +88,10 @@ fn stream_command(args: StreamArgs) -> i32 {
             return exit::CONFIG;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("walrcv: error: could not start the runtime: {e}");
@@ -103,13 +106,16 @@ fn stream_command(args: StreamArgs) -> i32 {
         no_loop: args.no_loop,
         sync: !args.no_sync,
         synchronous: args.synchronous,
-        status_interval: (args.status_interval > 0).then(|| Duration::from_secs(u64::from(args.status_interval))),
+        status_interval: (args.status_interval > 0)
+            .then(|| Duration::from_secs(u64::from(args.status_interval))),
         receive_timeout: Duration::from_secs(60),
         password_prompt: !args.no_password,
     };
     runtime.block_on(async move {
         let result = match action {
-            StreamAction::CreateSlot => receiver::slots::create(&opts, args.if_not_exists).await.map(|_| None),
+            StreamAction::CreateSlot => receiver::slots::create(&opts, args.if_not_exists)
+                .await
+                .map(|_| None),
             StreamAction::DropSlot => receiver::slots::drop(&opts).await.map(|_| None),
             StreamAction::Stream => {
                 let shutdown = signals();
@@ -138,7 +144,10 @@ fn signals() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
             tracing::warn!("could not install signal handlers");
             return;
         };

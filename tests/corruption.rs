@@ -32,7 +32,8 @@ impl CorruptingProxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     return;
                 };
-                let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
                 thread::spawn(move || {
                     let _ = std::io::copy(&mut c_read, &mut s_write);
                     let _ = s_write.shutdown(std::net::Shutdown::Write);
@@ -66,7 +67,8 @@ fn relay_server_messages(
         if head[0] == b'd' && body.first() == Some(&b'w') && body.len() > 25 && !done_here {
             let start = u64::from_be_bytes(body[1..9].try_into().unwrap());
             let n = (body.len() - 25) as u64;
-            if (start..start + n).contains(&target) && count.load(Ordering::SeqCst) < corrupt_times {
+            if (start..start + n).contains(&target) && count.load(Ordering::SeqCst) < corrupt_times
+            {
                 body[25 + (target - start) as usize] ^= 0x01;
                 count.fetch_add(1, Ordering::SeqCst);
                 done_here = true;
@@ -100,28 +102,53 @@ fn lsn_text(v: u64) -> String {
 fn persistent_corruption_is_never_acknowledged_and_exits_4() {
     let pg = PgServer::builder().wal_segsize_mb(1).start();
     pg.psql("SELECT pg_create_physical_replication_slot('v', true)");
-    let slot_start = crate::support::parse_lsn(&pg.psql("SELECT restart_lsn FROM pg_replication_slots"));
+    let slot_start =
+        crate::support::parse_lsn(&pg.psql("SELECT restart_lsn FROM pg_replication_slots"));
     let (target, end) = big_record(&pg);
     let proxy = CorruptingProxy::start(pg.port(), target, usize::MAX);
     let dir = tempfile::tempdir().unwrap();
     let out = walrcv_command()
-        .args(["stream", "-D", dir.path().to_str().unwrap(), "-S", "v", "-n", "-v", "-E", &lsn_text(end)])
-        .args(["-d", &format!("host=127.0.0.1 port={} user=postgres", proxy.port)])
+        .args([
+            "stream",
+            "-D",
+            dir.path().to_str().unwrap(),
+            "-S",
+            "v",
+            "-n",
+            "-v",
+            "-E",
+            &lsn_text(end),
+        ])
+        .args([
+            "-d",
+            &format!("host=127.0.0.1 port={} user=postgres", proxy.port),
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     eprintln!("{err}");
-    assert_eq!(out.status.code(), Some(4), "verification failure has its own exit status");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "verification failure has its own exit status"
+    );
     assert!(proxy.corrupted.load(Ordering::SeqCst) >= 1);
     assert!(err.contains("Crc"), "names the check: {err}");
     let segno = target / (1 << 20);
     let file = format!("{:08X}{:08X}{:08X}", 1, segno / 4096, segno % 4096);
     assert!(err.contains(&file), "names the segment file {file}: {err}");
     // Nothing at or past the corrupted record was acknowledged.
-    let flushed = crate::support::parse_lsn(&pg.psql("SELECT restart_lsn FROM pg_replication_slots"));
-    assert!(flushed >= slot_start && flushed <= target, "flush {flushed:X} must stay below {target:X}");
+    let flushed =
+        crate::support::parse_lsn(&pg.psql("SELECT restart_lsn FROM pg_replication_slots"));
+    assert!(
+        flushed >= slot_start && flushed <= target,
+        "flush {flushed:X} must stay below {target:X}"
+    );
     // The segment with the bad record never became a complete segment.
-    assert!(!dir.path().join(&file).exists(), "{file} must not be complete");
+    assert!(
+        !dir.path().join(&file).exists(),
+        "{file} must not be complete"
+    );
 }
 
 #[test]
@@ -131,24 +158,45 @@ fn transient_corruption_heals_by_restreaming_the_segment() {
     let (target, end) = big_record(&pg);
     pg.psql("SELECT pg_switch_wal()");
     pg.psql("CREATE TABLE after_switch(x int)");
-    let end = end.max(crate::support::parse_lsn(&pg.psql("SELECT pg_current_wal_flush_lsn()")));
+    let end = end.max(crate::support::parse_lsn(
+        &pg.psql("SELECT pg_current_wal_flush_lsn()"),
+    ));
     let proxy = CorruptingProxy::start(pg.port(), target, 1);
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = walrcv_command();
-    cmd.args(["stream", "-D", dir.path().to_str().unwrap(), "-S", "v", "-v", "-E", &lsn_text(end)])
-        .args(["-d", &format!("host=127.0.0.1 port={} user=postgres", proxy.port)]);
+    cmd.args([
+        "stream",
+        "-D",
+        dir.path().to_str().unwrap(),
+        "-S",
+        "v",
+        "-v",
+        "-E",
+        &lsn_text(end),
+    ])
+    .args([
+        "-d",
+        &format!("host=127.0.0.1 port={} user=postgres", proxy.port),
+    ]);
     let mut child = crate::support::BackgroundProcess::spawn(cmd);
-    let status = child.wait_timeout(Duration::from_secs(60)).expect("walrcv finished");
+    let status = child
+        .wait_timeout(Duration::from_secs(60))
+        .expect("walrcv finished");
     let err = child.stderr();
     eprintln!("{err}");
     assert!(status.success(), "healed and reached endpos");
     assert_eq!(proxy.corrupted.load(Ordering::SeqCst), 1);
-    assert_eq!(err.matches("WAL verification failed").count(), 1, "reported once: {err}");
+    assert_eq!(
+        err.matches("WAL verification failed").count(),
+        1,
+        "reported once: {err}"
+    );
     // Every complete segment, including the one that was corrupted on the
     // first attempt, is byte-identical to the primary's.
     let segno = target / (1 << 20);
     let file = format!("{:08X}{:08X}{:08X}", 1, segno / 4096, segno % 4096);
-    let ours = std::fs::read(dir.path().join(&file)).expect("the segment was completed on the second attempt");
+    let ours = std::fs::read(dir.path().join(&file))
+        .expect("the segment was completed on the second attempt");
     let theirs = std::fs::read(pg.wal_dir().join(&file)).unwrap();
     assert!(ours == theirs, "{file} differs from the primary's");
 }

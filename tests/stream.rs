@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::{walrcv_bin, walrcv_spawn, wait_until, Auth, BackgroundProcess, PgServer};
+use crate::support::{wait_until, walrcv_bin, walrcv_spawn, Auth, BackgroundProcess, PgServer};
 
 const MB: u64 = 1 << 20;
 
 fn archive_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("walrcv-archive-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("walrcv-archive-")
+        .tempdir()
+        .unwrap()
 }
 
 fn walrcv(args: &[&str]) -> Command {
@@ -57,7 +60,10 @@ fn names(dir: &Path) -> BTreeSet<String> {
 }
 
 fn is_segment(name: &str) -> bool {
-    name.len() == 24 && name.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    name.len() == 24
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
 /// Every name is one Barman accepts: segment, segment.partial, TTTTTTTT.history.
@@ -90,7 +96,8 @@ fn assert_complete_segments_identical(archive: &Path, pg_wal: &Path) -> usize {
 
 fn segno_of(name: &str, seg: u64) -> u64 {
     let per = 0x1_0000_0000 / seg;
-    u64::from_str_radix(&name[8..16], 16).unwrap() * per + u64::from_str_radix(&name[16..24], 16).unwrap()
+    u64::from_str_radix(&name[8..16], 16).unwrap() * per
+        + u64::from_str_radix(&name[16..24], 16).unwrap()
 }
 
 /// Generates some WAL: a little pgbench, then a segment switch.
@@ -102,7 +109,17 @@ fn make_wal(pg: &PgServer, seconds: u32) {
 fn stream_until_current(pg: &PgServer, dir: &Path, extra: &[&str]) -> Output {
     let end = lsn(pg);
     let conn = pg.conninfo();
-    let mut args = vec!["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-E", &end, "-n", "-v"];
+    let mut args = vec![
+        "stream",
+        "-D",
+        dir.to_str().unwrap(),
+        "-d",
+        &conn,
+        "-E",
+        &end,
+        "-n",
+        "-v",
+    ];
     args.extend_from_slice(extra);
     run(&args)
 }
@@ -114,7 +131,9 @@ fn streams_to_endpos_byte_identical_with_slot() {
     let dir = archive_dir();
     let conn = pg.conninfo();
     let d = dir.path().to_str().unwrap();
-    assert!(run(&["stream", "-d", &conn, "--create-slot", "-S", "arch"]).status.success());
+    assert!(run(&["stream", "-d", &conn, "--create-slot", "-S", "arch"])
+        .status
+        .success());
     // The slot reserves WAL at creation, so streaming starts at its restart_lsn.
     let restart = pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'arch'");
     assert!(!restart.is_empty(), "slot reserves WAL");
@@ -125,26 +144,47 @@ fn streams_to_endpos_byte_identical_with_slot() {
     pg.psql("CREATE TABLE after_big(x int)");
     let out = stream_until_current(&pg, dir.path(), &["-S", "arch"]);
     assert!(out.status.success());
-    assert!(stderr(&out).contains("restart_lsn"), "started from the slot");
+    assert!(
+        stderr(&out).contains("restart_lsn"),
+        "started from the slot"
+    );
     let first = names(dir.path()).into_iter().next().unwrap();
-    assert_eq!(segno_of(&first, MB), parse_lsn(&restart) / MB, "first segment is the slot's");
+    assert_eq!(
+        segno_of(&first, MB),
+        parse_lsn(&restart) / MB,
+        "first segment is the slot's"
+    );
     let n = assert_complete_segments_identical(dir.path(), &pg.wal_dir());
     assert!(n >= 3, "compared {n} complete segments");
     assert_only_barman_names(dir.path());
     // The .partial matches the primary's bytes up to the flush position walrcv
     // reported last (the slot's restart_lsn follows it).
-    let flushed = parse_lsn(&pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'arch'"));
+    let flushed = parse_lsn(
+        &pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'arch'"),
+    );
     let all = names(dir.path());
-    let partial = all.iter().find(|n| n.ends_with(".partial")).unwrap_or_else(|| panic!("no partial in {all:?}, flushed {flushed:X}")).clone();
+    let partial = all
+        .iter()
+        .find(|n| n.ends_with(".partial"))
+        .unwrap_or_else(|| panic!("no partial in {all:?}, flushed {flushed:X}"))
+        .clone();
     let seg = &partial[..24];
     let start = segno_of(seg, MB) * MB;
-    assert!(flushed > start, "flush {flushed:X} inside the partial {seg}");
+    assert!(
+        flushed > start,
+        "flush {flushed:X} inside the partial {seg}"
+    );
     let upto = (flushed - start) as usize;
     let ours = std::fs::read(dir.path().join(&partial)).unwrap();
     let theirs = std::fs::read(pg.wal_dir().join(seg)).unwrap();
     assert_eq!(ours.len() as u64, MB, "partial is pre-padded");
-    assert!(ours[..upto] == theirs[..upto], "partial differs below the reported flush");
-    assert!(run(&["stream", "-d", &conn, "--drop-slot", "-S", "arch"]).status.success());
+    assert!(
+        ours[..upto] == theirs[..upto],
+        "partial differs below the reported flush"
+    );
+    assert!(run(&["stream", "-d", &conn, "--drop-slot", "-S", "arch"])
+        .status
+        .success());
     assert_eq!(pg.psql("SELECT count(*) FROM pg_replication_slots"), "0");
     let _ = d;
 }
@@ -156,12 +196,16 @@ fn kill_9_then_restart_leaves_a_complete_identical_archive() {
     let dir = archive_dir();
     let d = dir.path().to_str().unwrap().to_string();
     let conn = pg.conninfo();
-    assert!(run(&["stream", "-d", &conn, "--create-slot", "-S", "k9"]).status.success());
+    assert!(run(&["stream", "-d", &conn, "--create-slot", "-S", "k9"])
+        .status
+        .success());
     let mut child = spawn(&["stream", "-D", &d, "-d", &conn, "-S", "k9"]);
     make_wal(&pg, 2);
-    wait_until(Duration::from_secs(30), "walrcv wrote a complete segment", || {
-        names(dir.path()).iter().any(|n| is_segment(n))
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "walrcv wrote a complete segment",
+        || names(dir.path()).iter().any(|n| is_segment(n)),
+    );
     pg.pgbench(&["-n", "-c", "2", "-T", "2"]);
     child.kill9(); // mid-stream
     make_wal(&pg, 2);
@@ -192,23 +236,42 @@ fn follows_a_timeline_switch_from_a_promoted_standby() {
     primary.psql("INSERT INTO t SELECT generate_series(1, 20000)");
     primary.psql("SELECT pg_switch_wal()");
     primary.psql("INSERT INTO t SELECT generate_series(1, 20000)");
-    wait_until(Duration::from_secs(30), "walrcv archived timeline 1", || {
-        names(dir.path()).iter().any(|n| n.starts_with("00000001") && is_segment(n))
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "walrcv archived timeline 1",
+        || {
+            names(dir.path())
+                .iter()
+                .any(|n| n.starts_with("00000001") && is_segment(n))
+        },
+    );
     standby.promote();
     standby.psql("INSERT INTO t SELECT generate_series(1, 50000)");
     standby.psql("SELECT pg_switch_wal()");
-    wait_until(Duration::from_secs(60), "walrcv followed onto timeline 2", || {
-        names(dir.path()).iter().any(|n| n.starts_with("00000002") && is_segment(n))
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "walrcv followed onto timeline 2",
+        || {
+            names(dir.path())
+                .iter()
+                .any(|n| n.starts_with("00000002") && is_segment(n))
+        },
+    );
     let status = child.terminate();
     assert!(status.success(), "SIGTERM exits 0: {}", child.stderr());
     let all = names(dir.path());
     assert!(all.contains("00000002.history"), "{all:?}");
     let history = std::fs::read_to_string(dir.path().join("00000002.history")).unwrap();
     assert!(history.starts_with("1\t"), "{history}");
-    let old_partial: Vec<_> = all.iter().filter(|n| n.starts_with("00000001") && n.ends_with(".partial")).collect();
-    assert_eq!(old_partial.len(), 1, "old timeline's last segment stays .partial: {all:?}");
+    let old_partial: Vec<_> = all
+        .iter()
+        .filter(|n| n.starts_with("00000001") && n.ends_with(".partial"))
+        .collect();
+    assert_eq!(
+        old_partial.len(),
+        1,
+        "old timeline's last segment stays .partial: {all:?}"
+    );
     assert!(assert_complete_segments_identical(dir.path(), &standby.wal_dir()) >= 1);
     assert_only_barman_names(dir.path());
 }
@@ -225,25 +288,43 @@ fn shows_in_pg_stat_replication_and_can_be_synchronous() {
     });
     pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'walrcv'");
     pg.psql("SELECT pg_reload_conf()");
-    wait_until(Duration::from_secs(20), "walrcv is the synchronous standby", || {
-        pg.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walrcv'") == "sync"
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "walrcv is the synchronous standby",
+        || {
+            pg.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walrcv'")
+                == "sync"
+        },
+    );
     // Commits wait for walrcv's flush: they must complete promptly.
     let t = std::time::Instant::now();
     for i in 0..20 {
         pg.psql(&format!("CREATE TABLE sync_{i}(x int)"));
     }
-    assert!(t.elapsed() < Duration::from_secs(10), "20 synchronous commits took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "20 synchronous commits took {:?}",
+        t.elapsed()
+    );
     let (flush, sent) = {
-        let r = pg.psql("SELECT flush_lsn, sent_lsn FROM pg_stat_replication WHERE application_name = 'walrcv'");
+        let r = pg.psql(
+            "SELECT flush_lsn, sent_lsn FROM pg_stat_replication WHERE application_name = 'walrcv'",
+        );
         let (a, b) = r.split_once('|').unwrap();
         (a.to_string(), b.to_string())
     };
     assert_eq!(parse_lsn(&flush), parse_lsn(&sent));
     pg.psql("ALTER SYSTEM RESET synchronous_standby_names");
     pg.psql("SELECT pg_reload_conf()");
-    assert!(child.interrupt().success(), "SIGINT exits 0: {}", child.stderr());
-    assert!(names(dir.path()).iter().any(|n| n.ends_with(".partial")), "the open segment stays .partial");
+    assert!(
+        child.interrupt().success(),
+        "SIGINT exits 0: {}",
+        child.stderr()
+    );
+    assert!(
+        names(dir.path()).iter().any(|n| n.ends_with(".partial")),
+        "the open segment stays .partial"
+    );
 }
 
 #[test]
@@ -260,30 +341,94 @@ fn authentication_methods() {
         let o = run(&["stream", "-D", &d, "-d", &good, "-E", &end, "-n", "-w"]);
         assert!(o.status.success(), "{auth:?}: {}", stderr(&o));
         // The password from the environment and from a password file.
-        let o = walrcv(&["stream", "-D", &d, "-d", &format!("{base} user=rep"), "-E", &end, "-n", "-w"])
-            .env("PGPASSWORD", "rep-secret")
-            .output()
-            .unwrap();
+        let o = walrcv(&[
+            "stream",
+            "-D",
+            &d,
+            "-d",
+            &format!("{base} user=rep"),
+            "-E",
+            &end,
+            "-n",
+            "-w",
+        ])
+        .env("PGPASSWORD", "rep-secret")
+        .output()
+        .unwrap();
         assert!(o.status.success(), "{auth:?} PGPASSWORD: {}", stderr(&o));
-        let passfile = dir.path().parent().unwrap().join(format!("pgpass-{}", pg.port()));
-        std::fs::write(&passfile, format!("127.0.0.1:{}:*:rep:rep-secret\n", pg.port())).unwrap();
-        std::fs::set_permissions(&passfile, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let o = walrcv(&["stream", "-D", &d, "-d", &format!("{base} user=rep"), "-E", &end, "-n", "-w"])
-            .env("PGPASSFILE", &passfile)
-            .output()
-            .unwrap();
+        let passfile = dir
+            .path()
+            .parent()
+            .unwrap()
+            .join(format!("pgpass-{}", pg.port()));
+        std::fs::write(
+            &passfile,
+            format!("127.0.0.1:{}:*:rep:rep-secret\n", pg.port()),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &passfile,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let o = walrcv(&[
+            "stream",
+            "-D",
+            &d,
+            "-d",
+            &format!("{base} user=rep"),
+            "-E",
+            &end,
+            "-n",
+            "-w",
+        ])
+        .env("PGPASSFILE", &passfile)
+        .output()
+        .unwrap();
         let _ = std::fs::remove_file(&passfile);
         assert!(o.status.success(), "{auth:?} passfile: {}", stderr(&o));
 
         let before = names(dir.path());
-        let o = run(&["stream", "-D", &d, "-d", &format!("{base} user=rep password=wrong"), "-n", "-w"]);
+        let o = run(&[
+            "stream",
+            "-D",
+            &d,
+            "-d",
+            &format!("{base} user=rep password=wrong"),
+            "-n",
+            "-w",
+        ]);
         assert_eq!(o.status.code(), Some(2), "{auth:?}: wrong password");
-        assert!(stderr(&o).contains("password authentication failed"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("password authentication failed"),
+            "{}",
+            stderr(&o)
+        );
         assert!(stderr(&o).contains("hint"), "{}", stderr(&o));
-        let o = run(&["stream", "-D", &d, "-d", &format!("{base} user=rep"), "-n", "-w"]);
+        let o = run(&[
+            "stream",
+            "-D",
+            &d,
+            "-d",
+            &format!("{base} user=rep"),
+            "-n",
+            "-w",
+        ]);
         assert_eq!(o.status.code(), Some(2), "{auth:?}: no password");
-        let o = run(&["stream", "-D", &d, "-d", &format!("{base} user=norep password=norep-secret"), "-n", "-w"]);
-        assert_eq!(o.status.code(), Some(2), "{auth:?}: role without REPLICATION");
+        let o = run(&[
+            "stream",
+            "-D",
+            &d,
+            "-d",
+            &format!("{base} user=norep password=norep-secret"),
+            "-n",
+            "-w",
+        ]);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{auth:?}: role without REPLICATION"
+        );
         assert!(stderr(&o).contains("REPLICATION"), "{}", stderr(&o));
         assert_eq!(names(dir.path()), before, "nothing written on failure");
     }
@@ -291,12 +436,27 @@ fn authentication_methods() {
 
 #[test]
 fn missing_replication_line_in_pg_hba() {
-    let pg = PgServer::builder().wal_segsize_mb(1).no_replication_hba().start();
+    let pg = PgServer::builder()
+        .wal_segsize_mb(1)
+        .no_replication_hba()
+        .start();
     let dir = archive_dir();
-    let o = run(&["stream", "-D", dir.path().to_str().unwrap(), "-d", &pg.conninfo(), "-n", "-w"]);
+    let o = run(&[
+        "stream",
+        "-D",
+        dir.path().to_str().unwrap(),
+        "-d",
+        &pg.conninfo(),
+        "-n",
+        "-w",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("pg_hba.conf"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("host replication"), "hint: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("host replication"),
+        "hint: {}",
+        stderr(&o)
+    );
     assert!(names(dir.path()).is_empty());
 }
 
@@ -307,14 +467,39 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     let d = dir.path().to_str().unwrap().to_string();
     let conn = pg.conninfo();
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
-        (vec!["-d".into(), "host='unterminated".into()], 2, "unterminated"),
-        (vec!["-d".into(), format!("{conn} bogus_key=1")], 2, "bogus_key"),
-        (vec!["-d".into(), format!("{conn} sslmode=require")], 2, "not yet supported"),
+        (
+            vec!["-d".into(), "host='unterminated".into()],
+            2,
+            "unterminated",
+        ),
+        (
+            vec!["-d".into(), format!("{conn} bogus_key=1")],
+            2,
+            "bogus_key",
+        ),
+        (
+            vec!["-d".into(), format!("{conn} sslmode=require")],
+            2,
+            "not yet supported",
+        ),
         (vec!["--frobnicate".into()], 2, "frobnicate"),
-        (vec!["-d".into(), "host=127.0.0.1 port=1 connect_timeout=2".into()], 1, "could not connect"),
+        (
+            vec![
+                "-d".into(),
+                "host=127.0.0.1 port=1 connect_timeout=2".into(),
+            ],
+            1,
+            "could not connect",
+        ),
     ];
     for (extra, code, text) in cases {
-        let mut args: Vec<String> = vec!["stream".into(), "-D".into(), d.clone(), "-n".into(), "-w".into()];
+        let mut args: Vec<String> = vec![
+            "stream".into(),
+            "-D".into(),
+            d.clone(),
+            "-n".into(),
+            "-w".into(),
+        ];
         args.extend(extra);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = run(&refs);
@@ -327,7 +512,11 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     assert!(stderr(&o).contains("/nonexistent/dir"));
 
     // A file of the wrong size.
-    std::fs::write(dir.path().join("000000010000000000000001.partial"), b"short").unwrap();
+    std::fs::write(
+        dir.path().join("000000010000000000000001.partial"),
+        b"short",
+    )
+    .unwrap();
     let o = run(&["stream", "-D", &d, "-d", &conn, "-n", "-w"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("has 5 bytes"), "{}", stderr(&o));
@@ -345,7 +534,10 @@ fn refuses_another_clusters_directory_and_a_directory_in_use() {
     assert!(o.status.success());
     let before = names(dir.path());
     let sizes = |p: &Path| -> Vec<u64> {
-        names(p).iter().map(|n| std::fs::metadata(p.join(n)).unwrap().len()).collect()
+        names(p)
+            .iter()
+            .map(|n| std::fs::metadata(p.join(n)).unwrap().len())
+            .collect()
     };
     let before_sizes = sizes(dir.path());
     let o = run(&["stream", "-D", &d, "-d", &b.conninfo(), "-n", "-w"]);
@@ -374,7 +566,12 @@ fn drop_in_for_pg_receivewal_under_barman() {
     assert!(v.status.success());
     let version = String::from_utf8_lossy(&v.stdout);
     assert!(version.starts_with("pg_receivewal (walrcv "), "{version}");
-    assert!(version.trim_end().ends_with(walrcv::NEWEST_SUPPORTED_SERVER), "{version}");
+    assert!(
+        version
+            .trim_end()
+            .ends_with(walrcv::NEWEST_SUPPORTED_SERVER),
+        "{version}"
+    );
 
     let pg = PgServer::builder().wal_segsize_mb(1).start();
     pg.pgbench_init(1);
@@ -386,27 +583,39 @@ fn drop_in_for_pg_receivewal_under_barman() {
     );
     let mut cmd = Command::new(&link);
     cmd.args([
-            &format!("--dbname={conninfo}"),
-            "--verbose",
-            "--no-loop",
-            "--no-password",
-            &format!("--directory={}", dir.path().display()),
-            "--slot=barman",
-            "--synchronous",
-        ]);
+        &format!("--dbname={conninfo}"),
+        "--verbose",
+        "--no-loop",
+        "--no-password",
+        &format!("--directory={}", dir.path().display()),
+        "--slot=barman",
+        "--synchronous",
+    ]);
     let mut child = BackgroundProcess::spawn(cmd);
-    wait_until(Duration::from_secs(20), "barman_receive_wal streaming", || {
-        pg.psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'barman_receive_wal'") == "1"
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "barman_receive_wal streaming",
+        || {
+            pg.psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'barman_receive_wal'") == "1"
+        },
+    );
     make_wal(&pg, 1);
     wait_until(Duration::from_secs(20), "segments archived", || {
         names(dir.path()).iter().filter(|n| is_segment(n)).count() >= 1
     });
-    wait_until(Duration::from_secs(20), "slot is active with a restart_lsn", || {
-        pg.psql("SELECT active AND restart_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = 'barman'") == "t"
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "slot is active with a restart_lsn",
+        || {
+            pg.psql("SELECT active AND restart_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = 'barman'") == "t"
+        },
+    );
     assert!(child.terminate().success(), "{}", child.stderr());
-    assert!(child.stderr().contains("finished segment"), "--verbose logs segments: {}", child.stderr());
+    assert!(
+        child.stderr().contains("finished segment"),
+        "--verbose logs segments: {}",
+        child.stderr()
+    );
     assert_only_barman_names(dir.path());
     assert!(assert_complete_segments_identical(dir.path(), &pg.wal_dir()) >= 1);
 }
@@ -416,7 +625,10 @@ fn drop_in_for_pg_receivewal_under_barman() {
 /// that segment, which works on every version (READ_REPLICATION_SLOT is 15+).
 #[test]
 fn other_major_versions() {
-    for major in crate::support::available_majors().into_iter().filter(|&m| m != 15) {
+    for major in crate::support::available_majors()
+        .into_iter()
+        .filter(|&m| m != 15)
+    {
         let pg = PgServer::builder().major(major).wal_segsize_mb(1).start();
         let dir = archive_dir();
         let first = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
@@ -428,8 +640,17 @@ fn other_major_versions() {
         assert!(o.status.success(), "PG {major}");
         assert_only_barman_names(dir.path());
         let all = names(dir.path());
-        assert!(all.contains(&first), "PG {major}: started at {first}: {all:?}");
-        assert!(all.iter().any(|n| n.ends_with(".partial")), "PG {major}: {all:?}");
-        assert!(assert_complete_segments_identical(dir.path(), &pg.wal_dir()) >= 2, "PG {major}");
+        assert!(
+            all.contains(&first),
+            "PG {major}: started at {first}: {all:?}"
+        );
+        assert!(
+            all.iter().any(|n| n.ends_with(".partial")),
+            "PG {major}: {all:?}"
+        );
+        assert!(
+            assert_complete_segments_identical(dir.path(), &pg.wal_dir()) >= 2,
+            "PG {major}"
+        );
     }
 }

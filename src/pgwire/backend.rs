@@ -52,8 +52,12 @@ impl fmt::Display for ServerMessage {
 pub enum AuthRequest {
     Ok,
     Cleartext,
-    Md5 { salt: [u8; 4] },
-    Sasl { mechanisms: Vec<String> },
+    Md5 {
+        salt: [u8; 4],
+    },
+    Sasl {
+        mechanisms: Vec<String>,
+    },
     SaslContinue(Bytes),
     SaslFinal(Bytes),
     /// Kerberos, GSS, SSPI...: not supported; carries the request code.
@@ -91,7 +95,10 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<BackendMessage>, ProtocolError
     let tag = buf[0];
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     if !(4..=MAX_MESSAGE_LEN).contains(&len) {
-        return Err(ProtocolError::BadLength { tag: tag as char, len });
+        return Err(ProtocolError::BadLength {
+            tag: tag as char,
+            len,
+        });
     }
     if buf.len() < 1 + len {
         buf.reserve(1 + len - buf.len());
@@ -110,7 +117,10 @@ struct Reader {
 
 impl Reader {
     fn malformed(&self, what: &'static str) -> ProtocolError {
-        ProtocolError::Malformed { tag: self.tag, what }
+        ProtocolError::Malformed {
+            tag: self.tag,
+            what,
+        }
     }
     fn i16(&mut self) -> Result<i16, ProtocolError> {
         if self.body.remaining() < 2 {
@@ -153,7 +163,10 @@ impl Reader {
 }
 
 fn decode(tag: u8, body: Bytes) -> Result<BackendMessage, ProtocolError> {
-    let mut r = Reader { tag: tag as char, body };
+    let mut r = Reader {
+        tag: tag as char,
+        body,
+    };
     let msg = match tag {
         b'd' => return Ok(BackendMessage::CopyData(r.rest())),
         b'R' => BackendMessage::Authentication(decode_auth(&mut r)?),
@@ -189,7 +202,8 @@ fn decode(tag: u8, body: Bytes) -> Result<BackendMessage, ProtocolError> {
                 if len == -1 {
                     values.push(None);
                 } else {
-                    let len = usize::try_from(len).map_err(|_| r.malformed("negative value length"))?;
+                    let len =
+                        usize::try_from(len).map_err(|_| r.malformed("negative value length"))?;
                     values.push(Some(r.bytes(len)?));
                 }
             }
@@ -302,7 +316,10 @@ mod tests {
                 tag: "START_STREAMING".into()
             })
         );
-        assert_eq!(parse(&mut all).unwrap(), Some(BackendMessage::ReadyForQuery));
+        assert_eq!(
+            parse(&mut all).unwrap(),
+            Some(BackendMessage::ReadyForQuery)
+        );
         assert!(all.is_empty());
     }
 
@@ -348,7 +365,9 @@ mod tests {
         let mut b = frame(b'R', b"\0\0\0\x05abcd");
         assert_eq!(
             parse(&mut b).unwrap(),
-            Some(BackendMessage::Authentication(AuthRequest::Md5 { salt: *b"abcd" }))
+            Some(BackendMessage::Authentication(AuthRequest::Md5 {
+                salt: *b"abcd"
+            }))
         );
     }
 

@@ -35,15 +35,25 @@ pub enum PgError {
     #[error("server at {target} closed the connection unexpectedly")]
     Closed { target: String },
     #[error("protocol error from {target}: {source}")]
-    Protocol { target: String, source: ProtocolError },
+    Protocol {
+        target: String,
+        source: ProtocolError,
+    },
     #[error("{target}: {message}{}", hint_suffix(.message))]
-    Server { target: String, message: Box<ServerMessage> },
+    Server {
+        target: String,
+        message: Box<ServerMessage>,
+    },
     #[error("{target}: the server asks for a password but none was given (hint: use -W, PGPASSWORD or a password file)")]
     NoPassword { target: String },
     #[error("{target}: authentication failed: {what}")]
     Auth { target: String, what: String },
     #[error("{target}: unexpected message from the server while {during}: {got}")]
-    Unexpected { target: String, during: &'static str, got: String },
+    Unexpected {
+        target: String,
+        during: &'static str,
+        got: String,
+    },
     #[error("no host to connect to")]
     NoTarget,
 }
@@ -122,10 +132,11 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("target", &self.target).finish()
+        f.debug_struct("Connection")
+            .field("target", &self.target)
+            .finish()
     }
 }
-
 
 impl Connection {
     /// Connects to the first target of `params` that accepts us, with
@@ -157,16 +168,26 @@ impl Connection {
         Err(last)
     }
 
-    async fn connect_one(params: &ConnParams, target: &Target, replication: bool) -> Result<Connection, PgError> {
+    async fn connect_one(
+        params: &ConnParams,
+        target: &Target,
+        replication: bool,
+    ) -> Result<Connection, PgError> {
         let desc = target.to_string();
         let connect_err = |source| PgError::Connect {
             target: desc.clone(),
             source,
         };
         let stream: Box<dyn Stream> = match target {
-            Target::Tcp { host, hostaddr, port } => {
+            Target::Tcp {
+                host,
+                hostaddr,
+                port,
+            } => {
                 let addr = hostaddr.as_deref().unwrap_or(host);
-                let s = tokio::net::TcpStream::connect((addr, *port)).await.map_err(connect_err)?;
+                let s = tokio::net::TcpStream::connect((addr, *port))
+                    .await
+                    .map_err(connect_err)?;
                 s.set_nodelay(true).map_err(connect_err)?;
                 if params.keepalives {
                     let mut ka = socket2::TcpKeepalive::new();
@@ -179,13 +200,19 @@ impl Connection {
                     if let Some(n) = params.keepalives_count {
                         ka = ka.with_retries(n);
                     }
-                    socket2::SockRef::from(&s).set_tcp_keepalive(&ka).map_err(connect_err)?;
+                    socket2::SockRef::from(&s)
+                        .set_tcp_keepalive(&ka)
+                        .map_err(connect_err)?;
                 }
                 Box::new(s)
             }
             Target::Unix { dir, port } => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
-                Box::new(tokio::net::UnixStream::connect(path).await.map_err(connect_err)?)
+                Box::new(
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map_err(connect_err)?,
+                )
             }
         };
         let mut conn = Connection {
@@ -199,7 +226,12 @@ impl Connection {
         Ok(conn)
     }
 
-    async fn startup(&mut self, params: &ConnParams, target: &Target, replication: bool) -> Result<(), PgError> {
+    async fn startup(
+        &mut self,
+        params: &ConnParams,
+        target: &Target,
+        replication: bool,
+    ) -> Result<(), PgError> {
         let mut startup: Vec<(&str, &str)> = vec![
             ("user", params.user.as_str()),
             ("database", params.dbname.as_str()),
@@ -226,14 +258,16 @@ impl Connection {
                     AuthRequest::Cleartext => {
                         let pw = self.password(params, target)?;
                         let mut b = BytesMut::new();
-                        frontend::password_message(pw.as_bytes(), &mut b).map_err(|e| self.io_err(e))?;
+                        frontend::password_message(pw.as_bytes(), &mut b)
+                            .map_err(|e| self.io_err(e))?;
                         self.write_all(b).await?;
                     }
                     AuthRequest::Md5 { salt } => {
                         let pw = self.password(params, target)?;
                         let hash = md5_hash(params.user.as_bytes(), pw.as_bytes(), salt);
                         let mut b = BytesMut::new();
-                        frontend::password_message(hash.as_bytes(), &mut b).map_err(|e| self.io_err(e))?;
+                        frontend::password_message(hash.as_bytes(), &mut b)
+                            .map_err(|e| self.io_err(e))?;
                         self.write_all(b).await?;
                     }
                     AuthRequest::Sasl { mechanisms } => {
@@ -245,7 +279,10 @@ impl Connection {
                         }
                         let pw = self.password(params, target)?;
                         // Channel binding needs TLS, which walrcv does not speak yet.
-                        let s = sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
+                        let s = sasl::ScramSha256::new(
+                            pw.as_bytes(),
+                            sasl::ChannelBinding::unsupported(),
+                        );
                         let mut b = BytesMut::new();
                         frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut b)
                             .map_err(|e| self.io_err(e))?;
@@ -253,7 +290,9 @@ impl Connection {
                         scram = Some(s);
                     }
                     AuthRequest::SaslContinue(data) => {
-                        let s = scram.as_mut().ok_or_else(|| self.unexpected("authenticating", "SASLContinue"))?;
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| self.unexpected("authenticating", "SASLContinue"))?;
                         s.update(&data).map_err(|e| PgError::Auth {
                             target: self.target.clone(),
                             what: format!("SCRAM exchange failed: {e}"),
@@ -263,14 +302,18 @@ impl Connection {
                         self.write_all(b).await?;
                     }
                     AuthRequest::SaslFinal(data) => {
-                        let s = scram.as_mut().ok_or_else(|| self.unexpected("authenticating", "SASLFinal"))?;
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| self.unexpected("authenticating", "SASLFinal"))?;
                         s.finish(&data).map_err(|e| PgError::Auth {
                             target: self.target.clone(),
                             what: format!("the server's SCRAM signature is invalid: {e}"),
                         })?;
                     }
                     AuthRequest::Unsupported(code) => {
-                        return Err(self.auth_err(format!("authentication method {code} is not supported")));
+                        return Err(
+                            self.auth_err(format!("authentication method {code} is not supported"))
+                        );
                     }
                 },
                 BackendMessage::BackendKeyData | BackendMessage::NegotiateProtocolVersion => {}
@@ -287,9 +330,11 @@ impl Connection {
     }
 
     fn password(&self, params: &ConnParams, target: &Target) -> Result<String, PgError> {
-        params.password_for(target).ok_or_else(|| PgError::NoPassword {
-            target: self.target.clone(),
-        })
+        params
+            .password_for(target)
+            .ok_or_else(|| PgError::NoPassword {
+                target: self.target.clone(),
+            })
     }
 
     fn io_err(&self, source: io::Error) -> PgError {
@@ -336,10 +381,13 @@ impl Connection {
 
     async fn write_all(&mut self, buf: BytesMut) -> Result<(), PgError> {
         let target = &self.target;
-        self.stream.write_all(&buf).await.map_err(|source| PgError::Io {
-            target: target.clone(),
-            source,
-        })?;
+        self.stream
+            .write_all(&buf)
+            .await
+            .map_err(|source| PgError::Io {
+                target: target.clone(),
+                source,
+            })?;
         self.stream.flush().await.map_err(|source| PgError::Io {
             target: target.clone(),
             source,
@@ -362,7 +410,11 @@ impl Connection {
                     if self.rbuf.capacity() - self.rbuf.len() < 64 * 1024 {
                         self.rbuf.reserve(256 * 1024);
                     }
-                    let n = self.stream.read_buf(&mut self.rbuf).await.map_err(|e| self.io_err(e))?;
+                    let n = self
+                        .stream
+                        .read_buf(&mut self.rbuf)
+                        .await
+                        .map_err(|e| self.io_err(e))?;
                     if n == 0 {
                         return Err(PgError::Closed {
                             target: self.target.clone(),
@@ -384,7 +436,8 @@ impl Connection {
         if self.rbuf.len() < 5 {
             return false;
         }
-        let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
+        let len =
+            u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
         self.rbuf.len() > len
     }
 
@@ -428,7 +481,9 @@ impl Connection {
         let mut error = None;
         loop {
             match self.read_message().await? {
-                BackendMessage::CopyBothResponse if error.is_none() => return Ok(CopyStart::CopyBoth),
+                BackendMessage::CopyBothResponse if error.is_none() => {
+                    return Ok(CopyStart::CopyBoth)
+                }
                 BackendMessage::RowDescription { columns } => result.columns = columns,
                 BackendMessage::DataRow { values } => result.rows.push(values),
                 BackendMessage::CommandComplete { .. } => {}

@@ -184,7 +184,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Runs `walrcv stream` until stopped: sessions one after the other, with
 /// backoff between failures. `shutdown` turns true on SIGINT/SIGTERM.
-pub async fn run(mut opts: StreamOptions, mut shutdown: watch::Receiver<bool>) -> Result<Outcome, ReceiverError> {
+pub async fn run(
+    mut opts: StreamOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Outcome, ReceiverError> {
     let archive = ArchiveDir::open(&opts.directory).map_err(ReceiverError::Archive)?;
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -201,7 +204,10 @@ pub async fn run(mut opts: StreamOptions, mut shutdown: watch::Receiver<bool>) -
                     backoff = BACKOFF_MIN;
                 }
                 tracing::error!("{e}");
-                tracing::warn!("disconnected; waiting {} seconds to try again", backoff.as_secs());
+                tracing::warn!(
+                    "disconnected; waiting {} seconds to try again",
+                    backoff.as_secs()
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => {}

@@ -52,9 +52,11 @@ fn stdin_is_terminal() -> bool {
 }
 
 async fn identify(conn: &mut Connection) -> Result<Server, ReceiverError> {
-    let version_num = conn.server_version_num().ok_or_else(|| ReceiverError::UnsupportedServer {
-        found: "unknown (no server_version reported)".into(),
-    })?;
+    let version_num =
+        conn.server_version_num()
+            .ok_or_else(|| ReceiverError::UnsupportedServer {
+                found: "unknown (no server_version reported)".into(),
+            })?;
     let major = version_num / 10000;
     if !(MIN_SERVER_MAJOR..=MAX_SERVER_MAJOR).contains(&major) {
         return Err(ReceiverError::UnsupportedServer {
@@ -93,7 +95,9 @@ async fn start_point(
     if opts.sync {
         // What is already there is reported as flushed from the start: make sure
         // it is durable first (an earlier run may have used --no-sync, or crashed).
-        archive.sync_existing(&scan).map_err(ReceiverError::Archive)?;
+        archive
+            .sync_existing(&scan)
+            .map_err(ReceiverError::Archive)?;
     }
     if let Some(start) = scan.streaming_start(seg) {
         report_partial(archive, &scan, start, server);
@@ -137,14 +141,26 @@ async fn start_point(
 
 /// Logs where the valid WAL in the `.partial` being resumed really ends: its
 /// size says nothing (it is pre-padded), its records do.
-fn report_partial(archive: &ArchiveDir, scan: &crate::archive::Scan, start: StartPoint, server: &Server) {
+fn report_partial(
+    archive: &ArchiveDir,
+    scan: &crate::archive::Scan,
+    start: StartPoint,
+    server: &Server,
+) {
     let Some(file) = scan.segments.iter().rev().find(|f| {
-        f.partial && f.timeline == start.timeline && f.segno == start.lsn.segment_number(server.segment_size)
+        f.partial
+            && f.timeline == start.timeline
+            && f.segno == start.lsn.segment_number(server.segment_size)
     }) else {
         return;
     };
     if file.size == 0 {
-        tracing::info!("resuming at {} (timeline {}): empty \"{}\"", start.lsn, start.timeline, file.path.display());
+        tracing::info!(
+            "resuming at {} (timeline {}): empty \"{}\"",
+            start.lsn,
+            start.timeline,
+            file.path.display()
+        );
         return;
     }
     let config = VerifierConfig {
@@ -203,10 +219,23 @@ pub async fn run_session(
             conn.close().await;
             return Ok(Outcome::EndposReached);
         }
-        tracing::info!("starting log streaming at {} (timeline {})", start.lsn, start.timeline);
-        let reply = replication::start_replication(&mut conn, opts.slot.as_deref(), start.lsn, start.timeline).await?;
+        tracing::info!(
+            "starting log streaming at {} (timeline {})",
+            start.lsn,
+            start.timeline
+        );
+        let reply = replication::start_replication(
+            &mut conn,
+            opts.slot.as_deref(),
+            start.lsn,
+            start.timeline,
+        )
+        .await?;
         let end = match reply {
-            StartReply::TimelineEnded { next_tli, next_start } => CopyEnd::TimelineEnded {
+            StartReply::TimelineEnded {
+                next_tli,
+                next_start,
+            } => CopyEnd::TimelineEnded {
                 next_tli,
                 next_start,
                 received: start.lsn,
@@ -500,7 +529,9 @@ async fn read_until_ready(conn: &mut Connection) -> Result<QueryResult, Receiver
         match conn.read_message().await? {
             BackendMessage::RowDescription { columns } => result.columns = columns,
             BackendMessage::DataRow { values } => result.rows.push(values),
-            BackendMessage::CommandComplete { .. } | BackendMessage::CopyData(_) | BackendMessage::CopyDone => {}
+            BackendMessage::CommandComplete { .. }
+            | BackendMessage::CopyData(_)
+            | BackendMessage::CopyDone => {}
             BackendMessage::Error(message) => {
                 return Err(PgError::Server {
                     target: conn.target().to_string(),

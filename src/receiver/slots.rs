@@ -16,11 +16,15 @@ async fn connect(opts: &StreamOptions) -> Result<Connection, ReceiverError> {
 
 /// Creates the physical slot named by `--slot`, reserving WAL.
 pub async fn create(opts: &StreamOptions, if_not_exists: bool) -> Result<(), ReceiverError> {
-    let slot = opts.slot.as_deref().ok_or_else(|| ReceiverError::Config("--create-slot needs --slot".into()))?;
+    let slot = opts
+        .slot
+        .as_deref()
+        .ok_or_else(|| ReceiverError::Config("--create-slot needs --slot".into()))?;
     let mut conn = connect(opts).await?;
     let version = conn.server_version_num().unwrap_or(0);
     tracing::info!("creating replication slot \"{slot}\"");
-    let created = replication::create_physical_slot(&mut conn, slot, version, if_not_exists).await?;
+    let created =
+        replication::create_physical_slot(&mut conn, slot, version, if_not_exists).await?;
     if !created {
         tracing::info!("replication slot \"{slot}\" exists already");
     }
@@ -30,7 +34,10 @@ pub async fn create(opts: &StreamOptions, if_not_exists: bool) -> Result<(), Rec
 
 /// Drops the slot named by `--slot`.
 pub async fn drop(opts: &StreamOptions) -> Result<(), ReceiverError> {
-    let slot = opts.slot.as_deref().ok_or_else(|| ReceiverError::Config("--drop-slot needs --slot".into()))?;
+    let slot = opts
+        .slot
+        .as_deref()
+        .ok_or_else(|| ReceiverError::Config("--drop-slot needs --slot".into()))?;
     let mut conn = connect(opts).await?;
     tracing::info!("dropping replication slot \"{slot}\"");
     replication::drop_slot(&mut conn, slot).await?;

@@ -257,7 +257,12 @@ impl Writer {
             if self.config.sync {
                 self.synced = self.position;
             }
-            tracing::info!("finished segment at {} (timeline {}): {}", self.position, self.config.timeline, path.display());
+            tracing::info!(
+                "finished segment at {} (timeline {}): {}",
+                self.position,
+                self.config.timeline,
+                path.display()
+            );
             self.publish(false);
         }
         Ok(())
@@ -280,7 +285,11 @@ impl Writer {
     /// (`--no-sync`) nothing is durable and written WAL is reported instead, as
     /// pg_receivewal does in that mode.
     fn publish(&mut self, failed: bool) {
-        let durable = if self.config.sync { self.synced } else { self.position };
+        let durable = if self.config.sync {
+            self.synced
+        } else {
+            self.position
+        };
         // The verified end is MAXALIGNed; the padding after a record is no data,
         // so a durable position inside it covers the record.
         let flushed = self.verifier.verified_end().min(durable.max_align());

@@ -56,21 +56,35 @@ impl ReplicationMessage {
         match tag {
             b'w' => {
                 if payload.len() < XLOG_DATA_HEADER {
-                    return Err(StreamError::Short { tag: 'w', len: payload.len() });
+                    return Err(StreamError::Short {
+                        tag: 'w',
+                        len: payload.len(),
+                    });
                 }
                 let data_start = Lsn(be_u64(&payload[1..9]));
                 let wal_end = Lsn(be_u64(&payload[9..17]));
                 let send_time = be_u64(&payload[17..25]) as i64;
                 let data = payload.split_off(XLOG_DATA_HEADER);
                 if data_start.checked_add(data.len() as u64).is_none() {
-                    return Err(StreamError::Overflow { start: data_start, len: data.len() });
+                    return Err(StreamError::Overflow {
+                        start: data_start,
+                        len: data.len(),
+                    });
                 }
-                Ok(ReplicationMessage::XLogData { data_start, wal_end, send_time, data })
+                Ok(ReplicationMessage::XLogData {
+                    data_start,
+                    wal_end,
+                    send_time,
+                    data,
+                })
             }
             b'k' => {
                 // Exactly 18 bytes, as the walreceiver insists.
                 if payload.len() != KEEPALIVE_LEN {
-                    return Err(StreamError::Short { tag: 'k', len: payload.len() });
+                    return Err(StreamError::Short {
+                        tag: 'k',
+                        len: payload.len(),
+                    });
                 }
                 Ok(ReplicationMessage::Keepalive {
                     wal_end: Lsn(be_u64(&payload[1..9])),
@@ -136,27 +150,47 @@ mod tests {
         k.push(1);
         assert_eq!(
             ReplicationMessage::parse(Bytes::from(k)).unwrap(),
-            ReplicationMessage::Keepalive { wal_end: Lsn(5), send_time: 6, reply_requested: true }
+            ReplicationMessage::Keepalive {
+                wal_end: Lsn(5),
+                send_time: 6,
+                reply_requested: true
+            }
         );
     }
 
     #[test]
     fn malformed_payloads() {
-        assert_eq!(ReplicationMessage::parse(Bytes::new()), Err(StreamError::Empty));
+        assert_eq!(
+            ReplicationMessage::parse(Bytes::new()),
+            Err(StreamError::Empty)
+        );
         assert!(ReplicationMessage::parse(Bytes::from_static(b"w1234")).is_err());
         assert!(ReplicationMessage::parse(Bytes::from_static(b"k12345678901234567890")).is_err());
-        assert_eq!(ReplicationMessage::parse(Bytes::from_static(b"x")), Err(StreamError::UnknownTag('x')));
+        assert_eq!(
+            ReplicationMessage::parse(Bytes::from_static(b"x")),
+            Err(StreamError::UnknownTag('x'))
+        );
         let mut p = vec![b'w'];
         p.extend_from_slice(&u64::MAX.to_be_bytes());
         p.extend_from_slice(&[0; 16]);
         p.push(1);
-        assert!(matches!(ReplicationMessage::parse(Bytes::from(p)), Err(StreamError::Overflow { .. })));
+        assert!(matches!(
+            ReplicationMessage::parse(Bytes::from(p)),
+            Err(StreamError::Overflow { .. })
+        ));
     }
 
     #[test]
     fn status_update_layout() {
         let mut b = BytesMut::new();
-        StatusUpdate { write: Lsn(1), flush: Lsn(2), apply: Lsn(0), now: 3, reply_requested: false }.encode(&mut b);
+        StatusUpdate {
+            write: Lsn(1),
+            flush: Lsn(2),
+            apply: Lsn(0),
+            now: 3,
+            reply_requested: false,
+        }
+        .encode(&mut b);
         assert_eq!(b.len(), 34);
         assert_eq!(b[0], b'r');
         assert_eq!(&b[1..9], &1u64.to_be_bytes());

@@ -102,7 +102,8 @@ pub fn parse_segment_size(text: &str) -> Option<u64> {
 
 fn parse_lsn(command: &'static str, text: Option<String>) -> Result<Lsn, ReplicationError> {
     let text = text.ok_or_else(|| bad(command, "missing LSN"))?;
-    text.parse().map_err(|_| bad(command, format!("invalid LSN {text:?}")))
+    text.parse()
+        .map_err(|_| bad(command, format!("invalid LSN {text:?}")))
 }
 
 fn parse_tli(command: &'static str, text: Option<String>) -> Result<TimeLineId, ReplicationError> {
@@ -113,13 +114,19 @@ fn parse_tli(command: &'static str, text: Option<String>) -> Result<TimeLineId, 
         .ok_or_else(|| bad(command, format!("invalid timeline {text:?}")))
 }
 
-fn one_row(command: &'static str, r: &QueryResult, min_cols: usize) -> Result<(), ReplicationError> {
+fn one_row(
+    command: &'static str,
+    r: &QueryResult,
+    min_cols: usize,
+) -> Result<(), ReplicationError> {
     if r.rows.len() != 1 || r.rows[0].len() < min_cols {
         return Err(bad(
             command,
-            format!("got {} rows and {} columns, expected 1 row and at least {min_cols} columns",
+            format!(
+                "got {} rows and {} columns, expected 1 row and at least {min_cols} columns",
                 r.rows.len(),
-                r.rows.first().map_or(0, Vec::len)),
+                r.rows.first().map_or(0, Vec::len)
+            ),
         ));
     }
     Ok(())
@@ -131,7 +138,9 @@ pub async fn identify_system(conn: &mut Connection) -> Result<SystemInfo, Replic
     one_row(C, &r, 4)?;
     let sysid = r.text(0, 0).ok_or_else(|| bad(C, "NULL systemid"))?;
     Ok(SystemInfo {
-        system_id: sysid.parse().map_err(|_| bad(C, format!("invalid systemid {sysid:?}")))?,
+        system_id: sysid
+            .parse()
+            .map_err(|_| bad(C, format!("invalid systemid {sysid:?}")))?,
         timeline: parse_tli(C, r.text(0, 1))?,
         xlogpos: parse_lsn(C, r.text(0, 2))?,
         dbname: r.text(0, 3),
@@ -142,13 +151,17 @@ pub async fn identify_system(conn: &mut Connection) -> Result<SystemInfo, Replic
 pub async fn show(conn: &mut Connection, name: &'static str) -> Result<String, ReplicationError> {
     let r = conn.simple_query(&format!("SHOW {name}")).await?;
     one_row("SHOW", &r, 1)?;
-    r.text(0, 0).ok_or_else(|| bad("SHOW", format!("NULL value for {name}")))
+    r.text(0, 0)
+        .ok_or_else(|| bad("SHOW", format!("NULL value for {name}")))
 }
 
 pub async fn wal_segment_size(conn: &mut Connection) -> Result<u64, ReplicationError> {
     let v = show(conn, "wal_segment_size").await?;
     parse_segment_size(&v).ok_or_else(|| {
-        bad("SHOW wal_segment_size", format!("{v:?} is not a power of two between 1 MB and 1 GB"))
+        bad(
+            "SHOW wal_segment_size",
+            format!("{v:?} is not a power of two between 1 MB and 1 GB"),
+        )
     })
 }
 
@@ -167,18 +180,28 @@ pub async fn timeline_history(
     timeline: TimeLineId,
 ) -> Result<(String, Vec<u8>), ReplicationError> {
     const C: &str = "TIMELINE_HISTORY";
-    let r = conn.simple_query(&format!("TIMELINE_HISTORY {timeline}")).await?;
+    let r = conn
+        .simple_query(&format!("TIMELINE_HISTORY {timeline}"))
+        .await?;
     one_row(C, &r, 2)?;
     let name = r.text(0, 0).ok_or_else(|| bad(C, "NULL file name"))?;
-    let content = r.rows[0][1].as_ref().ok_or_else(|| bad(C, "NULL content"))?.to_vec();
+    let content = r.rows[0][1]
+        .as_ref()
+        .ok_or_else(|| bad(C, "NULL content"))?
+        .to_vec();
     Ok((name, content))
 }
 
 /// READ_REPLICATION_SLOT (servers 15+).
-pub async fn read_replication_slot(conn: &mut Connection, slot: &str) -> Result<SlotInfo, ReplicationError> {
+pub async fn read_replication_slot(
+    conn: &mut Connection,
+    slot: &str,
+) -> Result<SlotInfo, ReplicationError> {
     const C: &str = "READ_REPLICATION_SLOT";
     validate_slot_name(slot)?;
-    let r = conn.simple_query(&format!("READ_REPLICATION_SLOT {slot}")).await?;
+    let r = conn
+        .simple_query(&format!("READ_REPLICATION_SLOT {slot}"))
+        .await?;
     one_row(C, &r, 3)?;
     Ok(SlotInfo {
         slot_type: r.text(0, 0),
@@ -202,7 +225,10 @@ pub async fn create_physical_slot(
     if_not_exists: bool,
 ) -> Result<bool, ReplicationError> {
     validate_slot_name(slot)?;
-    match conn.simple_query(&create_slot_command(slot, server_version_num)).await {
+    match conn
+        .simple_query(&create_slot_command(slot, server_version_num))
+        .await
+    {
         Ok(_) => Ok(true),
         Err(e) if if_not_exists && e.sqlstate() == Some("42710") => Ok(false),
         Err(e) => Err(e.into()),
@@ -211,7 +237,8 @@ pub async fn create_physical_slot(
 
 pub async fn drop_slot(conn: &mut Connection, slot: &str) -> Result<(), ReplicationError> {
     validate_slot_name(slot)?;
-    conn.simple_query(&format!("DROP_REPLICATION_SLOT \"{slot}\"")).await?;
+    conn.simple_query(&format!("DROP_REPLICATION_SLOT \"{slot}\""))
+        .await?;
     Ok(())
 }
 
@@ -222,7 +249,10 @@ pub enum StartReply {
     Streaming,
     /// The requested point is the exact end of a historic timeline: the server
     /// skipped copy mode and gave the next timeline at once.
-    TimelineEnded { next_tli: TimeLineId, next_start: Lsn },
+    TimelineEnded {
+        next_tli: TimeLineId,
+        next_start: Lsn,
+    },
 }
 
 /// Parses the `next_tli, next_tli_startpos` result set sent at the end of a
@@ -242,11 +272,17 @@ pub async fn start_replication(
     if let Some(s) = slot {
         validate_slot_name(s)?;
     }
-    match conn.start_copy(&start_replication_command(slot, start, timeline)).await? {
+    match conn
+        .start_copy(&start_replication_command(slot, start, timeline))
+        .await?
+    {
         CopyStart::CopyBoth => Ok(StartReply::Streaming),
         CopyStart::ResultSet(r) => {
             let (next_tli, next_start) = parse_next_timeline(&r)?;
-            Ok(StartReply::TimelineEnded { next_tli, next_start })
+            Ok(StartReply::TimelineEnded {
+                next_tli,
+                next_start,
+            })
         }
     }
 }
@@ -261,9 +297,18 @@ mod tests {
             start_replication_command(Some("barman"), Lsn(0x300_0000), 1),
             "START_REPLICATION SLOT \"barman\" 0/3000000 TIMELINE 1"
         );
-        assert_eq!(start_replication_command(None, Lsn(0x1_0000_0000), 2), "START_REPLICATION 1/0 TIMELINE 2");
-        assert_eq!(create_slot_command("s", 150002), "CREATE_REPLICATION_SLOT \"s\" PHYSICAL (RESERVE_WAL)");
-        assert_eq!(create_slot_command("s", 140010), "CREATE_REPLICATION_SLOT \"s\" PHYSICAL RESERVE_WAL");
+        assert_eq!(
+            start_replication_command(None, Lsn(0x1_0000_0000), 2),
+            "START_REPLICATION 1/0 TIMELINE 2"
+        );
+        assert_eq!(
+            create_slot_command("s", 150002),
+            "CREATE_REPLICATION_SLOT \"s\" PHYSICAL (RESERVE_WAL)"
+        );
+        assert_eq!(
+            create_slot_command("s", 140010),
+            "CREATE_REPLICATION_SLOT \"s\" PHYSICAL RESERVE_WAL"
+        );
     }
 
     #[test]
