@@ -654,3 +654,90 @@ fn other_major_versions() {
         );
     }
 }
+
+#[test]
+fn reconnects_after_the_primary_restarts() {
+    let mut pg = PgServer::builder().wal_segsize_mb(1).start();
+    let dir = archive_dir();
+    let d = dir.path().to_str().unwrap().to_string();
+    let conn = pg.conninfo();
+    let first = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let mut child = spawn(&["stream", "-D", &d, "-d", &conn, "-v"]);
+    wait_until(Duration::from_secs(20), "walrcv streaming", || {
+        pg.psql("SELECT count(*) FROM pg_stat_replication") == "1"
+    });
+    pg.restart(); // fast shutdown: the walsender ends the stream
+    pg.psql("CREATE TABLE after_restart AS SELECT generate_series(1, 50000) AS x");
+    pg.psql("SELECT pg_switch_wal()");
+    let last = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    wait_until(
+        Duration::from_secs(60),
+        "walrcv reconnected and archived the new WAL",
+        || {
+            let n = names(dir.path());
+            n.iter()
+                .any(|f| f.starts_with(&last[..24]) && f.ends_with(".partial"))
+        },
+    );
+    assert!(child.interrupt().success(), "{}", child.stderr());
+    assert!(
+        child.stderr().contains("waiting"),
+        "logged the retry: {}",
+        child.stderr()
+    );
+    assert!(
+        names(dir.path()).contains(&first),
+        "the first segment is complete"
+    );
+    assert!(assert_complete_segments_identical(dir.path(), &pg.wal_dir()) >= 2);
+    assert_only_barman_names(dir.path());
+}
+
+#[test]
+fn wal_the_server_no_longer_has_is_reported_once_with_a_hint() {
+    let pg = PgServer::builder()
+        .wal_segsize_mb(1)
+        .conf("wal_keep_size = 0")
+        .start();
+    let old = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    for _ in 0..40 {
+        pg.psql("CREATE TABLE IF NOT EXISTS churn(x int); INSERT INTO churn VALUES (1); SELECT pg_switch_wal()");
+    }
+    pg.psql("CHECKPOINT");
+    pg.psql("CHECKPOINT");
+    assert!(
+        !pg.wal_dir().join(&old).exists(),
+        "{old} was removed by the server"
+    );
+    let dir = archive_dir();
+    let d = dir.path().to_str().unwrap().to_string();
+    // Barman's `receive-wal --reset` leaves such a zero-byte partial.
+    std::fs::write(dir.path().join(format!("{old}.partial")), b"").unwrap();
+    // Without --no-loop too: retrying cannot help, so walrcv stops.
+    let o = run(&["stream", "-D", &d, "-d", &pg.conninfo(), "-w"]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = stderr(&o);
+    assert!(
+        err.contains("has already been removed") && err.contains(&old),
+        "{err}"
+    );
+    assert!(err.contains("HINT"), "{err}");
+
+    // An archive ahead of the server (restored or rewound server, wrong server).
+    let dir = archive_dir();
+    std::fs::write(dir.path().join("000000010000000000000F00.partial"), b"").unwrap();
+    let o = run(&[
+        "stream",
+        "-D",
+        dir.path().to_str().unwrap(),
+        "-d",
+        &pg.conninfo(),
+        "-w",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stderr(&o).contains("ahead of the WAL flush position"),
+        "{}",
+        stderr(&o)
+    );
+}
