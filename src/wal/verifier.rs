@@ -31,8 +31,8 @@
 use std::fmt;
 
 use super::page::{
-    magic_for_major, major_for_magic, PageHeader, LONG_HEADER_SIZE, SHORT_HEADER_SIZE, XLP_ALL_FLAGS,
-    XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
+    magic_for_major, major_for_magic, PageHeader, LONG_HEADER_SIZE, SHORT_HEADER_SIZE,
+    XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
 };
 use crate::lsn::{is_valid_segment_size, wal_file_name, Lsn, TimeLineId};
 
@@ -154,7 +154,11 @@ pub struct SegmentLocation {
 
 impl fmt::Display for SegmentLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "file {} offset {} (0x{:X})", self.file_name, self.offset, self.offset)
+        write!(
+            f,
+            "file {} offset {} (0x{:X})",
+            self.file_name, self.offset, self.offset
+        )
     }
 }
 
@@ -282,14 +286,26 @@ impl Verifier {
         let at = Lsn(self.pos);
         let c = &self.config;
         if !is_valid_segment_size(c.segment_size) {
-            return Some(err(at, Check::SegmentSize, format!("invalid segment size {}", c.segment_size)));
+            return Some(err(
+                at,
+                Check::SegmentSize,
+                format!("invalid segment size {}", c.segment_size),
+            ));
         }
         if !c.block_size.is_power_of_two() || !(1024..=65536).contains(&c.block_size) {
-            return Some(err(at, Check::BlockSize, format!("invalid WAL page size {}", c.block_size)));
+            return Some(err(
+                at,
+                Check::BlockSize,
+                format!("invalid WAL page size {}", c.block_size),
+            ));
         }
         if let Some(m) = c.server_major {
             if magic_for_major(m).is_none() {
-                return Some(err(at, Check::PageMagic, format!("unsupported server major version {m}")));
+                return Some(err(
+                    at,
+                    Check::PageMagic,
+                    format!("unsupported server major version {m}"),
+                ));
             }
         }
         None
@@ -301,7 +317,11 @@ impl Verifier {
     pub fn at_segment_start(config: VerifierConfig, start: Lsn) -> Self {
         let mut v = Verifier::new(config, start, Mode::Start);
         if v.failed.is_none() && start.0 % v.seg_size != 0 {
-            v.failed = Some(err(start, Check::Discontinuity, format!("{start} is not a segment boundary")));
+            v.failed = Some(err(
+                start,
+                Check::Discontinuity,
+                format!("{start} is not a segment boundary"),
+            ));
         }
         v
     }
@@ -311,7 +331,11 @@ impl Verifier {
     pub fn at_page(config: VerifierConfig, start: Lsn) -> Self {
         let mut v = Verifier::new(config, start, Mode::Start);
         if v.failed.is_none() && start.0 % v.blcksz != 0 {
-            v.failed = Some(err(start, Check::Discontinuity, format!("{start} is not a page boundary")));
+            v.failed = Some(err(
+                start,
+                Check::Discontinuity,
+                format!("{start} is not a page boundary"),
+            ));
         }
         v
     }
@@ -320,14 +344,26 @@ impl Verifier {
     /// persisted [`Verifier::verified_end`]), with `prev_record` the start of the
     /// record before it when known (checked strictly against the first `xl_prev`).
     /// `start` must be 8-aligned and not inside a page header.
-    pub fn at_record_boundary(config: VerifierConfig, start: Lsn, prev_record: Option<Lsn>) -> Self {
+    pub fn at_record_boundary(
+        config: VerifierConfig,
+        start: Lsn,
+        prev_record: Option<Lsn>,
+    ) -> Self {
         let mut v = Verifier::new(config, start, Mode::NewRecord);
         v.prev_start = prev_record.map(|l| l.0);
         if v.failed.is_none() {
             let in_page = start.0 % v.blcksz;
-            let hdr = if start.0 % v.seg_size < v.blcksz { LONG_HEADER_SIZE } else { SHORT_HEADER_SIZE } as u64;
+            let hdr = if start.0 % v.seg_size < v.blcksz {
+                LONG_HEADER_SIZE
+            } else {
+                SHORT_HEADER_SIZE
+            } as u64;
             if start.0 % 8 != 0 || (in_page != 0 && in_page < hdr) {
-                v.failed = Some(err(start, Check::Discontinuity, format!("{start} cannot be a record boundary")));
+                v.failed = Some(err(
+                    start,
+                    Check::Discontinuity,
+                    format!("{start} cannot be a record boundary"),
+                ));
             }
         }
         v
@@ -363,7 +399,10 @@ impl Verifier {
             return Err(err(
                 start,
                 Check::Discontinuity,
-                format!("data starts at {start} but the verifier expects {}", Lsn(self.pos)),
+                format!(
+                    "data starts at {start} but the verifier expects {}",
+                    Lsn(self.pos)
+                ),
             ));
         }
         self.feed(data)
@@ -499,7 +538,11 @@ impl Verifier {
             }
             Mode::Start => {
                 // Only reachable through a constructor whose start check failed.
-                Err(err(Lsn(self.pos), Check::Discontinuity, "verifier not started at a page boundary".into()))
+                Err(err(
+                    Lsn(self.pos),
+                    Check::Discontinuity,
+                    "verifier not started at a page boundary".into(),
+                ))
             }
             Mode::NewRecord => {
                 self.rec_start = self.pos;
@@ -577,7 +620,12 @@ impl Verifier {
     }
 
     fn check_record_length(&mut self) -> Result<(), VerifyError> {
-        let tot = u32::from_le_bytes([self.rec_hdr[0], self.rec_hdr[1], self.rec_hdr[2], self.rec_hdr[3]]);
+        let tot = u32::from_le_bytes([
+            self.rec_hdr[0],
+            self.rec_hdr[1],
+            self.rec_hdr[2],
+            self.rec_hdr[3],
+        ]);
         let at = Lsn(self.rec_start);
         if (tot as usize) < RECORD_HEADER_SIZE {
             return Err(err(
@@ -603,7 +651,11 @@ impl Verifier {
         let rmid = h[17];
         let custom_ok = self.major.map_or(true, |m| m >= 15);
         if rmid > RM_MAX_BUILTIN_ID && !(custom_ok && rmid >= RM_MIN_CUSTOM_ID) {
-            return Err(err(at, Check::ResourceManager, format!("invalid resource manager ID {rmid} at {at}")));
+            return Err(err(
+                at,
+                Check::ResourceManager,
+                format!("invalid resource manager ID {rmid} at {at}"),
+            ));
         }
         let prev = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
         match self.prev_start {
@@ -611,14 +663,21 @@ impl Verifier {
                 return Err(err(
                     at,
                     Check::PrevLink,
-                    format!("record with incorrect prev-link {} at {at} (expected {})", Lsn(prev), Lsn(p)),
+                    format!(
+                        "record with incorrect prev-link {} at {at} (expected {})",
+                        Lsn(prev),
+                        Lsn(p)
+                    ),
                 ));
             }
             None if prev >= self.rec_start => {
                 return Err(err(
                     at,
                     Check::PrevLink,
-                    format!("record with incorrect prev-link {} at {at} (not before the record)", Lsn(prev)),
+                    format!(
+                        "record with incorrect prev-link {} at {at} (not before the record)",
+                        Lsn(prev)
+                    ),
                 ));
             }
             _ => {}
@@ -665,10 +724,18 @@ impl Verifier {
 
     fn step_page_header(&mut self, data: &[u8]) -> Result<usize, VerifyError> {
         let info_known = self.ph_have >= 4;
-        let long = info_known && u16::from_le_bytes([self.ph_buf[2], self.ph_buf[3]]) & XLP_LONG_HEADER != 0;
-        let need = if long { LONG_HEADER_SIZE } else { SHORT_HEADER_SIZE };
+        let long = info_known
+            && u16::from_le_bytes([self.ph_buf[2], self.ph_buf[3]]) & XLP_LONG_HEADER != 0;
+        let need = if long {
+            LONG_HEADER_SIZE
+        } else {
+            SHORT_HEADER_SIZE
+        };
         let n = data.len().min(need - self.ph_have);
-        if let (Some(dst), Some(src)) = (self.ph_buf.get_mut(self.ph_have..self.ph_have + n), data.get(..n)) {
+        if let (Some(dst), Some(src)) = (
+            self.ph_buf.get_mut(self.ph_have..self.ph_have + n),
+            data.get(..n),
+        ) {
             dst.copy_from_slice(src);
         }
         self.ph_have += n;
@@ -727,17 +794,28 @@ impl Verifier {
             return Err(err(
                 at,
                 Check::PageFlags,
-                format!("invalid info bits {:04X} in WAL segment {}, LSN {at}, offset {}", h.info, loc.file_name, loc.offset),
+                format!(
+                    "invalid info bits {:04X} in WAL segment {}, LSN {at}, offset {}",
+                    h.info, loc.file_name, loc.offset
+                ),
             ));
         }
         // 3. Long header iff segment start, with the server's parameters.
         let seg_start = page % self.seg_size == 0;
         match (&h.long, seg_start) {
             (None, true) => {
-                return Err(err(at, Check::LongHeader, format!("missing long page header at segment start {at}")));
+                return Err(err(
+                    at,
+                    Check::LongHeader,
+                    format!("missing long page header at segment start {at}"),
+                ));
             }
             (Some(_), false) => {
-                return Err(err(at, Check::LongHeader, format!("unexpected long page header at {at} (not a segment start)")));
+                return Err(err(
+                    at,
+                    Check::LongHeader,
+                    format!("unexpected long page header at {at} (not a segment start)"),
+                ));
             }
             (Some(l), true) => {
                 match self.system_id {
@@ -758,14 +836,20 @@ impl Verifier {
                     return Err(err(
                         at,
                         Check::SegmentSize,
-                        format!("WAL segment {} has segment size {}, expected {}", loc.file_name, l.segment_size, self.seg_size),
+                        format!(
+                            "WAL segment {} has segment size {}, expected {}",
+                            loc.file_name, l.segment_size, self.seg_size
+                        ),
                     ));
                 }
                 if u64::from(l.block_size) != self.blcksz {
                     return Err(err(
                         at,
                         Check::BlockSize,
-                        format!("WAL segment {} has page size {}, expected {}", loc.file_name, l.block_size, self.blcksz),
+                        format!(
+                            "WAL segment {} has page size {}, expected {}",
+                            loc.file_name, l.block_size, self.blcksz
+                        ),
                     ));
                 }
             }
@@ -787,7 +871,10 @@ impl Verifier {
             return Err(err(
                 at,
                 Check::PageTimeline,
-                format!("page at {at} has timeline {}, above the streamed timeline {}", h.timeline, self.config.timeline),
+                format!(
+                    "page at {at} has timeline {}, above the streamed timeline {}",
+                    h.timeline, self.config.timeline
+                ),
             ));
         }
         if let Some(last) = self.last_tli {
@@ -795,7 +882,10 @@ impl Verifier {
                 return Err(err(
                     at,
                     Check::PageTimeline,
-                    format!("out-of-sequence timeline ID {} (after {last}) at {at}", h.timeline),
+                    format!(
+                        "out-of-sequence timeline ID {} (after {last}) at {at}",
+                        h.timeline
+                    ),
                 ));
             }
         }
@@ -814,15 +904,24 @@ impl Verifier {
             Mode::Start => {
                 if contrec {
                     if h.rem_len == 0 {
-                        return Err(err(at, Check::RemainingLength, format!("contrecord page at {at} with remaining length 0")));
+                        return Err(err(
+                            at,
+                            Check::RemainingLength,
+                            format!("contrecord page at {at} with remaining length 0"),
+                        ));
                     }
-                    self.mode = Mode::SkipContinuation { remaining: h.rem_len };
+                    self.mode = Mode::SkipContinuation {
+                        remaining: h.rem_len,
+                    };
                 } else {
                     if !overwrite && h.rem_len != 0 {
                         return Err(err(
                             at,
                             Check::RemainingLength,
-                            format!("page at {at} has remaining length {} without the contrecord flag", h.rem_len),
+                            format!(
+                                "page at {at} has remaining length {} without the contrecord flag",
+                                h.rem_len
+                            ),
                         ));
                     }
                     self.mode = Mode::NewRecord;
@@ -836,7 +935,10 @@ impl Verifier {
                     return Err(err(
                         at,
                         Check::ContinuationFlag,
-                        format!("there is no contrecord flag at {at} (record at {} continues)", Lsn(self.rec_start)),
+                        format!(
+                            "there is no contrecord flag at {at} (record at {} continues)",
+                            Lsn(self.rec_start)
+                        ),
                     ));
                 } else if self.hdr_have >= 4 {
                     let expected = self.tot_len - self.got;
@@ -857,24 +959,38 @@ impl Verifier {
                 if overwrite {
                     self.mode = Mode::NewRecord;
                 } else if !contrec {
-                    return Err(err(at, Check::ContinuationFlag, format!("there is no contrecord flag at {at}")));
+                    return Err(err(
+                        at,
+                        Check::ContinuationFlag,
+                        format!("there is no contrecord flag at {at}"),
+                    ));
                 } else if h.rem_len != remaining {
                     return Err(err(
                         at,
                         Check::RemainingLength,
-                        format!("invalid contrecord length {} (expected {remaining}) at {at}", h.rem_len),
+                        format!(
+                            "invalid contrecord length {} (expected {remaining}) at {at}",
+                            h.rem_len
+                        ),
                     ));
                 }
             }
             Mode::NewRecord | Mode::Padding { .. } | Mode::SwitchTail { .. } => {
                 if contrec {
-                    return Err(err(at, Check::ContinuationFlag, format!("contrecord is requested by {at}")));
+                    return Err(err(
+                        at,
+                        Check::ContinuationFlag,
+                        format!("contrecord is requested by {at}"),
+                    ));
                 }
                 if !overwrite && h.rem_len != 0 {
                     return Err(err(
                         at,
                         Check::RemainingLength,
-                        format!("page at {at} has remaining length {} without the contrecord flag", h.rem_len),
+                        format!(
+                            "page at {at} has remaining length {} without the contrecord flag",
+                            h.rem_len
+                        ),
                     ));
                 }
                 self.mode = Mode::NewRecord;
@@ -929,7 +1045,10 @@ pub fn find_end_of_wal(config: VerifierConfig, start: Lsn, bytes: &[u8]) -> WalE
     let result = v.feed(bytes);
     let end = v.verified_end();
     let off = end.0.saturating_sub(start.0);
-    let tail = usize::try_from(off).ok().and_then(|o| bytes.get(o..)).unwrap_or(&[]);
+    let tail = usize::try_from(off)
+        .ok()
+        .and_then(|o| bytes.get(o..))
+        .unwrap_or(&[]);
     WalEnd {
         verified_end: end,
         records: v.records(),
