@@ -408,3 +408,17 @@ proptest! {
         prop_assert_eq!(whole, chunked);
     }
 }
+
+#[test]
+#[ignore]
+fn show_reports() {
+    let r = verify(&pg15());
+    println!("{}", walrcv::tools::verify::render_human(&r));
+    let tmp = copy_archive();
+    fs::remove_file(tmp.path().join("000000010000000000000009")).unwrap();
+    let other = testdata().join("wal/other-cluster/000000010000000000000007");
+    fs::copy(other, tmp.path().join("00000001000000000000000A")).unwrap();
+    let r = verify(tmp.path());
+    println!("{}", walrcv::tools::verify::render_human(&r));
+    println!("{}", serde_json::to_string_pretty(&r).unwrap());
+}

@@ -193,7 +193,8 @@ pub struct VerifyReport {
     pub timelines: Vec<TimelineSummary>,
     pub files: Vec<FileReport>,
     pub problems: Vec<Problem>,
-    /// Total records verified.
+    /// Records verified in the sequence of files followed through the timeline history
+    /// (records of a superseded parent `.partial` are in its timeline's summary only).
     pub records: u64,
     /// Whether no problem of severity error was found.
     pub ok: bool,
@@ -810,7 +811,10 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
             v = Verifier::at_page(config_for(s.tli), Lsn(next_page));
         }
         fr.records += v.records().saturating_sub(base);
-        fr.verified_end = Some(v.verified_end());
+        // A verifier restarted after a failure that verified nothing has no end to show.
+        if per_file == 0 || v.records() > 0 {
+            fr.verified_end = Some(v.verified_end());
+        }
         if suppressed > 0 {
             problems.push(Problem {
                 severity: Severity::Error,
@@ -861,6 +865,31 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         files.push(fr);
     }
     progress.done();
+
+    // An ancestor's WAL continuing past the switch point (in its switch segment) is a
+    // branch that the newer timeline does not contain.
+    for f in &files {
+        if f.timeline == tip {
+            continue;
+        }
+        let Some((_, Some(end))) = tl_range(f.timeline) else {
+            continue;
+        };
+        let valid = f.valid_end.or(f.verified_end);
+        if f.segno == seg_of(end) && valid.is_some_and(|v| v > end) {
+            problems.push(Problem {
+                severity: Severity::Warning,
+                ..history_problem(
+                    &f.name,
+                    format!(
+                        "timeline {} WAL continues to {} past its switch point {end}: those records are not part of timeline {tip}",
+                        f.timeline,
+                        opt_lsn(valid)
+                    ),
+                )
+            });
+        }
+    }
 
     // Reclassify corruption found at a segment start because of the system identifier.
     for p in &mut problems {
@@ -916,7 +945,13 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
     }
     files.sort_by_key(|f| (f.segno, f.timeline, f.partial));
     problems.sort_by(|a, b| (a.lsn, &a.file).cmp(&(b.lsn, &b.file)));
-    let records = files.iter().map(|f| f.records).sum();
+    // Records of the verified sequence: a parent's `.partial` superseded by the child
+    // timeline's copy of the same segment is not counted twice.
+    let records = files
+        .iter()
+        .filter(|f| f.in_sequence)
+        .map(|f| f.records)
+        .sum();
     Ok(VerifyReport {
         directory: dir.to_path_buf(),
         system_id,
