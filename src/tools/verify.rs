@@ -572,7 +572,11 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         }
     }
     let tip = newest.unwrap_or(1);
-    let in_chain = |tli: TimeLineId| tli == tip || history.iter().any(|e| e.parent == tli);
+    // Without the newest timeline's history (already reported), timelines are assumed
+    // to follow each other in numeric order.
+    let history_known = tip == 1 || parsed_histories.contains_key(&tip);
+    let in_chain =
+        |tli: TimeLineId| !history_known || tli == tip || history.iter().any(|e| e.parent == tli);
     let tl_range = |tli: TimeLineId| timeline_range(&history, tip, tli);
     let seg_of = |l: Lsn| l.0 / seg_size;
 
@@ -612,16 +616,22 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
     }
 
     // The sequence to verify: per segment number, the owning timeline's file.
-    let owner = |segno: SegNo| -> TimeLineId {
-        let last_byte = Lsn(segno.saturating_mul(seg_size).saturating_add(seg_size - 1));
-        crate::wal::history::timeline_of(&history, tip, last_byte)
-    };
     let mut by_segno: BTreeMap<SegNo, Vec<usize>> = BTreeMap::new();
     for (i, s) in named.iter().enumerate() {
         if in_chain(s.tli) {
             by_segno.entry(s.segno).or_default().push(i);
         }
     }
+    let owner = |segno: SegNo| -> TimeLineId {
+        if !history_known {
+            return by_segno
+                .get(&segno)
+                .and_then(|c| c.iter().filter_map(|&i| named.get(i).map(|s| s.tli)).max())
+                .unwrap_or(tip);
+        }
+        let last_byte = Lsn(segno.saturating_mul(seg_size).saturating_add(seg_size - 1));
+        crate::wal::history::timeline_of(&history, tip, last_byte)
+    };
     let mut sequence: Vec<usize> = Vec::new();
     let mut gaps: Vec<SegNo> = Vec::new();
     if let (Some(&first), Some(&last)) = (by_segno.keys().next(), by_segno.keys().next_back()) {
@@ -634,7 +644,12 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
                 .filter(|&i| named.get(i).is_some_and(|s| s.tli == own))
                 .min_by_key(|&i| named.get(i).map(|s| s.partial))
                 .or_else(|| {
-                    // An ancestor's file at the segment of a switch point.
+                    // An ancestor's file at the segment of a switch point, when the archive
+                    // ends there (the child's copy of the segment has not arrived yet);
+                    // before later segments, the child's copy missing is a gap.
+                    if segno != last {
+                        return None;
+                    }
                     cands
                         .iter()
                         .copied()

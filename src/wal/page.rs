@@ -26,12 +26,18 @@ pub const PAGE_MAGICS: [(u32, u16); 6] = [
 
 /// The server major version whose WAL carries `magic`.
 pub fn major_for_magic(magic: u16) -> Option<u32> {
-    PAGE_MAGICS.iter().find(|(_, m)| *m == magic).map(|(v, _)| *v)
+    PAGE_MAGICS
+        .iter()
+        .find(|(_, m)| *m == magic)
+        .map(|(v, _)| *v)
 }
 
 /// The page magic of server major version `major`.
 pub fn magic_for_major(major: u32) -> Option<u16> {
-    PAGE_MAGICS.iter().find(|(v, _)| *v == major).map(|(_, m)| *m)
+    PAGE_MAGICS
+        .iter()
+        .find(|(v, _)| *v == major)
+        .map(|(_, m)| *m)
 }
 
 /// Fields of a long header beyond the short one.
@@ -66,7 +72,11 @@ impl PageHeader {
     /// Decodes a header from the start of `bytes`. Returns `None` when fewer bytes
     /// than the header needs are given (24, or 40 when `XLP_LONG_HEADER` is set).
     pub fn parse(bytes: &[u8]) -> Option<PageHeader> {
-        let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let u16_at = |o: usize| {
+            bytes
+                .get(o..o + 2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        };
         let u32_at = |o: usize| {
             bytes
                 .get(o..o + 4)
@@ -108,9 +118,9 @@ mod tests {
     fn parses_the_reference_long_header() {
         // From wal-format.md §7.2 (PG 15, segment 0/2000000).
         let bytes: [u8; 40] = [
-            0x10, 0xD1, 0x06, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00,
-            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x41, 0x40, 0xED, 0x07, 0x30, 0xE6, 0x00, 0x6B, 0x00, 0x00,
-            0x00, 0x01, 0x00, 0x20, 0x00, 0x00,
+            0x10, 0xD1, 0x06, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x41, 0x40, 0xED, 0x07,
+            0x30, 0xE6, 0x00, 0x6B, 0x00, 0x00, 0x00, 0x01, 0x00, 0x20, 0x00, 0x00,
         ];
         let h = PageHeader::parse(&bytes).unwrap();
         assert_eq!(h.magic, 0xD110);
