@@ -240,6 +240,11 @@ pub struct Verifier {
     verified_end: u64,
     records: u64,
     overwritten: Option<u64>,
+    /// The dropped record's start still awaits its XLOG_OVERWRITE_CONTRECORD record.
+    overwrite_pending: bool,
+    /// First body bytes of an XLOG_OVERWRITE_CONTRECORD record (data header + LSN).
+    ow_buf: [u8; 10],
+    ow_have: usize,
     failed: Option<VerifyError>,
 }
 
@@ -272,6 +277,9 @@ impl Verifier {
             verified_end: start.0,
             records: 0,
             overwritten: None,
+            overwrite_pending: false,
+            ow_buf: [0; 10],
+            ow_have: 0,
             failed: None,
             config,
         };
@@ -546,6 +554,7 @@ impl Verifier {
             }
             Mode::NewRecord => {
                 self.rec_start = self.pos;
+                self.ow_have = 0;
                 self.hdr_have = 0;
                 self.got = 0;
                 self.tot_len = 0;
@@ -599,6 +608,16 @@ impl Verifier {
                 let n = (avail as u64).min(u64::from(self.tot_len - self.got)) as usize;
                 let body = data.get(..n).unwrap_or(&[]);
                 self.crc = crc32c::crc32c_append(self.crc, body);
+                if self.ow_have < self.ow_buf.len() && self.is_overwrite_record() {
+                    let k = n.min(self.ow_buf.len() - self.ow_have);
+                    if let (Some(dst), Some(src)) = (
+                        self.ow_buf.get_mut(self.ow_have..self.ow_have + k),
+                        body.get(..k),
+                    ) {
+                        dst.copy_from_slice(src);
+                    }
+                    self.ow_have += k;
+                }
                 self.got += n as u32;
                 self.advance(n);
                 if self.got == self.tot_len {
@@ -699,6 +718,9 @@ impl Verifier {
                 ),
             ));
         }
+        if self.is_overwrite_record() {
+            self.check_overwritten_lsn()?;
+        }
         self.records += 1;
         self.prev_start = Some(self.rec_start);
         if self.first_record.is_none() {
@@ -718,6 +740,38 @@ impl Verifier {
             }
         } else {
             self.mode = self.after_record_end(end);
+        }
+        Ok(())
+    }
+
+    fn is_overwrite_record(&self) -> bool {
+        self.rec_hdr[17] == RM_XLOG_ID && self.rec_hdr[16] & 0xF0 == XLOG_OVERWRITE_CONTRECORD
+    }
+
+    /// An XLOG_OVERWRITE_CONTRECORD record must name the record this verifier dropped
+    /// (when it saw one): main data `0xFF, 16, overwritten_lsn (u64), time (i64)`.
+    fn check_overwritten_lsn(&mut self) -> Result<(), VerifyError> {
+        if !self.overwrite_pending {
+            return Ok(());
+        }
+        self.overwrite_pending = false;
+        let Some(dropped) = self.overwritten else {
+            return Ok(());
+        };
+        let b = self.ow_buf;
+        let named = (self.ow_have == b.len() && b[0] == 0xFF && b[1] >= 8)
+            .then(|| u64::from_le_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]));
+        if named != Some(dropped) {
+            let at = Lsn(self.rec_start);
+            return Err(err(
+                at,
+                Check::ContinuationFlag,
+                format!(
+                    "overwrite-contrecord record at {at} names {} but the record dropped at the overwrite page started at {}",
+                    named.map_or_else(|| "no record".to_string(), |l| Lsn(l).to_string()),
+                    Lsn(dropped)
+                ),
+            ));
         }
         Ok(())
     }
@@ -930,6 +984,7 @@ impl Verifier {
             Mode::RecordHeader | Mode::RecordBody => {
                 if overwrite {
                     self.overwritten = Some(self.rec_start);
+                    self.overwrite_pending = true;
                     self.mode = Mode::NewRecord;
                 } else if !contrec {
                     return Err(err(

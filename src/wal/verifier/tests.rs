@@ -440,6 +440,20 @@ fn overwrite_contrecord_drops_the_partial_record() {
         assert_eq!(v.overwritten_record(), Some(Lsn(aborted)));
         assert_ne!(v.last_record_start(), Some(Lsn(last)));
     }
+    // The overwrite record must name the dropped record.
+    let mut bad = b.out.clone();
+    let o = (ow - b.start) as usize + 24 + 2;
+    bad[o] ^= 8;
+    // Fix the CRC so that only the overwritten LSN is wrong.
+    let tot = 42;
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&bad[o - 2..o - 2 + tot - 24]),
+        &bad[o - 26..o - 26 + 20],
+    );
+    bad[o - 6..o - 2].copy_from_slice(&crc.to_le_bytes());
+    let mut v = Verifier::at_segment_start(b.config(), Lsn(b.start));
+    let e = v.feed(&bad).unwrap_err();
+    assert_eq!((e.check, e.lsn), (Check::ContinuationFlag, Lsn(ow)));
 }
 
 #[test]
