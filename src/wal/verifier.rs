@@ -802,7 +802,13 @@ impl Verifier {
             return Ok(n); // the next step reads the long part
         }
         let Some(h) = PageHeader::parse(self.ph_buf.get(..self.ph_have).unwrap_or(&[])) else {
-            return Ok(n);
+            // Cannot happen (enough bytes were gathered); never loop on it.
+            let at = Lsn(self.page_lsn);
+            return Err(err(
+                at,
+                Check::LongHeader,
+                format!("incomplete page header at {at}"),
+            ));
         };
         self.validate_page_header(&h)?;
         self.in_header = false;
