@@ -341,6 +341,17 @@ fn bad_input_files_are_problems_not_panics() {
             walrcv::tools::verify::render_human(&r)
         );
     }
+    // An unreadable segment (a dangling symlink: root reads everything else): exit 2.
+    std::os::unix::fs::symlink(
+        "/nonexistent/walrcv-segment",
+        tmp.path().join("00000001000000000000000F"),
+    )
+    .unwrap();
+    let r = verify(tmp.path());
+    assert!(r
+        .errors()
+        .any(|p| p.kind == ProblemKind::Unreadable && p.file == "00000001000000000000000F"));
+    assert_eq!(r.exit_code(), 2);
     // Only non-WAL files.
     let tmp = tempfile::tempdir().unwrap();
     fs::write(tmp.path().join(TLI1[0]), b"hello").unwrap();

@@ -404,7 +404,7 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
             None => (name.as_str(), false),
         };
         if is_hex24(base) {
-            let size = match entry.metadata() {
+            let size = match std::fs::metadata(&path) {
                 Ok(m) if m.is_file() => m.len(),
                 Ok(_) => continue,
                 Err(e) => {
