@@ -509,3 +509,31 @@ fn record_spanning_several_segments() {
     v.feed(&data[2 * SEG as usize..3 * SEG as usize]).unwrap();
     assert!(v.records() > 0);
 }
+
+#[test]
+fn far_apart_segments_give_one_gap_quickly() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::copy(pg15().join(TLI1[0]), tmp.path().join(TLI1[0])).unwrap();
+    // A copy named far away: wrong page addresses, and one gap run, without iterating
+    // over billions of segment numbers.
+    fs::copy(
+        pg15().join(TLI1[1]),
+        tmp.path().join("0000000100000FFF00000FFF"),
+    )
+    .unwrap();
+    fs::copy(pg15().join(TLI1[1]), tmp.path().join(TLI1[2])).unwrap();
+    let r = verify(tmp.path());
+    let gaps: Vec<_> = r.errors().filter(|p| p.kind == ProblemKind::Gap).collect();
+    assert_eq!(gaps.len(), 2, "{}", walrcv::tools::verify::render_human(&r));
+    assert_eq!(gaps[0].file, "000000010000000000000009");
+    assert_eq!(gaps[1].file, "00000001000000000000000B");
+    assert!(
+        gaps[1].message.contains("0000000100000FFF00000FFE"),
+        "{}",
+        gaps[1].message
+    );
+    // The misnamed copy of 9 in A's place: wrong page address at A's start.
+    assert!(r
+        .errors()
+        .any(|p| p.check == Some(Check::PageAddress) && p.lsn == Some(Lsn(0xA * SEG))));
+}

@@ -633,45 +633,65 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         crate::wal::history::timeline_of(&history, tip, last_byte)
     };
     let mut sequence: Vec<usize> = Vec::new();
-    let mut gaps: Vec<SegNo> = Vec::new();
-    if let (Some(&first), Some(&last)) = (by_segno.keys().next(), by_segno.keys().next_back()) {
-        for segno in first..=last {
-            let own = owner(segno);
-            let cands = by_segno.get(&segno).map(Vec::as_slice).unwrap_or(&[]);
-            let pick = cands
-                .iter()
-                .copied()
-                .filter(|&i| named.get(i).is_some_and(|s| s.tli == own))
-                .min_by_key(|&i| named.get(i).map(|s| s.partial))
-                .or_else(|| {
-                    // An ancestor's file at the segment of a switch point, when the archive
-                    // ends there (the child's copy of the segment has not arrived yet);
-                    // before later segments, the child's copy missing is a gap.
-                    if segno != last {
-                        return None;
-                    }
-                    cands
-                        .iter()
-                        .copied()
-                        .max_by_key(|&i| named.get(i).map(|s| (s.tli, !s.partial)))
-                });
-            match pick {
-                Some(i) => sequence.push(i),
-                None => gaps.push(segno),
+    // Missing segment numbers, as runs (first, last): iterating over present numbers only,
+    // so that far-apart names cannot make this loop long.
+    let mut gaps: Vec<(SegNo, SegNo)> = Vec::new();
+    let mut add_gap = |from: SegNo, to: SegNo| match gaps.last_mut() {
+        Some(g) if g.1 + 1 == from => g.1 = to,
+        _ => gaps.push((from, to)),
+    };
+    let last = by_segno.keys().next_back().copied().unwrap_or(0);
+    let mut prev: Option<SegNo> = None;
+    for (&segno, cands) in &by_segno {
+        if let Some(p) = prev {
+            if segno > p + 1 {
+                add_gap(p + 1, segno - 1);
             }
         }
+        prev = Some(segno);
+        let own = owner(segno);
+        let pick = cands
+            .iter()
+            .copied()
+            .filter(|&i| named.get(i).is_some_and(|s| s.tli == own))
+            .min_by_key(|&i| named.get(i).map(|s| s.partial))
+            .or_else(|| {
+                // An ancestor's file at the segment of a switch point, when the archive
+                // ends there (the child's copy of the segment has not arrived yet);
+                // before later segments, the child's copy missing is a gap.
+                if segno != last {
+                    return None;
+                }
+                cands
+                    .iter()
+                    .copied()
+                    .max_by_key(|&i| named.get(i).map(|s| (s.tli, !s.partial)))
+            });
+        match pick {
+            Some(i) => sequence.push(i),
+            None => add_gap(segno, segno),
+        }
     }
-    for segno in &gaps {
-        let own = owner(*segno);
-        let name = wal_file_name(own, *segno, seg_size);
+    for &(from, to) in &gaps {
+        let own = owner(from);
+        let name = wal_file_name(own, from, seg_size);
+        let message = if from == to {
+            format!("missing segment {name} (timeline {own}): gap in the WAL")
+        } else {
+            format!(
+                "missing segments {name} to {} ({} segments): gap in the WAL",
+                wal_file_name(owner(to), to, seg_size),
+                to - from + 1
+            )
+        };
         problems.push(Problem {
             severity: Severity::Error,
             kind: ProblemKind::Gap,
-            file: name.clone(),
+            file: name,
             offset: None,
-            lsn: Some(Lsn(segno * seg_size)),
+            lsn: Some(Lsn(from.saturating_mul(seg_size))),
             check: None,
-            message: format!("missing segment {name} (timeline {own}): gap in the WAL"),
+            message,
         });
     }
     let in_sequence: BTreeSet<usize> = sequence.iter().copied().collect();
