@@ -32,11 +32,20 @@ fn counts(key: &str) -> Vec<String> {
 }
 
 fn config(tli: u32, major: u32) -> VerifierConfig {
-    VerifierConfig { segment_size: SEG, block_size: BLK as u32, system_id: None, timeline: tli, server_major: Some(major) }
+    VerifierConfig {
+        segment_size: SEG,
+        block_size: BLK as u32,
+        system_id: None,
+        timeline: tli,
+        server_major: Some(major),
+    }
 }
 
 fn seg_bytes(dir: &Path, names: &[&str]) -> Vec<u8> {
-    names.iter().flat_map(|n| fs::read(dir.join(n)).unwrap()).collect()
+    names
+        .iter()
+        .flat_map(|n| fs::read(dir.join(n)).unwrap())
+        .collect()
 }
 
 const TLI1: [&str; 4] = [
@@ -109,13 +118,29 @@ fn pg15_live_pg_waldump_comparison() {
     assert_eq!(v.records(), n);
     // The first record pg_waldump lists is the verifier's first record.
     let first = stdout.lines().next().unwrap();
-    let lsn_text = first.split("lsn: ").nth(1).unwrap().split(',').next().unwrap();
-    assert_eq!(v.first_record_start(), Some(lsn_text.parse::<Lsn>().unwrap()));
+    let lsn_text = first
+        .split("lsn: ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    assert_eq!(
+        v.first_record_start(),
+        Some(lsn_text.parse::<Lsn>().unwrap())
+    );
 }
 
 #[test]
 fn good_archive_verifies_clean() {
-    let r = verify_archive(&pg15(), &VerifyOptions { progress: false, ..Default::default() }).unwrap();
+    let r = verify_archive(
+        &pg15(),
+        &VerifyOptions {
+            progress: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(r.ok, "{}", walrcv::tools::verify::render_human(&r));
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     assert_eq!(r.exit_code(), 0);
@@ -127,7 +152,11 @@ fn good_archive_verifies_clean() {
     assert_eq!((t2.parent, t2.switchpoint), (Some(1), Some(sp)));
     // The TLI-1 .partial at the switch segment ends at (or after) the switch point,
     // followed by zeros.
-    let p = r.files.iter().find(|f| f.name == "00000001000000000000000C.partial").unwrap();
+    let p = r
+        .files
+        .iter()
+        .find(|f| f.name == "00000001000000000000000C.partial")
+        .unwrap();
     assert!(!p.in_sequence);
     assert!(p.valid_end.unwrap() >= sp);
     let json = serde_json::to_value(&r).unwrap();
@@ -147,14 +176,26 @@ fn copy_archive() -> tempfile::TempDir {
 }
 
 fn verify(dir: &Path) -> VerifyReport {
-    verify_archive(dir, &VerifyOptions { progress: false, ..Default::default() }).unwrap()
+    verify_archive(
+        dir,
+        &VerifyOptions {
+            progress: false,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn the_error(r: &VerifyReport) -> &walrcv::tools::verify::Problem {
     let errors: Vec<_> = r.errors().collect();
     assert!(!r.ok);
     assert_eq!(r.exit_code(), 1);
-    assert_eq!(errors.len(), 1, "{}", walrcv::tools::verify::render_human(r));
+    assert_eq!(
+        errors.len(),
+        1,
+        "{}",
+        walrcv::tools::verify::render_human(r)
+    );
     errors[0]
 }
 
@@ -195,7 +236,10 @@ fn corruption_flipped_bit_in_record() {
     fs::write(&path, data).unwrap();
     let r = verify(tmp.path());
     let p = the_error(&r);
-    assert_eq!((p.kind, p.check, p.lsn), (ProblemKind::Corrupt, Some(Check::Crc), Some(rec)));
+    assert_eq!(
+        (p.kind, p.check, p.lsn),
+        (ProblemKind::Corrupt, Some(Check::Crc), Some(rec))
+    );
     assert_eq!(p.file, name);
     assert_eq!(p.offset, Some(rec.0 % SEG));
 }
@@ -212,7 +256,10 @@ fn corruption_wrong_page_address() {
     fs::write(&path, data).unwrap();
     let r = verify(tmp.path());
     let p = the_error(&r);
-    assert_eq!((p.check, p.lsn, p.offset), (Some(Check::PageAddress), Some(Lsn(page)), Some(5 * BLK)));
+    assert_eq!(
+        (p.check, p.lsn, p.offset),
+        (Some(Check::PageAddress), Some(Lsn(page)), Some(5 * BLK))
+    );
 }
 
 #[test]
@@ -240,7 +287,14 @@ fn corruption_truncated_segment() {
     fs::write(&path, &data[..300_000]).unwrap();
     let r = verify(tmp.path());
     let p = the_error(&r);
-    assert_eq!((p.kind, p.lsn, p.offset), (ProblemKind::WrongSize, Some(Lsn(0xA * SEG + 300_000)), Some(300_000)));
+    assert_eq!(
+        (p.kind, p.lsn, p.offset),
+        (
+            ProblemKind::WrongSize,
+            Some(Lsn(0xA * SEG + 300_000)),
+            Some(300_000)
+        )
+    );
 }
 
 #[test]
@@ -259,8 +313,14 @@ fn corruption_segment_of_another_cluster() {
     let other = testdata().join("wal/other-cluster/000000010000000000000007");
     fs::copy(other, tmp.path().join("00000001000000000000000A")).unwrap();
     let r = verify(tmp.path());
-    let p = r.errors().find(|p| p.kind == ProblemKind::SystemId).unwrap();
-    assert_eq!((p.check, p.lsn), (Some(Check::SystemId), Some(Lsn(0xA * SEG))));
+    let p = r
+        .errors()
+        .find(|p| p.kind == ProblemKind::SystemId)
+        .unwrap();
+    assert_eq!(
+        (p.check, p.lsn),
+        (Some(Check::SystemId), Some(Lsn(0xA * SEG)))
+    );
     assert_eq!(p.file, "00000001000000000000000A");
     assert!(!r.ok);
 }
@@ -275,8 +335,23 @@ fn bad_input_files_are_problems_not_panics() {
     let r = verify(tmp.path());
     assert!(!r.ok);
     for n in &TLI1[1..] {
-        assert!(r.errors().any(|p| &p.file == n), "{n}: {}", walrcv::tools::verify::render_human(&r));
+        assert!(
+            r.errors().any(|p| &p.file == n),
+            "{n}: {}",
+            walrcv::tools::verify::render_human(&r)
+        );
     }
+    // An unreadable segment (a dangling symlink: root reads everything else): exit 2.
+    std::os::unix::fs::symlink(
+        "/nonexistent/walrcv-segment",
+        tmp.path().join("00000001000000000000000F"),
+    )
+    .unwrap();
+    let r = verify(tmp.path());
+    assert!(r
+        .errors()
+        .any(|p| p.kind == ProblemKind::Unreadable && p.file == "00000001000000000000000F"));
+    assert_eq!(r.exit_code(), 2);
     // Only non-WAL files.
     let tmp = tempfile::tempdir().unwrap();
     fs::write(tmp.path().join(TLI1[0]), b"hello").unwrap();
@@ -287,11 +362,18 @@ fn bad_input_files_are_problems_not_panics() {
     assert!(verify_archive(&pg15().join(TLI1[0]), &VerifyOptions::default()).is_err());
     // A history file that does not parse.
     let tmp = copy_archive();
-    fs::write(tmp.path().join("00000002.history"), b"1\tnot-an-lsn\treason\n").unwrap();
+    fs::write(
+        tmp.path().join("00000002.history"),
+        b"1\tnot-an-lsn\treason\n",
+    )
+    .unwrap();
     let r = verify(tmp.path());
     let p = r.errors().find(|p| p.kind == ProblemKind::History).unwrap();
     assert!(p.message.contains("line 1"), "{}", p.message);
-    assert!(r.problems.iter().all(|p| p.severity == Severity::Error || p.severity == Severity::Warning));
+    assert!(r
+        .problems
+        .iter()
+        .all(|p| p.severity == Severity::Error || p.severity == Severity::Warning));
 }
 
 fn run_chunked(data: &[u8], chunks: &[usize], start: Lsn) -> (u64, Lsn, Lsn, Option<(Check, Lsn)>) {
@@ -308,7 +390,12 @@ fn run_chunked(data: &[u8], chunks: &[usize], start: Lsn) -> (u64, Lsn, Lsn, Opt
         }
         off += n;
     }
-    (v.records(), v.verified_end(), if err.is_some() { Lsn(0) } else { v.position() }, err)
+    (
+        v.records(),
+        v.verified_end(),
+        if err.is_some() { Lsn(0) } else { v.position() },
+        err,
+    )
 }
 
 proptest! {
@@ -331,4 +418,122 @@ proptest! {
         let chunked = run_chunked(&data, &chunks, Lsn(8 * SEG));
         prop_assert_eq!(whole, chunked);
     }
+}
+
+#[test]
+fn pg17_archive_verifies_clean() {
+    let r = verify(&testdata().join("wal/pg17"));
+    assert!(r.ok, "{}", walrcv::tools::verify::render_human(&r));
+    assert_eq!(r.server_major, Some(17));
+    assert_eq!(r.records, counts("pg17")[3].parse::<u64>().unwrap());
+}
+
+#[test]
+fn verify_args_parse() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: walrcv::tools::verify::VerifyArgs,
+    }
+    let c = Cli::try_parse_from(["walrcv-verify", "/some/dir", "--json"]).unwrap();
+    assert_eq!(c.args.dir, PathBuf::from("/some/dir"));
+    assert!(c.args.json && !c.args.no_progress);
+    assert!(Cli::try_parse_from(["walrcv-verify"]).is_err());
+    // `run` on a missing directory: exit status 2.
+    let a = walrcv::tools::verify::VerifyArgs {
+        dir: "/nonexistent/walrcv".into(),
+        json: false,
+        no_progress: true,
+    };
+    assert_eq!(walrcv::tools::verify::run(&a), 2);
+}
+
+#[test]
+fn missing_history_and_missing_child_switch_segment() {
+    let tmp = copy_archive();
+    fs::remove_file(tmp.path().join("00000002.history")).unwrap();
+    let r = verify(tmp.path());
+    let p = the_error(&r);
+    assert_eq!(
+        (p.kind, p.file.as_str()),
+        (ProblemKind::History, "00000002.history")
+    );
+
+    // The TLI-2 copy of the switch segment missing, later TLI-2 WAL present: a gap, even
+    // though the TLI-1 .partial of that segment is there.
+    let tmp = copy_archive();
+    fs::remove_file(tmp.path().join("00000002000000000000000C")).unwrap();
+    let r = verify(tmp.path());
+    let p = the_error(&r);
+    assert_eq!((p.kind, p.lsn), (ProblemKind::Gap, Some(Lsn(0xC * SEG))));
+    assert_eq!(p.file, "00000002000000000000000C");
+
+    // The archive ending at the switch: TLI-1 .partial and the history only.
+    let tmp = copy_archive();
+    fs::remove_file(tmp.path().join("00000002000000000000000C")).unwrap();
+    fs::remove_file(tmp.path().join("00000002000000000000000D.partial")).unwrap();
+    let r = verify(tmp.path());
+    assert!(r.ok, "{}", walrcv::tools::verify::render_human(&r));
+    let f = r
+        .files
+        .iter()
+        .find(|f| f.name == "00000001000000000000000C.partial")
+        .unwrap();
+    assert!(f.in_sequence);
+}
+
+#[test]
+fn partial_with_garbage_after_valid_wal_is_a_problem() {
+    let tmp = copy_archive();
+    let path = tmp.path().join("00000002000000000000000D.partial");
+    let mut data = fs::read(&path).unwrap();
+    data[0x40000] = 0x11; // well after the valid end 0/D2B6A0
+    fs::write(&path, data).unwrap();
+    let r = verify(tmp.path());
+    let p = the_error(&r);
+    assert_eq!(p.kind, ProblemKind::TrailingGarbage);
+    assert_eq!(p.file, "00000002000000000000000D.partial");
+}
+
+#[test]
+fn record_spanning_several_segments() {
+    // Segment 9 is entirely the inside of a 1.5 MB record that began in 8... the
+    // verifier chains 8 -> 9 -> A without buffering: started at 9 it skips the
+    // continuation into A.
+    let data = tli1_bytes();
+    let mut v = Verifier::at_segment_start(config(1, 15), Lsn(9 * SEG));
+    v.feed(&data[SEG as usize..2 * SEG as usize]).unwrap();
+    assert_eq!(v.records(), 0);
+    assert!(v.in_record());
+    v.feed(&data[2 * SEG as usize..3 * SEG as usize]).unwrap();
+    assert!(v.records() > 0);
+}
+
+#[test]
+fn far_apart_segments_give_one_gap_quickly() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::copy(pg15().join(TLI1[0]), tmp.path().join(TLI1[0])).unwrap();
+    // A copy named far away: wrong page addresses, and one gap run, without iterating
+    // over billions of segment numbers.
+    fs::copy(
+        pg15().join(TLI1[1]),
+        tmp.path().join("0000000100000FFF00000FFF"),
+    )
+    .unwrap();
+    fs::copy(pg15().join(TLI1[1]), tmp.path().join(TLI1[2])).unwrap();
+    let r = verify(tmp.path());
+    let gaps: Vec<_> = r.errors().filter(|p| p.kind == ProblemKind::Gap).collect();
+    assert_eq!(gaps.len(), 2, "{}", walrcv::tools::verify::render_human(&r));
+    assert_eq!(gaps[0].file, "000000010000000000000009");
+    assert_eq!(gaps[1].file, "00000001000000000000000B");
+    assert!(
+        gaps[1].message.contains("0000000100000FFF00000FFE"),
+        "{}",
+        gaps[1].message
+    );
+    // The misnamed copy of 9 in A's place: wrong page address at A's start.
+    assert!(r
+        .errors()
+        .any(|p| p.check == Some(Check::PageAddress) && p.lsn == Some(Lsn(0xA * SEG))));
 }

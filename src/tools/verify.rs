@@ -34,7 +34,10 @@ use std::time::Instant;
 
 use serde::{Serialize, Serializer};
 
-use crate::lsn::{is_valid_segment_size, parse_history_file_name, parse_wal_file_name, wal_file_name, Lsn, SegNo, TimeLineId};
+use crate::lsn::{
+    is_valid_segment_size, parse_history_file_name, parse_wal_file_name, wal_file_name, Lsn, SegNo,
+    TimeLineId,
+};
 use crate::wal::history::{check_history_for, parse_history, timeline_range, HistoryEntry};
 use crate::wal::page::{major_for_magic, PageHeader, LONG_HEADER_SIZE, XLP_LONG_HEADER};
 use crate::wal::verifier::{Check, Verifier, VerifierConfig, VerifyError};
@@ -64,7 +67,10 @@ pub struct VerifyOptions {
 
 impl Default for VerifyOptions {
     fn default() -> Self {
-        VerifyOptions { progress: true, max_problems_per_file: 10 }
+        VerifyOptions {
+            progress: true,
+            max_problems_per_file: 10,
+        }
     }
 }
 
@@ -76,7 +82,10 @@ pub enum VerifyToolError {
     #[error("{path} is not a directory")]
     NotADirectory { path: PathBuf },
     #[error("cannot read directory {path}: {source}")]
-    ReadDir { path: PathBuf, source: std::io::Error },
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// How bad a problem is. Only errors make the archive fail.
@@ -144,6 +153,10 @@ pub struct FileReport {
     pub valid_end: Option<Lsn>,
     /// Why the valid WAL ends there (the failed check's message), if it does.
     pub end_reason: Option<String>,
+    /// The verifier's verified end after this file (end of the last verified record, or
+    /// the next segment start after a switch tail).
+    #[serde(serialize_with = "ser_opt_lsn")]
+    pub verified_end: Option<Lsn>,
 }
 
 /// Per-timeline summary.
@@ -180,7 +193,8 @@ pub struct VerifyReport {
     pub timelines: Vec<TimelineSummary>,
     pub files: Vec<FileReport>,
     pub problems: Vec<Problem>,
-    /// Total records verified.
+    /// Records verified in the sequence of files followed through the timeline history
+    /// (records of a superseded parent `.partial` are in its timeline's summary only).
     pub records: u64,
     /// Whether no problem of severity error was found.
     pub ok: bool,
@@ -189,12 +203,18 @@ pub struct VerifyReport {
 impl VerifyReport {
     /// Problems of severity [`Severity::Error`].
     pub fn errors(&self) -> impl Iterator<Item = &Problem> {
-        self.problems.iter().filter(|p| p.severity == Severity::Error)
+        self.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
     }
 
     /// 0: no error; 1: problems; 2: a file could not be read.
     pub fn exit_code(&self) -> i32 {
-        if self.problems.iter().any(|p| p.kind == ProblemKind::Unreadable) {
+        if self
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Unreadable)
+        {
             2
         } else if self.ok {
             0
@@ -214,11 +234,16 @@ fn ser_opt_lsn<S: Serializer>(v: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> 
 /// Runs `walrcv verify` as the CLI does: prints the report (human or JSON) on stdout
 /// and returns the exit status (0 ok, 1 problems, 2 usage/IO error).
 pub fn run(args: &VerifyArgs) -> i32 {
-    let opts = VerifyOptions { progress: !args.no_progress, ..VerifyOptions::default() };
+    let opts = VerifyOptions {
+        progress: !args.no_progress,
+        ..VerifyOptions::default()
+    };
     match verify_archive(&args.dir, &opts) {
         Ok(report) => {
             let text = if args.json {
-                serde_json::to_string_pretty(&report).map(|s| s + "\n").unwrap_or_default()
+                serde_json::to_string_pretty(&report)
+                    .map(|s| s + "\n")
+                    .unwrap_or_default()
             } else {
                 render_human(&report)
             };
@@ -267,7 +292,11 @@ impl Progress {
     fn new(enabled: bool) -> Self {
         // SAFETY: isatty only inspects the file descriptor.
         let tty = unsafe { libc::isatty(2) } == 1;
-        Progress { enabled: enabled && tty, started: Instant::now(), bytes: 0 }
+        Progress {
+            enabled: enabled && tty,
+            started: Instant::now(),
+            bytes: 0,
+        }
     }
 
     fn file(&mut self, i: usize, n: usize, name: &str, size: u64) {
@@ -340,21 +369,34 @@ fn read_long_header(path: &Path) -> std::io::Result<Option<PageHeader>> {
 pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyToolError> {
     let meta = std::fs::metadata(dir).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            VerifyToolError::NotFound { path: dir.to_path_buf() }
+            VerifyToolError::NotFound {
+                path: dir.to_path_buf(),
+            }
         } else {
-            VerifyToolError::ReadDir { path: dir.to_path_buf(), source: e }
+            VerifyToolError::ReadDir {
+                path: dir.to_path_buf(),
+                source: e,
+            }
         }
     })?;
     if !meta.is_dir() {
-        return Err(VerifyToolError::NotADirectory { path: dir.to_path_buf() });
+        return Err(VerifyToolError::NotADirectory {
+            path: dir.to_path_buf(),
+        });
     }
-    let rd = std::fs::read_dir(dir).map_err(|e| VerifyToolError::ReadDir { path: dir.to_path_buf(), source: e })?;
+    let rd = std::fs::read_dir(dir).map_err(|e| VerifyToolError::ReadDir {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
 
     let mut problems: Vec<Problem> = Vec::new();
     let mut segs: Vec<SegFile> = Vec::new();
     let mut histories: BTreeMap<TimeLineId, PathBuf> = BTreeMap::new();
     for entry in rd {
-        let entry = entry.map_err(|e| VerifyToolError::ReadDir { path: dir.to_path_buf(), source: e })?;
+        let entry = entry.map_err(|e| VerifyToolError::ReadDir {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
         let (base, partial) = match name.strip_suffix(".partial") {
@@ -362,7 +404,7 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
             None => (name.as_str(), false),
         };
         if is_hex24(base) {
-            let size = match entry.metadata() {
+            let size = match std::fs::metadata(&path) {
                 Ok(m) if m.is_file() => m.len(),
                 Ok(_) => continue,
                 Err(e) => {
@@ -370,7 +412,14 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
                     continue;
                 }
             };
-            segs.push(SegFile { name, path, partial, size, tli: 0, segno: 0 });
+            segs.push(SegFile {
+                name,
+                path,
+                partial,
+                size,
+                tli: 0,
+                segno: 0,
+            });
         } else if let Some(tli) = parse_history_file_name(&name) {
             histories.insert(tli, path);
         } else if [".gz", ".lz4", ".zst", ".gz.partial", ".lz4.partial"]
@@ -399,7 +448,8 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
             Ok(Some(h)) => {
                 let Some(l) = h.long else { continue };
                 let seg_ok = is_valid_segment_size(u64::from(l.segment_size));
-                let blk_ok = l.block_size.is_power_of_two() && (1024..=65536).contains(&l.block_size);
+                let blk_ok =
+                    l.block_size.is_power_of_two() && (1024..=65536).contains(&l.block_size);
                 if major_for_magic(h.magic).is_none() || !seg_ok || !blk_ok {
                     continue;
                 }
@@ -428,7 +478,8 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
                 message: if s.size == 0 {
                     "empty file".into()
                 } else {
-                    "no valid WAL long page header in any segment: cannot tell the segment size".into()
+                    "no valid WAL long page header in any segment: cannot tell the segment size"
+                        .into()
                 },
             });
         }
@@ -483,7 +534,10 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         match std::fs::read(path) {
             Err(e) => problems.push(unreadable(&name, &e)),
             Ok(content) => match parse_history(&content) {
-                Err(e) => problems.push(history_problem(&name, format!("malformed history file: {e}"))),
+                Err(e) => problems.push(history_problem(
+                    &name,
+                    format!("malformed history file: {e}"),
+                )),
                 Ok(entries) => {
                     if let Err(m) = check_history_for(tli, &entries) {
                         problems.push(history_problem(&name, m));
@@ -518,7 +572,11 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         }
     }
     let tip = newest.unwrap_or(1);
-    let in_chain = |tli: TimeLineId| tli == tip || history.iter().any(|e| e.parent == tli);
+    // Without the newest timeline's history (already reported), timelines are assumed
+    // to follow each other in numeric order.
+    let history_known = tip == 1 || parsed_histories.contains_key(&tip);
+    let in_chain =
+        |tli: TimeLineId| !history_known || tli == tip || history.iter().any(|e| e.parent == tli);
     let tl_range = |tli: TimeLineId| timeline_range(&history, tip, tli);
     let seg_of = |l: Lsn| l.0 / seg_size;
 
@@ -547,7 +605,10 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
                     severity: Severity::Warning,
                     ..history_problem(
                         &s.name,
-                        format!("segment of timeline {} before the timeline began at {start}", s.tli),
+                        format!(
+                            "segment of timeline {} before the timeline began at {start}",
+                            s.tli
+                        ),
                     )
                 });
             }
@@ -555,48 +616,82 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
     }
 
     // The sequence to verify: per segment number, the owning timeline's file.
-    let owner = |segno: SegNo| -> TimeLineId {
-        let last_byte = Lsn(segno.saturating_mul(seg_size).saturating_add(seg_size - 1));
-        crate::wal::history::timeline_of(&history, tip, last_byte)
-    };
     let mut by_segno: BTreeMap<SegNo, Vec<usize>> = BTreeMap::new();
     for (i, s) in named.iter().enumerate() {
         if in_chain(s.tli) {
             by_segno.entry(s.segno).or_default().push(i);
         }
     }
+    let owner = |segno: SegNo| -> TimeLineId {
+        if !history_known {
+            return by_segno
+                .get(&segno)
+                .and_then(|c| c.iter().filter_map(|&i| named.get(i).map(|s| s.tli)).max())
+                .unwrap_or(tip);
+        }
+        let last_byte = Lsn(segno.saturating_mul(seg_size).saturating_add(seg_size - 1));
+        crate::wal::history::timeline_of(&history, tip, last_byte)
+    };
     let mut sequence: Vec<usize> = Vec::new();
-    let mut gaps: Vec<SegNo> = Vec::new();
-    if let (Some(&first), Some(&last)) = (by_segno.keys().next(), by_segno.keys().next_back()) {
-        for segno in first..=last {
-            let own = owner(segno);
-            let cands = by_segno.get(&segno).map(Vec::as_slice).unwrap_or(&[]);
-            let pick = cands
-                .iter()
-                .copied()
-                .filter(|&i| named.get(i).is_some_and(|s| s.tli == own))
-                .min_by_key(|&i| named.get(i).map(|s| s.partial))
-                .or_else(|| {
-                    // An ancestor's file at the segment of a switch point.
-                    cands.iter().copied().max_by_key(|&i| named.get(i).map(|s| (s.tli, !s.partial)))
-                });
-            match pick {
-                Some(i) => sequence.push(i),
-                None => gaps.push(segno),
+    // Missing segment numbers, as runs (first, last): iterating over present numbers only,
+    // so that far-apart names cannot make this loop long.
+    let mut gaps: Vec<(SegNo, SegNo)> = Vec::new();
+    let mut add_gap = |from: SegNo, to: SegNo| match gaps.last_mut() {
+        Some(g) if g.1 + 1 == from => g.1 = to,
+        _ => gaps.push((from, to)),
+    };
+    let last = by_segno.keys().next_back().copied().unwrap_or(0);
+    let mut prev: Option<SegNo> = None;
+    for (&segno, cands) in &by_segno {
+        if let Some(p) = prev {
+            if segno > p + 1 {
+                add_gap(p + 1, segno - 1);
             }
         }
+        prev = Some(segno);
+        let own = owner(segno);
+        let pick = cands
+            .iter()
+            .copied()
+            .filter(|&i| named.get(i).is_some_and(|s| s.tli == own))
+            .min_by_key(|&i| named.get(i).map(|s| s.partial))
+            .or_else(|| {
+                // An ancestor's file at the segment of a switch point, when the archive
+                // ends there (the child's copy of the segment has not arrived yet);
+                // before later segments, the child's copy missing is a gap.
+                if segno != last {
+                    return None;
+                }
+                cands
+                    .iter()
+                    .copied()
+                    .max_by_key(|&i| named.get(i).map(|s| (s.tli, !s.partial)))
+            });
+        match pick {
+            Some(i) => sequence.push(i),
+            None => add_gap(segno, segno),
+        }
     }
-    for segno in &gaps {
-        let own = owner(*segno);
-        let name = wal_file_name(own, *segno, seg_size);
+    for &(from, to) in &gaps {
+        let own = owner(from);
+        let name = wal_file_name(own, from, seg_size);
+        let message = if from == to {
+            format!("missing segment {name} (timeline {own}): gap in the WAL")
+        } else {
+            format!(
+                "missing segments {name} to {} ({} segments): gap in the WAL",
+                wal_file_name(owner(to), to, seg_size),
+                to - from + 1
+            )
+        };
         problems.push(Problem {
             severity: Severity::Error,
             kind: ProblemKind::Gap,
-            file: name.clone(),
+            file: name,
             offset: None,
-            lsn: Some(Lsn(segno * seg_size)),
+            lsn: Some(Lsn(from.saturating_mul(seg_size))),
             check: None,
-            message: format!("missing segment {name} (timeline {own}): gap in the WAL"),
+            message,
         });
     }
     let in_sequence: BTreeSet<usize> = sequence.iter().copied().collect();
@@ -615,7 +710,11 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
     let mut done = 0usize;
     let mut verifier: Option<Verifier> = None;
     let mut order: Vec<(usize, bool)> = sequence.iter().map(|&i| (i, true)).collect();
-    order.extend((0..named.len()).filter(|i| !in_sequence.contains(i)).map(|i| (i, false)));
+    order.extend(
+        (0..named.len())
+            .filter(|i| !in_sequence.contains(i))
+            .map(|i| (i, false)),
+    );
     let mut prev_in_seq: Option<(SegNo, bool)> = None; // (segno, complete)
     for (idx, chained) in order {
         let Some(s) = named.get(idx) else { continue };
@@ -624,7 +723,9 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         let seg_start = Lsn(s.segno.saturating_mul(seg_size));
         let continues = chained
             && prev_in_seq.is_some_and(|(p, complete)| complete && p + 1 == s.segno)
-            && verifier.as_ref().is_some_and(|v| v.position() == seg_start && v.error().is_none());
+            && verifier
+                .as_ref()
+                .is_some_and(|v| v.position() == seg_start && v.error().is_none());
         let mut v = match (continues, verifier.take()) {
             (true, Some(mut v)) => {
                 v.set_timeline(s.tli);
@@ -642,6 +743,7 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
             in_sequence: chained,
             valid_end: None,
             end_reason: None,
+            verified_end: None,
         };
         let bytes = match read_file(&s.path) {
             Ok(b) => b,
@@ -655,12 +757,22 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
             }
         };
         let data = bytes.as_slice();
-        let data = data.get(..(seg_size.min(data.len() as u64) as usize)).unwrap_or(data);
+        let data = data
+            .get(..(seg_size.min(data.len() as u64) as usize))
+            .unwrap_or(data);
         let complete_size = s.size == seg_size;
         if s.size == 0 {
             problems.push(Problem {
-                severity: if s.partial { Severity::Warning } else { Severity::Error },
-                kind: if s.partial { ProblemKind::WrongSize } else { ProblemKind::NotWal },
+                severity: if s.partial {
+                    Severity::Warning
+                } else {
+                    Severity::Error
+                },
+                kind: if s.partial {
+                    ProblemKind::WrongSize
+                } else {
+                    ProblemKind::NotWal
+                },
                 file: s.name.clone(),
                 offset: Some(0),
                 lsn: Some(seg_start),
@@ -678,7 +790,11 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
                 message: format!(
                     "file has {} bytes, expected {seg_size}: {}",
                     s.size,
-                    if s.size < seg_size { "truncated segment" } else { "too long" }
+                    if s.size < seg_size {
+                        "truncated segment"
+                    } else {
+                        "too long"
+                    }
                 ),
             });
         }
@@ -730,6 +846,10 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
             v = Verifier::at_page(config_for(s.tli), Lsn(next_page));
         }
         fr.records += v.records().saturating_sub(base);
+        // A verifier restarted after a failure that verified nothing has no end to show.
+        if per_file == 0 || v.records() > 0 {
+            fr.verified_end = Some(v.verified_end());
+        }
         if suppressed > 0 {
             problems.push(Problem {
                 severity: Severity::Error,
@@ -771,11 +891,40 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         }
         if chained {
             prev_in_seq = Some((s.segno, complete_size && !s.partial));
-            verifier = if complete_size && !s.partial { Some(v) } else { None };
+            verifier = if complete_size && !s.partial {
+                Some(v)
+            } else {
+                None
+            };
         }
         files.push(fr);
     }
     progress.done();
+
+    // An ancestor's WAL continuing past the switch point (in its switch segment) is a
+    // branch that the newer timeline does not contain.
+    for f in &files {
+        if f.timeline == tip {
+            continue;
+        }
+        let Some((_, Some(end))) = tl_range(f.timeline) else {
+            continue;
+        };
+        let valid = f.valid_end.or(f.verified_end);
+        if f.segno == seg_of(end) && valid.is_some_and(|v| v > end) {
+            problems.push(Problem {
+                severity: Severity::Warning,
+                ..history_problem(
+                    &f.name,
+                    format!(
+                        "timeline {} WAL continues to {} past its switch point {end}: those records are not part of timeline {tip}",
+                        f.timeline,
+                        opt_lsn(valid)
+                    ),
+                )
+            });
+        }
+    }
 
     // Reclassify corruption found at a segment start because of the system identifier.
     for p in &mut problems {
@@ -789,9 +938,15 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
     let tlis: BTreeSet<TimeLineId> = named.iter().map(|s| s.tli).collect();
     for tli in tlis {
         let (parent, switchpoint) = match history.iter().position(|e| e.parent == tli) {
-            _ if tli == tip => (history.last().map(|e| e.parent), history.last().map(|e| e.switchpoint)),
+            _ if tli == tip => (
+                history.last().map(|e| e.parent),
+                history.last().map(|e| e.switchpoint),
+            ),
             Some(0) | None => (None, None),
-            Some(i) => (history.get(i - 1).map(|e| e.parent), history.get(i - 1).map(|e| e.switchpoint)),
+            Some(i) => (
+                history.get(i - 1).map(|e| e.parent),
+                history.get(i - 1).map(|e| e.switchpoint),
+            ),
         };
         let mut sum = TimelineSummary {
             timeline: tli,
@@ -820,12 +975,18 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
             t.first_lsn = first_record_lsn(dir, first, seg_size, blcksz, system_id, server_major);
         }
         if let Some(last) = fs.last() {
-            t.last_lsn = last.valid_end.or_else(|| Some(Lsn((last.segno + 1) * seg_size)));
+            t.last_lsn = last.verified_end;
         }
     }
-    files.sort_by(|a, b| (a.segno, a.timeline, a.partial).cmp(&(b.segno, b.timeline, b.partial)));
+    files.sort_by_key(|f| (f.segno, f.timeline, f.partial));
     problems.sort_by(|a, b| (a.lsn, &a.file).cmp(&(b.lsn, &b.file)));
-    let records = files.iter().map(|f| f.records).sum();
+    // Records of the verified sequence: a parent's `.partial` superseded by the child
+    // timeline's copy of the same segment is not counted twice.
+    let records = files
+        .iter()
+        .filter(|f| f.in_sequence)
+        .map(|f| f.records)
+        .sum();
     Ok(VerifyReport {
         directory: dir.to_path_buf(),
         system_id,
@@ -851,7 +1012,13 @@ fn first_record_lsn(
     server_major: Option<u32>,
 ) -> Option<Lsn> {
     let bytes = read_file(&dir.join(&f.name)).ok()?;
-    let cfg = VerifierConfig { segment_size: seg_size, block_size: blcksz, system_id, timeline: f.timeline, server_major };
+    let cfg = VerifierConfig {
+        segment_size: seg_size,
+        block_size: blcksz,
+        system_id,
+        timeline: f.timeline,
+        server_major,
+    };
     let mut v = Verifier::at_segment_start(cfg, Lsn(f.segno * seg_size));
     // Only the first records are needed: feed page by page until one is verified.
     for page in bytes.as_slice().chunks(blcksz as usize) {
@@ -889,7 +1056,11 @@ fn history_problem(name: &str, message: String) -> Problem {
 fn corrupt(name: &str, offset: u64, e: &VerifyError) -> Problem {
     Problem {
         severity: Severity::Error,
-        kind: if e.check == Check::SystemId { ProblemKind::SystemId } else { ProblemKind::Corrupt },
+        kind: if e.check == Check::SystemId {
+            ProblemKind::SystemId
+        } else {
+            ProblemKind::Corrupt
+        },
         file: name.to_string(),
         offset: Some(offset),
         lsn: Some(e.lsn),
@@ -925,7 +1096,8 @@ pub fn render_human(r: &VerifyReport) -> String {
                 s,
                 "system identifier {id}, segment size {}, page size {blk}, PostgreSQL {}",
                 human_bytes(seg),
-                r.server_major.map_or_else(|| "?".to_string(), |m| m.to_string())
+                r.server_major
+                    .map_or_else(|| "?".to_string(), |m| m.to_string())
             );
         }
         _ => {
@@ -949,13 +1121,20 @@ pub fn render_human(r: &VerifyReport) -> String {
             human_bytes(t.bytes)
         );
     }
-    for f in r.files.iter().filter(|f| f.partial || f.end_reason.is_some()) {
+    for f in r
+        .files
+        .iter()
+        .filter(|f| f.partial || f.end_reason.is_some())
+    {
         let _ = writeln!(
             s,
             "  {}: valid WAL ends at {}{}",
             f.name,
             opt_lsn(f.valid_end),
-            f.end_reason.as_ref().map(|m| format!(" ({m})")).unwrap_or_default()
+            f.end_reason
+                .as_ref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
         );
     }
     let errors = r.errors().count();
@@ -977,7 +1156,11 @@ pub fn render_human(r: &VerifyReport) -> String {
     if r.ok {
         let _ = writeln!(s, "OK: {} records verified, {warnings} warnings", r.records);
     } else {
-        let _ = writeln!(s, "FAILED: {errors} problems, {warnings} warnings ({} records verified)", r.records);
+        let _ = writeln!(
+            s,
+            "FAILED: {errors} problems, {warnings} warnings ({} records verified)",
+            r.records
+        );
     }
     s
 }

@@ -49,14 +49,24 @@ pub fn parse_history(content: &[u8]) -> Result<Vec<HistoryEntry>, HistoryError> 
             .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|s| s.parse::<TimeLineId>().ok())
             .filter(|&t| t > 0)
-            .ok_or_else(|| syntax(format!("invalid timeline ID {:?}", String::from_utf8_lossy(tli_text))))?;
+            .ok_or_else(|| {
+                syntax(format!(
+                    "invalid timeline ID {:?}",
+                    String::from_utf8_lossy(tli_text)
+                ))
+            })?;
         let lsn_text = fields
             .next()
             .ok_or_else(|| syntax("expected a switch point after the timeline ID".into()))?;
         let switchpoint = std::str::from_utf8(lsn_text)
             .ok()
             .and_then(|s| s.parse::<Lsn>().ok())
-            .ok_or_else(|| syntax(format!("invalid switch point {:?}", String::from_utf8_lossy(lsn_text))))?;
+            .ok_or_else(|| {
+                syntax(format!(
+                    "invalid switch point {:?}",
+                    String::from_utf8_lossy(lsn_text)
+                ))
+            })?;
         if let Some(last) = out.last() {
             if tli <= last.parent {
                 return Err(syntax(format!(
@@ -71,7 +81,10 @@ pub fn parse_history(content: &[u8]) -> Result<Vec<HistoryEntry>, HistoryError> 
                 )));
             }
         }
-        out.push(HistoryEntry { parent: tli, switchpoint });
+        out.push(HistoryEntry {
+            parent: tli,
+            switchpoint,
+        });
     }
     Ok(out)
 }
@@ -106,7 +119,11 @@ pub fn timeline_of(entries: &[HistoryEntry], tip: TimeLineId, lsn: Lsn) -> TimeL
 /// `(start, end)`, `start` = the switch point into it (`Lsn(0)` for the oldest),
 /// `end` = the switch point out of it (`None` for `tip`). `None` when `tli` is not in
 /// the history.
-pub fn timeline_range(entries: &[HistoryEntry], tip: TimeLineId, tli: TimeLineId) -> Option<(Lsn, Option<Lsn>)> {
+pub fn timeline_range(
+    entries: &[HistoryEntry],
+    tip: TimeLineId,
+    tli: TimeLineId,
+) -> Option<(Lsn, Option<Lsn>)> {
     let mut start = Lsn(0);
     for e in entries {
         if e.parent == tli {
@@ -120,7 +137,9 @@ pub fn timeline_range(entries: &[HistoryEntry], tip: TimeLineId, tli: TimeLineId
 /// The switch point at which `tli` (a timeline of the history of `tip`) began:
 /// `None` for the oldest timeline or a timeline not in the history.
 pub fn switchpoint_into(entries: &[HistoryEntry], tip: TimeLineId, tli: TimeLineId) -> Option<Lsn> {
-    timeline_range(entries, tip, tli).map(|(s, _)| s).filter(|s| s.0 != 0)
+    timeline_range(entries, tip, tli)
+        .map(|(s, _)| s)
+        .filter(|s| s.0 != 0)
 }
 
 #[cfg(test)]
@@ -130,7 +149,13 @@ mod tests {
     #[test]
     fn parses_real_history() {
         let h = parse_history(b"1\t0/6003278\tno recovery target specified\n").unwrap();
-        assert_eq!(h, vec![HistoryEntry { parent: 1, switchpoint: Lsn(0x600_3278) }]);
+        assert_eq!(
+            h,
+            vec![HistoryEntry {
+                parent: 1,
+                switchpoint: Lsn(0x600_3278)
+            }]
+        );
         let h = parse_history(
             b"1\t0/6003278\tno recovery target specified\n\n2\t0/8000000\tat restore point \"x\"\n# comment\n  \n3\t1/0000ABCD\tbefore 2024\n",
         )
@@ -140,7 +165,10 @@ mod tests {
         assert_eq!(timeline_of(&h, 4, Lsn(0x600_3277)), 1);
         assert_eq!(timeline_of(&h, 4, Lsn(0x600_3278)), 2);
         assert_eq!(timeline_of(&h, 4, Lsn(0x2_0000_0000)), 4);
-        assert_eq!(timeline_range(&h, 4, 2), Some((Lsn(0x600_3278), Some(Lsn(0x800_0000)))));
+        assert_eq!(
+            timeline_range(&h, 4, 2),
+            Some((Lsn(0x600_3278), Some(Lsn(0x800_0000))))
+        );
         assert_eq!(timeline_range(&h, 4, 4), Some((Lsn(0x1_0000_ABCD), None)));
         assert_eq!(timeline_range(&h, 4, 7), None);
         assert_eq!(switchpoint_into(&h, 4, 1), None);

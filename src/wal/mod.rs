@@ -9,4 +9,7 @@ pub mod page;
 pub mod verifier;
 
 pub use history::{parse_history, HistoryEntry, HistoryError};
-pub use verifier::{Check, Verifier, VerifierConfig, VerifyError};
+pub use verifier::{
+    find_end_of_wal, segment_location, Check, SegmentLocation, Verifier, VerifierConfig,
+    VerifyError, WalEnd,
+};

@@ -31,8 +31,8 @@
 use std::fmt;
 
 use super::page::{
-    magic_for_major, major_for_magic, PageHeader, LONG_HEADER_SIZE, SHORT_HEADER_SIZE, XLP_ALL_FLAGS,
-    XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
+    magic_for_major, major_for_magic, PageHeader, LONG_HEADER_SIZE, SHORT_HEADER_SIZE,
+    XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
 };
 use crate::lsn::{is_valid_segment_size, wal_file_name, Lsn, TimeLineId};
 
@@ -154,7 +154,11 @@ pub struct SegmentLocation {
 
 impl fmt::Display for SegmentLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "file {} offset {} (0x{:X})", self.file_name, self.offset, self.offset)
+        write!(
+            f,
+            "file {} offset {} (0x{:X})",
+            self.file_name, self.offset, self.offset
+        )
     }
 }
 
@@ -236,6 +240,11 @@ pub struct Verifier {
     verified_end: u64,
     records: u64,
     overwritten: Option<u64>,
+    /// The dropped record's start still awaits its XLOG_OVERWRITE_CONTRECORD record.
+    overwrite_pending: bool,
+    /// First body bytes of an XLOG_OVERWRITE_CONTRECORD record (data header + LSN).
+    ow_buf: [u8; 10],
+    ow_have: usize,
     failed: Option<VerifyError>,
 }
 
@@ -268,6 +277,9 @@ impl Verifier {
             verified_end: start.0,
             records: 0,
             overwritten: None,
+            overwrite_pending: false,
+            ow_buf: [0; 10],
+            ow_have: 0,
             failed: None,
             config,
         };
@@ -282,14 +294,26 @@ impl Verifier {
         let at = Lsn(self.pos);
         let c = &self.config;
         if !is_valid_segment_size(c.segment_size) {
-            return Some(err(at, Check::SegmentSize, format!("invalid segment size {}", c.segment_size)));
+            return Some(err(
+                at,
+                Check::SegmentSize,
+                format!("invalid segment size {}", c.segment_size),
+            ));
         }
         if !c.block_size.is_power_of_two() || !(1024..=65536).contains(&c.block_size) {
-            return Some(err(at, Check::BlockSize, format!("invalid WAL page size {}", c.block_size)));
+            return Some(err(
+                at,
+                Check::BlockSize,
+                format!("invalid WAL page size {}", c.block_size),
+            ));
         }
         if let Some(m) = c.server_major {
             if magic_for_major(m).is_none() {
-                return Some(err(at, Check::PageMagic, format!("unsupported server major version {m}")));
+                return Some(err(
+                    at,
+                    Check::PageMagic,
+                    format!("unsupported server major version {m}"),
+                ));
             }
         }
         None
@@ -301,7 +325,11 @@ impl Verifier {
     pub fn at_segment_start(config: VerifierConfig, start: Lsn) -> Self {
         let mut v = Verifier::new(config, start, Mode::Start);
         if v.failed.is_none() && start.0 % v.seg_size != 0 {
-            v.failed = Some(err(start, Check::Discontinuity, format!("{start} is not a segment boundary")));
+            v.failed = Some(err(
+                start,
+                Check::Discontinuity,
+                format!("{start} is not a segment boundary"),
+            ));
         }
         v
     }
@@ -311,7 +339,11 @@ impl Verifier {
     pub fn at_page(config: VerifierConfig, start: Lsn) -> Self {
         let mut v = Verifier::new(config, start, Mode::Start);
         if v.failed.is_none() && start.0 % v.blcksz != 0 {
-            v.failed = Some(err(start, Check::Discontinuity, format!("{start} is not a page boundary")));
+            v.failed = Some(err(
+                start,
+                Check::Discontinuity,
+                format!("{start} is not a page boundary"),
+            ));
         }
         v
     }
@@ -320,14 +352,26 @@ impl Verifier {
     /// persisted [`Verifier::verified_end`]), with `prev_record` the start of the
     /// record before it when known (checked strictly against the first `xl_prev`).
     /// `start` must be 8-aligned and not inside a page header.
-    pub fn at_record_boundary(config: VerifierConfig, start: Lsn, prev_record: Option<Lsn>) -> Self {
+    pub fn at_record_boundary(
+        config: VerifierConfig,
+        start: Lsn,
+        prev_record: Option<Lsn>,
+    ) -> Self {
         let mut v = Verifier::new(config, start, Mode::NewRecord);
         v.prev_start = prev_record.map(|l| l.0);
         if v.failed.is_none() {
             let in_page = start.0 % v.blcksz;
-            let hdr = if start.0 % v.seg_size < v.blcksz { LONG_HEADER_SIZE } else { SHORT_HEADER_SIZE } as u64;
+            let hdr = if start.0 % v.seg_size < v.blcksz {
+                LONG_HEADER_SIZE
+            } else {
+                SHORT_HEADER_SIZE
+            } as u64;
             if start.0 % 8 != 0 || (in_page != 0 && in_page < hdr) {
-                v.failed = Some(err(start, Check::Discontinuity, format!("{start} cannot be a record boundary")));
+                v.failed = Some(err(
+                    start,
+                    Check::Discontinuity,
+                    format!("{start} cannot be a record boundary"),
+                ));
             }
         }
         v
@@ -363,7 +407,10 @@ impl Verifier {
             return Err(err(
                 start,
                 Check::Discontinuity,
-                format!("data starts at {start} but the verifier expects {}", Lsn(self.pos)),
+                format!(
+                    "data starts at {start} but the verifier expects {}",
+                    Lsn(self.pos)
+                ),
             ));
         }
         self.feed(data)
@@ -499,10 +546,15 @@ impl Verifier {
             }
             Mode::Start => {
                 // Only reachable through a constructor whose start check failed.
-                Err(err(Lsn(self.pos), Check::Discontinuity, "verifier not started at a page boundary".into()))
+                Err(err(
+                    Lsn(self.pos),
+                    Check::Discontinuity,
+                    "verifier not started at a page boundary".into(),
+                ))
             }
             Mode::NewRecord => {
                 self.rec_start = self.pos;
+                self.ow_have = 0;
                 self.hdr_have = 0;
                 self.got = 0;
                 self.tot_len = 0;
@@ -556,6 +608,16 @@ impl Verifier {
                 let n = (avail as u64).min(u64::from(self.tot_len - self.got)) as usize;
                 let body = data.get(..n).unwrap_or(&[]);
                 self.crc = crc32c::crc32c_append(self.crc, body);
+                if self.ow_have < self.ow_buf.len() && self.is_overwrite_record() {
+                    let k = n.min(self.ow_buf.len() - self.ow_have);
+                    if let (Some(dst), Some(src)) = (
+                        self.ow_buf.get_mut(self.ow_have..self.ow_have + k),
+                        body.get(..k),
+                    ) {
+                        dst.copy_from_slice(src);
+                    }
+                    self.ow_have += k;
+                }
                 self.got += n as u32;
                 self.advance(n);
                 if self.got == self.tot_len {
@@ -577,7 +639,12 @@ impl Verifier {
     }
 
     fn check_record_length(&mut self) -> Result<(), VerifyError> {
-        let tot = u32::from_le_bytes([self.rec_hdr[0], self.rec_hdr[1], self.rec_hdr[2], self.rec_hdr[3]]);
+        let tot = u32::from_le_bytes([
+            self.rec_hdr[0],
+            self.rec_hdr[1],
+            self.rec_hdr[2],
+            self.rec_hdr[3],
+        ]);
         let at = Lsn(self.rec_start);
         if (tot as usize) < RECORD_HEADER_SIZE {
             return Err(err(
@@ -603,7 +670,11 @@ impl Verifier {
         let rmid = h[17];
         let custom_ok = self.major.map_or(true, |m| m >= 15);
         if rmid > RM_MAX_BUILTIN_ID && !(custom_ok && rmid >= RM_MIN_CUSTOM_ID) {
-            return Err(err(at, Check::ResourceManager, format!("invalid resource manager ID {rmid} at {at}")));
+            return Err(err(
+                at,
+                Check::ResourceManager,
+                format!("invalid resource manager ID {rmid} at {at}"),
+            ));
         }
         let prev = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
         match self.prev_start {
@@ -611,14 +682,21 @@ impl Verifier {
                 return Err(err(
                     at,
                     Check::PrevLink,
-                    format!("record with incorrect prev-link {} at {at} (expected {})", Lsn(prev), Lsn(p)),
+                    format!(
+                        "record with incorrect prev-link {} at {at} (expected {})",
+                        Lsn(prev),
+                        Lsn(p)
+                    ),
                 ));
             }
             None if prev >= self.rec_start => {
                 return Err(err(
                     at,
                     Check::PrevLink,
-                    format!("record with incorrect prev-link {} at {at} (not before the record)", Lsn(prev)),
+                    format!(
+                        "record with incorrect prev-link {} at {at} (not before the record)",
+                        Lsn(prev)
+                    ),
                 ));
             }
             _ => {}
@@ -639,6 +717,9 @@ impl Verifier {
                     "incorrect resource manager data checksum in record at {at}: stored {stored:08X}, computed {computed:08X}"
                 ),
             ));
+        }
+        if self.is_overwrite_record() {
+            self.check_overwritten_lsn()?;
         }
         self.records += 1;
         self.prev_start = Some(self.rec_start);
@@ -663,12 +744,52 @@ impl Verifier {
         Ok(())
     }
 
+    fn is_overwrite_record(&self) -> bool {
+        self.rec_hdr[17] == RM_XLOG_ID && self.rec_hdr[16] & 0xF0 == XLOG_OVERWRITE_CONTRECORD
+    }
+
+    /// An XLOG_OVERWRITE_CONTRECORD record must name the record this verifier dropped
+    /// (when it saw one): main data `0xFF, 16, overwritten_lsn (u64), time (i64)`.
+    fn check_overwritten_lsn(&mut self) -> Result<(), VerifyError> {
+        if !self.overwrite_pending {
+            return Ok(());
+        }
+        self.overwrite_pending = false;
+        let Some(dropped) = self.overwritten else {
+            return Ok(());
+        };
+        let b = self.ow_buf;
+        let named = (self.ow_have == b.len() && b[0] == 0xFF && b[1] >= 8)
+            .then(|| u64::from_le_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]));
+        if named != Some(dropped) {
+            let at = Lsn(self.rec_start);
+            return Err(err(
+                at,
+                Check::ContinuationFlag,
+                format!(
+                    "overwrite-contrecord record at {at} names {} but the record dropped at the overwrite page started at {}",
+                    named.map_or_else(|| "no record".to_string(), |l| Lsn(l).to_string()),
+                    Lsn(dropped)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn step_page_header(&mut self, data: &[u8]) -> Result<usize, VerifyError> {
         let info_known = self.ph_have >= 4;
-        let long = info_known && u16::from_le_bytes([self.ph_buf[2], self.ph_buf[3]]) & XLP_LONG_HEADER != 0;
-        let need = if long { LONG_HEADER_SIZE } else { SHORT_HEADER_SIZE };
+        let long = info_known
+            && u16::from_le_bytes([self.ph_buf[2], self.ph_buf[3]]) & XLP_LONG_HEADER != 0;
+        let need = if long {
+            LONG_HEADER_SIZE
+        } else {
+            SHORT_HEADER_SIZE
+        };
         let n = data.len().min(need - self.ph_have);
-        if let (Some(dst), Some(src)) = (self.ph_buf.get_mut(self.ph_have..self.ph_have + n), data.get(..n)) {
+        if let (Some(dst), Some(src)) = (
+            self.ph_buf.get_mut(self.ph_have..self.ph_have + n),
+            data.get(..n),
+        ) {
             dst.copy_from_slice(src);
         }
         self.ph_have += n;
@@ -681,7 +802,13 @@ impl Verifier {
             return Ok(n); // the next step reads the long part
         }
         let Some(h) = PageHeader::parse(self.ph_buf.get(..self.ph_have).unwrap_or(&[])) else {
-            return Ok(n);
+            // Cannot happen (enough bytes were gathered); never loop on it.
+            let at = Lsn(self.page_lsn);
+            return Err(err(
+                at,
+                Check::LongHeader,
+                format!("incomplete page header at {at}"),
+            ));
         };
         self.validate_page_header(&h)?;
         self.in_header = false;
@@ -727,17 +854,28 @@ impl Verifier {
             return Err(err(
                 at,
                 Check::PageFlags,
-                format!("invalid info bits {:04X} in WAL segment {}, LSN {at}, offset {}", h.info, loc.file_name, loc.offset),
+                format!(
+                    "invalid info bits {:04X} in WAL segment {}, LSN {at}, offset {}",
+                    h.info, loc.file_name, loc.offset
+                ),
             ));
         }
         // 3. Long header iff segment start, with the server's parameters.
         let seg_start = page % self.seg_size == 0;
         match (&h.long, seg_start) {
             (None, true) => {
-                return Err(err(at, Check::LongHeader, format!("missing long page header at segment start {at}")));
+                return Err(err(
+                    at,
+                    Check::LongHeader,
+                    format!("missing long page header at segment start {at}"),
+                ));
             }
             (Some(_), false) => {
-                return Err(err(at, Check::LongHeader, format!("unexpected long page header at {at} (not a segment start)")));
+                return Err(err(
+                    at,
+                    Check::LongHeader,
+                    format!("unexpected long page header at {at} (not a segment start)"),
+                ));
             }
             (Some(l), true) => {
                 match self.system_id {
@@ -758,14 +896,20 @@ impl Verifier {
                     return Err(err(
                         at,
                         Check::SegmentSize,
-                        format!("WAL segment {} has segment size {}, expected {}", loc.file_name, l.segment_size, self.seg_size),
+                        format!(
+                            "WAL segment {} has segment size {}, expected {}",
+                            loc.file_name, l.segment_size, self.seg_size
+                        ),
                     ));
                 }
                 if u64::from(l.block_size) != self.blcksz {
                     return Err(err(
                         at,
                         Check::BlockSize,
-                        format!("WAL segment {} has page size {}, expected {}", loc.file_name, l.block_size, self.blcksz),
+                        format!(
+                            "WAL segment {} has page size {}, expected {}",
+                            loc.file_name, l.block_size, self.blcksz
+                        ),
                     ));
                 }
             }
@@ -787,7 +931,10 @@ impl Verifier {
             return Err(err(
                 at,
                 Check::PageTimeline,
-                format!("page at {at} has timeline {}, above the streamed timeline {}", h.timeline, self.config.timeline),
+                format!(
+                    "page at {at} has timeline {}, above the streamed timeline {}",
+                    h.timeline, self.config.timeline
+                ),
             ));
         }
         if let Some(last) = self.last_tli {
@@ -795,7 +942,10 @@ impl Verifier {
                 return Err(err(
                     at,
                     Check::PageTimeline,
-                    format!("out-of-sequence timeline ID {} (after {last}) at {at}", h.timeline),
+                    format!(
+                        "out-of-sequence timeline ID {} (after {last}) at {at}",
+                        h.timeline
+                    ),
                 ));
             }
         }
@@ -814,15 +964,24 @@ impl Verifier {
             Mode::Start => {
                 if contrec {
                     if h.rem_len == 0 {
-                        return Err(err(at, Check::RemainingLength, format!("contrecord page at {at} with remaining length 0")));
+                        return Err(err(
+                            at,
+                            Check::RemainingLength,
+                            format!("contrecord page at {at} with remaining length 0"),
+                        ));
                     }
-                    self.mode = Mode::SkipContinuation { remaining: h.rem_len };
+                    self.mode = Mode::SkipContinuation {
+                        remaining: h.rem_len,
+                    };
                 } else {
                     if !overwrite && h.rem_len != 0 {
                         return Err(err(
                             at,
                             Check::RemainingLength,
-                            format!("page at {at} has remaining length {} without the contrecord flag", h.rem_len),
+                            format!(
+                                "page at {at} has remaining length {} without the contrecord flag",
+                                h.rem_len
+                            ),
                         ));
                     }
                     self.mode = Mode::NewRecord;
@@ -831,12 +990,16 @@ impl Verifier {
             Mode::RecordHeader | Mode::RecordBody => {
                 if overwrite {
                     self.overwritten = Some(self.rec_start);
+                    self.overwrite_pending = true;
                     self.mode = Mode::NewRecord;
                 } else if !contrec {
                     return Err(err(
                         at,
                         Check::ContinuationFlag,
-                        format!("there is no contrecord flag at {at} (record at {} continues)", Lsn(self.rec_start)),
+                        format!(
+                            "there is no contrecord flag at {at} (record at {} continues)",
+                            Lsn(self.rec_start)
+                        ),
                     ));
                 } else if self.hdr_have >= 4 {
                     let expected = self.tot_len - self.got;
@@ -857,24 +1020,38 @@ impl Verifier {
                 if overwrite {
                     self.mode = Mode::NewRecord;
                 } else if !contrec {
-                    return Err(err(at, Check::ContinuationFlag, format!("there is no contrecord flag at {at}")));
+                    return Err(err(
+                        at,
+                        Check::ContinuationFlag,
+                        format!("there is no contrecord flag at {at}"),
+                    ));
                 } else if h.rem_len != remaining {
                     return Err(err(
                         at,
                         Check::RemainingLength,
-                        format!("invalid contrecord length {} (expected {remaining}) at {at}", h.rem_len),
+                        format!(
+                            "invalid contrecord length {} (expected {remaining}) at {at}",
+                            h.rem_len
+                        ),
                     ));
                 }
             }
             Mode::NewRecord | Mode::Padding { .. } | Mode::SwitchTail { .. } => {
                 if contrec {
-                    return Err(err(at, Check::ContinuationFlag, format!("contrecord is requested by {at}")));
+                    return Err(err(
+                        at,
+                        Check::ContinuationFlag,
+                        format!("contrecord is requested by {at}"),
+                    ));
                 }
                 if !overwrite && h.rem_len != 0 {
                     return Err(err(
                         at,
                         Check::RemainingLength,
-                        format!("page at {at} has remaining length {} without the contrecord flag", h.rem_len),
+                        format!(
+                            "page at {at} has remaining length {} without the contrecord flag",
+                            h.rem_len
+                        ),
                     ));
                 }
                 self.mode = Mode::NewRecord;
@@ -929,7 +1106,10 @@ pub fn find_end_of_wal(config: VerifierConfig, start: Lsn, bytes: &[u8]) -> WalE
     let result = v.feed(bytes);
     let end = v.verified_end();
     let off = end.0.saturating_sub(start.0);
-    let tail = usize::try_from(off).ok().and_then(|o| bytes.get(o..)).unwrap_or(&[]);
+    let tail = usize::try_from(off)
+        .ok()
+        .and_then(|o| bytes.get(o..))
+        .unwrap_or(&[]);
     WalEnd {
         verified_end: end,
         records: v.records(),

@@ -3,7 +3,10 @@
 use super::*;
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn record_crc(rec: &[u8]) -> (u32, u32) {
@@ -32,7 +35,10 @@ fn reference_record_vectors() {
         (v4, 0x963C_3EFD),
     ];
     for (rec, crc) in vectors {
-        assert_eq!(u32::from_le_bytes(rec[0..4].try_into().unwrap()) as usize, rec.len());
+        assert_eq!(
+            u32::from_le_bytes(rec[0..4].try_into().unwrap()) as usize,
+            rec.len()
+        );
         let (stored, computed) = record_crc(&rec);
         assert_eq!(stored, crc);
         assert_eq!(computed, crc);
@@ -153,8 +159,11 @@ impl Builder {
             }
             let gap = lsn - p;
             // A record of total length `gap` lands exactly, if it fits in this page.
-            let body = if gap >= 24 && (gap < 2000) { gap - 24 } else { 1000 };
-            let body = if gap >= 24 && gap < 2000 { body } else { body.min(gap.saturating_sub(56)) };
+            let body = if (24..2000).contains(&gap) {
+                gap - 24
+            } else {
+                1000u64.min(gap.saturating_sub(56))
+            };
             self.record(21, 0, &vec![0x55; body as usize]);
         }
     }
@@ -173,7 +182,7 @@ fn varied_wal() -> Builder {
         b.record(10, 0, &vec![i as u8; 13 + i * 37]);
     }
     b.record(21, 0, &vec![7; 20000]); // multi-page
-    // A record whose header straddles a page boundary: start at page offset 8184.
+                                      // A record whose header straddles a page boundary: start at page offset 8184.
     let next_page = (b.pos() / b.blk + 1) * b.blk;
     b.fill_to(next_page - 8);
     assert_eq!(b.pos(), next_page - 8);
@@ -203,7 +212,19 @@ fn synthetic_wal_in_any_chunking() {
     let b = varied_wal();
     let n = b.starts.len() as u64;
     let mut reference = None;
-    for chunk in [1usize, 3, 7, 24, 40, 100, 8191, 8192, 8193, 65536, usize::MAX] {
+    for chunk in [
+        1usize,
+        3,
+        7,
+        24,
+        40,
+        100,
+        8191,
+        8192,
+        8193,
+        65536,
+        usize::MAX,
+    ] {
         let mut v = Verifier::at_segment_start(b.config(), Lsn(b.start));
         feed_chunks(&mut v, &b.out, chunk).unwrap();
         assert_eq!(v.records(), n, "chunk {chunk}");
@@ -227,9 +248,11 @@ fn verified_end_advances_per_record_and_after_switch_tail() {
     v.feed(&b.out[..40 + 54]).unwrap();
     assert_eq!(v.verified_end(), Lsn(0x100000 + 40 + 56));
     assert!(!v.in_record());
-    v.feed(&b.out[40 + 54..(switch - b.start) as usize + 10]).unwrap();
+    v.feed(&b.out[40 + 54..(switch - b.start) as usize + 10])
+        .unwrap();
     assert!(v.in_record());
-    v.feed(&b.out[(switch - b.start) as usize + 10..(switch - b.start) as usize + 24]).unwrap();
+    v.feed(&b.out[(switch - b.start) as usize + 10..(switch - b.start) as usize + 24])
+        .unwrap();
     assert_eq!(v.verified_end(), Lsn(switch + 24));
     assert!(v.in_switch_tail());
     v.feed(&b.out[(switch - b.start) as usize + 24..]).unwrap();
@@ -290,7 +313,12 @@ fn detects_page_header_faults() {
         assert_eq!((e.check, e.lsn), (check, Lsn(page)), "byte {at}");
     }
     // Segment start: system id, segment size, page size, missing long header.
-    for (at, bit, check) in [(24usize, 1u8, Check::SystemId), (34, 1, Check::SegmentSize), (37, 1, Check::BlockSize), (2, 2, Check::LongHeader)] {
+    for (at, bit, check) in [
+        (24usize, 1u8, Check::SystemId),
+        (34, 1, Check::SegmentSize),
+        (37, 1, Check::BlockSize),
+        (2, 2, Check::LongHeader),
+    ] {
         let mut data = b.out.clone();
         data[at] ^= bit;
         let e = first_error(&b, &data);
@@ -412,6 +440,20 @@ fn overwrite_contrecord_drops_the_partial_record() {
         assert_eq!(v.overwritten_record(), Some(Lsn(aborted)));
         assert_ne!(v.last_record_start(), Some(Lsn(last)));
     }
+    // The overwrite record must name the dropped record.
+    let mut bad = b.out.clone();
+    let o = (ow - b.start) as usize + 24 + 2;
+    bad[o] ^= 8;
+    // Fix the CRC so that only the overwritten LSN is wrong.
+    let tot = 42;
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&bad[o - 2..o - 2 + tot - 24]),
+        &bad[o - 26..o - 26 + 20],
+    );
+    bad[o - 6..o - 2].copy_from_slice(&crc.to_le_bytes());
+    let mut v = Verifier::at_segment_start(b.config(), Lsn(b.start));
+    let e = v.feed(&bad).unwrap_err();
+    assert_eq!((e.check, e.lsn), (Check::ContinuationFlag, Lsn(ow)));
 }
 
 #[test]
@@ -437,7 +479,10 @@ fn timeline_rules() {
     data3[2 * 8192 + 4] = 1; // 2, 2, 1: down
     let mut v = Verifier::at_segment_start(b.config(), Lsn(b.start));
     let e = v.feed(&data3).unwrap_err();
-    assert_eq!((e.check, e.lsn), (Check::PageTimeline, Lsn(b.start + 2 * 8192)));
+    assert_eq!(
+        (e.check, e.lsn),
+        (Check::PageTimeline, Lsn(b.start + 2 * 8192))
+    );
 }
 
 #[test]
@@ -449,15 +494,27 @@ fn bad_starts_and_configs_are_errors_not_panics() {
     assert_eq!(v.feed(&b.out).unwrap_err().check, Check::Discontinuity);
     let mut cfg = b.config();
     cfg.segment_size = 12345;
-    assert_eq!(Verifier::at_page(cfg, Lsn(0)).feed(&[0]).unwrap_err().check, Check::SegmentSize);
+    assert_eq!(
+        Verifier::at_page(cfg, Lsn(0)).feed(&[0]).unwrap_err().check,
+        Check::SegmentSize
+    );
     let mut cfg = b.config();
     cfg.block_size = 0;
-    assert_eq!(Verifier::at_page(cfg, Lsn(0)).feed(&[0]).unwrap_err().check, Check::BlockSize);
+    assert_eq!(
+        Verifier::at_page(cfg, Lsn(0)).feed(&[0]).unwrap_err().check,
+        Check::BlockSize
+    );
     let mut cfg = b.config();
     cfg.server_major = Some(12);
-    assert_eq!(Verifier::at_page(cfg, Lsn(0)).feed(&[0]).unwrap_err().check, Check::PageMagic);
+    assert_eq!(
+        Verifier::at_page(cfg, Lsn(0)).feed(&[0]).unwrap_err().check,
+        Check::PageMagic
+    );
     let mut v = Verifier::at_segment_start(b.config(), Lsn(b.start));
-    assert_eq!(v.feed_at(Lsn(b.start + 1), &[0]).unwrap_err().check, Check::Discontinuity);
+    assert_eq!(
+        v.feed_at(Lsn(b.start + 1), &[0]).unwrap_err().check,
+        Check::Discontinuity
+    );
     assert!(v.error().is_none());
 }
 
@@ -470,7 +527,12 @@ fn at_record_boundary_resumes_with_strict_prev_check() {
     v.feed(&b.out[(start - b.start) as usize..]).unwrap();
     assert_eq!(v.records() as usize, b.starts.len() - i);
     let mut v = Verifier::at_record_boundary(b.config(), Lsn(start), Some(Lsn(b.starts[i - 2])));
-    assert_eq!(v.feed(&b.out[(start - b.start) as usize..]).unwrap_err().check, Check::PrevLink);
+    assert_eq!(
+        v.feed(&b.out[(start - b.start) as usize..])
+            .unwrap_err()
+            .check,
+        Check::PrevLink
+    );
 }
 
 #[test]
@@ -485,19 +547,30 @@ fn find_end_of_wal_in_a_partial() {
     assert_eq!(r.records, 10);
     assert_eq!(r.verified_end, Lsn(end));
     assert!(r.zero_after);
-    assert_eq!(r.error.as_ref().map(|e| (e.check, e.lsn)), Some((Check::RecordLength, Lsn(end))));
+    assert_eq!(
+        r.error.as_ref().map(|e| (e.check, e.lsn)),
+        Some((Check::RecordLength, Lsn(end)))
+    );
     let mut data = b.out.clone();
     data[(end - b.start) as usize + 5000] = 1;
     let r = find_end_of_wal(b.config(), Lsn(b.start), &data);
     assert!(!r.zero_after);
-    let r = find_end_of_wal(b.config(), Lsn(b.start), &b.out[..(end - b.start) as usize - 100]);
+    let r = find_end_of_wal(
+        b.config(),
+        Lsn(b.start),
+        &b.out[..(end - b.start) as usize - 100],
+    );
     assert!(r.ended_mid_record);
     assert!(r.error.is_none());
 }
 
 #[test]
 fn error_location() {
-    let e = VerifyError { lsn: Lsn(0x0C_141F8), check: Check::Crc, detail: String::new() };
+    let e = VerifyError {
+        lsn: Lsn(0x0C_141F8),
+        check: Check::Crc,
+        detail: String::new(),
+    };
     let l = e.location(2, 1 << 20);
     assert_eq!(l.file_name, "00000002000000000000000C");
     assert_eq!(l.offset, 0x141F8);
