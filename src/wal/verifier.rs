@@ -668,7 +668,7 @@ impl Verifier {
         let h = &self.rec_hdr;
         let at = Lsn(self.rec_start);
         let rmid = h[17];
-        let custom_ok = self.major.map_or(true, |m| m >= 15);
+        let custom_ok = self.major.is_none_or(|m| m >= 15);
         if rmid > RM_MAX_BUILTIN_ID && !(custom_ok && rmid >= RM_MIN_CUSTOM_ID) {
             return Err(err(
                 at,

@@ -24,7 +24,7 @@ fn crc_check_value() {
 fn reference_record_vectors() {
     let mut v4 = hex("9800000000000000f84053010000000000150000fd3e3c96ff7e050000000055000002000000000000006400000000000000");
     v4.extend_from_slice(&hex("6800"));
-    v4.extend(std::iter::repeat(0x48).take(100));
+    v4.extend(std::iter::repeat_n(0x48, 100));
     let vectors: Vec<(Vec<u8>, u32)> = vec![
         (hex("1800000000000000a860530100000000400000009333f973"), 0x73F9_3393),
         (
