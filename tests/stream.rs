@@ -669,6 +669,7 @@ fn reconnects_after_the_primary_restarts() {
     pg.restart(); // fast shutdown: the walsender ends the stream
     pg.psql("CREATE TABLE after_restart AS SELECT generate_series(1, 50000) AS x");
     pg.psql("SELECT pg_switch_wal()");
+    pg.psql("CREATE TABLE after_switch(x int)"); // so the last segment has WAL
     let last = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     wait_until(
         Duration::from_secs(60),
