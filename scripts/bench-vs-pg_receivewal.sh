@@ -7,7 +7,8 @@
 #      time (user + system, from bash's `time`).
 #   2. synchronous commit: each receiver runs as the only synchronous standby
 #      (pg_receivewal with --synchronous, walrcv as it always runs) while
-#      `pgbench -c 4 -T SECONDS` commits; we take pgbench's tps and mean latency.
+#      `pgbench -c 4 -T SECONDS` commits, twice each in the order walrcv,
+#      pg_receivewal, pg_receivewal, walrcv; we take the mean tps and latency.
 #
 # Each receiver runs alone, in turn, against the same primary; the report gives
 # ratios (walrcv / pg_receivewal) from this one run. The machine is shared and
@@ -155,8 +156,18 @@ sync_run() { # app_name, command...
     lat=$(echo "$out" | sed -nE 's/^latency average = ([0-9.]+) ms/\1/p')
     echo "$tps $lat"
 }
-read -r w_tps w_lat < <(sync_run walrcv_bench "$walrcv" stream -d "$conninfo application_name=walrcv_bench")
-read -r p_tps p_lat < <(sync_run pgrw_bench "$pg_receivewal" -d "$conninfo application_name=pgrw_bench" --synchronous)
+# Order walrcv, pg_receivewal, pg_receivewal, walrcv, and the mean of each pair,
+# so that neither gains from running on a warmer or a less bloated database.
+w_run() { sync_run walrcv_bench "$walrcv" stream -d "$conninfo application_name=walrcv_bench"; }
+p_run() { sync_run pgrw_bench "$pg_receivewal" -d "$conninfo application_name=pgrw_bench" --synchronous; }
+read -r w_tps1 w_lat1 < <(w_run)
+read -r p_tps1 p_lat1 < <(p_run)
+read -r p_tps2 p_lat2 < <(p_run)
+read -r w_tps2 w_lat2 < <(w_run)
+mean() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (a + b) / 2 }'; }
+w_tps=$(mean "$w_tps1" "$w_tps2"); w_lat=$(mean "$w_lat1" "$w_lat2")
+p_tps=$(mean "$p_tps1" "$p_tps2"); p_lat=$(mean "$p_lat1" "$p_lat2")
+echo "walrcv: $w_tps1 / $w_tps2 tps; pg_receivewal: $p_tps1 / $p_tps2 tps"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 say "results (one run; ratios walrcv / pg_receivewal)"

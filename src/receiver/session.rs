@@ -412,6 +412,11 @@ async fn stream(
                             if !writer.send(data_start, data).await {
                                 break Ok(LoopEnd::WriterFailed);
                             }
+                            // The batch ends when no whole message is buffered:
+                            // the writer then fsyncs once for all of it.
+                            if !conn.has_buffered_message() && !writer.batch_end().await {
+                                break Ok(LoopEnd::WriterFailed);
+                            }
                             *streamed = true;
                             feedback.received = end;
                             // Stop once the WAL received reaches endpos. (pg_receivewal

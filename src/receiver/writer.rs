@@ -4,8 +4,9 @@
 //! The network task hands it `(start LSN, bytes)` chunks through a bounded
 //! channel (back-pressure). For each chunk the writer runs the verifier first,
 //! then writes the bytes into the segment files, splitting at segment
-//! boundaries. It calls `fdatasync` whenever its queue is empty (group commit:
-//! one fsync covers every chunk that arrived meanwhile) and before completing a
+//! boundaries. It calls `fdatasync` at the end of each batch, when the network
+//! task has drained the socket and nothing more is queued (group commit: one
+//! fsync covers every message that arrived together), and before completing a
 //! segment. After each fsync it publishes [`Progress`]: `flushed` is the end of
 //! the last verified record that is durable, the only position the primary is
 //! ever told is flushed.
@@ -71,9 +72,17 @@ struct Chunk {
     data: Bytes,
 }
 
+enum Msg {
+    Data(Chunk),
+    /// The network task has no more complete message buffered: the batch that
+    /// arrived together ends here, so this is the moment to fsync (unless more
+    /// data is already queued behind this marker: then a later marker will do).
+    BatchEnd,
+}
+
 /// The network task's side of the writer.
 pub struct WriterHandle {
-    tx: Option<mpsc::Sender<Chunk>>,
+    tx: Option<mpsc::Sender<Msg>>,
     pub progress: watch::Receiver<Progress>,
     join: Option<JoinHandle<Result<(), WriterError>>>,
 }
@@ -112,7 +121,16 @@ impl WriterHandle {
     /// error: call [`WriterHandle::finish`] to learn which).
     pub async fn send(&mut self, start: Lsn, data: Bytes) -> bool {
         match &self.tx {
-            Some(tx) => tx.send(Chunk { start, data }).await.is_ok(),
+            Some(tx) => tx.send(Msg::Data(Chunk { start, data })).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Marks the end of a batch of messages that arrived together: the writer
+    /// fsyncs once it has written them, unless more data is already queued.
+    pub async fn batch_end(&mut self) -> bool {
+        match &self.tx {
+            Some(tx) => tx.send(Msg::BatchEnd).await.is_ok(),
             None => false,
         }
     }
@@ -162,7 +180,7 @@ impl Writer {
         }
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Chunk>) -> Result<(), WriterError> {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> Result<(), WriterError> {
         let result = self.run_inner(&mut rx);
         // Whatever happened, keep what was verified and make it durable once
         // (unless the failure was the fsync itself: never retry it).
@@ -182,23 +200,20 @@ impl Writer {
         Ok(())
     }
 
-    fn run_inner(&mut self, rx: &mut mpsc::Receiver<Chunk>) -> Result<(), WriterError> {
-        loop {
-            let chunk = match rx.try_recv() {
-                Ok(c) => c,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    // The queue is drained: one fsync for everything written since.
+    fn run_inner(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Result<(), WriterError> {
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                Msg::Data(chunk) => self.handle(chunk)?,
+                // One fsync for the whole batch (group commit); skipped while
+                // more data is queued, whose own marker follows it.
+                Msg::BatchEnd if rx.is_empty() => {
                     self.sync()?;
                     self.publish(false);
-                    match rx.blocking_recv() {
-                        Some(c) => c,
-                        None => return Ok(()),
-                    }
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
-            };
-            self.handle(chunk)?;
+                Msg::BatchEnd => {}
+            }
         }
+        Ok(())
     }
 
     fn handle(&mut self, chunk: Chunk) -> Result<(), WriterError> {
