@@ -742,3 +742,24 @@ fn wal_the_server_no_longer_has_is_reported_once_with_a_hint() {
         stderr(&o)
     );
 }
+
+#[test]
+fn retries_the_first_connection_until_the_server_is_up() {
+    let mut pg = PgServer::builder().wal_segsize_mb(1).start();
+    pg.stop();
+    let dir = archive_dir();
+    let d = dir.path().to_str().unwrap().to_string();
+    let mut child = spawn(&["stream", "-D", &d, "-d", &pg.conninfo(), "-v"]);
+    child.wait_for_stderr("waiting", Duration::from_secs(20));
+    assert!(
+        child.is_running(),
+        "walrcv keeps trying (pg_receivewal exits here)"
+    );
+    pg.start_again();
+    wait_until(
+        Duration::from_secs(60),
+        "walrcv connected once the server was up",
+        || pg.psql("SELECT count(*) FROM pg_stat_replication") == "1",
+    );
+    assert!(child.interrupt().success(), "{}", child.stderr());
+}

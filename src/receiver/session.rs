@@ -100,7 +100,7 @@ async fn start_point(
             .map_err(ReceiverError::Archive)?;
     }
     if let Some(start) = scan.streaming_start(seg) {
-        report_partial(archive, &scan, start, server);
+        report_partial(&scan, start, server);
         return Ok(start);
     }
     if let Some(slot) = &opts.slot {
@@ -141,12 +141,7 @@ async fn start_point(
 
 /// Logs where the valid WAL in the `.partial` being resumed really ends: its
 /// size says nothing (it is pre-padded), its records do.
-fn report_partial(
-    archive: &ArchiveDir,
-    scan: &crate::archive::Scan,
-    start: StartPoint,
-    server: &Server,
-) {
+fn report_partial(scan: &crate::archive::Scan, start: StartPoint, server: &Server) {
     let Some(file) = scan.segments.iter().rev().find(|f| {
         f.partial
             && f.timeline == start.timeline
@@ -184,7 +179,6 @@ fn report_partial(
         }
         Err(e) => tracing::warn!("could not read \"{}\": {e}", file.path.display()),
     }
-    let _ = archive;
 }
 
 /// Runs one session. `streamed` is set once WAL has been received, so the
