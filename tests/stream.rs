@@ -763,3 +763,61 @@ fn retries_the_first_connection_until_the_server_is_up() {
     );
     assert!(child.interrupt().success(), "{}", child.stderr());
 }
+
+/// A Unix-socket connection, `--if-not-exists`, `--no-sync`, and `-Z none`.
+#[test]
+fn socket_connections_slot_reuse_and_no_sync() {
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let sock = pg.socket_conninfo();
+    assert!(run(&["stream", "-d", &sock, "--create-slot", "-S", "s1"])
+        .status
+        .success());
+    let again = run(&["stream", "-d", &sock, "--create-slot", "-S", "s1"]);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "creating an existing slot fails"
+    );
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    let reuse = run(&[
+        "stream",
+        "-d",
+        &sock,
+        "--create-slot",
+        "--if-not-exists",
+        "-S",
+        "s1",
+    ]);
+    assert!(
+        reuse.status.success(),
+        "--if-not-exists accepts an existing slot"
+    );
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 50000) AS x");
+    pg.psql("SELECT pg_switch_wal()");
+    pg.psql("CREATE TABLE u(x int)");
+    let dir = archive_dir();
+    let end = lsn(&pg);
+    let d = dir.path().to_str().unwrap();
+    let o = run(&[
+        "stream",
+        "-D",
+        d,
+        "-d",
+        &sock,
+        "-S",
+        "s1",
+        "-E",
+        &end,
+        "-n",
+        "--no-sync",
+        "-Z",
+        "none",
+    ]);
+    assert!(o.status.success());
+    assert!(assert_complete_segments_identical(dir.path(), &pg.wal_dir()) >= 1);
+    assert_only_barman_names(dir.path());
+}
