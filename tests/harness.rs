@@ -73,9 +73,9 @@ fn harness_major_17() {
 
 #[test]
 fn harness_installed_majors() {
-    assert_eq!(support::test_majors(), [15, 13, 17]);
+    assert_eq!(support::test_majors(), [15, 13, 16, 17, 18]);
     let majors = support::available_majors();
-    for m in [15, 13, 17] {
+    for m in [15, 13, 16, 17, 18] {
         assert!(
             majors.contains(&m),
             "PostgreSQL {m} missing ({majors:?}): run scripts/install-deps.sh"

@@ -625,7 +625,7 @@ fn drop_in_for_pg_receivewal_under_barman() {
 /// that segment, which works on every version (READ_REPLICATION_SLOT is 15+).
 #[test]
 fn other_major_versions() {
-    for major in crate::support::available_majors()
+    for major in crate::support::test_majors()
         .into_iter()
         .filter(|&m| m != 15)
     {
