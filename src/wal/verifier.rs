@@ -974,16 +974,7 @@ impl Verifier {
                         remaining: h.rem_len,
                     };
                 } else {
-                    if !overwrite && h.rem_len != 0 {
-                        return Err(err(
-                            at,
-                            Check::RemainingLength,
-                            format!(
-                                "page at {at} has remaining length {} without the contrecord flag",
-                                h.rem_len
-                            ),
-                        ));
-                    }
+                    no_remaining_length_without_contrecord(h.rem_len, overwrite, at)?;
                     self.mode = Mode::NewRecord;
                 }
             }
@@ -1044,21 +1035,29 @@ impl Verifier {
                         format!("contrecord is requested by {at}"),
                     ));
                 }
-                if !overwrite && h.rem_len != 0 {
-                    return Err(err(
-                        at,
-                        Check::RemainingLength,
-                        format!(
-                            "page at {at} has remaining length {} without the contrecord flag",
-                            h.rem_len
-                        ),
-                    ));
-                }
+                no_remaining_length_without_contrecord(h.rem_len, overwrite, at)?;
                 self.mode = Mode::NewRecord;
             }
         }
         Ok(())
     }
+}
+
+/// A page where a new record starts must not claim continuation bytes (an
+/// overwrite-contrecord page may, as the record it replaces was lost).
+fn no_remaining_length_without_contrecord(
+    rem_len: u32,
+    overwrite: bool,
+    at: Lsn,
+) -> Result<(), VerifyError> {
+    if !overwrite && rem_len != 0 {
+        return Err(err(
+            at,
+            Check::RemainingLength,
+            format!("page at {at} has remaining length {rem_len} without the contrecord flag"),
+        ));
+    }
+    Ok(())
 }
 
 fn err(lsn: Lsn, check: Check, detail: String) -> VerifyError {
