@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use crate::lsn::TimeLineId;
 
 pub use scan::{ArchiveDir, Scan, SegmentFile, StartPoint};
-pub use segment::SegmentWriter;
+pub use segment::{PreparedSegment, SegmentWriter};
 
 /// Errors about the archive directory and its files, naming the path concerned.
 #[derive(Debug, thiserror::Error)]

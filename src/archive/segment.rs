@@ -18,6 +18,15 @@
 //!    rename to `NAME`, fsync the directory. Otherwise the file keeps its
 //!    `.partial` name ([`SegmentWriter::close_partial`]).
 //!
+//! Segments after the first of a session are prepared ahead of time, off the
+//! commit path: [`PreparedSegment::create`] pads and fsyncs `NAME.partial.tmp`
+//! (on another thread), and [`SegmentWriter::install`] renames it to
+//! `NAME.partial` when the stream reaches it. The directory fsync that makes
+//! that name durable is deferred to the writer's first [`SegmentWriter::sync`],
+//! which must run before any byte of the segment is reported as flushed; so a
+//! crash leaves either a `.tmp` (removed on the next start) or a full-size,
+//! zero-padded `.partial`, never a short file under a WAL name.
+//!
 //! A failed fsync (or write) poisons the writer: it is never retried on this
 //! descriptor, every later call returns [`ArchiveError::Poisoned`], and the
 //! session must end and re-stream from the last durable point.
@@ -52,6 +61,86 @@ pub struct SegmentWriter {
     written: u64,
     /// Set by a failed fsync or write; every later call fails.
     poisoned: bool,
+    /// Bytes were written since the last fdatasync.
+    dirty: bool,
+    /// The directory entry `NAME.partial` is known to be durable (false right
+    /// after [`SegmentWriter::install`] until the next [`SegmentWriter::sync`]).
+    name_durable: bool,
+}
+
+/// A segment file padded with zeros (and fsynced) under `NAME.partial.tmp`,
+/// waiting to be installed as `NAME.partial`. Dropped without being
+/// installed, it removes its temporary file.
+#[derive(Debug)]
+pub struct PreparedSegment {
+    file: Option<File>,
+    tmp: PathBuf,
+    dir: PathBuf,
+    timeline: TimeLineId,
+    segno: SegNo,
+    segment_size: u64,
+    sync: bool,
+}
+
+impl PreparedSegment {
+    /// Creates `dir/NAME.partial.tmp`, zero-filled to `segment_size` and (with
+    /// `sync`) fsynced, so that installing it needs only a rename. The
+    /// temporary is removed on any failure.
+    pub fn create(
+        dir: &Path,
+        timeline: TimeLineId,
+        segno: SegNo,
+        segment_size: u64,
+        sync: bool,
+    ) -> Result<PreparedSegment, ArchiveError> {
+        check_arguments(timeline, segment_size)?;
+        let name = wal_file_name(timeline, segno, segment_size);
+        let tmp = dir.join(format!("{name}{PARTIAL_SUFFIX}{TMP_SUFFIX}"));
+        match create_padded_tmp(&tmp, segment_size, sync) {
+            Ok(file) => Ok(PreparedSegment {
+                file: Some(file),
+                tmp,
+                dir: dir.to_path_buf(),
+                timeline,
+                segno,
+                segment_size,
+                sync,
+            }),
+            Err(e) => {
+                durable::remove_quietly(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn timeline(&self) -> TimeLineId {
+        self.timeline
+    }
+    pub fn segno(&self) -> SegNo {
+        self.segno
+    }
+    /// The temporary file's path.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+}
+
+impl Drop for PreparedSegment {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            durable::remove_quietly(&self.tmp);
+        }
+    }
+}
+
+fn check_arguments(timeline: TimeLineId, segment_size: u64) -> Result<(), ArchiveError> {
+    if !is_valid_segment_size(segment_size) {
+        return Err(ArchiveError::InvalidSegmentSize { size: segment_size });
+    }
+    if timeline == 0 {
+        return Err(ArchiveError::InvalidTimeline { timeline });
+    }
+    Ok(())
 }
 
 impl SegmentWriter {
@@ -71,33 +160,11 @@ impl SegmentWriter {
         segment_size: u64,
         sync: bool,
     ) -> Result<Self, ArchiveError> {
-        if !is_valid_segment_size(segment_size) {
-            return Err(ArchiveError::InvalidSegmentSize { size: segment_size });
-        }
-        if timeline == 0 {
-            return Err(ArchiveError::InvalidTimeline { timeline });
-        }
+        check_arguments(timeline, segment_size)?;
         let name = wal_file_name(timeline, segno, segment_size);
         let final_path = dir.join(&name);
         let path = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
-
-        match std::fs::symlink_metadata(&final_path) {
-            Ok(_) => return Err(ArchiveError::AlreadyComplete { path: final_path }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ArchiveError::io(&final_path, e)),
-        }
-
-        let existing = match std::fs::metadata(&path) {
-            Ok(m) if !m.is_file() => {
-                return Err(ArchiveError::io(
-                    &path,
-                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
-                ))
-            }
-            Ok(m) => Some(m.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(ArchiveError::io(&path, e)),
-        };
+        let existing = existing_partial_size(&final_path, &path)?;
 
         let file = match existing {
             Some(size) if size == segment_size => reopen_partial(dir, &path, sync)?,
@@ -122,6 +189,52 @@ impl SegmentWriter {
             sync,
             written: 0,
             poisoned: false,
+            dirty: false,
+            name_durable: true,
+        })
+    }
+
+    /// Installs a prepared segment: renames `NAME.partial.tmp` to
+    /// `NAME.partial`. The new name becomes durable with the first
+    /// [`SegmentWriter::sync`] (a directory fsync), which therefore must come
+    /// before anything written here is reported as flushed.
+    ///
+    /// When `NAME.partial` already exists (an earlier run left it), the
+    /// prepared file is dropped and the existing one is opened as
+    /// [`SegmentWriter::open`] does; `NAME` existing is
+    /// [`ArchiveError::AlreadyComplete`].
+    pub fn install(mut prepared: PreparedSegment) -> Result<Self, ArchiveError> {
+        let (dir, timeline, segno) = (prepared.dir.clone(), prepared.timeline, prepared.segno);
+        let (segment_size, sync) = (prepared.segment_size, prepared.sync);
+        let name = wal_file_name(timeline, segno, segment_size);
+        let final_path = dir.join(&name);
+        let path = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
+        if existing_partial_size(&final_path, &path)?.is_some() {
+            drop(prepared);
+            return SegmentWriter::open(&dir, timeline, segno, segment_size, sync);
+        }
+        durable::rename(&prepared.tmp, &path)?;
+        let Some(file) = prepared.file.take() else {
+            // A PreparedSegment always holds its file until it is installed.
+            return Err(ArchiveError::io(
+                &prepared.tmp,
+                std::io::Error::other("prepared segment has no open file"),
+            ));
+        };
+        tracing::debug!(path = %path.display(), "installed prepared segment");
+        Ok(SegmentWriter {
+            file,
+            dir,
+            path,
+            final_path,
+            timeline,
+            segno,
+            segment_size,
+            sync,
+            written: 0,
+            poisoned: false,
+            dirty: false,
+            name_durable: !sync,
         })
     }
 
@@ -164,17 +277,36 @@ impl SegmentWriter {
         if offset <= self.written {
             self.written = self.written.max(end);
         }
+        self.dirty = true;
         Ok(())
     }
 
-    /// fdatasync (no-op without `sync`). An error poisons the writer: it is never
-    /// retried on this descriptor and every later call fails.
+    /// Makes everything written so far durable: fdatasync when bytes were
+    /// written since the last one, and the directory fsync an installed
+    /// segment's name still needs. No-op without `sync`. An error poisons the
+    /// writer: it is never retried on this descriptor and every later call
+    /// fails.
     pub fn sync(&mut self) -> Result<(), ArchiveError> {
         self.check_poisoned()?;
         if !self.sync {
             return Ok(());
         }
-        self.datasync()
+        if self.dirty {
+            self.datasync()?;
+        }
+        if !self.name_durable {
+            if let Err(e) = durable::fsync_dir(&self.dir) {
+                self.poisoned = true;
+                return Err(e);
+            }
+            self.name_durable = true;
+        }
+        Ok(())
+    }
+
+    /// Whether bytes were written since the last fdatasync.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
     }
 
     /// The fdatasync itself; poisons on failure.
@@ -189,13 +321,15 @@ impl SegmentWriter {
         };
         #[cfg(not(test))]
         let result = durable::fdatasync(&self.file, &self.path);
-        if result.is_err() {
-            self.poisoned = true;
+        match result {
+            Ok(()) => self.dirty = false,
+            Err(_) => self.poisoned = true,
         }
         result
     }
 
-    /// The segment is complete: fsync, rename `NAME.partial` to `NAME`, fsync the
+    /// The segment is complete: fsync (unless nothing was written since the
+    /// last [`SegmentWriter::sync`]), rename `NAME.partial` to `NAME`, fsync the
     /// directory. Returns the final path.
     ///
     /// Refused with [`ArchiveError::IncompleteSegment`] unless every byte from
@@ -211,7 +345,7 @@ impl SegmentWriter {
                 expected: self.segment_size,
             });
         }
-        if self.sync {
+        if self.sync && self.dirty {
             self.datasync()?;
         }
         durable::rename(&self.path, &self.final_path)?;
@@ -227,10 +361,7 @@ impl SegmentWriter {
     /// A poisoned writer is closed without fsync and returns
     /// [`ArchiveError::Poisoned`].
     pub fn close_partial(mut self) -> Result<(), ArchiveError> {
-        self.check_poisoned()?;
-        if self.sync {
-            self.datasync()?;
-        }
+        self.sync()?;
         tracing::info!(
             "not renaming \"{}\", segment is not complete",
             self.path.display()
@@ -270,6 +401,30 @@ impl SegmentWriter {
     /// Whether an earlier fsync or write failed.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
+    }
+}
+
+/// The size of an existing `NAME.partial` (`None` when there is none), after
+/// checking that the complete `NAME` does not exist
+/// ([`ArchiveError::AlreadyComplete`]).
+fn existing_partial_size(final_path: &Path, path: &Path) -> Result<Option<u64>, ArchiveError> {
+    match std::fs::symlink_metadata(final_path) {
+        Ok(_) => {
+            return Err(ArchiveError::AlreadyComplete {
+                path: final_path.to_path_buf(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ArchiveError::io(final_path, e)),
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => Err(ArchiveError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        )),
+        Ok(m) => Ok(Some(m.len())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ArchiveError::io(path, e)),
     }
 }
 
@@ -634,5 +789,64 @@ mod tests {
         failpoints::fail_padding_at(None);
         assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 1))]);
         assert_eq!(std::fs::metadata(&partial).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn prepared_segment_is_padded_under_tmp_and_installed_by_rename() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prepared = PreparedSegment::create(tmp.path(), 1, 6, SEG, true).unwrap();
+        let tmp_name = format!("{}.partial.tmp", seg_name(1, 6));
+        assert_eq!(names(tmp.path()), [tmp_name.clone()]);
+        assert_eq!(prepared.path(), tmp.path().join(&tmp_name));
+        let meta = std::fs::metadata(prepared.path()).unwrap();
+        assert_eq!(
+            (meta.len(), meta.permissions().mode() & 0o777),
+            (SEG, 0o600)
+        );
+        let mut w = SegmentWriter::install(prepared).unwrap();
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 6))]);
+        assert!(!w.name_durable, "the directory fsync is still owed");
+        w.write_at(0, b"wal").unwrap();
+        w.sync().unwrap();
+        assert!(w.name_durable && !w.is_dirty());
+        let content = std::fs::read(w.path()).unwrap();
+        assert_eq!((&content[..3], content.len() as u64), (&b"wal"[..], SEG));
+    }
+
+    #[test]
+    fn a_prepared_segment_dropped_unused_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prepared = PreparedSegment::create(tmp.path(), 1, 6, SEG, false).unwrap();
+        drop(prepared);
+        assert!(names(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn install_defers_to_an_existing_partial_and_refuses_a_complete_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let partial = tmp.path().join(format!("{}.partial", seg_name(1, 6)));
+        std::fs::write(&partial, vec![9u8; SEG as usize]).unwrap();
+        let prepared = PreparedSegment::create(tmp.path(), 1, 6, SEG, true).unwrap();
+        let w = SegmentWriter::install(prepared).unwrap();
+        assert_eq!(w.path(), partial);
+        assert_eq!(std::fs::read(&partial).unwrap()[0], 9, "existing file kept");
+        assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 6))]);
+        drop(w);
+
+        std::fs::write(tmp.path().join(seg_name(1, 7)), b"x").unwrap();
+        let prepared = PreparedSegment::create(tmp.path(), 1, 7, SEG, true).unwrap();
+        let err = SegmentWriter::install(prepared).unwrap_err();
+        assert!(matches!(err, ArchiveError::AlreadyComplete { .. }), "{err}");
+        assert!(!names(tmp.path()).iter().any(|n| n.ends_with(".tmp")));
+    }
+
+    #[test]
+    fn padding_failure_while_preparing_leaves_no_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        failpoints::fail_padding_at(Some(0));
+        let err = PreparedSegment::create(tmp.path(), 1, 6, SEG, true).unwrap_err();
+        failpoints::fail_padding_at(None);
+        assert!(matches!(err, ArchiveError::Write { .. }), "{err}");
+        assert!(names(tmp.path()).is_empty());
     }
 }

@@ -398,6 +398,42 @@ impl Connection {
     /// itself. Cancel-safe.
     pub async fn read_message(&mut self) -> Result<BackendMessage, PgError> {
         loop {
+            if let Some(m) = self.next_buffered()? {
+                return Ok(m);
+            }
+            self.reserve_read_space();
+            let n = self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|e| self.io_err(e))?;
+            if n == 0 {
+                return Err(PgError::Closed {
+                    target: self.target.clone(),
+                });
+            }
+        }
+    }
+
+    /// The next message if one can be had without waiting: from the read
+    /// buffer, or from one non-blocking read of the socket. `Ok(None)` means
+    /// the socket has nothing more right now (the batch that arrived together
+    /// ends here).
+    pub fn try_read_message(&mut self) -> Result<Option<BackendMessage>, PgError> {
+        loop {
+            if let Some(m) = self.next_buffered()? {
+                return Ok(Some(m));
+            }
+            if !self.try_fill()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next whole message in the read buffer, after handling the
+    /// ParameterStatus (remembered) and NoticeResponse (logged) before it.
+    fn next_buffered(&mut self) -> Result<Option<BackendMessage>, PgError> {
+        loop {
             match backend::parse(&mut self.rbuf) {
                 Ok(Some(BackendMessage::ParameterStatus { name, value })) => {
                     self.params.insert(name, value);
@@ -405,22 +441,7 @@ impl Connection {
                 Ok(Some(BackendMessage::Notice(n))) => {
                     tracing::info!("server: {n}");
                 }
-                Ok(Some(m)) => return Ok(m),
-                Ok(None) => {
-                    if self.rbuf.capacity() - self.rbuf.len() < 64 * 1024 {
-                        self.rbuf.reserve(256 * 1024);
-                    }
-                    let n = self
-                        .stream
-                        .read_buf(&mut self.rbuf)
-                        .await
-                        .map_err(|e| self.io_err(e))?;
-                    if n == 0 {
-                        return Err(PgError::Closed {
-                            target: self.target.clone(),
-                        });
-                    }
-                }
+                Ok(other) => return Ok(other),
                 Err(source) => {
                     return Err(PgError::Protocol {
                         target: self.target.clone(),
@@ -431,14 +452,31 @@ impl Connection {
         }
     }
 
-    /// Whether a whole message is already buffered (so a read would not wait).
-    pub fn has_buffered_message(&self) -> bool {
-        if self.rbuf.len() < 5 {
-            return false;
+    /// Room for at least one more large read. The buffer is bounded: messages
+    /// are split off it and dropped once handled, so its memory is reused.
+    fn reserve_read_space(&mut self) {
+        if self.rbuf.capacity() - self.rbuf.len() < 64 * 1024 {
+            self.rbuf.reserve(256 * 1024);
         }
-        let len =
-            u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
-        self.rbuf.len() > len
+    }
+
+    /// One read from the socket if it does not have to wait. Polling with a
+    /// no-op waker is sound: a `Pending` leaves the socket registered, and the
+    /// next [`Connection::read_message`] polls again with a real waker. When
+    /// the last read was short, tokio already knows the socket is drained and
+    /// answers `Pending` without a system call.
+    fn try_fill(&mut self) -> Result<bool, PgError> {
+        self.reserve_read_space();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let read = std::pin::pin!(self.stream.read_buf(&mut self.rbuf));
+        match std::future::Future::poll(read, &mut cx) {
+            std::task::Poll::Pending => Ok(false),
+            std::task::Poll::Ready(Ok(0)) => Err(PgError::Closed {
+                target: self.target.clone(),
+            }),
+            std::task::Poll::Ready(Ok(_)) => Ok(true),
+            std::task::Poll::Ready(Err(e)) => Err(self.io_err(e)),
+        }
     }
 
     /// Runs a simple query and collects its result set (replication commands

@@ -1,11 +1,13 @@
-//! The streaming receiver: the supervisor ([`run`]) that picks the start point,
-//! reconnects with backoff and follows timeline switches, and the session that
-//! runs the CopyBoth loop (in [`session`]) with the writer thread (in
-//! [`writer`]).
+//! The streaming receiver: the supervisor ([`run`]) that reconnects with
+//! backoff, the session that picks the start point, follows timeline switches
+//! and runs the receive loop (in [`session`]), the sink that verifies, writes
+//! and fsyncs on the loop's own task (in [`sink`]), and the feedback policy
+//! (in [`feedback`]).
 
+pub mod feedback;
 pub mod session;
+pub mod sink;
 pub mod slots;
-pub mod writer;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use crate::lsn::Lsn;
 use crate::pgwire::{PgError, ServerMessage};
 use crate::replication::{ReplicationError, StreamError};
 
-pub use writer::{Progress, WriterError};
+pub use sink::SinkError;
 
 /// What `walrcv stream` was asked to do.
 #[derive(Debug, Clone)]
@@ -78,7 +80,7 @@ pub enum ReceiverError {
     #[error("invalid message in the replication stream: {0}")]
     Stream(#[from] StreamError),
     #[error("WAL writer stopped: {0}")]
-    Writer(WriterError),
+    Writer(SinkError),
     #[error("{message}\nHINT: {hint}")]
     NeedsOperator { message: String, hint: String },
     #[error("server version {found} is not supported: walrcv supports PostgreSQL 13 to 18")]
@@ -165,7 +167,7 @@ impl ReceiverError {
 
     pub fn exit_code(&self) -> i32 {
         match self {
-            ReceiverError::Writer(WriterError::Verify { .. }) => exit::VERIFY_FAILED,
+            ReceiverError::Writer(SinkError::Verify { .. }) => exit::VERIFY_FAILED,
             ReceiverError::NeedsOperator { .. } => exit::NEEDS_OPERATOR,
             ReceiverError::Connection(e) if e.is_auth_failure() => exit::CONFIG,
             ReceiverError::Replication(ReplicationError::BadSlotName(_))

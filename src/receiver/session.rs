@@ -2,19 +2,19 @@
 //! stream timeline after timeline until stopped, the stop point is reached or
 //! the connection fails.
 //!
-//! Feedback policy: a status update goes out at stream start, every
-//! `--status-interval`, at once when the server asks, and whenever the flushed
-//! position advances (after each group fsync), so walrcv is always ready to be
-//! a synchronous standby. `write` is what was received, `flush` what is durable
-//! and verified, `apply` always 0.
+//! The receive loop is the commit path: it waits for the network, then takes
+//! every message already received (a batch), verifies and writes the WAL in
+//! them through the [`WalSink`] on this task, fsyncs once, and sends a status
+//! update the moment the flush position advances. When and what to report is
+//! decided by the sans-IO [`Feedback`] policy.
 
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
-use super::writer::{Progress, WriterConfig, WriterHandle};
+use super::feedback::{Feedback, FeedbackConfig, Status, TimerAction};
+use super::sink::{SinkConfig, WalSink};
 use super::{Outcome, ReceiverError, StreamOptions};
 use crate::archive::{ArchiveDir, StartPoint};
 use crate::lsn::{pg_now, Lsn, TimeLineId};
@@ -79,6 +79,13 @@ async fn identify(conn: &mut Connection) -> Result<Server, ReceiverError> {
     })
 }
 
+/// Where a session starts, and whether the WAL before it is the archive's own
+/// durable files (only then may the start be reported as flushed at once).
+struct Start {
+    point: StartPoint,
+    from_archive: bool,
+}
+
 /// Picks the start point: the archive first (pg_receivewal's rules), then the
 /// slot's restart_lsn (15+), then the server's current position.
 async fn start_point(
@@ -86,7 +93,7 @@ async fn start_point(
     conn: &mut Connection,
     archive: &ArchiveDir,
     server: &Server,
-) -> Result<StartPoint, ReceiverError> {
+) -> Result<Start, ReceiverError> {
     let seg = server.segment_size;
     let scan = archive.scan(seg).map_err(ReceiverError::Archive)?;
     archive
@@ -99,9 +106,12 @@ async fn start_point(
             .sync_existing(&scan)
             .map_err(ReceiverError::Archive)?;
     }
-    if let Some(start) = scan.streaming_start(seg) {
-        report_partial(&scan, start, server);
-        return Ok(start);
+    if let Some(point) = scan.streaming_start(seg) {
+        report_partial(&scan, point, server);
+        return Ok(Start {
+            point,
+            from_archive: true,
+        });
     }
     if let Some(slot) = &opts.slot {
         if server.version_num >= 150000 {
@@ -114,9 +124,12 @@ async fn start_point(
                 }
                 (Some("physical"), Some(lsn), Some(tli)) => {
                     tracing::info!("starting at the restart_lsn {lsn} of slot \"{slot}\" (timeline {tli})");
-                    return Ok(StartPoint {
-                        lsn: lsn.segment_start(seg),
-                        timeline: tli,
+                    return Ok(Start {
+                        point: StartPoint {
+                            lsn: lsn.segment_start(seg),
+                            timeline: tli,
+                        },
+                        from_archive: false,
                     });
                 }
                 (Some("physical"), _, _) => {}
@@ -133,9 +146,12 @@ async fn start_point(
         server.xlogpos,
         server.timeline
     );
-    Ok(StartPoint {
-        lsn: server.xlogpos.segment_start(seg),
-        timeline: server.timeline,
+    Ok(Start {
+        point: StartPoint {
+            lsn: server.xlogpos.segment_start(seg),
+            timeline: server.timeline,
+        },
+        from_archive: false,
     })
 }
 
@@ -191,7 +207,10 @@ pub async fn run_session(
 ) -> Result<Outcome, ReceiverError> {
     let mut conn = connect(opts).await?;
     let server = identify(&mut conn).await?;
-    let mut start = start_point(opts, &mut conn, archive, &server).await?;
+    let Start {
+        point: mut start,
+        mut from_archive,
+    } = start_point(opts, &mut conn, archive, &server).await?;
     if start.timeline > server.timeline {
         return Err(ReceiverError::NeedsOperator {
             message: format!(
@@ -201,6 +220,15 @@ pub async fn run_session(
             hint: "the archive holds WAL of a newer timeline than this server's: is this the right server?".into(),
         });
     }
+    // One policy for the whole connection: positions never go backwards, even
+    // when a new timeline restarts below what the old one reached.
+    let mut feedback = Feedback::new(
+        FeedbackConfig {
+            status_interval: opts.status_interval,
+            receive_timeout: opts.receive_timeout,
+        },
+        std::time::Instant::now(),
+    );
     loop {
         if start.timeline != 1 && !archive.has_history(start.timeline) {
             let (name, content) = replication::timeline_history(&mut conn, start.timeline).await?;
@@ -235,12 +263,13 @@ pub async fn run_session(
                 received: start.lsn,
             },
             StartReply::Streaming => {
-                let writer = WriterHandle::spawn(WriterConfig {
+                let sink = WalSink::new(SinkConfig {
                     directory: archive.path().to_path_buf(),
                     timeline: start.timeline,
                     segment_size: server.segment_size,
                     sync: opts.sync,
                     start: start.lsn,
+                    start_is_durable: from_archive,
                     verifier: VerifierConfig {
                         segment_size: server.segment_size,
                         block_size: server.block_size,
@@ -248,9 +277,15 @@ pub async fn run_session(
                         timeline: start.timeline,
                         server_major: Some(server.version_num / 10000),
                     },
-                })
-                .map_err(ReceiverError::Writer)?;
-                stream(&mut conn, opts, writer, start.lsn, shutdown, streamed).await?
+                });
+                let stream = Stream {
+                    conn: &mut conn,
+                    opts,
+                    sink,
+                    feedback: &mut feedback,
+                    streamed,
+                };
+                stream.run(shutdown).await?
             }
         };
         match end {
@@ -281,6 +316,8 @@ pub async fn run_session(
                     lsn: next_start.segment_start(server.segment_size),
                     timeline: next_tli,
                 };
+                // The new timeline's first segment is a new file.
+                from_archive = false;
             }
         }
     }
@@ -305,206 +342,242 @@ enum LoopEnd {
     ServerCopyDone,
     /// The server sent CommandComplete without CopyDone (it is shutting down).
     ServerClosed,
-    /// The writer stopped on an error.
-    WriterFailed,
 }
 
-struct Feedback {
-    received: Lsn,
-    last_sent: Option<StatusUpdate>,
+/// A batch is cut after this many bytes of WAL even when more is already
+/// readable, so that a continuous stream (catch-up) is still fsynced,
+/// acknowledged and checked for timers and signals regularly.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// What one batch of messages asked for.
+#[derive(Default)]
+struct Batch {
+    wal_bytes: usize,
+    reply_requested: bool,
 }
 
-impl Feedback {
-    async fn send(
-        &mut self,
-        conn: &mut Connection,
-        progress: Progress,
-        reply_requested: bool,
-    ) -> Result<(), ReceiverError> {
-        let update = StatusUpdate {
-            write: self.received,
-            flush: progress.flushed,
-            apply: Lsn::INVALID,
-            now: pg_now(),
-            reply_requested,
+/// The CopyBoth phase of one START_REPLICATION.
+struct Stream<'a> {
+    conn: &'a mut Connection,
+    opts: &'a StreamOptions,
+    sink: WalSink,
+    feedback: &'a mut Feedback,
+    streamed: &'a mut bool,
+}
+
+impl Stream<'_> {
+    async fn run(mut self, shutdown: &mut watch::Receiver<bool>) -> Result<CopyEnd, ReceiverError> {
+        let result = self.receive_loop(shutdown).await;
+        let Stream {
+            conn,
+            sink,
+            feedback,
+            ..
+        } = self;
+        let received = sink.position();
+        // Whatever ended the loop, close the sink first: the final fsync
+        // happens (unless an fsync failed) and the open segment stays `.partial`.
+        let closed = sink.close();
+        let end = match (result, closed) {
+            (Err(e), closed) => {
+                match closed {
+                    // Tell the server how far the WAL is good, then leave.
+                    Ok(positions) => {
+                        let status = feedback.final_status(now(), positions);
+                        let goodbye = async {
+                            send_status(conn, status).await?;
+                            conn.send_copy_done().await.map_err(ReceiverError::from)
+                        };
+                        let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+                    }
+                    Err(w) => tracing::error!("{w}"),
+                }
+                return Err(e);
+            }
+            (Ok(_), Err(w)) => return Err(ReceiverError::Writer(w)),
+            (Ok(end), Ok(positions)) => {
+                send_status(conn, feedback.final_status(now(), positions)).await?;
+                end
+            }
         };
-        let mut buf = BytesMut::with_capacity(34);
-        update.encode(&mut buf);
-        conn.send_copy_data(&buf).await?;
-        tracing::trace!("sent status write={} flush={}", update.write, update.flush);
-        self.last_sent = Some(update);
+        match end {
+            LoopEnd::Signal | LoopEnd::Endpos => {
+                conn.send_copy_done().await?;
+                drain_after_copy_done(conn).await;
+                Ok(if matches!(end, LoopEnd::Signal) {
+                    CopyEnd::Stopped
+                } else {
+                    CopyEnd::Endpos
+                })
+            }
+            LoopEnd::ServerCopyDone => {
+                conn.send_copy_done().await?;
+                let result = read_until_ready(conn).await?;
+                let (next_tli, next_start) = replication::parse_next_timeline(&result)?;
+                Ok(CopyEnd::TimelineEnded {
+                    next_tli,
+                    next_start,
+                    received,
+                })
+            }
+            LoopEnd::ServerClosed => Err(ReceiverError::StreamEnded),
+        }
+    }
+
+    /// Waits for the network, a timer or a signal; takes each batch of
+    /// messages that arrived together; makes it durable; reports.
+    async fn receive_loop(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<LoopEnd, ReceiverError> {
+        let first = self.feedback.stream_started(now(), self.sink.positions());
+        send_status(self.conn, first).await?;
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.feedback.next_deadline());
+            let msg = tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        return Ok(LoopEnd::Signal);
+                    }
+                    continue;
+                }
+                msg = self.conn.read_message() => msg?,
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.on_timer().await?;
+                    continue;
+                }
+            };
+            if let Some(end) = self.batch(msg).await? {
+                return Ok(end);
+            }
+            // Timers are checked after every batch: a continuous stream never
+            // starves them.
+            self.on_timer().await?;
+        }
+    }
+
+    /// Handles `first` and every message readable without waiting (up to
+    /// [`MAX_BATCH_BYTES`] of WAL), then fsyncs once and reports: flush first,
+    /// then answer.
+    async fn batch(&mut self, first: BackendMessage) -> Result<Option<LoopEnd>, ReceiverError> {
+        let mut batch = Batch::default();
+        let mut next = Some(first);
+        let mut end = None;
+        while let Some(msg) = next.take() {
+            self.feedback.message_received(now());
+            end = self.handle(msg, &mut batch).await?;
+            if end.is_some() || batch.wal_bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            next = self.conn.try_read_message()?;
+        }
+        self.sink.sync().map_err(ReceiverError::Writer)?;
+        let positions = self.sink.positions();
+        if let Some(status) = self
+            .feedback
+            .after_sync(now(), positions, batch.reply_requested)
+        {
+            send_status(self.conn, status).await?;
+        }
+        Ok(end)
+    }
+
+    /// One message of the stream.
+    async fn handle(
+        &mut self,
+        msg: BackendMessage,
+        batch: &mut Batch,
+    ) -> Result<Option<LoopEnd>, ReceiverError> {
+        let payload = match msg {
+            BackendMessage::CopyData(payload) => payload,
+            BackendMessage::CopyDone => return Ok(Some(LoopEnd::ServerCopyDone)),
+            BackendMessage::CommandComplete { .. } => return Ok(Some(LoopEnd::ServerClosed)),
+            BackendMessage::Error(message) => {
+                return Err(PgError::Server {
+                    target: self.conn.target().to_string(),
+                    message: Box::new(message),
+                }
+                .into())
+            }
+            other => return Err(ReceiverError::Unexpected(format!("{other:?}"))),
+        };
+        match ReplicationMessage::parse(payload)? {
+            ReplicationMessage::XLogData {
+                data_start, data, ..
+            } => {
+                self.wal(data_start, &data).await?;
+                batch.wal_bytes += data.len();
+                // Stop once the WAL received reaches endpos. (pg_receivewal
+                // waits for a message ending strictly past it, which on an
+                // idle server may never come.)
+                if self.opts.endpos.is_some_and(|e| e <= self.sink.position()) {
+                    return Ok(Some(LoopEnd::Endpos));
+                }
+            }
+            ReplicationMessage::Keepalive {
+                reply_requested, ..
+            } => batch.reply_requested |= reply_requested,
+        }
+        Ok(None)
+    }
+
+    /// Verifies and writes one XLogData message. A segment it fills is
+    /// fdatasynced, reported, and only then renamed.
+    async fn wal(&mut self, start: Lsn, data: &[u8]) -> Result<(), ReceiverError> {
+        if start != self.sink.position() {
+            return Err(ReceiverError::Unexpected(format!(
+                "got WAL data at {start}, expected {}",
+                self.sink.position()
+            )));
+        }
+        let mut at = start;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = self.sink.write(at, rest).map_err(ReceiverError::Writer)?;
+            *self.streamed = true;
+            at = Lsn(at.0 + n as u64);
+            rest = &rest[n..];
+            if self.sink.has_filled_segment() {
+                let positions = self.sink.positions();
+                if let Some(status) = self.feedback.after_sync(now(), positions, false) {
+                    send_status(self.conn, status).await?;
+                }
+                self.sink.complete_filled().map_err(ReceiverError::Writer)?;
+            }
+        }
         Ok(())
     }
+
+    async fn on_timer(&mut self) -> Result<(), ReceiverError> {
+        match self.feedback.on_timer(now(), self.sink.positions()) {
+            TimerAction::Nothing => Ok(()),
+            TimerAction::Send(status) => send_status(self.conn, status).await,
+            TimerAction::TimedOut => {
+                Err(ReceiverError::Timeout(self.opts.receive_timeout.as_secs()))
+            }
+        }
+    }
 }
 
-async fn stream(
-    conn: &mut Connection,
-    opts: &StreamOptions,
-    mut writer: WriterHandle,
-    start: Lsn,
-    shutdown: &mut watch::Receiver<bool>,
-    streamed: &mut bool,
-) -> Result<CopyEnd, ReceiverError> {
-    let mut feedback = Feedback {
-        received: start,
-        last_sent: None,
-    };
-    let mut progress_rx = writer.progress.clone();
-    feedback.send(conn, *progress_rx.borrow(), false).await?;
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
+}
 
-    let far = Duration::from_secs(86400 * 365);
-    let interval = opts.status_interval;
-    let mut next_status = Instant::now() + interval.unwrap_or(far);
-    let mut last_receive = Instant::now();
-    let mut pinged = false;
-    let result: Result<LoopEnd, ReceiverError> = loop {
-        let ping_at = last_receive + opts.receive_timeout / 2;
-        let dead_at = last_receive + opts.receive_timeout;
-        let timer = if pinged { dead_at } else { ping_at }.min(next_status);
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() {
-                    break Ok(LoopEnd::Signal);
-                }
-            }
-            changed = progress_rx.changed() => {
-                let p = *progress_rx.borrow_and_update();
-                if changed.is_err() || p.failed {
-                    break Ok(LoopEnd::WriterFailed);
-                }
-                let advanced = feedback.last_sent.is_none_or(|s| p.flushed > s.flush);
-                if advanced {
-                    if let Err(e) = feedback.send(conn, p, false).await {
-                        break Err(e);
-                    }
-                    if let Some(i) = interval {
-                        next_status = Instant::now() + i;
-                    }
-                }
-            }
-            msg = conn.read_message() => {
-                last_receive = Instant::now();
-                pinged = false;
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => break Err(e.into()),
-                };
-                match msg {
-                    BackendMessage::CopyData(payload) => match ReplicationMessage::parse(payload) {
-                        Ok(ReplicationMessage::XLogData { data_start, data, .. }) => {
-                            if data_start != feedback.received {
-                                break Err(ReceiverError::Unexpected(format!(
-                                    "got WAL data at {data_start}, expected {}",
-                                    feedback.received
-                                )));
-                            }
-                            if data.is_empty() {
-                                continue;
-                            }
-                            let end = Lsn(data_start.0 + data.len() as u64);
-                            if !writer.send(data_start, data).await {
-                                break Ok(LoopEnd::WriterFailed);
-                            }
-                            // The batch ends when no whole message is buffered:
-                            // the writer then fsyncs once for all of it.
-                            if !conn.has_buffered_message() && !writer.batch_end().await {
-                                break Ok(LoopEnd::WriterFailed);
-                            }
-                            *streamed = true;
-                            feedback.received = end;
-                            // Stop once the WAL received reaches endpos. (pg_receivewal
-                            // waits for a message ending strictly past it, which on an
-                            // idle server may never come.)
-                            if opts.endpos.is_some_and(|e| e <= end) {
-                                break Ok(LoopEnd::Endpos);
-                            }
-                        }
-                        Ok(ReplicationMessage::Keepalive { reply_requested, .. }) => {
-                            if reply_requested {
-                                let p = *progress_rx.borrow();
-                                if let Err(e) = feedback.send(conn, p, false).await {
-                                    break Err(e);
-                                }
-                            }
-                        }
-                        Err(e) => break Err(e.into()),
-                    },
-                    BackendMessage::CopyDone => break Ok(LoopEnd::ServerCopyDone),
-                    BackendMessage::CommandComplete { .. } => break Ok(LoopEnd::ServerClosed),
-                    BackendMessage::Error(message) => {
-                        break Err(PgError::Server { target: conn.target().to_string(), message: Box::new(message) }.into())
-                    }
-                    other => break Err(ReceiverError::Unexpected(format!("{other:?}"))),
-                }
-            }
-            _ = tokio::time::sleep_until(timer) => {
-                let now = Instant::now();
-                if now >= dead_at {
-                    break Err(ReceiverError::Timeout(opts.receive_timeout.as_secs()));
-                }
-                let p = *progress_rx.borrow();
-                if !pinged && now >= ping_at {
-                    // walreceiver-style ping: ask the server to answer at once.
-                    pinged = true;
-                    if let Err(e) = feedback.send(conn, p, true).await {
-                        break Err(e);
-                    }
-                } else if now >= next_status {
-                    if let Err(e) = feedback.send(conn, p, false).await {
-                        break Err(e);
-                    }
-                }
-                if now >= next_status {
-                    next_status = now + interval.unwrap_or(far);
-                }
-            }
-        }
+/// Sends one standby status update (apply is always 0: walrcv replays nothing).
+async fn send_status(conn: &mut Connection, status: Status) -> Result<(), ReceiverError> {
+    let update = StatusUpdate {
+        write: status.write,
+        flush: status.flush,
+        apply: Lsn::INVALID,
+        now: pg_now(),
+        reply_requested: status.reply_requested,
     };
-
-    // Whatever ended the loop, stop the writer first: the final fsync happens
-    // and the open segment stays `.partial`.
-    let (progress, writer_result) = writer.finish().await;
-    let end = match result {
-        Err(e) => {
-            if let Err(w) = writer_result {
-                tracing::error!("{w}");
-            }
-            return Err(e);
-        }
-        Ok(end) => end,
-    };
-    if let Err(w) = writer_result {
-        // Tell the server how far the WAL is good, then leave.
-        let _ = feedback.send(conn, progress, false).await;
-        let _ = conn.send_copy_done().await;
-        return Err(ReceiverError::Writer(w));
-    }
-    match end {
-        LoopEnd::WriterFailed => Err(ReceiverError::Unexpected("the WAL writer stopped".into())),
-        LoopEnd::Signal | LoopEnd::Endpos => {
-            feedback.send(conn, progress, false).await?;
-            conn.send_copy_done().await?;
-            drain_after_copy_done(conn).await;
-            Ok(if matches!(end, LoopEnd::Signal) {
-                CopyEnd::Stopped
-            } else {
-                CopyEnd::Endpos
-            })
-        }
-        LoopEnd::ServerCopyDone => {
-            feedback.send(conn, progress, false).await?;
-            conn.send_copy_done().await?;
-            let result = read_until_ready(conn).await?;
-            let (next_tli, next_start) = replication::parse_next_timeline(&result)?;
-            Ok(CopyEnd::TimelineEnded {
-                next_tli,
-                next_start,
-                received: feedback.received,
-            })
-        }
-        LoopEnd::ServerClosed => Err(ReceiverError::StreamEnded),
-    }
+    let mut buf = BytesMut::with_capacity(34);
+    update.encode(&mut buf);
+    conn.send_copy_data(&buf).await?;
+    tracing::trace!("sent status write={} flush={}", update.write, update.flush);
+    Ok(())
 }
 
 /// After our CopyDone: the server may still send queued WAL (ignored), then its

@@ -1,0 +1,287 @@
+//! The feedback and liveness policy of a replication connection, sans-IO:
+//! when to send a standby status update (`'r'`), what it says, when to ping,
+//! and when the connection is dead. The session feeds it the clock and the
+//! sink's positions and sends what it returns.
+//!
+//! Rules:
+//! - a status update at stream start, after every batch that advanced the
+//!   flush position (the moment it advances), at once when the server asks
+//!   (after the batch was made durable), and every `--status-interval`;
+//! - a ping (a status update asking for a reply) once the server has been
+//!   silent for half of `--receive-timeout`, and the connection is dead after
+//!   the whole of it;
+//! - the positions sent never go backwards on one connection, across
+//!   timelines included (a new timeline restarts at a segment start below
+//!   what the old one reached), and `flush <= write`;
+//! - timers are checked after every batch, so a continuous stream cannot starve
+//!   them.
+
+use std::time::{Duration, Instant};
+
+use crate::lsn::Lsn;
+
+/// What the sink has: `write` is verified and written to the file, `flush` is
+/// verified and durable. [`Lsn::INVALID`] (0/0) when not known yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Positions {
+    pub write: Lsn,
+    pub flush: Lsn,
+}
+
+/// A status update to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    pub write: Lsn,
+    pub flush: Lsn,
+    /// Ask the server to answer at once (our ping).
+    pub reply_requested: bool,
+}
+
+/// What a timer expiry calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerAction {
+    Nothing,
+    Send(Status),
+    /// Nothing received for the whole receive timeout.
+    TimedOut,
+}
+
+/// The two settings the policy follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedbackConfig {
+    /// Periodic status updates (`None`: only on events).
+    pub status_interval: Option<Duration>,
+    pub receive_timeout: Duration,
+}
+
+/// The policy's state for one connection.
+#[derive(Debug, Clone)]
+pub struct Feedback {
+    config: FeedbackConfig,
+    last_sent: Option<Positions>,
+    last_status_at: Instant,
+    last_receive: Instant,
+    pinged: bool,
+}
+
+impl Feedback {
+    pub fn new(config: FeedbackConfig, now: Instant) -> Feedback {
+        Feedback {
+            config,
+            last_sent: None,
+            last_status_at: now,
+            last_receive: now,
+            pinged: false,
+        }
+    }
+
+    /// The server entered streaming: the silence clock restarts, and the first
+    /// status update goes out at once (as pg_receivewal and the walreceiver do).
+    pub fn stream_started(&mut self, now: Instant, current: Positions) -> Status {
+        self.message_received(now);
+        self.make(now, current, false)
+    }
+
+    /// Any message from the server proves it alive.
+    pub fn message_received(&mut self, now: Instant) {
+        self.last_receive = now;
+        self.pinged = false;
+    }
+
+    /// After a batch was made durable (or a full segment fsynced): a status
+    /// update when flush advanced, or when the server asked for a reply.
+    pub fn after_sync(
+        &mut self,
+        now: Instant,
+        current: Positions,
+        reply_requested: bool,
+    ) -> Option<Status> {
+        let advanced = self.last_sent.is_none_or(|s| current.flush > s.flush);
+        (advanced || reply_requested).then(|| self.make(now, current, false))
+    }
+
+    /// The last status update of a stream, sent whatever changed.
+    pub fn final_status(&mut self, now: Instant, current: Positions) -> Status {
+        self.make(now, current, false)
+    }
+
+    /// When [`Feedback::on_timer`] has something to do next.
+    pub fn next_deadline(&self) -> Instant {
+        let dead_at = self.last_receive + self.config.receive_timeout;
+        let silence = if self.pinged {
+            dead_at
+        } else {
+            self.last_receive + self.config.receive_timeout / 2
+        };
+        match self.config.status_interval {
+            Some(i) => silence.min(self.last_status_at + i),
+            None => silence,
+        }
+    }
+
+    /// Timers: the receive timeout, the ping at half of it, the periodic status.
+    pub fn on_timer(&mut self, now: Instant, current: Positions) -> TimerAction {
+        if now >= self.last_receive + self.config.receive_timeout {
+            return TimerAction::TimedOut;
+        }
+        if !self.pinged && now >= self.last_receive + self.config.receive_timeout / 2 {
+            self.pinged = true;
+            return TimerAction::Send(self.make(now, current, true));
+        }
+        match self.config.status_interval {
+            Some(i) if now >= self.last_status_at + i => {
+                TimerAction::Send(self.make(now, current, false))
+            }
+            _ => TimerAction::Nothing,
+        }
+    }
+
+    /// A status update from `current`, never below what was sent before.
+    fn make(&mut self, now: Instant, current: Positions, reply_requested: bool) -> Status {
+        let floor = self.last_sent.unwrap_or_default();
+        let flush = current.flush.max(floor.flush);
+        let write = current.write.max(floor.write).max(flush);
+        self.last_sent = Some(Positions { write, flush });
+        self.last_status_at = now;
+        Status {
+            write,
+            flush,
+            reply_requested,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn pos(write: u64, flush: u64) -> Positions {
+        Positions {
+            write: Lsn(write),
+            flush: Lsn(flush),
+        }
+    }
+
+    fn policy(interval: Option<u64>, timeout: u64) -> (Feedback, Instant) {
+        let now = Instant::now();
+        let config = FeedbackConfig {
+            status_interval: interval.map(Duration::from_secs),
+            receive_timeout: Duration::from_secs(timeout),
+        };
+        (Feedback::new(config, now), now)
+    }
+
+    #[test]
+    fn first_status_is_sent_at_stream_start_with_what_the_sink_has() {
+        let (mut f, t0) = policy(Some(10), 60);
+        let s = f.stream_started(t0, pos(0, 0));
+        assert_eq!(
+            (s.write, s.flush, s.reply_requested),
+            (Lsn(0), Lsn(0), false)
+        );
+    }
+
+    #[test]
+    fn status_goes_out_when_flush_advances_and_only_then() {
+        let (mut f, t0) = policy(None, 60);
+        f.stream_started(t0, pos(100, 100));
+        assert_eq!(
+            f.after_sync(t0, pos(200, 100), false),
+            None,
+            "only write moved"
+        );
+        let s = f.after_sync(t0, pos(200, 200), false).unwrap();
+        assert_eq!(s.flush, Lsn(200));
+        assert_eq!(f.after_sync(t0, pos(200, 200), false), None);
+    }
+
+    #[test]
+    fn reply_requests_are_answered_even_without_progress() {
+        let (mut f, t0) = policy(None, 60);
+        f.stream_started(t0, pos(100, 100));
+        let s = f.after_sync(t0, pos(100, 100), true).unwrap();
+        assert_eq!((s.flush, s.reply_requested), (Lsn(100), false));
+    }
+
+    #[test]
+    fn positions_never_go_backwards_and_flush_never_passes_write() {
+        let (mut f, t0) = policy(None, 60);
+        f.stream_started(t0, pos(5000, 4000));
+        // A new timeline restarts at a segment start below what was reported.
+        let s = f.final_status(t0, pos(1000, 0));
+        assert_eq!((s.write, s.flush), (Lsn(5000), Lsn(4000)));
+        let s = f.after_sync(t0, pos(4500, 4500), true).unwrap();
+        assert_eq!((s.write, s.flush), (Lsn(5000), Lsn(4500)));
+        let s = f.after_sync(t0, pos(6000, 5500), false).unwrap();
+        assert_eq!((s.write, s.flush), (Lsn(6000), Lsn(5500)));
+    }
+
+    #[test]
+    fn silence_brings_a_ping_at_half_the_timeout_then_the_end() {
+        let (mut f, t0) = policy(None, 60);
+        f.stream_started(t0, pos(1, 1));
+        assert_eq!(f.next_deadline(), t0 + 30 * SEC);
+        assert_eq!(f.on_timer(t0 + 29 * SEC, pos(1, 1)), TimerAction::Nothing);
+        match f.on_timer(t0 + 30 * SEC, pos(1, 1)) {
+            TimerAction::Send(s) => assert!(s.reply_requested),
+            other => panic!("{other:?}"),
+        }
+        // One ping per quiet period.
+        assert_eq!(f.next_deadline(), t0 + 60 * SEC);
+        assert_eq!(f.on_timer(t0 + 45 * SEC, pos(1, 1)), TimerAction::Nothing);
+        assert_eq!(f.on_timer(t0 + 60 * SEC, pos(1, 1)), TimerAction::TimedOut);
+    }
+
+    #[test]
+    fn any_message_restarts_the_silence_clock() {
+        let (mut f, t0) = policy(None, 60);
+        f.stream_started(t0, pos(1, 1));
+        assert!(matches!(
+            f.on_timer(t0 + 30 * SEC, pos(1, 1)),
+            TimerAction::Send(_)
+        ));
+        f.message_received(t0 + 40 * SEC);
+        assert_eq!(f.next_deadline(), t0 + 70 * SEC);
+        assert_eq!(f.on_timer(t0 + 65 * SEC, pos(1, 1)), TimerAction::Nothing);
+        assert!(
+            matches!(f.on_timer(t0 + 70 * SEC, pos(1, 1)), TimerAction::Send(s) if s.reply_requested)
+        );
+    }
+
+    #[test]
+    fn periodic_status_follows_the_interval_from_the_last_one_sent() {
+        let (mut f, t0) = policy(Some(10), 60);
+        f.stream_started(t0, pos(1, 1));
+        assert_eq!(f.next_deadline(), t0 + 10 * SEC);
+        f.message_received(t0 + 9 * SEC);
+        assert_eq!(f.on_timer(t0 + 9 * SEC, pos(1, 1)), TimerAction::Nothing);
+        match f.on_timer(t0 + 10 * SEC, pos(2, 1)) {
+            TimerAction::Send(s) => assert_eq!((s.write, s.reply_requested), (Lsn(2), false)),
+            other => panic!("{other:?}"),
+        }
+        // An event-driven status resets the interval too.
+        f.message_received(t0 + 15 * SEC);
+        f.after_sync(t0 + 15 * SEC, pos(3, 3), false).unwrap();
+        assert_eq!(f.next_deadline(), t0 + 25 * SEC);
+    }
+
+    #[test]
+    fn a_continuous_stream_still_gets_its_periodic_status() {
+        // The session calls on_timer after every batch: messages arriving
+        // back to back keep the connection alive but do not hold back the
+        // interval.
+        let (mut f, t0) = policy(Some(1), 60);
+        f.stream_started(t0, pos(1, 1));
+        let mut sent = 0;
+        for ms in (0..3000).step_by(10) {
+            let now = t0 + Duration::from_millis(ms);
+            f.message_received(now);
+            if let TimerAction::Send(_) = f.on_timer(now, pos(1, 1)) {
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, 2, "at 1 s and 2 s");
+    }
+}
