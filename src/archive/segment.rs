@@ -796,7 +796,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let prepared = PreparedSegment::create(tmp.path(), 1, 6, SEG, true).unwrap();
         let tmp_name = format!("{}.partial.tmp", seg_name(1, 6));
-        assert_eq!(names(tmp.path()), [tmp_name.clone()]);
+        assert_eq!(names(tmp.path()), std::slice::from_ref(&tmp_name));
         assert_eq!(prepared.path(), tmp.path().join(&tmp_name));
         let meta = std::fs::metadata(prepared.path()).unwrap();
         assert_eq!(
