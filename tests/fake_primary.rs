@@ -112,6 +112,17 @@ impl Wal {
         (start, data)
     }
 
+    /// The bytes up to the end of the record in progress (its MAXALIGN
+    /// padding included), so that everything handed out is verified.
+    fn next_to_record_end(&mut self) -> (u64, Vec<u8>) {
+        let start = self.pos;
+        let mut data = Vec::new();
+        while self.verified_end() != self.pos && self.remaining() > 0 {
+            data.extend(self.next(8).1);
+        }
+        (start, data)
+    }
+
     /// Verified end of everything handed out so far.
     fn verified_end(&self) -> u64 {
         self.verifier.verified_end().0
@@ -472,6 +483,15 @@ async fn fake_primary_silence_ping_then_timeout_and_reconnect() {
     let (start, data) = wal.next(20_000);
     stream.send_xlog(start, &data).await.expect("send WAL");
     let last = stream.last_send_at().expect("sent");
+    let expected = wal.verified_end();
+    assert!(
+        stream
+            .wait_for_status(Duration::from_millis(700), |u| u.flush == expected)
+            .await
+            .is_some(),
+        "no status update with flush = {} within 0.7 s of WAL sent alone",
+        format_lsn(expected)
+    );
     // From now on the fake says nothing.
     let ping = stream
         .wait_for_status(Duration::from_secs(3), |u| u.reply_requested)
@@ -580,6 +600,86 @@ async fn fake_primary_status_updates_flow_during_a_flood() {
     assert_eq!(fake.connections(), 1, "no reconnection");
 }
 
+/// (c) The same with WAL in the flood: every write is a small XLogData then
+/// keepalives, so walrcv never finds its socket drained. Status updates keep
+/// flowing (at most about an interval apart), and once the flood stops the
+/// flush reaches the verified end of everything sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_primary_status_updates_flow_during_a_wal_flood() {
+    let Setup {
+        fake,
+        rcv,
+        dir,
+        mut stream,
+        t0,
+        serial: _serial,
+    } = setup(|o| o.status_interval = Some(Duration::from_secs(1))).await;
+    let mut wal = Wal::new();
+    let flood_start = Instant::now();
+    let mut writes = 0u64;
+    while flood_start.elapsed() < Duration::from_millis(3500) {
+        let mut msgs = Vec::with_capacity(201);
+        // Should the fixture run out, the flood goes on with keepalives only.
+        if wal.remaining() > 0 {
+            let (start, data) = wal.next(128);
+            msgs.push(ServerMsg::xlog(start, &data));
+        }
+        msgs.extend((0..200).map(|_| ServerMsg::keepalive(wal.pos(), false)));
+        stream.send(&msgs).await.expect("flood");
+        writes += 1;
+    }
+    let flood_end = Instant::now();
+    // Then, alone, the rest of the record in progress: once the flush reaches
+    // its end, walrcv has consumed everything sent.
+    let (start, tail) = wal.next_to_record_end();
+    for (i, piece) in tail.chunks(MAX_SEND).enumerate() {
+        let at = start + (i * MAX_SEND) as u64;
+        stream
+            .send_xlog(at, piece)
+            .await
+            .expect("send the record's end");
+    }
+    let expected = wal.pos();
+    assert_eq!(wal.verified_end(), expected);
+    let updates = stream.status_updates();
+    let all = describe(&updates, t0);
+    let during: Vec<&StatusUpdate> = updates
+        .iter()
+        .filter(|u| u.at > flood_start && u.at <= flood_end)
+        .collect();
+    assert!(
+        during.len() >= 2,
+        "{} status updates during a {:.1} s flood ({writes} writes of 128 bytes of WAL + 200 keepalives) \
+         with status_interval 1 s, expected >= 2:\n{all}",
+        during.len(),
+        secs(flood_end.duration_since(flood_start)),
+    );
+    let mut times = vec![flood_start];
+    times.extend(during.iter().map(|u| u.at));
+    times.push(flood_end);
+    for w in times.windows(2) {
+        let gap = secs(w[1].duration_since(w[0]));
+        assert!(
+            gap <= 1.6,
+            "{gap:.3} s without a status update during the flood, status_interval is 1 s:\n{all}"
+        );
+    }
+    let reached = stream
+        .wait_for_status(Duration::from_secs(5), |u| u.flush == expected)
+        .await;
+    let updates = stream.status_updates();
+    assert!(
+        reached.is_some(),
+        "flush did not reach {} (end of the WAL sent) within 5 s after the flood:\n{}",
+        format_lsn(expected),
+        describe(&updates, t0)
+    );
+    check_invariants(&updates, &wal, t0);
+    assert_eq!(rcv.stop().await, Outcome::Stopped);
+    assert_archive_matches(dir.path(), wal.pos());
+    assert_eq!(fake.connections(), 1, "no reconnection");
+}
+
 /// (d, e) All of segments 8, 9 and A in chunks of varying sizes, several
 /// messages per write, keepalives (reply-requested or not) in between: the
 /// updates never go backwards nor beyond the verified WAL, flush reaches the
@@ -656,11 +756,35 @@ async fn fake_primary_full_stream_in_varying_chunks() {
     assert_eq!(fake.connections(), 1, "no reconnection");
 }
 
+/// Sends each chunk alone (its own write, then silence) and waits until the
+/// flush reported reaches its verified end.
+async fn send_chunks_and_wait(
+    stream: &mut ReplicationStream,
+    wal: &mut Wal,
+    lens: &[usize],
+    t0: Instant,
+) {
+    for &len in lens {
+        let (start, data) = wal.next(len);
+        stream.send_xlog(start, &data).await.expect("send WAL");
+        let expected = wal.verified_end();
+        assert!(expected < wal.pos(), "the chunk must end inside a record");
+        let got = stream
+            .wait_for_status(Duration::from_secs(2), |u| u.flush == expected)
+            .await;
+        assert!(
+            got.is_some(),
+            "no status update with flush = {} within 2 s of WAL sent alone:\n{}",
+            format_lsn(expected),
+            describe(&stream.status_updates(), t0)
+        );
+    }
+}
+
 /// (d) Empty archive, so the start point is not backed by the archive's own
-/// files: flush is 0/0 (invalid) until WAL was fsynced, and write never exceeds
-/// the verified end of the WAL sent.
+/// files: flush is 0/0 (invalid) until WAL was fsynced, never the start point.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fake_primary_flush_invalid_until_fsynced_and_write_verified() {
+async fn fake_primary_flush_invalid_until_wal_is_fsynced() {
     let Setup {
         fake,
         rcv,
@@ -678,43 +802,48 @@ async fn fake_primary_flush_invalid_until_fsynced_and_write_verified() {
         "before any WAL was received, flush must be reported as 0/0 (invalid), not the start point:\n{}",
         describe(&before, t0)
     );
-    // Two chunks, each in its own write, each ending inside a record.
-    for len in [30_000, 50_000] {
-        let (start, data) = wal.next(len);
-        stream.send_xlog(start, &data).await.expect("send WAL");
-        let expected = wal.verified_end();
-        assert!(expected < wal.pos(), "the chunk must end inside a record");
-        let got = stream
-            .wait_for_status(Duration::from_secs(2), |u| u.flush == expected)
-            .await;
+    send_chunks_and_wait(&mut stream, &mut wal, &[30_000], t0).await;
+    let updates = stream.status_updates();
+    check_invariants(&updates, &wal, t0);
+    for (i, u) in updates.iter().enumerate() {
         assert!(
-            got.is_some(),
-            "no status update with flush = {} within 2 s of WAL sent alone:\n{}",
-            format_lsn(expected),
-            describe(&stream.status_updates(), t0)
+            u.flush == 0 || u.flush > START,
+            "update #{i}: flush {} is the start point, which nothing fsynced backs\n{}",
+            format_lsn(u.flush),
+            describe(&updates, t0)
         );
     }
+    assert_eq!(rcv.stop().await, Outcome::Stopped);
+    assert_archive_matches(dir.path(), wal.pos());
+    assert_eq!(fake.connections(), 1, "no reconnection");
+}
+
+/// (d) write never exceeds the verified end of the WAL sent: the bytes of a
+/// record not yet complete are not verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_primary_write_never_beyond_verified_wal() {
+    let Setup {
+        fake,
+        rcv,
+        dir,
+        mut stream,
+        t0,
+        serial: _serial,
+    } = setup(|_| {}).await;
+    let mut wal = Wal::new();
+    send_chunks_and_wait(&mut stream, &mut wal, &[30_000, 50_000, 8192], t0).await;
     let updates = stream.status_updates();
     check_invariants(&updates, &wal, t0);
     for (i, u) in updates.iter().enumerate() {
         let verified = wal.verified_at(u.sent_before);
         assert!(
             u.write <= verified,
-            "update #{i}: write {} beyond the verified end {} of the WAL sent (up to {}): \
-             bytes of an incomplete record are not verified\n{}",
+            "update #{i}: write {} beyond the verified end {} of the WAL sent (up to {})\n{}",
             format_lsn(u.write),
             format_lsn(verified),
             format_lsn(u.sent_before),
             describe(&updates, t0)
         );
-        if u.flush != 0 {
-            assert!(
-                u.flush > START,
-                "update #{i}: flush {} is the start point, which nothing fsynced backs\n{}",
-                format_lsn(u.flush),
-                describe(&updates, t0)
-            );
-        }
     }
     assert_eq!(rcv.stop().await, Outcome::Stopped);
     assert_archive_matches(dir.path(), wal.pos());
