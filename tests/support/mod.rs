@@ -57,6 +57,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod fake_walsender;
 mod process;
 mod walfiles;
 
