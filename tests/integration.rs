@@ -3,3 +3,4 @@ mod corruption;
 mod harness;
 mod stream;
 mod support;
+mod sync_commit;

@@ -3,6 +3,7 @@
 //! runs the CopyBoth loop (in [`session`]) with the writer thread (in
 //! [`writer`]).
 
+mod options;
 pub mod session;
 pub mod slots;
 pub mod writer;
@@ -18,6 +19,7 @@ use crate::lsn::Lsn;
 use crate::pgwire::{PgError, ServerMessage};
 use crate::replication::{ReplicationError, StreamError};
 
+pub use options::conn_overrides;
 pub use writer::{Progress, WriterError};
 
 /// What `walrcv stream` was asked to do.
