@@ -49,11 +49,14 @@ impl ContGuard {
             "walrcv exited before SIGSTOP:\n{}",
             p.stderr()
         );
-        let pid = p.pid() as libc::pid_t;
-        // SAFETY: kill(2) on our own child, still running (not reaped).
-        unsafe {
-            libc::kill(pid, libc::SIGSTOP);
-        }
+        ContGuard::stop_pid(p.pid() as libc::pid_t)
+    }
+
+    /// The same for any process (e.g. a server's walsender).
+    fn stop_pid(pid: libc::pid_t) -> ContGuard {
+        // SAFETY: plain kill(2); a child of ours is still running (not reaped).
+        let r = unsafe { libc::kill(pid, libc::SIGSTOP) };
+        assert_eq!(r, 0, "SIGSTOP {pid}: {}", std::io::Error::last_os_error());
         ContGuard(pid)
     }
 
@@ -413,4 +416,56 @@ fn fast_shutdown_completes_promptly_with_walrcv_synchronous() {
 #[test]
 fn fast_shutdown_completes_promptly_with_walrcv_streaming_without_slot() {
     fast_shutdown_completes_promptly(false);
+}
+
+/// `--receive-timeout`: a server that sends nothing (its walsender stopped)
+/// is given up after that many seconds, and walrcv reconnects.
+#[test]
+fn receive_timeout_drops_a_silent_server_and_reconnects() {
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let dir = archive_dir();
+    let conn = format!("{} application_name={APP}", pg.conninfo());
+    let mut rcv = walrcv_spawn(&[
+        "stream",
+        "-D",
+        dir.path().to_str().unwrap(),
+        "-d",
+        &conn,
+        "-v",
+        "--receive-timeout=2",
+    ]);
+    let walsender = || {
+        pg.psql(&format!(
+            "SELECT pid FROM pg_stat_replication \
+             WHERE application_name = '{APP}' AND state = 'streaming'"
+        ))
+    };
+    wait_until(Duration::from_secs(30), "walrcv to be streaming", || {
+        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+        !walsender().is_empty()
+    });
+    let first: libc::pid_t = walsender().parse().unwrap();
+    // While the server is idle walrcv pings it every second (half the
+    // timeout) and the answer resets the clock: the last message came 0 to 1 s
+    // before the stop, so the drop comes 1 to 2 s after it.
+    let t = Instant::now();
+    let guard = ContGuard::stop_pid(first);
+    rcv.wait_for_stderr(
+        "no message from the server for 2 s",
+        Duration::from_secs(15),
+    );
+    let dropped_after = t.elapsed();
+    eprintln!(
+        "--receive-timeout=2: connection dropped {dropped_after:?} after the walsender stopped"
+    );
+    assert!(
+        dropped_after >= Duration::from_millis(900) && dropped_after < Duration::from_secs(6),
+        "dropped after {dropped_after:?} with --receive-timeout=2"
+    );
+    drop(guard);
+    wait_until(Duration::from_secs(30), "walrcv to reconnect", || {
+        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+        walsender().parse::<libc::pid_t>().is_ok_and(|p| p != first)
+    });
+    assert!(rcv.interrupt().success(), "walrcv exits 0 on SIGINT");
 }
