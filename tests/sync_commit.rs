@@ -28,7 +28,9 @@ const BLOCKED_FOR: Duration = Duration::from_secs(3);
 /// A fast shutdown must complete within this...
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 /// ...and `pg_ctl stop` gives up (the test fails) after this.
-const SHUTDOWN_GIVE_UP: Duration = Duration::from_secs(30);
+const SHUTDOWN_GIVE_UP: Duration = Duration::from_secs(20);
+/// How long walrcv is stopped while the primary shuts down (paused variant).
+const PAUSE: Duration = Duration::from_secs(2);
 
 fn archive_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -301,10 +303,20 @@ fn latest_checkpoint(pg: &PgServer) -> u64 {
     parse_lsn(line.rsplit(' ').next().unwrap())
 }
 
+/// Length of a shutdown checkpoint record: XLogRecord header (24), short
+/// main-data header (2), CheckPoint (88) in PostgreSQL 13 to 18.
+const CHECKPOINT_RECORD_LEN: u64 = 24 + 2 + 88;
+
 /// With walrcv streaming (as the synchronous standby or not), a fast shutdown
-/// of the primary completes within [`SHUTDOWN_LIMIT`]; after a restart walrcv
-/// reconnects and the archive has no gap.
-fn fast_shutdown_completes_promptly(synchronous: bool) {
+/// of the primary completes within [`SHUTDOWN_LIMIT`], and the archive then
+/// holds the shutdown checkpoint; after a restart walrcv reconnects and the
+/// archive has no gap.
+///
+/// With `paused`, walrcv is stopped (SIGSTOP) from just before the shutdown
+/// until [`PAUSE`] later: the walsender meanwhile sends the shutdown checkpoint
+/// record and then a keepalive asking for a reply, so walrcv reads both at
+/// once. Without a pause whether they come in one read is down to timing.
+fn fast_shutdown_completes_promptly(synchronous: bool, paused: bool) {
     let mut pg = PgServer::builder().wal_segsize_mb(1).start();
     pg.psql("CREATE TABLE t (i int, pad text)");
     let dir = archive_dir();
@@ -325,13 +337,25 @@ fn fast_shutdown_completes_promptly(synchronous: bool) {
     let written = pg.current_lsn();
     pg.wait_for_flush(APP, written, Duration::from_secs(20));
 
-    let stopped = pg.try_stop("fast", SHUTDOWN_GIVE_UP);
+    let stopped = if paused {
+        let guard = ContGuard::stop(&mut rcv);
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                std::thread::sleep(PAUSE);
+                guard.resume();
+            });
+            pg.try_stop("fast", SHUTDOWN_GIVE_UP)
+        })
+    } else {
+        pg.try_stop("fast", SHUTDOWN_GIVE_UP)
+    };
     let took = match &stopped {
         Ok(t) => *t,
         Err(_) => SHUTDOWN_GIVE_UP,
     };
     eprintln!(
-        "fast shutdown with walrcv streaming (synchronous: {synchronous}): {took:?} ({})",
+        "fast shutdown with walrcv streaming (synchronous: {synchronous}, paused \
+         {paused}): {took:?} ({})",
         if stopped.is_ok() {
             "stopped"
         } else {
@@ -341,20 +365,21 @@ fn fast_shutdown_completes_promptly(synchronous: bool) {
     if let Err(e) = stopped {
         panic!(
             "fast shutdown did not complete within {SHUTDOWN_GIVE_UP:?} with walrcv streaming \
-             (synchronous: {synchronous}): the walsender waits for walrcv to flush and \
-             acknowledge all WAL sent.\n{e}\n--- walrcv stderr ---\n{}",
+             (synchronous: {synchronous}, paused {paused}): the walsender waits for walrcv \
+             to flush and acknowledge all WAL sent, the shutdown checkpoint included.\n{e}\n--- walrcv stderr ---\n{}",
             rcv.stderr()
         );
     }
     assert!(
         took < SHUTDOWN_LIMIT,
         "fast shutdown took {took:?} (limit {SHUTDOWN_LIMIT:?}) with walrcv streaming \
-         (synchronous: {synchronous})\n--- walrcv stderr ---\n{}",
+         (synchronous: {synchronous}, paused {paused})\n--- walrcv stderr ---\n{}",
         rcv.stderr()
     );
     // The walsender exits only once walrcv has flushed everything it sent,
     // the shutdown checkpoint record included.
     let checkpoint = latest_checkpoint(&pg);
+    assert_archive_holds(dir.path(), &pg, checkpoint + CHECKPOINT_RECORD_LEN);
     assert!(
         rcv.is_running(),
         "walrcv keeps running (reconnecting) while the server is down:\n{}",
@@ -410,12 +435,17 @@ fn fast_shutdown_completes_promptly(synchronous: bool) {
 
 #[test]
 fn fast_shutdown_completes_promptly_with_walrcv_synchronous() {
-    fast_shutdown_completes_promptly(true);
+    fast_shutdown_completes_promptly(true, false);
+}
+
+#[test]
+fn fast_shutdown_completes_promptly_with_walrcv_paused_during_it() {
+    fast_shutdown_completes_promptly(true, true);
 }
 
 #[test]
 fn fast_shutdown_completes_promptly_with_walrcv_streaming_without_slot() {
-    fast_shutdown_completes_promptly(false);
+    fast_shutdown_completes_promptly(false, false);
 }
 
 /// `--receive-timeout`: a server that sends nothing (its walsender stopped)
