@@ -168,12 +168,13 @@ fn syncrep_waiters(pg: &PgServer) -> u32 {
         .unwrap()
 }
 
-/// The archive holds the primary's WAL up to `upto`: every complete segment is
+/// The archive holds the primary's WAL of `timeline` up to `upto` (works
+/// with the server stopped): every complete segment is
 /// identical to the primary's, and the segment holding the byte before `upto`
 /// is either complete or a `.partial` whose bytes up to `upto` are the primary's.
-fn assert_archive_holds(archive: &Path, pg: &PgServer, upto: u64) {
+fn assert_archive_holds(archive: &Path, pg: &PgServer, timeline: u32, upto: u64) {
     assert_segments_identical(archive, pg);
-    let seg = wal_file_name(pg.timeline(), upto - 1, pg.wal_segment_size());
+    let seg = wal_file_name(timeline, upto - 1, pg.wal_segment_size());
     if complete_segments(archive).contains(&seg) {
         return;
     }
@@ -280,7 +281,7 @@ fn sync_commit_waits_for_walrcv_and_is_released_by_it() {
     assert!(rcv.is_running(), "walrcv still runs:\n{}", rcv.stderr());
 
     // 5. The archive holds what walrcv acknowledged, byte for byte.
-    assert_archive_holds(dir.path(), &pg, flushed);
+    assert_archive_holds(dir.path(), &pg, 1, flushed);
 
     pg.psql("ALTER SYSTEM RESET synchronous_standby_names");
     pg.psql("SELECT pg_reload_conf()");
@@ -379,7 +380,7 @@ fn fast_shutdown_completes_promptly(synchronous: bool, paused: bool) {
     // The walsender exits only once walrcv has flushed everything it sent,
     // the shutdown checkpoint record included.
     let checkpoint = latest_checkpoint(&pg);
-    assert_archive_holds(dir.path(), &pg, checkpoint + CHECKPOINT_RECORD_LEN);
+    assert_archive_holds(dir.path(), &pg, 1, checkpoint + CHECKPOINT_RECORD_LEN);
     assert!(
         rcv.is_running(),
         "walrcv keeps running (reconnecting) while the server is down:\n{}",
