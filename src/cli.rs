@@ -54,6 +54,13 @@ pub struct StreamArgs {
     #[arg(short = 's', long = "status-interval", value_name = "SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(0..=2_147_483))]
     pub status_interval: u32,
+    /// Drop the connection after this many seconds without any message from
+    /// the server (then reconnect, or exit with --no-loop); a ping asking for a
+    /// reply is sent at half of it (like the server's wal_receiver_timeout).
+    /// At least 1.
+    #[arg(long = "receive-timeout", value_name = "SECS", default_value_t = DEFAULT_RECEIVE_TIMEOUT_SECS,
+          value_parser = parse_receive_timeout)]
+    pub receive_timeout: u32,
     /// Replication slot to use.
     #[arg(short = 'S', long = "slot", value_name = "SLOTNAME")]
     pub slot: Option<String>,
@@ -95,6 +102,35 @@ pub struct StreamArgs {
     pub help: Option<bool>,
 }
 
+/// `--receive-timeout` when not given: 60 s, like wal_receiver_timeout.
+pub const DEFAULT_RECEIVE_TIMEOUT_SECS: u32 = 60;
+/// The largest `--receive-timeout`: wal_receiver_timeout's maximum (INT_MAX ms).
+pub const MAX_RECEIVE_TIMEOUT_SECS: u32 = 2_147_483;
+
+/// `--receive-timeout`: whole seconds, 1 to [`MAX_RECEIVE_TIMEOUT_SECS`]. 0 is
+/// refused rather than read as "never": walrcv pings at half the timeout, and
+/// a receiver that never notices a dead connection leaves a synchronous
+/// primary's commits waiting on it.
+fn parse_receive_timeout(s: &str) -> Result<u32, String> {
+    let secs: u32 = s.trim().parse().map_err(|_| {
+        format!("\"{s}\" is not a number of seconds (1 to {MAX_RECEIVE_TIMEOUT_SECS})")
+    })?;
+    check_receive_timeout(secs)
+}
+
+fn check_receive_timeout(secs: u32) -> Result<u32, String> {
+    match secs {
+        0 => Err(format!(
+            "the receive timeout must be at least 1 second (0 would drop every connection at once; \
+             there is no \"never\"); the default is {DEFAULT_RECEIVE_TIMEOUT_SECS}"
+        )),
+        s if s > MAX_RECEIVE_TIMEOUT_SECS => Err(format!(
+            "the receive timeout {s} s is too large (at most {MAX_RECEIVE_TIMEOUT_SECS})"
+        )),
+        s => Ok(s),
+    }
+}
+
 /// What `stream` will do once its flags are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamAction {
@@ -122,6 +158,9 @@ impl StreamArgs {
         if self.synchronous && self.no_sync {
             return Err("cannot use --synchronous together with --no-sync".into());
         }
+        // Also for a StreamArgs built in code (Default gives 0), not parsed.
+        check_receive_timeout(self.receive_timeout)
+            .map_err(|e| format!("invalid --receive-timeout: {e}"))?;
         if self.no_password && self.password {
             return Err("cannot use --no-password together with --password".into());
         }

@@ -3,14 +3,13 @@
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::time::Duration;
 
 use clap::Parser;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use walrcv::cli::{self, Cli, Command, PgReceivewalCli, StreamAction, StreamArgs};
-use walrcv::conninfo::{self, Overrides, ProcessEnv};
+use walrcv::conninfo::{self, ProcessEnv};
 use walrcv::receiver::{self, exit, Outcome, ReceiverError, StreamOptions};
 
 fn main() {
@@ -65,13 +64,7 @@ fn stream_command(args: StreamArgs) -> i32 {
             return exit::CONFIG;
         }
     };
-    let mut overrides = Overrides {
-        dbname: args.dbname.clone(),
-        host: args.host.clone(),
-        port: args.port.clone(),
-        user: args.username.clone(),
-        password: None,
-    };
+    let mut overrides = receiver::conn_overrides(&args);
     if args.password {
         match rpassword::prompt_password("Password: ") {
             Ok(p) => overrides.password = Some(p),
@@ -98,19 +91,7 @@ fn stream_command(args: StreamArgs) -> i32 {
             return exit::DISCONNECTED;
         }
     };
-    let opts = StreamOptions {
-        directory: args.directory.clone().unwrap_or_default(),
-        conn,
-        slot: args.slot.clone(),
-        endpos: args.endpos,
-        no_loop: args.no_loop,
-        sync: !args.no_sync,
-        synchronous: args.synchronous,
-        status_interval: (args.status_interval > 0)
-            .then(|| Duration::from_secs(u64::from(args.status_interval))),
-        receive_timeout: Duration::from_secs(60),
-        password_prompt: !args.no_password,
-    };
+    let opts = StreamOptions::from_args(&args, conn);
     runtime.block_on(async move {
         let result = match action {
             StreamAction::CreateSlot => receiver::slots::create(&opts, args.if_not_exists)

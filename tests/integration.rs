@@ -4,3 +4,4 @@ mod fake_primary;
 mod harness;
 mod stream;
 mod support;
+mod sync_commit;

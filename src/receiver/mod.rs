@@ -5,6 +5,7 @@
 //! (in [`feedback`]).
 
 pub mod feedback;
+mod options;
 pub mod session;
 pub mod sink;
 pub mod slots;
@@ -20,6 +21,7 @@ use crate::lsn::Lsn;
 use crate::pgwire::{PgError, ServerMessage};
 use crate::replication::{ReplicationError, StreamError};
 
+pub use options::conn_overrides;
 pub use sink::SinkError;
 
 /// What `walrcv stream` was asked to do.

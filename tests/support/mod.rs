@@ -952,6 +952,34 @@ impl PgServer {
         self.pg_ctl_stop("immediate");
     }
 
+    /// `pg_ctl stop -m MODE -w -t LIMIT`: returns how long it took, or an error
+    /// (with the server log tail) when the server did not stop within `limit`
+    /// (whole seconds, at least 1). The server then goes on shutting down and is
+    /// still considered running: drop stops it `-m immediate`. For tests that
+    /// time a shutdown; [`stop`](Self::stop) waits up to 120 s and panics.
+    pub fn try_stop(&mut self, mode: &str, limit: Duration) -> Result<Duration, String> {
+        assert!(self.running, "try_stop: the server is not running");
+        let secs = limit.as_secs().max(1).to_string();
+        let mut cmd = self.server_command("pg_ctl");
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", &secs, "-m", mode, "stop"]);
+        let start = Instant::now();
+        let out = cmd.output().expect("run pg_ctl stop");
+        let took = start.elapsed();
+        if out.status.success() {
+            self.running = false;
+            Ok(took)
+        } else {
+            Err(format!(
+                "pg_ctl stop -m {mode} did not finish within {secs} s (took {took:?}):\n{}\n\
+                 --- server log ---\n{}",
+                output_text(&out),
+                self.log_tail(30)
+            ))
+        }
+    }
+
     /// Starts the server again after `stop()` / `stop_immediate()`, same port.
     pub fn start_again(&mut self) {
         assert!(!self.running, "start_again: the server is running");
