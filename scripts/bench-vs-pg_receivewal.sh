@@ -1,48 +1,109 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of walrcv against pg_receivewal on one scratch primary
-# (PostgreSQL 15, 16 MB segments, fsync on), touching nothing else:
+# Benchmarks walrcv against pg_receivewal, and both against a ceiling, in one go
+# on one scratch primary (PostgreSQL 15, 16 MB segments, fsync on) that runs as
+# the `postgres` OS user in a temporary directory, on loopback only, on a free
+# port; nothing else on the machine is touched.
 #
-#   1. catch-up: about WAL_MB of WAL (default 512) is written first, then each
-#      receiver archives it from a slot to --endpos; we time it and take its CPU
-#      time (user + system, from bash's `time`).
-#   2. synchronous commit: each receiver runs as the only synchronous standby
-#      (pg_receivewal with --synchronous, walrcv as it always runs) while
-#      `pgbench -c 4 -T SECONDS` commits, twice each in the order walrcv,
-#      pg_receivewal, pg_receivewal, walrcv; we take the mean tps and latency.
+#   1. synchronous commit: `pgbench -N` at each client count of --clients, for
+#      --seconds each, with the only synchronous standby being walrcv
+#      (`walrcv stream`, application_name=walrcv_bench), pg_receivewal
+#      (--synchronous, application_name=pgrw_bench), or nobody
+#      (synchronous_standby_names empty: the ceiling). Each receiver starts
+#      fresh in an empty directory, and pgbench starts once pg_stat_replication
+#      shows it `sync`; a CHECKPOINT precedes every run.
+#   2. catch-up: at least --wal-mb MB of WAL is written behind rounds x 3
+#      physical slots, then walrcv, pg_receivewal, and the ceiling (walrcv
+#      --no-sync into a tmpfs) each archive it from their own slot to --endpos.
+#      Complete segments of walrcv and of the ceiling are compared byte for byte
+#      (cmp) with pg_receivewal's, then the archives are deleted.
 #
-# Each receiver runs alone, in turn, against the same primary; the report gives
-# ratios (walrcv / pg_receivewal) from this one run. The machine is shared and
-# noisy: compare ratios, not absolute figures, and run it more than once.
+# Both phases run --rounds rounds; round r rotates the order of the three (round
+# 1: walrcv, pg_receivewal, ceiling; round 2: pg_receivewal, ceiling, walrcv;
+# ...). The report is a markdown table of medians over the rounds with the
+# ratios walrcv / pg_receivewal and walrcv / ceiling; the raw per-run figures go
+# to results.csv in the temporary directory. The machine is shared and noisy:
+# compare ratios, not absolute figures.
 #
-#   scripts/bench-vs-pg_receivewal.sh [--wal-mb N] [--seconds N] [--keep]
+#   scripts/bench-vs-pg_receivewal.sh [--clients "1 8 32"] [--seconds 12]
+#       [--rounds 3] [--wal-mb 1024] [--keep] [--no-build] [--walrcv PATH]
 #
-# Respects CARGO_TARGET_DIR. Needs root (the server runs as `postgres`) or a
-# non-root user who can run PostgreSQL.
+#   --clients LIST  pgbench client counts, space-separated (default "1 8 32")
+#   --seconds N     pgbench -T of each synchronous run (default 12)
+#   --rounds N      rounds of both phases; the report takes medians (default 3)
+#   --wal-mb N      catch-up WAL to write, at least, in MB (default 1024)
+#   --keep          keep the temporary directory (CSV, logs, pgbench logs, data)
+#   --no-build      do not run cargo; use $CARGO_TARGET_DIR/release/walrcv
+#   --walrcv PATH   benchmark this walrcv binary (implies --no-build)
+#
+# Measured: TPS and latency average as pgbench prints them; latency p99 from
+# pgbench -l per-transaction logs (exact, nearest rank); receiver CPU-seconds
+# (user + system, all threads) and peak RSS (VmHWM) of the receiver process
+# itself: from /proc/PID/stat and /proc/PID/status around the pgbench run for
+# synchronous commit, from /usr/bin/time (its direct child) for catch-up.
+#
+# Respects CARGO_TARGET_DIR. Needs root (the server runs as `postgres`; the
+# tmpfs is mounted with mount -t tmpfs, else /dev/shm is used) or a non-root
+# user who can run PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-wal_mb=512
-seconds=20
+command_line="$0"
+for arg in "$@"; do command_line+=" $(printf '%q' "$arg")"; done
+
+clients="1 8 32"
+seconds=12
+rounds=3
+wal_mb=1024
 keep=0
+build=1
+walrcv=""
 while [ $# -gt 0 ]; do
     case "$1" in
-    --wal-mb) wal_mb="$2"; shift ;;
+    --clients) clients="$2"; shift ;;
     --seconds) seconds="$2"; shift ;;
+    --rounds) rounds="$2"; shift ;;
+    --wal-mb) wal_mb="$2"; shift ;;
     --keep) keep=1 ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    --no-build) build=0 ;;
+    --walrcv) walrcv="$2"; build=0; shift ;;
+    -h | --help)
+        awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+        exit 0
+        ;;
     *) echo "bench: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
+for n in "$seconds" "$rounds" "$wal_mb" $clients; do
+    case "$n" in
+    '' | *[!0-9]* | 0) echo "bench: not a positive integer: '$n'" >&2; exit 2 ;;
+    esac
+done
+[ -n "$clients" ] || { echo "bench: --clients is empty" >&2; exit 2; }
 
-say() { printf '\n== %s\n' "$*"; }
+say() { printf '\n== %s\n' "$*" >&2; }
+note() { printf '%s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
 PGBIN=/usr/lib/postgresql/15/bin
+pg_receivewal="$PGBIN/pg_receivewal"
+clk_tck=$(getconf CLK_TCK)
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 say "dependencies and build"
 scripts/install-deps.sh --no-npm
-cargo build --release
-walrcv="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/walrcv"
-pg_receivewal="$PGBIN/pg_receivewal"
+[ -x /usr/bin/time ] || die "/usr/bin/time is missing (apt-get install time)"
+if [ "$build" = 1 ]; then
+    cargo build --release
+fi
+if [ -z "$walrcv" ]; then
+    walrcv="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/walrcv"
+fi
+[ -x "$walrcv" ] || die "no walrcv binary at $walrcv"
+walrcv=$(realpath "$walrcv")
+note "walrcv: $walrcv"
+
+# --- temporary directory, scratch primary, cleanup --------------------------
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/walrcv-bench.XXXXXX")
 chmod 755 "$tmp"
@@ -56,13 +117,21 @@ else
     as_server() { "$@"; }
 fi
 pgdata="$pgdir/data"
+csv="$tmp/results.csv"
 bg_pid=""
+tmpfs_dir=""
+tmpfs_mounted=0
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     [ -n "$bg_pid" ] && kill -KILL "$bg_pid" 2>/dev/null || true
     (cd "$pgdir" && as_server "$PGBIN/pg_ctl" -D "$pgdata" -m immediate -w stop) >/dev/null 2>&1 || true
-    if [ "$keep" = 1 ]; then echo "kept $tmp"; else rm -rf "$tmp"; fi
+    if [ "$tmpfs_mounted" = 1 ]; then
+        umount "$tmpfs_dir" || note "bench: could not unmount $tmpfs_dir"
+    elif [ -n "$tmpfs_dir" ]; then
+        rm -rf "$tmpfs_dir"
+    fi
+    if [ "$keep" = 1 ]; then note "kept $tmp"; else rm -rf "$tmp"; fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -74,7 +143,7 @@ for _ in $(seq 100); do
     candidate=$((20000 + RANDOM % 30000))
     if port_is_free "$candidate"; then port=$candidate; break; fi
 done
-[ -n "$port" ] || { echo "bench: no free port" >&2; exit 1; }
+[ -n "$port" ] || die "no free port"
 
 say "scratch primary on port $port"
 (cd "$pgdir" && as_server "$PGBIN/initdb" -D "$pgdata" -U postgres -A trust --locale=C -E UTF8 >/dev/null)
@@ -83,99 +152,341 @@ listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$pgdir'
 wal_level = replica
-max_wal_senders = 5
-max_replication_slots = 5
+fsync = on
+synchronous_commit = on
+max_wal_senders = 10
+max_replication_slots = $((rounds * 3 + 4))
 max_wal_size = '4GB'
+checkpoint_timeout = '30min'
 shared_buffers = '128MB'
 EOF
 (cd "$pgdir" && as_server "$PGBIN/pg_ctl" -D "$pgdata" -l "$pgdir/server.log" -w start >/dev/null)
 psql_() { psql -XAtq -h "$pgdir" -p "$port" -U postgres -d postgres -c "$1"; }
 conninfo="host=127.0.0.1 port=$port user=postgres"
 
-say "catch-up: writing about $wal_mb MB of WAL behind two slots"
-psql_ "SELECT pg_create_physical_replication_slot('bench_walrcv', true)" >/dev/null
-psql_ "SELECT pg_create_physical_replication_slot('bench_pgrw', true)" >/dev/null
+echo "phase,clients,round,position,receiver,tps,lat_avg_ms,lat_p99_ms,transactions,wall_s,wal_mb,mb_per_s,cpu_s,cpu_s_per_gb,peak_rss_kb" >"$csv"
+
+# --- helpers -----------------------------------------------------------------
+
+# The receivers of round $1 (1-based) in rotated order: the list shifted left
+# by round - 1.
+rotated() { # round, names...
+    local round=$1
+    shift
+    local names=("$@") n=$# i
+    for ((i = 0; i < n; i++)); do
+        printf '%s\n' "${names[$(((i + round - 1) % n))]}"
+    done
+}
+
+# utime + stime of a process (all its threads), in clock ticks. The command name
+# in field 2 is skipped by cutting at the last ") ": field 3 is then the first.
+cpu_ticks() { # pid
+    local stat
+    stat=$(cat "/proc/$1/stat")
+    awk '{ print $12 + $13 }' <<<"${stat##*) }"
+}
+peak_rss_kb() { # pid
+    awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"
+}
+
+set_sync_standby() { # application_name, or "" for none
+    psql_ "ALTER SYSTEM SET synchronous_standby_names = '${1:+\"$1\"}'" >/dev/null
+    psql_ "SELECT pg_reload_conf()" >/dev/null
+}
+
+wait_for_sync() { # application_name, pid
+    local i
+    for i in $(seq 300); do
+        if [ "$(psql_ "SELECT count(*) FROM pg_stat_replication WHERE application_name = '$1' AND sync_state = 'sync'")" = 1 ]; then
+            return 0
+        fi
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+wait_for_comm() { # pid, command name
+    local i
+    for i in $(seq 50); do
+        [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ] && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# So that a walsender left from the previous run cannot pass for the next one.
+wait_no_walsenders() {
+    local i
+    for i in $(seq 100); do
+        [ "$(psql_ "SELECT count(*) FROM pg_stat_replication")" = 0 ] && return 0
+        sleep 0.1
+    done
+    die "a walsender is still there after its receiver exited"
+}
+
+stop_receiver() { # pid
+    local i
+    kill -INT "$1" 2>/dev/null || true
+    for i in $(seq 100); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    bg_pid=""
+}
+
+# Exact nearest-rank percentile of pgbench -l logs: column 3 is the latency in
+# microseconds; printed in milliseconds.
+percentile_ms() { # percent, files...
+    local pct=$1
+    shift
+    awk '$3 ~ /^[0-9]+$/ { print $3 }' "$@" | sort -n |
+        awk -v p="$pct" '{ v[NR] = $1 }
+            END {
+                if (NR == 0) { print ""; exit }
+                k = int(NR * p / 100); if (k < NR * p / 100) k++; if (k < 1) k = 1
+                printf "%.3f", v[k] / 1000
+            }'
+}
+
+# --- 1. synchronous commit ---------------------------------------------------
+
+say "synchronous commit: pgbench -N -T $seconds at clients $clients, $rounds round(s)"
+"$PGBIN/pgbench" -i -s 10 -q -h "$pgdir" -p "$port" -U postgres postgres >"$tmp/pgbench-init.log" 2>&1 ||
+    { cat "$tmp/pgbench-init.log" >&2; die "pgbench -i failed"; }
+nproc_=$(nproc)
+mkdir -p "$tmp/pgbench-logs" "$tmp/sync"
+
+# One synchronous run; appends a CSV row. Receiver: walrcv, pg_receivewal, none.
+sync_run() { # clients, round, position, receiver
+    local c=$1 round=$2 pos=$3 rcv=$4
+    local tag="c$c-r$round-$rcv" app="" comm="" dir pid=""
+    dir="$tmp/sync/$tag"
+    mkdir -p "$dir"
+    case "$rcv" in
+    walrcv)
+        app=walrcv_bench comm=walrcv
+        "$walrcv" stream -D "$dir" -d "$conninfo application_name=$app" >"$tmp/sync/$tag.log" 2>&1 &
+        pid=$!
+        ;;
+    pg_receivewal)
+        app=pgrw_bench comm=pg_receivewal
+        "$pg_receivewal" -D "$dir" -d "$conninfo application_name=$app" --synchronous >"$tmp/sync/$tag.log" 2>&1 &
+        pid=$!
+        ;;
+    none) ;;
+    *) die "unknown receiver $rcv" ;;
+    esac
+    if [ -n "$pid" ]; then
+        bg_pid=$pid
+        # $! is the receiver itself (bash execs a simple command), not a shell:
+        # check it once the exec is done.
+        wait_for_comm "$pid" "$comm" || { cat "$tmp/sync/$tag.log" >&2; die "$rcv (pid $pid) is not running as $comm"; }
+        set_sync_standby "$app"
+        wait_for_sync "$app" "$pid" || { cat "$tmp/sync/$tag.log" >&2; die "$rcv never became the sync standby"; }
+    fi
+    psql_ "CHECKPOINT"
+
+    local jobs=$c ticks0=0 ticks1=0 rss="" out rc=0
+    [ "$jobs" -gt "$nproc_" ] && jobs=$nproc_
+    [ -n "$pid" ] && ticks0=$(cpu_ticks "$pid")
+    out=$("$PGBIN/pgbench" -n -N -c "$c" -j "$jobs" -T "$seconds" -l --log-prefix="$tmp/pgbench-logs/$tag" \
+        -h "$pgdir" -p "$port" -U postgres postgres 2>&1) || rc=$?
+    if [ -n "$pid" ]; then
+        kill -0 "$pid" 2>/dev/null || { cat "$tmp/sync/$tag.log" >&2; die "$rcv exited during pgbench"; }
+        ticks1=$(cpu_ticks "$pid")
+        rss=$(peak_rss_kb "$pid")
+        set_sync_standby ""
+        stop_receiver "$pid"
+        wait_no_walsenders
+    fi
+    printf '%s\n' "$out" >"$tmp/pgbench-logs/$tag.out"
+    [ "$rc" = 0 ] || { printf '%s\n' "$out" >&2; die "pgbench failed ($rcv, $c clients)"; }
+    rm -rf "$dir"
+
+    local tps lat p99 n cpu=""
+    tps=$(sed -nE 's/^tps = ([0-9.]+) .*/\1/p' <<<"$out")
+    lat=$(sed -nE 's/^latency average = ([0-9.]+) ms$/\1/p' <<<"$out")
+    n=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
+    p99=$(percentile_ms 99 "$tmp/pgbench-logs/$tag".*[0-9])
+    [ -n "$pid" ] && cpu=$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$clk_tck" 'BEGIN { printf "%.2f", (b - a) / hz }')
+    echo "sync,$c,$round,$pos,$rcv,$tps,$lat,$p99,$n,,,,$cpu,,$rss" >>"$csv"
+    note "$(printf '  %2s clients  round %s  %-13s  %9.1f tps  avg %8s ms  p99 %8s ms  cpu %6s s  rss %6s kB' \
+        "$c" "$round" "$rcv" "$tps" "$lat" "$p99" "${cpu:--}" "${rss:--}")"
+}
+
+for c in $clients; do
+    for ((round = 1; round <= rounds; round++)); do
+        pos=0
+        while read -r rcv; do
+            pos=$((pos + 1))
+            sync_run "$c" "$round" "$pos" "$rcv" </dev/null
+        done < <(rotated "$round" walrcv pg_receivewal none)
+    done
+done
+
+# --- 2. catch-up ---------------------------------------------------------------
+
+say "catch-up: writing at least $wal_mb MB of WAL behind $((rounds * 3)) slots"
+for ((round = 1; round <= rounds; round++)); do
+    for rcv in walrcv pgrw ceiling; do
+        psql_ "SELECT pg_create_physical_replication_slot('bench_r${round}_$rcv', true)" >/dev/null
+    done
+done
 start_lsn=$(psql_ "SELECT pg_current_wal_lsn()")
 psql_ "CREATE TABLE filler(x bigint, pad text)"
-rows=$((wal_mb * 1024 * 1024 / 400))
-psql_ "INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, $rows) g"
+target=$((wal_mb * 1024 * 1024))
+bytes=0
+bytes_per_row=400
+while [ "$bytes" -lt "$target" ]; do
+    rows=$(((target - bytes) / bytes_per_row + 1000))
+    psql_ "INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, $rows) g"
+    before=$bytes
+    bytes=$(psql_ "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$start_lsn')::bigint")
+    bytes_per_row=$(((bytes - before) / rows + 1))
+done
 psql_ "CHECKPOINT"
 end_lsn=$(psql_ "SELECT pg_current_wal_flush_lsn()")
 bytes=$(psql_ "SELECT pg_wal_lsn_diff('$end_lsn', '$start_lsn')::bigint")
-echo "WAL from $start_lsn to $end_lsn: $((bytes / 1024 / 1024)) MB"
-
-TIMEFORMAT='%R %U %S'
-catch_up() { # name, command...
-    local name=$1 dir="$tmp/archive-$1"
-    shift
-    mkdir -p "$dir"
-    local t
-    t=$({ time "$@" -D "$dir" >/dev/null 2>"$tmp/$name.log"; } 2>&1) || {
-        echo "bench: $name failed:"; cat "$tmp/$name.log"; exit 1
-    }
-    echo "$t"
-}
+catchup_mb=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1048576 }')
+note "WAL from $start_lsn to $end_lsn: $catchup_mb MB"
 # pg_receivewal stops only once a message ends past --endpos (see README), so it
 # is given the last byte before the flush position.
 end_minus_1=$(psql_ "SELECT pg_lsn('$end_lsn') - 1")
-read -r w_real w_user w_sys < <(catch_up walrcv "$walrcv" stream -d "$conninfo" -S bench_walrcv -E "$end_lsn" -n)
-read -r p_real p_user p_sys < <(catch_up pgrw "$pg_receivewal" -d "$conninfo" -S bench_pgrw -E "$end_minus_1" -n)
-for d in walrcv pgrw; do
-    n=$(find "$tmp/archive-$d" -name '????????????????????????' | wc -l)
-    echo "$d archived $n complete segments"
-done
-# Same complete segments, same bytes.
-for f in "$tmp"/archive-walrcv/????????????????????????; do
-    cmp -s "$f" "$tmp/archive-pgrw/$(basename "$f")" || { echo "bench: $(basename "$f") differs" >&2; exit 1; }
-done
 
-say "synchronous commit: pgbench -c 4 -T $seconds with each receiver as the synchronous standby"
-(cd "$pgdir" && as_server "$PGBIN/pgbench" -i -s 10 -q -h "$pgdir" -p "$port" -U postgres postgres >/dev/null 2>&1) ||
-    "$PGBIN/pgbench" -i -s 10 -q -h "$pgdir" -p "$port" -U postgres postgres >/dev/null
-sync_run() { # app_name, command...
-    local app=$1
-    shift
-    local dir="$tmp/sync-$app"
+# The ceiling archives into memory: a tmpfs sized for the WAL plus a margin.
+tmpfs_dir="$tmp/tmpfs"
+mkdir -p "$tmpfs_dir"
+tmpfs_mb=$((bytes / 1048576 * 11 / 10 + 128))
+ceiling_where="a tmpfs of $tmpfs_mb MB"
+if mount -t tmpfs -o "size=${tmpfs_mb}m,mode=0755" walrcv-bench "$tmpfs_dir" 2>"$tmp/mount.log"; then
+    tmpfs_mounted=1
+else
+    rmdir "$tmpfs_dir"
+    tmpfs_dir=$(mktemp -d /dev/shm/walrcv-bench.XXXXXX)
+    ceiling_where="/dev/shm (mount -t tmpfs failed: $(tr '\n' ' ' <"$tmp/mount.log" | sed 's/ *$//'))"
+    note "bench: could not mount a tmpfs; the ceiling archives into $tmpfs_dir instead"
+fi
+note "ceiling archive: $ceiling_where"
+
+# One catch-up run, timed by /usr/bin/time, whose child is the receiver itself.
+# Appends a CSV row.
+catchup_run() { # round, position, receiver
+    local round=$1 pos=$2 rcv=$3 dir slot
+    case "$rcv" in
+    walrcv) dir="$tmp/archive-walrcv"; slot="bench_r${round}_walrcv" ;;
+    pg_receivewal) dir="$tmp/archive-pgrw"; slot="bench_r${round}_pgrw" ;;
+    ceiling) dir="$tmpfs_dir/archive"; slot="bench_r${round}_ceiling" ;;
+    *) die "unknown receiver $rcv" ;;
+    esac
+    rm -rf "$dir"
     mkdir -p "$dir"
-    "$@" -D "$dir" >/dev/null 2>"$tmp/sync-$app.log" &
-    bg_pid=$!
-    psql_ "ALTER SYSTEM SET synchronous_standby_names = '\"$app\"'" >/dev/null
-    psql_ "SELECT pg_reload_conf()" >/dev/null
-    for _ in $(seq 100); do
-        [ "$(psql_ "SELECT count(*) FROM pg_stat_replication WHERE application_name = '$app' AND sync_state = 'sync'")" = 1 ] && break
-        sleep 0.1
-    done
-    local out
-    out=$("$PGBIN/pgbench" -n -c 4 -j 2 -T "$seconds" -h "$pgdir" -p "$port" -U postgres postgres 2>&1)
-    kill -INT "$bg_pid"; wait "$bg_pid" || true
-    bg_pid=""
-    psql_ "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null
-    psql_ "SELECT pg_reload_conf()" >/dev/null
-    local tps lat
-    tps=$(echo "$out" | sed -nE 's/^tps = ([0-9.]+).*/\1/p')
-    lat=$(echo "$out" | sed -nE 's/^latency average = ([0-9.]+) ms/\1/p')
-    echo "$tps $lat"
+    local log="$tmp/catchup-r$round-$rcv.log" times="$tmp/catchup-r$round-$rcv.time"
+    local cmd
+    case "$rcv" in
+    walrcv) cmd=("$walrcv" stream -D "$dir" -d "$conninfo" -S "$slot" -E "$end_lsn" -n) ;;
+    pg_receivewal) cmd=("$pg_receivewal" -D "$dir" -d "$conninfo" -S "$slot" -E "$end_minus_1" -n) ;;
+    ceiling) cmd=("$walrcv" stream -D "$dir" -d "$conninfo" -S "$slot" -E "$end_lsn" -n --no-sync) ;;
+    esac
+    /usr/bin/time -o "$times" -f '%e %U %S %M' "${cmd[@]}" >"$log" 2>&1 ||
+        { cat "$log" "$times" >&2; die "$rcv catch-up failed"; }
+    local wall user sys rss mbs cpu cpu_gb
+    read -r wall user sys rss <"$times"
+    mbs=$(awk -v b="$bytes" -v t="$wall" 'BEGIN { printf "%.1f", (t > 0 ? b / 1048576 / t : 0) }')
+    cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+    cpu_gb=$(awk -v c="$cpu" -v b="$bytes" 'BEGIN { printf "%.3f", c / (b / 1073741824) }')
+    echo "catchup,,$round,$pos,$rcv,,,,,$wall,$catchup_mb,$mbs,$cpu,$cpu_gb,$rss" >>"$csv"
+    note "$(printf '  round %s  %-13s  %7s s  %7s MB/s  cpu %6s s (%6s s/GB)  rss %6s kB' \
+        "$round" "$rcv" "$wall" "$mbs" "$cpu" "$cpu_gb" "$rss")"
 }
-# Order walrcv, pg_receivewal, pg_receivewal, walrcv, and the mean of each pair,
-# so that neither gains from running on a warmer or a less bloated database.
-w_run() { sync_run walrcv_bench "$walrcv" stream -d "$conninfo application_name=walrcv_bench"; }
-p_run() { sync_run pgrw_bench "$pg_receivewal" -d "$conninfo application_name=pgrw_bench" --synchronous; }
-read -r w_tps1 w_lat1 < <(w_run)
-read -r p_tps1 p_lat1 < <(p_run)
-read -r p_tps2 p_lat2 < <(p_run)
-read -r w_tps2 w_lat2 < <(w_run)
-mean() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (a + b) / 2 }'; }
-w_tps=$(mean "$w_tps1" "$w_tps2"); w_lat=$(mean "$w_lat1" "$w_lat2")
-p_tps=$(mean "$p_tps1" "$p_tps2"); p_lat=$(mean "$p_lat1" "$p_lat2")
-echo "walrcv: $w_tps1 / $w_tps2 tps; pg_receivewal: $p_tps1 / $p_tps2 tps"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-say "results (one run; ratios walrcv / pg_receivewal)"
-printf '%-34s %14s %14s %8s\n' "" walrcv pg_receivewal ratio
-printf '%-34s %14s %14s %8s\n' "catch-up wall time (s)" "$w_real" "$p_real" "$(ratio "$w_real" "$p_real")"
-printf '%-34s %14s %14s %8s\n' "catch-up CPU user+sys (s)" \
-    "$(awk -v u="$w_user" -v s="$w_sys" 'BEGIN{printf "%.2f", u+s}')" \
-    "$(awk -v u="$p_user" -v s="$p_sys" 'BEGIN{printf "%.2f", u+s}')" \
-    "$(ratio "$(awk -v u="$w_user" -v s="$w_sys" 'BEGIN{print u+s}')" "$(awk -v u="$p_user" -v s="$p_sys" 'BEGIN{print u+s}')")"
-printf '%-34s %14s %14s %8s\n' "sync commit tps (higher is better)" "$w_tps" "$p_tps" "$(ratio "$w_tps" "$p_tps")"
-printf '%-34s %14s %14s %8s\n' "sync commit latency (ms)" "$w_lat" "$p_lat" "$(ratio "$w_lat" "$p_lat")"
+complete_segments() { # dir
+    find "$1" -maxdepth 1 -name '????????????????????????' -printf '%f\n' | sort
+}
+# Same complete segments, same bytes, as pg_receivewal's.
+compare_archives() { # round
+    local reference="$tmp/archive-pgrw" other f n
+    n=$(complete_segments "$reference" | wc -l)
+    [ "$n" -gt 0 ] || die "round $1: pg_receivewal archived no complete segment"
+    for other in "$tmp/archive-walrcv" "$tmpfs_dir/archive"; do
+        [ "$(complete_segments "$other")" = "$(complete_segments "$reference")" ] ||
+            die "round $1: $other and $reference hold different complete segments"
+        while read -r f; do
+            cmp -s "$other/$f" "$reference/$f" || die "round $1: $other/$f differs from pg_receivewal's"
+        done < <(complete_segments "$reference")
+    done
+    note "  round $1: $n complete segments, identical in the three archives"
+}
+
+say "catch-up: $rounds round(s) of walrcv, pg_receivewal, ceiling"
+for ((round = 1; round <= rounds; round++)); do
+    pos=0
+    while read -r rcv; do
+        pos=$((pos + 1))
+        catchup_run "$round" "$pos" "$rcv" </dev/null
+    done < <(rotated "$round" walrcv pg_receivewal ceiling)
+    compare_archives "$round"
+    rm -rf "$tmp/archive-walrcv" "$tmp/archive-pgrw" "$tmpfs_dir/archive"
+done
+
+# --- 3. report -----------------------------------------------------------------
+
+# Median of one CSV column over the rounds for one phase, client count, receiver.
+median() { # phase, clients, receiver, column name
+    awk -F, -v ph="$1" -v c="$2" -v r="$3" -v name="$4" '
+        NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) col = i; next }
+        $1 == ph && $2 == c && $5 == r && $col != "" { print $col }' "$csv" | sort -g |
+        awk '{ v[NR] = $1 }
+            END {
+                if (NR == 0) print ""
+                else if (NR % 2) print v[(NR + 1) / 2]
+                else print (v[NR / 2] + v[NR / 2 + 1]) / 2
+            }'
+}
+fmt() { # printf format, value ("" stays "–")
+    if [ -z "$2" ]; then printf '–'; else awk -v f="$1" -v v="$2" 'BEGIN { printf f, v }'; fi
+}
+ratio() { # a, b
+    if [ -z "$1" ] || [ -z "$2" ]; then printf '–'; return; fi
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "–" }'
+}
+row() { # label, format, scale divisor, walrcv, pg_receivewal, ceiling
+    local w=$4 p=$5 x=$6
+    [ -n "$w" ] && w=$(awk -v v="$w" -v d="$3" 'BEGIN { print v / d }')
+    [ -n "$p" ] && p=$(awk -v v="$p" -v d="$3" 'BEGIN { print v / d }')
+    [ -n "$x" ] && x=$(awk -v v="$x" -v d="$3" 'BEGIN { print v / d }')
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$(fmt "$2" "$w")" "$(fmt "$2" "$p")" "$(fmt "$2" "$x")" \
+        "$(ratio "$w" "$p")" "$(ratio "$w" "$x")"
+}
+
+report() {
+    local c
+    echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC')  "
+    echo "Command: \`$command_line\`  "
+    echo "Machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r), load average $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end  "
+    echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), 16 MB segments, fsync on; walrcv $("$walrcv" --version 2>/dev/null | awk '{ print $2 }'); each figure is the median of $rounds round(s), taken on its own; synchronous runs: pgbench -N -T $seconds, scale 10; catch-up: $catchup_mb MB of WAL; ceiling = no synchronous standby (synchronous commit) or walrcv --no-sync into $ceiling_where (catch-up)."
+    echo
+    echo "| | walrcv | pg_receivewal | ceiling | walrcv / pg_receivewal | walrcv / ceiling |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for c in $clients; do
+        local l="sync, $c client$([ "$c" = 1 ] || echo s)"
+        row "$l: TPS" '%.0f' 1 "$(median sync "$c" walrcv tps)" "$(median sync "$c" pg_receivewal tps)" "$(median sync "$c" none tps)"
+        row "$l: latency avg (ms)" '%.3f' 1 "$(median sync "$c" walrcv lat_avg_ms)" "$(median sync "$c" pg_receivewal lat_avg_ms)" "$(median sync "$c" none lat_avg_ms)"
+        row "$l: latency p99 (ms)" '%.3f' 1 "$(median sync "$c" walrcv lat_p99_ms)" "$(median sync "$c" pg_receivewal lat_p99_ms)" "$(median sync "$c" none lat_p99_ms)"
+        row "$l: receiver CPU (s)" '%.2f' 1 "$(median sync "$c" walrcv cpu_s)" "$(median sync "$c" pg_receivewal cpu_s)" ""
+        row "$l: receiver peak RSS (MB)" '%.1f' 1024 "$(median sync "$c" walrcv peak_rss_kb)" "$(median sync "$c" pg_receivewal peak_rss_kb)" ""
+    done
+    row "catch-up: wall time (s)" '%.2f' 1 "$(median catchup "" walrcv wall_s)" "$(median catchup "" pg_receivewal wall_s)" "$(median catchup "" ceiling wall_s)"
+    row "catch-up: MB/s" '%.0f' 1 "$(median catchup "" walrcv mb_per_s)" "$(median catchup "" pg_receivewal mb_per_s)" "$(median catchup "" ceiling mb_per_s)"
+    row "catch-up: CPU (s)" '%.2f' 1 "$(median catchup "" walrcv cpu_s)" "$(median catchup "" pg_receivewal cpu_s)" "$(median catchup "" ceiling cpu_s)"
+    row "catch-up: CPU (s) per GB" '%.2f' 1 "$(median catchup "" walrcv cpu_s_per_gb)" "$(median catchup "" pg_receivewal cpu_s_per_gb)" "$(median catchup "" ceiling cpu_s_per_gb)"
+    row "catch-up: peak RSS (MB)" '%.1f' 1024 "$(median catchup "" walrcv peak_rss_kb)" "$(median catchup "" pg_receivewal peak_rss_kb)" "$(median catchup "" ceiling peak_rss_kb)"
+}
+
+say "results"
+report | tee "$tmp/report.md"
+echo
+echo "raw per-run figures: $csv$([ "$keep" = 1 ] || echo ' (deleted on exit: use --keep to keep it)')"
