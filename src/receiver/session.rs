@@ -465,9 +465,16 @@ impl Stream<'_> {
         let mut next = Some(first);
         let mut end = None;
         while let Some(msg) = next.take() {
-            self.feedback.message_received(now());
+            let received_at = now();
+            self.feedback.message_received(received_at);
             end = self.handle(msg, &mut batch).await?;
-            if end.is_some() || batch.wal_bytes >= MAX_BATCH_BYTES {
+            // A batch also ends when a timer is due, so that a stream of
+            // small messages that never drains cannot hold back the
+            // periodic status update.
+            if end.is_some()
+                || batch.wal_bytes >= MAX_BATCH_BYTES
+                || received_at >= self.feedback.next_deadline()
+            {
                 break;
             }
             next = self.conn.try_read_message()?;
