@@ -349,6 +349,9 @@ enum LoopEnd {
 /// acknowledged and checked for timers and signals regularly.
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
+/// In a long batch, the clock is read once every this many messages.
+const CLOCK_EVERY: u32 = 16;
+
 /// What one batch of messages asked for.
 #[derive(Default)]
 struct Batch {
@@ -432,19 +435,20 @@ impl Stream<'_> {
     ) -> Result<LoopEnd, ReceiverError> {
         let first = self.feedback.stream_started(now(), self.sink.positions());
         send_status(self.conn, first).await?;
+        // Both long-lived, so that waiting for the next message costs no
+        // timer registration nor signal subscription per commit. The policy's
+        // deadlines only move later, so the armed timer fires early at worst
+        // (then on_timer does nothing) and is re-armed.
+        let mut stop = std::pin::pin!(stop_requested(shutdown));
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(self.deadline()));
         loop {
-            let deadline = tokio::time::Instant::from_std(self.feedback.next_deadline());
             let msg = tokio::select! {
                 biased;
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() {
-                        return Ok(LoopEnd::Signal);
-                    }
-                    continue;
-                }
+                () = &mut stop => return Ok(LoopEnd::Signal),
                 msg = self.conn.read_message() => msg?,
-                _ = tokio::time::sleep_until(deadline) => {
+                () = &mut timer => {
                     self.on_timer().await?;
+                    timer.as_mut().reset(self.deadline());
                     continue;
                 }
             };
@@ -454,40 +458,51 @@ impl Stream<'_> {
             // Timers are checked after every batch: a continuous stream never
             // starves them.
             self.on_timer().await?;
+            if self.deadline() < timer.deadline() {
+                timer.as_mut().reset(self.deadline());
+            }
         }
     }
 
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.feedback.next_deadline())
+    }
+
     /// Handles `first` and every message readable without waiting (up to
-    /// [`MAX_BATCH_BYTES`] of WAL), then fsyncs once and reports: flush first,
-    /// then answer.
+    /// [`MAX_BATCH_BYTES`] of WAL, or until a timer is due), then fsyncs once
+    /// and reports: flush first, then answer.
     async fn batch(&mut self, first: BackendMessage) -> Result<Option<LoopEnd>, ReceiverError> {
         let mut batch = Batch::default();
         let mut next = Some(first);
         let mut end = None;
+        let mut handled = 0u32;
         while let Some(msg) = next.take() {
-            let received_at = now();
-            self.feedback.message_received(received_at);
             end = self.handle(msg, &mut batch).await?;
-            // A batch also ends when a timer is due, so that a stream of
-            // small messages that never drains cannot hold back the
-            // periodic status update.
-            if end.is_some()
-                || batch.wal_bytes >= MAX_BATCH_BYTES
-                || received_at >= self.feedback.next_deadline()
-            {
+            handled += 1;
+            if end.is_some() || batch.wal_bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            // A stream of small messages that never drains must not hold back
+            // the timers: the clock is read every few messages.
+            if handled % CLOCK_EVERY == 0 && self.timer_due_after_receiving() {
                 break;
             }
             next = self.conn.try_read_message()?;
         }
+        self.feedback.message_received(now());
         self.sink.sync().map_err(ReceiverError::Writer)?;
         let positions = self.sink.positions();
-        if let Some(status) = self
-            .feedback
-            .after_sync(now(), positions, batch.reply_requested)
-        {
+        if let Some(status) = self.feedback.after_sync(now(), positions, batch.reply_requested) {
             send_status(self.conn, status).await?;
         }
         Ok(end)
+    }
+
+    /// Records that messages were received, and whether a timer is due.
+    fn timer_due_after_receiving(&mut self) -> bool {
+        let at = now();
+        self.feedback.message_received(at);
+        at >= self.feedback.next_deadline()
     }
 
     /// One message of the stream.
@@ -563,6 +578,19 @@ impl Stream<'_> {
             TimerAction::TimedOut => {
                 Err(ReceiverError::Timeout(self.opts.receive_timeout.as_secs()))
             }
+        }
+    }
+}
+
+/// Completes once a stop (SIGINT, SIGTERM) is requested; never when the
+/// sender is gone.
+async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
