@@ -207,6 +207,13 @@ fn kill_9_then_restart_leaves_a_complete_identical_archive() {
         || names(dir.path()).iter().any(|n| is_segment(n)),
     );
     pg.pgbench(&["-n", "-c", "2", "-T", "2"]);
+    // The next segment is prepared ahead under a `.tmp` name: kill while one
+    // is there (possibly half padded), the crash it must survive.
+    wait_until(
+        Duration::from_secs(30),
+        "walrcv prepared the next segment",
+        || names(dir.path()).iter().any(|n| n.ends_with(".partial.tmp")),
+    );
     child.kill9(); // mid-stream
     make_wal(&pg, 2);
     let had_partial = names(dir.path()).iter().any(|n| n.ends_with(".partial"));
@@ -221,7 +228,12 @@ fn kill_9_then_restart_leaves_a_complete_identical_archive() {
         );
     }
     assert!(assert_complete_segments_identical(dir.path(), &pg.wal_dir()) >= 3);
+    // The stale `.tmp` is gone, and no file under a WAL name is short.
     assert_only_barman_names(dir.path());
+    for n in names(dir.path()) {
+        let len = std::fs::metadata(dir.path().join(&n)).unwrap().len();
+        assert_eq!(len, MB, "{n} is not a whole segment");
+    }
     // No gap: consecutive segment numbers from the first to the last.
     let segs: Vec<u64> = names(dir.path())
         .iter()
