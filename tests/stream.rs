@@ -212,7 +212,11 @@ fn kill_9_then_restart_leaves_a_complete_identical_archive() {
     wait_until(
         Duration::from_secs(30),
         "walrcv prepared the next segment",
-        || names(dir.path()).iter().any(|n| n.ends_with(".partial.tmp")),
+        || {
+            names(dir.path())
+                .iter()
+                .any(|n| n.ends_with(".partial.tmp"))
+        },
     );
     child.kill9(); // mid-stream
     make_wal(&pg, 2);

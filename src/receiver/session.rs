@@ -492,7 +492,10 @@ impl Stream<'_> {
         self.feedback.message_received(now());
         self.sink.sync().map_err(ReceiverError::Writer)?;
         let positions = self.sink.positions();
-        if let Some(status) = self.feedback.after_sync(now(), positions, batch.reply_requested) {
+        if let Some(status) = self
+            .feedback
+            .after_sync(now(), positions, batch.reply_requested)
+        {
             send_status(self.conn, status).await?;
         }
         Ok(end)
@@ -526,8 +529,12 @@ impl Stream<'_> {
         };
         match ReplicationMessage::parse(payload)? {
             ReplicationMessage::XLogData {
-                data_start, data, ..
+                data_start,
+                wal_end,
+                data,
+                ..
             } => {
+                self.sink.server_has(wal_end);
                 self.wal(data_start, &data).await?;
                 batch.wal_bytes += data.len();
                 // Stop once the WAL received reaches endpos. (pg_receivewal
@@ -538,8 +545,13 @@ impl Stream<'_> {
                 }
             }
             ReplicationMessage::Keepalive {
-                reply_requested, ..
-            } => batch.reply_requested |= reply_requested,
+                wal_end,
+                reply_requested,
+                ..
+            } => {
+                self.sink.server_has(wal_end);
+                batch.reply_requested |= reply_requested;
+            }
         }
         Ok(None)
     }
@@ -561,14 +573,23 @@ impl Stream<'_> {
             at = Lsn(at.0 + n as u64);
             rest = &rest[n..];
             if self.sink.has_filled_segment() {
-                let positions = self.sink.positions();
-                if let Some(status) = self.feedback.after_sync(now(), positions, false) {
-                    send_status(self.conn, status).await?;
-                }
+                // Its WAL is fdatasynced: report before the rename (a
+                // segment written direct becomes durable with the rename).
+                self.report_progress().await?;
                 self.sink.complete_filled().map_err(ReceiverError::Writer)?;
+                self.report_progress().await?;
             }
         }
         Ok(())
+    }
+
+    /// A status update if the flush position advanced.
+    async fn report_progress(&mut self) -> Result<(), ReceiverError> {
+        let positions = self.sink.positions();
+        match self.feedback.after_sync(now(), positions, false) {
+            Some(status) => send_status(self.conn, status).await,
+            None => Ok(()),
+        }
     }
 
     async fn on_timer(&mut self) -> Result<(), ReceiverError> {

@@ -18,10 +18,18 @@
 //! before it is renamed ([`WalSink::complete_filled`], which the session calls
 //! after sending the status update).
 //!
+//! Catch-up: a segment that the server already has whole when the stream
+//! reaches it (the `wal_end` of the server's messages is past its end) is
+//! written direct (see [`crate::archive::segment`]): no zeros first, no
+//! fsync per batch, one fdatasync and a rename once complete. pg_receivewal
+//! likewise reports nothing but completed segments when not `--synchronous`.
+//!
 //! Positions ([`WalSink::positions`]): `write` is the end of the last record
 //! that is verified and written to the file, `flush` the end of the last one
 //! that is verified and durable. Both are 0/0 until known, unless the session
-//! starts from the archive's own durable files.
+//! starts from the archive's own durable files. Neither moves into a segment
+//! written direct before it is complete and renamed: until then a crash
+//! removes it.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -74,8 +82,10 @@ pub struct WalSink {
     filled: Option<SegmentWriter>,
     /// Next byte expected: the end of what was written.
     position: Lsn,
-    /// End of what the last fsync covered.
+    /// End of what the last fsync covered (under a WAL name).
     synced: Lsn,
+    /// How far the server has WAL, from its messages' `wal_end`.
+    server_end: Lsn,
     preparer: Preparer,
 }
 
@@ -86,6 +96,7 @@ impl WalSink {
         WalSink {
             position: config.start,
             synced: config.start,
+            server_end: Lsn::INVALID,
             verifier,
             segment: None,
             filled: None,
@@ -97,6 +108,11 @@ impl WalSink {
     /// The next byte the stream must bring.
     pub fn position(&self) -> Lsn {
         self.position
+    }
+
+    /// The server says it has WAL up to `lsn` (the `wal_end` of its messages).
+    pub fn server_has(&mut self, lsn: Lsn) {
+        self.server_end = self.server_end.max(lsn);
     }
 
     /// Verifies `data` (which starts at `start`) and writes it, up to the end
@@ -124,9 +140,12 @@ impl WalSink {
         self.position = Lsn(self.position.0 + n as u64);
         if offset + n as u64 == seg_size {
             if let Some(mut full) = self.segment.take() {
-                full.sync()?;
-                self.mark_synced();
+                // A direct segment is fsynced by its completion.
+                if !full.is_direct() {
+                    full.sync()?;
+                }
                 self.filled = Some(full);
+                self.mark_synced();
             }
         }
         Ok(n)
@@ -137,10 +156,12 @@ impl WalSink {
         self.filled.is_some()
     }
 
-    /// Renames the filled segment to its final name and fsyncs the directory.
+    /// Renames the filled segment to its final name and fsyncs the directory
+    /// (a direct one is fdatasynced first: its WAL becomes durable here).
     pub fn complete_filled(&mut self) -> Result<(), SinkError> {
         if let Some(full) = self.filled.take() {
             let path = full.complete()?;
+            self.mark_synced();
             tracing::info!(
                 "finished segment at {} (timeline {}): {}",
                 self.position,
@@ -153,8 +174,11 @@ impl WalSink {
 
     /// Makes everything written durable (one fdatasync for all of it).
     pub fn sync(&mut self) -> Result<(), SinkError> {
-        if let Some(segment) = self.segment.as_mut() {
-            segment.sync()?;
+        match self.segment.as_mut() {
+            // Nothing in it could be reported before it is complete.
+            Some(segment) if segment.is_direct() => return Ok(()),
+            Some(segment) => segment.sync()?,
+            None => {}
         }
         self.mark_synced();
         Ok(())
@@ -162,11 +186,8 @@ impl WalSink {
 
     /// What may be reported: see the module documentation.
     pub fn positions(&self) -> Positions {
-        let durable = if self.config.sync {
-            self.synced
-        } else {
-            self.position
-        };
+        let named = self.named_end();
+        let durable = if self.config.sync { self.synced } else { named };
         // The verified end is MAXALIGNed; the padding after a record is no
         // data, so a position inside it covers the record.
         let verified = self.verifier.verified_end();
@@ -178,7 +199,7 @@ impl WalSink {
             }
         };
         Positions {
-            write: known(verified.min(self.position.max_align())),
+            write: known(verified.min(named.max_align())),
             flush: known(verified.min(durable.max_align())),
         }
     }
@@ -197,8 +218,18 @@ impl WalSink {
 
     fn mark_synced(&mut self) {
         if self.config.sync {
-            self.synced = self.position;
+            self.synced = self.named_end();
         }
+    }
+
+    /// The end of what was written into files under a WAL name: the position,
+    /// or the start of the oldest segment still being written direct.
+    fn named_end(&self) -> Lsn {
+        [&self.filled, &self.segment]
+            .into_iter()
+            .flatten()
+            .find(|s| s.is_direct())
+            .map_or(self.position, |s| s.start_lsn())
     }
 
     /// The segment to write into: the open one, else the next, installed from
@@ -219,8 +250,22 @@ impl WalSink {
         // A filled segment is renamed before the next one gets its name, so a
         // crash never leaves it `.partial` behind a newer `.partial`.
         self.complete_filled()?;
-        let segno = self.position.segment_number(self.config.segment_size);
-        let writer = match self.preparer.take(segno) {
+        let seg_size = self.config.segment_size;
+        let segno = self.position.segment_number(seg_size);
+        let prepared = self.preparer.take(segno);
+        if self.server_end >= Lsn(self.position.0 + seg_size) {
+            // Catch-up: the whole segment is there to stream. (A prepared
+            // file, if any, is dropped first: it has the same temporary name.)
+            drop(prepared);
+            return Ok(SegmentWriter::create_direct(
+                &self.config.directory,
+                self.config.timeline,
+                segno,
+                seg_size,
+                self.config.sync,
+            )?);
+        }
+        let writer = match prepared {
             Some(Ok(prepared)) => SegmentWriter::install(prepared)?,
             Some(Err(e)) => {
                 tracing::warn!("could not prepare the next segment ahead of time: {e}");

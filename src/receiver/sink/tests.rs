@@ -208,3 +208,60 @@ fn a_filled_segment_is_flushed_before_it_is_renamed() {
     sink.close().unwrap();
     assert_eq!(names(tmp.path()), ["000000010000000000000008"]);
 }
+
+/// Catch-up: a segment the server already has whole is written direct (no
+/// `.partial` until the end), nothing in it is reported before its rename,
+/// and the bytes are the same.
+#[test]
+fn a_segment_the_server_has_whole_is_written_direct() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal: Vec<u8> = NAMES.iter().flat_map(|n| fixture(n)).collect();
+    let start = Lsn(8 * SEG);
+    let mut sink = WalSink::new(config(tmp.path(), start, false));
+    sink.server_has(Lsn(start.0 + 2 * SEG + 4096));
+    let half = SEG as usize / 2;
+    sink.write(start, &wal[..half]).unwrap();
+    sink.sync().unwrap();
+    assert_eq!(
+        names(tmp.path()),
+        ["000000010000000000000008.partial.tmp"],
+        "direct: no WAL name yet"
+    );
+    assert_eq!(sink.positions(), Positions::default(), "nothing reported");
+    let n = sink
+        .write(Lsn(start.0 + half as u64), &wal[half..])
+        .unwrap();
+    assert_eq!(n, half, "up to the segment end");
+    assert_eq!(
+        sink.positions().flush,
+        Lsn::INVALID,
+        "not before the rename"
+    );
+    sink.complete_filled().unwrap();
+    let flushed = sink.positions().flush;
+    assert!(flushed > start && flushed <= Lsn(9 * SEG), "{flushed}");
+    assert_eq!(
+        std::fs::read(tmp.path().join(NAMES[0])).unwrap(),
+        fixture(NAMES[0])
+    );
+    // Segment 9 is direct too; the stream stops in it: it becomes a padded
+    // `.partial`, and flush covers what was written.
+    let part = 300_000usize;
+    write_all(
+        &mut sink,
+        Lsn(9 * SEG),
+        &wal[SEG as usize..SEG as usize + part],
+    )
+    .unwrap();
+    assert!(sink.positions().flush <= Lsn(9 * SEG));
+    let closed = sink.close().unwrap();
+    assert_eq!(
+        names(tmp.path()),
+        [NAMES[0], "000000010000000000000009.partial"]
+    );
+    let partial = std::fs::read(tmp.path().join("000000010000000000000009.partial")).unwrap();
+    assert_eq!(partial.len() as u64, SEG);
+    assert!(partial[..part] == fixture(NAMES[1])[..part]);
+    assert!(partial[part..].iter().all(|&b| b == 0));
+    assert!(closed.flush >= flushed);
+}
