@@ -27,8 +27,8 @@ const SEG: u64 = 1 << 20;
 const CHUNK: usize = 512;
 
 fn segment() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/wal/pg15/000000010000000000000008");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/wal/pg15/000000010000000000000008");
     std::fs::read(path).expect("fixture missing: run scripts/make-testdata.sh")
 }
 

@@ -146,6 +146,53 @@ impl Drop for PreparedSegment {
     }
 }
 
+/// Where a segment file goes and how it is kept: what every constructor of a
+/// [`SegmentWriter`] knows before it has a file.
+struct SegmentAt<'a> {
+    dir: &'a Path,
+    timeline: TimeLineId,
+    segno: SegNo,
+    segment_size: u64,
+    sync: bool,
+}
+
+/// How a new writer's file came to be.
+enum Origin {
+    /// Opened or created under `NAME.partial`, whose name is durable.
+    Named,
+    /// Renamed from a prepared file: the directory fsync is still owed.
+    Installed,
+    /// Written direct under `NAME.partial.tmp`.
+    Direct,
+}
+
+impl SegmentAt<'_> {
+    fn writer(
+        &self,
+        file: File,
+        path: PathBuf,
+        final_path: PathBuf,
+        origin: Origin,
+    ) -> SegmentWriter {
+        SegmentWriter {
+            file,
+            dir: self.dir.to_path_buf(),
+            path,
+            final_path,
+            timeline: self.timeline,
+            segno: self.segno,
+            segment_size: self.segment_size,
+            sync: self.sync,
+            written: 0,
+            poisoned: false,
+            dirty: false,
+            name_durable: matches!(origin, Origin::Named) || !self.sync,
+            direct: matches!(origin, Origin::Direct),
+            writeback_requested: 0,
+        }
+    }
+}
+
 fn check_arguments(timeline: TimeLineId, segment_size: u64) -> Result<(), ArchiveError> {
     if !is_valid_segment_size(segment_size) {
         return Err(ArchiveError::InvalidSegmentSize { size: segment_size });
@@ -191,22 +238,14 @@ impl SegmentWriter {
             }
         };
 
-        Ok(SegmentWriter {
-            file,
-            dir: dir.to_path_buf(),
-            path,
-            final_path,
+        let at = SegmentAt {
+            dir,
             timeline,
             segno,
             segment_size,
             sync,
-            written: 0,
-            poisoned: false,
-            dirty: false,
-            name_durable: true,
-            direct: false,
-            writeback_requested: 0,
-        })
+        };
+        Ok(at.writer(file, path, final_path, Origin::Named))
     }
 
     /// Opens the segment to be written direct: a new, empty
@@ -236,22 +275,14 @@ impl SegmentWriter {
             .open(&path)
             .map_err(|e| ArchiveError::io(&path, e))?;
         tracing::debug!(path = %path.display(), "writing a segment direct");
-        Ok(SegmentWriter {
-            file,
-            dir: dir.to_path_buf(),
-            path,
-            final_path,
+        let at = SegmentAt {
+            dir,
             timeline,
             segno,
             segment_size,
             sync,
-            written: 0,
-            poisoned: false,
-            dirty: false,
-            name_durable: false,
-            direct: true,
-            writeback_requested: 0,
-        })
+        };
+        Ok(at.writer(file, path, final_path, Origin::Direct))
     }
 
     /// Installs a prepared segment: renames `NAME.partial.tmp` to
@@ -282,22 +313,14 @@ impl SegmentWriter {
             ));
         };
         tracing::debug!(path = %path.display(), "installed prepared segment");
-        Ok(SegmentWriter {
-            file,
-            dir,
-            path,
-            final_path,
+        let at = SegmentAt {
+            dir: &dir,
             timeline,
             segno,
             segment_size,
             sync,
-            written: 0,
-            poisoned: false,
-            dirty: false,
-            name_durable: !sync,
-            direct: false,
-            writeback_requested: 0,
-        })
+        };
+        Ok(at.writer(file, path, final_path, Origin::Installed))
     }
 
     fn check_poisoned(&self) -> Result<(), ArchiveError> {
