@@ -19,8 +19,9 @@
 #
 # Both phases run --rounds rounds; round r rotates the order of the three (round
 # 1: walrcv, pg_receivewal, ceiling; round 2: pg_receivewal, ceiling, walrcv;
-# ...). The report is a markdown table of medians over the rounds with the
-# ratios walrcv / pg_receivewal and walrcv / ceiling; the raw per-run figures go
+# ...). The report is a markdown table of medians over the rounds, with the
+# ratios walrcv / pg_receivewal and walrcv / ceiling as medians of the per-round
+# ratios (a trend across rounds cancels out); the raw per-run figures go
 # to results.csv in the temporary directory. The machine is shared and noisy:
 # compare ratios, not absolute figures.
 #
@@ -453,17 +454,34 @@ median() { # phase, clients, receiver, column name
 fmt() { # printf format, value ("" stays "–")
     if [ -z "$2" ]; then printf '–'; else awk -v f="$1" -v v="$2" 'BEGIN { printf f, v }'; fi
 }
-ratio() { # a, b
-    if [ -z "$1" ] || [ -z "$2" ]; then printf '–'; return; fi
-    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "–" }'
+# The median over rounds of a / b within each round: every round holds all the
+# receivers, so a trend across rounds (a database growing, a busier machine)
+# cancels out of the ratio.
+median_ratio() { # phase, clients, receiver a, receiver b, column name
+    awk -F, -v ph="$1" -v c="$2" -v a="$3" -v b="$4" -v name="$5" '
+        NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) col = i; next }
+        $1 == ph && $2 == c && $col != "" { if ($5 == a) va[$3] = $col; if ($5 == b) vb[$3] = $col }
+        END { for (r in va) if ((r in vb) && vb[r] > 0) print va[r] / vb[r] }' "$csv" | sort -g |
+        awk '{ v[NR] = $1 }
+            END {
+                if (NR == 0) printf "–"
+                else if (NR % 2) printf "%.2f", v[(NR + 1) / 2]
+                else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2
+            }'
 }
-row() { # label, format, scale divisor, walrcv, pg_receivewal, ceiling
-    local w=$4 p=$5 x=$6
-    [ -n "$w" ] && w=$(awk -v v="$w" -v d="$3" 'BEGIN { print v / d }')
-    [ -n "$p" ] && p=$(awk -v v="$p" -v d="$3" 'BEGIN { print v / d }')
-    [ -n "$x" ] && x=$(awk -v v="$x" -v d="$3" 'BEGIN { print v / d }')
-    printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$(fmt "$2" "$w")" "$(fmt "$2" "$p")" "$(fmt "$2" "$x")" \
-        "$(ratio "$w" "$p")" "$(ratio "$w" "$x")"
+row() { # label, format, scale divisor, phase, clients, column, ceiling receiver ("" = none)
+    local label=$1 f=$2 d=$3 ph=$4 c=$5 col=$6 ceil=$7 w p x
+    w=$(median "$ph" "$c" walrcv "$col")
+    p=$(median "$ph" "$c" pg_receivewal "$col")
+    x=""
+    [ -n "$ceil" ] && x=$(median "$ph" "$c" "$ceil" "$col")
+    [ -n "$w" ] && w=$(awk -v v="$w" -v d="$d" 'BEGIN { print v / d }')
+    [ -n "$p" ] && p=$(awk -v v="$p" -v d="$d" 'BEGIN { print v / d }')
+    [ -n "$x" ] && x=$(awk -v v="$x" -v d="$d" 'BEGIN { print v / d }')
+    local rx="–"
+    [ -n "$ceil" ] && rx=$(median_ratio "$ph" "$c" walrcv "$ceil" "$col")
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$label" "$(fmt "$f" "$w")" "$(fmt "$f" "$p")" "$(fmt "$f" "$x")" \
+        "$(median_ratio "$ph" "$c" walrcv pg_receivewal "$col")" "$rx"
 }
 
 report() {
@@ -471,23 +489,23 @@ report() {
     echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC')  "
     echo "Command: \`$command_line\`  "
     echo "Machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r), load average $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end  "
-    echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), 16 MB segments, fsync on; walrcv $("$walrcv" --version 2>/dev/null | awk '{ print $2 }'); each figure is the median of $rounds round(s), taken on its own; synchronous runs: pgbench -N -T $seconds, scale 10; catch-up: $catchup_mb MB of WAL; ceiling = no synchronous standby (synchronous commit) or walrcv --no-sync into $ceiling_where (catch-up)."
+    echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), 16 MB segments, fsync on; walrcv $("$walrcv" --version 2>/dev/null | awk '{ print $2 }'); each figure is the median of $rounds round(s), taken on its own, and each ratio the median of the per-round ratios; synchronous runs: pgbench -N -T $seconds, scale 10; catch-up: $catchup_mb MB of WAL; ceiling = no synchronous standby (synchronous commit) or walrcv --no-sync into $ceiling_where (catch-up)."
     echo
     echo "| | walrcv | pg_receivewal | ceiling | walrcv / pg_receivewal | walrcv / ceiling |"
     echo "|---|---:|---:|---:|---:|---:|"
     for c in $clients; do
         local l="sync, $c client$([ "$c" = 1 ] || echo s)"
-        row "$l: TPS" '%.0f' 1 "$(median sync "$c" walrcv tps)" "$(median sync "$c" pg_receivewal tps)" "$(median sync "$c" none tps)"
-        row "$l: latency avg (ms)" '%.3f' 1 "$(median sync "$c" walrcv lat_avg_ms)" "$(median sync "$c" pg_receivewal lat_avg_ms)" "$(median sync "$c" none lat_avg_ms)"
-        row "$l: latency p99 (ms)" '%.3f' 1 "$(median sync "$c" walrcv lat_p99_ms)" "$(median sync "$c" pg_receivewal lat_p99_ms)" "$(median sync "$c" none lat_p99_ms)"
-        row "$l: receiver CPU (s)" '%.2f' 1 "$(median sync "$c" walrcv cpu_s)" "$(median sync "$c" pg_receivewal cpu_s)" ""
-        row "$l: receiver peak RSS (MB)" '%.1f' 1024 "$(median sync "$c" walrcv peak_rss_kb)" "$(median sync "$c" pg_receivewal peak_rss_kb)" ""
+        row "$l: TPS" '%.0f' 1 sync "$c" tps none
+        row "$l: latency avg (ms)" '%.3f' 1 sync "$c" lat_avg_ms none
+        row "$l: latency p99 (ms)" '%.3f' 1 sync "$c" lat_p99_ms none
+        row "$l: receiver CPU (s)" '%.2f' 1 sync "$c" cpu_s ""
+        row "$l: receiver peak RSS (MB)" '%.1f' 1024 sync "$c" peak_rss_kb ""
     done
-    row "catch-up: wall time (s)" '%.2f' 1 "$(median catchup "" walrcv wall_s)" "$(median catchup "" pg_receivewal wall_s)" "$(median catchup "" ceiling wall_s)"
-    row "catch-up: MB/s" '%.0f' 1 "$(median catchup "" walrcv mb_per_s)" "$(median catchup "" pg_receivewal mb_per_s)" "$(median catchup "" ceiling mb_per_s)"
-    row "catch-up: CPU (s)" '%.2f' 1 "$(median catchup "" walrcv cpu_s)" "$(median catchup "" pg_receivewal cpu_s)" "$(median catchup "" ceiling cpu_s)"
-    row "catch-up: CPU (s) per GB" '%.2f' 1 "$(median catchup "" walrcv cpu_s_per_gb)" "$(median catchup "" pg_receivewal cpu_s_per_gb)" "$(median catchup "" ceiling cpu_s_per_gb)"
-    row "catch-up: peak RSS (MB)" '%.1f' 1024 "$(median catchup "" walrcv peak_rss_kb)" "$(median catchup "" pg_receivewal peak_rss_kb)" "$(median catchup "" ceiling peak_rss_kb)"
+    row "catch-up: wall time (s)" '%.2f' 1 catchup "" wall_s ceiling
+    row "catch-up: MB/s" '%.0f' 1 catchup "" mb_per_s ceiling
+    row "catch-up: CPU (s)" '%.2f' 1 catchup "" cpu_s ceiling
+    row "catch-up: CPU (s) per GB" '%.2f' 1 catchup "" cpu_s_per_gb ceiling
+    row "catch-up: peak RSS (MB)" '%.1f' 1024 catchup "" peak_rss_kb ceiling
 }
 
 say "results"
