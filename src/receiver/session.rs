@@ -371,38 +371,14 @@ struct Stream<'a> {
 impl Stream<'_> {
     async fn run(mut self, shutdown: &mut watch::Receiver<bool>) -> Result<CopyEnd, ReceiverError> {
         let result = self.receive_loop(shutdown).await;
+        let received = self.sink.position();
         let Stream {
             conn,
             sink,
             feedback,
             ..
         } = self;
-        let received = sink.position();
-        // Whatever ended the loop, close the sink first: the final fsync
-        // happens (unless an fsync failed) and the open segment stays `.partial`.
-        let closed = sink.close();
-        let end = match (result, closed) {
-            (Err(e), closed) => {
-                match closed {
-                    // Tell the server how far the WAL is good, then leave.
-                    Ok(positions) => {
-                        let status = feedback.final_status(now(), positions);
-                        let goodbye = async {
-                            send_status(conn, status).await?;
-                            conn.send_copy_done().await.map_err(ReceiverError::from)
-                        };
-                        let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
-                    }
-                    Err(w) => tracing::error!("{w}"),
-                }
-                return Err(e);
-            }
-            (Ok(_), Err(w)) => return Err(ReceiverError::Writer(w)),
-            (Ok(end), Ok(positions)) => {
-                send_status(conn, feedback.final_status(now(), positions)).await?;
-                end
-            }
-        };
+        let end = close_stream(conn, sink, feedback, result).await?;
         match end {
             LoopEnd::Signal | LoopEnd::Endpos => {
                 conn.send_copy_done().await?;
@@ -612,6 +588,38 @@ async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
         }
         if shutdown.changed().await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Whatever ended the receive loop, closes the sink first (the final fsync
+/// happens unless an fsync failed, and the open segment stays `.partial`),
+/// then tells the server how far the WAL is good.
+async fn close_stream(
+    conn: &mut Connection,
+    sink: WalSink,
+    feedback: &mut Feedback,
+    result: Result<LoopEnd, ReceiverError>,
+) -> Result<LoopEnd, ReceiverError> {
+    match (result, sink.close()) {
+        (Ok(end), Ok(positions)) => {
+            send_status(conn, feedback.final_status(now(), positions)).await?;
+            Ok(end)
+        }
+        (Ok(_), Err(w)) => Err(ReceiverError::Writer(w)),
+        (Err(e), Ok(positions)) => {
+            // Best effort, bounded: the connection may be what failed.
+            let status = feedback.final_status(now(), positions);
+            let goodbye = async {
+                send_status(conn, status).await?;
+                conn.send_copy_done().await.map_err(ReceiverError::from)
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+            Err(e)
+        }
+        (Err(e), Err(w)) => {
+            tracing::error!("{w}");
+            Err(e)
         }
     }
 }
