@@ -51,12 +51,14 @@ use crate::lsn::{is_valid_segment_size, segment_start_lsn, wal_file_name, Lsn, S
 /// Size of each zero block written while pre-padding.
 const PAD_BLOCK: usize = 1 << 20;
 
-/// An open `.partial` segment file.
+/// An open segment file being written: `NAME.partial`, or
+/// `NAME.partial.tmp` when written direct.
 #[derive(Debug)]
 pub struct SegmentWriter {
     file: File,
     dir: PathBuf,
-    /// `dir/NAME.partial` (the file's name while it is being written).
+    /// The file's name while it is being written: `dir/NAME.partial`
+    /// (`dir/NAME.partial.tmp` when written direct).
     path: PathBuf,
     /// `dir/NAME`, the name once complete.
     final_path: PathBuf,

@@ -464,7 +464,9 @@ impl Connection {
     /// no-op waker is sound: a `Pending` leaves the socket registered, and the
     /// next [`Connection::read_message`] polls again with a real waker. When
     /// the last read was short, tokio already knows the socket is drained and
-    /// answers `Pending` without a system call.
+    /// answers `Pending` without a system call. `Pending` can also mean that
+    /// the task used up its tokio I/O budget: the batch then ends early,
+    /// which is harmless.
     fn try_fill(&mut self) -> Result<bool, PgError> {
         self.reserve_read_space();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

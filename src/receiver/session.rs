@@ -376,6 +376,7 @@ impl Stream<'_> {
             conn,
             sink,
             feedback,
+            opts,
             ..
         } = self;
         let end = close_stream(conn, sink, feedback, result).await?;
@@ -391,7 +392,9 @@ impl Stream<'_> {
             }
             LoopEnd::ServerCopyDone => {
                 conn.send_copy_done().await?;
-                let result = read_until_ready(conn).await?;
+                let result = tokio::time::timeout(opts.receive_timeout, read_until_ready(conn))
+                    .await
+                    .map_err(|_| ReceiverError::Timeout(opts.receive_timeout.as_secs()))??;
                 let (next_tli, next_start) = replication::parse_next_timeline(&result)?;
                 Ok(CopyEnd::TimelineEnded {
                     next_tli,
@@ -533,7 +536,9 @@ impl Stream<'_> {
     }
 
     /// Verifies and writes one XLogData message. A segment it fills is
-    /// fdatasynced, reported, and only then renamed.
+    /// fdatasynced and reported (flush then stops one byte short of its end,
+    /// see [`WalSink::positions`]), then renamed and reported again; a
+    /// segment written direct is reported only once renamed.
     async fn wal(&mut self, start: Lsn, data: &[u8]) -> Result<(), ReceiverError> {
         if start != self.sink.position() {
             return Err(ReceiverError::Unexpected(format!(

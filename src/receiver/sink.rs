@@ -54,6 +54,8 @@ pub enum SinkError {
     Archive(#[from] ArchiveError),
     #[error("got WAL data at {got}, expected {expected}")]
     Discontinuity { expected: Lsn, got: Lsn },
+    #[error("WAL data at {at} runs past the end of the LSN space")]
+    PastLsnSpace { at: Lsn },
 }
 
 /// What the sink needs to know.
@@ -82,6 +84,9 @@ pub struct WalSink {
     filled: Option<SegmentWriter>,
     /// Next byte expected: the end of what was written.
     position: Lsn,
+    /// End of what was written into files under a WAL name (`.partial` or
+    /// complete): not into a segment written direct that is not renamed yet.
+    named: Lsn,
     /// End of what the last fsync covered (under a WAL name).
     synced: Lsn,
     /// How far the server has WAL, from its messages' `wal_end`.
@@ -95,6 +100,7 @@ impl WalSink {
         let preparer = Preparer::new(&config);
         WalSink {
             position: config.start,
+            named: config.start,
             synced: config.start,
             server_end: Lsn::INVALID,
             verifier,
@@ -117,9 +123,9 @@ impl WalSink {
 
     /// Verifies `data` (which starts at `start`) and writes it, up to the end
     /// of the current segment at most; returns how many bytes were taken. When
-    /// this fills the segment, the segment is fdatasynced and waits for
-    /// [`WalSink::complete_filled`]. Bytes that fail verification are never
-    /// written.
+    /// this fills the segment, the segment is fdatasynced (a direct one only
+    /// by its completion) and waits for [`WalSink::complete_filled`]. Bytes
+    /// that fail verification are never written.
     pub fn write(&mut self, start: Lsn, data: &[u8]) -> Result<usize, SinkError> {
         if start != self.position {
             return Err(SinkError::Discontinuity {
@@ -135,9 +141,16 @@ impl WalSink {
         if let Err(error) = self.verifier.feed(piece) {
             return Err(self.verify_error(error));
         }
+        let Some(end) = self.position.0.checked_add(n as u64) else {
+            return Err(SinkError::PastLsnSpace { at: self.position });
+        };
         let segment = self.current_segment()?;
         segment.write_at(offset, piece)?;
-        self.position = Lsn(self.position.0 + n as u64);
+        let named = !segment.is_direct();
+        self.position = Lsn(end);
+        if named {
+            self.named = self.position;
+        }
         if offset + n as u64 == seg_size {
             if let Some(mut full) = self.segment.take() {
                 // A direct segment is fsynced by its completion.
@@ -160,7 +173,9 @@ impl WalSink {
     /// (a direct one is fdatasynced first: its WAL becomes durable here).
     pub fn complete_filled(&mut self) -> Result<(), SinkError> {
         if let Some(full) = self.filled.take() {
+            let end = Lsn(full.start_lsn().0.saturating_add(full.segment_size()));
             let path = full.complete()?;
+            self.named = self.named.max(end);
             self.mark_synced();
             tracing::info!(
                 "finished segment at {} (timeline {}): {}",
@@ -172,7 +187,10 @@ impl WalSink {
         Ok(())
     }
 
-    /// Makes everything written durable (one fdatasync for all of it).
+    /// Makes everything written durable (one fdatasync for all of it),
+    /// except in a segment written direct: nothing in it can be reported
+    /// before it is complete, and the server already has the rest of it, so
+    /// its fdatasync waits for its completion.
     pub fn sync(&mut self) -> Result<(), SinkError> {
         match self.segment.as_mut() {
             // Nothing in it could be reported before it is complete.
@@ -186,7 +204,7 @@ impl WalSink {
 
     /// What may be reported: see the module documentation.
     pub fn positions(&self) -> Positions {
-        let named = self.named_end();
+        let named = self.named;
         let durable = if self.config.sync { self.synced } else { named };
         // The verified end is MAXALIGNed; the padding after a record is no
         // data, so a position inside it covers the record.
@@ -198,9 +216,18 @@ impl WalSink {
                 Lsn::INVALID
             }
         };
+        let mut flush = known(verified.min(durable.max_align()));
+        // A filled segment waits for its rename: until then a slot must not
+        // move past it (after a crash the segment would still be `.partial`,
+        // the next start would ask the server for it again, and the server
+        // may have removed it), so flush stops one byte short of its end.
+        if let Some(full) = &self.filled {
+            let end = full.start_lsn().0.saturating_add(full.segment_size());
+            flush = flush.min(Lsn(end - 1));
+        }
         Positions {
             write: known(verified.min(named.max_align())),
-            flush: known(verified.min(durable.max_align())),
+            flush,
         }
     }
 
@@ -211,6 +238,8 @@ impl WalSink {
         self.complete_filled()?;
         if let Some(segment) = self.segment.take() {
             segment.close_partial()?;
+            // A direct segment has now become an ordinary `.partial` too.
+            self.named = self.position;
             self.mark_synced();
         }
         Ok(self.positions())
@@ -218,23 +247,10 @@ impl WalSink {
 
     fn mark_synced(&mut self) {
         if self.config.sync {
-            self.synced = self.named_end();
+            self.synced = self.named;
         }
     }
 
-    /// The end of what was written into files under a WAL name: the position,
-    /// or the start of the oldest segment still being written direct.
-    fn named_end(&self) -> Lsn {
-        [&self.filled, &self.segment]
-            .into_iter()
-            .flatten()
-            .find(|s| s.is_direct())
-            .map_or(self.position, |s| s.start_lsn())
-    }
-
-    /// The segment to write into: the open one, else the next, installed from
-    /// the prepared file when there is one (the first of a session is opened
-    /// here: it may be a `.partial` being resumed).
     fn current_segment(&mut self) -> Result<&mut SegmentWriter, SinkError> {
         let segment = match self.segment.take() {
             Some(segment) => segment,
@@ -253,7 +269,7 @@ impl WalSink {
         let seg_size = self.config.segment_size;
         let segno = self.position.segment_number(seg_size);
         let prepared = self.preparer.take(segno);
-        if self.server_end >= Lsn(self.position.0 + seg_size) {
+        if self.server_end.0 >= self.position.0.saturating_add(seg_size) {
             // Catch-up: the whole segment is there to stream. (A prepared
             // file, if any, is dropped first: it has the same temporary name.)
             drop(prepared);
@@ -360,8 +376,10 @@ impl Preparer {
         }
     }
 
-    /// The prepared `segno`, waiting for it if it is still being made; `None`
-    /// when it was not requested (a stale one is dropped, which removes it).
+    /// The prepared `segno`, waiting for it if it is still being made (only
+    /// when the stream outruns the padding of one segment: the wait is
+    /// bounded by writing and fsyncing one segment of zeros); `None` when it
+    /// was not requested (a stale one is dropped, which removes it).
     fn take(&mut self, segno: SegNo) -> Option<Result<PreparedSegment, ArchiveError>> {
         let pending = self.pending.take()?;
         let result = self.results.recv().ok()?;

@@ -201,10 +201,19 @@ fn a_filled_segment_is_flushed_before_it_is_renamed() {
     let mut sink = WalSink::new(config(tmp.path(), start, false));
     assert_eq!(sink.write(start, &wal).unwrap(), SEG as usize);
     assert!(sink.has_filled_segment());
-    assert!(sink.positions().flush > start, "flushed before the rename");
+    let before = sink.positions().flush;
+    assert!(before > start, "flushed before the rename");
+    // Segment 8 ends with an XLOG_SWITCH: its WAL is verified to the segment
+    // end, but a slot must not pass the segment before its rename.
+    assert!(before < Lsn(9 * SEG), "{before}");
     assert_eq!(names(tmp.path())[0], "000000010000000000000008.partial");
     sink.complete_filled().unwrap();
     assert_eq!(names(tmp.path())[0], "000000010000000000000008");
+    assert_eq!(
+        sink.positions().flush,
+        Lsn(9 * SEG),
+        "the whole segment once renamed"
+    );
     sink.close().unwrap();
     assert_eq!(names(tmp.path()), ["000000010000000000000008"]);
 }
@@ -264,4 +273,20 @@ fn a_segment_the_server_has_whole_is_written_direct() {
     assert!(partial[..part] == fixture(NAMES[1])[..part]);
     assert!(partial[part..].iter().all(|&b| b == 0));
     assert!(closed.flush >= flushed);
+}
+
+/// A direct segment whose completion fails was never under a WAL name:
+/// neither write nor flush may cover it afterwards.
+#[test]
+fn a_direct_segment_that_fails_to_complete_is_never_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = fixture(NAMES[0]);
+    let start = Lsn(8 * SEG);
+    let mut sink = WalSink::new(config(tmp.path(), start, true));
+    sink.server_has(Lsn(10 * SEG));
+    assert_eq!(sink.write(start, &wal).unwrap(), SEG as usize);
+    std::fs::remove_file(tmp.path().join("000000010000000000000008.partial.tmp")).unwrap();
+    assert!(sink.complete_filled().is_err());
+    let p = sink.positions();
+    assert!(p.write <= start && p.flush <= start, "{p:?}");
 }
