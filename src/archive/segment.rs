@@ -108,9 +108,7 @@ impl PreparedSegment {
         segment_size: u64,
         sync: bool,
     ) -> Result<PreparedSegment, ArchiveError> {
-        check_arguments(timeline, segment_size)?;
-        let name = wal_file_name(timeline, segno, segment_size);
-        let tmp = dir.join(format!("{name}{PARTIAL_SUFFIX}{TMP_SUFFIX}"));
+        let tmp = SegmentAt::new(dir, timeline, segno, segment_size, sync)?.tmp_path();
         match create_padded_tmp(&tmp, segment_size, sync) {
             Ok(file) => Ok(PreparedSegment {
                 file: Some(file),
@@ -168,7 +166,42 @@ enum Origin {
     Direct,
 }
 
-impl SegmentAt<'_> {
+impl<'a> SegmentAt<'a> {
+    /// Checks the arguments (a valid segment size, a timeline above 0).
+    fn new(
+        dir: &'a Path,
+        timeline: TimeLineId,
+        segno: SegNo,
+        segment_size: u64,
+        sync: bool,
+    ) -> Result<Self, ArchiveError> {
+        check_arguments(timeline, segment_size)?;
+        Ok(SegmentAt {
+            dir,
+            timeline,
+            segno,
+            segment_size,
+            sync,
+        })
+    }
+
+    fn name(&self) -> String {
+        wal_file_name(self.timeline, self.segno, self.segment_size)
+    }
+    /// `dir/NAME`
+    fn final_path(&self) -> PathBuf {
+        self.dir.join(self.name())
+    }
+    /// `dir/NAME.partial`
+    fn partial_path(&self) -> PathBuf {
+        self.dir.join(format!("{}{PARTIAL_SUFFIX}", self.name()))
+    }
+    /// `dir/NAME.partial.tmp`
+    fn tmp_path(&self) -> PathBuf {
+        self.dir
+            .join(format!("{}{PARTIAL_SUFFIX}{TMP_SUFFIX}", self.name()))
+    }
+
     fn writer(
         &self,
         file: File,
@@ -222,15 +255,13 @@ impl SegmentWriter {
         segment_size: u64,
         sync: bool,
     ) -> Result<Self, ArchiveError> {
-        check_arguments(timeline, segment_size)?;
-        let name = wal_file_name(timeline, segno, segment_size);
-        let final_path = dir.join(&name);
-        let path = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
+        let at = SegmentAt::new(dir, timeline, segno, segment_size, sync)?;
+        let (final_path, path) = (at.final_path(), at.partial_path());
         let existing = existing_partial_size(&final_path, &path)?;
 
         let file = match existing {
             Some(size) if size == segment_size => reopen_partial(dir, &path, sync)?,
-            Some(0) | None => create_padded(dir, &name, &path, segment_size, sync)?,
+            Some(0) | None => create_padded(dir, &at.name(), &path, segment_size, sync)?,
             Some(size) => {
                 return Err(ArchiveError::WrongSize {
                     path,
@@ -240,13 +271,6 @@ impl SegmentWriter {
             }
         };
 
-        let at = SegmentAt {
-            dir,
-            timeline,
-            segno,
-            segment_size,
-            sync,
-        };
         Ok(at.writer(file, path, final_path, Origin::Named))
     }
 
@@ -261,14 +285,12 @@ impl SegmentWriter {
         segment_size: u64,
         sync: bool,
     ) -> Result<Self, ArchiveError> {
-        check_arguments(timeline, segment_size)?;
-        let name = wal_file_name(timeline, segno, segment_size);
-        let final_path = dir.join(&name);
-        let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
-        if existing_partial_size(&final_path, &partial)?.is_some() {
+        let at = SegmentAt::new(dir, timeline, segno, segment_size, sync)?;
+        let final_path = at.final_path();
+        if existing_partial_size(&final_path, &at.partial_path())?.is_some() {
             return SegmentWriter::open(dir, timeline, segno, segment_size, sync);
         }
-        let path = dir.join(format!("{name}{PARTIAL_SUFFIX}{TMP_SUFFIX}"));
+        let path = at.tmp_path();
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -277,13 +299,6 @@ impl SegmentWriter {
             .open(&path)
             .map_err(|e| ArchiveError::io(&path, e))?;
         tracing::debug!(path = %path.display(), "writing a segment direct");
-        let at = SegmentAt {
-            dir,
-            timeline,
-            segno,
-            segment_size,
-            sync,
-        };
         Ok(at.writer(file, path, final_path, Origin::Direct))
     }
 
@@ -299,9 +314,8 @@ impl SegmentWriter {
     pub fn install(mut prepared: PreparedSegment) -> Result<Self, ArchiveError> {
         let (dir, timeline, segno) = (prepared.dir.clone(), prepared.timeline, prepared.segno);
         let (segment_size, sync) = (prepared.segment_size, prepared.sync);
-        let name = wal_file_name(timeline, segno, segment_size);
-        let final_path = dir.join(&name);
-        let path = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
+        let at = SegmentAt::new(&dir, timeline, segno, segment_size, sync)?;
+        let (final_path, path) = (at.final_path(), at.partial_path());
         if existing_partial_size(&final_path, &path)?.is_some() {
             drop(prepared);
             return SegmentWriter::open(&dir, timeline, segno, segment_size, sync);
@@ -315,13 +329,6 @@ impl SegmentWriter {
             ));
         };
         tracing::debug!(path = %path.display(), "installed prepared segment");
-        let at = SegmentAt {
-            dir: &dir,
-            timeline,
-            segno,
-            segment_size,
-            sync,
-        };
         Ok(at.writer(file, path, final_path, Origin::Installed))
     }
 
