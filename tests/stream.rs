@@ -189,6 +189,77 @@ fn streams_to_endpos_byte_identical_with_slot() {
     let _ = d;
 }
 
+/// Catch-up writes the segments the server already has whole direct (under
+/// `.tmp`, renamed when complete). Stopping at an --endpos inside such a
+/// segment turns it into an ordinary padded `.partial` holding the WAL up to
+/// the flush reported, with no `.tmp` left behind.
+#[test]
+fn endpos_inside_a_segment_written_direct_leaves_a_padded_partial() {
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    pg.pgbench_init(1);
+    let dir = archive_dir();
+    let conn = pg.conninfo();
+    let d = dir.path().to_str().unwrap().to_string();
+    assert!(run(&["stream", "-d", &conn, "--create-slot", "-S", "mid"])
+        .status
+        .success());
+    let restart =
+        parse_lsn(&pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'mid'"));
+    make_wal(&pg, 3);
+    // The middle of the second segment after the slot's: the server has that
+    // segment whole, and more.
+    let endpos = (restart / MB + 1) * MB + MB / 2;
+    assert!(
+        parse_lsn(&lsn(&pg)) > endpos + MB,
+        "enough WAL behind the slot"
+    );
+    let endpos_text = format!("{:X}/{:X}", endpos >> 32, endpos & 0xFFFF_FFFF);
+    let out = run(&[
+        "stream",
+        "-D",
+        &d,
+        "-d",
+        &conn,
+        "-S",
+        "mid",
+        "-E",
+        &endpos_text,
+        "-n",
+        "-vv",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("writing a segment direct"),
+        "the catch-up path was taken: {}",
+        stderr(&out)
+    );
+    assert_only_barman_names(dir.path());
+    assert!(assert_complete_segments_identical(dir.path(), &pg.wal_dir()) >= 1);
+    let all = names(dir.path());
+    let partial = all
+        .iter()
+        .find(|n| n.ends_with(".partial"))
+        .unwrap_or_else(|| panic!("no partial in {all:?}"))
+        .clone();
+    let seg = &partial[..24];
+    assert_eq!(segno_of(seg, MB), endpos / MB, "the partial holds endpos");
+    let flushed =
+        parse_lsn(&pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'mid'"));
+    let start = endpos / MB * MB;
+    assert!(
+        flushed > start + MB / 4,
+        "flush {flushed:X} covers the WAL of the partial {seg}"
+    );
+    let upto = (flushed - start) as usize;
+    let ours = std::fs::read(dir.path().join(&partial)).unwrap();
+    let theirs = std::fs::read(pg.wal_dir().join(seg)).unwrap();
+    assert_eq!(ours.len() as u64, MB, "padded to the segment size");
+    assert!(
+        ours[..upto] == theirs[..upto],
+        "partial differs below the reported flush"
+    );
+}
+
 #[test]
 fn kill_9_then_restart_leaves_a_complete_identical_archive() {
     let pg = PgServer::builder().wal_segsize_mb(1).start();
