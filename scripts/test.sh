@@ -72,4 +72,7 @@ if [ "$status" -ne 0 ]; then
 else
     echo "OK"
 fi
+# The totals over every test binary, as the last line.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i - 1); if ($(i) ~ /^failed;?$/) f += $(i - 1) } }
+    END { printf "%d passed, %d failed\n", p, f }' "$log"
 exit "$status"
