@@ -64,6 +64,10 @@ if ! command -v cc >/dev/null 2>&1; then
     # rustc links through cc.
     apt_packages+=(gcc libc6-dev)
 fi
+if [ ! -x /usr/bin/time ]; then
+    # GNU time: scripts/bench-vs-pg_receivewal.sh times catch-up runs with it.
+    apt_packages+=(time)
+fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
     log "apt-get install ${apt_packages[*]}"
     export DEBIAN_FRONTEND=noninteractive
