@@ -106,6 +106,36 @@ fn make_wal(pg: &PgServer, seconds: u32) {
     pg.psql("SELECT pg_switch_wal()");
 }
 
+/// The archive's `.partial` is a whole segment whose bytes equal the
+/// primary's up to the flush walrcv reported last (the restart_lsn of `slot`,
+/// which follows it). Returns the partial's start LSN and that flush.
+fn assert_partial_matches_below_flush(pg: &PgServer, dir: &Path, slot: &str) -> (u64, u64) {
+    let flushed = parse_lsn(&pg.psql(&format!(
+        "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    )));
+    let all = names(dir);
+    let partial = all
+        .iter()
+        .find(|n| n.ends_with(".partial"))
+        .unwrap_or_else(|| panic!("no partial in {all:?}, flushed {flushed:X}"))
+        .clone();
+    let seg = &partial[..24];
+    let start = segno_of(seg, MB) * MB;
+    let upto = flushed.saturating_sub(start).min(MB) as usize;
+    let ours = std::fs::read(dir.join(&partial)).unwrap();
+    let theirs = std::fs::read(pg.wal_dir().join(seg)).unwrap();
+    assert_eq!(
+        ours.len() as u64,
+        MB,
+        "{partial} is padded to the segment size"
+    );
+    assert!(
+        ours[..upto] == theirs[..upto],
+        "{partial} differs below the reported flush {flushed:X}"
+    );
+    (start, flushed)
+}
+
 fn stream_until_current(pg: &PgServer, dir: &Path, extra: &[&str]) -> Output {
     let end = lsn(pg);
     let conn = pg.conninfo();
@@ -159,29 +189,8 @@ fn streams_to_endpos_byte_identical_with_slot() {
     assert_only_barman_names(dir.path());
     // The .partial matches the primary's bytes up to the flush position walrcv
     // reported last (the slot's restart_lsn follows it).
-    let flushed = parse_lsn(
-        &pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'arch'"),
-    );
-    let all = names(dir.path());
-    let partial = all
-        .iter()
-        .find(|n| n.ends_with(".partial"))
-        .unwrap_or_else(|| panic!("no partial in {all:?}, flushed {flushed:X}"))
-        .clone();
-    let seg = &partial[..24];
-    let start = segno_of(seg, MB) * MB;
-    assert!(
-        flushed > start,
-        "flush {flushed:X} inside the partial {seg}"
-    );
-    let upto = (flushed - start) as usize;
-    let ours = std::fs::read(dir.path().join(&partial)).unwrap();
-    let theirs = std::fs::read(pg.wal_dir().join(seg)).unwrap();
-    assert_eq!(ours.len() as u64, MB, "partial is pre-padded");
-    assert!(
-        ours[..upto] == theirs[..upto],
-        "partial differs below the reported flush"
-    );
+    let (start, flushed) = assert_partial_matches_below_flush(&pg, dir.path(), "arch");
+    assert!(flushed > start, "flush {flushed:X} inside the partial");
     assert!(run(&["stream", "-d", &conn, "--drop-slot", "-S", "arch"])
         .status
         .success());
@@ -235,28 +244,11 @@ fn endpos_inside_a_segment_written_direct_leaves_a_padded_partial() {
     );
     assert_only_barman_names(dir.path());
     assert!(assert_complete_segments_identical(dir.path(), &pg.wal_dir()) >= 1);
-    let all = names(dir.path());
-    let partial = all
-        .iter()
-        .find(|n| n.ends_with(".partial"))
-        .unwrap_or_else(|| panic!("no partial in {all:?}"))
-        .clone();
-    let seg = &partial[..24];
-    assert_eq!(segno_of(seg, MB), endpos / MB, "the partial holds endpos");
-    let flushed =
-        parse_lsn(&pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'mid'"));
-    let start = endpos / MB * MB;
+    let (start, flushed) = assert_partial_matches_below_flush(&pg, dir.path(), "mid");
+    assert_eq!(start, endpos / MB * MB, "the partial holds endpos");
     assert!(
         flushed > start + MB / 4,
-        "flush {flushed:X} covers the WAL of the partial {seg}"
-    );
-    let upto = (flushed - start) as usize;
-    let ours = std::fs::read(dir.path().join(&partial)).unwrap();
-    let theirs = std::fs::read(pg.wal_dir().join(seg)).unwrap();
-    assert_eq!(ours.len() as u64, MB, "padded to the segment size");
-    assert!(
-        ours[..upto] == theirs[..upto],
-        "partial differs below the reported flush"
+        "flush {flushed:X} covers the WAL of the partial"
     );
 }
 
