@@ -119,7 +119,10 @@ fuzz_target!(|data: &[u8]| {
             .any(|p| dbname.starts_with(p));
         if uri || dbname.contains('=') {
             let same = resolve_dbname(&canonical(pairs), &overrides);
-            assert_eq!(same, resolved, "resolve of the canonical form of {dbname:?}");
+            assert_eq!(
+                same, resolved,
+                "resolve of the canonical form of {dbname:?}"
+            );
         }
     }
     if let Ok(params) = &resolved {

@@ -104,7 +104,10 @@ fn check_start_point(scan: &Scan, segment_size: u64) {
 fn check_store(timeline: u32, name_cell: &[u8], content: &[u8]) {
     let reply = QueryResult {
         columns: vec!["filename".into(), "content".into()],
-        rows: vec![vec![text_cell(name_cell), Some(Bytes::copy_from_slice(content))]],
+        rows: vec![vec![
+            text_cell(name_cell),
+            Some(Bytes::copy_from_slice(content)),
+        ]],
     };
     let Some(name) = reply.text(0, 0) else {
         return;
@@ -138,9 +141,19 @@ fn check_lookups(timeline: u32, content: &[u8], lsn: Lsn) {
     let owner = timeline_of(&entries, timeline, lsn);
     let (start, end) = timeline_range(&entries, timeline, owner)
         .unwrap_or_else(|| panic!("timeline {owner} of {lsn} has no range"));
-    assert!(start <= lsn, "{lsn} before the start {start} of timeline {owner}");
-    assert!(end.map_or(true, |e| lsn < e), "{lsn} after the end of timeline {owner}");
-    for t in entries.iter().map(|e| e.parent).chain([timeline, lsn.0 as u32]) {
+    assert!(
+        start <= lsn,
+        "{lsn} before the start {start} of timeline {owner}"
+    );
+    assert!(
+        end.map_or(true, |e| lsn < e),
+        "{lsn} after the end of timeline {owner}"
+    );
+    for t in entries
+        .iter()
+        .map(|e| e.parent)
+        .chain([timeline, lsn.0 as u32])
+    {
         let range = timeline_range(&entries, timeline, t);
         let into = switchpoint_into(&entries, timeline, t);
         assert_eq!(into, range.map(|(s, _)| s).filter(|s| s.0 != 0));
@@ -153,7 +166,11 @@ fn check_lookups(timeline: u32, content: &[u8], lsn: Lsn) {
 fn check_next_timeline(tli_cell: &[u8], lsn_cell: &[u8], shape: u8) {
     let mut row = vec![text_cell(tli_cell), text_cell(lsn_cell)];
     row.truncate(usize::from(shape % 3));
-    let rows = if shape & 4 != 0 { vec![row.clone(), row] } else { vec![row] };
+    let rows = if shape & 4 != 0 {
+        vec![row.clone(), row]
+    } else {
+        vec![row]
+    };
     let reply = QueryResult {
         columns: vec!["next_tli".into(), "next_tli_startpos".into()],
         rows,
