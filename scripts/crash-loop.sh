@@ -315,11 +315,25 @@ cat >>"$restored/postgresql.conf" <<EOF
 # --- scripts/crash-loop.sh: restore ---
 synchronous_standby_names = ''
 restore_command = 'cp "$restore_wal/%f" "%p"'
+# No connections before recovery has replayed everything (nothing can read a
+# half-recovered table); pg_ctl -w returns once recovery has started.
+hot_standby = off
 EOF
 touch "$restored/recovery.signal"
 chown postgres: "$restored/recovery.signal" 2>/dev/null || true
 start_server "$restored"
 restored_port=$port
+# Recovery ends when the archive has no next segment; the server then promotes
+# itself to a new timeline and accepts connections.
+recovered=0
+for _ in $(seq 6000); do
+    if [ "$(sql "$restored_port" "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ]; then
+        recovered=1
+        break
+    fi
+    sleep 0.1
+done
+[ "$recovered" = 1 ] || fail "the restored server is still in recovery after 600 s (see $restored.log)"
 grep -E "redo done at|archive recovery complete|selected new timeline" "$restored.log" | sed 's/^/  | /' || true
 
 rows=$(sql "$restored_port" "SELECT count(*) FROM acked")
