@@ -146,7 +146,7 @@ fn check_lookups(timeline: u32, content: &[u8], lsn: Lsn) {
         "{lsn} before the start {start} of timeline {owner}"
     );
     assert!(
-        end.map_or(true, |e| lsn < e),
+        end.is_none_or(|e| lsn < e),
         "{lsn} after the end of timeline {owner}"
     );
     for t in entries
