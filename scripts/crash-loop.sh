@@ -99,7 +99,7 @@ cleanup() {
         (cd "$pgdir" && as_server "$PGBIN/pg_ctl" -D "$data" -m immediate -w stop) >/dev/null 2>&1 || true
     done
     if [ "$keep" = 1 ] || [ "$rc" != 0 ]; then
-        echo "crash-loop.sh: logs and data kept in $tmp" >&2
+        echo "crash-loop.sh: logs kept in $tmp" >&2
     fi
     if [ "$keep" = 1 ]; then
         :
