@@ -13,9 +13,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::sync::watch;
 
+use super::classify::StartFacts;
 use super::feedback::{Feedback, FeedbackConfig, Status, TimerAction};
 use super::sink::{SinkConfig, WalSink};
-use super::{Outcome, ReceiverError, StreamOptions};
+use super::{refine_at_start, Outcome, ReceiverError, StreamOptions};
 use crate::archive::{ArchiveDir, StartPoint};
 use crate::lsn::{pg_now, Lsn, TimeLineId};
 use crate::pgwire::{BackendMessage, Connection, PgError, QueryResult};
@@ -246,13 +247,22 @@ pub async fn run_session(
             start.lsn,
             start.timeline
         );
+        // What walrcv asks for: the server's refusals are told apart by them
+        // (and by SQLSTATE), never by the translated message text.
+        let facts = StartFacts {
+            start: start.lsn,
+            timeline: start.timeline,
+            server_timeline: server.timeline,
+            server_flush: server.xlogpos,
+        };
         let reply = replication::start_replication(
             &mut conn,
             opts.slot.as_deref(),
             start.lsn,
             start.timeline,
         )
-        .await?;
+        .await
+        .map_err(|e| refine_at_start(e.into(), &facts))?;
         let end = match reply {
             StartReply::TimelineEnded {
                 next_tli,
@@ -285,7 +295,10 @@ pub async fn run_session(
                     feedback: &mut feedback,
                     streamed,
                 };
-                stream.run(shutdown).await?
+                stream
+                    .run(shutdown)
+                    .await
+                    .map_err(|e| refine_at_start(e, &facts))?
             }
         };
         match end {

@@ -52,6 +52,14 @@ pub enum SinkError {
     },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    /// Preparing or writing the file for the WAL at `at` failed (a full
+    /// disk, EIO): nothing from `at` on is acknowledged.
+    #[error("could not write the WAL at {at} (timeline {timeline}) into the archive: {source}")]
+    Write {
+        at: Lsn,
+        timeline: TimeLineId,
+        source: ArchiveError,
+    },
     #[error("got WAL data at {got}, expected {expected}")]
     Discontinuity { expected: Lsn, got: Lsn },
     #[error("WAL data at {at} runs past the end of the LSN space")]
@@ -144,8 +152,23 @@ impl WalSink {
         let Some(end) = self.position.0.checked_add(n as u64) else {
             return Err(SinkError::PastLsnSpace { at: self.position });
         };
-        let segment = self.current_segment()?;
-        segment.write_at(offset, piece)?;
+        let at = self.position;
+        let timeline = self.config.timeline;
+        let segment = self.current_segment().map_err(|e| match e {
+            SinkError::Archive(source) => SinkError::Write {
+                at,
+                timeline,
+                source,
+            },
+            other => other,
+        })?;
+        segment
+            .write_at(offset, piece)
+            .map_err(|source| SinkError::Write {
+                at,
+                timeline,
+                source,
+            })?;
         let named = !segment.is_direct();
         self.position = Lsn(end);
         if named {
