@@ -1,5 +1,6 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
 mod corruption;
+mod disk_full;
 mod fake_primary;
 mod harness;
 mod server_faults;
