@@ -47,6 +47,7 @@ pub struct StartFacts {
     pub timeline: TimeLineId,
     pub server_timeline: TimeLineId,
     pub server_flush: Lsn,
+    pub segment_size: u64,
 }
 
 /// A server refusal that needs an operator: retrying cannot fix it.
@@ -148,6 +149,7 @@ mod tests {
             timeline,
             server_timeline,
             server_flush: Lsn(flush),
+            segment_size: 1 << 20,
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod classify;
 pub mod feedback;
+pub mod gap;
 mod options;
 pub mod session;
 pub mod sink;
@@ -91,13 +92,16 @@ pub enum ReceiverError {
     #[error("{message}\nHINT: {hint}")]
     NeedsOperator { message: String, hint: String },
     /// A server error that needs an operator (see [`classify`]).
-    #[error("{}", server_fault_message(*.fault, .target, .message, .context.as_deref()))]
+    #[error("{}", server_fault_message(*.fault, .target, .message, .facts.as_ref(), *.oldest_available))]
     ServerFault {
         fault: ServerFault,
         target: String,
         message: Box<ServerMessage>,
-        /// What walrcv asked for, when known (the missing WAL range).
-        context: Option<String>,
+        /// What walrcv asked for, when the error answered START_REPLICATION.
+        facts: Option<StartFacts>,
+        /// For [`ServerFault::WalRemoved`]: where the WAL the server still
+        /// has begins (see [`gap`]), when found.
+        oldest_available: Option<Lsn>,
     },
     #[error("server version {found} is not supported: walrcv supports PostgreSQL 13 to 18")]
     UnsupportedServer { found: String },
@@ -139,7 +143,8 @@ fn classify_server_error(message: Box<ServerMessage>, target: String) -> Receive
             fault,
             target,
             message,
-            context: None,
+            facts: None,
+            oldest_available: None,
         },
         None => ReceiverError::Connection(PgError::Server { target, message }),
     }
@@ -151,16 +156,17 @@ fn server_fault_message(
     fault: ServerFault,
     target: &str,
     message: &ServerMessage,
-    context: Option<&str>,
+    facts: Option<&StartFacts>,
+    oldest_available: Option<Lsn>,
 ) -> String {
     let mut text = format!(
         "{target}: {message} (SQLSTATE {})\n{}",
         message.code,
         fault.summary()
     );
-    if let Some(context) = context {
+    if let Some(facts) = facts {
         text.push_str(": ");
-        text.push_str(context);
+        text.push_str(&start_context(fault, facts, oldest_available));
     }
     text.push_str("\nHINT: ");
     text.push_str(fault.hint());
@@ -175,10 +181,11 @@ pub(crate) fn refine_at_start(error: ReceiverError, facts: &StartFacts) -> Recei
         ReceiverError::Connection(PgError::Server { target, message }) => {
             match classify::classify(&message.code, Some(facts)) {
                 Some(fault) => ReceiverError::ServerFault {
-                    context: Some(start_context(fault, facts)),
                     fault,
                     target,
                     message,
+                    facts: Some(*facts),
+                    oldest_available: None,
                 },
                 None => ReceiverError::Connection(PgError::Server { target, message }),
             }
@@ -187,25 +194,34 @@ pub(crate) fn refine_at_start(error: ReceiverError, facts: &StartFacts) -> Recei
             fault,
             target,
             message,
-            context: None,
+            facts: None,
+            oldest_available,
         } => ReceiverError::ServerFault {
-            context: Some(start_context(fault, facts)),
             fault,
             target,
             message,
+            facts: Some(*facts),
+            oldest_available,
         },
         other => other,
     }
 }
 
 /// What walrcv asked for, in the terms of `fault`.
-fn start_context(fault: ServerFault, f: &StartFacts) -> String {
+fn start_context(fault: ServerFault, f: &StartFacts, oldest_available: Option<Lsn>) -> String {
     match fault {
-        ServerFault::WalRemoved => format!(
-            "the archive needs WAL from {} on timeline {}, and the server's WAL now ends at {} (timeline {}): \
-             the WAL from {} up to what the server still has is missing",
-            f.start, f.timeline, f.server_flush, f.server_timeline, f.start
-        ),
+        ServerFault::WalRemoved => match oldest_available {
+            Some(oldest) => format!(
+                "the archive needs WAL from {} on timeline {}, and the server's WAL on that timeline \
+                 now starts at {} (and ends at {}): the WAL from {} to {} is missing",
+                f.start, f.timeline, oldest, f.server_flush, f.start, oldest
+            ),
+            None => format!(
+                "the archive needs WAL from {} on timeline {}, and the server's WAL now ends at {} \
+                 (timeline {}): the WAL from {} up to what the server still has is missing",
+                f.start, f.timeline, f.server_flush, f.server_timeline, f.start
+            ),
+        },
         ServerFault::NotInHistory => format!(
             "walrcv asked for {} on timeline {}; the server is on timeline {}",
             f.start, f.timeline, f.server_timeline
@@ -304,6 +320,27 @@ impl ReceiverError {
     }
 }
 
+/// For WAL the server removed: finds where the WAL it still has begins, so
+/// the error names the whole missing range.
+async fn with_missing_range(error: ReceiverError, opts: &StreamOptions) -> ReceiverError {
+    match error {
+        ReceiverError::ServerFault {
+            fault: ServerFault::WalRemoved,
+            target,
+            message,
+            facts: Some(facts),
+            oldest_available: None,
+        } => ReceiverError::ServerFault {
+            fault: ServerFault::WalRemoved,
+            target,
+            message,
+            oldest_available: gap::oldest_available(&opts.conn, &facts).await,
+            facts: Some(facts),
+        },
+        other => other,
+    }
+}
+
 /// Runs `walrcv stream` until stopped: sessions one after the other, with
 /// backoff between failures (see [`backoff`]). `shutdown` turns true on
 /// SIGINT/SIGTERM.
@@ -321,7 +358,7 @@ pub async fn run(
         let started = std::time::Instant::now();
         match session::run_session(&mut opts, &archive, &mut shutdown, &mut streamed).await {
             Ok(outcome) => return Ok(outcome),
-            Err(e) if !e.retryable() => return Err(e),
+            Err(e) if !e.retryable() => return Err(with_missing_range(e, &opts).await),
             Err(e) if opts.no_loop => return Err(e),
             Err(e) => {
                 let kind = e.failure_kind();
@@ -379,6 +416,7 @@ mod tests {
             timeline,
             server_timeline,
             server_flush: Lsn(flush),
+            segment_size: 1 << 24,
         }
     }
 

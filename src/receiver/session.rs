@@ -254,6 +254,7 @@ pub async fn run_session(
             timeline: start.timeline,
             server_timeline: server.timeline,
             server_flush: server.xlogpos,
+            segment_size: server.segment_size,
         };
         let reply = replication::start_replication(
             &mut conn,
