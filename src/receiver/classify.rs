@@ -28,7 +28,7 @@
 //! reported in IDENTIFY_SYSTEM (the flush position only moves forward, so
 //! the server must refuse). Any other `XX000` is retried (with backoff).
 
-use crate::lsn::{Lsn, TimeLineId};
+use crate::lsn::{parse_wal_file_name, segment_start_lsn, Lsn, TimeLineId};
 
 /// SQLSTATE undefined_file: a WAL segment (or history file) the server no longer has.
 pub const UNDEFINED_FILE: &str = "58P01";
@@ -87,6 +87,25 @@ fn refusal_at_start(f: &StartFacts) -> Option<ServerFault> {
     } else {
         None
     }
+}
+
+/// The WAL segment a "requested WAL segment %s has already been removed"
+/// names, on `timeline`, as its start LSN: the file name is the one part of
+/// the text no translation changes (24 upper-case hex digits), so it is
+/// found whatever the language. `None` when the text names none.
+pub fn removed_segment_start(
+    message: &str,
+    timeline: TimeLineId,
+    segment_size: u64,
+) -> Option<Lsn> {
+    let bytes = message.as_bytes();
+    (0..bytes.len().saturating_sub(23))
+        .filter(|&i| i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
+        .filter(|&i| bytes.get(i + 24).is_none_or(|b| !b.is_ascii_alphanumeric()))
+        .filter_map(|i| message.get(i..i + 24))
+        .filter_map(|name| parse_wal_file_name(name, segment_size))
+        .find(|&(tli, _)| tli == timeline)
+        .map(|(_, segno)| segment_start_lsn(segno, segment_size))
 }
 
 impl ServerFault {
@@ -151,6 +170,32 @@ mod tests {
             server_flush: Lsn(flush),
             segment_size: 1 << 20,
         }
+    }
+
+    #[test]
+    fn the_removed_segment_is_found_in_any_language() {
+        let seg = 1 << 24;
+        for text in [
+            "requested WAL segment 000000010000000200000003 has already been removed",
+            "das angeforderte WAL-Segment 000000010000000200000003 wurde schon entfernt",
+            "le segment demandé du journal de transaction, 000000010000000200000003, a déjà été supprimé",
+            "要求された WAL セグメント 000000010000000200000003 はすでに削除されています",
+        ] {
+            assert_eq!(
+                removed_segment_start(text, 1, seg),
+                Some(Lsn(0x2_0300_0000)),
+                "{text}"
+            );
+            // Another timeline's segment is not the one asked for.
+            assert_eq!(removed_segment_start(text, 2, seg), None, "{text}");
+        }
+        assert_eq!(removed_segment_start("no file here", 1, seg), None);
+        // 25 hex digits are not a file name.
+        assert_eq!(
+            removed_segment_start("segment 0000000100000002000000030 gone", 1, seg),
+            None
+        );
+        assert_eq!(removed_segment_start("", 1, seg), None);
     }
 
     #[test]

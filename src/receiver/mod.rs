@@ -165,8 +165,9 @@ fn server_fault_message(
         fault.summary()
     );
     if let Some(facts) = facts {
+        let facts = missing_from(fault, message, facts);
         text.push_str(": ");
-        text.push_str(&start_context(fault, facts, oldest_available));
+        text.push_str(&start_context(fault, &facts, oldest_available));
     }
     text.push_str("\nHINT: ");
     text.push_str(fault.hint());
@@ -204,6 +205,20 @@ pub(crate) fn refine_at_start(error: ReceiverError, facts: &StartFacts) -> Recei
             oldest_available,
         },
         other => other,
+    }
+}
+
+/// For WAL removed mid-stream, the missing WAL starts at the segment the
+/// server names (past the session's start point), not at the start point.
+fn missing_from(fault: ServerFault, message: &ServerMessage, facts: &StartFacts) -> StartFacts {
+    let named = (fault == ServerFault::WalRemoved)
+        .then(|| {
+            classify::removed_segment_start(&message.message, facts.timeline, facts.segment_size)
+        })
+        .flatten();
+    match named {
+        Some(start) if start > facts.start => StartFacts { start, ..*facts },
+        _ => *facts,
     }
 }
 
@@ -249,8 +264,9 @@ impl ReceiverError {
             | ReceiverError::Timeout(_)
             | ReceiverError::Unexpected(_)
             | ReceiverError::Writer(_) => true,
-            ReceiverError::Archive(_)
-            | ReceiverError::NeedsOperator { .. }
+            // A full disk while storing a history file heals once space is freed.
+            ReceiverError::Archive(_) => self.is_disk_full(),
+            ReceiverError::NeedsOperator { .. }
             | ReceiverError::ServerFault { .. }
             | ReceiverError::UnsupportedServer { .. }
             | ReceiverError::DatabaseSpecific(_)
@@ -332,9 +348,13 @@ async fn with_missing_range(error: ReceiverError, opts: &StreamOptions) -> Recei
             oldest_available: None,
         } => ReceiverError::ServerFault {
             fault: ServerFault::WalRemoved,
+            oldest_available: gap::oldest_available(
+                &opts.conn,
+                &missing_from(ServerFault::WalRemoved, &message, &facts),
+            )
+            .await,
             target,
             message,
-            oldest_available: gap::oldest_available(&opts.conn, &facts).await,
             facts: Some(facts),
         },
         other => other,
@@ -502,6 +522,33 @@ mod tests {
         );
         assert!(e.retryable(), "{e}");
         assert_eq!(e.exit_code(), exit::DISCONNECTED);
+    }
+
+    #[test]
+    fn wal_removed_mid_stream_names_the_segment_the_server_names() {
+        // The session started at 0/3000000; the server removed 0/5000000's
+        // segment before walrcv got there.
+        let e = refine_at_start(
+            server_error(
+                "58P01",
+                "das angeforderte WAL-Segment 000000010000000000000005 wurde schon entfernt",
+            ),
+            &facts(1, 0x300_0000, 1, 0x900_0000),
+        );
+        let shown = e.to_string();
+        assert!(shown.contains("from 0/5000000 on timeline 1"), "{shown}");
+    }
+
+    #[test]
+    fn a_full_disk_while_storing_a_history_file_is_retried() {
+        let full = ReceiverError::Archive(ArchiveError::io(
+            "/a/00000002.history.tmp",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        ));
+        assert!(full.retryable());
+        assert_eq!(full.failure_kind(), FailureKind::Archive);
+        let other = ReceiverError::Archive(ArchiveError::NotADirectory("/a".into()));
+        assert!(!other.retryable());
     }
 
     #[test]
