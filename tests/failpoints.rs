@@ -17,91 +17,48 @@
 //! The history-file site needs a timeline switch, so it runs against real
 //! servers (a standby promoted while walrcv streams from it).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-use tempfile::TempDir;
 
 use crate::fake_primary::{
     assert_archive_matches, check_invariants_after, describe, Wal, SEG, START,
 };
+use crate::stream::{
+    assert_complete_segments_identical, assert_only_barman_names, is_segment, names,
+};
 use crate::support::fake_walsender::{FakeConfig, FakeWalsender, ReplicationStream, ServerMsg};
-use crate::support::{format_lsn, walrcv_command};
+use crate::support::{format_lsn, wait_until, walrcv_command, BackgroundProcess, PgServer};
 
 /// Chunk of WAL sent per XLogData message (one batch, one fdatasync each).
 const CHUNK: usize = 64 * 1024;
 /// The fixture's end (segments 8, 9 and A complete).
 const END: u64 = START + 3 * SEG;
 
-/// The `walrcv stream` process under test, its stderr in a file.
-struct Walrcv {
-    child: Option<Child>,
-    log: PathBuf,
-    _logdir: TempDir,
+/// `walrcv stream` against `conninfo`, synchronous, with `$FAILPOINTS`.
+fn spawn_walrcv(archive: &Path, conninfo: &str, failpoints: &str) -> BackgroundProcess {
+    let mut cmd = walrcv_command();
+    cmd.args(["stream", "-D"])
+        .arg(archive)
+        .args(["-d", conninfo])
+        .args(["--synchronous", "--status-interval", "10", "-v"])
+        .env("FAILPOINTS", failpoints);
+    BackgroundProcess::spawn(cmd)
 }
 
-impl Walrcv {
-    fn start(archive: &Path, port: u16, failpoints: &str) -> Walrcv {
-        let logdir = tempfile::tempdir().expect("log dir");
-        let log = logdir.path().join("walrcv.log");
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let child = walrcv_command()
-            .args(["stream", "-D"])
-            .arg(archive)
-            .arg("-d")
-            .arg(format!(
-                "host=127.0.0.1 port={port} user=postgres sslmode=disable connect_timeout=5"
-            ))
-            .args(["--synchronous", "--status-interval", "10", "-v"])
-            .env("FAILPOINTS", failpoints)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start walrcv");
-        Walrcv {
-            child: Some(child),
-            log,
-            _logdir: logdir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait (bounded) for exit status 0.
-    fn stop(mut self) {
-        let mut child = self.child.take().expect("running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "walrcv exited with {status}\n{}",
-                    self.log()
-                );
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "walrcv did not stop within 20 s of SIGTERM\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// [`spawn_walrcv`] against the fake primary on `port`.
+fn spawn_against_fake(archive: &Path, port: u16, failpoints: &str) -> BackgroundProcess {
+    let conninfo = format!("host=127.0.0.1 port={port} user=postgres sslmode=disable");
+    spawn_walrcv(archive, &conninfo, failpoints)
 }
 
-impl Drop for Walrcv {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// SIGTERM; walrcv must exit 0.
+fn stop(mut walrcv: BackgroundProcess) {
+    let status = walrcv.terminate();
+    assert!(
+        status.success(),
+        "walrcv exited with {status}\n{}",
+        walrcv.stderr()
+    );
 }
 
 /// What the first session did before the fault ended it.
@@ -117,7 +74,7 @@ struct FirstSession {
 /// Streams the fixture chunk by chunk until the session ends.
 async fn run_until_fault(
     stream: &mut ReplicationStream,
-    walrcv: &Walrcv,
+    walrcv: &BackgroundProcess,
     t0: Instant,
 ) -> FirstSession {
     let mut wal = Wal::new();
@@ -126,7 +83,7 @@ async fn run_until_fault(
             wal.remaining() > 0,
             "the whole fixture was acknowledged: the fault never ended the session\n{}\n{}",
             describe(&stream.status_updates(), t0),
-            walrcv.log()
+            walrcv.stderr()
         );
         let before = wal.pos();
         let (start, data) = wal.next(CHUNK);
@@ -144,7 +101,7 @@ async fn run_until_fault(
                 "chunk ending at {} neither acknowledged nor the session ended\n{}\n{}",
                 format_lsn(wal.pos()),
                 describe(&stream.status_updates(), t0),
-                walrcv.log()
+                walrcv.stderr()
             );
             return first_session(stream, wal, before);
         }
@@ -167,21 +124,22 @@ fn first_session(stream: &ReplicationStream, wal: Wal, acked_before_fault: u64) 
 
 /// The second session: it must start at a segment start at or before
 /// `restart_by` (re-streaming what the fault left unsure), then receives the rest
-/// of the fixture; walrcv is stopped and the archive compared.
+/// of the fixture; walrcv is stopped and the archive compared. Returns
+/// walrcv's log.
 async fn finish(
     fake: &mut FakeWalsender,
-    walrcv: Walrcv,
+    walrcv: BackgroundProcess,
     dir: &Path,
     restart_by: u64,
     t0: Instant,
-) {
+) -> String {
     let mut stream = fake.next_stream(Duration::from_secs(20)).await;
     assert!(
         stream.start_lsn <= restart_by && stream.start_lsn >= START,
         "second session starts at {}, after {}\n{}",
         format_lsn(stream.start_lsn),
         format_lsn(restart_by),
-        walrcv.log()
+        walrcv.stderr()
     );
     let mut wal = Wal::from_segment_start(stream.start_lsn);
     while wal.remaining() > 0 {
@@ -189,7 +147,7 @@ async fn finish(
         stream
             .send(&[ServerMsg::xlog(start, &data)])
             .await
-            .unwrap_or_else(|e| panic!("send: {e}\n{}", walrcv.log()));
+            .unwrap_or_else(|e| panic!("send: {e}\n{}", walrcv.stderr()));
     }
     let done = stream
         .wait_for_status(Duration::from_secs(20), |s| s.flush == END)
@@ -199,11 +157,13 @@ async fn finish(
         "flush never reached the end {}\n{}\n{}",
         format_lsn(END),
         describe(&stream.status_updates(), t0),
-        walrcv.log()
+        walrcv.stderr()
     );
     check_invariants_after(&stream.status_updates(), &wal, t0, stream.start_lsn);
-    walrcv.stop();
+    let log = walrcv.stderr();
+    stop(walrcv);
     assert_archive_matches(dir, END);
+    log
 }
 
 /// What a fault leaves durable, from the sent end before the chunk during
@@ -221,9 +181,9 @@ async fn fault_case(failpoints: &str, expected_in_log: &str, expect: Expect) {
     let t0 = Instant::now();
     let mut fake = FakeWalsender::start(FakeConfig::pg15_fixture()).await;
     let dir = tempfile::tempdir().expect("archive dir");
-    let walrcv = Walrcv::start(dir.path(), fake.port(), failpoints);
+    let walrcv = spawn_against_fake(dir.path(), fake.port(), failpoints);
     let mut stream = fake.next_stream(Duration::from_secs(20)).await;
-    assert_eq!(stream.start_lsn, START, "{}", walrcv.log());
+    assert_eq!(stream.start_lsn, START, "{}", walrcv.stderr());
     let first = run_until_fault(&mut stream, &walrcv, t0).await;
     let durable = (expect.max_flush)(first.acked_before_fault);
     assert!(
@@ -232,11 +192,11 @@ async fn fault_case(failpoints: &str, expected_in_log: &str, expect: Expect) {
         format_lsn(first.max_flush),
         format_lsn(durable),
         describe(&stream.status_updates(), t0),
-        walrcv.log()
+        walrcv.stderr()
     );
     check_invariants_after(&stream.status_updates(), &first.wal, t0, START);
     drop(stream);
-    let log = walrcv.log();
+    let log = walrcv.stderr();
     assert!(
         log.contains("failpoint fired") && log.contains(expected_in_log),
         "the log does not show the injected fault ({expected_in_log:?}):\n{log}"
@@ -320,4 +280,98 @@ async fn failpoint_preparation_of_the_next_segment() {
         },
     )
     .await;
+}
+
+/// The fsync of the files already in the archive fails at start: that session
+/// ends before streaming; the next one fsyncs them again on new descriptors
+/// and re-streams the `.partial` from its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failpoint_fsync_of_existing_files_at_start() {
+    let _serial = crate::fake_primary::SERIAL.lock().await;
+    let t0 = Instant::now();
+    let mut fake = FakeWalsender::start(FakeConfig::pg15_fixture()).await;
+    let dir = tempfile::tempdir().expect("archive dir");
+    // A first run leaves segment 8 complete and segment 9 `.partial`.
+    let walrcv = spawn_against_fake(dir.path(), fake.port(), "");
+    let mut stream = fake.next_stream(Duration::from_secs(20)).await;
+    let mut wal = Wal::new();
+    let (start, data) = wal.next(SEG as usize + 100_000);
+    stream
+        .send(&[ServerMsg::xlog(start, &data)])
+        .await
+        .unwrap_or_else(|e| panic!("send: {e}\n{}", walrcv.stderr()));
+    let target = wal.verified_end();
+    let acked = stream
+        .wait_for_status(Duration::from_secs(10), |s| s.flush >= target)
+        .await;
+    assert!(
+        acked.is_some(),
+        "first run: no flush to {}\n{}",
+        format_lsn(target),
+        walrcv.stderr()
+    );
+    stop(walrcv);
+    drop(stream);
+    assert_archive_matches(dir.path(), wal.pos());
+
+    let walrcv = spawn_against_fake(dir.path(), fake.port(), "startup-fsync=1*return->off");
+    let log = finish(&mut fake, walrcv, dir.path(), START + SEG, t0).await;
+    assert!(
+        log.contains("failpoint fired failpoint=startup-fsync"),
+        "the startup fsync fault did not fire:\n{log}"
+    );
+}
+
+/// The history file of a new timeline cannot be stored: the session ends,
+/// the next one fetches and stores it again and follows the new timeline,
+/// ending with an archive identical to the promoted server's WAL.
+#[test]
+fn failpoint_history_file_write() {
+    let primary = PgServer::builder().wal_segsize_mb(1).start();
+    primary.psql("CREATE TABLE t(x int)");
+    let standby = primary.create_standby();
+    let dir = tempfile::tempdir().expect("archive dir");
+    let mut walrcv = spawn_walrcv(
+        dir.path(),
+        &standby.conninfo(),
+        "history-rename=1*return->off",
+    );
+    primary.psql("INSERT INTO t SELECT generate_series(1, 20000)");
+    primary.psql("SELECT pg_switch_wal()");
+    wait_until(
+        Duration::from_secs(30),
+        "walrcv archived timeline 1",
+        || {
+            names(dir.path())
+                .iter()
+                .any(|n| n.starts_with("00000001") && is_segment(n))
+        },
+    );
+    standby.promote();
+    standby.psql("INSERT INTO t SELECT generate_series(1, 50000)");
+    standby.psql("SELECT pg_switch_wal()");
+    wait_until(
+        Duration::from_secs(60),
+        "walrcv followed onto timeline 2",
+        || {
+            names(dir.path())
+                .iter()
+                .any(|n| n.starts_with("00000002") && is_segment(n))
+        },
+    );
+    let log = walrcv.stderr();
+    assert!(
+        log.contains("failpoint fired failpoint=history-rename"),
+        "the history fault did not fire:\n{log}"
+    );
+    let status = walrcv.terminate();
+    assert!(status.success(), "SIGTERM exits 0: {}", walrcv.stderr());
+    let history = std::fs::read(dir.path().join("00000002.history")).expect("history file");
+    let expected = std::fs::read(standby.wal_dir().join("00000002.history")).expect("server's");
+    assert_eq!(
+        history, expected,
+        "00000002.history differs from the server's"
+    );
+    assert!(assert_complete_segments_identical(dir.path(), &standby.wal_dir()) >= 1);
+    assert_only_barman_names(dir.path());
 }

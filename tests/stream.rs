@@ -52,14 +52,14 @@ fn parse_lsn(s: &str) -> u64 {
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
-fn names(dir: &Path) -> BTreeSet<String> {
+pub(crate) fn names(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect()
 }
 
-fn is_segment(name: &str) -> bool {
+pub(crate) fn is_segment(name: &str) -> bool {
     name.len() == 24
         && name
             .bytes()
@@ -67,7 +67,7 @@ fn is_segment(name: &str) -> bool {
 }
 
 /// Every name is one Barman accepts: segment, segment.partial, TTTTTTTT.history.
-fn assert_only_barman_names(dir: &Path) {
+pub(crate) fn assert_only_barman_names(dir: &Path) {
     for n in names(dir) {
         let ok = is_segment(&n)
             || n.strip_suffix(".partial").is_some_and(is_segment)
@@ -78,7 +78,7 @@ fn assert_only_barman_names(dir: &Path) {
 
 /// Every complete segment equals the primary's file of the same name (when the
 /// primary still has it); returns how many were compared.
-fn assert_complete_segments_identical(archive: &Path, pg_wal: &Path) -> usize {
+pub(crate) fn assert_complete_segments_identical(archive: &Path, pg_wal: &Path) -> usize {
     let mut compared = 0;
     for n in names(archive).into_iter().filter(|n| is_segment(n)) {
         let theirs = pg_wal.join(&n);
