@@ -24,10 +24,11 @@ use crate::fake_primary::{
     assert_archive_matches, check_invariants_after, describe, Wal, SEG, START,
 };
 use crate::stream::{
-    assert_complete_segments_identical, assert_only_barman_names, is_segment, names,
+    assert_complete_segments_identical, assert_only_barman_names, stream_through_a_promotion,
+    Promoted,
 };
 use crate::support::fake_walsender::{FakeConfig, FakeWalsender, ReplicationStream, ServerMsg};
-use crate::support::{format_lsn, wait_until, walrcv_command, BackgroundProcess, PgServer};
+use crate::support::{format_lsn, walrcv_command, BackgroundProcess};
 
 /// Chunk of WAL sent per XLogData message (one batch, one fdatasync each).
 const CHUNK: usize = 64 * 1024;
@@ -327,38 +328,14 @@ async fn failpoint_fsync_of_existing_files_at_start() {
 /// ending with an archive identical to the promoted server's WAL.
 #[test]
 fn failpoint_history_file_write() {
-    let primary = PgServer::builder().wal_segsize_mb(1).start();
-    primary.psql("CREATE TABLE t(x int)");
-    let standby = primary.create_standby();
-    let dir = tempfile::tempdir().expect("archive dir");
-    let mut walrcv = spawn_walrcv(
-        dir.path(),
-        &standby.conninfo(),
-        "history-rename=1*return->off",
-    );
-    primary.psql("INSERT INTO t SELECT generate_series(1, 20000)");
-    primary.psql("SELECT pg_switch_wal()");
-    wait_until(
-        Duration::from_secs(30),
-        "walrcv archived timeline 1",
-        || {
-            names(dir.path())
-                .iter()
-                .any(|n| n.starts_with("00000001") && is_segment(n))
-        },
-    );
-    standby.promote();
-    standby.psql("INSERT INTO t SELECT generate_series(1, 50000)");
-    standby.psql("SELECT pg_switch_wal()");
-    wait_until(
-        Duration::from_secs(60),
-        "walrcv followed onto timeline 2",
-        || {
-            names(dir.path())
-                .iter()
-                .any(|n| n.starts_with("00000002") && is_segment(n))
-        },
-    );
+    let Promoted {
+        standby,
+        dir,
+        mut walrcv,
+        ..
+    } = stream_through_a_promotion(|conn, dir| {
+        spawn_walrcv(dir, conn, "history-rename=1*return->off")
+    });
     let log = walrcv.stderr();
     assert!(
         log.contains("failpoint fired failpoint=history-rename"),
