@@ -1,6 +1,8 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
 mod corruption;
 mod disk_full;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod fake_primary;
 mod harness;
 mod server_faults;

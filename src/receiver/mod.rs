@@ -89,6 +89,15 @@ pub enum ReceiverError {
     Stream(#[from] StreamError),
     #[error("WAL writer stopped: {0}")]
     Writer(SinkError),
+    /// Writing or fsyncing the archive failed outside the sink (the fsync of
+    /// existing files at start, a history file): retried by a new session,
+    /// on new descriptors, which re-streams the newest `.partial` from its
+    /// start.
+    #[error("could not {doing}: {source}")]
+    ArchiveIo {
+        doing: &'static str,
+        source: ArchiveError,
+    },
     #[error("{message}\nHINT: {hint}")]
     NeedsOperator { message: String, hint: String },
     /// A server error that needs an operator (see [`classify`]).
@@ -263,8 +272,10 @@ impl ReceiverError {
             | ReceiverError::StreamEnded
             | ReceiverError::Timeout(_)
             | ReceiverError::Unexpected(_)
-            | ReceiverError::Writer(_) => true,
-            // A full disk while storing a history file heals once space is freed.
+            | ReceiverError::Writer(_)
+            | ReceiverError::ArchiveIo { .. } => true,
+            // A full disk (e.g. while storing a history file) heals once
+            // space is freed.
             ReceiverError::Archive(_) => self.is_disk_full(),
             ReceiverError::NeedsOperator { .. }
             | ReceiverError::ServerFault { .. }
@@ -297,7 +308,8 @@ impl ReceiverError {
         match self {
             ReceiverError::Writer(SinkError::Verify { .. }) => FailureKind::Verification,
             ReceiverError::Writer(SinkError::Archive(_) | SinkError::Write { .. })
-            | ReceiverError::Archive(_) => FailureKind::Archive,
+            | ReceiverError::Archive(_)
+            | ReceiverError::ArchiveIo { .. } => FailureKind::Archive,
             ReceiverError::Connection(PgError::Server { .. })
             | ReceiverError::Replication(ReplicationError::Pg(PgError::Server { .. }))
             | ReceiverError::NeedsOperator { .. }
@@ -540,7 +552,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_disk_while_storing_a_history_file_is_retried() {
+    fn a_full_disk_is_retried_wherever_it_is_met() {
         let full = ReceiverError::Archive(ArchiveError::io(
             "/a/00000002.history.tmp",
             std::io::Error::from_raw_os_error(libc::ENOSPC),
