@@ -242,10 +242,18 @@ fn full_disk_scenario(arrival: Arrival) {
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
+            // The first failure is the preparation of the next segment (its
+            // zeros under `.partial.tmp`), not the write of a segment written
+            // direct: that one would have poisoned its writer, and closing
+            // the session says so.
             let err = rcv.stderr();
+            let first = &err[..err
+                .find("(archive write failure, 1 in a row)")
+                .unwrap_or(err.len())];
             assert!(
-                err.contains("could not prepare the next segment ahead of time")
-                    && err.contains("No space left on device"),
+                first.contains("No space left on device")
+                    && first.contains(".partial.tmp\" at offset 0")
+                    && !first.contains("is poisoned"),
                 "the preparation of the next segment hit ENOSPC:\n{err}"
             );
             pg.psql(
