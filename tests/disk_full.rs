@@ -226,6 +226,21 @@ fn full_disk_scenario(arrival: Arrival) {
             pg.psql(
                 "SET synchronous_commit = local; INSERT INTO t SELECT generate_series(1, 60000)",
             );
+            wait_until(
+                Duration::from_secs(60),
+                "walrcv to hit the full disk",
+                || !archive_failure_delays(&rcv.stderr()).is_empty(),
+            );
+            // The first failure is the write of a segment written direct
+            // (catch-up): it poisons its writer, and closing the session says so.
+            let err = rcv.stderr();
+            let first = &err[..err
+                .find("(archive write failure, 1 in a row)")
+                .unwrap_or(err.len())];
+            assert!(
+                first.contains("No space left on device") && first.contains("is poisoned"),
+                "the write of a segment written direct hit ENOSPC:\n{err}"
+            );
         }
         Arrival::Trickle => {
             // Slow enough that walrcv never falls a segment behind (so it
