@@ -7,7 +7,7 @@
 //! ([`crate::support::fake_walsender`]), which sends translated error texts;
 //! the others run against real servers.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::support::fake_walsender::{FakeConfig, FakeWalsender, ServerMsg};
@@ -464,4 +464,246 @@ fn standby_promoted_under_load_while_streaming() {
         .expect("timeline 2 .partial");
     assert_partial_matches(dir.path(), &standby, tl2_partial, flush);
     assert!(assert_segments_identical(dir.path(), &standby).len() >= 2);
+}
+
+// ---------------------------------------------------------------------------
+// A real server speaking German.
+
+/// PostgreSQL 15 (Debian's) with `lc_messages = 'de_DE.UTF-8'`. The locale
+/// is compiled by `localedef` into a directory of the test's own and handed
+/// to the server alone through `LOCPATH`, so nothing changes on the machine
+/// and no other test's server sees it. (The harness's [`PgServer`] has no
+/// way to give a server its own environment, hence this small one.)
+struct GermanServer {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl GermanServer {
+    fn start() -> GermanServer {
+        let dir = tempfile::Builder::new()
+            .prefix("walrcv-pg-de-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let root = dir.path().to_path_buf();
+        let locales = root.join("locales");
+        std::fs::create_dir(&locales).expect("locale directory");
+        let out = std::process::Command::new("localedef")
+            .args(["-i", "de_DE", "-f", "UTF-8"])
+            .arg(locales.join("de_DE.UTF-8"))
+            .output()
+            .expect("run localedef");
+        assert!(
+            locales.join("de_DE.UTF-8").join("LC_MESSAGES").exists(),
+            "localedef de_DE.UTF-8 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let postgres = nix::unistd::User::from_name("postgres")
+            .ok()
+            .flatten()
+            .expect("the postgres OS user (tests run as root)");
+        let chown = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&root)
+            .status()
+            .expect("chown");
+        assert!(chown.success());
+        let port = crate::support::free_port();
+        let server = GermanServer { dir, port };
+        let data = server.data();
+        server.run_as_postgres(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "--wal-segsize=1",
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--locale=C",
+                "--no-sync",
+            ],
+            postgres.uid.as_raw(),
+        );
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             lc_messages = 'de_DE.UTF-8'\nwal_keep_size = 0\nfsync = off\n",
+            root.display()
+        );
+        append(&data.join("postgresql.conf"), &conf);
+        append(
+            &data.join("pg_hba.conf"),
+            "host replication all 127.0.0.1/32 trust\n",
+        );
+        server.run_as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                root.join("server.log").to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            postgres.uid.as_raw(),
+        );
+        server
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn bin(name: &str) -> PathBuf {
+        crate::support::debian_bin(name)
+    }
+
+    fn run_as_postgres(&self, tool: &str, args: &[&str], uid: u32) {
+        use std::os::unix::process::CommandExt;
+        let out = std::process::Command::new(Self::bin(tool))
+            .args(args)
+            .env("LOCPATH", self.dir.path().join("locales"))
+            .env("LC_ALL", "C")
+            .env("HOME", "/tmp")
+            .uid(uid)
+            .gid(
+                nix::unistd::Group::from_name("postgres")
+                    .ok()
+                    .flatten()
+                    .map_or(uid, |g| g.gid.as_raw()),
+            )
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        let out = std::process::Command::new(Self::bin("psql"))
+            .args(["-XAtq", "-h"])
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-c", sql])
+            .env("LC_ALL", "C")
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres", self.port)
+    }
+}
+
+impl Drop for GermanServer {
+    fn drop(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let Ok(Some(user)) = nix::unistd::User::from_name("postgres") else {
+            return;
+        };
+        let _ = std::process::Command::new(Self::bin("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"])
+            .uid(user.uid.as_raw())
+            .gid(user.gid.as_raw())
+            .stdin(std::process::Stdio::null())
+            .output();
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.write_all(text.as_bytes()).expect("append");
+}
+
+/// A real PostgreSQL 15 whose messages are in German: a removed segment
+/// (58P01) and a missing slot (42704) end walrcv with exit status 3 at once,
+/// the server's German words shown with the SQLSTATE, the missing range named.
+#[test]
+fn german_server_refusals_exit_3() {
+    let pg = GermanServer::start();
+    assert_eq!(pg.psql("SHOW lc_messages"), "de_DE.UTF-8");
+    let old = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("CREATE TABLE churn(x int)");
+    for _ in 0..12 {
+        pg.psql("INSERT INTO churn VALUES (1); SELECT pg_switch_wal()");
+    }
+    pg.psql("CHECKPOINT");
+    pg.psql("CHECKPOINT");
+    assert!(
+        !pg.data().join("pg_wal").join(&old).exists(),
+        "{old} removed"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(format!("{old}.partial")), b"").unwrap();
+    let conn = pg.conninfo();
+    let out = walrcv_run(
+        &[
+            "stream",
+            "-D",
+            dir.path().to_str().unwrap(),
+            "-d",
+            &conn,
+            "-w",
+        ],
+        Duration::from_secs(60),
+    );
+    let err = out.stderr.clone();
+    assert_eq!(out.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!(
+            "das angeforderte WAL-Segment {old} wurde schon entfernt"
+        )) && err.contains("SQLSTATE 58P01"),
+        "the German text with its SQLSTATE:\n{err}"
+    );
+    let (_, old_lsn) = parse_wal_file_name(&old, 1 << 20).unwrap();
+    assert!(
+        err.contains(&format!("the WAL from {} to ", format_lsn(old_lsn))),
+        "the missing range:\n{err}"
+    );
+
+    let current = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(format!("{current}.partial")), b"").unwrap();
+    let out = walrcv_run(
+        &[
+            "stream",
+            "-D",
+            dir.path().to_str().unwrap(),
+            "-d",
+            &conn,
+            "-S",
+            "gibt_es_nicht",
+            "-w",
+        ],
+        Duration::from_secs(60),
+    );
+    let err = out.stderr.clone();
+    assert_eq!(out.code(), Some(3), "{err}");
+    assert!(
+        // (» « come out as >> << with the server's LC_CTYPE = C.)
+        err.contains("Replikations-Slot")
+            && err.contains("gibt_es_nicht")
+            && err.contains("existiert nicht")
+            && err.contains("SQLSTATE 42704"),
+        "{err}"
+    );
 }
