@@ -17,6 +17,7 @@
 //! - [`durable`]: fsync, durable rename, small files through `.tmp`.
 
 pub mod durable;
+pub mod resume;
 pub mod scan;
 pub mod segment;
 
@@ -24,6 +25,7 @@ use std::path::PathBuf;
 
 use crate::lsn::TimeLineId;
 
+pub use resume::Resume;
 pub use scan::{ArchiveDir, Scan, SegmentFile, StartPoint};
 pub use segment::{PreparedSegment, SegmentWriter};
 
