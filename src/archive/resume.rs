@@ -43,7 +43,7 @@ pub enum Resume {
     /// resume point: every record ending after it is checked whole. The
     /// verifier may have failed on the archive's own bytes: it then stays
     /// failed and the sink reports the error on the first write.
-    Primed { verifier: Verifier, from: Lsn },
+    Primed { verifier: Box<Verifier>, from: Lsn },
     /// The archive does not hold the WAL just before the resume point (the
     /// segment named here is missing), or the resume point is LSN 0.
     NotInArchive { missing: Option<String> },
@@ -106,7 +106,10 @@ impl ArchiveDir {
             }
             at += n as u64;
         }
-        Ok(Resume::Primed { verifier, from })
+        Ok(Resume::Primed {
+            verifier: Box::new(verifier),
+            from,
+        })
     }
 }
 

@@ -13,11 +13,19 @@
 //! segment of the wrong size, or a `.partial` neither empty nor pre-padded, is an
 //! error rather than a warning, because streaming over it would silently leave
 //! a gap or a torn file. Nothing found by the scan is ever deleted.
+//!
+//! Start-up work ([`ArchiveDir::prepare_start`]) is proportional to what
+//! changed: the first start of the process checks every file's identity and
+//! fsyncs every file and the directory (see its documentation for why); later
+//! reconnects of the same process list the directory again but only stat,
+//! check and fsync the files they have not seen yet.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::durable::{self, TMP_SUFFIX};
 use super::ArchiveError;
@@ -33,12 +41,28 @@ use crate::wal::page::{
 pub const PARTIAL_SUFFIX: &str = ".partial";
 
 /// An open, locked archive directory. The lock (flock on the directory itself,
-/// so no extra file appears in it) is held until this value is dropped.
-#[derive(Debug)]
+/// so no extra file appears in it) is held until this value and all its clones
+/// are dropped. Clones share the lock and what is known about the files, so
+/// that blocking work can run on another thread.
+#[derive(Debug, Clone)]
 pub struct ArchiveDir {
     path: PathBuf,
     /// The descriptor holding the flock; closing it (on drop) releases the lock.
-    _lock: File,
+    _lock: Arc<File>,
+    /// What this process has already checked and made durable.
+    known: Arc<Mutex<Known>>,
+}
+
+/// Files whose identity this process has checked (and which it has fsynced,
+/// when syncing), by name, so that a reconnect does not do it again.
+#[derive(Debug, Default)]
+struct Known {
+    /// The server identity and segment size they were checked against: the
+    /// cache holds only for those.
+    checked_for: Option<(u64, u64, bool)>,
+    /// Segment files, with what the scan found.
+    segments: HashMap<String, SegmentFile>,
+    histories: HashSet<TimeLineId>,
 }
 
 /// A segment file found by the scan.
@@ -128,7 +152,8 @@ impl ArchiveDir {
         }
         let dir = ArchiveDir {
             path: path.to_path_buf(),
-            _lock: lock,
+            _lock: Arc::new(lock),
+            known: Arc::default(),
         };
         dir.remove_stale_tmp()?;
         Ok(dir)
@@ -171,6 +196,18 @@ impl ArchiveDir {
     /// Compressed segments (`.gz`, `.lz4`) are ignored with a warning; other
     /// names are ignored (and never touched).
     pub fn scan(&self, segment_size: u64) -> Result<Scan, ArchiveError> {
+        self.scan_with(segment_size, &HashMap::new())
+    }
+
+    /// [`ArchiveDir::scan`], taking complete segments named in `known` from it
+    /// without a `stat` (a complete segment never changes: walrcv does not
+    /// write one again, and the lock keeps other writers out). A `.partial`
+    /// is always looked at.
+    fn scan_with(
+        &self,
+        segment_size: u64,
+        known: &HashMap<String, SegmentFile>,
+    ) -> Result<Scan, ArchiveError> {
         if !is_valid_segment_size(segment_size) {
             return Err(ArchiveError::InvalidSegmentSize { size: segment_size });
         }
@@ -192,6 +229,10 @@ impl ArchiveDir {
                 Some(base) => (base, true),
                 None => (name, false),
             };
+            if let Some(seen) = known.get(name).filter(|_| !partial) {
+                scan.segments.push(seen.clone());
+                continue;
+            }
             if base.len() != 24 || !is_upper_hex(base) {
                 if is_compressed_segment(name) {
                     tracing::warn!(
@@ -319,6 +360,67 @@ impl ArchiveDir {
         Ok(())
     }
 
+    /// Everything a session needs from the directory before it streams: the
+    /// scan, the identity check ([`ArchiveDir::check_identity`]) and, when
+    /// `sync`, the fsync of the files and the directory
+    /// ([`ArchiveDir::sync_existing`]), each done once per file per process.
+    /// Blocking: call it off the async runtime.
+    ///
+    /// Why every file once per process start, like PostgreSQL's fsync of the
+    /// data directory after a crash: the start point reported as flushed
+    /// covers every file already there, and nothing tells a file that an
+    /// earlier run fsynced from one it wrote with `--no-sync`, or one copied
+    /// in, or one whose process died before its fsync: only an fsync makes
+    /// it durable, and the kernel makes one of a clean file cheap. Within a
+    /// process, a file seen before was checked and fsynced then, and the
+    /// files the sink writes are fsynced by the sink before anything in them
+    /// is reported; so a reconnect checks and fsyncs only names it has not
+    /// seen (the segments completed by the session before, anything moved in)
+    /// and fsyncs the directory only if there were any.
+    pub fn prepare_start(
+        &self,
+        system_id: u64,
+        segment_size: u64,
+        sync: bool,
+    ) -> Result<Scan, ArchiveError> {
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let identity = (system_id, segment_size, sync);
+        if known.checked_for != Some(identity) {
+            *known = Known::default();
+        }
+        let first = known.checked_for.is_none();
+        let scan = self.scan_with(segment_size, &known.segments)?;
+        let is_new =
+            |s: &&SegmentFile| file_name(&s.path).is_none_or(|n| !known.segments.contains_key(n));
+        let new = Scan {
+            segments: scan.segments.iter().filter(is_new).cloned().collect(),
+            histories: (scan.histories.iter())
+                .filter(|t| !known.histories.contains(t))
+                .copied()
+                .collect(),
+        };
+        self.check_identity(&new, system_id, segment_size)?;
+        if sync && (first || !new.segments.is_empty() || !new.histories.is_empty()) {
+            self.sync_existing(&new)?;
+        }
+        tracing::debug!(
+            files = scan.segments.len(),
+            new = new.segments.len(),
+            "archive scanned; new files checked{}",
+            if sync { " and fsynced" } else { "" }
+        );
+        // Forget what is gone (moved away by Barman): if it comes back, it is new.
+        known.segments = (scan.segments.iter())
+            .filter_map(|s| Some((file_name(&s.path)?.to_string(), s.clone())))
+            .collect();
+        known.histories = scan.histories.iter().copied().collect();
+        known.checked_for = Some(identity);
+        Ok(scan)
+    }
+
     /// fsyncs the directory itself (pg_receivewal does so at the end of each
     /// streaming pass).
     pub fn fsync(&self) -> Result<(), ArchiveError> {
@@ -346,6 +448,10 @@ impl ArchiveDir {
         }
         durable::fsync_dir(&self.path)
     }
+}
+
+fn file_name(path: &Path) -> Option<&str> {
+    path.file_name().and_then(|n| n.to_str())
 }
 
 /// Reads and checks the long page header at the start of one segment file.

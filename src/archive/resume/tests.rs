@@ -35,7 +35,7 @@ fn config(timeline: TimeLineId) -> VerifierConfig {
 
 fn primed(resume: Resume) -> (Verifier, Lsn) {
     match resume {
-        Resume::Primed { verifier, from } => (verifier, from),
+        Resume::Primed { verifier, from } => (*verifier, from),
         other => panic!("{other:?}"),
     }
 }
@@ -130,6 +130,9 @@ fn a_new_timeline_is_primed_through_its_history() {
     v.feed(&next[..64 * 1024]).unwrap();
     assert!(v.records() > before);
     if let Some((page, len)) = v.skipped_continuation() {
-        assert!(page.0 + u64::from(len) < start.0, "skipped past the resume point");
+        assert!(
+            page.0 + u64::from(len) < start.0,
+            "skipped past the resume point"
+        );
     }
 }

@@ -597,7 +597,7 @@ fn walking_back_finds_the_page_of_the_record_in_progress() {
     let b = varied_wal();
     for resume in ((b.start + b.blk)..b.pos()).step_by(b.blk as usize) {
         let page = walk_back(&b, resume);
-        let last_start = *b.starts.iter().filter(|&&s| s < resume).last().unwrap();
+        let last_start = *b.starts.iter().rfind(|&&s| s < resume).unwrap();
         assert_eq!(page, last_start / b.blk * b.blk, "resume at {resume:X}");
         // Started there and fed up to the resume point, the verifier checks
         // every record from the one in progress at `resume` on.
@@ -610,7 +610,10 @@ fn walking_back_finds_the_page_of_the_record_in_progress() {
         assert!(v.records() >= expected, "resume at {resume:X}");
         if let Some((skipped_page, len)) = v.skipped_continuation() {
             assert_eq!(skipped_page, Lsn(page));
-            assert!(page + u64::from(len) < resume, "skipped past the resume point");
+            assert!(
+                page + u64::from(len) < resume,
+                "skipped past the resume point"
+            );
         }
     }
 }
@@ -680,5 +683,9 @@ fn priming_checks_the_record_that_spans_the_resume_point() {
     assert!(verified <= Lsn(spanning));
     let e = primed.feed(&bad[off(resume)..]).unwrap_err();
     assert_eq!((e.check, e.lsn), (Check::Crc, Lsn(spanning)));
-    assert_eq!(primed.verified_end(), verified, "nothing past it is verified");
+    assert_eq!(
+        primed.verified_end(),
+        verified,
+        "nothing past it is verified"
+    );
 }
