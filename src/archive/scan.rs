@@ -1043,4 +1043,75 @@ mod tests {
         dir.sync_existing(&scan).unwrap();
         dir.fsync().unwrap();
     }
+
+    #[test]
+    fn prepare_start_checks_each_file_once_per_process() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let old = wal_file(d, &name(1, 3), SEG, &good_header(3));
+        wal_file(d, &name(1, 4), SEG, &good_header(4));
+        wal_file(d, &format!("{}.partial", name(1, 5)), SEG, &good_header(5));
+        let dir = ArchiveDir::open(d).unwrap();
+        let first = dir.prepare_start(SYSID, SEG, true).unwrap();
+        assert_eq!(first.segments.len(), 3);
+        // A clone (as the session's blocking task has) shares what is known.
+        let clone = dir.clone();
+        // A known complete segment is not read again (walrcv never rewrites
+        // one): damaging it behind our back goes unnoticed by a reconnect...
+        let magic = magic_for_major(17).unwrap();
+        let other = long_header(magic, XLP_LONG_HEADER, 3 * SEG, SYSID + 1, SEG as u32);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .write_all_at(&other, 0)
+            .unwrap();
+        let again = clone.prepare_start(SYSID, SEG, true).unwrap();
+        assert_eq!(again.streaming_start(SEG), first.streaming_start(SEG));
+        // ...but every new file is checked, and a `.partial` is always looked at.
+        let partial = d.join(format!("{}.partial", name(1, 5)));
+        std::fs::File::options()
+            .write(true)
+            .open(&partial)
+            .unwrap()
+            .set_len(8192)
+            .unwrap();
+        assert!(matches!(
+            dir.prepare_start(SYSID, SEG, true),
+            Err(ArchiveError::WrongSize { size: 8192, .. })
+        ));
+        std::fs::remove_file(&partial).unwrap();
+        let stranger = wal_file(
+            d,
+            &name(1, 6),
+            SEG,
+            &long_header(magic, XLP_LONG_HEADER, 6 * SEG, 42, SEG as u32),
+        );
+        assert!(matches!(
+            dir.prepare_start(SYSID, SEG, true),
+            Err(ArchiveError::OtherCluster { found: 42, .. })
+        ));
+        std::fs::remove_file(&stranger).unwrap();
+        // Another server identity: everything is checked again.
+        std::fs::remove_file(&old).unwrap();
+        wal_file(d, &name(1, 3), SEG, &good_header(3));
+        let scan = dir.prepare_start(SYSID + 7, SEG, true).unwrap_err();
+        assert!(matches!(scan, ArchiveError::OtherCluster { .. }), "{scan}");
+        // A file moved away and back is new again.
+        let s = dir.prepare_start(SYSID, SEG, true).unwrap();
+        assert_eq!(s.segments.len(), 2);
+        std::fs::rename(d.join(name(1, 4)), d.join("aside")).unwrap();
+        dir.prepare_start(SYSID, SEG, true).unwrap();
+        let magic = magic_for_major(17).unwrap();
+        wal_file(
+            d,
+            &name(1, 4),
+            SEG,
+            &long_header(magic, XLP_LONG_HEADER, 4 * SEG, 42, SEG as u32),
+        );
+        assert!(matches!(
+            dir.prepare_start(SYSID, SEG, true),
+            Err(ArchiveError::OtherCluster { found: 42, .. })
+        ));
+    }
 }
