@@ -262,6 +262,16 @@ pub async fn run_session(
             start.lsn,
             start.timeline
         );
+        // Read before START_REPLICATION, so that the stream is read the
+        // moment it starts.
+        let verifier = VerifierConfig {
+            segment_size: server.segment_size,
+            block_size: server.block_size,
+            system_id: Some(server.system_id),
+            timeline: start.timeline,
+            server_major: Some(server.version_num / 10000),
+        };
+        let primed = resume_verifier(archive, verifier.clone(), start.lsn).await?;
         let reply = replication::start_replication(
             &mut conn,
             opts.slot.as_deref(),
@@ -279,14 +289,6 @@ pub async fn run_session(
                 received: start.lsn,
             },
             StartReply::Streaming => {
-                let verifier = VerifierConfig {
-                    segment_size: server.segment_size,
-                    block_size: server.block_size,
-                    system_id: Some(server.system_id),
-                    timeline: start.timeline,
-                    server_major: Some(server.version_num / 10000),
-                };
-                let primed = resume_verifier(archive, verifier.clone(), start.lsn).await?;
                 let sink = WalSink::new(SinkConfig {
                     directory: archive.path().to_path_buf(),
                     timeline: start.timeline,
