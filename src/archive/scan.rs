@@ -383,6 +383,7 @@ impl ArchiveDir {
         segment_size: u64,
         sync: bool,
     ) -> Result<Scan, ArchiveError> {
+        let began = std::time::Instant::now();
         let mut known = self
             .known
             .lock()
@@ -409,6 +410,7 @@ impl ArchiveDir {
         tracing::debug!(
             files = scan.segments.len(),
             new = new.segments.len(),
+            elapsed_us = began.elapsed().as_micros(),
             "archive scanned; new files checked{}",
             if sync { " and fsynced" } else { "" }
         );
