@@ -108,7 +108,9 @@ pub struct WalSink {
 impl WalSink {
     pub fn new(mut config: SinkConfig) -> WalSink {
         let (verifier, report_skip) = match config.primed.take() {
-            Some(v) if v.position() == config.start => (v, false),
+            // A verifier that failed on the archive's bytes stays failed:
+            // the first write reports its error.
+            Some(v) if v.position() == config.start || v.error().is_some() => (v, false),
             other => {
                 if let Some(v) = other {
                     tracing::warn!(

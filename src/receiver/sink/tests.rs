@@ -296,12 +296,21 @@ fn a_direct_segment_that_fails_to_complete_is_never_reported() {
 /// with the archive's segments 8 and 9 (segment 9 corrupted first when
 /// `corrupt`), as the session does it.
 fn resumed_sink(corrupt: bool) -> (tempfile::TempDir, WalSink, Lsn) {
+    resumed_sink_with(|bytes| {
+        if corrupt {
+            let at = bytes.len() - 100;
+            bytes[at] ^= 0x20;
+        }
+    })
+}
+
+/// [`resumed_sink`], with `damage` applied to segment 9 first.
+fn resumed_sink_with(damage: impl Fn(&mut Vec<u8>)) -> (tempfile::TempDir, WalSink, Lsn) {
     let tmp = tempfile::tempdir().unwrap();
     for (name, bytes) in NAMES[..2].iter().map(|n| (n, fixture(n))) {
         let mut bytes = bytes;
-        if corrupt && *name == NAMES[1] {
-            let at = bytes.len() - 100;
-            bytes[at] ^= 0x20;
+        if *name == NAMES[1] {
+            damage(&mut bytes);
         }
         std::fs::write(tmp.path().join(name), bytes).unwrap();
     }
@@ -314,7 +323,9 @@ fn resumed_sink(corrupt: bool) -> (tempfile::TempDir, WalSink, Lsn) {
     let crate::archive::Resume::Primed { verifier, .. } = resume else {
         panic!("{resume:?}");
     };
-    let spanning = verifier.current_record_start().unwrap();
+    let spanning = verifier
+        .current_record_start()
+        .unwrap_or(verifier.verified_end());
     config.primed = Some(*verifier);
     (tmp, WalSink::new(config), spanning)
 }
@@ -353,5 +364,46 @@ fn a_corrupted_earlier_part_of_the_record_in_progress_is_refused() {
     assert!(sink.positions().write <= spanning);
     drop(sink);
     // Segment A was never written.
+    assert_eq!(names(tmp.path()), &NAMES[..2]);
+}
+
+/// The archive's WAL before the resume point fails verification (here the
+/// magic of the page where the record in progress began): the first write
+/// reports it, and nothing is written.
+#[test]
+fn archive_wal_failing_verification_before_the_resume_point_fails_the_first_write() {
+    // The page where the record that spans into segment A began.
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = {
+        for name in &NAMES[..2] {
+            std::fs::write(tmp.path().join(name), fixture(name)).unwrap();
+        }
+        crate::archive::ArchiveDir::open(tmp.path()).unwrap()
+    };
+    let resume = archive
+        .resume_verifier(
+            config(tmp.path(), Lsn(0xA * SEG), true).verifier,
+            Lsn(0xA * SEG),
+        )
+        .unwrap();
+    let crate::archive::Resume::Primed { from, .. } = resume else {
+        panic!("{resume:?}");
+    };
+    drop(archive);
+    let page = (from.0 - 9 * SEG) as usize;
+    let (tmp, mut sink, _) = resumed_sink_with(|bytes| bytes[page] ^= 0xFF);
+    let start = sink.position();
+    let err = write_all(&mut sink, start, &fixture(NAMES[2])).unwrap_err();
+    match &err {
+        SinkError::Verify { error, .. } => {
+            assert_eq!(
+                (error.check, error.lsn),
+                (crate::wal::Check::PageMagic, from)
+            );
+        }
+        other => panic!("{other}"),
+    }
+    assert!(sink.positions().flush < start);
+    drop(sink);
     assert_eq!(names(tmp.path()), &NAMES[..2]);
 }
