@@ -17,6 +17,8 @@
 //! - [`durable`]: fsync, durable rename, small files through `.tmp`.
 
 pub mod durable;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod resume;
 pub mod scan;
 pub mod segment;
@@ -26,7 +28,7 @@ use std::path::PathBuf;
 use crate::lsn::TimeLineId;
 
 pub use resume::Resume;
-pub use scan::{ArchiveDir, Scan, SegmentFile, StartPoint};
+pub use scan::{ArchiveDir, PrepareError, Scan, SegmentFile, StartPoint};
 pub use segment::{PreparedSegment, SegmentWriter};
 
 /// Errors about the archive directory and its files, naming the path concerned.

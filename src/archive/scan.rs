@@ -27,7 +27,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::durable::{self, TMP_SUFFIX};
+use super::durable::{self, Site, TMP_SUFFIX};
 use super::ArchiveError;
 use crate::lsn::{
     history_file_name, is_valid_segment_size, parse_history_file_name, parse_wal_file_name,
@@ -51,6 +51,18 @@ pub struct ArchiveDir {
     _lock: Arc<File>,
     /// What this process has already checked and made durable.
     known: Arc<Mutex<Known>>,
+}
+
+/// Why [`ArchiveDir::prepare_start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// Listing or checking the files: what is there is wrong (another
+    /// cluster, a wrong size) or cannot be read.
+    #[error(transparent)]
+    Check(ArchiveError),
+    /// Making them durable: a disk fault.
+    #[error(transparent)]
+    Sync(ArchiveError),
 }
 
 /// Files whose identity this process has checked (and which it has fsynced,
@@ -355,7 +367,7 @@ impl ArchiveDir {
                 expected,
             });
         }
-        durable::write_file_durably(&self.path, &expected, content, sync)?;
+        durable::write_file_durably(&self.path, &expected, content, sync, Site::History)?;
         tracing::info!(path = %self.path.join(&expected).display(), "wrote timeline history file");
         Ok(())
     }
@@ -382,7 +394,7 @@ impl ArchiveDir {
         system_id: u64,
         segment_size: u64,
         sync: bool,
-    ) -> Result<Scan, ArchiveError> {
+    ) -> Result<Scan, PrepareError> {
         let began = std::time::Instant::now();
         let mut known = self
             .known
@@ -393,7 +405,7 @@ impl ArchiveDir {
             *known = Known::default();
         }
         let first = known.checked_for.is_none();
-        let scan = self.scan_with(segment_size, &known.segments)?;
+        let scan = (self.scan_with(segment_size, &known.segments)).map_err(PrepareError::Check)?;
         let is_new =
             |s: &&SegmentFile| file_name(&s.path).is_none_or(|n| !known.segments.contains_key(n));
         let new = Scan {
@@ -403,9 +415,9 @@ impl ArchiveDir {
                 .copied()
                 .collect(),
         };
-        self.check_identity(&new, system_id, segment_size)?;
+        (self.check_identity(&new, system_id, segment_size)).map_err(PrepareError::Check)?;
         if sync && (first || !new.segments.is_empty() || !new.histories.is_empty()) {
-            self.sync_existing(&new)?;
+            self.sync_existing(&new).map_err(PrepareError::Sync)?;
         }
         tracing::debug!(
             files = scan.segments.len(),
@@ -426,7 +438,7 @@ impl ArchiveDir {
     /// fsyncs the directory itself (pg_receivewal does so at the end of each
     /// streaming pass).
     pub fn fsync(&self) -> Result<(), ArchiveError> {
-        durable::fsync_dir(&self.path)
+        durable::fsync_dir(&self.path, Site::Startup)
     }
 
     /// fsyncs every segment and history file in `scan`, then the directory:
@@ -440,7 +452,7 @@ impl ArchiveDir {
                 .map(|&tli| self.path.join(history_file_name(tli))),
         );
         for path in paths {
-            match durable::fsync_path(&path) {
+            match durable::fsync_path(&path, Site::Startup) {
                 Ok(()) => {}
                 // Moved away by Barman since the scan: no longer ours to sync.
                 Err(ArchiveError::Io { source, .. })
@@ -448,7 +460,7 @@ impl ArchiveDir {
                 Err(e) => return Err(e),
             }
         }
-        durable::fsync_dir(&self.path)
+        durable::fsync_dir(&self.path, Site::Startup)
     }
 }
 
@@ -1080,7 +1092,10 @@ mod tests {
             .unwrap();
         assert!(matches!(
             dir.prepare_start(SYSID, SEG, true),
-            Err(ArchiveError::WrongSize { size: 8192, .. })
+            Err(PrepareError::Check(ArchiveError::WrongSize {
+                size: 8192,
+                ..
+            }))
         ));
         std::fs::remove_file(&partial).unwrap();
         let stranger = wal_file(
@@ -1091,14 +1106,20 @@ mod tests {
         );
         assert!(matches!(
             dir.prepare_start(SYSID, SEG, true),
-            Err(ArchiveError::OtherCluster { found: 42, .. })
+            Err(PrepareError::Check(ArchiveError::OtherCluster {
+                found: 42,
+                ..
+            }))
         ));
         std::fs::remove_file(&stranger).unwrap();
         // Another server identity: everything is checked again.
         std::fs::remove_file(&old).unwrap();
         wal_file(d, &name(1, 3), SEG, &good_header(3));
         let scan = dir.prepare_start(SYSID + 7, SEG, true).unwrap_err();
-        assert!(matches!(scan, ArchiveError::OtherCluster { .. }), "{scan}");
+        assert!(
+            matches!(scan, PrepareError::Check(ArchiveError::OtherCluster { .. })),
+            "{scan}"
+        );
         // A file moved away and back is new again.
         let s = dir.prepare_start(SYSID, SEG, true).unwrap();
         assert_eq!(s.segments.len(), 2);
@@ -1113,7 +1134,10 @@ mod tests {
         );
         assert!(matches!(
             dir.prepare_start(SYSID, SEG, true),
-            Err(ArchiveError::OtherCluster { found: 42, .. })
+            Err(PrepareError::Check(ArchiveError::OtherCluster {
+                found: 42,
+                ..
+            }))
         ));
     }
 }

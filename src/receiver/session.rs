@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::feedback::{Feedback, FeedbackConfig, Status, TimerAction};
 use super::sink::{SinkConfig, WalSink};
 use super::{Outcome, ReceiverError, StreamOptions};
-use crate::archive::{ArchiveDir, ArchiveError, Resume, StartPoint};
+use crate::archive::{ArchiveDir, ArchiveError, PrepareError, Resume, StartPoint};
 use crate::lsn::{pg_now, Lsn, TimeLineId};
 use crate::pgwire::{BackendMessage, Connection, PgError, QueryResult};
 use crate::replication::{self, ReplicationMessage, StartReply, StatusUpdate};
@@ -98,7 +98,14 @@ async fn start_point(
     let (system_id, sync) = (server.system_id, opts.sync);
     // What is already there is reported as flushed from the start: it is made
     // durable first (once per process; see `ArchiveDir::prepare_start`).
-    let scan = off_runtime(archive, move |a| a.prepare_start(system_id, seg, sync)).await?;
+    let prepared = off_runtime(archive, move |a| a.prepare_start(system_id, seg, sync)).await?;
+    let scan = prepared.map_err(|e| match e {
+        PrepareError::Check(source) => ReceiverError::Archive(source),
+        PrepareError::Sync(source) => ReceiverError::ArchiveIo {
+            doing: "make the archive's existing files durable",
+            source,
+        },
+    })?;
     if let Some(point) = scan.streaming_start(seg) {
         log_resume(&scan, point, seg);
         return Ok(Start {
@@ -175,13 +182,12 @@ fn log_resume(scan: &crate::archive::Scan, start: StartPoint, segment_size: u64)
 /// that the runtime's thread keeps serving the connection and signals.
 async fn off_runtime<T: Send + 'static>(
     archive: &ArchiveDir,
-    work: impl FnOnce(&ArchiveDir) -> Result<T, ArchiveError> + Send + 'static,
+    work: impl FnOnce(&ArchiveDir) -> T + Send + 'static,
 ) -> Result<T, ReceiverError> {
     let archive = archive.clone();
     tokio::task::spawn_blocking(move || work(&archive))
         .await
-        .map_err(|e| ReceiverError::Unexpected(format!("archive task failed: {e}")))?
-        .map_err(ReceiverError::Archive)
+        .map_err(|e| ReceiverError::Unexpected(format!("archive task failed: {e}")))
 }
 
 /// The verifier of a stream starting at `start`, fed with the archive's WAL
@@ -192,7 +198,13 @@ async fn resume_verifier(
     config: VerifierConfig,
     start: Lsn,
 ) -> Result<Option<Verifier>, ReceiverError> {
-    match off_runtime(archive, move |a| a.resume_verifier(config, start)).await? {
+    let resume = off_runtime(archive, move |a| a.resume_verifier(config, start))
+        .await?
+        .map_err(|source| ReceiverError::ArchiveIo {
+            doing: "read the archive's WAL before the resume point",
+            source,
+        })?;
+    match resume {
         Resume::Primed { verifier, from } => {
             if let Some(record) = verifier.current_record_start() {
                 tracing::info!(
@@ -250,7 +262,14 @@ pub async fn run_session(
             off_runtime(archive, move |a| {
                 a.write_history(tli, &file, &content, sync)
             })
-            .await?;
+            .await?
+            .map_err(|source| match source {
+                ArchiveError::BadHistoryName { .. } => ReceiverError::Archive(source),
+                source => ReceiverError::ArchiveIo {
+                    doing: "store the timeline history file",
+                    source,
+                },
+            })?;
             tracing::info!("stored timeline history file \"{name}\"");
         }
         if opts.endpos.is_some_and(|e| e < start.lsn) {
