@@ -9,8 +9,10 @@
 //! beginning: [`ArchiveDir::resume_verifier`] walks back from the resume point
 //! one page header at a time (40 bytes read per page, normally one or two) to
 //! the page on which that record began ([`page_starts_record`]), and feeds the
-//! verifier the archive's WAL from there to the resume point. Only complete
-//! segments are read: a `.partial` may end in zeros that are not WAL, and the
+//! verifier the archive's WAL from there to the resume point. After an
+//! `XLOG_SWITCH` (the page before the resume point is zeros) no record
+//! continues, and the verifier requires that instead of reading the segment.
+//! Only complete segments are read: a `.partial` may end in zeros that are not WAL, and the
 //! bytes before a segment-start resume point are always in complete segments.
 //!
 //! A record in progress whose beginning is not in the archive (a fresh archive
@@ -73,6 +75,16 @@ impl ArchiveDir {
                 });
             };
             file.read_at(&mut header, page % seg)?;
+            if page == start.0 - block && header.iter().all(|&b| b == 0) {
+                // The segment before ends in the zero tail of an XLOG_SWITCH
+                // (a complete segment has no other zero page): no record
+                // continues at `start`, which the verifier then requires.
+                let verifier = Verifier::at_record_boundary(config, start, None);
+                return Ok(Resume::Primed {
+                    verifier: Box::new(verifier),
+                    from: start,
+                });
+            }
             if page_starts_record(&header, Lsn(page), block) {
                 break;
             }

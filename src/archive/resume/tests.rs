@@ -136,3 +136,21 @@ fn a_new_timeline_is_primed_through_its_history() {
         );
     }
 }
+
+#[test]
+fn after_a_switch_nothing_is_read_and_no_continuation_is_accepted() {
+    // Segment A ends with XLOG_SWITCH and its zero tail.
+    let (_tmp, dir) = archive_with(&[SEG_9, SEG_A]);
+    let start = Lsn(0xB * SEG);
+    let (mut v, from) = primed(dir.resume_verifier(config(1), start).unwrap());
+    assert_eq!((from, v.position()), (start, start));
+    assert_eq!(v.current_record_start(), None);
+    let next = std::fs::read(fixture("00000001000000000000000B")).unwrap();
+    v.clone().feed(&next).unwrap();
+    // A first page claiming to continue a record is refused, not skipped.
+    let mut forged = next.clone();
+    forged[2] |= 0x01; // XLP_FIRST_IS_CONTRECORD
+    forged[16] = 0x10; // xlp_rem_len
+    let e = v.feed(&forged).unwrap_err();
+    assert_eq!((e.check, e.lsn), (Check::ContinuationFlag, start));
+}
