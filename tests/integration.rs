@@ -2,6 +2,7 @@
 mod corruption;
 mod fake_primary;
 mod harness;
+mod network_faults;
 mod stream;
 mod support;
 mod sync_commit;

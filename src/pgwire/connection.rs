@@ -189,6 +189,8 @@ pub struct Connection {
     params: HashMap<String, String>,
     /// The longest wait for one message outside the CopyBoth stream.
     reply_timeout: Duration,
+    /// Bytes arrived since [`Connection::take_bytes_arrived`] last looked.
+    bytes_arrived: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -297,6 +299,7 @@ impl Connection {
             target: desc,
             params: HashMap::new(),
             reply_timeout,
+            bytes_arrived: false,
         };
         conn.startup(params, target, replication).await?;
         Ok(conn)
@@ -509,7 +512,15 @@ impl Connection {
                     target: self.target.clone(),
                 });
             }
+            self.bytes_arrived = true;
         }
+    }
+
+    /// Whether any byte arrived from the server since the last call, whole
+    /// message or not: a slow link that delivers a large message over longer
+    /// than the receive timeout is alive all the same.
+    pub fn take_bytes_arrived(&mut self) -> bool {
+        std::mem::take(&mut self.bytes_arrived)
     }
 
     /// The next message if one can be had without waiting: from the read
@@ -574,7 +585,10 @@ impl Connection {
             std::task::Poll::Ready(Ok(0)) => Err(PgError::Closed {
                 target: self.target.clone(),
             }),
-            std::task::Poll::Ready(Ok(_)) => Ok(true),
+            std::task::Poll::Ready(Ok(_)) => {
+                self.bytes_arrived = true;
+                Ok(true)
+            }
             std::task::Poll::Ready(Err(e)) => Err(self.io_err(e)),
         }
     }

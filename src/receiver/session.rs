@@ -640,6 +640,10 @@ impl Stream<'_> {
     }
 
     async fn on_timer(&mut self) -> Result<(), ReceiverError> {
+        // Part of a message counts: the connection is not dead while bytes flow.
+        if self.conn.take_bytes_arrived() {
+            self.feedback.message_received(now());
+        }
         match self.feedback.on_timer(now(), self.sink.positions()) {
             TimerAction::Nothing => Ok(()),
             TimerAction::Send(status) => send_status(self.conn, status).await,
