@@ -38,6 +38,8 @@ pub enum PgError {
     Connect { target: String, source: io::Error },
     #[error("connection to {target} timed out after {secs} s")]
     ConnectTimeout { target: String, secs: u64 },
+    #[error("{target}: the server accepted none of our bytes for {secs} s")]
+    WriteTimeout { target: String, secs: u64 },
     #[error("{target}: no reply from the server within {secs} s while waiting for {waiting_for}")]
     ReplyTimeout {
         target: String,
@@ -463,19 +465,26 @@ impl Connection {
         self.parameter("server_version").map(parse_server_version)
     }
 
+    /// Writes a whole message; bounded by the reply timeout (a server that
+    /// stopped reading would otherwise block us once the socket buffer fills).
     async fn write_all(&mut self, buf: BytesMut) -> Result<(), PgError> {
-        let target = &self.target;
-        self.stream
-            .write_all(&buf)
-            .await
-            .map_err(|source| PgError::Io {
-                target: target.clone(),
+        let limit = self.reply_timeout;
+        let stream = &mut self.stream;
+        let write = async {
+            stream.write_all(&buf).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(limit, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(PgError::Io {
+                target: self.target.clone(),
                 source,
-            })?;
-        self.stream.flush().await.map_err(|source| PgError::Io {
-            target: target.clone(),
-            source,
-        })
+            }),
+            Err(_) => Err(PgError::WriteTimeout {
+                target: self.target.clone(),
+                secs: limit.as_secs(),
+            }),
+        }
     }
 
     /// [`Connection::read_message`] bounded by the reply timeout: for every
@@ -681,6 +690,135 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conninfo::SslMode;
+    use std::time::Instant;
+    use tokio::net::TcpListener;
+
+    fn params(port: u16, connect_timeout: Option<Duration>) -> ConnParams {
+        ConnParams {
+            targets: vec![Target::Tcp {
+                host: "127.0.0.1".into(),
+                hostaddr: None,
+                port,
+            }],
+            user: "walrcv".into(),
+            password: None,
+            passfile: None,
+            dbname: "replication".into(),
+            application_name: "walrcv".into(),
+            options: None,
+            connect_timeout,
+            keepalives: false,
+            keepalives_idle: None,
+            keepalives_interval: None,
+            keepalives_count: None,
+            sslmode: SslMode::Disable,
+            client_encoding: None,
+        }
+    }
+
+    /// A server that accepts, reads the start-up packet, sends `greeting`,
+    /// then reads whatever comes and never answers.
+    async fn silent_server(greeting: &'static [u8]) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(greeting).await.unwrap();
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        port
+    }
+
+    const AUTH_OK_READY: &[u8] = b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I";
+
+    #[tokio::test]
+    async fn a_silent_start_up_times_out_naming_the_wait() {
+        let port = silent_server(b"").await;
+        let t = Instant::now();
+        let e = Connection::connect(&params(port, None), true, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PgError::ReplyTimeout {
+                    waiting_for: "start-up and authentication",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn connect_timeout_bounds_the_whole_attempt_as_in_libpq() {
+        let port = silent_server(b"").await;
+        let limit = Some(Duration::from_millis(300));
+        let e = Connection::connect(&params(port, limit), true, Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PgError::ConnectTimeout { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_command_without_a_reply_times_out_naming_the_wait() {
+        let port = silent_server(AUTH_OK_READY).await;
+        let mut conn = Connection::connect(&params(port, None), true, Duration::from_millis(300))
+            .await
+            .unwrap();
+        let e = conn.simple_query("IDENTIFY_SYSTEM").await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PgError::ReplyTimeout {
+                    waiting_for: "the reply to a command",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().ends_with(
+                "no reply from the server within 0 s while waiting for the reply to a command"
+            ),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unexpected_huge_message_is_summarised_not_dumped() {
+        // A 1 MiB CopyData where a command's reply is expected.
+        static REPLY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let reply = REPLY.get_or_init(|| {
+            let mut m = AUTH_OK_READY.to_vec();
+            m.push(b'd');
+            m.extend_from_slice(&((1u32 << 20) + 4).to_be_bytes());
+            m.extend(std::iter::repeat_n(b'w', 1 << 20));
+            m
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(&reply[..AUTH_OK_READY.len()]).await.unwrap();
+            let _ = s.read(&mut buf).await;
+            s.write_all(&reply[AUTH_OK_READY.len()..]).await.unwrap();
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let mut conn = Connection::connect(&params(port, None), true, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let e = conn.simple_query("IDENTIFY_SYSTEM").await.unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("CopyData (1048576 bytes: 7777"), "{text}");
+        assert!(text.len() < 300, "{} bytes", text.len());
+    }
 
     #[test]
     fn server_versions() {
