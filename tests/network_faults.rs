@@ -336,7 +336,7 @@ fn stall_before_streaming_times_out_retries_and_yields_to_sigterm() {
     s.proxy.stall_new_connections_after_startup(true);
     let mut rcv = s.spawn_walrcv(&["--receive-timeout=2"]);
     rcv.wait_for_stderr(
-        "no reply from the server within 2 s while waiting for the reply to a command",
+        "no reply from the server within 2 s while waiting for the reply to IDENTIFY_SYSTEM",
         Duration::from_secs(20),
     );
     assert!(rcv.is_running(), "walrcv retries:\n{}", rcv.stderr());
