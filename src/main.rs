@@ -57,6 +57,11 @@ fn init_logging(verbose: u8) {
 
 fn stream_command(args: StreamArgs) -> i32 {
     init_logging(args.verbose);
+    #[cfg(feature = "failpoints")]
+    if let Err(e) = walrcv::archive::failpoints::setup_from_env() {
+        eprintln!("walrcv: error: {e}");
+        return exit::CONFIG;
+    }
     let action = match args.validate() {
         Ok(a) => a,
         Err(msg) => {

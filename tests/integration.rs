@@ -1,5 +1,7 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
 mod corruption;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod fake_primary;
 mod harness;
 mod network_faults;

@@ -17,6 +17,8 @@
 //! - [`durable`]: fsync, durable rename, small files through `.tmp`.
 
 pub mod durable;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod scan;
 pub mod segment;
 

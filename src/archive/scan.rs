@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::durable::{self, TMP_SUFFIX};
+use super::durable::{self, Site, TMP_SUFFIX};
 use super::ArchiveError;
 use crate::lsn::{
     history_file_name, is_valid_segment_size, parse_history_file_name, parse_wal_file_name,
@@ -314,7 +314,7 @@ impl ArchiveDir {
                 expected,
             });
         }
-        durable::write_file_durably(&self.path, &expected, content, sync)?;
+        durable::write_file_durably(&self.path, &expected, content, sync, Site::History)?;
         tracing::info!(path = %self.path.join(&expected).display(), "wrote timeline history file");
         Ok(())
     }
@@ -322,7 +322,7 @@ impl ArchiveDir {
     /// fsyncs the directory itself (pg_receivewal does so at the end of each
     /// streaming pass).
     pub fn fsync(&self) -> Result<(), ArchiveError> {
-        durable::fsync_dir(&self.path)
+        durable::fsync_dir(&self.path, Site::Startup)
     }
 
     /// fsyncs every segment and history file in `scan`, then the directory:
@@ -336,7 +336,7 @@ impl ArchiveDir {
                 .map(|&tli| self.path.join(history_file_name(tli))),
         );
         for path in paths {
-            match durable::fsync_path(&path) {
+            match durable::fsync_path(&path, Site::Startup) {
                 Ok(()) => {}
                 // Moved away by Barman since the scan: no longer ours to sync.
                 Err(ArchiveError::Io { source, .. })
@@ -344,7 +344,7 @@ impl ArchiveDir {
                 Err(e) => return Err(e),
             }
         }
-        durable::fsync_dir(&self.path)
+        durable::fsync_dir(&self.path, Site::Startup)
     }
 }
 

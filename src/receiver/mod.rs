@@ -83,6 +83,15 @@ pub enum ReceiverError {
     Stream(#[from] StreamError),
     #[error("WAL writer stopped: {0}")]
     Writer(SinkError),
+    /// Writing or fsyncing the archive failed outside the sink (the fsync of
+    /// existing files at start, a history file): retried by a new session,
+    /// on new descriptors, which re-streams the newest `.partial` from its
+    /// start.
+    #[error("could not {doing}: {source}")]
+    ArchiveIo {
+        doing: &'static str,
+        source: ArchiveError,
+    },
     #[error("{message}\nHINT: {hint}")]
     NeedsOperator { message: String, hint: String },
     #[error("server version {found} is not supported: walrcv supports PostgreSQL 13 to 18")]
@@ -158,7 +167,8 @@ impl ReceiverError {
             | ReceiverError::StreamEnded
             | ReceiverError::Timeout(_)
             | ReceiverError::Unexpected(_)
-            | ReceiverError::Writer(_) => true,
+            | ReceiverError::Writer(_)
+            | ReceiverError::ArchiveIo { .. } => true,
             ReceiverError::Archive(_)
             | ReceiverError::NeedsOperator { .. }
             | ReceiverError::UnsupportedServer { .. }

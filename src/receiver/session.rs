@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::feedback::{Feedback, FeedbackConfig, Status, TimerAction};
 use super::sink::{SinkConfig, WalSink};
 use super::{Outcome, ReceiverError, StreamOptions};
-use crate::archive::{ArchiveDir, StartPoint};
+use crate::archive::{ArchiveDir, ArchiveError, StartPoint};
 use crate::lsn::{pg_now, Lsn, TimeLineId};
 use crate::pgwire::{BackendMessage, Connection, PgError, QueryResult};
 use crate::replication::{self, ReplicationError, ReplicationMessage, StartReply, StatusUpdate};
@@ -108,7 +108,10 @@ async fn start_point(
         // it is durable first (an earlier run may have used --no-sync, or crashed).
         archive
             .sync_existing(&scan)
-            .map_err(ReceiverError::Archive)?;
+            .map_err(|source| ReceiverError::ArchiveIo {
+                doing: "make the archive's existing files durable",
+                source,
+            })?;
     }
     if let Some(point) = scan.streaming_start(seg) {
         report_partial(&scan, point, server);
@@ -297,7 +300,13 @@ async fn session(
             .await?;
             archive
                 .write_history(start.timeline, &name, &content, opts.sync)
-                .map_err(ReceiverError::Archive)?;
+                .map_err(|source| match source {
+                    ArchiveError::BadHistoryName { .. } => ReceiverError::Archive(source),
+                    source => ReceiverError::ArchiveIo {
+                        doing: "store the timeline history file",
+                        source,
+                    },
+                })?;
             tracing::info!("stored timeline history file \"{name}\"");
         }
         if opts.endpos.is_some_and(|e| e < start.lsn) {

@@ -82,6 +82,9 @@ pub struct WalSink {
     segment: Option<SegmentWriter>,
     /// A full segment, fdatasynced, waiting for its rename.
     filled: Option<SegmentWriter>,
+    /// End of the last filled segment until its rename succeeded: flush
+    /// stays below it, even after a failed rename took the writer away.
+    unrenamed_end: Option<Lsn>,
     /// Next byte expected: the end of what was written.
     position: Lsn,
     /// End of what was written into files under a WAL name (`.partial` or
@@ -106,6 +109,7 @@ impl WalSink {
             verifier,
             segment: None,
             filled: None,
+            unrenamed_end: None,
             preparer,
             config,
         }
@@ -157,6 +161,7 @@ impl WalSink {
                 if !full.is_direct() {
                     full.sync()?;
                 }
+                self.unrenamed_end = Some(Lsn(end));
                 self.filled = Some(full);
                 self.mark_synced();
             }
@@ -175,6 +180,7 @@ impl WalSink {
         if let Some(full) = self.filled.take() {
             let end = Lsn(full.start_lsn().0.saturating_add(full.segment_size()));
             let path = full.complete()?;
+            self.unrenamed_end = None;
             self.named = self.named.max(end);
             self.mark_synced();
             tracing::info!(
@@ -221,9 +227,8 @@ impl WalSink {
         // move past it (after a crash the segment would still be `.partial`,
         // the next start would ask the server for it again, and the server
         // may have removed it), so flush stops one byte short of its end.
-        if let Some(full) = &self.filled {
-            let end = full.start_lsn().0.saturating_add(full.segment_size());
-            flush = flush.min(Lsn(end - 1));
+        if let Some(end) = self.unrenamed_end {
+            flush = flush.min(Lsn(end.0 - 1));
         }
         Positions {
             write: known(verified.min(named.max_align())),
@@ -283,10 +288,9 @@ impl WalSink {
         }
         let writer = match prepared {
             Some(Ok(prepared)) => SegmentWriter::install(prepared)?,
-            Some(Err(e)) => {
-                tracing::warn!("could not prepare the next segment ahead of time: {e}");
-                self.open_segment(segno)?
-            }
+            // A disk that fails to take zeros will not take WAL either: end
+            // the session (the next one retries after a backoff).
+            Some(Err(e)) => return Err(e.into()),
             None => self.open_segment(segno)?,
         };
         self.preparer.request(segno + 1);

@@ -290,3 +290,24 @@ fn a_direct_segment_that_fails_to_complete_is_never_reported() {
     let p = sink.positions();
     assert!(p.write <= start && p.flush <= start, "{p:?}");
 }
+
+/// A filled segment whose rename fails is still `.partial`: flush stays
+/// below its end, in the final status too (a slot passing it could let the
+/// server remove WAL the next session must stream again).
+#[test]
+#[cfg(feature = "failpoints")]
+fn a_failed_rename_keeps_flush_below_the_segment_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = fixture(NAMES[0]);
+    let start = Lsn(8 * SEG);
+    let mut sink = WalSink::new(config(tmp.path(), start, false));
+    assert_eq!(sink.write(start, &wal).unwrap(), SEG as usize);
+    let fault =
+        crate::archive::failpoints::ScopedFailpoint::new("complete-rename", "EIO", tmp.path());
+    assert!(sink.complete_filled().is_err());
+    drop(fault);
+    assert!(sink.positions().flush < Lsn(9 * SEG));
+    let closed = sink.close().unwrap();
+    assert!(closed.flush < Lsn(9 * SEG), "{closed:?}");
+    assert_eq!(names(tmp.path()), ["000000010000000000000008.partial"]);
+}
