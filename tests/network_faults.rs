@@ -308,7 +308,7 @@ fn terminate_while_waiting(s: &Setup, rcv: &mut BackgroundProcess, seen: usize) 
 }
 
 /// The proxy stalls connections before streaming starts. During start-up and
-/// authentication, and at IDENTIFY_SYSTEM (right after start-up), walrcv
+/// authentication, and at IDENTIFY_SYSTEM, SHOW and START_REPLICATION, walrcv
 /// gives up after `--receive-timeout`, says what it waited for, and retries;
 /// once the network heals it streams. SIGTERM during such a wait stops it
 /// at once with status 0.
@@ -338,24 +338,42 @@ fn stall_before_streaming_times_out_retries_and_yields_to_sigterm() {
     let seen = s.proxy.connections();
     let mut rcv = s.spawn_walrcv(&["--receive-timeout=30"]);
     let took = terminate_while_waiting(&s, &mut rcv, seen);
+    assert!(
+        !rcv.stderr().contains("no reply from the server"),
+        "the signal ended it"
+    );
     eprintln!("SIGTERM during start-up: exit 0 after {took:?}");
     s.proxy.stall_new_connections(false);
 
-    // IDENTIFY_SYSTEM, the first command after start-up.
-    s.proxy.stall_new_connections_after_startup(true);
-    let mut rcv = s.spawn_walrcv(&["--receive-timeout=2"]);
-    rcv.wait_for_stderr(
-        "no reply from the server within 2 s while waiting for the reply to IDENTIFY_SYSTEM",
-        Duration::from_secs(20),
-    );
-    assert!(rcv.is_running(), "walrcv retries:\n{}", rcv.stderr());
-    let took = terminate_while_waiting(&s, &mut rcv, s.proxy.connections());
-    eprintln!("SIGTERM during IDENTIFY_SYSTEM: exit 0 after {took:?}");
+    // The commands after start-up: IDENTIFY_SYSTEM, SHOW wal_segment_size,
+    // SHOW wal_block_size, then START_REPLICATION (the archive has WAL, so no
+    // READ_REPLICATION_SLOT). The reply after the n-th ReadyForQuery stalls.
+    for (replies, command) in [
+        (1, "IDENTIFY_SYSTEM"),
+        (2, "SHOW"),
+        (4, "START_REPLICATION"),
+    ] {
+        s.proxy.stall_new_connections_after_replies(Some(replies));
+        let mut rcv = s.spawn_walrcv(&["--receive-timeout=2"]);
+        rcv.wait_for_stderr(
+            &format!(
+                "no reply from the server within 2 s while waiting for the reply to {command}"
+            ),
+            Duration::from_secs(20),
+        );
+        let took = terminate_while_waiting(&s, &mut rcv, s.proxy.connections());
+        eprintln!("SIGTERM during {command} (retried): exit 0 after {took:?}");
 
-    let seen = s.proxy.connections();
-    let mut rcv = s.spawn_walrcv(&["--receive-timeout=30"]);
-    let took = terminate_while_waiting(&s, &mut rcv, seen);
-    eprintln!("SIGTERM during IDENTIFY_SYSTEM (30 s timeout): exit 0 after {took:?}");
+        let seen = s.proxy.connections();
+        let mut rcv = s.spawn_walrcv(&["--receive-timeout=30"]);
+        let took = terminate_while_waiting(&s, &mut rcv, seen);
+        let log = rcv.stderr();
+        assert!(
+            !log.contains("no reply from the server"),
+            "the signal, not a timeout, ended it:\n{log}"
+        );
+        eprintln!("SIGTERM during {command} (30 s timeout): exit 0 after {took:?}");
+    }
     s.proxy.forward();
     assert_archive_complete(&s.pg, s.archive.path());
 }

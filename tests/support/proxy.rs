@@ -8,9 +8,9 @@
 //!   moves in either direction (later connections are not affected);
 //!   [`FaultProxy::stall_new_connections`] stalls connections from their first
 //!   byte on (start-up and authentication never complete), and
-//!   [`FaultProxy::stall_new_connections_after_startup`] once the server's
-//!   first ReadyForQuery has been relayed (the first command, IDENTIFY_SYSTEM,
-//!   never gets its reply);
+//!   [`FaultProxy::stall_new_connections_after_replies`] once the server's
+//!   n-th ReadyForQuery has been relayed (n = 1: start-up done, the first
+//!   command, IDENTIFY_SYSTEM, never gets its reply; n = 2: the second...);
 //! - [`FaultProxy::drip`]: server-to-client bytes go out a few at a time with
 //!   a delay between them, on every connection, open or future;
 //! - [`FaultProxy::cut_mid_wal_message`]: the next XLogData message the server
@@ -25,7 +25,7 @@
 //! ends every connection.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,8 +47,8 @@ pub struct Drip {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Control {
     stalled: bool,
-    /// Stall once the server's first ReadyForQuery has been relayed.
-    stall_after_startup: bool,
+    /// Stall once the server's n-th ReadyForQuery has been relayed.
+    stall_after_replies: Option<usize>,
     reset: bool,
     drip: Option<Drip>,
 }
@@ -57,7 +57,7 @@ struct Control {
 #[derive(Debug, Default)]
 struct Defaults {
     stall_new: bool,
-    stall_after_startup: bool,
+    stall_after_replies: Option<usize>,
     drip: Option<Drip>,
     /// Cut the next XLogData message after this many of its bytes.
     cut_after: Option<usize>,
@@ -132,12 +132,12 @@ impl FaultProxy {
         {
             let mut d = self.shared.defaults.lock().unwrap();
             d.stall_new = false;
-            d.stall_after_startup = false;
+            d.stall_after_replies = None;
             d.drip = None;
         }
         self.shared.each_live(|c| {
             c.stalled = false;
-            c.stall_after_startup = false;
+            c.stall_after_replies = None;
             c.drip = None;
         });
     }
@@ -153,11 +153,16 @@ impl FaultProxy {
         self.shared.defaults.lock().unwrap().stall_new = stall;
     }
 
-    /// Connections accepted from now on are relayed until the server's first
-    /// ReadyForQuery (start-up and authentication complete), then stalled
-    /// (`true`); or relayed normally (`false`).
-    pub fn stall_new_connections_after_startup(&self, stall: bool) {
-        self.shared.defaults.lock().unwrap().stall_after_startup = stall;
+    /// Connections accepted from now on are relayed until the server's
+    /// `n`-th ReadyForQuery (1: start-up and authentication complete; each
+    /// command's reply ends with one more), then stalled; `None`: relayed
+    /// normally.
+    pub fn stall_new_connections_after_replies(&self, n: Option<usize>) {
+        assert!(
+            n != Some(0),
+            "use stall_new_connections to stall from the start"
+        );
+        self.shared.defaults.lock().unwrap().stall_after_replies = n;
     }
 
     /// Server-to-client bytes of every connection, open or future, go out
@@ -226,7 +231,7 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Sh
             let d = shared.defaults.lock().unwrap();
             Control {
                 stalled: d.stall_new,
-                stall_after_startup: d.stall_after_startup,
+                stall_after_replies: d.stall_after_replies,
                 reset: false,
                 drip: d.drip,
             }
@@ -261,14 +266,14 @@ async fn relay_connection(
     let end = {
         let (c_read, c_write) = client.split();
         let (s_read, s_write) = server.split();
-        let started = AtomicBool::new(false);
+        let replies = AtomicUsize::new(0);
         let mut up = Flow {
             ctl: ctl.clone(),
-            started: &started,
+            replies: &replies,
         };
         let mut down = Flow {
             ctl: ctl.clone(),
-            started: &started,
+            replies: &replies,
         };
         let mut reset_ctl = ctl.clone();
         tokio::select! {
@@ -306,8 +311,8 @@ async fn reset_requested(ctl: &mut watch::Receiver<Control>) {
 /// One direction's view of its connection's control.
 struct Flow<'a> {
     ctl: watch::Receiver<Control>,
-    /// Set once the server's first ReadyForQuery was relayed.
-    started: &'a AtomicBool,
+    /// ReadyForQuery messages of the server relayed so far.
+    replies: &'a AtomicUsize,
 }
 
 impl Flow<'_> {
@@ -315,8 +320,8 @@ impl Flow<'_> {
     async fn until_flowing(&mut self) -> Control {
         loop {
             let c = *self.ctl.borrow_and_update();
-            let stalled =
-                c.stalled || (c.stall_after_startup && self.started.load(Ordering::SeqCst));
+            let replied = self.replies.load(Ordering::SeqCst);
+            let stalled = c.stalled || c.stall_after_replies.is_some_and(|n| replied >= n);
             if !stalled {
                 return c;
             }
@@ -367,9 +372,7 @@ async fn server_to_client(
         if send(&mut to, data, flow, shared).await.is_err() {
             return End::Closed;
         }
-        if framer.ready_seen {
-            flow.started.store(true, Ordering::SeqCst);
-        }
+        flow.replies.store(framer.ready_count, Ordering::SeqCst);
         if cut {
             return End::Cut;
         }
@@ -408,8 +411,8 @@ struct Framer {
     offset: usize,
     /// The current message's whole size (type byte included), once known.
     total: Option<usize>,
-    /// A whole ReadyForQuery has gone by.
-    ready_seen: bool,
+    /// Whole ReadyForQuery messages gone by.
+    ready_count: usize,
 }
 
 impl Framer {
@@ -447,9 +450,9 @@ impl Framer {
                 i += take;
             }
             if self.total == Some(self.offset) {
-                self.ready_seen |= self.head[0] == b'Z';
+                let ready_count = self.ready_count + usize::from(self.head[0] == b'Z');
                 *self = Framer {
-                    ready_seen: self.ready_seen,
+                    ready_count,
                     ..Framer::default()
                 };
             }
@@ -495,6 +498,7 @@ mod tests {
                 relayed += chunk.len();
             }
             assert_eq!(cut, Some(xlog_at + k), "reads of {split} bytes");
+            assert_eq!(f.ready_count, 1, "one ReadyForQuery before the cut");
         }
     }
 
