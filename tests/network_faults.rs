@@ -219,14 +219,15 @@ fn stall_mid_stream_fires_the_receive_timeout_and_reconnects() {
     s.finish_and_check(&mut rcv);
 }
 
-/// Server bytes arrive 512 at a time every 10 ms (about 50 kB/s): a 128 kB
-/// WAL message then takes longer than `--receive-timeout=1` to arrive whole.
+/// Server bytes arrive 512 at a time every 10 ms (at most 50 kB/s, about 42
+/// measured): a 128 kB WAL message then takes about 3 s, longer than
+/// `--receive-timeout=2`, to arrive whole.
 /// Bytes that flow keep the connection alive: no timeout, no reconnection,
 /// and walrcv keeps up with the WAL written meanwhile.
 #[test]
 fn slow_drip_keeps_up_without_a_spurious_timeout() {
     let s = Setup::start(&[]);
-    let mut rcv = s.spawn_walrcv(&["--receive-timeout=1"]);
+    let mut rcv = s.spawn_walrcv(&["--receive-timeout=2"]);
     s.wait_streaming(&mut rcv);
     s.pg.force_switch_wal();
     let flushed = s.pg.flush_lsn();
