@@ -5,6 +5,7 @@ mod failpoints;
 mod fake_primary;
 mod harness;
 mod network_faults;
+mod resume;
 mod stream;
 mod support;
 mod sync_commit;

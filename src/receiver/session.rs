@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::feedback::{Feedback, FeedbackConfig, Status, TimerAction};
 use super::sink::{SinkConfig, WalSink};
 use super::{Outcome, ReceiverError, StreamOptions};
-use crate::archive::{ArchiveDir, ArchiveError, StartPoint};
+use crate::archive::{ArchiveDir, ArchiveError, PrepareError, Resume, StartPoint};
 use crate::lsn::{pg_now, Lsn, TimeLineId};
 use crate::pgwire::{BackendMessage, Connection, PgError, QueryResult};
 use crate::replication::{self, ReplicationError, ReplicationMessage, StartReply, StatusUpdate};
@@ -99,22 +99,19 @@ async fn start_point(
     server: &Server,
 ) -> Result<Start, ReceiverError> {
     let seg = server.segment_size;
-    let scan = archive.scan(seg).map_err(ReceiverError::Archive)?;
-    archive
-        .check_identity(&scan, server.system_id, seg)
-        .map_err(ReceiverError::Archive)?;
-    if opts.sync {
-        // What is already there is reported as flushed from the start: make sure
-        // it is durable first (an earlier run may have used --no-sync, or crashed).
-        archive
-            .sync_existing(&scan)
-            .map_err(|source| ReceiverError::ArchiveIo {
-                doing: "make the archive's existing files durable",
-                source,
-            })?;
-    }
+    let (system_id, sync) = (server.system_id, opts.sync);
+    // What is already there is reported as flushed from the start: it is made
+    // durable first (once per process; see `ArchiveDir::prepare_start`).
+    let prepared = off_runtime(archive, move |a| a.prepare_start(system_id, seg, sync)).await?;
+    let scan = prepared.map_err(|e| match e {
+        PrepareError::Check(source) => ReceiverError::Archive(source),
+        PrepareError::Sync(source) => ReceiverError::ArchiveIo {
+            doing: "make the archive's existing files durable",
+            source,
+        },
+    })?;
     if let Some(point) = scan.streaming_start(seg) {
-        report_partial(&scan, point, server);
+        log_resume(&scan, point, seg);
         return Ok(Start {
             point,
             from_archive: true,
@@ -162,45 +159,71 @@ async fn start_point(
     })
 }
 
-/// Logs where the valid WAL in the `.partial` being resumed really ends: its
-/// size says nothing (it is pre-padded), its records do.
-fn report_partial(scan: &crate::archive::Scan, start: StartPoint, server: &Server) {
-    let Some(file) = scan.segments.iter().rev().find(|f| {
+/// Logs where streaming resumes. The `.partial` being resumed is not read: it
+/// is streamed again from its start (its size says nothing, it is pre-padded).
+fn log_resume(scan: &crate::archive::Scan, start: StartPoint, segment_size: u64) {
+    let resumed = scan.segments.iter().rev().find(|f| {
         f.partial
             && f.timeline == start.timeline
-            && f.segno == start.lsn.segment_number(server.segment_size)
-    }) else {
-        return;
-    };
-    if file.size == 0 {
-        tracing::info!(
-            "resuming at {} (timeline {}): empty \"{}\"",
+            && f.segno == start.lsn.segment_number(segment_size)
+    });
+    match resumed {
+        Some(file) => tracing::info!(
+            "resuming \"{}\": streaming its segment again from {} (timeline {})",
+            file.path.display(),
             start.lsn,
-            start.timeline,
-            file.path.display()
-        );
-        return;
+            start.timeline
+        ),
+        None => tracing::info!(
+            "resuming after the archive's newest complete segment, at {} (timeline {})",
+            start.lsn,
+            start.timeline
+        ),
     }
-    let config = VerifierConfig {
-        segment_size: server.segment_size,
-        block_size: server.block_size,
-        system_id: Some(server.system_id),
-        timeline: start.timeline,
-        server_major: None,
-    };
-    match std::fs::read(&file.path) {
-        Ok(bytes) => {
-            let mut v = Verifier::at_segment_start(config, start.lsn);
-            let _ = v.feed(&bytes);
-            tracing::info!(
-                "\"{}\" holds valid WAL up to {}; streaming again from {} (timeline {})",
-                file.path.display(),
-                v.verified_end(),
-                start.lsn,
-                start.timeline
-            );
+}
+
+/// Runs blocking archive work (file reads, fsyncs) on the blocking pool, so
+/// that the runtime's thread keeps serving the connection and signals.
+async fn off_runtime<T: Send + 'static>(
+    archive: &ArchiveDir,
+    work: impl FnOnce(&ArchiveDir) -> T + Send + 'static,
+) -> Result<T, ReceiverError> {
+    let archive = archive.clone();
+    tokio::task::spawn_blocking(move || work(&archive))
+        .await
+        .map_err(|e| ReceiverError::Unexpected(format!("archive task failed: {e}")))
+}
+
+/// The verifier of a stream starting at `start`, fed with the archive's WAL
+/// before it when the archive has it, so that the record in progress at
+/// `start` is checked whole (see [`crate::archive::resume`]).
+async fn resume_verifier(
+    archive: &ArchiveDir,
+    config: VerifierConfig,
+    start: Lsn,
+) -> Result<Option<Verifier>, ReceiverError> {
+    let resume = off_runtime(archive, move |a| a.resume_verifier(config, start))
+        .await?
+        .map_err(|source| ReceiverError::ArchiveIo {
+            doing: "read the archive's WAL before the resume point",
+            source,
+        })?;
+    match resume {
+        Resume::Primed { verifier, from } => {
+            if let Some(record) = verifier.current_record_start() {
+                tracing::info!(
+                    "the record at {record} continues past the start {start}: checking it whole with the archive's WAL from {from}"
+                );
+            }
+            Ok(Some(*verifier))
         }
-        Err(e) => tracing::warn!("could not read \"{}\": {e}", file.path.display()),
+        Resume::NotInArchive { missing } => {
+            tracing::debug!(
+                "the archive does not hold the WAL before {start} ({}): a record continuing there cannot be checked",
+                missing.as_deref().unwrap_or("nothing before it")
+            );
+            Ok(None)
+        }
     }
 }
 
@@ -298,15 +321,18 @@ async fn session(
                 replication::timeline_history(&mut conn, start.timeline),
             )
             .await?;
-            archive
-                .write_history(start.timeline, &name, &content, opts.sync)
-                .map_err(|source| match source {
-                    ArchiveError::BadHistoryName { .. } => ReceiverError::Archive(source),
-                    source => ReceiverError::ArchiveIo {
-                        doing: "store the timeline history file",
-                        source,
-                    },
-                })?;
+            let (tli, sync, file) = (start.timeline, opts.sync, name.clone());
+            off_runtime(archive, move |a| {
+                a.write_history(tli, &file, &content, sync)
+            })
+            .await?
+            .map_err(|source| match source {
+                ArchiveError::BadHistoryName { .. } => ReceiverError::Archive(source),
+                source => ReceiverError::ArchiveIo {
+                    doing: "store the timeline history file",
+                    source,
+                },
+            })?;
             tracing::info!("stored timeline history file \"{name}\"");
         }
         if opts.endpos.is_some_and(|e| e < start.lsn) {
@@ -318,6 +344,16 @@ async fn session(
             start.lsn,
             start.timeline
         );
+        // Read before START_REPLICATION, so that the stream is read the
+        // moment it starts.
+        let verifier = VerifierConfig {
+            segment_size: server.segment_size,
+            block_size: server.block_size,
+            system_id: Some(server.system_id),
+            timeline: start.timeline,
+            server_major: Some(server.version_num / 10000),
+        };
+        let primed = resume_verifier(archive, verifier.clone(), start.lsn).await?;
         let reply = stoppable(
             shutdown,
             replication::start_replication(
@@ -345,13 +381,8 @@ async fn session(
                     sync: opts.sync,
                     start: start.lsn,
                     start_is_durable: from_archive,
-                    verifier: VerifierConfig {
-                        segment_size: server.segment_size,
-                        block_size: server.block_size,
-                        system_id: Some(server.system_id),
-                        timeline: start.timeline,
-                        server_major: Some(server.version_num / 10000),
-                    },
+                    verifier,
+                    primed,
                 });
                 let stream = Stream {
                     conn: &mut conn,

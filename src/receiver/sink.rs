@@ -38,6 +38,7 @@ use std::thread::JoinHandle;
 use super::feedback::Positions;
 use crate::archive::{ArchiveError, PreparedSegment, SegmentWriter};
 use crate::lsn::{wal_file_name, Lsn, SegNo, TimeLineId};
+use crate::wal::page::LONG_HEADER_SIZE;
 use crate::wal::{Verifier, VerifierConfig, VerifyError};
 
 /// Why the sink stopped.
@@ -72,6 +73,13 @@ pub struct SinkConfig {
     /// may be reported as written and flushed before anything is received.
     pub start_is_durable: bool,
     pub verifier: VerifierConfig,
+    /// A verifier already fed with the archive's WAL before `start` (see
+    /// [`crate::archive::resume`]), positioned at `start`: the record in
+    /// progress there is checked whole, and nothing after `start` is reported
+    /// before it is. `None`: the verifier starts at `start`, and the
+    /// continuation of a record begun earlier, if any, cannot be checked
+    /// (logged once).
+    pub primed: Option<Verifier>,
 }
 
 /// The sink of one timeline's stream.
@@ -95,13 +103,32 @@ pub struct WalSink {
     /// How far the server has WAL, from its messages' `wal_end`.
     server_end: Lsn,
     preparer: Preparer,
+    /// Whether the first bytes may be a continuation that the verifier skips
+    /// (it was not primed), still to be logged when it happens.
+    report_skip: bool,
 }
 
 impl WalSink {
-    pub fn new(config: SinkConfig) -> WalSink {
-        let verifier = Verifier::at_segment_start(config.verifier.clone(), config.start);
+    pub fn new(mut config: SinkConfig) -> WalSink {
+        let (verifier, report_skip) = match config.primed.take() {
+            // A verifier that failed on the archive's bytes stays failed:
+            // the first write reports its error.
+            Some(v) if v.position() == config.start || v.error().is_some() => (v, false),
+            other => {
+                if let Some(v) = other {
+                    tracing::warn!(
+                        "primed verifier is at {}, not at the start {}: not used",
+                        v.position(),
+                        config.start
+                    );
+                }
+                let v = Verifier::at_segment_start(config.verifier.clone(), config.start);
+                (v, true)
+            }
+        };
         let preparer = Preparer::new(&config);
         WalSink {
+            report_skip,
             position: config.start,
             named: config.start,
             synced: config.start,
@@ -142,7 +169,11 @@ impl WalSink {
         // Bounded by the segment size, so the cast cannot truncate.
         let n = (seg_size - offset).min(data.len() as u64) as usize;
         let piece = &data[..n];
-        if let Err(error) = self.verifier.feed(piece) {
+        let fed = self.verifier.feed(piece);
+        if self.report_skip {
+            self.log_skipped_continuation();
+        }
+        if let Err(error) = fed {
             return Err(self.verify_error(error));
         }
         let Some(end) = self.position.0.checked_add(n as u64) else {
@@ -305,6 +336,22 @@ impl WalSink {
             self.config.segment_size,
             self.config.sync,
         )
+    }
+
+    /// Logs, once, that the stream began with the continuation of a record
+    /// whose beginning the archive does not have, so that record went
+    /// unchecked (a fresh archive starting mid-record).
+    fn log_skipped_continuation(&mut self) {
+        if let Some((page, len)) = self.verifier.skipped_continuation() {
+            self.report_skip = false;
+            tracing::info!(
+                "the stream starts at {page} inside a record begun earlier, which the archive does not hold: its last {len} bytes cannot be checked (every later record is)"
+            );
+        } else if self.verifier.position().0 >= self.config.start.0 + LONG_HEADER_SIZE as u64 {
+            // The first page header (a long one: the start is a segment
+            // boundary) was read: no continuation to skip.
+            self.report_skip = false;
+        }
     }
 
     fn verify_error(&self, error: VerifyError) -> SinkError {
