@@ -8,6 +8,7 @@
 //! update the moment the flush position advances. When and what to report is
 //! decided by the sans-IO [`Feedback`] policy.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -20,7 +21,8 @@ use super::{refine_at_start, Outcome, ReceiverError, StreamOptions};
 use crate::archive::{ArchiveDir, ArchiveError, PrepareError, Resume, StartPoint};
 use crate::lsn::{pg_now, Lsn, TimeLineId};
 use crate::pgwire::{BackendMessage, Connection, PgError, QueryResult};
-use crate::replication::{self, ReplicationMessage, StartReply, StatusUpdate};
+use crate::replication::{self, ReplicationError, ReplicationMessage, StartReply, StatusUpdate};
+use crate::shutdown::{stop_requested, unless_stopped};
 use crate::wal::{Verifier, VerifierConfig};
 use crate::{MAX_SERVER_MAJOR, MIN_SERVER_MAJOR};
 
@@ -35,13 +37,14 @@ struct Server {
 }
 
 async fn connect(opts: &mut StreamOptions) -> Result<Connection, ReceiverError> {
-    match Connection::connect(&opts.conn, true).await {
+    let reply_timeout = opts.receive_timeout;
+    match Connection::connect(&opts.conn, true, reply_timeout).await {
         Err(PgError::NoPassword { target }) if opts.password_prompt && stdin_is_terminal() => {
             let pw = rpassword::prompt_password("Password: ")
                 .map_err(|e| ReceiverError::Config(format!("could not read the password: {e}")))?;
             opts.conn.password = Some(pw);
             tracing::debug!("retrying {target} with the password given");
-            Ok(Connection::connect(&opts.conn, true).await?)
+            Ok(Connection::connect(&opts.conn, true, reply_timeout).await?)
         }
         other => Ok(other?),
     }
@@ -53,16 +56,17 @@ fn stdin_is_terminal() -> bool {
 }
 
 async fn identify(conn: &mut Connection) -> Result<Server, ReceiverError> {
-    let version_num =
-        conn.server_version_num()
-            .ok_or_else(|| ReceiverError::UnsupportedServer {
-                found: "unknown (no server_version reported)".into(),
-            })?;
+    let unsupported = |found: String| ReceiverError::UnsupportedServer { found };
+    let version_num = match conn.server_version_num() {
+        None => return Err(unsupported("unknown (no server_version reported)".into())),
+        Some(Err(e)) => return Err(unsupported(format!("{:?} ({})", e.shown, e.why))),
+        Some(Ok(v)) => v,
+    };
     let major = version_num / 10000;
     if !(MIN_SERVER_MAJOR..=MAX_SERVER_MAJOR).contains(&major) {
-        return Err(ReceiverError::UnsupportedServer {
-            found: conn.parameter("server_version").unwrap_or("?").to_string(),
-        });
+        let shown =
+            crate::pgwire::backend::truncated(conn.parameter("server_version").unwrap_or("?"), 40);
+        return Err(unsupported(shown));
     }
     let sys = replication::identify_system(conn).await?;
     if let Some(db) = sys.dbname {
@@ -224,20 +228,74 @@ async fn resume_verifier(
     }
 }
 
+/// How a session ends before its stream could: a failure, or a stop
+/// requested while it waited for the server.
+enum Early {
+    Stopped,
+    Failed(ReceiverError),
+}
+
+impl From<ReceiverError> for Early {
+    fn from(e: ReceiverError) -> Self {
+        Early::Failed(e)
+    }
+}
+
+impl From<PgError> for Early {
+    fn from(e: PgError) -> Self {
+        Early::Failed(e.into())
+    }
+}
+
+impl From<ReplicationError> for Early {
+    fn from(e: ReplicationError) -> Self {
+        Early::Failed(e.into())
+    }
+}
+
+/// One step of a session that waits for the server outside the stream: it
+/// gives way to a stop request (its connection is dropped).
+async fn stoppable<T, E: Into<ReceiverError>>(
+    shutdown: &mut watch::Receiver<bool>,
+    step: impl Future<Output = Result<T, E>>,
+) -> Result<T, Early> {
+    match unless_stopped(shutdown, step).await {
+        Some(result) => result.map_err(|e| Early::Failed(e.into())),
+        None => Err(Early::Stopped),
+    }
+}
+
 /// Runs one session. `streamed` is set once WAL has been received, so the
-/// supervisor can reset its backoff.
+/// supervisor can reset its backoff. A stop requested at any point ends it
+/// with [`Outcome::Stopped`].
 pub async fn run_session(
     opts: &mut StreamOptions,
     archive: &ArchiveDir,
     shutdown: &mut watch::Receiver<bool>,
     streamed: &mut bool,
 ) -> Result<Outcome, ReceiverError> {
-    let mut conn = connect(opts).await?;
-    let server = identify(&mut conn).await?;
+    match session(opts, archive, shutdown, streamed).await {
+        Ok(outcome) => Ok(outcome),
+        Err(Early::Stopped) => {
+            tracing::info!("stop requested while waiting for the server: exiting");
+            Ok(Outcome::Stopped)
+        }
+        Err(Early::Failed(e)) => Err(e),
+    }
+}
+
+async fn session(
+    opts: &mut StreamOptions,
+    archive: &ArchiveDir,
+    shutdown: &mut watch::Receiver<bool>,
+    streamed: &mut bool,
+) -> Result<Outcome, Early> {
+    let mut conn = stoppable(shutdown, connect(opts)).await?;
+    let server = stoppable(shutdown, identify(&mut conn)).await?;
     let Start {
         point: mut start,
         mut from_archive,
-    } = start_point(opts, &mut conn, archive, &server).await?;
+    } = stoppable(shutdown, start_point(opts, &mut conn, archive, &server)).await?;
     if start.timeline > server.timeline {
         return Err(ReceiverError::NeedsOperator {
             message: format!(
@@ -245,7 +303,8 @@ pub async fn run_session(
                 start.timeline, server.timeline
             ),
             hint: "the archive holds WAL of a newer timeline than this server's: is this the right server?".into(),
-        });
+        }
+        .into());
     }
     // One policy for the whole connection: positions never go backwards, even
     // when a new timeline restarts below what the old one reached.
@@ -258,7 +317,11 @@ pub async fn run_session(
     );
     loop {
         if start.timeline != 1 && !archive.has_history(start.timeline) {
-            let (name, content) = replication::timeline_history(&mut conn, start.timeline).await?;
+            let (name, content) = stoppable(
+                shutdown,
+                replication::timeline_history(&mut conn, start.timeline),
+            )
+            .await?;
             let (tli, sync, file) = (start.timeline, opts.sync, name.clone());
             off_runtime(archive, move |a| {
                 a.write_history(tli, &file, &content, sync)
@@ -301,11 +364,14 @@ pub async fn run_session(
             server_major: Some(server.version_num / 10000),
         };
         let primed = resume_verifier(archive, verifier.clone(), start.lsn).await?;
-        let reply = replication::start_replication(
-            &mut conn,
-            opts.slot.as_deref(),
-            start.lsn,
-            start.timeline,
+        let reply = stoppable(
+            shutdown,
+            replication::start_replication(
+                &mut conn,
+                opts.slot.as_deref(),
+                start.lsn,
+                start.timeline,
+            ),
         )
         .await
         .map_err(|e| refine_at_start(e.into(), &facts))?;
@@ -360,7 +426,8 @@ pub async fn run_session(
                     return Err(ReceiverError::Unexpected(format!(
                         "server reported new timeline {next_tli} starting at {next_start}, after timeline {} ended at {received}",
                         start.timeline
-                    )));
+                    ))
+                    .into());
                 }
                 tracing::info!(
                     "switched to timeline {next_tli} at {next_start} (timeline {} ended)",
@@ -430,7 +497,6 @@ impl Stream<'_> {
             conn,
             sink,
             feedback,
-            opts,
             ..
         } = self;
         let end = close_stream(conn, sink, feedback, result).await?;
@@ -446,10 +512,10 @@ impl Stream<'_> {
             }
             LoopEnd::ServerCopyDone => {
                 conn.send_copy_done().await?;
-                let result = tokio::time::timeout(opts.receive_timeout, read_until_ready(conn))
-                    .await
-                    .map_err(|_| ReceiverError::Timeout(opts.receive_timeout.as_secs()))??;
-                let (next_tli, next_start) = replication::parse_next_timeline(&result)?;
+                let Some(result) = unless_stopped(shutdown, read_until_ready(conn)).await else {
+                    return Ok(CopyEnd::Stopped);
+                };
+                let (next_tli, next_start) = replication::parse_next_timeline(&result?)?;
                 Ok(CopyEnd::TimelineEnded {
                     next_tli,
                     next_start,
@@ -558,7 +624,7 @@ impl Stream<'_> {
                 }
                 .into())
             }
-            other => return Err(ReceiverError::Unexpected(format!("{other:?}"))),
+            other => return Err(ReceiverError::Unexpected(other.summary())),
         };
         match ReplicationMessage::parse(payload)? {
             ReplicationMessage::XLogData {
@@ -628,25 +694,16 @@ impl Stream<'_> {
     }
 
     async fn on_timer(&mut self) -> Result<(), ReceiverError> {
+        // Part of a message counts: the connection is not dead while bytes flow.
+        if self.conn.take_bytes_arrived() {
+            self.feedback.message_received(now());
+        }
         match self.feedback.on_timer(now(), self.sink.positions()) {
             TimerAction::Nothing => Ok(()),
             TimerAction::Send(status) => send_status(self.conn, status).await,
             TimerAction::TimedOut => {
                 Err(ReceiverError::Timeout(self.opts.receive_timeout.as_secs()))
             }
-        }
-    }
-}
-
-/// Completes once a stop (SIGINT, SIGTERM) is requested; never when the
-/// sender is gone.
-async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
-    loop {
-        if *shutdown.borrow_and_update() {
-            return;
-        }
-        if shutdown.changed().await.is_err() {
-            std::future::pending::<()>().await;
         }
     }
 }
@@ -717,11 +774,15 @@ async fn drain_after_copy_done(conn: &mut Connection) {
     let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
 }
 
-/// Reads the result set that follows the end of a timeline, up to ReadyForQuery.
+/// Reads the result set that follows the end of a timeline, up to
+/// ReadyForQuery; each message waits at most the receive timeout.
 async fn read_until_ready(conn: &mut Connection) -> Result<QueryResult, ReceiverError> {
     let mut result = QueryResult::default();
     loop {
-        match conn.read_message().await? {
+        match conn
+            .read_reply("the result set after the end of the timeline")
+            .await?
+        {
             BackendMessage::RowDescription { columns } => result.columns = columns,
             BackendMessage::DataRow { values } => result.rows.push(values),
             BackendMessage::CommandComplete { .. }
@@ -735,7 +796,7 @@ async fn read_until_ready(conn: &mut Connection) -> Result<QueryResult, Receiver
                 .into())
             }
             BackendMessage::ReadyForQuery => return Ok(result),
-            other => return Err(ReceiverError::Unexpected(format!("{other:?}"))),
+            other => return Err(ReceiverError::Unexpected(other.summary())),
         }
     }
 }
