@@ -55,11 +55,14 @@ impl OldestSegmentSearch {
     }
 }
 
+/// Bound of the whole search, and of every reply waited for during it.
+const SEARCH_LIMIT: Duration = Duration::from_secs(30);
+
 /// The start of the oldest segment the server still has on the timeline of
 /// `facts`, past the one it reported removed; `None` if the probes failed.
 pub async fn oldest_available(conn: &ConnParams, facts: &StartFacts) -> Option<Lsn> {
     let search = probe_all(conn, facts);
-    match tokio::time::timeout(Duration::from_secs(30), search).await {
+    match tokio::time::timeout(SEARCH_LIMIT, search).await {
         Ok(Ok(lsn)) => Some(lsn),
         Ok(Err(e)) => {
             tracing::warn!("could not find the oldest WAL the server has: {e}");
@@ -74,7 +77,7 @@ pub async fn oldest_available(conn: &ConnParams, facts: &StartFacts) -> Option<L
 
 async fn probe_all(params: &ConnParams, f: &StartFacts) -> Result<Lsn, ReceiverError> {
     let seg = f.segment_size;
-    let mut conn = Connection::connect(params, true).await?;
+    let mut conn = Connection::connect(params, true, SEARCH_LIMIT).await?;
     // Servers up to 14 want IDENTIFY_SYSTEM before START_REPLICATION.
     let system = replication::identify_system(&mut conn).await?;
     let end = if system.timeline == f.timeline {

@@ -416,10 +416,9 @@ pub async fn run(
                     backoff.repeats(),
                     delay.as_secs()
                 );
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => {}
-                }
+                // A stop ends the wait; the loop's first check returns.
+                let _ =
+                    crate::shutdown::unless_stopped(&mut shutdown, tokio::time::sleep(delay)).await;
             }
         }
     }

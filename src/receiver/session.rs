@@ -374,7 +374,10 @@ async fn session(
             ),
         )
         .await
-        .map_err(|e| refine_at_start(e.into(), &facts))?;
+        .map_err(|e| match e {
+            Early::Failed(e) => Early::Failed(refine_at_start(e, &facts)),
+            stopped => stopped,
+        })?;
         let end = match reply {
             StartReply::TimelineEnded {
                 next_tli,
