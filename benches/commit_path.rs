@@ -48,6 +48,7 @@ fn sink(dir: &Path, sync: bool) -> WalSink {
             timeline: 1,
             server_major: Some(15),
         },
+        primed: None,
     })
 }
 

@@ -68,6 +68,11 @@ if [ ! -x /usr/bin/time ]; then
     # GNU time: scripts/bench-vs-pg_receivewal.sh times catch-up runs with it.
     apt_packages+=(time)
 fi
+if ! command -v localedef >/dev/null 2>&1 || [ ! -f /usr/share/i18n/locales/de_DE ]; then
+    # tests/server_faults.rs compiles de_DE.UTF-8 into a directory of its own
+    # for a server with German messages (SQLSTATE classification).
+    apt_packages+=(locales)
+fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
     log "apt-get install ${apt_packages[*]}"
     export DEBIAN_FRONTEND=noninteractive

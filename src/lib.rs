@@ -13,6 +13,7 @@
 //! - [`wal`]: sans-IO WAL decoding: page headers, records, CRC, history files.
 //! - [`archive`]: the archive directory: lock, scan, start point, segment writer.
 //! - [`receiver`]: the streaming session pipeline and its supervisor.
+//! - [`shutdown`]: stop requests (SIGINT, SIGTERM) and the helper that makes any wait give way to them.
 //! - [`tools`]: offline tools over an archive (`verify`).
 //! - [`cli`]: command-line definitions.
 
@@ -23,6 +24,7 @@ pub mod lsn;
 pub mod pgwire;
 pub mod receiver;
 pub mod replication;
+pub mod shutdown;
 pub mod tools;
 pub mod wal;
 

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 use walrcv::cli::{self, Cli, Command, PgReceivewalCli, StreamAction, StreamArgs};
 use walrcv::conninfo::{self, ProcessEnv};
 use walrcv::receiver::{self, exit, Outcome, ReceiverError, StreamOptions};
+use walrcv::shutdown::Shutdown;
 
 fn main() {
     let argv: Vec<OsString> = std::env::args_os().collect();
@@ -56,6 +57,11 @@ fn init_logging(verbose: u8) {
 
 fn stream_command(args: StreamArgs) -> i32 {
     init_logging(args.verbose);
+    #[cfg(feature = "failpoints")]
+    if let Err(e) = walrcv::archive::failpoints::setup_from_env() {
+        eprintln!("walrcv: error: {e}");
+        return exit::CONFIG;
+    }
     let action = match args.validate() {
         Ok(a) => a,
         Err(msg) => {
@@ -99,7 +105,16 @@ fn stream_command(args: StreamArgs) -> i32 {
                 .map(|_| None),
             StreamAction::DropSlot => receiver::slots::drop(&opts).await.map(|_| None),
             StreamAction::Stream => {
-                let shutdown = signals();
+                let shutdown = match signals() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Without them a stop could never be seen: refuse to run.
+                        eprintln!(
+                            "walrcv: error: could not install the SIGINT and SIGTERM handlers: {e}"
+                        );
+                        return exit::DISCONNECTED;
+                    }
+                };
                 receiver::run(opts, shutdown).await.map(Some)
             }
         };
@@ -120,24 +135,24 @@ fn report(e: &ReceiverError) -> i32 {
     e.exit_code()
 }
 
-/// A watch that turns true on SIGINT or SIGTERM.
-fn signals() -> watch::Receiver<bool> {
+/// A watch that turns true on SIGINT or SIGTERM. The handlers are installed
+/// here, before anything else runs: a failure is an error, not a watch whose
+/// sender is gone (which used to turn the reconnection backoff into a busy
+/// loop: a closed watch reports a change at once, forever).
+fn signals() -> std::io::Result<Shutdown> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            tracing::warn!("could not install signal handlers");
-            return;
-        };
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
         tracing::info!("received a stop signal: finishing the current write, then exiting");
         let _ = tx.send(true);
+        // Keep the sender: the watch stays open (and true) until the exit.
+        std::future::pending::<()>().await;
     });
-    rx
+    Ok(rx)
 }

@@ -30,10 +30,10 @@ use crate::support::fake_walsender::{
 };
 use crate::support::format_lsn;
 
-const SEG: u64 = 1 << 20;
+pub(crate) const SEG: u64 = 1 << 20;
 /// Where walrcv starts with an empty archive against [`FakeConfig::pg15_fixture`].
-const START: u64 = 0x80_0000;
-const SEGMENTS: [&str; 3] = [
+pub(crate) const START: u64 = 0x80_0000;
+pub(crate) const SEGMENTS: [&str; 3] = [
     "000000010000000000000008",
     "000000010000000000000009",
     "00000001000000000000000A",
@@ -46,7 +46,7 @@ fn fixture_dir() -> PathBuf {
 }
 
 /// Segments 8, 9, A of the pg15 fixture, back to back (0/800000 to 0/B00000).
-fn fixture() -> &'static [u8] {
+pub(crate) fn fixture() -> &'static [u8] {
     static WAL: OnceLock<Vec<u8>> = OnceLock::new();
     WAL.get_or_init(|| {
         let mut all = Vec::new();
@@ -62,7 +62,7 @@ fn fixture() -> &'static [u8] {
 }
 
 /// The fixture's WAL handed out in chunks, with the verified end after each.
-struct Wal {
+pub(crate) struct Wal {
     pos: u64,
     verifier: Verifier,
     /// sent end -> verified end of the bytes up to it.
@@ -70,7 +70,17 @@ struct Wal {
 }
 
 impl Wal {
-    fn new() -> Wal {
+    pub(crate) fn new() -> Wal {
+        Wal::from_segment_start(START)
+    }
+
+    /// The fixture from `start` (a segment start inside it) on.
+    pub(crate) fn from_segment_start(start: u64) -> Wal {
+        assert!(
+            start % SEG == 0 && (START..Self::end()).contains(&start),
+            "{} is not a segment start in the fixture",
+            format_lsn(start)
+        );
         let config = VerifierConfig {
             segment_size: SEG,
             block_size: 8192,
@@ -79,27 +89,27 @@ impl Wal {
             server_major: Some(15),
         };
         Wal {
-            pos: START,
-            verifier: Verifier::at_segment_start(config, Lsn(START)),
-            ends: BTreeMap::from([(START, START)]),
+            pos: start,
+            verifier: Verifier::at_segment_start(config, Lsn(start)),
+            ends: BTreeMap::from([(start, start)]),
         }
     }
 
     /// LSN of the next byte to send.
-    fn pos(&self) -> u64 {
+    pub(crate) fn pos(&self) -> u64 {
         self.pos
     }
 
-    fn end() -> u64 {
+    pub(crate) fn end() -> u64 {
         START + fixture().len() as u64
     }
 
-    fn remaining(&self) -> usize {
+    pub(crate) fn remaining(&self) -> usize {
         (Self::end() - self.pos) as usize
     }
 
     /// The next `len` bytes (fewer at the end): (start LSN, bytes).
-    fn next(&mut self, len: usize) -> (u64, Vec<u8>) {
+    pub(crate) fn next(&mut self, len: usize) -> (u64, Vec<u8>) {
         let start = self.pos;
         let from = (start - START) as usize;
         let to = (from + len).min(fixture().len());
@@ -114,7 +124,7 @@ impl Wal {
 
     /// The bytes up to the end of the record in progress (its MAXALIGN
     /// padding included), so that everything handed out is verified.
-    fn next_to_record_end(&mut self) -> (u64, Vec<u8>) {
+    pub(crate) fn next_to_record_end(&mut self) -> (u64, Vec<u8>) {
         let start = self.pos;
         let mut data = Vec::new();
         while self.verified_end() != self.pos && self.remaining() > 0 {
@@ -124,17 +134,17 @@ impl Wal {
     }
 
     /// Verified end of everything handed out so far.
-    fn verified_end(&self) -> u64 {
+    pub(crate) fn verified_end(&self) -> u64 {
         self.verifier.verified_end().0
     }
 
     /// Verified end of the bytes up to `sent` (a chunk end handed out).
-    fn verified_at(&self, sent: u64) -> u64 {
+    pub(crate) fn verified_at(&self, sent: u64) -> u64 {
         let (&at, &end) = self
             .ends
             .range(..=sent)
             .next_back()
-            .expect("START is always in the table");
+            .expect("the first start point is always in the table");
         assert_eq!(at, sent, "{} is not a chunk end", format_lsn(sent));
         end
     }
@@ -260,7 +270,7 @@ struct Setup {
     serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn setup(tweak: impl FnOnce(&mut StreamOptions)) -> Setup {
     let serial = SERIAL.lock().await;
@@ -293,7 +303,7 @@ async fn setup(tweak: impl FnOnce(&mut StreamOptions)) -> Setup {
     }
 }
 
-fn describe(updates: &[StatusUpdate], t0: Instant) -> String {
+pub(crate) fn describe(updates: &[StatusUpdate], t0: Instant) -> String {
     let mut s = String::new();
     for (i, u) in updates.iter().enumerate() {
         let _ = writeln!(
@@ -320,7 +330,12 @@ fn check_invariants(updates: &[StatusUpdate], wal: &Wal, t0: Instant) {
 /// [`check_invariants`] for a later connection of the same receiver: WAL up to
 /// `archived` (a chunk end of `wal`) was sent on an earlier one and may be
 /// reported from the start.
-fn check_invariants_after(updates: &[StatusUpdate], wal: &Wal, t0: Instant, archived: u64) {
+pub(crate) fn check_invariants_after(
+    updates: &[StatusUpdate],
+    wal: &Wal,
+    t0: Instant,
+    archived: u64,
+) {
     let all = || describe(updates, t0);
     for (i, u) in updates.iter().enumerate() {
         let u = &StatusUpdate {
@@ -366,7 +381,7 @@ fn check_invariants_after(updates: &[StatusUpdate], wal: &Wal, t0: Instant, arch
 /// The archive holds exactly the fixture's bytes up to `sent`: complete
 /// segments under their final names, the segment holding `sent` as a 1 MB
 /// `.partial` with the bytes sent then zeros, and nothing else.
-fn assert_archive_matches(dir: &Path, sent: u64) {
+pub(crate) fn assert_archive_matches(dir: &Path, sent: u64) {
     let mut expected = Vec::new();
     let mut seg_start = START;
     while seg_start < sent {

@@ -1,7 +1,13 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
 mod corruption;
+mod disk_full;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod fake_primary;
 mod harness;
+mod network_faults;
+mod resume;
+mod server_faults;
 mod stream;
 mod support;
 mod sync_commit;

@@ -67,7 +67,7 @@ fn is_segment(name: &str) -> bool {
 }
 
 /// Every name is one Barman accepts: segment, segment.partial, TTTTTTTT.history.
-fn assert_only_barman_names(dir: &Path) {
+pub(crate) fn assert_only_barman_names(dir: &Path) {
     for n in names(dir) {
         let ok = is_segment(&n)
             || n.strip_suffix(".partial").is_some_and(is_segment)
@@ -78,7 +78,7 @@ fn assert_only_barman_names(dir: &Path) {
 
 /// Every complete segment equals the primary's file of the same name (when the
 /// primary still has it); returns how many were compared.
-fn assert_complete_segments_identical(archive: &Path, pg_wal: &Path) -> usize {
+pub(crate) fn assert_complete_segments_identical(archive: &Path, pg_wal: &Path) -> usize {
     let mut compared = 0;
     for n in names(archive).into_iter().filter(|n| is_segment(n)) {
         let theirs = pg_wal.join(&n);
@@ -287,9 +287,10 @@ fn kill_9_then_restart_leaves_a_complete_identical_archive() {
     let out = stream_until_current(&pg, dir.path(), &["-S", "k9"]);
     assert!(out.status.success());
     if had_partial {
-        // The .partial left by the kill is read to find where its WAL ends.
+        // The .partial left by the kill is streamed again from its start
+        // (and not read just to log where its WAL ends).
         assert!(
-            stderr(&out).contains("holds valid WAL up to"),
+            stderr(&out).contains(".partial\": streaming its segment again from"),
             "{}",
             stderr(&out)
         );
@@ -312,15 +313,26 @@ fn kill_9_then_restart_leaves_a_complete_identical_archive() {
     assert_eq!(set.len() as u64, hi - lo + 1, "gap in {segs:?}");
 }
 
-#[test]
-fn follows_a_timeline_switch_from_a_promoted_standby() {
+/// A primary with a standby, and walrcv (started by `spawn` on the standby's
+/// conninfo and the archive directory) streaming from the standby while WAL
+/// is written; the standby is promoted and writes more. Returns once walrcv
+/// archived a complete segment of timeline 2.
+pub(crate) struct Promoted {
+    /// The old primary, still running (dropping it stops it).
+    pub _primary: PgServer,
+    pub standby: PgServer,
+    pub dir: tempfile::TempDir,
+    pub walrcv: BackgroundProcess,
+}
+
+pub(crate) fn stream_through_a_promotion(
+    spawn: impl FnOnce(&str, &Path) -> BackgroundProcess,
+) -> Promoted {
     let primary = PgServer::builder().wal_segsize_mb(1).start();
     primary.psql("CREATE TABLE t(x int)");
     let standby = primary.create_standby();
     let dir = archive_dir();
-    let d = dir.path().to_str().unwrap().to_string();
-    let conn = standby.conninfo();
-    let mut child = spawn(&["stream", "-D", &d, "-d", &conn, "-v"]);
+    let walrcv = spawn(&standby.conninfo(), dir.path());
     primary.psql("INSERT INTO t SELECT generate_series(1, 20000)");
     primary.psql("SELECT pg_switch_wal()");
     primary.psql("INSERT INTO t SELECT generate_series(1, 20000)");
@@ -345,6 +357,24 @@ fn follows_a_timeline_switch_from_a_promoted_standby() {
                 .any(|n| n.starts_with("00000002") && is_segment(n))
         },
     );
+    Promoted {
+        _primary: primary,
+        standby,
+        dir,
+        walrcv,
+    }
+}
+
+#[test]
+fn follows_a_timeline_switch_from_a_promoted_standby() {
+    let Promoted {
+        standby,
+        dir,
+        walrcv: mut child,
+        ..
+    } = stream_through_a_promotion(|conn, dir| {
+        spawn(&["stream", "-D", dir.to_str().unwrap(), "-d", conn, "-v"])
+    });
     let status = child.terminate();
     assert!(status.success(), "SIGTERM exits 0: {}", child.stderr());
     let all = names(dir.path());
@@ -751,8 +781,12 @@ fn reconnects_after_the_primary_restarts() {
     let conn = pg.conninfo();
     let first = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     let mut child = spawn(&["stream", "-D", &d, "-d", &conn, "-v"]);
+    // Streaming and the first segment's WAL received: a restart before any
+    // WAL arrives leaves nothing to resume from (the next start is at the
+    // server's position then, past the first segment).
     wait_until(Duration::from_secs(20), "walrcv streaming", || {
         pg.psql("SELECT count(*) FROM pg_stat_replication") == "1"
+            && names(dir.path()).contains(&format!("{first}.partial"))
     });
     pg.restart(); // fast shutdown: the walsender ends the stream
     pg.psql("CREATE TABLE after_restart AS SELECT generate_series(1, 50000) AS x");

@@ -1,5 +1,10 @@
-//! The one place that knows how to make things durable: fsync of files and
-//! directories, durable rename, and durable small-file writes through `.tmp`.
+//! The one place that touches the archive's files for writing: creating,
+//! writing (`pwrite`), fsync and fdatasync of files and directories, renames,
+//! and small files written durably through `.tmp`. Nothing else in walrcv
+//! calls these system calls on the archive, so every one of them can fail on
+//! demand: each function takes the [`Site`] it serves, and with the
+//! `failpoints` cargo feature each (site, operation) pair is a named failpoint
+//! (see [`super::failpoints`]).
 //!
 //! Policy (PostgreSQL's since "fsyncgate"): an fsync error is reported as
 //! [`ArchiveError::Fsync`] and never retried here. After a failed fsync the
@@ -10,8 +15,7 @@
 //! Every error names the path concerned.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::ArchiveError;
@@ -21,21 +25,190 @@ use super::ArchiveError;
 /// errors directory (and [`super::ArchiveDir::open`] removes ours).
 pub const TMP_SUFFIX: &str = ".tmp";
 
+/// What a durable operation is for. Together with the [`Op`] it names the
+/// failpoint (`"{site}-{op}"`, e.g. `wal-fdatasync`, `complete-rename`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// WAL written into the open segment, its fdatasync, and the directory
+    /// fsync an installed segment's new name owes.
+    Wal,
+    /// Creating and zero-filling the next segment (`NAME.partial.tmp`).
+    Prepare,
+    /// Renaming a prepared segment to `NAME.partial`.
+    Install,
+    /// Completing a segment: final fdatasync, rename to `NAME`, directory fsync.
+    Complete,
+    /// Closing a segment written direct as a padded `.partial`.
+    ClosePartial,
+    /// A timeline history file written through `.tmp`.
+    History,
+    /// Files found in the archive at start: their fsync, and the reopening of
+    /// an existing `.partial`.
+    Startup,
+}
+
+impl Site {
+    pub const ALL: [Site; 7] = [
+        Site::Wal,
+        Site::Prepare,
+        Site::Install,
+        Site::Complete,
+        Site::ClosePartial,
+        Site::History,
+        Site::Startup,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Site::Wal => "wal",
+            Site::Prepare => "prepare",
+            Site::Install => "install",
+            Site::Complete => "complete",
+            Site::ClosePartial => "close",
+            Site::History => "history",
+            Site::Startup => "startup",
+        }
+    }
+}
+
+/// The system call a durable operation makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Opening a file for writing (creating it or not).
+    Open,
+    Pwrite,
+    Fdatasync,
+    Fsync,
+    Rename,
+    FsyncDir,
+}
+
+impl Op {
+    pub const ALL: [Op; 6] = [
+        Op::Open,
+        Op::Pwrite,
+        Op::Fdatasync,
+        Op::Fsync,
+        Op::Rename,
+        Op::FsyncDir,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Open => "open",
+            Op::Pwrite => "pwrite",
+            Op::Fdatasync => "fdatasync",
+            Op::Fsync => "fsync",
+            Op::Rename => "rename",
+            Op::FsyncDir => "fsync-dir",
+        }
+    }
+}
+
+/// The injected error for (`site`, `op`) on `path`, if a failpoint says so.
+/// Without the `failpoints` feature this is always `Ok` and compiles away.
+#[inline(always)]
+fn injected(site: Site, op: Op, path: &Path) -> std::io::Result<()> {
+    #[cfg(feature = "failpoints")]
+    if let Some(err) = super::failpoints::injected_error(site, op, path) {
+        return Err(err);
+    }
+    let _ = (site, op, path);
+    Ok(())
+}
+
+/// Creates (or truncates) `path` for writing, mode 0600.
+pub fn create(path: &Path, site: Site) -> Result<File, ArchiveError> {
+    injected(site, Op::Open, path)
+        .and_then(|()| {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+        })
+        .map_err(|e| ArchiveError::io(path, e))
+}
+
+/// Opens an existing file for writing (no truncation).
+pub fn open_for_write(path: &Path, site: Site) -> Result<File, ArchiveError> {
+    injected(site, Op::Open, path)
+        .and_then(|()| OpenOptions::new().write(true).open(path))
+        .map_err(|e| ArchiveError::io(path, e))
+}
+
+/// `pwrite` all of `data` at `offset`.
+pub fn write_at(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    data: &[u8],
+    site: Site,
+) -> Result<(), ArchiveError> {
+    injected(site, Op::Pwrite, path)
+        .and_then(|()| file.write_all_at(data, offset))
+        .map_err(|source| ArchiveError::Write {
+            path: path.to_path_buf(),
+            offset,
+            source,
+        })
+}
+
+/// fdatasync an open file.
+pub fn fdatasync(file: &File, path: &Path, site: Site) -> Result<(), ArchiveError> {
+    injected(site, Op::Fdatasync, path)
+        .and_then(|()| file.sync_data())
+        .map_err(|source| ArchiveError::Fsync {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// fsync an open file (data and metadata).
+pub fn fsync(file: &File, path: &Path, site: Site) -> Result<(), ArchiveError> {
+    injected(site, Op::Fsync, path)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| ArchiveError::Fsync {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 /// fsync a file by path (opened read-only).
-pub fn fsync_path(path: &Path) -> Result<(), ArchiveError> {
+pub fn fsync_path(path: &Path, site: Site) -> Result<(), ArchiveError> {
     let file = File::open(path).map_err(|e| ArchiveError::io(path, e))?;
-    file.sync_all().map_err(|source| ArchiveError::Fsync {
-        path: path.to_path_buf(),
-        source,
-    })
+    fsync(&file, path, site)
+}
+
+/// Asks the kernel to start writing back `len` bytes from `offset` (Linux
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`). Only a hint, never a
+/// durability point: errors are left to the fdatasync that follows.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain system call on a descriptor the caller owns; no
+        // memory is passed.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
 }
 
 /// fsync the directory `dir` so that renames and creations in it are durable.
-pub fn fsync_dir(dir: &Path) -> Result<(), ArchiveError> {
+pub fn fsync_dir(dir: &Path, site: Site) -> Result<(), ArchiveError> {
     // std opens with O_RDONLY (plus O_CLOEXEC), which Linux accepts for a
     // directory, and fsync on such a descriptor flushes the directory entries.
     let file = File::open(dir).map_err(|e| ArchiveError::io(dir, e))?;
-    match file.sync_all() {
+    match injected(site, Op::FsyncDir, dir).and_then(|()| file.sync_all()) {
         Ok(()) => Ok(()),
         // Like PostgreSQL's fsync_fname_ext: some file systems cannot fsync a
         // directory at all (EINVAL/EBADF). That is "unsupported", not "lost data".
@@ -63,18 +236,20 @@ fn parent_dir(path: &Path) -> PathBuf {
 
 /// rename `from` to `to` (same directory), then fsync the directory.
 /// The caller has already fsynced the file's data.
-pub fn durable_rename(from: &Path, to: &Path) -> Result<(), ArchiveError> {
-    rename(from, to)?;
-    fsync_dir(&parent_dir(to))
+pub fn durable_rename(from: &Path, to: &Path, site: Site) -> Result<(), ArchiveError> {
+    rename(from, to, site)?;
+    fsync_dir(&parent_dir(to), site)
 }
 
 /// A plain rename (no fsync) whose error names both paths.
-pub(crate) fn rename(from: &Path, to: &Path) -> Result<(), ArchiveError> {
-    std::fs::rename(from, to).map_err(|source| ArchiveError::Rename {
-        from: from.to_path_buf(),
-        to: to.to_path_buf(),
-        source,
-    })
+pub fn rename(from: &Path, to: &Path, site: Site) -> Result<(), ArchiveError> {
+    injected(site, Op::Rename, to)
+        .and_then(|()| std::fs::rename(from, to))
+        .map_err(|source| ArchiveError::Rename {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            source,
+        })
 }
 
 /// Whether `name` is a single, plain file name: writing `dir/name` can only
@@ -93,6 +268,7 @@ pub fn write_file_durably(
     name: &str,
     content: &[u8],
     sync: bool,
+    site: Site,
 ) -> Result<(), ArchiveError> {
     if !is_plain_file_name(name) {
         return Err(ArchiveError::io(
@@ -105,37 +281,23 @@ pub fn write_file_durably(
     }
     let target = dir.join(name);
     let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
-    let result = write_tmp(&tmp, content, sync).and_then(|()| rename(&tmp, &target));
+    let result = write_tmp(&tmp, content, sync, site).and_then(|()| rename(&tmp, &target, site));
     if let Err(e) = result {
         remove_quietly(&tmp);
         return Err(e);
     }
     if sync {
-        fsync_dir(dir)?;
+        fsync_dir(dir, site)?;
     }
     Ok(())
 }
 
 /// Creates (or truncates) `tmp` with mode 0600, writes `content`, fsyncs if `sync`.
-fn write_tmp(tmp: &Path, content: &[u8], sync: bool) -> Result<(), ArchiveError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(|e| ArchiveError::io(tmp, e))?;
-    file.write_all(content)
-        .map_err(|source| ArchiveError::Write {
-            path: tmp.to_path_buf(),
-            offset: 0,
-            source,
-        })?;
+fn write_tmp(tmp: &Path, content: &[u8], sync: bool, site: Site) -> Result<(), ArchiveError> {
+    let file = create(tmp, site)?;
+    write_at(&file, tmp, 0, content, site)?;
     if sync {
-        file.sync_all().map_err(|source| ArchiveError::Fsync {
-            path: tmp.to_path_buf(),
-            source,
-        })?;
+        fsync(&file, tmp, site)?;
     }
     Ok(())
 }
@@ -152,14 +314,6 @@ pub(crate) fn remove_quietly(path: &Path) {
     }
 }
 
-/// fdatasync an open file.
-pub fn fdatasync(file: &File, path: &Path) -> Result<(), ArchiveError> {
-    file.sync_data().map_err(|source| ArchiveError::Fsync {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +327,7 @@ mod tests {
                 "00000002.history",
                 b"1\t0/3000000\tno recovery target\n",
                 sync,
+                Site::History,
             )
             .unwrap();
             let got = std::fs::read(dir.path().join("00000002.history")).unwrap();
@@ -180,7 +335,7 @@ mod tests {
             assert!(!dir.path().join("00000002.history.tmp").exists());
         }
         // Overwrites an existing file atomically.
-        write_file_durably(dir.path(), "00000002.history", b"x", true).unwrap();
+        write_file_durably(dir.path(), "00000002.history", b"x", true, Site::History).unwrap();
         assert_eq!(
             std::fs::read(dir.path().join("00000002.history")).unwrap(),
             b"x"
@@ -191,7 +346,7 @@ mod tests {
     fn write_file_durably_refuses_paths() {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["", ".", "..", "../x", "a/b", "/etc/x"] {
-            let err = write_file_durably(dir.path(), bad, b"x", false).unwrap_err();
+            let err = write_file_durably(dir.path(), bad, b"x", false, Site::History).unwrap_err();
             assert!(matches!(err, ArchiveError::Io { .. }), "{bad}: {err}");
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -201,11 +356,11 @@ mod tests {
     fn errors_carry_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
-        let err = fsync_path(&missing).unwrap_err();
+        let err = fsync_path(&missing, Site::Startup).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
-        let err = fsync_dir(&missing).unwrap_err();
+        let err = fsync_dir(&missing, Site::Startup).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
-        let err = durable_rename(&missing, &dir.path().join("other")).unwrap_err();
+        let err = durable_rename(&missing, &dir.path().join("other"), Site::Complete).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("missing") && text.contains("other"), "{text}");
     }
@@ -215,13 +370,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.tmp");
         std::fs::write(&a, b"data").unwrap();
-        fsync_path(&a).unwrap();
+        fsync_path(&a, Site::Startup).unwrap();
         let file = File::open(&a).unwrap();
-        fdatasync(&file, &a).unwrap();
+        fdatasync(&file, &a, Site::Wal).unwrap();
         let b = dir.path().join("b");
-        durable_rename(&a, &b).unwrap();
+        durable_rename(&a, &b, Site::Complete).unwrap();
         assert!(!a.exists());
         assert_eq!(std::fs::read(&b).unwrap(), b"data");
-        fsync_dir(dir.path()).unwrap();
+        fsync_dir(dir.path(), Site::Startup).unwrap();
     }
 }

@@ -17,6 +17,9 @@
 //! - [`durable`]: fsync, durable rename, small files through `.tmp`.
 
 pub mod durable;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
+pub mod resume;
 pub mod scan;
 pub mod segment;
 
@@ -24,7 +27,8 @@ use std::path::PathBuf;
 
 use crate::lsn::TimeLineId;
 
-pub use scan::{ArchiveDir, Scan, SegmentFile, StartPoint};
+pub use resume::Resume;
+pub use scan::{ArchiveDir, PrepareError, Scan, SegmentFile, StartPoint};
 pub use segment::{PreparedSegment, SegmentWriter};
 
 /// Errors about the archive directory and its files, naming the path concerned.

@@ -13,13 +13,21 @@
 //! segment of the wrong size, or a `.partial` neither empty nor pre-padded, is an
 //! error rather than a warning, because streaming over it would silently leave
 //! a gap or a torn file. Nothing found by the scan is ever deleted.
+//!
+//! Start-up work ([`ArchiveDir::prepare_start`]) is proportional to what
+//! changed: the first start of the process checks every file's identity and
+//! fsyncs every file and the directory (see its documentation for why); later
+//! reconnects of the same process list the directory again but only stat,
+//! check and fsync the files they have not seen yet.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use super::durable::{self, TMP_SUFFIX};
+use super::durable::{self, Site, TMP_SUFFIX};
 use super::ArchiveError;
 use crate::lsn::{
     history_file_name, is_valid_segment_size, parse_history_file_name, parse_wal_file_name,
@@ -33,12 +41,40 @@ use crate::wal::page::{
 pub const PARTIAL_SUFFIX: &str = ".partial";
 
 /// An open, locked archive directory. The lock (flock on the directory itself,
-/// so no extra file appears in it) is held until this value is dropped.
-#[derive(Debug)]
+/// so no extra file appears in it) is held until this value and all its clones
+/// are dropped. Clones share the lock and what is known about the files, so
+/// that blocking work can run on another thread.
+#[derive(Debug, Clone)]
 pub struct ArchiveDir {
     path: PathBuf,
     /// The descriptor holding the flock; closing it (on drop) releases the lock.
-    _lock: File,
+    _lock: Arc<File>,
+    /// What this process has already checked and made durable.
+    known: Arc<Mutex<Known>>,
+}
+
+/// Why [`ArchiveDir::prepare_start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// Listing or checking the files: what is there is wrong (another
+    /// cluster, a wrong size) or cannot be read.
+    #[error(transparent)]
+    Check(ArchiveError),
+    /// Making them durable: a disk fault.
+    #[error(transparent)]
+    Sync(ArchiveError),
+}
+
+/// Files whose identity this process has checked (and which it has fsynced,
+/// when syncing), by name, so that a reconnect does not do it again.
+#[derive(Debug, Default)]
+struct Known {
+    /// The server identity and segment size they were checked against: the
+    /// cache holds only for those.
+    checked_for: Option<(u64, u64, bool)>,
+    /// Segment files, with what the scan found.
+    segments: HashMap<String, SegmentFile>,
+    histories: HashSet<TimeLineId>,
 }
 
 /// A segment file found by the scan.
@@ -128,7 +164,8 @@ impl ArchiveDir {
         }
         let dir = ArchiveDir {
             path: path.to_path_buf(),
-            _lock: lock,
+            _lock: Arc::new(lock),
+            known: Arc::default(),
         };
         dir.remove_stale_tmp()?;
         Ok(dir)
@@ -171,6 +208,18 @@ impl ArchiveDir {
     /// Compressed segments (`.gz`, `.lz4`) are ignored with a warning; other
     /// names are ignored (and never touched).
     pub fn scan(&self, segment_size: u64) -> Result<Scan, ArchiveError> {
+        self.scan_with(segment_size, &HashMap::new())
+    }
+
+    /// [`ArchiveDir::scan`], taking complete segments named in `known` from it
+    /// without a `stat` (a complete segment never changes: walrcv does not
+    /// write one again, and the lock keeps other writers out). A `.partial`
+    /// is always looked at.
+    fn scan_with(
+        &self,
+        segment_size: u64,
+        known: &HashMap<String, SegmentFile>,
+    ) -> Result<Scan, ArchiveError> {
         if !is_valid_segment_size(segment_size) {
             return Err(ArchiveError::InvalidSegmentSize { size: segment_size });
         }
@@ -192,6 +241,10 @@ impl ArchiveDir {
                 Some(base) => (base, true),
                 None => (name, false),
             };
+            if let Some(seen) = known.get(name).filter(|_| !partial) {
+                scan.segments.push(seen.clone());
+                continue;
+            }
             if base.len() != 24 || !is_upper_hex(base) {
                 if is_compressed_segment(name) {
                     tracing::warn!(
@@ -314,15 +367,78 @@ impl ArchiveDir {
                 expected,
             });
         }
-        durable::write_file_durably(&self.path, &expected, content, sync)?;
+        durable::write_file_durably(&self.path, &expected, content, sync, Site::History)?;
         tracing::info!(path = %self.path.join(&expected).display(), "wrote timeline history file");
         Ok(())
+    }
+
+    /// Everything a session needs from the directory before it streams: the
+    /// scan, the identity check ([`ArchiveDir::check_identity`]) and, when
+    /// `sync`, the fsync of the files and the directory
+    /// ([`ArchiveDir::sync_existing`]), each done once per file per process.
+    /// Blocking: call it off the async runtime.
+    ///
+    /// Why every file once per process start, like PostgreSQL's fsync of the
+    /// data directory after a crash: the start point reported as flushed
+    /// covers every file already there, and nothing tells a file that an
+    /// earlier run fsynced from one it wrote with `--no-sync`, or one copied
+    /// in, or one whose process died before its fsync: only an fsync makes
+    /// it durable, and the kernel makes one of a clean file cheap. Within a
+    /// process, a file seen before was checked and fsynced then, and the
+    /// files the sink writes are fsynced by the sink before anything in them
+    /// is reported; so a reconnect checks and fsyncs only names it has not
+    /// seen (the segments completed by the session before, anything moved in)
+    /// and fsyncs the directory only if there were any.
+    pub fn prepare_start(
+        &self,
+        system_id: u64,
+        segment_size: u64,
+        sync: bool,
+    ) -> Result<Scan, PrepareError> {
+        let began = std::time::Instant::now();
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let identity = (system_id, segment_size, sync);
+        if known.checked_for != Some(identity) {
+            *known = Known::default();
+        }
+        let first = known.checked_for.is_none();
+        let scan = (self.scan_with(segment_size, &known.segments)).map_err(PrepareError::Check)?;
+        let is_new =
+            |s: &&SegmentFile| file_name(&s.path).is_none_or(|n| !known.segments.contains_key(n));
+        let new = Scan {
+            segments: scan.segments.iter().filter(is_new).cloned().collect(),
+            histories: (scan.histories.iter())
+                .filter(|t| !known.histories.contains(t))
+                .copied()
+                .collect(),
+        };
+        (self.check_identity(&new, system_id, segment_size)).map_err(PrepareError::Check)?;
+        if sync && (first || !new.segments.is_empty() || !new.histories.is_empty()) {
+            self.sync_existing(&new).map_err(PrepareError::Sync)?;
+        }
+        tracing::debug!(
+            files = scan.segments.len(),
+            new = new.segments.len(),
+            elapsed_us = began.elapsed().as_micros(),
+            "archive scanned; new files checked{}",
+            if sync { " and fsynced" } else { "" }
+        );
+        // Forget what is gone (moved away by Barman): if it comes back, it is new.
+        known.segments = (scan.segments.iter())
+            .filter_map(|s| Some((file_name(&s.path)?.to_string(), s.clone())))
+            .collect();
+        known.histories = scan.histories.iter().copied().collect();
+        known.checked_for = Some(identity);
+        Ok(scan)
     }
 
     /// fsyncs the directory itself (pg_receivewal does so at the end of each
     /// streaming pass).
     pub fn fsync(&self) -> Result<(), ArchiveError> {
-        durable::fsync_dir(&self.path)
+        durable::fsync_dir(&self.path, Site::Startup)
     }
 
     /// fsyncs every segment and history file in `scan`, then the directory:
@@ -336,7 +452,7 @@ impl ArchiveDir {
                 .map(|&tli| self.path.join(history_file_name(tli))),
         );
         for path in paths {
-            match durable::fsync_path(&path) {
+            match durable::fsync_path(&path, Site::Startup) {
                 Ok(()) => {}
                 // Moved away by Barman since the scan: no longer ours to sync.
                 Err(ArchiveError::Io { source, .. })
@@ -344,8 +460,12 @@ impl ArchiveDir {
                 Err(e) => return Err(e),
             }
         }
-        durable::fsync_dir(&self.path)
+        durable::fsync_dir(&self.path, Site::Startup)
     }
+}
+
+fn file_name(path: &Path) -> Option<&str> {
+    path.file_name().and_then(|n| n.to_str())
 }
 
 /// Reads and checks the long page header at the start of one segment file.
@@ -936,5 +1056,88 @@ mod tests {
         let scan = dir.scan(SEG).unwrap();
         dir.sync_existing(&scan).unwrap();
         dir.fsync().unwrap();
+    }
+
+    #[test]
+    fn prepare_start_checks_each_file_once_per_process() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let old = wal_file(d, &name(1, 3), SEG, &good_header(3));
+        wal_file(d, &name(1, 4), SEG, &good_header(4));
+        wal_file(d, &format!("{}.partial", name(1, 5)), SEG, &good_header(5));
+        let dir = ArchiveDir::open(d).unwrap();
+        let first = dir.prepare_start(SYSID, SEG, true).unwrap();
+        assert_eq!(first.segments.len(), 3);
+        // A clone (as the session's blocking task has) shares what is known.
+        let clone = dir.clone();
+        // A known complete segment is not read again (walrcv never rewrites
+        // one): damaging it behind our back goes unnoticed by a reconnect...
+        let magic = magic_for_major(17).unwrap();
+        let other = long_header(magic, XLP_LONG_HEADER, 3 * SEG, SYSID + 1, SEG as u32);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .write_all_at(&other, 0)
+            .unwrap();
+        let again = clone.prepare_start(SYSID, SEG, true).unwrap();
+        assert_eq!(again.streaming_start(SEG), first.streaming_start(SEG));
+        // ...but every new file is checked, and a `.partial` is always looked at.
+        let partial = d.join(format!("{}.partial", name(1, 5)));
+        std::fs::File::options()
+            .write(true)
+            .open(&partial)
+            .unwrap()
+            .set_len(8192)
+            .unwrap();
+        assert!(matches!(
+            dir.prepare_start(SYSID, SEG, true),
+            Err(PrepareError::Check(ArchiveError::WrongSize {
+                size: 8192,
+                ..
+            }))
+        ));
+        std::fs::remove_file(&partial).unwrap();
+        let stranger = wal_file(
+            d,
+            &name(1, 6),
+            SEG,
+            &long_header(magic, XLP_LONG_HEADER, 6 * SEG, 42, SEG as u32),
+        );
+        assert!(matches!(
+            dir.prepare_start(SYSID, SEG, true),
+            Err(PrepareError::Check(ArchiveError::OtherCluster {
+                found: 42,
+                ..
+            }))
+        ));
+        std::fs::remove_file(&stranger).unwrap();
+        // Another server identity: everything is checked again.
+        std::fs::remove_file(&old).unwrap();
+        wal_file(d, &name(1, 3), SEG, &good_header(3));
+        let scan = dir.prepare_start(SYSID + 7, SEG, true).unwrap_err();
+        assert!(
+            matches!(scan, PrepareError::Check(ArchiveError::OtherCluster { .. })),
+            "{scan}"
+        );
+        // A file moved away and back is new again.
+        let s = dir.prepare_start(SYSID, SEG, true).unwrap();
+        assert_eq!(s.segments.len(), 2);
+        std::fs::rename(d.join(name(1, 4)), d.join("aside")).unwrap();
+        dir.prepare_start(SYSID, SEG, true).unwrap();
+        let magic = magic_for_major(17).unwrap();
+        wal_file(
+            d,
+            &name(1, 4),
+            SEG,
+            &long_header(magic, XLP_LONG_HEADER, 4 * SEG, 42, SEG as u32),
+        );
+        assert!(matches!(
+            dir.prepare_start(SYSID, SEG, true),
+            Err(PrepareError::Check(ArchiveError::OtherCluster {
+                found: 42,
+                ..
+            }))
+        ));
     }
 }

@@ -39,11 +39,10 @@
 //! descriptor, every later call returns [`ArchiveError::Poisoned`], and the
 //! session must end and re-stream from the last durable point.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::durable::{self, TMP_SUFFIX};
+use super::durable::{self, Site, TMP_SUFFIX};
 use super::scan::PARTIAL_SUFFIX;
 use super::ArchiveError;
 use crate::lsn::{is_valid_segment_size, segment_start_lsn, wal_file_name, Lsn, SegNo, TimeLineId};
@@ -291,13 +290,7 @@ impl SegmentWriter {
             return SegmentWriter::open(dir, timeline, segno, segment_size, sync);
         }
         let path = at.tmp_path();
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| ArchiveError::io(&path, e))?;
+        let file = durable::create(&path, Site::Wal)?;
         tracing::debug!(path = %path.display(), "writing a segment direct");
         Ok(at.writer(file, path, final_path, Origin::Direct))
     }
@@ -320,7 +313,7 @@ impl SegmentWriter {
             drop(prepared);
             return SegmentWriter::open(&dir, timeline, segno, segment_size, sync);
         }
-        durable::rename(&prepared.tmp, &path)?;
+        durable::rename(&prepared.tmp, &path, Site::Install)?;
         let Some(file) = prepared.file.take() else {
             // A PreparedSegment always holds its file until it is installed.
             return Err(ArchiveError::io(
@@ -360,21 +353,29 @@ impl SegmentWriter {
                 })
             }
         };
-        if let Err(source) = self.file.write_all_at(data, offset) {
-            self.poisoned = true;
-            return Err(ArchiveError::Write {
-                path: self.path.clone(),
-                offset,
-                source,
-            });
-        }
+        self.write_unchecked(offset, data, Site::Wal)?;
         if offset <= self.written {
             self.written = self.written.max(end);
         }
-        self.dirty = true;
         if self.direct && self.sync {
             self.start_writeback();
         }
+        Ok(())
+    }
+
+    /// The pwrite itself (bounds already checked); poisons on failure: what
+    /// reached the file is unknown.
+    fn write_unchecked(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        site: Site,
+    ) -> Result<(), ArchiveError> {
+        if let Err(e) = durable::write_at(&self.file, &self.path, offset, data, site) {
+            self.poisoned = true;
+            return Err(e);
+        }
+        self.dirty = true;
         Ok(())
     }
 
@@ -388,23 +389,11 @@ impl SegmentWriter {
         if self.written < self.writeback_requested + WRITEBACK_EVERY {
             return;
         }
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let (from, len) = (
-                self.writeback_requested,
-                self.written - self.writeback_requested,
-            );
-            // SAFETY: a plain system call on a descriptor we own; no memory is passed.
-            unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    from as libc::off64_t,
-                    len as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
-        }
+        durable::start_writeback(
+            &self.file,
+            self.writeback_requested,
+            self.written - self.writeback_requested,
+        );
         self.writeback_requested = self.written;
     }
 
@@ -419,10 +408,10 @@ impl SegmentWriter {
             return Ok(());
         }
         if self.dirty {
-            self.datasync()?;
+            self.datasync(Site::Wal)?;
         }
         if !self.name_durable {
-            if let Err(e) = durable::fsync_dir(&self.dir) {
+            if let Err(e) = durable::fsync_dir(&self.dir, Site::Wal) {
                 self.poisoned = true;
                 return Err(e);
             }
@@ -437,17 +426,8 @@ impl SegmentWriter {
     }
 
     /// The fdatasync itself; poisons on failure.
-    fn datasync(&mut self) -> Result<(), ArchiveError> {
-        #[cfg(test)]
-        let result = match failpoints::take_datasync_failure() {
-            Some(source) => Err(ArchiveError::Fsync {
-                path: self.path.clone(),
-                source,
-            }),
-            None => durable::fdatasync(&self.file, &self.path),
-        };
-        #[cfg(not(test))]
-        let result = durable::fdatasync(&self.file, &self.path);
+    fn datasync(&mut self, site: Site) -> Result<(), ArchiveError> {
+        let result = durable::fdatasync(&self.file, &self.path, site);
         match result {
             Ok(()) => self.dirty = false,
             Err(_) => self.poisoned = true,
@@ -473,11 +453,11 @@ impl SegmentWriter {
             });
         }
         if self.sync && self.dirty {
-            self.datasync()?;
+            self.datasync(Site::Complete)?;
         }
-        durable::rename(&self.path, &self.final_path)?;
+        durable::rename(&self.path, &self.final_path, Site::Complete)?;
         if self.sync {
-            durable::fsync_dir(&self.dir)?;
+            durable::fsync_dir(&self.dir, Site::Complete)?;
         }
         tracing::debug!(path = %self.final_path.display(), "segment complete");
         Ok(self.final_path)
@@ -509,19 +489,19 @@ impl SegmentWriter {
         while offset < self.segment_size {
             // Bounded by PAD_BLOCK, so the cast cannot truncate.
             let n = (self.segment_size - offset).min(PAD_BLOCK as u64) as usize;
-            self.write_at(offset, &zeros[..n])?;
+            self.write_unchecked(offset, &zeros[..n], Site::ClosePartial)?;
             offset += n as u64;
         }
         if self.sync && self.dirty {
-            self.datasync()?;
+            self.datasync(Site::ClosePartial)?;
         }
         let partial = self.final_path.with_file_name(format!(
             "{}{PARTIAL_SUFFIX}",
             wal_file_name(self.timeline, self.segno, self.segment_size)
         ));
-        durable::rename(&self.path, &partial)?;
+        durable::rename(&self.path, &partial, Site::ClosePartial)?;
         if self.sync {
-            durable::fsync_dir(&self.dir)?;
+            durable::fsync_dir(&self.dir, Site::ClosePartial)?;
         }
         tracing::info!(
             "not renaming \"{}\", segment is not complete",
@@ -600,19 +580,13 @@ fn existing_partial_size(final_path: &Path, path: &Path) -> Result<Option<u64>, 
 /// fsynced first, and the directory too: an earlier run may have crashed before
 /// either reached the disk, and we are about to trust this file's name.
 fn reopen_partial(dir: &Path, path: &Path, sync: bool) -> Result<File, ArchiveError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| ArchiveError::io(path, e))?;
+    let file = durable::open_for_write(path, Site::Startup)?;
     if sync {
         // On failure the file is left in place (pg_receivewal deletes it): it is
         // re-streamed from offset 0 by the next session anyway, and deleting
         // could only lose bytes that might still be good.
-        file.sync_all().map_err(|source| ArchiveError::Fsync {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        durable::fsync_dir(dir)?;
+        durable::fsync(&file, path, Site::Startup)?;
+        durable::fsync_dir(dir, Site::Startup)?;
     }
     tracing::debug!(path = %path.display(), "reusing existing pre-padded partial segment");
     Ok(file)
@@ -629,7 +603,7 @@ fn create_padded(
 ) -> Result<File, ArchiveError> {
     let tmp = dir.join(format!("{name}{PARTIAL_SUFFIX}{TMP_SUFFIX}"));
     let result = create_padded_tmp(&tmp, segment_size, sync).and_then(|file| {
-        durable::rename(&tmp, path)?;
+        durable::rename(&tmp, path, Site::Prepare)?;
         Ok(file)
     });
     let file = match result {
@@ -640,82 +614,26 @@ fn create_padded(
         }
     };
     if sync {
-        durable::fsync_dir(dir)?;
+        durable::fsync_dir(dir, Site::Prepare)?;
     }
     tracing::debug!(path = %path.display(), "created pre-padded partial segment");
     Ok(file)
 }
 
 fn create_padded_tmp(tmp: &Path, segment_size: u64, sync: bool) -> Result<File, ArchiveError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(|e| ArchiveError::io(tmp, e))?;
+    let file = durable::create(tmp, Site::Prepare)?;
     let zeros = vec![0u8; PAD_BLOCK];
     let mut offset = 0u64;
     while offset < segment_size {
         // Bounded by PAD_BLOCK, so the cast cannot truncate.
         let n = (segment_size - offset).min(PAD_BLOCK as u64) as usize;
-        #[cfg(test)]
-        let result = match failpoints::pad_failure(offset) {
-            Some(e) => Err(e),
-            None => file.write_all_at(&zeros[..n], offset),
-        };
-        #[cfg(not(test))]
-        let result = file.write_all_at(&zeros[..n], offset);
-        result.map_err(|source| ArchiveError::Write {
-            path: tmp.to_path_buf(),
-            offset,
-            source,
-        })?;
+        durable::write_at(&file, tmp, offset, &zeros[..n], Site::Prepare)?;
         offset += n as u64;
     }
     if sync {
-        file.sync_all().map_err(|source| ArchiveError::Fsync {
-            path: tmp.to_path_buf(),
-            source,
-        })?;
+        durable::fsync(&file, tmp, Site::Prepare)?;
     }
     Ok(file)
-}
-
-/// Test-only fault injection, per test thread (each `#[test]` runs on its own
-/// thread, so tests do not see each other's faults).
-#[cfg(test)]
-pub(crate) mod failpoints {
-    use std::cell::Cell;
-
-    thread_local! {
-        static DATASYNC_FAIL: Cell<bool> = const { Cell::new(false) };
-        static PAD_FAIL_AT: Cell<Option<u64>> = const { Cell::new(None) };
-    }
-
-    /// The next fdatasync of a segment writer on this thread fails with EIO.
-    pub(crate) fn fail_next_datasync() {
-        DATASYNC_FAIL.with(|c| c.set(true));
-    }
-
-    /// Pre-padding on this thread fails with ENOSPC at the first block at or
-    /// after `offset`.
-    pub(crate) fn fail_padding_at(offset: Option<u64>) {
-        PAD_FAIL_AT.with(|c| c.set(offset));
-    }
-
-    pub(super) fn take_datasync_failure() -> Option<std::io::Error> {
-        DATASYNC_FAIL
-            .with(|c| c.replace(false))
-            .then(|| std::io::Error::from_raw_os_error(libc::EIO))
-    }
-
-    pub(super) fn pad_failure(offset: u64) -> Option<std::io::Error> {
-        PAD_FAIL_AT.with(|c| match c.get() {
-            Some(at) if offset >= at => Some(std::io::Error::from_raw_os_error(libc::ENOSPC)),
-            _ => None,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -901,13 +819,18 @@ mod tests {
         assert!(!w.is_poisoned());
     }
 
+    #[cfg(feature = "failpoints")]
+    use crate::archive::failpoints::ScopedFailpoint;
+
     #[test]
+    #[cfg(feature = "failpoints")]
     fn fsync_failure_poisons_the_writer() {
         let tmp = tempfile::tempdir().unwrap();
         let mut w = SegmentWriter::open(tmp.path(), 1, 1, SEG, true).unwrap();
         w.write_at(0, b"abc").unwrap();
-        failpoints::fail_next_datasync();
+        let fault = ScopedFailpoint::new("wal-fdatasync", "EIO", tmp.path());
         let err = w.sync().unwrap_err();
+        drop(fault);
         assert!(matches!(err, ArchiveError::Fsync { .. }), "{err}");
         assert!(w.is_poisoned());
         // Never retried: every later call fails without touching the file.
@@ -924,37 +847,35 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "failpoints")]
     fn fsync_failure_at_completion_keeps_the_partial_name() {
         let tmp = tempfile::tempdir().unwrap();
         let mut w = SegmentWriter::open(tmp.path(), 1, 1, SEG, true).unwrap();
         w.write_at(0, &vec![5u8; SEG as usize]).unwrap();
-        failpoints::fail_next_datasync();
+        let _fault = ScopedFailpoint::new("complete-fdatasync", "EIO", tmp.path());
         let err = w.complete().unwrap_err();
         assert!(matches!(err, ArchiveError::Fsync { .. }), "{err}");
         assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 1))]);
     }
 
     #[test]
+    #[cfg(feature = "failpoints")]
     fn padding_failure_leaves_no_file() {
         let tmp = tempfile::tempdir().unwrap();
-        for at in [0, 512 << 10] {
-            failpoints::fail_padding_at(Some(at));
-            let err = SegmentWriter::open(tmp.path(), 1, 1, 2 * SEG, true).unwrap_err();
-            failpoints::fail_padding_at(None);
-            match &err {
-                ArchiveError::Write { source, .. } => {
-                    assert_eq!(source.raw_os_error(), Some(libc::ENOSPC))
-                }
-                other => panic!("{other}"),
+        let fault = ScopedFailpoint::new("prepare-pwrite", "ENOSPC", tmp.path());
+        let err = SegmentWriter::open(tmp.path(), 1, 1, 2 * SEG, true).unwrap_err();
+        match &err {
+            ArchiveError::Write { source, .. } => {
+                assert_eq!(source.raw_os_error(), Some(libc::ENOSPC))
             }
-            assert!(names(tmp.path()).is_empty(), "{:?}", names(tmp.path()));
+            other => panic!("{other}"),
         }
+        assert!(names(tmp.path()).is_empty(), "{:?}", names(tmp.path()));
         // A zero-byte partial from Barman's reset survives a failed padding.
         let partial = tmp.path().join(format!("{}.partial", seg_name(1, 1)));
         File::create(&partial).unwrap();
-        failpoints::fail_padding_at(Some(0));
         assert!(SegmentWriter::open(tmp.path(), 1, 1, SEG, true).is_err());
-        failpoints::fail_padding_at(None);
+        drop(fault);
         assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 1))]);
         assert_eq!(std::fs::metadata(&partial).unwrap().len(), 0);
     }
@@ -1009,12 +930,13 @@ mod tests {
     }
 
     #[test]
-    fn padding_failure_while_preparing_leaves_no_file() {
+    #[cfg(feature = "failpoints")]
+    fn fsync_failure_while_preparing_leaves_no_file() {
         let tmp = tempfile::tempdir().unwrap();
-        failpoints::fail_padding_at(Some(0));
+        let fault = ScopedFailpoint::new("prepare-fsync", "EIO", tmp.path());
         let err = PreparedSegment::create(tmp.path(), 1, 6, SEG, true).unwrap_err();
-        failpoints::fail_padding_at(None);
-        assert!(matches!(err, ArchiveError::Write { .. }), "{err}");
+        drop(fault);
+        assert!(matches!(err, ArchiveError::Fsync { .. }), "{err}");
         assert!(names(tmp.path()).is_empty());
     }
 

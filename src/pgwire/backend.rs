@@ -86,6 +86,93 @@ pub enum BackendMessage {
     Other { tag: u8 },
 }
 
+/// How many payload bytes [`BackendMessage::summary`] shows.
+const SUMMARY_PREFIX: usize = 16;
+
+impl BackendMessage {
+    /// A bounded, one-line description for logs and errors: the message type,
+    /// its payload length and (for raw payloads) the first few bytes in hex.
+    /// Never `Debug`: a message may be 64 MiB of server-chosen bytes.
+    pub fn summary(&self) -> String {
+        match self {
+            BackendMessage::CopyData(payload) => {
+                format!(
+                    "CopyData ({} bytes: {})",
+                    payload.len(),
+                    hex_prefix(payload)
+                )
+            }
+            BackendMessage::DataRow { values } => {
+                let bytes: usize = values.iter().flatten().map(Bytes::len).sum();
+                format!("DataRow ({} columns, {bytes} bytes)", values.len())
+            }
+            BackendMessage::RowDescription { columns } => {
+                format!("RowDescription ({} columns)", columns.len())
+            }
+            BackendMessage::ParameterStatus { name, value } => format!(
+                "ParameterStatus ({}, {} bytes)",
+                truncated(name, 64),
+                value.len()
+            ),
+            BackendMessage::CommandComplete { tag } => {
+                format!("CommandComplete ({})", truncated(tag, 64))
+            }
+            BackendMessage::Error(m) | BackendMessage::Notice(m) => {
+                let kind = if matches!(self, BackendMessage::Error(_)) {
+                    "ErrorResponse"
+                } else {
+                    "NoticeResponse"
+                };
+                format!(
+                    "{kind} ({}: {})",
+                    truncated(&m.code, 8),
+                    truncated(&m.message, 200)
+                )
+            }
+            BackendMessage::Authentication(req) => match req {
+                AuthRequest::SaslContinue(b) => {
+                    format!("AuthenticationSASLContinue ({} bytes)", b.len())
+                }
+                AuthRequest::SaslFinal(b) => format!("AuthenticationSASLFinal ({} bytes)", b.len()),
+                AuthRequest::Sasl { mechanisms } => {
+                    format!("AuthenticationSASL ({} mechanisms)", mechanisms.len())
+                }
+                AuthRequest::Ok => "AuthenticationOk".into(),
+                AuthRequest::Cleartext => "AuthenticationCleartextPassword".into(),
+                AuthRequest::Md5 { .. } => "AuthenticationMD5Password".into(),
+                AuthRequest::Unsupported(code) => format!("Authentication (method {code})"),
+            },
+            BackendMessage::Other { tag } => format!("message type {:?}", *tag as char),
+            BackendMessage::BackendKeyData => "BackendKeyData".into(),
+            BackendMessage::ReadyForQuery => "ReadyForQuery".into(),
+            BackendMessage::EmptyQueryResponse => "EmptyQueryResponse".into(),
+            BackendMessage::CopyBothResponse => "CopyBothResponse".into(),
+            BackendMessage::CopyInResponse => "CopyInResponse".into(),
+            BackendMessage::CopyOutResponse => "CopyOutResponse".into(),
+            BackendMessage::CopyDone => "CopyDone".into(),
+            BackendMessage::NegotiateProtocolVersion => "NegotiateProtocolVersion".into(),
+        }
+    }
+}
+
+/// The first [`SUMMARY_PREFIX`] bytes in hex, with "..." when there are more.
+fn hex_prefix(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(SUMMARY_PREFIX)];
+    let mut s: String = shown.iter().map(|b| format!("{b:02x}")).collect();
+    if bytes.len() > shown.len() {
+        s.push_str("...");
+    }
+    s
+}
+
+/// At most `max` characters of `s`, with "..." when cut.
+pub(crate) fn truncated(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
 /// Parses one message from the front of `buf`, or returns `Ok(None)` (consuming
 /// nothing) until a whole message is there.
 pub fn parse(buf: &mut BytesMut) -> Result<Option<BackendMessage>, ProtocolError> {
@@ -387,5 +474,46 @@ mod tests {
         assert!(parse(&mut b).is_err());
         let mut b = frame(b'E', b"Mno terminator");
         assert!(parse(&mut b).is_err());
+    }
+
+    #[test]
+    fn summaries_are_bounded() {
+        let huge = Bytes::from(vec![0x77u8; MAX_MESSAGE_LEN]);
+        let s = BackendMessage::CopyData(huge.clone()).summary();
+        assert_eq!(
+            s,
+            format!("CopyData ({MAX_MESSAGE_LEN} bytes: 77777777777777777777777777777777...)")
+        );
+        let s = BackendMessage::DataRow {
+            values: vec![Some(huge.clone()), None],
+        }
+        .summary();
+        assert_eq!(s, format!("DataRow (2 columns, {MAX_MESSAGE_LEN} bytes)"));
+        let long = "é".repeat(1 << 20);
+        let s = BackendMessage::Notice(ServerMessage {
+            code: "01000".into(),
+            message: long.clone(),
+            ..Default::default()
+        })
+        .summary();
+        assert!(
+            s.starts_with("NoticeResponse (01000: éé") && s.ends_with("...)"),
+            "{s}"
+        );
+        assert!(s.chars().count() < 250, "{}", s.len());
+        let s = BackendMessage::ParameterStatus {
+            name: long.clone(),
+            value: long,
+        }
+        .summary();
+        assert!(s.len() < 200, "{}", s.len());
+        assert_eq!(
+            BackendMessage::CopyData(Bytes::from_static(b"k\x01")).summary(),
+            "CopyData (2 bytes: 6b01)"
+        );
+        assert_eq!(
+            BackendMessage::Other { tag: b'X' }.summary(),
+            "message type 'X'"
+        );
     }
 }

@@ -6,6 +6,14 @@
 //! Cancellation: [`Connection::read_message`] is cancel-safe (bytes are only
 //! consumed from the read buffer once a whole message is parsed), so it can sit
 //! in a `select!` beside timers. Writes are not: they run to completion.
+//!
+//! Bounded waits: outside the CopyBoth stream (whose receive loop has its own
+//! timer) no wait is longer than the caller's reply timeout. The TCP or Unix
+//! socket connect waits at most `connect_timeout` (from the connection string,
+//! as libpq), else [`DEFAULT_CONNECT_TIMEOUT`]; then every message awaited
+//! during start-up, authentication and a command's reply waits at most the
+//! reply timeout (`--receive-timeout` for `walrcv stream`). As in libpq,
+//! `connect_timeout` also bounds each host's whole attempt, start-up included.
 
 use std::collections::HashMap;
 use std::io;
@@ -16,7 +24,7 @@ use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::backend::{self, AuthRequest, BackendMessage, ProtocolError, ServerMessage};
+use super::backend::{self, truncated, AuthRequest, BackendMessage, ProtocolError, ServerMessage};
 use crate::conninfo::{ConnParams, Target};
 
 /// Anything we can speak the protocol over.
@@ -30,6 +38,14 @@ pub enum PgError {
     Connect { target: String, source: io::Error },
     #[error("connection to {target} timed out after {secs} s")]
     ConnectTimeout { target: String, secs: u64 },
+    #[error("{target}: the server accepted none of our bytes for {secs} s")]
+    WriteTimeout { target: String, secs: u64 },
+    #[error("{target}: no reply from the server within {secs} s while waiting for {waiting_for}")]
+    ReplyTimeout {
+        target: String,
+        waiting_for: String,
+        secs: u64,
+    },
     #[error("I/O error on the connection to {target}: {source}")]
     Io { target: String, source: io::Error },
     #[error("server at {target} closed the connection unexpectedly")]
@@ -56,6 +72,58 @@ pub enum PgError {
     },
     #[error("no host to connect to")]
     NoTarget,
+}
+
+/// "the reply to IDENTIFY_SYSTEM": what a command's reply timeout names (the
+/// command's first word, bounded).
+fn reply_to(sql: &str) -> String {
+    let name = sql.split_whitespace().next().unwrap_or("");
+    format!("the reply to {}", truncated(name, 40))
+}
+
+/// The TCP (or Unix socket) connect timeout when the connection string sets no
+/// `connect_timeout`. libpq would wait as long as the kernel does (about two
+/// minutes for TCP); a receiver that must reconnect by itself waits less.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a `server_version` parameter cannot be turned into a version number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid server_version {shown:?}: {why}")]
+pub struct BadServerVersion {
+    /// The value, cut to a printable length.
+    pub shown: String,
+    pub why: &'static str,
+}
+
+/// `server_version_num`-style number from a `server_version` parameter:
+/// "15.18 (Debian 15.18-1)" → 150018, "17devel" → 170000. The value comes from
+/// the server: checked arithmetic, and a minor number must fit in four digits.
+pub fn parse_server_version(v: &str) -> Result<u32, BadServerVersion> {
+    let bad = |why| BadServerVersion {
+        shown: truncated(v, 40),
+        why,
+    };
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().unwrap_or("");
+    if major.is_empty() {
+        return Err(bad("it does not start with a number"));
+    }
+    let major: u32 = major
+        .parse()
+        .map_err(|_| bad("the major version is too large"))?;
+    let minor: u32 = match parts.next() {
+        Some(p) if !p.is_empty() => p
+            .parse()
+            .map_err(|_| bad("the minor version is too large"))?,
+        _ => 0,
+    };
+    if minor >= 10000 {
+        return Err(bad("the minor version is too large"));
+    }
+    major
+        .checked_mul(10000)
+        .and_then(|m| m.checked_add(minor))
+        .ok_or_else(|| bad("the major version is too large"))
 }
 
 /// walrcv's own hint for server errors whose fix is on the operator's side.
@@ -128,6 +196,10 @@ pub struct Connection {
     wbuf: BytesMut,
     target: String,
     params: HashMap<String, String>,
+    /// The longest wait for one message outside the CopyBoth stream.
+    reply_timeout: Duration,
+    /// Bytes arrived since [`Connection::take_bytes_arrived`] last looked.
+    bytes_arrived: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -142,10 +214,16 @@ impl Connection {
     /// Connects to the first target of `params` that accepts us, with
     /// `replication=true` and the given application name. Authentication
     /// failures end the attempt at once (other hosts would say the same).
-    pub async fn connect(params: &ConnParams, replication: bool) -> Result<Connection, PgError> {
+    /// Every message awaited outside the CopyBoth stream, from start-up on,
+    /// waits at most `reply_timeout`.
+    pub async fn connect(
+        params: &ConnParams,
+        replication: bool,
+        reply_timeout: Duration,
+    ) -> Result<Connection, PgError> {
         let mut last = PgError::NoTarget;
         for target in &params.targets {
-            let attempt = Self::connect_one(params, target, replication);
+            let attempt = Self::connect_one(params, target, replication, reply_timeout);
             let result = match params.connect_timeout {
                 Some(t) => match tokio::time::timeout(t, attempt).await {
                     Ok(r) => r,
@@ -172,11 +250,17 @@ impl Connection {
         params: &ConnParams,
         target: &Target,
         replication: bool,
+        reply_timeout: Duration,
     ) -> Result<Connection, PgError> {
         let desc = target.to_string();
         let connect_err = |source| PgError::Connect {
             target: desc.clone(),
             source,
+        };
+        let limit = params.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let timed_out = || PgError::ConnectTimeout {
+            target: desc.clone(),
+            secs: limit.as_secs(),
         };
         let stream: Box<dyn Stream> = match target {
             Target::Tcp {
@@ -185,8 +269,9 @@ impl Connection {
                 port,
             } => {
                 let addr = hostaddr.as_deref().unwrap_or(host);
-                let s = tokio::net::TcpStream::connect((addr, *port))
+                let s = tokio::time::timeout(limit, tokio::net::TcpStream::connect((addr, *port)))
                     .await
+                    .map_err(|_| timed_out())?
                     .map_err(connect_err)?;
                 s.set_nodelay(true).map_err(connect_err)?;
                 if params.keepalives {
@@ -209,8 +294,9 @@ impl Connection {
             Target::Unix { dir, port } => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
                 Box::new(
-                    tokio::net::UnixStream::connect(path)
+                    tokio::time::timeout(limit, tokio::net::UnixStream::connect(path))
                         .await
+                        .map_err(|_| timed_out())?
                         .map_err(connect_err)?,
                 )
             }
@@ -221,6 +307,8 @@ impl Connection {
             wbuf: BytesMut::with_capacity(1024),
             target: desc,
             params: HashMap::new(),
+            reply_timeout,
+            bytes_arrived: false,
         };
         conn.startup(params, target, replication).await?;
         Ok(conn)
@@ -252,7 +340,7 @@ impl Connection {
 
         let mut scram: Option<sasl::ScramSha256> = None;
         loop {
-            match self.read_message().await? {
+            match self.read_reply("start-up and authentication").await? {
                 BackendMessage::Authentication(req) => match req {
                     AuthRequest::Ok => {}
                     AuthRequest::Cleartext => {
@@ -292,7 +380,7 @@ impl Connection {
                     AuthRequest::SaslContinue(data) => {
                         let s = scram
                             .as_mut()
-                            .ok_or_else(|| self.unexpected("authenticating", "SASLContinue"))?;
+                            .ok_or_else(|| self.unexpected_auth("AuthenticationSASLContinue"))?;
                         s.update(&data).map_err(|e| PgError::Auth {
                             target: self.target.clone(),
                             what: format!("SCRAM exchange failed: {e}"),
@@ -304,7 +392,7 @@ impl Connection {
                     AuthRequest::SaslFinal(data) => {
                         let s = scram
                             .as_mut()
-                            .ok_or_else(|| self.unexpected("authenticating", "SASLFinal"))?;
+                            .ok_or_else(|| self.unexpected_auth("AuthenticationSASLFinal"))?;
                         s.finish(&data).map_err(|e| PgError::Auth {
                             target: self.target.clone(),
                             what: format!("the server's SCRAM signature is invalid: {e}"),
@@ -324,7 +412,7 @@ impl Connection {
                         message: Box::new(message),
                     })
                 }
-                other => return Err(self.unexpected("starting up", &format!("{other:?}"))),
+                other => return Err(self.unexpected("starting up", &other)),
             }
         }
     }
@@ -351,11 +439,19 @@ impl Connection {
         }
     }
 
-    fn unexpected(&self, during: &'static str, got: &str) -> PgError {
+    fn unexpected_auth(&self, got: &str) -> PgError {
+        PgError::Unexpected {
+            target: self.target.clone(),
+            during: "authenticating",
+            got: got.to_string(),
+        }
+    }
+
+    fn unexpected(&self, during: &'static str, got: &BackendMessage) -> PgError {
         PgError::Unexpected {
             target: self.target.clone(),
             during,
-            got: got.chars().take(200).collect(),
+            got: got.summary(),
         }
     }
 
@@ -370,32 +466,49 @@ impl Connection {
     }
 
     /// `server_version_num`-style number derived from `server_version`
-    /// (e.g. "15.18 (Debian...)" → 150018), if the server reported it.
-    pub fn server_version_num(&self) -> Option<u32> {
-        let v = self.parameter("server_version")?;
-        let mut parts = v.split(|c: char| !c.is_ascii_digit());
-        let major: u32 = parts.next()?.parse().ok()?;
-        let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        Some(major * 10000 + minor)
+    /// (e.g. "15.18 (Debian...)" → 150018), if the server reported it; see
+    /// [`parse_server_version`].
+    pub fn server_version_num(&self) -> Option<Result<u32, BadServerVersion>> {
+        self.parameter("server_version").map(parse_server_version)
     }
 
+    /// Writes a whole message; bounded by the reply timeout (a server that
+    /// stopped reading would otherwise block us once the socket buffer fills).
     async fn write_all(&mut self, buf: BytesMut) -> Result<(), PgError> {
-        let target = &self.target;
-        self.stream
-            .write_all(&buf)
-            .await
-            .map_err(|source| PgError::Io {
-                target: target.clone(),
+        let limit = self.reply_timeout;
+        let stream = &mut self.stream;
+        let write = async {
+            stream.write_all(&buf).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(limit, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(PgError::Io {
+                target: self.target.clone(),
                 source,
-            })?;
-        self.stream.flush().await.map_err(|source| PgError::Io {
-            target: target.clone(),
-            source,
-        })
+            }),
+            Err(_) => Err(PgError::WriteTimeout {
+                target: self.target.clone(),
+                secs: limit.as_secs(),
+            }),
+        }
+    }
+
+    /// [`Connection::read_message`] bounded by the reply timeout: for every
+    /// wait outside the CopyBoth stream. `waiting_for` names it in the error.
+    pub async fn read_reply(&mut self, waiting_for: &str) -> Result<BackendMessage, PgError> {
+        match tokio::time::timeout(self.reply_timeout, self.read_message()).await {
+            Ok(r) => r,
+            Err(_) => Err(PgError::ReplyTimeout {
+                target: self.target.clone(),
+                waiting_for: waiting_for.to_string(),
+                secs: self.reply_timeout.as_secs(),
+            }),
+        }
     }
 
     /// Reads the next message, handling ParameterStatus and NoticeResponse
-    /// itself. Cancel-safe.
+    /// itself. Cancel-safe. Unbounded: the streaming loop times it itself.
     pub async fn read_message(&mut self) -> Result<BackendMessage, PgError> {
         loop {
             if let Some(m) = self.next_buffered()? {
@@ -412,7 +525,15 @@ impl Connection {
                     target: self.target.clone(),
                 });
             }
+            self.bytes_arrived = true;
         }
+    }
+
+    /// Whether any byte arrived from the server since the last call, whole
+    /// message or not: a slow link that delivers a large message over longer
+    /// than the receive timeout is alive all the same.
+    pub fn take_bytes_arrived(&mut self) -> bool {
+        std::mem::take(&mut self.bytes_arrived)
     }
 
     /// The next message if one can be had without waiting: from the read
@@ -439,7 +560,8 @@ impl Connection {
                     self.params.insert(name, value);
                 }
                 Ok(Some(BackendMessage::Notice(n))) => {
-                    tracing::info!("server: {n}");
+                    // Bounded: a notice may be megabytes of server-chosen text.
+                    tracing::info!("server: {}", truncated(&n.to_string(), 1000));
                 }
                 Ok(other) => return Ok(other),
                 Err(source) => {
@@ -476,7 +598,10 @@ impl Connection {
             std::task::Poll::Ready(Ok(0)) => Err(PgError::Closed {
                 target: self.target.clone(),
             }),
-            std::task::Poll::Ready(Ok(_)) => Ok(true),
+            std::task::Poll::Ready(Ok(_)) => {
+                self.bytes_arrived = true;
+                Ok(true)
+            }
             std::task::Poll::Ready(Err(e)) => Err(self.io_err(e)),
         }
     }
@@ -489,13 +614,13 @@ impl Connection {
         let mut result = QueryResult::default();
         let mut error = None;
         loop {
-            match self.read_message().await? {
+            match self.read_reply(&reply_to(sql)).await? {
                 BackendMessage::RowDescription { columns } => result.columns = columns,
                 BackendMessage::DataRow { values } => result.rows.push(values),
                 BackendMessage::CommandComplete { .. } | BackendMessage::EmptyQueryResponse => {}
                 BackendMessage::Error(message) => error = Some(message),
                 BackendMessage::ReadyForQuery => break,
-                other => return Err(self.unexpected("running a command", &format!("{other:?}"))),
+                other => return Err(self.unexpected("running a command", &other)),
             }
         }
         match error {
@@ -520,7 +645,7 @@ impl Connection {
         let mut result = QueryResult::default();
         let mut error = None;
         loop {
-            match self.read_message().await? {
+            match self.read_reply(&reply_to(sql)).await? {
                 BackendMessage::CopyBothResponse if error.is_none() => {
                     return Ok(CopyStart::CopyBoth)
                 }
@@ -529,7 +654,7 @@ impl Connection {
                 BackendMessage::CommandComplete { .. } => {}
                 BackendMessage::Error(message) => error = Some(message),
                 BackendMessage::ReadyForQuery => break,
-                other => return Err(self.unexpected("starting replication", &format!("{other:?}"))),
+                other => return Err(self.unexpected("starting replication", &other)),
             }
         }
         match error {
@@ -563,5 +688,165 @@ impl Connection {
         frontend::terminate(&mut self.wbuf);
         let b = std::mem::take(&mut self.wbuf);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.write_all(b)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conninfo::SslMode;
+    use std::time::Instant;
+    use tokio::net::TcpListener;
+
+    fn params(port: u16, connect_timeout: Option<Duration>) -> ConnParams {
+        ConnParams {
+            targets: vec![Target::Tcp {
+                host: "127.0.0.1".into(),
+                hostaddr: None,
+                port,
+            }],
+            user: "walrcv".into(),
+            password: None,
+            passfile: None,
+            dbname: "replication".into(),
+            application_name: "walrcv".into(),
+            options: None,
+            connect_timeout,
+            keepalives: false,
+            keepalives_idle: None,
+            keepalives_interval: None,
+            keepalives_count: None,
+            sslmode: SslMode::Disable,
+            client_encoding: None,
+        }
+    }
+
+    /// A server that accepts, reads the start-up packet, sends `greeting`,
+    /// then reads whatever comes and never answers.
+    async fn silent_server(greeting: &'static [u8]) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(greeting).await.unwrap();
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        port
+    }
+
+    const AUTH_OK_READY: &[u8] = b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I";
+
+    #[tokio::test]
+    async fn a_silent_start_up_times_out_naming_the_wait() {
+        let port = silent_server(b"").await;
+        let t = Instant::now();
+        let e = Connection::connect(&params(port, None), true, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, PgError::ReplyTimeout { waiting_for, .. } if waiting_for == "start-up and authentication"),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn connect_timeout_bounds_the_whole_attempt_as_in_libpq() {
+        let port = silent_server(b"").await;
+        let limit = Some(Duration::from_millis(300));
+        let e = Connection::connect(&params(port, limit), true, Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PgError::ConnectTimeout { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_command_without_a_reply_times_out_naming_the_wait() {
+        let port = silent_server(AUTH_OK_READY).await;
+        let mut conn = Connection::connect(&params(port, None), true, Duration::from_millis(300))
+            .await
+            .unwrap();
+        let e = conn.simple_query("IDENTIFY_SYSTEM").await.unwrap_err();
+        assert!(
+            matches!(&e, PgError::ReplyTimeout { waiting_for, .. } if waiting_for == "the reply to IDENTIFY_SYSTEM"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().ends_with(
+                "no reply from the server within 0 s while waiting for the reply to IDENTIFY_SYSTEM"
+            ),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unexpected_huge_message_is_summarised_not_dumped() {
+        // A 1 MiB CopyData where a command's reply is expected.
+        static REPLY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let reply = REPLY.get_or_init(|| {
+            let mut m = AUTH_OK_READY.to_vec();
+            m.push(b'd');
+            m.extend_from_slice(&((1u32 << 20) + 4).to_be_bytes());
+            m.extend(std::iter::repeat_n(b'w', 1 << 20));
+            m
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(&reply[..AUTH_OK_READY.len()]).await.unwrap();
+            let _ = s.read(&mut buf).await;
+            s.write_all(&reply[AUTH_OK_READY.len()..]).await.unwrap();
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let mut conn = Connection::connect(&params(port, None), true, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let e = conn.simple_query("IDENTIFY_SYSTEM").await.unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("CopyData (1048576 bytes: 7777"), "{text}");
+        assert!(text.len() < 300, "{} bytes", text.len());
+    }
+
+    #[test]
+    fn server_versions() {
+        assert_eq!(
+            parse_server_version("15.18 (Debian 15.18-1.pgdg120+1)"),
+            Ok(150018)
+        );
+        assert_eq!(parse_server_version("13.0"), Ok(130000));
+        assert_eq!(parse_server_version("17devel"), Ok(170000));
+        assert_eq!(parse_server_version("18rc1"), Ok(180000));
+        assert_eq!(parse_server_version("16beta2"), Ok(160000));
+        assert_eq!(parse_server_version("16.9999"), Ok(169999));
+    }
+
+    #[test]
+    fn hostile_server_versions_are_errors_not_overflows() {
+        for v in [
+            "429497.0",
+            "4294967295.1",
+            "4294967296",
+            "99999999999999999999999.1",
+            "15.10000",
+            "15.4294967296",
+            "15.99999999999999999999",
+            "",
+            "devel",
+            ".15",
+        ] {
+            let e = parse_server_version(v).expect_err(v);
+            assert!(!e.to_string().is_empty());
+        }
+        // The largest major that fits, and one more.
+        assert_eq!(parse_server_version("429496.7295"), Ok(u32::MAX));
+        assert!(parse_server_version("429496.7296").is_err());
+        let huge = "9".repeat(1 << 20);
+        let e = parse_server_version(&huge).unwrap_err();
+        assert!(e.to_string().len() < 120, "the value is cut in the message");
     }
 }

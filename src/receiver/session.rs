@@ -8,18 +8,21 @@
 //! update the moment the flush position advances. When and what to report is
 //! decided by the sans-IO [`Feedback`] policy.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::sync::watch;
 
+use super::classify::StartFacts;
 use super::feedback::{Feedback, FeedbackConfig, Status, TimerAction};
 use super::sink::{SinkConfig, WalSink};
-use super::{Outcome, ReceiverError, StreamOptions};
-use crate::archive::{ArchiveDir, StartPoint};
+use super::{refine_at_start, Outcome, ReceiverError, StreamOptions};
+use crate::archive::{ArchiveDir, ArchiveError, PrepareError, Resume, StartPoint};
 use crate::lsn::{pg_now, Lsn, TimeLineId};
 use crate::pgwire::{BackendMessage, Connection, PgError, QueryResult};
-use crate::replication::{self, ReplicationMessage, StartReply, StatusUpdate};
+use crate::replication::{self, ReplicationError, ReplicationMessage, StartReply, StatusUpdate};
+use crate::shutdown::{stop_requested, unless_stopped};
 use crate::wal::{Verifier, VerifierConfig};
 use crate::{MAX_SERVER_MAJOR, MIN_SERVER_MAJOR};
 
@@ -34,13 +37,14 @@ struct Server {
 }
 
 async fn connect(opts: &mut StreamOptions) -> Result<Connection, ReceiverError> {
-    match Connection::connect(&opts.conn, true).await {
+    let reply_timeout = opts.receive_timeout;
+    match Connection::connect(&opts.conn, true, reply_timeout).await {
         Err(PgError::NoPassword { target }) if opts.password_prompt && stdin_is_terminal() => {
             let pw = rpassword::prompt_password("Password: ")
                 .map_err(|e| ReceiverError::Config(format!("could not read the password: {e}")))?;
             opts.conn.password = Some(pw);
             tracing::debug!("retrying {target} with the password given");
-            Ok(Connection::connect(&opts.conn, true).await?)
+            Ok(Connection::connect(&opts.conn, true, reply_timeout).await?)
         }
         other => Ok(other?),
     }
@@ -52,16 +56,17 @@ fn stdin_is_terminal() -> bool {
 }
 
 async fn identify(conn: &mut Connection) -> Result<Server, ReceiverError> {
-    let version_num =
-        conn.server_version_num()
-            .ok_or_else(|| ReceiverError::UnsupportedServer {
-                found: "unknown (no server_version reported)".into(),
-            })?;
+    let unsupported = |found: String| ReceiverError::UnsupportedServer { found };
+    let version_num = match conn.server_version_num() {
+        None => return Err(unsupported("unknown (no server_version reported)".into())),
+        Some(Err(e)) => return Err(unsupported(format!("{:?} ({})", e.shown, e.why))),
+        Some(Ok(v)) => v,
+    };
     let major = version_num / 10000;
     if !(MIN_SERVER_MAJOR..=MAX_SERVER_MAJOR).contains(&major) {
-        return Err(ReceiverError::UnsupportedServer {
-            found: conn.parameter("server_version").unwrap_or("?").to_string(),
-        });
+        let shown =
+            crate::pgwire::backend::truncated(conn.parameter("server_version").unwrap_or("?"), 40);
+        return Err(unsupported(shown));
     }
     let sys = replication::identify_system(conn).await?;
     if let Some(db) = sys.dbname {
@@ -95,19 +100,19 @@ async fn start_point(
     server: &Server,
 ) -> Result<Start, ReceiverError> {
     let seg = server.segment_size;
-    let scan = archive.scan(seg).map_err(ReceiverError::Archive)?;
-    archive
-        .check_identity(&scan, server.system_id, seg)
-        .map_err(ReceiverError::Archive)?;
-    if opts.sync {
-        // What is already there is reported as flushed from the start: make sure
-        // it is durable first (an earlier run may have used --no-sync, or crashed).
-        archive
-            .sync_existing(&scan)
-            .map_err(ReceiverError::Archive)?;
-    }
+    let (system_id, sync) = (server.system_id, opts.sync);
+    // What is already there is reported as flushed from the start: it is made
+    // durable first (once per process; see `ArchiveDir::prepare_start`).
+    let prepared = off_runtime(archive, move |a| a.prepare_start(system_id, seg, sync)).await?;
+    let scan = prepared.map_err(|e| match e {
+        PrepareError::Check(source) => ReceiverError::Archive(source),
+        PrepareError::Sync(source) => ReceiverError::ArchiveIo {
+            doing: "make the archive's existing files durable",
+            source,
+        },
+    })?;
     if let Some(point) = scan.streaming_start(seg) {
-        report_partial(&scan, point, server);
+        log_resume(&scan, point, seg);
         return Ok(Start {
             point,
             from_archive: true,
@@ -155,62 +160,142 @@ async fn start_point(
     })
 }
 
-/// Logs where the valid WAL in the `.partial` being resumed really ends: its
-/// size says nothing (it is pre-padded), its records do.
-fn report_partial(scan: &crate::archive::Scan, start: StartPoint, server: &Server) {
-    let Some(file) = scan.segments.iter().rev().find(|f| {
+/// Logs where streaming resumes. The `.partial` being resumed is not read: it
+/// is streamed again from its start (its size says nothing, it is pre-padded).
+fn log_resume(scan: &crate::archive::Scan, start: StartPoint, segment_size: u64) {
+    let resumed = scan.segments.iter().rev().find(|f| {
         f.partial
             && f.timeline == start.timeline
-            && f.segno == start.lsn.segment_number(server.segment_size)
-    }) else {
-        return;
-    };
-    if file.size == 0 {
-        tracing::info!(
-            "resuming at {} (timeline {}): empty \"{}\"",
+            && f.segno == start.lsn.segment_number(segment_size)
+    });
+    match resumed {
+        Some(file) => tracing::info!(
+            "resuming \"{}\": streaming its segment again from {} (timeline {})",
+            file.path.display(),
             start.lsn,
-            start.timeline,
-            file.path.display()
-        );
-        return;
+            start.timeline
+        ),
+        None => tracing::info!(
+            "resuming after the archive's newest complete segment, at {} (timeline {})",
+            start.lsn,
+            start.timeline
+        ),
     }
-    let config = VerifierConfig {
-        segment_size: server.segment_size,
-        block_size: server.block_size,
-        system_id: Some(server.system_id),
-        timeline: start.timeline,
-        server_major: None,
-    };
-    match std::fs::read(&file.path) {
-        Ok(bytes) => {
-            let mut v = Verifier::at_segment_start(config, start.lsn);
-            let _ = v.feed(&bytes);
-            tracing::info!(
-                "\"{}\" holds valid WAL up to {}; streaming again from {} (timeline {})",
-                file.path.display(),
-                v.verified_end(),
-                start.lsn,
-                start.timeline
-            );
+}
+
+/// Runs blocking archive work (file reads, fsyncs) on the blocking pool, so
+/// that the runtime's thread keeps serving the connection and signals.
+async fn off_runtime<T: Send + 'static>(
+    archive: &ArchiveDir,
+    work: impl FnOnce(&ArchiveDir) -> T + Send + 'static,
+) -> Result<T, ReceiverError> {
+    let archive = archive.clone();
+    tokio::task::spawn_blocking(move || work(&archive))
+        .await
+        .map_err(|e| ReceiverError::Unexpected(format!("archive task failed: {e}")))
+}
+
+/// The verifier of a stream starting at `start`, fed with the archive's WAL
+/// before it when the archive has it, so that the record in progress at
+/// `start` is checked whole (see [`crate::archive::resume`]).
+async fn resume_verifier(
+    archive: &ArchiveDir,
+    config: VerifierConfig,
+    start: Lsn,
+) -> Result<Option<Verifier>, ReceiverError> {
+    let resume = off_runtime(archive, move |a| a.resume_verifier(config, start))
+        .await?
+        .map_err(|source| ReceiverError::ArchiveIo {
+            doing: "read the archive's WAL before the resume point",
+            source,
+        })?;
+    match resume {
+        Resume::Primed { verifier, from } => {
+            if let Some(record) = verifier.current_record_start() {
+                tracing::info!(
+                    "the record at {record} continues past the start {start}: checking it whole with the archive's WAL from {from}"
+                );
+            }
+            Ok(Some(*verifier))
         }
-        Err(e) => tracing::warn!("could not read \"{}\": {e}", file.path.display()),
+        Resume::NotInArchive { missing } => {
+            tracing::debug!(
+                "the archive does not hold the WAL before {start} ({}): a record continuing there cannot be checked",
+                missing.as_deref().unwrap_or("nothing before it")
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// How a session ends before its stream could: a failure, or a stop
+/// requested while it waited for the server.
+enum Early {
+    Stopped,
+    Failed(ReceiverError),
+}
+
+impl From<ReceiverError> for Early {
+    fn from(e: ReceiverError) -> Self {
+        Early::Failed(e)
+    }
+}
+
+impl From<PgError> for Early {
+    fn from(e: PgError) -> Self {
+        Early::Failed(e.into())
+    }
+}
+
+impl From<ReplicationError> for Early {
+    fn from(e: ReplicationError) -> Self {
+        Early::Failed(e.into())
+    }
+}
+
+/// One step of a session that waits for the server outside the stream: it
+/// gives way to a stop request (its connection is dropped).
+async fn stoppable<T, E: Into<ReceiverError>>(
+    shutdown: &mut watch::Receiver<bool>,
+    step: impl Future<Output = Result<T, E>>,
+) -> Result<T, Early> {
+    match unless_stopped(shutdown, step).await {
+        Some(result) => result.map_err(|e| Early::Failed(e.into())),
+        None => Err(Early::Stopped),
     }
 }
 
 /// Runs one session. `streamed` is set once WAL has been received, so the
-/// supervisor can reset its backoff.
+/// supervisor can reset its backoff. A stop requested at any point ends it
+/// with [`Outcome::Stopped`].
 pub async fn run_session(
     opts: &mut StreamOptions,
     archive: &ArchiveDir,
     shutdown: &mut watch::Receiver<bool>,
     streamed: &mut bool,
 ) -> Result<Outcome, ReceiverError> {
-    let mut conn = connect(opts).await?;
-    let server = identify(&mut conn).await?;
+    match session(opts, archive, shutdown, streamed).await {
+        Ok(outcome) => Ok(outcome),
+        Err(Early::Stopped) => {
+            tracing::info!("stop requested while waiting for the server: exiting");
+            Ok(Outcome::Stopped)
+        }
+        Err(Early::Failed(e)) => Err(e),
+    }
+}
+
+async fn session(
+    opts: &mut StreamOptions,
+    archive: &ArchiveDir,
+    shutdown: &mut watch::Receiver<bool>,
+    streamed: &mut bool,
+) -> Result<Outcome, Early> {
+    let mut conn = stoppable(shutdown, connect(opts)).await?;
+    let server = stoppable(shutdown, identify(&mut conn)).await?;
     let Start {
         point: mut start,
         mut from_archive,
-    } = start_point(opts, &mut conn, archive, &server).await?;
+    } = stoppable(shutdown, start_point(opts, &mut conn, archive, &server)).await?;
     if start.timeline > server.timeline {
         return Err(ReceiverError::NeedsOperator {
             message: format!(
@@ -218,7 +303,8 @@ pub async fn run_session(
                 start.timeline, server.timeline
             ),
             hint: "the archive holds WAL of a newer timeline than this server's: is this the right server?".into(),
-        });
+        }
+        .into());
     }
     // One policy for the whole connection: positions never go backwards, even
     // when a new timeline restarts below what the old one reached.
@@ -231,10 +317,23 @@ pub async fn run_session(
     );
     loop {
         if start.timeline != 1 && !archive.has_history(start.timeline) {
-            let (name, content) = replication::timeline_history(&mut conn, start.timeline).await?;
-            archive
-                .write_history(start.timeline, &name, &content, opts.sync)
-                .map_err(ReceiverError::Archive)?;
+            let (name, content) = stoppable(
+                shutdown,
+                replication::timeline_history(&mut conn, start.timeline),
+            )
+            .await?;
+            let (tli, sync, file) = (start.timeline, opts.sync, name.clone());
+            off_runtime(archive, move |a| {
+                a.write_history(tli, &file, &content, sync)
+            })
+            .await?
+            .map_err(|source| match source {
+                ArchiveError::BadHistoryName { .. } => ReceiverError::Archive(source),
+                source => ReceiverError::ArchiveIo {
+                    doing: "store the timeline history file",
+                    source,
+                },
+            })?;
             tracing::info!("stored timeline history file \"{name}\"");
         }
         if opts.endpos.is_some_and(|e| e < start.lsn) {
@@ -246,13 +345,39 @@ pub async fn run_session(
             start.lsn,
             start.timeline
         );
-        let reply = replication::start_replication(
-            &mut conn,
-            opts.slot.as_deref(),
-            start.lsn,
-            start.timeline,
+        // What walrcv asks for: the server's refusals are told apart by them
+        // (and by SQLSTATE), never by the translated message text.
+        let facts = StartFacts {
+            start: start.lsn,
+            timeline: start.timeline,
+            server_timeline: server.timeline,
+            server_flush: server.xlogpos,
+            segment_size: server.segment_size,
+        };
+        // Read before START_REPLICATION, so that the stream is read the
+        // moment it starts.
+        let verifier = VerifierConfig {
+            segment_size: server.segment_size,
+            block_size: server.block_size,
+            system_id: Some(server.system_id),
+            timeline: start.timeline,
+            server_major: Some(server.version_num / 10000),
+        };
+        let primed = resume_verifier(archive, verifier.clone(), start.lsn).await?;
+        let reply = stoppable(
+            shutdown,
+            replication::start_replication(
+                &mut conn,
+                opts.slot.as_deref(),
+                start.lsn,
+                start.timeline,
+            ),
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            Early::Failed(e) => Early::Failed(refine_at_start(e, &facts)),
+            stopped => stopped,
+        })?;
         let end = match reply {
             StartReply::TimelineEnded {
                 next_tli,
@@ -270,13 +395,8 @@ pub async fn run_session(
                     sync: opts.sync,
                     start: start.lsn,
                     start_is_durable: from_archive,
-                    verifier: VerifierConfig {
-                        segment_size: server.segment_size,
-                        block_size: server.block_size,
-                        system_id: Some(server.system_id),
-                        timeline: start.timeline,
-                        server_major: Some(server.version_num / 10000),
-                    },
+                    verifier,
+                    primed,
                 });
                 let stream = Stream {
                     conn: &mut conn,
@@ -285,7 +405,10 @@ pub async fn run_session(
                     feedback: &mut feedback,
                     streamed,
                 };
-                stream.run(shutdown).await?
+                stream
+                    .run(shutdown)
+                    .await
+                    .map_err(|e| refine_at_start(e, &facts))?
             }
         };
         match end {
@@ -306,7 +429,8 @@ pub async fn run_session(
                     return Err(ReceiverError::Unexpected(format!(
                         "server reported new timeline {next_tli} starting at {next_start}, after timeline {} ended at {received}",
                         start.timeline
-                    )));
+                    ))
+                    .into());
                 }
                 tracing::info!(
                     "switched to timeline {next_tli} at {next_start} (timeline {} ended)",
@@ -376,7 +500,6 @@ impl Stream<'_> {
             conn,
             sink,
             feedback,
-            opts,
             ..
         } = self;
         let end = close_stream(conn, sink, feedback, result).await?;
@@ -392,10 +515,10 @@ impl Stream<'_> {
             }
             LoopEnd::ServerCopyDone => {
                 conn.send_copy_done().await?;
-                let result = tokio::time::timeout(opts.receive_timeout, read_until_ready(conn))
-                    .await
-                    .map_err(|_| ReceiverError::Timeout(opts.receive_timeout.as_secs()))??;
-                let (next_tli, next_start) = replication::parse_next_timeline(&result)?;
+                let Some(result) = unless_stopped(shutdown, read_until_ready(conn)).await else {
+                    return Ok(CopyEnd::Stopped);
+                };
+                let (next_tli, next_start) = replication::parse_next_timeline(&result?)?;
                 Ok(CopyEnd::TimelineEnded {
                     next_tli,
                     next_start,
@@ -504,7 +627,7 @@ impl Stream<'_> {
                 }
                 .into())
             }
-            other => return Err(ReceiverError::Unexpected(format!("{other:?}"))),
+            other => return Err(ReceiverError::Unexpected(other.summary())),
         };
         match ReplicationMessage::parse(payload)? {
             ReplicationMessage::XLogData {
@@ -574,25 +697,16 @@ impl Stream<'_> {
     }
 
     async fn on_timer(&mut self) -> Result<(), ReceiverError> {
+        // Part of a message counts: the connection is not dead while bytes flow.
+        if self.conn.take_bytes_arrived() {
+            self.feedback.message_received(now());
+        }
         match self.feedback.on_timer(now(), self.sink.positions()) {
             TimerAction::Nothing => Ok(()),
             TimerAction::Send(status) => send_status(self.conn, status).await,
             TimerAction::TimedOut => {
                 Err(ReceiverError::Timeout(self.opts.receive_timeout.as_secs()))
             }
-        }
-    }
-}
-
-/// Completes once a stop (SIGINT, SIGTERM) is requested; never when the
-/// sender is gone.
-async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
-    loop {
-        if *shutdown.borrow_and_update() {
-            return;
-        }
-        if shutdown.changed().await.is_err() {
-            std::future::pending::<()>().await;
         }
     }
 }
@@ -663,11 +777,15 @@ async fn drain_after_copy_done(conn: &mut Connection) {
     let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
 }
 
-/// Reads the result set that follows the end of a timeline, up to ReadyForQuery.
+/// Reads the result set that follows the end of a timeline, up to
+/// ReadyForQuery; each message waits at most the receive timeout.
 async fn read_until_ready(conn: &mut Connection) -> Result<QueryResult, ReceiverError> {
     let mut result = QueryResult::default();
     loop {
-        match conn.read_message().await? {
+        match conn
+            .read_reply("the result set after the end of the timeline")
+            .await?
+        {
             BackendMessage::RowDescription { columns } => result.columns = columns,
             BackendMessage::DataRow { values } => result.rows.push(values),
             BackendMessage::CommandComplete { .. }
@@ -681,7 +799,7 @@ async fn read_until_ready(conn: &mut Connection) -> Result<QueryResult, Receiver
                 .into())
             }
             BackendMessage::ReadyForQuery => return Ok(result),
-            other => return Err(ReceiverError::Unexpected(format!("{other:?}"))),
+            other => return Err(ReceiverError::Unexpected(other.summary())),
         }
     }
 }

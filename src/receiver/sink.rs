@@ -38,6 +38,7 @@ use std::thread::JoinHandle;
 use super::feedback::Positions;
 use crate::archive::{ArchiveError, PreparedSegment, SegmentWriter};
 use crate::lsn::{wal_file_name, Lsn, SegNo, TimeLineId};
+use crate::wal::page::LONG_HEADER_SIZE;
 use crate::wal::{Verifier, VerifierConfig, VerifyError};
 
 /// Why the sink stopped.
@@ -52,6 +53,14 @@ pub enum SinkError {
     },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    /// Preparing or writing the file for the WAL at `at` failed (a full
+    /// disk, EIO): nothing from `at` on is acknowledged.
+    #[error("could not write the WAL at {at} (timeline {timeline}) into the archive: {source}")]
+    Write {
+        at: Lsn,
+        timeline: TimeLineId,
+        source: ArchiveError,
+    },
     #[error("got WAL data at {got}, expected {expected}")]
     Discontinuity { expected: Lsn, got: Lsn },
     #[error("WAL data at {at} runs past the end of the LSN space")]
@@ -72,6 +81,13 @@ pub struct SinkConfig {
     /// may be reported as written and flushed before anything is received.
     pub start_is_durable: bool,
     pub verifier: VerifierConfig,
+    /// A verifier already fed with the archive's WAL before `start` (see
+    /// [`crate::archive::resume`]), positioned at `start`: the record in
+    /// progress there is checked whole, and nothing after `start` is reported
+    /// before it is. `None`: the verifier starts at `start`, and the
+    /// continuation of a record begun earlier, if any, cannot be checked
+    /// (logged once).
+    pub primed: Option<Verifier>,
 }
 
 /// The sink of one timeline's stream.
@@ -82,6 +98,9 @@ pub struct WalSink {
     segment: Option<SegmentWriter>,
     /// A full segment, fdatasynced, waiting for its rename.
     filled: Option<SegmentWriter>,
+    /// End of the last filled segment until its rename succeeded: flush
+    /// stays below it, even after a failed rename took the writer away.
+    unrenamed_end: Option<Lsn>,
     /// Next byte expected: the end of what was written.
     position: Lsn,
     /// End of what was written into files under a WAL name (`.partial` or
@@ -92,13 +111,32 @@ pub struct WalSink {
     /// How far the server has WAL, from its messages' `wal_end`.
     server_end: Lsn,
     preparer: Preparer,
+    /// Whether the first bytes may be a continuation that the verifier skips
+    /// (it was not primed), still to be logged when it happens.
+    report_skip: bool,
 }
 
 impl WalSink {
-    pub fn new(config: SinkConfig) -> WalSink {
-        let verifier = Verifier::at_segment_start(config.verifier.clone(), config.start);
+    pub fn new(mut config: SinkConfig) -> WalSink {
+        let (verifier, report_skip) = match config.primed.take() {
+            // A verifier that failed on the archive's bytes stays failed:
+            // the first write reports its error.
+            Some(v) if v.position() == config.start || v.error().is_some() => (v, false),
+            other => {
+                if let Some(v) = other {
+                    tracing::warn!(
+                        "primed verifier is at {}, not at the start {}: not used",
+                        v.position(),
+                        config.start
+                    );
+                }
+                let v = Verifier::at_segment_start(config.verifier.clone(), config.start);
+                (v, true)
+            }
+        };
         let preparer = Preparer::new(&config);
         WalSink {
+            report_skip,
             position: config.start,
             named: config.start,
             synced: config.start,
@@ -106,6 +144,7 @@ impl WalSink {
             verifier,
             segment: None,
             filled: None,
+            unrenamed_end: None,
             preparer,
             config,
         }
@@ -138,14 +177,33 @@ impl WalSink {
         // Bounded by the segment size, so the cast cannot truncate.
         let n = (seg_size - offset).min(data.len() as u64) as usize;
         let piece = &data[..n];
-        if let Err(error) = self.verifier.feed(piece) {
+        let fed = self.verifier.feed(piece);
+        if self.report_skip {
+            self.log_skipped_continuation();
+        }
+        if let Err(error) = fed {
             return Err(self.verify_error(error));
         }
         let Some(end) = self.position.0.checked_add(n as u64) else {
             return Err(SinkError::PastLsnSpace { at: self.position });
         };
-        let segment = self.current_segment()?;
-        segment.write_at(offset, piece)?;
+        let at = self.position;
+        let timeline = self.config.timeline;
+        let segment = self.current_segment().map_err(|e| match e {
+            SinkError::Archive(source) => SinkError::Write {
+                at,
+                timeline,
+                source,
+            },
+            other => other,
+        })?;
+        segment
+            .write_at(offset, piece)
+            .map_err(|source| SinkError::Write {
+                at,
+                timeline,
+                source,
+            })?;
         let named = !segment.is_direct();
         self.position = Lsn(end);
         if named {
@@ -157,6 +215,7 @@ impl WalSink {
                 if !full.is_direct() {
                     full.sync()?;
                 }
+                self.unrenamed_end = Some(Lsn(end));
                 self.filled = Some(full);
                 self.mark_synced();
             }
@@ -175,6 +234,7 @@ impl WalSink {
         if let Some(full) = self.filled.take() {
             let end = Lsn(full.start_lsn().0.saturating_add(full.segment_size()));
             let path = full.complete()?;
+            self.unrenamed_end = None;
             self.named = self.named.max(end);
             self.mark_synced();
             tracing::info!(
@@ -221,9 +281,8 @@ impl WalSink {
         // move past it (after a crash the segment would still be `.partial`,
         // the next start would ask the server for it again, and the server
         // may have removed it), so flush stops one byte short of its end.
-        if let Some(full) = &self.filled {
-            let end = full.start_lsn().0.saturating_add(full.segment_size());
-            flush = flush.min(Lsn(end - 1));
+        if let Some(end) = self.unrenamed_end {
+            flush = flush.min(Lsn(end.0 - 1));
         }
         Positions {
             write: known(verified.min(named.max_align())),
@@ -283,10 +342,9 @@ impl WalSink {
         }
         let writer = match prepared {
             Some(Ok(prepared)) => SegmentWriter::install(prepared)?,
-            Some(Err(e)) => {
-                tracing::warn!("could not prepare the next segment ahead of time: {e}");
-                self.open_segment(segno)?
-            }
+            // A disk that fails to take zeros will not take WAL either: end
+            // the session (the next one retries after a backoff).
+            Some(Err(e)) => return Err(e.into()),
             None => self.open_segment(segno)?,
         };
         self.preparer.request(segno + 1);
@@ -301,6 +359,22 @@ impl WalSink {
             self.config.segment_size,
             self.config.sync,
         )
+    }
+
+    /// Logs, once, that the stream began with the continuation of a record
+    /// whose beginning the archive does not have, so that record went
+    /// unchecked (a fresh archive starting mid-record).
+    fn log_skipped_continuation(&mut self) {
+        if let Some((page, len)) = self.verifier.skipped_continuation() {
+            self.report_skip = false;
+            tracing::info!(
+                "the stream starts at {page} inside a record begun earlier, which the archive does not hold: its last {len} bytes cannot be checked (every later record is)"
+            );
+        } else if self.verifier.position().0 >= self.config.start.0 + LONG_HEADER_SIZE as u64 {
+            // The first page header (a long one: the start is a segment
+            // boundary) was read: no continuation to skip.
+            self.report_skip = false;
+        }
     }
 
     fn verify_error(&self, error: VerifyError) -> SinkError {

@@ -5,7 +5,7 @@ use crate::pgwire::Connection;
 use crate::replication;
 
 async fn connect(opts: &StreamOptions) -> Result<Connection, ReceiverError> {
-    let mut conn = Connection::connect(&opts.conn, true).await?;
+    let mut conn = Connection::connect(&opts.conn, true, opts.receive_timeout).await?;
     // As pg_receivewal: the connection must be a physical replication one.
     let sys = replication::identify_system(&mut conn).await?;
     if let Some(db) = sys.dbname {
@@ -21,7 +21,15 @@ pub async fn create(opts: &StreamOptions, if_not_exists: bool) -> Result<(), Rec
         .as_deref()
         .ok_or_else(|| ReceiverError::Config("--create-slot needs --slot".into()))?;
     let mut conn = connect(opts).await?;
-    let version = conn.server_version_num().unwrap_or(0);
+    let version = match conn.server_version_num() {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            return Err(ReceiverError::UnsupportedServer {
+                found: format!("{:?} ({})", e.shown, e.why),
+            })
+        }
+        None => 0,
+    };
     tracing::info!("creating replication slot \"{slot}\"");
     let created =
         replication::create_physical_slot(&mut conn, slot, version, if_not_exists).await?;

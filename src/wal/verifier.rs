@@ -23,6 +23,12 @@
 //! record begun earlier is skipped using `xlp_rem_len`; the first record then gets the
 //! weak `xl_prev < start` check), or at a known record boundary.
 //!
+//! Resuming: to check the record in progress at a resume point, the caller feeds the
+//! WAL it already has from the page where that record began ([`page_starts_record`]
+//! finds it from page headers alone, walking back), so nothing after the resume point
+//! is skipped. When it cannot, [`Verifier::skipped_continuation`] says what was not
+//! checked.
+//!
 //! Errors name the LSN and the failed [`Check`]; [`VerifyError::location`] turns the LSN
 //! into a segment file name and offset. After an error the verifier stays failed.
 //!
@@ -242,6 +248,8 @@ pub struct Verifier {
     overwritten: Option<u64>,
     /// The dropped record's start still awaits its XLOG_OVERWRITE_CONTRECORD record.
     overwrite_pending: bool,
+    /// The continuation skipped at the first page (its page LSN and length).
+    skipped: Option<(u64, u32)>,
     /// First body bytes of an XLOG_OVERWRITE_CONTRECORD record (data header + LSN).
     ow_buf: [u8; 10],
     ow_have: usize,
@@ -278,6 +286,7 @@ impl Verifier {
             records: 0,
             overwritten: None,
             overwrite_pending: false,
+            skipped: None,
             ow_buf: [0; 10],
             ow_have: 0,
             failed: None,
@@ -446,6 +455,14 @@ impl Verifier {
             Mode::RecordHeader | Mode::RecordBody | Mode::SkipContinuation { .. } => true,
             Mode::Start | Mode::NewRecord | Mode::Padding { .. } | Mode::SwitchTail { .. } => false,
         }
+    }
+
+    /// The continuation of a record begun before the starting page, skipped
+    /// unchecked: the LSN of that first page and the length skipped (from its
+    /// `xlp_rem_len`). `None` when the first page starts a record (or no page
+    /// header has been seen yet).
+    pub fn skipped_continuation(&self) -> Option<(Lsn, u32)> {
+        self.skipped.map(|(page, len)| (Lsn(page), len))
     }
 
     /// Start LSN of the record in progress (header or body being read), if any.
@@ -973,6 +990,7 @@ impl Verifier {
                     self.mode = Mode::SkipContinuation {
                         remaining: h.rem_len,
                     };
+                    self.skipped = Some((page, h.rem_len));
                 } else {
                     no_remaining_length_without_contrecord(h.rem_len, overwrite, at)?;
                     self.mode = Mode::NewRecord;
@@ -1062,6 +1080,33 @@ fn no_remaining_length_without_contrecord(
 
 fn err(lsn: Lsn, check: Check, detail: String) -> VerifyError {
     VerifyError { lsn, check, detail }
+}
+
+/// Whether a record starts on the page whose header is `header` (at least the
+/// first 24 bytes of the page; `page_lsn` its address), judged from the header
+/// alone: true for a page that does not continue a record, or whose continuation
+/// (`xlp_rem_len`) ends before the page does. False for a page that is all
+/// continuation, and for a page never written (all zeros: the tail of a
+/// segment after `XLOG_SWITCH`), so a walk back from a resume point goes on.
+///
+/// A header that is not one (wrong address, unknown flag bits) counts as a
+/// record start: the walk stops there and the verifier, started at that page,
+/// reports what is wrong with it.
+pub fn page_starts_record(header: &[u8], page_lsn: Lsn, block_size: u64) -> bool {
+    if header.iter().all(|&b| b == 0) {
+        return false;
+    }
+    let Some(h) = PageHeader::parse(header) else {
+        return true;
+    };
+    if h.page_address != page_lsn || h.info & !XLP_ALL_FLAGS != 0 {
+        return true;
+    }
+    if h.info & XLP_FIRST_IS_CONTRECORD == 0 {
+        return true;
+    }
+    let continuation_end = (h.size() as u64).saturating_add(u64::from(h.rem_len));
+    Lsn(continuation_end).max_align().0 < block_size
 }
 
 /// Index of the first non-zero byte (64-byte blocks are OR-reduced, which vectorizes).

@@ -48,6 +48,10 @@ pub struct FakeConfig {
     pub wal_block_size: String,
     /// Slots READ_REPLICATION_SLOT knows; others give a row of NULLs.
     pub slots: Vec<FakeSlot>,
+    /// START_REPLICATION is answered with this ErrorResponse (SQLSTATE,
+    /// message) instead of CopyBoth, as a server refusing the start point or
+    /// the slot does; see [`FakeConfig::refusing_start`].
+    pub start_error: Option<(String, String)>,
 }
 
 /// A physical slot as READ_REPLICATION_SLOT reports it.
@@ -74,7 +78,15 @@ impl FakeConfig {
             wal_segment_size: "1MB".into(),
             wal_block_size: "8192".into(),
             slots: Vec::new(),
+            start_error: None,
         }
+    }
+
+    /// This config, answering START_REPLICATION with an ErrorResponse of
+    /// SQLSTATE `code` and text `message` (in whatever language).
+    pub fn refusing_start(mut self, code: &str, message: &str) -> FakeConfig {
+        self.start_error = Some((code.to_string(), message.to_string()));
+        self
     }
 }
 
@@ -732,6 +744,11 @@ async fn handshake(
                         &[None, None, None],
                         "READ_REPLICATION_SLOT",
                     ),
+                }
+            }
+            "START_REPLICATION" if config.start_error.is_some() => {
+                if let Some((code, message)) = &config.start_error {
+                    error_response(&mut out, code, message);
                 }
             }
             "START_REPLICATION" => match parse_start_replication(&words[1..]) {

@@ -59,6 +59,7 @@ use std::time::{Duration, Instant};
 
 pub mod fake_walsender;
 mod process;
+pub mod proxy;
 mod walfiles;
 
 pub use process::*;

@@ -27,6 +27,7 @@ fn config(dir: &std::path::Path, start: Lsn, start_is_durable: bool) -> SinkConf
             timeline: 1,
             server_major: Some(15),
         },
+        primed: None,
     }
 }
 
@@ -289,4 +290,141 @@ fn a_direct_segment_that_fails_to_complete_is_never_reported() {
     assert!(sink.complete_filled().is_err());
     let p = sink.positions();
     assert!(p.write <= start && p.flush <= start, "{p:?}");
+}
+
+/// A sink resuming at segment A, whose first record began in segment 9: primed
+/// with the archive's segments 8 and 9 (segment 9 corrupted first when
+/// `corrupt`), as the session does it.
+fn resumed_sink(corrupt: bool) -> (tempfile::TempDir, WalSink, Lsn) {
+    resumed_sink_with(|bytes| {
+        if corrupt {
+            let at = bytes.len() - 100;
+            bytes[at] ^= 0x20;
+        }
+    })
+}
+
+/// [`resumed_sink`], with `damage` applied to segment 9 first.
+fn resumed_sink_with(damage: impl Fn(&mut Vec<u8>)) -> (tempfile::TempDir, WalSink, Lsn) {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, bytes) in NAMES[..2].iter().map(|n| (n, fixture(n))) {
+        let mut bytes = bytes;
+        if *name == NAMES[1] {
+            damage(&mut bytes);
+        }
+        std::fs::write(tmp.path().join(name), bytes).unwrap();
+    }
+    let start = Lsn(0xA * SEG);
+    let archive = crate::archive::ArchiveDir::open(tmp.path()).unwrap();
+    let mut config = config(tmp.path(), start, true);
+    let resume = archive
+        .resume_verifier(config.verifier.clone(), start)
+        .unwrap();
+    let crate::archive::Resume::Primed { verifier, .. } = resume else {
+        panic!("{resume:?}");
+    };
+    let spanning = verifier
+        .current_record_start()
+        .unwrap_or(verifier.verified_end());
+    config.primed = Some(*verifier);
+    (tmp, WalSink::new(config), spanning)
+}
+
+/// Resumed inside a record, the sink reports nothing past the record's start
+/// until its tail has arrived and checked out.
+#[test]
+fn resuming_inside_a_record_reports_it_only_once_checked() {
+    let (_tmp, mut sink, spanning) = resumed_sink(false);
+    let start = sink.position();
+    assert!(sink.positions().flush <= spanning);
+    let next = fixture(NAMES[2]);
+    write_all(&mut sink, start, &next[..0x6EFA9 + 4096]).unwrap();
+    assert!(sink.positions().flush > start);
+}
+
+/// A byte corrupted in the archive's part of the record in progress is found
+/// when the stream brings its tail: nothing of that tail is written, nothing
+/// past the record's start is reported.
+#[test]
+fn a_corrupted_earlier_part_of_the_record_in_progress_is_refused() {
+    let (tmp, mut sink, spanning) = resumed_sink(true);
+    let start = sink.position();
+    let next = fixture(NAMES[2]);
+    let err = write_all(&mut sink, start, &next).unwrap_err();
+    match &err {
+        SinkError::Verify {
+            error, verified, ..
+        } => {
+            assert_eq!(error.lsn, spanning);
+            assert!(*verified <= spanning);
+        }
+        other => panic!("{other}"),
+    }
+    assert!(sink.positions().flush <= spanning);
+    assert!(sink.positions().write <= spanning);
+    drop(sink);
+    // Segment A was never written.
+    assert_eq!(names(tmp.path()), &NAMES[..2]);
+}
+
+/// The archive's WAL before the resume point fails verification (here the
+/// magic of the page where the record in progress began): the first write
+/// reports it, and nothing is written.
+#[test]
+fn archive_wal_failing_verification_before_the_resume_point_fails_the_first_write() {
+    // The page where the record that spans into segment A began.
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = {
+        for name in &NAMES[..2] {
+            std::fs::write(tmp.path().join(name), fixture(name)).unwrap();
+        }
+        crate::archive::ArchiveDir::open(tmp.path()).unwrap()
+    };
+    let resume = archive
+        .resume_verifier(
+            config(tmp.path(), Lsn(0xA * SEG), true).verifier,
+            Lsn(0xA * SEG),
+        )
+        .unwrap();
+    let crate::archive::Resume::Primed { from, .. } = resume else {
+        panic!("{resume:?}");
+    };
+    drop(archive);
+    let page = (from.0 - 9 * SEG) as usize;
+    let (tmp, mut sink, _) = resumed_sink_with(|bytes| bytes[page] ^= 0xFF);
+    let start = sink.position();
+    let err = write_all(&mut sink, start, &fixture(NAMES[2])).unwrap_err();
+    match &err {
+        SinkError::Verify { error, .. } => {
+            assert_eq!(
+                (error.check, error.lsn),
+                (crate::wal::Check::PageMagic, from)
+            );
+        }
+        other => panic!("{other}"),
+    }
+    assert!(sink.positions().flush < start);
+    drop(sink);
+    assert_eq!(names(tmp.path()), &NAMES[..2]);
+}
+
+/// A filled segment whose rename fails is still `.partial`: flush stays
+/// below its end, in the final status too (a slot passing it could let the
+/// server remove WAL the next session must stream again).
+#[test]
+#[cfg(feature = "failpoints")]
+fn a_failed_rename_keeps_flush_below_the_segment_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = fixture(NAMES[0]);
+    let start = Lsn(8 * SEG);
+    let mut sink = WalSink::new(config(tmp.path(), start, false));
+    assert_eq!(sink.write(start, &wal).unwrap(), SEG as usize);
+    let fault =
+        crate::archive::failpoints::ScopedFailpoint::new("complete-rename", "EIO", tmp.path());
+    assert!(sink.complete_filled().is_err());
+    drop(fault);
+    assert!(sink.positions().flush < Lsn(9 * SEG));
+    let closed = sink.close().unwrap();
+    assert!(closed.flush < Lsn(9 * SEG), "{closed:?}");
+    assert_eq!(names(tmp.path()), ["000000010000000000000008.partial"]);
 }

@@ -576,3 +576,116 @@ fn error_location() {
     assert_eq!(l.offset, 0x141F8);
     assert!(e.describe(2, 1 << 20).contains("00000002000000000000000C"));
 }
+
+/// The page where a walk back from `resume` (a page boundary) stops, as the
+/// archive's resume code does it: the first page, going back, on which a record
+/// starts.
+fn walk_back(b: &Builder, resume: u64) -> u64 {
+    let mut page = resume - b.blk;
+    loop {
+        let off = (page - b.start) as usize;
+        let header = &b.out[off..off + 40];
+        if page_starts_record(header, Lsn(page), b.blk) || page == b.start {
+            return page;
+        }
+        page -= b.blk;
+    }
+}
+
+#[test]
+fn walking_back_finds_the_page_of_the_record_in_progress() {
+    let b = varied_wal();
+    for resume in ((b.start + b.blk)..b.pos()).step_by(b.blk as usize) {
+        let page = walk_back(&b, resume);
+        let last_start = *b.starts.iter().rfind(|&&s| s < resume).unwrap();
+        assert_eq!(page, last_start / b.blk * b.blk, "resume at {resume:X}");
+        // Started there and fed up to the resume point, the verifier checks
+        // every record from the one in progress at `resume` on.
+        let mut v = Verifier::at_page(b.config(), Lsn(page));
+        v.feed(&b.out[(page - b.start) as usize..(resume - b.start) as usize])
+            .unwrap();
+        assert_eq!(v.position(), Lsn(resume));
+        v.feed(&b.out[(resume - b.start) as usize..]).unwrap();
+        let expected = b.starts.iter().filter(|&&s| s >= last_start).count() as u64;
+        assert!(v.records() >= expected, "resume at {resume:X}");
+        if let Some((skipped_page, len)) = v.skipped_continuation() {
+            assert_eq!(skipped_page, Lsn(page));
+            assert!(
+                page + u64::from(len) < resume,
+                "skipped past the resume point"
+            );
+        }
+    }
+}
+
+#[test]
+fn page_starts_record_reads_the_header_only() {
+    let b = varied_wal();
+    let off = |lsn: u64| (lsn - b.start) as usize;
+    // The segment start (long header, no continuation): a record starts.
+    assert!(page_starts_record(&b.out[..40], Lsn(b.start), b.blk));
+    // A page inside the 20000-byte record is all continuation.
+    let big = b.starts[50];
+    let inside = (big / b.blk + 1) * b.blk;
+    assert!(!page_starts_record(
+        &b.out[off(inside)..off(inside) + 24],
+        Lsn(inside),
+        b.blk
+    ));
+    // Never-written (zero) pages: go on walking.
+    assert!(!page_starts_record(&[0; 24], Lsn(inside), b.blk));
+    // A header that is not one at this address stops the walk (the verifier
+    // then says what is wrong).
+    assert!(page_starts_record(
+        &b.out[off(inside)..off(inside) + 24],
+        Lsn(inside + b.blk),
+        b.blk
+    ));
+    assert!(page_starts_record(&[1; 8], Lsn(inside), b.blk));
+}
+
+/// The defect this fixes: started at a segment boundary inside a record, the
+/// verifier skips the record's tail unchecked; primed with the WAL before the
+/// boundary, it checks it, and a corrupted byte before the boundary is found
+/// when the tail arrives.
+#[test]
+fn priming_checks_the_record_that_spans_the_resume_point() {
+    let b = varied_wal();
+    let spanning = b.starts[b.starts.len() - 4];
+    let resume = (spanning / b.seg + 1) * b.seg;
+    assert!(spanning < resume && b.starts[b.starts.len() - 3] > resume);
+    let off = |lsn: u64| (lsn - b.start) as usize;
+
+    let mut unprimed = Verifier::at_segment_start(b.config(), Lsn(resume));
+    unprimed.feed(&b.out[off(resume)..]).unwrap();
+    let (page, len) = unprimed.skipped_continuation().unwrap();
+    assert_eq!(page, Lsn(resume));
+    assert!(len > 5000);
+
+    let from = walk_back(&b, resume);
+    assert_eq!(from, spanning / b.blk * b.blk);
+    let mut primed = Verifier::at_page(b.config(), Lsn(from));
+    primed
+        .feed(&b.out[off(from)..off(resume)])
+        .expect("the archive's part verifies");
+    assert_eq!(primed.current_record_start(), Some(Lsn(spanning)));
+    let before = primed.records();
+    primed.feed(&b.out[off(resume)..]).unwrap();
+    // Every record the unprimed one checked, plus the spanning one.
+    assert_eq!(primed.records() - before, unprimed.records() + 1);
+
+    // One byte of the spanning record's body, before the resume point, flipped.
+    let mut bad = b.out.clone();
+    bad[off(resume) - 100] ^= 0x01;
+    let mut primed = Verifier::at_page(b.config(), Lsn(from));
+    primed.feed(&bad[off(from)..off(resume)]).unwrap();
+    let verified = primed.verified_end();
+    assert!(verified <= Lsn(spanning));
+    let e = primed.feed(&bad[off(resume)..]).unwrap_err();
+    assert_eq!((e.check, e.lsn), (Check::Crc, Lsn(spanning)));
+    assert_eq!(
+        primed.verified_end(),
+        verified,
+        "nothing past it is verified"
+    );
+}
