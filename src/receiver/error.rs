@@ -1,0 +1,494 @@
+//! Why a session or the whole run failed ([`ReceiverError`]), what each
+//! failure means for the supervisor (retry or not, exit status, backoff
+//! kind), and the text of the server errors that need an operator: the
+//! server's words, what walrcv asked for, the missing WAL range, what to do.
+
+use crate::archive::ArchiveError;
+use crate::lsn::Lsn;
+use crate::pgwire::{PgError, ServerMessage};
+use crate::replication::{ReplicationError, StreamError};
+
+use super::backoff::FailureKind;
+use super::classify::{self, ServerFault, StartFacts};
+use super::{exit, gap, SinkError, StreamOptions};
+
+/// Why a session or the whole run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error(transparent)]
+    Archive(ArchiveError),
+    #[error(transparent)]
+    Connection(PgError),
+    #[error(transparent)]
+    Replication(ReplicationError),
+    #[error("invalid message in the replication stream: {0}")]
+    Stream(#[from] StreamError),
+    #[error("WAL writer stopped: {0}")]
+    Writer(SinkError),
+    /// Writing or fsyncing the archive failed outside the sink (the fsync of
+    /// existing files at start, a history file): retried by a new session,
+    /// on new descriptors, which re-streams the newest `.partial` from its
+    /// start.
+    #[error("could not {doing}: {source}")]
+    ArchiveIo {
+        doing: &'static str,
+        source: ArchiveError,
+    },
+    #[error("{message}\nHINT: {hint}")]
+    NeedsOperator { message: String, hint: String },
+    /// A server error that needs an operator (see [`classify`]).
+    #[error("{}", server_fault_message(*.fault, .target, .message, .facts.as_ref(), *.oldest_available))]
+    ServerFault {
+        fault: ServerFault,
+        target: String,
+        message: Box<ServerMessage>,
+        /// What walrcv asked for, when the error answered START_REPLICATION.
+        facts: Option<StartFacts>,
+        /// For [`ServerFault::WalRemoved`]: where the WAL the server still
+        /// has begins (see [`gap`]), when found.
+        oldest_available: Option<Lsn>,
+    },
+    #[error("server version {found} is not supported: walrcv supports PostgreSQL 13 to 18")]
+    UnsupportedServer { found: String },
+    #[error("replication connection is unexpectedly database specific (dbname={0}): remove replication=database from the connection string")]
+    DatabaseSpecific(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("replication stream was terminated before stop point")]
+    StreamEnded,
+    #[error("no message from the server for {0} s: connection considered dead")]
+    Timeout(u64),
+    #[error("unexpected message from the server: {0}")]
+    Unexpected(String),
+}
+
+impl From<PgError> for ReceiverError {
+    fn from(e: PgError) -> Self {
+        match e {
+            PgError::Server { message, target } => classify_server_error(message, target),
+            other => ReceiverError::Connection(other),
+        }
+    }
+}
+
+impl From<ReplicationError> for ReceiverError {
+    fn from(e: ReplicationError) -> Self {
+        match e {
+            ReplicationError::Pg(p) => p.into(),
+            other => ReceiverError::Replication(other),
+        }
+    }
+}
+
+/// Turns the server errors that no retry can fix into clear, actionable ones,
+/// by SQLSTATE (see [`classify`]).
+fn classify_server_error(message: Box<ServerMessage>, target: String) -> ReceiverError {
+    match classify::classify(&message.code, None) {
+        Some(fault) => ReceiverError::ServerFault {
+            fault,
+            target,
+            message,
+            facts: None,
+            oldest_available: None,
+        },
+        None => ReceiverError::Connection(PgError::Server { target, message }),
+    }
+}
+
+/// The text of [`ReceiverError::ServerFault`]: the server's own words, what
+/// walrcv makes of them, and what to do.
+fn server_fault_message(
+    fault: ServerFault,
+    target: &str,
+    message: &ServerMessage,
+    facts: Option<&StartFacts>,
+    oldest_available: Option<Lsn>,
+) -> String {
+    let mut text = format!(
+        "{target}: {message} (SQLSTATE {})\n{}",
+        message.code,
+        fault.summary()
+    );
+    if let Some(facts) = facts {
+        let facts = missing_from(fault, message, facts);
+        text.push_str(": ");
+        text.push_str(&start_context(fault, &facts, oldest_available));
+    }
+    text.push_str("\nHINT: ");
+    text.push_str(fault.hint());
+    text
+}
+
+/// Refines an error that answered START_REPLICATION (or ended the stream it
+/// opened) with what walrcv asked for: an `XX000` becomes a refusal when the
+/// facts show one, and a refusal names the WAL concerned.
+pub(crate) fn refine_at_start(error: ReceiverError, facts: &StartFacts) -> ReceiverError {
+    match error {
+        ReceiverError::Connection(PgError::Server { target, message }) => {
+            match classify::classify(&message.code, Some(facts)) {
+                Some(fault) => ReceiverError::ServerFault {
+                    fault,
+                    target,
+                    message,
+                    facts: Some(*facts),
+                    oldest_available: None,
+                },
+                None => ReceiverError::Connection(PgError::Server { target, message }),
+            }
+        }
+        ReceiverError::ServerFault {
+            fault,
+            target,
+            message,
+            facts: None,
+            oldest_available,
+        } => ReceiverError::ServerFault {
+            fault,
+            target,
+            message,
+            facts: Some(*facts),
+            oldest_available,
+        },
+        other => other,
+    }
+}
+
+/// For WAL removed mid-stream, the missing WAL starts at the segment the
+/// server names (past the session's start point), not at the start point.
+fn missing_from(fault: ServerFault, message: &ServerMessage, facts: &StartFacts) -> StartFacts {
+    let named = (fault == ServerFault::WalRemoved)
+        .then(|| {
+            classify::removed_segment_start(&message.message, facts.timeline, facts.segment_size)
+        })
+        .flatten();
+    match named {
+        Some(start) if start > facts.start => StartFacts { start, ..*facts },
+        _ => *facts,
+    }
+}
+
+/// What walrcv asked for, in the terms of `fault`.
+fn start_context(fault: ServerFault, f: &StartFacts, oldest_available: Option<Lsn>) -> String {
+    match fault {
+        ServerFault::WalRemoved => match oldest_available {
+            Some(oldest) => format!(
+                "the archive needs WAL from {} on timeline {}, and the server's WAL on that timeline \
+                 now starts at {} (and ends at {}): the WAL from {} to {} is missing",
+                f.start, f.timeline, oldest, f.server_flush, f.start, oldest
+            ),
+            None => format!(
+                "the archive needs WAL from {} on timeline {}, and the server's WAL now ends at {} \
+                 (timeline {}): the WAL from {} up to what the server still has is missing",
+                f.start, f.timeline, f.server_flush, f.server_timeline, f.start
+            ),
+        },
+        ServerFault::NotInHistory => format!(
+            "walrcv asked for {} on timeline {}; the server is on timeline {}",
+            f.start, f.timeline, f.server_timeline
+        ),
+        ServerFault::AheadOfServer => format!(
+            "walrcv asked for {} on timeline {}; the server's WAL ends at {}",
+            f.start, f.timeline, f.server_flush
+        ),
+        ServerFault::SlotMissing | ServerFault::SlotUnusable => format!(
+            "walrcv asked for WAL from {} on timeline {}",
+            f.start, f.timeline
+        ),
+    }
+}
+
+impl ReceiverError {
+    /// Whether the supervisor may try again (unless `--no-loop`).
+    pub fn retryable(&self) -> bool {
+        match self {
+            ReceiverError::Connection(e) => !e.is_auth_failure(),
+            ReceiverError::Replication(ReplicationError::BadSlotName(_)) => false,
+            ReceiverError::Replication(_) => true,
+            ReceiverError::Stream(_)
+            | ReceiverError::StreamEnded
+            | ReceiverError::Timeout(_)
+            | ReceiverError::Unexpected(_)
+            | ReceiverError::Writer(_)
+            | ReceiverError::ArchiveIo { .. } => true,
+            // A full disk (e.g. while storing a history file) heals once
+            // space is freed.
+            ReceiverError::Archive(_) => self.is_disk_full(),
+            ReceiverError::NeedsOperator { .. }
+            | ReceiverError::ServerFault { .. }
+            | ReceiverError::UnsupportedServer { .. }
+            | ReceiverError::DatabaseSpecific(_)
+            | ReceiverError::Config(_) => false,
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ReceiverError::Writer(SinkError::Verify { .. }) => exit::VERIFY_FAILED,
+            ReceiverError::NeedsOperator { .. } | ReceiverError::ServerFault { .. } => {
+                exit::NEEDS_OPERATOR
+            }
+            ReceiverError::Connection(e) if e.is_auth_failure() => exit::CONFIG,
+            ReceiverError::Replication(ReplicationError::BadSlotName(_))
+            | ReceiverError::Archive(_)
+            | ReceiverError::UnsupportedServer { .. }
+            | ReceiverError::DatabaseSpecific(_)
+            | ReceiverError::Config(_) => exit::CONFIG,
+            _ => exit::DISCONNECTED,
+        }
+    }
+}
+
+impl ReceiverError {
+    /// What failed, for the backoff between sessions.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            ReceiverError::Writer(SinkError::Verify { .. }) => FailureKind::Verification,
+            ReceiverError::Writer(SinkError::Archive(_) | SinkError::Write { .. })
+            | ReceiverError::Archive(_)
+            | ReceiverError::ArchiveIo { .. } => FailureKind::Archive,
+            ReceiverError::Connection(PgError::Server { .. })
+            | ReceiverError::Replication(ReplicationError::Pg(PgError::Server { .. }))
+            | ReceiverError::NeedsOperator { .. }
+            | ReceiverError::ServerFault { .. } => FailureKind::Server,
+            ReceiverError::Connection(_)
+            | ReceiverError::Replication(ReplicationError::Pg(_))
+            | ReceiverError::Timeout(_)
+            | ReceiverError::StreamEnded => FailureKind::Network,
+            ReceiverError::Stream(_)
+            | ReceiverError::Unexpected(_)
+            | ReceiverError::Writer(_)
+            | ReceiverError::Replication(_)
+            | ReceiverError::UnsupportedServer { .. }
+            | ReceiverError::DatabaseSpecific(_)
+            | ReceiverError::Config(_) => FailureKind::Protocol,
+        }
+    }
+
+    /// Whether the archive's file system is full (ENOSPC).
+    pub fn is_disk_full(&self) -> bool {
+        // `Writer` and `Archive` wrap their error without making it the source.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = match self {
+            ReceiverError::Writer(w) => Some(w),
+            ReceiverError::Archive(a) => Some(a),
+            other => Some(other),
+        };
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.raw_os_error() == Some(libc::ENOSPC) {
+                    return true;
+                }
+            }
+            source = e.source();
+        }
+        false
+    }
+}
+
+/// For WAL the server removed: finds where the WAL it still has begins, so
+/// the error names the whole missing range.
+pub(super) async fn with_missing_range(
+    error: ReceiverError,
+    opts: &StreamOptions,
+) -> ReceiverError {
+    match error {
+        ReceiverError::ServerFault {
+            fault: ServerFault::WalRemoved,
+            target,
+            message,
+            facts: Some(facts),
+            oldest_available: None,
+        } => ReceiverError::ServerFault {
+            fault: ServerFault::WalRemoved,
+            oldest_available: gap::oldest_available(
+                &opts.conn,
+                &missing_from(ServerFault::WalRemoved, &message, &facts),
+            )
+            .await,
+            target,
+            message,
+            facts: Some(facts),
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(code: &str, text: &str) -> ReceiverError {
+        ReceiverError::from(PgError::Server {
+            target: "host=db port=5432".into(),
+            message: Box::new(ServerMessage {
+                severity: "FEHLER".into(),
+                code: code.into(),
+                message: text.into(),
+                detail: None,
+                hint: None,
+            }),
+        })
+    }
+
+    fn facts(timeline: u32, start: u64, server_timeline: u32, flush: u64) -> StartFacts {
+        StartFacts {
+            start: Lsn(start),
+            timeline,
+            server_timeline,
+            server_flush: Lsn(flush),
+            segment_size: 1 << 24,
+        }
+    }
+
+    fn assert_needs_operator(e: &ReceiverError, fault: ServerFault) {
+        match e {
+            ReceiverError::ServerFault { fault: f, .. } => assert_eq!(*f, fault, "{e}"),
+            other => panic!("expected {fault:?}, got {other:?}"),
+        }
+        assert!(!e.retryable(), "{e}");
+        assert_eq!(e.exit_code(), exit::NEEDS_OPERATOR, "{e}");
+    }
+
+    #[test]
+    fn translated_segment_removed_needs_an_operator() {
+        for text in [
+            "das angeforderte WAL-Segment 000000010000000000000003 wurde schon entfernt",
+            "le segment demandé du journal de transaction, 000000010000000000000003, a déjà été supprimé",
+            "requested WAL segment 000000010000000000000003 has already been removed",
+        ] {
+            let e = server_error("58P01", text);
+            assert_needs_operator(&e, ServerFault::WalRemoved);
+            let e = refine_at_start(e, &facts(1, 0x300_0000, 1, 0x900_0000));
+            assert_needs_operator(&e, ServerFault::WalRemoved);
+            let shown = e.to_string();
+            assert!(shown.contains(text), "{shown}");
+            assert!(shown.contains("SQLSTATE 58P01"), "{shown}");
+            assert!(
+                shown.contains("from 0/3000000 on timeline 1") && shown.contains("ends at 0/9000000"),
+                "the missing range is named: {shown}"
+            );
+            assert!(shown.contains("HINT: "), "{shown}");
+        }
+    }
+
+    #[test]
+    fn translated_slot_errors_need_an_operator() {
+        let e = server_error("42704", "Replikations-Slot »walrcv« existiert nicht");
+        assert_needs_operator(&e, ServerFault::SlotMissing);
+        let e = server_error("42704", "le slot de réplication « walrcv » n'existe pas");
+        assert_needs_operator(&e, ServerFault::SlotMissing);
+        let e = server_error(
+            "55000",
+            "kann nicht mehr auf Replikations-Slot »walrcv« zugreifen",
+        );
+        assert_needs_operator(&e, ServerFault::SlotUnusable);
+    }
+
+    #[test]
+    fn translated_history_refusal_is_told_by_the_facts() {
+        let text = "angeforderter Startpunkt 0/3000000 auf Zeitleiste 1 ist nicht in der History dieses Servers";
+        let e = server_error("XX000", text);
+        // Without START_REPLICATION's facts an XX000 is retried.
+        assert!(e.retryable(), "{e}");
+        let e = refine_at_start(e, &facts(1, 0x300_0000, 2, 0x500_0000));
+        assert_needs_operator(&e, ServerFault::NotInHistory);
+    }
+
+    #[test]
+    fn translated_ahead_refusal_is_told_by_the_facts() {
+        let text = "le point de reprise requis 0/3000000 est devant la position de vidage des WAL de ce serveur 0/2000000";
+        let e = refine_at_start(
+            server_error("XX000", text),
+            &facts(1, 0x300_0000, 1, 0x200_0000),
+        );
+        assert_needs_operator(&e, ServerFault::AheadOfServer);
+    }
+
+    #[test]
+    fn english_text_alone_decides_nothing() {
+        // The English text of a refusal with a retryable SQLSTATE, or an XX000
+        // whose facts do not show the refusal, is retried.
+        let e = server_error(
+            "57P01",
+            "requested WAL segment 000000010000000000000003 has already been removed",
+        );
+        assert!(e.retryable());
+        let e = refine_at_start(
+            server_error(
+                "XX000",
+                "requested starting point 0/3000000 is ahead of the WAL flush position of this server 0/2000000",
+            ),
+            &facts(1, 0x300_0000, 1, 0x400_0000),
+        );
+        assert!(e.retryable(), "{e}");
+        assert_eq!(e.exit_code(), exit::DISCONNECTED);
+    }
+
+    #[test]
+    fn wal_removed_mid_stream_names_the_segment_the_server_names() {
+        // The session started at 0/3000000; the server removed 0/5000000's
+        // segment before walrcv got there.
+        let e = refine_at_start(
+            server_error(
+                "58P01",
+                "das angeforderte WAL-Segment 000000010000000000000005 wurde schon entfernt",
+            ),
+            &facts(1, 0x300_0000, 1, 0x900_0000),
+        );
+        let shown = e.to_string();
+        assert!(shown.contains("from 0/5000000 on timeline 1"), "{shown}");
+    }
+
+    #[test]
+    fn a_full_disk_is_retried_wherever_it_is_met() {
+        let full = ReceiverError::Archive(ArchiveError::io(
+            "/a/00000002.history.tmp",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        ));
+        assert!(full.retryable());
+        assert_eq!(full.failure_kind(), FailureKind::Archive);
+        let other = ReceiverError::Archive(ArchiveError::NotADirectory("/a".into()));
+        assert!(!other.retryable());
+    }
+
+    #[test]
+    fn slot_in_use_is_retried() {
+        let e = server_error("55006", "Replikations-Slot »walrcv« ist aktiv für PID 42");
+        assert!(e.retryable());
+        assert_eq!(e.failure_kind(), FailureKind::Server);
+    }
+
+    #[test]
+    fn failure_kinds() {
+        let io = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let full = ReceiverError::Writer(SinkError::Write {
+            at: Lsn(0x300_0000),
+            timeline: 1,
+            source: ArchiveError::io("/a/000000010000000000000003.partial.tmp", io()),
+        });
+        assert_eq!(full.failure_kind(), FailureKind::Archive);
+        assert!(full.is_disk_full());
+        let shown = full.to_string();
+        assert!(
+            shown.contains("0/3000000") && shown.contains(".partial.tmp"),
+            "{shown}"
+        );
+        let eio = ReceiverError::Writer(SinkError::Archive(ArchiveError::io(
+            "/a/x",
+            std::io::Error::from_raw_os_error(libc::EIO),
+        )));
+        assert_eq!(eio.failure_kind(), FailureKind::Archive);
+        assert!(!eio.is_disk_full());
+        assert_eq!(
+            ReceiverError::Timeout(30).failure_kind(),
+            FailureKind::Network
+        );
+        assert_eq!(
+            ReceiverError::Connection(PgError::Closed { target: "t".into() }).failure_kind(),
+            FailureKind::Network
+        );
+        assert_eq!(
+            ReceiverError::Unexpected("x".into()).failure_kind(),
+            FailureKind::Protocol
+        );
+    }
+}
