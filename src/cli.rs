@@ -18,6 +18,27 @@ use crate::lsn::Lsn;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on stderr: text (default) or json (one object per line).
+    #[arg(
+        long = "log-format",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t,
+        env = "WALRCV_LOG_FORMAT",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`: how log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, message and the event's
+    /// fields), for log shippers.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +48,10 @@ pub enum Command {
     /// Check a whole archive offline: page headers, record CRCs, continuity,
     /// timelines and gaps. Exit 0 only when there is no problem.
     Verify(crate::tools::verify::VerifyArgs),
+    /// Write the man pages and shell completions generated from these
+    /// definitions into a directory (for packaging; hidden).
+    #[command(hide = true)]
+    GenerateAssets(crate::assets::GenerateArgs),
 }
 
 /// pg_receivewal's options. `-h` is the host, as in pg_receivewal, so help is
@@ -198,6 +223,15 @@ pub const PG_RECEIVEWAL: &str = "pg_receivewal";
 pub struct PgReceivewalCli {
     #[command(flatten)]
     pub stream: StreamArgs,
+    /// Log format on stderr: text (default) or json (one object per line).
+    #[arg(
+        long = "log-format",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t,
+        env = "WALRCV_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
 }
 
 /// `--version` under the pg_receivewal name: `pg_receivewal (walrcv X) 18.4`.
@@ -220,7 +254,7 @@ mod tests {
         v.extend_from_slice(args);
         Cli::try_parse_from(v).map(|c| match c.command {
             Command::Stream(s) => s,
-            Command::Verify(_) => unreachable!("parsed a stream command line"),
+            _ => unreachable!("parsed a stream command line"),
         })
     }
 
@@ -289,6 +323,27 @@ mod tests {
             .contains("not supported yet"));
         assert!(v(&["-D", "/x", "-Z", "5"]).is_err());
         assert_eq!(v(&["-D", "/x", "-Z", "0"]), Ok(StreamAction::Stream));
+    }
+
+    #[test]
+    fn log_format_is_text_unless_asked_on_any_subcommand() {
+        let parse = |v: &[&str]| Cli::try_parse_from(v).map(|c| c.log_format);
+        assert_eq!(
+            parse(&["walrcv", "stream", "-D", "/x"]).unwrap(),
+            LogFormat::Text
+        );
+        assert_eq!(
+            parse(&["walrcv", "stream", "--log-format", "json", "-D", "/x"]).unwrap(),
+            LogFormat::Json
+        );
+        assert_eq!(
+            parse(&["walrcv", "--log-format=json", "verify", "/x"]).unwrap(),
+            LogFormat::Json
+        );
+        assert!(parse(&["walrcv", "stream", "--log-format", "xml"]).is_err());
+        let pg =
+            PgReceivewalCli::try_parse_from(["pg_receivewal", "-D", "/x", "--log-format=json"]);
+        assert_eq!(pg.unwrap().log_format, LogFormat::Json);
     }
 
     #[test]

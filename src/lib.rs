@@ -14,16 +14,20 @@
 //! - [`archive`]: the archive directory: lock, scan, start point, segment writer.
 //! - [`receiver`]: the streaming session pipeline and its supervisor.
 //! - [`shutdown`]: stop requests (SIGINT, SIGTERM) and the helper that makes any wait give way to them.
+//! - [`service`]: systemd notifications (`READY=1`, watchdog pings, `STATUS=`).
 //! - [`tools`]: offline tools over an archive (`verify`).
 //! - [`cli`]: command-line definitions.
+//! - [`assets`]: man pages and shell completions generated from them.
 
 pub mod archive;
+pub mod assets;
 pub mod cli;
 pub mod conninfo;
 pub mod lsn;
 pub mod pgwire;
 pub mod receiver;
 pub mod replication;
+pub mod service;
 pub mod shutdown;
 pub mod tools;
 pub mod wal;

@@ -2,13 +2,15 @@
 //! dispatch, and map results to documented exit codes.
 
 use std::ffi::OsString;
+use std::fmt::Display;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use clap::Parser;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
-use walrcv::cli::{self, Cli, Command, PgReceivewalCli, StreamAction, StreamArgs};
+use walrcv::cli::{self, Cli, Command, LogFormat, PgReceivewalCli, StreamAction, StreamArgs};
 use walrcv::conninfo::{self, ProcessEnv};
 use walrcv::receiver::{self, exit, Outcome, ReceiverError, StreamOptions};
 use walrcv::shutdown::Shutdown;
@@ -25,48 +27,82 @@ fn main() {
             println!("{}", cli::pg_receivewal_version());
             std::process::exit(0);
         }
-        let args = PgReceivewalCli::parse_from(argv).stream;
-        stream_command(args)
+        let cli = PgReceivewalCli::parse_from(argv);
+        stream_command(cli.stream, cli.log_format)
     } else {
-        match Cli::parse_from(argv).command {
-            Command::Stream(args) => stream_command(args),
+        let cli = Cli::parse_from(argv);
+        match cli.command {
+            Command::Stream(args) => stream_command(args, cli.log_format),
             Command::Verify(args) => {
-                init_logging(0);
+                init_logging(0, cli.log_format);
                 walrcv::tools::verify::run(&args)
             }
+            Command::GenerateAssets(args) => walrcv::assets::run(&args),
         }
     };
     std::process::exit(code);
 }
 
-fn init_logging(verbose: u8) {
+/// The log format chosen, once logging is set up: errors printed outside the
+/// log follow it too.
+static LOG_FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
     let filter = EnvFilter::try_from_env("WALRCV_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        // Barman and log collectors read stderr through a pipe: no colour codes there.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            // Barman and log collectors read stderr through a pipe: no colour codes there.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The event's fields (message first) at top level beside timestamp
+        // and level, as log shippers expect; never colour codes.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_ansi(false)
+            .init(),
+    }
+    let _ = LOG_FORMAT.set(format);
 }
 
-fn stream_command(args: StreamArgs) -> i32 {
-    init_logging(args.verbose);
+/// An error for the operator, whatever the log level: a plain
+/// `walrcv: error:` line on stderr, or with `--log-format json` an ERROR
+/// object like every other line (it is at the level every filter but "off"
+/// shows).
+fn print_error(message: impl Display) {
+    if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("walrcv: error: {message}");
+    }
+}
+
+fn stream_command(args: StreamArgs, log_format: LogFormat) -> i32 {
+    init_logging(args.verbose, log_format);
+    walrcv::service::init();
     #[cfg(feature = "failpoints")]
     if let Err(e) = walrcv::archive::failpoints::setup_from_env() {
-        eprintln!("walrcv: error: {e}");
+        print_error(e);
         return exit::CONFIG;
     }
     let action = match args.validate() {
         Ok(a) => a,
         Err(msg) => {
-            eprintln!("walrcv: error: {msg}");
-            eprintln!("Try \"walrcv stream --help\" for more information.");
+            print_error(msg);
+            if LOG_FORMAT.get() != Some(&LogFormat::Json) {
+                eprintln!("Try \"walrcv stream --help\" for more information.");
+            }
             return exit::CONFIG;
         }
     };
@@ -75,7 +111,7 @@ fn stream_command(args: StreamArgs) -> i32 {
         match rpassword::prompt_password("Password: ") {
             Ok(p) => overrides.password = Some(p),
             Err(e) => {
-                eprintln!("walrcv: error: could not read the password: {e}");
+                print_error(format_args!("could not read the password: {e}"));
                 return exit::CONFIG;
             }
         }
@@ -83,7 +119,7 @@ fn stream_command(args: StreamArgs) -> i32 {
     let conn = match conninfo::resolve(&overrides, &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("walrcv: error: {e}");
+            print_error(e);
             return exit::CONFIG;
         }
     };
@@ -93,7 +129,7 @@ fn stream_command(args: StreamArgs) -> i32 {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("walrcv: error: could not start the runtime: {e}");
+            print_error(format_args!("could not start the runtime: {e}"));
             return exit::DISCONNECTED;
         }
     };
@@ -109,9 +145,9 @@ fn stream_command(args: StreamArgs) -> i32 {
                     Ok(s) => s,
                     Err(e) => {
                         // Without them a stop could never be seen: refuse to run.
-                        eprintln!(
-                            "walrcv: error: could not install the SIGINT and SIGTERM handlers: {e}"
-                        );
+                        print_error(format_args!(
+                            "could not install the SIGINT and SIGTERM handlers: {e}"
+                        ));
                         return exit::DISCONNECTED;
                     }
                 };
@@ -130,8 +166,8 @@ fn stream_command(args: StreamArgs) -> i32 {
 }
 
 fn report(e: &ReceiverError) -> i32 {
-    // Plain stderr, not the log: it must show whatever the log level.
-    eprintln!("walrcv: error: {e}");
+    // Not an ordinary log line: it must show whatever the log level.
+    print_error(e);
     e.exit_code()
 }
 
@@ -150,6 +186,7 @@ fn signals() -> std::io::Result<Shutdown> {
             _ = term.recv() => {}
         }
         tracing::info!("received a stop signal: finishing the current write, then exiting");
+        walrcv::service::stopping();
         let _ = tx.send(true);
         // Keep the sender: the watch stays open (and true) until the exit.
         std::future::pending::<()>().await;

@@ -120,9 +120,14 @@ pub async fn run(
                     backoff.repeats(),
                     delay.as_secs()
                 );
+                crate::service::status(&format!(
+                    "disconnected ({}); retrying in {} s",
+                    kind.describe(),
+                    delay.as_secs()
+                ));
                 // A stop ends the wait; the loop's first check returns.
-                let _ =
-                    crate::shutdown::unless_stopped(&mut shutdown, tokio::time::sleep(delay)).await;
+                let wait = crate::service::pinging(tokio::time::sleep(delay));
+                let _ = crate::shutdown::unless_stopped(&mut shutdown, wait).await;
             }
         }
     }

@@ -22,6 +22,7 @@ use crate::archive::{ArchiveDir, ArchiveError, PrepareError, Resume, StartPoint}
 use crate::lsn::{pg_now, Lsn, TimeLineId};
 use crate::pgwire::{BackendMessage, Connection, PgError, QueryResult};
 use crate::replication::{self, ReplicationError, ReplicationMessage, StartReply, StatusUpdate};
+use crate::service;
 use crate::shutdown::{stop_requested, unless_stopped};
 use crate::wal::{Verifier, VerifierConfig};
 use crate::{MAX_SERVER_MAJOR, MIN_SERVER_MAJOR};
@@ -259,7 +260,7 @@ async fn stoppable<T, E: Into<ReceiverError>>(
     shutdown: &mut watch::Receiver<bool>,
     step: impl Future<Output = Result<T, E>>,
 ) -> Result<T, Early> {
-    match unless_stopped(shutdown, step).await {
+    match unless_stopped(shutdown, service::pinging(step)).await {
         Some(result) => result.map_err(|e| Early::Failed(e.into())),
         None => Err(Early::Stopped),
     }
@@ -388,6 +389,10 @@ async fn session(
                 received: start.lsn,
             },
             StartReply::Streaming => {
+                service::streaming(&format!(
+                    "streaming from {} on timeline {}",
+                    start.lsn, start.timeline
+                ));
                 let sink = WalSink::new(SinkConfig {
                     directory: archive.path().to_path_buf(),
                     timeline: start.timeline,
@@ -566,8 +571,12 @@ impl Stream<'_> {
         }
     }
 
+    /// The policy's next deadline, or the watchdog's when sooner (an idle
+    /// stream still pings it).
     fn deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.feedback.next_deadline())
+        let policy = self.feedback.next_deadline();
+        let next = service::watchdog_deadline().map_or(policy, |w| w.min(policy));
+        tokio::time::Instant::from_std(next)
     }
 
     /// Handles `first` and every message readable without waiting (up to
@@ -697,6 +706,8 @@ impl Stream<'_> {
     }
 
     async fn on_timer(&mut self) -> Result<(), ReceiverError> {
+        // Here, not in a task of its own: a stuck loop stops pinging.
+        service::watchdog_tick(now());
         // Part of a message counts: the connection is not dead while bytes flow.
         if self.conn.take_bytes_arrived() {
             self.feedback.message_received(now());

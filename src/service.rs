@@ -1,0 +1,201 @@
+//! Running under systemd (`Type=notify`): `READY=1` once walrcv streams (the
+//! first START_REPLICATION answered with CopyBoth), watchdog pings
+//! (`WATCHDOG=1`) from the loops that do the work, `STATUS=` lines and
+//! `STOPPING=1` on a stop request.
+//!
+//! When the pings are due is decided by the pure [`WatchdogSchedule`]; the
+//! rest is a thin shell over the `sd-notify` crate and does nothing when
+//! `NOTIFY_SOCKET` is not set. The state is process-wide (set up once by
+//! [`init`]), like the environment it comes from, so that the receive loop
+//! needs no more than a call per timer to ping.
+//!
+//! The pings come from the receive loop itself (on its timer and after every
+//! batch) and from the waits outside the stream that are bounded by a timeout
+//! (connection, replication commands, the reconnection backoff, see
+//! [`pinging`]), never from a task of their own: a loop that is stuck (a
+//! hung fsync, a wait that never ends) stops pinging and systemd restarts it.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sd_notify::NotifyState;
+
+/// When the next watchdog ping is due: every half of systemd's
+/// `WATCHDOG_USEC`, as sd_watchdog_enabled(3) recommends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchdogSchedule {
+    every: Duration,
+    next: Instant,
+}
+
+impl WatchdogSchedule {
+    /// The schedule for a watchdog timeout of `watchdog_usec` microseconds;
+    /// `None` when it is 0 (no watchdog). The first ping is due at once.
+    pub fn new(watchdog_usec: u64, now: Instant) -> Option<Self> {
+        let every = Duration::from_micros(watchdog_usec / 2);
+        (!every.is_zero()).then_some(WatchdogSchedule { every, next: now })
+    }
+
+    /// The interval between pings.
+    pub fn every(&self) -> Duration {
+        self.every
+    }
+
+    /// When the next ping is due.
+    pub fn next_due(&self) -> Instant {
+        self.next
+    }
+
+    /// Whether a ping is due at `now`; if so, the next one is scheduled a
+    /// full interval after `now` (a late ping does not cause a burst).
+    pub fn take_due(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + self.every;
+        true
+    }
+}
+
+/// The process-wide notifier, set up by [`init`].
+struct Notifier {
+    watchdog: Option<Mutex<WatchdogSchedule>>,
+    ready_sent: AtomicBool,
+}
+
+static NOTIFIER: OnceLock<Notifier> = OnceLock::new();
+
+/// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC` (once; later calls do nothing).
+/// Without `NOTIFY_SOCKET` every other function here is a no-op.
+pub fn init() {
+    NOTIFIER.get_or_init(|| {
+        let mut usec = 0;
+        let watchdog = (std::env::var_os("NOTIFY_SOCKET").is_some()
+            && sd_notify::watchdog_enabled(false, &mut usec))
+        .then(|| WatchdogSchedule::new(usec, Instant::now()))
+        .flatten()
+        .map(Mutex::new);
+        if let Some(w) = &watchdog {
+            let every = w.lock().map(|w| w.every()).unwrap_or_default();
+            tracing::debug!("systemd watchdog enabled: pinging every {every:?}");
+        }
+        Notifier {
+            watchdog,
+            ready_sent: AtomicBool::new(false),
+        }
+    });
+}
+
+fn send(states: &[NotifyState]) {
+    if NOTIFIER.get().is_none() {
+        return;
+    }
+    // A notification that cannot be sent is no reason to stop receiving WAL:
+    // systemd notices a missing READY or watchdog ping by itself.
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!("could not notify systemd: {e}");
+    }
+}
+
+/// The stream started: `READY=1` the first time, and a `STATUS=` line.
+pub fn streaming(status: &str) {
+    let first = NOTIFIER
+        .get()
+        .is_some_and(|n| !n.ready_sent.swap(true, Ordering::Relaxed));
+    if first {
+        send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    } else {
+        send(&[NotifyState::Status(status)]);
+    }
+}
+
+/// A `STATUS=` line (shown by `systemctl status`).
+pub fn status(status: &str) {
+    send(&[NotifyState::Status(status)]);
+}
+
+/// A stop was requested: `STOPPING=1`.
+pub fn stopping() {
+    send(&[NotifyState::Stopping]);
+}
+
+/// Pings the watchdog if a ping is due at `now`.
+pub fn watchdog_tick(now: Instant) {
+    let Some(watchdog) = NOTIFIER.get().and_then(|n| n.watchdog.as_ref()) else {
+        return;
+    };
+    let due = watchdog
+        .lock()
+        .map(|mut w| w.take_due(now))
+        .unwrap_or(false);
+    if due {
+        send(&[NotifyState::Watchdog]);
+    }
+}
+
+/// When the next watchdog ping is due, if there is a watchdog: the receive
+/// loop wakes up for it even when the stream is idle.
+pub fn watchdog_deadline() -> Option<Instant> {
+    let watchdog = NOTIFIER.get()?.watchdog.as_ref()?;
+    watchdog.lock().ok().map(|w| w.next_due())
+}
+
+/// Awaits `work`, pinging the watchdog when due meanwhile. For the waits
+/// outside the stream that are bounded by a timeout of their own (each
+/// reply from the server by `--receive-timeout`, the backoff by its delay):
+/// they are waiting, not stuck.
+pub async fn pinging<F: Future>(work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    loop {
+        watchdog_tick(Instant::now());
+        let Some(due) = watchdog_deadline() else {
+            return work.await;
+        };
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(due)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn no_watchdog_when_the_timeout_is_zero() {
+        let now = Instant::now();
+        assert_eq!(WatchdogSchedule::new(0, now), None);
+        assert_eq!(WatchdogSchedule::new(1, now), None);
+    }
+
+    #[test]
+    fn pings_at_half_the_timeout_first_at_once() {
+        let t0 = Instant::now();
+        let mut w = WatchdogSchedule::new(10_000_000, t0).unwrap();
+        assert_eq!(w.every(), Duration::from_secs(5));
+        assert!(w.take_due(t0));
+        assert!(!w.take_due(t0));
+        assert!(!w.take_due(t0 + 4999 * MS));
+        assert_eq!(w.next_due(), t0 + 5000 * MS);
+        assert!(w.take_due(t0 + 5000 * MS));
+        assert_eq!(w.next_due(), t0 + 10_000 * MS);
+    }
+
+    #[test]
+    fn a_late_ping_reschedules_from_now_without_a_burst() {
+        let t0 = Instant::now();
+        let mut w = WatchdogSchedule::new(2_000_000, t0).unwrap();
+        assert!(w.take_due(t0));
+        // The loop was busy for 7 s (3.5 intervals): one ping, then a full interval.
+        let late = t0 + 7000 * MS;
+        assert!(w.take_due(late));
+        assert!(!w.take_due(late));
+        assert_eq!(w.next_due(), late + 1000 * MS);
+    }
+}
