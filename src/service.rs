@@ -59,6 +59,20 @@ impl WatchdogSchedule {
     }
 }
 
+/// The watchdog timeout from `WATCHDOG_USEC` and `WATCHDOG_PID`, as
+/// sd_watchdog_enabled(3) reads them: the timeout applies to this process
+/// when `WATCHDOG_PID` is unset or names it (a child that inherited the
+/// variables must not ping in its parent's stead). The sd-notify crate's own
+/// check insists on `WATCHDOG_PID`, which libsystemd does not.
+pub fn watchdog_usec(usec: Option<&str>, pid: Option<&str>, my_pid: u32) -> Option<u64> {
+    let usec: u64 = usec?.trim().parse().ok()?;
+    match pid.map(|p| p.trim().parse::<u32>()) {
+        None => Some(usec),
+        Some(Ok(p)) if p == my_pid => Some(usec),
+        Some(_) => None,
+    }
+}
+
 /// The process-wide notifier, set up by [`init`].
 struct Notifier {
     watchdog: Option<Mutex<WatchdogSchedule>>,
@@ -71,12 +85,17 @@ static NOTIFIER: OnceLock<Notifier> = OnceLock::new();
 /// Without `NOTIFY_SOCKET` every other function here is a no-op.
 pub fn init() {
     NOTIFIER.get_or_init(|| {
-        let mut usec = 0;
-        let watchdog = (std::env::var_os("NOTIFY_SOCKET").is_some()
-            && sd_notify::watchdog_enabled(false, &mut usec))
-        .then(|| WatchdogSchedule::new(usec, Instant::now()))
-        .flatten()
-        .map(Mutex::new);
+        let var = |name| std::env::var(name).ok();
+        let watchdog = std::env::var_os("NOTIFY_SOCKET")
+            .and_then(|_| {
+                watchdog_usec(
+                    var("WATCHDOG_USEC").as_deref(),
+                    var("WATCHDOG_PID").as_deref(),
+                    std::process::id(),
+                )
+            })
+            .and_then(|usec| WatchdogSchedule::new(usec, Instant::now()))
+            .map(Mutex::new);
         if let Some(w) = &watchdog {
             let every = w.lock().map(|w| w.every()).unwrap_or_default();
             tracing::debug!("systemd watchdog enabled: pinging every {every:?}");
@@ -166,6 +185,20 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn watchdog_variables_as_libsystemd_reads_them() {
+        assert_eq!(watchdog_usec(Some("30000000"), None, 7), Some(30_000_000));
+        assert_eq!(
+            watchdog_usec(Some("30000000"), Some("7"), 7),
+            Some(30_000_000)
+        );
+        // Inherited from a parent that systemd watches: not ours.
+        assert_eq!(watchdog_usec(Some("30000000"), Some("8"), 7), None);
+        assert_eq!(watchdog_usec(Some("30000000"), Some("x"), 7), None);
+        assert_eq!(watchdog_usec(None, Some("7"), 7), None);
+        assert_eq!(watchdog_usec(Some("soon"), None, 7), None);
+    }
 
     #[test]
     fn no_watchdog_when_the_timeout_is_zero() {
