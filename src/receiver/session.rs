@@ -520,7 +520,9 @@ impl Stream<'_> {
             }
             LoopEnd::ServerCopyDone => {
                 conn.send_copy_done().await?;
-                let Some(result) = unless_stopped(shutdown, read_until_ready(conn)).await else {
+                let Some(result) =
+                    unless_stopped(shutdown, service::pinging(read_until_ready(conn))).await
+                else {
                     return Ok(CopyEnd::Stopped);
                 };
                 let (next_tli, next_start) = replication::parse_next_timeline(&result?)?;
