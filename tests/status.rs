@@ -295,10 +295,20 @@ fn gap_is_named_when_a_segment_is_removed() {
 
 /// A slot past `max_slot_wal_keep_size` whose WAL was removed: CRITICAL, with
 /// wal_status `lost` (and the reason on 17+); before that, a small
-/// safe_wal_size is a WARNING.
+/// safe_wal_size is a WARNING. On every major: READ_REPLICATION_SLOT exists
+/// from 15, `invalidation_reason` from 17; before 15 the slot is seen only
+/// through the normal connection.
 #[test]
 fn slot_near_and_past_invalidation() {
+    for major in crate::support::test_majors() {
+        eprintln!("--- PostgreSQL {major}");
+        slot_near_and_past_invalidation_on(major);
+    }
+}
+
+fn slot_near_and_past_invalidation_on(major: u32) {
     let pg = PgServer::builder()
+        .major(major)
         .wal_segsize_mb(1)
         .conf("max_slot_wal_keep_size = '8MB'")
         .conf("max_wal_size = '32MB'")

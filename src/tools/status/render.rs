@@ -84,11 +84,15 @@ pub fn human(r: &StatusReport) -> String {
             let _ = writeln!(out, "  archived up to {end}{age}");
         }
         for g in &a.gaps {
-            let _ = writeln!(
-                out,
-                "  gap: {} to {} ({} segments)",
-                g.first_missing, g.last_missing, g.segments
-            );
+            let _ = if g.segments == 1 {
+                writeln!(out, "  gap: {} (1 segment)", g.first_missing)
+            } else {
+                writeln!(
+                    out,
+                    "  gap: {} to {} ({} segments)",
+                    g.first_missing, g.last_missing, g.segments
+                )
+            };
         }
     }
     if let Some(s) = &r.server {
@@ -107,12 +111,12 @@ pub fn human(r: &StatusReport) -> String {
     }
     if let Some(l) = &r.lag {
         let secs = l.seconds.map(|s| format!(", {s} s")).unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "lag: {} ({} bytes){secs}",
-            human_bytes(l.bytes),
-            l.bytes
-        );
+        let exact = if l.bytes >= 1024 {
+            format!(" ({} bytes)", l.bytes)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "lag: {}{exact}{secs}", human_bytes(l.bytes));
     }
     if let Some(s) = &r.slot {
         out.push_str(&slot_line(s));
