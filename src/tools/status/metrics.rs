@@ -85,11 +85,7 @@ pub fn fetch(url: &str, timeout: Duration) -> Result<String, MetricsError> {
         env!("CARGO_PKG_VERSION")
     );
     stream.write_all(request.as_bytes()).map_err(io)?;
-    let mut response = Vec::new();
-    stream
-        .take(MAX_RESPONSE)
-        .read_to_end(&mut response)
-        .map_err(io)?;
+    let response = read_response(&mut stream).map_err(io)?;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.lines().next().unwrap_or("").trim();
@@ -101,6 +97,42 @@ pub fn fetch(url: &str, timeout: Duration) -> Result<String, MetricsError> {
         });
     }
     Ok(body.to_string())
+}
+
+/// Reads the response until the connection closes or, when the headers give a
+/// `Content-Length`, until the body is complete (a server that keeps the
+/// connection open despite HTTP/1.0 must not cost the whole timeout).
+fn read_response(stream: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(response);
+        }
+        response.extend_from_slice(&chunk[..n]);
+        if response.len() as u64 >= MAX_RESPONSE {
+            return Ok(response);
+        }
+        if let Some(total) = complete_length(&response) {
+            if response.len() >= total {
+                return Ok(response);
+            }
+        }
+    }
+}
+
+/// Headers plus `Content-Length`, once the headers are all there and give it.
+fn complete_length(response: &[u8]) -> Option<usize> {
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&response[..end]);
+    let length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    })?;
+    Some(end + length)
 }
 
 /// One sample line.
@@ -332,6 +364,38 @@ walrcv_archive_free_bytes 1.073741824e+09
             fetch(&url, Duration::from_secs(5)),
             Err(MetricsError::Status { .. })
         ));
+    }
+
+    #[test]
+    fn content_length_ends_the_read() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(complete_length(head), Some(head.len() + 5));
+        assert_eq!(
+            complete_length(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"),
+            None
+        );
+        assert_eq!(complete_length(b"HTTP/1.0 200 OK\r\n\r\nbody"), None);
+    }
+
+    #[test]
+    fn a_kept_alive_connection_does_not_cost_the_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\nwalrcv_connected 1\n")
+                .unwrap();
+            // Keep the connection open until the client is done.
+            let _ = done_rx.recv();
+        });
+        let start = std::time::Instant::now();
+        let body = fetch(&format!("{addr}"), Duration::from_secs(20)).unwrap();
+        assert_eq!(body, "walrcv_connected 1\n");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let _ = done_tx.send(());
     }
 
     #[test]
