@@ -413,3 +413,71 @@ fn unknown_when_the_server_is_unreachable() {
     let out = status(&dir.path().join("nope"), &conn, &["--timeout", "5"]);
     assert_eq!(out.code(), Some(3));
 }
+
+fn has_segment_of(dir: &Path, timeline_prefix: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        n.len() == 24 && n.starts_with(timeline_prefix)
+    })
+}
+
+/// A standby promoted while the receiver is stopped: the server's timeline 2
+/// is missing from the archive (CRITICAL); once walrcv runs again and follows
+/// the switch, the archive is OK, with no gap across it.
+#[test]
+fn timeline_missing_then_followed() {
+    let primary = PgServer::builder().wal_segsize_mb(1).start();
+    primary.psql("CREATE TABLE t(x int)");
+    let standby = primary.create_standby();
+    let conn = standby.conninfo();
+    let dir = archive_dir();
+    let d = dir.path().to_str().unwrap();
+    let mut receiver = walrcv_spawn(&["stream", "-D", d, "-d", &conn]);
+    primary.psql("INSERT INTO t SELECT generate_series(1, 20000)");
+    primary.psql("SELECT pg_switch_wal()");
+    wait_until(
+        Duration::from_secs(30),
+        "walrcv archived timeline 1",
+        || has_segment_of(dir.path(), "00000001"),
+    );
+    receiver.signal(libc::SIGTERM);
+    assert!(receiver.wait_timeout(Duration::from_secs(30)).is_some());
+
+    standby.promote();
+    standby.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    let relaxed = ["--warning-lag-bytes", "1GB", "--critical-lag-bytes", "1GB"];
+    let (code, doc) = status_json(dir.path(), &conn, &relaxed);
+    assert_eq!(code, Some(2), "{doc:#}");
+    assert_eq!(doc["server"]["timeline"], 2);
+    assert_eq!(
+        problem_kinds(&doc),
+        [("timeline_missing".into(), "CRITICAL".into())]
+    );
+    assert!(
+        doc["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("the server is on timeline 2, but the archive has no WAL of it"),
+        "{doc:#}"
+    );
+
+    let _receiver = walrcv_spawn(&["stream", "-D", d, "-d", &conn]);
+    standby.psql("SELECT pg_switch_wal()");
+    wait_until(
+        Duration::from_secs(30),
+        "walrcv followed onto timeline 2",
+        || has_segment_of(dir.path(), "00000002"),
+    );
+    standby.wait_for_flush("walrcv", standby.flush_lsn(), Duration::from_secs(30));
+    let (code, doc) = status_json(dir.path(), &conn, &[]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    let timelines: Vec<u64> = doc["archive"]["timelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["timeline"].as_u64().unwrap())
+        .collect();
+    assert_eq!(timelines, [1, 2]);
+    assert_eq!(doc["archive"]["histories"], serde_json::json!([2]));
+    assert!(doc["archive"]["gaps"].as_array().unwrap().is_empty());
+}
