@@ -481,3 +481,51 @@ fn timeline_missing_then_followed() {
     assert_eq!(doc["archive"]["histories"], serde_json::json!([2]));
     assert!(doc["archive"]["gaps"].as_array().unwrap().is_empty());
 }
+
+/// A role limited to replication (pg_hba rejects its normal connections): on
+/// 15+ the slot is still seen through READ_REPLICATION_SLOT and the missing
+/// details are a note, not a problem; before 15 the slot's state cannot be
+/// told at all, a WARNING.
+#[test]
+fn replication_only_role() {
+    for major in [15, 13] {
+        let pg = PgServer::builder()
+            .major(major)
+            .wal_segsize_mb(1)
+            .hba("host all reponly 127.0.0.1/32 reject")
+            .start();
+        pg.create_role("reponly", None, true);
+        let conn = format!("host=127.0.0.1 port={} user=reponly", pg.port());
+        let dir = archive_dir();
+        let d = dir.path().to_str().unwrap();
+        walrcv_run(
+            &["stream", "-d", &conn, "--create-slot", "-S", "rep"],
+            RUN_LIMIT,
+        )
+        .assert_success();
+        let end = crate::support::format_lsn(pg.flush_lsn());
+        walrcv_run(
+            &[
+                "stream", "-D", d, "-d", &conn, "-S", "rep", "-E", &end, "-n",
+            ],
+            RUN_LIMIT,
+        )
+        .assert_success();
+        let (code, doc) = status_json(dir.path(), &conn, &["-S", "rep"]);
+        let why = doc["slot"]["details_unavailable"].as_str().unwrap_or("");
+        assert!(why.contains("reponly"), "PostgreSQL {major}: {doc:#}");
+        assert!(doc["slot"]["wal_status"].is_null());
+        if major >= 15 {
+            assert_eq!(code, Some(0), "{doc:#}");
+            assert_eq!(doc["slot"]["exists"], true);
+            assert!(doc["slot"]["restart_lsn"].is_string());
+        } else {
+            assert_eq!(code, Some(1), "{doc:#}");
+            assert!(doc["slot"]["exists"].is_null());
+            assert_eq!(
+                problem_kinds(&doc),
+                [("slot_unknown".into(), "WARNING".into())]
+            );
+        }
+    }
+}
