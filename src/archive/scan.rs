@@ -220,117 +220,115 @@ impl ArchiveDir {
         segment_size: u64,
         known: &HashMap<String, SegmentFile>,
     ) -> Result<Scan, ArchiveError> {
-        scan_path(&self.path, segment_size, known)
+        Self::scan_path(&self.path, segment_size, known)
     }
-}
 
-/// [`ArchiveDir::scan`] of a directory that is neither opened nor locked:
-/// only lists and stats, never writes, locks or fsyncs, so it can run beside a
-/// `walrcv stream` that holds the lock (`walrcv status` uses it). A file
-/// renamed or removed during the listing is skipped.
-pub fn scan_unlocked(path: &Path, segment_size: u64) -> Result<Scan, ArchiveError> {
-    scan_path(path, segment_size, &HashMap::new())
-}
-
-fn scan_path(
-    dir: &Path,
-    segment_size: u64,
-    known: &HashMap<String, SegmentFile>,
-) -> Result<Scan, ArchiveError> {
-    if !is_valid_segment_size(segment_size) {
-        return Err(ArchiveError::InvalidSegmentSize { size: segment_size });
+    /// [`ArchiveDir::scan`] of a directory that is neither opened nor locked:
+    /// it only lists and stats, never writes, locks or fsyncs, so it can run
+    /// beside a `walrcv stream` holding the lock (`walrcv status` uses it).
+    /// A file renamed or removed during the listing is skipped.
+    pub fn scan_unlocked(dir: &Path, segment_size: u64) -> Result<Scan, ArchiveError> {
+        Self::scan_path(dir, segment_size, &HashMap::new())
     }
-    let mut scan = Scan::default();
-    let entries = std::fs::read_dir(dir).map_err(|e| ArchiveError::io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| ArchiveError::io(dir, e))?;
-        let os_name = entry.file_name();
-        let Some(name) = os_name.to_str() else {
-            tracing::debug!(name = ?os_name, "ignoring file with a non-UTF-8 name");
-            continue;
-        };
-        let path = entry.path();
-        if let Some(tli) = parse_history_file_name(name) {
-            scan.histories.push(tli);
-            continue;
+
+    fn scan_path(
+        dir: &Path,
+        segment_size: u64,
+        known: &HashMap<String, SegmentFile>,
+    ) -> Result<Scan, ArchiveError> {
+        if !is_valid_segment_size(segment_size) {
+            return Err(ArchiveError::InvalidSegmentSize { size: segment_size });
         }
-        let (base, partial) = match name.strip_suffix(PARTIAL_SUFFIX) {
-            Some(base) => (base, true),
-            None => (name, false),
-        };
-        if let Some(seen) = known.get(name).filter(|_| !partial) {
-            scan.segments.push(seen.clone());
-            continue;
-        }
-        if base.len() != 24 || !is_upper_hex(base) {
-            if is_compressed_segment(name) {
-                tracing::warn!(
-                    path = %path.display(),
-                    "ignoring compressed WAL file: compressed segments are not supported yet"
-                );
-            } else if !name.ends_with(TMP_SUFFIX) {
-                tracing::debug!(
-                    path = %path.display(),
-                    "ignoring file that is not a WAL segment or history file"
-                );
-            }
-            continue;
-        }
-        let Some((timeline, segno)) = parse_wal_file_name(base, segment_size) else {
-            // Upper-case hex but not a valid name for this segment size (or
-            // timeline 0): possibly written with another wal_segment_size.
-            tracing::warn!(
-                path = %path.display(), segment_size,
-                "ignoring file: not a valid WAL file name for this segment size"
-            );
-            continue;
-        };
-        // metadata follows symlinks, as pg_receivewal's stat does.
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            // Barman's archiver moves files out of the directory while we run.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::debug!(path = %path.display(), "file vanished during the scan");
+        let mut scan = Scan::default();
+        let entries = std::fs::read_dir(dir).map_err(|e| ArchiveError::io(dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| ArchiveError::io(dir, e))?;
+            let os_name = entry.file_name();
+            let Some(name) = os_name.to_str() else {
+                tracing::debug!(name = ?os_name, "ignoring file with a non-UTF-8 name");
+                continue;
+            };
+            let path = entry.path();
+            if let Some(tli) = parse_history_file_name(name) {
+                scan.histories.push(tli);
                 continue;
             }
-            Err(e) => return Err(ArchiveError::io(&path, e)),
-        };
-        if !meta.is_file() {
-            tracing::warn!(
-                path = %path.display(),
-                "ignoring WAL-named entry that is not a regular file"
-            );
-            continue;
-        }
-        let size = meta.len();
-        let size_ok = if partial {
-            size == 0 || size == segment_size
-        } else {
-            size == segment_size
-        };
-        if !size_ok {
-            return Err(ArchiveError::WrongSize {
-                path,
+            let (base, partial) = match name.strip_suffix(PARTIAL_SUFFIX) {
+                Some(base) => (base, true),
+                None => (name, false),
+            };
+            if let Some(seen) = known.get(name).filter(|_| !partial) {
+                scan.segments.push(seen.clone());
+                continue;
+            }
+            if base.len() != 24 || !is_upper_hex(base) {
+                if is_compressed_segment(name) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "ignoring compressed WAL file: compressed segments are not supported yet"
+                    );
+                } else if !name.ends_with(TMP_SUFFIX) {
+                    tracing::debug!(
+                        path = %path.display(),
+                        "ignoring file that is not a WAL segment or history file"
+                    );
+                }
+                continue;
+            }
+            let Some((timeline, segno)) = parse_wal_file_name(base, segment_size) else {
+                // Upper-case hex but not a valid name for this segment size (or
+                // timeline 0): possibly written with another wal_segment_size.
+                tracing::warn!(
+                    path = %path.display(), segment_size,
+                    "ignoring file: not a valid WAL file name for this segment size"
+                );
+                continue;
+            };
+            // metadata follows symlinks, as pg_receivewal's stat does.
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                // Barman's archiver moves files out of the directory while we run.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::debug!(path = %path.display(), "file vanished during the scan");
+                    continue;
+                }
+                Err(e) => return Err(ArchiveError::io(&path, e)),
+            };
+            if !meta.is_file() {
+                tracing::warn!(
+                    path = %path.display(),
+                    "ignoring WAL-named entry that is not a regular file"
+                );
+                continue;
+            }
+            let size = meta.len();
+            let size_ok = if partial {
+                size == 0 || size == segment_size
+            } else {
+                size == segment_size
+            };
+            if !size_ok {
+                return Err(ArchiveError::WrongSize {
+                    path,
+                    size,
+                    expected: segment_size,
+                });
+            }
+            scan.segments.push(SegmentFile {
+                timeline,
+                segno,
+                partial,
                 size,
-                expected: segment_size,
+                path,
             });
         }
-        scan.segments.push(SegmentFile {
-            timeline,
-            segno,
-            partial,
-            size,
-            path,
-        });
+        scan.segments
+            .sort_by_key(|s| (s.segno, s.timeline, !s.partial));
+        scan.histories.sort_unstable();
+        scan.histories.dedup();
+        Ok(scan)
     }
-    scan.segments
-        .sort_by_key(|s| (s.segno, s.timeline, !s.partial));
-    scan.histories.sort_unstable();
-    scan.histories.dedup();
-    Ok(scan)
-}
 
-impl ArchiveDir {
     /// Checks that the WAL already in the directory (the long page header of the
     /// newest non-empty segment file) belongs to `system_id` with `segment_size`.
     ///

@@ -1,5 +1,5 @@
 //! Reading the archive for `walrcv status`, strictly read-only: the directory is
-//! listed with [`scan_unlocked`] (no lock, no clean-up, no fsync, unlike
+//! listed with [`ArchiveDir::scan_unlocked`] (no lock, no clean-up, no fsync, unlike
 //! [`crate::archive::ArchiveDir::open`]) and files are opened for reading
 //! only, so it runs beside a `walrcv stream` writing to the same directory.
 //!
@@ -21,8 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::archive::scan::scan_unlocked;
-use crate::archive::{ArchiveError, Scan};
+use crate::archive::{ArchiveDir, ArchiveError, Scan};
 use crate::lsn::is_valid_segment_size;
 use crate::wal::page::{PageHeader, LONG_HEADER_SIZE};
 
@@ -73,7 +72,7 @@ pub fn read_archive(
         .or(server_segment_size)
         .unwrap_or(DEFAULT_SEGMENT_SIZE);
     let block_size = from_files.map_or(DEFAULT_BLOCK_SIZE, |(_, b)| b);
-    let scan = scan_unlocked(dir, segment_size)?;
+    let scan = ArchiveDir::scan_unlocked(dir, segment_size)?;
     let newest_file = scan.newest().cloned();
     let newest = newest_file.as_ref().map(|f| SegmentEntry {
         timeline: f.timeline,
@@ -222,6 +221,69 @@ mod tests {
             let end = end_of(&segment(128, written));
             assert!(end >= written && end < written + 8, "{written} -> {end}");
         }
+    }
+
+    fn listing(dir: &Path) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let len = e.metadata().unwrap().len();
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn reads_beside_a_lock_holder_and_changes_nothing() {
+        const SEG: u64 = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("000000010000000000000002"),
+            vec![0u8; SEG as usize],
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("000000010000000000000003.partial"),
+            segment(SEG / BLOCK, 2 * BLOCK + 5),
+        )
+        .unwrap();
+        // A temporary of a running walrcv: `ArchiveDir::open` would remove it.
+        std::fs::write(
+            dir.path().join("000000010000000000000004.partial.tmp"),
+            b"x",
+        )
+        .unwrap();
+        let held = ArchiveDir::open(dir.path());
+        std::fs::write(
+            dir.path().join("000000010000000000000004.partial.tmp"),
+            b"x",
+        )
+        .unwrap();
+        let before = listing(dir.path());
+        let read = read_archive(dir.path(), Some(SEG)).unwrap();
+        assert_eq!(listing(dir.path()), before);
+        // The lock is still the holder's alone.
+        assert!(held.is_ok());
+        assert!(matches!(
+            ArchiveDir::open(dir.path()),
+            Err(ArchiveError::Locked { .. })
+        ));
+        assert_eq!(read.segment_size, SEG);
+        assert_eq!(read.scan.segments.len(), 2);
+        let newest = read.newest.unwrap();
+        assert_eq!((newest.segno, newest.partial), (3, true));
+        assert_eq!(read.partial_written, 2 * BLOCK + 8);
+        assert!(read.newest_age_secs.is_some());
+    }
+
+    #[test]
+    fn a_missing_directory_is_not_damage() {
+        let e = read_archive(Path::new("/nonexistent/walrcv-status"), None).unwrap_err();
+        assert!(matches!(e, ArchiveReadError::NotADirectory(_)));
+        assert!(!e.is_damage());
     }
 
     #[test]
