@@ -27,6 +27,9 @@ pub enum Command {
     /// Check a whole archive offline: page headers, record CRCs, continuity,
     /// timelines and gaps. Exit 0 only when there is no problem.
     Verify(crate::tools::verify::VerifyArgs),
+    /// Health check: is the archive complete and current? Nagios exit
+    /// statuses: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Status(crate::tools::status::StatusArgs),
 }
 
 /// pg_receivewal's options. `-h` is the host, as in pg_receivewal, so help is
@@ -220,7 +223,7 @@ mod tests {
         v.extend_from_slice(args);
         Cli::try_parse_from(v).map(|c| match c.command {
             Command::Stream(s) => s,
-            Command::Verify(_) => unreachable!("parsed a stream command line"),
+            _ => unreachable!("parsed a stream command line"),
         })
     }
 

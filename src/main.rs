@@ -28,15 +28,35 @@ fn main() {
         let args = PgReceivewalCli::parse_from(argv).stream;
         stream_command(args)
     } else {
-        match Cli::parse_from(argv).command {
+        match parse_cli(argv) {
             Command::Stream(args) => stream_command(args),
             Command::Verify(args) => {
                 init_logging(0);
                 walrcv::tools::verify::run(&args)
             }
+            Command::Status(args) => {
+                init_logging(0);
+                walrcv::tools::status::run(&args)
+            }
         }
     };
     std::process::exit(code);
+}
+
+/// Parses `walrcv SUBCOMMAND ...`. A usage error exits with clap's status 2,
+/// except under `status`, where 2 is CRITICAL in the Nagios convention: there
+/// it is UNKNOWN (3), with a summary line a monitoring system can show.
+fn parse_cli(argv: Vec<OsString>) -> Command {
+    let is_status = argv.get(1).is_some_and(|a| a == "status");
+    match Cli::try_parse_from(argv) {
+        Ok(cli) => cli.command,
+        Err(e) if is_status && e.use_stderr() => {
+            let msg = e.kind().to_string();
+            let _ = e.print();
+            std::process::exit(walrcv::tools::status::usage_error(&msg));
+        }
+        Err(e) => e.exit(),
+    }
 }
 
 fn init_logging(verbose: u8) {

@@ -8,6 +8,7 @@ mod harness;
 mod network_faults;
 mod resume;
 mod server_faults;
+mod status;
 mod stream;
 mod support;
 mod sync_commit;
