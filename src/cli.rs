@@ -52,6 +52,9 @@ pub enum Command {
     /// definitions into a directory (for packaging; hidden).
     #[command(hide = true)]
     GenerateAssets(crate::assets::GenerateArgs),
+    /// Health check: is the archive complete and current? Nagios exit
+    /// statuses: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Status(crate::tools::status::StatusArgs),
 }
 
 /// pg_receivewal's options. `-h` is the host, as in pg_receivewal, so help is

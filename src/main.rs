@@ -30,7 +30,7 @@ fn main() {
         let cli = PgReceivewalCli::parse_from(argv);
         stream_command(cli.stream, cli.log_format)
     } else {
-        let cli = Cli::parse_from(argv);
+        let cli = parse_cli(argv);
         match cli.command {
             Command::Stream(args) => stream_command(args, cli.log_format),
             Command::Verify(args) => {
@@ -38,9 +38,29 @@ fn main() {
                 walrcv::tools::verify::run(&args)
             }
             Command::GenerateAssets(args) => walrcv::assets::run(&args),
+            Command::Status(args) => {
+                init_logging(0, cli.log_format);
+                walrcv::tools::status::run(&args)
+            }
         }
     };
     std::process::exit(code);
+}
+
+/// Parses `walrcv SUBCOMMAND ...`. A usage error exits with clap's status 2,
+/// except under `status`, where 2 is CRITICAL in the Nagios convention: there
+/// it is UNKNOWN (3), with a summary line a monitoring system can show.
+fn parse_cli(argv: Vec<OsString>) -> Cli {
+    let is_status = argv.get(1).is_some_and(|a| a == "status");
+    match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) if is_status && e.use_stderr() => {
+            let msg = e.kind().to_string();
+            let _ = e.print();
+            std::process::exit(walrcv::tools::status::usage_error(&msg));
+        }
+        Err(e) => e.exit(),
+    }
 }
 
 /// The log format chosen, once logging is set up: errors printed outside the

@@ -9,6 +9,7 @@ mod network_faults;
 mod resume;
 mod server_faults;
 mod service;
+mod status;
 mod stream;
 mod support;
 mod sync_commit;

@@ -4,7 +4,7 @@
 //! calls these system calls on the archive, so every one of them can fail on
 //! demand: each function takes the [`Site`] it serves, and with the
 //! `failpoints` cargo feature each (site, operation) pair is a named failpoint
-//! (see [`super::failpoints`]).
+//! (see `src/archive/failpoints.rs`).
 //!
 //! Policy (PostgreSQL's since "fsyncgate"): an fsync error is reported as
 //! [`ArchiveError::Fsync`] and never retried here. After a failed fsync the

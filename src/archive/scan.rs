@@ -220,13 +220,29 @@ impl ArchiveDir {
         segment_size: u64,
         known: &HashMap<String, SegmentFile>,
     ) -> Result<Scan, ArchiveError> {
+        Self::scan_path(&self.path, segment_size, known)
+    }
+
+    /// [`ArchiveDir::scan`] of a directory that is neither opened nor locked:
+    /// it only lists and stats, never writes, locks or fsyncs, so it can run
+    /// beside a `walrcv stream` holding the lock (`walrcv status` uses it).
+    /// A file renamed or removed during the listing is skipped.
+    pub fn scan_unlocked(dir: &Path, segment_size: u64) -> Result<Scan, ArchiveError> {
+        Self::scan_path(dir, segment_size, &HashMap::new())
+    }
+
+    fn scan_path(
+        dir: &Path,
+        segment_size: u64,
+        known: &HashMap<String, SegmentFile>,
+    ) -> Result<Scan, ArchiveError> {
         if !is_valid_segment_size(segment_size) {
             return Err(ArchiveError::InvalidSegmentSize { size: segment_size });
         }
         let mut scan = Scan::default();
-        let entries = std::fs::read_dir(&self.path).map_err(|e| ArchiveError::io(&self.path, e))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| ArchiveError::io(dir, e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| ArchiveError::io(&self.path, e))?;
+            let entry = entry.map_err(|e| ArchiveError::io(dir, e))?;
             let os_name = entry.file_name();
             let Some(name) = os_name.to_str() else {
                 tracing::debug!(name = ?os_name, "ignoring file with a non-UTF-8 name");

@@ -14,7 +14,7 @@
 //!
 //! Work that the next acknowledgement does not need stays off this path: the
 //! next segment file is padded and fsynced ahead of time on a helper thread
-//! ([`Preparer`]), and a filled segment is fdatasynced and reported as flushed
+//! (`Preparer`), and a filled segment is fdatasynced and reported as flushed
 //! before it is renamed ([`WalSink::complete_filled`], which the session calls
 //! after sending the status update).
 //!

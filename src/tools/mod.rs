@@ -1,3 +1,4 @@
 //! Offline tools over an archive directory.
 
+pub mod status;
 pub mod verify;
