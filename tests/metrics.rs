@@ -163,13 +163,17 @@ fn start_synchronous_walrcv(pg: &PgServer, dir: &Path, address: &str) -> Backgro
         "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
     ));
     pg.psql("SELECT pg_reload_conf()");
-    wait_until(Duration::from_secs(30), "walrcv to be the sync standby", || {
-        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
-        pg.psql(&format!(
-            "SELECT sync_state FROM pg_stat_replication \
+    wait_until(
+        Duration::from_secs(30),
+        "walrcv to be the sync standby",
+        || {
+            assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+            pg.psql(&format!(
+                "SELECT sync_state FROM pg_stat_replication \
              WHERE application_name = '{APP}' AND state = 'streaming'"
-        )) == "sync"
-    });
+            )) == "sync"
+        },
+    );
     rcv
 }
 
@@ -190,7 +194,10 @@ fn flushed_lsn_follows_pg_stat_replication_and_counters_grow_under_pgbench() {
 
     let first = scrape(&address);
     assert_eq!(first.get("walrcv_connected"), 1.0);
-    assert_eq!(first.get("walrcv_server_timeline"), f64::from(pg.timeline()));
+    assert_eq!(
+        first.get("walrcv_server_timeline"),
+        f64::from(pg.timeline())
+    );
     assert!(first.get("walrcv_archive_free_bytes") > 0.0);
     let build = format!(
         "walrcv_build_info{{server_majors=\"13-18\",version=\"{}\"}}",
@@ -234,8 +241,14 @@ fn flushed_lsn_follows_pg_stat_replication_and_counters_grow_under_pgbench() {
             // Consistency of one scrape.
             let verified = now.lsn("walrcv_verified_lsn");
             let received = now.lsn("walrcv_received_lsn");
-            assert!(flushed <= verified, "flushed {flushed} > verified {verified}");
-            assert!(verified <= received, "verified {verified} > received {received}");
+            assert!(
+                flushed <= verified,
+                "flushed {flushed} > verified {verified}"
+            );
+            assert!(
+                verified <= received,
+                "verified {verified} > received {received}"
+            );
             assert_only_grew(&previous, &now);
             previous = now;
             std::thread::sleep(Duration::from_millis(250));
@@ -246,10 +259,17 @@ fn flushed_lsn_follows_pg_stat_replication_and_counters_grow_under_pgbench() {
 
     // Once the load stops, both sides agree exactly.
     let mut last = (0, 0);
-    wait_until(Duration::from_secs(10), "walrcv_flushed_lsn == flush_lsn", || {
-        last = (scrape(&address).lsn("walrcv_flushed_lsn"), server_flush(&pg));
-        last.0 == last.1 && last.0 > 0
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "walrcv_flushed_lsn == flush_lsn",
+        || {
+            last = (
+                scrape(&address).lsn("walrcv_flushed_lsn"),
+                server_flush(&pg),
+            );
+            last.0 == last.1 && last.0 > 0
+        },
+    );
     // A completed segment is counted.
     pg.switch_wal();
     pg.psql("CREATE TABLE after_switch AS SELECT 1 AS x");
@@ -299,9 +319,11 @@ fn a_terminated_walsender_counts_one_reconnect_with_its_kind() {
     wait_until(Duration::from_secs(30), "a reconnect to be counted", || {
         scrape(&address).get("walrcv_reconnects_total") == 1.0
     });
-    wait_until(Duration::from_secs(30), "walrcv to be connected again", || {
-        scrape(&address).get("walrcv_connected") == 1.0
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "walrcv to be connected again",
+        || scrape(&address).get("walrcv_connected") == 1.0,
+    );
     let after = scrape(&address);
     assert_only_grew(&before, &after);
     let marked: Vec<&String> = after
@@ -372,7 +394,10 @@ fn every_name_in_the_dashboard_and_alert_rules_is_in_a_real_scrape() {
         "walrcv_reconnects_total",
         "walrcv_archive_free_bytes",
     ] {
-        assert!(dashboard_text.contains(needed), "the dashboard lacks {needed}");
+        assert!(
+            dashboard_text.contains(needed),
+            "the dashboard lacks {needed}"
+        );
     }
     for needed in [
         "walrcv_connected",
