@@ -155,18 +155,22 @@ impl Metrics {
             "1 while a replication stream is open, else 0",
         );
         let server_timeline = gauge(r, "walrcv_server_timeline", "Timeline being streamed");
-        let received_lsn = u64_gauge(r, "walrcv_received_lsn", "End of the WAL received");
-        let written_lsn = u64_gauge(
-            r,
-            "walrcv_written_lsn",
-            "Write position reported to the server",
-        );
+        // Registered (so encoded) from the lowest position to the highest:
+        // a scrape is no snapshot, but reading each lower position first
+        // keeps flushed <= written <= verified <= received <= server end
+        // true in every scrape (all only grow on one timeline).
         let flushed_lsn = u64_gauge(
             r,
             "walrcv_flushed_lsn",
             "Flush position reported to the server (durable and verified)",
         );
+        let written_lsn = u64_gauge(
+            r,
+            "walrcv_written_lsn",
+            "Write position reported to the server",
+        );
         let verified_lsn = u64_gauge(r, "walrcv_verified_lsn", "End of the WAL verified");
+        let received_lsn = u64_gauge(r, "walrcv_received_lsn", "End of the WAL received");
         let server_wal_end_lsn = u64_gauge(
             r,
             "walrcv_server_wal_end_lsn",

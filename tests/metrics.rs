@@ -245,9 +245,12 @@ fn flushed_lsn_follows_pg_stat_replication_and_counters_grow_under_pgbench() {
                 flushed <= verified,
                 "flushed {flushed} > verified {verified}"
             );
+            // The verified end is MAXALIGNed: the padding after a record
+            // may still be on its way.
+            let received_aligned = (received + 7) & !7;
             assert!(
-                verified <= received,
-                "verified {verified} > received {received}"
+                verified <= received_aligned,
+                "verified {verified} > received {received} (aligned)"
             );
             assert_only_grew(&previous, &now);
             previous = now;
@@ -332,12 +335,16 @@ fn a_terminated_walsender_counts_one_reconnect_with_its_kind() {
         .filter(|(k, &v)| k.starts_with("walrcv_last_disconnect_reason{") && v == 1.0)
         .map(|(k, _)| k)
         .collect();
-    // The server's FATAL (57P01 admin shutdown) is a server failure.
-    assert_eq!(
-        marked,
-        ["walrcv_last_disconnect_reason{kind=\"server\"}"],
-        "{:?}",
-        after.series
+    // The server's FATAL (57P01 admin shutdown) is a server failure when
+    // walrcv reads it, a network one when the closed socket fails first.
+    assert_eq!(marked.len(), 1, "{:?}", after.series);
+    assert!(
+        [
+            "walrcv_last_disconnect_reason{kind=\"server\"}",
+            "walrcv_last_disconnect_reason{kind=\"network\"}"
+        ]
+        .contains(&marked[0].as_str()),
+        "{marked:?}"
     );
     drop(rcv);
 }

@@ -645,11 +645,13 @@ impl Stream<'_> {
                 ..
             } => {
                 self.sink.server_has(wal_end);
-                self.acks
-                    .wal_arrived(arrived, Lsn(data_start.0.saturating_add(data.len() as u64)));
+                let data_end = Lsn(data_start.0.saturating_add(data.len() as u64));
+                self.acks.wal_arrived(arrived, data_end);
+                // Before the verifier moves: a scrape never sees verified
+                // past received.
+                crate::metrics::global().wal_received(data_end, data.len() as u64);
                 self.wal(data_start, &data).await?;
                 batch.wal_bytes += data.len();
-                crate::metrics::global().wal_received(self.sink.position(), data.len() as u64);
                 // Stop once the WAL received reaches endpos. (pg_receivewal
                 // waits for a message ending strictly past it, which on an
                 // idle server may never come.)
@@ -779,8 +781,11 @@ async fn send_status(conn: &mut Connection, status: Status) -> Result<(), Receiv
     };
     let mut buf = BytesMut::with_capacity(34);
     update.encode(&mut buf);
-    conn.send_copy_data(&buf).await?;
+    // Before sending: the server can never show a position that a scrape
+    // made after it does not (a thread preempted right after the send would
+    // otherwise lag behind the server).
     crate::metrics::global().status_sent(update.write, update.flush);
+    conn.send_copy_data(&buf).await?;
     tracing::trace!("sent status write={} flush={}", update.write, update.flush);
     Ok(())
 }
