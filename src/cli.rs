@@ -90,6 +90,9 @@ pub struct StreamArgs {
     #[arg(long = "receive-timeout", value_name = "SECS", default_value_t = DEFAULT_RECEIVE_TIMEOUT_SECS,
           value_parser = parse_receive_timeout)]
     pub receive_timeout: u32,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (off by default).
+    #[arg(long = "metrics-address", value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
     /// Replication slot to use.
     #[arg(short = 'S', long = "slot", value_name = "SLOTNAME")]
     pub slot: Option<String>,

@@ -13,6 +13,7 @@
 //! - [`wal`]: sans-IO WAL decoding: page headers, records, CRC, history files.
 //! - [`archive`]: the archive directory: lock, scan, start point, segment writer.
 //! - [`receiver`]: the streaming session pipeline and its supervisor.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint (`--metrics-address`).
 //! - [`shutdown`]: stop requests (SIGINT, SIGTERM) and the helper that makes any wait give way to them.
 //! - [`service`]: systemd notifications (`READY=1`, watchdog pings, `STATUS=`).
 //! - [`tools`]: offline tools over an archive (`verify`).
@@ -24,6 +25,7 @@ pub mod assets;
 pub mod cli;
 pub mod conninfo;
 pub mod lsn;
+pub mod metrics;
 pub mod pgwire;
 pub mod receiver;
 pub mod replication;

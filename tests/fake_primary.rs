@@ -181,6 +181,7 @@ fn options(dir: &Path, port: u16) -> StreamOptions {
         status_interval: Some(Duration::from_secs(10)),
         receive_timeout: Duration::from_secs(60),
         password_prompt: false,
+        metrics_address: None,
     }
 }
 

@@ -5,6 +5,7 @@ mod disk_full;
 mod failpoints;
 mod fake_primary;
 mod harness;
+mod metrics;
 mod network_faults;
 mod resume;
 mod server_faults;

@@ -427,7 +427,9 @@ impl SegmentWriter {
 
     /// The fdatasync itself; poisons on failure.
     fn datasync(&mut self, site: Site) -> Result<(), ArchiveError> {
+        let started = std::time::Instant::now();
         let result = durable::fdatasync(&self.file, &self.path, site);
+        crate::metrics::global().fdatasync_done(started.elapsed());
         match result {
             Ok(()) => self.dirty = false,
             Err(_) => self.poisoned = true,

@@ -49,6 +49,8 @@ pub struct StreamOptions {
     pub receive_timeout: Duration,
     /// May prompt for a password on the terminal if the server asks for one.
     pub password_prompt: bool,
+    /// Serve `/metrics` at this HOST:PORT (`--metrics-address`).
+    pub metrics_address: Option<String>,
 }
 
 /// How a successful run ended.
@@ -85,6 +87,14 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, ReceiverError> {
     let archive = ArchiveDir::open(&opts.directory).map_err(ReceiverError::Archive)?;
+    // Served until `run` returns; a bind failure is a configuration error.
+    let _metrics_server = match &opts.metrics_address {
+        Some(address) => Some(
+            crate::metrics::serve(address, &opts.directory)
+                .map_err(|e| ReceiverError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
     let mut backoff = Backoff::new(backoff::BackoffPolicy::default());
     loop {
         if *shutdown.borrow() {
@@ -98,6 +108,7 @@ pub async fn run(
             Err(e) if opts.no_loop => return Err(e),
             Err(e) => {
                 let kind = e.failure_kind();
+                crate::metrics::global().session_failed(kind);
                 let delay = backoff.after_failure(backoff::FailedSession {
                     kind,
                     streamed_for: if streamed {

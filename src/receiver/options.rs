@@ -33,6 +33,7 @@ impl StreamOptions {
                 .then(|| Duration::from_secs(u64::from(args.status_interval))),
             receive_timeout: Duration::from_secs(u64::from(args.receive_timeout)),
             password_prompt: !args.no_password,
+            metrics_address: args.metrics_address.clone(),
         }
     }
 }

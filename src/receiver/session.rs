@@ -20,6 +20,7 @@ use super::sink::{SinkConfig, WalSink};
 use super::{refine_at_start, Outcome, ReceiverError, StreamOptions};
 use crate::archive::{ArchiveDir, ArchiveError, PrepareError, Resume, StartPoint};
 use crate::lsn::{pg_now, Lsn, TimeLineId};
+use crate::metrics::AckClock;
 use crate::pgwire::{BackendMessage, Connection, PgError, QueryResult};
 use crate::replication::{self, ReplicationError, ReplicationMessage, StartReply, StatusUpdate};
 use crate::service;
@@ -409,7 +410,9 @@ async fn session(
                     sink,
                     feedback: &mut feedback,
                     streamed,
+                    acks: AckClock::default(),
                 };
+                crate::metrics::global().stream_started(start.timeline);
                 stream
                     .run(shutdown)
                     .await
@@ -495,11 +498,14 @@ struct Stream<'a> {
     sink: WalSink,
     feedback: &'a mut Feedback,
     streamed: &'a mut bool,
+    /// Measures `walrcv_flush_ack_latency_seconds`.
+    acks: AckClock,
 }
 
 impl Stream<'_> {
     async fn run(mut self, shutdown: &mut watch::Receiver<bool>) -> Result<CopyEnd, ReceiverError> {
         let result = self.receive_loop(shutdown).await;
+        crate::metrics::global().stream_ended();
         let received = self.sink.position();
         let Stream {
             conn,
@@ -585,12 +591,13 @@ impl Stream<'_> {
     /// [`MAX_BATCH_BYTES`] of WAL, or until a timer is due), then fsyncs once
     /// and reports: flush first, then answer.
     async fn batch(&mut self, first: BackendMessage) -> Result<Option<LoopEnd>, ReceiverError> {
+        let arrived = now();
         let mut batch = Batch::default();
         let mut next = Some(first);
         let mut end = None;
         let mut handled = 0u32;
         while let Some(msg) = next.take() {
-            end = self.handle(msg, &mut batch).await?;
+            end = self.handle(msg, &mut batch, arrived).await?;
             handled += 1;
             if end.is_some() || batch.wal_bytes >= MAX_BATCH_BYTES {
                 break;
@@ -609,7 +616,7 @@ impl Stream<'_> {
             .feedback
             .after_sync(now(), positions, batch.reply_requested)
         {
-            send_status(self.conn, status).await?;
+            self.send(status).await?;
         }
         Ok(end)
     }
@@ -626,6 +633,7 @@ impl Stream<'_> {
         &mut self,
         msg: BackendMessage,
         batch: &mut Batch,
+        arrived: std::time::Instant,
     ) -> Result<Option<LoopEnd>, ReceiverError> {
         let payload = match msg {
             BackendMessage::CopyData(payload) => payload,
@@ -648,6 +656,11 @@ impl Stream<'_> {
                 ..
             } => {
                 self.sink.server_has(wal_end);
+                let data_end = Lsn(data_start.0.saturating_add(data.len() as u64));
+                self.acks.wal_arrived(arrived, data_end);
+                // Before the verifier moves: a scrape never sees verified
+                // past received.
+                crate::metrics::global().wal_received(data_end, data.len() as u64);
                 self.wal(data_start, &data).await?;
                 batch.wal_bytes += data.len();
                 // Stop once the WAL received reaches endpos. (pg_receivewal
@@ -702,9 +715,19 @@ impl Stream<'_> {
     async fn report_progress(&mut self) -> Result<(), ReceiverError> {
         let positions = self.sink.positions();
         match self.feedback.after_sync(now(), positions, false) {
-            Some(status) => send_status(self.conn, status).await,
+            Some(status) => self.send(status).await,
             None => Ok(()),
         }
+    }
+
+    /// Sends a status update, and measures the acknowledge latency of the
+    /// WAL its flush position covers.
+    async fn send(&mut self, status: Status) -> Result<(), ReceiverError> {
+        send_status(self.conn, status).await?;
+        if let Some(latency) = self.acks.status_sent(now(), status.flush) {
+            crate::metrics::global().flush_acknowledged(latency);
+        }
+        Ok(())
     }
 
     async fn on_timer(&mut self) -> Result<(), ReceiverError> {
@@ -716,7 +739,7 @@ impl Stream<'_> {
         }
         match self.feedback.on_timer(now(), self.sink.positions()) {
             TimerAction::Nothing => Ok(()),
-            TimerAction::Send(status) => send_status(self.conn, status).await,
+            TimerAction::Send(status) => self.send(status).await,
             TimerAction::TimedOut => {
                 Err(ReceiverError::Timeout(self.opts.receive_timeout.as_secs()))
             }
@@ -771,6 +794,10 @@ async fn send_status(conn: &mut Connection, status: Status) -> Result<(), Receiv
     };
     let mut buf = BytesMut::with_capacity(34);
     update.encode(&mut buf);
+    // Before sending: the server can never show a position that a scrape
+    // made after it does not (a thread preempted right after the send would
+    // otherwise lag behind the server).
+    crate::metrics::global().status_sent(update.write, update.flush);
     conn.send_copy_data(&buf).await?;
     tracing::trace!("sent status write={} flush={}", update.write, update.flush);
     Ok(())

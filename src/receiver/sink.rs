@@ -158,6 +158,7 @@ impl WalSink {
     /// The server says it has WAL up to `lsn` (the `wal_end` of its messages).
     pub fn server_has(&mut self, lsn: Lsn) {
         self.server_end = self.server_end.max(lsn);
+        crate::metrics::global().server_wal_end(self.server_end);
     }
 
     /// Verifies `data` (which starts at `start`) and writes it, up to the end
@@ -177,11 +178,18 @@ impl WalSink {
         // Bounded by the segment size, so the cast cannot truncate.
         let n = (seg_size - offset).min(data.len() as u64) as usize;
         let piece = &data[..n];
+        let records_before = self.verifier.records();
         let fed = self.verifier.feed(piece);
+        let metrics = crate::metrics::global();
+        metrics.wal_verified(
+            self.verifier.verified_end(),
+            self.verifier.records().saturating_sub(records_before),
+        );
         if self.report_skip {
             self.log_skipped_continuation();
         }
         if let Err(error) = fed {
+            metrics.verification_failed();
             return Err(self.verify_error(error));
         }
         let Some(end) = self.position.0.checked_add(n as u64) else {
@@ -234,6 +242,7 @@ impl WalSink {
         if let Some(full) = self.filled.take() {
             let end = Lsn(full.start_lsn().0.saturating_add(full.segment_size()));
             let path = full.complete()?;
+            crate::metrics::global().segment_completed();
             self.unrenamed_end = None;
             self.named = self.named.max(end);
             self.mark_synced();

@@ -1,0 +1,507 @@
+//! Prometheus metrics of `walrcv stream`: the registry and its typed handles
+//! ([`Metrics`], one per process through [`global`]), the acknowledge-latency
+//! clock ([`AckClock`], sans-IO), and the `/metrics` HTTP endpoint
+//! ([`serve`], `--metrics-address`).
+//!
+//! The metric names are a contract with `walrcv status`, the Grafana
+//! dashboard and the alert rules in `contrib/`: see the README.
+//!
+//! Cost on the commit path: every update is one or two relaxed atomic
+//! operations on a handle built once at start-up (no allocation, no map
+//! lookup). The two histograms take a short mutex each (prometheus-client's),
+//! which a scrape holds only to copy a dozen buckets, never while it writes
+//! to the network: the exposition is encoded into memory first, then sent by
+//! the server thread. The values are kept whether or not they are served.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::lsn::Lsn;
+use crate::receiver::backoff::FailureKind;
+use crate::{MAX_SERVER_MAJOR, MIN_SERVER_MAJOR};
+
+/// An LSN, byte count or other non-negative integer gauge.
+type U64Gauge = Gauge<u64, AtomicU64>;
+type IntGauge = Gauge<i64, AtomicI64>;
+
+/// Labels of `walrcv_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    server_majors: String,
+}
+
+/// Label of `walrcv_last_disconnect_reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// Every failure kind, in the order of [`FailureKind`].
+const KINDS: [FailureKind; 5] = [
+    FailureKind::Network,
+    FailureKind::Server,
+    FailureKind::Archive,
+    FailureKind::Verification,
+    FailureKind::Protocol,
+];
+
+/// The `kind` label of a failure kind (one word, unlike `describe`).
+pub fn kind_label(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Network => "network",
+        FailureKind::Server => "server",
+        FailureKind::Archive => "archive",
+        FailureKind::Verification => "verification",
+        FailureKind::Protocol => "protocol",
+    }
+}
+
+/// Buckets of the fdatasync histogram: 100 µs to about 3.3 s.
+fn fdatasync_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16)
+}
+
+/// Buckets of the acknowledge-latency histogram: 50 µs to about 3.3 s.
+fn ack_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 17)
+}
+
+/// The registry and the handles the receiver updates.
+pub struct Metrics {
+    registry: Registry,
+    connected: IntGauge,
+    server_timeline: IntGauge,
+    received_lsn: U64Gauge,
+    written_lsn: U64Gauge,
+    flushed_lsn: U64Gauge,
+    verified_lsn: U64Gauge,
+    server_wal_end_lsn: U64Gauge,
+    lag_bytes: U64Gauge,
+    received_bytes: Counter,
+    records_verified: Counter,
+    verification_failures: Counter,
+    fdatasync_duration: Histogram,
+    flush_ack_latency: Histogram,
+    segments_completed: Counter,
+    reconnects: Counter,
+    /// One gauge per kind, built at start so that a failure allocates nothing.
+    last_disconnect: Vec<IntGauge>,
+    archive_free_bytes: U64Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered (all zero).
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let build_info = Family::<BuildLabels, IntGauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                server_majors: format!("{MIN_SERVER_MAJOR}-{MAX_SERVER_MAJOR}"),
+            })
+            .set(1);
+        registry.register(
+            "walrcv_build_info",
+            "walrcv's version and the server major versions it supports",
+            build_info,
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = IntGauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let u64_gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = U64Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        // prometheus-client appends `_total` to a counter's name.
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            let base = name.strip_suffix("_total").unwrap_or(name);
+            registry.register(base, help, c.clone());
+            c
+        };
+        let histogram = |registry: &mut Registry,
+                         name: &str,
+                         help: &str,
+                         buckets: &mut dyn Iterator<Item = f64>| {
+            let h = Histogram::new(buckets);
+            registry.register(name, help, h.clone());
+            h
+        };
+        let r = &mut registry;
+        let connected = gauge(
+            r,
+            "walrcv_connected",
+            "1 while a replication stream is open, else 0",
+        );
+        let server_timeline = gauge(r, "walrcv_server_timeline", "Timeline being streamed");
+        // Registered (so encoded) from the lowest position to the highest:
+        // a scrape is no snapshot, but reading each lower position first
+        // keeps flushed <= written <= verified <= received <= server end
+        // true in every scrape (all only grow on one timeline).
+        let flushed_lsn = u64_gauge(
+            r,
+            "walrcv_flushed_lsn",
+            "Flush position reported to the server (durable and verified)",
+        );
+        let written_lsn = u64_gauge(
+            r,
+            "walrcv_written_lsn",
+            "Write position reported to the server",
+        );
+        let verified_lsn = u64_gauge(r, "walrcv_verified_lsn", "End of the WAL verified");
+        let received_lsn = u64_gauge(r, "walrcv_received_lsn", "End of the WAL received");
+        let server_wal_end_lsn = u64_gauge(
+            r,
+            "walrcv_server_wal_end_lsn",
+            "The server's WAL end from its XLogData and keepalive messages",
+        );
+        let lag_bytes = u64_gauge(
+            r,
+            "walrcv_lag_bytes",
+            "Server WAL end minus the flushed LSN (0 when unknown)",
+        );
+        let received_bytes = counter(r, "walrcv_received_bytes_total", "WAL bytes received");
+        let records_verified = counter(r, "walrcv_records_verified_total", "WAL records verified");
+        let verification_failures = counter(
+            r,
+            "walrcv_verification_failures_total",
+            "WAL verification failures",
+        );
+        let fdatasync_duration = histogram(
+            r,
+            "walrcv_fdatasync_duration_seconds",
+            "Duration of each fdatasync of WAL",
+            &mut fdatasync_buckets(),
+        );
+        let flush_ack_latency = histogram(
+            r,
+            "walrcv_flush_ack_latency_seconds",
+            "From a message's arrival to the status update acknowledging it as flushed",
+            &mut ack_buckets(),
+        );
+        let segments_completed = counter(
+            r,
+            "walrcv_segments_completed_total",
+            "Segments completed (renamed to their final name)",
+        );
+        let reconnects = counter(
+            r,
+            "walrcv_reconnects_total",
+            "Sessions that ended in a failure and were retried",
+        );
+        let reasons = Family::<KindLabel, IntGauge>::default();
+        let last_disconnect = KINDS
+            .iter()
+            .map(|&k| {
+                reasons
+                    .get_or_create(&KindLabel {
+                        kind: kind_label(k),
+                    })
+                    .clone()
+            })
+            .collect();
+        registry.register(
+            "walrcv_last_disconnect_reason",
+            "Kind of the last failure (1 on the current kind)",
+            reasons,
+        );
+        let archive_free_bytes = u64_gauge(
+            &mut registry,
+            "walrcv_archive_free_bytes",
+            "Free bytes on the archive directory's file system",
+        );
+        Metrics {
+            registry,
+            connected,
+            server_timeline,
+            received_lsn,
+            written_lsn,
+            flushed_lsn,
+            verified_lsn,
+            server_wal_end_lsn,
+            lag_bytes,
+            received_bytes,
+            records_verified,
+            verification_failures,
+            fdatasync_duration,
+            flush_ack_latency,
+            segments_completed,
+            reconnects,
+            last_disconnect,
+            archive_free_bytes,
+        }
+    }
+
+    /// The exposition in the OpenMetrics text format (which Prometheus reads).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// A stream started on `timeline`.
+    pub fn stream_started(&self, timeline: u32) {
+        self.server_timeline.set(i64::from(timeline));
+        self.connected.set(1);
+    }
+
+    /// The stream ended (for whatever reason).
+    pub fn stream_ended(&self) {
+        self.connected.set(0);
+    }
+
+    /// WAL was received up to `end`: `bytes` more.
+    pub fn wal_received(&self, end: Lsn, bytes: u64) {
+        self.received_lsn.set(end.0);
+        self.received_bytes.inc_by(bytes);
+    }
+
+    /// The verifier reached `end`, with `new_records` more records checked.
+    pub fn wal_verified(&self, end: Lsn, new_records: u64) {
+        self.verified_lsn.set(end.0);
+        if new_records > 0 {
+            self.records_verified.inc_by(new_records);
+        }
+    }
+
+    pub fn verification_failed(&self) {
+        self.verification_failures.inc();
+    }
+
+    /// The server says it has WAL up to `lsn`.
+    pub fn server_wal_end(&self, lsn: Lsn) {
+        self.server_wal_end_lsn.set(lsn.0);
+        self.update_lag(lsn.0, self.flushed_lsn.get());
+    }
+
+    /// A status update reported these positions.
+    pub fn status_sent(&self, write: Lsn, flush: Lsn) {
+        self.written_lsn.set(write.0);
+        self.flushed_lsn.set(flush.0);
+        self.update_lag(self.server_wal_end_lsn.get(), flush.0);
+    }
+
+    fn update_lag(&self, server_end: u64, flushed: u64) {
+        self.lag_bytes.set(lag(server_end, flushed));
+    }
+
+    pub fn fdatasync_done(&self, took: Duration) {
+        self.fdatasync_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn flush_acknowledged(&self, latency: Duration) {
+        self.flush_ack_latency.observe(latency.as_secs_f64());
+    }
+
+    pub fn segment_completed(&self) {
+        self.segments_completed.inc();
+    }
+
+    /// A session failed with `kind` and is retried.
+    pub fn session_failed(&self, kind: FailureKind) {
+        self.connected.set(0);
+        self.reconnects.inc();
+        for (k, gauge) in KINDS.iter().zip(&self.last_disconnect) {
+            gauge.set(i64::from(*k == kind));
+        }
+    }
+
+    pub fn set_archive_free_bytes(&self, bytes: u64) {
+        self.archive_free_bytes.set(bytes);
+    }
+}
+
+/// `walrcv_lag_bytes`: 0 while either end is unknown (0/0), never negative.
+pub fn lag(server_end: u64, flushed: u64) -> u64 {
+    if server_end == 0 || flushed == 0 {
+        0
+    } else {
+        server_end.saturating_sub(flushed)
+    }
+}
+
+/// The process's metrics, created on first use.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Measures `walrcv_flush_ack_latency_seconds`, sans-IO: the oldest WAL not
+/// yet acknowledged is remembered with its arrival time, and the first status
+/// update whose flush position covers its end gives the latency. WAL arriving
+/// while older WAL waits is covered by the same measure (the oldest is the
+/// worst), so on the synchronous commit path, where each commit is its own
+/// batch, every commit is measured.
+#[derive(Debug, Default, Clone)]
+pub struct AckClock {
+    oldest_unacked: Option<(Instant, Lsn)>,
+}
+
+impl AckClock {
+    /// WAL ending at `end` arrived at `at`.
+    pub fn wal_arrived(&mut self, at: Instant, end: Lsn) {
+        if self.oldest_unacked.is_none() {
+            self.oldest_unacked = Some((at, end));
+        }
+    }
+
+    /// A status update reporting `flush` was sent at `now`: the latency of the
+    /// oldest WAL it acknowledges, if it covers it.
+    pub fn status_sent(&mut self, now: Instant, flush: Lsn) -> Option<Duration> {
+        let (arrived, end) = self.oldest_unacked?;
+        if flush < end {
+            return None;
+        }
+        self.oldest_unacked = None;
+        Some(now.saturating_duration_since(arrived))
+    }
+
+    /// A new stream: what the old one did not acknowledge is not measured.
+    pub fn reset(&mut self) {
+        self.oldest_unacked = None;
+    }
+}
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("could not serve metrics on \"{address}\": {reason}")]
+pub struct ServeError {
+    pub address: String,
+    pub reason: String,
+}
+
+/// The `/metrics` endpoint, on its own thread. Dropping it stops the thread.
+pub struct MetricsServer {
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+    local_address: String,
+}
+
+impl MetricsServer {
+    /// The address bound (with the port chosen when 0 was asked).
+    pub fn local_address(&self) -> &str {
+        &self.local_address
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Binds `address` (HOST:PORT) and serves the [`global`] metrics at
+/// `/metrics` from a thread of its own, so that a slow or stuck scraper only
+/// ever holds that thread: the receive loop never waits for it. The archive's
+/// free space is measured (statvfs) at each scrape.
+pub fn serve(address: &str, archive: &Path) -> Result<MetricsServer, ServeError> {
+    let server = tiny_http::Server::http(address).map_err(|e| ServeError {
+        address: address.to_string(),
+        reason: e.to_string(),
+    })?;
+    let local_address = match server.server_addr() {
+        tiny_http::ListenAddr::IP(a) => a.to_string(),
+        other => format!("{other:?}"),
+    };
+    let server = Arc::new(server);
+    let archive = archive.to_path_buf();
+    let serving = Arc::clone(&server);
+    let thread = std::thread::Builder::new()
+        .name("walrcv-metrics".into())
+        .spawn(move || serve_requests(&serving, &archive))
+        .map_err(|e| ServeError {
+            address: address.to_string(),
+            reason: format!("no thread to serve from: {e}"),
+        })?;
+    tracing::info!("serving metrics at http://{local_address}/metrics");
+    Ok(MetricsServer {
+        server,
+        thread: Some(thread),
+        local_address,
+    })
+}
+
+const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn serve_requests(server: &tiny_http::Server, archive: &Path) {
+    // `incoming_requests` ends when the server is unblocked (dropped).
+    for request in server.incoming_requests() {
+        let response = match (request.method(), request.url()) {
+            (tiny_http::Method::Get, "/metrics") => {
+                if let Some(free) = free_bytes(archive) {
+                    global().set_archive_free_bytes(free);
+                }
+                text_response(200, global().encode(), OPENMETRICS_TYPE)
+            }
+            (tiny_http::Method::Get, _) => text_response(
+                404,
+                "not found: metrics are at /metrics\n".into(),
+                "text/plain",
+            ),
+            _ => text_response(405, "only GET\n".into(), "text/plain"),
+        };
+        // The exposition (a few kB) fits in the socket's send buffer: a
+        // scraper that stops reading does not block this thread either.
+        if let Err(e) = request.respond(response) {
+            tracing::debug!("could not answer a metrics request: {e}");
+        }
+    }
+}
+
+fn text_response(
+    status: u16,
+    body: String,
+    content_type: &str,
+) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let mut response = tiny_http::Response::from_string(body).with_status_code(status);
+    if let Ok(header) = tiny_http::Header::from_bytes("Content-Type", content_type) {
+        response.add_header(header);
+    }
+    response
+}
+
+/// Free bytes for an unprivileged user on the file system of `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `stat` is written by statvfs
+    // before it is read (only on success).
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    // The casts widen (or keep) the libc field types on every platform.
+    #[allow(clippy::unnecessary_cast)]
+    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod tests;
