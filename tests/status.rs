@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{free_port, wait_until, walrcv_run, walrcv_spawn, PgServer, RunOutput};
+use crate::support::{
+    free_port, parse_lsn, wait_until, walrcv_run, walrcv_spawn, PgServer, RunOutput,
+};
 
 const MB: u64 = 1 << 20;
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -528,4 +530,54 @@ fn replication_only_role() {
             );
         }
     }
+}
+
+/// `--metrics-url` pointed at a real `walrcv stream --metrics-address`: the
+/// live state reported is the receiver's own (connected, and the flush
+/// position the primary shows for it).
+#[test]
+fn live_state_from_a_running_receiver() {
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let conn = pg.conninfo();
+    let dir = archive_dir();
+    let d = dir.path().to_str().unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut receiver = walrcv_spawn(&[
+        "stream",
+        "-D",
+        d,
+        "-d",
+        &conn,
+        "--metrics-address",
+        &address,
+        "--status-interval",
+        "1",
+    ]);
+    generate_wal(&pg, 1);
+    let flushed = pg.wait_for_flush("walrcv", pg.flush_lsn(), Duration::from_secs(30));
+    let url = format!("http://{address}/metrics");
+    let mut last = Value::Null;
+    wait_until(
+        Duration::from_secs(20),
+        "status reports the receiver connected, flushed to the primary's view",
+        || {
+            let (code, doc) = status_json(dir.path(), &conn, &["--metrics-url", &url]);
+            let live = &doc["walrcv"];
+            let ok = code == Some(0)
+                && live["connected"] == true
+                && live["flushed_lsn"]
+                    .as_str()
+                    .is_some_and(|l| parse_lsn(l) >= flushed);
+            last = doc;
+            ok
+        },
+    );
+    assert_eq!(
+        last["walrcv"]["version"],
+        env!("CARGO_PKG_VERSION"),
+        "{last:#}"
+    );
+    assert!(receiver.is_running());
+    let status = receiver.terminate();
+    assert!(status.success(), "{}", receiver.stderr());
 }
