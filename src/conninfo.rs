@@ -76,12 +76,112 @@ pub enum ConnInfoError {
     NoUser,
 }
 
-/// TLS policy. Only the modes that may fall back to plain text are usable today.
+/// TLS policy, libpq's `sslmode`. Only the modes that may fall back to plain
+/// text are usable until TLS lands (issue 9); the rest are refused by `resolve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
     Disable,
     Allow,
     Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// `sslrootcert`: a PEM file, or `system` (the platform's trust store, which
+/// implies `verify-full` as in libpq 16+).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootCerts {
+    File(PathBuf),
+    System,
+}
+
+/// `ssl_min_protocol_version` / `ssl_max_protocol_version`. libpq also accepts
+/// TLSv1 and TLSv1.1, which rustls cannot speak: `resolve` refuses them as a
+/// minimum below 1.2 is harmless only as long as 1.2 is what is negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls1_2,
+    Tls1_3,
+}
+
+/// `sslnegotiation`: `postgres` sends SSLRequest first; `direct` starts the TLS
+/// handshake at once with ALPN `postgresql` (servers 17+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslNegotiation {
+    Postgres,
+    Direct,
+}
+
+/// `channel_binding` (SCRAM-SHA-256-PLUS with `tls-server-end-point`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelBinding {
+    Disable,
+    Prefer,
+    Require,
+}
+
+/// An authentication method as `require_auth` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Password,
+    Md5,
+    ScramSha256,
+    /// The server sent AuthenticationOk without asking for anything (trust).
+    None,
+}
+
+/// `require_auth` (libpq 16+): the methods the client accepts, or with `!`
+/// the methods it refuses (a list is all negated or none is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequireAuth {
+    pub negated: bool,
+    pub methods: Vec<AuthMethod>,
+}
+
+impl RequireAuth {
+    /// Whether the server may authenticate the client with `method`.
+    pub fn allows(&self, method: AuthMethod) -> bool {
+        self.methods.contains(&method) != self.negated
+    }
+}
+
+/// Everything the TLS layer (`pgwire`) needs, resolved from the `ssl*`
+/// keywords, their `PG*` variables and libpq's defaults under
+/// `~/.postgresql/`. Default paths are filled in whether or not the file
+/// exists; the TLS layer decides, as libpq does at connect time, whether a
+/// missing default file matters (it does for `verify-ca`/`verify-full`'s root
+/// certificate, it does not for `require` or the client certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub mode: SslMode,
+    pub root_cert: Option<RootCerts>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub crl: Option<PathBuf>,
+    /// `sslsni` (default on): send the host name in the TLS handshake.
+    pub sni: bool,
+    pub min_protocol_version: Option<TlsVersion>,
+    pub max_protocol_version: Option<TlsVersion>,
+    pub negotiation: SslNegotiation,
+}
+
+impl TlsSettings {
+    /// What a connection string without any `ssl*` keyword means, without the
+    /// default files (used by tests and by callers that build params by hand).
+    pub fn prefer() -> Self {
+        TlsSettings {
+            mode: SslMode::Prefer,
+            root_cert: None,
+            cert: None,
+            key: None,
+            crl: None,
+            sni: true,
+            min_protocol_version: Some(TlsVersion::Tls1_2),
+            max_protocol_version: None,
+            negotiation: SslNegotiation::Postgres,
+        }
+    }
 }
 
 /// Where to connect.
@@ -160,6 +260,12 @@ pub struct ConnParams {
     pub keepalives_interval: Option<Duration>,
     pub keepalives_count: Option<u32>,
     pub sslmode: SslMode,
+    /// TLS settings; `tls.mode` is the same as `sslmode` (kept until the TLS
+    /// work of issue 9 moves every user to `tls`).
+    pub tls: TlsSettings,
+    pub channel_binding: ChannelBinding,
+    /// `None` when `require_auth` is not set (every method accepted).
+    pub require_auth: Option<RequireAuth>,
     /// `client_encoding` startup parameter (`client_encoding` key or
     /// `PGCLIENTENCODING`); `None` leaves the server default. libpq's `auto`
     /// (derive it from the locale) is treated as `None`.
@@ -1016,6 +1122,12 @@ pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParam
         keepalives_interval,
         keepalives_count,
         sslmode,
+        tls: TlsSettings {
+            mode: sslmode,
+            ..TlsSettings::prefer()
+        },
+        channel_binding: ChannelBinding::Prefer,
+        require_auth: None,
         client_encoding,
     })
 }
@@ -1774,6 +1886,12 @@ mod tests {
                 keepalives_interval: None,
                 keepalives_count: None,
                 sslmode: SslMode::Prefer,
+                tls: crate::conninfo::TlsSettings {
+                    mode: SslMode::Prefer,
+                    ..crate::conninfo::TlsSettings::prefer()
+                },
+                channel_binding: crate::conninfo::ChannelBinding::Prefer,
+                require_auth: None,
                 client_encoding: None,
             }
         );

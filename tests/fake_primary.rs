@@ -171,6 +171,12 @@ fn options(dir: &Path, port: u16) -> StreamOptions {
             keepalives_interval: None,
             keepalives_count: None,
             sslmode: SslMode::Disable,
+            tls: walrcv::conninfo::TlsSettings {
+                mode: SslMode::Disable,
+                ..walrcv::conninfo::TlsSettings::prefer()
+            },
+            channel_binding: walrcv::conninfo::ChannelBinding::Prefer,
+            require_auth: None,
             client_encoding: None,
         },
         slot: None,

@@ -717,6 +717,12 @@ mod tests {
             keepalives_interval: None,
             keepalives_count: None,
             sslmode: SslMode::Disable,
+            tls: crate::conninfo::TlsSettings {
+                mode: SslMode::Disable,
+                ..crate::conninfo::TlsSettings::prefer()
+            },
+            channel_binding: crate::conninfo::ChannelBinding::Prefer,
+            require_auth: None,
             client_encoding: None,
         }
     }
