@@ -1,0 +1,72 @@
+//! Helpers shared by the conninfo unit tests: an injectable environment and
+//! short constructors.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::*;
+
+/// An injectable environment: no real `PG*` variable leaks into a test.
+#[derive(Default)]
+pub(super) struct FakeEnv {
+    pub(super) vars: HashMap<String, String>,
+    pub(super) home: Option<PathBuf>,
+    pub(super) user: Option<String>,
+}
+
+impl FakeEnv {
+    pub(super) fn new() -> Self {
+        FakeEnv {
+            user: Some("osuser".to_owned()),
+            ..Default::default()
+        }
+    }
+    pub(super) fn with(mut self, name: &str, value: &str) -> Self {
+        self.vars.insert(name.to_owned(), value.to_owned());
+        self
+    }
+}
+
+impl Environment for FakeEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.vars.get(name).cloned()
+    }
+    fn home_dir(&self) -> Option<PathBuf> {
+        self.home.clone()
+    }
+    fn os_user(&self) -> Option<String> {
+        self.user.clone()
+    }
+}
+
+pub(super) fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub(super) fn d(conninfo: &str) -> Overrides {
+    Overrides {
+        dbname: Some(conninfo.to_owned()),
+        ..Default::default()
+    }
+}
+
+pub(super) fn resolve_d(conninfo: &str) -> Result<ConnParams, ConnInfoError> {
+    resolve(&d(conninfo), &FakeEnv::new())
+}
+
+pub(super) fn unix(dir: &str, port: u16) -> Target {
+    Target::Unix {
+        dir: PathBuf::from(dir),
+        port,
+    }
+}
+
+pub(super) fn tcp(host: &str, port: u16) -> Target {
+    Target::Tcp {
+        host: host.to_owned(),
+        hostaddr: None,
+        port,
+    }
+}
