@@ -17,179 +17,259 @@ pub(super) fn uri_prefix_len(s: &str) -> Option<usize> {
 
 /// libpq's `conninfo_uri_parse_options`:
 /// `postgresql://[user[:password]@][host][:port][,...][/dbname][?param=value&...]`.
+/// Each part has its own method on [`UriParser`], in the order they appear.
 pub(super) fn parse_uri(
     uri: &str,
     prefix_len: usize,
 ) -> Result<Vec<(String, String)>, ConnInfoError> {
-    let rest = &uri[prefix_len..];
-    let bytes = rest.as_bytes();
-    // libpq looks for '@' before the first '/', so an '@' in a query
-    // parameter can be mistaken for user info; same here for compatibility.
-    let userinfo_end = rest.find(['@', '/']).filter(|&i| bytes[i] == b'@');
-    let after_userinfo = userinfo_end.map_or(0, |at| at + 1);
-    // A raw '@' after the user info is legitimate only in a query value or an
-    // odd database name; more likely a password holds an unencoded '/' or '@'
-    // and pieces of it landed in the host, port or query. Errors then hide
-    // everything up to the last '@'.
-    let stray_at = rest[after_userinfo..].contains('@');
-    let bad = |what: String| ConnInfoError::BadUri {
-        uri: if stray_at {
-            redact_uri_through_last_at(uri, prefix_len)
-        } else {
-            redact_uri(uri)
-        },
-        what,
-    };
-    let decode_part = |part: &str, what: &str| -> Result<String, ConnInfoError> {
-        percent_decode(part).map_err(|e| bad(format!("{e} in the {what}")))
-    };
-    let mut out = Vec::new();
-    let mut p = after_userinfo;
+    let mut parser = UriParser::new(uri, prefix_len);
+    parser.user_info()?;
+    parser.refuse_stray_at()?;
+    parser.host_list()?;
+    parser.path()?;
+    parser.query()?;
+    Ok(parser.out)
+}
 
-    if let Some(at) = userinfo_end {
-        let userinfo = &rest[..at];
+/// The state of one URI parse: the text after the scheme, a cursor into it and
+/// the pairs found so far.
+struct UriParser<'a> {
+    uri: &'a str,
+    prefix_len: usize,
+    /// The URI after `postgresql://`.
+    rest: &'a str,
+    /// Byte offset into `rest` of the next part.
+    pos: usize,
+    /// Where the user info ends (its '@'), if there is one.
+    userinfo_end: Option<usize>,
+    /// An '@' after the user info (see [`UriParser::new`]).
+    stray_at: bool,
+    out: Vec<(String, String)>,
+}
+
+impl<'a> UriParser<'a> {
+    fn new(uri: &'a str, prefix_len: usize) -> Self {
+        let rest = &uri[prefix_len..];
+        // libpq looks for '@' before the first '/', so an '@' in a query
+        // parameter can be mistaken for user info; same here for compatibility.
+        let userinfo_end = rest
+            .find(['@', '/'])
+            .filter(|&i| rest.as_bytes()[i] == b'@');
+        let pos = userinfo_end.map_or(0, |at| at + 1);
+        // A raw '@' after the user info is legitimate only in a query value or
+        // an odd database name; more likely a password holds an unencoded '/'
+        // or '@' and pieces of it landed in the host, port or query. Errors
+        // then hide everything up to the last '@'.
+        let stray_at = rest[pos..].contains('@');
+        UriParser {
+            uri,
+            prefix_len,
+            rest,
+            pos,
+            userinfo_end,
+            stray_at,
+            out: Vec::new(),
+        }
+    }
+
+    /// An error about this URI, which is shown redacted.
+    fn bad(&self, what: String) -> ConnInfoError {
+        let uri = if self.stray_at {
+            redact_uri_through_last_at(self.uri, self.prefix_len)
+        } else {
+            redact_uri(self.uri)
+        };
+        ConnInfoError::BadUri { uri, what }
+    }
+
+    fn decode(&self, part: &str, what: &str) -> Result<String, ConnInfoError> {
+        percent_decode(part).map_err(|e| self.bad(format!("{e} in the {what}")))
+    }
+
+    fn push(&mut self, key: &str, value: String) {
+        self.out.push((key.to_owned(), value));
+    }
+
+    /// The byte at the cursor, if any.
+    fn peek(&self) -> Option<u8> {
+        self.rest.as_bytes().get(self.pos).copied()
+    }
+
+    /// Advances the cursor to the next of `stops` (or the end) and returns the
+    /// text passed over.
+    fn take_until(&mut self, stops: &[u8]) -> &'a str {
+        let start = self.pos;
+        let bytes = self.rest.as_bytes();
+        while self.pos < bytes.len() && !stops.contains(&bytes[self.pos]) {
+            self.pos += 1;
+        }
+        &self.rest[start..self.pos]
+    }
+
+    /// `user[:password]@`.
+    fn user_info(&mut self) -> Result<(), ConnInfoError> {
+        let Some(at) = self.userinfo_end else {
+            return Ok(());
+        };
+        let userinfo = &self.rest[..at];
         let (user, password) = match userinfo.split_once(':') {
             Some((user, password)) => (user, Some(password)),
             None => (userinfo, None),
         };
         if !user.is_empty() {
-            out.push(("user".to_owned(), decode_part(user, "user name")?));
+            let user = self.decode(user, "user name")?;
+            self.push("user", user);
         }
         if let Some(password) = password.filter(|p| !p.is_empty()) {
-            out.push(("password".to_owned(), decode_part(password, "password")?));
+            let password = self.decode(password, "password")?;
+            self.push("password", password);
         }
+        Ok(())
     }
 
-    // No host or port can contain '@', and a database name can write it as
-    // %40: an '@' there is a mis-encoded password, refused before libpq's
-    // split hands pieces of it to later checks that would echo them.
-    let query_start = rest[p..].find('?').map_or(rest.len(), |i| p + i);
-    if rest[p..query_start].contains('@') {
-        return Err(bad(
-            "unexpected \"@\" after the user info; percent-encode \"@\" as %40 and \
-             \"/\" as %2F in user names, passwords and database names"
-                .to_owned(),
-        ));
+    /// No host or port can contain '@', and a database name can write it as
+    /// %40: an '@' there is a mis-encoded password, refused before libpq's
+    /// split hands pieces of it to later checks that would echo them.
+    fn refuse_stray_at(&self) -> Result<(), ConnInfoError> {
+        let after = &self.rest[self.pos..];
+        let before_query = after.find('?').map_or(after, |q| &after[..q]);
+        if before_query.contains('@') {
+            return Err(self.bad(
+                "unexpected \"@\" after the user info; percent-encode \"@\" as %40 and \
+                 \"/\" as %2F in user names, passwords and database names"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 
-    let mut hosts = Vec::new();
-    let mut ports = Vec::new();
-    let mut term;
-    loop {
-        let host;
-        if bytes.get(p) == Some(&b'[') {
-            let start = p + 1;
-            let close = match rest[start..].find(']') {
-                Some(i) => start + i,
-                None => return Err(bad(
-                    "end of string reached when looking for matching \"]\" in IPv6 host address"
-                        .to_owned(),
-                )),
-            };
-            if close == start {
-                return Err(bad("IPv6 host address may not be empty".to_owned()));
+    /// `host[:port][,host[:port]...]`. Lists stay aligned: "a:1,b" gives host
+    /// "a,b" and port "1," (an empty entry means the default port).
+    fn host_list(&mut self) -> Result<(), ConnInfoError> {
+        let mut hosts = Vec::new();
+        let mut ports = Vec::new();
+        loop {
+            hosts.push(self.host()?);
+            ports.push(self.port()?);
+            if self.peek() != Some(b',') {
+                break;
             }
-            host = &rest[start..close];
-            p = close + 1;
-            if let Some(c) = rest[p..].chars().next() {
-                if !matches!(c, ':' | '/' | '?' | ',') {
-                    return Err(bad(format!(
-                        "unexpected character {c:?} at position {} (expected \":\" or \"/\")",
-                        prefix_len + p + 1
-                    )));
-                }
-            }
-        } else {
-            let start = p;
-            while p < bytes.len() && !matches!(bytes[p], b':' | b'/' | b'?' | b',') {
-                p += 1;
-            }
-            host = &rest[start..p];
+            self.pos += 1;
         }
-        hosts.push(decode_part(host, "host")?);
-        term = bytes.get(p).copied();
-        let mut port = "";
-        if term == Some(b':') {
-            p += 1;
-            let start = p;
-            while p < bytes.len() && !matches!(bytes[p], b'/' | b'?' | b',') {
-                p += 1;
-            }
-            port = &rest[start..p];
-            term = bytes.get(p).copied();
+        let hosts = hosts.join(",");
+        if !hosts.is_empty() {
+            self.push("host", hosts);
         }
-        let port = decode_part(port, "port")?;
+        // libpq would store "," for "a,b"; leaving it out means the same (every
+        // host on the default port) and reads better.
+        if ports.iter().any(|p| !p.is_empty()) {
+            self.push("port", ports.join(","));
+        }
+        Ok(())
+    }
+
+    /// One host: a name, an IPv4 address or a bracketed IPv6 address.
+    fn host(&mut self) -> Result<String, ConnInfoError> {
+        if self.peek() != Some(b'[') {
+            let host = self.take_until(b":/?,");
+            return self.decode(host, "host");
+        }
+        let start = self.pos + 1;
+        let Some(len) = self.rest[start..].find(']') else {
+            return Err(self.bad(
+                "end of string reached when looking for matching \"]\" in IPv6 host address"
+                    .to_owned(),
+            ));
+        };
+        if len == 0 {
+            return Err(self.bad("IPv6 host address may not be empty".to_owned()));
+        }
+        let host = &self.rest[start..start + len];
+        self.pos = start + len + 1;
+        if let Some(c) = self.rest[self.pos..].chars().next() {
+            if !matches!(c, ':' | '/' | '?' | ',') {
+                return Err(self.bad(format!(
+                    "unexpected character {c:?} at position {} (expected \":\" or \"/\")",
+                    self.prefix_len + self.pos + 1
+                )));
+            }
+        }
+        self.decode(host, "host")
+    }
+
+    /// `:port` after a host, or "" when there is none.
+    fn port(&mut self) -> Result<String, ConnInfoError> {
+        if self.peek() != Some(b':') {
+            return Ok(String::new());
+        }
+        self.pos += 1;
+        let port = self.take_until(b"/?,");
+        let port = self.decode(port, "port")?;
         // libpq checks ports only when connecting; checking here keeps a
         // mis-split password out of a later "invalid port" error.
         if !port.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad("invalid port number: digits only".to_owned()));
+            return Err(self.bad("invalid port number: digits only".to_owned()));
         }
-        ports.push(port);
-        if term != Some(b',') {
-            break;
-        }
-        p += 1;
-    }
-    // Lists stay aligned: "a:1,b" gives host "a,b" and port "1," (empty = default).
-    let hosts = hosts.join(",");
-    if !hosts.is_empty() {
-        out.push(("host".to_owned(), hosts));
-    }
-    // libpq would store "," for "a,b"; leaving it out means the same (every
-    // host on the default port) and reads better.
-    if ports.iter().any(|p| !p.is_empty()) {
-        out.push(("port".to_owned(), ports.join(",")));
+        Ok(port)
     }
 
-    if term == Some(b'/') {
-        p += 1;
-        let start = p;
-        while p < bytes.len() && bytes[p] != b'?' {
-            p += 1;
+    /// `/dbname`.
+    fn path(&mut self) -> Result<(), ConnInfoError> {
+        if self.peek() != Some(b'/') {
+            return Ok(());
         }
-        let dbname = &rest[start..p];
+        self.pos += 1;
+        let dbname = self.take_until(b"?");
         if !dbname.is_empty() {
-            out.push(("dbname".to_owned(), decode_part(dbname, "database name")?));
+            let dbname = self.decode(dbname, "database name")?;
+            self.push("dbname", dbname);
         }
-        term = bytes.get(p).copied();
+        Ok(())
     }
 
-    if term == Some(b'?') {
-        // As libpq: a trailing '&' ends the list, but an empty parameter in
-        // the middle ("a=1&&b=2") is an error.
-        let mut params = &rest[p + 1..];
+    /// `?key=value&...`. As libpq: a trailing '&' ends the list, but an empty
+    /// parameter in the middle ("a=1&&b=2") is an error.
+    fn query(&mut self) -> Result<(), ConnInfoError> {
+        if self.peek() != Some(b'?') {
+            return Ok(());
+        }
+        let mut params = &self.rest[self.pos + 1..];
         while !params.is_empty() {
             let param;
             (param, params) = params.split_once('&').unwrap_or((params, ""));
-            let Some((key, value)) = param.split_once('=') else {
-                // Named only if it is a keyword: it could be a piece of a
-                // mis-encoded password.
-                let what = match percent_decode(param).ok().filter(|k| keyword(k).is_some()) {
-                    Some(k) => format!("missing key/value separator \"=\" after {k:?}"),
-                    None => "missing key/value separator \"=\" in a query parameter".to_owned(),
-                };
-                return Err(bad(what));
-            };
-            if value.contains('=') {
-                return Err(bad(format!(
-                    "extra key/value separator \"=\" in URI query parameter {key:?}"
-                )));
-            }
-            let key = decode_part(key, "query parameter name")?;
-            let value = decode_part(value, &format!("value of query parameter {key:?}"))?;
-            // JDBC compatibility, as in libpq: ssl=true means sslmode=require.
-            let (key, value) = if key == "ssl" && value == "true" {
-                ("sslmode".to_owned(), "require".to_owned())
-            } else {
-                (key, value)
-            };
-            if keyword(&key).is_none() {
-                return Err(ConnInfoError::UnknownKey(key));
-            }
-            out.push((key, value));
+            let (key, value) = self.query_param(param)?;
+            self.out.push((key, value));
         }
+        Ok(())
     }
-    Ok(out)
+
+    /// One `key=value` query parameter, decoded and checked to be a keyword.
+    fn query_param(&self, param: &str) -> Result<(String, String), ConnInfoError> {
+        let Some((key, value)) = param.split_once('=') else {
+            // Named only if it is a keyword: it could be a piece of a
+            // mis-encoded password.
+            let what = match percent_decode(param).ok().filter(|k| keyword(k).is_some()) {
+                Some(k) => format!("missing key/value separator \"=\" after {k:?}"),
+                None => "missing key/value separator \"=\" in a query parameter".to_owned(),
+            };
+            return Err(self.bad(what));
+        };
+        if value.contains('=') {
+            return Err(self.bad(format!(
+                "extra key/value separator \"=\" in URI query parameter {key:?}"
+            )));
+        }
+        let key = self.decode(key, "query parameter name")?;
+        let value = self.decode(value, &format!("value of query parameter {key:?}"))?;
+        // JDBC compatibility, as in libpq: ssl=true means sslmode=require.
+        if key == "ssl" && value == "true" {
+            return Ok(("sslmode".to_owned(), "require".to_owned()));
+        }
+        if keyword(&key).is_none() {
+            return Err(ConnInfoError::UnknownKey(key));
+        }
+        Ok((key, value))
+    }
 }
 
 /// Decodes `%XX` escapes (no `+` for space, as libpq). `%00` is refused because
