@@ -3,13 +3,17 @@
 
 use std::ffi::{CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The process environment and home directory, injectable for tests.
 pub trait Environment {
     fn var(&self, name: &str) -> Option<String>;
     fn home_dir(&self) -> Option<PathBuf>;
     fn os_user(&self) -> Option<String>;
+    /// The contents of a configuration file (connection service files).
+    fn read_file(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
 }
 
 /// The real process environment.

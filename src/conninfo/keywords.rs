@@ -69,23 +69,17 @@ pub(super) const KEYWORDS: &[Keyword] = &[
     kw("oauth_scope", None),
 ];
 
-/// Keywords that only matter once TLS or GSSAPI is in use (neither is
-/// implemented), or for an authentication method walrcv cannot use; ignoring
-/// them changes nothing about the connection walrcv makes.
+/// Keywords accepted and ignored because they change nothing about the
+/// connections walrcv makes: GSSAPI and OAuth details (walrcv uses neither),
+/// `sslcompression` (servers refuse compression since PostgreSQL 14),
+/// `sslkeylogfile` (a debugging aid walrcv does not offer: it would write key
+/// material to disk), `sslpassword` (an encrypted client key is refused by the
+/// TLS layer, whatever the password).
 pub(super) const IGNORED_KEYWORDS: &[&str] = &[
     "fallback_application_name",
     "sslcompression",
-    "sslcert",
-    "sslkey",
-    "sslcertmode",
     "sslpassword",
-    "sslrootcert",
-    "sslcrl",
-    "sslcrldir",
-    "sslsni",
     "sslkeylogfile",
-    "ssl_min_protocol_version",
-    "ssl_max_protocol_version",
     "krbsrvname",
     "gsslib",
     "gssdelegation",

@@ -1,39 +1,58 @@
 //! libpq-compatible connection settings: `key=value` strings and `postgresql://`
-//! URIs, the `PG*` environment, and the password file (`~/.pgpass`), combined with
-//! pg_receivewal's precedence for `-d`, `-h`, `-p` and `-U`.
+//! URIs, connection services, the `PG*` environment, and the password file
+//! (`~/.pgpass`), combined with pg_receivewal's precedence for `-d`, `-h`, `-p`
+//! and `-U`.
 //!
 //! The aim is that any string Barman (or a user) hands to `pg_receivewal --dbname`
 //! means the same thing to walrcv, or is refused with an error naming the key,
-//! never silently reinterpreted. Three layers are combined by [`resolve`], each
+//! never silently reinterpreted. Four layers are combined by [`resolve`], each
 //! only filling what the previous ones left unset (an empty value counts as
 //! unset, as it does when pg_receivewal passes its keyword array to libpq):
 //!
 //! 1. the `-d` string, then the `-h`/`-p`/`-U` flags and a prompted password,
 //!    which override the same keys of `-d` (pg_receivewal appends them after the
 //!    `-d` entries and libpq keeps the last value);
-//! 2. the `PG*` environment variables libpq reads for each keyword;
-//! 3. defaults: Unix socket in [`DEFAULT_SOCKET_DIR`], port 5432, the OS user.
+//! 2. the connection service (`service` or `PGSERVICE`, see `service.rs`);
+//! 3. the `PG*` environment variables libpq reads for each keyword;
+//! 4. defaults: Unix socket in [`DEFAULT_SOCKET_DIR`], port 5432, the OS user,
+//!    `sslmode=prefer` and the TLS files under `~/.postgresql/`.
 //!
-//! Keywords whose only effect is on TLS or GSSAPI (not implemented) are accepted
-//! and ignored; keywords whose value *demands* something walrcv cannot do
-//! (`sslmode=require`, `gssencmode=require`, `service`, ...) are errors, because
-//! quietly connecting with weaker guarantees than asked for is worse than not
+//! The TLS keywords (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `sslcrl`,
+//! `sslsni`, `ssl_min/max_protocol_version`, `sslnegotiation`, `sslcertmode`)
+//! resolve into [`TlsSettings`] (`tls.rs`), `channel_binding` and
+//! `require_auth` into their own types (`auth.rs`); the transport and the
+//! authentication that use them live in `pgwire`. Keywords with no effect on
+//! what walrcv does (`sslcompression`, `sslkeylogfile`, `sslpassword` (an
+//! encrypted key is refused by the TLS layer), GSSAPI and OAuth details) are
+//! accepted and ignored; keywords whose value *demands* something walrcv cannot
+//! do (`gssencmode=require`, `sslcrldir`, `sslcertmode=require`,
+//! `target_session_attrs=read-write`, ...) are errors, because quietly
+//! connecting with weaker guarantees than asked for is worse than not
 //! connecting.
+//!
+//! Module map: `keywords` (the keyword table), `keyvalue` and `uri` (the two
+//! string forms), `service` (pg_service.conf), `env` (environment and passwd),
+//! `resolve` (layers, validation, targets), `tls` and `auth` (their keywords),
+//! `pgpass` (the password file).
 //!
 //! Passwords never appear in errors or log lines: a URI in an error is redacted
 //! and a malformed value that follows a password is not echoed.
 
+mod auth;
 mod env;
 mod keyvalue;
 mod keywords;
 mod pgpass;
 mod resolve;
+mod service;
 #[cfg(test)]
 mod test_support;
+mod tls;
 mod uri;
 
 pub use env::{Environment, ProcessEnv};
 pub use resolve::resolve;
+pub use service::{find_service, ServiceFileError, ServiceSetting, DEFAULT_SYSCONFDIR};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -72,8 +91,6 @@ pub enum ConnInfoError {
         value: String,
         what: String,
     },
-    #[error("sslmode \"{0}\" is not yet supported: walrcv cannot use TLS yet; use sslmode=disable or prefer")]
-    TlsNotSupported(String),
     /// A valid libpq setting that asks for something walrcv does not implement.
     #[error("connection option \"{key}\" is not supported: {what}")]
     Unsupported { key: String, what: String },
@@ -85,10 +102,21 @@ pub enum ConnInfoError {
     /// No `user` setting and the OS user name could not be determined.
     #[error("could not determine the user name: set user in the connection string, -U or PGUSER")]
     NoUser,
+    /// Settings that are valid alone but contradict each other (libpq's
+    /// wording, e.g. `weak sslmode "require" may not be used with
+    /// sslrootcert=system (use "verify-full")`).
+    #[error("{0}")]
+    Conflict(String),
+    /// `service=NAME` (or `PGSERVICE`) names a service no service file defines.
+    #[error("definition of service \"{0}\" not found")]
+    ServiceNotFound(String),
+    /// A service file could not be read, or the service's section has an
+    /// error. Never shows a value from the file (it may hold a password).
+    #[error("service file \"{path}\": {what}")]
+    ServiceFile { path: String, what: String },
 }
 
-/// TLS policy, libpq's `sslmode`. Only the modes that may fall back to plain
-/// text are usable until TLS lands (issue 9); the rest are refused by `resolve`.
+/// TLS policy, libpq's `sslmode` (default `prefer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
     Disable,
@@ -270,9 +298,7 @@ pub struct ConnParams {
     pub keepalives_idle: Option<Duration>,
     pub keepalives_interval: Option<Duration>,
     pub keepalives_count: Option<u32>,
-    pub sslmode: SslMode,
-    /// TLS settings; `tls.mode` is the same as `sslmode` (kept until the TLS
-    /// work of issue 9 moves every user to `tls`).
+    /// TLS settings (`sslmode` is `tls.mode`).
     pub tls: TlsSettings,
     pub channel_binding: ChannelBinding,
     /// `None` when `require_auth` is not set (every method accepted).

@@ -6,20 +6,27 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::auth::{resolve_channel_binding, resolve_require_auth};
 use super::env::Environment;
 use super::keyvalue::is_space;
 use super::keywords::{keyword, IGNORED_KEYWORDS, KEYWORDS};
+use super::service::lookup_service;
+use super::tls::resolve_tls;
 use super::uri::uri_prefix_len;
 use super::{
-    parse, ChannelBinding, ConnInfoError, ConnParams, Overrides, SslMode, Target, TlsSettings,
-    DEFAULT_APPLICATION_NAME, DEFAULT_PORT, DEFAULT_SOCKET_DIR, REPLICATION_DBNAME,
+    parse, ConnInfoError, ConnParams, Overrides, Target, DEFAULT_APPLICATION_NAME, DEFAULT_PORT,
+    DEFAULT_SOCKET_DIR, REPLICATION_DBNAME,
 };
 
 /// Where a setting came from, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
+pub(super) enum Origin {
     Conninfo,
     Flag,
+    /// A line of the connection service file in use.
+    Service {
+        line: usize,
+    },
     Env(&'static str),
 }
 
@@ -28,6 +35,9 @@ impl fmt::Display for Origin {
         match self {
             Origin::Conninfo => f.write_str("set in the connection string"),
             Origin::Flag => f.write_str("set by a command-line option"),
+            Origin::Service { line } => {
+                write!(f, "set by the connection service file, line {line}")
+            }
             Origin::Env(var) => write!(f, "set by environment variable {var}"),
         }
     }
@@ -36,16 +46,16 @@ impl fmt::Display for Origin {
 /// The combined settings; the last insert for a key wins. Empty values are
 /// kept (a later empty value still hides an earlier one) but read as unset.
 #[derive(Default)]
-struct Settings {
+pub(super) struct Settings {
     values: BTreeMap<&'static str, (String, Origin)>,
 }
 
 impl Settings {
-    fn set(&mut self, key: &'static str, value: String, origin: Origin) {
+    pub(super) fn set(&mut self, key: &'static str, value: String, origin: Origin) {
         self.values.insert(key, (value, origin));
     }
 
-    fn get(&self, key: &str) -> Option<(&str, Origin)> {
+    pub(super) fn get(&self, key: &str) -> Option<(&str, Origin)> {
         self.values
             .get(key)
             .filter(|(v, _)| !v.is_empty())
@@ -53,7 +63,12 @@ impl Settings {
     }
 }
 
-fn bad_value(key: &str, value: &str, what: impl fmt::Display, origin: Origin) -> ConnInfoError {
+pub(super) fn bad_value(
+    key: &str,
+    value: &str,
+    what: impl fmt::Display,
+    origin: Origin,
+) -> ConnInfoError {
     ConnInfoError::BadValue {
         key: key.to_owned(),
         value: value.to_owned(),
@@ -61,7 +76,7 @@ fn bad_value(key: &str, value: &str, what: impl fmt::Display, origin: Origin) ->
     }
 }
 
-fn unsupported(key: &str, what: impl fmt::Display, origin: Origin) -> ConnInfoError {
+pub(super) fn unsupported(key: &str, what: impl fmt::Display, origin: Origin) -> ConnInfoError {
     ConnInfoError::Unsupported {
         key: key.to_owned(),
         what: format!("{what} ({origin})"),
@@ -142,8 +157,9 @@ fn check_choice(
 }
 
 /// Resolves the final settings: `-d` entries, then the flags' overrides, then
-/// `PG*` variables for what is still unset, then defaults (Unix socket in
-/// `/var/run/postgresql`, port 5432, the OS user, application_name `walrcv`).
+/// the connection service's settings, then `PG*` variables for what is still
+/// unset, then defaults (Unix socket in `/var/run/postgresql`, port 5432, the
+/// OS user, application_name `walrcv`, TLS as in [`resolve_tls`]).
 ///
 /// `dbname` (used only for `.pgpass` matching: the server ignores it for a
 /// physical replication connection) is the one `-d` gives, as in pg_receivewal
@@ -151,46 +167,14 @@ fn check_choice(
 /// database name, as libpq reads `dbname`.
 pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParams, ConnInfoError> {
     let mut s = Settings::default();
-
-    if let Some(d) = overrides.dbname.as_deref().filter(|d| !d.is_empty()) {
-        if uri_prefix_len(d).is_some() || d.contains('=') {
-            for (key, value) in parse(d)? {
-                // parse only returns known keywords; the lookup gives the
-                // 'static name the map is keyed by.
-                let Some(known) = keyword(&key) else {
-                    return Err(ConnInfoError::UnknownKey(key));
-                };
-                s.set(known.name, value, Origin::Conninfo);
-            }
-        } else {
-            s.set("dbname", d.to_owned(), Origin::Conninfo);
-        }
-    }
-
-    let flags = [
-        ("host", &overrides.host),
-        ("port", &overrides.port),
-        ("user", &overrides.user),
-        ("password", &overrides.password),
-    ];
-    for (key, value) in flags {
-        // pg_receivewal hands libpq a keyword array, which skips empty values.
-        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
-            s.set(key, value.to_owned(), Origin::Flag);
-        }
-    }
-
-    for k in KEYWORDS {
-        let Some(var) = k.env else { continue };
-        if s.get(k.name).is_none() {
-            if let Some(value) = env.var(var).filter(|v| !v.is_empty()) {
-                s.set(k.name, value, Origin::Env(var));
-            }
-        }
-    }
-
+    add_conninfo(&mut s, overrides)?;
+    add_flags(&mut s, overrides);
+    add_service(&mut s, env)?;
+    add_env(&mut s, env);
     check_unsupported(&s)?;
-    let sslmode = resolve_sslmode(&s)?;
+    let tls = resolve_tls(&s, env)?;
+    let channel_binding = resolve_channel_binding(&s, tls.mode)?;
+    let require_auth = resolve_require_auth(&s)?;
     let targets = resolve_targets(&s)?;
 
     if let Some((value, origin)) = s.get("requirepeer") {
@@ -213,7 +197,7 @@ pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParam
             // oauth_client_secret are secrets.
             tracing::debug!(
                 "ignoring connection option \"{key}\" ({origin}): \
-                 TLS, GSSAPI and OAuth are not used by walrcv"
+                 it has no effect on the connections walrcv makes"
             );
         }
     }
@@ -312,15 +296,88 @@ pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParam
         keepalives_idle,
         keepalives_interval,
         keepalives_count,
-        sslmode,
-        tls: TlsSettings {
-            mode: sslmode,
-            ..TlsSettings::prefer()
-        },
-        channel_binding: ChannelBinding::Prefer,
-        require_auth: None,
+        tls,
+        channel_binding,
+        require_auth,
         client_encoding,
     })
+}
+
+/// Layer 1: the `-d` string (a conninfo string or URI, else a database name).
+fn add_conninfo(s: &mut Settings, overrides: &Overrides) -> Result<(), ConnInfoError> {
+    let Some(d) = overrides.dbname.as_deref().filter(|d| !d.is_empty()) else {
+        return Ok(());
+    };
+    if uri_prefix_len(d).is_none() && !d.contains('=') {
+        s.set("dbname", d.to_owned(), Origin::Conninfo);
+        return Ok(());
+    }
+    for (key, value) in parse(d)? {
+        // parse only returns known keywords; the lookup gives the 'static
+        // name the map is keyed by.
+        let Some(known) = keyword(&key) else {
+            return Err(ConnInfoError::UnknownKey(key));
+        };
+        s.set(known.name, value, Origin::Conninfo);
+    }
+    Ok(())
+}
+
+/// Layer 1 too: `-h`, `-p`, `-U` and a prompted password override `-d`.
+fn add_flags(s: &mut Settings, overrides: &Overrides) {
+    let flags = [
+        ("host", &overrides.host),
+        ("port", &overrides.port),
+        ("user", &overrides.user),
+        ("password", &overrides.password),
+    ];
+    for (key, value) in flags {
+        // pg_receivewal hands libpq a keyword array, which skips empty values.
+        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+            s.set(key, value.to_owned(), Origin::Flag);
+        }
+    }
+}
+
+/// Layer 2: the connection service named by `service` or `PGSERVICE` fills
+/// what layer 1 left unset (libpq's `parseServiceInfo`, called before the
+/// environment is read).
+fn add_service(s: &mut Settings, env: &dyn Environment) -> Result<(), ConnInfoError> {
+    let service = match s.get("service") {
+        Some((name, _)) => name.to_owned(),
+        None => match env.var("PGSERVICE").filter(|v| !v.is_empty()) {
+            Some(name) => name,
+            None => return Ok(()),
+        },
+    };
+    let found = lookup_service(&service, env)?;
+    tracing::debug!(
+        "using connection service \"{service}\" from \"{}\"",
+        found.file.display()
+    );
+    for setting in found.settings {
+        if s.get(setting.key).is_none() {
+            let origin = Origin::Service { line: setting.line };
+            s.set(setting.key, setting.value, origin);
+        }
+    }
+    Ok(())
+}
+
+/// Layer 3: the `PG*` variables, for keywords still unset. libpq's deprecated
+/// `PGREQUIRESSL=1` means `sslmode=require` when nothing else sets sslmode.
+fn add_env(s: &mut Settings, env: &dyn Environment) {
+    for k in KEYWORDS {
+        let Some(var) = k.env else { continue };
+        if s.get(k.name).is_none() {
+            if let Some(value) = env.var(var).filter(|v| !v.is_empty()) {
+                s.set(k.name, value, Origin::Env(var));
+            }
+        }
+    }
+    if s.get("sslmode").is_none() && env.var("PGREQUIRESSL").is_some_and(|v| v.starts_with('1')) {
+        s.set("sslmode", "require".to_owned(), Origin::Env("PGREQUIRESSL"));
+    }
 }
 
 /// Refuses settings that ask for something walrcv does not do, so that a
@@ -339,23 +396,6 @@ fn check_unsupported(s: &Settings) -> Result<(), ConnInfoError> {
             ));
         }
     }
-    if let Some((value, origin)) = s.get("service") {
-        return Err(unsupported(
-            "service",
-            format_args!(
-                "service {value:?}: connection service files (pg_service.conf) are not supported; \
-                 put the settings in the connection string"
-            ),
-            origin,
-        ));
-    }
-    if let Some((_, origin)) = s.get("require_auth") {
-        return Err(unsupported(
-            "require_auth",
-            "walrcv cannot restrict the authentication methods it accepts; remove require_auth",
-            origin,
-        ));
-    }
     for key in ["scram_client_key", "scram_server_key"] {
         if let Some((_, origin)) = s.get(key) {
             // Value not shown: these are secrets.
@@ -372,13 +412,6 @@ fn check_unsupported(s: &Settings) -> Result<(), ConnInfoError> {
         &["disable", "prefer"],
         &["require"],
         "GSSAPI encryption is not supported",
-    )?;
-    check_choice(
-        s,
-        "channel_binding",
-        &["disable", "prefer"],
-        &["require"],
-        "channel binding needs TLS, which walrcv does not support yet",
     )?;
     check_choice(
         s,
@@ -400,13 +433,6 @@ fn check_unsupported(s: &Settings) -> Result<(), ConnInfoError> {
         &["random"],
         "walrcv tries hosts in the order given",
     )?;
-    check_choice(
-        s,
-        "sslnegotiation",
-        &["postgres"],
-        &["direct"],
-        "direct TLS negotiation needs TLS, which walrcv does not support yet",
-    )?;
     // PG18 protocol version bounds: walrcv speaks protocol 3.0.
     check_choice(
         s,
@@ -423,24 +449,6 @@ fn check_unsupported(s: &Settings) -> Result<(), ConnInfoError> {
         "",
     )?;
     Ok(())
-}
-
-fn resolve_sslmode(s: &Settings) -> Result<SslMode, ConnInfoError> {
-    match s.get("sslmode") {
-        None => Ok(SslMode::Prefer),
-        Some(("disable", _)) => Ok(SslMode::Disable),
-        Some(("allow", _)) => Ok(SslMode::Allow),
-        Some(("prefer", _)) => Ok(SslMode::Prefer),
-        Some((mode @ ("require" | "verify-ca" | "verify-full"), _)) => {
-            Err(ConnInfoError::TlsNotSupported(mode.to_owned()))
-        }
-        Some((value, origin)) => Err(bad_value(
-            "sslmode",
-            value,
-            "valid values are disable, allow, prefer, require, verify-ca, verify-full",
-            origin,
-        )),
-    }
 }
 
 /// libpq's host list rules (`connectOptions2`): the number of targets is the

@@ -2,7 +2,7 @@
 //! short constructors.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::*;
 
@@ -12,6 +12,8 @@ pub(super) struct FakeEnv {
     pub(super) vars: HashMap<String, String>,
     pub(super) home: Option<PathBuf>,
     pub(super) user: Option<String>,
+    /// Files `read_file` can see; any other path does not exist.
+    pub(super) files: HashMap<PathBuf, String>,
 }
 
 impl FakeEnv {
@@ -25,6 +27,10 @@ impl FakeEnv {
         self.vars.insert(name.to_owned(), value.to_owned());
         self
     }
+    pub(super) fn with_file(mut self, path: &str, text: &str) -> Self {
+        self.files.insert(PathBuf::from(path), text.to_owned());
+        self
+    }
 }
 
 impl Environment for FakeEnv {
@@ -36,6 +42,12 @@ impl Environment for FakeEnv {
     }
     fn os_user(&self) -> Option<String> {
         self.user.clone()
+    }
+    fn read_file(&self, path: &Path) -> std::io::Result<String> {
+        self.files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
     }
 }
 

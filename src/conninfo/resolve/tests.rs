@@ -2,6 +2,7 @@
 
 use super::super::test_support::*;
 use super::super::*;
+use std::path::Path;
 
 // ---- resolve: precedence ----
 
@@ -23,11 +24,7 @@ fn defaults() {
             keepalives_idle: None,
             keepalives_interval: None,
             keepalives_count: None,
-            sslmode: SslMode::Prefer,
-            tls: crate::conninfo::TlsSettings {
-                mode: SslMode::Prefer,
-                ..crate::conninfo::TlsSettings::prefer()
-            },
+            tls: TlsSettings::prefer(),
             channel_binding: crate::conninfo::ChannelBinding::Prefer,
             require_auth: None,
             client_encoding: None,
@@ -39,6 +36,17 @@ fn defaults() {
     };
     let p = resolve(&Overrides::default(), &env).unwrap();
     assert_eq!(p.passfile, Some(PathBuf::from("/home/me/.pgpass")));
+    // libpq's default TLS files, filled in whether or not they exist.
+    assert_eq!(
+        p.tls,
+        TlsSettings {
+            root_cert: Some(RootCerts::File("/home/me/.postgresql/root.crt".into())),
+            cert: Some("/home/me/.postgresql/postgresql.crt".into()),
+            key: Some("/home/me/.postgresql/postgresql.key".into()),
+            crl: Some("/home/me/.postgresql/root.crl".into()),
+            ..TlsSettings::prefer()
+        }
+    );
 }
 
 #[test]
@@ -62,7 +70,7 @@ fn barman_conninfo() {
     assert_eq!(p.options.as_deref(), Some("-cdatestyle=iso"));
     assert_eq!(p.dbname, "replication");
     assert_eq!(p.password, None);
-    assert_eq!(p.sslmode, SslMode::Prefer);
+    assert_eq!(p.tls.mode, SslMode::Prefer);
 }
 
 #[test]
@@ -113,7 +121,7 @@ fn conninfo_overrides_env_and_env_overrides_defaults() {
     assert_eq!(p.password.as_deref(), Some("epw"));
     assert_eq!(p.application_name, "eapp");
     assert_eq!(p.connect_timeout, Some(Duration::from_secs(7)));
-    assert_eq!(p.sslmode, SslMode::Disable);
+    assert_eq!(p.tls.mode, SslMode::Disable);
     assert_eq!(p.passfile, Some(PathBuf::from("/e/pgpass")));
     assert_eq!(p.options.as_deref(), Some("-c x=1"));
     // PGDATABASE is never used: pg_receivewal always sets dbname.
@@ -128,7 +136,7 @@ fn conninfo_overrides_env_and_env_overrides_defaults() {
     assert_eq!(p.user, "duser");
     assert_eq!(p.password.as_deref(), Some("dpw"));
     assert_eq!(p.application_name, "dapp");
-    assert_eq!(p.sslmode, SslMode::Allow);
+    assert_eq!(p.tls.mode, SslMode::Allow);
     assert_eq!(p.passfile, Some(PathBuf::from("/d/pgpass")));
 
     // An empty value in -d counts as unset: the environment fills it.
@@ -165,8 +173,8 @@ fn uri_resolves() {
     let p = resolve_d("postgresql://%2Fvar%2Frun%2Fpostgresql:5444/db").unwrap();
     assert_eq!(p.targets, vec![unix("/var/run/postgresql", 5444)]);
     assert_eq!(
-        resolve_d("postgresql://h?ssl=true"),
-        Err(ConnInfoError::TlsNotSupported("require".into()))
+        resolve_d("postgresql://h?ssl=true").unwrap().tls.mode,
+        SslMode::Require
     );
 }
 
@@ -194,35 +202,47 @@ fn application_name_fallbacks() {
 
 #[test]
 fn sslmode_policy() {
-    assert_eq!(
-        resolve_d("sslmode=disable").unwrap().sslmode,
-        SslMode::Disable
-    );
-    assert_eq!(resolve_d("sslmode=allow").unwrap().sslmode, SslMode::Allow);
-    assert_eq!(
-        resolve_d("sslmode=prefer").unwrap().sslmode,
-        SslMode::Prefer
-    );
-    assert_eq!(resolve_d("").unwrap().sslmode, SslMode::Prefer);
-    for mode in ["require", "verify-ca", "verify-full"] {
-        assert_eq!(
-            resolve_d(&format!("sslmode={mode}")),
-            Err(ConnInfoError::TlsNotSupported(mode.into()))
-        );
+    for (value, mode) in [
+        ("disable", SslMode::Disable),
+        ("allow", SslMode::Allow),
+        ("prefer", SslMode::Prefer),
+        ("require", SslMode::Require),
+        ("verify-ca", SslMode::VerifyCa),
+        ("verify-full", SslMode::VerifyFull),
+    ] {
+        let p = resolve_d(&format!("sslmode={value}")).unwrap();
+        assert_eq!(p.tls.mode, mode, "{value}");
     }
+    assert_eq!(resolve_d("").unwrap().tls.mode, SslMode::Prefer);
     let err = resolve_d("sslmode=bogus").unwrap_err();
     assert!(
         matches!(&err, ConnInfoError::BadValue { key, value, .. } if key == "sslmode" && value == "bogus")
     );
     let env = FakeEnv::new().with("PGSSLMODE", "verify-full");
     assert_eq!(
-        resolve(&Overrides::default(), &env),
-        Err(ConnInfoError::TlsNotSupported("verify-full".into()))
+        resolve(&Overrides::default(), &env).unwrap().tls.mode,
+        SslMode::VerifyFull
     );
     // The connection string beats the environment.
     assert_eq!(
-        resolve(&d("sslmode=disable"), &env).unwrap().sslmode,
+        resolve(&d("sslmode=disable"), &env).unwrap().tls.mode,
         SslMode::Disable
+    );
+    // libpq's deprecated PGREQUIRESSL=1, below PGSSLMODE and the string.
+    let env = FakeEnv::new().with("PGREQUIRESSL", "1");
+    assert_eq!(
+        resolve(&Overrides::default(), &env).unwrap().tls.mode,
+        SslMode::Require
+    );
+    let env = env.with("PGSSLMODE", "allow");
+    assert_eq!(
+        resolve(&Overrides::default(), &env).unwrap().tls.mode,
+        SslMode::Allow
+    );
+    let env = FakeEnv::new().with("PGREQUIRESSL", "0");
+    assert_eq!(
+        resolve(&Overrides::default(), &env).unwrap().tls.mode,
+        SslMode::Prefer
     );
 }
 
@@ -436,7 +456,7 @@ fn options_and_client_encoding() {
 
 #[test]
 fn harmless_keys_are_ignored() {
-    let s = "sslrootcert=/r sslcert=/c sslkey=/k sslcrl=/l sslcrldir=/d sslpassword=x \
+    let s = "sslrootcert=/r sslcert=/c sslkey=/k sslcrl=/l sslpassword=x sslkeylogfile=/f \
              sslcompression=1 sslsni=1 ssl_min_protocol_version=TLSv1.2 \
              ssl_max_protocol_version=TLSv1.3 sslcertmode=allow krbsrvname=postgres \
              gsslib=gssapi gssdelegation=0 gssencmode=prefer channel_binding=prefer \
@@ -445,6 +465,10 @@ fn harmless_keys_are_ignored() {
              host=h";
     let p = resolve_d(s).unwrap();
     assert_eq!(p.targets, vec![tcp("h", 5432)]);
+    assert_eq!(p.tls.root_cert, Some(RootCerts::File("/r".into())));
+    assert_eq!(p.tls.cert.as_deref(), Some(Path::new("/c")));
+    assert_eq!(p.tls.key.as_deref(), Some(Path::new("/k")));
+    assert_eq!(p.tls.crl.as_deref(), Some(Path::new("/l")));
     // requirepeer only applies to Unix sockets, as in libpq.
     assert!(resolve_d("host=h requirepeer=postgres").is_ok());
 }
@@ -453,13 +477,16 @@ fn harmless_keys_are_ignored() {
 fn demanding_values_are_refused() {
     for (s, key) in [
         ("gssencmode=require", "gssencmode"),
-        ("channel_binding=require", "channel_binding"),
         ("target_session_attrs=read-write", "target_session_attrs"),
         ("target_session_attrs=primary", "target_session_attrs"),
         ("load_balance_hosts=random", "load_balance_hosts"),
-        ("service=mydb", "service"),
-        ("require_auth=scram-sha-256", "require_auth"),
-        ("sslnegotiation=direct", "sslnegotiation"),
+        ("sslcrldir=/d", "sslcrldir"),
+        ("sslcertmode=require", "sslcertmode"),
+        ("ssl_min_protocol_version=TLSv1", "ssl_min_protocol_version"),
+        (
+            "ssl_max_protocol_version=TLSv1.1",
+            "ssl_max_protocol_version",
+        ),
         ("min_protocol_version=3.2", "min_protocol_version"),
         ("requirepeer=postgres", "requirepeer"),
         ("scram_client_key=c2VjcmV0", "scram_client_key"),
@@ -488,9 +515,6 @@ fn demanding_values_are_refused() {
         );
     }
     // From the environment too.
-    let env = FakeEnv::new().with("PGSERVICE", "svc");
-    let err = resolve(&Overrides::default(), &env).unwrap_err();
-    assert!(err.to_string().contains("PGSERVICE"), "{err}");
     let env = FakeEnv::new().with("PGGSSENCMODE", "require");
     assert!(matches!(
         resolve(&Overrides::default(), &env),
