@@ -39,7 +39,6 @@ fn params(port: u16, user: &str, password: Option<&str>) -> ConnParams {
         keepalives_idle: None,
         keepalives_interval: None,
         keepalives_count: None,
-        sslmode: SslMode::Disable,
         tls: TlsSettings {
             mode: SslMode::Disable,
             ..TlsSettings::prefer()
