@@ -377,3 +377,56 @@ fn auth_authentication_ok_right_after_sasl_continue_is_refused() {
     let e = client_refusal(client);
     assert_eq!(e, AuthError::SaslIncomplete);
 }
+
+// ---------------------------------------------------------------------------
+// The walrcv binary
+// ---------------------------------------------------------------------------
+
+#[test]
+fn auth_cli_require_auth_refusal_exits_2_and_no_secret_is_logged() {
+    let pg = server_with_every_method();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |conninfo: String, log: &str| {
+        let out = crate::support::walrcv_command()
+            .env("WALRCV_LOG", log)
+            .args([
+                "stream",
+                "-D",
+                dir.path().to_str().unwrap(),
+                "-n",
+                "-v",
+                "-v",
+            ])
+            .args(["-E", &crate::support::format_lsn(pg.current_lsn())])
+            .args(["-d", &conninfo])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stderr)
+    };
+    let base = format!("host=127.0.0.1 port={}", pg.port());
+
+    let (code, stderr) = run(
+        format!("{base} user=pw_user password=pw-secret require_auth=scram-sha-256"),
+        "trace",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "authentication method requirement \"scram-sha-256\" failed: server requested a cleartext password"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pw-secret"), "{stderr}");
+
+    // A full SCRAM exchange and streaming to the server's current position,
+    // traced at the finest level: the password appears nowhere.
+    let (code, stderr) = run(
+        format!("{base} user={SUPERUSER} password={SUPERUSER_PASSWORD} require_auth=scram-sha-256"),
+        "trace",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("SCRAM-SHA-256 chosen"), "{stderr}");
+    assert!(stderr.contains("server signature verified"), "{stderr}");
+    assert!(!stderr.contains(SUPERUSER_PASSWORD), "{stderr}");
+}
