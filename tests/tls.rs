@@ -261,7 +261,6 @@ impl Case {
             keepalives_idle: None,
             keepalives_interval: None,
             keepalives_count: None,
-            sslmode: self.tls.mode,
             tls: self.tls.clone(),
             channel_binding: ChannelBinding::Prefer,
             require_auth: None,

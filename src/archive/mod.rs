@@ -15,10 +15,14 @@
 //! - [`scan`]: [`ArchiveDir`] (lock, scan, start point, identity, history files).
 //! - [`segment`]: [`SegmentWriter`] (one `.partial` from creation to rename).
 //! - [`durable`]: fsync, durable rename, small files through `.tmp`.
+//! - [`names`]: what every name in an archive directory is (one vocabulary).
+//! - [`compression`]: decoding `.gz`, `.lz4` and `.zst` WAL files.
 
+pub mod compression;
 pub mod durable;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
+pub mod names;
 pub mod resume;
 pub mod scan;
 pub mod segment;

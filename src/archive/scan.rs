@@ -37,8 +37,7 @@ use crate::wal::page::{
     major_for_magic, PageHeader, LONG_HEADER_SIZE, XLP_ALL_FLAGS, XLP_LONG_HEADER,
 };
 
-/// Suffix of a segment still being written.
-pub const PARTIAL_SUFFIX: &str = ".partial";
+pub use super::names::PARTIAL_SUFFIX;
 
 /// An open, locked archive directory. The lock (flock on the directory itself,
 /// so no extra file appears in it) is held until this value and all its clones
