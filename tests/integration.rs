@@ -15,3 +15,4 @@ mod status;
 mod stream;
 mod support;
 mod sync_commit;
+mod tls;
