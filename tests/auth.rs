@@ -5,6 +5,7 @@
 //! password arrived), a wrong SCRAM server signature, AuthenticationOk right
 //! after SASLContinue.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -17,7 +18,7 @@ use walrcv::conninfo::{
 use walrcv::pgwire::auth::AuthError;
 use walrcv::pgwire::{Connection, PgError};
 
-use crate::support::{Auth, PgServer, SUPERUSER, SUPERUSER_PASSWORD};
+use crate::support::{Auth, PgBuilder, PgServer, SUPERUSER, SUPERUSER_PASSWORD};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -94,7 +95,11 @@ fn client_refusal<T: std::fmt::Debug>(r: Result<T, PgError>) -> AuthError {
 /// `md5` (its password stored as MD5), `trust_user` with `trust`, everyone
 /// else (the superuser) with `scram-sha-256`.
 fn server_with_every_method() -> PgServer {
-    let pg = PgServer::builder()
+    every_method(PgServer::builder())
+}
+
+fn every_method(builder: PgBuilder) -> PgServer {
+    let pg = builder
         .auth(Auth::Scram)
         .hba("host replication pw_user 127.0.0.1/32 password")
         .hba("host replication md5_user 127.0.0.1/32 md5")
@@ -214,6 +219,151 @@ fn auth_channel_binding_require_fails_over_plain_text() {
         p.channel_binding = ChannelBinding::Disable;
         assert!(identify(&p).is_ok(), "{user}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Over TLS: SCRAM-SHA-256-PLUS against the server's own channel binding check
+// ---------------------------------------------------------------------------
+
+/// A server certificate signed with `alg` and its key, written for the
+/// server (the key 0600, owned by the server's OS user when run as root).
+struct ServerCert {
+    dir: tempfile::TempDir,
+}
+
+impl ServerCert {
+    fn new(alg: &'static rcgen::SignatureAlgorithm) -> ServerCert {
+        let key = if alg == &rcgen::PKCS_RSA_SHA256 || alg == &rcgen::PKCS_RSA_SHA512 {
+            let pem = std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/testdata/certs/rsa2048.key"
+            ))
+            .unwrap();
+            rcgen::KeyPair::from_pem_and_sign_algo(&pem, alg).unwrap()
+        } else {
+            rcgen::KeyPair::generate_for(alg).unwrap()
+        };
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("walrcv-auth-tls")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let mode = |m| std::fs::Permissions::from_mode(m);
+        std::fs::set_permissions(dir.path(), mode(0o755)).unwrap();
+        std::fs::write(dir.path().join("server.crt"), cert.pem()).unwrap();
+        let key_path = dir.path().join("server.key");
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key_path, mode(0o600)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+            nix::unistd::chown(&key_path, Some(user.uid), Some(user.gid)).unwrap();
+        }
+        ServerCert { dir }
+    }
+
+    /// [`server_with_every_method`] with `ssl = on` and this certificate.
+    fn server(&self) -> PgServer {
+        let file = |name: &str| self.dir.path().join(name).display().to_string();
+        let builder = PgServer::builder()
+            .conf("ssl = on")
+            .conf(&format!("ssl_cert_file = '{}'", file("server.crt")))
+            .conf(&format!("ssl_key_file = '{}'", file("server.key")));
+        every_method(builder)
+    }
+}
+
+/// `sslmode=require` without a root certificate (encrypted, not verified:
+/// what binding protects against a man in the middle in that case).
+fn over_tls(port: u16, user: &str, password: Option<&str>, cb: ChannelBinding) -> ConnParams {
+    let mut p = params(port, user, password);
+    p.tls = TlsSettings {
+        mode: SslMode::Require,
+        ..TlsSettings::prefer()
+    };
+    p.channel_binding = cb;
+    p
+}
+
+#[test]
+fn auth_scram_plus_binds_to_certificates_of_each_signature_hash() {
+    // The server checks the binding data against its own hash of its
+    // certificate (OpenSSL's choice of hash): SHA-256, SHA-384, SHA-512.
+    for alg in [
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        &rcgen::PKCS_ECDSA_P384_SHA384,
+        &rcgen::PKCS_RSA_SHA256,
+        &rcgen::PKCS_RSA_SHA512,
+    ] {
+        let cert = ServerCert::new(alg);
+        let pg = cert.server();
+        let p = over_tls(
+            pg.port(),
+            SUPERUSER,
+            Some(SUPERUSER_PASSWORD),
+            ChannelBinding::Require,
+        );
+        let got = identify(&p).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        assert_eq!(got, pg.system_identifier().to_string(), "{alg:?}");
+    }
+}
+
+#[test]
+fn auth_channel_binding_over_tls_against_each_method() {
+    let cert = ServerCert::new(&rcgen::PKCS_ECDSA_P384_SHA384);
+    let pg = cert.server();
+    let port = pg.port();
+    let scram = (SUPERUSER, Some(SUPERUSER_PASSWORD));
+
+    // SCRAM over TLS: PLUS under prefer and require, plain SCRAM under
+    // disable; each completes with a verified server signature.
+    for cb in [
+        ChannelBinding::Prefer,
+        ChannelBinding::Require,
+        ChannelBinding::Disable,
+    ] {
+        let got = identify(&over_tls(port, scram.0, scram.1, cb));
+        assert!(got.is_ok(), "{cb:?}: {got:?}");
+    }
+    // With require_auth as well.
+    let mut p = over_tls(port, scram.0, scram.1, ChannelBinding::Require);
+    p.require_auth = require("scram-sha-256");
+    assert!(identify(&p).is_ok());
+
+    // channel_binding=require with any other method: refused by walrcv,
+    // before a password or hash is sent.
+    for (user, pw, what) in [
+        (
+            "md5_user",
+            Some("md5-secret"),
+            "not supported by server's authentication request",
+        ),
+        (
+            "pw_user",
+            Some("pw-secret"),
+            "not supported by server's authentication request",
+        ),
+        (
+            "trust_user",
+            None,
+            "server authenticated client without channel binding",
+        ),
+    ] {
+        let e = client_refusal(identify(&over_tls(port, user, pw, ChannelBinding::Require)));
+        assert!(e.to_string().contains(what), "{user}: {e}");
+        // The same method is fine without the requirement.
+        let ok = identify(&over_tls(port, user, pw, ChannelBinding::Prefer));
+        assert!(ok.is_ok(), "{user}: {ok:?}");
+    }
+
+    // The same SCRAM server over plain text offers no PLUS: refused.
+    let mut p = params(port, scram.0, scram.1);
+    p.channel_binding = ChannelBinding::Require;
+    let e = client_refusal(identify(&p));
+    assert!(
+        matches!(e, AuthError::ChannelBindingNotOffered { .. }),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------------------
