@@ -4,6 +4,7 @@ mod disk_full;
 #[cfg(feature = "failpoints")]
 mod failpoints;
 mod fake_primary;
+mod file_modes;
 mod harness;
 mod metrics;
 mod network_faults;
