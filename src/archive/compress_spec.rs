@@ -136,7 +136,9 @@ fn split_option(option: &str) -> (&str, Option<&str>) {
 
 /// `parse_compress_algorithm` (compression.c): exact, case-sensitive names.
 fn parse_algorithm(name: &str) -> Option<Compression> {
-    Compression::ALL.into_iter().find(|c| c.method_name() == name)
+    Compression::ALL
+        .into_iter()
+        .find(|c| c.method_name() == name)
 }
 
 /// What the detail string says.
@@ -389,9 +391,15 @@ mod tests {
 
     #[test]
     fn display_and_effective_levels() {
-        assert_eq!(CompressionSpec::parse("gzip").unwrap().to_string(), "gzip:6");
+        assert_eq!(
+            CompressionSpec::parse("gzip").unwrap().to_string(),
+            "gzip:6"
+        );
         assert_eq!(CompressionSpec::parse("lz4").unwrap().to_string(), "lz4:0");
-        assert_eq!(CompressionSpec::parse("zstd:7").unwrap().to_string(), "zstd:7");
+        assert_eq!(
+            CompressionSpec::parse("zstd:7").unwrap().to_string(),
+            "zstd:7"
+        );
         assert_eq!(CompressionSpec::NONE.to_string(), "none");
     }
 }

@@ -36,9 +36,9 @@ use std::path::PathBuf;
 
 use crate::lsn::TimeLineId;
 
+pub use compressed::{CompressedWriter, SegmentSink};
 pub use resume::Resume;
 pub use scan::{ArchiveDir, PrepareError, Scan, SegmentFile, StartPoint};
-pub use compressed::{CompressedWriter, SegmentSink};
 pub use segment::{PreparedSegment, SegmentWriter};
 
 /// Errors about the archive directory and its files, naming the path concerned.

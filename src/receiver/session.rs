@@ -403,6 +403,7 @@ async fn session(
                     start_is_durable: from_archive,
                     verifier,
                     primed,
+                    compression: opts.compression,
                 });
                 let stream = Stream {
                     conn: &mut conn,

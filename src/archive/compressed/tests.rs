@@ -18,7 +18,9 @@ fn names(dir: &Path) -> Vec<String> {
 
 fn wal(len: u64) -> Vec<u8> {
     // Compressible but not trivial: WAL-like repetition with a counter.
-    (0..len).map(|i| ((i / 7) % 253) as u8 ^ (i % 3) as u8).collect()
+    (0..len)
+        .map(|i| ((i / 7) % 253) as u8 ^ (i % 3) as u8)
+        .collect()
 }
 
 fn decoded(c: Compression, path: &Path) -> (Vec<u8>, bool) {
@@ -63,7 +65,11 @@ fn the_flush_rule_puts_every_written_byte_in_the_file() {
         w.sync().unwrap();
         // What sync covered decodes from the file alone, before any trailer.
         let (bytes, finished) = decoded(c, w.path());
-        assert_eq!((bytes.as_slice(), finished), (&data[..123_457], false), "{z}");
+        assert_eq!(
+            (bytes.as_slice(), finished),
+            (&data[..123_457], false),
+            "{z}"
+        );
         w.write_at(123_457, &data[123_457..]).unwrap();
         w.sync().unwrap();
         assert_eq!(decoded(c, w.path()).0, data, "{z}");
@@ -106,7 +112,10 @@ fn a_segment_complete_under_any_compression_is_not_reopened() {
         let done = tmp.path().join(format!("{name}{sfx}"));
         std::fs::write(&done, b"x").unwrap();
         let err = CompressedWriter::open(tmp.path(), 1, 5, SEG, true, spec("lz4")).unwrap_err();
-        assert!(matches!(&err, ArchiveError::AlreadyComplete { path } if *path == done), "{err}");
+        assert!(
+            matches!(&err, ArchiveError::AlreadyComplete { path } if *path == done),
+            "{err}"
+        );
         std::fs::remove_file(&done).unwrap();
     }
     assert!(names(tmp.path()).is_empty());
@@ -128,7 +137,10 @@ fn writes_must_be_in_order_and_complete_needs_the_whole_segment() {
     assert!(!w.is_poisoned(), "a refused call writes nothing");
     assert_eq!(w.written(), 100);
     let err = w.complete().unwrap_err();
-    assert!(matches!(err, ArchiveError::IncompleteSegment { written: 100, .. }), "{err}");
+    assert!(
+        matches!(err, ArchiveError::IncompleteSegment { written: 100, .. }),
+        "{err}"
+    );
     assert!(CompressedWriter::open(tmp.path(), 1, 1, SEG, true, CompressionSpec::NONE).is_err());
 }
 
@@ -169,8 +181,14 @@ fn a_failed_fdatasync_poisons_the_writer() {
     assert!(matches!(err, ArchiveError::Fsync { .. }), "{err}");
     assert!(w.is_poisoned());
     assert!(matches!(w.sync(), Err(ArchiveError::Poisoned { .. })));
-    assert!(matches!(w.write_at(3, b"d"), Err(ArchiveError::Poisoned { .. })));
-    assert!(matches!(w.close_partial(), Err(ArchiveError::Poisoned { .. })));
+    assert!(matches!(
+        w.write_at(3, b"d"),
+        Err(ArchiveError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        w.close_partial(),
+        Err(ArchiveError::Poisoned { .. })
+    ));
 }
 
 #[test]
@@ -196,5 +214,8 @@ fn a_failed_fdatasync_at_completion_keeps_the_partial_name() {
     let _fault = ScopedFailpoint::new("complete-fdatasync", "EIO", tmp.path());
     let err = w.complete().unwrap_err();
     assert!(matches!(err, ArchiveError::Fsync { .. }), "{err}");
-    assert_eq!(names(tmp.path()), [format!("{}.zst.partial", wal_file_name(1, 1, SEG))]);
+    assert_eq!(
+        names(tmp.path()),
+        [format!("{}.zst.partial", wal_file_name(1, 1, SEG))]
+    );
 }
