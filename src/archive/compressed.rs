@@ -531,7 +531,9 @@ fn refuse_complete(dir: &Path, seg: &SegmentName) -> Result<(), ArchiveError> {
 #[derive(Debug)]
 pub enum SegmentSink {
     Plain(SegmentWriter),
-    Compressed(CompressedWriter),
+    /// Boxed: an encoder's state is large, and the plain variant is the
+    /// common one.
+    Compressed(Box<CompressedWriter>),
 }
 
 impl SegmentSink {

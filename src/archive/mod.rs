@@ -19,6 +19,7 @@
 //! - [`compress_spec`]: the `-Z/--compress` specification (pg_receivewal's rules).
 //! - [`compressed`]: [`CompressedWriter`] (one `.gz`/`.lz4`/`.zst` segment from
 //!   creation to rename) and [`SegmentSink`], the writer the sink holds.
+//! - [`inspect`]: reading WAL files back whatever their compression.
 //! - [`compression`]: decoding `.gz`, `.lz4` and `.zst` WAL files.
 
 pub mod compress_spec;
@@ -27,6 +28,7 @@ pub mod compression;
 pub mod durable;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
+pub mod inspect;
 pub mod names;
 pub mod resume;
 pub mod scan;

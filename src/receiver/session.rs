@@ -325,8 +325,9 @@ async fn session(
             )
             .await?;
             let (tli, sync, file) = (start.timeline, opts.sync, name.clone());
+            let compression = opts.compression;
             off_runtime(archive, move |a| {
-                a.write_history(tli, &file, &content, sync)
+                a.write_history(tli, &file, &content, sync, compression)
             })
             .await?
             .map_err(|source| match source {

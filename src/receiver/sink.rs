@@ -356,14 +356,14 @@ impl WalSink {
         let segno = self.position.segment_number(seg_size);
         if self.config.compression.method != Compression::None {
             // Nothing to prepare: a compressed file starts empty.
-            return Ok(SegmentSink::Compressed(CompressedWriter::open(
+            return Ok(SegmentSink::Compressed(Box::new(CompressedWriter::open(
                 &self.config.directory,
                 self.config.timeline,
                 segno,
                 seg_size,
                 self.config.sync,
                 self.config.compression,
-            )?));
+            )?)));
         }
         let prepared = self.preparer.take(segno);
         if self.server_end.0 >= self.position.0.saturating_add(seg_size) {

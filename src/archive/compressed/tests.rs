@@ -158,7 +158,7 @@ fn history_content_compresses_and_decodes() {
 fn the_sink_segment_reports_buffering_and_directness() {
     let tmp = tempfile::tempdir().unwrap();
     let c = CompressedWriter::open(tmp.path(), 1, 1, SEG, true, spec("zstd")).unwrap();
-    let s = SegmentSink::Compressed(c);
+    let s = SegmentSink::Compressed(Box::new(c));
     assert!(s.buffers() && !s.is_direct() && !s.is_poisoned());
     assert_eq!((s.start_lsn(), s.segment_size()), (Lsn(SEG), SEG));
     let p = SegmentWriter::open(tmp.path(), 1, 2, SEG, true).unwrap();
