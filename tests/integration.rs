@@ -1,4 +1,5 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
+mod compress;
 mod corruption;
 mod disk_full;
 #[cfg(feature = "failpoints")]
