@@ -451,6 +451,7 @@ fn compressed_segments_decode_to_the_wal_and_flush_waits_for_the_encoder() {
         let mut sink = WalSink::new(cfg);
         let stop = 2 * SEG as usize + 300_000;
         let mut pos = 0usize;
+        let mut synced = sink.positions();
         while pos < stop {
             let n = 70_001.min(stop - pos);
             let at = Lsn(start.0 + pos as u64);
@@ -465,8 +466,21 @@ fn compressed_segments_decode_to_the_wal_and_flush_waits_for_the_encoder() {
             }
             pos += n;
             let before = sink.positions();
+            // Still in the encoder: neither written nor flushed yet, unless a
+            // segment completed (its trailer and rename made it durable).
+            if pos as u64 % SEG > 70_001 {
+                // At most the end of the previous chunk (which that sync
+                // covered), MAXALIGNed: nothing of this chunk.
+                let prev_end = Lsn(start.0 + (pos - n) as u64).max_align();
+                assert!(before.write <= prev_end, "{z}: buffered bytes reported");
+                assert!(
+                    before.flush <= prev_end && before.flush >= synced.flush,
+                    "{z}"
+                );
+            }
             sink.sync().unwrap();
             let after = sink.positions();
+            synced = after;
             assert!(
                 after.write >= before.write && after.flush <= after.write,
                 "{z}"
