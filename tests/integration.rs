@@ -1,5 +1,6 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
 mod conninfo_service;
+mod compress;
 mod corruption;
 mod disk_full;
 #[cfg(feature = "failpoints")]

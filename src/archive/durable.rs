@@ -232,6 +232,19 @@ pub fn write_at(
         })
 }
 
+/// Truncates an open file to `len` bytes (a compressed `.partial` restarted
+/// from its beginning). Its failpoint is the site's `pwrite`: it changes
+/// what the file holds.
+pub fn truncate(file: &File, path: &Path, len: u64, site: Site) -> Result<(), ArchiveError> {
+    injected(site, Op::Pwrite, path)
+        .and_then(|()| file.set_len(len))
+        .map_err(|source| ArchiveError::Write {
+            path: path.to_path_buf(),
+            offset: len,
+            source,
+        })
+}
+
 /// fdatasync an open file.
 pub fn fdatasync(file: &File, path: &Path, site: Site) -> Result<(), ArchiveError> {
     injected(site, Op::Fdatasync, path)

@@ -330,8 +330,9 @@ async fn session(
             )
             .await?;
             let (tli, sync, file) = (start.timeline, opts.sync, name.clone());
+            let compression = opts.compression;
             off_runtime(archive, move |a| {
-                a.write_history(tli, &file, &content, sync)
+                a.write_history(tli, &file, &content, sync, compression)
             })
             .await?
             .map_err(|source| match source {
@@ -408,6 +409,7 @@ async fn session(
                     start_is_durable: from_archive,
                     verifier,
                     primed,
+                    compression: opts.compression,
                 });
                 let stream = Stream {
                     conn: &mut conn,
