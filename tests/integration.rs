@@ -1,6 +1,7 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
-mod conninfo_service;
+mod auth;
 mod compress;
+mod conninfo_service;
 mod corruption;
 mod disk_full;
 #[cfg(feature = "failpoints")]

@@ -1,6 +1,6 @@
 //! The async connection to a server: TCP (with keepalives) or Unix socket,
-//! the startup packet, authentication (trust, cleartext password, MD5,
-//! SCRAM-SHA-256), simple queries, and raw message reads and writes for the
+//! the startup packet, the authentication exchange (its decisions are
+//! [`super::auth`]'s; this drives it), simple queries, and raw message reads and writes for the
 //! CopyBoth stream.
 //!
 //! Cancellation: [`Connection::read_message`] is cancel-safe (bytes are only
@@ -20,11 +20,11 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::backend::{self, truncated, AuthRequest, BackendMessage, ProtocolError, ServerMessage};
+use super::auth::{AuthError, AuthSettings, Authenticator, Step};
+use super::backend::{self, truncated, BackendMessage, ProtocolError, ServerMessage};
 use super::tls::{self, AttemptFailure, Encryption, SslResponse, TlsError};
 use crate::conninfo::{ConnParams, SslNegotiation, Target};
 
@@ -63,8 +63,11 @@ pub enum PgError {
     },
     #[error("{target}: the server asks for a password but none was given (hint: use -W, PGPASSWORD or a password file)")]
     NoPassword { target: String },
-    #[error("{target}: authentication failed: {what}")]
-    Auth { target: String, what: String },
+    #[error("{target}: {source}")]
+    Authentication {
+        target: String,
+        source: super::auth::AuthError,
+    },
     #[error("{target}: unexpected message from the server while {during}: {got}")]
     Unexpected {
         target: String,
@@ -175,7 +178,7 @@ impl PgError {
     /// Whether retrying cannot help: authentication and authorisation failures.
     pub fn is_auth_failure(&self) -> bool {
         match self {
-            PgError::NoPassword { .. } | PgError::Auth { .. } => true,
+            PgError::NoPassword { .. } | PgError::Authentication { .. } => true,
             PgError::Server { message, .. } => {
                 message.code.starts_with("28") || message.code == "42501" || message.code == "3D000"
             }
@@ -476,74 +479,24 @@ impl Connection {
         frontend::startup_message(startup, &mut buf).map_err(|e| self.io_err(e))?;
         self.write_all(buf).await?;
 
-        let mut scram: Option<sasl::ScramSha256> = None;
+        let mut auth = Authenticator::new(AuthSettings {
+            user: params.user.clone(),
+            channel_binding: params.channel_binding,
+            require_auth: params.require_auth.clone(),
+            tls_server_certificate: self.tls_server_certificate().map(<[u8]>::to_vec),
+        });
         loop {
             match self.read_reply("start-up and authentication").await? {
-                BackendMessage::Authentication(req) => match req {
-                    AuthRequest::Ok => {}
-                    AuthRequest::Cleartext => {
-                        let pw = self.password(params, target)?;
-                        let mut b = BytesMut::new();
-                        frontend::password_message(pw.as_bytes(), &mut b)
-                            .map_err(|e| self.io_err(e))?;
-                        self.write_all(b).await?;
+                BackendMessage::Authentication(req) => {
+                    let step = auth
+                        .step(&req, || params.password_for(target))
+                        .map_err(|e| self.auth_failed(e))?;
+                    if let Step::Send(message) = step {
+                        self.write_all(message.into_bytes()).await?;
                     }
-                    AuthRequest::Md5 { salt } => {
-                        let pw = self.password(params, target)?;
-                        let hash = md5_hash(params.user.as_bytes(), pw.as_bytes(), salt);
-                        let mut b = BytesMut::new();
-                        frontend::password_message(hash.as_bytes(), &mut b)
-                            .map_err(|e| self.io_err(e))?;
-                        self.write_all(b).await?;
-                    }
-                    AuthRequest::Sasl { mechanisms } => {
-                        if !mechanisms.iter().any(|m| m == sasl::SCRAM_SHA_256) {
-                            return Err(self.auth_err(format!(
-                                "none of the SASL mechanisms offered ({}) is supported",
-                                mechanisms.join(", ")
-                            )));
-                        }
-                        let pw = self.password(params, target)?;
-                        // Channel binding needs TLS, which walrcv does not speak yet.
-                        let s = sasl::ScramSha256::new(
-                            pw.as_bytes(),
-                            sasl::ChannelBinding::unsupported(),
-                        );
-                        let mut b = BytesMut::new();
-                        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut b)
-                            .map_err(|e| self.io_err(e))?;
-                        self.write_all(b).await?;
-                        scram = Some(s);
-                    }
-                    AuthRequest::SaslContinue(data) => {
-                        let s = scram
-                            .as_mut()
-                            .ok_or_else(|| self.unexpected_auth("AuthenticationSASLContinue"))?;
-                        s.update(&data).map_err(|e| PgError::Auth {
-                            target: self.target.clone(),
-                            what: format!("SCRAM exchange failed: {e}"),
-                        })?;
-                        let mut b = BytesMut::new();
-                        frontend::sasl_response(s.message(), &mut b).map_err(|e| self.io_err(e))?;
-                        self.write_all(b).await?;
-                    }
-                    AuthRequest::SaslFinal(data) => {
-                        let s = scram
-                            .as_mut()
-                            .ok_or_else(|| self.unexpected_auth("AuthenticationSASLFinal"))?;
-                        s.finish(&data).map_err(|e| PgError::Auth {
-                            target: self.target.clone(),
-                            what: format!("the server's SCRAM signature is invalid: {e}"),
-                        })?;
-                    }
-                    AuthRequest::Unsupported(code) => {
-                        return Err(
-                            self.auth_err(format!("authentication method {code} is not supported"))
-                        );
-                    }
-                },
+                }
                 BackendMessage::BackendKeyData | BackendMessage::NegotiateProtocolVersion => {}
-                BackendMessage::ReadyForQuery => return Ok(()),
+                BackendMessage::ReadyForQuery if auth.is_authenticated() => return Ok(()),
                 BackendMessage::Error(message) => {
                     return Err(PgError::Server {
                         target: self.target.clone(),
@@ -555,12 +508,16 @@ impl Connection {
         }
     }
 
-    fn password(&self, params: &ConnParams, target: &Target) -> Result<String, PgError> {
-        params
-            .password_for(target)
-            .ok_or_else(|| PgError::NoPassword {
+    fn auth_failed(&self, source: AuthError) -> PgError {
+        match source {
+            AuthError::NoPassword => PgError::NoPassword {
                 target: self.target.clone(),
-            })
+            },
+            source => PgError::Authentication {
+                target: self.target.clone(),
+                source,
+            },
+        }
     }
 
     fn tls_err(&self, source: TlsError) -> PgError {
@@ -582,21 +539,6 @@ impl Connection {
         PgError::Io {
             target: self.target.clone(),
             source,
-        }
-    }
-
-    fn auth_err(&self, what: String) -> PgError {
-        PgError::Auth {
-            target: self.target.clone(),
-            what,
-        }
-    }
-
-    fn unexpected_auth(&self, got: &str) -> PgError {
-        PgError::Unexpected {
-            target: self.target.clone(),
-            during: "authenticating",
-            got: got.to_string(),
         }
     }
 
