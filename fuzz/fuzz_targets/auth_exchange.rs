@@ -10,7 +10,8 @@
 //!   client is never authenticated (that needs a server signature made with
 //!   the password, which the fuzzer cannot forge) and never sends a
 //!   PasswordMessage;
-//! - the password never appears in an error or a formatted step.
+//! - the password never appears in an error or a formatted step (unless the
+//!   server's own text, e.g. a mechanism name, carried it).
 //!
 //! Input layout: 1 settings byte (bits 0-1 channel_binding, bits 2-3
 //! require_auth: none / `scram-sha-256` / `!md5` / `password,none`, bit 4
@@ -62,6 +63,10 @@ fuzz_target!(|data: &[u8]| {
     let settings = settings(first);
     let strict = settings.channel_binding == ChannelBinding::Require
         || (first >> 2) & 3 == 1;
+    // Server text (mechanism names) is echoed in errors: an input carrying
+    // the password would show it through no fault of the client.
+    let echoes_password = rest.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes());
+    let leaks = |shown: &str| !echoes_password && shown.contains(PASSWORD);
     let mut auth = Authenticator::new(settings);
     let mut buf = BytesMut::from(rest);
     let mut failed = false;
@@ -73,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(step) => {
                 assert!(!failed, "a request answered after an error");
                 let shown = format!("{step:?}");
-                assert!(!shown.contains(PASSWORD), "{shown}");
+                assert!(!leaks(&shown), "{shown}");
                 if let Step::Send(m) = &step {
                     assert!(!(strict && m.kind() == "PasswordMessage"));
                 }
@@ -81,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => {
                 failed = true;
                 let shown = format!("{e} {e:?}");
-                assert!(!shown.contains(PASSWORD), "{shown}");
+                assert!(!leaks(&shown), "{shown}");
             }
         }
         assert!(!(strict && auth.is_authenticated()));

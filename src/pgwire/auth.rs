@@ -31,7 +31,7 @@ use bytes::BytesMut;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::frontend;
 
-use super::backend::AuthRequest;
+use super::backend::{truncated, AuthRequest};
 use super::cert_hash::{self, CertHashError};
 use crate::conninfo::{AuthMethod, ChannelBinding, RequireAuth};
 
@@ -481,7 +481,8 @@ fn choose_mechanism(
             chosen = Some(Mechanism::ScramSha256);
         }
     }
-    let offered_text = || offered.join(", ");
+    // Server-chosen text: bounded in the message.
+    let offered_text = || truncated(&offered.join(", "), 200);
     let chosen = chosen.ok_or_else(|| AuthError::NoSupportedMechanism {
         offered: offered_text(),
     })?;

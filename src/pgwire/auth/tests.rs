@@ -346,6 +346,16 @@ fn plus_offered_over_plain_text_is_refused() {
 }
 
 #[test]
+fn a_huge_mechanism_list_is_cut_in_the_message() {
+    let mut auth = Authenticator::new(settings(ChannelBinding::Prefer, None));
+    let names = vec!["X".repeat(100_000); 3];
+    let e = auth
+        .step(&AuthRequest::Sasl { mechanisms: names }, pw)
+        .unwrap_err();
+    assert!(e.to_string().len() < 400, "{} bytes", e.to_string().len());
+}
+
+#[test]
 fn unknown_mechanisms_only_are_refused() {
     let mut auth = Authenticator::new(settings(ChannelBinding::Prefer, None));
     let e = auth.step(&sasl(&["OAUTHBEARER"]), pw).unwrap_err();
