@@ -76,6 +76,11 @@ async fn identify(conn: &mut Connection) -> Result<Server, ReceiverError> {
     }
     let segment_size = replication::wal_segment_size(conn).await?;
     let block_size = replication::wal_block_size(conn).await?;
+    // pg_receivewal's RetrieveDataDirCreatePerm: archive files are
+    // group-readable when the server's data directory is.
+    let dir_mode = replication::data_directory_mode(conn).await?;
+    let file_mode = crate::archive::durable::file_mode_for_data_directory_mode(dir_mode);
+    crate::archive::durable::set_file_create_mode(file_mode);
     Ok(Server {
         version_num,
         system_id: sys.system_id,
