@@ -86,6 +86,12 @@ fn decode(path: &Path, compression: Compression, segment_size: u64) -> (Vec<u8>,
 /// the primary's file of that name; the segments are contiguous. Returns
 /// (name, compression) in order.
 fn assert_archive_identical(dir: &Path, pg: &PgServer) -> Vec<(String, Compression)> {
+    assert_identical_on(dir, pg, "")
+}
+
+/// [`assert_archive_identical`] for the segments whose name starts with
+/// `prefix` (a timeline).
+fn assert_identical_on(dir: &Path, pg: &PgServer, prefix: &str) -> Vec<(String, Compression)> {
     let seg = pg.wal_segment_size();
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -96,6 +102,9 @@ fn assert_archive_identical(dir: &Path, pg: &PgServer) -> Vec<(String, Compressi
             partial: false,
         } = ArchiveName::classify(&name)
         {
+            if !name.starts_with(prefix) {
+                continue;
+            }
             let (bytes, finished) = decode(&dir.join(&name), compression, seg);
             let theirs = std::fs::read(pg.wal_dir().join(s.as_str()))
                 .unwrap_or_else(|e| panic!("{}: no longer in pg_wal: {e}", s.as_str()));
@@ -364,4 +373,68 @@ fn compress_cross_compatible_with_pg_receivewal_15() {
         }
     }
     pg.psql("SELECT pg_drop_replication_slot('x')");
+}
+
+/// A timeline switch under `-Z gzip`: the history file is stored compressed
+/// (`00000002.history.gz`, as pg_receivewal stores it) with the server's
+/// content, the new timeline's segments are compressed, and a restart finds
+/// the compressed history file (it is not fetched and written again).
+#[test]
+fn compress_timeline_switch_stores_a_compressed_history_file() {
+    let primary = server();
+    primary.psql("CREATE TABLE t(x int)");
+    let standby = primary.create_standby();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let conn = standby.conninfo();
+    let args = ["stream", "-D", d, "-d", &conn, "-v", "-Z", "gzip"];
+    let mut rcv = walrcv_spawn(&args);
+    primary.psql("INSERT INTO t SELECT generate_series(1, 20000)");
+    primary.psql("SELECT pg_switch_wal()");
+    let has = |prefix: &str, suffix: &str| {
+        crate::support::file_names(dir.path())
+            .iter()
+            .any(|n| n.starts_with(prefix) && n.ends_with(suffix) && n.len() == 27)
+    };
+    wait_until(LIMIT, "a gzip segment of timeline 1", || {
+        has("00000001", ".gz")
+    });
+    standby.promote();
+    standby.psql("INSERT INTO t SELECT generate_series(1, 50000)");
+    standby.psql("SELECT pg_switch_wal()");
+    wait_until(LIMIT, "a gzip segment of timeline 2", || {
+        has("00000002", ".gz")
+    });
+    assert!(rcv.terminate().success(), "{}", rcv.stderr());
+
+    let names = crate::support::file_names(dir.path());
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("00000002.history") && n != "00000002.history.gz"),
+        "{names:?}"
+    );
+    let (history, finished) = decode(
+        &dir.path().join("00000002.history.gz"),
+        Compression::Gzip,
+        1 << 20,
+    );
+    assert!(finished);
+    assert_eq!(
+        history,
+        std::fs::read(standby.wal_dir().join("00000002.history")).unwrap()
+    );
+    assert!(!assert_identical_on(dir.path(), &standby, "00000002").is_empty());
+
+    let mut again = walrcv_spawn(&args);
+    standby.psql("INSERT INTO t SELECT generate_series(1, 50000)");
+    let boundary = standby.force_switch_wal();
+    standby.wait_for_flush("walrcv", boundary, LIMIT);
+    assert!(again.terminate().success(), "{}", again.stderr());
+    assert!(
+        !again.stderr().contains("stored timeline history file"),
+        "the compressed history file was not found:\n{}",
+        again.stderr()
+    );
+    assert!(!assert_identical_on(dir.path(), &standby, "00000002").is_empty());
 }

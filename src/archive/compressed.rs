@@ -584,6 +584,10 @@ impl SegmentSink {
             SegmentSink::Compressed(w) => w.segment_size,
         }
     }
+    /// LSN just past the segment's last byte.
+    pub fn end_lsn(&self) -> Lsn {
+        Lsn(self.start_lsn().0.saturating_add(self.segment_size()))
+    }
     pub fn is_poisoned(&self) -> bool {
         match self {
             SegmentSink::Plain(w) => w.is_poisoned(),

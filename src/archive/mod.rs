@@ -7,7 +7,8 @@
 //! fsync is never retried on the same descriptor.
 //!
 //! Names: everything written here is a segment name, `NAME.partial`,
-//! `TTTTTTTT.history`, or a temporary ending in `.tmp` (which Barman ignores
+//! `TTTTTTTT.history` (each possibly with `.gz`, `.lz4` or `.zst` before any
+//! `.partial`, under `-Z`), or a temporary ending in `.tmp` (which Barman ignores
 //! and [`ArchiveDir::open`] cleans up); the lock is taken on the directory's
 //! own descriptor, so no lock file ever appears. Names from the server are
 //! validated before use, and nothing is written outside the directory.

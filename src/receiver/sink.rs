@@ -271,13 +271,20 @@ impl WalSink {
     }
 
     /// Makes everything written durable (one fdatasync for all of it),
-    /// except in a segment written direct: nothing in it can be reported
-    /// before it is complete, and the server already has the rest of it, so
-    /// its fdatasync waits for its completion.
+    /// except in a segment written direct, or a compressed one the server
+    /// has whole: nothing in it can be reported before it is complete, and
+    /// the server already has the rest of it, so its fdatasync waits for its
+    /// completion.
     pub fn sync(&mut self) -> Result<(), SinkError> {
+        let server_end = self.server_end;
         match self.segment.as_mut() {
             // Nothing in it could be reported before it is complete.
             Some(segment) if segment.is_direct() => return Ok(()),
+            // Catch-up into a compressed segment the server has whole: as
+            // for a direct one, its encoder is flushed and the file
+            // fdatasynced once, when it is complete (a flush per batch would
+            // cost an fdatasync each and compress worse).
+            Some(segment) if segment.buffers() && server_end >= segment.end_lsn() => return Ok(()),
             Some(segment) => {
                 segment.sync()?;
                 // Everything written is in the file now, compressed or not.

@@ -514,3 +514,32 @@ fn compressed_segments_decode_to_the_wal_and_flush_waits_for_the_encoder() {
         );
     }
 }
+
+/// Catch-up with `-Z`: a compressed segment the server has whole is
+/// flushed and fdatasynced once, at its completion; nothing in it is
+/// reported before (as for a plain segment written direct).
+#[test]
+fn compressed_catch_up_reports_a_segment_once_complete() {
+    use crate::archive::compress_spec::CompressionSpec;
+    let tmp = tempfile::tempdir().unwrap();
+    let start = Lsn(8 * SEG);
+    let mut cfg = config(tmp.path(), start, false);
+    cfg.compression = CompressionSpec::parse("zstd").unwrap();
+    let mut sink = WalSink::new(cfg);
+    sink.server_has(Lsn(10 * SEG));
+    let seg8 = fixture(NAMES[0]);
+    let half = SEG as usize / 2;
+    write_all(&mut sink, start, &seg8[..half]).unwrap();
+    assert_eq!(
+        sink.positions(),
+        Positions::default(),
+        "nothing before completion"
+    );
+    assert!(tmp
+        .path()
+        .join(format!("{}.zst.partial", NAMES[0]))
+        .is_file());
+    write_all(&mut sink, Lsn(start.0 + half as u64), &seg8[half..]).unwrap();
+    assert!(sink.positions().flush > Lsn(start.0 + half as u64));
+    assert!(tmp.path().join(format!("{}.zst", NAMES[0])).is_file());
+}
