@@ -17,7 +17,9 @@
 //! - [`durable`]: fsync, durable rename, small files through `.tmp`.
 //! - [`names`]: what every name in an archive directory is (one vocabulary).
 //! - [`compression`]: decoding `.gz`, `.lz4` and `.zst` WAL files.
+//! - [`check`]: whether one (decompressed) segment or history file may be used.
 
+pub mod check;
 pub mod compression;
 pub mod durable;
 #[cfg(feature = "failpoints")]
