@@ -7,6 +7,7 @@ mod fake_primary;
 mod harness;
 mod metrics;
 mod network_faults;
+mod restore;
 mod resume;
 mod server_faults;
 mod service;
