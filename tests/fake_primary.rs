@@ -170,7 +170,6 @@ fn options(dir: &Path, port: u16) -> StreamOptions {
             keepalives_idle: None,
             keepalives_interval: None,
             keepalives_count: None,
-            sslmode: SslMode::Disable,
             tls: walrcv::conninfo::TlsSettings {
                 mode: SslMode::Disable,
                 ..walrcv::conninfo::TlsSettings::prefer()

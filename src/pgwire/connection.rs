@@ -716,7 +716,6 @@ mod tests {
             keepalives_idle: None,
             keepalives_interval: None,
             keepalives_count: None,
-            sslmode: SslMode::Disable,
             tls: crate::conninfo::TlsSettings {
                 mode: SslMode::Disable,
                 ..crate::conninfo::TlsSettings::prefer()

@@ -9,6 +9,7 @@ pub mod classify;
 mod error;
 pub mod feedback;
 pub mod gap;
+pub mod lineage;
 mod options;
 pub mod session;
 pub mod sink;
