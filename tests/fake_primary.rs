@@ -187,6 +187,7 @@ fn options(dir: &Path, port: u16) -> StreamOptions {
         receive_timeout: Duration::from_secs(60),
         password_prompt: false,
         metrics_address: None,
+        compression: walrcv::archive::compress_spec::CompressionSpec::NONE,
     }
 }
 

@@ -52,6 +52,8 @@ pub struct StreamOptions {
     pub password_prompt: bool,
     /// Serve `/metrics` at this HOST:PORT (`--metrics-address`).
     pub metrics_address: Option<String>,
+    /// `-Z/--compress`: how segment and history files are written.
+    pub compression: crate::archive::compress_spec::CompressionSpec,
 }
 
 /// How a successful run ended.
