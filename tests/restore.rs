@@ -1,6 +1,7 @@
 //! `walrcv restore` as PostgreSQL's restore_command, against real servers:
 //! point-in-time recovery from a base backup and an archive written by a
-//! synchronous walrcv (or Debian's pg_receivewal 15 with `-Z gzip` / `-Z lz4`),
+//! synchronous walrcv (uncompressed, `-Z gzip`, `-Z lz4`, `-Z zstd`) or by
+//! Debian's pg_receivewal 15 (`-Z gzip`, `-Z lz4`),
 //! with every acknowledged commit back, the last ones only in the newest
 //! `.partial`; a corrupted segment stops recovery with walrcv's error in the
 //! server log; a missing one ends recovery where PostgreSQL expects.
@@ -248,6 +249,21 @@ fn pitr(receiver: Receiver, stored_as: Compression) {
 #[test]
 fn restore_pitr_walrcv_uncompressed() {
     pitr(Receiver::Walrcv(None), Compression::None);
+}
+
+#[test]
+fn restore_pitr_walrcv_gzip() {
+    pitr(Receiver::Walrcv(Some("gzip")), Compression::Gzip);
+}
+
+#[test]
+fn restore_pitr_walrcv_lz4() {
+    pitr(Receiver::Walrcv(Some("lz4")), Compression::Lz4);
+}
+
+#[test]
+fn restore_pitr_walrcv_zstd() {
+    pitr(Receiver::Walrcv(Some("zstd")), Compression::Zstd);
 }
 
 #[test]

@@ -195,24 +195,37 @@ fn continuation_end(verifier: &Verifier, start: Lsn, block_size: u32) -> Lsn {
     if page != start {
         return start;
     }
-    let block = u64::from(block_size);
-    let mut pos = start.0 + LONG_HEADER_SIZE as u64;
-    let mut remaining = u64::from(len);
-    loop {
-        let room = block - pos % block;
-        if remaining <= room {
-            pos += remaining;
-            break;
-        }
-        remaining -= room;
-        pos += room + SHORT_HEADER_SIZE as u64;
-    }
-    let end = Lsn(pos).max_align();
+    // MAXALIGNed, as the next record starts there.
+    let Some(end) = continuation_length(u64::from(len), u64::from(block_size))
+        .and_then(|n| start.0.checked_add(n))
+        .and_then(|end| end.checked_add(7))
+        .map(|end| Lsn(end & !7))
+    else {
+        return start;
+    };
     if verifier.position() >= end {
         end
     } else {
         start
     }
+}
+
+/// Bytes from a segment's start to the end of a continuation of `len` record
+/// bytes that begins after the segment's long page header: the first page
+/// holds `block - 40` of them, each later page `block - 24` after its short
+/// header. `None` on overflow (a header from a fuzzer, not a server).
+fn continuation_length(len: u64, block: u64) -> Option<u64> {
+    let long = LONG_HEADER_SIZE as u64;
+    let short = SHORT_HEADER_SIZE as u64;
+    let first_page = block.checked_sub(long)?;
+    if len <= first_page {
+        return Some(long + len);
+    }
+    let rest = len - first_page;
+    let per_page = block.checked_sub(short)?;
+    let pages = rest.div_ceil(per_page);
+    let on_last = rest - (pages - 1) * per_page;
+    block.checked_mul(pages)?.checked_add(short + on_last)
 }
 
 /// Length up to and including the last non-zero byte.

@@ -208,3 +208,31 @@ fn history_files() {
     assert!(check_history(b"", "00000003.history", 3).is_err());
     assert!(check_history(b"garbage\n", "00000003.history", 3).is_err());
 }
+
+#[test]
+fn continuation_lengths_cross_page_headers() {
+    let block = 8192;
+    assert_eq!(continuation_length(100, block), Some(140));
+    assert_eq!(continuation_length(8152, block), Some(8192));
+    assert_eq!(continuation_length(8153, block), Some(8192 + 24 + 1));
+    // One full later page, ending at its end.
+    assert_eq!(continuation_length(8152 + 8168, block), Some(2 * 8192));
+    assert_eq!(
+        continuation_length(8152 + 8168 + 5, block),
+        Some(2 * 8192 + 24 + 5)
+    );
+}
+
+#[test]
+fn a_continuation_near_the_end_of_the_lsn_space_does_not_overflow() {
+    // Found by the check_segment fuzz target: a long header whose page
+    // address is near u64::MAX, starting with a continuation.
+    let input: &[u8] = include_bytes!("../../../fuzz/seeds/check_segment/overflow-continuation");
+    let (_, bytes) = input.split_first().unwrap();
+    let header = PageHeader::parse(bytes).unwrap();
+    let (segment_size, _) = sizes_of(bytes).unwrap();
+    let segno = header.page_address.0 / segment_size;
+    let name = SegmentName::parse(&crate::lsn::wal_file_name(1, segno, segment_size)).unwrap();
+    let _ = check_segment(bytes, &name, Completeness::Partial);
+    let _ = check_segment(bytes, &name, Completeness::Complete);
+}
