@@ -67,8 +67,9 @@ for target in "${targets[@]}"; do
     corpus="$scratch/corpus-$target"
     mkdir -p "$corpus"
     libfuzzer_args=(-max_total_time="$seconds" -print_final_stats=1)
-    # Seeds of the WAL verifier are whole WAL pages.
+    # Seeds of the WAL verifier and check_segment are whole WAL pages.
     [ "$target" = verifier ] && libfuzzer_args+=(-max_len=70000)
+    [ "$target" = check_segment ] && libfuzzer_args+=(-max_len=70000)
     log "$target: ${seconds} s"
     if cargo "${toolchain[@]}" fuzz run "${build_args[@]}" "$target" \
         "$corpus" "fuzz/seeds/$target" -- "${libfuzzer_args[@]}" \

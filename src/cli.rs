@@ -56,6 +56,11 @@ pub enum Command {
     /// Health check: is the archive complete and current? Nagios exit
     /// statuses: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
     Status(crate::tools::status::StatusArgs),
+    /// PostgreSQL's restore_command: `walrcv restore %f %p -D ARCHIVE`.
+    /// Serves complete segments, the newest .partial (as the segment) and
+    /// history files, compressed or not, each verified first. Exit 0 served,
+    /// 1 not in the archive, 200 refused (recovery must stop).
+    Restore(crate::tools::restore::RestoreArgs),
 }
 
 /// pg_receivewal's options. `-h` is the host, as in pg_receivewal, so help is

@@ -42,6 +42,10 @@ fn main() {
                 init_logging(0, cli.log_format);
                 walrcv::tools::status::run(&args)
             }
+            Command::Restore(args) => {
+                init_logging(0, cli.log_format);
+                walrcv::tools::restore::run(&args)
+            }
         }
     };
     std::process::exit(code);
@@ -49,15 +53,23 @@ fn main() {
 
 /// Parses `walrcv SUBCOMMAND ...`. A usage error exits with clap's status 2,
 /// except under `status`, where 2 is CRITICAL in the Nagios convention: there
-/// it is UNKNOWN (3), with a summary line a monitoring system can show.
+/// it is UNKNOWN (3), with a summary line a monitoring system can show, and
+/// under `restore`, where it is "refused" (200) so that recovery stops.
 fn parse_cli(argv: Vec<OsString>) -> Cli {
     let is_status = argv.get(1).is_some_and(|a| a == "status");
+    let is_restore = argv.get(1).is_some_and(|a| a == "restore");
     match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) if is_status && e.use_stderr() => {
             let msg = e.kind().to_string();
             let _ = e.print();
             std::process::exit(walrcv::tools::status::usage_error(&msg));
+        }
+        // A restore_command with a usage error must stop recovery, not be
+        // taken for "file not found" (clap's 2) and end it.
+        Err(e) if is_restore && e.use_stderr() => {
+            let _ = e.print();
+            std::process::exit(walrcv::tools::restore::status::REFUSED);
         }
         Err(e) => e.exit(),
     }

@@ -11,6 +11,7 @@ mod file_modes;
 mod harness;
 mod metrics;
 mod network_faults;
+mod restore;
 mod resume;
 mod server_faults;
 mod service;

@@ -22,7 +22,9 @@
 //!   creation to rename) and [`SegmentSink`], the writer the sink holds.
 //! - [`inspect`]: reading WAL files back whatever their compression.
 //! - [`compression`]: decoding `.gz`, `.lz4` and `.zst` WAL files.
+//! - [`check`]: whether one (decompressed) segment or history file may be used.
 
+pub mod check;
 pub mod compress_spec;
 pub mod compressed;
 pub mod compression;

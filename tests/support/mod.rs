@@ -60,9 +60,11 @@ use std::time::{Duration, Instant};
 pub mod fake_walsender;
 mod process;
 pub mod proxy;
+mod recovery;
 mod walfiles;
 
 pub use process::*;
+pub use recovery::*;
 pub use walfiles::*;
 
 /// Password of the superuser `postgres` when the server's auth needs one.

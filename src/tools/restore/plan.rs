@@ -1,0 +1,183 @@
+//! The restore planner (pure): from the name PostgreSQL asks for (`%f`) and
+//! the names in the archive, which files may answer and how.
+//!
+//! What the startup process asks for (`RestoreArchivedFile` callers in
+//! PostgreSQL's `xlogrecovery.c` / `timeline.c`): segment names
+//! (`XLogFileName`, one per timeline of the expected history, newest timeline
+//! first: `XLogFileReadAnyTLI`) and history files `TTTTTTTT.history`
+//! (`existsTimeLineHistory`, `readTimeLineHistory`, with the next timelines
+//! probed until one is missing when `recovery_target_timeline = 'latest'`).
+//! Backup history files (`<segment>.<offset>.backup`) are not requested by
+//! recovery since 9.x, but are served as they are when asked for by hand. No
+//! other name is ever asked for: anything else is a misconfigured
+//! `restore_command` (for example `%p` and `%f` swapped).
+//!
+//! Rules for a segment `S`:
+//! 1. a complete `S`, in any compression, uncompressed first;
+//! 2. else a `.partial` of `S` (any compression) when it is the newest file of
+//!    its timeline: the live end of the stream, or the last segment of a
+//!    timeline before a switch. It is served under the name asked for, valid
+//!    WAL then zeros;
+//! 3. a `.partial` of `S` followed by later segments of the same timeline is a
+//!    hole in the archive: refused, since serving it (or answering "not
+//!    found") would end recovery early and promote there.
+
+use crate::archive::names::{ArchiveName, Compression, SegmentName};
+use crate::lsn::TimeLineId;
+
+/// What `%f` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Segment(SegmentName),
+    History(TimeLineId),
+    Backup(String),
+}
+
+impl Request {
+    /// Parses `%f`: a plain segment, history or backup history file name.
+    pub fn parse(requested: &str) -> Option<Request> {
+        match ArchiveName::classify(requested) {
+            ArchiveName::Segment {
+                name,
+                compression: Compression::None,
+                partial: false,
+            } => Some(Request::Segment(name)),
+            ArchiveName::History {
+                timeline,
+                compression: Compression::None,
+            } => Some(Request::History(timeline)),
+            ArchiveName::Backup { .. } => Some(Request::Backup(requested.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+/// One archive file that may answer the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub file_name: String,
+    pub compression: Compression,
+}
+
+/// What to do for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Serve the first of these complete segments that passes its checks
+    /// (copies of the same segment in several compressions, uncompressed
+    /// first).
+    Complete(Vec<Source>),
+    /// Serve the newest `.partial` of the timeline, padded: the candidate with
+    /// the most valid WAL wins.
+    Partial(Vec<Source>),
+    /// Serve the first of these history files that parses.
+    History {
+        timeline: TimeLineId,
+        sources: Vec<Source>,
+    },
+    /// Serve this backup history file as it is.
+    Backup(Source),
+    /// Nothing in the archive answers: recovery may end here.
+    NotFound,
+    /// Only a `.partial` exists, yet the timeline goes on after it.
+    Hole { partial: String, later: String },
+}
+
+/// Plans the answer to `request` from the archive's file `names`.
+pub fn plan<'a>(request: &Request, names: impl IntoIterator<Item = &'a str>) -> Plan {
+    let classified = names
+        .into_iter()
+        .map(|n| (n, ArchiveName::classify(n)))
+        .collect::<Vec<_>>();
+    match request {
+        Request::Segment(wanted) => plan_segment(wanted, &classified),
+        Request::History(timeline) => {
+            let sources = by_compression(classified.iter().filter_map(|(n, c)| match c {
+                ArchiveName::History {
+                    timeline: t,
+                    compression,
+                } if t == timeline => Some(source(n, *compression)),
+                _ => None,
+            }));
+            if sources.is_empty() {
+                Plan::NotFound
+            } else {
+                Plan::History {
+                    timeline: *timeline,
+                    sources,
+                }
+            }
+        }
+        Request::Backup(wanted) => classified
+            .iter()
+            .find(|(n, _)| n == wanted)
+            .map_or(Plan::NotFound, |(n, _)| {
+                Plan::Backup(source(n, Compression::None))
+            }),
+    }
+}
+
+fn plan_segment(wanted: &SegmentName, classified: &[(&str, ArchiveName)]) -> Plan {
+    let copies = |want_partial: bool| {
+        by_compression(classified.iter().filter_map(|(n, c)| match c {
+            ArchiveName::Segment {
+                name,
+                compression,
+                partial,
+            } if name == wanted && *partial == want_partial => Some(source(n, *compression)),
+            _ => None,
+        }))
+    };
+    let complete = copies(false);
+    if !complete.is_empty() {
+        return Plan::Complete(complete);
+    }
+    let partials = copies(true);
+    let Some(first) = partials.first() else {
+        return Plan::NotFound;
+    };
+    match later_on_same_timeline(wanted, classified) {
+        Some(later) => Plan::Hole {
+            partial: first.file_name.clone(),
+            later: later.to_owned(),
+        },
+        None => Plan::Partial(partials),
+    }
+}
+
+/// The first segment file of `wanted`'s timeline after it, if any.
+fn later_on_same_timeline<'a>(
+    wanted: &SegmentName,
+    classified: &[(&'a str, ArchiveName)],
+) -> Option<&'a str> {
+    classified
+        .iter()
+        .filter_map(|(n, c)| match c {
+            ArchiveName::Segment { name, .. }
+                if name.timeline() == wanted.timeline()
+                    && name.position_digits() > wanted.position_digits() =>
+            {
+                Some((name.position_digits(), *n))
+            }
+            _ => None,
+        })
+        .min()
+        .map(|(_, n)| n)
+}
+
+fn source(file_name: &str, compression: Compression) -> Source {
+    Source {
+        file_name: file_name.to_owned(),
+        compression,
+    }
+}
+
+/// Sources in a fixed order (uncompressed first, then gzip, lz4, zstd), so
+/// that the answer does not depend on the directory's order.
+fn by_compression(sources: impl Iterator<Item = Source>) -> Vec<Source> {
+    let mut v: Vec<Source> = sources.collect();
+    v.sort_by(|a, b| (a.compression, &a.file_name).cmp(&(b.compression, &b.file_name)));
+    v
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,205 @@
+use super::*;
+
+const S3: &str = "000000010000000000000003";
+
+fn seg(s: &str) -> Request {
+    Request::Segment(SegmentName::parse(s).unwrap())
+}
+
+fn src(file_name: &str, compression: Compression) -> Source {
+    Source {
+        file_name: file_name.into(),
+        compression,
+    }
+}
+
+#[test]
+fn only_names_postgresql_asks_for_are_requests() {
+    assert_eq!(Request::parse(S3), Some(seg(S3)));
+    assert_eq!(
+        Request::parse("00000002.history"),
+        Some(Request::History(2))
+    );
+    assert_eq!(
+        Request::parse("000000010000000000000002.00000028.backup"),
+        Some(Request::Backup(
+            "000000010000000000000002.00000028.backup".into()
+        ))
+    );
+    for bad in [
+        "",
+        "pg_wal/RECOVERYXLOG",
+        "RECOVERYXLOG",
+        "000000010000000000000003.partial",
+        "000000010000000000000003.gz",
+        "000000010000000000000003.zst.partial",
+        "00000002.history.gz",
+        "00000001000000000000000a",
+        "000000000000000000000003",
+        "000000010000000000000003.partial.tmp",
+        "../000000010000000000000003",
+    ] {
+        assert_eq!(Request::parse(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn a_complete_segment_in_any_compression() {
+    for c in Compression::ALL {
+        let file = format!("{S3}{}", c.suffix());
+        assert_eq!(
+            plan(&seg(S3), [file.as_str(), "000000010000000000000004"]),
+            Plan::Complete(vec![src(&file, c)]),
+            "{c:?}"
+        );
+    }
+}
+
+#[test]
+fn several_copies_are_tried_uncompressed_first() {
+    let names = [
+        "000000010000000000000003.zst",
+        "000000010000000000000003.gz",
+        "000000010000000000000003",
+        "000000010000000000000003.lz4",
+    ];
+    assert_eq!(
+        plan(&seg(S3), names),
+        Plan::Complete(vec![
+            src("000000010000000000000003", Compression::None),
+            src("000000010000000000000003.gz", Compression::Gzip),
+            src("000000010000000000000003.lz4", Compression::Lz4),
+            src("000000010000000000000003.zst", Compression::Zstd),
+        ])
+    );
+}
+
+#[test]
+fn a_complete_file_wins_over_a_partial_of_the_same_name() {
+    let names = [
+        "000000010000000000000003.partial",
+        "000000010000000000000003.gz",
+    ];
+    assert_eq!(
+        plan(&seg(S3), names),
+        Plan::Complete(vec![src("000000010000000000000003.gz", Compression::Gzip)])
+    );
+}
+
+#[test]
+fn the_newest_partial_in_any_compression() {
+    for c in Compression::ALL {
+        let file = format!("{S3}{}.partial", c.suffix());
+        let names = [
+            "000000010000000000000001",
+            "000000010000000000000002.gz",
+            file.as_str(),
+            "00000001.history.tmp",
+        ];
+        assert_eq!(
+            plan(&seg(S3), names),
+            Plan::Partial(vec![src(&file, c)]),
+            "{c:?}"
+        );
+    }
+}
+
+#[test]
+fn a_timelines_last_partial_before_a_switch() {
+    // pg_receivewal's layout after following a switch in segment C.
+    let names = [
+        "00000001000000000000000B",
+        "00000001000000000000000C.partial",
+        "00000002.history",
+        "00000002000000000000000C",
+        "00000002000000000000000D.lz4.partial",
+    ];
+    assert_eq!(
+        plan(&seg("00000001000000000000000C"), names),
+        Plan::Partial(vec![src(
+            "00000001000000000000000C.partial",
+            Compression::None
+        )])
+    );
+    assert_eq!(
+        plan(&seg("00000002000000000000000C"), names),
+        Plan::Complete(vec![src("00000002000000000000000C", Compression::None)])
+    );
+    assert_eq!(
+        plan(&seg("00000002000000000000000D"), names),
+        Plan::Partial(vec![src(
+            "00000002000000000000000D.lz4.partial",
+            Compression::Lz4
+        )])
+    );
+    // Timeline 1 never had D, timeline 3 does not exist.
+    assert_eq!(
+        plan(&seg("00000001000000000000000D"), names),
+        Plan::NotFound
+    );
+    assert_eq!(
+        plan(&seg("00000003000000000000000D"), names),
+        Plan::NotFound
+    );
+}
+
+#[test]
+fn a_partial_with_later_segments_on_its_timeline_is_a_hole() {
+    let names = [
+        "000000010000000000000003.gz.partial",
+        "000000010000000000000005",
+        "000000010000000000000004.partial",
+        "000000020000000000000009",
+    ];
+    assert_eq!(
+        plan(&seg(S3), names),
+        Plan::Hole {
+            partial: "000000010000000000000003.gz.partial".into(),
+            later: "000000010000000000000004.partial".into()
+        }
+    );
+}
+
+#[test]
+fn missing_segments_temporaries_and_foreign_files() {
+    let names = [
+        "000000010000000000000003.partial.tmp",
+        "000000010000000000000003.bz2",
+        "000000020000000000000003",
+        "000000010000000000000002",
+        "00000001000000000000000300",
+    ];
+    assert_eq!(plan(&seg(S3), names), Plan::NotFound);
+    assert_eq!(plan(&seg(S3), []), Plan::NotFound);
+}
+
+#[test]
+fn history_files_in_any_compression() {
+    let names = [
+        "00000002.history.zst",
+        "00000003.history",
+        "00000002.history",
+    ];
+    assert_eq!(
+        plan(&Request::History(2), names),
+        Plan::History {
+            timeline: 2,
+            sources: vec![
+                src("00000002.history", Compression::None),
+                src("00000002.history.zst", Compression::Zstd)
+            ]
+        }
+    );
+    assert_eq!(plan(&Request::History(4), names), Plan::NotFound);
+}
+
+#[test]
+fn backup_history_files_as_they_are() {
+    let name = "000000010000000000000002.00000028.backup";
+    let request = Request::parse(name).unwrap();
+    assert_eq!(
+        plan(&request, [name]),
+        Plan::Backup(src(name, Compression::None))
+    );
+    assert_eq!(plan(&request, [S3]), Plan::NotFound);
+}

@@ -1,0 +1,438 @@
+//! The IO shell of `walrcv restore`: list the archive, plan, read (memory-
+//! mapped, or decompressed in memory), check, and write `%p` atomically.
+//!
+//! `%p` is written under a temporary name in its own directory (created with
+//! `O_EXCL`) and renamed over `%p` once complete, so the startup process
+//! never opens a half-written file. No fsync: PostgreSQL fetches the file
+//! again after a crash (it is only a copy of archived WAL), and its own
+//! `RestoreArchivedFile` does not ask for one either.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::archive::check::{check_history, check_segment, Completeness, FileProblem, ValidEnd};
+use crate::archive::compression::{decompress, DecompressError};
+use crate::archive::names::{Compression, SegmentName};
+use crate::lsn::{Lsn, TimeLineId, MAX_SEGMENT_SIZE};
+
+use super::plan::{plan, Plan, Request, Source};
+
+/// Largest history file read (they are a few lines per timeline).
+const HISTORY_LIMIT: u64 = 64 << 20;
+
+/// How often the archive is listed again when a planned file disappears
+/// before it is opened (a concurrent `walrcv stream` renaming a `.partial`,
+/// or `cleanup`).
+const ATTEMPTS: usize = 3;
+
+/// Why a request is refused. Each of these makes recovery stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{requested:?} is not a WAL segment, timeline history or backup history file name; check restore_command (it should be 'walrcv restore %f %p -D ARCHIVE')")]
+    InvalidRequest { requested: String },
+    #[error("cannot write \"{path}\": directory \"{dir}\" does not exist")]
+    TargetDirMissing { path: PathBuf, dir: PathBuf },
+    #[error("cannot read the archive directory \"{dir}\": {source}")]
+    ArchiveUnreadable {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read \"{path}\": {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("\"{path}\": {source}")]
+    Decompress {
+        path: PathBuf,
+        source: DecompressError,
+    },
+    #[error("\"{path}\": the {method} stream is truncated (no end of stream after {decoded} bytes), but the file claims to be complete")]
+    Unfinished {
+        path: PathBuf,
+        method: &'static str,
+        decoded: u64,
+    },
+    /// The file's content fails its checks ([`check_segment`], [`check_history`]).
+    #[error("\"{path}\" fails its checks: {problem}")]
+    Check { path: PathBuf, problem: FileProblem },
+    #[error("segment {requested} exists only as \"{partial}\", but its timeline goes on in \"{later}\": the archive has a hole; not serving it, since recovery would end there")]
+    Hole {
+        requested: String,
+        partial: String,
+        later: String,
+    },
+    #[error("cannot write \"{path}\": {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot rename \"{from}\" to \"{to}\": {source}")]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What was done for a request that was not refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Served {
+    /// `%p` now holds the file.
+    File {
+        from: String,
+        /// For a segment: where its valid WAL ends (a `.partial`'s zeros start there).
+        valid_end: Option<Lsn>,
+        partial: bool,
+    },
+    /// Nothing in the archive answers.
+    NotFound,
+}
+
+/// Answers `requested` (`%f`) from the archive `dir` into `target` (`%p`).
+pub fn restore(dir: &Path, requested: &str, target: &Path) -> Result<Served, RestoreError> {
+    let request = Request::parse(requested).ok_or_else(|| RestoreError::InvalidRequest {
+        requested: requested.to_owned(),
+    })?;
+    let target_dir = parent_dir(target);
+    if !target_dir.is_dir() {
+        return Err(RestoreError::TargetDirMissing {
+            path: target.to_owned(),
+            dir: target_dir,
+        });
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let names = list(dir)?;
+        let plan = plan(&request, names.iter().map(String::as_str));
+        match execute(dir, &request, plan, target) {
+            Err(Attempt::Vanished(_)) if attempt < ATTEMPTS => continue,
+            Err(Attempt::Vanished(path)) => {
+                return Err(RestoreError::Read {
+                    path,
+                    source: std::io::ErrorKind::NotFound.into(),
+                })
+            }
+            Err(Attempt::Failed(e)) => return Err(e),
+            Ok(served) => return Ok(served),
+        }
+    }
+}
+
+/// An attempt fails for good, or because a listed file is gone.
+enum Attempt {
+    Failed(RestoreError),
+    Vanished(PathBuf),
+}
+
+impl From<RestoreError> for Attempt {
+    fn from(e: RestoreError) -> Self {
+        Attempt::Failed(e)
+    }
+}
+
+fn execute(dir: &Path, request: &Request, plan: Plan, target: &Path) -> Result<Served, Attempt> {
+    match (plan, request) {
+        (Plan::NotFound, _) => Ok(Served::NotFound),
+        (Plan::Hole { partial, later }, _) => Err(RestoreError::Hole {
+            requested: request_name(request),
+            partial,
+            later,
+        }
+        .into()),
+        (Plan::Complete(sources), Request::Segment(name)) => {
+            serve_complete(dir, name, &sources, target)
+        }
+        (Plan::Partial(sources), Request::Segment(name)) => {
+            serve_partial(dir, name, &sources, target)
+        }
+        (Plan::History { timeline, sources }, _) => serve_history(dir, timeline, &sources, target),
+        (Plan::Backup(source), _) => {
+            let bytes = load(dir, &source, HISTORY_LIMIT)?;
+            write_atomically(target, bytes.as_slice(), bytes.len())?;
+            Ok(served(&source, None, false))
+        }
+        // The planner answers a segment request only with segment plans.
+        (Plan::Complete(_) | Plan::Partial(_), _) => Ok(Served::NotFound),
+    }
+}
+
+/// The first complete copy that passes its checks; when none does, the
+/// first copy's problem.
+fn serve_complete(
+    dir: &Path,
+    name: &SegmentName,
+    sources: &[Source],
+    target: &Path,
+) -> Result<Served, Attempt> {
+    let mut first_problem = None;
+    for source in sources {
+        let checked = load(dir, source, MAX_SEGMENT_SIZE).and_then(|bytes| {
+            bytes.require_finished(dir, source)?;
+            let end = check_segment(bytes.as_slice(), name, Completeness::Complete)
+                .map_err(|problem| failed_check(dir, source, problem))?;
+            Ok((bytes, end))
+        });
+        match checked {
+            Ok((bytes, end)) => {
+                write_atomically(target, bytes.as_slice(), end.segment_size)?;
+                return Ok(served(source, Some(end.end), false));
+            }
+            Err(Attempt::Failed(e)) => {
+                if sources.len() > 1 {
+                    tracing::warn!(file = %source.file_name, "not serving this copy: {e}");
+                }
+                first_problem.get_or_insert(e);
+            }
+            Err(vanished) => return Err(vanished),
+        }
+    }
+    Err(first_problem
+        .map(Attempt::Failed)
+        .unwrap_or(Attempt::Vanished(dir.to_owned())))
+}
+
+/// The `.partial` copy with the most valid WAL, its valid bytes then zeros
+/// to the segment size. Any copy failing its checks refuses the request: a
+/// damaged newest `.partial` is exactly where silent loss would happen.
+fn serve_partial(
+    dir: &Path,
+    name: &SegmentName,
+    sources: &[Source],
+    target: &Path,
+) -> Result<Served, Attempt> {
+    let mut best: Option<(Loaded, ValidEnd, &Source)> = None;
+    for source in sources {
+        let bytes = load(dir, source, MAX_SEGMENT_SIZE)?;
+        let end = match check_segment(bytes.as_slice(), name, Completeness::Partial) {
+            Ok(end) => end,
+            Err(FileProblem::NothingWritten { .. }) => continue,
+            Err(problem) => return Err(failed_check(dir, source, problem).into()),
+        };
+        if best.as_ref().is_none_or(|(_, b, _)| end.end > b.end) {
+            best = Some((bytes, end, source));
+        }
+    }
+    match best {
+        Some((bytes, end, source)) if end.valid_bytes > 0 => {
+            let valid = bytes
+                .as_slice()
+                .get(..end.valid_bytes as usize)
+                .unwrap_or(&[]);
+            write_atomically(target, valid, end.segment_size)?;
+            Ok(served(source, Some(end.end), true))
+        }
+        // Nothing valid yet: the same as no file, recovery ends before it.
+        _ => Ok(Served::NotFound),
+    }
+}
+
+fn serve_history(
+    dir: &Path,
+    timeline: TimeLineId,
+    sources: &[Source],
+    target: &Path,
+) -> Result<Served, Attempt> {
+    let mut first_problem = None;
+    for source in sources {
+        let checked = load(dir, source, HISTORY_LIMIT).and_then(|bytes| {
+            bytes.require_finished(dir, source)?;
+            check_history(bytes.as_slice(), &source.file_name, timeline)
+                .map_err(|problem| failed_check(dir, source, problem).into())
+                .map(|_| bytes)
+        });
+        match checked {
+            Ok(bytes) => {
+                write_atomically(target, bytes.as_slice(), bytes.len())?;
+                return Ok(served(source, None, false));
+            }
+            Err(Attempt::Failed(e)) => {
+                first_problem.get_or_insert(e);
+            }
+            Err(vanished) => return Err(vanished),
+        }
+    }
+    Err(first_problem
+        .map(Attempt::Failed)
+        .unwrap_or(Attempt::Vanished(dir.to_owned())))
+}
+
+fn failed_check(dir: &Path, source: &Source, problem: FileProblem) -> RestoreError {
+    RestoreError::Check {
+        path: dir.join(&source.file_name),
+        problem,
+    }
+}
+
+fn served(source: &Source, valid_end: Option<Lsn>, partial: bool) -> Served {
+    Served::File {
+        from: source.file_name.clone(),
+        valid_end,
+        partial,
+    }
+}
+
+fn request_name(request: &Request) -> String {
+    match request {
+        Request::Segment(name) => name.as_str().to_owned(),
+        Request::History(tli) => crate::lsn::history_file_name(*tli),
+        Request::Backup(name) => name.clone(),
+    }
+}
+
+/// The archive's file names (names that are not UTF-8 are foreign anyway).
+fn list(dir: &Path) -> Result<Vec<String>, RestoreError> {
+    let unreadable = |source| RestoreError::ArchiveUnreadable {
+        dir: dir.to_owned(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// A file's content: memory-mapped when stored uncompressed, decoded into
+/// memory otherwise.
+enum Loaded {
+    Empty,
+    Mapped(memmap2::Mmap),
+    Decoded { bytes: Vec<u8>, finished: bool },
+}
+
+impl Loaded {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Loaded::Empty => &[],
+            Loaded::Mapped(m) => m,
+            Loaded::Decoded { bytes, .. } => bytes,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.as_slice().len() as u64
+    }
+
+    /// A file not named `.partial` must hold a whole compressed stream: a
+    /// cut one is a truncated file, even if what decodes looks fine.
+    fn require_finished(&self, dir: &Path, source: &Source) -> Result<(), Attempt> {
+        match self {
+            Loaded::Decoded {
+                finished: false,
+                bytes,
+            } => Err(RestoreError::Unfinished {
+                path: dir.join(&source.file_name),
+                method: source.compression.method_name(),
+                decoded: bytes.len() as u64,
+            }
+            .into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn load(dir: &Path, source: &Source, limit: u64) -> Result<Loaded, Attempt> {
+    let path = dir.join(&source.file_name);
+    let read_error = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Attempt::Vanished(path.clone())
+        } else {
+            Attempt::Failed(RestoreError::Read {
+                path: path.clone(),
+                source: e,
+            })
+        }
+    };
+    let file = File::open(&path).map_err(read_error)?;
+    if source.compression == Compression::None {
+        let len = file.metadata().map_err(read_error)?.len();
+        if len > limit {
+            let problem = FileProblem::WrongSize {
+                file: source.file_name.clone(),
+                size: len,
+                expected: limit,
+            };
+            return Err(failed_check(dir, source, problem).into());
+        }
+        if len == 0 {
+            return Ok(Loaded::Empty);
+        }
+        // SAFETY: archive files are not truncated in place: walrcv and
+        // pg_receivewal write a segment at its final size and rename it;
+        // `cleanup` unlinks (the mapping stays valid). A file truncated by
+        // hand while mapped would raise SIGBUS, as for any mmap reader.
+        let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(read_error)?;
+        let _ = map.advise(memmap2::Advice::Sequential);
+        return Ok(Loaded::Mapped(map));
+    }
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut data).map_err(read_error)?;
+    let decoded = decompress(source.compression, &data, limit).map_err(|source| {
+        Attempt::Failed(RestoreError::Decompress {
+            path: path.clone(),
+            source,
+        })
+    })?;
+    Ok(Loaded::Decoded {
+        bytes: decoded.bytes,
+        finished: decoded.finished,
+    })
+}
+
+fn parent_dir(target: &Path) -> PathBuf {
+    match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Writes `bytes`, then zeros up to `total_len`, to `target` through a
+/// temporary file in the same directory.
+fn write_atomically(target: &Path, bytes: &[u8], total_len: u64) -> Result<(), RestoreError> {
+    let dir = parent_dir(target);
+    let file_name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
+    let tmp = dir.join(format!(".{file_name}.walrcv-{}.tmp", std::process::id()));
+    let write_error = |source: std::io::Error| RestoreError::Write {
+        path: tmp.clone(),
+        source,
+    };
+    let mut file = match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(RestoreError::TargetDirMissing {
+                path: target.to_owned(),
+                dir,
+            })
+        }
+        Err(e) => return Err(write_error(e)),
+    };
+    let written = file
+        .write_all(bytes)
+        // Zeros after the valid WAL: extending the file reads back as zeros
+        // without writing them.
+        .and_then(|()| file.set_len(total_len.max(bytes.len() as u64)))
+        .map_err(write_error)
+        .and_then(|()| {
+            std::fs::rename(&tmp, target).map_err(|source| RestoreError::Rename {
+                from: tmp.clone(),
+                to: target.to_owned(),
+                source,
+            })
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,346 @@
+//! The IO shell over temporary directories holding the real WAL of
+//! `testdata/wal/pg15` (1 MB segments), stored plain and compressed.
+
+use std::io::Write as _;
+
+use super::*;
+
+const SEG: usize = 1 << 20;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/wal/pg15")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn compress(c: Compression, data: &[u8], finish: bool) -> Vec<u8> {
+    match c {
+        Compression::None => data.to_vec(),
+        Compression::Gzip => {
+            let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            w.write_all(data).unwrap();
+            w.flush().unwrap();
+            if finish {
+                w.finish().unwrap()
+            } else {
+                w.get_ref().clone()
+            }
+        }
+        Compression::Lz4 => {
+            let mut w = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            w.write_all(data).unwrap();
+            w.flush().unwrap();
+            if finish {
+                w.finish().unwrap()
+            } else {
+                w.get_ref().clone()
+            }
+        }
+        Compression::Zstd => {
+            let mut w = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+            w.write_all(data).unwrap();
+            w.flush().unwrap();
+            if finish {
+                w.finish().unwrap()
+            } else {
+                w.get_ref().clone()
+            }
+        }
+    }
+}
+
+struct Dirs {
+    _tmp: tempfile::TempDir,
+    archive: PathBuf,
+    pg_wal: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("archive");
+    let pg_wal = tmp.path().join("pg_wal");
+    std::fs::create_dir(&archive).unwrap();
+    std::fs::create_dir(&pg_wal).unwrap();
+    Dirs {
+        _tmp: tmp,
+        archive,
+        pg_wal,
+    }
+}
+
+fn put(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn complete_segments_in_every_compression_are_served_whole() {
+    let s = "00000002000000000000000C";
+    let plain = fixture(s);
+    for c in Compression::ALL {
+        let d = dirs();
+        put(
+            &d.archive,
+            &format!("{s}{}", c.suffix()),
+            &compress(c, &plain, true),
+        );
+        let target = d.pg_wal.join("RECOVERYXLOG");
+        let served = restore(&d.archive, s, &target).unwrap();
+        assert!(
+            matches!(served, Served::File { partial: false, .. }),
+            "{c:?}"
+        );
+        assert!(std::fs::read(&target).unwrap() == plain, "{c:?}");
+        assert_eq!(entries(&d.pg_wal), ["RECOVERYXLOG"], "no temporary left");
+    }
+}
+
+#[test]
+fn the_newest_partial_is_served_under_the_requested_name_padded() {
+    let s = "00000002000000000000000D";
+    let partial = fixture(&format!("{s}.partial"));
+    let valid = 0x2B6A0;
+    for c in Compression::ALL {
+        let d = dirs();
+        put(
+            &d.archive,
+            "00000002000000000000000C",
+            &fixture("00000002000000000000000C"),
+        );
+        // A compressed .partial is a flushed, unfinished stream of what was written.
+        let stored = if c == Compression::None {
+            partial.clone()
+        } else {
+            compress(c, &partial[..valid + 100], false)
+        };
+        put(&d.archive, &format!("{s}{}.partial", c.suffix()), &stored);
+        let target = d.pg_wal.join("RECOVERYXLOG");
+        let served = restore(&d.archive, s, &target).unwrap();
+        assert_eq!(
+            served,
+            Served::File {
+                from: format!("{s}{}.partial", c.suffix()),
+                valid_end: Some(Lsn(0xD2B6A0)),
+                partial: true
+            }
+        );
+        let out = std::fs::read(&target).unwrap();
+        assert_eq!(out.len(), SEG, "{c:?}");
+        assert!(out[..valid] == partial[..valid], "{c:?}");
+        assert!(out[valid..].iter().all(|&b| b == 0), "{c:?}");
+    }
+}
+
+#[test]
+fn a_corrupt_segment_is_refused_and_nothing_is_written() {
+    let s = "00000002000000000000000C";
+    let mut bytes = fixture(s);
+    bytes[0x8000 + 200] ^= 0x10;
+    for c in Compression::ALL {
+        let d = dirs();
+        put(
+            &d.archive,
+            &format!("{s}{}", c.suffix()),
+            &compress(c, &bytes, true),
+        );
+        let err = restore(&d.archive, s, &d.pg_wal.join("RECOVERYXLOG")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RestoreError::Check {
+                    problem: FileProblem::Corrupt { .. },
+                    ..
+                }
+            ),
+            "{c:?}: {err}"
+        );
+        assert!(err.to_string().contains("CRC check"), "{err}");
+        assert!(entries(&d.pg_wal).is_empty(), "{c:?}");
+    }
+}
+
+#[test]
+fn a_damaged_copy_gives_way_to_a_good_one() {
+    let s = "00000002000000000000000C";
+    let good = fixture(s);
+    let mut bad = good.clone();
+    bad[0x8000 + 200] ^= 0x10;
+    let d = dirs();
+    put(&d.archive, s, &bad);
+    put(
+        &d.archive,
+        &format!("{s}.zst"),
+        &compress(Compression::Zstd, &good, true),
+    );
+    let target = d.pg_wal.join("RECOVERYXLOG");
+    restore(&d.archive, s, &target).unwrap();
+    assert!(std::fs::read(&target).unwrap() == good);
+}
+
+#[test]
+fn a_truncated_gz_and_an_lz4_of_the_wrong_size_are_refused() {
+    let s = "00000002000000000000000C";
+    let plain = fixture(s);
+    let d = dirs();
+    let gz = compress(Compression::Gzip, &plain, true);
+    put(&d.archive, &format!("{s}.gz"), &gz[..gz.len() - 100]);
+    let err = restore(&d.archive, s, &d.pg_wal.join("RECOVERYXLOG")).unwrap_err();
+    assert!(matches!(err, RestoreError::Unfinished { .. }), "{err}");
+    let d = dirs();
+    put(
+        &d.archive,
+        &format!("{s}.lz4"),
+        &compress(Compression::Lz4, &plain[..SEG - 8192], true),
+    );
+    let err = restore(&d.archive, s, &d.pg_wal.join("RECOVERYXLOG")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RestoreError::Check {
+                problem: FileProblem::WrongSize { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut long = plain.clone();
+    long.extend_from_slice(&[0; 8192]);
+    std::fs::remove_file(d.archive.join(format!("{s}.lz4"))).unwrap();
+    put(
+        &d.archive,
+        &format!("{s}.lz4"),
+        &compress(Compression::Lz4, &long, true),
+    );
+    let err = restore(&d.archive, s, &d.pg_wal.join("RECOVERYXLOG")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RestoreError::Check {
+                problem: FileProblem::WrongSize { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(entries(&d.pg_wal).is_empty());
+}
+
+#[test]
+fn missing_files_and_bad_requests() {
+    let d = dirs();
+    put(&d.archive, "00000002.history", &fixture("00000002.history"));
+    let target = d.pg_wal.join("RECOVERYXLOG");
+    assert_eq!(
+        restore(&d.archive, "000000010000000000000001", &target).unwrap(),
+        Served::NotFound
+    );
+    assert_eq!(
+        restore(&d.archive, "00000003.history", &target).unwrap(),
+        Served::NotFound
+    );
+    assert!(matches!(
+        restore(&d.archive, "pg_wal/RECOVERYXLOG", &target),
+        Err(RestoreError::InvalidRequest { .. })
+    ));
+    assert!(matches!(
+        restore(
+            &d.archive,
+            "00000002.history",
+            &d.pg_wal.join("nowhere/RECOVERYHISTORY")
+        ),
+        Err(RestoreError::TargetDirMissing { .. })
+    ));
+    assert!(matches!(
+        restore(&d.archive.join("gone"), "00000002.history", &target),
+        Err(RestoreError::ArchiveUnreadable { .. })
+    ));
+    assert!(entries(&d.pg_wal).is_empty());
+}
+
+#[test]
+fn history_files_are_parsed_before_serving() {
+    for c in Compression::ALL {
+        let d = dirs();
+        let h = fixture("00000002.history");
+        put(
+            &d.archive,
+            &format!("00000002.history{}", c.suffix()),
+            &compress(c, &h, true),
+        );
+        let target = d.pg_wal.join("RECOVERYHISTORY");
+        restore(&d.archive, "00000002.history", &target).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), h);
+    }
+    let d = dirs();
+    put(&d.archive, "00000002.history", b"2\t0/1000000\tloop\n");
+    assert!(matches!(
+        restore(
+            &d.archive,
+            "00000002.history",
+            &d.pg_wal.join("RECOVERYHISTORY")
+        ),
+        Err(RestoreError::Check {
+            problem: FileProblem::BadHistory { .. },
+            ..
+        })
+    ));
+}
+
+#[test]
+fn an_all_zero_newest_partial_is_not_found() {
+    let d = dirs();
+    put(
+        &d.archive,
+        "00000001000000000000000E.partial",
+        &vec![0; SEG],
+    );
+    assert_eq!(
+        restore(
+            &d.archive,
+            "00000001000000000000000E",
+            &d.pg_wal.join("RECOVERYXLOG")
+        )
+        .unwrap(),
+        Served::NotFound
+    );
+    assert!(entries(&d.pg_wal).is_empty());
+}
+
+#[test]
+fn a_partial_followed_by_its_timeline_is_a_hole() {
+    let d = dirs();
+    put(
+        &d.archive,
+        "00000002000000000000000C.partial",
+        &fixture("00000002000000000000000C"),
+    );
+    put(&d.archive, "00000002000000000000000D", &[0; 10]);
+    assert!(matches!(
+        restore(
+            &d.archive,
+            "00000002000000000000000C",
+            &d.pg_wal.join("RECOVERYXLOG")
+        ),
+        Err(RestoreError::Hole { .. })
+    ));
+}
+
+#[test]
+fn an_existing_target_is_replaced_whole() {
+    let s = "000000010000000000000008";
+    let d = dirs();
+    put(&d.archive, s, &fixture(s));
+    let target = d.pg_wal.join("RECOVERYXLOG");
+    std::fs::write(&target, b"old").unwrap();
+    restore(&d.archive, s, &target).unwrap();
+    assert!(std::fs::read(&target).unwrap() == fixture(s));
+}
