@@ -55,6 +55,11 @@ pub enum Command {
     /// Health check: is the archive complete and current? Nagios exit
     /// statuses: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
     Status(crate::tools::status::StatusArgs),
+    /// Remove old WAL from an archive (--before SEGMENT, --older-than,
+    /// --keep-size; --dry-run lists). Never the newest file of a timeline,
+    /// never a history file, never a hole. Exit 0 done, 1 removal failed, 2
+    /// bad arguments.
+    Cleanup(crate::tools::cleanup::CleanupArgs),
 }
 
 /// pg_receivewal's options. `-h` is the host, as in pg_receivewal, so help is

@@ -42,6 +42,10 @@ fn main() {
                 init_logging(0, cli.log_format);
                 walrcv::tools::status::run(&args)
             }
+            Command::Cleanup(args) => {
+                init_logging(0, cli.log_format);
+                walrcv::tools::cleanup::run(&args)
+            }
         }
     };
     std::process::exit(code);
