@@ -1,6 +1,7 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
 mod corruption;
 mod disk_full;
+mod dropin_messages;
 #[cfg(feature = "failpoints")]
 mod failpoints;
 mod fake_primary;
