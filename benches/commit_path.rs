@@ -49,6 +49,7 @@ fn sink(dir: &Path, sync: bool) -> WalSink {
             server_major: Some(15),
         },
         primed: None,
+        compression: walrcv::archive::compress_spec::CompressionSpec::NONE,
     })
 }
 

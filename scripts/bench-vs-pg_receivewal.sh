@@ -35,6 +35,10 @@
 #   --keep          keep the temporary directory (CSV, logs, pgbench logs, data)
 #   --no-build      do not run cargo; use $CARGO_TARGET_DIR/release/walrcv
 #   --walrcv PATH   benchmark this walrcv binary (implies --no-build)
+#   --compress LIST also run walrcv with -Z METHOD in the synchronous phase,
+#                   for each method of LIST (e.g. "lz4 zstd gzip"), in the same
+#                   rotation; the report adds a table against plain walrcv
+#   --sync-only     skip the catch-up phase
 #
 # Measured: TPS and latency average as pgbench prints them; latency p99 from
 # pgbench -l per-transaction logs (exact, nearest rank); receiver CPU-seconds
@@ -58,6 +62,8 @@ wal_mb=1024
 keep=0
 build=1
 walrcv=""
+compress=""
+sync_only=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --clients) clients="$2"; shift ;;
@@ -67,6 +73,8 @@ while [ $# -gt 0 ]; do
     --keep) keep=1 ;;
     --no-build) build=0 ;;
     --walrcv) walrcv="$2"; build=0; shift ;;
+    --compress) compress="$2"; shift ;;
+    --sync-only) sync_only=1 ;;
     -h | --help)
         awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
         exit 0
@@ -278,6 +286,11 @@ sync_run() { # clients, round, position, receiver
         "$pg_receivewal" -D "$dir" -d "$conninfo application_name=$app" --synchronous >"$tmp/sync/$tag.log" 2>&1 &
         pid=$!
         ;;
+    walrcv-*)
+        app=walrcv_bench comm=walrcv
+        "$walrcv" stream -Z "${rcv#walrcv-}" -D "$dir" -d "$conninfo application_name=$app" >"$tmp/sync/$tag.log" 2>&1 &
+        pid=$!
+        ;;
     none) ;;
     *) die "unknown receiver $rcv" ;;
     esac
@@ -325,11 +338,14 @@ for c in $clients; do
         while read -r rcv; do
             pos=$((pos + 1))
             sync_run "$c" "$round" "$pos" "$rcv" </dev/null
-        done < <(rotated "$round" walrcv pg_receivewal none)
+        done < <(rotated "$round" walrcv pg_receivewal none $(for z in $compress; do echo "walrcv-$z"; done))
     done
 done
 
 # --- 2. catch-up ---------------------------------------------------------------
+catchup_mb=0
+ceiling_where="(catch-up not run: --sync-only)"
+if [ "$sync_only" = 0 ]; then
 
 say "catch-up: writing at least $wal_mb MB of WAL behind $((rounds * 3)) slots"
 for ((round = 1; round <= rounds; round++)); do
@@ -436,6 +452,7 @@ for ((round = 1; round <= rounds; round++)); do
     compare_archives "$round"
     rm -rf "$tmp/archive-walrcv" "$tmp/archive-pgrw" "$tmpfs_dir/archive"
 done
+fi
 
 # --- 3. report -----------------------------------------------------------------
 
@@ -508,7 +525,27 @@ report() {
     row "catch-up: peak RSS (MB)" '%.1f' 1024 catchup "" peak_rss_kb ceiling
 }
 
+# Compressed walrcv (-Z) against plain walrcv, synchronous phase only.
+compress_report() {
+    local c z
+    echo
+    echo "| -Z | clients | TPS | TPS / plain walrcv | receiver CPU (s) | CPU / plain walrcv |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for c in $clients; do
+        for z in none $compress; do
+            local r=walrcv
+            [ "$z" = none ] || r="walrcv-$z"
+            printf '| %s | %s | %s | %s | %s | %s |\n' "$z" "$c" \
+                "$(fmt '%.0f' "$(median sync "$c" "$r" tps)")" "$(median_ratio sync "$c" "$r" walrcv tps)" \
+                "$(fmt '%.2f' "$(median sync "$c" "$r" cpu_s)")" "$(median_ratio sync "$c" "$r" walrcv cpu_s)"
+        done
+    done
+}
+
 say "results"
-report | tee "$tmp/report.md"
+{
+    report
+    [ -z "$compress" ] || compress_report
+} | tee "$tmp/report.md"
 echo
 echo "raw per-run figures: $csv$([ "$keep" = 1 ] || echo ' (deleted on exit: use --keep to keep it)')"

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::archive::compress_spec::{CompressionSpec, SpecError};
 use crate::lsn::Lsn;
 
 #[derive(Debug, Parser)]
@@ -107,7 +108,8 @@ pub struct StreamArgs {
     /// Output verbose messages (twice for debug output).
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     pub verbose: u8,
-    /// Compression (not supported yet: only 0 or none are accepted).
+    /// Compress WAL files: none, gzip[:LEVEL], lz4[:LEVEL], zstd[:LEVEL], a
+    /// bare level (0 = none, 1-9 = gzip) or METHOD:level=N (pg_receivewal's -Z).
     #[arg(short = 'Z', long = "compress", value_name = "METHOD[:DETAIL]")]
     pub compress: Option<String>,
     /// Connection string.
@@ -201,14 +203,7 @@ impl StreamArgs {
         if self.no_password && self.password {
             return Err("cannot use --no-password together with --password".into());
         }
-        if let Some(z) = &self.compress {
-            let plain = matches!(z.trim(), "0" | "none") || z.trim().starts_with("none:");
-            if !plain {
-                return Err(format!(
-                    "compression \"{z}\" is not supported yet: walrcv writes uncompressed segments (use -Z none, or leave -Z out)"
-                ));
-            }
-        }
+        self.compression().map_err(|e| e.to_string())?;
         if self.create_slot {
             return Ok(StreamAction::CreateSlot);
         }
@@ -219,6 +214,17 @@ impl StreamArgs {
             return Err("no target directory specified (use -D/--directory)".into());
         }
         Ok(StreamAction::Stream)
+    }
+}
+
+impl StreamArgs {
+    /// The `-Z` specification ([`CompressionSpec::NONE`] without `-Z`),
+    /// checked as pg_receivewal checks it.
+    pub fn compression(&self) -> Result<CompressionSpec, SpecError> {
+        match &self.compress {
+            Some(z) => CompressionSpec::parse(z),
+            None => Ok(CompressionSpec::NONE),
+        }
     }
 }
 
@@ -329,11 +335,17 @@ mod tests {
         assert_eq!(v(&["--drop-slot", "-S", "s"]), Ok(StreamAction::DropSlot));
         assert!(v(&["-D", "/x", "--synchronous", "--no-sync"]).is_err());
         assert!(v(&[]).is_err());
-        assert!(v(&["-D", "/x", "-Z", "gzip"])
-            .unwrap_err()
-            .contains("not supported yet"));
-        assert!(v(&["-D", "/x", "-Z", "5"]).is_err());
-        assert_eq!(v(&["-D", "/x", "-Z", "0"]), Ok(StreamAction::Stream));
+        for z in ["0", "none", "5", "gzip", "lz4:level=3", "zstd:19"] {
+            assert_eq!(v(&["-D", "/x", "-Z", z]), Ok(StreamAction::Stream), "{z}");
+        }
+        assert_eq!(
+            v(&["-D", "/x", "-Z", "none:1"]).unwrap_err(),
+            "invalid compression specification: compression algorithm \"none\" does not accept a compression level"
+        );
+        assert_eq!(
+            v(&["-D", "/x", "--compress=bz2"]).unwrap_err(),
+            "unrecognized compression algorithm: \"bz2\""
+        );
     }
 
     #[test]

@@ -170,7 +170,6 @@ fn options(dir: &Path, port: u16) -> StreamOptions {
             keepalives_idle: None,
             keepalives_interval: None,
             keepalives_count: None,
-            sslmode: SslMode::Disable,
             tls: walrcv::conninfo::TlsSettings {
                 mode: SslMode::Disable,
                 ..walrcv::conninfo::TlsSettings::prefer()
@@ -188,6 +187,7 @@ fn options(dir: &Path, port: u16) -> StreamOptions {
         receive_timeout: Duration::from_secs(60),
         password_prompt: false,
         metrics_address: None,
+        compression: walrcv::archive::compress_spec::CompressionSpec::NONE,
     }
 }
 

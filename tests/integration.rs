@@ -1,10 +1,14 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
+mod auth;
+mod compress;
+mod conninfo_service;
 mod corruption;
 mod disk_full;
 mod dropin_messages;
 #[cfg(feature = "failpoints")]
 mod failpoints;
 mod fake_primary;
+mod file_modes;
 mod harness;
 mod metrics;
 mod network_faults;
@@ -15,3 +19,4 @@ mod status;
 mod stream;
 mod support;
 mod sync_commit;
+mod tls;

@@ -347,12 +347,13 @@ fn stall_before_streaming_times_out_retries_and_yields_to_sigterm() {
     s.proxy.stall_new_connections(false);
 
     // The commands after start-up: IDENTIFY_SYSTEM, SHOW wal_segment_size,
-    // SHOW wal_block_size, then START_REPLICATION (the archive has WAL, so no
-    // READ_REPLICATION_SLOT). The reply after the n-th ReadyForQuery stalls.
+    // SHOW wal_block_size, SHOW data_directory_mode, then START_REPLICATION
+    // (the archive has WAL, so no READ_REPLICATION_SLOT). The reply after the
+    // n-th ReadyForQuery stalls.
     for (replies, command) in [
         (1, "IDENTIFY_SYSTEM"),
         (2, "SHOW"),
-        (4, "START_REPLICATION"),
+        (5, "START_REPLICATION"),
     ] {
         s.proxy.stall_new_connections_after_replies(Some(replies));
         let mut rcv = s.spawn_walrcv(&["--receive-timeout=2"]);

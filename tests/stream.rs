@@ -596,9 +596,12 @@ fn bad_input_fails_clearly_and_writes_nothing() {
             "bogus_key",
         ),
         (
-            vec!["-d".into(), format!("{conn} sslmode=require")],
+            vec![
+                "-d".into(),
+                format!("{conn} sslmode=require sslrootcert=system"),
+            ],
             2,
-            "not yet supported",
+            "weak sslmode",
         ),
         (vec!["--frobnicate".into()], 2, "frobnicate"),
         (

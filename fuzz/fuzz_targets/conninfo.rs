@@ -13,7 +13,7 @@
 //! `-d`, `-h`, `-p` and `-U` flags.
 #![no_main]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
 use walrcv::conninfo::{parse, resolve, ConnInfoError, ConnParams, Environment, Overrides};
@@ -21,7 +21,8 @@ use walrcv::conninfo::{parse, resolve, ConnInfoError, ConnParams, Environment, O
 /// A password that the fuzzed text cannot produce by accident unless it contains it.
 const SECRET: &str = "Zq9sEcReT";
 
-/// No `PG*` variables, no home directory (so no `.pgpass`), a fixed OS user.
+/// No `PG*` variables, no home directory (so no `.pgpass`), no files, a fixed
+/// OS user.
 struct EmptyEnv;
 
 impl Environment for EmptyEnv {
@@ -33,6 +34,10 @@ impl Environment for EmptyEnv {
     }
     fn os_user(&self) -> Option<String> {
         Some("fuzzer".to_owned())
+    }
+    /// No service file exists, so `service=` never reads the machine's files.
+    fn read_file(&self, _path: &Path) -> std::io::Result<String> {
+        Err(std::io::ErrorKind::NotFound.into())
     }
 }
 

@@ -13,10 +13,17 @@
 //! The caller ends the session and re-streams from the last durable point.
 //!
 //! Every error names the path concerned.
+//!
+//! Files are created as pg_receivewal creates them: mode 0600, or 0640 when
+//! the server's data directory grants group access (see [`set_file_create_mode`]),
+//! always under a temporary name opened with `O_CREAT | O_EXCL | O_NOFOLLOW`,
+//! so that a symlink or file planted in the archive directory cannot redirect
+//! a write; existing files are reopened with `O_NOFOLLOW`.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::{File, OpenOptions, Permissions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::ArchiveError;
 
@@ -125,24 +132,94 @@ fn injected(site: Site, op: Op, path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Creates (or truncates) `path` for writing, mode 0600.
+/// PostgreSQL's `PG_FILE_MODE_OWNER`.
+pub const FILE_MODE_OWNER: u32 = 0o600;
+/// PostgreSQL's `PG_FILE_MODE_GROUP`.
+pub const FILE_MODE_GROUP: u32 = 0o640;
+
+/// The mode of the files [`create`] makes. A process-wide setting, as
+/// PostgreSQL's `pg_file_create_mode`: every archive file of a run follows the
+/// one server it streams from, and threading it through every writer would
+/// change many signatures for one number.
+static FILE_CREATE_MODE: AtomicU32 = AtomicU32::new(FILE_MODE_OWNER);
+
+/// PostgreSQL's `SetDataDirectoryCreatePerm` (common/file_perm.c): group-readable
+/// files when the data directory's mode has all of `PG_DIR_MODE_GROUP` (0750)
+/// (`initdb --allow-group-access`), else owner-only.
+pub fn file_mode_for_data_directory_mode(data_directory_mode: u32) -> u32 {
+    const PG_DIR_MODE_GROUP: u32 = 0o750;
+    if data_directory_mode & PG_DIR_MODE_GROUP == PG_DIR_MODE_GROUP {
+        FILE_MODE_GROUP
+    } else {
+        FILE_MODE_OWNER
+    }
+}
+
+/// Sets the mode of the files created from now on (pg_receivewal's
+/// `RetrieveDataDirCreatePerm`, from the server's `data_directory_mode`).
+pub fn set_file_create_mode(mode: u32) {
+    FILE_CREATE_MODE.store(mode, Ordering::Relaxed);
+}
+
+/// The mode [`create`] gives new files.
+pub fn file_create_mode() -> u32 {
+    FILE_CREATE_MODE.load(Ordering::Relaxed)
+}
+
+/// Creates `path` (always a temporary name) for writing, with the mode of
+/// [`file_create_mode`]. See [`create_with_mode`] for what may already be there.
 pub fn create(path: &Path, site: Site) -> Result<File, ArchiveError> {
+    injected(site, Op::Open, path)
+        .and_then(|()| create_with_mode(path, file_create_mode()))
+        .map_err(|e| ArchiveError::io(path, e))
+}
+
+/// Creates `path` with exactly `mode` (whatever the umask), exclusively and
+/// without following a symlink. A regular file already there is a temporary
+/// left by a crash: it is unlinked first (never truncated, so a hard link
+/// planted under that name keeps its contents). Anything else (a symlink, a
+/// directory, a fifo) is refused and left as it is.
+pub(crate) fn create_with_mode(path: &Path, mode: u32) -> std::io::Result<File> {
+    remove_stale_file(path)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // The umask may have taken bits away; pg_receivewal sets its umask to
+    // get exactly this mode.
+    file.set_permissions(Permissions::from_mode(mode))?;
+    Ok(file)
+}
+
+/// Unlinks a stale regular file at `path`; refuses anything else that is there.
+fn remove_stale_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(meta) if meta.file_type().is_file() => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "refusing to write: the name is taken by something that is not a regular file \
+             (a symbolic link?); remove it",
+        )),
+    }
+}
+
+/// Opens an existing file for writing (no truncation), never through a
+/// symbolic link.
+pub fn open_for_write(path: &Path, site: Site) -> Result<File, ArchiveError> {
     injected(site, Op::Open, path)
         .and_then(|()| {
             OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
         })
-        .map_err(|e| ArchiveError::io(path, e))
-}
-
-/// Opens an existing file for writing (no truncation).
-pub fn open_for_write(path: &Path, site: Site) -> Result<File, ArchiveError> {
-    injected(site, Op::Open, path)
-        .and_then(|()| OpenOptions::new().write(true).open(path))
         .map_err(|e| ArchiveError::io(path, e))
 }
 
@@ -159,6 +236,19 @@ pub fn write_at(
         .map_err(|source| ArchiveError::Write {
             path: path.to_path_buf(),
             offset,
+            source,
+        })
+}
+
+/// Truncates an open file to `len` bytes (a compressed `.partial` restarted
+/// from its beginning). Its failpoint is the site's `pwrite`: it changes
+/// what the file holds.
+pub fn truncate(file: &File, path: &Path, len: u64, site: Site) -> Result<(), ArchiveError> {
+    injected(site, Op::Pwrite, path)
+        .and_then(|()| file.set_len(len))
+        .map_err(|source| ArchiveError::Write {
+            path: path.to_path_buf(),
+            offset: len,
             source,
         })
 }
@@ -311,7 +401,7 @@ pub fn write_file_durably(
     Ok(())
 }
 
-/// Creates (or truncates) `tmp` with mode 0600, writes `content`, fsyncs if `sync`.
+/// Creates `tmp` (see [`create`]), writes `content`, fsyncs if `sync`.
 fn write_tmp(tmp: &Path, content: &[u8], sync: bool, site: Site) -> Result<(), ArchiveError> {
     let file = create(tmp, site)?;
     write_at(&file, tmp, 0, content, site)?;
@@ -336,6 +426,78 @@ pub(crate) fn remove_quietly(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_mode_follows_the_data_directory_mode() {
+        assert_eq!(file_mode_for_data_directory_mode(0o700), 0o600);
+        assert_eq!(file_mode_for_data_directory_mode(0o750), 0o640);
+        // Group read without execute is not group access (PostgreSQL's test).
+        assert_eq!(file_mode_for_data_directory_mode(0o740), 0o600);
+        assert_eq!(file_mode_for_data_directory_mode(0o2750), 0o640);
+    }
+
+    #[test]
+    fn create_sets_the_exact_mode_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [FILE_MODE_OWNER, FILE_MODE_GROUP] {
+            let path = dir.path().join(format!("f{mode:o}.tmp"));
+            create_with_mode(&path, mode).unwrap();
+            let got = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(got, mode);
+        }
+    }
+
+    #[test]
+    fn create_refuses_a_planted_symlink_and_leaves_its_target_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let tmp = dir.path().join("000000010000000000000001.partial.tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let err = create(&tmp, Site::Prepare).unwrap_err();
+        assert!(err.to_string().contains("partial.tmp"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(&tmp)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // A dangling symlink (to a file that would be created) is refused too.
+        let dangling = dir.path().join("x.tmp");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(create(&dangling, Site::History).is_err());
+        assert!(!dir.path().join("nowhere").exists());
+    }
+
+    #[test]
+    fn create_replaces_a_stale_tmp_without_touching_its_other_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("00000002.history.tmp");
+        std::fs::write(&tmp, b"stale contents from a crash").unwrap();
+        let file = create(&tmp, Site::History).unwrap();
+        write_at(&file, &tmp, 0, b"new", Site::History).unwrap();
+        assert_eq!(std::fs::read(&tmp).unwrap(), b"new");
+        // A hard link planted under the temporary name keeps its contents.
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"keep me").unwrap();
+        std::fs::remove_file(&tmp).unwrap();
+        std::fs::hard_link(&other, &tmp).unwrap();
+        let file = create(&tmp, Site::History).unwrap();
+        write_at(&file, &tmp, 0, b"new", Site::History).unwrap();
+        assert_eq!(std::fs::read(&other).unwrap(), b"keep me");
+    }
+
+    #[test]
+    fn open_for_write_does_not_follow_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let partial = dir.path().join("000000010000000000000001.partial");
+        std::os::unix::fs::symlink(&victim, &partial).unwrap();
+        assert!(open_for_write(&partial, Site::Startup).is_err());
+        std::fs::remove_file(&partial).unwrap();
+        std::fs::write(&partial, b"x").unwrap();
+        assert!(open_for_write(&partial, Site::Startup).is_ok());
+    }
 
     #[test]
     fn write_file_durably_writes_and_leaves_no_tmp() {

@@ -16,12 +16,19 @@
 //! - [`segment`]: [`SegmentWriter`] (one `.partial` from creation to rename).
 //! - [`durable`]: fsync, durable rename, small files through `.tmp`.
 //! - [`names`]: what every name in an archive directory is (one vocabulary).
+//! - [`compress_spec`]: the `-Z/--compress` specification (pg_receivewal's rules).
+//! - [`compressed`]: [`CompressedWriter`] (one `.gz`/`.lz4`/`.zst` segment from
+//!   creation to rename) and [`SegmentSink`], the writer the sink holds.
+//! - [`inspect`]: reading WAL files back whatever their compression.
 //! - [`compression`]: decoding `.gz`, `.lz4` and `.zst` WAL files.
 
+pub mod compress_spec;
+pub mod compressed;
 pub mod compression;
 pub mod durable;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
+pub mod inspect;
 pub mod names;
 pub mod resume;
 pub mod scan;
@@ -31,6 +38,7 @@ use std::path::PathBuf;
 
 use crate::lsn::TimeLineId;
 
+pub use compressed::{CompressedWriter, SegmentSink};
 pub use resume::Resume;
 pub use scan::{ArchiveDir, PrepareError, Scan, SegmentFile, StartPoint};
 pub use segment::{PreparedSegment, SegmentWriter};
@@ -117,6 +125,18 @@ pub enum ArchiveError {
         written: u64,
         expected: u64,
     },
+    /// A compressed writer takes WAL only in order, from offset 0 (a caller
+    /// bug; nothing was written).
+    #[error("write at offset {offset} into compressed WAL file \"{path}\" is not sequential: {written} bytes were written so far")]
+    NotSequential {
+        path: PathBuf,
+        offset: u64,
+        written: u64,
+    },
+    /// A compressed WAL file that does not decompress to what its name
+    /// claims (a complete segment of the wrong size, a corrupt stream).
+    #[error("compressed WAL file \"{path}\" is not usable: {what}; move it away and restart")]
+    BadCompressedFile { path: PathBuf, what: String },
 }
 
 /// Display text of [`ArchiveError::WrongSize`]: pg_receivewal's "should be 0 or

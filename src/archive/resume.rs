@@ -14,6 +14,8 @@
 //! continues, and the verifier requires that instead of reading the segment.
 //! Only complete segments are read: a `.partial` may end in zeros that are not WAL, and the
 //! bytes before a segment-start resume point are always in complete segments.
+//! A compressed one (`.gz`, `.lz4`, `.zst`) is decompressed whole when the
+//! walk reaches it (one segment in memory at a time).
 //!
 //! A record in progress whose beginning is not in the archive (a fresh archive
 //! started mid-record at the server's position, or a segment moved away by
@@ -24,8 +26,10 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+use super::inspect::read_complete_segment;
+use super::names::{segment_file_name, Compression, SegmentName};
 use super::{ArchiveDir, ArchiveError};
-use crate::lsn::{history_file_name, wal_file_name, Lsn, SegNo, TimeLineId};
+use crate::lsn::{wal_file_name, Lsn, SegNo, TimeLineId};
 use crate::wal::history::{parse_history, timeline_of, HistoryEntry};
 use crate::wal::page::LONG_HEADER_SIZE;
 use crate::wal::verifier::{page_starts_record, MAX_RECORD_LENGTH};
@@ -125,17 +129,40 @@ impl ArchiveDir {
     }
 }
 
-/// One complete segment file, open for reading.
+/// One complete segment file, open for reading: plain, or decompressed.
 struct OpenSegment {
-    file: File,
+    content: Content,
     path: PathBuf,
+}
+
+enum Content {
+    File(File),
+    Decompressed(Vec<u8>),
 }
 
 impl OpenSegment {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ArchiveError> {
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| ArchiveError::io(&self.path, e))
+        match &self.content {
+            Content::File(file) => file
+                .read_exact_at(buf, offset)
+                .map_err(|e| ArchiveError::io(&self.path, e)),
+            Content::Decompressed(bytes) => {
+                let range = usize::try_from(offset)
+                    .ok()
+                    .and_then(|start| Some(start..start.checked_add(buf.len())?))
+                    .filter(|r| r.end <= bytes.len());
+                match range {
+                    Some(r) => {
+                        buf.copy_from_slice(&bytes[r]);
+                        Ok(())
+                    }
+                    None => Err(ArchiveError::io(
+                        &self.path,
+                        std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                    )),
+                }
+            }
+        }
     }
 }
 
@@ -153,8 +180,7 @@ struct Files<'a> {
 impl<'a> Files<'a> {
     fn new(dir: &'a ArchiveDir, tip: TimeLineId, seg: u64) -> Self {
         let history = if tip > 1 {
-            std::fs::read(dir.path().join(history_file_name(tip)))
-                .ok()
+            dir.read_history(tip)
                 .and_then(|content| parse_history(&content).ok())
                 .unwrap_or_default()
         } else {
@@ -203,22 +229,53 @@ impl<'a> Files<'a> {
 
     fn find(&self, segno: SegNo) -> Result<Option<OpenSegment>, ArchiveError> {
         for tli in self.candidates(segno) {
-            let path = self.dir.path().join(wal_file_name(tli, segno, self.seg));
-            match File::open(&path) {
-                Ok(file) => {
-                    let len = file
-                        .metadata()
-                        .map_err(|e| ArchiveError::io(&path, e))?
-                        .len();
-                    if len == self.seg {
-                        return Ok(Some(OpenSegment { file, path }));
-                    }
+            let Some(name) = SegmentName::parse(&wal_file_name(tli, segno, self.seg)) else {
+                continue;
+            };
+            for compression in Compression::ALL {
+                let path = self
+                    .dir
+                    .path()
+                    .join(segment_file_name(&name, compression, false));
+                if let Some(open) = self.open_complete(path, compression)? {
+                    return Ok(Some(open));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(ArchiveError::io(path, e)),
             }
         }
         Ok(None)
+    }
+
+    /// `path` if it is a complete segment (a compressed one decompressed).
+    fn open_complete(
+        &self,
+        path: PathBuf,
+        compression: Compression,
+    ) -> Result<Option<OpenSegment>, ArchiveError> {
+        if compression != Compression::None {
+            return match read_complete_segment(&path, compression, self.seg) {
+                Ok(Some(bytes)) => Ok(Some(OpenSegment {
+                    content: Content::Decompressed(bytes),
+                    path,
+                })),
+                Ok(None) => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(ArchiveError::io(path, e)),
+            };
+        }
+        match File::open(&path) {
+            Ok(file) => {
+                let len = file
+                    .metadata()
+                    .map_err(|e| ArchiveError::io(&path, e))?
+                    .len();
+                Ok((len == self.seg).then_some(OpenSegment {
+                    content: Content::File(file),
+                    path,
+                }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ArchiveError::io(path, e)),
+        }
     }
 }
 

@@ -7,12 +7,20 @@
 //! second opener, even in the same process, is refused because flock locks
 //! belong to the open file description.
 //!
-//! The scan recognises what pg_receivewal writes uncompressed: 24 upper-case hex
-//! characters (complete segment), the same plus `.partial`, and
-//! `TTTTTTTT.history`. It is stricter than pg_receivewal about sizes: a complete
-//! segment of the wrong size, or a `.partial` neither empty nor pre-padded, is an
-//! error rather than a warning, because streaming over it would silently leave
-//! a gap or a torn file. Nothing found by the scan is ever deleted.
+//! The scan names files with [`ArchiveName::classify`] (the archive's one
+//! vocabulary): segments complete or `.partial`, plain or compressed (`.gz`,
+//! `.lz4`, `.zst`, as pg_receivewal `-Z` and walrcv `-Z` write them), and
+//! history files (plain or compressed). A complete compressed segment counts
+//! as complete after pg_receivewal's checks ([`super::inspect`]: gzip's
+//! ISIZE, the decompressed size of lz4 and zstd files), done once per file
+//! per process; a compressed `.partial` of any size restarts its segment. So
+//! an archive of compressed segments is never taken for an empty one.
+//!
+//! It is stricter than pg_receivewal about sizes: a complete segment of the
+//! wrong size (uncompressed, or once decompressed), or a plain `.partial`
+//! neither empty nor pre-padded, is an error rather than a warning, because
+//! streaming over it would silently leave a gap or a torn file. Nothing found
+//! by the scan is ever deleted.
 //!
 //! Start-up work ([`ArchiveDir::prepare_start`]) is proportional to what
 //! changed: the first start of the process checks every file's identity and
@@ -22,16 +30,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::durable::{self, Site, TMP_SUFFIX};
+use super::compress_spec::CompressionSpec;
+use super::compressed::compress_all;
+use super::durable::{self, Site};
+use super::inspect::{check_complete_size, read_prefix, SizeCheck};
+use super::names::{ArchiveName, Compression};
 use super::ArchiveError;
 use crate::lsn::{
-    history_file_name, is_valid_segment_size, parse_history_file_name, parse_wal_file_name,
-    segment_start_lsn, Lsn, SegNo, TimeLineId,
+    history_file_name, is_valid_segment_size, parse_history_file_name, segment_start_lsn, Lsn,
+    SegNo, TimeLineId,
 };
 use crate::wal::page::{
     major_for_magic, PageHeader, LONG_HEADER_SIZE, XLP_ALL_FLAGS, XLP_LONG_HEADER,
@@ -82,8 +93,11 @@ pub struct SegmentFile {
     pub timeline: TimeLineId,
     pub segno: SegNo,
     pub partial: bool,
+    /// Size on disk (compressed for a compressed file).
     pub size: u64,
     pub path: PathBuf,
+    /// How its bytes are stored.
+    pub compression: Compression,
 }
 
 /// What the scan found.
@@ -100,35 +114,6 @@ pub struct Scan {
 pub struct StartPoint {
     pub lsn: Lsn,
     pub timeline: TimeLineId,
-}
-
-/// Whether `s` is made only of upper-case hex digits (PostgreSQL's file names).
-fn is_upper_hex(s: &str) -> bool {
-    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
-}
-
-/// Whether `name` is a temporary this module creates: `<24 hex>.partial.tmp`
-/// (segment being pre-padded) or `TTTTTTTT.history.tmp` (history being written).
-fn is_own_tmp(name: &str) -> bool {
-    let Some(base) = name.strip_suffix(TMP_SUFFIX) else {
-        return false;
-    };
-    if let Some(seg) = base.strip_suffix(PARTIAL_SUFFIX) {
-        return seg.len() == 24 && is_upper_hex(seg);
-    }
-    parse_history_file_name(base).is_some()
-}
-
-/// Whether `name` is a compressed segment as pg_receivewal --compress writes it.
-fn is_compressed_segment(name: &str) -> bool {
-    let base = name.strip_suffix(PARTIAL_SUFFIX).unwrap_or(name);
-    let Some(seg) = base
-        .strip_suffix(".gz")
-        .or_else(|| base.strip_suffix(".lz4"))
-    else {
-        return false;
-    };
-    seg.len() == 24 && is_upper_hex(seg)
 }
 
 impl ArchiveDir {
@@ -204,8 +189,8 @@ impl ArchiveDir {
     /// `segment_size` bytes and `.partial` files 0 or `segment_size` bytes:
     /// anything else is [`ArchiveError::WrongSize`].
     ///
-    /// Compressed segments (`.gz`, `.lz4`) are ignored with a warning; other
-    /// names are ignored (and never touched).
+    /// Compressed segments count as their segment (see the module
+    /// documentation); other names are ignored (and never touched).
     pub fn scan(&self, segment_size: u64) -> Result<Scan, ArchiveError> {
         self.scan_with(segment_size, &HashMap::new())
     }
@@ -248,77 +233,49 @@ impl ArchiveDir {
                 continue;
             };
             let path = entry.path();
-            if let Some(tli) = parse_history_file_name(name) {
-                scan.histories.push(tli);
-                continue;
-            }
-            let (base, partial) = match name.strip_suffix(PARTIAL_SUFFIX) {
-                Some(base) => (base, true),
-                None => (name, false),
+            let (seg, compression, partial) = match ArchiveName::classify(name) {
+                ArchiveName::History { timeline, .. } => {
+                    scan.histories.push(timeline);
+                    continue;
+                }
+                ArchiveName::Segment {
+                    name: seg,
+                    compression,
+                    partial,
+                } => (seg, compression, partial),
+                ArchiveName::Temporary => continue,
+                ArchiveName::Backup { .. } | ArchiveName::Foreign => {
+                    tracing::debug!(
+                        path = %path.display(),
+                        "ignoring file that is not a WAL segment or history file"
+                    );
+                    continue;
+                }
             };
             if let Some(seen) = known.get(name).filter(|_| !partial) {
                 scan.segments.push(seen.clone());
                 continue;
             }
-            if base.len() != 24 || !is_upper_hex(base) {
-                if is_compressed_segment(name) {
-                    tracing::warn!(
-                        path = %path.display(),
-                        "ignoring compressed WAL file: compressed segments are not supported yet"
-                    );
-                } else if !name.ends_with(TMP_SUFFIX) {
-                    tracing::debug!(
-                        path = %path.display(),
-                        "ignoring file that is not a WAL segment or history file"
-                    );
-                }
-                continue;
-            }
-            let Some((timeline, segno)) = parse_wal_file_name(base, segment_size) else {
-                // Upper-case hex but not a valid name for this segment size (or
-                // timeline 0): possibly written with another wal_segment_size.
+            let Some((timeline, segno)) = seg.segno(segment_size) else {
+                // Not a valid name for this segment size: possibly written
+                // with another wal_segment_size.
                 tracing::warn!(
                     path = %path.display(), segment_size,
                     "ignoring file: not a valid WAL file name for this segment size"
                 );
                 continue;
             };
-            // metadata follows symlinks, as pg_receivewal's stat does.
-            let meta = match std::fs::metadata(&path) {
-                Ok(m) => m,
-                // Barman's archiver moves files out of the directory while we run.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    tracing::debug!(path = %path.display(), "file vanished during the scan");
-                    continue;
-                }
-                Err(e) => return Err(ArchiveError::io(&path, e)),
-            };
-            if !meta.is_file() {
-                tracing::warn!(
-                    path = %path.display(),
-                    "ignoring WAL-named entry that is not a regular file"
-                );
+            let Some(size) = regular_file_size(&path)? else {
                 continue;
-            }
-            let size = meta.len();
-            let size_ok = if partial {
-                size == 0 || size == segment_size
-            } else {
-                size == segment_size
             };
-            if !size_ok {
-                return Err(ArchiveError::WrongSize {
-                    path,
-                    size,
-                    expected: segment_size,
-                });
-            }
+            check_size(&path, compression, partial, size, segment_size)?;
             scan.segments.push(SegmentFile {
                 timeline,
                 segno,
                 partial,
                 size,
                 path,
+                compression,
             });
         }
         scan.segments
@@ -353,23 +310,47 @@ impl ArchiveDir {
         Ok(())
     }
 
-    /// Whether `TTTTTTTT.history` is present.
+    /// Whether `TTTTTTTT.history` is present, plain or compressed (any
+    /// method: an archive written with another `-Z` has it too).
     pub fn has_history(&self, timeline: TimeLineId) -> bool {
-        if timeline == 0 {
-            return false;
-        }
-        std::fs::metadata(self.path.join(history_file_name(timeline))).is_ok_and(|m| m.is_file())
+        timeline != 0 && self.history_path(timeline).is_some()
+    }
+
+    /// The history file of `timeline` under whichever compression it has.
+    fn history_path(&self, timeline: TimeLineId) -> Option<(PathBuf, Compression)> {
+        Compression::ALL.into_iter().find_map(|c| {
+            let path = self.path.join(super::names::history_file_name(timeline, c));
+            std::fs::metadata(&path)
+                .is_ok_and(|m| m.is_file())
+                .then_some((path, c))
+        })
+    }
+
+    /// The content of `timeline`'s history file, decompressed; `None` when
+    /// the archive has none that reads.
+    pub fn read_history(&self, timeline: TimeLineId) -> Option<Vec<u8>> {
+        // History files are small (a line per timeline switch).
+        const LIMIT: u64 = 16 << 20;
+        let (path, compression) = self.history_path(timeline)?;
+        let data = std::fs::read(path).ok()?;
+        super::compression::decompress(compression, &data, LIMIT)
+            .ok()
+            .map(|d| d.bytes)
     }
 
     /// Stores a history file received from the server, after checking that
     /// `name_from_server` is exactly the expected `TTTTTTTT.history` for `timeline`.
     /// Written through `NAME.tmp` and a durable rename (no fsync if `!sync`).
+    ///
+    /// With `-Z` it is stored compressed as pg_receivewal stores it
+    /// (`00000002.history.gz`).
     pub fn write_history(
         &self,
         timeline: TimeLineId,
         name_from_server: &str,
         content: &[u8],
         sync: bool,
+        compression: CompressionSpec,
     ) -> Result<(), ArchiveError> {
         let expected = history_file_name(timeline);
         // The exact comparison alone rules out separators, `..` and case
@@ -382,8 +363,11 @@ impl ArchiveDir {
                 expected,
             });
         }
-        durable::write_file_durably(&self.path, &expected, content, sync, Site::History)?;
-        tracing::info!(path = %self.path.join(&expected).display(), "wrote timeline history file");
+        let stored = super::names::history_file_name(timeline, compression.method);
+        let packed = compress_all(compression, content)
+            .map_err(|e| ArchiveError::io(self.path.join(&stored), e))?;
+        durable::write_file_durably(&self.path, &stored, &packed, sync, Site::History)?;
+        tracing::info!(path = %self.path.join(&stored).display(), "wrote timeline history file");
         Ok(())
     }
 
@@ -461,11 +445,16 @@ impl ArchiveDir {
     /// that crashed before its fsync) are made durable before anything built on
     /// them is reported to the primary as flushed.
     pub fn sync_existing(&self, scan: &Scan) -> Result<(), ArchiveError> {
-        let paths = scan.segments.iter().map(|s| s.path.clone()).chain(
-            scan.histories
+        // Every stored form of each history file (the scan keeps only the
+        // timeline); the missing ones are skipped below.
+        let paths =
+            scan.segments
                 .iter()
-                .map(|&tli| self.path.join(history_file_name(tli))),
-        );
+                .map(|s| s.path.clone())
+                .chain(scan.histories.iter().flat_map(|&tli| {
+                    Compression::ALL
+                        .map(|c| self.path.join(super::names::history_file_name(tli, c)))
+                }));
         for path in paths {
             match durable::fsync_path(&path, Site::Startup) {
                 Ok(()) => {}
@@ -477,6 +466,81 @@ impl ArchiveDir {
         }
         durable::fsync_dir(&self.path, Site::Startup)
     }
+}
+
+/// The size of a regular file; `None` (skipped) when it vanished during the
+/// scan (Barman's archiver moves files out while we run) or is not a
+/// regular file.
+fn regular_file_size(path: &Path) -> Result<Option<u64>, ArchiveError> {
+    // metadata follows symlinks, as pg_receivewal's stat does.
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(Some(m.len())),
+        Ok(_) => {
+            tracing::warn!(
+                path = %path.display(),
+                "ignoring WAL-named entry that is not a regular file"
+            );
+            Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!(path = %path.display(), "file vanished during the scan");
+            Ok(None)
+        }
+        Err(e) => Err(ArchiveError::io(path, e)),
+    }
+}
+
+/// The size rules: a plain complete segment is exactly `segment_size`
+/// bytes, a plain `.partial` 0 or `segment_size`; a complete compressed one
+/// decompresses to exactly `segment_size` bytes; a compressed `.partial`
+/// may be anything (it is streamed again from its start).
+fn check_size(
+    path: &Path,
+    compression: Compression,
+    partial: bool,
+    size: u64,
+    segment_size: u64,
+) -> Result<(), ArchiveError> {
+    let wrong = |size| ArchiveError::WrongSize {
+        path: path.to_path_buf(),
+        size,
+        expected: segment_size,
+    };
+    match (compression, partial) {
+        (Compression::None, true) if size == 0 || size == segment_size => Ok(()),
+        (Compression::None, false) if size == segment_size => Ok(()),
+        (Compression::None, _) => Err(wrong(size)),
+        (_, true) => Ok(()),
+        (_, false) => {
+            let data = std::fs::read(path).map_err(|e| ArchiveError::io(path, e))?;
+            match check_complete_size(compression, &data, segment_size) {
+                SizeCheck::Ok => Ok(()),
+                SizeCheck::WrongSize(n) => Err(ArchiveError::BadCompressedFile {
+                    path: path.to_path_buf(),
+                    what: format!(
+                        "it decompresses to {n} bytes, not the segment size {segment_size}"
+                    ),
+                }),
+                SizeCheck::Broken(what) => Err(ArchiveError::BadCompressedFile {
+                    path: path.to_path_buf(),
+                    what,
+                }),
+            }
+        }
+    }
+}
+
+/// Whether `name` is a temporary walrcv creates: a `.partial.tmp` of a
+/// segment (any compression; being pre-padded or written direct) or a
+/// history file's `.tmp`. Other temporaries of WAL names are not ours.
+fn is_own_tmp(name: &str) -> bool {
+    let Some(base) = name.strip_suffix(durable::TMP_SUFFIX) else {
+        return false;
+    };
+    matches!(
+        ArchiveName::classify(base),
+        ArchiveName::Segment { partial: true, .. } | ArchiveName::History { .. }
+    )
 }
 
 fn file_name(path: &Path) -> Option<&str> {
@@ -493,21 +557,21 @@ fn check_segment_header(
         path: seg.path.clone(),
         what,
     };
-    let file = match File::open(&seg.path) {
-        Ok(f) => f,
+    // A compressed file's first page is decompressed.
+    let buf = match read_prefix(&seg.path, seg.compression, LONG_HEADER_SIZE) {
+        Ok(b) => b,
         // Moved away by Barman since the scan: nothing left to contradict.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(ArchiveError::io(&seg.path, e)),
     };
-    let mut buf = [0u8; LONG_HEADER_SIZE];
-    match file.read_exact_at(&mut buf, 0) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(not_wal(format!(
-                "file is shorter than {LONG_HEADER_SIZE} bytes"
-            )));
+    if buf.len() < LONG_HEADER_SIZE {
+        if seg.partial && seg.compression != Compression::None {
+            // A compressed .partial whose first page is not flushed yet.
+            return Ok(());
         }
-        Err(e) => return Err(ArchiveError::io(&seg.path, e)),
+        return Err(not_wal(format!(
+            "file is shorter than {LONG_HEADER_SIZE} bytes"
+        )));
     }
     if seg.partial && buf.iter().all(|&b| b == 0) {
         // Pre-padded, first page not written yet: no header to compare.
@@ -587,6 +651,7 @@ impl Scan {
 mod tests {
     use super::*;
     use crate::wal::page::magic_for_major;
+    use std::os::unix::fs::FileExt;
 
     const SEG: u64 = 1 << 20;
     const SYSID: u64 = 7_310_415_656_024_096_833;
@@ -706,10 +771,7 @@ mod tests {
         touch(d, "00000002.history", 40);
         touch(d, "00000003.history", 40);
         let ignored = [
-            "000000010000000000000007.gz",
-            "000000010000000000000007.gz.partial",
-            "000000010000000000000007.lz4",
-            "000000010000000000000008.lz4.partial",
+            "000000010000000000000007.bz2",
             "00000001000000000000000a",         // lower case
             "00000001000000000000000a.partial", // lower case
             "000000010000000000001000",         // segment field out of range for 1 MiB
@@ -816,6 +878,7 @@ mod tests {
                 partial,
                 size: SEG,
                 path: PathBuf::new(),
+                compression: Compression::None,
             })
             .collect();
         Scan {
@@ -1026,7 +1089,9 @@ mod tests {
             (2, ""),
             (0, "00000000.history"),
         ] {
-            let err = dir.write_history(tli, bad, b"content", true).unwrap_err();
+            let err = dir
+                .write_history(tli, bad, b"content", true, CompressionSpec::NONE)
+                .unwrap_err();
             assert!(
                 matches!(err, ArchiveError::BadHistoryName { .. }),
                 "{bad}: {err}"
@@ -1036,10 +1101,16 @@ mod tests {
         assert!(!tmp.path().parent().unwrap().join("x.history").exists());
 
         let content = b"1\t0/5000060\tno recovery target specified\n";
-        dir.write_history(2, "00000002.history", content, true)
+        dir.write_history(2, "00000002.history", content, true, CompressionSpec::NONE)
             .unwrap();
-        dir.write_history(0x1A, "0000001A.history", content, false)
-            .unwrap();
+        dir.write_history(
+            0x1A,
+            "0000001A.history",
+            content,
+            false,
+            CompressionSpec::NONE,
+        )
+        .unwrap();
         assert_eq!(names(tmp.path()), ["00000002.history", "0000001A.history"]);
         assert_eq!(
             std::fs::read(tmp.path().join("00000002.history")).unwrap(),
@@ -1154,5 +1225,170 @@ mod tests {
                 ..
             }))
         ));
+    }
+}
+
+#[cfg(test)]
+mod compressed_tests {
+    use super::*;
+    use crate::archive::compressed::compress_all;
+    use crate::lsn::wal_file_name;
+    use crate::wal::page::magic_for_major;
+
+    const SEG: u64 = 1 << 20;
+    const SYSID: u64 = 7_310_415_656_024_096_833;
+
+    /// A segment's bytes: a valid long page header, then filler.
+    fn segment(segno: SegNo, sysid: u64) -> Vec<u8> {
+        let mut b = vec![0u8; SEG as usize];
+        let magic = magic_for_major(17).unwrap();
+        b[0..2].copy_from_slice(&magic.to_le_bytes());
+        b[2..4].copy_from_slice(&XLP_LONG_HEADER.to_le_bytes());
+        b[4..8].copy_from_slice(&1u32.to_le_bytes());
+        b[8..16].copy_from_slice(&(segno * SEG).to_le_bytes());
+        b[24..32].copy_from_slice(&sysid.to_le_bytes());
+        b[32..36].copy_from_slice(&(SEG as u32).to_le_bytes());
+        b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        for (i, x) in b[40..].iter_mut().enumerate() {
+            *x = (i % 7) as u8;
+        }
+        b
+    }
+
+    fn write(dir: &Path, segno: SegNo, z: &str, sfx: &str, data: &[u8]) -> PathBuf {
+        let path = dir.join(format!("{}{sfx}", wal_file_name(1, segno, SEG)));
+        let spec = CompressionSpec::parse(z).unwrap();
+        std::fs::write(&path, compress_all(spec, data).unwrap()).unwrap();
+        path
+    }
+
+    #[test]
+    fn an_archive_of_compressed_segments_is_not_empty() {
+        for (z, sfx) in [("gzip", ".gz"), ("lz4", ".lz4"), ("zstd", ".zst")] {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = tmp.path();
+            write(d, 3, z, sfx, &segment(3, SYSID));
+            write(d, 4, z, sfx, &segment(4, SYSID));
+            let dir = ArchiveDir::open(d).unwrap();
+            let scan = dir.prepare_start(SYSID, SEG, true).unwrap();
+            assert_eq!(scan.segments.len(), 2, "{z}");
+            assert_eq!(
+                scan.streaming_start(SEG),
+                Some(StartPoint {
+                    lsn: Lsn(5 * SEG),
+                    timeline: 1
+                }),
+                "{z}: after the newest complete compressed segment"
+            );
+            // A compressed .partial (here a flushed, unfinished one cut
+            // anywhere) restarts its segment, whatever its size.
+            let p = write(
+                d,
+                5,
+                z,
+                &format!("{sfx}.partial"),
+                &segment(5, SYSID)[..5000],
+            );
+            let cut = std::fs::read(&p).unwrap();
+            std::fs::write(&p, &cut[..cut.len() - 3]).unwrap();
+            let scan = dir.prepare_start(SYSID, SEG, true).unwrap();
+            assert_eq!(scan.streaming_start(SEG).unwrap().lsn, Lsn(5 * SEG), "{z}");
+            assert_eq!(
+                scan.newest().unwrap().compression,
+                Compression::ALL[match z {
+                    "gzip" => 1,
+                    "lz4" => 2,
+                    _ => 3,
+                }]
+            );
+        }
+    }
+
+    #[test]
+    fn a_mixed_archive_starts_after_its_newest_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::write(d.join(wal_file_name(1, 3, SEG)), segment(3, SYSID)).unwrap();
+        write(d, 4, "lz4", ".lz4", &segment(4, SYSID));
+        std::fs::write(
+            d.join(format!("{}.partial", wal_file_name(1, 5, SEG))),
+            vec![0u8; SEG as usize],
+        )
+        .unwrap();
+        let dir = ArchiveDir::open(d).unwrap();
+        let scan = dir.prepare_start(SYSID, SEG, true).unwrap();
+        assert_eq!(scan.streaming_start(SEG).unwrap().lsn, Lsn(5 * SEG));
+    }
+
+    #[test]
+    fn a_complete_compressed_segment_of_the_wrong_size_is_an_error() {
+        for (z, sfx) in [("gzip", ".gz"), ("lz4", ".lz4"), ("zstd", ".zst")] {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = write(
+                tmp.path(),
+                3,
+                z,
+                sfx,
+                &segment(3, SYSID)[..SEG as usize - 8192],
+            );
+            let dir = ArchiveDir::open(tmp.path()).unwrap();
+            let err = dir.scan(SEG).unwrap_err();
+            assert!(
+                matches!(&err, ArchiveError::BadCompressedFile { path: p, .. } if *p == path),
+                "{z}: {err}"
+            );
+            assert!(
+                err.to_string().contains("decompresses to 1040384 bytes"),
+                "{err}"
+            );
+        }
+        // A truncated .lz4 (cut mid-stream) is broken, not complete.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = write(tmp.path(), 3, "lz4", ".lz4", &segment(3, SYSID));
+        let data = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &data[..data.len() / 2]).unwrap();
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        assert!(matches!(
+            dir.scan(SEG),
+            Err(ArchiveError::BadCompressedFile { .. })
+        ));
+    }
+
+    #[test]
+    fn identity_is_checked_on_the_decompressed_first_page() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), 3, "zstd", ".zst", &segment(3, SYSID + 1));
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let err = dir.prepare_start(SYSID, SEG, true).unwrap_err();
+        assert!(
+            matches!(err, PrepareError::Check(ArchiveError::OtherCluster { .. })),
+            "{err}"
+        );
+        // An empty compressed .partial has no header yet: nothing to contradict.
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path()
+                .join(format!("{}.gz.partial", wal_file_name(1, 3, SEG))),
+            b"",
+        )
+        .unwrap();
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        assert!(dir.prepare_start(SYSID, SEG, true).is_ok());
+    }
+
+    #[test]
+    fn history_files_are_found_and_read_under_any_compression() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let content = b"1\t0/3000000\tno recovery target specified\n";
+        let spec = CompressionSpec::parse("lz4").unwrap();
+        dir.write_history(2, "00000002.history", content, true, spec)
+            .unwrap();
+        assert!(tmp.path().join("00000002.history.lz4").is_file());
+        assert!(dir.has_history(2) && !dir.has_history(3));
+        assert_eq!(dir.read_history(2).as_deref(), Some(&content[..]));
+        let scan = dir.scan(SEG).unwrap();
+        assert_eq!(scan.histories, [2]);
+        dir.sync_existing(&scan).unwrap();
     }
 }

@@ -1,6 +1,6 @@
 //! The async connection to a server: TCP (with keepalives) or Unix socket,
-//! the startup packet, authentication (trust, cleartext password, MD5,
-//! SCRAM-SHA-256), simple queries, and raw message reads and writes for the
+//! the startup packet, the authentication exchange (its decisions are
+//! [`super::auth`]'s; this drives it), simple queries, and raw message reads and writes for the
 //! CopyBoth stream.
 //!
 //! Cancellation: [`Connection::read_message`] is cancel-safe (bytes are only
@@ -20,12 +20,13 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::backend::{self, truncated, AuthRequest, BackendMessage, ProtocolError, ServerMessage};
-use crate::conninfo::{ConnParams, Target};
+use super::auth::{AuthError, AuthSettings, Authenticator, Step};
+use super::backend::{self, truncated, BackendMessage, ProtocolError, ServerMessage};
+use super::tls::{self, AttemptFailure, Encryption, SslResponse, TlsError};
+use crate::conninfo::{ConnParams, SslNegotiation, Target};
 
 /// Anything we can speak the protocol over.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -62,8 +63,11 @@ pub enum PgError {
     },
     #[error("{target}: the server asks for a password but none was given (hint: use -W, PGPASSWORD or a password file)")]
     NoPassword { target: String },
-    #[error("{target}: authentication failed: {what}")]
-    Auth { target: String, what: String },
+    #[error("{target}: {source}")]
+    Authentication {
+        target: String,
+        source: super::auth::AuthError,
+    },
     #[error("{target}: unexpected message from the server while {during}: {got}")]
     Unexpected {
         target: String,
@@ -72,6 +76,16 @@ pub enum PgError {
     },
     #[error("no host to connect to")]
     NoTarget,
+    #[error("{target}: {source}")]
+    Tls { target: String, source: TlsError },
+    /// The second attempt of `sslmode=prefer` (without TLS) or `allow` (with
+    /// TLS) failed too; both reasons are kept, as libpq reports both.
+    #[error("{then} (the attempt {} TLS before it failed too: {first})", if *.first_was_tls { "with" } else { "without" })]
+    Fallback {
+        first: Box<PgError>,
+        first_was_tls: bool,
+        then: Box<PgError>,
+    },
 }
 
 /// "the reply to IDENTIFY_SYSTEM": what a command's reply timeout names (the
@@ -79,6 +93,14 @@ pub enum PgError {
 fn reply_to(sql: &str) -> String {
     let name = sql.split_whitespace().next().unwrap_or("");
     format!("the reply to {}", truncated(name, 40))
+}
+
+/// "with TLS" / "without TLS", for the log line of a second attempt.
+fn describe(encryption: Encryption) -> &'static str {
+    match encryption {
+        Encryption::Tls => "with TLS",
+        Encryption::Plain => "without TLS",
+    }
 }
 
 /// The TCP (or Unix socket) connect timeout when the connection string sets no
@@ -148,6 +170,7 @@ impl PgError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             PgError::Server { message, .. } => Some(message.code.as_str()),
+            PgError::Fallback { then, .. } => then.sqlstate(),
             _ => None,
         }
     }
@@ -155,11 +178,29 @@ impl PgError {
     /// Whether retrying cannot help: authentication and authorisation failures.
     pub fn is_auth_failure(&self) -> bool {
         match self {
-            PgError::NoPassword { .. } | PgError::Auth { .. } => true,
+            PgError::NoPassword { .. } | PgError::Authentication { .. } => true,
             PgError::Server { message, .. } => {
                 message.code.starts_with("28") || message.code == "42501" || message.code == "3D000"
             }
+            PgError::Fallback { then, .. } => then.is_auth_failure(),
             _ => false,
+        }
+    }
+
+    /// Whether the other encryption may succeed where this attempt failed
+    /// (see [`tls::fallback`]).
+    fn attempt_failure(&self) -> AttemptFailure {
+        match self {
+            PgError::Server { .. } => AttemptFailure::ServerRejected,
+            PgError::Tls {
+                source:
+                    TlsError::ServerRefusedTls
+                    | TlsError::ErrorDuringSslExchange
+                    | TlsError::InvalidSslResponse(_),
+                ..
+            } => AttemptFailure::Other,
+            PgError::Tls { .. } => AttemptFailure::Handshake,
+            _ => AttemptFailure::Other,
         }
     }
 }
@@ -200,6 +241,10 @@ pub struct Connection {
     reply_timeout: Duration,
     /// Bytes arrived since [`Connection::take_bytes_arrived`] last looked.
     bytes_arrived: bool,
+    /// Whether the connection is encrypted.
+    tls: bool,
+    /// The server's end-entity certificate (DER), over TLS.
+    tls_server_certificate: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -246,12 +291,62 @@ impl Connection {
         Err(last)
     }
 
+    /// One host: the first encryption libpq would try, then, if that failed
+    /// in a way the other encryption may cure, the other one on a new
+    /// connection (`sslmode=prefer` and `allow`).
     async fn connect_one(
         params: &ConnParams,
         target: &Target,
         replication: bool,
         reply_timeout: Duration,
     ) -> Result<Connection, PgError> {
+        let unix = matches!(target, Target::Unix { .. });
+        let first = tls::first_encryption(params.tls.mode, unix);
+        let attempt = |enc| Self::attempt(params, target, replication, reply_timeout, enc);
+        let e = match attempt(first).await {
+            Ok(c) => return Ok(c),
+            Err(e) => e,
+        };
+        let Some(next) = tls::fallback(params.tls.mode, first, e.attempt_failure()) else {
+            return Err(e);
+        };
+        tracing::debug!("{e}; trying again {}", describe(next));
+        attempt(next).await.map_err(|then| PgError::Fallback {
+            first: Box::new(e),
+            first_was_tls: first == Encryption::Tls,
+            then: Box::new(then),
+        })
+    }
+
+    /// One connection: the socket, the encryption, start-up and authentication.
+    async fn attempt(
+        params: &ConnParams,
+        target: &Target,
+        replication: bool,
+        reply_timeout: Duration,
+        encryption: Encryption,
+    ) -> Result<Connection, PgError> {
+        let socket = Self::open_socket(params, target).await?;
+        let mut conn = Connection {
+            stream: socket,
+            rbuf: BytesMut::with_capacity(256 * 1024),
+            wbuf: BytesMut::with_capacity(1024),
+            target: target.to_string(),
+            params: HashMap::new(),
+            reply_timeout,
+            bytes_arrived: false,
+            tls: false,
+            tls_server_certificate: None,
+        };
+        if encryption == Encryption::Tls {
+            conn.negotiate_tls(params, target).await?;
+        }
+        conn.startup(params, target, replication).await?;
+        Ok(conn)
+    }
+
+    /// TCP (with keepalives) or Unix socket, within the connect timeout.
+    async fn open_socket(params: &ConnParams, target: &Target) -> Result<Box<dyn Stream>, PgError> {
         let desc = target.to_string();
         let connect_err = |source| PgError::Connect {
             target: desc.clone(),
@@ -301,17 +396,63 @@ impl Connection {
                 )
             }
         };
-        let mut conn = Connection {
-            stream,
-            rbuf: BytesMut::with_capacity(256 * 1024),
-            wbuf: BytesMut::with_capacity(1024),
-            target: desc,
-            params: HashMap::new(),
-            reply_timeout,
-            bytes_arrived: false,
+        Ok(stream)
+    }
+
+    /// SSLRequest and its answer (or, with `sslnegotiation=direct`, nothing),
+    /// then the TLS handshake; each wait bounded by the reply timeout. An 'N'
+    /// under `prefer`/`allow` leaves the connection in plain text.
+    async fn negotiate_tls(&mut self, params: &ConnParams, target: &Target) -> Result<(), PgError> {
+        let host = match target {
+            Target::Tcp { host, .. } => host.as_str(),
+            Target::Unix { .. } => return Ok(()),
         };
-        conn.startup(params, target, replication).await?;
-        Ok(conn)
+        let config = tls::client_config(&params.tls, host).map_err(|e| self.tls_err(e))?;
+        if params.tls.negotiation == SslNegotiation::Postgres {
+            let mut request = BytesMut::new();
+            request.extend_from_slice(&tls::SSL_REQUEST);
+            self.write_all(request).await?;
+            // Exactly one byte: anything the server sent after it must go
+            // through the TLS handshake, never be read as plain text
+            // (CVE-2021-23222).
+            let answer = self.read_one_byte("the answer to SSLRequest").await?;
+            match tls::ssl_response(params.tls.mode, answer).map_err(|e| self.tls_err(e))? {
+                SslResponse::ContinuePlain => {
+                    tracing::debug!(
+                        "{}: the server does not accept TLS, going on without",
+                        self.target
+                    );
+                    return Ok(());
+                }
+                SslResponse::Handshake => {}
+            }
+        }
+        // The socket moves into the TLS stream; a closed placeholder stands in
+        // meanwhile (a failed handshake ends this connection anyway).
+        let placeholder: Box<dyn Stream> = Box::new(tokio::io::duplex(1).0);
+        let socket = std::mem::replace(&mut self.stream, placeholder);
+        let handshake = tls::handshake(socket, config, params.tls.negotiation);
+        let established = match tokio::time::timeout(self.reply_timeout, handshake).await {
+            Ok(r) => r.map_err(|e| self.tls_err(e))?,
+            Err(_) => return Err(self.reply_timeout_err("the TLS handshake")),
+        };
+        self.stream = Box::new(established.stream);
+        self.tls = true;
+        self.tls_server_certificate = established.server_certificate;
+        Ok(())
+    }
+
+    /// One byte from the socket, outside the message framing.
+    async fn read_one_byte(&mut self, waiting_for: &str) -> Result<u8, PgError> {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(self.reply_timeout, self.stream.read_exact(&mut byte)).await {
+            Ok(Ok(_)) => Ok(byte[0]),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(PgError::Closed {
+                target: self.target.clone(),
+            }),
+            Ok(Err(e)) => Err(self.io_err(e)),
+            Err(_) => Err(self.reply_timeout_err(waiting_for)),
+        }
     }
 
     async fn startup(
@@ -338,74 +479,24 @@ impl Connection {
         frontend::startup_message(startup, &mut buf).map_err(|e| self.io_err(e))?;
         self.write_all(buf).await?;
 
-        let mut scram: Option<sasl::ScramSha256> = None;
+        let mut auth = Authenticator::new(AuthSettings {
+            user: params.user.clone(),
+            channel_binding: params.channel_binding,
+            require_auth: params.require_auth.clone(),
+            tls_server_certificate: self.tls_server_certificate().map(<[u8]>::to_vec),
+        });
         loop {
             match self.read_reply("start-up and authentication").await? {
-                BackendMessage::Authentication(req) => match req {
-                    AuthRequest::Ok => {}
-                    AuthRequest::Cleartext => {
-                        let pw = self.password(params, target)?;
-                        let mut b = BytesMut::new();
-                        frontend::password_message(pw.as_bytes(), &mut b)
-                            .map_err(|e| self.io_err(e))?;
-                        self.write_all(b).await?;
+                BackendMessage::Authentication(req) => {
+                    let step = auth
+                        .step(&req, || params.password_for(target))
+                        .map_err(|e| self.auth_failed(e))?;
+                    if let Step::Send(message) = step {
+                        self.write_all(message.into_bytes()).await?;
                     }
-                    AuthRequest::Md5 { salt } => {
-                        let pw = self.password(params, target)?;
-                        let hash = md5_hash(params.user.as_bytes(), pw.as_bytes(), salt);
-                        let mut b = BytesMut::new();
-                        frontend::password_message(hash.as_bytes(), &mut b)
-                            .map_err(|e| self.io_err(e))?;
-                        self.write_all(b).await?;
-                    }
-                    AuthRequest::Sasl { mechanisms } => {
-                        if !mechanisms.iter().any(|m| m == sasl::SCRAM_SHA_256) {
-                            return Err(self.auth_err(format!(
-                                "none of the SASL mechanisms offered ({}) is supported",
-                                mechanisms.join(", ")
-                            )));
-                        }
-                        let pw = self.password(params, target)?;
-                        // Channel binding needs TLS, which walrcv does not speak yet.
-                        let s = sasl::ScramSha256::new(
-                            pw.as_bytes(),
-                            sasl::ChannelBinding::unsupported(),
-                        );
-                        let mut b = BytesMut::new();
-                        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut b)
-                            .map_err(|e| self.io_err(e))?;
-                        self.write_all(b).await?;
-                        scram = Some(s);
-                    }
-                    AuthRequest::SaslContinue(data) => {
-                        let s = scram
-                            .as_mut()
-                            .ok_or_else(|| self.unexpected_auth("AuthenticationSASLContinue"))?;
-                        s.update(&data).map_err(|e| PgError::Auth {
-                            target: self.target.clone(),
-                            what: format!("SCRAM exchange failed: {e}"),
-                        })?;
-                        let mut b = BytesMut::new();
-                        frontend::sasl_response(s.message(), &mut b).map_err(|e| self.io_err(e))?;
-                        self.write_all(b).await?;
-                    }
-                    AuthRequest::SaslFinal(data) => {
-                        let s = scram
-                            .as_mut()
-                            .ok_or_else(|| self.unexpected_auth("AuthenticationSASLFinal"))?;
-                        s.finish(&data).map_err(|e| PgError::Auth {
-                            target: self.target.clone(),
-                            what: format!("the server's SCRAM signature is invalid: {e}"),
-                        })?;
-                    }
-                    AuthRequest::Unsupported(code) => {
-                        return Err(
-                            self.auth_err(format!("authentication method {code} is not supported"))
-                        );
-                    }
-                },
+                }
                 BackendMessage::BackendKeyData | BackendMessage::NegotiateProtocolVersion => {}
-                BackendMessage::ReadyForQuery => return Ok(()),
+                BackendMessage::ReadyForQuery if auth.is_authenticated() => return Ok(()),
                 BackendMessage::Error(message) => {
                     return Err(PgError::Server {
                         target: self.target.clone(),
@@ -417,12 +508,31 @@ impl Connection {
         }
     }
 
-    fn password(&self, params: &ConnParams, target: &Target) -> Result<String, PgError> {
-        params
-            .password_for(target)
-            .ok_or_else(|| PgError::NoPassword {
+    fn auth_failed(&self, source: AuthError) -> PgError {
+        match source {
+            AuthError::NoPassword => PgError::NoPassword {
                 target: self.target.clone(),
-            })
+            },
+            source => PgError::Authentication {
+                target: self.target.clone(),
+                source,
+            },
+        }
+    }
+
+    fn tls_err(&self, source: TlsError) -> PgError {
+        PgError::Tls {
+            target: self.target.clone(),
+            source,
+        }
+    }
+
+    fn reply_timeout_err(&self, waiting_for: &str) -> PgError {
+        PgError::ReplyTimeout {
+            target: self.target.clone(),
+            waiting_for: waiting_for.to_string(),
+            secs: self.reply_timeout.as_secs(),
+        }
     }
 
     fn io_err(&self, source: io::Error) -> PgError {
@@ -432,27 +542,24 @@ impl Connection {
         }
     }
 
-    fn auth_err(&self, what: String) -> PgError {
-        PgError::Auth {
-            target: self.target.clone(),
-            what,
-        }
-    }
-
-    fn unexpected_auth(&self, got: &str) -> PgError {
-        PgError::Unexpected {
-            target: self.target.clone(),
-            during: "authenticating",
-            got: got.to_string(),
-        }
-    }
-
     fn unexpected(&self, during: &'static str, got: &BackendMessage) -> PgError {
         PgError::Unexpected {
             target: self.target.clone(),
             during,
             got: got.summary(),
         }
+    }
+
+    /// Whether the connection is encrypted with TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The server's end-entity certificate (DER) when the connection is TLS:
+    /// what SCRAM-SHA-256-PLUS's `tls-server-end-point` channel binding
+    /// hashes. `None` in plain text.
+    pub fn tls_server_certificate(&self) -> Option<&[u8]> {
+        self.tls_server_certificate.as_deref()
     }
 
     /// A human description of the server this connection goes to.
@@ -695,6 +802,7 @@ impl Connection {
 mod tests {
     use super::*;
     use crate::conninfo::SslMode;
+    use std::sync::Arc;
     use std::time::Instant;
     use tokio::net::TcpListener;
 
@@ -716,7 +824,6 @@ mod tests {
             keepalives_idle: None,
             keepalives_interval: None,
             keepalives_count: None,
-            sslmode: SslMode::Disable,
             tls: crate::conninfo::TlsSettings {
                 mode: SslMode::Disable,
                 ..crate::conninfo::TlsSettings::prefer()
@@ -816,6 +923,127 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("CopyData (1048576 bytes: 7777"), "{text}");
         assert!(text.len() < 300, "{} bytes", text.len());
+    }
+
+    /// A TLS-capable fake server: answers SSLRequest with `answer`, then (on
+    /// 'S') runs a rustls handshake with a fresh self-signed certificate for
+    /// `localhost`, and accepts the start-up with AuthenticationOk. Returns
+    /// the port and the certificate (DER).
+    async fn tls_server(answer: u8) -> (u16, Vec<u8>) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert_der = certified.cert.der().to_vec();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 8];
+            s.read_exact(&mut request).await.unwrap();
+            assert_eq!(request, tls::SSL_REQUEST);
+            s.write_all(&[answer]).await.unwrap();
+            let mut buf = [0u8; 1024];
+            if answer != b'S' {
+                if s.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                    let _ = s.write_all(AUTH_OK_READY).await;
+                }
+                while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                return;
+            }
+            let mut s = acceptor.accept(s).await.unwrap();
+            let _ = s.read(&mut buf).await;
+            s.write_all(AUTH_OK_READY).await.unwrap();
+            s.flush().await.unwrap();
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        (port, cert_der)
+    }
+
+    fn tls_params(port: u16, mode: SslMode) -> ConnParams {
+        let mut p = params(port, None);
+        p.targets = vec![Target::Tcp {
+            host: "localhost".into(),
+            hostaddr: Some("127.0.0.1".into()),
+            port,
+        }];
+        p.tls.mode = mode;
+        p
+    }
+
+    #[tokio::test]
+    async fn the_server_certificate_is_exposed_for_channel_binding() {
+        let (port, cert) = tls_server(b'S').await;
+        let conn = Connection::connect(
+            &tls_params(port, SslMode::Require),
+            true,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert!(conn.is_tls());
+        assert_eq!(conn.tls_server_certificate(), Some(cert.as_slice()));
+    }
+
+    #[tokio::test]
+    async fn prefer_goes_on_in_plain_text_when_the_server_says_no() {
+        let (port, _) = tls_server(b'N').await;
+        let conn = Connection::connect(
+            &tls_params(port, SslMode::Prefer),
+            true,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert!(!conn.is_tls());
+        assert_eq!(conn.tls_server_certificate(), None);
+    }
+
+    #[tokio::test]
+    async fn require_never_falls_back_to_plain_text() {
+        for answer in [b'N', b'E'] {
+            let (port, _) = tls_server(answer).await;
+            let e = Connection::connect(
+                &tls_params(port, SslMode::Require),
+                true,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(e, PgError::Tls { .. }), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn verify_full_refuses_a_certificate_it_cannot_chain() {
+        let (port, _) = tls_server(b'S').await;
+        let dir = tempfile::tempdir().unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let root = dir.path().join("root.crt");
+        std::fs::write(&root, other.cert.pem()).unwrap();
+        let mut p = tls_params(port, SslMode::VerifyFull);
+        p.tls.root_cert = Some(crate::conninfo::RootCerts::File(root));
+        let e = Connection::connect(&p, true, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                PgError::Tls {
+                    source: TlsError::Handshake(_),
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! PostgreSQL frontend/backend protocol: sans-IO backend message parsing
-//! ([`backend`]), and the async [`Connection`] (TCP or Unix socket, startup,
-//! authentication, simple queries). Frontend messages are encoded with
-//! `postgres-protocol`, which also provides the MD5 and SCRAM-SHA-256 maths.
+//! ([`backend`]), the sans-IO authentication exchange ([`auth`], with the
+//! channel binding data of [`cert_hash`]), and the async [`Connection`] (TCP
+//! or Unix socket, startup, simple queries) and its TLS layer ([`tls`],
+//! rustls). Frontend messages are encoded with `postgres-protocol`, which
+//! also provides the MD5 and SCRAM-SHA-256 maths.
 
+pub mod auth;
 pub mod backend;
+pub mod cert_hash;
 pub mod connection;
+pub mod tls;
 
 pub use backend::{BackendMessage, ProtocolError, ServerMessage};
 pub use connection::{Connection, PgError, QueryResult};

@@ -9,6 +9,7 @@ pub mod classify;
 mod error;
 pub mod feedback;
 pub mod gap;
+pub mod lineage;
 mod options;
 pub mod session;
 pub mod sink;
@@ -51,6 +52,8 @@ pub struct StreamOptions {
     pub password_prompt: bool,
     /// Serve `/metrics` at this HOST:PORT (`--metrics-address`).
     pub metrics_address: Option<String>,
+    /// `-Z/--compress`: how segment and history files are written.
+    pub compression: crate::archive::compress_spec::CompressionSpec,
 }
 
 /// How a successful run ended.

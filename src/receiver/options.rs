@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::archive::compress_spec::CompressionSpec;
 use crate::cli::StreamArgs;
 use crate::conninfo::{ConnParams, Overrides};
 
@@ -34,6 +35,8 @@ impl StreamOptions {
             receive_timeout: Duration::from_secs(u64::from(args.receive_timeout)),
             password_prompt: !args.no_password,
             metrics_address: args.metrics_address.clone(),
+            // Checked by `validate`; an unchecked bad spec writes plain files.
+            compression: args.compression().unwrap_or(CompressionSpec::NONE),
         }
     }
 }

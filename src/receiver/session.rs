@@ -76,6 +76,11 @@ async fn identify(conn: &mut Connection) -> Result<Server, ReceiverError> {
     }
     let segment_size = replication::wal_segment_size(conn).await?;
     let block_size = replication::wal_block_size(conn).await?;
+    // pg_receivewal's RetrieveDataDirCreatePerm: archive files are
+    // group-readable when the server's data directory is.
+    let dir_mode = replication::data_directory_mode(conn).await?;
+    let file_mode = crate::archive::durable::file_mode_for_data_directory_mode(dir_mode);
+    crate::archive::durable::set_file_create_mode(file_mode);
     Ok(Server {
         version_num,
         system_id: sys.system_id,
@@ -325,8 +330,9 @@ async fn session(
             )
             .await?;
             let (tli, sync, file) = (start.timeline, opts.sync, name.clone());
+            let compression = opts.compression;
             off_runtime(archive, move |a| {
-                a.write_history(tli, &file, &content, sync)
+                a.write_history(tli, &file, &content, sync, compression)
             })
             .await?
             .map_err(|source| match source {
@@ -403,6 +409,7 @@ async fn session(
                     start_is_durable: from_archive,
                     verifier,
                     primed,
+                    compression: opts.compression,
                 });
                 let stream = Stream {
                     conn: &mut conn,

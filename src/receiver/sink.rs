@@ -36,7 +36,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use super::feedback::Positions;
-use crate::archive::{ArchiveError, PreparedSegment, SegmentWriter};
+use crate::archive::compress_spec::CompressionSpec;
+use crate::archive::names::Compression;
+use crate::archive::{ArchiveError, CompressedWriter, PreparedSegment, SegmentSink, SegmentWriter};
 use crate::lsn::{wal_file_name, Lsn, SegNo, TimeLineId};
 use crate::wal::page::LONG_HEADER_SIZE;
 use crate::wal::{Verifier, VerifierConfig, VerifyError};
@@ -88,6 +90,11 @@ pub struct SinkConfig {
     /// continuation of a record begun earlier, if any, cannot be checked
     /// (logged once).
     pub primed: Option<Verifier>,
+    /// `-Z`: segments are written through an encoder
+    /// ([`crate::archive::compressed`]): never pre-padded nor written
+    /// direct, and a position counts as written only once the encoder was
+    /// flushed into the file.
+    pub compression: CompressionSpec,
 }
 
 /// The sink of one timeline's stream.
@@ -95,9 +102,9 @@ pub struct WalSink {
     config: SinkConfig,
     verifier: Verifier,
     /// The open `.partial` being written.
-    segment: Option<SegmentWriter>,
+    segment: Option<SegmentSink>,
     /// A full segment, fdatasynced, waiting for its rename.
-    filled: Option<SegmentWriter>,
+    filled: Option<SegmentSink>,
     /// End of the last filled segment until its rename succeeded: flush
     /// stays below it, even after a failed rename took the writer away.
     unrenamed_end: Option<Lsn>,
@@ -134,7 +141,11 @@ impl WalSink {
                 (v, true)
             }
         };
-        let preparer = Preparer::new(&config);
+        let preparer = if config.compression.method == Compression::None {
+            Preparer::new(&config)
+        } else {
+            Preparer::disabled()
+        };
         WalSink {
             report_skip,
             position: config.start,
@@ -212,7 +223,9 @@ impl WalSink {
                 timeline,
                 source,
             })?;
-        let named = !segment.is_direct();
+        // A compressed segment's bytes are in the file only once its
+        // encoder is flushed (by its sync).
+        let named = !segment.is_direct() && !segment.buffers();
         self.position = Lsn(end);
         if named {
             self.named = self.position;
@@ -222,6 +235,7 @@ impl WalSink {
                 // A direct segment is fsynced by its completion.
                 if !full.is_direct() {
                     full.sync()?;
+                    self.named = self.position;
                 }
                 self.unrenamed_end = Some(Lsn(end));
                 self.filled = Some(full);
@@ -264,7 +278,11 @@ impl WalSink {
         match self.segment.as_mut() {
             // Nothing in it could be reported before it is complete.
             Some(segment) if segment.is_direct() => return Ok(()),
-            Some(segment) => segment.sync()?,
+            Some(segment) => {
+                segment.sync()?;
+                // Everything written is in the file now, compressed or not.
+                self.named = self.position;
+            }
             None => {}
         }
         self.mark_synced();
@@ -319,7 +337,7 @@ impl WalSink {
         }
     }
 
-    fn current_segment(&mut self) -> Result<&mut SegmentWriter, SinkError> {
+    fn current_segment(&mut self) -> Result<&mut SegmentSink, SinkError> {
         let segment = match self.segment.take() {
             Some(segment) => segment,
             None => self.next_segment()?,
@@ -330,24 +348,35 @@ impl WalSink {
     /// Opens the segment at the current position: installed from the prepared
     /// file when there is one (the first of a session is opened directly: it
     /// may be a `.partial` being resumed), and asks for the one after it.
-    fn next_segment(&mut self) -> Result<SegmentWriter, SinkError> {
+    fn next_segment(&mut self) -> Result<SegmentSink, SinkError> {
         // A filled segment is renamed before the next one gets its name, so a
         // crash never leaves it `.partial` behind a newer `.partial`.
         self.complete_filled()?;
         let seg_size = self.config.segment_size;
         let segno = self.position.segment_number(seg_size);
-        let prepared = self.preparer.take(segno);
-        if self.server_end.0 >= self.position.0.saturating_add(seg_size) {
-            // Catch-up: the whole segment is there to stream. (A prepared
-            // file, if any, is dropped first: it has the same temporary name.)
-            drop(prepared);
-            return Ok(SegmentWriter::create_direct(
+        if self.config.compression.method != Compression::None {
+            // Nothing to prepare: a compressed file starts empty.
+            return Ok(SegmentSink::Compressed(Box::new(CompressedWriter::open(
                 &self.config.directory,
                 self.config.timeline,
                 segno,
                 seg_size,
                 self.config.sync,
-            )?);
+                self.config.compression,
+            )?)));
+        }
+        let prepared = self.preparer.take(segno);
+        if self.server_end.0 >= self.position.0.saturating_add(seg_size) {
+            // Catch-up: the whole segment is there to stream. (A prepared
+            // file, if any, is dropped first: it has the same temporary name.)
+            drop(prepared);
+            return Ok(SegmentSink::Plain(SegmentWriter::create_direct(
+                &self.config.directory,
+                self.config.timeline,
+                segno,
+                seg_size,
+                self.config.sync,
+            )?));
         }
         let writer = match prepared {
             Some(Ok(prepared)) => SegmentWriter::install(prepared)?,
@@ -357,7 +386,7 @@ impl WalSink {
             None => self.open_segment(segno)?,
         };
         self.preparer.request(segno + 1);
-        Ok(writer)
+        Ok(SegmentSink::Plain(writer))
     }
 
     fn open_segment(&self, segno: SegNo) -> Result<SegmentWriter, ArchiveError> {
@@ -414,6 +443,17 @@ struct Preparer {
 }
 
 impl Preparer {
+    /// No thread: every segment is opened when reached (compressed ones).
+    fn disabled() -> Preparer {
+        let (_, results) = mpsc::channel();
+        Preparer {
+            requests: None,
+            results,
+            pending: None,
+            thread: None,
+        }
+    }
+
     fn new(config: &SinkConfig) -> Preparer {
         let (req_tx, req_rx) = mpsc::channel::<SegNo>();
         let (res_tx, res_rx) = mpsc::channel();

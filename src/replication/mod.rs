@@ -174,6 +174,22 @@ pub async fn wal_block_size(conn: &mut Connection) -> Result<u32, ReplicationErr
         .ok_or_else(|| bad("SHOW wal_block_size", format!("invalid block size {v:?}")))
 }
 
+/// `SHOW data_directory_mode`: the server's data directory permissions, an
+/// octal number such as `0700` or `0750` (what pg_receivewal's
+/// `RetrieveDataDirCreatePerm` reads to choose its file mode).
+pub async fn data_directory_mode(conn: &mut Connection) -> Result<u32, ReplicationError> {
+    let v = show(conn, "data_directory_mode").await?;
+    parse_octal_mode(&v)
+        .ok_or_else(|| bad("SHOW data_directory_mode", format!("invalid mode {v:?}")))
+}
+
+/// An octal permission value (`0750`), at most 0o7777.
+fn parse_octal_mode(v: &str) -> Option<u32> {
+    u32::from_str_radix(v.trim(), 8)
+        .ok()
+        .filter(|&m| m <= 0o7777)
+}
+
 /// TIMELINE_HISTORY: the file name the server gives and the file's raw bytes.
 pub async fn timeline_history(
     conn: &mut Connection,
@@ -290,6 +306,15 @@ pub async fn start_replication(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_directory_mode_is_octal() {
+        assert_eq!(parse_octal_mode("0700"), Some(0o700));
+        assert_eq!(parse_octal_mode("0750\n"), Some(0o750));
+        assert_eq!(parse_octal_mode("rwx"), None);
+        assert_eq!(parse_octal_mode("0789"), None);
+        assert_eq!(parse_octal_mode("77777"), None);
+    }
 
     #[test]
     fn commands() {

@@ -154,3 +154,44 @@ fn after_a_switch_nothing_is_read_and_no_continuation_is_accepted() {
     let e = v.feed(&forged).unwrap_err();
     assert_eq!((e.check, e.lsn), (Check::ContinuationFlag, start));
 }
+
+/// The same walk over an archive written with `-Z`: compressed segments
+/// (and a compressed history file) are decompressed, and the result is the
+/// plain archive's.
+#[test]
+fn compressed_segments_and_history_prime_the_verifier_too() {
+    use crate::archive::compress_spec::CompressionSpec;
+    use crate::archive::compressed::compress_all;
+    for (z, sfx) in [("gzip", ".gz"), ("lz4", ".lz4"), ("zstd", ".zst")] {
+        let spec = CompressionSpec::parse(z).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        for f in [
+            "00000001000000000000000B",
+            "00000002.history",
+            "00000002000000000000000C",
+        ] {
+            let packed = compress_all(spec, &std::fs::read(fixture(f)).unwrap()).unwrap();
+            std::fs::write(tmp.path().join(format!("{f}{sfx}")), packed).unwrap();
+        }
+        let dir = ArchiveDir::open(tmp.path()).unwrap();
+        let start = Lsn(0xD * SEG);
+        let (mut v, from) = primed(dir.resume_verifier(config(2), start).unwrap());
+        assert_eq!(from.segment_number(SEG), 0xC, "{z}");
+        assert!(v.current_record_start().is_some(), "{z}");
+        let next = std::fs::read(fixture("00000002000000000000000D.partial")).unwrap();
+        let before = v.records();
+        v.feed(&next[..64 * 1024]).unwrap();
+        assert!(v.records() > before, "{z}");
+        // A cut compressed segment is not complete: not used.
+        let c = tmp.path().join(format!("00000002000000000000000C{sfx}"));
+        let data = std::fs::read(&c).unwrap();
+        std::fs::write(&c, &data[..data.len() / 2]).unwrap();
+        assert!(
+            matches!(
+                dir.resume_verifier(config(2), start).unwrap(),
+                Resume::NotInArchive { .. }
+            ),
+            "{z}"
+        );
+    }
+}

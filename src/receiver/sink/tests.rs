@@ -28,6 +28,7 @@ fn config(dir: &std::path::Path, start: Lsn, start_is_durable: bool) -> SinkConf
             server_major: Some(15),
         },
         primed: None,
+        compression: crate::archive::compress_spec::CompressionSpec::NONE,
     }
 }
 
@@ -427,4 +428,89 @@ fn a_failed_rename_keeps_flush_below_the_segment_end() {
     let closed = sink.close().unwrap();
     assert!(closed.flush < Lsn(9 * SEG), "{closed:?}");
     assert_eq!(names(tmp.path()), ["000000010000000000000008.partial"]);
+}
+
+/// `-Z`: every method writes segments that decompress to the server's bytes;
+/// nothing written counts as written or flushed before the encoder was
+/// flushed into the file and fdatasynced (the sync), and at that point the
+/// `.partial` alone decodes to at least the flushed position.
+#[test]
+fn compressed_segments_decode_to_the_wal_and_flush_waits_for_the_encoder() {
+    use crate::archive::compress_spec::CompressionSpec;
+    use crate::archive::compression::decompress;
+    for (z, c, sfx) in [
+        ("gzip", Compression::Gzip, ".gz"),
+        ("lz4", Compression::Lz4, ".lz4"),
+        ("zstd", Compression::Zstd, ".zst"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal: Vec<u8> = NAMES.iter().flat_map(|n| fixture(n)).collect();
+        let start = Lsn(8 * SEG);
+        let mut cfg = config(tmp.path(), start, false);
+        cfg.compression = CompressionSpec::parse(z).unwrap();
+        let mut sink = WalSink::new(cfg);
+        let stop = 2 * SEG as usize + 300_000;
+        let mut pos = 0usize;
+        let mut synced = sink.positions();
+        while pos < stop {
+            let n = 70_001.min(stop - pos);
+            let at = Lsn(start.0 + pos as u64);
+            let mut done = 0;
+            while done < n {
+                done += sink
+                    .write(Lsn(at.0 + done as u64), &wal[pos + done..pos + n])
+                    .unwrap();
+                if sink.has_filled_segment() {
+                    sink.complete_filled().unwrap();
+                }
+            }
+            pos += n;
+            let before = sink.positions();
+            // Still in the encoder: neither written nor flushed yet, unless a
+            // segment completed (its trailer and rename made it durable).
+            if pos as u64 % SEG > 70_001 {
+                // At most the end of the previous chunk (which that sync
+                // covered), MAXALIGNed: nothing of this chunk.
+                let prev_end = Lsn(start.0 + (pos - n) as u64).max_align();
+                assert!(before.write <= prev_end, "{z}: buffered bytes reported");
+                assert!(
+                    before.flush <= prev_end && before.flush >= synced.flush,
+                    "{z}"
+                );
+            }
+            sink.sync().unwrap();
+            let after = sink.positions();
+            synced = after;
+            assert!(
+                after.write >= before.write && after.flush <= after.write,
+                "{z}"
+            );
+            if pos as u64 % SEG != 0 && pos as u64 > 2 * SEG {
+                // The open .partial decodes to at least what is reported.
+                let partial = tmp.path().join(format!("{}{sfx}.partial", NAMES[2]));
+                let d = decompress(c, &std::fs::read(&partial).unwrap(), SEG).unwrap();
+                let covered = start.0 + 2 * SEG + d.bytes.len() as u64;
+                assert!(after.write.0 <= covered && after.flush.0 <= covered, "{z}");
+                assert!(
+                    d.bytes[..] == wal[2 * SEG as usize..pos][..d.bytes.len()],
+                    "{z}"
+                );
+            }
+        }
+        sink.close().unwrap();
+        for n in &NAMES[..2] {
+            let file = std::fs::read(tmp.path().join(format!("{n}{sfx}"))).unwrap();
+            let d = decompress(c, &file, SEG).unwrap();
+            assert!(d.finished && d.bytes == fixture(n), "{z} {n} identical");
+        }
+        assert_eq!(
+            names(tmp.path()),
+            [
+                format!("{}{sfx}", NAMES[0]),
+                format!("{}{sfx}", NAMES[1]),
+                format!("{}{sfx}.partial", NAMES[2]),
+            ],
+            "{z}: nothing prepared, nothing padded"
+        );
+    }
 }

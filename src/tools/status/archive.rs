@@ -14,6 +14,8 @@
 //! search on the page magic), and the end is the last non-zero byte of the
 //! last written page, rounded up to the 8-byte record alignment. The estimate
 //! can fall short of the true end by the zero bytes ending the last record.
+//! A compressed `.partial` (`-Z`) is decompressed first (what was flushed
+//! into it), and its end estimated the same way on the decompressed bytes.
 
 use std::fs::File;
 use std::io;
@@ -21,6 +23,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::archive::compression::decompress;
+use crate::archive::inspect::read_prefix;
+use crate::archive::names::{ArchiveName, Compression};
 use crate::archive::{ArchiveDir, ArchiveError, Scan};
 use crate::lsn::is_valid_segment_size;
 use crate::wal::page::{PageHeader, LONG_HEADER_SIZE};
@@ -53,7 +58,12 @@ pub enum ArchiveReadError {
 impl ArchiveReadError {
     /// A file of the wrong size is damage in the archive, not a failure to look.
     pub fn is_damage(&self) -> bool {
-        matches!(self, ArchiveReadError::Scan(ArchiveError::WrongSize { .. }))
+        matches!(
+            self,
+            ArchiveReadError::Scan(
+                ArchiveError::WrongSize { .. } | ArchiveError::BadCompressedFile { .. }
+            )
+        )
     }
 }
 
@@ -83,8 +93,9 @@ pub fn read_archive(
     let mut newest_age_secs = None;
     if let Some(f) = &newest_file {
         if f.partial {
-            partial_written = partial_written_bytes(&f.path, segment_size, block_size)
-                .map_err(|e| ArchiveError::io(&f.path, e))?;
+            partial_written =
+                partial_written_bytes(&f.path, f.compression, segment_size, block_size)
+                    .map_err(|e| ArchiveError::io(&f.path, e))?;
         }
         newest_age_secs = std::fs::metadata(&f.path)
             .and_then(|m| m.modified())
@@ -112,18 +123,13 @@ fn sizes_from_headers(dir: &Path) -> Result<Option<(u64, u64)>, ArchiveError> {
         let entry = entry.map_err(|e| ArchiveError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let base = name.strip_suffix(".partial").unwrap_or(name);
-        if base.len() != 24 || !base.bytes().all(|b| b.is_ascii_hexdigit()) {
-            continue;
-        }
-        let mut header = [0u8; LONG_HEADER_SIZE];
-        // A file moved away (Barman) or shorter than a header is skipped.
-        let Ok(f) = File::open(entry.path()) else {
+        let ArchiveName::Segment { compression, .. } = ArchiveName::classify(name) else {
             continue;
         };
-        if f.read_exact_at(&mut header, 0).is_err() {
+        // A file moved away (Barman) or shorter than a header is skipped.
+        let Ok(header) = read_prefix(&entry.path(), compression, LONG_HEADER_SIZE) else {
             continue;
-        }
+        };
         let Some(long) = PageHeader::parse(&header).and_then(|h| h.long) else {
             continue;
         };
@@ -136,7 +142,26 @@ fn sizes_from_headers(dir: &Path) -> Result<Option<(u64, u64)>, ArchiveError> {
     Ok(None)
 }
 
-fn partial_written_bytes(path: &Path, segment_size: u64, block_size: u64) -> io::Result<u64> {
+fn partial_written_bytes(
+    path: &Path,
+    compression: Compression,
+    segment_size: u64,
+    block_size: u64,
+) -> io::Result<u64> {
+    if compression != Compression::None {
+        let data = std::fs::read(path)?;
+        let bytes = decompress(compression, &data, segment_size)
+            .map(|d| d.bytes)
+            .unwrap_or_default();
+        return written_end(bytes.len() as u64, block_size, |offset, buf| {
+            let start = usize::try_from(offset).map_err(io::Error::other)?;
+            let src = bytes
+                .get(start..start + buf.len())
+                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            buf.copy_from_slice(src);
+            Ok(())
+        });
+    }
     let f = File::open(path)?;
     let len = f.metadata()?.len();
     if len == 0 {
@@ -295,7 +320,24 @@ mod tests {
         perms.set_readonly(true);
         std::fs::set_permissions(&path, perms).unwrap();
         assert_eq!(
-            partial_written_bytes(&path, 128 * BLOCK, BLOCK).unwrap(),
+            partial_written_bytes(&path, Compression::None, 128 * BLOCK, BLOCK).unwrap(),
+            3 * BLOCK + 40
+        );
+    }
+
+    /// A compressed `.partial` (unpadded, as `-Z` writes it) is measured on
+    /// its decompressed bytes.
+    #[test]
+    fn reads_a_compressed_partial() {
+        use crate::archive::compress_spec::CompressionSpec;
+        use crate::archive::compressed::compress_all;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000000010000000000000001.zst.partial");
+        let data = &segment(128, 3 * BLOCK + 40)[..4 * BLOCK as usize];
+        let packed = compress_all(CompressionSpec::parse("zstd").unwrap(), data).unwrap();
+        std::fs::write(&path, packed).unwrap();
+        assert_eq!(
+            partial_written_bytes(&path, Compression::Zstd, 128 * BLOCK, BLOCK).unwrap(),
             3 * BLOCK + 40
         );
     }

@@ -1,0 +1,179 @@
+//! Reading WAL files back whatever their compression, for the start-point
+//! scan, the identity check, the resume verifier and `walrcv status`: the
+//! first bytes of a file, the uncompressed size of a complete compressed
+//! segment, and a whole segment's bytes.
+//!
+//! The size rules are pg_receivewal's (`FindStreamingStart` in
+//! `pg_receivewal.c`): a complete `.gz` must end with ISIZE (its last 4
+//! bytes, little-endian: the uncompressed size modulo 2^32) equal to the
+//! segment size; a `.lz4` is decompressed and its size compared (lz4 frames
+//! need not carry their size). walrcv treats `.zst` as `.lz4`, and also
+//! requires the stream to be finished (a complete file without its trailer
+//! was cut).
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::compression::decompress;
+use super::names::Compression;
+
+/// Up to `n` uncompressed bytes from the start of `path`: fewer when the
+/// file (or the stream flushed so far) holds fewer, or when the stream is
+/// cut or corrupt after them (the caller compares what it got).
+pub fn read_prefix(path: &Path, compression: Compression, n: usize) -> std::io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let mut buf = Vec::with_capacity(n);
+    let limit = n as u64;
+    let result = match compression {
+        Compression::None => {
+            let mut plain = vec![0u8; n];
+            let mut got = 0;
+            while got < n {
+                match file.read_at(&mut plain[got..], got as u64)? {
+                    0 => break,
+                    k => got += k,
+                }
+            }
+            plain.truncate(got);
+            return Ok(plain);
+        }
+        Compression::Gzip => flate2::read::GzDecoder::new(file)
+            .take(limit)
+            .read_to_end(&mut buf),
+        Compression::Lz4 => lz4_flex::frame::FrameDecoder::new(file)
+            .take(limit)
+            .read_to_end(&mut buf),
+        Compression::Zstd => zstd::stream::read::Decoder::new(file)?
+            .take(limit)
+            .read_to_end(&mut buf),
+    };
+    match result {
+        Ok(_) => Ok(buf),
+        // A torn or unfinished stream: what decoded before the fault counts.
+        Err(e) if !buf.is_empty() || e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(buf),
+        Err(e) => Err(e),
+    }
+}
+
+/// Why a complete compressed segment is not one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SizeCheck {
+    Ok,
+    /// Decompresses (or claims to) to this many bytes, not the segment size.
+    WrongSize(u64),
+    /// Not a finished stream of its format.
+    Broken(String),
+}
+
+/// Checks that `data`, the bytes of a complete compressed segment file,
+/// holds exactly `segment_size` bytes (see the module documentation).
+pub fn check_complete_size(compression: Compression, data: &[u8], segment_size: u64) -> SizeCheck {
+    match compression {
+        Compression::None => match data.len() as u64 {
+            n if n == segment_size => SizeCheck::Ok,
+            n => SizeCheck::WrongSize(n),
+        },
+        Compression::Gzip => {
+            let Some(tail) = data.len().checked_sub(4).map(|at| &data[at..]) else {
+                return SizeCheck::Broken("shorter than a gzip trailer".into());
+            };
+            let isize = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+            // ISIZE is the size modulo 2^32: a segment of 4 GiB or more is
+            // impossible (at most 1 GiB), so the comparison is exact.
+            if u64::from(isize) == segment_size {
+                SizeCheck::Ok
+            } else {
+                SizeCheck::WrongSize(u64::from(isize))
+            }
+        }
+        Compression::Lz4 | Compression::Zstd => match decompress(compression, data, segment_size) {
+            Ok(d) if !d.finished => SizeCheck::Broken(format!(
+                "the stream ends without its trailer after {} bytes",
+                d.bytes.len()
+            )),
+            Ok(d) if d.bytes.len() as u64 == segment_size => SizeCheck::Ok,
+            Ok(d) => SizeCheck::WrongSize(d.bytes.len() as u64),
+            Err(e) => SizeCheck::Broken(e.to_string()),
+        },
+    }
+}
+
+/// The whole uncompressed content of a complete segment file; `None` when
+/// it is not a finished stream of exactly `segment_size` bytes.
+pub fn read_complete_segment(
+    path: &Path,
+    compression: Compression,
+    segment_size: u64,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let data = std::fs::read(path)?;
+    Ok(match decompress(compression, &data, segment_size) {
+        Ok(d) if d.finished && d.bytes.len() as u64 == segment_size => Some(d.bytes),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::compress_spec::CompressionSpec;
+    use crate::archive::compressed::compress_all;
+
+    const SEG: u64 = 1 << 20;
+
+    fn packed(z: &str, data: &[u8]) -> Vec<u8> {
+        compress_all(CompressionSpec::parse(z).unwrap(), data).unwrap()
+    }
+
+    #[test]
+    fn complete_sizes_as_pg_receivewal_checks_them() {
+        let seg: Vec<u8> = (0..SEG).map(|i| (i % 13) as u8).collect();
+        for (z, c) in [
+            ("gzip", Compression::Gzip),
+            ("lz4", Compression::Lz4),
+            ("zstd", Compression::Zstd),
+        ] {
+            assert_eq!(check_complete_size(c, &packed(z, &seg), SEG), SizeCheck::Ok);
+            let short = packed(z, &seg[..1000]);
+            assert_eq!(
+                check_complete_size(c, &short, SEG),
+                SizeCheck::WrongSize(1000),
+                "{z}"
+            );
+        }
+        // A cut lz4/zstd stream is broken, not short.
+        let lz4 = packed("lz4", &seg);
+        assert!(matches!(
+            check_complete_size(Compression::Lz4, &lz4[..lz4.len() / 2], SEG),
+            SizeCheck::Broken(_)
+        ));
+        assert!(matches!(
+            check_complete_size(Compression::Gzip, &[1, 2], SEG),
+            SizeCheck::Broken(_)
+        ));
+    }
+
+    #[test]
+    fn prefixes_of_every_kind_including_cut_streams() {
+        let tmp = tempfile::tempdir().unwrap();
+        let seg: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for (z, c) in [
+            ("none", Compression::None),
+            ("gzip", Compression::Gzip),
+            ("lz4", Compression::Lz4),
+            ("zstd", Compression::Zstd),
+        ] {
+            let path = tmp.path().join(z);
+            std::fs::write(&path, packed(z, &seg)).unwrap();
+            assert_eq!(read_prefix(&path, c, 40).unwrap(), &seg[..40], "{z}");
+            assert_eq!(
+                read_complete_segment(&path, c, 200_000).unwrap().as_deref(),
+                Some(&seg[..]),
+                "{z}"
+            );
+            std::fs::write(&path, b"").unwrap();
+            assert!(read_prefix(&path, c, 40).unwrap().is_empty(), "{z}");
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! libpq-compatible connection settings: `key=value` strings and `postgresql://`
+//! URIs, connection services, the `PG*` environment, and the password file
+//! (`~/.pgpass`), combined with pg_receivewal's precedence for `-d`, `-h`, `-p`
+//! and `-U`.
+//!
+//! The aim is that any string Barman (or a user) hands to `pg_receivewal --dbname`
+//! means the same thing to walrcv, or is refused with an error naming the key,
+//! never silently reinterpreted. Four layers are combined by [`resolve`], each
+//! only filling what the previous ones left unset (an empty value counts as
+//! unset, as it does when pg_receivewal passes its keyword array to libpq):
+//!
+//! 1. the `-d` string, then the `-h`/`-p`/`-U` flags and a prompted password,
+//!    which override the same keys of `-d` (pg_receivewal appends them after the
+//!    `-d` entries and libpq keeps the last value);
+//! 2. the connection service (`service` or `PGSERVICE`, see `service.rs`);
+//! 3. the `PG*` environment variables libpq reads for each keyword;
+//! 4. defaults: Unix socket in [`DEFAULT_SOCKET_DIR`], port 5432, the OS user,
+//!    `sslmode=prefer` and the TLS files under `~/.postgresql/`.
+//!
+//! The TLS keywords (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `sslcrl`,
+//! `sslsni`, `ssl_min/max_protocol_version`, `sslnegotiation`, `sslcertmode`)
+//! resolve into [`TlsSettings`] (`tls.rs`), `channel_binding` and
+//! `require_auth` into their own types (`auth.rs`); the transport and the
+//! authentication that use them live in `pgwire`. Keywords with no effect on
+//! what walrcv does (`sslcompression`, `sslkeylogfile`, `sslpassword` (an
+//! encrypted key is refused by the TLS layer), GSSAPI and OAuth details) are
+//! accepted and ignored; keywords whose value *demands* something walrcv cannot
+//! do (`gssencmode=require`, `sslcrldir`, `sslcertmode=require`,
+//! `target_session_attrs=read-write`, ...) are errors, because quietly
+//! connecting with weaker guarantees than asked for is worse than not
+//! connecting.
+//!
+//! Module map: `keywords` (the keyword table), `keyvalue` and `uri` (the two
+//! string forms), `service` (pg_service.conf), `env` (environment and passwd),
+//! `resolve` (layers, validation, targets), `tls` and `auth` (their keywords),
+//! `pgpass` (the password file).
+//!
+//! Passwords never appear in errors or log lines: a URI in an error is redacted
+//! and a malformed value that follows a password is not echoed.
+
+mod auth;
+mod env;
+mod keyvalue;
+mod keywords;
+mod pgpass;
+mod resolve;
+mod service;
+#[cfg(test)]
+mod test_support;
+mod tls;
+mod uri;
+
+pub use env::{Environment, ProcessEnv};
+pub use resolve::resolve;
+pub use service::{find_service, ServiceFileError, ServiceSetting, DEFAULT_SYSCONFDIR};
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keyvalue::parse_key_value;
+use uri::{parse_uri, uri_prefix_len};
+
+/// Debian's libpq `DEFAULT_PGSOCKET_DIR`: where the server's Unix socket is when
+/// no host is given. `.pgpass` entries for `localhost` match this directory only.
+pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+/// libpq's `DEF_PGPORT`.
+pub const DEFAULT_PORT: u16 = 5432;
+/// `application_name` when neither the connection string nor `PGAPPNAME` set one.
+pub const DEFAULT_APPLICATION_NAME: &str = "walrcv";
+/// The database name pg_receivewal uses for a physical replication connection.
+/// The server ignores it, but `.pgpass` lines are matched against it.
+pub const REPLICATION_DBNAME: &str = "replication";
+
+/// Errors in a connection string or in the settings derived from it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConnInfoError {
+    #[error("invalid connection option \"{0}\"")]
+    UnknownKey(String),
+    #[error("missing \"=\" after \"{0}\" in connection info string")]
+    MissingEquals(String),
+    #[error("unterminated quoted string in connection info string")]
+    UnterminatedQuote,
+    /// `uri` is redacted: passwords (user info and secret query parameters) are
+    /// replaced by `***`.
+    #[error("invalid URI {uri:?}: {what}")]
+    BadUri { uri: String, what: String },
+    #[error("invalid value for \"{key}\": {value:?} ({what})")]
+    BadValue {
+        key: String,
+        value: String,
+        what: String,
+    },
+    /// A valid libpq setting that asks for something walrcv does not implement.
+    #[error("connection option \"{key}\" is not supported: {what}")]
+    Unsupported { key: String, what: String },
+    /// Text after an unquoted secret (e.g. `password=two words`) is neither a
+    /// keyword nor `key=value`; most likely the secret contains a space. The
+    /// text is not shown because it is probably part of the secret.
+    #[error("unexpected text after the value of \"{key}\" in connection info string (not shown); quote values that contain spaces: {key}='...'")]
+    TextAfterSecret { key: String },
+    /// No `user` setting and the OS user name could not be determined.
+    #[error("could not determine the user name: set user in the connection string, -U or PGUSER")]
+    NoUser,
+    /// Settings that are valid alone but contradict each other (libpq's
+    /// wording, e.g. `weak sslmode "require" may not be used with
+    /// sslrootcert=system (use "verify-full")`).
+    #[error("{0}")]
+    Conflict(String),
+    /// `service=NAME` (or `PGSERVICE`) names a service no service file defines.
+    #[error("definition of service \"{0}\" not found")]
+    ServiceNotFound(String),
+    /// A service file could not be read, or the service's section has an
+    /// error. Never shows a value from the file (it may hold a password).
+    #[error("service file \"{path}\": {what}")]
+    ServiceFile { path: String, what: String },
+}
+
+/// TLS policy, libpq's `sslmode` (default `prefer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// `sslrootcert`: a PEM file, or `system` (the platform's trust store, which
+/// implies `verify-full` as in libpq 16+).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootCerts {
+    File(PathBuf),
+    System,
+}
+
+/// `ssl_min_protocol_version` / `ssl_max_protocol_version`. libpq also accepts
+/// TLSv1 and TLSv1.1, which rustls cannot speak: `resolve` refuses them as a
+/// minimum below 1.2 is harmless only as long as 1.2 is what is negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls1_2,
+    Tls1_3,
+}
+
+/// `sslnegotiation`: `postgres` sends SSLRequest first; `direct` starts the TLS
+/// handshake at once with ALPN `postgresql` (servers 17+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslNegotiation {
+    Postgres,
+    Direct,
+}
+
+/// `channel_binding` (SCRAM-SHA-256-PLUS with `tls-server-end-point`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelBinding {
+    Disable,
+    Prefer,
+    Require,
+}
+
+/// An authentication method as `require_auth` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Password,
+    Md5,
+    ScramSha256,
+    /// The server sent AuthenticationOk without asking for anything (trust).
+    None,
+}
+
+/// `require_auth` (libpq 16+): the methods the client accepts, or with `!`
+/// the methods it refuses (a list is all negated or none is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequireAuth {
+    pub negated: bool,
+    pub methods: Vec<AuthMethod>,
+}
+
+impl RequireAuth {
+    /// Whether the server may authenticate the client with `method`.
+    pub fn allows(&self, method: AuthMethod) -> bool {
+        self.methods.contains(&method) != self.negated
+    }
+}
+
+/// Everything the TLS layer (`pgwire`) needs, resolved from the `ssl*`
+/// keywords, their `PG*` variables and libpq's defaults under
+/// `~/.postgresql/`. Default paths are filled in whether or not the file
+/// exists; the TLS layer decides, as libpq does at connect time, whether a
+/// missing default file matters (it does for `verify-ca`/`verify-full`'s root
+/// certificate, it does not for `require` or the client certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub mode: SslMode,
+    pub root_cert: Option<RootCerts>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub crl: Option<PathBuf>,
+    /// `sslsni` (default on): send the host name in the TLS handshake.
+    pub sni: bool,
+    pub min_protocol_version: Option<TlsVersion>,
+    pub max_protocol_version: Option<TlsVersion>,
+    pub negotiation: SslNegotiation,
+}
+
+impl TlsSettings {
+    /// What a connection string without any `ssl*` keyword means, without the
+    /// default files (used by tests and by callers that build params by hand).
+    pub fn prefer() -> Self {
+        TlsSettings {
+            mode: SslMode::Prefer,
+            root_cert: None,
+            cert: None,
+            key: None,
+            crl: None,
+            sni: true,
+            min_protocol_version: Some(TlsVersion::Tls1_2),
+            max_protocol_version: None,
+            negotiation: SslNegotiation::Postgres,
+        }
+    }
+}
+
+/// Where to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// TCP to `host` (used for .pgpass matching and messages), connecting to
+    /// `hostaddr` when given instead of resolving `host`. When only `hostaddr`
+    /// was given, `host` is the address itself (libpq matches `.pgpass` on it).
+    Tcp {
+        host: String,
+        hostaddr: Option<String>,
+        port: u16,
+    },
+    /// Unix-domain socket `dir/.s.PGSQL.port`.
+    Unix { dir: PathBuf, port: u16 },
+}
+
+impl Target {
+    pub fn port(&self) -> u16 {
+        match self {
+            Target::Tcp { port, .. } | Target::Unix { port, .. } => *port,
+        }
+    }
+
+    /// The socket file of a Unix target (`dir/.s.PGSQL.port`, the server's naming).
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        match self {
+            Target::Unix { dir, port } => Some(dir.join(format!(".s.PGSQL.{port}"))),
+            Target::Tcp { .. } => None,
+        }
+    }
+}
+
+/// libpq's wording, for "connection to {target} failed: ..." messages:
+/// `server at "host" (addr), port N` or `server on socket "path"`.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tcp {
+                host,
+                hostaddr,
+                port,
+            } => {
+                write!(f, "server at \"{host}\"")?;
+                if let Some(addr) = hostaddr.as_deref().filter(|a| a != host) {
+                    write!(f, " ({addr})")?;
+                }
+                write!(f, ", port {port}")
+            }
+            Target::Unix { dir, port } => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                write!(f, "server on socket \"{}\"", path.display())
+            }
+        }
+    }
+}
+
+/// Fully resolved settings for one connection attempt sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnParams {
+    /// Hosts to try in order (libpq's comma-separated host lists).
+    pub targets: Vec<Target>,
+    pub user: String,
+    /// Explicit password (conninfo, PGPASSWORD or prompt); the password file is
+    /// consulted per target when this is `None` (see [`ConnParams::password_for`]).
+    pub password: Option<String>,
+    pub passfile: Option<PathBuf>,
+    /// Database name used for `.pgpass` matching (`replication` by default).
+    pub dbname: String,
+    pub application_name: String,
+    /// `options` startup parameter, passed through as is.
+    pub options: Option<String>,
+    pub connect_timeout: Option<Duration>,
+    pub keepalives: bool,
+    pub keepalives_idle: Option<Duration>,
+    pub keepalives_interval: Option<Duration>,
+    pub keepalives_count: Option<u32>,
+    /// TLS settings (`sslmode` is `tls.mode`).
+    pub tls: TlsSettings,
+    pub channel_binding: ChannelBinding,
+    /// `None` when `require_auth` is not set (every method accepted).
+    pub require_auth: Option<RequireAuth>,
+    /// `client_encoding` startup parameter (`client_encoding` key or
+    /// `PGCLIENTENCODING`); `None` leaves the server default. libpq's `auto`
+    /// (derive it from the locale) is treated as `None`.
+    pub client_encoding: Option<String>,
+}
+
+/// Values given by command-line flags (`-h`, `-p`, `-U`, a prompted password);
+/// they override the same keys in `-d`, as in pg_receivewal.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub dbname: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Parses a conninfo string (`key=value ...` or a `postgresql://` URI) into its
+/// keyword/value pairs, in order. Unknown keywords are an error naming the key.
+///
+/// Values are not validated here (that is [`resolve`]'s job, once the layers are
+/// combined); a key may appear more than once, and the last one wins.
+pub fn parse(conninfo: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
+    match uri_prefix_len(conninfo) {
+        Some(prefix) => parse_uri(conninfo, prefix),
+        None => parse_key_value(conninfo),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn target_helpers() {
+        let t = unix(DEFAULT_SOCKET_DIR, 5433);
+        assert_eq!(t.port(), 5433);
+        assert_eq!(
+            t.socket_path(),
+            Some(PathBuf::from("/var/run/postgresql/.s.PGSQL.5433"))
+        );
+        assert_eq!(
+            t.to_string(),
+            "server on socket \"/var/run/postgresql/.s.PGSQL.5433\""
+        );
+        assert_eq!(tcp("pg", 5432).to_string(), "server at \"pg\", port 5432");
+        assert_eq!(tcp("pg", 5432).socket_path(), None);
+        let t = Target::Tcp {
+            host: "pg".into(),
+            hostaddr: Some("10.0.0.1".into()),
+            port: 5432,
+        };
+        assert_eq!(t.to_string(), "server at \"pg\" (10.0.0.1), port 5432");
+    }
+}

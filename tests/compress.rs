@@ -1,0 +1,367 @@
+//! `-Z/--compress` against real servers: the spec's wording against Debian's
+//! pg_receivewal 15, compressed streaming with each method (files decompress
+//! to exactly the server's segments), `--synchronous -Z lz4` as the
+//! synchronous standby (a commit returns only once its WAL is in the
+//! compressed file), resume after SIGINT and SIGKILL for each method, a mixed
+//! archive (with and without `-Z`), and cross-compatibility with
+//! pg_receivewal 15 both ways for gzip and lz4.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use walrcv::archive::compression::decompress;
+use walrcv::archive::names::{ArchiveName, Compression};
+
+use crate::support::{
+    debian_bin, format_lsn, parse_wal_file_name, wait_until, walrcv_run, walrcv_spawn,
+    BackgroundProcess, PgServer,
+};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const APP: &str = "walrcv_z";
+
+/// A server with 1 MB segments.
+fn server() -> PgServer {
+    PgServer::builder().major(15).wal_segsize_mb(1).start()
+}
+
+fn spawn_walrcv(pg: &PgServer, dir: &Path, extra: &[&str]) -> BackgroundProcess {
+    let conn = format!("{} application_name={APP}", pg.conninfo());
+    let mut args = vec!["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-v"];
+    args.extend_from_slice(extra);
+    let mut rcv = walrcv_spawn(&args);
+    wait_streaming(pg, &mut rcv, APP);
+    rcv
+}
+
+fn spawn_pg_receivewal(pg: &PgServer, dir: &Path, z: &str) -> BackgroundProcess {
+    let mut cmd = Command::new(debian_bin("pg_receivewal"));
+    cmd.arg("-D").arg(dir).args([
+        "-d",
+        &format!("{} application_name=pg_receivewal", pg.conninfo()),
+        "--synchronous",
+        "-v",
+        "-Z",
+        z,
+    ]);
+    let mut rcv = BackgroundProcess::spawn(cmd);
+    wait_streaming(pg, &mut rcv, "pg_receivewal");
+    rcv
+}
+
+fn wait_streaming(pg: &PgServer, rcv: &mut BackgroundProcess, app: &str) {
+    wait_until(LIMIT, "the receiver to be streaming", || {
+        assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
+        pg.psql(&format!(
+            "SELECT count(*) FROM pg_stat_replication \
+             WHERE application_name = '{app}' AND state = 'streaming'"
+        )) == "1"
+    });
+}
+
+/// Some WAL, then a switch: returns the segment boundary after it.
+fn produce_segments(pg: &PgServer, n: usize) -> u64 {
+    let mut boundary = 0;
+    for i in 0..n {
+        pg.psql(&format!(
+            "CREATE TABLE IF NOT EXISTS z (i int, t text); \
+             INSERT INTO z SELECT g, repeat('x', 100) FROM generate_series(1, {}) g",
+            2000 + i
+        ));
+        boundary = pg.force_switch_wal();
+    }
+    boundary
+}
+
+/// The uncompressed bytes of an archive file, and whether its stream was finished.
+fn decode(path: &Path, compression: Compression, segment_size: u64) -> (Vec<u8>, bool) {
+    let data = std::fs::read(path).unwrap();
+    let d = decompress(compression, &data, segment_size)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (d.bytes, d.finished)
+}
+
+/// Every complete segment in `dir` (any compression) decompresses to exactly
+/// the primary's file of that name; the segments are contiguous. Returns
+/// (name, compression) in order.
+fn assert_archive_identical(dir: &Path, pg: &PgServer) -> Vec<(String, Compression)> {
+    let seg = pg.wal_segment_size();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if let ArchiveName::Segment {
+            name: s,
+            compression,
+            partial: false,
+        } = ArchiveName::classify(&name)
+        {
+            let (bytes, finished) = decode(&dir.join(&name), compression, seg);
+            let theirs = std::fs::read(pg.wal_dir().join(s.as_str()))
+                .unwrap_or_else(|e| panic!("{}: no longer in pg_wal: {e}", s.as_str()));
+            assert!(finished, "{name}: unfinished stream under a complete name");
+            assert!(bytes == theirs, "{name} differs from the primary's segment");
+            found.push((s.as_str().to_owned(), compression));
+        }
+    }
+    found.sort();
+    let segnos: Vec<u64> = (found.iter())
+        .map(|(n, _)| parse_wal_file_name(n, seg).unwrap().1 / seg)
+        .collect();
+    for w in segnos.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "a gap in the archive: {found:?}");
+    }
+    found
+}
+
+/// The `.partial` (of compression `c`) holding `upto` decodes to the
+/// primary's bytes up to it at least.
+fn assert_partial_covers(dir: &Path, pg: &PgServer, c: Compression, upto: u64) {
+    let seg = pg.wal_segment_size();
+    let name = crate::support::wal_file_name(pg.timeline(), upto, seg);
+    let path = dir.join(format!("{name}{}.partial", c.suffix()));
+    let (bytes, _) = decode(&path, c, seg);
+    let need = (upto % seg) as usize;
+    assert!(
+        bytes.len() >= need,
+        "{} decodes to {} bytes, the reported flush {} needs {need}",
+        path.display(),
+        bytes.len(),
+        format_lsn(upto)
+    );
+    let theirs = std::fs::read(pg.wal_dir().join(&name)).unwrap();
+    assert!(
+        bytes[..need] == theirs[..need],
+        "{name}: differs before the flush position"
+    );
+}
+
+const METHODS: [(&str, Compression); 3] = [
+    ("gzip", Compression::Gzip),
+    ("lz4", Compression::Lz4),
+    ("zstd", Compression::Zstd),
+];
+
+/// Every spec pg_receivewal refuses is refused by walrcv with the same
+/// message (pg_receivewal checks `-Z` before connecting).
+#[test]
+fn compress_spec_wording_matches_pg_receivewal() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for spec in [
+        "none:1",
+        "none:level=1",
+        "none:workers=1",
+        "x",
+        "GZIP",
+        "gzip:10",
+        "gzip:0",
+        "10",
+        "2147483648",
+        "lz4:13",
+        "gzip:level=x",
+        "gzip:level=",
+        "gzip:level",
+        "gzip:workers",
+        "gzip:workers=2",
+        "lz4:level=3,workers=1",
+        "gzip:workers=x",
+        "lz4:long",
+        "gzip:foo=1",
+        "gzip:",
+        "gzip:level=3,",
+        "gzip:,",
+    ] {
+        let pg = Command::new(debian_bin("pg_receivewal"))
+            .args(["-Z", spec, "-D", d, "-h", "/nonexistent"])
+            .output()
+            .unwrap();
+        let ours = walrcv_run(&["stream", "-Z", spec, "-D", d], LIMIT);
+        let theirs = String::from_utf8_lossy(&pg.stderr);
+        let theirs = theirs.lines().next().unwrap_or_default();
+        let theirs = theirs
+            .strip_prefix("pg_receivewal: error: ")
+            .unwrap_or_else(|| panic!("{spec}: pg_receivewal said {theirs:?}"));
+        assert!(!ours.success(), "{spec}: walrcv accepted it");
+        let text = ours.text();
+        assert!(
+            text.contains(&format!("error: {theirs}\n")),
+            "{spec}: pg_receivewal says {theirs:?}, walrcv said:\n{text}"
+        );
+    }
+}
+
+/// Each method: the stream's files decompress to exactly the server's
+/// segments, the `.partial` covers what was reported flushed, and nothing
+/// but compressed names appears.
+#[test]
+fn compress_streams_each_method_identically() {
+    let pg = server();
+    for (z, c) in METHODS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rcv = spawn_walrcv(&pg, dir.path(), &["-Z", z, "--synchronous"]);
+        let boundary = produce_segments(&pg, 3);
+        pg.wait_for_flush(APP, boundary, LIMIT);
+        pg.psql("INSERT INTO z VALUES (0, 'tail')");
+        let flushed = pg.wait_for_flush(APP, pg.current_lsn(), LIMIT);
+        assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+        let found = assert_archive_identical(dir.path(), &pg);
+        assert!(found.len() >= 2, "{z}: {found:?}");
+        assert!(found.iter().all(|(_, fc)| *fc == c), "{z}: {found:?}");
+        assert_partial_covers(dir.path(), &pg, c, flushed);
+        for n in crate::support::file_names(dir.path()) {
+            assert!(n.contains(c.suffix()), "{z}: unexpected file {n}");
+        }
+    }
+}
+
+/// `--synchronous -Z lz4` as the synchronous standby: each commit returns
+/// only once the primary got a flush position covering it, and at that
+/// moment the compressed `.partial` alone decodes to the primary's WAL up to
+/// that position (the encoder was flushed into the file before the flush
+/// was reported).
+#[test]
+fn compress_synchronous_lz4_commits_wait_for_the_compressed_file() {
+    let pg = server();
+    pg.psql("CREATE TABLE s (i int)");
+    let dir = tempfile::tempdir().unwrap();
+    let mut rcv = spawn_walrcv(&pg, dir.path(), &["-Z", "lz4", "--synchronous"]);
+    pg.psql(&format!(
+        "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
+    ));
+    pg.psql("SELECT pg_reload_conf()");
+    wait_until(LIMIT, "walrcv to be the synchronous standby", || {
+        pg.psql(&format!(
+            "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{APP}'"
+        )) == "sync"
+    });
+    for i in 0..20 {
+        let lsn = crate::support::parse_lsn(&pg.psql(&format!(
+            "INSERT INTO s VALUES ({i}); SELECT pg_current_wal_insert_lsn()"
+        )));
+        let flush = pg
+            .replication_flush_lsn(APP)
+            .expect("walrcv in pg_stat_replication");
+        assert!(
+            flush >= lsn,
+            "commit {i} returned before {}",
+            format_lsn(lsn)
+        );
+        if flush / pg.wal_segment_size() == lsn / pg.wal_segment_size() {
+            assert_partial_covers(dir.path(), &pg, Compression::Lz4, flush);
+        }
+    }
+    pg.psql("ALTER SYSTEM RESET synchronous_standby_names");
+    pg.psql("SELECT pg_reload_conf()");
+    assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+    assert_archive_identical(dir.path(), &pg);
+}
+
+/// For each method: stopped with SIGINT, then killed with SIGKILL in the
+/// middle of a segment, walrcv resumes where it stopped: the archive ends up
+/// contiguous and identical to the server's WAL.
+#[test]
+fn compress_resume_after_sigint_and_sigkill() {
+    let pg = server();
+    pg.create_physical_slot("z");
+    for (z, c) in METHODS {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ["-Z", z, "--synchronous", "-S", "z"];
+        let mut rcv = spawn_walrcv(&pg, dir.path(), &args);
+        let boundary = produce_segments(&pg, 2);
+        pg.wait_for_flush(APP, boundary, LIMIT);
+        assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+        let first = assert_archive_identical(dir.path(), &pg);
+
+        produce_segments(&pg, 1);
+        let mut rcv = spawn_walrcv(&pg, dir.path(), &args);
+        pg.psql("INSERT INTO z SELECT g, 'mid' FROM generate_series(1, 3000) g");
+        let mid = pg.current_lsn();
+        pg.wait_for_flush(APP, mid, LIMIT);
+        assert!(mid % pg.wal_segment_size() != 0);
+        rcv.kill9();
+        assert_partial_covers(dir.path(), &pg, c, mid);
+
+        let mut rcv = spawn_walrcv(&pg, dir.path(), &args);
+        let boundary = produce_segments(&pg, 2);
+        pg.wait_for_flush(APP, boundary, LIMIT);
+        assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+        let all = assert_archive_identical(dir.path(), &pg);
+        assert!(all.len() >= first.len() + 3, "{z}: {first:?} then {all:?}");
+        assert!(
+            rcv.stderr().contains("resuming"),
+            "{z}: did not resume from the archive:\n{}",
+            rcv.stderr()
+        );
+    }
+    pg.psql("SELECT pg_drop_replication_slot('z')");
+}
+
+/// An archive holding only gzip segments is not empty: restarted without
+/// `-Z`, walrcv continues after it (plain files), and with `-Z gzip` again
+/// after that; no gap anywhere.
+#[test]
+fn compress_mixed_archive_resumes_with_and_without_z() {
+    let pg = server();
+    pg.create_physical_slot("m");
+    let dir = tempfile::tempdir().unwrap();
+    for extra in [&["-Z", "gzip"][..], &[], &["-Z", "gzip"]] {
+        let mut args = vec!["--synchronous", "-S", "m"];
+        args.extend_from_slice(extra);
+        let mut rcv = spawn_walrcv(&pg, dir.path(), &args);
+        let boundary = produce_segments(&pg, 2);
+        pg.wait_for_flush(APP, boundary, LIMIT);
+        assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+        produce_segments(&pg, 1);
+    }
+    let found = assert_archive_identical(dir.path(), &pg);
+    let kinds: Vec<Compression> = found.iter().map(|(_, c)| *c).collect();
+    assert!(kinds.contains(&Compression::None) && kinds.contains(&Compression::Gzip));
+    assert!(found.len() >= 8, "{found:?}");
+    pg.psql("SELECT pg_drop_replication_slot('m')");
+}
+
+/// Debian's pg_receivewal 15 resumes archives walrcv wrote with `-Z gzip`
+/// and `-Z lz4` (continuing from the right segment), and walrcv resumes
+/// archives pg_receivewal wrote with each (including its compressed
+/// `.partial`): the archive stays complete and identical.
+#[test]
+fn compress_cross_compatible_with_pg_receivewal_15() {
+    let pg = server();
+    pg.create_physical_slot("x");
+    for (z, _) in &METHODS[..2] {
+        for walrcv_first in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let ours = ["-Z", z, "--synchronous", "-S", "x"];
+            let mut first = if walrcv_first {
+                spawn_walrcv(&pg, dir.path(), &ours)
+            } else {
+                spawn_pg_receivewal(&pg, dir.path(), z)
+            };
+            let app = if walrcv_first { APP } else { "pg_receivewal" };
+            let boundary = produce_segments(&pg, 2);
+            pg.wait_for_flush(app, boundary, LIMIT);
+            pg.psql("INSERT INTO z VALUES (0, 'partial')");
+            pg.wait_for_flush(app, pg.current_lsn(), LIMIT);
+            first.interrupt();
+            let before = assert_archive_identical(dir.path(), &pg);
+
+            produce_segments(&pg, 1);
+            let mut second = if walrcv_first {
+                spawn_pg_receivewal(&pg, dir.path(), z)
+            } else {
+                spawn_walrcv(&pg, dir.path(), &ours)
+            };
+            let app = if walrcv_first { "pg_receivewal" } else { APP };
+            let boundary = produce_segments(&pg, 2);
+            pg.wait_for_flush(app, boundary, LIMIT);
+            second.interrupt();
+            let after = assert_archive_identical(dir.path(), &pg);
+            assert!(
+                after.len() >= before.len() + 3 && after[..before.len()] == before[..],
+                "{z} (walrcv first: {walrcv_first}): {before:?} then {after:?}"
+            );
+        }
+    }
+    pg.psql("SELECT pg_drop_replication_slot('x')");
+}

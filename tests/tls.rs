@@ -1,0 +1,702 @@
+//! TLS against real servers (issue 9): certificates made here with rcgen (a
+//! CA, a server certificate for DNS `localhost` and IP `127.0.0.1`, a revoked
+//! one and its CRL, client certificates from the right and a wrong CA);
+//! servers with `ssl = on` and `hostssl`/`hostnossl` lines. Every sslmode
+//! against a TLS server and a plain server gives the outcome psql (libpq 15)
+//! gives for the same settings; the oracle runs beside walrcv in each case.
+//!
+//! These tests build `ConnParams` by hand (the `ssl*` keywords are resolved
+//! by the conninfo work of issue 9) and connect with `walrcv::pgwire`.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use walrcv::conninfo::{
+    ChannelBinding, ConnParams, RootCerts, SslMode, SslNegotiation, Target, TlsSettings,
+};
+use walrcv::pgwire::tls::TlsError;
+use walrcv::pgwire::{Connection, PgError};
+
+use crate::support::{Auth, PgServer, SUPERUSER, SUPERUSER_PASSWORD};
+
+const ROLE_PASSWORD: &str = "tls-role-secret";
+const ALL_MODES: [SslMode; 6] = [
+    SslMode::Disable,
+    SslMode::Allow,
+    SslMode::Prefer,
+    SslMode::Require,
+    SslMode::VerifyCa,
+    SslMode::VerifyFull,
+];
+
+fn mode_name(mode: SslMode) -> &'static str {
+    match mode {
+        SslMode::Disable => "disable",
+        SslMode::Allow => "allow",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyCa => "verify-ca",
+        SslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// The test's certificates, as files in a directory the server can read.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn ca_params(name: &str) -> CertificateParams {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p
+}
+
+fn leaf_params(cn: &str, sans: Vec<SanType>, serial: u64) -> CertificateParams {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.subject_alt_names = sans;
+    p.serial_number = Some(SerialNumber::from(serial));
+    p
+}
+
+/// Writes a file; a private key gets 0600 and, when the tests run as root,
+/// the server's OS user as owner (PostgreSQL refuses anything looser).
+fn write(dir: &Path, name: &str, text: &str, server_key: bool) {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    if server_key && nix::unistd::geteuid().is_root() {
+        let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        nix::unistd::chown(&path, Some(user.uid), Some(user.gid)).unwrap();
+    }
+}
+
+/// CA `root.crt`, `server.crt` (localhost, 127.0.0.1), `revoked.crt` and
+/// `root.crl` revoking it, `client.crt` for role `certuser`, and from a
+/// second CA `other-root.crt` and `wrong-client.crt` (also `certuser`).
+fn make_pki() -> Pki {
+    let dir = tempfile::Builder::new()
+        .prefix("walrcv-tls")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = dir.path();
+    let server_sans = || {
+        vec![
+            SanType::DnsName("localhost".try_into().unwrap()),
+            SanType::IpAddress("127.0.0.1".parse().unwrap()),
+        ]
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let root_params = ca_params("walrcv test CA");
+    write(
+        d,
+        "root.crt",
+        &root_params.self_signed(&ca_key).unwrap().pem(),
+        false,
+    );
+    let ca = Issuer::new(root_params, ca_key);
+
+    let leaf = |name: &str,
+                cn: &str,
+                sans: Vec<SanType>,
+                serial: u64,
+                issuer: &Issuer<KeyPair>,
+                server: bool| {
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf_params(cn, sans, serial)
+            .signed_by(&key, issuer)
+            .unwrap();
+        write(d, &format!("{name}.crt"), &cert.pem(), false);
+        write(d, &format!("{name}.key"), &key.serialize_pem(), server);
+    };
+    leaf("server", "localhost", server_sans(), 2, &ca, true);
+    leaf("revoked", "localhost", server_sans(), 3, &ca, true);
+    leaf("client", "certuser", vec![], 4, &ca, false);
+
+    let crl = CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2020, 1, 1),
+        next_update: rcgen::date_time_ymd(4000, 1, 1),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![RevokedCertParams {
+            serial_number: SerialNumber::from(3u64),
+            revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca)
+    .unwrap();
+    write(d, "root.crl", &crl.pem().unwrap(), false);
+
+    let other_key = KeyPair::generate().unwrap();
+    let other_params = ca_params("walrcv other CA");
+    write(
+        d,
+        "other-root.crt",
+        &other_params.self_signed(&other_key).unwrap().pem(),
+        false,
+    );
+    let other = Issuer::new(other_params, other_key);
+    leaf("wrong-client", "certuser", vec![], 5, &other, false);
+    Pki { dir }
+}
+
+/// A server with TLS on (`cert` is `server` or `revoked`) and these lines
+/// before the harness's `host ... scram-sha-256`: `certuser` only by client
+/// certificate, `sslonly` never without TLS, `plainonly` never with it.
+fn tls_server(pki: &Pki, major: u32, cert: &str) -> PgServer {
+    let mut b = PgServer::builder()
+        .major(major)
+        .wal_segsize_mb(1)
+        .auth(Auth::Scram)
+        .conf("ssl = on")
+        .conf(&format!(
+            "ssl_cert_file = '{}'",
+            pki.path(&format!("{cert}.crt")).display()
+        ))
+        .conf(&format!(
+            "ssl_key_file = '{}'",
+            pki.path(&format!("{cert}.key")).display()
+        ))
+        .conf(&format!(
+            "ssl_ca_file = '{}'",
+            pki.path("root.crt").display()
+        ));
+    for db in ["replication", "all"] {
+        b = b
+            .hba(&format!("hostssl {db} certuser 127.0.0.1/32 cert"))
+            .hba(&format!("hostnossl {db} certuser 127.0.0.1/32 reject"))
+            .hba(&format!("hostnossl {db} sslonly 127.0.0.1/32 reject"))
+            .hba(&format!("hostssl {db} plainonly 127.0.0.1/32 reject"));
+    }
+    let pg = b.start();
+    for role in ["sslonly", "plainonly"] {
+        pg.create_role(role, Some(ROLE_PASSWORD), true);
+    }
+    pg.create_role("certuser", None, true);
+    pg
+}
+
+fn plain_server() -> PgServer {
+    PgServer::builder().auth(Auth::Scram).start()
+}
+
+/// What a connection attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Refused,
+    Plain,
+    Tls,
+}
+
+/// The settings of one case, for walrcv and for psql alike.
+#[derive(Clone)]
+struct Case {
+    host: String,
+    hostaddr: Option<String>,
+    port: u16,
+    user: String,
+    password: Option<String>,
+    tls: TlsSettings,
+}
+
+impl Case {
+    fn new(port: u16, user: &str, mode: SslMode, pki: &Pki) -> Case {
+        Case {
+            host: "localhost".into(),
+            hostaddr: Some("127.0.0.1".into()),
+            port,
+            user: user.into(),
+            password: match user {
+                SUPERUSER => Some(SUPERUSER_PASSWORD.into()),
+                "certuser" => None,
+                _ => Some(ROLE_PASSWORD.into()),
+            },
+            tls: TlsSettings {
+                mode,
+                root_cert: Some(RootCerts::File(pki.path("root.crt"))),
+                cert: Some(pki.path("no-client.crt")),
+                key: Some(pki.path("no-client.key")),
+                ..TlsSettings::prefer()
+            },
+        }
+    }
+
+    fn params(&self) -> ConnParams {
+        ConnParams {
+            targets: vec![Target::Tcp {
+                host: self.host.clone(),
+                hostaddr: self.hostaddr.clone(),
+                port: self.port,
+            }],
+            user: self.user.clone(),
+            password: self.password.clone(),
+            passfile: None,
+            dbname: "replication".into(),
+            application_name: "walrcv_tls_test".into(),
+            options: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+            keepalives: false,
+            keepalives_idle: None,
+            keepalives_interval: None,
+            keepalives_count: None,
+            tls: self.tls.clone(),
+            channel_binding: ChannelBinding::Prefer,
+            require_auth: None,
+            client_encoding: None,
+        }
+    }
+
+    /// walrcv's outcome, and its error's text when refused.
+    fn walrcv(&self) -> (Outcome, String) {
+        match connect(&self.params()) {
+            Ok(c) if c.is_tls() => (Outcome::Tls, String::new()),
+            Ok(_) => (Outcome::Plain, String::new()),
+            Err(e) => (Outcome::Refused, e.to_string()),
+        }
+    }
+
+    /// libpq's outcome: psql 15 with the same settings, asked whether its
+    /// own connection is encrypted.
+    fn psql(&self, pg: &PgServer) -> (Outcome, String) {
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        let root = match &self.tls.root_cert {
+            Some(RootCerts::File(p)) => p.display().to_string(),
+            Some(RootCerts::System) => "system".into(),
+            None => String::new(),
+        };
+        let mut conninfo = format!(
+            "host={} port={} user={} dbname=postgres sslmode={} sslrootcert='{root}' sslcert='{}' sslkey='{}' sslcrl='{}'",
+            self.host,
+            self.port,
+            self.user,
+            mode_name(self.tls.mode),
+            path(&self.tls.cert),
+            path(&self.tls.key),
+            path(&self.tls.crl),
+        );
+        if let Some(a) = &self.hostaddr {
+            conninfo.push_str(&format!(" hostaddr={a}"));
+        }
+        let home = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(pg.bin("psql"));
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("PG") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("HOME", home.path())
+            .env("PGCONNECT_TIMEOUT", "10")
+            .args(["-XAtqw", "-d", &conninfo, "-c"])
+            .arg("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()");
+        if let Some(pw) = &self.password {
+            cmd.env("PGPASSWORD", pw);
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        match (out.status.success(), stdout.as_str()) {
+            (true, "t") => (Outcome::Tls, String::new()),
+            (true, "f") => (Outcome::Plain, String::new()),
+            (true, other) => panic!("psql printed {other:?}"),
+            (false, _) => (
+                Outcome::Refused,
+                String::from_utf8_lossy(&out.stderr).into(),
+            ),
+        }
+    }
+
+    /// walrcv and psql agree, and the outcome is the expected one.
+    fn check(&self, pg: &PgServer, expected: Outcome, what: &str) -> String {
+        let (ours, why) = self.walrcv();
+        let (libpq, libpq_why) = self.psql(pg);
+        assert_eq!(
+            libpq, expected,
+            "{what}: psql (the oracle) disagrees with the test: {libpq_why}"
+        );
+        assert_eq!(ours, expected, "{what}: walrcv: {why}\npsql: {libpq_why}");
+        why
+    }
+}
+
+/// Connects on a current-thread runtime of its own.
+fn connect(params: &ConnParams) -> Result<Connection, PgError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut conn = Connection::connect(params, true, Duration::from_secs(10)).await?;
+        // The connection is usable: a replication command gets its answer.
+        conn.simple_query("IDENTIFY_SYSTEM").await?;
+        Ok(conn)
+    })
+}
+
+#[test]
+fn tls_every_sslmode_against_tls_and_plain_servers_as_libpq() {
+    use Outcome::*;
+    let pki = make_pki();
+    let tls = tls_server(&pki, 15, "server");
+    let plain = plain_server();
+    // (server, role, [outcome for disable, allow, prefer, require, verify-ca, verify-full])
+    let table: [(&PgServer, &str, [Outcome; 6]); 4] = [
+        (&tls, SUPERUSER, [Plain, Plain, Tls, Tls, Tls, Tls]),
+        // Plain text is rejected: allow retries with TLS.
+        (&tls, "sslonly", [Refused, Tls, Tls, Tls, Tls, Tls]),
+        // TLS is rejected: prefer retries without.
+        (
+            &tls,
+            "plainonly",
+            [Plain, Plain, Plain, Refused, Refused, Refused],
+        ),
+        (
+            &plain,
+            SUPERUSER,
+            [Plain, Plain, Plain, Refused, Refused, Refused],
+        ),
+    ];
+    for (server, role, outcomes) in table {
+        for (mode, expected) in ALL_MODES.into_iter().zip(outcomes) {
+            let what = format!(
+                "{} server, {role}, sslmode={}",
+                if std::ptr::eq(server, &tls) {
+                    "TLS"
+                } else {
+                    "plain"
+                },
+                mode_name(mode)
+            );
+            let why = Case::new(server.port(), role, mode, &pki).check(server, expected, &what);
+            if std::ptr::eq(server, &plain) && expected == Refused {
+                assert!(
+                    why.contains("the server does not support SSL, but SSL was required"),
+                    "{what}: {why}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn tls_verify_full_checks_the_host_name_verify_ca_the_chain() {
+    let pki = make_pki();
+    let pg = tls_server(&pki, 15, "server");
+    // The certificate names localhost and 127.0.0.1, not this name; the
+    // address is the same server.
+    let mut case = Case::new(pg.port(), SUPERUSER, SslMode::VerifyFull, &pki);
+    case.host = "walrcv-tls-test.invalid".into();
+    let why = case.check(&pg, Outcome::Refused, "verify-full, wrong host name");
+    assert!(
+        why.contains("not valid for name") && why.contains("walrcv-tls-test.invalid"),
+        "{why}"
+    );
+    case.tls.mode = SslMode::VerifyCa;
+    case.check(&pg, Outcome::Tls, "verify-ca, wrong host name");
+    // The IP SAN: host=127.0.0.1 under verify-full.
+    let mut by_ip = Case::new(pg.port(), SUPERUSER, SslMode::VerifyFull, &pki);
+    by_ip.host = "127.0.0.1".into();
+    by_ip.hostaddr = None;
+    by_ip.check(&pg, Outcome::Tls, "verify-full, IP address in the SAN");
+
+    // Another CA: the chain does not verify.
+    let mut wrong_ca = Case::new(pg.port(), SUPERUSER, SslMode::VerifyCa, &pki);
+    wrong_ca.tls.root_cert = Some(RootCerts::File(pki.path("other-root.crt")));
+    let why = wrong_ca.check(&pg, Outcome::Refused, "verify-ca, wrong CA");
+    assert!(why.contains("invalid peer certificate"), "{why}");
+
+    // No root file: libpq's message for the verifying modes; require
+    // encrypts without verifying.
+    let mut missing = Case::new(pg.port(), SUPERUSER, SslMode::VerifyCa, &pki);
+    missing.tls.root_cert = Some(RootCerts::File(pki.path("absent-root.crt")));
+    let why = missing.check(&pg, Outcome::Refused, "verify-ca, no root file");
+    assert!(
+        why.contains(&format!(
+            "root certificate file \"{}\" does not exist",
+            pki.path("absent-root.crt").display()
+        )),
+        "{why}"
+    );
+    missing.tls.mode = SslMode::Require;
+    missing.check(&pg, Outcome::Tls, "require, no root file");
+    // require with a root file that does not match: verify-ca semantics.
+    wrong_ca.tls.mode = SslMode::Require;
+    wrong_ca.check(&pg, Outcome::Refused, "require, root file of another CA");
+}
+
+#[test]
+fn tls_a_revoked_server_certificate_is_refused_with_sslcrl() {
+    let pki = make_pki();
+    let pg = tls_server(&pki, 15, "revoked");
+    let mut case = Case::new(pg.port(), SUPERUSER, SslMode::VerifyFull, &pki);
+    case.check(&pg, Outcome::Tls, "revoked certificate, no CRL");
+    case.tls.crl = Some(pki.path("root.crl"));
+    let why = case.check(&pg, Outcome::Refused, "revoked certificate, sslcrl");
+    assert!(why.to_lowercase().contains("revoked"), "{why}");
+    // The same CRL does not refuse the good certificate.
+    let good = tls_server(&pki, 15, "server");
+    let mut case = Case::new(good.port(), SUPERUSER, SslMode::VerifyFull, &pki);
+    case.tls.crl = Some(pki.path("root.crl"));
+    case.check(&good, Outcome::Tls, "good certificate, sslcrl");
+}
+
+#[test]
+fn tls_client_certificate_authentication() {
+    let pki = make_pki();
+    let pg = tls_server(&pki, 15, "server");
+    let mut case = Case::new(pg.port(), "certuser", SslMode::VerifyFull, &pki);
+    case.tls.cert = Some(pki.path("client.crt"));
+    case.tls.key = Some(pki.path("client.key"));
+    case.check(&pg, Outcome::Tls, "client certificate");
+
+    let mut none = case.clone();
+    none.tls.cert = Some(pki.path("absent.crt"));
+    let why = none.check(&pg, Outcome::Refused, "no client certificate");
+    assert!(why.contains("certificate"), "{why}");
+
+    let mut wrong = case.clone();
+    wrong.tls.cert = Some(pki.path("wrong-client.crt"));
+    wrong.tls.key = Some(pki.path("wrong-client.key"));
+    wrong.check(&pg, Outcome::Refused, "client certificate of another CA");
+
+    // A key readable by others is refused before anything is sent.
+    let loose = pki.path("loose.key");
+    std::fs::copy(pki.path("client.key"), &loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut loose_case = case.clone();
+    loose_case.tls.key = Some(loose.clone());
+    let why = loose_case.check(&pg, Outcome::Refused, "key readable by others");
+    assert!(
+        why.contains(&format!(
+            "private key file \"{}\" has group or world access",
+            loose.display()
+        )),
+        "{why}"
+    );
+
+    // An encrypted key is an error naming what to do, never a silent
+    // connection without the certificate.
+    let encrypted = pki.path("encrypted.key");
+    let mut f = std::fs::File::create(&encrypted).unwrap();
+    writeln!(
+        f,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----"
+    )
+    .unwrap();
+    std::fs::set_permissions(&encrypted, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut enc_case = case.clone();
+    enc_case.tls.key = Some(encrypted);
+    let e = connect(&enc_case.params()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            PgError::Tls {
+                source: TlsError::KeyEncrypted(_),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("sslpassword is not supported"),
+        "{e}"
+    );
+}
+
+/// A man in the middle that answers SSLRequest with 'N' itself and relays
+/// everything else to `upstream` in plain text.
+fn refusing_proxy(upstream: u16) -> (u16, std::thread::JoinHandle<()>, Arc<Mutex<bool>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(Mutex::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let accepted =
+                    tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+                if *stop2.lock().unwrap() {
+                    return;
+                }
+                let Ok(Ok((mut client, _))) = accepted else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut first = [0u8; 8];
+                    if client.read_exact(&mut first).await.is_err() {
+                        return;
+                    }
+                    let mut server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                        .await
+                        .unwrap();
+                    if first == walrcv::pgwire::tls::SSL_REQUEST {
+                        if client.write_all(b"N").await.is_err() {
+                            return;
+                        }
+                    } else {
+                        server.write_all(&first).await.unwrap();
+                    }
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+    });
+    (port, thread, stop)
+}
+
+#[test]
+fn tls_a_proxy_refusing_tls_gets_plain_text_only_under_prefer() {
+    let pki = make_pki();
+    let pg = tls_server(&pki, 15, "server");
+    let (port, thread, stop) = refusing_proxy(pg.port());
+    let expected = [
+        Outcome::Plain,
+        Outcome::Plain,
+        Outcome::Plain,
+        Outcome::Refused,
+        Outcome::Refused,
+        Outcome::Refused,
+    ];
+    for (mode, expected) in ALL_MODES.into_iter().zip(expected) {
+        let case = Case::new(port, SUPERUSER, mode, &pki);
+        let what = format!("proxy answering 'N', sslmode={}", mode_name(mode));
+        let why = case.check(&pg, expected, &what);
+        if expected == Outcome::Refused {
+            assert!(why.contains("SSL was required"), "{what}: {why}");
+        }
+    }
+    *stop.lock().unwrap() = true;
+    thread.join().unwrap();
+}
+
+#[test]
+fn tls_direct_negotiation_with_a_17_server() {
+    let pki = make_pki();
+    let pg17 = tls_server(&pki, 17, "server");
+    let mut case = Case::new(pg17.port(), SUPERUSER, SslMode::VerifyFull, &pki);
+    case.tls.negotiation = SslNegotiation::Direct;
+    assert_eq!(case.walrcv().0, Outcome::Tls, "{}", case.walrcv().1);
+    // A 15 server does not speak TLS before SSLRequest.
+    let pg15 = tls_server(&pki, 15, "server");
+    case.port = pg15.port();
+    let (outcome, why) = case.walrcv();
+    assert_eq!(outcome, Outcome::Refused);
+    assert!(why.contains("TLS handshake failed"), "{why}");
+}
+
+#[test]
+fn tls_streaming_is_byte_identical() {
+    use walrcv::receiver::{self, StreamOptions};
+    let pki = make_pki();
+    let pg = tls_server(&pki, 15, "server");
+    // The slot keeps the WAL from here on; streaming starts at it.
+    pg.create_physical_slot("tls_arch");
+    pg.pgbench_init(1);
+    pg.psql("SELECT pg_logical_emit_message(false, 'big', repeat('x', 3000000))");
+    pg.force_switch_wal();
+    let end = pg.current_lsn();
+    let dir = tempfile::tempdir().unwrap();
+    let case = Case::new(pg.port(), "sslonly", SslMode::VerifyFull, &pki);
+    let opts = StreamOptions {
+        directory: dir.path().to_path_buf(),
+        conn: case.params(),
+        slot: Some("tls_arch".into()),
+        endpos: Some(walrcv::lsn::Lsn(end)),
+        no_loop: true,
+        sync: false,
+        synchronous: false,
+        status_interval: Some(Duration::from_secs(1)),
+        receive_timeout: Duration::from_secs(60),
+        password_prompt: false,
+        metrics_address: None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let outcome = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), receiver::run(opts, rx)).await
+    });
+    assert!(matches!(outcome, Ok(Ok(_))), "{outcome:?}");
+    let n = crate::stream::assert_complete_segments_identical(dir.path(), &pg.wal_dir());
+    assert!(n >= 3, "compared {n} complete segments");
+    // `sslonly` is refused without TLS: the stream was encrypted.
+}
+
+/// A writer that collects everything the tracing subscriber prints.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn tls_no_password_or_key_material_in_trace_output() {
+    let pki = make_pki();
+    let pg = tls_server(&pki, 15, "server");
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let case = Case::new(pg.port(), "sslonly", SslMode::VerifyFull, &pki);
+        assert_eq!(case.walrcv().0, Outcome::Tls);
+        // Client certificate: the key is read.
+        let mut cert = Case::new(pg.port(), "certuser", SslMode::VerifyFull, &pki);
+        cert.tls.cert = Some(pki.path("client.crt"));
+        cert.tls.key = Some(pki.path("client.key"));
+        assert_eq!(cert.walrcv().0, Outcome::Tls);
+        // A failure of the password over TLS, then the fallback of prefer.
+        let mut wrong = Case::new(pg.port(), "plainonly", SslMode::Prefer, &pki);
+        wrong.password = Some(format!("{ROLE_PASSWORD}-wrong"));
+        assert_eq!(wrong.walrcv().0, Outcome::Refused);
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("TLS established"), "trace output:\n{text}");
+    assert!(!text.contains(ROLE_PASSWORD), "password in:\n{text}");
+    let key = std::fs::read_to_string(pki.path("client.key")).unwrap();
+    for line in key.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!text.contains(line), "key material in:\n{text}");
+    }
+}
