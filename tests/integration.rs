@@ -1,5 +1,6 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
 mod auth;
+mod cleanup;
 mod compress;
 mod conninfo_service;
 mod corruption;
