@@ -639,6 +639,7 @@ fn tls_streaming_is_byte_identical() {
         receive_timeout: Duration::from_secs(60),
         password_prompt: false,
         metrics_address: None,
+        compression: walrcv::archive::compress_spec::CompressionSpec::NONE,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

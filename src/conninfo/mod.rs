@@ -136,8 +136,8 @@ pub enum RootCerts {
 }
 
 /// `ssl_min_protocol_version` / `ssl_max_protocol_version`. libpq also accepts
-/// TLSv1 and TLSv1.1, which rustls cannot speak: `resolve` refuses them as a
-/// minimum below 1.2 is harmless only as long as 1.2 is what is negotiated.
+/// TLSv1 and TLSv1.1, which rustls cannot speak: `resolve` refuses them with an
+/// error saying so, rather than quietly reading them as TLSv1.2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TlsVersion {
     Tls1_2,

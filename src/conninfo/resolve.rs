@@ -176,21 +176,55 @@ pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParam
     let channel_binding = resolve_channel_binding(&s, tls.mode)?;
     let require_auth = resolve_require_auth(&s)?;
     let targets = resolve_targets(&s)?;
+    check_requirepeer(&s, &targets)?;
+    log_ignored(&s);
+    let keepalives = resolve_keepalives(&s)?;
+    Ok(ConnParams {
+        targets,
+        user: resolve_user(&s, env)?,
+        password: s.get("password").map(|(p, _)| p.to_owned()),
+        passfile: match s.get("passfile") {
+            Some((path, _)) => Some(PathBuf::from(path)),
+            None => env.home_dir().map(|home| home.join(".pgpass")),
+        },
+        dbname: s
+            .get("dbname")
+            .map_or(REPLICATION_DBNAME, |(d, _)| d)
+            .to_owned(),
+        application_name: resolve_application_name(&s),
+        options: s.get("options").map(|(o, _)| o.to_owned()),
+        connect_timeout: resolve_connect_timeout(&s)?,
+        keepalives: keepalives.on,
+        keepalives_idle: keepalives.idle,
+        keepalives_interval: keepalives.interval,
+        keepalives_count: keepalives.count,
+        tls,
+        channel_binding,
+        require_auth,
+        client_encoding: resolve_client_encoding(&s),
+    })
+}
 
-    if let Some((value, origin)) = s.get("requirepeer") {
-        if targets.iter().any(|t| matches!(t, Target::Unix { .. })) {
-            return Err(unsupported(
-                "requirepeer",
-                format_args!(
-                    "walrcv cannot check that the server process runs as {value:?}; \
-                     remove requirepeer or connect over TCP"
-                ),
-                origin,
-            ));
-        }
-        // libpq too ignores requirepeer for TCP connections.
+/// `requirepeer` asks to check the server process's OS user, which walrcv
+/// cannot do; libpq too ignores it for TCP connections.
+fn check_requirepeer(s: &Settings, targets: &[Target]) -> Result<(), ConnInfoError> {
+    let Some((value, origin)) = s.get("requirepeer") else {
+        return Ok(());
+    };
+    if targets.iter().any(|t| matches!(t, Target::Unix { .. })) {
+        return Err(unsupported(
+            "requirepeer",
+            format_args!(
+                "walrcv cannot check that the server process runs as {value:?}; \
+                 remove requirepeer or connect over TCP"
+            ),
+            origin,
+        ));
     }
+    Ok(())
+}
 
+fn log_ignored(s: &Settings) {
     for key in IGNORED_KEYWORDS {
         if let Some((_, origin)) = s.get(key) {
             // The key only, never the value: sslpassword and
@@ -201,24 +235,20 @@ pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParam
             );
         }
     }
+}
 
-    let user = match s.get("user") {
-        Some((user, _)) => user.to_owned(),
+/// `user`, else the OS user (libpq's `pg_fe_getauthname`).
+fn resolve_user(s: &Settings, env: &dyn Environment) -> Result<String, ConnInfoError> {
+    match s.get("user") {
+        Some((user, _)) => Ok(user.to_owned()),
         None => env
             .os_user()
             .filter(|u| !u.is_empty())
-            .ok_or(ConnInfoError::NoUser)?,
-    };
-    let password = s.get("password").map(|(p, _)| p.to_owned());
-    let passfile = match s.get("passfile") {
-        Some((path, _)) => Some(PathBuf::from(path)),
-        None => env.home_dir().map(|home| home.join(".pgpass")),
-    };
-    let dbname = s
-        .get("dbname")
-        .map_or(REPLICATION_DBNAME, |(d, _)| d)
-        .to_owned();
+            .ok_or(ConnInfoError::NoUser),
+    }
+}
 
+fn resolve_application_name(s: &Settings) -> String {
     let application_name = s
         .get("application_name")
         .map_or(DEFAULT_APPLICATION_NAME, |(a, _)| a)
@@ -231,45 +261,52 @@ pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParam
              the server will replace them, so match synchronous_standby_names against the replaced name"
         );
     }
+    application_name
+}
 
-    let options = s.get("options").map(|(o, _)| o.to_owned());
-
-    let client_encoding = match s.get("client_encoding") {
+fn resolve_client_encoding(s: &Settings) -> Option<String> {
+    match s.get("client_encoding") {
         Some(("auto", origin)) => {
             tracing::debug!("client_encoding=auto ({origin}): using the server's default encoding");
             None
         }
         Some((enc, _)) => Some(enc.to_owned()),
         None => None,
-    };
+    }
+}
 
-    let connect_timeout = match s.get("connect_timeout") {
-        Some((value, origin)) => {
-            // libpq: zero or negative waits forever; the minimum is 2 s
-            // because a 1 s timer could fire almost at once.
-            let n = parse_int("connect_timeout", value, origin)?;
-            u64::try_from(n)
-                .ok()
-                .filter(|&n| n > 0)
-                .map(|n| Duration::from_secs(n.max(2)))
-        }
-        None => None,
+fn resolve_connect_timeout(s: &Settings) -> Result<Option<Duration>, ConnInfoError> {
+    let Some((value, origin)) = s.get("connect_timeout") else {
+        return Ok(None);
     };
+    // libpq: zero or negative waits forever; the minimum is 2 s because a
+    // 1 s timer could fire almost at once.
+    let n = parse_int("connect_timeout", value, origin)?;
+    Ok(u64::try_from(n)
+        .ok()
+        .filter(|&n| n > 0)
+        .map(|n| Duration::from_secs(n.max(2))))
+}
 
-    let keepalives = match s.get("keepalives") {
+/// The TCP keepalive settings.
+struct Keepalives {
+    on: bool,
+    idle: Option<Duration>,
+    interval: Option<Duration>,
+    count: Option<u32>,
+}
+
+fn resolve_keepalives(s: &Settings) -> Result<Keepalives, ConnInfoError> {
+    let on = match s.get("keepalives") {
         // libpq: any non-zero integer turns keepalives on.
         Some((value, origin)) => parse_int("keepalives", value, origin)? != 0,
         None => true,
     };
-    let keepalives_idle = match s.get("keepalives_idle") {
-        Some((value, origin)) => parse_seconds("keepalives_idle", value, origin)?,
-        None => None,
+    let seconds = |key: &str| match s.get(key) {
+        Some((value, origin)) => parse_seconds(key, value, origin),
+        None => Ok(None),
     };
-    let keepalives_interval = match s.get("keepalives_interval") {
-        Some((value, origin)) => parse_seconds("keepalives_interval", value, origin)?,
-        None => None,
-    };
-    let keepalives_count = match s.get("keepalives_count") {
+    let count = match s.get("keepalives_count") {
         Some((value, origin)) => u32::try_from(parse_int("keepalives_count", value, origin)?)
             .ok()
             .filter(|&n| n > 0),
@@ -282,24 +319,11 @@ pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParam
              and is ignored"
         );
     }
-
-    Ok(ConnParams {
-        targets,
-        user,
-        password,
-        passfile,
-        dbname,
-        application_name,
-        options,
-        connect_timeout,
-        keepalives,
-        keepalives_idle,
-        keepalives_interval,
-        keepalives_count,
-        tls,
-        channel_binding,
-        require_auth,
-        client_encoding,
+    Ok(Keepalives {
+        on,
+        idle: seconds("keepalives_idle")?,
+        interval: seconds("keepalives_interval")?,
+        count,
     })
 }
 
