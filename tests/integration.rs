@@ -21,3 +21,4 @@ mod stream;
 mod support;
 mod sync_commit;
 mod tls;
+mod verify_compressed;
