@@ -267,11 +267,19 @@ fn cleanup_beside_a_running_stream() {
 
     let load = {
         std::thread::scope(|s| {
-            let load = s.spawn(|| pg.pgbench(&["-n", "-c", "2", "-T", "15"]));
+            let load = s.spawn(|| pg.pgbench(&["-n", "-c", "2", "-T", "10"]));
             let mut removed = 0usize;
             let mut runs = 0usize;
-            while !load.is_finished() {
-                let out = cleanup(Path::new(&dir), &["--keep-size", "3MiB"]);
+            let deadline = std::time::Instant::now() + LONG;
+            // Until the load ends and some segments went: a slow machine
+            // writes few segments, so each round also switches to a new one.
+            while !load.is_finished() || removed < 4 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{runs} runs removed {removed} files"
+                );
+                pg.psql("SELECT pg_switch_wal()");
+                let out = cleanup(Path::new(&dir), &["--keep-size", "2MiB"]);
                 assert!(
                     out.success(),
                     "cleanup failed beside the stream:\n{}",
