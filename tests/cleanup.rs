@@ -324,3 +324,34 @@ fn cleanup_beside_a_running_stream() {
         .count();
     assert_eq!(gaps, 0, "{}", verify.text());
 }
+
+/// A removal that fails stops the run with exit status 1: what went before it
+/// stays removed (still a prefix), nothing after it is touched.
+#[cfg(feature = "failpoints")]
+#[test]
+fn cleanup_stops_at_a_failed_removal() {
+    let archive = build_archive();
+    let dir = archive.path();
+    let everything = names(dir);
+    let mut cmd = crate::support::walrcv_command();
+    cmd.args(["cleanup", "-D", dir.to_str().unwrap()])
+        .args(["--before", "00000001000000000000000B"])
+        .env("FAILPOINTS", "cleanup-unlink=1*off->1*return(EIO)->off");
+    let out = crate::support::run_with_timeout(cmd, LONG);
+    assert_eq!(out.code(), Some(1), "{}", out.text());
+    assert_eq!(
+        listed(&out),
+        set(&["000000010000000000000008.gz"]),
+        "{}",
+        out.text()
+    );
+    assert!(out.stderr.contains("removed 1 files"), "{}", out.text());
+    assert!(
+        out.stderr.contains("000000010000000000000009"),
+        "{}",
+        out.text()
+    );
+    let mut left = everything.clone();
+    left.remove("000000010000000000000008.gz");
+    assert_eq!(names(dir), left);
+}
