@@ -61,6 +61,11 @@ pub enum Command {
     /// history files, compressed or not, each verified first. Exit 0 served,
     /// 1 not in the archive, 200 refused (recovery must stop).
     Restore(crate::tools::restore::RestoreArgs),
+    /// Remove old WAL from an archive (--before SEGMENT, --older-than,
+    /// --keep-size; --dry-run lists). Never the newest file of a timeline,
+    /// never a history file, never a hole. Exit 0 done, 1 removal failed, 2
+    /// bad arguments.
+    Cleanup(crate::tools::cleanup::CleanupArgs),
 }
 
 /// pg_receivewal's options. `-h` is the host, as in pg_receivewal, so help is

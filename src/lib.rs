@@ -18,6 +18,7 @@
 //! - [`service`]: systemd notifications (`READY=1`, watchdog pings, `STATUS=`).
 //! - [`tools`]: offline tools over an archive (`verify`).
 //! - [`cli`]: command-line definitions.
+//! - [`messages`]: how messages on stderr begin (`walrcv:` or, as the drop-in, `pg_receivewal:`).
 //! - [`assets`]: man pages and shell completions generated from them.
 
 pub mod archive;
@@ -25,6 +26,7 @@ pub mod assets;
 pub mod cli;
 pub mod conninfo;
 pub mod lsn;
+pub mod messages;
 pub mod metrics;
 pub mod pgwire;
 pub mod receiver;

@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 use walrcv::cli::{self, Cli, Command, LogFormat, PgReceivewalCli, StreamAction, StreamArgs};
 use walrcv::conninfo::{self, ProcessEnv};
+use walrcv::messages::{self, PgFrontendFormat, Program};
 use walrcv::receiver::{self, exit, Outcome, ReceiverError, StreamOptions};
 use walrcv::shutdown::Shutdown;
 
@@ -22,12 +23,14 @@ fn main() {
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let code = if invoked_as == cli::PG_RECEIVEWAL {
+    let program = Program::from_invoked_name(&invoked_as);
+    let _ = PROGRAM.set(program);
+    let code = if program == Program::PgReceivewal {
         if argv.iter().skip(1).any(|a| a == "-V" || a == "--version") {
             println!("{}", cli::pg_receivewal_version());
             std::process::exit(0);
         }
-        let cli = PgReceivewalCli::parse_from(argv);
+        let cli = parse_pg_receivewal_cli(argv);
         stream_command(cli.stream, cli.log_format)
     } else {
         let cli = parse_cli(argv);
@@ -45,6 +48,10 @@ fn main() {
             Command::Restore(args) => {
                 init_logging(0, cli.log_format);
                 walrcv::tools::restore::run(&args)
+            }
+            Command::Cleanup(args) => {
+                init_logging(0, cli.log_format);
+                walrcv::tools::cleanup::run(&args)
             }
         }
     };
@@ -75,6 +82,30 @@ fn parse_cli(argv: Vec<OsString>) -> Cli {
     }
 }
 
+/// Under the pg_receivewal name, a usage error is reported as pg_receivewal
+/// reports one (`pg_receivewal: error: ...` then its hint, exit status 1);
+/// `--help` is printed by clap as usual.
+fn parse_pg_receivewal_cli(argv: Vec<OsString>) -> PgReceivewalCli {
+    match PgReceivewalCli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let program = Program::PgReceivewal;
+            let message = messages::clap_error_message(&e.render().to_string());
+            eprintln!("{}", program.error_line(message));
+            eprintln!("{}", program.usage_hint());
+            std::process::exit(exit::CONFIG);
+        }
+        Err(e) => e.exit(),
+    }
+}
+
+/// The name the binary runs under: it decides how messages on stderr begin.
+static PROGRAM: OnceLock<Program> = OnceLock::new();
+
+fn program() -> Program {
+    PROGRAM.get().copied().unwrap_or(Program::Walrcv)
+}
+
 /// The log format chosen, once logging is set up: errors printed outside the
 /// log follow it too.
 static LOG_FORMAT: OnceLock<LogFormat> = OnceLock::new();
@@ -91,6 +122,11 @@ fn init_logging(verbose: u8, format: LogFormat) {
         .with_target(false)
         .with_writer(std::io::stderr);
     match format {
+        // Under the pg_receivewal name: PostgreSQL's frontend line format.
+        LogFormat::Text if program() == Program::PgReceivewal => builder
+            .with_ansi(false)
+            .event_format(PgFrontendFormat(Program::PgReceivewal))
+            .init(),
         LogFormat::Text => builder
             // Barman and log collectors read stderr through a pipe: no colour codes there.
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -116,7 +152,7 @@ fn print_error(message: impl Display) {
     if LOG_FORMAT.get() == Some(&LogFormat::Json) {
         tracing::error!("{message}");
     } else {
-        eprintln!("walrcv: error: {message}");
+        eprintln!("{}", program().error_line(message));
     }
 }
 
@@ -133,7 +169,7 @@ fn stream_command(args: StreamArgs, log_format: LogFormat) -> i32 {
         Err(msg) => {
             print_error(msg);
             if LOG_FORMAT.get() != Some(&LogFormat::Json) {
-                eprintln!("Try \"walrcv stream --help\" for more information.");
+                eprintln!("{}", program().usage_hint());
             }
             return exit::CONFIG;
         }

@@ -1,9 +1,11 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
 mod auth;
+mod cleanup;
 mod compress;
 mod conninfo_service;
 mod corruption;
 mod disk_full;
+mod dropin_messages;
 #[cfg(feature = "failpoints")]
 mod failpoints;
 mod fake_primary;
@@ -20,3 +22,4 @@ mod stream;
 mod support;
 mod sync_commit;
 mod tls;
+mod verify_compressed;

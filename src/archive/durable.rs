@@ -52,10 +52,12 @@ pub enum Site {
     /// Files found in the archive at start: their fsync, and the reopening of
     /// an existing `.partial`.
     Startup,
+    /// `walrcv cleanup`: removing old WAL, then the one directory fsync.
+    Cleanup,
 }
 
 impl Site {
-    pub const ALL: [Site; 7] = [
+    pub const ALL: [Site; 8] = [
         Site::Wal,
         Site::Prepare,
         Site::Install,
@@ -63,6 +65,7 @@ impl Site {
         Site::ClosePartial,
         Site::History,
         Site::Startup,
+        Site::Cleanup,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +77,7 @@ impl Site {
             Site::ClosePartial => "close",
             Site::History => "history",
             Site::Startup => "startup",
+            Site::Cleanup => "cleanup",
         }
     }
 }
@@ -88,16 +92,19 @@ pub enum Op {
     Fsync,
     Rename,
     FsyncDir,
+    /// Removing a file (`walrcv cleanup`).
+    Unlink,
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::Open,
         Op::Pwrite,
         Op::Fdatasync,
         Op::Fsync,
         Op::Rename,
         Op::FsyncDir,
+        Op::Unlink,
     ];
 
     pub fn name(self) -> &'static str {
@@ -108,6 +115,7 @@ impl Op {
             Op::Fsync => "fsync",
             Op::Rename => "rename",
             Op::FsyncDir => "fsync-dir",
+            Op::Unlink => "unlink",
         }
     }
 }
@@ -329,6 +337,17 @@ fn parent_dir(path: &Path) -> PathBuf {
 pub fn durable_rename(from: &Path, to: &Path, site: Site) -> Result<(), ArchiveError> {
     rename(from, to, site)?;
     fsync_dir(&parent_dir(to), site)
+}
+
+/// Removes `path` (no fsync: the caller fsyncs the directory once after a
+/// batch of removals). `Ok(false)` when it was already gone: a file removed
+/// by someone else meanwhile is what the caller wanted anyway.
+pub fn remove_file(path: &Path, site: Site) -> Result<bool, ArchiveError> {
+    match injected(site, Op::Unlink, path).and_then(|()| std::fs::remove_file(path)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(ArchiveError::io(path, e)),
+    }
 }
 
 /// A plain rename (no fsync) whose error names both paths.

@@ -1,5 +1,6 @@
 //! Offline tools over an archive directory.
 
+pub mod cleanup;
 pub mod restore;
 pub mod status;
 pub mod verify;
