@@ -14,11 +14,14 @@
 //! files elsewhere would qualify, and no hole is ever made.
 //!
 //! The newest file of each timeline (its highest position, complete or
-//! `.partial`) is protected: never removed, and it does not stop the prefix
-//! (an old timeline's last `.partial`, left at its switch point, would
-//! otherwise block every cleanup after a failover). The stream writes only the
-//! newest timeline's newest segment, so this also keeps cleanup off the file
-//! being written.
+//! `.partial`) is protected: never removed, and, like any file that stays, it
+//! ends the prefix. After a failover the old timeline's last `.partial` (left
+//! at its switch point) therefore stops cleanup at the switch segment: removing
+//! the new timeline's files past it would leave that `.partial` as the only
+//! file of its position with a hole after it, which `walrcv verify` rightly
+//! reports. Removing such a file is a decision for a person (the README says
+//! how). The stream writes only the newest timeline's newest segment, so this
+//! also keeps cleanup off the file being written.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -80,22 +83,18 @@ pub fn plan<'a>(entries: &'a [Entry], rules: &Rules) -> Vec<&'a Entry> {
             .is_none_or(|instant| s.entry.modified < instant);
         before && old && over_size.get(i).copied().unwrap_or(false)
     };
-    // The first position holding a file that must stay (protected files aside).
+    // The first position holding a file that must stay: everything from
+    // there on stays, so what is kept is contiguous.
     let cut = segments
         .iter()
         .enumerate()
-        .find(|(i, s)| !protected.contains(i) && !removable(*i, s))
+        .find(|(i, s)| protected.contains(i) || !removable(*i, s))
         .map(|(_, s)| s.position.clone());
-    let mut remove = Vec::new();
-    for (i, s) in segments.drain(..).enumerate() {
-        if cut.as_ref().is_some_and(|c| s.position >= *c) {
-            break;
-        }
-        if !protected.contains(&i) {
-            remove.push(s.entry);
-        }
-    }
-    remove
+    segments
+        .drain(..)
+        .take_while(|s| cut.as_ref().is_none_or(|c| s.position < *c))
+        .map(|s| s.entry)
+        .collect()
 }
 
 fn segments_in_wal_order(entries: &[Entry]) -> Vec<Segment<'_>> {
@@ -230,8 +229,9 @@ mod tests {
             names(plan(&a, &before("00000007000000000000000A"))),
             ["000000010000000000000008.gz", "000000010000000000000009"]
         );
-        // Timeline 1's last file (its .partial at the switch) stays; timeline
-        // 2's 0C goes; timeline 2's newest stays whatever the cut-off.
+        // Timeline 1's last file (its .partial at the switch) stays, and so
+        // does everything after it: timeline 2's 0C and 0D are kept too, or
+        // the .partial would be left with a hole after it.
         assert_eq!(
             names(plan(&a, &before("0000000200000000000000FF"))),
             [
@@ -239,8 +239,6 @@ mod tests {
                 "000000010000000000000009",
                 "00000001000000000000000A.lz4",
                 "00000001000000000000000B.zst",
-                "00000002000000000000000C",
-                "00000002000000000000000D.zst",
             ]
         );
         assert!(plan(&a, &before("000000010000000000000008")).is_empty());
@@ -297,8 +295,9 @@ mod tests {
             ]
         );
         assert!(plan(&a, &keep(10 * MB)).is_empty());
-        // Even a zero size keeps each timeline's newest file.
-        assert_eq!(plan(&a, &keep(0)).len(), 6);
+        // Even a zero size keeps each timeline's newest file, and what
+        // follows the first of them (timeline 1's .partial at the switch).
+        assert_eq!(plan(&a, &keep(0)).len(), 4);
     }
 
     #[test]
@@ -349,7 +348,7 @@ mod tests {
     #[test]
     fn removal_is_a_prefix_in_wal_order() {
         // Whatever the rules, what stays is contiguous: no kept file lies
-        // before a removed one, except the protected newest of a timeline.
+        // before a removed one, and no timeline's newest file is removed.
         let a = two_timelines();
         for minutes in 0..12 {
             for size in [0, 300_000, MB, 2 * MB, 3 * MB] {
@@ -365,12 +364,15 @@ mod tests {
                     .iter()
                     .rposition(|s| removed.contains(&s.entry))
                     .map_or(0, |i| i + 1);
-                for (i, s) in order.iter().enumerate().take(last_removed) {
+                for s in order.iter().take(last_removed) {
                     assert!(
-                        removed.contains(&s.entry) || protected.contains(&i),
+                        removed.contains(&s.entry),
                         "hole at {} ({minutes} min, {size} B)",
                         s.entry.name
                     );
+                }
+                for &i in &protected {
+                    assert!(!removed.contains(&order[i].entry), "protected file removed");
                 }
             }
         }
