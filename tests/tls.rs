@@ -828,3 +828,30 @@ fn tls_cli_trace_shows_no_password_or_key() {
         assert_no_secrets(&trace, ROLE_PASSWORD, &pki.path("client.key"));
     }
 }
+
+/// A TLS setting that is wrong locally (here: no root certificate file under
+/// verify-full) ends `walrcv stream` at once with exit status 2 and libpq's
+/// message, instead of retrying forever.
+#[test]
+fn tls_cli_local_tls_faults_exit_2_with_libpqs_message() {
+    let pki = make_pki();
+    let pg = tls_server(&pki, 15, "server");
+    let home = tempfile::tempdir().unwrap();
+    let archive = tempfile::tempdir().unwrap();
+    let conninfo = format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD} sslmode=verify-full",
+        pg.port()
+    );
+    let mut cmd = traced(&crate::support::walrcv_bin(), home.path());
+    cmd.args(["stream", "-D"])
+        .arg(archive.path())
+        .args(["-d", &conninfo]);
+    let out = crate::support::run_with_timeout(cmd, Duration::from_secs(60));
+    let text = out.text();
+    assert_eq!(out.code(), Some(2), "{text}");
+    let expected = format!(
+        "root certificate file \"{}\" does not exist",
+        home.path().join(".postgresql/root.crt").display()
+    );
+    assert!(text.contains(&expected), "{text}");
+}
