@@ -26,7 +26,7 @@
 # compare ratios, not absolute figures.
 #
 #   scripts/bench-vs-pg_receivewal.sh [--clients "1 8 32"] [--seconds 12]
-#       [--rounds 3] [--wal-mb 1024] [--keep] [--no-build] [--walrcv PATH]
+#       [--rounds 3] [--wal-mb 1024] [--keep] [--no-build] [--walrcv PATH] [--tls]
 #
 #   --clients LIST  pgbench client counts, space-separated (default "1 8 32")
 #   --seconds N     pgbench -T of each synchronous run (default 12)
@@ -39,6 +39,13 @@
 #                   for each method of LIST (e.g. "lz4 zstd gzip"), in the same
 #                   rotation; the report adds a table against plain walrcv
 #   --sync-only     skip the catch-up phase
+#   --tls           TLS against plain text instead: the primary gets ssl = on
+#                   (a self-signed certificate made with openssl), and the
+#                   synchronous phase alone runs, its receivers being walrcv
+#                   with sslmode=require, walrcv with sslmode=disable and
+#                   pg_receivewal with sslmode=require, rotated per round as
+#                   above; each run checks in pg_stat_ssl that its walsender
+#                   is (or is not) encrypted. No catch-up phase.
 #
 # Measured: TPS and latency average as pgbench prints them; latency p99 from
 # pgbench -l per-transaction logs (exact, nearest rank); receiver CPU-seconds
@@ -64,6 +71,7 @@ build=1
 walrcv=""
 compress=""
 sync_only=0
+tls=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --clients) clients="$2"; shift ;;
@@ -75,6 +83,7 @@ while [ $# -gt 0 ]; do
     --walrcv) walrcv="$2"; build=0; shift ;;
     --compress) compress="$2"; shift ;;
     --sync-only) sync_only=1 ;;
+    --tls) tls=1 ;;
     -h | --help)
         awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
         exit 0
@@ -169,6 +178,13 @@ max_wal_size = '4GB'
 checkpoint_timeout = '30min'
 shared_buffers = '128MB'
 EOF
+if [ "$tls" = 1 ]; then
+    # ssl_cert_file and ssl_key_file default to these names in the data directory.
+    as_server openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+        -keyout "$pgdata/server.key" -out "$pgdata/server.crt" 2>/dev/null
+    chmod 600 "$pgdata/server.key"
+    echo "ssl = on" >>"$pgdata/postgresql.conf"
+fi
 (cd "$pgdir" && as_server "$PGBIN/pg_ctl" -D "$pgdata" -l "$pgdir/server.log" -w start >/dev/null)
 psql_() { psql -XAtq -h "$pgdir" -p "$port" -U postgres -d postgres -c "$1"; }
 conninfo="host=127.0.0.1 port=$port user=postgres"
@@ -291,6 +307,18 @@ sync_run() { # clients, round, position, receiver
         "$walrcv" stream -Z "${rcv#walrcv-}" -D "$dir" -d "$conninfo application_name=$app" >"$tmp/sync/$tag.log" 2>&1 &
         pid=$!
         ;;
+    walrcv_tls | walrcv_plain)
+        app=$rcv comm=walrcv
+        local mode=require
+        [ "$rcv" = walrcv_plain ] && mode=disable
+        "$walrcv" stream -D "$dir" -d "$conninfo application_name=$app sslmode=$mode" >"$tmp/sync/$tag.log" 2>&1 &
+        pid=$!
+        ;;
+    pgrw_tls)
+        app=$rcv comm=pg_receivewal
+        "$pg_receivewal" -D "$dir" -d "$conninfo application_name=$app sslmode=require" --synchronous >"$tmp/sync/$tag.log" 2>&1 &
+        pid=$!
+        ;;
     none) ;;
     *) die "unknown receiver $rcv" ;;
     esac
@@ -301,6 +329,12 @@ sync_run() { # clients, round, position, receiver
         wait_for_comm "$pid" "$comm" || { cat "$tmp/sync/$tag.log" >&2; die "$rcv (pid $pid) is not running as $comm"; }
         set_sync_standby "$app"
         wait_for_sync "$app" "$pid" || { cat "$tmp/sync/$tag.log" >&2; die "$rcv never became the sync standby"; }
+        if [ "$tls" = 1 ]; then
+            local want=t
+            [ "$rcv" = walrcv_plain ] && want=f
+            [ "$(psql_ "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE r.application_name = '$app'")" = "$want" ] ||
+                die "$rcv: its walsender's pg_stat_ssl.ssl is not $want"
+        fi
     fi
     psql_ "CHECKPOINT"
 
@@ -332,15 +366,96 @@ sync_run() { # clients, round, position, receiver
         "$c" "$round" "$rcv" "$tps" "$lat" "$p99" "${cpu:--}" "${rss:--}")"
 }
 
+# --- 3. report -----------------------------------------------------------------
+
+# Median of one CSV column over the rounds for one phase, client count, receiver.
+median() { # phase, clients, receiver, column name
+    awk -F, -v ph="$1" -v c="$2" -v r="$3" -v name="$4" '
+        NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) col = i; next }
+        $1 == ph && $2 == c && $5 == r && $col != "" { print $col }' "$csv" | sort -g |
+        awk '{ v[NR] = $1 }
+            END {
+                if (NR == 0) print ""
+                else if (NR % 2) print v[(NR + 1) / 2]
+                else print (v[NR / 2] + v[NR / 2 + 1]) / 2
+            }'
+}
+fmt() { # printf format, value ("" stays "–")
+    if [ -z "$2" ]; then printf '–'; else awk -v f="$1" -v v="$2" 'BEGIN { printf f, v }'; fi
+}
+# The median over rounds of a / b within each round: every round holds all the
+# receivers, so a trend across rounds (a database growing, a busier machine)
+# cancels out of the ratio.
+median_ratio() { # phase, clients, receiver a, receiver b, column name
+    awk -F, -v ph="$1" -v c="$2" -v a="$3" -v b="$4" -v name="$5" '
+        NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) col = i; next }
+        $1 == ph && $2 == c && $col != "" { if ($5 == a) va[$3] = $col; if ($5 == b) vb[$3] = $col }
+        END { for (r in va) if ((r in vb) && vb[r] > 0) print va[r] / vb[r] }' "$csv" | sort -g |
+        awk '{ v[NR] = $1 }
+            END {
+                if (NR == 0) printf "–"
+                else if (NR % 2) printf "%.2f", v[(NR + 1) / 2]
+                else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2
+            }'
+}
+row() { # label, format, scale divisor, phase, clients, column, ceiling receiver ("" = none)
+    local label=$1 f=$2 d=$3 ph=$4 c=$5 col=$6 ceil=$7 w p x
+    w=$(median "$ph" "$c" walrcv "$col")
+    p=$(median "$ph" "$c" pg_receivewal "$col")
+    x=""
+    [ -n "$ceil" ] && x=$(median "$ph" "$c" "$ceil" "$col")
+    [ -n "$w" ] && w=$(awk -v v="$w" -v d="$d" 'BEGIN { print v / d }')
+    [ -n "$p" ] && p=$(awk -v v="$p" -v d="$d" 'BEGIN { print v / d }')
+    [ -n "$x" ] && x=$(awk -v v="$x" -v d="$d" 'BEGIN { print v / d }')
+    local rx="–"
+    [ -n "$ceil" ] && rx=$(median_ratio "$ph" "$c" walrcv "$ceil" "$col")
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$label" "$(fmt "$f" "$w")" "$(fmt "$f" "$p")" "$(fmt "$f" "$x")" \
+        "$(median_ratio "$ph" "$c" walrcv pg_receivewal "$col")" "$rx"
+}
+
+# The --tls report: walrcv with TLS against walrcv in plain text and
+# pg_receivewal with TLS.
+report_tls() {
+    local c w p x l
+    echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC')  "
+    echo "Command: \`$command_line\`  "
+    echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), ssl = on (RSA 2048, self-signed); walrcv $("$walrcv" --version 2>/dev/null | awk '{ print $2 }'); medians of $rounds round(s), ratios the medians of the per-round ratios; pgbench -N -T $seconds, scale 10; load average $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end."
+    echo
+    echo "| | walrcv TLS | walrcv plain | pg_receivewal TLS | walrcv TLS / plain | walrcv TLS / pg_receivewal TLS |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for c in $clients; do
+        l="sync, $c client$([ "$c" = 1 ] || echo s)"
+        for col in tps cpu_s; do
+            w=$(median sync "$c" walrcv_tls "$col")
+            p=$(median sync "$c" walrcv_plain "$col")
+            x=$(median sync "$c" pgrw_tls "$col")
+            printf '| %s: %s | %s | %s | %s | %s | %s |\n' "$l" "$([ "$col" = tps ] && echo TPS || echo 'receiver CPU (s)')" \
+                "$(fmt '%.2f' "$w")" "$(fmt '%.2f' "$p")" "$(fmt '%.2f' "$x")" \
+                "$(median_ratio sync "$c" walrcv_tls walrcv_plain "$col")" \
+                "$(median_ratio sync "$c" walrcv_tls pgrw_tls "$col")"
+        done
+    done
+}
+
+sync_receivers=(walrcv pg_receivewal none)
+for z in $compress; do sync_receivers+=("walrcv-$z"); done
+[ "$tls" = 1 ] && sync_receivers=(walrcv_tls walrcv_plain pgrw_tls)
 for c in $clients; do
     for ((round = 1; round <= rounds; round++)); do
         pos=0
         while read -r rcv; do
             pos=$((pos + 1))
             sync_run "$c" "$round" "$pos" "$rcv" </dev/null
-        done < <(rotated "$round" walrcv pg_receivewal none $(for z in $compress; do echo "walrcv-$z"; done))
+        done < <(rotated "$round" "${sync_receivers[@]}")
     done
 done
+if [ "$tls" = 1 ]; then
+    say "results (TLS against plain text)"
+    report_tls | tee "$tmp/report.md"
+    echo
+    echo "raw per-run figures: $csv$([ "$keep" = 1 ] || echo ' (deleted on exit: use --keep to keep it)')"
+    exit 0
+fi
 
 # --- 2. catch-up ---------------------------------------------------------------
 catchup_mb=0
@@ -453,53 +568,6 @@ for ((round = 1; round <= rounds; round++)); do
     rm -rf "$tmp/archive-walrcv" "$tmp/archive-pgrw" "$tmpfs_dir/archive"
 done
 fi
-
-# --- 3. report -----------------------------------------------------------------
-
-# Median of one CSV column over the rounds for one phase, client count, receiver.
-median() { # phase, clients, receiver, column name
-    awk -F, -v ph="$1" -v c="$2" -v r="$3" -v name="$4" '
-        NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) col = i; next }
-        $1 == ph && $2 == c && $5 == r && $col != "" { print $col }' "$csv" | sort -g |
-        awk '{ v[NR] = $1 }
-            END {
-                if (NR == 0) print ""
-                else if (NR % 2) print v[(NR + 1) / 2]
-                else print (v[NR / 2] + v[NR / 2 + 1]) / 2
-            }'
-}
-fmt() { # printf format, value ("" stays "–")
-    if [ -z "$2" ]; then printf '–'; else awk -v f="$1" -v v="$2" 'BEGIN { printf f, v }'; fi
-}
-# The median over rounds of a / b within each round: every round holds all the
-# receivers, so a trend across rounds (a database growing, a busier machine)
-# cancels out of the ratio.
-median_ratio() { # phase, clients, receiver a, receiver b, column name
-    awk -F, -v ph="$1" -v c="$2" -v a="$3" -v b="$4" -v name="$5" '
-        NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) col = i; next }
-        $1 == ph && $2 == c && $col != "" { if ($5 == a) va[$3] = $col; if ($5 == b) vb[$3] = $col }
-        END { for (r in va) if ((r in vb) && vb[r] > 0) print va[r] / vb[r] }' "$csv" | sort -g |
-        awk '{ v[NR] = $1 }
-            END {
-                if (NR == 0) printf "–"
-                else if (NR % 2) printf "%.2f", v[(NR + 1) / 2]
-                else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2
-            }'
-}
-row() { # label, format, scale divisor, phase, clients, column, ceiling receiver ("" = none)
-    local label=$1 f=$2 d=$3 ph=$4 c=$5 col=$6 ceil=$7 w p x
-    w=$(median "$ph" "$c" walrcv "$col")
-    p=$(median "$ph" "$c" pg_receivewal "$col")
-    x=""
-    [ -n "$ceil" ] && x=$(median "$ph" "$c" "$ceil" "$col")
-    [ -n "$w" ] && w=$(awk -v v="$w" -v d="$d" 'BEGIN { print v / d }')
-    [ -n "$p" ] && p=$(awk -v v="$p" -v d="$d" 'BEGIN { print v / d }')
-    [ -n "$x" ] && x=$(awk -v v="$x" -v d="$d" 'BEGIN { print v / d }')
-    local rx="–"
-    [ -n "$ceil" ] && rx=$(median_ratio "$ph" "$c" walrcv "$ceil" "$col")
-    printf '| %s | %s | %s | %s | %s | %s |\n' "$label" "$(fmt "$f" "$w")" "$(fmt "$f" "$p")" "$(fmt "$f" "$x")" \
-        "$(median_ratio "$ph" "$c" walrcv pg_receivewal "$col")" "$rx"
-}
 
 report() {
     local c

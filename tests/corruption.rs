@@ -121,7 +121,13 @@ fn persistent_corruption_is_never_acknowledged_and_exits_4() {
         ])
         .args([
             "-d",
-            &format!("host=127.0.0.1 port={} user=postgres", proxy.port),
+            // Plain text from the first byte: the proxy reads the server's
+            // message framing, which the one-byte answer to SSLRequest
+            // (the default sslmode=prefer) would shift.
+            &format!(
+                "host=127.0.0.1 port={} user=postgres sslmode=disable",
+                proxy.port
+            ),
         ])
         .output()
         .unwrap();
@@ -176,7 +182,13 @@ fn transient_corruption_heals_by_restreaming_the_segment() {
     ])
     .args([
         "-d",
-        &format!("host=127.0.0.1 port={} user=postgres", proxy.port),
+        // Plain text from the first byte: the proxy reads the server's
+        // message framing, which the one-byte answer to SSLRequest
+        // (the default sslmode=prefer) would shift.
+        &format!(
+            "host=127.0.0.1 port={} user=postgres sslmode=disable",
+            proxy.port
+        ),
     ]);
     let mut child = crate::support::BackgroundProcess::spawn(cmd);
     let status = child

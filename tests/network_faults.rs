@@ -45,12 +45,15 @@ impl Setup {
         Setup { pg, proxy, archive }
     }
 
-    /// The primary's connection string with the proxy's port.
+    /// The primary's connection string with the proxy's port. Plain text
+    /// from the first byte (`sslmode=disable`): the proxy follows the
+    /// server's message framing, which the one-byte answer to SSLRequest
+    /// under the default `prefer` would shift.
     fn conninfo(&self) -> String {
         let direct = format!("port={}", self.pg.port());
         let proxied = format!("port={}", self.proxy.port());
         format!(
-            "{} application_name={APP}",
+            "{} application_name={APP} sslmode=disable",
             self.pg.conninfo().replace(&direct, &proxied)
         )
     }

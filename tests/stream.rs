@@ -595,6 +595,13 @@ fn bad_input_fails_clearly_and_writes_nothing() {
             2,
             "bogus_key",
         ),
+        // The harness's server has no TLS: refused as libpq does (exit 1, a
+        // connection failure, as pg_receivewal's).
+        (
+            vec!["-d".into(), format!("{conn} sslmode=require")],
+            1,
+            "the server does not support SSL, but SSL was required",
+        ),
         (
             vec![
                 "-d".into(),

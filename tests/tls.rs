@@ -701,3 +701,158 @@ fn tls_no_password_or_key_material_in_trace_output() {
         assert!(!text.contains(line), "key material in:\n{text}");
     }
 }
+
+/// `program` (walrcv, or a `pg_receivewal` link to it) without the
+/// caller's `PG*` variables, with a home directory of its own (no
+/// `~/.postgresql` defaults) and everything logged (`WALRCV_LOG=trace`).
+fn traced(program: &Path, home: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", home)
+        .env("PGPASSFILE", "/nonexistent/walrcv-test-pgpass")
+        .env("WALRCV_LOG", "trace")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Asserts that `text` (a trace) shows neither the password nor any line of
+/// the key file.
+fn assert_no_secrets(text: &str, password: &str, key_file: &Path) {
+    assert!(!text.contains(password), "password in the trace:\n{text}");
+    let key = std::fs::read_to_string(key_file).unwrap();
+    for line in key.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!text.contains(line), "key material in the trace:\n{text}");
+    }
+}
+
+/// Barman's invocation (through a `pg_receivewal` symlink) with
+/// `sslmode=require` in its conninfo; the role is refused without TLS, so the
+/// archive it leaves, byte-identical to the server's, came over TLS. The
+/// trace shows no password.
+#[test]
+fn tls_barman_invocation_with_sslmode_require() {
+    let pki = make_pki();
+    let pg = tls_server(&pki, 15, "server");
+    pg.create_physical_slot("barman");
+    let bin_dir = tempfile::tempdir().unwrap();
+    let link = bin_dir.path().join("pg_receivewal");
+    std::os::unix::fs::symlink(crate::support::walrcv_bin(), &link).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let conninfo = format!(
+        "application_name=barman_receive_wal dbname=replication host=127.0.0.1 \
+         options=-cdatestyle=iso port={} replication=true user=sslonly sslmode=require",
+        pg.port()
+    );
+    let mut cmd = traced(&link, home.path());
+    cmd.env("PGPASSWORD", ROLE_PASSWORD).args([
+        &format!("--dbname={conninfo}"),
+        "--verbose",
+        "--verbose",
+        "--no-loop",
+        "--no-password",
+        &format!("--directory={}", dir.path().display()),
+        "--slot=barman",
+        "--synchronous",
+    ]);
+    let mut child = crate::support::BackgroundProcess::spawn(cmd);
+    crate::support::wait_until(
+        Duration::from_secs(20),
+        "barman_receive_wal streaming over TLS",
+        || {
+            pg.psql(
+                "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) \
+             WHERE r.application_name = 'barman_receive_wal' AND s.ssl",
+            ) == "1"
+        },
+    );
+    pg.pgbench_init(1);
+    pg.force_switch_wal();
+    crate::support::wait_until(Duration::from_secs(30), "segments archived", || {
+        crate::stream::assert_complete_segments_identical(dir.path(), &pg.wal_dir()) >= 2
+    });
+    assert!(child.terminate().success(), "{}", child.stderr());
+    crate::stream::assert_only_barman_names(dir.path());
+    let trace = child.stderr();
+    assert!(trace.contains("TLS established"), "{trace}");
+    assert_no_secrets(&trace, ROLE_PASSWORD, &pki.path("client.key"));
+}
+
+/// A TLS connection with a password and a client certificate, traced at the
+/// finest level by the CLI: neither the password nor the key appears. The
+/// connection string names the key and root files as a DBA would.
+#[test]
+fn tls_cli_trace_shows_no_password_or_key() {
+    let pki = make_pki();
+    let pg = tls_server(&pki, 15, "server");
+    let home = tempfile::tempdir().unwrap();
+    let for_role = |user: &str, extra: &str| {
+        format!(
+            "host=localhost hostaddr=127.0.0.1 port={} user={user} sslmode=verify-full sslrootcert={} {extra}",
+            pg.port(),
+            pki.path("root.crt").display()
+        )
+    };
+    let runs = [
+        for_role("sslonly", &format!("password={ROLE_PASSWORD}")),
+        for_role(
+            "certuser",
+            &format!(
+                "sslcert={} sslkey={}",
+                pki.path("client.crt").display(),
+                pki.path("client.key").display()
+            ),
+        ),
+    ];
+    for (i, conninfo) in runs.iter().enumerate() {
+        let slot = format!("traced{i}");
+        let mut cmd = traced(&crate::support::walrcv_bin(), home.path());
+        cmd.args([
+            "stream",
+            "-v",
+            "-v",
+            "-d",
+            conninfo,
+            "--create-slot",
+            "-S",
+            &slot,
+        ]);
+        let out = cmd.output().unwrap();
+        let trace = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{conninfo}: {trace}");
+        assert!(pg.slot_exists(&slot));
+        assert!(trace.contains("TLS established"), "{trace}");
+        assert_no_secrets(&trace, ROLE_PASSWORD, &pki.path("client.key"));
+    }
+}
+
+/// A TLS setting that is wrong locally (here: no root certificate file under
+/// verify-full) ends `walrcv stream` at once with exit status 2 and libpq's
+/// message, instead of retrying forever.
+#[test]
+fn tls_cli_local_tls_faults_exit_2_with_libpqs_message() {
+    let pki = make_pki();
+    let pg = tls_server(&pki, 15, "server");
+    let home = tempfile::tempdir().unwrap();
+    let archive = tempfile::tempdir().unwrap();
+    let conninfo = format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD} sslmode=verify-full",
+        pg.port()
+    );
+    let mut cmd = traced(&crate::support::walrcv_bin(), home.path());
+    cmd.args(["stream", "-D"])
+        .arg(archive.path())
+        .args(["-d", &conninfo]);
+    let out = crate::support::run_with_timeout(cmd, Duration::from_secs(60));
+    let text = out.text();
+    assert_eq!(out.code(), Some(2), "{text}");
+    let expected = format!(
+        "root certificate file \"{}\" does not exist",
+        home.path().join(".postgresql/root.crt").display()
+    );
+    assert!(text.contains(&expected), "{text}");
+}

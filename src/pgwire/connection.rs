@@ -175,10 +175,13 @@ impl PgError {
         }
     }
 
-    /// Whether retrying cannot help: authentication and authorisation failures.
+    /// Whether retrying cannot help: authentication and authorisation
+    /// failures, and TLS settings or files that are wrong locally (the same
+    /// for every host).
     pub fn is_auth_failure(&self) -> bool {
         match self {
             PgError::NoPassword { .. } | PgError::Authentication { .. } => true,
+            PgError::Tls { source, .. } => source.is_local_configuration(),
             PgError::Server { message, .. } => {
                 message.code.starts_with("28") || message.code == "42501" || message.code == "3D000"
             }

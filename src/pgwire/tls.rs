@@ -101,6 +101,30 @@ pub enum TlsError {
     WrongAlpn,
 }
 
+impl TlsError {
+    /// Whether the fault is in the local settings or files (a missing root
+    /// file, a key readable by others...): the same for every host and every
+    /// retry until the operator fixes it.
+    pub fn is_local_configuration(&self) -> bool {
+        matches!(
+            self,
+            TlsError::RootCertMissing(_)
+                | TlsError::NoRootCertPath
+                | TlsError::Read { .. }
+                | TlsError::Empty { .. }
+                | TlsError::SystemRoots(_)
+                | TlsError::KeyMissing(_)
+                | TlsError::KeyNotRegular(_)
+                | TlsError::KeyPermissions(_)
+                | TlsError::KeyEncrypted(_)
+                | TlsError::BadCrl { .. }
+                | TlsError::VersionRange { .. }
+                | TlsError::Config(_)
+                | TlsError::BadHostName(_)
+        )
+    }
+}
+
 /// How the server's certificate is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verification {
@@ -339,15 +363,46 @@ fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// The certificates of a PEM text, in order (sans-IO; fuzzed by
+/// `fuzz/fuzz_targets/tls_pem.rs`). Other PEM sections are skipped.
+pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
+}
+
+/// The certificate revocation lists of a PEM text (sans-IO, fuzzed).
+pub fn crls_from_pem(pem: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
+}
+
+/// Why a PEM text gives no usable private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPemError {
+    /// Encrypted: would need `sslpassword`.
+    Encrypted,
+    /// No key, or not one rustls reads; the text never quotes the key.
+    Invalid(String),
+}
+
+/// The private key of a PEM text (PKCS#8, PKCS#1 or SEC1; sans-IO, fuzzed).
+/// An encrypted key is recognised before parsing, so it is never mistaken
+/// for a missing one.
+pub fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, KeyPemError> {
+    if pem_key_is_encrypted(&String::from_utf8_lossy(pem)) {
+        return Err(KeyPemError::Encrypted);
+    }
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| KeyPemError::Invalid(e.to_string()))
+}
+
 fn file_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let what = "root certificate";
-    let pem = read_file(what, path)?;
+    let bad = |e: String| TlsError::Config(format!("{}: {e}", path.display()));
     let mut store = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| TlsError::Config(format!("{}: {e}", path.display())))?;
-        store
-            .add(cert)
-            .map_err(|e| TlsError::Config(format!("{}: {e}", path.display())))?;
+    for cert in certificates_from_pem(&read_file(what, path)?).map_err(bad)? {
+        store.add(cert).map_err(|e| bad(e.to_string()))?;
     }
     if store.is_empty() {
         return Err(TlsError::Empty {
@@ -374,18 +429,13 @@ fn system_roots() -> Result<RootCertStore, TlsError> {
 }
 
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let pem = read_file("certificate revocation list", path)?;
-    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::BadCrl {
-            path: path.to_path_buf(),
-            why: e.to_string(),
-        })?;
+    let bad = |why| TlsError::BadCrl {
+        path: path.to_path_buf(),
+        why,
+    };
+    let crls = crls_from_pem(&read_file("certificate revocation list", path)?).map_err(bad)?;
     if crls.is_empty() {
-        return Err(TlsError::BadCrl {
-            path: path.to_path_buf(),
-            why: "no X509 CRL in it".to_string(),
-        });
+        return Err(bad("no X509 CRL in it".to_string()));
     }
     Ok(crls)
 }
@@ -399,9 +449,7 @@ fn client_certificate(settings: &TlsSettings) -> Result<Option<ClientIdentity>, 
         return Ok(None);
     };
     let what = "certificate";
-    let pem = read_file(what, cert_path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
+    let certs = certificates_from_pem(&read_file(what, cert_path)?)
         .map_err(|e| TlsError::Config(format!("{}: {e}", cert_path.display())))?;
     if certs.is_empty() {
         return Err(TlsError::Empty {
@@ -424,13 +472,12 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     if key_file_refused(meta.mode(), meta.uid()) {
         return Err(TlsError::KeyPermissions(path.to_path_buf()));
     }
-    let pem = read_file("private key", path)?;
-    if pem_key_is_encrypted(&String::from_utf8_lossy(&pem)) {
-        return Err(TlsError::KeyEncrypted(path.to_path_buf()));
-    }
-    // The parser's error never quotes the key; do not add anything that would.
-    PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| TlsError::Config(format!("private key file \"{}\": {e}", path.display())))
+    private_key_from_pem(&read_file("private key", path)?).map_err(|e| match e {
+        KeyPemError::Encrypted => TlsError::KeyEncrypted(path.to_path_buf()),
+        KeyPemError::Invalid(why) => {
+            TlsError::Config(format!("private key file \"{}\": {why}", path.display()))
+        }
+    })
 }
 
 /// `require` (and the other non-verifying modes) without a root file:
@@ -701,6 +748,27 @@ mod tests {
     }
 
     #[test]
+    fn pem_texts() {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert_pem = certified.cert.pem();
+        let key_pem = certified.signing_key.serialize_pem();
+        let both = format!("{key_pem}{cert_pem}{cert_pem}");
+        assert_eq!(certificates_from_pem(both.as_bytes()).unwrap().len(), 2);
+        assert!(private_key_from_pem(both.as_bytes()).is_ok());
+        assert!(crls_from_pem(both.as_bytes()).unwrap().is_empty());
+        assert!(matches!(
+            private_key_from_pem(cert_pem.as_bytes()),
+            Err(KeyPemError::Invalid(_))
+        ));
+        let encrypted =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMII\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert_eq!(
+            private_key_from_pem(encrypted.as_bytes()),
+            Err(KeyPemError::Encrypted)
+        );
+    }
+
+    #[test]
     fn encrypted_keys_are_recognised() {
         assert!(pem_key_is_encrypted(
             "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMII\n-----END ENCRYPTED PRIVATE KEY-----\n"
@@ -711,6 +779,15 @@ mod tests {
         assert!(!pem_key_is_encrypted(
             "-----BEGIN PRIVATE KEY-----\nMII\n-----END PRIVATE KEY-----\n"
         ));
+    }
+
+    #[test]
+    fn local_configuration_faults_are_told_from_the_servers() {
+        assert!(TlsError::KeyPermissions(PathBuf::from("k")).is_local_configuration());
+        assert!(TlsError::RootCertMissing(PathBuf::from("r")).is_local_configuration());
+        assert!(!TlsError::ServerRefusedTls.is_local_configuration());
+        assert!(!TlsError::Handshake(io::Error::other("x")).is_local_configuration());
+        assert!(!TlsError::NoAlpn.is_local_configuration());
     }
 
     #[test]
