@@ -90,6 +90,16 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, ReceiverError> {
     let archive = ArchiveDir::open(&opts.directory).map_err(ReceiverError::Archive)?;
+    if opts.compression.method == crate::archive::names::Compression::Lz4
+        && opts.compression.level > 0
+    {
+        // Accepted for pg_receivewal compatibility; say so rather than
+        // letting a DBA believe a higher level is in effect.
+        tracing::warn!(
+            "lz4 level {} has no effect: walrcv's lz4 encoder has one level (lz4's fast mode)",
+            opts.compression.level
+        );
+    }
     // Served until `run` returns; a bind failure is a configuration error.
     let _metrics_server = match &opts.metrics_address {
         Some(address) => Some(
