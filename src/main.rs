@@ -83,7 +83,8 @@ fn parse_cli(argv: Vec<OsString>) -> Cli {
 }
 
 /// Under the pg_receivewal name, a usage error is reported as pg_receivewal
-/// reports one (`pg_receivewal: error: ...` then its hint, exit status 1);
+/// reports one (`pg_receivewal: error: ...` then its hint), with walrcv's
+/// exit status for a usage error (2; pg_receivewal says 1, see README);
 /// `--help` is printed by clap as usual.
 fn parse_pg_receivewal_cli(argv: Vec<OsString>) -> PgReceivewalCli {
     match PgReceivewalCli::try_parse_from(argv) {
