@@ -61,11 +61,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let settings = settings(first);
-    let strict = settings.channel_binding == ChannelBinding::Require
-        || (first >> 2) & 3 == 1;
+    let strict = settings.channel_binding == ChannelBinding::Require || (first >> 2) & 3 == 1;
     // Server text (mechanism names) is echoed in errors: an input carrying
     // the password would show it through no fault of the client.
-    let echoes_password = rest.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes());
+    let echoes_password = rest
+        .windows(PASSWORD.len())
+        .any(|w| w == PASSWORD.as_bytes());
     let leaks = |shown: &str| !echoes_password && shown.contains(PASSWORD);
     let mut auth = Authenticator::new(settings);
     let mut buf = BytesMut::from(rest);

@@ -25,6 +25,8 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use walrcv::archive::compress_spec::CompressionSpec;
+use walrcv::archive::names::Compression;
 use walrcv::archive::{ArchiveDir, Scan, SegmentFile};
 use walrcv::lsn::{history_file_name, parse_history_file_name, parse_wal_file_name, Lsn};
 use walrcv::pgwire::QueryResult;
@@ -76,6 +78,8 @@ fn scan_of(spec: &[u8], segment_size: u64) -> Scan {
                 partial: g[12] & 1 != 0,
                 size: 0,
                 path: PathBuf::from(name),
+                // The start point does not depend on how a file is stored.
+                compression: Compression::ALL[usize::from(g[12] >> 1) % Compression::ALL.len()],
             });
         }
     }
@@ -113,7 +117,7 @@ fn check_store(timeline: u32, name_cell: &[u8], content: &[u8]) {
         return;
     };
     let (path, dir) = archive();
-    match dir.write_history(timeline, &name, content, false) {
+    match dir.write_history(timeline, &name, content, false, CompressionSpec::NONE) {
         Ok(()) => {
             assert_eq!(name, history_file_name(timeline));
             assert!(dir.has_history(timeline));

@@ -7,8 +7,8 @@
 use libfuzzer_sys::fuzz_target;
 use walrcv::conninfo::SslMode;
 use walrcv::pgwire::tls::{
-    certificates_from_pem, crls_from_pem, pem_key_is_encrypted, private_key_from_pem,
-    ssl_response, KeyPemError, SslResponse,
+    certificates_from_pem, crls_from_pem, pem_key_is_encrypted, private_key_from_pem, ssl_response,
+    KeyPemError, SslResponse,
 };
 
 fuzz_target!(|data: &[u8]| {
