@@ -210,12 +210,14 @@ fn a_fresh_archive_starting_mid_record_says_the_first_record_is_not_checked() {
     // a session on an empty archive starts at that segment's start: inside
     // the record. (Emitted again if it ended too near a segment boundary for
     // that to hold: right at one, or so near the next that background WAL
-    // could cross it.)
+    // could cross it.) Transactional, so that the commit flushes the record:
+    // IDENTIFY_SYSTEM reports the flush position, and a non-transactional
+    // message may not be flushed yet when walrcv asks, which made it start
+    // one segment earlier (a race seen once in CI-like runs).
     let end = loop {
-        let end =
-            crate::support::parse_lsn(&pg.psql(
-                "SELECT pg_logical_emit_message(false, 'walrcv-resume', repeat('w', 2500000))",
-            ));
+        let end = crate::support::parse_lsn(
+            &pg.psql("SELECT pg_logical_emit_message(true, 'walrcv-resume', repeat('w', 2500000))"),
+        );
         if (64..MB - 256 * 1024).contains(&(end % MB)) {
             break end;
         }
