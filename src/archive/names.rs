@@ -26,6 +26,13 @@ use super::durable::TMP_SUFFIX;
 /// Suffix of a segment (or history file) still being written.
 pub const PARTIAL_SUFFIX: &str = ".partial";
 
+/// Suffix that sets a divergent segment file aside (see
+/// [`ArchiveName::Divergent`]). It ends in `.tmp` because Barman's archiver
+/// ignores such names and moves any other unknown name to its errors
+/// directory; the `.divergent` before it keeps walrcv from ever taking it for
+/// an interrupted write (those are removed at start-up).
+pub const DIVERGENT_SUFFIX: &str = ".divergent.tmp";
+
 /// Suffix of a backup history file (`<segment>.<8 hex offset>.backup`).
 pub const BACKUP_SUFFIX: &str = ".backup";
 
@@ -132,6 +139,15 @@ pub enum ArchiveName {
     },
     /// `<segment>.<offset>.backup`: a backup history file.
     Backup { segment: SegmentName, offset: u32 },
+    /// A segment file set aside because it holds WAL past the point where the
+    /// server's history left its timeline (`NAME[.gz|.lz4|.zst][.partial]`
+    /// followed by [`DIVERGENT_SUFFIX`]). Never streamed into, restored,
+    /// taken as a start point or removed; `verify` reports it.
+    Divergent {
+        name: SegmentName,
+        compression: Compression,
+        partial: bool,
+    },
     /// A temporary (`.tmp`) of a WAL or history name: an interrupted write,
     /// never WAL.
     Temporary,
@@ -142,6 +158,20 @@ pub enum ArchiveName {
 impl ArchiveName {
     /// Classifies one directory entry name.
     pub fn classify(name: &str) -> ArchiveName {
+        if let Some(base) = name.strip_suffix(DIVERGENT_SUFFIX) {
+            return match ArchiveName::classify(base) {
+                ArchiveName::Segment {
+                    name,
+                    compression,
+                    partial,
+                } => ArchiveName::Divergent {
+                    name,
+                    compression,
+                    partial,
+                },
+                _ => ArchiveName::Foreign,
+            };
+        }
         if let Some(base) = name.strip_suffix(TMP_SUFFIX) {
             return match ArchiveName::classify(base) {
                 ArchiveName::Segment { .. } | ArchiveName::History { .. } => ArchiveName::Temporary,
@@ -202,6 +232,12 @@ pub fn segment_file_name(name: &SegmentName, compression: Compression, partial: 
     format!("{}{}{partial}", name.as_str(), compression.suffix())
 }
 
+/// The name a divergent segment file is set aside under: its own name
+/// followed by [`DIVERGENT_SUFFIX`].
+pub fn divergent_file_name(segment_file_name: &str) -> String {
+    format!("{segment_file_name}{DIVERGENT_SUFFIX}")
+}
+
 /// The file name of a history file: `TTTTTTTT.history[.gz|.lz4|.zst]`.
 pub fn history_file_name(timeline: TimeLineId, compression: Compression) -> String {
     format!(
@@ -224,6 +260,33 @@ mod tests {
     }
 
     const S: &str = "000000010000000000000003";
+
+    #[test]
+    fn divergent_files_are_neither_segments_nor_temporaries() {
+        for c in Compression::ALL {
+            for partial in [false, true] {
+                let name = segment_file_name(&SegmentName::parse(S).unwrap(), c, partial);
+                let aside = divergent_file_name(&name);
+                assert_eq!(
+                    ArchiveName::classify(&aside),
+                    ArchiveName::Divergent {
+                        name: SegmentName::parse(S).unwrap(),
+                        compression: c,
+                        partial
+                    },
+                    "{aside}"
+                );
+            }
+        }
+        assert_eq!(
+            ArchiveName::classify("00000002.history.divergent.tmp"),
+            ArchiveName::Foreign
+        );
+        assert_eq!(
+            ArchiveName::classify("notwal.divergent.tmp"),
+            ArchiveName::Foreign
+        );
+    }
 
     #[test]
     fn every_segment_variant_pg_receivewal_and_walrcv_write() {

@@ -243,7 +243,8 @@ impl ArchiveDir {
                     compression,
                     partial,
                 } => (seg, compression, partial),
-                ArchiveName::Temporary => continue,
+                // Set aside on purpose: never a start point.
+                ArchiveName::Temporary | ArchiveName::Divergent { .. } => continue,
                 ArchiveName::Backup { .. } | ArchiveName::Foreign => {
                     tracing::debug!(
                         path = %path.display(),

@@ -120,7 +120,10 @@ pub(super) fn list(dir: &Path) -> Result<Inventory, VerifyToolError> {
                         .insert(timeline, HistoryFile { path, compression });
                 }
             }
-            ArchiveName::Backup { .. } | ArchiveName::Temporary | ArchiveName::Foreign => {}
+            ArchiveName::Backup { .. }
+            | ArchiveName::Temporary
+            | ArchiveName::Divergent { .. }
+            | ArchiveName::Foreign => {}
         }
     }
     inventory.segments.sort_by(|a, b| a.name.cmp(&b.name));
