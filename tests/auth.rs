@@ -47,6 +47,8 @@ fn params(port: u16, user: &str, password: Option<&str>) -> ConnParams {
         channel_binding: ChannelBinding::Prefer,
         require_auth: None,
         client_encoding: None,
+        target_session_attrs: walrcv::conninfo::TargetSessionAttrs::Any,
+        load_balance_hosts: walrcv::conninfo::LoadBalanceHosts::Disable,
     }
 }
 

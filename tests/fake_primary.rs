@@ -177,6 +177,8 @@ fn options(dir: &Path, port: u16) -> StreamOptions {
             channel_binding: walrcv::conninfo::ChannelBinding::Prefer,
             require_auth: None,
             client_encoding: None,
+            target_session_attrs: walrcv::conninfo::TargetSessionAttrs::Any,
+            load_balance_hosts: walrcv::conninfo::LoadBalanceHosts::Disable,
         },
         slot: None,
         endpos: None,

@@ -265,6 +265,8 @@ impl Case {
             channel_binding: ChannelBinding::Prefer,
             require_auth: None,
             client_encoding: None,
+            target_session_attrs: walrcv::conninfo::TargetSessionAttrs::Any,
+            load_balance_hosts: walrcv::conninfo::LoadBalanceHosts::Disable,
         }
     }
 

@@ -25,10 +25,11 @@
 //! what walrcv does (`sslcompression`, `sslkeylogfile`, `sslpassword` (an
 //! encrypted key is refused by the TLS layer), GSSAPI and OAuth details) are
 //! accepted and ignored; keywords whose value *demands* something walrcv cannot
-//! do (`gssencmode=require`, `sslcrldir`, `sslcertmode=require`,
-//! `target_session_attrs=read-write`, ...) are errors, because quietly
-//! connecting with weaker guarantees than asked for is worse than not
-//! connecting.
+//! do (`gssencmode=require`, `sslcrldir`, `sslcertmode=require`, ...) are
+//! errors, because quietly connecting with weaker guarantees than asked for is
+//! worse than not connecting. `target_session_attrs` and `load_balance_hosts`
+//! resolve into [`TargetSessionAttrs`] and [`LoadBalanceHosts`]; the check of
+//! each server against them is `pgwire::session_attrs`'.
 //!
 //! Module map: `keywords` (the keyword table), `keyvalue` and `uri` (the two
 //! string forms), `service` (pg_service.conf), `env` (environment and passwd),
@@ -85,6 +86,14 @@ pub enum ConnInfoError {
     /// replaced by `***`.
     #[error("invalid URI {uri:?}: {what}")]
     BadUri { uri: String, what: String },
+    /// A value outside a keyword's fixed set, in libpq's wording
+    /// (`invalid target_session_attrs value: "x"`), then walrcv's details.
+    #[error("invalid {key} value: \"{value}\" ({what})")]
+    InvalidChoice {
+        key: String,
+        value: String,
+        what: String,
+    },
     #[error("invalid value for \"{key}\": {value:?} ({what})")]
     BadValue {
         key: String,
@@ -223,6 +232,87 @@ impl TlsSettings {
     }
 }
 
+/// `target_session_attrs` (libpq 14+): which kind of server a connection must
+/// reach; hosts that are not of that kind are skipped (libpq's
+/// `target_server_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetSessionAttrs {
+    /// Any server (the default).
+    #[default]
+    Any,
+    /// A session that accepts writes: not in hot standby, and
+    /// `default_transaction_read_only` off.
+    ReadWrite,
+    /// The opposite of `ReadWrite`.
+    ReadOnly,
+    /// A server that is not in hot standby (recovery).
+    Primary,
+    /// A server in hot standby.
+    Standby,
+    /// A standby if one answers, else any server (a second pass over the hosts).
+    PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    /// Every value, in libpq's order.
+    pub const ALL: [TargetSessionAttrs; 6] = [
+        TargetSessionAttrs::Any,
+        TargetSessionAttrs::ReadWrite,
+        TargetSessionAttrs::ReadOnly,
+        TargetSessionAttrs::Primary,
+        TargetSessionAttrs::Standby,
+        TargetSessionAttrs::PreferStandby,
+    ];
+
+    /// The keyword value libpq spells.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "primary",
+            TargetSessionAttrs::Standby => "standby",
+            TargetSessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+
+    /// libpq's spelling, exactly (case-sensitive, as `connectOptions2`'s strcmp).
+    pub fn from_keyword(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == value)
+    }
+}
+
+impl fmt::Display for TargetSessionAttrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `load_balance_hosts` (libpq 16+): try the hosts in the order given, or in
+/// a random order chosen anew for each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadBalanceHosts {
+    #[default]
+    Disable,
+    Random,
+}
+
+impl LoadBalanceHosts {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadBalanceHosts::Disable => "disable",
+            LoadBalanceHosts::Random => "random",
+        }
+    }
+
+    /// libpq's spelling, exactly (case-sensitive, as `connectOptions2`'s strcmp).
+    pub fn from_keyword(value: &str) -> Option<Self> {
+        [LoadBalanceHosts::Disable, LoadBalanceHosts::Random]
+            .into_iter()
+            .find(|l| l.as_str() == value)
+    }
+}
+
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -307,6 +397,10 @@ pub struct ConnParams {
     /// `PGCLIENTENCODING`); `None` leaves the server default. libpq's `auto`
     /// (derive it from the locale) is treated as `None`.
     pub client_encoding: Option<String>,
+    /// Which kind of server to accept among `targets`.
+    pub target_session_attrs: TargetSessionAttrs,
+    /// Whether to shuffle `targets` before each connection.
+    pub load_balance_hosts: LoadBalanceHosts,
 }
 
 /// Values given by command-line flags (`-h`, `-p`, `-U`, a prompted password);

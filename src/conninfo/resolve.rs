@@ -14,8 +14,8 @@ use super::service::lookup_service;
 use super::tls::resolve_tls;
 use super::uri::uri_prefix_len;
 use super::{
-    parse, ConnInfoError, ConnParams, Overrides, Target, DEFAULT_APPLICATION_NAME, DEFAULT_PORT,
-    DEFAULT_SOCKET_DIR, REPLICATION_DBNAME,
+    parse, ConnInfoError, ConnParams, LoadBalanceHosts, Overrides, Target, TargetSessionAttrs,
+    DEFAULT_APPLICATION_NAME, DEFAULT_PORT, DEFAULT_SOCKET_DIR, REPLICATION_DBNAME,
 };
 
 /// Where a setting came from, for error messages.
@@ -202,7 +202,42 @@ pub fn resolve(overrides: &Overrides, env: &dyn Environment) -> Result<ConnParam
         channel_binding,
         require_auth,
         client_encoding: resolve_client_encoding(&s),
+        target_session_attrs: resolve_keyword_choice(
+            &s,
+            "target_session_attrs",
+            TargetSessionAttrs::from_keyword,
+            &TargetSessionAttrs::ALL.map(TargetSessionAttrs::as_str),
+        )?
+        .unwrap_or_default(),
+        load_balance_hosts: resolve_keyword_choice(
+            &s,
+            "load_balance_hosts",
+            LoadBalanceHosts::from_keyword,
+            &["disable", "random"],
+        )?
+        .unwrap_or_default(),
     })
+}
+
+/// A keyword with a fixed set of values, checked as libpq's `connectOptions2`
+/// does (exact spelling), with its message: `invalid KEY value: "VALUE"`.
+fn resolve_keyword_choice<T>(
+    s: &Settings,
+    key: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    valid: &[&str],
+) -> Result<Option<T>, ConnInfoError> {
+    let Some((value, origin)) = s.get(key) else {
+        return Ok(None);
+    };
+    match parse(value) {
+        Some(v) => Ok(Some(v)),
+        None => Err(ConnInfoError::InvalidChoice {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            what: format!("valid values are {}; {origin}", valid.join(", ")),
+        }),
+    }
 }
 
 /// `requirepeer` asks to check the server process's OS user, which walrcv
@@ -436,26 +471,6 @@ fn check_unsupported(s: &Settings) -> Result<(), ConnInfoError> {
         &["disable", "prefer"],
         &["require"],
         "GSSAPI encryption is not supported",
-    )?;
-    check_choice(
-        s,
-        "target_session_attrs",
-        &["any"],
-        &[
-            "read-write",
-            "read-only",
-            "primary",
-            "standby",
-            "prefer-standby",
-        ],
-        "walrcv does not check the server's role; list only the server to stream from",
-    )?;
-    check_choice(
-        s,
-        "load_balance_hosts",
-        &["disable"],
-        &["random"],
-        "walrcv tries hosts in the order given",
     )?;
     // PG18 protocol version bounds: walrcv speaks protocol 3.0.
     check_choice(

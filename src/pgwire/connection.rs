@@ -834,6 +834,8 @@ mod tests {
             channel_binding: crate::conninfo::ChannelBinding::Prefer,
             require_auth: None,
             client_encoding: None,
+            target_session_attrs: crate::conninfo::TargetSessionAttrs::Any,
+            load_balance_hosts: crate::conninfo::LoadBalanceHosts::Disable,
         }
     }
 

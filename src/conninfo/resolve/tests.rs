@@ -28,6 +28,8 @@ fn defaults() {
             channel_binding: crate::conninfo::ChannelBinding::Prefer,
             require_auth: None,
             client_encoding: None,
+            target_session_attrs: crate::conninfo::TargetSessionAttrs::Any,
+            load_balance_hosts: crate::conninfo::LoadBalanceHosts::Disable,
         }
     );
     let env = FakeEnv {
@@ -477,9 +479,6 @@ fn harmless_keys_are_ignored() {
 fn demanding_values_are_refused() {
     for (s, key) in [
         ("gssencmode=require", "gssencmode"),
-        ("target_session_attrs=read-write", "target_session_attrs"),
-        ("target_session_attrs=primary", "target_session_attrs"),
-        ("load_balance_hosts=random", "load_balance_hosts"),
         ("sslcrldir=/d", "sslcrldir"),
         ("sslcertmode=require", "sslcertmode"),
         ("ssl_min_protocol_version=TLSv1", "ssl_min_protocol_version"),
@@ -505,7 +504,6 @@ fn demanding_values_are_refused() {
     for (s, key) in [
         ("gssencmode=maybe", "gssencmode"),
         ("channel_binding=x", "channel_binding"),
-        ("target_session_attrs=x", "target_session_attrs"),
         ("max_protocol_version=4.0", "max_protocol_version"),
     ] {
         let err = resolve_d(s).unwrap_err();
@@ -533,4 +531,110 @@ fn unknown_key_in_d_is_reported() {
         resolve_d("host=h pg"),
         Err(ConnInfoError::MissingEquals(_))
     ));
+}
+
+// ---- target_session_attrs and load_balance_hosts ----
+
+#[test]
+fn every_target_session_attrs_value_is_accepted() {
+    assert_eq!(
+        resolve_d("host=h").unwrap().target_session_attrs,
+        TargetSessionAttrs::Any
+    );
+    for attrs in TargetSessionAttrs::ALL {
+        let p = resolve_d(&format!("host=a,b target_session_attrs={attrs}")).unwrap();
+        assert_eq!(p.target_session_attrs, attrs);
+        assert_eq!(p.targets, vec![tcp("a", 5432), tcp("b", 5432)]);
+    }
+    let uri = "postgresql://a:5433,b:5434/?target_session_attrs=prefer-standby";
+    let p = resolve_d(uri).unwrap();
+    assert_eq!(p.target_session_attrs, TargetSessionAttrs::PreferStandby);
+    assert_eq!(p.targets, vec![tcp("a", 5433), tcp("b", 5434)]);
+}
+
+#[test]
+fn load_balance_hosts_values() {
+    assert_eq!(
+        resolve_d("host=h").unwrap().load_balance_hosts,
+        LoadBalanceHosts::Disable
+    );
+    for (value, want) in [
+        ("disable", LoadBalanceHosts::Disable),
+        ("random", LoadBalanceHosts::Random),
+    ] {
+        let p = resolve_d(&format!("host=a,b load_balance_hosts={value}")).unwrap();
+        assert_eq!(p.load_balance_hosts, want);
+    }
+}
+
+#[test]
+fn invalid_choices_use_libpq_wording() {
+    for (s, key, value) in [
+        ("target_session_attrs=x", "target_session_attrs", "x"),
+        // Exact spelling, as libpq's strcmp.
+        (
+            "target_session_attrs=Primary",
+            "target_session_attrs",
+            "Primary",
+        ),
+        (
+            "target_session_attrs=master",
+            "target_session_attrs",
+            "master",
+        ),
+        (
+            "load_balance_hosts=doesnotexist",
+            "load_balance_hosts",
+            "doesnotexist",
+        ),
+        ("load_balance_hosts=on", "load_balance_hosts", "on"),
+    ] {
+        let err = resolve_d(s).unwrap_err();
+        assert!(
+            matches!(&err, ConnInfoError::InvalidChoice { key: k, .. } if k == key),
+            "{s}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("invalid {key} value: \"{value}\"")),
+            "{text}"
+        );
+        assert!(text.contains("set in the connection string"), "{text}");
+    }
+    let text = resolve_d("target_session_attrs=x").unwrap_err().to_string();
+    assert!(
+        text.contains("any, read-write, read-only, primary, standby, prefer-standby"),
+        "{text}"
+    );
+}
+
+#[test]
+fn session_attrs_and_load_balancing_from_the_environment() {
+    let env = FakeEnv::new()
+        .with("PGTARGETSESSIONATTRS", "read-write")
+        .with("PGLOADBALANCEHOSTS", "random");
+    let p = resolve(&Overrides::default(), &env).unwrap();
+    assert_eq!(p.target_session_attrs, TargetSessionAttrs::ReadWrite);
+    assert_eq!(p.load_balance_hosts, LoadBalanceHosts::Random);
+    // The connection string wins over the environment.
+    let p = resolve(&d("target_session_attrs=standby"), &env).unwrap();
+    assert_eq!(p.target_session_attrs, TargetSessionAttrs::Standby);
+    // A bad value from the environment names the variable.
+    let env = FakeEnv::new().with("PGTARGETSESSIONATTRS", "primary-ish");
+    let text = resolve(&Overrides::default(), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("PGTARGETSESSIONATTRS"), "{text}");
+}
+
+#[test]
+fn session_attrs_from_a_service_file() {
+    let env = FakeEnv::new().with("PGSERVICEFILE", "/svc.conf").with_file(
+        "/svc.conf",
+        "[ha]\nhost=a,b\ntarget_session_attrs=primary\nload_balance_hosts=random\n",
+    );
+    let p = resolve(&d("service=ha"), &env).unwrap();
+    assert_eq!(p.target_session_attrs, TargetSessionAttrs::Primary);
+    assert_eq!(p.load_balance_hosts, LoadBalanceHosts::Random);
+    assert_eq!(p.targets, vec![tcp("a", 5432), tcp("b", 5432)]);
 }
