@@ -25,8 +25,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::auth::{AuthError, AuthSettings, Authenticator, Step};
 use super::backend::{self, truncated, BackendMessage, ProtocolError, ServerMessage};
+use super::session_attrs::{self, Pass, Rejection, ServerState, Verdict};
 use super::tls::{self, AttemptFailure, Encryption, SslResponse, TlsError};
-use crate::conninfo::{ConnParams, SslNegotiation, Target};
+use crate::conninfo::{ConnParams, LoadBalanceHosts, SslNegotiation, Target, TargetSessionAttrs};
 
 /// Anything we can speak the protocol over.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -76,6 +77,14 @@ pub enum PgError {
     },
     #[error("no host to connect to")]
     NoTarget,
+    /// Every host failed, at least one because its role did not fit
+    /// `target_session_attrs`; one entry per attempt, in order, in libpq's
+    /// wording. Retryable: a standby may be promoted, a host may come back.
+    #[error("no server fits target_session_attrs={attrs}: {}", .failures.join("; "))]
+    NoSuitableHost {
+        attrs: TargetSessionAttrs,
+        failures: Vec<String>,
+    },
     #[error("{target}: {source}")]
     Tls { target: String, source: TlsError },
     /// The second attempt of `sslmode=prefer` (without TLS) or `allow` (with
@@ -101,6 +110,34 @@ fn describe(encryption: Encryption) -> &'static str {
         Encryption::Tls => "with TLS",
         Encryption::Plain => "without TLS",
     }
+}
+
+/// The order to try the targets in: as given, or with
+/// `load_balance_hosts=random` a new random order for each connection (libpq
+/// shuffles once per connection object, i.e. per connection attempt).
+fn host_order(params: &ConnParams) -> Vec<&Target> {
+    let mut order: Vec<&Target> = params.targets.iter().collect();
+    if params.load_balance_hosts == LoadBalanceHosts::Random {
+        session_attrs::shuffle(&mut order, fresh_seed());
+    }
+    order
+}
+
+/// A seed for the host shuffle: from the kernel's generator when it can be
+/// read, else from the time and pid (libpq's `libpq_prng_init` falls back the
+/// same way). Not secret: it only spreads connections over hosts.
+fn fresh_seed() -> u64 {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let from_kernel =
+        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if from_kernel.is_ok() {
+        return u64::from_le_bytes(bytes);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
 }
 
 /// The TCP (or Unix socket) connect timeout when the connection string sets no
@@ -259,39 +296,121 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects to the first target of `params` that accepts us, with
-    /// `replication=true` and the given application name. Authentication
-    /// failures end the attempt at once (other hosts would say the same).
-    /// Every message awaited outside the CopyBoth stream, from start-up on,
-    /// waits at most `reply_timeout`.
+    /// Connects to the first target of `params` that accepts us and fits
+    /// `target_session_attrs`, with `replication=true` and the given
+    /// application name. The targets are tried in order, or shuffled anew for
+    /// each call with `load_balance_hosts=random`; `prefer-standby` makes a
+    /// second pass accepting any server, as libpq. A server that does not fit
+    /// is closed (Terminate) and the next one tried. Authentication failures
+    /// end the attempt at once (other hosts would say the same). Every
+    /// message awaited outside the CopyBoth stream, from start-up on, waits
+    /// at most `reply_timeout`.
+    ///
+    /// When no host fits and at least one was refused for its role, the error
+    /// is [`PgError::NoSuitableHost`], naming each host and why; otherwise the
+    /// last host's error.
     pub async fn connect(
         params: &ConnParams,
         replication: bool,
         reply_timeout: Duration,
     ) -> Result<Connection, PgError> {
+        let attrs = params.target_session_attrs;
+        let order = host_order(params);
         let mut last = PgError::NoTarget;
-        for target in &params.targets {
-            let attempt = Self::connect_one(params, target, replication, reply_timeout);
-            let result = match params.connect_timeout {
-                Some(t) => match tokio::time::timeout(t, attempt).await {
-                    Ok(r) => r,
-                    Err(_) => Err(PgError::ConnectTimeout {
-                        target: target.to_string(),
-                        secs: t.as_secs(),
-                    }),
-                },
-                None => attempt.await,
-            };
-            match result {
-                Ok(c) => return Ok(c),
-                Err(e) if e.is_auth_failure() => return Err(e),
-                Err(e) => {
-                    tracing::debug!("{e}");
-                    last = e;
+        let mut failures = Vec::new();
+        let mut refused_for_role = false;
+        for &pass in session_attrs::passes(attrs) {
+            for &target in &order {
+                match Self::connect_fitting(params, target, replication, reply_timeout, pass).await
+                {
+                    Ok(Ok(conn)) => {
+                        if order.len() > 1 {
+                            tracing::info!("connected to {target} (target_session_attrs={attrs})");
+                        }
+                        return Ok(conn);
+                    }
+                    Ok(Err(rejection)) => {
+                        // libpq's wording: "connection to server at ... failed: server is in hot standby mode".
+                        let why = format!("connection to {target} failed: {rejection}");
+                        tracing::info!("{why}; trying the next host");
+                        failures.push(why);
+                        refused_for_role = true;
+                    }
+                    Err(e) if e.is_auth_failure() => return Err(e),
+                    Err(e) => {
+                        tracing::debug!("{e}");
+                        failures.push(e.to_string());
+                        last = e;
+                    }
                 }
             }
         }
+        if refused_for_role {
+            return Err(PgError::NoSuitableHost { attrs, failures });
+        }
         Err(last)
+    }
+
+    /// One host, bounded by `connect_timeout` as in libpq (the role check
+    /// included): the connection if the server fits, or why it does not
+    /// (the connection then closed).
+    async fn connect_fitting(
+        params: &ConnParams,
+        target: &Target,
+        replication: bool,
+        reply_timeout: Duration,
+        pass: Pass,
+    ) -> Result<Result<Connection, Rejection>, PgError> {
+        let attempt = async {
+            let mut conn = Self::connect_one(params, target, replication, reply_timeout).await?;
+            match conn.check_fit(params.target_session_attrs, pass).await? {
+                None => Ok(Ok(conn)),
+                Some(rejection) => {
+                    conn.close().await;
+                    Ok(Err(rejection))
+                }
+            }
+        };
+        match params.connect_timeout {
+            Some(t) => match tokio::time::timeout(t, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(PgError::ConnectTimeout {
+                    target: target.to_string(),
+                    secs: t.as_secs(),
+                }),
+            },
+            None => attempt.await,
+        }
+    }
+
+    /// Whether this server fits `attrs` on `pass` ([`session_attrs::check`]),
+    /// asking with `SHOW` what the start-up parameters did not report.
+    async fn check_fit(
+        &mut self,
+        attrs: TargetSessionAttrs,
+        pass: Pass,
+    ) -> Result<Option<Rejection>, PgError> {
+        let mut state = ServerState::reported(|name| self.parameter(name));
+        // Ends: check never asks for a setting already learnt, and there are two.
+        loop {
+            match session_attrs::check(attrs, pass, &state) {
+                Verdict::Accept => return Ok(None),
+                Verdict::Reject(rejection) => return Ok(Some(rejection)),
+                Verdict::Show(setting) => {
+                    let sql = setting.show_command();
+                    let result = self.simple_query(sql).await?;
+                    let Some(value) = result.text(0, 0) else {
+                        return Err(PgError::Unexpected {
+                            target: self.target.clone(),
+                            during: "checking target_session_attrs",
+                            got: format!("no value in the reply to {sql}"),
+                        });
+                    };
+                    tracing::debug!("{}: {sql}: {value}", self.target);
+                    state.learn(setting, &value);
+                }
+            }
+        }
     }
 
     /// One host: the first encryption libpq would try, then, if that failed
@@ -1049,6 +1168,156 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    /// A server that accepts any number of connections and reports
+    /// `in_hot_standby` and `default_transaction_read_only` at start-up, as
+    /// servers 14+ do. Counts the connections it accepted.
+    async fn role_server(in_hot_standby: &'static str) -> (u16, Arc<std::sync::atomic::AtomicU32>) {
+        fn parameter_status(name: &str, value: &str) -> Vec<u8> {
+            let body = [name.as_bytes(), b"\0", value.as_bytes(), b"\0"].concat();
+            let mut m = vec![b'S'];
+            m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+            m.extend_from_slice(&body);
+            m
+        }
+        let mut greeting = b"R\0\0\0\x08\0\0\0\0".to_vec();
+        greeting.extend(parameter_status("in_hot_standby", in_hot_standby));
+        greeting.extend(parameter_status("default_transaction_read_only", "off"));
+        greeting.extend_from_slice(b"Z\0\0\0\x05I");
+        let accepted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = accepted.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let greeting = greeting.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(&greeting).await;
+                    while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    fn hosts(ports: &[u16], attrs: TargetSessionAttrs) -> ConnParams {
+        let mut p = params(ports[0], None);
+        p.targets = ports
+            .iter()
+            .map(|&port| Target::Tcp {
+                host: "127.0.0.1".into(),
+                hostaddr: None,
+                port,
+            })
+            .collect();
+        p.target_session_attrs = attrs;
+        p
+    }
+
+    fn port_of(conn: &Connection) -> u16 {
+        conn.target().rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_first_host_of_the_wanted_role_is_chosen() {
+        use TargetSessionAttrs as A;
+        let (standby, _) = role_server("on").await;
+        let (primary, _) = role_server("off").await;
+        let t = Duration::from_secs(10);
+        for (attrs, want) in [
+            (A::Any, standby),
+            (A::Primary, primary),
+            (A::ReadWrite, primary),
+            (A::Standby, standby),
+            (A::ReadOnly, standby),
+            (A::PreferStandby, standby),
+        ] {
+            let conn = Connection::connect(&hosts(&[standby, primary], attrs), true, t)
+                .await
+                .unwrap();
+            assert_eq!(port_of(&conn), want, "{attrs}");
+        }
+    }
+
+    #[tokio::test]
+    async fn no_fitting_host_names_each_host_and_why_and_is_not_final() {
+        let (standby, _) = role_server("on").await;
+        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let p = hosts(&[dead_port, standby], TargetSessionAttrs::Primary);
+        let e = Connection::connect(&p, true, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PgError::NoSuitableHost { .. }), "{e}");
+        assert!(!e.is_auth_failure(), "retryable: {e}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("no server fits target_session_attrs=primary: "),
+            "{text}"
+        );
+        assert!(text.contains(&format!("port {dead_port}")), "{text}");
+        assert!(
+            text.contains(&format!(
+                "connection to server at \"127.0.0.1\", port {standby} failed: server is in hot standby mode"
+            )),
+            "{text}"
+        );
+        // Every host a connection error: that error, as before.
+        let p = hosts(&[dead_port], TargetSessionAttrs::Primary);
+        let e = Connection::connect(&p, true, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PgError::Connect { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn prefer_standby_falls_back_to_a_primary_on_a_second_pass() {
+        let (primary, accepted) = role_server("off").await;
+        let p = hosts(&[primary], TargetSessionAttrs::PreferStandby);
+        let conn = Connection::connect(&p, true, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(port_of(&conn), primary);
+        // Refused on the first pass, accepted on the second.
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let e = Connection::connect(
+            &hosts(&[primary], TargetSessionAttrs::Standby),
+            true,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("server is not in hot standby mode"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn random_load_balancing_spreads_connections_over_the_hosts() {
+        let (a, a_count) = role_server("off").await;
+        let (b, b_count) = role_server("off").await;
+        let mut p = hosts(&[a, b], TargetSessionAttrs::Any);
+        p.load_balance_hosts = LoadBalanceHosts::Random;
+        for _ in 0..40 {
+            let conn = Connection::connect(&p, true, Duration::from_secs(10))
+                .await
+                .unwrap();
+            conn.close().await;
+        }
+        let (a_n, b_n) = (
+            a_count.load(std::sync::atomic::Ordering::SeqCst),
+            b_count.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        assert_eq!(a_n + b_n, 40);
+        // Each side is chosen with probability 1/2: 40 draws give 5..35 except
+        // with probability about 1e-6.
+        assert!((5..=35).contains(&a_n), "{a_n} / {b_n}");
     }
 
     #[test]
