@@ -221,8 +221,10 @@ async fn follow_lineage(
         timeline: wal_end.timeline,
         end: wal_end.end,
     };
+    let known = archive_history(archive, wal_end.timeline).await?;
     let decision = lineage::decide(
         archive_end,
+        known.as_deref(),
         ServerLineage {
             timeline: server.timeline,
             history: &history,
@@ -259,6 +261,24 @@ async fn follow_lineage(
                 from_archive: true,
             })
         }
+        Decision::Forked {
+            archive_timeline,
+            archive_entry,
+            server_entry,
+        } => Err(ReceiverError::NeedsOperator {
+            message: format!(
+                "the server at {} (timeline {}) has another history of timeline {archive_timeline} than the \
+                 archive: the archive's history says {}, the server's says {}; nothing was written",
+                conn.target(),
+                server.timeline,
+                describe_entry(archive_entry),
+                describe_entry(server_entry)
+            ),
+            hint: "two standbys were promoted apart and chose the same timeline number: this server is on the \
+                   other fork. Point walrcv at the primary whose history continues the archive, or archive this \
+                   server into a new directory."
+                .into(),
+        }),
         Decision::NotDescendant {
             archive_timeline,
             server_timeline,
@@ -275,6 +295,37 @@ async fn follow_lineage(
                    server into a new directory."
                 .into(),
         }),
+    }
+}
+
+fn describe_entry(entry: Option<HistoryEntry>) -> String {
+    match entry {
+        Some(e) => format!("timeline {} was left at {}", e.parent, e.switchpoint),
+        None => "nothing more".into(),
+    }
+}
+
+/// The archive's own history file of `timeline`, when it holds a readable
+/// one (none for timeline 1).
+async fn archive_history(
+    archive: &ArchiveDir,
+    timeline: TimeLineId,
+) -> Result<Option<Vec<HistoryEntry>>, ReceiverError> {
+    if timeline == 1 {
+        return Ok(None);
+    }
+    let Some(content) = off_runtime(archive, move |a| a.read_history(timeline)).await? else {
+        return Ok(None);
+    };
+    match parse_history(&content) {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) => {
+            tracing::warn!(
+                "the archive's history file of timeline {timeline} cannot be read ({e}): the server's history is \
+                 compared with the archive's end only"
+            );
+            Ok(None)
+        }
     }
 }
 
