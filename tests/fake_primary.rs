@@ -181,6 +181,7 @@ fn options(dir: &Path, port: u16) -> StreamOptions {
             load_balance_hosts: walrcv::conninfo::LoadBalanceHosts::Disable,
         },
         slot: None,
+        create_slot_if_missing: false,
         endpos: None,
         no_loop: false,
         sync: true,

@@ -6,6 +6,7 @@ mod conninfo_service;
 mod corruption;
 mod disk_full;
 mod dropin_messages;
+mod failover;
 #[cfg(feature = "failpoints")]
 mod failpoints;
 mod fake_primary;

@@ -54,10 +54,12 @@ pub enum Site {
     Startup,
     /// `walrcv cleanup`: removing old WAL, then the one directory fsync.
     Cleanup,
+    /// Setting a divergent segment file aside (`NAME.divergent.tmp`).
+    Divergent,
 }
 
 impl Site {
-    pub const ALL: [Site; 8] = [
+    pub const ALL: [Site; 9] = [
         Site::Wal,
         Site::Prepare,
         Site::Install,
@@ -66,6 +68,7 @@ impl Site {
         Site::History,
         Site::Startup,
         Site::Cleanup,
+        Site::Divergent,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +81,7 @@ impl Site {
             Site::History => "history",
             Site::Startup => "startup",
             Site::Cleanup => "cleanup",
+            Site::Divergent => "divergent",
         }
     }
 }

@@ -22,12 +22,15 @@
 //!   creation to rename) and [`SegmentSink`], the writer the sink holds.
 //! - [`inspect`]: reading WAL files back whatever their compression.
 //! - [`compression`]: decoding `.gz`, `.lz4` and `.zst` WAL files.
+//! - [`divergent`]: where the archive's WAL ends, and setting aside WAL past
+//!   a switch point (`NAME.divergent.tmp`).
 //! - [`check`]: whether one (decompressed) segment or history file may be used.
 
 pub mod check;
 pub mod compress_spec;
 pub mod compressed;
 pub mod compression;
+pub mod divergent;
 pub mod durable;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
