@@ -13,6 +13,7 @@ mod fake_primary;
 mod file_modes;
 mod harness;
 mod metrics;
+mod multi_host;
 mod network_faults;
 mod restore;
 mod resume;

@@ -1,0 +1,243 @@
+//! Several hosts in the connection string (`host=A,B port=P1,P2`), against
+//! real servers: `target_session_attrs` picks the server of the wanted role
+//! (servers 14+ by their start-up parameters, 13 by `SHOW` over the
+//! replication connection), `prefer-standby` falls back to the primary,
+//! and with no primary in the list `walrcv stream` keeps trying every host
+//! until a standby is promoted, then streams from it by itself.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::stream::assert_complete_segments_identical;
+use crate::support::{wait_until, walrcv_spawn, BackgroundProcess, PgServer, SUPERUSER};
+
+fn archive_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("walrcv-archive-")
+        .tempdir()
+        .unwrap()
+}
+
+/// `host=127.0.0.1,... port=P1,... target_session_attrs=ATTRS` over `ports`,
+/// in this order.
+fn hosts(ports: &[u16], attrs: &str, app: &str) -> String {
+    let host = vec!["127.0.0.1"; ports.len()].join(",");
+    let port: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "host={host} port={} user={SUPERUSER} target_session_attrs={attrs} \
+         application_name={app} connect_timeout=5",
+        port.join(",")
+    )
+}
+
+/// `walrcv stream -vv` (debug: the SHOW queries of the role check are logged).
+fn stream(dir: &Path, conninfo: &str) -> BackgroundProcess {
+    let d = dir.to_str().unwrap();
+    walrcv_spawn(&["stream", "-D", d, "-d", conninfo, "-vv"])
+}
+
+fn streams_to(server: &PgServer, app: &str) -> bool {
+    server
+        .try_psql(&format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{app}' AND state = 'streaming'"
+        ))
+        .is_ok_and(|n| n == "1")
+}
+
+/// A port nothing listens on.
+fn dead_port() -> u16 {
+    crate::support::free_port()
+}
+
+/// Runs `walrcv stream` over `ports` with `attrs` until `want` lists it in
+/// `pg_stat_replication`; checks `other` does not, and that walrcv logged its
+/// choice. Returns walrcv's stderr.
+fn streams_from(ports: &[u16], attrs: &str, want: &PgServer, other: Option<&PgServer>) -> String {
+    let app = format!("walrcv_{}", attrs.replace('-', "_"));
+    let dir = archive_dir();
+    let mut rcv = stream(dir.path(), &hosts(ports, attrs, &app));
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{attrs}: walrcv streaming from port {}", want.port()),
+        || {
+            assert!(
+                rcv.is_running(),
+                "{attrs}: walrcv exited:\n{}",
+                rcv.stderr()
+            );
+            streams_to(want, &app)
+        },
+    );
+    if let Some(other) = other {
+        assert!(
+            !streams_to(other, &app),
+            "{attrs}: also streaming from port {}",
+            other.port()
+        );
+    }
+    rcv.wait_for_stderr(
+        &format!(
+            "connected to server at \"127.0.0.1\", port {} (target_session_attrs={attrs})",
+            want.port()
+        ),
+        Duration::from_secs(10),
+    );
+    let status = rcv.terminate();
+    assert!(
+        status.success(),
+        "{attrs}: SIGTERM exits 0: {}",
+        rcv.stderr()
+    );
+    rcv.stderr()
+}
+
+fn primary_and_standby(major: u32) -> (PgServer, PgServer) {
+    let primary = PgServer::builder().major(major).wal_segsize_mb(1).start();
+    primary.psql("CREATE TABLE t(x int)");
+    let standby = primary.create_standby();
+    (primary, standby)
+}
+
+#[test]
+fn each_target_session_attrs_picks_its_server() {
+    let (p, s) = primary_and_standby(15);
+    let (pp, sp) = (p.port(), s.port());
+    // The standby first: primary and read-write must skip it.
+    for attrs in ["primary", "read-write"] {
+        let log = streams_from(&[sp, pp], attrs, &p, Some(&s));
+        assert!(
+            log.contains(&format!(
+                "connection to server at \"127.0.0.1\", port {sp} failed: server is in hot standby mode"
+            )) || log.contains(&format!(
+                "connection to server at \"127.0.0.1\", port {sp} failed: session is read-only"
+            )),
+            "{attrs}: the standby's refusal is logged:\n{log}"
+        );
+        // A server 14+ reports in_hot_standby and default_transaction_read_only
+        // to a physical replication connection: no query needed.
+        assert!(!log.contains("SHOW "), "{attrs}: asked the server:\n{log}");
+    }
+    // The primary first: standby, read-only and prefer-standby skip it.
+    for attrs in ["standby", "read-only", "prefer-standby"] {
+        let log = streams_from(&[pp, sp], attrs, &s, Some(&p));
+        assert!(!log.contains("SHOW "), "{attrs}: asked the server:\n{log}");
+    }
+    // any: the first host, whatever it is.
+    streams_from(&[sp, pp], "any", &s, Some(&p));
+    streams_from(&[pp, sp], "any", &p, Some(&s));
+}
+
+#[test]
+fn prefer_standby_falls_back_to_the_primary_when_the_standby_is_stopped() {
+    let (p, mut s) = primary_and_standby(15);
+    let (pp, sp) = (p.port(), s.port());
+    streams_from(&[pp, sp], "prefer-standby", &s, Some(&p));
+    s.stop();
+    let log = streams_from(&[sp, pp], "prefer-standby", &p, None);
+    assert!(
+        log.contains(&format!(
+            "connection to server at \"127.0.0.1\", port {pp} failed: server is not in hot standby mode"
+        )),
+        "the first pass refused the primary:\n{log}"
+    );
+}
+
+#[test]
+fn waits_for_a_primary_and_streams_once_a_standby_is_promoted() {
+    let (mut p, s) = primary_and_standby(15);
+    p.stop();
+    let dead = dead_port();
+    let app = "walrcv_waits";
+    let dir = archive_dir();
+    let mut rcv = stream(dir.path(), &hosts(&[dead, s.port()], "primary", app));
+    // No host fits: the error names each host and why, and walrcv tries again.
+    let refusal = "no server fits target_session_attrs=primary";
+    wait_until(
+        Duration::from_secs(60),
+        "walrcv to try all hosts twice",
+        || {
+            assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+            rcv.stderr().matches(refusal).count() >= 2
+        },
+    );
+    let log = rcv.stderr();
+    let line = log.lines().find(|l| l.contains(refusal)).unwrap();
+    assert!(line.contains(&format!("port {dead}")), "{line}");
+    assert!(
+        line.contains(&format!(
+            "connection to server at \"127.0.0.1\", port {} failed: server is in hot standby mode",
+            s.port()
+        )),
+        "{line}"
+    );
+    assert!(log.contains("waiting"), "backs off between tries:\n{log}");
+
+    s.promote();
+    wait_until(
+        Duration::from_secs(90),
+        "walrcv streaming from the promoted standby",
+        || {
+            assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+            streams_to(&s, app)
+        },
+    );
+    s.psql("INSERT INTO t SELECT generate_series(1, 20000)");
+    s.psql("SELECT pg_switch_wal()");
+    wait_until(
+        Duration::from_secs(60),
+        "a complete timeline 2 segment in the archive",
+        || {
+            std::fs::read_dir(dir.path()).unwrap().any(|e| {
+                let n = e.unwrap().file_name().to_string_lossy().into_owned();
+                n.len() == 24 && n.starts_with("00000002")
+            })
+        },
+    );
+    assert!(
+        assert_complete_segments_identical(dir.path(), &s.wal_dir()) >= 1,
+        "the archive's segments equal the new primary's"
+    );
+    let status = rcv.terminate();
+    assert!(status.success(), "SIGTERM exits 0: {}", rcv.stderr());
+}
+
+/// PostgreSQL 13 does not report in_hot_standby: the role is read with SHOW
+/// over the replication connection.
+#[test]
+fn postgres_13_roles_are_read_with_show() {
+    let (p, s) = primary_and_standby(13);
+    let (pp, sp) = (p.port(), s.port());
+    for attrs in ["primary", "read-write"] {
+        let log = streams_from(&[sp, pp], attrs, &p, Some(&s));
+        assert!(
+            log.contains("SHOW transaction_read_only: on"),
+            "{attrs}: the standby was asked:\n{log}"
+        );
+        assert!(
+            log.contains("SHOW transaction_read_only: off"),
+            "{attrs}: the primary was asked:\n{log}"
+        );
+    }
+    for attrs in ["standby", "read-only", "prefer-standby"] {
+        streams_from(&[pp, sp], attrs, &s, Some(&p));
+    }
+    let log = streams_from(&[pp, sp], "standby", &s, Some(&p));
+    assert!(
+        log.contains("SHOW default_transaction_read_only: off"),
+        "a read-only session, not read-only by default: in recovery:\n{log}"
+    );
+
+    // default_transaction_read_only on a 13 primary: read-only either way,
+    // so its role cannot be told; it is refused for primary, with the reason.
+    p.set_conf_and_reload("default_transaction_read_only = on");
+    let app = "walrcv_unknown";
+    let dir = archive_dir();
+    let mut rcv = stream(dir.path(), &hosts(&[pp], "primary", app));
+    rcv.wait_for_stderr(
+        "cannot tell whether the server is in hot standby mode",
+        Duration::from_secs(60),
+    );
+    assert!(!streams_to(&p, app));
+    let status = rcv.terminate();
+    assert!(status.success(), "SIGTERM exits 0: {}", rcv.stderr());
+}
