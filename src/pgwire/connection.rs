@@ -140,6 +140,33 @@ fn fresh_seed() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32)
 }
 
+/// TCP to each address `host` resolves to, until one accepts, as
+/// `TcpStream::connect` does; with `load_balance_hosts=random` the addresses
+/// are shuffled first, as libpq shuffles them in `PQconnectPoll`.
+async fn tcp_connect(
+    host: &str,
+    port: u16,
+    load_balance: LoadBalanceHosts,
+) -> io::Result<tokio::net::TcpStream> {
+    if load_balance == LoadBalanceHosts::Disable {
+        return tokio::net::TcpStream::connect((host, port)).await;
+    }
+    let mut addrs: Vec<std::net::SocketAddr> =
+        tokio::net::lookup_host((host, port)).await?.collect();
+    session_attrs::shuffle(&mut addrs, fresh_seed());
+    let mut last = io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "could not resolve to any address",
+    );
+    for addr in addrs {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// The TCP (or Unix socket) connect timeout when the connection string sets no
 /// `connect_timeout`. libpq would wait as long as the kernel does (about two
 /// minutes for TCP); a receiver that must reconnect by itself waits less.
@@ -486,7 +513,8 @@ impl Connection {
                 port,
             } => {
                 let addr = hostaddr.as_deref().unwrap_or(host);
-                let s = tokio::time::timeout(limit, tokio::net::TcpStream::connect((addr, *port)))
+                let connect = tcp_connect(addr, *port, params.load_balance_hosts);
+                let s = tokio::time::timeout(limit, connect)
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(connect_err)?;
@@ -1318,6 +1346,39 @@ mod tests {
         // Each side is chosen with probability 1/2: 40 draws give 5..35 except
         // with probability about 1e-6.
         assert!((5..=35).contains(&a_n), "{a_n} / {b_n}");
+    }
+
+    #[tokio::test]
+    async fn random_load_balancing_resolves_and_tries_each_address() {
+        let (port, accepted) = role_server("off").await;
+        let mut p = hosts(&[port], TargetSessionAttrs::Any);
+        p.targets = vec![Target::Tcp {
+            host: "localhost".into(),
+            hostaddr: None,
+            port,
+        }];
+        p.load_balance_hosts = LoadBalanceHosts::Random;
+        // localhost may also resolve to ::1, where nothing listens: every
+        // connection still reaches the server on 127.0.0.1.
+        for _ in 0..5 {
+            Connection::connect(&p, true, Duration::from_secs(10))
+                .await
+                .unwrap()
+                .close()
+                .await;
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        p.targets = vec![Target::Tcp {
+            host: "127.0.0.1".into(),
+            hostaddr: None,
+            port: dead.local_addr().unwrap().port(),
+        }];
+        drop(dead);
+        let e = Connection::connect(&p, true, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PgError::Connect { .. }), "{e}");
     }
 
     #[test]
