@@ -475,3 +475,60 @@ fn a_sibling_fork_with_the_same_timeline_number_is_refused() {
     );
     assert_eq!(snapshot(dir.path()), before, "nothing written");
 }
+
+/// The new primary no longer has the WAL the archive needs (walrcv was down
+/// while it wrote and checkpointed): walrcv stops with exit 3 naming the
+/// exact missing range, and writes nothing.
+#[test]
+fn a_new_primary_without_the_wal_the_archive_needs_names_the_missing_range() {
+    let mut p = PgServer::builder().wal_segsize_mb(1).start();
+    p.psql("CREATE TABLE t(i int)");
+    let s = p.create_standby();
+    s.set_conf_and_reload("wal_keep_size = 0");
+    let dir = archive_dir();
+    let conninfo = hosts(&[&p, &s], "primary");
+    let mut rcv = stream(dir.path(), &conninfo, &[]);
+    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
+    p.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    p.wait_for_flush(APP, p.current_lsn(), Duration::from_secs(30));
+    assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+    p.stop();
+    s.promote();
+    let (segments, _) = classified(dir.path());
+    let resume = segments.iter().max().unwrap();
+    let needed = walrcv::lsn::wal_file_name(resume.0, resume.1, SEG);
+    wait_until(
+        Duration::from_secs(60),
+        "the new primary to remove the segment the archive needs",
+        || {
+            for _ in 0..4 {
+                s.psql("INSERT INTO t SELECT generate_series(1, 1000); SELECT pg_switch_wal()");
+            }
+            s.psql("CHECKPOINT");
+            s.wal_segment_names()
+                .iter()
+                .all(|n| n[8..] > needed[8..] && !n.starts_with("00000001"))
+        },
+    );
+    let before = snapshot(dir.path());
+    let out = walrcv_run(
+        &[
+            "stream",
+            "-D",
+            dir.path().to_str().unwrap(),
+            "-d",
+            &conninfo,
+            "-v",
+        ],
+        Duration::from_secs(60),
+    );
+    let err = out.text();
+    assert_eq!(out.code(), Some(3), "{err}");
+    let from = crate::support::format_lsn(resume.1 * SEG);
+    assert!(
+        err.contains(&format!("the archive needs WAL from {from} on timeline 1")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("the WAL from {from} to ")), "{err}");
+    assert_eq!(snapshot(dir.path()), before, "nothing written");
+}
