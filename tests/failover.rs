@@ -540,3 +540,75 @@ fn a_new_primary_without_the_wal_the_archive_needs_names_the_missing_range() {
     );
     assert_eq!(snapshot(dir.path()), before, "nothing written");
 }
+
+/// A timeline that the server ends before the WAL it already sent (a
+/// cascading standby promoted after it passed on the beginning of a record
+/// its upstream never finished): the scripted server sends timeline 1 up to
+/// 0/C141DE, then says timeline 2 begins at 0/C10000. walrcv sets the bytes
+/// past the switch point aside before following, instead of leaving them in
+/// timeline 1's `.partial`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeline_ended_before_the_wal_received_sets_the_tail_aside() {
+    use crate::support::fake_walsender::{FakeConfig, FakeWalsender, ServerMsg};
+    const SWITCH: u64 = 0xC1_0000;
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/wal/pg15");
+    let dir = archive_dir();
+    for segno in 8..=0xB {
+        let name = walrcv::lsn::wal_file_name(1, segno, SEG);
+        std::fs::copy(fixture.join(&name), dir.path().join(&name)).unwrap();
+    }
+    let old = std::fs::read(fixture.join("00000001000000000000000C.partial")).unwrap();
+    let sent = walrcv::archive::divergent::end_of_data(&old);
+    let config = FakeConfig {
+        timeline: 2,
+        xlogpos: 0xC2_0000,
+        timeline_history: Some(format!(
+            "1\t{}\tno recovery target specified\n",
+            crate::support::format_lsn(SWITCH)
+        )),
+        ..FakeConfig::pg15_fixture()
+    };
+    let mut fake = FakeWalsender::start(config).await;
+    let conninfo = format!("host=127.0.0.1 port={} user=walrcv", fake.port());
+    let mut rcv = stream(dir.path(), &conninfo, &["-w"]);
+    let mut replication = fake.next_stream(Duration::from_secs(20)).await;
+    assert_eq!(
+        (replication.start_lsn, replication.timeline),
+        (0xC0_0000, Some(1))
+    );
+    replication
+        .send(&[ServerMsg::xlog(0xC0_0000, &old[..sent])])
+        .await
+        .unwrap();
+    replication.end_timeline(2, SWITCH).await.unwrap();
+    rcv.wait_for_stderr(
+        "the archive's timeline 1 diverges from the server's history at 0/C10000",
+        Duration::from_secs(20),
+    );
+    let err = rcv.stderr();
+    assert!(
+        err.contains(&format!(
+            "from 0/C10000 to {} ({} bytes)",
+            crate::support::format_lsn(0xC0_0000 + sent as u64),
+            0xC0_0000 + sent as u64 - SWITCH
+        )),
+        "{err}"
+    );
+    let all = names(dir.path());
+    assert!(
+        all.contains(&"00000001000000000000000C.partial.divergent.tmp".to_string()),
+        "{all:?}"
+    );
+    assert!(
+        !all.contains(&"00000001000000000000000C.partial".to_string()),
+        "{all:?}"
+    );
+    // Kept whole: the WAL received, past the switch point included.
+    let kept = std::fs::read(
+        dir.path()
+            .join("00000001000000000000000C.partial.divergent.tmp"),
+    )
+    .unwrap();
+    assert_eq!(&kept[..sent], &old[..sent]);
+    rcv.kill9();
+}
