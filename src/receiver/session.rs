@@ -267,7 +267,7 @@ async fn follow_lineage(
             server_entry,
         } => Err(ReceiverError::NeedsOperator {
             message: format!(
-                "the server at {} (timeline {}) has another history of timeline {archive_timeline} than the \
+                "{} (timeline {}) has another history of timeline {archive_timeline} than the \
                  archive: the archive's history says {}, the server's says {}; nothing was written",
                 conn.target(),
                 server.timeline,
@@ -284,7 +284,7 @@ async fn follow_lineage(
             server_timeline,
         } => Err(ReceiverError::NeedsOperator {
             message: format!(
-                "the server at {} is on timeline {server_timeline}, whose history does not contain the archive's \
+                "{} is on timeline {server_timeline}, whose history does not contain the archive's \
                  timeline {archive_timeline} (the archive's WAL ends at {} on it): this server did not descend from \
                  the one the archive came from; nothing was written",
                 conn.target(),
