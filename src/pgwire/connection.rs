@@ -343,32 +343,45 @@ impl Connection {
     ) -> Result<Connection, PgError> {
         let attrs = params.target_session_attrs;
         let order = host_order(params);
+        let attempts: Vec<(Pass, &Target)> = session_attrs::passes(attrs)
+            .iter()
+            .flat_map(|&pass| order.iter().map(move |&target| (pass, target)))
+            .collect();
         let mut last = PgError::NoTarget;
         let mut failures = Vec::new();
         let mut refused_for_role = false;
-        for &pass in session_attrs::passes(attrs) {
-            for &target in &order {
-                match Self::connect_fitting(params, target, replication, reply_timeout, pass).await
-                {
-                    Ok(Ok(conn)) => {
-                        if order.len() > 1 {
-                            tracing::info!("connected to {target} (target_session_attrs={attrs})");
-                        }
-                        return Ok(conn);
+        for (i, &(pass, target)) in attempts.iter().enumerate() {
+            let then = if i + 1 < attempts.len() {
+                "; trying the next host"
+            } else {
+                ""
+            };
+            match Self::connect_fitting(params, target, replication, reply_timeout, pass).await {
+                Ok(Ok(conn)) => {
+                    if order.len() > 1 {
+                        tracing::info!("connected to {target} (target_session_attrs={attrs})");
                     }
-                    Ok(Err(rejection)) => {
-                        // libpq's wording: "connection to server at ... failed: server is in hot standby mode".
-                        let why = format!("connection to {target} failed: {rejection}");
-                        tracing::info!("{why}; trying the next host");
-                        failures.push(why);
-                        refused_for_role = true;
-                    }
-                    Err(e) if e.is_auth_failure() => return Err(e),
-                    Err(e) => {
+                    return Ok(conn);
+                }
+                Ok(Err(rejection)) => {
+                    // libpq's wording: "connection to server at ... failed:
+                    // server is in hot standby mode".
+                    let why = format!("connection to {target} failed: {rejection}");
+                    tracing::info!("{why}{then}");
+                    failures.push(why);
+                    refused_for_role = true;
+                }
+                Err(e) if e.is_auth_failure() => return Err(e),
+                Err(e) => {
+                    // With several hosts each failure gets a line: the final
+                    // error names only the last one.
+                    if order.len() > 1 {
+                        tracing::info!("{e}{then}");
+                    } else {
                         tracing::debug!("{e}");
-                        failures.push(e.to_string());
-                        last = e;
                     }
+                    failures.push(e.to_string());
+                    last = e;
                 }
             }
         }
