@@ -201,6 +201,25 @@ fn waits_for_a_primary_and_streams_once_a_standby_is_promoted() {
     assert!(status.success(), "SIGTERM exits 0: {}", rcv.stderr());
 }
 
+/// Servers 16, 17 and 18 (15 above) report in_hot_standby and
+/// default_transaction_read_only to a physical replication connection too:
+/// the role is known without a query.
+#[test]
+fn newer_servers_report_their_role_at_start_up() {
+    for major in [16, 17, 18] {
+        let (p, s) = primary_and_standby(major);
+        let (pp, sp) = (p.port(), s.port());
+        let log = streams_from(&[sp, pp], "primary", &p, Some(&s));
+        assert!(
+            log.contains("server is in hot standby mode"),
+            "{major}: the standby was refused:\n{log}"
+        );
+        assert!(!log.contains("SHOW "), "{major}: asked the server:\n{log}");
+        let log = streams_from(&[pp, sp], "standby", &s, Some(&p));
+        assert!(!log.contains("SHOW "), "{major}: asked the server:\n{log}");
+    }
+}
+
 /// PostgreSQL 13 does not report in_hot_standby: the role is read with SHOW
 /// over the replication connection.
 #[test]
