@@ -9,7 +9,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::stream::assert_complete_segments_identical;
-use crate::support::{wait_until, walrcv_spawn, BackgroundProcess, PgServer, SUPERUSER};
+use crate::support::{
+    debian_bin, run_with_timeout, wait_until, walrcv_bin, walrcv_spawn, BackgroundProcess,
+    PgServer, SUPERUSER,
+};
 
 fn archive_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -259,4 +262,89 @@ fn postgres_13_roles_are_read_with_show() {
     assert!(!streams_to(&p, app));
     let status = rcv.terminate();
     assert!(status.success(), "SIGTERM exits 0: {}", rcv.stderr());
+}
+
+/// `program` (a `pg_receivewal` symlink to walrcv, or Debian's real one)
+/// with a clean environment.
+fn pg_receivewal_command(program: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("PGPASSFILE", "/nonexistent/walrcv-test-pgpass")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Runs `program args` to completion: (exit code, stderr).
+fn run_as_pg_receivewal(program: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = pg_receivewal_command(program);
+    cmd.args(args);
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    (out.status.code(), out.stderr)
+}
+
+/// Under the pg_receivewal name (Barman's invocation, a host list with the
+/// standby first and `target_session_attrs=read-write`): the primary is
+/// chosen, the log lines are in pg_receivewal's format, and an invalid value
+/// gives pg_receivewal's own message.
+#[test]
+fn as_pg_receivewal_a_host_list_reaches_the_primary() {
+    let link_dir = tempfile::tempdir().unwrap();
+    let link = link_dir.path().join("pg_receivewal");
+    std::os::unix::fs::symlink(walrcv_bin(), &link).unwrap();
+    let (p, s) = primary_and_standby(15);
+    let (pp, sp) = (p.port(), s.port());
+    let dir = archive_dir();
+    let conninfo = format!(
+        "{} replication=true dbname=replication",
+        hosts(&[sp, pp], "read-write", "barman_receive_wal")
+    );
+    let mut cmd = pg_receivewal_command(&link);
+    cmd.args([
+        &format!("--dbname={conninfo}"),
+        "--verbose",
+        "--no-password",
+        &format!("--directory={}", dir.path().display()),
+    ]);
+    let mut rcv = BackgroundProcess::spawn(cmd);
+    rcv.wait_for_stderr(
+        &format!(
+            "pg_receivewal: connected to server at \"127.0.0.1\", port {pp} (target_session_attrs=read-write)"
+        ),
+        Duration::from_secs(60),
+    );
+    p.psql("INSERT INTO t SELECT generate_series(1, 20000)");
+    p.switch_wal();
+    wait_until(Duration::from_secs(60), "a complete segment", || {
+        assert!(rcv.is_running(), "exited:\n{}", rcv.stderr());
+        assert_complete_segments_identical(dir.path(), &p.wal_dir()) >= 1
+    });
+    assert!(streams_to(&p, "barman_receive_wal"));
+    let status = rcv.terminate();
+    let log = rcv.stderr();
+    assert!(status.success(), "SIGTERM exits 0: {log}");
+    assert!(
+        log.contains(&format!(
+            "pg_receivewal: connection to server at \"127.0.0.1\", port {sp} failed: session is read-only; trying the next host"
+        )),
+        "{log}"
+    );
+
+    // A bad value: pg_receivewal's message (libpq's), then walrcv's details.
+    let empty = archive_dir();
+    let bad = [
+        "-D",
+        empty.path().to_str().unwrap(),
+        "-d",
+        "host=127.0.0.1 target_session_attrs=master",
+    ];
+    let (_, theirs) = run_as_pg_receivewal(&debian_bin("pg_receivewal"), &bad);
+    let (code, ours) = run_as_pg_receivewal(&link, &bad);
+    assert_eq!(code, Some(2), "a configuration error: {ours}");
+    let theirs = theirs.lines().next().unwrap_or_default();
+    assert_eq!(
+        theirs,
+        "pg_receivewal: error: invalid target_session_attrs value: \"master\""
+    );
+    assert!(ours.starts_with(theirs), "ours: {ours}\ntheirs: {theirs}");
 }
