@@ -446,7 +446,8 @@ impl Connection {
                             got: format!("no value in the reply to {sql}"),
                         });
                     };
-                    tracing::debug!("{}: {sql}: {value}", self.target);
+                    // Bounded: the value comes from the server.
+                    tracing::debug!("{}: {sql}: {}", self.target, truncated(&value, 40));
                     state.learn(setting, &value);
                 }
             }
