@@ -38,6 +38,7 @@
 //! or 2 (a file could not be read).
 
 mod check;
+mod divergent;
 mod inventory;
 mod params;
 mod plan;
@@ -52,6 +53,7 @@ use std::path::{Path, PathBuf};
 use crate::lsn::{history_file_name, Lsn, SegNo, TimeLineId};
 use crate::wal::verifier::{Check, Verifier};
 
+pub use divergent::{DivergentFile, DivergentRange};
 pub use render::render_human;
 pub use report::{FileReport, Problem, ProblemKind, Severity, TimelineSummary, VerifyReport};
 
@@ -155,7 +157,20 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
                 .flatten()
         })
         .collect();
-    let Some(params) = params::parameters(&headers) else {
+    // An archive whose WAL was all set aside still has its sizes in those files.
+    let params = params::parameters(&headers).or_else(|| {
+        let aside: Vec<_> = inventory
+            .divergent
+            .iter()
+            .map(|d| {
+                inventory::read_long_header(&d.path, d.compression)
+                    .ok()
+                    .flatten()
+            })
+            .collect();
+        params::parameters(&aside)
+    });
+    let Some(params) = params else {
         problems.extend(inventory.segments.iter().map(no_parameters_problem));
         return Ok(empty_report(dir, problems));
     };
@@ -169,6 +184,7 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
     let named = with_segment_numbers(inventory.segments, ctx.segment_size, &mut problems);
 
     let histories = read_histories(&inventory.histories, &mut problems);
+    let divergent = divergent_ranges(&inventory.divergent, &histories, &ctx, &mut problems);
     let segment_timelines: Vec<TimeLineId> = named.iter().map(|s| s.tli).collect();
     let tl = timelines::timelines(&segment_timelines, &histories, &mut problems);
     for s in &named {
@@ -221,6 +237,9 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         ok: !problems.iter().any(|p| p.severity == Severity::Error),
         problems,
         records,
+        divergent_files: divergent.iter().map(|r| r.files.len()).sum(),
+        divergent_bytes: divergent.iter().map(|r| r.bytes).sum(),
+        divergent,
     })
 }
 
@@ -238,6 +257,9 @@ fn empty_report(dir: &Path, problems: Vec<Problem>) -> VerifyReport {
         records: 0,
         ok: !problems.iter().any(|p| p.severity == Severity::Error),
         problems,
+        divergent: Vec::new(),
+        divergent_files: 0,
+        divergent_bytes: 0,
     }
 }
 
@@ -284,6 +306,83 @@ fn with_segment_numbers(
         }
     }
     named
+}
+
+/// The set-aside files as ranges, each reported as a warning (after the
+/// warnings about files that could not be measured).
+fn divergent_ranges(
+    entries: &[inventory::DivergentEntry],
+    histories: &BTreeMap<TimeLineId, Option<Vec<u8>>>,
+    ctx: &Context,
+    problems: &mut Vec<Problem>,
+) -> Vec<DivergentRange> {
+    let measured = entries
+        .iter()
+        .filter_map(|d| measure_divergent(d, ctx.segment_size, problems))
+        .collect();
+    // Malformed history files are reported by the timelines stage.
+    let parsed = histories
+        .iter()
+        .filter_map(|(&tli, content)| {
+            let entries = crate::wal::history::parse_history(content.as_deref()?).ok()?;
+            Some((tli, entries))
+        })
+        .collect();
+    let ranges = divergent::ranges(measured, &parsed, ctx.segment_size);
+    problems.extend(ranges.iter().map(divergent::warning));
+    ranges
+}
+
+/// Where a set-aside file's data ends. A file that cannot be read is taken
+/// to run to its segment end (with a warning: it is set aside, so the
+/// archive's own history is not affected).
+fn measure_divergent(
+    d: &inventory::DivergentEntry,
+    segment_size: u64,
+    problems: &mut Vec<Problem>,
+) -> Option<divergent::Measured> {
+    let warn = |message: String| Problem {
+        severity: Severity::Warning,
+        kind: ProblemKind::Divergent,
+        file: d.name.clone(),
+        offset: None,
+        lsn: None,
+        check: None,
+        message,
+    };
+    let Some((timeline, segno)) = d.segment.segno(segment_size) else {
+        problems.push(warn(format!(
+            "set aside, but not a valid segment name for {segment_size} byte segments"
+        )));
+        return None;
+    };
+    let start = crate::lsn::segment_start_lsn(segno, segment_size);
+    let segment_end = Lsn(start.0 + segment_size);
+    let data_end = if !d.partial {
+        segment_end
+    } else {
+        match inventory::load(&d.path, d.compression) {
+            Ok(bytes) => divergent::partial_data_end(start, bytes.as_slice(), segment_size),
+            Err(e) => {
+                let why = match e {
+                    LoadError::Io(e) => format!("cannot read: {e}"),
+                    LoadError::Decompress(e) => format!("cannot decompress: {e}"),
+                };
+                problems.push(warn(format!(
+                    "set aside; {why}; its data is taken to run to the segment end"
+                )));
+                segment_end
+            }
+        }
+    };
+    Some(divergent::Measured {
+        name: d.name.clone(),
+        timeline,
+        segno,
+        partial: d.partial,
+        size: d.size,
+        data_end,
+    })
 }
 
 /// Each history file's (decompressed) content; `None` when it could not be
