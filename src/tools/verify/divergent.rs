@@ -319,7 +319,7 @@ mod tests {
             vec![
                 file(1, 0xB, true, 0xB2_0000),
                 file(2, 0xD, true, 0xD0_8000),
-                file(1, 0x20, false, 0x21_0000),
+                file(1, 0x20, false, 0x210_0000),
             ],
             &h,
             MB,
@@ -329,7 +329,7 @@ mod tests {
             spans,
             [
                 (1, Lsn(0xB1_0000), Lsn(0xB2_0000)),
-                (1, Lsn(0x20_0000), Lsn(0x21_0000)),
+                (1, Lsn(0x200_0000), Lsn(0x210_0000)),
                 (2, Lsn(0xD0_0100), Lsn(0xD0_8000)),
             ]
         );
