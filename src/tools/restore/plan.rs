@@ -21,6 +21,13 @@
 //! 3. a `.partial` of `S` followed by later segments of the same timeline is a
 //!    hole in the archive: refused, since serving it (or answering "not
 //!    found") would end recovery early and promote there.
+//!
+//! Files set aside after a failover (`*.divergent.tmp`,
+//! [`ArchiveName::Divergent`]) hold WAL of a timeline past the point where
+//! the history left it: they never answer a request under any name, and are
+//! not "later segments" for rule 3 either (the classification does not call
+//! them segments). Their original name gets "not found", and recovery
+//! follows the history to the new timeline's file.
 
 use crate::archive::names::{ArchiveName, Compression, SegmentName};
 use crate::lsn::TimeLineId;
