@@ -141,6 +141,11 @@ pub struct StreamArgs {
     /// Drop the replication slot and exit.
     #[arg(long = "drop-slot")]
     pub drop_slot: bool,
+    /// Create the --slot on the server (physical, reserving WAL) whenever it
+    /// is missing there, e.g. on a new primary after a failover; warns when
+    /// it does.
+    #[arg(long = "create-slot-if-missing")]
+    pub create_slot_if_missing: bool,
     /// Show this help, then exit.
     #[arg(short = '?', long = "help", action = ArgAction::Help)]
     pub help: Option<bool>,
@@ -198,6 +203,11 @@ impl StreamArgs {
                     "--drop-slot"
                 }
             ));
+        }
+        if self.create_slot_if_missing && self.slot.is_none() {
+            return Err(
+                "--create-slot-if-missing needs a slot to be specified using --slot".into(),
+            );
         }
         if self.synchronous && self.no_sync {
             return Err("cannot use --synchronous together with --no-sync".into());

@@ -95,6 +95,7 @@ pub struct Metrics {
     fdatasync_duration: Histogram,
     flush_ack_latency: Histogram,
     segments_completed: Counter,
+    divergent_bytes: Counter,
     reconnects: Counter,
     /// One gauge per kind, built at start so that a failure allocates nothing.
     last_disconnect: Vec<IntGauge>,
@@ -205,6 +206,11 @@ impl Metrics {
             "walrcv_segments_completed_total",
             "Segments completed (renamed to their final name)",
         );
+        let divergent_bytes = counter(
+            r,
+            "walrcv_divergent_bytes_total",
+            "Bytes of WAL past a switch point set aside as divergent after a failover",
+        );
         let reconnects = counter(
             r,
             "walrcv_reconnects_total",
@@ -247,6 +253,7 @@ impl Metrics {
             fdatasync_duration,
             flush_ack_latency,
             segments_completed,
+            divergent_bytes,
             reconnects,
             last_disconnect,
             archive_free_bytes,
@@ -317,6 +324,11 @@ impl Metrics {
 
     pub fn segment_completed(&self) {
         self.segments_completed.inc();
+    }
+
+    /// A divergent tail of `bytes` was set aside.
+    pub fn divergent_set_aside(&self, bytes: u64) {
+        self.divergent_bytes.inc_by(bytes);
     }
 
     /// A session failed with `kind` and is retried.

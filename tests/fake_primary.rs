@@ -179,6 +179,7 @@ fn options(dir: &Path, port: u16) -> StreamOptions {
             client_encoding: None,
         },
         slot: None,
+        create_slot_if_missing: false,
         endpos: None,
         no_loop: false,
         sync: true,

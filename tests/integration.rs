@@ -7,6 +7,7 @@ mod corruption;
 mod disk_full;
 mod divergent_tools;
 mod dropin_messages;
+mod failover;
 #[cfg(feature = "failpoints")]
 mod failpoints;
 mod fake_primary;

@@ -98,6 +98,9 @@ async fn translated_history_refusal_exits_3_without_retrying() {
     let config = FakeConfig {
         timeline: 2,
         xlogpos: 0xA0_0000,
+        // Its history continues the archive (which ends at 0/900000), so
+        // walrcv asks for it; the fake refuses anyway, in French.
+        timeline_history: Some("1\t0/A00000\tno recovery target specified\n".into()),
         ..FakeConfig::pg15_fixture()
     }
     .refusing_start("XX000", text);

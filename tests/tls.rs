@@ -631,6 +631,7 @@ fn tls_streaming_is_byte_identical() {
         directory: dir.path().to_path_buf(),
         conn: case.params(),
         slot: Some("tls_arch".into()),
+        create_slot_if_missing: false,
         endpos: Some(walrcv::lsn::Lsn(end)),
         no_loop: true,
         sync: false,

@@ -49,7 +49,7 @@ pub enum PgError {
     },
     #[error("I/O error on the connection to {target}: {source}")]
     Io { target: String, source: io::Error },
-    #[error("server at {target} closed the connection unexpectedly")]
+    #[error("{target} closed the connection unexpectedly")]
     Closed { target: String },
     #[error("protocol error from {target}: {source}")]
     Protocol {

@@ -129,9 +129,10 @@ impl ServerFault {
                  or is this another server? Point walrcv at the primary the archive came from, or use a new directory."
             }
             ServerFault::SlotMissing => {
-                "the replication slot does not exist (was it dropped?). Create it again (walrcv --create-slot \
-                 --slot=NAME, or pg_create_physical_replication_slot): WAL the server removed meanwhile is lost \
-                 to the archive, which walrcv then reports."
+                "the replication slot does not exist on this server (dropped, or a new primary after a failover: \
+                 physical slots do not follow). Create it (walrcv --create-slot --slot=NAME, or \
+                 pg_create_physical_replication_slot), or run walrcv with --create-slot-if-missing: WAL the server \
+                 removed meanwhile is lost to the archive, which walrcv then reports."
             }
             ServerFault::SlotUnusable => {
                 "the replication slot cannot be used: it was invalidated (wal_status = lost, max_slot_wal_keep_size \

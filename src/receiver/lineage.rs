@@ -64,6 +64,15 @@ pub enum Decision {
         archive_timeline: TimeLineId,
         server_timeline: TimeLineId,
     },
+    /// The server's history names the archive's timeline, but the archive's
+    /// own history file of that timeline says it forked elsewhere: the same
+    /// timeline number from another promotion (two standbys promoted apart).
+    /// `entry` is the first ancestor on which they disagree.
+    Forked {
+        archive_timeline: TimeLineId,
+        archive_entry: Option<HistoryEntry>,
+        server_entry: Option<HistoryEntry>,
+    },
 }
 
 impl Decision {
@@ -78,26 +87,34 @@ impl Decision {
     }
 }
 
-/// Compares the archive's end with the server's history.
+/// Compares the archive's end with the server's history. `archive_history`
+/// is the archive's own history file of its timeline, when it holds one
+/// (`None` for timeline 1 or a file not there): the server's history must
+/// begin with it, or the timeline number is another promotion's.
 ///
 /// An archive with no WAL yet has no end to compare: callers do not ask.
-pub fn decide(archive: ArchiveEnd, server: ServerLineage<'_>) -> Decision {
+pub fn decide(
+    archive: ArchiveEnd,
+    archive_history: Option<&[HistoryEntry]>,
+    server: ServerLineage<'_>,
+) -> Decision {
+    let Some(i) = position_in(archive.timeline, server) else {
+        return Decision::NotDescendant {
+            archive_timeline: archive.timeline,
+            server_timeline: server.timeline,
+        };
+    };
+    if let Some(known) = archive_history {
+        if let Some(forked) = first_disagreement(archive.timeline, known, &server.history[..i]) {
+            return forked;
+        }
+    }
     if archive.timeline == server.timeline {
         return Decision::Continue {
             timeline: archive.timeline,
             start: archive.end,
         };
     }
-    let Some(i) = server
-        .history
-        .iter()
-        .position(|e| e.parent == archive.timeline)
-    else {
-        return Decision::NotDescendant {
-            archive_timeline: archive.timeline,
-            server_timeline: server.timeline,
-        };
-    };
     let switchpoint = server.history[i].switchpoint;
     if archive.end <= switchpoint {
         return Decision::Continue {
@@ -117,6 +134,35 @@ pub fn decide(archive: ArchiveEnd, server: ServerLineage<'_>) -> Decision {
         end: archive.end,
         next,
     }
+}
+
+/// Where the archive's timeline is in the server's history: the index of the
+/// entry that leaves it, or the history's length for the server's own
+/// timeline. `None` when the server's history does not contain it.
+fn position_in(timeline: TimeLineId, server: ServerLineage<'_>) -> Option<usize> {
+    if timeline == server.timeline {
+        return Some(server.history.len());
+    }
+    server.history.iter().position(|e| e.parent == timeline)
+}
+
+/// The archive's history of its timeline against the server's ancestors of
+/// that timeline: both list the same ancestors with the same switch points,
+/// or they are two different forks.
+fn first_disagreement(
+    timeline: TimeLineId,
+    archive: &[HistoryEntry],
+    server: &[HistoryEntry],
+) -> Option<Decision> {
+    let n = archive.len().max(server.len());
+    (0..n).find_map(|k| {
+        let (a, b) = (archive.get(k), server.get(k));
+        (a != b).then(|| Decision::Forked {
+            archive_timeline: timeline,
+            archive_entry: a.copied(),
+            server_entry: b.copied(),
+        })
+    })
 }
 
 #[cfg(test)]
@@ -139,6 +185,66 @@ mod tests {
 
     fn server(timeline: TimeLineId, history: &[HistoryEntry]) -> ServerLineage<'_> {
         ServerLineage { timeline, history }
+    }
+
+    /// Without the archive's own history file (an archive of pg_receivewal's,
+    /// or timeline 1).
+    fn decide(archive: ArchiveEnd, server: ServerLineage<'_>) -> Decision {
+        super::decide(archive, None, server)
+    }
+
+    #[test]
+    fn the_archive_history_must_begin_the_servers() {
+        // Archive on 2 forked from 1 at 0/5000000; the server is on 3 with the same ancestry.
+        let known = [entry(1, 0x500_0000)];
+        let h = [entry(1, 0x500_0000), entry(2, 0x900_0000)];
+        assert_eq!(
+            super::decide(archive(2, 0x700_0000), Some(&known), server(3, &h)),
+            Decision::Continue {
+                timeline: 2,
+                start: Lsn(0x700_0000)
+            }
+        );
+        // Two standbys promoted apart both chose timeline 2, at different points.
+        let other = [entry(1, 0x480_0000)];
+        assert_eq!(
+            super::decide(archive(2, 0x700_0000), Some(&known), server(2, &other)),
+            Decision::Forked {
+                archive_timeline: 2,
+                archive_entry: Some(entry(1, 0x500_0000)),
+                server_entry: Some(entry(1, 0x480_0000)),
+            }
+        );
+        // ... and the server went on to 3 from its own 2.
+        let later = [entry(1, 0x480_0000), entry(2, 0x900_0000)];
+        assert!(matches!(
+            super::decide(archive(2, 0x700_0000), Some(&known), server(3, &later)),
+            Decision::Forked { .. }
+        ));
+        // Same timeline, same history: continue.
+        assert_eq!(
+            super::decide(archive(2, 0x700_0000), Some(&known), server(2, &known)),
+            Decision::Continue {
+                timeline: 2,
+                start: Lsn(0x700_0000)
+            }
+        );
+        // Three failovers deep: the archive on 3 knows 1 and 2.
+        let known3 = [entry(1, 0x500_0000), entry(2, 0x900_0000)];
+        let h4 = [
+            entry(1, 0x500_0000),
+            entry(2, 0x900_0000),
+            entry(3, 0xC00_0000),
+        ];
+        assert_eq!(
+            super::decide(archive(3, 0xD00_0000), Some(&known3), server(4, &h4)),
+            Decision::Diverged {
+                timeline: 3,
+                switchpoint: Lsn(0xC00_0000),
+                end: Lsn(0xD00_0000),
+                next: 4
+            }
+        );
     }
 
     #[test]

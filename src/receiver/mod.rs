@@ -37,6 +37,8 @@ pub struct StreamOptions {
     pub directory: PathBuf,
     pub conn: ConnParams,
     pub slot: Option<String>,
+    /// `--create-slot-if-missing`: create `slot` on a server that lacks it.
+    pub create_slot_if_missing: bool,
     pub endpos: Option<Lsn>,
     pub no_loop: bool,
     /// fsync files and directories (off with `--no-sync`).

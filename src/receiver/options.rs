@@ -26,6 +26,7 @@ impl StreamOptions {
             directory: args.directory.clone().unwrap_or_default(),
             conn,
             slot: args.slot.clone(),
+            create_slot_if_missing: args.create_slot_if_missing,
             endpos: args.endpos,
             no_loop: args.no_loop,
             sync: !args.no_sync,

@@ -16,15 +16,17 @@ use tokio::sync::watch;
 
 use super::classify::StartFacts;
 use super::feedback::{Feedback, FeedbackConfig, Status, TimerAction};
+use super::lineage::{self, ArchiveEnd, Decision, ServerLineage};
 use super::sink::{SinkConfig, WalSink};
 use super::{refine_at_start, Outcome, ReceiverError, StreamOptions};
-use crate::archive::{ArchiveDir, ArchiveError, PrepareError, Resume, StartPoint};
+use crate::archive::{ArchiveDir, ArchiveError, PrepareError, Resume, Scan, StartPoint};
 use crate::lsn::{pg_now, Lsn, TimeLineId};
 use crate::metrics::AckClock;
 use crate::pgwire::{BackendMessage, Connection, PgError, QueryResult};
 use crate::replication::{self, ReplicationError, ReplicationMessage, StartReply, StatusUpdate};
 use crate::service;
 use crate::shutdown::{stop_requested, unless_stopped};
+use crate::wal::history::{parse_history, HistoryEntry};
 use crate::wal::{Verifier, VerifierConfig};
 use crate::{MAX_SERVER_MAJOR, MIN_SERVER_MAJOR};
 
@@ -91,6 +93,28 @@ async fn identify(conn: &mut Connection) -> Result<Server, ReceiverError> {
     })
 }
 
+/// `--create-slot-if-missing`: a server without the slot (a new primary
+/// after a failover: physical slots do not follow) gets it, reserving WAL
+/// from its current position, and the operator is told.
+async fn create_slot_if_missing(
+    opts: &StreamOptions,
+    conn: &mut Connection,
+    server: &Server,
+) -> Result<(), ReceiverError> {
+    let Some(slot) = &opts.slot else {
+        return Ok(());
+    };
+    let created = replication::create_physical_slot(conn, slot, server.version_num, true).await?;
+    if created {
+        tracing::warn!(
+            "replication slot \"{slot}\" did not exist on {}: created it (--create-slot-if-missing); it holds WAL \
+             from now on, WAL the server removed before is not kept by it",
+            conn.target()
+        );
+    }
+    Ok(())
+}
+
 /// Where a session starts, and whether the WAL before it is the archive's own
 /// durable files (only then may the start be reported as flushed at once).
 struct Start {
@@ -119,11 +143,7 @@ async fn start_point(
         },
     })?;
     if let Some(point) = scan.streaming_start(seg) {
-        log_resume(&scan, point, seg);
-        return Ok(Start {
-            point,
-            from_archive: true,
-        });
+        return follow_lineage(opts, conn, archive, server, scan, point).await;
     }
     if let Some(slot) = &opts.slot {
         if server.version_num >= 150000 {
@@ -165,6 +185,215 @@ async fn start_point(
         },
         from_archive: false,
     })
+}
+
+/// Before resuming the archive: does the server's history continue it (see
+/// [`lineage`])? Continue at the archive's start point; or set the divergent
+/// tail aside and start on the timeline that begins at the switch point; or
+/// refuse a server whose history does not contain the archive's timeline.
+async fn follow_lineage(
+    opts: &StreamOptions,
+    conn: &mut Connection,
+    archive: &ArchiveDir,
+    server: &Server,
+    scan: Scan,
+    point: StartPoint,
+) -> Result<Start, ReceiverError> {
+    let seg = server.segment_size;
+    let wal_end = {
+        let scan = scan.clone();
+        off_runtime(archive, move |a| a.wal_end(&scan, seg))
+            .await?
+            .map_err(|source| ReceiverError::ArchiveIo {
+                doing: "read where the archive's WAL ends",
+                source,
+            })?
+    };
+    let Some(wal_end) = wal_end else {
+        log_resume(&scan, point, seg);
+        return Ok(Start {
+            point,
+            from_archive: true,
+        });
+    };
+    let history = server_history(conn, server.timeline).await?;
+    let archive_end = ArchiveEnd {
+        timeline: wal_end.timeline,
+        end: wal_end.end,
+    };
+    let known = archive_history(archive, wal_end.timeline).await?;
+    let decision = lineage::decide(
+        archive_end,
+        known.as_deref(),
+        ServerLineage {
+            timeline: server.timeline,
+            history: &history,
+        },
+    );
+    match decision {
+        Decision::Continue { .. } => {
+            log_resume(&scan, point, seg);
+            Ok(Start {
+                point,
+                from_archive: true,
+            })
+        }
+        Decision::Diverged {
+            timeline,
+            switchpoint,
+            end,
+            next,
+        } => {
+            let tail = DivergentTail {
+                timeline,
+                switchpoint,
+                end,
+                next,
+            };
+            set_aside(opts, archive, scan, tail, seg).await?;
+            Ok(Start {
+                point: StartPoint {
+                    lsn: switchpoint.segment_start(seg),
+                    timeline: next,
+                },
+                // The WAL before the switch point's segment is the archive's
+                // own complete segments, identical on both timelines.
+                from_archive: true,
+            })
+        }
+        Decision::Forked {
+            archive_timeline,
+            archive_entry,
+            server_entry,
+        } => Err(ReceiverError::NeedsOperator {
+            message: format!(
+                "{} (timeline {}) has another history of timeline {archive_timeline} than the \
+                 archive: the archive's history says {}, the server's says {}; nothing was written",
+                conn.target(),
+                server.timeline,
+                describe_entry(archive_entry),
+                describe_entry(server_entry)
+            ),
+            hint: "two standbys were promoted apart and chose the same timeline number: this server is on the \
+                   other fork. Point walrcv at the primary whose history continues the archive, or archive this \
+                   server into a new directory."
+                .into(),
+        }),
+        Decision::NotDescendant {
+            archive_timeline,
+            server_timeline,
+        } => Err(ReceiverError::NeedsOperator {
+            message: format!(
+                "{} is on timeline {server_timeline}, whose history does not contain the archive's \
+                 timeline {archive_timeline} (the archive's WAL ends at {} on it): this server did not descend from \
+                 the one the archive came from; nothing was written",
+                conn.target(),
+                archive_end.end
+            ),
+            hint: "is this host another cluster (a clone with the same system identifier), or a fork the archive \
+                   does not know? Point walrcv at the primary whose history continues the archive, or archive this \
+                   server into a new directory."
+                .into(),
+        }),
+    }
+}
+
+fn describe_entry(entry: Option<HistoryEntry>) -> String {
+    match entry {
+        Some(e) => format!("timeline {} was left at {}", e.parent, e.switchpoint),
+        None => "nothing more".into(),
+    }
+}
+
+/// The archive's own history file of `timeline`, when it holds a readable
+/// one (none for timeline 1).
+async fn archive_history(
+    archive: &ArchiveDir,
+    timeline: TimeLineId,
+) -> Result<Option<Vec<HistoryEntry>>, ReceiverError> {
+    if timeline == 1 {
+        return Ok(None);
+    }
+    let Some(content) = off_runtime(archive, move |a| a.read_history(timeline)).await? else {
+        return Ok(None);
+    };
+    match parse_history(&content) {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) => {
+            tracing::warn!(
+                "the archive's history file of timeline {timeline} cannot be read ({e}): the server's history is \
+                 compared with the archive's end only"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The server's current timeline's history (empty on timeline 1).
+async fn server_history(
+    conn: &mut Connection,
+    timeline: TimeLineId,
+) -> Result<Vec<HistoryEntry>, ReceiverError> {
+    if timeline == 1 {
+        return Ok(Vec::new());
+    }
+    let (name, content) = replication::timeline_history(conn, timeline).await?;
+    parse_history(&content).map_err(|e| {
+        ReceiverError::Unexpected(format!(
+            "the server's timeline history file \"{name}\" cannot be read: {e}"
+        ))
+    })
+}
+
+/// WAL on `timeline` from `switchpoint` to `end` that the timeline `next`
+/// (which begins at the switch point) does not contain.
+#[derive(Debug, Clone, Copy)]
+struct DivergentTail {
+    timeline: TimeLineId,
+    switchpoint: Lsn,
+    end: Lsn,
+    next: TimeLineId,
+}
+
+/// Renames the files holding a divergent tail aside (never deleted), and
+/// says exactly which WAL diverges.
+async fn set_aside(
+    opts: &StreamOptions,
+    archive: &ArchiveDir,
+    scan: Scan,
+    tail: DivergentTail,
+    seg: u64,
+) -> Result<(), ReceiverError> {
+    let DivergentTail {
+        timeline,
+        switchpoint,
+        end,
+        next,
+    } = tail;
+    let sync = opts.sync;
+    let moved = off_runtime(archive, move |a| {
+        a.set_aside_divergent(&scan, timeline, switchpoint, seg, sync)
+    })
+    .await?
+    .map_err(|source| ReceiverError::ArchiveIo {
+        doing: "set the divergent WAL aside",
+        source,
+    })?;
+    let names: Vec<String> = moved
+        .iter()
+        .map(|m| format!("\"{}\"", m.to.display()))
+        .collect();
+    crate::metrics::global().divergent_set_aside(end.0.saturating_sub(switchpoint.0));
+    tracing::warn!(
+        "the archive's timeline {timeline} diverges from the server's history at {switchpoint}: the archive holds \
+         WAL from {switchpoint} to {end} ({} bytes) that timeline {next} does not contain (sent by the old primary, \
+         never received by the one promoted). Kept aside, never restored nor removed: {}. Continuing on timeline \
+         {next} from {}",
+        end.0.saturating_sub(switchpoint.0),
+        names.join(", "),
+        switchpoint.segment_start(seg)
+    );
+    Ok(())
 }
 
 /// Logs where streaming resumes. The `.partial` being resumed is not read: it
@@ -299,6 +528,9 @@ async fn session(
 ) -> Result<Outcome, Early> {
     let mut conn = stoppable(shutdown, connect(opts)).await?;
     let server = stoppable(shutdown, identify(&mut conn)).await?;
+    if opts.create_slot_if_missing {
+        stoppable(shutdown, create_slot_if_missing(opts, &mut conn, &server)).await?;
+    }
     let Start {
         point: mut start,
         mut from_archive,
@@ -446,6 +678,22 @@ async fn session(
                         start.timeline
                     ))
                     .into());
+                }
+                if received > next_start {
+                    // The server's history left this timeline before the WAL
+                    // it sent ended (never from a sane server, but a fork is
+                    // never written over).
+                    let seg = server.segment_size;
+                    let scan = off_runtime(archive, move |a| a.scan(seg))
+                        .await?
+                        .map_err(ReceiverError::Archive)?;
+                    let tail = DivergentTail {
+                        timeline: start.timeline,
+                        switchpoint: next_start,
+                        end: received,
+                        next: next_tli,
+                    };
+                    set_aside(opts, archive, scan, tail, seg).await?;
                 }
                 tracing::info!(
                     "switched to timeline {next_tli} at {next_start} (timeline {} ended)",

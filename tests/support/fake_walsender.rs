@@ -52,6 +52,10 @@ pub struct FakeConfig {
     /// message) instead of CopyBoth, as a server refusing the start point or
     /// the slot does; see [`FakeConfig::refusing_start`].
     pub start_error: Option<(String, String)>,
+    /// TIMELINE_HISTORY of the server's own timeline answers with this
+    /// content (`parent<TAB>switchpoint<TAB>reason` lines); other timelines,
+    /// or none configured, give an ErrorResponse as a server without the file.
+    pub timeline_history: Option<String>,
 }
 
 /// A physical slot as READ_REPLICATION_SLOT reports it.
@@ -79,6 +83,7 @@ impl FakeConfig {
             wal_block_size: "8192".into(),
             slots: Vec::new(),
             start_error: None,
+            timeline_history: None,
         }
     }
 
@@ -743,6 +748,22 @@ async fn handshake(
                         &cols,
                         &[None, None, None],
                         "READ_REPLICATION_SLOT",
+                    ),
+                }
+            }
+            "TIMELINE_HISTORY" => {
+                let asked: Option<u32> = words.get(1).and_then(|w| w.parse().ok());
+                match (&config.timeline_history, asked) {
+                    (Some(content), Some(tli)) if tli == config.timeline => one_row(
+                        &mut out,
+                        &[("filename", TEXT_OID), ("content", TEXT_OID)],
+                        &[Some(&format!("{tli:08X}.history")), Some(content)],
+                        "TIMELINE_HISTORY",
+                    ),
+                    _ => error_response(
+                        &mut out,
+                        "58P01",
+                        "could not open file \"pg_wal/00000002.history\": No such file or directory",
                     ),
                 }
             }

@@ -1,0 +1,477 @@
+//! Following the primary through a failover (issue 11), against real
+//! servers: a planned switchover with walrcv as the synchronous standby and a
+//! point-in-time recovery to the end of the new timeline; an unplanned
+//! failover that leaves a divergent tail; a new primary without the slot;
+//! a host of another cluster in the list; a sibling fork; a new primary that
+//! no longer has the WAL the archive needs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use walrcv::archive::names::ArchiveName;
+
+use crate::support::{give_to_server_user, Recovery};
+use crate::support::{
+    parse_lsn, wait_until, walrcv_bin, walrcv_run, walrcv_spawn, BackgroundProcess, PgServer,
+    SUPERUSER,
+};
+
+const APP: &str = "walrcv";
+const SEG: u64 = 1 << 20;
+
+fn archive_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("walrcv-archive-")
+        .tempdir()
+        .unwrap()
+}
+
+/// `host=127.0.0.1,... port=P1,... target_session_attrs=ATTRS`: libpq's host
+/// list over the servers, in this order.
+fn hosts(servers: &[&PgServer], attrs: &str) -> String {
+    let host = vec!["127.0.0.1"; servers.len()].join(",");
+    let port: Vec<String> = servers.iter().map(|s| s.port().to_string()).collect();
+    format!(
+        "host={host} port={} user={SUPERUSER} target_session_attrs={attrs} application_name={APP} \
+         connect_timeout=5",
+        port.join(",")
+    )
+}
+
+fn stream(dir: &Path, conninfo: &str, extra: &[&str]) -> BackgroundProcess {
+    let d = dir.to_str().unwrap();
+    let mut args = vec!["stream", "-D", d, "-d", conninfo, "-v"];
+    args.extend_from_slice(extra);
+    walrcv_spawn(&args)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every file's name and content.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    names(dir)
+        .into_iter()
+        .map(|n| {
+            let bytes = std::fs::read(dir.join(&n)).unwrap();
+            (n, bytes)
+        })
+        .collect()
+}
+
+fn streaming_to(server: &PgServer) -> bool {
+    server
+        .try_psql(&format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{APP}' AND state = 'streaming'"
+        ))
+        .is_ok_and(|n| n == "1")
+}
+
+fn wait_streaming(server: &PgServer, rcv: &mut BackgroundProcess, what: &str) {
+    wait_until(Duration::from_secs(90), what, || {
+        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+        streaming_to(server)
+    });
+}
+
+fn make_synchronous(server: &PgServer, rcv: &mut BackgroundProcess) {
+    server.psql(&format!(
+        "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
+    ));
+    server.psql("SELECT pg_reload_conf()");
+    wait_until(Duration::from_secs(30), "walrcv to be synchronous", || {
+        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+        server.psql(&format!(
+            "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{APP}'"
+        )) == "sync"
+    });
+}
+
+/// One synchronous commit: acknowledged within 30 s, or the test fails.
+fn commit(server: &PgServer, rcv: &BackgroundProcess, sql: &str) {
+    if let Err(e) = server.try_psql_timeout(sql, Duration::from_secs(30)) {
+        panic!("commit {sql:?} failed: {e}\nwalrcv:\n{}", rcv.stderr());
+    }
+}
+
+fn recovery_settings(archive: &Path) -> Vec<String> {
+    vec![
+        format!(
+            "restore_command = '{} restore %f %p -D {}'",
+            walrcv_bin().display(),
+            archive.display()
+        ),
+        "recovery_target_timeline = 'latest'".into(),
+        "synchronous_standby_names = ''".into(),
+    ]
+}
+
+/// The switch point out of `parent` in the archive's history file of `timeline`.
+fn switchpoint(dir: &Path, timeline: u32, parent: u32) -> u64 {
+    let text = std::fs::read_to_string(dir.join(format!("{timeline:08X}.history"))).unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let p: u32 = f.next()?.trim().parse().ok()?;
+            let lsn = f.next()?;
+            (p == parent).then(|| parse_lsn(lsn))
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no parent {parent} in {timeline:08X}.history:\n{text}"))
+}
+
+/// (timeline, segno, partial) of every segment file, and the same of every
+/// divergent file.
+type Files = Vec<(u32, u64, bool)>;
+
+fn classified(dir: &Path) -> (Files, Files) {
+    let (mut segments, mut divergent) = (Vec::new(), Vec::new());
+    for n in names(dir) {
+        match ArchiveName::classify(&n) {
+            ArchiveName::Segment { name, partial, .. } => {
+                let (tli, segno) = name.segno(SEG).unwrap();
+                segments.push((tli, segno, partial));
+            }
+            ArchiveName::Divergent { name, partial, .. } => {
+                let (tli, segno) = name.segno(SEG).unwrap();
+                divergent.push((tli, segno, partial));
+            }
+            _ => {}
+        }
+    }
+    (segments, divergent)
+}
+
+/// `SELECT count(*) FROM t WHERE what = '...'` on a restored server.
+fn count(server: &PgServer, what: &str) -> u64 {
+    server
+        .psql(&format!("SELECT count(*) FROM t WHERE what = '{what}'"))
+        .parse()
+        .unwrap()
+}
+
+/// Planned switchover: walrcv is the synchronous standby of P (host list
+/// `P,S`, `target_session_attrs=primary`) while pgbench and counted commits
+/// run; P stops (fast), S is promoted; walrcv follows S by itself, stores
+/// `00000002.history`, is S's synchronous standby as soon as S names it, and
+/// a server restored from a base backup taken before the switchover replays
+/// the archive (through `walrcv restore`) to the end of the new timeline with
+/// every acknowledged commit.
+#[test]
+fn planned_switchover_follows_the_new_primary_and_restores_to_its_end() {
+    let mut p = PgServer::builder().wal_segsize_mb(1).start();
+    p.psql("CREATE TABLE t(i int, what text)");
+    p.pgbench_init(1);
+    let s = p.create_standby();
+    let backup = p.base_backup();
+    let dir = archive_dir();
+    let mut rcv = stream(dir.path(), &hosts(&[&p, &s], "primary"), &["--synchronous"]);
+    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
+    make_synchronous(&p, &mut rcv);
+    std::thread::scope(|scope| {
+        scope.spawn(|| p.pgbench(&["-n", "-c", "2", "-T", "4"]));
+        for i in 1..=40 {
+            commit(&p, &rcv, &format!("INSERT INTO t VALUES ({i}, 'on P')"));
+        }
+    });
+    // Fast: P's walsenders send all of its WAL to S and walrcv first.
+    p.stop();
+    s.promote();
+    wait_streaming(&s, &mut rcv, "walrcv following S");
+    make_synchronous(&s, &mut rcv);
+    for i in 1..=40 {
+        commit(&s, &rcv, &format!("INSERT INTO t VALUES ({i}, 'on S')"));
+    }
+    let end = s.current_lsn();
+    s.wait_for_flush(APP, end, Duration::from_secs(30));
+    let status = rcv.terminate();
+    let err = rcv.stderr();
+    assert!(status.success(), "SIGTERM exits 0:\n{err}");
+    assert!(
+        err.contains("stored timeline history file \"00000002.history\""),
+        "{err}"
+    );
+    assert!(!err.contains("diverges"), "{err}");
+    let (segments, divergent) = classified(dir.path());
+    assert!(divergent.is_empty(), "{divergent:?}");
+    // pg_receivewal's rule: the old timeline's last segment stays .partial.
+    let last_on_1 = segments.iter().filter(|f| f.0 == 1).max().unwrap();
+    assert!(last_on_1.2, "{segments:?}");
+    let verify = walrcv_run(
+        &["verify", dir.path().to_str().unwrap()],
+        Duration::from_secs(120),
+    );
+    verify.assert_success();
+
+    give_to_server_user(dir.path());
+    let restored = match backup.start_recovery(&recovery_settings(dir.path())) {
+        Recovery::Started(server) => server,
+        Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
+    };
+    restored.wait_for_promotion(Duration::from_secs(180));
+    assert_eq!(
+        count(&restored, "on P"),
+        40,
+        "every commit acknowledged on P"
+    );
+    assert_eq!(
+        count(&restored, "on S"),
+        40,
+        "every commit acknowledged on S"
+    );
+    assert_eq!(restored.timeline(), 3, "replayed timeline 2 to its end");
+    let log = restored.full_log();
+    assert!(
+        log.contains("restored log file \"00000002.history\" from archive"),
+        "{log}"
+    );
+}
+
+/// Unplanned failover: S is an asynchronous standby that falls behind (it is
+/// stopped), P writes WAL that walrcv receives and S never gets, P crashes
+/// (immediate stop), S is promoted. walrcv sets the divergent tail aside
+/// (`.divergent.tmp`), says which range diverges, continues on timeline 2;
+/// `verify` reports the range; a recovery to the new timeline never reads
+/// the divergent bytes (the lost rows are absent, the new ones present).
+#[test]
+fn unplanned_failover_sets_the_divergent_tail_aside() {
+    let mut p = PgServer::builder().wal_segsize_mb(1).start();
+    p.psql("CREATE TABLE t(i int, what text)");
+    let mut s = p.create_standby();
+    let backup = p.base_backup();
+    let dir = archive_dir();
+    let mut rcv = stream(dir.path(), &hosts(&[&p, &s], "primary"), &[]);
+    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
+    p.psql("INSERT INTO t SELECT g, 'both' FROM generate_series(1, 1000) g");
+    let both = p.current_lsn();
+    p.wait_for_flush("walrcv_test_standby", both, Duration::from_secs(30));
+    p.wait_for_flush(APP, both, Duration::from_secs(30));
+    // S lags: what follows reaches walrcv only.
+    s.stop();
+    p.psql("INSERT INTO t SELECT g, 'lost' FROM generate_series(1, 3000) g");
+    let lost = p.current_lsn();
+    p.wait_for_flush(APP, lost, Duration::from_secs(30));
+    p.stop_immediate();
+    s.start_again();
+    s.promote();
+    s.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(1, 1000) g");
+    wait_streaming(&s, &mut rcv, "walrcv following S");
+    let end = s.current_lsn();
+    s.wait_for_flush(APP, end, Duration::from_secs(30));
+    let status = rcv.terminate();
+    let err = rcv.stderr();
+    assert!(status.success(), "SIGTERM exits 0:\n{err}");
+
+    let switch = switchpoint(dir.path(), 2, 1);
+    assert!(switch < lost, "S was promoted before the lost WAL");
+    let message = format!(
+        "the archive's timeline 1 diverges from the server's history at {}",
+        crate::support::format_lsn(switch)
+    );
+    assert!(err.contains(&message), "{message}\n{err}");
+    let (segments, divergent) = classified(dir.path());
+    let first = switch / SEG;
+    assert!(!divergent.is_empty(), "{:?}", names(dir.path()));
+    assert!(
+        divergent.iter().all(|f| f.0 == 1 && f.1 >= first),
+        "{divergent:?}"
+    );
+    assert!(
+        !segments.iter().any(|f| f.0 == 1 && f.1 >= first),
+        "no timeline 1 file holds WAL past the switch point: {segments:?}"
+    );
+    assert!(
+        segments.iter().any(|f| f.0 == 2 && f.1 == first),
+        "timeline 2 has the switch point's segment: {segments:?}"
+    );
+    // The divergent bytes are kept: they reach where the lost WAL ended.
+    let newest = divergent.iter().max().unwrap();
+    let aside = names(dir.path())
+        .into_iter()
+        .find(|n| {
+            n.starts_with(&walrcv::lsn::wal_file_name(1, newest.1, SEG)) && n.ends_with(".tmp")
+        })
+        .unwrap();
+    let bytes = std::fs::read(dir.path().join(&aside)).unwrap();
+    let data_end = newest.1 * SEG + walrcv::archive::divergent::end_of_data(&bytes) as u64;
+    assert!(
+        data_end >= lost.min((newest.1 + 1) * SEG) - 8192,
+        "{aside}: data to {data_end:X}, lost WAL to {lost:X}"
+    );
+    let verify = walrcv_run(
+        &["verify", dir.path().to_str().unwrap()],
+        Duration::from_secs(120),
+    );
+    assert!(
+        verify.text().contains("divergent"),
+        "verify reports the divergent tail:\n{}",
+        verify.text()
+    );
+
+    give_to_server_user(dir.path());
+    let restored = match backup.start_recovery(&recovery_settings(dir.path())) {
+        Recovery::Started(server) => server,
+        Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
+    };
+    restored.wait_for_promotion(Duration::from_secs(180));
+    assert_eq!(count(&restored, "both"), 1000);
+    assert_eq!(
+        count(&restored, "lost"),
+        0,
+        "the divergent WAL is not replayed"
+    );
+    assert_eq!(count(&restored, "new"), 1000);
+    let log = restored.full_log();
+    let old_name = walrcv::lsn::wal_file_name(1, first, SEG);
+    assert!(
+        !log.contains(&format!("restored log file \"{old_name}\"")),
+        "timeline 1's divergent segment was restored:\n{log}"
+    );
+}
+
+/// A new primary without walrcv's slot: without `--create-slot-if-missing`
+/// walrcv stops (exit 3) naming the slot and the option; with it, walrcv
+/// creates the slot on S, warns once (not again after S restarts), and
+/// streams.
+#[test]
+fn failover_to_a_host_without_the_slot() {
+    let mut p = PgServer::builder().wal_segsize_mb(1).start();
+    p.psql("CREATE TABLE t(i int)");
+    p.create_physical_slot("archiver");
+    let mut s = p.create_standby();
+    let dir = archive_dir();
+    let conninfo = hosts(&[&p, &s], "primary");
+    let mut rcv = stream(dir.path(), &conninfo, &["--slot", "archiver"]);
+    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
+    p.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    p.wait_for_flush(APP, p.current_lsn(), Duration::from_secs(30));
+    p.stop();
+    s.promote();
+    let status = rcv
+        .wait_timeout(Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("walrcv still running:\n{}", rcv.stderr()));
+    let err = rcv.stderr();
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("replication slot \"archiver\" does not exist")
+            && err.contains("--create-slot-if-missing"),
+        "{err}"
+    );
+    assert!(!s.slot_exists("archiver"));
+
+    let mut rcv = stream(
+        dir.path(),
+        &conninfo,
+        &["--slot", "archiver", "--create-slot-if-missing"],
+    );
+    wait_streaming(&s, &mut rcv, "walrcv streaming from S");
+    assert!(s.slot_exists("archiver"));
+    s.restart();
+    wait_streaming(&s, &mut rcv, "walrcv streaming from S after its restart");
+    s.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    s.wait_for_flush(APP, s.current_lsn(), Duration::from_secs(30));
+    let status = rcv.terminate();
+    let err = rcv.stderr();
+    assert!(status.success(), "{err}");
+    let warned = err
+        .matches("replication slot \"archiver\" did not exist")
+        .count();
+    assert_eq!(warned, 1, "warned once:\n{err}");
+    assert!(names(dir.path()).contains(&"00000002.history".to_string()));
+}
+
+/// A host of another cluster in the list, primary while the archive's own
+/// primary is down: refused (exit 2, another system identifier), nothing
+/// written.
+#[test]
+fn a_host_of_another_cluster_is_refused_and_nothing_is_written() {
+    let mut p = PgServer::builder().wal_segsize_mb(1).start();
+    let other = PgServer::builder().wal_segsize_mb(1).start();
+    let dir = archive_dir();
+    let d = dir.path().to_str().unwrap();
+    p.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) i");
+    let endpos = crate::support::format_lsn(p.current_lsn());
+    walrcv_run(
+        &["stream", "-D", d, "-d", &p.conninfo(), "-E", &endpos, "-n"],
+        Duration::from_secs(60),
+    )
+    .assert_success();
+    p.stop();
+    let before = snapshot(dir.path());
+    assert!(
+        before.keys().any(|n| n.ends_with(".partial")),
+        "the archive holds WAL of P: {:?}",
+        before.keys()
+    );
+    let out = walrcv_run(
+        &[
+            "stream",
+            "-D",
+            d,
+            "-d",
+            &hosts(&[&p, &other], "primary"),
+            "-n",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), Some(2), "{}", out.text());
+    assert!(out.text().contains("system identifier"), "{}", out.text());
+    assert_eq!(snapshot(dir.path()), before, "nothing written");
+}
+
+/// Two standbys promoted apart both pick timeline 2: the archive followed
+/// one of them; the other is refused (exit 3) without writing anything.
+#[test]
+fn a_sibling_fork_with_the_same_timeline_number_is_refused() {
+    let mut p = PgServer::builder().wal_segsize_mb(1).start();
+    p.psql("CREATE TABLE t(i int)");
+    let mut s1 = p.create_standby();
+    let s2 = p.create_standby();
+    // S1 lags behind S2 and P: the two forks leave timeline 1 at different points.
+    s1.stop();
+    p.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    p.wait_for_flush(
+        "walrcv_test_standby",
+        p.current_lsn(),
+        Duration::from_secs(30),
+    );
+    p.stop();
+    s2.promote();
+    let dir = archive_dir();
+    let mut rcv = stream(dir.path(), &hosts(&[&s2], "primary"), &[]);
+    wait_streaming(&s2, &mut rcv, "walrcv streaming from S2");
+    s2.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    s2.psql("SELECT pg_switch_wal()");
+    s2.wait_for_flush(APP, s2.current_lsn(), Duration::from_secs(30));
+    assert!(rcv.terminate().success(), "{}", rcv.stderr());
+    assert!(names(dir.path()).contains(&"00000002.history".to_string()));
+    s1.start_again();
+    s1.promote();
+    assert_eq!(s1.timeline(), 2);
+    let before = snapshot(dir.path());
+    let out = walrcv_run(
+        &[
+            "stream",
+            "-D",
+            dir.path().to_str().unwrap(),
+            "-d",
+            &hosts(&[&s1], "primary"),
+            "-n",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), Some(3), "{}", out.text());
+    assert!(
+        out.text().contains("has another history of timeline 2"),
+        "{}",
+        out.text()
+    );
+    assert_eq!(snapshot(dir.path()), before, "nothing written");
+}
