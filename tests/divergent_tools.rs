@@ -16,7 +16,11 @@
 //!   cut-off past them, and refuses one as a cut-off;
 //! - `walrcv status` shows their count and size (human and JSON).
 //!
-//! The expected figures are computed here from the fixture bytes, not with
+//! Then the same tools on a tail left by a real unplanned failover (a lagging
+//! standby promoted after the primary crashed, walrcv reconnecting to it),
+//! plain and `-Z gzip`.
+//!
+//! The expected figures are computed here from the files' bytes, not with
 //! walrcv's code.
 
 use std::fs;
@@ -26,7 +30,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{file_names, free_port, walrcv_run, RunOutput};
+use crate::support::{
+    file_names, format_lsn, free_port, parse_lsn, walrcv_run, PgServer, RunOutput,
+};
 
 const MB: u64 = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(60);
@@ -454,4 +460,176 @@ fn status_shows_the_count_and_size_of_set_aside_files() {
         LIMIT,
     );
     assert!(!out.stdout.contains("  divergent:"), "{}", out.text());
+}
+
+/// Decompresses what a (possibly unfinished) gzip stream holds.
+fn gunzip_prefix(data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    // A `.gz.partial` has no trailer yet: keep what decoded before the end.
+    let _ = flate2::read::GzDecoder::new(data).read_to_end(&mut out);
+    out
+}
+
+/// `(timeline, segno, partial)` of a set-aside name, parsed here.
+fn aside_parts(name: &str) -> Option<(u32, u64, bool)> {
+    let base = name.strip_suffix(".divergent.tmp")?;
+    let (base, partial) = match base.strip_suffix(".partial") {
+        Some(b) => (b, true),
+        None => (base, false),
+    };
+    let base = base.strip_suffix(".gz").unwrap_or(base);
+    let (tli, lsn) = crate::support::parse_wal_file_name(base, MB)?;
+    Some((tli, lsn / MB, partial))
+}
+
+/// Where the history file of timeline 2 says timeline 1 was left.
+fn switch_out_of_1(dir: &Path) -> u64 {
+    let text =
+        match fs::read(dir.join("00000002.history")) {
+            Ok(b) => b,
+            // Compressed like the segments (-Z).
+            Err(_) => gunzip_prefix(&fs::read(dir.join("00000002.history.gz")).unwrap_or_else(
+                |e| panic!("no history of timeline 2 ({e}): {:?}", file_names(dir)),
+            )),
+        };
+    let text = String::from_utf8(text).unwrap();
+    let line = text.lines().find(|l| l.starts_with("1\t")).unwrap();
+    parse_lsn(line.split('\t').nth(1).unwrap())
+}
+
+/// P streams to walrcv and to an asynchronous standby S; S falls behind
+/// (stopped) while P writes about 1.5 MB of WAL only walrcv gets; P crashes,
+/// S is promoted and written to; walrcv, started again on S, sets the tail
+/// aside. The archive is then what the tools are run on.
+fn archive_after_an_unplanned_failover(compress: Option<&str>) -> (tempfile::TempDir, PgServer) {
+    let mut p = PgServer::builder().wal_segsize_mb(1).start();
+    p.psql("CREATE TABLE t(i int, what text)");
+    let mut s = p.create_standby();
+    let dir = tempfile::Builder::new()
+        .prefix("walrcv-divergent-")
+        .tempdir()
+        .unwrap();
+    let d = dir.path().to_str().unwrap().to_owned();
+    let stream_to = |server: &PgServer, end: u64| {
+        let conn = format!("{} application_name=walrcv", server.conninfo());
+        let end = format_lsn(end);
+        let mut args = vec!["stream", "-D", &d, "-d", &conn, "-E", &end, "-n"];
+        if let Some(c) = compress {
+            args.extend(["-Z", c]);
+        }
+        let out = walrcv_run(&args, Duration::from_secs(120));
+        eprintln!("walrcv {args:?} -> {:?}\n{}", out.code(), out.text());
+        out.assert_success();
+    };
+    p.psql("INSERT INTO t SELECT g, 'both' FROM generate_series(1, 1000) g");
+    let both = p.current_lsn();
+    p.wait_for_flush("walrcv_test_standby", both, Duration::from_secs(30));
+    // The archive begins here (an empty archive starts at the server's position).
+    stream_to(&p, both);
+    s.stop();
+    p.psql("INSERT INTO t SELECT g, repeat('lost', 10) FROM generate_series(1, 20000) g");
+    let lost = p.current_lsn();
+    stream_to(&p, lost);
+    p.stop_immediate();
+    s.start_again();
+    s.promote();
+    s.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(1, 1000) g");
+    stream_to(&s, s.current_lsn());
+    (dir, s)
+}
+
+#[test]
+fn the_tools_on_a_tail_left_by_a_real_unplanned_failover() {
+    for compress in [None, Some("gzip")] {
+        let (dir, s) = archive_after_an_unplanned_failover(compress);
+        let d = dir.path().to_str().unwrap();
+        let all = file_names(dir.path());
+        let mut aside: Vec<(String, (u32, u64, bool))> = all
+            .iter()
+            .filter_map(|n| aside_parts(n).map(|p| (n.clone(), p)))
+            .collect();
+        aside.sort_by_key(|(_, p)| *p);
+        assert!(aside.len() >= 2, "a tail of several files: {all:?}");
+        let switch = switch_out_of_1(dir.path());
+        let (newest, (_, newest_segno, newest_partial)) = aside.last().unwrap().clone();
+        let to = if newest_partial {
+            let raw = fs::read(dir.path().join(&newest)).unwrap();
+            let bytes = if compress.is_some() {
+                gunzip_prefix(&raw)
+            } else {
+                raw
+            };
+            newest_segno * MB + data_len(&bytes[..bytes.len().min(MB as usize)])
+        } else {
+            (newest_segno + 1) * MB
+        };
+        assert!(to > switch, "{newest} ends at {to:X}, switch at {switch:X}");
+
+        // verify: one warning, the range, exit status as without the files.
+        let (code, doc) = verify_json(dir.path());
+        let without = tempfile::tempdir().unwrap();
+        for n in all.iter().filter(|n| !n.ends_with(".divergent.tmp")) {
+            fs::copy(dir.path().join(n), without.path().join(n)).unwrap();
+        }
+        let (code_without, doc_without) = verify_json(without.path());
+        assert_eq!(code, Some(0), "{doc}");
+        assert_eq!(code, code_without);
+        let mut expected = problems(&doc_without);
+        expected.push(("warning".into(), "divergent".into(), aside[0].0.clone()));
+        assert_eq!(problems(&doc), expected, "{doc}");
+        let r = &doc["divergent"][0];
+        assert_eq!(doc["divergent"].as_array().unwrap().len(), 1, "{doc}");
+        assert_eq!(r["from"], format_lsn(switch));
+        assert_eq!(r["to"], format_lsn(to));
+        assert_eq!(r["bytes"], to - switch);
+        assert_eq!(doc["divergent_files"], aside.len());
+        let text = verify(dir.path(), false).stdout;
+        assert!(
+            text.lines().last().unwrap().ends_with(&format!(
+                ", {} divergent files set aside ({} bytes of WAL past a switch point)",
+                aside.len(),
+                to - switch
+            )),
+            "{text}"
+        );
+
+        // restore: no original name answers; timeline 2's switch segment does.
+        for (name, _) in &aside {
+            let (code, served) = restore(dir.path(), &name[..24]);
+            assert_eq!((code, served), (Some(1), None), "{name}");
+        }
+        let tl2_switch = format!("00000002{}", &aside[0].0[8..24]);
+        let (code, served) = restore(dir.path(), &tl2_switch);
+        assert_eq!(code, Some(0), "{tl2_switch}");
+        assert_eq!(served.map(|b| b.len() as u64), Some(MB));
+
+        // cleanup past them: they stay, byte for byte, and are never listed.
+        let kept: Vec<Vec<u8>> = aside
+            .iter()
+            .map(|(n, _)| fs::read(dir.path().join(n)).unwrap())
+            .collect();
+        let newest_tl2 = all
+            .iter()
+            .filter(|n| n.starts_with("00000002") && n.len() > 16)
+            .max()
+            .unwrap();
+        let out = cleanup(dir.path(), &["--before", &newest_tl2[..24]]);
+        assert_eq!(out.code(), Some(0));
+        assert!(!out.stdout.contains(".divergent.tmp"), "{}", out.text());
+        for ((n, _), bytes) in aside.iter().zip(&kept) {
+            assert_eq!(&fs::read(dir.path().join(n)).unwrap(), bytes, "{n}");
+        }
+
+        // status: the count and the size on disk, beside the live server.
+        let on_disk: u64 = aside
+            .iter()
+            .map(|(n, _)| fs::metadata(dir.path().join(n)).unwrap().len())
+            .sum();
+        let out = walrcv_run(&["status", "-D", d, "-d", &s.conninfo(), "--json"], LIMIT);
+        let doc: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{}", out.text()));
+        assert_eq!(doc["archive"]["divergent_files"], aside.len(), "{doc}");
+        assert_eq!(doc["archive"]["divergent_bytes"], on_disk, "{doc}");
+    }
 }
