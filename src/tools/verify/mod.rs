@@ -14,7 +14,10 @@
 //! * gaps: the segments are followed through the timeline history (for segment number
 //!   `s`, the file of the timeline that owns the end of `s`, else a `.partial` of its
 //!   parent at the switch segment); a segment number between the first and last with
-//!   no file is a gap.
+//!   no file is a gap;
+//! * files set aside after a failover (`*.divergent.tmp`): never part of the
+//!   above (not segments, so never a gap or a timeline problem), reported as
+//!   warnings, one range per tail ([`divergent`]), counted in the summary.
 //!
 //! A `.partial` file's valid WAL ends at the first failed check; zeros after it are the
 //! normal end of WAL (reported as where the WAL ends, not as a problem). Non-zero bytes
@@ -29,6 +32,7 @@
 //! through `ArchiveName::classify`, file bytes), [`params`] (segment and page
 //! size, system identifier), [`timelines`] (history files), [`plan`] (the
 //! sequence through the history, gaps), [`check`] (one file's bytes),
+//! [`divergent`] (set-aside files as ranges),
 //! [`report`] (the data) and [`render`] (human; JSON is the serialization).
 //! Only the inventory and this module's glue touch the disk.
 //!
