@@ -301,6 +301,12 @@ fn verify_a_set_aside_file_with_nothing_past_the_switch_point_or_no_history() {
 }
 
 fn restore(dir: &Path, file: &str) -> (Option<i32>, Option<Vec<u8>>) {
+    let (code, served, _) = restore_logged(dir, file);
+    (code, served)
+}
+
+/// `walrcv restore FILE %p -D dir`: exit status, what `%p` holds, the log.
+fn restore_logged(dir: &Path, file: &str) -> (Option<i32>, Option<Vec<u8>>, String) {
     let target = tempfile::tempdir().unwrap();
     let p = target.path().join("RECOVERYXLOG");
     let out = walrcv_run(
@@ -314,7 +320,7 @@ fn restore(dir: &Path, file: &str) -> (Option<i32>, Option<Vec<u8>>) {
         LIMIT,
     );
     eprintln!("restore {file} -> {:?}\n{}", out.code(), out.text());
-    (out.code(), fs::read(&p).ok())
+    (out.code(), fs::read(&p).ok(), out.text())
 }
 
 #[test]
@@ -344,9 +350,13 @@ fn restore_never_serves_a_set_aside_file() {
         assert!(served.is_some());
 
         let aside = set_aside(dir.path(), file);
-        let (code, served) = restore(dir.path(), wanted);
+        let (code, served, log) = restore_logged(dir.path(), wanted);
         assert_eq!(code, Some(1), "{aside} must not answer {wanted}");
         assert_eq!(served, None);
+        assert!(
+            log.contains(&format!("only set-aside divergent copies exist ({aside})")),
+            "{log}"
+        );
         // Nor under its own name (not a name recovery asks for).
         let (code, served) = restore(dir.path(), &aside);
         assert_ne!(code, Some(0));

@@ -171,6 +171,26 @@ fn later_on_same_timeline<'a>(
         .map(|(_, n)| n)
 }
 
+/// The set-aside (divergent) files of the segment `request` names, for the
+/// log line of a "not found": they are never served, but a DBA reading the
+/// server's log should know they are there.
+pub fn set_aside_copies<'a>(
+    request: &Request,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Vec<&'a str> {
+    let Request::Segment(wanted) = request else {
+        return Vec::new();
+    };
+    let mut copies: Vec<&str> = names
+        .into_iter()
+        .filter(|n| {
+            matches!(ArchiveName::classify(n), ArchiveName::Divergent { name, .. } if &name == wanted)
+        })
+        .collect();
+    copies.sort_unstable();
+    copies
+}
+
 fn source(file_name: &str, compression: Compression) -> Source {
     Source {
         file_name: file_name.to_owned(),

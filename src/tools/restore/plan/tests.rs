@@ -221,6 +221,21 @@ fn divergent_files_never_answer() {
             assert_eq!(Request::parse(&aside), None, "{aside}");
         }
     }
+    let names = [
+        "000000010000000000000003.partial.divergent.tmp",
+        "000000010000000000000003.gz.divergent.tmp",
+        "000000010000000000000004.divergent.tmp",
+        "000000020000000000000003.divergent.tmp",
+        S3,
+    ];
+    assert_eq!(
+        set_aside_copies(&seg(S3), names),
+        [
+            "000000010000000000000003.gz.divergent.tmp",
+            "000000010000000000000003.partial.divergent.tmp"
+        ]
+    );
+    assert!(set_aside_copies(&Request::History(2), names).is_empty());
     // The new timeline's copy of the segment is served beside them.
     let s2 = "000000020000000000000003";
     assert_eq!(
