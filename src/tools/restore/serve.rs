@@ -118,9 +118,11 @@ pub fn restore(dir: &Path, requested: &str, target: &Path) -> Result<Served, Res
             Err(Attempt::Failed(e)) => return Err(e),
             Ok(Served::NotFound) => {
                 let aside = set_aside_copies(&request, names.iter().map(String::as_str));
-                // A warning: recovery that follows the new timeline never asks
-                // for these names, so one that does is recovering along the
-                // old timeline, and its operator should know why it ends.
+                // A warning: recovery that follows the new timeline asks for
+                // its file of the segment first (`XLogFileReadAnyTLI`, newest
+                // timeline first), so asking for this name means that file is
+                // missing or recovery follows the old timeline; either way its
+                // operator should know why it ends here.
                 if !aside.is_empty() {
                     tracing::warn!(
                         file = %requested,
