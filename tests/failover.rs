@@ -475,3 +475,140 @@ fn a_sibling_fork_with_the_same_timeline_number_is_refused() {
     );
     assert_eq!(snapshot(dir.path()), before, "nothing written");
 }
+
+/// The new primary no longer has the WAL the archive needs (walrcv was down
+/// while it wrote and checkpointed): walrcv stops with exit 3 naming the
+/// exact missing range, and writes nothing.
+#[test]
+fn a_new_primary_without_the_wal_the_archive_needs_names_the_missing_range() {
+    let mut p = PgServer::builder().wal_segsize_mb(1).start();
+    p.psql("CREATE TABLE t(i int)");
+    let s = p.create_standby();
+    s.set_conf_and_reload("wal_keep_size = 0");
+    let dir = archive_dir();
+    let conninfo = hosts(&[&p, &s], "primary");
+    let mut rcv = stream(dir.path(), &conninfo, &[]);
+    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
+    p.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    p.wait_for_flush(APP, p.current_lsn(), Duration::from_secs(30));
+    assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+    p.stop();
+    s.promote();
+    let (segments, _) = classified(dir.path());
+    let resume = segments.iter().max().unwrap();
+    let needed = walrcv::lsn::wal_file_name(resume.0, resume.1, SEG);
+    wait_until(
+        Duration::from_secs(60),
+        "the new primary to remove the segment the archive needs",
+        || {
+            for _ in 0..4 {
+                s.psql("INSERT INTO t SELECT generate_series(1, 1000); SELECT pg_switch_wal()");
+            }
+            s.psql("CHECKPOINT");
+            s.wal_segment_names()
+                .iter()
+                .all(|n| n[8..] > needed[8..] && !n.starts_with("00000001"))
+        },
+    );
+    let before = snapshot(dir.path());
+    let out = walrcv_run(
+        &[
+            "stream",
+            "-D",
+            dir.path().to_str().unwrap(),
+            "-d",
+            &conninfo,
+            "-v",
+        ],
+        Duration::from_secs(60),
+    );
+    let err = out.text();
+    assert_eq!(out.code(), Some(3), "{err}");
+    let from = crate::support::format_lsn(resume.1 * SEG);
+    assert!(
+        err.contains(&format!("the archive needs WAL from {from} on timeline 1")),
+        "{err}"
+    );
+    // Up to the oldest segment the new primary still has (on timeline 2).
+    let oldest = s.wal_segment_names().into_iter().min().unwrap();
+    let (tli, oldest_segno) = walrcv::lsn::parse_wal_file_name(&oldest, SEG).unwrap();
+    assert_eq!(tli, 2, "{oldest}");
+    let to = crate::support::format_lsn(oldest_segno * SEG);
+    assert!(
+        err.contains(&format!("the WAL from {from} to {to} is missing")),
+        "{err}"
+    );
+    assert_eq!(snapshot(dir.path()), before, "nothing written");
+}
+
+/// A timeline that the server ends before the WAL it already sent (a
+/// cascading standby promoted after it passed on the beginning of a record
+/// its upstream never finished): the scripted server sends timeline 1 up to
+/// 0/C141DE, then says timeline 2 begins at 0/C10000. walrcv sets the bytes
+/// past the switch point aside before following, instead of leaving them in
+/// timeline 1's `.partial`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeline_ended_before_the_wal_received_sets_the_tail_aside() {
+    use crate::support::fake_walsender::{FakeConfig, FakeWalsender, ServerMsg};
+    const SWITCH: u64 = 0xC1_0000;
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/wal/pg15");
+    let dir = archive_dir();
+    for segno in 8..=0xB {
+        let name = walrcv::lsn::wal_file_name(1, segno, SEG);
+        std::fs::copy(fixture.join(&name), dir.path().join(&name)).unwrap();
+    }
+    let old = std::fs::read(fixture.join("00000001000000000000000C.partial")).unwrap();
+    let sent = walrcv::archive::divergent::end_of_data(&old);
+    let config = FakeConfig {
+        timeline: 2,
+        xlogpos: 0xC2_0000,
+        timeline_history: Some(format!(
+            "1\t{}\tno recovery target specified\n",
+            crate::support::format_lsn(SWITCH)
+        )),
+        ..FakeConfig::pg15_fixture()
+    };
+    let mut fake = FakeWalsender::start(config).await;
+    let conninfo = format!("host=127.0.0.1 port={} user=walrcv", fake.port());
+    let mut rcv = stream(dir.path(), &conninfo, &["-w"]);
+    let mut replication = fake.next_stream(Duration::from_secs(20)).await;
+    assert_eq!(
+        (replication.start_lsn, replication.timeline),
+        (0xC0_0000, Some(1))
+    );
+    replication
+        .send(&[ServerMsg::xlog(0xC0_0000, &old[..sent])])
+        .await
+        .unwrap();
+    replication.end_timeline(2, SWITCH).await.unwrap();
+    rcv.wait_for_stderr(
+        "the archive's timeline 1 diverges from the server's history at 0/C10000",
+        Duration::from_secs(20),
+    );
+    let err = rcv.stderr();
+    assert!(
+        err.contains(&format!(
+            "from 0/C10000 to {} ({} bytes)",
+            crate::support::format_lsn(0xC0_0000 + sent as u64),
+            0xC0_0000 + sent as u64 - SWITCH
+        )),
+        "{err}"
+    );
+    let all = names(dir.path());
+    assert!(
+        all.contains(&"00000001000000000000000C.partial.divergent.tmp".to_string()),
+        "{all:?}"
+    );
+    assert!(
+        !all.contains(&"00000001000000000000000C.partial".to_string()),
+        "{all:?}"
+    );
+    // Kept whole: the WAL received, past the switch point included.
+    let kept = std::fs::read(
+        dir.path()
+            .join("00000001000000000000000C.partial.divergent.tmp"),
+    )
+    .unwrap();
+    assert_eq!(&kept[..sent], &old[..sent]);
+    rcv.kill9();
+}

@@ -12,11 +12,13 @@
 use std::time::Duration;
 
 use super::classify::{StartFacts, UNDEFINED_FILE};
+use super::lineage;
 use super::ReceiverError;
 use crate::conninfo::ConnParams;
-use crate::lsn::{Lsn, SegNo};
+use crate::lsn::{Lsn, SegNo, TimeLineId};
 use crate::pgwire::{BackendMessage, Connection};
 use crate::replication::{self, StartReply};
+use crate::wal::history::parse_history;
 
 /// The binary search over segment numbers: `missing` is known to be gone,
 /// `present` known to be there (the segment of the server's flush position).
@@ -58,8 +60,9 @@ impl OldestSegmentSearch {
 /// Bound of the whole search, and of every reply waited for during it.
 const SEARCH_LIMIT: Duration = Duration::from_secs(30);
 
-/// The start of the oldest segment the server still has on the timeline of
-/// `facts`, past the one it reported removed; `None` if the probes failed.
+/// The start of the oldest segment the server still has, past the one it
+/// reported removed (on whichever timeline of its history each point lies);
+/// `None` if the probes failed.
 pub async fn oldest_available(conn: &ConnParams, facts: &StartFacts) -> Option<Lsn> {
     let search = probe_all(conn, facts);
     match tokio::time::timeout(SEARCH_LIMIT, search).await {
@@ -80,11 +83,18 @@ async fn probe_all(params: &ConnParams, f: &StartFacts) -> Result<Lsn, ReceiverE
     let mut conn = Connection::connect(params, true, SEARCH_LIMIT).await?;
     // Servers up to 14 want IDENTIFY_SYSTEM before START_REPLICATION.
     let system = replication::identify_system(&mut conn).await?;
-    let end = if system.timeline == f.timeline {
-        system.xlogpos
+    // After a failover the WAL the archive needs begins on an ancestor and
+    // goes on on the server's timeline: each probe asks for the timeline its
+    // point lies on in the server's history.
+    let history = if system.timeline > 1 {
+        let (_, content) = replication::timeline_history(&mut conn, system.timeline).await?;
+        parse_history(&content)
+            .map_err(|e| ReceiverError::Unexpected(format!("the server's timeline history: {e}")))?
     } else {
-        f.server_flush
+        Vec::new()
     };
+    let timeline_at = |lsn| lineage::timeline_at(lsn, system.timeline, &history);
+    let end = system.xlogpos;
     let (removed, last) = (f.start.segment_number(seg), end.segment_number(seg));
     if last <= removed {
         return Err(ReceiverError::Unexpected(format!(
@@ -93,20 +103,23 @@ async fn probe_all(params: &ConnParams, f: &StartFacts) -> Result<Lsn, ReceiverE
     }
     let mut search = OldestSegmentSearch::new(removed, last);
     while let Some(segno) = search.next_probe() {
-        let available = probe(&mut conn, Lsn(segno * seg), f).await?;
-        tracing::debug!(
-            "segment {segno:X} on timeline {}: available {available}",
-            f.timeline
-        );
+        let start = Lsn(segno * seg);
+        let timeline = timeline_at(start);
+        let available = probe(&mut conn, start, timeline).await?;
+        tracing::debug!("segment {segno:X} on timeline {timeline}: available {available}");
         search.record(segno, available);
     }
     conn.close().await;
     Ok(Lsn(search.oldest_present() * seg))
 }
 
-/// Whether the server can stream from `start` on the timeline of `f`.
-async fn probe(conn: &mut Connection, start: Lsn, f: &StartFacts) -> Result<bool, ReceiverError> {
-    match replication::start_replication(conn, None, start, f.timeline).await {
+/// Whether the server can stream from `start` on `timeline`.
+async fn probe(
+    conn: &mut Connection,
+    start: Lsn,
+    timeline: TimeLineId,
+) -> Result<bool, ReceiverError> {
+    match replication::start_replication(conn, None, start, timeline).await {
         Ok(StartReply::TimelineEnded { .. }) => return Ok(true),
         Ok(StartReply::Streaming) => {}
         Err(e) => return Err(e.into()),

@@ -136,6 +136,16 @@ pub fn decide(
     }
 }
 
+/// The timeline a server on `server_timeline` with `history` streams `lsn`
+/// from: the first ancestor left after `lsn`, else its own timeline
+/// (PostgreSQL's `tliOfPointInHistory`).
+pub fn timeline_at(lsn: Lsn, server_timeline: TimeLineId, history: &[HistoryEntry]) -> TimeLineId {
+    history
+        .iter()
+        .find(|e| lsn < e.switchpoint)
+        .map_or(server_timeline, |e| e.parent)
+}
+
 /// Where the archive's timeline is in the server's history: the index of the
 /// entry that leaves it, or the history's length for the server's own
 /// timeline. `None` when the server's history does not contain it.
@@ -191,6 +201,16 @@ mod tests {
     /// or timeline 1).
     fn decide(archive: ArchiveEnd, server: ServerLineage<'_>) -> Decision {
         super::decide(archive, None, server)
+    }
+
+    #[test]
+    fn the_timeline_of_a_point_in_the_servers_history() {
+        let h = [entry(1, 0x500_0000), entry(2, 0x900_0000)];
+        assert_eq!(timeline_at(Lsn(0x400_0000), 3, &h), 1);
+        assert_eq!(timeline_at(Lsn(0x500_0000), 3, &h), 2);
+        assert_eq!(timeline_at(Lsn(0x8FF_FFFF), 3, &h), 2);
+        assert_eq!(timeline_at(Lsn(0x900_0000), 3, &h), 3);
+        assert_eq!(timeline_at(Lsn(0x100), 1, &[]), 1);
     }
 
     #[test]

@@ -223,6 +223,9 @@ struct LogInner {
     last_send_at: Option<Instant>,
     closed_at: Option<Instant>,
     server_copy_done: bool,
+    /// The next timeline and where it starts, announced in the result set
+    /// that follows the client's CopyDone (the end of a timeline).
+    next_timeline: Option<(u32, u64)>,
 }
 
 /// Shared between a [`ReplicationStream`] and its reader task.
@@ -271,6 +274,15 @@ pub struct ReplicationStream {
 }
 
 impl ReplicationStream {
+    /// Ends the timeline as a walsender does when its history leaves it:
+    /// CopyDone now, and once the client answers with its own, the result set
+    /// naming `next_tli` and where it starts.
+    pub async fn end_timeline(&mut self, next_tli: u32, next_start: u64) -> io::Result<()> {
+        self.log
+            .update(|l| l.next_timeline = Some((next_tli, next_start)));
+        self.send(&[ServerMsg::CopyDone]).await
+    }
+
     /// Sends `msgs` in ONE socket write (one TCP segment when small enough).
     pub async fn send(&mut self, msgs: &[ServerMsg]) -> io::Result<()> {
         self.wbuf.clear();
@@ -888,6 +900,14 @@ async fn read_client(read: OwnedReadHalf, log: Arc<Log>, writer: Writer) {
             let mut out = Vec::new();
             if !log.read(|l| l.server_copy_done) {
                 frame(&mut out, b'c', &[]);
+            }
+            if let Some((tli, start)) = log.read(|l| l.next_timeline) {
+                one_row(
+                    &mut out,
+                    &[("next_tli", INT8_OID), ("next_tli_startpos", TEXT_OID)],
+                    &[Some(&tli.to_string()), Some(&fmt_lsn(start))],
+                    "SELECT",
+                );
             }
             frame(&mut out, b'C', &cstr("START_STREAMING"));
             frame(&mut out, b'C', &cstr("START_REPLICATION"));
