@@ -300,6 +300,37 @@ fn verify_a_set_aside_file_with_nothing_past_the_switch_point_or_no_history() {
     );
 }
 
+/// Names that are set-aside names but odd for the archive: one not valid for
+/// its segment size, the very last segment: warnings, no panic, exit 0.
+#[test]
+fn verify_odd_set_aside_names() {
+    let dir = archive_of(&["000000010000000000000008"]);
+    for name in [
+        "00000001000000000000FFFF.divergent.tmp",
+        "00000001FFFFFFFF00000FFF.divergent.tmp",
+        "00000001FFFFFFFF00000FFF.zst.partial.divergent.tmp",
+    ] {
+        fs::write(dir.path().join(name), b"not even WAL").unwrap();
+    }
+    let (code, doc) = verify_json(dir.path());
+    assert_eq!(code, Some(0), "{doc}");
+    let warnings: Vec<_> = problems(&doc)
+        .into_iter()
+        .map(|(severity, kind, file)| {
+            assert_eq!((severity.as_str(), kind.as_str()), ("warning", "divergent"));
+            file
+        })
+        .collect();
+    assert_eq!(warnings.len(), 3, "{doc}");
+    let text = verify(dir.path(), false).stdout;
+    assert!(
+        text.contains("00000001000000000000FFFF.divergent.tmp: set aside, but not a valid segment name for 1048576 byte segments"),
+        "{text}"
+    );
+    assert!(text.contains("cannot decompress"), "{text}");
+    assert_eq!(doc["divergent"][0]["to"], "FFFFFFFF/FFFFFFFF");
+}
+
 fn restore(dir: &Path, file: &str) -> (Option<i32>, Option<Vec<u8>>) {
     let (code, served, _) = restore_logged(dir, file);
     (code, served)

@@ -88,7 +88,7 @@ pub struct DivergentRange {
 /// segment. A complete file's data ends at its segment end.
 pub(super) fn partial_data_end(segment_start: Lsn, bytes: &[u8], segment_size: u64) -> Lsn {
     let within = usize::try_from(segment_size).map_or(bytes, |n| bytes.get(..n).unwrap_or(bytes));
-    Lsn(segment_start.0 + end_of_data(within) as u64)
+    Lsn(segment_start.0.saturating_add(end_of_data(within) as u64))
 }
 
 /// Where the history left `timeline`: `(history file's timeline, switch

@@ -361,7 +361,8 @@ fn measure_divergent(
         return None;
     };
     let start = crate::lsn::segment_start_lsn(segno, segment_size);
-    let segment_end = Lsn(start.0 + segment_size);
+    // Saturating: the very last segment ends at 2^64.
+    let segment_end = Lsn(start.0.saturating_add(segment_size));
     let data_end = if !d.partial {
         segment_end
     } else {
