@@ -423,9 +423,13 @@ fn cleanup_never_removes_or_counts_a_set_aside_file() {
         .map(|n| (n.clone(), fs::read(dir.path().join(n)).unwrap()))
         .collect();
     let d = dir.path().display().to_string();
+    // Timeline 1 ends with a complete 0A (its later files are set aside):
+    // nothing of it is protected, so cleanup goes on into timeline 2.
     let removable = vec![
         format!("{d}/000000010000000000000008"),
         format!("{d}/000000010000000000000009"),
+        format!("{d}/00000001000000000000000A"),
+        format!("{d}/00000002000000000000000C"),
     ];
 
     let out = cleanup(dir.path(), &["--before", "00000002000000000000000D", "-n"]);
@@ -446,11 +450,9 @@ fn cleanup_never_removes_or_counts_a_set_aside_file() {
     assert_eq!(
         file_names(dir.path()),
         [
-            "00000001000000000000000A",
             aside[0].as_str(),
             aside[1].as_str(),
             "00000002.history",
-            "00000002000000000000000C",
             "00000002000000000000000D.partial",
         ]
     );
@@ -661,6 +663,14 @@ fn the_tools_on_a_tail_left_by_a_real_unplanned_failover() {
         for ((n, _), bytes) in aside.iter().zip(&kept) {
             assert_eq!(&fs::read(dir.path().join(n)).unwrap(), bytes, "{n}");
         }
+        // Nor do they hold cleanup back: timeline 1's WAL before the switch
+        // segment went, as far as the cut-off asked.
+        let left = file_names(dir.path());
+        assert!(
+            left.iter()
+                .all(|n| !n.starts_with("00000001") || n.ends_with(".divergent.tmp")),
+            "{left:?}"
+        );
 
         // status: the count and the size on disk, beside the live server.
         let on_disk: u64 = aside

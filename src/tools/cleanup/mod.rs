@@ -344,8 +344,8 @@ mod tests {
             ]
         );
         // A cut-off past them, and a size budget they would exhaust: only WAL
-        // goes, and timeline 1's newest WAL is still its last kept segment
-        // (were the set-aside files WAL, 02 would go too).
+        // goes (were the set-aside files WAL, timeline 1's newest would be
+        // the set-aside .partial, and they would be removed up to it).
         let rules = Rules {
             before: SegmentName::parse("000000020000000000000009"),
             modified_before: None,
@@ -355,7 +355,10 @@ mod tests {
             .iter()
             .map(|e| e.name.clone())
             .collect();
-        assert_eq!(planned, ["000000010000000000000001"]);
+        assert_eq!(
+            planned,
+            ["000000010000000000000001", "000000010000000000000002"]
+        );
     }
 
     #[test]
