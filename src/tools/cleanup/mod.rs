@@ -9,8 +9,9 @@
 //! directory once (through [`crate::archive::durable`]).
 //!
 //! Safe beside a running `walrcv stream` on the same directory: it takes no
-//! lock, never touches `.tmp` files or the newest file of any timeline (the
-//! one being written), and a file that vanished meanwhile is not an error.
+//! lock, never touches `.tmp` files or the newest timeline's newest file (the
+//! one being written; see [`plan`] for what else is protected), and a file
+//! that vanished meanwhile is not an error.
 //!
 //! Files set aside after a failover (`*.divergent.tmp`) are not WAL of the
 //! archive's history: they are never removed, never counted (by
