@@ -300,6 +300,26 @@ fn verify_a_set_aside_file_with_nothing_past_the_switch_point_or_no_history() {
     );
 }
 
+/// Everything set aside (the archive held nothing before the switch
+/// segment): the sizes come from the set-aside files, and the range is
+/// reported.
+#[test]
+fn verify_an_archive_holding_only_set_aside_files() {
+    let dir = archive_of(&[TL1_0C_PARTIAL]);
+    history(dir.path(), 0xC0_1000);
+    let aside = set_aside(dir.path(), TL1_0C_PARTIAL);
+    let end = 0xC0_0000 + data_len(&fixture(TL1_0C_PARTIAL));
+    let (code, doc) = verify_json(dir.path());
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["segment_size"], MB);
+    assert_eq!(
+        problems(&doc),
+        [("warning".into(), "divergent".into(), aside)]
+    );
+    assert_eq!(doc["divergent"][0]["from"], "0/C01000");
+    assert_eq!(doc["divergent_bytes"], end - 0xC0_1000);
+}
+
 /// Names that are set-aside names but odd for the archive: one not valid for
 /// its segment size, the very last segment: warnings, no panic, exit 0.
 #[test]
