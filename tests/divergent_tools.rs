@@ -349,6 +349,25 @@ fn verify_odd_set_aside_names() {
     );
     assert!(text.contains("cannot decompress"), "{text}");
     assert_eq!(doc["divergent"][0]["to"], "FFFFFFFF/FFFFFFFF");
+
+    // Nothing tells the segment size: still listed, as warnings.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("000000010000000000000003.divergent.tmp"),
+        b"x",
+    )
+    .unwrap();
+    let (code, doc) = verify_json(dir.path());
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(
+        problems(&doc),
+        [(
+            "warning".into(),
+            "divergent".into(),
+            "000000010000000000000003.divergent.tmp".into()
+        )]
+    );
+    assert_eq!(doc["divergent_files"], 1);
 }
 
 fn restore(dir: &Path, file: &str) -> (Option<i32>, Option<Vec<u8>>) {

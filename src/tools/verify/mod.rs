@@ -176,6 +176,19 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
     });
     let Some(params) = params else {
         problems.extend(inventory.segments.iter().map(no_parameters_problem));
+        problems.extend(
+            inventory.divergent.iter().map(|d| Problem {
+                severity: Severity::Warning,
+                kind: ProblemKind::Divergent,
+                file: d.name.clone(),
+                offset: None,
+                lsn: None,
+                check: None,
+                message:
+                    "set aside; no valid WAL long page header in any file: cannot tell its range"
+                        .into(),
+            }),
+        );
         return Ok(empty_report(dir, problems));
     };
     let ctx = Context {
