@@ -189,7 +189,10 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
                         .into(),
             }),
         );
-        return Ok(empty_report(dir, problems));
+        return Ok(VerifyReport {
+            divergent_files: inventory.divergent.len(),
+            ..empty_report(dir, problems)
+        });
     };
     let ctx = Context {
         segment_size: params.segment_size,
