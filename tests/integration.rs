@@ -5,6 +5,7 @@ mod compress;
 mod conninfo_service;
 mod corruption;
 mod disk_full;
+mod divergent_tools;
 mod dropin_messages;
 mod failover;
 #[cfg(feature = "failpoints")]

@@ -9,8 +9,14 @@
 //! directory once (through [`crate::archive::durable`]).
 //!
 //! Safe beside a running `walrcv stream` on the same directory: it takes no
-//! lock, never touches `.tmp` files or the newest file of any timeline (the
-//! one being written), and a file that vanished meanwhile is not an error.
+//! lock, never touches `.tmp` files or the newest timeline's newest file (the
+//! one being written; see [`plan`] for what else is protected), and a file
+//! that vanished meanwhile is not an error.
+//!
+//! Files set aside after a failover (`*.divergent.tmp`) are not WAL of the
+//! archive's history: they are never removed, never counted (by
+//! `--keep-size` or as a timeline's newest file), and never accepted as a
+//! `--before` cut-off. A DBA removes them by hand once inspected.
 //!
 //! Exit statuses ([`exit`]): 0 done (also when nothing was to be removed), 1 a
 //! file could not be removed or the directory fsync failed, 2 bad arguments or
@@ -270,7 +276,15 @@ mod tests {
         ] {
             assert_eq!(seg(v), want, "{v}");
         }
-        for v in ["00000002.history", "0000000200000000000000c", "x", "", "/"] {
+        for v in [
+            "00000002.history",
+            "0000000200000000000000c",
+            "x",
+            "",
+            "/",
+            "00000002000000000000000C.divergent.tmp",
+            "00000002000000000000000C.gz.partial.divergent.tmp",
+        ] {
             assert_eq!(seg(v), None, "{v}");
         }
     }
@@ -303,6 +317,49 @@ mod tests {
         assert_eq!(r.keep_size, Some(1 << 20));
         let far = rules(&args(None, Some("100000w"), None), now).unwrap();
         assert_eq!(far.modified_before, Some(SystemTime::UNIX_EPOCH));
+    }
+
+    #[test]
+    fn divergent_files_are_never_listed_counted_or_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for (n, len) in [
+            ("000000010000000000000001", 100),
+            ("000000010000000000000002", 100),
+            ("000000010000000000000003.divergent.tmp", 1000),
+            ("000000010000000000000004.zst.partial.divergent.tmp", 1000),
+            ("000000020000000000000003", 100),
+            ("000000020000000000000004.partial", 100),
+        ] {
+            std::fs::write(dir.path().join(n), vec![1u8; len]).unwrap();
+        }
+        let entries = inventory(dir.path()).unwrap();
+        let mut names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "000000010000000000000001",
+                "000000010000000000000002",
+                "000000020000000000000003",
+                "000000020000000000000004.partial"
+            ]
+        );
+        // A cut-off past them, and a size budget they would exhaust: only WAL
+        // goes (were the set-aside files WAL, timeline 1's newest would be
+        // the set-aside .partial, and they would be removed up to it).
+        let rules = Rules {
+            before: SegmentName::parse("000000020000000000000009"),
+            modified_before: None,
+            keep_size: Some(250),
+        };
+        let planned: Vec<_> = plan::plan(&entries, &rules)
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        assert_eq!(
+            planned,
+            ["000000010000000000000001", "000000010000000000000002"]
+        );
     }
 
     #[test]

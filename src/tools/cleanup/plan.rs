@@ -13,15 +13,19 @@
 //! range: a file that some rule keeps stops the removal there, even if older
 //! files elsewhere would qualify, and no hole is ever made.
 //!
-//! The newest file of each timeline (its highest position, complete or
-//! `.partial`) is protected: never removed, and, like any file that stays, it
-//! ends the prefix. After a failover the old timeline's last `.partial` (left
-//! at its switch point) therefore stops cleanup at the switch segment: removing
-//! the new timeline's files past it would leave that `.partial` as the only
-//! file of its position with a hole after it, which `walrcv verify` rightly
-//! reports. Removing such a file is a decision for a person (the README says
-//! how). The stream writes only the newest timeline's newest segment, so this
-//! also keeps cleanup off the file being written.
+//! Protected (never removed, and, like any file that stays, ending the
+//! prefix): the newest file of the newest timeline (its highest position,
+//! complete or `.partial`: the stream writes only there), and an older
+//! timeline's newest file when it is a `.partial`. After a switchover the old
+//! timeline's last `.partial` (left at its switch point) therefore stops
+//! cleanup at the switch segment: removing the new timeline's files past it
+//! would leave that `.partial` as the only file of its position with a hole
+//! after it, which `walrcv verify` rightly reports. Removing such a file is a
+//! decision for a person (the README says how). An older timeline that ends
+//! with a complete segment (after an unplanned failover its files from the
+//! switch segment on are set aside as divergent, and are not WAL here) has
+//! nothing to protect: that segment goes with the prefix like any other, or
+//! cleanup would stop there for good.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -62,6 +66,7 @@ struct Segment<'a> {
     /// The position digits (last 16 hex digits) of the name.
     position: String,
     timeline: TimeLineId,
+    partial: bool,
 }
 
 /// The entries to remove, oldest first (so that an interrupted run has still
@@ -71,7 +76,7 @@ pub fn plan<'a>(entries: &'a [Entry], rules: &Rules) -> Vec<&'a Entry> {
         return Vec::new();
     }
     let mut segments = segments_in_wal_order(entries);
-    let protected = newest_of_each_timeline(&segments);
+    let protected = protected(&segments);
     let over_size = over_keep_size(&segments, rules.keep_size);
     let removable = |i: usize, s: &Segment| {
         let before = rules
@@ -101,10 +106,11 @@ fn segments_in_wal_order(entries: &[Entry]) -> Vec<Segment<'_>> {
     let mut segments: Vec<Segment> = entries
         .iter()
         .filter_map(|entry| match ArchiveName::classify(&entry.name) {
-            ArchiveName::Segment { name, .. } => Some(Segment {
+            ArchiveName::Segment { name, partial, .. } => Some(Segment {
                 entry,
                 position: name.position_digits().to_owned(),
                 timeline: name.timeline(),
+                partial,
             }),
             _ => None,
         })
@@ -115,9 +121,10 @@ fn segments_in_wal_order(entries: &[Entry]) -> Vec<Segment<'_>> {
     segments
 }
 
-/// Indexes (into the WAL-ordered list) of the files at each timeline's
-/// highest position.
-fn newest_of_each_timeline(segments: &[Segment]) -> Vec<usize> {
+/// Indexes (into the WAL-ordered list) of the protected files: those at the
+/// newest timeline's highest position, and the `.partial`s at an older
+/// timeline's highest position.
+fn protected(segments: &[Segment]) -> Vec<usize> {
     let mut newest: BTreeMap<TimeLineId, &str> = BTreeMap::new();
     for s in segments {
         let top = newest.entry(s.timeline).or_insert(&s.position);
@@ -125,10 +132,14 @@ fn newest_of_each_timeline(segments: &[Segment]) -> Vec<usize> {
             *top = &s.position;
         }
     }
+    let newest_timeline = newest.keys().next_back().copied();
     segments
         .iter()
         .enumerate()
-        .filter(|(_, s)| newest.get(&s.timeline) == Some(&s.position.as_str()))
+        .filter(|(_, s)| {
+            newest.get(&s.timeline) == Some(&s.position.as_str())
+                && (s.partial || Some(s.timeline) == newest_timeline)
+        })
         .map(|(i, _)| i)
         .collect()
 }
@@ -346,9 +357,42 @@ mod tests {
     }
 
     #[test]
+    fn an_older_timeline_ending_complete_is_not_protected() {
+        // After an unplanned failover: timeline 1's files from the switch
+        // segment on are set aside (not WAL here), so it ends with a complete
+        // 0B; timeline 2 goes on from 0C.
+        let a = archive(&[
+            "000000010000000000000009",
+            "00000001000000000000000A",
+            "00000001000000000000000B",
+            "00000001000000000000000C.partial.divergent.tmp",
+            "00000002.history",
+            "00000002000000000000000C",
+            "00000002000000000000000D",
+            "00000002000000000000000E.partial",
+        ]);
+        assert_eq!(
+            names(plan(&a, &before("00000002000000000000000E"))),
+            [
+                "000000010000000000000009",
+                "00000001000000000000000A",
+                "00000001000000000000000B",
+                "00000002000000000000000C",
+                "00000002000000000000000D",
+            ]
+        );
+        // The newest timeline's newest file stays, complete or not.
+        let a = archive(&["000000010000000000000009", "00000001000000000000000A"]);
+        assert_eq!(
+            names(plan(&a, &before("0000000100000000000000FF"))),
+            ["000000010000000000000009"]
+        );
+    }
+
+    #[test]
     fn removal_is_a_prefix_in_wal_order() {
         // Whatever the rules, what stays is contiguous: no kept file lies
-        // before a removed one, and no timeline's newest file is removed.
+        // before a removed one, and no protected file is removed.
         let a = two_timelines();
         for minutes in 0..12 {
             for size in [0, 300_000, MB, 2 * MB, 3 * MB] {
@@ -359,7 +403,7 @@ mod tests {
                 };
                 let removed = plan(&a, &rules);
                 let order = segments_in_wal_order(&a);
-                let protected = newest_of_each_timeline(&order);
+                let protected = protected(&order);
                 let last_removed = order
                     .iter()
                     .rposition(|s| removed.contains(&s.entry))

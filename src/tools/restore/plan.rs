@@ -21,6 +21,13 @@
 //! 3. a `.partial` of `S` followed by later segments of the same timeline is a
 //!    hole in the archive: refused, since serving it (or answering "not
 //!    found") would end recovery early and promote there.
+//!
+//! Files set aside after a failover (`*.divergent.tmp`,
+//! [`ArchiveName::Divergent`]) hold WAL of a timeline past the point where
+//! the history left it: they never answer a request under any name, and are
+//! not "later segments" for rule 3 either (the classification does not call
+//! them segments). Their original name gets "not found", and recovery
+//! follows the history to the new timeline's file.
 
 use crate::archive::names::{ArchiveName, Compression, SegmentName};
 use crate::lsn::TimeLineId;
@@ -162,6 +169,26 @@ fn later_on_same_timeline<'a>(
         })
         .min()
         .map(|(_, n)| n)
+}
+
+/// The set-aside (divergent) files of the segment `request` names, for the
+/// log line of a "not found": they are never served, but a DBA reading the
+/// server's log should know they are there.
+pub fn set_aside_copies<'a>(
+    request: &Request,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Vec<&'a str> {
+    let Request::Segment(wanted) = request else {
+        return Vec::new();
+    };
+    let mut copies: Vec<&str> = names
+        .into_iter()
+        .filter(|n| {
+            matches!(ArchiveName::classify(n), ArchiveName::Divergent { name, .. } if &name == wanted)
+        })
+        .collect();
+    copies.sort_unstable();
+    copies
 }
 
 fn source(file_name: &str, compression: Compression) -> Source {

@@ -16,7 +16,7 @@ use crate::archive::compression::{decompress, DecompressError};
 use crate::archive::names::{Compression, SegmentName};
 use crate::lsn::{Lsn, TimeLineId, MAX_SEGMENT_SIZE};
 
-use super::plan::{plan, Plan, Request, Source};
+use super::plan::{plan, set_aside_copies, Plan, Request, Source};
 
 /// Largest history file read (they are a few lines per timeline).
 const HISTORY_LIMIT: u64 = 64 << 20;
@@ -116,6 +116,22 @@ pub fn restore(dir: &Path, requested: &str, target: &Path) -> Result<Served, Res
                 })
             }
             Err(Attempt::Failed(e)) => return Err(e),
+            Ok(Served::NotFound) => {
+                let aside = set_aside_copies(&request, names.iter().map(String::as_str));
+                // A warning: recovery that follows the new timeline asks for
+                // its file of the segment first (`XLogFileReadAnyTLI`, newest
+                // timeline first), so asking for this name means that file is
+                // missing or recovery follows the old timeline; either way its
+                // operator should know why it ends here.
+                if !aside.is_empty() {
+                    tracing::warn!(
+                        file = %requested,
+                        "{requested}: only set-aside divergent copies exist ({}), WAL past a timeline's switch point that is never restored",
+                        aside.join(", ")
+                    );
+                }
+                return Ok(Served::NotFound);
+            }
             Ok(served) => return Ok(served),
         }
     }

@@ -16,6 +16,11 @@
 //! can fall short of the true end by the zero bytes ending the last record.
 //! A compressed `.partial` (`-Z`) is decompressed first (what was flushed
 //! into it), and its end estimated the same way on the decompressed bytes.
+//!
+//! Files set aside after a failover (`*.divergent.tmp`) are not WAL of the
+//! archive's history (the scan skips them); they are counted, with their size
+//! on disk, so that a DBA sees there is something to inspect (`walrcv
+//! verify` says what and where).
 
 use std::fs::File;
 use std::io;
@@ -43,6 +48,15 @@ pub struct ArchiveRead {
     pub partial_written: u64,
     /// Seconds since the newest file was last modified.
     pub newest_age_secs: Option<u64>,
+    /// Files set aside after a failover.
+    pub divergent: DivergentTally,
+}
+
+/// How many files are set aside after a failover, and their size on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DivergentTally {
+    pub files: u64,
+    pub bytes: u64,
 }
 
 /// Errors reading the archive: it cannot be judged (UNKNOWN), or it holds a
@@ -109,7 +123,32 @@ pub fn read_archive(
         newest,
         partial_written,
         newest_age_secs,
+        divergent: divergent_tally(dir)?,
     })
+}
+
+/// Counts the set-aside files of `dir`. One that vanishes meanwhile (a DBA
+/// moving it away) is not counted.
+fn divergent_tally(dir: &Path) -> Result<DivergentTally, ArchiveError> {
+    let mut tally = DivergentTally::default();
+    for entry in std::fs::read_dir(dir).map_err(|e| ArchiveError::io(dir, e))? {
+        let entry = entry.map_err(|e| ArchiveError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !matches!(ArchiveName::classify(name), ArchiveName::Divergent { .. }) {
+            continue;
+        }
+        match entry.metadata() {
+            Ok(m) if m.is_file() => {
+                tally.files += 1;
+                tally.bytes += m.len();
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ArchiveError::io(entry.path(), e)),
+        }
+    }
+    Ok(tally)
 }
 
 const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
@@ -302,6 +341,32 @@ mod tests {
         assert_eq!((newest.segno, newest.partial), (3, true));
         assert_eq!(read.partial_written, 2 * BLOCK + 8);
         assert!(read.newest_age_secs.is_some());
+    }
+
+    #[test]
+    fn divergent_files_are_counted_not_scanned() {
+        const SEG: u64 = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, len) in [
+            ("000000010000000000000002", SEG),
+            ("000000010000000000000003.divergent.tmp", SEG),
+            ("000000010000000000000004.gz.partial.divergent.tmp", 1234),
+            ("00000002.history.divergent.tmp", 10),
+            ("000000020000000000000003.partial", SEG),
+        ] {
+            std::fs::write(dir.path().join(name), vec![0u8; len as usize]).unwrap();
+        }
+        let read = read_archive(dir.path(), Some(SEG)).unwrap();
+        assert_eq!(
+            read.divergent,
+            DivergentTally {
+                files: 2,
+                bytes: SEG + 1234
+            }
+        );
+        let newest = read.newest.unwrap();
+        assert_eq!((newest.timeline, newest.segno), (2, 3));
+        assert_eq!(read.scan.segments.len(), 2);
     }
 
     #[test]

@@ -152,6 +152,10 @@ pub struct ArchiveReport {
     pub archived_end: Option<String>,
     pub newest_file_age_seconds: Option<u64>,
     pub gaps: Vec<Gap>,
+    /// Files set aside after a failover (`*.divergent.tmp`), and their
+    /// size on disk. Shown, never judged: `walrcv verify` reports them.
+    pub divergent_files: u64,
+    pub divergent_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -295,6 +299,8 @@ fn archive_report(args: &StatusArgs, a: &archive::ArchiveRead) -> ArchiveReport 
             .map(|l| l.to_string()),
         newest_file_age_seconds: a.newest_age_secs,
         gaps: check::gaps(&entries, a.segment_size),
+        divergent_files: a.divergent.files,
+        divergent_bytes: a.divergent.bytes,
     }
 }
 

@@ -83,6 +83,15 @@ pub fn human(r: &StatusReport) -> String {
                 .unwrap_or_default();
             let _ = writeln!(out, "  archived up to {end}{age}");
         }
+        if a.divergent_files > 0 {
+            let _ = writeln!(
+                out,
+                "  divergent: {} file{} set aside after a failover ({}), see walrcv verify",
+                a.divergent_files,
+                if a.divergent_files == 1 { "" } else { "s" },
+                human_bytes(a.divergent_bytes)
+            );
+        }
         for g in &a.gaps {
             let _ = if g.segments == 1 {
                 writeln!(out, "  gap: {} (1 segment)", g.first_missing)

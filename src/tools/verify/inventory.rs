@@ -35,6 +35,18 @@ pub(super) struct SegFile {
     pub segno: SegNo,
 }
 
+/// A segment file set aside after a failover (`*.divergent.tmp`).
+#[derive(Debug, Clone)]
+pub(super) struct DivergentEntry {
+    pub name: String,
+    pub path: PathBuf,
+    pub segment: SegmentName,
+    pub compression: Compression,
+    pub partial: bool,
+    /// Size on disk.
+    pub size: u64,
+}
+
 /// A timeline history file.
 #[derive(Debug, Clone)]
 pub(super) struct HistoryFile {
@@ -48,6 +60,8 @@ pub(super) struct Inventory {
     /// Sorted by file name.
     pub segments: Vec<SegFile>,
     pub histories: BTreeMap<TimeLineId, HistoryFile>,
+    /// Set-aside files, sorted by file name.
+    pub divergent: Vec<DivergentEntry>,
     /// Files that could not even be looked at.
     pub problems: Vec<Problem>,
 }
@@ -120,13 +134,31 @@ pub(super) fn list(dir: &Path) -> Result<Inventory, VerifyToolError> {
                         .insert(timeline, HistoryFile { path, compression });
                 }
             }
-            ArchiveName::Backup { .. }
-            | ArchiveName::Temporary
-            | ArchiveName::Divergent { .. }
-            | ArchiveName::Foreign => {}
+            ArchiveName::Divergent {
+                name: segment,
+                compression,
+                partial,
+            } => {
+                let size = match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() => m.len(),
+                    // Unreadable metadata: the file is reported when measured.
+                    Ok(_) => continue,
+                    Err(_) => 0,
+                };
+                inventory.divergent.push(DivergentEntry {
+                    name,
+                    path,
+                    segment,
+                    compression,
+                    partial,
+                    size,
+                });
+            }
+            ArchiveName::Backup { .. } | ArchiveName::Temporary | ArchiveName::Foreign => {}
         }
     }
     inventory.segments.sort_by(|a, b| a.name.cmp(&b.name));
+    inventory.divergent.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(inventory)
 }
 

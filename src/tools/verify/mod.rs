@@ -14,7 +14,10 @@
 //! * gaps: the segments are followed through the timeline history (for segment number
 //!   `s`, the file of the timeline that owns the end of `s`, else a `.partial` of its
 //!   parent at the switch segment); a segment number between the first and last with
-//!   no file is a gap.
+//!   no file is a gap;
+//! * files set aside after a failover (`*.divergent.tmp`): never part of the
+//!   above (not segments, so never a gap or a timeline problem), reported as
+//!   warnings, one range per tail ([`divergent`]), counted in the summary.
 //!
 //! A `.partial` file's valid WAL ends at the first failed check; zeros after it are the
 //! normal end of WAL (reported as where the WAL ends, not as a problem). Non-zero bytes
@@ -29,6 +32,7 @@
 //! through `ArchiveName::classify`, file bytes), [`params`] (segment and page
 //! size, system identifier), [`timelines`] (history files), [`plan`] (the
 //! sequence through the history, gaps), [`check`] (one file's bytes),
+//! [`divergent`] (set-aside files as ranges),
 //! [`report`] (the data) and [`render`] (human; JSON is the serialization).
 //! Only the inventory and this module's glue touch the disk.
 //!
@@ -38,6 +42,7 @@
 //! or 2 (a file could not be read).
 
 mod check;
+mod divergent;
 mod inventory;
 mod params;
 mod plan;
@@ -52,6 +57,7 @@ use std::path::{Path, PathBuf};
 use crate::lsn::{history_file_name, Lsn, SegNo, TimeLineId};
 use crate::wal::verifier::{Check, Verifier};
 
+pub use divergent::{DivergentFile, DivergentRange};
 pub use render::render_human;
 pub use report::{FileReport, Problem, ProblemKind, Severity, TimelineSummary, VerifyReport};
 
@@ -155,9 +161,38 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
                 .flatten()
         })
         .collect();
-    let Some(params) = params::parameters(&headers) else {
+    // An archive whose WAL was all set aside still has its sizes in those files.
+    let params = params::parameters(&headers).or_else(|| {
+        let aside: Vec<_> = inventory
+            .divergent
+            .iter()
+            .map(|d| {
+                inventory::read_long_header(&d.path, d.compression)
+                    .ok()
+                    .flatten()
+            })
+            .collect();
+        params::parameters(&aside)
+    });
+    let Some(params) = params else {
         problems.extend(inventory.segments.iter().map(no_parameters_problem));
-        return Ok(empty_report(dir, problems));
+        problems.extend(
+            inventory.divergent.iter().map(|d| Problem {
+                severity: Severity::Warning,
+                kind: ProblemKind::Divergent,
+                file: d.name.clone(),
+                offset: None,
+                lsn: None,
+                check: None,
+                message:
+                    "set aside; no valid WAL long page header in any file: cannot tell its range"
+                        .into(),
+            }),
+        );
+        return Ok(VerifyReport {
+            divergent_files: inventory.divergent.len(),
+            ..empty_report(dir, problems)
+        });
     };
     let ctx = Context {
         segment_size: params.segment_size,
@@ -169,6 +204,7 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
     let named = with_segment_numbers(inventory.segments, ctx.segment_size, &mut problems);
 
     let histories = read_histories(&inventory.histories, &mut problems);
+    let divergent = divergent_ranges(&inventory.divergent, &histories, &ctx, &mut problems);
     let segment_timelines: Vec<TimeLineId> = named.iter().map(|s| s.tli).collect();
     let tl = timelines::timelines(&segment_timelines, &histories, &mut problems);
     for s in &named {
@@ -221,6 +257,9 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         ok: !problems.iter().any(|p| p.severity == Severity::Error),
         problems,
         records,
+        divergent_files: divergent.iter().map(|r| r.files.len()).sum(),
+        divergent_bytes: divergent.iter().map(|r| r.bytes).sum(),
+        divergent,
     })
 }
 
@@ -238,6 +277,9 @@ fn empty_report(dir: &Path, problems: Vec<Problem>) -> VerifyReport {
         records: 0,
         ok: !problems.iter().any(|p| p.severity == Severity::Error),
         problems,
+        divergent: Vec::new(),
+        divergent_files: 0,
+        divergent_bytes: 0,
     }
 }
 
@@ -284,6 +326,84 @@ fn with_segment_numbers(
         }
     }
     named
+}
+
+/// The set-aside files as ranges, each reported as a warning (after the
+/// warnings about files that could not be measured).
+fn divergent_ranges(
+    entries: &[inventory::DivergentEntry],
+    histories: &BTreeMap<TimeLineId, Option<Vec<u8>>>,
+    ctx: &Context,
+    problems: &mut Vec<Problem>,
+) -> Vec<DivergentRange> {
+    let measured = entries
+        .iter()
+        .filter_map(|d| measure_divergent(d, ctx.segment_size, problems))
+        .collect();
+    // Malformed history files are reported by the timelines stage.
+    let parsed = histories
+        .iter()
+        .filter_map(|(&tli, content)| {
+            let entries = crate::wal::history::parse_history(content.as_deref()?).ok()?;
+            Some((tli, entries))
+        })
+        .collect();
+    let ranges = divergent::ranges(measured, &parsed, ctx.segment_size);
+    problems.extend(ranges.iter().map(divergent::warning));
+    ranges
+}
+
+/// Where a set-aside file's data ends. A file that cannot be read is taken
+/// to run to its segment end (with a warning: it is set aside, so the
+/// archive's own history is not affected).
+fn measure_divergent(
+    d: &inventory::DivergentEntry,
+    segment_size: u64,
+    problems: &mut Vec<Problem>,
+) -> Option<divergent::Measured> {
+    let warn = |message: String| Problem {
+        severity: Severity::Warning,
+        kind: ProblemKind::Divergent,
+        file: d.name.clone(),
+        offset: None,
+        lsn: None,
+        check: None,
+        message,
+    };
+    let Some((timeline, segno)) = d.segment.segno(segment_size) else {
+        problems.push(warn(format!(
+            "set aside, but not a valid segment name for {segment_size} byte segments"
+        )));
+        return None;
+    };
+    let start = crate::lsn::segment_start_lsn(segno, segment_size);
+    // Saturating: the very last segment ends at 2^64.
+    let segment_end = Lsn(start.0.saturating_add(segment_size));
+    let data_end = if !d.partial {
+        segment_end
+    } else {
+        match inventory::load(&d.path, d.compression) {
+            Ok(bytes) => divergent::partial_data_end(start, bytes.as_slice(), segment_size),
+            Err(e) => {
+                let why = match e {
+                    LoadError::Io(e) => format!("cannot read: {e}"),
+                    LoadError::Decompress(e) => format!("cannot decompress: {e}"),
+                };
+                problems.push(warn(format!(
+                    "set aside; {why}; its data is taken to run to the segment end"
+                )));
+                segment_end
+            }
+        }
+    };
+    Some(divergent::Measured {
+        name: d.name.clone(),
+        timeline,
+        segno,
+        partial: d.partial,
+        size: d.size,
+        data_end,
+    })
 }
 
 /// Each history file's (decompressed) content; `None` when it could not be

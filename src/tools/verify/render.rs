@@ -72,6 +72,7 @@ pub fn render_human(r: &VerifyReport) -> String {
                 .unwrap_or_default()
         );
     }
+    divergent_lines(&mut s, r);
     let errors = r.errors().count();
     let warnings = r.problems.len() - errors;
     for p in &r.problems {
@@ -88,14 +89,46 @@ pub fn render_human(r: &VerifyReport) -> String {
         }
         let _ = writeln!(s, "{sev}: {at}: {}", p.message);
     }
+    let aside = divergent_summary(r);
     if r.ok {
-        let _ = writeln!(s, "OK: {} records verified, {warnings} warnings", r.records);
+        let _ = writeln!(
+            s,
+            "OK: {} records verified, {warnings} warnings{aside}",
+            r.records
+        );
     } else {
         let _ = writeln!(
             s,
-            "FAILED: {errors} problems, {warnings} warnings ({} records verified)",
+            "FAILED: {errors} problems, {warnings} warnings ({} records verified){aside}",
             r.records
         );
     }
     s
+}
+
+/// One line per set-aside file: where its data ends and how much of it is
+/// past the switch point.
+fn divergent_lines(s: &mut String, r: &VerifyReport) {
+    use std::fmt::Write as _;
+    for f in r.divergent.iter().flat_map(|d| &d.files) {
+        let _ = writeln!(
+            s,
+            "  {}: set aside, timeline {}, data ends at {}, {} bytes past the switch point",
+            f.name, f.timeline, f.data_end, f.divergent_bytes
+        );
+    }
+}
+
+/// `, N divergent files set aside (B bytes of WAL past a switch point)`, or
+/// nothing when there are none.
+fn divergent_summary(r: &VerifyReport) -> String {
+    if r.divergent_files == 0 {
+        return String::new();
+    }
+    format!(
+        ", {} divergent file{} set aside ({} bytes of WAL past a switch point)",
+        r.divergent_files,
+        if r.divergent_files == 1 { "" } else { "s" },
+        r.divergent_bytes
+    )
 }

@@ -8,6 +8,8 @@ use serde::{Serialize, Serializer};
 use crate::lsn::{Lsn, SegNo, TimeLineId};
 use crate::wal::verifier::{Check, VerifyError};
 
+use super::divergent::DivergentRange;
+
 /// How bad a problem is. Only errors make the archive fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -38,6 +40,9 @@ pub enum ProblemKind {
     TrailingGarbage,
     /// A file name not valid for the archive's segment size, or a compressed file.
     Name,
+    /// Files set aside after a failover (`*.divergent.tmp`): WAL of a
+    /// timeline past the point where the history left it. Always a warning.
+    Divergent,
 }
 
 /// One problem, with where it is.
@@ -118,6 +123,12 @@ pub struct VerifyReport {
     pub records: u64,
     /// Whether no problem of severity error was found.
     pub ok: bool,
+    /// The files set aside after a failover, as ranges (one per tail).
+    pub divergent: Vec<DivergentRange>,
+    /// How many set-aside files there are.
+    pub divergent_files: usize,
+    /// Bytes of WAL they hold past their switch points.
+    pub divergent_bytes: u64,
 }
 
 impl VerifyReport {
@@ -128,7 +139,8 @@ impl VerifyReport {
             .filter(|p| p.severity == Severity::Error)
     }
 
-    /// 0: no error; 1: problems; 2: a file could not be read.
+    /// 0: no error; 1: problems; 2: a file could not be read. Divergent
+    /// files are warnings and change nothing here.
     pub fn exit_code(&self) -> i32 {
         if self
             .problems
@@ -144,7 +156,11 @@ impl VerifyReport {
     }
 }
 
-fn ser_opt_lsn<S: Serializer>(v: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn ser_lsn<S: Serializer>(v: &Lsn, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.to_string())
+}
+
+pub(super) fn ser_opt_lsn<S: Serializer>(v: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(l) => s.serialize_str(&l.to_string()),
         None => s.serialize_none(),

@@ -203,3 +203,66 @@ fn backup_history_files_as_they_are() {
     );
     assert_eq!(plan(&request, [S3]), Plan::NotFound);
 }
+
+/// Files set aside after a failover hold WAL the continuing history does not
+/// have: no request is ever answered from one, in any form.
+#[test]
+fn divergent_files_never_answer() {
+    use crate::archive::names::{divergent_file_name, segment_file_name};
+    let name = SegmentName::parse(S3).unwrap();
+    for c in Compression::ALL {
+        for partial in [false, true] {
+            let aside = divergent_file_name(&segment_file_name(&name, c, partial));
+            assert_eq!(
+                plan(&seg(S3), [aside.as_str(), "000000010000000000000002"]),
+                Plan::NotFound,
+                "{aside}"
+            );
+            assert_eq!(Request::parse(&aside), None, "{aside}");
+        }
+    }
+    let names = [
+        "000000010000000000000003.partial.divergent.tmp",
+        "000000010000000000000003.gz.divergent.tmp",
+        "000000010000000000000004.divergent.tmp",
+        "000000020000000000000003.divergent.tmp",
+        S3,
+    ];
+    assert_eq!(
+        set_aside_copies(&seg(S3), names),
+        [
+            "000000010000000000000003.gz.divergent.tmp",
+            "000000010000000000000003.partial.divergent.tmp"
+        ]
+    );
+    assert!(set_aside_copies(&Request::History(2), names).is_empty());
+    // The new timeline's copy of the segment is served beside them.
+    let s2 = "000000020000000000000003";
+    assert_eq!(
+        plan(
+            &seg(s2),
+            [
+                "000000010000000000000003.partial.divergent.tmp",
+                "000000010000000000000003.divergent.tmp",
+                s2
+            ]
+        ),
+        Plan::Complete(vec![src(s2, Compression::None)])
+    );
+    // The newest `.partial` of a timeline: a set-aside later file is not
+    // "later WAL" (no hole), and a set-aside `.partial` is not a candidate.
+    assert_eq!(
+        plan(
+            &seg(S3),
+            [
+                "000000010000000000000003.partial",
+                "000000010000000000000004.divergent.tmp",
+                "000000010000000000000003.gz.partial.divergent.tmp",
+            ]
+        ),
+        Plan::Partial(vec![src(
+            "000000010000000000000003.partial",
+            Compression::None
+        )])
+    );
+}
