@@ -200,28 +200,19 @@ async fn follow_lineage(
     point: StartPoint,
 ) -> Result<Start, ReceiverError> {
     let seg = server.segment_size;
-    let wal_end = {
-        let scan = scan.clone();
-        off_runtime(archive, move |a| a.wal_end(&scan, seg))
-            .await?
-            .map_err(|source| ReceiverError::ArchiveIo {
-                doing: "read where the archive's WAL ends",
-                source,
-            })?
-    };
-    let Some(wal_end) = wal_end else {
-        log_resume(&scan, point, seg);
-        return Ok(Start {
-            point,
-            from_archive: true,
-        });
+    // `point` comes from the newest file, so its timeline is the archive's.
+    let timeline = point.timeline;
+    let end = if timeline == server.timeline {
+        // Where the archive ends does not matter on the server's own
+        // timeline (only the histories are compared): a reconnect does not
+        // read the `.partial` it resumes.
+        point.lsn
+    } else {
+        archive_wal_end(archive, &scan, seg).await?
     };
     let history = server_history(conn, server.timeline).await?;
-    let archive_end = ArchiveEnd {
-        timeline: wal_end.timeline,
-        end: wal_end.end,
-    };
-    let known = archive_history(archive, wal_end.timeline).await?;
+    let archive_end = ArchiveEnd { timeline, end };
+    let known = archive_history(archive, timeline).await?;
     let decision = lineage::decide(
         archive_end,
         known.as_deref(),
@@ -296,6 +287,23 @@ async fn follow_lineage(
                 .into(),
         }),
     }
+}
+
+/// Where the data of the archive's newest file ends (reads a `.partial`).
+async fn archive_wal_end(
+    archive: &ArchiveDir,
+    scan: &Scan,
+    seg: u64,
+) -> Result<Lsn, ReceiverError> {
+    let scan = scan.clone();
+    let end = off_runtime(archive, move |a| a.wal_end(&scan, seg))
+        .await?
+        .map_err(|source| ReceiverError::ArchiveIo {
+            doing: "read where the archive's WAL ends",
+            source,
+        })?;
+    end.map(|e| e.end)
+        .ok_or_else(|| ReceiverError::Unexpected("the archive's newest segment vanished".into()))
 }
 
 fn describe_entry(entry: Option<HistoryEntry>) -> String {
