@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use walrcv::archive::names::ArchiveName;
 
-use crate::support::{give_to_server_user, Recovery};
 use crate::support::{
-    parse_lsn, wait_until, walrcv_bin, walrcv_run, walrcv_spawn, BackgroundProcess, PgServer,
-    SUPERUSER,
+    file_names, give_to_server_user, parse_lsn, wait_until, walrcv_recovery_settings, walrcv_run,
+    walrcv_spawn, BackgroundProcess, PgServer, Recovery, SUPERUSER,
 };
 
 const APP: &str = "walrcv";
@@ -46,18 +45,9 @@ fn stream(dir: &Path, conninfo: &str, extra: &[&str]) -> BackgroundProcess {
     walrcv_spawn(&args)
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 /// Every file's name and content.
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    names(dir)
+    file_names(dir)
         .into_iter()
         .map(|n| {
             let bytes = std::fs::read(dir.join(&n)).unwrap();
@@ -101,18 +91,6 @@ fn commit(server: &PgServer, rcv: &BackgroundProcess, sql: &str) {
     }
 }
 
-fn recovery_settings(archive: &Path) -> Vec<String> {
-    vec![
-        format!(
-            "restore_command = '{} restore %f %p -D {}'",
-            walrcv_bin().display(),
-            archive.display()
-        ),
-        "recovery_target_timeline = 'latest'".into(),
-        "synchronous_standby_names = ''".into(),
-    ]
-}
-
 /// The switch point out of `parent` in the archive's history file of `timeline`.
 fn switchpoint(dir: &Path, timeline: u32, parent: u32) -> u64 {
     let text = std::fs::read_to_string(dir.join(format!("{timeline:08X}.history"))).unwrap();
@@ -133,7 +111,7 @@ type Files = Vec<(u32, u64, bool)>;
 
 fn classified(dir: &Path) -> (Files, Files) {
     let (mut segments, mut divergent) = (Vec::new(), Vec::new());
-    for n in names(dir) {
+    for n in file_names(dir) {
         match ArchiveName::classify(&n) {
             ArchiveName::Segment { name, partial, .. } => {
                 let (tli, segno) = name.segno(SEG).unwrap();
@@ -211,7 +189,7 @@ fn planned_switchover_follows_the_new_primary_and_restores_to_its_end() {
     verify.assert_success();
 
     give_to_server_user(dir.path());
-    let restored = match backup.start_recovery(&recovery_settings(dir.path())) {
+    let restored = match backup.start_recovery(&walrcv_recovery_settings(dir.path())) {
         Recovery::Started(server) => server,
         Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
     };
@@ -278,7 +256,7 @@ fn unplanned_failover_sets_the_divergent_tail_aside() {
     assert!(err.contains(&message), "{message}\n{err}");
     let (segments, divergent) = classified(dir.path());
     let first = switch / SEG;
-    assert!(!divergent.is_empty(), "{:?}", names(dir.path()));
+    assert!(!divergent.is_empty(), "{:?}", file_names(dir.path()));
     assert!(
         divergent.iter().all(|f| f.0 == 1 && f.1 >= first),
         "{divergent:?}"
@@ -293,7 +271,7 @@ fn unplanned_failover_sets_the_divergent_tail_aside() {
     );
     // The divergent bytes are kept: they reach where the lost WAL ended.
     let newest = divergent.iter().max().unwrap();
-    let aside = names(dir.path())
+    let aside = file_names(dir.path())
         .into_iter()
         .find(|n| {
             n.starts_with(&walrcv::lsn::wal_file_name(1, newest.1, SEG)) && n.ends_with(".tmp")
@@ -316,7 +294,7 @@ fn unplanned_failover_sets_the_divergent_tail_aside() {
     );
 
     give_to_server_user(dir.path());
-    let restored = match backup.start_recovery(&recovery_settings(dir.path())) {
+    let restored = match backup.start_recovery(&walrcv_recovery_settings(dir.path())) {
         Recovery::Started(server) => server,
         Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
     };
@@ -384,7 +362,7 @@ fn failover_to_a_host_without_the_slot() {
         .matches("replication slot \"archiver\" did not exist")
         .count();
     assert_eq!(warned, 1, "warned once:\n{err}");
-    assert!(names(dir.path()).contains(&"00000002.history".to_string()));
+    assert!(file_names(dir.path()).contains(&"00000002.history".to_string()));
 }
 
 /// A host of another cluster in the list, primary while the archive's own
@@ -451,7 +429,7 @@ fn a_sibling_fork_with_the_same_timeline_number_is_refused() {
     s2.psql("SELECT pg_switch_wal()");
     s2.wait_for_flush(APP, s2.current_lsn(), Duration::from_secs(30));
     assert!(rcv.terminate().success(), "{}", rcv.stderr());
-    assert!(names(dir.path()).contains(&"00000002.history".to_string()));
+    assert!(file_names(dir.path()).contains(&"00000002.history".to_string()));
     s1.start_again();
     s1.promote();
     assert_eq!(s1.timeline(), 2);
@@ -594,7 +572,7 @@ async fn a_timeline_ended_before_the_wal_received_sets_the_tail_aside() {
         )),
         "{err}"
     );
-    let all = names(dir.path());
+    let all = file_names(dir.path());
     assert!(
         all.contains(&"00000001000000000000000C.partial.divergent.tmp".to_string()),
         "{all:?}"

@@ -15,8 +15,9 @@ use walrcv::lsn::Lsn;
 use walrcv::wal::{Verifier, VerifierConfig};
 
 use crate::support::{
-    debian_bin, file_names, give_to_server_user, parse_lsn, wait_until, wal_file_name, walrcv_bin,
-    walrcv_run, walrcv_spawn, BackgroundProcess, BaseBackup, PgServer, Recovery,
+    debian_bin, file_names, give_to_server_user, parse_lsn, wait_until, wal_file_name,
+    walrcv_recovery_settings, walrcv_run, walrcv_spawn, BackgroundProcess, BaseBackup, PgServer,
+    Recovery,
 };
 
 /// application_name of the receiver, named in synchronous_standby_names.
@@ -160,18 +161,6 @@ fn commit(pg: &PgServer, rcv: &BackgroundProcess, sql: &str) -> String {
         .unwrap_or_else(|e| panic!("commit {sql:?} failed: {e}\nreceiver:\n{}", rcv.stderr()))
 }
 
-fn recovery_settings(archive: &Path) -> Vec<String> {
-    vec![
-        format!(
-            "restore_command = '{} restore %f %p -D {}'",
-            walrcv_bin().display(),
-            archive.display()
-        ),
-        "recovery_target_timeline = 'latest'".into(),
-        "synchronous_standby_names = ''".into(),
-    ]
-}
-
 fn rows(pg: &PgServer) -> (u32, u64) {
     let out = pg.psql("SELECT count(*), coalesce(sum(i), 0) FROM t");
     let (n, sum) = out.split_once('|').unwrap();
@@ -221,7 +210,7 @@ fn pitr(receiver: Receiver, stored_as: Compression) {
         "{names:?}"
     );
     let backup = crashed.backups.pop().unwrap();
-    let server = match backup.start_recovery(&recovery_settings(&archive)) {
+    let server = match backup.start_recovery(&walrcv_recovery_settings(&archive)) {
         Recovery::Started(s) => s,
         Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
     };
@@ -331,7 +320,7 @@ fn restore_corrupt_segment_stops_recovery_and_missing_segment_ends_it() {
     damaged[at] ^= 0x04;
     std::fs::write(&path, &damaged).unwrap();
     let backup = crashed.backups.pop().unwrap();
-    let log = match backup.start_recovery(&recovery_settings(&archive)) {
+    let log = match backup.start_recovery(&walrcv_recovery_settings(&archive)) {
         Recovery::Failed { log } => log,
         // Consistent before the damage: the startup process fails later.
         Recovery::Started(server) => {
@@ -356,7 +345,7 @@ fn restore_corrupt_segment_stops_recovery_and_missing_segment_ends_it() {
     // 2. The same segment missing: recovery ends before it and promotes.
     std::fs::remove_file(&path).unwrap();
     let backup = crashed.backups.pop().unwrap();
-    let server = match backup.start_recovery(&recovery_settings(&archive)) {
+    let server = match backup.start_recovery(&walrcv_recovery_settings(&archive)) {
         Recovery::Started(s) => s,
         Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
     };

@@ -129,3 +129,18 @@ pub fn give_to_server_user(path: &Path) {
         }
     }
 }
+
+/// Archive recovery from a walrcv archive: `walrcv restore` as the
+/// restore_command, to the end of the newest timeline, and no synchronous
+/// standby to wait for once promoted.
+pub fn walrcv_recovery_settings(archive: &Path) -> Vec<String> {
+    vec![
+        format!(
+            "restore_command = '{} restore %f %p -D {}'",
+            walrcv_bin().display(),
+            archive.display()
+        ),
+        "recovery_target_timeline = 'latest'".into(),
+        "synchronous_standby_names = ''".into(),
+    ]
+}
