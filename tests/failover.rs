@@ -590,3 +590,46 @@ async fn a_timeline_ended_before_the_wal_received_sets_the_tail_aside() {
     assert_eq!(&kept[..sent], &old[..sent]);
     rcv.kill9();
 }
+
+/// The old primary comes back as a primary on its old timeline (not rewound,
+/// not a standby) after walrcv followed the promoted standby onto timeline 2:
+/// its history does not contain timeline 2, so it is refused (exit 3) and
+/// nothing is written.
+#[test]
+fn an_old_primary_back_on_its_old_timeline_is_refused() {
+    let mut p = PgServer::builder().wal_segsize_mb(1).start();
+    p.psql("CREATE TABLE t(i int)");
+    let mut s = p.create_standby();
+    let dir = archive_dir();
+    let mut rcv = stream(dir.path(), &hosts(&[&p, &s], "primary"), &[]);
+    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
+    p.stop();
+    s.promote();
+    s.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    wait_streaming(&s, &mut rcv, "walrcv following S");
+    s.wait_for_flush(APP, s.current_lsn(), Duration::from_secs(30));
+    assert!(rcv.terminate().success(), "{}", rcv.stderr());
+    s.stop();
+    p.start_again();
+    assert_eq!(p.timeline(), 1);
+    let before = snapshot(dir.path());
+    let out = walrcv_run(
+        &[
+            "stream",
+            "-D",
+            dir.path().to_str().unwrap(),
+            "-d",
+            &hosts(&[&p, &s], "primary"),
+            "-n",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), Some(3), "{}", out.text());
+    assert!(
+        out.text()
+            .contains("is on timeline 1, whose history does not contain the archive's timeline 2"),
+        "{}",
+        out.text()
+    );
+    assert_eq!(snapshot(dir.path()), before, "nothing written");
+}

@@ -247,9 +247,10 @@ async fn follow_lineage(
                     lsn: switchpoint.segment_start(seg),
                     timeline: next,
                 },
-                // The WAL before the switch point's segment is the archive's
-                // own complete segments, identical on both timelines.
-                from_archive: true,
+                // Files were just moved: nothing is reported flushed before
+                // WAL is written on the new timeline (as after an in-session
+                // timeline switch).
+                from_archive: false,
             })
         }
         Decision::Forked {
