@@ -104,6 +104,14 @@ async fn create_slot_if_missing(
     let Some(slot) = &opts.slot else {
         return Ok(());
     };
+    // 15+ can ask without an error in the server's log at each reconnect;
+    // older servers are asked to create it, an existing slot being success.
+    if server.version_num >= 150000 {
+        let info = replication::read_replication_slot(conn, slot).await?;
+        if info.slot_type.is_some() {
+            return Ok(());
+        }
+    }
     let created = replication::create_physical_slot(conn, slot, server.version_num, true).await?;
     if created {
         tracing::warn!(
@@ -690,8 +698,9 @@ async fn session(
                 }
                 if received > next_start {
                     // The server's history left this timeline before the WAL
-                    // it sent ended (never from a sane server, but a fork is
-                    // never written over).
+                    // it sent ended: a cascading standby promoted after it
+                    // passed on the beginning of a record its upstream never
+                    // finished. That tail is set aside, never written over.
                     let seg = server.segment_size;
                     let scan = off_runtime(archive, move |a| a.scan(seg))
                         .await?
