@@ -683,15 +683,14 @@ fn tls_no_password_or_key_material_in_trace_output() {
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
+    // Other tests of this binary hit the same call sites on their own
+    // threads. With a single registered dispatcher, tracing-core computes a
+    // call site's interest from the registering thread's default only, so a
+    // call site first reached on another thread while this subscriber is in
+    // place is cached as "never", and its events are lost here (now and
+    // then). A second registered dispatcher makes it ask every one.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     tracing::subscriber::with_default(subscriber, || {
-        // Other tests of this binary hit the same call sites on their threads,
-        // with no subscriber. A call site first registered on another thread
-        // while this subscriber was being registered keeps the interest
-        // "never" computed without it (tracing-core registers the call site
-        // after computing its interest, and the subscriber's rebuild does not
-        // see it yet): its events would be lost here, once in a while. Rebuild
-        // the cache now that this subscriber is in place.
-        tracing::callsite::rebuild_interest_cache();
         let case = Case::new(pg.port(), "sslonly", SslMode::VerifyFull, &pki);
         assert_eq!(case.walrcv().0, Outcome::Tls);
         // Client certificate: the key is read.
