@@ -29,12 +29,8 @@ use crate::lsn::{Lsn, TimeLineId};
 use crate::wal::history::HistoryEntry;
 
 /// Where the archive's WAL ends: the newest timeline it holds and the end of
-/// its valid, durable WAL on that timeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ArchiveEnd {
-    pub timeline: TimeLineId,
-    pub end: Lsn,
-}
+/// its data on that timeline (measured by [`crate::archive::ArchiveDir::wal_end`]).
+pub use crate::archive::divergent::WalEnd as ArchiveEnd;
 
 /// The server's side: its current timeline and that timeline's history
 /// (empty for timeline 1).
