@@ -368,8 +368,9 @@ impl fmt::Display for Target {
     }
 }
 
-/// Fully resolved settings for one connection attempt sequence.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Fully resolved settings for one connection attempt sequence. Its `Debug`
+/// shows every field but the password ([`redacted`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConnParams {
     /// Hosts to try in order (libpq's comma-separated host lists).
     pub targets: Vec<Target>,
@@ -404,14 +405,88 @@ pub struct ConnParams {
 }
 
 /// Values given by command-line flags (`-h`, `-p`, `-U`, a prompted password);
-/// they override the same keys in `-d`, as in pg_receivewal.
-#[derive(Debug, Clone, Default)]
+/// they override the same keys in `-d`, as in pg_receivewal. Its `Debug`
+/// hides the password ([`redacted`]).
+#[derive(Clone, Default)]
 pub struct Overrides {
     pub dbname: Option<String>,
     pub host: Option<String>,
     pub port: Option<String>,
     pub user: Option<String>,
     pub password: Option<String>,
+}
+
+/// How a `Debug` implementation shows a secret (`password`, `sslpassword`):
+/// whether one is set, never its value, so that a `{:?}` in a log line, a
+/// panic message or an error chain cannot leak it.
+pub fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
+// Written out (not derived) to leave the password out; the destructuring
+// makes a new field a compile error here until it is shown or redacted.
+impl fmt::Debug for ConnParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ConnParams {
+            targets,
+            user,
+            password,
+            passfile,
+            dbname,
+            application_name,
+            options,
+            connect_timeout,
+            keepalives,
+            keepalives_idle,
+            keepalives_interval,
+            keepalives_count,
+            tls,
+            channel_binding,
+            require_auth,
+            client_encoding,
+            target_session_attrs,
+            load_balance_hosts,
+        } = self;
+        f.debug_struct("ConnParams")
+            .field("targets", targets)
+            .field("user", user)
+            .field("password", &redacted(password))
+            .field("passfile", passfile)
+            .field("dbname", dbname)
+            .field("application_name", application_name)
+            .field("options", options)
+            .field("connect_timeout", connect_timeout)
+            .field("keepalives", keepalives)
+            .field("keepalives_idle", keepalives_idle)
+            .field("keepalives_interval", keepalives_interval)
+            .field("keepalives_count", keepalives_count)
+            .field("tls", tls)
+            .field("channel_binding", channel_binding)
+            .field("require_auth", require_auth)
+            .field("client_encoding", client_encoding)
+            .field("target_session_attrs", target_session_attrs)
+            .field("load_balance_hosts", load_balance_hosts)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Overrides {
+            dbname,
+            host,
+            port,
+            user,
+            password,
+        } = self;
+        f.debug_struct("Overrides")
+            .field("dbname", dbname)
+            .field("host", host)
+            .field("port", port)
+            .field("user", user)
+            .field("password", &redacted(password))
+            .finish()
+    }
 }
 
 /// Parses a conninfo string (`key=value ...` or a `postgresql://` URI) into its
@@ -451,5 +526,32 @@ mod tests {
             port: 5432,
         };
         assert_eq!(t.to_string(), "server at \"pg\" (10.0.0.1), port 5432");
+    }
+
+    /// `{:?}` of the parameters (in a log line, a panic, an error chain)
+    /// says a password is set, never what it is.
+    #[test]
+    fn debug_output_redacts_passwords() {
+        let secret = "s3cr3t-Pa55";
+        let params = resolve_d(&format!("host=pg user=rep password={secret}")).unwrap();
+        assert_eq!(params.password.as_deref(), Some(secret));
+        let overrides = Overrides {
+            user: Some("rep".into()),
+            password: Some(secret.into()),
+            ..Overrides::default()
+        };
+        for shown in [
+            format!("{params:?}"),
+            format!("{params:#?}"),
+            format!("{overrides:?}"),
+        ] {
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains("\"<redacted>\""), "{shown}");
+        }
+        assert!(format!("{params:?}").contains("password: Some(\"<redacted>\")"));
+        assert!(format!("{params:?}").contains("user: \"rep\""));
+        assert!(format!("{overrides:?}").contains("user: Some(\"rep\")"));
+        let none = format!("{:?}", Overrides::default());
+        assert!(none.contains("password: None"), "{none}");
     }
 }
