@@ -438,3 +438,50 @@ fn restore_bad_input() {
     assert_eq!(std::fs::read(p).unwrap(), real);
     assert_eq!(file_names(target.path()), ["RECOVERYXLOG"]);
 }
+
+/// What lies in the archive under a segment's name but is no regular file
+/// (a FIFO, a symbolic link) is refused at once: opening a FIFO for reading
+/// would wait for a writer forever, and recovery with it. A compressed file
+/// larger than any compressed segment can be is refused before it is read
+/// (here a sparse 1.2 GB `.gz`: nothing on disk, and nothing in memory).
+#[test]
+fn restore_refuses_what_is_not_a_regular_file_or_too_large_at_once() {
+    let archive = tempfile::tempdir().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let dir = archive.path().to_str().unwrap();
+    let p = target.path().join("RECOVERYXLOG");
+    let p = p.to_str().unwrap();
+    // Long enough for any honest refusal; a hang is killed and fails below.
+    let run = |args: &[&str]| walrcv_run(args, Duration::from_secs(10));
+
+    let fifo = "000000010000000000000003";
+    nix::unistd::mkfifo(
+        &archive.path().join(fifo),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = run(&["restore", fifo, p, "-D", dir]);
+    assert_eq!(out.code(), Some(200), "{}", out.text());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(out.text().contains("not a regular file"), "{}", out.text());
+
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/wal/pg15/000000010000000000000008");
+    let link = "000000010000000000000008";
+    std::os::unix::fs::symlink(&fixture, archive.path().join(link)).unwrap();
+    let out = run(&["restore", link, p, "-D", dir]);
+    assert_eq!(out.code(), Some(200), "{}", out.text());
+    assert!(out.text().contains("symbolic link"), "{}", out.text());
+
+    let big = "000000010000000000000005";
+    let file = std::fs::File::create(archive.path().join(format!("{big}.gz"))).unwrap();
+    file.set_len(1_200_000_000).unwrap();
+    let started = std::time::Instant::now();
+    let out = run(&["restore", big, p, "-D", dir]);
+    assert_eq!(out.code(), Some(200), "{}", out.text());
+    assert!(out.text().contains("larger than"), "{}", out.text());
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    assert!(file_names(target.path()).is_empty());
+}

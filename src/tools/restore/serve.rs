@@ -8,7 +8,8 @@
 //! `RestoreArchivedFile` does not ask for one either.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::archive::check::{check_history, check_segment, Completeness, FileProblem, ValidEnd};
@@ -37,6 +38,20 @@ pub enum RestoreError {
     ArchiveUnreadable {
         dir: PathBuf,
         source: std::io::Error,
+    },
+    /// A FIFO (whose open would wait for a writer, and recovery with it), a
+    /// device, a directory or a symbolic link under an archive file's name.
+    #[error("\"{path}\" is {what}, not a regular file: walrcv reads only regular files from the archive")]
+    NotRegular { path: PathBuf, what: &'static str },
+    /// A compressed file larger than any compressed form of a file within the
+    /// size limit can be: not read at all.
+    #[error("\"{path}\" is {size} bytes, larger than any {method} file of at most {limit} bytes can be ({max} bytes)")]
+    CompressedTooLarge {
+        path: PathBuf,
+        method: &'static str,
+        size: u64,
+        limit: u64,
+        max: u64,
     },
     #[error("cannot read \"{path}\": {source}")]
     Read {
@@ -365,9 +380,15 @@ fn load(dir: &Path, source: &Source, limit: u64) -> Result<Loaded, Attempt> {
             })
         }
     };
-    let file = File::open(&path).map_err(read_error)?;
+    let file = open_regular(&path).map_err(|e| match e {
+        Opened::Io(e) => read_error(e),
+        Opened::NotRegular(what) => Attempt::Failed(RestoreError::NotRegular {
+            path: path.clone(),
+            what,
+        }),
+    })?;
+    let len = file.metadata().map_err(read_error)?.len();
     if source.compression == Compression::None {
-        let len = file.metadata().map_err(read_error)?.len();
         if len > limit {
             let problem = FileProblem::WrongSize {
                 file: source.file_name.clone(),
@@ -387,8 +408,28 @@ fn load(dir: &Path, source: &Source, limit: u64) -> Result<Loaded, Attempt> {
         let _ = map.advise(memmap2::Advice::Sequential);
         return Ok(Loaded::Mapped(map));
     }
-    let mut data = Vec::new();
-    std::io::Read::read_to_end(&mut &file, &mut data).map_err(read_error)?;
+    let max = max_compressed_len(limit);
+    let too_large = |size| {
+        Attempt::Failed(RestoreError::CompressedTooLarge {
+            path: path.clone(),
+            method: source.compression.method_name(),
+            size,
+            limit,
+            max,
+        })
+    };
+    if len > max {
+        return Err(too_large(len));
+    }
+    let mut data = Vec::with_capacity(len as usize);
+    // `take`: a file that grew since its size was read is cut, not followed.
+    (&file)
+        .take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(read_error)?;
+    if data.len() as u64 > max {
+        return Err(too_large(data.len() as u64));
+    }
     let decoded = decompress(source.compression, &data, limit).map_err(|source| {
         Attempt::Failed(RestoreError::Decompress {
             path: path.clone(),
@@ -399,6 +440,50 @@ fn load(dir: &Path, source: &Source, limit: u64) -> Result<Loaded, Attempt> {
         bytes: decoded.bytes,
         finished: decoded.finished,
     })
+}
+
+/// The largest compressed file read for a content of at most `limit` bytes:
+/// incompressible data grows by a few bytes per block in each format walrcv
+/// reads (gzip: 5 per 64 KiB stored block, lz4: 4 per block, zstd: 3 per
+/// 128 KiB block) plus headers, far below 1/64 of the content plus 64 KiB.
+/// A larger file cannot decode to at most `limit` bytes: it is refused
+/// unread (a decompression bomb's output is cut at `limit` as it decodes).
+pub fn max_compressed_len(limit: u64) -> u64 {
+    limit + limit / 64 + (64 << 10)
+}
+
+/// Why [`open_regular`] did not give a file.
+enum Opened {
+    Io(std::io::Error),
+    NotRegular(&'static str),
+}
+
+/// Opens an archive file for reading only if it is a regular file: never
+/// through a symbolic link (`O_NOFOLLOW`), and without waiting
+/// (`O_NONBLOCK`: opening a FIFO would otherwise wait for a writer; on a
+/// regular file the flag changes nothing).
+fn open_regular(path: &Path) -> Result<File, Opened> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Opened::NotRegular("a symbolic link"),
+            _ => Opened::Io(e),
+        })?;
+    let kind = file.metadata().map_err(Opened::Io)?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    Err(Opened::NotRegular(if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    }))
 }
 
 fn parent_dir(target: &Path) -> PathBuf {
