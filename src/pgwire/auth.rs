@@ -21,6 +21,11 @@
 //! SCRAM-SHA-256-PLUS, `y` over TLS when the client could bind but the server
 //! offered no PLUS, `n` otherwise. The SCRAM maths are postgres-protocol's.
 //!
+//! - The SCRAM iteration count is the server's choice, made before it has
+//!   proved anything, and the key derivation runs on the connection's thread:
+//!   a count above [`MAX_SCRAM_ITERATIONS`] is refused before any derivation
+//!   (libpq has no limit; 4294967295 would stall walrcv for hours).
+//!
 //! Nothing secret is logged: the password, the messages that carry it or a
 //! proof derived from it are never formatted (see [`OutgoingMessage`]'s
 //! `Debug`).
@@ -34,6 +39,12 @@ use postgres_protocol::message::frontend;
 use super::backend::{truncated, AuthRequest};
 use super::cert_hash::{self, CertHashError};
 use crate::conninfo::{AuthMethod, ChannelBinding, RequireAuth};
+
+/// The most SCRAM iterations walrcv derives a key with: postgres-protocol's
+/// own cap (0.6.12+, the version Cargo.toml requires), checked here first for
+/// a message that names the count. About 40 ms of PBKDF2 on one core;
+/// PostgreSQL's default (`scram_iterations`, 16+) is 4096.
+pub const MAX_SCRAM_ITERATIONS: u64 = 100_000;
 
 /// Why authentication ended on the client's side. The messages are libpq's
 /// where libpq has one.
@@ -65,6 +76,8 @@ pub enum AuthError {
     ChannelBindingData(#[from] CertHashError),
     #[error("invalid SCRAM server-first message: {0}")]
     ScramServerFirst(String),
+    #[error("the server asks for {count} SCRAM iterations, more than walrcv accepts ({max}; PostgreSQL's default is 4096, see scram_iterations)")]
+    ScramIterations { count: u64, max: u64 },
     #[error("incorrect server signature: the server does not know the password (or a man in the middle answered)")]
     WrongServerSignature,
     #[error("invalid SCRAM server-final message: {0}")]
@@ -407,6 +420,7 @@ fn continue_scram(state: State, data: &[u8]) -> Result<(State, Step), AuthError>
             when: "without a SASL exchange awaiting it",
         });
     };
+    check_iteration_count(data)?;
     scram
         .update(data)
         .map_err(|e| AuthError::ScramServerFirst(e.to_string()))?;
@@ -421,6 +435,23 @@ fn continue_scram(state: State, data: &[u8]) -> Result<(State, Step), AuthError>
         State::ScramFinalSent { scram, mechanism },
         Step::Send(message),
     ))
+}
+
+/// Refuses a server-first message (`r=...,s=...,i=N`) whose iteration count
+/// is above [`MAX_SCRAM_ITERATIONS`]. A missing or malformed count is left to
+/// postgres-protocol's parser, which refuses it.
+fn check_iteration_count(server_first: &[u8]) -> Result<(), AuthError> {
+    let count = server_first
+        .split(|&b| b == b',')
+        .find_map(|attr| attr.strip_prefix(b"i="))
+        .and_then(|digits| std::str::from_utf8(digits).ok()?.parse::<u64>().ok());
+    match count {
+        Some(count) if count > MAX_SCRAM_ITERATIONS => Err(AuthError::ScramIterations {
+            count,
+            max: MAX_SCRAM_ITERATIONS,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// AuthenticationSASLFinal: verify the server signature.

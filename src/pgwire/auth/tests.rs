@@ -687,3 +687,34 @@ fn no_secret_reaches_the_trace_output_or_debug_formatting() {
     }
     assert!(!out.contains("s3cret"), "{out}");
 }
+
+/// The iteration count is checked before any key derivation: above the cap
+/// (or too large for any integer type) is refused naming the count; at the
+/// cap, and a count that is not a number, go on to postgres-protocol (which
+/// derives, or refuses the malformed message).
+#[test]
+fn scram_iteration_counts_above_the_cap_are_refused_before_deriving() {
+    for (count, refused) in [
+        ("4096", false),
+        ("100000", false),
+        ("100001", true),
+        ("4294967295", true),
+        ("99999999999999999999", false),
+        ("x", false),
+    ] {
+        let message = format!("r=abc,s=c2FsdA==,i={count}");
+        let got = check_iteration_count(message.as_bytes());
+        if refused {
+            assert_eq!(
+                got,
+                Err(AuthError::ScramIterations {
+                    count: count.parse().unwrap(),
+                    max: MAX_SCRAM_ITERATIONS
+                }),
+                "{count}"
+            );
+        } else {
+            assert_eq!(got, Ok(()), "{count}");
+        }
+    }
+}
