@@ -582,3 +582,185 @@ fn auth_cli_require_auth_refusal_exits_2_and_no_secret_is_logged() {
     assert!(stderr.contains("server signature verified"), "{stderr}");
     assert!(!stderr.contains(SUPERUSER_PASSWORD), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------
+// Hostile servers before authentication: bounded in size, count and time
+// ---------------------------------------------------------------------------
+
+/// Connects to a fake server running `script` with this reply timeout;
+/// `Err(())` if the attempt was still going after `limit` (a hang).
+fn connect_to_fake<F>(
+    p: impl FnOnce(u16) -> ConnParams,
+    reply_timeout: Duration,
+    limit: Duration,
+    script: impl FnOnce(TcpStream) -> F + Send + 'static,
+) -> Result<Result<(), PgError>, ()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    runtime().block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move { script(accept_client(listener).await).await });
+        let params = p(port);
+        let connect = Connection::connect(&params, true, reply_timeout);
+        let outcome = tokio::time::timeout(limit, connect).await;
+        server.abort();
+        outcome.map(|r| r.map(drop)).map_err(drop)
+    })
+}
+
+/// A ParameterStatus ('S') message.
+fn parameter_status(name: &str, value: &str) -> Vec<u8> {
+    let mut m = vec![b'S'];
+    m.extend_from_slice(&((4 + name.len() + value.len() + 2) as u32).to_be_bytes());
+    for s in [name, value] {
+        m.extend_from_slice(s.as_bytes());
+        m.push(0);
+    }
+    m
+}
+
+/// A server that picks the SCRAM iteration count before it has proved
+/// anything: 4294967295 (hours of PBKDF2 on the runtime's only thread)
+/// is refused at once, naming the count and walrcv's limit.
+#[test]
+fn auth_an_absurd_scram_iteration_count_is_refused_at_once() {
+    let started = std::time::Instant::now();
+    let client = connect_to_fake(
+        |port| params(port, "walrcv", Some("pw")),
+        REPLY_TIMEOUT,
+        Duration::from_secs(20),
+        |mut s| async move {
+            s.write_all(&auth_message(10, b"SCRAM-SHA-256\0\0"))
+                .await
+                .unwrap();
+            let (_, body) = read_message(&mut s).await.expect("SASLInitialResponse");
+            let first = String::from_utf8_lossy(&body).into_owned();
+            let nonce = first.split("r=").nth(1).expect("client nonce").to_string();
+            let server_first = format!("r={nonce}X,s={},i=4294967295", B64.encode(b"salt"));
+            let _ = s
+                .write_all(&auth_message(11, server_first.as_bytes()))
+                .await;
+            drain(s).await;
+        },
+    )
+    .expect("the attempt hung");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let e = client_refusal(client).to_string();
+    assert_eq!(
+        e,
+        "the server asks for 4294967295 SCRAM iterations, more than walrcv accepts (100000; \
+         PostgreSQL's default is 4096, see scram_iterations)"
+    );
+}
+
+/// A server that floods ParameterStatus after AuthenticationOk (each one
+/// new, so each one kept) is refused once it passes the cap, long before the
+/// attempt's deadline.
+#[test]
+fn startup_a_parameter_status_flood_is_refused() {
+    let started = std::time::Instant::now();
+    let client = connect_to_fake(
+        |port| params(port, "walrcv", None),
+        REPLY_TIMEOUT,
+        Duration::from_secs(20),
+        |mut s| async move {
+            let _ = s.write_all(&auth_message(0, b"")).await;
+            for i in 0u64.. {
+                let batch: Vec<u8> = (0..100)
+                    .flat_map(|j| parameter_status(&format!("p{i}_{j}"), "v"))
+                    .collect();
+                if s.write_all(&batch).await.is_err() {
+                    return;
+                }
+            }
+        },
+    )
+    .expect("the attempt hung");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let e = client.expect_err("a flood is no start-up").to_string();
+    assert!(e.contains("more than 1000 ParameterStatus messages"), "{e}");
+}
+
+/// A server that never finishes the start-up but keeps the connection alive
+/// (a BackendKeyData every 100 ms, so no wait for a message reaches the
+/// reply timeout) is given up at the attempt's deadline, even without
+/// connect_timeout: twice the reply timeout.
+#[test]
+fn startup_that_never_finishes_ends_at_the_deadline_without_connect_timeout() {
+    let started = std::time::Instant::now();
+    let client = connect_to_fake(
+        |port| ConnParams {
+            connect_timeout: None,
+            ..params(port, "walrcv", None)
+        },
+        Duration::from_secs(1),
+        Duration::from_secs(20),
+        |mut s| async move {
+            let _ = s.write_all(&auth_message(0, b"")).await;
+            let key_data = b"K\0\0\0\x0c\0\0\0\x01\0\0\0\x02";
+            loop {
+                if s.write_all(key_data).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .expect("the attempt hung");
+    let took = started.elapsed();
+    let e = client.expect_err("no ReadyForQuery ever came").to_string();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        "{took:?}: {e}"
+    );
+    assert!(e.contains("timed out after 2 s"), "{e}");
+}
+
+/// Before authentication the messages are small, as libpq has them
+/// (fe-connect.c): an authentication request of more than 2000 bytes, or an
+/// error of more than 30000, is a protocol error and is not read.
+#[test]
+fn startup_oversized_messages_before_authentication_are_refused() {
+    // A SASL request listing 100 kB of mechanisms.
+    let mut mechanisms = Vec::new();
+    for i in 0..10_000 {
+        mechanisms.extend_from_slice(format!("MECH-{i:04}\0").as_bytes());
+    }
+    mechanisms.push(0);
+    let huge_sasl = auth_message(10, &mechanisms);
+    // An ErrorResponse of 40 kB.
+    let mut fields = b"SFATAL\0C28000\0M".to_vec();
+    fields.extend(std::iter::repeat_n(b'x', 40_000));
+    fields.extend_from_slice(b"\0\0");
+    let mut huge_error = vec![b'E'];
+    huge_error.extend_from_slice(&((4 + fields.len()) as u32).to_be_bytes());
+    huge_error.extend_from_slice(&fields);
+
+    for (what, message, expected) in [
+        (
+            "SASL request",
+            huge_sasl,
+            "invalid message length 100009 for message type 'R' during start-up (at most 2000)",
+        ),
+        (
+            "error",
+            huge_error,
+            "invalid message length 40021 for message type 'E' during start-up (at most 30000)",
+        ),
+    ] {
+        let client = connect_to_fake(
+            |port| params(port, "walrcv", Some("pw")),
+            REPLY_TIMEOUT,
+            Duration::from_secs(20),
+            move |mut s| async move {
+                let _ = s.write_all(&message).await;
+                drain(s).await;
+            },
+        )
+        .expect("the attempt hung");
+        let e = client.expect_err(what).to_string();
+        assert!(e.contains(expected), "{what}: {e}");
+    }
+}

@@ -3,8 +3,9 @@
 //! [`parse`] takes bytes from the front of a `BytesMut` only when a whole message
 //! is buffered, returns `Ok(None)` otherwise, and keeps payloads as `Bytes`
 //! slices of the buffer so WAL reaches the writer without a copy. Lengths from
-//! the server are hostile: a message longer than [`MAX_MESSAGE_LEN`] is an error
-//! before anything is reserved, and every field read is bounds-checked.
+//! the server are hostile: a message longer than its limit ([`max_message_len`]:
+//! small during start-up, as libpq has it, [`MAX_MESSAGE_LEN`] after) is an
+//! error before anything is reserved, and every field read is bounds-checked.
 
 use std::fmt;
 
@@ -15,6 +16,39 @@ use bytes::{Buf, Bytes, BytesMut};
 /// wide margin while bounding what a hostile server can make us allocate.
 pub const MAX_MESSAGE_LEN: usize = 64 << 20;
 
+/// libpq's limit on an authentication request or a NegotiateProtocolVersion
+/// before authentication (fe-connect.c, `CONNECTION_AWAITING_RESPONSE`: "can't
+/// be very large"), counted as the message's length word counts (itself
+/// included).
+pub const MAX_AUTH_REQUEST_LEN: usize = 2000;
+
+/// libpq's limit on an ErrorResponse before authentication, and on any
+/// message other than the long kinds (rows, copy data, notices) after it
+/// (`MAX_ERRLEN`, and the 30000 of fe-protocol3.c's `pqParseInput3`): walrcv
+/// applies it to every other message until the start-up ends.
+pub const MAX_STARTUP_MESSAGE_LEN: usize = 30_000;
+
+/// The most ParameterStatus messages accepted during start-up: a server
+/// reports about fifteen (`GUC_REPORT` settings); more is a flood.
+pub const MAX_STARTUP_PARAMETERS: usize = 1000;
+
+/// Where a connection is: its start-up (authentication included, until the
+/// first ReadyForQuery), when what the server sends is small, or after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    StartUp,
+    Session,
+}
+
+/// The largest length word accepted for a message of type `tag` in `phase`.
+pub fn max_message_len(phase: Phase, tag: u8) -> usize {
+    match (phase, tag) {
+        (Phase::StartUp, b'R' | b'v') => MAX_AUTH_REQUEST_LEN,
+        (Phase::StartUp, _) => MAX_STARTUP_MESSAGE_LEN,
+        (Phase::Session, _) => MAX_MESSAGE_LEN,
+    }
+}
+
 /// A protocol violation by the server.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
@@ -22,6 +56,12 @@ pub enum ProtocolError {
     BadLength { tag: char, len: usize },
     #[error("malformed '{tag}' message: {what}")]
     Malformed { tag: char, what: &'static str },
+    #[error(
+        "invalid message length {len} for message type '{tag}' during start-up (at most {max})"
+    )]
+    TooLongDuringStartUp { tag: char, len: usize, max: usize },
+    #[error("more than {max} ParameterStatus messages during start-up")]
+    TooManyParameters { max: usize },
 }
 
 /// Fields of an ErrorResponse or NoticeResponse.
@@ -174,17 +214,30 @@ pub(crate) fn truncated(s: &str, max: usize) -> String {
 }
 
 /// Parses one message from the front of `buf`, or returns `Ok(None)` (consuming
-/// nothing) until a whole message is there.
+/// nothing) until a whole message is there; after the start-up.
 pub fn parse(buf: &mut BytesMut) -> Result<Option<BackendMessage>, ProtocolError> {
+    parse_in(Phase::Session, buf)
+}
+
+/// [`parse`] with the limits of `phase` ([`max_message_len`]).
+pub fn parse_in(phase: Phase, buf: &mut BytesMut) -> Result<Option<BackendMessage>, ProtocolError> {
     if buf.len() < 5 {
         return Ok(None);
     }
     let tag = buf[0];
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if !(4..=MAX_MESSAGE_LEN).contains(&len) {
+    let max = max_message_len(phase, tag);
+    if len < 4 || len > MAX_MESSAGE_LEN {
         return Err(ProtocolError::BadLength {
             tag: tag as char,
             len,
+        });
+    }
+    if len > max {
+        return Err(ProtocolError::TooLongDuringStartUp {
+            tag: tag as char,
+            len,
+            max,
         });
     }
     if buf.len() < 1 + len {
@@ -385,6 +438,44 @@ mod tests {
         b.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
         b.extend_from_slice(body);
         b
+    }
+
+    /// libpq's start-up limits, at their edges; the header alone decides
+    /// (nothing past it needs to have arrived), and nothing is consumed.
+    #[test]
+    fn start_up_messages_are_small_as_in_libpq() {
+        for (tag, max) in [
+            (b'R', MAX_AUTH_REQUEST_LEN),
+            (b'v', MAX_AUTH_REQUEST_LEN),
+            (b'E', MAX_STARTUP_MESSAGE_LEN),
+            (b'S', MAX_STARTUP_MESSAGE_LEN),
+            (b'N', MAX_STARTUP_MESSAGE_LEN),
+        ] {
+            let mut at_max = frame(tag, &vec![0; max - 4]);
+            assert!(
+                !matches!(
+                    parse_in(Phase::StartUp, &mut at_max),
+                    Err(ProtocolError::TooLongDuringStartUp { .. })
+                ),
+                "{}",
+                tag as char
+            );
+            let mut header = BytesMut::new();
+            header.extend_from_slice(&[tag]);
+            header.extend_from_slice(&(max as u32 + 1).to_be_bytes());
+            assert_eq!(
+                parse_in(Phase::StartUp, &mut header),
+                Err(ProtocolError::TooLongDuringStartUp {
+                    tag: tag as char,
+                    len: max + 1,
+                    max
+                })
+            );
+            assert_eq!(header.len(), 5);
+            // After the start-up only the general limit applies.
+            assert_eq!(parse_in(Phase::Session, &mut header), Ok(None));
+        }
+        assert_eq!(max_message_len(Phase::Session, b'R'), MAX_MESSAGE_LEN);
     }
 
     #[test]

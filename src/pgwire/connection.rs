@@ -13,7 +13,14 @@
 //! as libpq), else [`DEFAULT_CONNECT_TIMEOUT`]; then every message awaited
 //! during start-up, authentication and a command's reply waits at most the
 //! reply timeout (`--receive-timeout` for `walrcv stream`). As in libpq,
-//! `connect_timeout` also bounds each host's whole attempt, start-up included.
+//! `connect_timeout` also bounds each host's whole attempt, start-up included;
+//! without it, the TLS handshake, start-up and authentication of each
+//! connection must end within [`start_up_deadline`] all the same (a server
+//! that keeps sending without ever finishing the start-up is given up).
+//!
+//! Before the start-up ends, what the server sends is small and few, as
+//! libpq has it ([`backend::max_message_len`],
+//! [`backend::MAX_STARTUP_PARAMETERS`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -24,7 +31,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::auth::{AuthError, AuthSettings, Authenticator, Step};
-use super::backend::{self, truncated, BackendMessage, ProtocolError, ServerMessage};
+use super::backend::{self, truncated, BackendMessage, Phase, ProtocolError, ServerMessage};
 use super::session_attrs::{self, Pass, Rejection, ServerState, Verdict};
 use super::tls::{self, AttemptFailure, Encryption, SslResponse, TlsError};
 use crate::conninfo::{ConnParams, LoadBalanceHosts, SslNegotiation, Target, TargetSessionAttrs};
@@ -172,6 +179,14 @@ async fn tcp_connect(
 /// minutes for TCP); a receiver that must reconnect by itself waits less.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Without `connect_timeout`, how long the TLS handshake, start-up and
+/// authentication of one connection may take in all, once its socket is
+/// open: twice the reply timeout (each message's own limit), so that a
+/// server that keeps sending without ever finishing cannot hold us.
+pub fn start_up_deadline(reply_timeout: Duration) -> Duration {
+    reply_timeout.saturating_mul(2)
+}
+
 /// Why a `server_version` parameter cannot be turned into a version number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid server_version {shown:?}: {why}")]
@@ -312,6 +327,11 @@ pub struct Connection {
     tls: bool,
     /// The server's end-entity certificate (DER), over TLS.
     tls_server_certificate: Option<Vec<u8>>,
+    /// Start-up until the first ReadyForQuery: the limits of
+    /// [`backend::max_message_len`] and [`backend::MAX_STARTUP_PARAMETERS`].
+    phase: Phase,
+    /// ParameterStatus messages received during start-up.
+    startup_parameters: usize,
 }
 
 impl std::fmt::Debug for Connection {
@@ -500,11 +520,32 @@ impl Connection {
             bytes_arrived: false,
             tls: false,
             tls_server_certificate: None,
+            phase: Phase::StartUp,
+            startup_parameters: 0,
         };
-        if encryption == Encryption::Tls {
-            conn.negotiate_tls(params, target).await?;
+        let start_up = async {
+            if encryption == Encryption::Tls {
+                conn.negotiate_tls(params, target).await?;
+            }
+            conn.startup(params, target, replication).await
+        };
+        match params.connect_timeout {
+            // The caller bounds the whole attempt.
+            Some(_) => start_up.await?,
+            None => {
+                let limit = start_up_deadline(reply_timeout);
+                match tokio::time::timeout(limit, start_up).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(PgError::ConnectTimeout {
+                            target: target.to_string(),
+                            secs: limit.as_secs(),
+                        })
+                    }
+                }
+            }
         }
-        conn.startup(params, target, replication).await?;
+        conn.phase = Phase::Session;
         Ok(conn)
     }
 
@@ -826,8 +867,19 @@ impl Connection {
     /// ParameterStatus (remembered) and NoticeResponse (logged) before it.
     fn next_buffered(&mut self) -> Result<Option<BackendMessage>, PgError> {
         loop {
-            match backend::parse(&mut self.rbuf) {
+            match backend::parse_in(self.phase, &mut self.rbuf) {
                 Ok(Some(BackendMessage::ParameterStatus { name, value })) => {
+                    if self.phase == Phase::StartUp {
+                        self.startup_parameters += 1;
+                        if self.startup_parameters > backend::MAX_STARTUP_PARAMETERS {
+                            return Err(PgError::Protocol {
+                                target: self.target.clone(),
+                                source: ProtocolError::TooManyParameters {
+                                    max: backend::MAX_STARTUP_PARAMETERS,
+                                },
+                            });
+                        }
+                    }
                     self.params.insert(name, value);
                 }
                 Ok(Some(BackendMessage::Notice(n))) => {
