@@ -1,7 +1,7 @@
 //! Prometheus metrics of `walrcv stream`: the registry and its typed handles
 //! ([`Metrics`], one per process through [`global`]), the acknowledge-latency
 //! clock ([`AckClock`], sans-IO), and the `/metrics` HTTP endpoint
-//! ([`serve`], `--metrics-address`).
+//! ([`serve`], `--metrics-address`, in [`http`]: bounded against any client).
 //!
 //! The metric names are a contract with `walrcv status`, the Grafana
 //! dashboard and the alert rules in `contrib/`: see the README.
@@ -11,12 +11,11 @@
 //! lookup). The two histograms take a short mutex each (prometheus-client's),
 //! which a scrape holds only to copy a dozen buckets, never while it writes
 //! to the network: the exposition is encoded into memory first, then sent by
-//! the server thread. The values are kept whether or not they are served.
+//! the endpoint's thread. The values are kept whether or not they are served.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
@@ -30,6 +29,9 @@ use prometheus_client::registry::Registry;
 use crate::lsn::Lsn;
 use crate::receiver::backoff::FailureKind;
 use crate::{MAX_SERVER_MAJOR, MIN_SERVER_MAJOR};
+
+pub mod http;
+pub use http::{serve, MetricsServer, ServeError};
 
 /// An LSN, byte count or other non-negative integer gauge.
 type U64Gauge = Gauge<u64, AtomicU64>;
@@ -394,107 +396,6 @@ impl AckClock {
     pub fn reset(&mut self) {
         self.oldest_unacked = None;
     }
-}
-
-/// Why the metrics endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("could not serve metrics on \"{address}\": {reason}")]
-pub struct ServeError {
-    pub address: String,
-    pub reason: String,
-}
-
-/// The `/metrics` endpoint, on its own thread. Dropping it stops the thread.
-pub struct MetricsServer {
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
-    local_address: String,
-}
-
-impl MetricsServer {
-    /// The address bound (with the port chosen when 0 was asked).
-    pub fn local_address(&self) -> &str {
-        &self.local_address
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Binds `address` (HOST:PORT) and serves the [`global`] metrics at
-/// `/metrics` from a thread of its own, so that a slow or stuck scraper only
-/// ever holds that thread: the receive loop never waits for it. The archive's
-/// free space is measured (statvfs) at each scrape.
-pub fn serve(address: &str, archive: &Path) -> Result<MetricsServer, ServeError> {
-    let server = tiny_http::Server::http(address).map_err(|e| ServeError {
-        address: address.to_string(),
-        reason: e.to_string(),
-    })?;
-    let local_address = match server.server_addr() {
-        tiny_http::ListenAddr::IP(a) => a.to_string(),
-        other => format!("{other:?}"),
-    };
-    let server = Arc::new(server);
-    let archive = archive.to_path_buf();
-    let serving = Arc::clone(&server);
-    let thread = std::thread::Builder::new()
-        .name("walrcv-metrics".into())
-        .spawn(move || serve_requests(&serving, &archive))
-        .map_err(|e| ServeError {
-            address: address.to_string(),
-            reason: format!("no thread to serve from: {e}"),
-        })?;
-    tracing::info!("serving metrics at http://{local_address}/metrics");
-    Ok(MetricsServer {
-        server,
-        thread: Some(thread),
-        local_address,
-    })
-}
-
-const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-fn serve_requests(server: &tiny_http::Server, archive: &Path) {
-    // `incoming_requests` ends when the server is unblocked (dropped).
-    for request in server.incoming_requests() {
-        let response = match (request.method(), request.url()) {
-            (tiny_http::Method::Get, "/metrics") => {
-                if let Some(free) = free_bytes(archive) {
-                    global().set_archive_free_bytes(free);
-                }
-                text_response(200, global().encode(), OPENMETRICS_TYPE)
-            }
-            (tiny_http::Method::Get, _) => text_response(
-                404,
-                "not found: metrics are at /metrics\n".into(),
-                "text/plain",
-            ),
-            _ => text_response(405, "only GET\n".into(), "text/plain"),
-        };
-        // The exposition (a few kB) fits in the socket's send buffer: a
-        // scraper that stops reading does not block this thread either.
-        if let Err(e) = request.respond(response) {
-            tracing::debug!("could not answer a metrics request: {e}");
-        }
-    }
-}
-
-fn text_response(
-    status: u16,
-    body: String,
-    content_type: &str,
-) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let mut response = tiny_http::Response::from_string(body).with_status_code(status);
-    if let Ok(header) = tiny_http::Header::from_bytes("Content-Type", content_type) {
-        response.add_header(header);
-    }
-    response
 }
 
 /// Free bytes for an unprivileged user on the file system of `dir`.

@@ -12,18 +12,22 @@
 //! - a terminated walsender counts one reconnect, with its kind;
 //! - every `walrcv_*` name in contrib/grafana-dashboard.json and
 //!   contrib/prometheus-alerts.yml exists in a real scrape;
-//! - an address already in use is refused at start with exit status 2.
+//! - an address already in use is refused at start with exit status 2;
+//! - a hostile scraper (a 300 MB request line, 1,000 idle connections) leaves
+//!   walrcv's memory, threads and descriptors bounded, scrapes answered and
+//!   synchronous commits prompt.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 
 use crate::support::{
-    format_lsn, free_port, wait_until, walrcv_run, walrcv_spawn, BackgroundProcess, PgServer,
+    format_lsn, free_port, wait_until, walrcv_command, walrcv_run, BackgroundProcess, PgServer,
 };
 
 const APP: &str = "walrcv";
@@ -146,9 +150,20 @@ fn assert_only_grew(earlier: &Scrape, later: &Scrape) {
 /// walrcv with metrics at `address`, streaming into `dir` as the synchronous
 /// standby of `pg`.
 fn start_synchronous_walrcv(pg: &PgServer, dir: &Path, address: &str) -> BackgroundProcess {
+    start_synchronous_walrcv_limited(pg, dir, address, None)
+}
+
+/// The same, with its open-file limit (`ulimit -n`) set to `max_files` when given.
+fn start_synchronous_walrcv_limited(
+    pg: &PgServer,
+    dir: &Path,
+    address: &str,
+    max_files: Option<u64>,
+) -> BackgroundProcess {
     let conn = format!("{} application_name={APP}", pg.conninfo());
     let interval = STATUS_INTERVAL.as_secs().to_string();
-    let mut rcv = walrcv_spawn(&[
+    let mut cmd = walrcv_command();
+    cmd.args([
         "stream",
         "-D",
         dir.to_str().expect("utf-8 path"),
@@ -159,6 +174,23 @@ fn start_synchronous_walrcv(pg: &PgServer, dir: &Path, address: &str) -> Backgro
         "--metrics-address",
         address,
     ]);
+    if let Some(max) = max_files {
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: max,
+                    rlim_max: max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut rcv = BackgroundProcess::spawn(cmd);
     pg.psql(&format!(
         "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
     ));
@@ -443,4 +475,125 @@ fn an_address_in_use_is_refused_at_start_with_status_2() {
         "{}",
         out.text()
     );
+}
+
+/// A field of /proc/PID/status as a number (VmRSS in kB, Threads).
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Raises this process's soft open-file limit to at least `wanted` (the
+/// test itself holds 1,000 connections); fails the test if the hard limit
+/// does not allow it.
+fn raise_open_file_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit write or read the struct given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < wanted {
+            assert!(
+                limit.rlim_max >= wanted,
+                "ulimit -Hn is {}: this test needs {wanted} open files",
+                limit.rlim_max
+            );
+            limit.rlim_cur = wanted;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+}
+
+/// A hostile scraper while pgbench-like commits wait on walrcv as the
+/// synchronous standby, walrcv limited to 1024 open files (systemd's default
+/// soft limit): one client sends a 300 MB request line, another opens 1,000
+/// connections and sends nothing. walrcv's RSS stays within 64 MB of what it
+/// was, it keeps a bounded number of threads and descriptors, every scrape
+/// meanwhile is answered, and every commit completes within a second.
+#[test]
+fn a_hostile_scraper_leaves_memory_threads_and_commits_alone() {
+    const IDLE: usize = 1000;
+    raise_open_file_limit(IDLE as u64 + 512);
+    let pg = PgServer::builder().start();
+    pg.psql("CREATE TABLE t (x int)");
+    let dir = tempfile::tempdir().expect("archive dir");
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut rcv = start_synchronous_walrcv_limited(&pg, dir.path(), &address, Some(1024));
+    let pid = rcv.pid();
+    scrape(&address);
+    let rss_before = proc_status(pid, "VmRSS");
+
+    let idle: Vec<TcpStream> = (0..IDLE)
+        .map(|_| TcpStream::connect(&address).expect("connect an idle client"))
+        .collect();
+    let flood_address = address.clone();
+    let flood = std::thread::spawn(move || {
+        let mut socket = TcpStream::connect(&flood_address).expect("connect the flood");
+        socket
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .expect("write timeout");
+        let chunk = vec![b'a'; 1 << 20];
+        let mut sent = 0usize;
+        let _ = socket.write_all(b"GET /");
+        for _ in 0..300 {
+            match socket.write_all(&chunk) {
+                Ok(()) => sent += chunk.len(),
+                // Refused and closed by the server: what should happen.
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+
+    let mut rss_peak = rss_before;
+    let mut slowest_commit = Duration::ZERO;
+    let mut scrapes = 0;
+    let attack = Instant::now();
+    while attack.elapsed() < Duration::from_secs(8) || !flood.is_finished() {
+        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+        rss_peak = rss_peak.max(proc_status(pid, "VmRSS"));
+        let commit = Instant::now();
+        pg.psql("INSERT INTO t VALUES (1)");
+        slowest_commit = slowest_commit.max(commit.elapsed());
+        scrape(&address);
+        scrapes += 1;
+        assert!(
+            attack.elapsed() < Duration::from_secs(120),
+            "the flood never ended"
+        );
+    }
+    let flooded = flood.join().expect("the flood thread");
+    let threads = proc_status(pid, "Threads");
+    let files = open_files(pid);
+    eprintln!(
+        "RSS {rss_before} kB before, peak {rss_peak} kB; {flooded} bytes of request line sent; \
+         {scrapes} scrapes; slowest commit {slowest_commit:?}; {threads} threads, \
+         {files} open files with {IDLE} idle clients"
+    );
+    assert!(
+        rss_peak < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} kB to {rss_peak} kB"
+    );
+    assert!(
+        slowest_commit < Duration::from_secs(1),
+        "a commit took {slowest_commit:?}"
+    );
+    assert!(threads <= 16, "{threads} threads");
+    assert!(files <= 200, "{files} open files");
+    assert_eq!(pg.psql("SELECT count(*) FROM t"), scrapes.to_string());
+    drop(idle);
+    assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+    drop(rcv);
 }

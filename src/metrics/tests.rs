@@ -207,7 +207,7 @@ fn the_endpoint_serves_metrics_and_404_elsewhere_and_stops_when_dropped() {
     let reply = http_get(&address, "/");
     assert!(reply.contains(" 404 "), "{reply}");
     drop(server);
-    // tiny_http's accept thread closes the listener on its own, soon after.
+    // Dropping the server joins its thread, which closes the listener.
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::net::TcpStream::connect(&address).is_ok() {
         assert!(Instant::now() < deadline, "still listening after 5 s");
@@ -228,8 +228,8 @@ fn a_bind_failure_names_the_address() {
     assert!(err.to_string().contains("not an address"), "{err}");
 }
 
-/// Scrapers that never finish their request or never read hold tiny_http's
-/// connection threads, not the receive loop: the updates and the encoding
+/// Scrapers that never finish their request or never read hold connections
+/// of the endpoint's own thread, not the receive loop: the updates and the encoding
 /// share nothing with the endpoint but atomics and the histograms' short
 /// mutex.
 #[test]
