@@ -117,8 +117,16 @@ pub struct StreamArgs {
     /// bare level (0 = none, 1-9 = gzip) or METHOD:level=N (pg_receivewal's -Z).
     #[arg(short = 'Z', long = "compress", value_name = "METHOD[:DETAIL]")]
     pub compress: Option<String>,
-    /// Connection string.
-    #[arg(short = 'd', long = "dbname", value_name = "CONNSTR")]
+    /// Connection string. Without -d, taken from the environment variable
+    /// WALRCV_CONNINFO when set (off the command line, where every local
+    /// user can read it: the systemd units do this).
+    #[arg(
+        short = 'd',
+        long = "dbname",
+        value_name = "CONNSTR",
+        env = "WALRCV_CONNINFO",
+        hide_env_values = true
+    )]
     pub dbname: Option<String>,
     /// Database server host or socket directory.
     #[arg(short = 'h', long = "host", value_name = "HOSTNAME")]

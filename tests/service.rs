@@ -2,8 +2,9 @@
 //! `NOTIFY_SOCKET` (a unix datagram socket the test binds, as systemd does):
 //! `READY=1` once it streams, `WATCHDOG=1` at half of `WATCHDOG_USEC` (also
 //! while it waits to reconnect), `STOPPING=1` on SIGTERM, and no ping while
-//! the loop is stuck (a slow fdatasync, with failpoints); and the
-//! `--log-format json` lines.
+//! the loop is stuck (a slow fdatasync, with failpoints); the
+//! `--log-format json` lines; and the units in contrib/ run as systemd runs
+//! them, with the connection string and password off the command line.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -12,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, wait_until, walrcv_command, BackgroundProcess, PgServer};
+use crate::support::{
+    free_port, wait_until, walrcv_command, Auth, BackgroundProcess, PgServer, SUPERUSER_PASSWORD,
+};
 
 /// The watchdog timeout the tests give walrcv: it must ping every 0.5 s.
 const WATCHDOG_USEC: u64 = 1_000_000;
@@ -329,4 +332,116 @@ fn assert_json_lines(stderr: &str, wanted: &[&str]) -> Vec<serde_json::Value> {
         );
     }
     objects
+}
+
+/// `KEY=value` or `KEY="value"` lines of an environment file, as systemd's
+/// `EnvironmentFile=` reads them (comments and blank lines skipped).
+fn environment_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect()
+}
+
+/// A unit's `ExecStart=` command, split at spaces, with `${NAME}` replaced by
+/// a variable's value and `$NAME` by its words (systemd's two expansions).
+fn exec_start(unit: &str, env: &[(String, String)]) -> Vec<String> {
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart= line");
+    let value = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("${name} is not in the environment file"))
+    };
+    let mut words = Vec::new();
+    for word in line.split_whitespace() {
+        if let Some(name) = word.strip_prefix('$').filter(|n| !n.starts_with('{')) {
+            words.extend(value(name).split_whitespace().map(str::to_string));
+        } else {
+            let mut word = word.to_string();
+            while let Some(start) = word.find("${") {
+                let end = start + word[start..].find('}').expect("closing brace");
+                word.replace_range(start..=end, &value(&word[start + 2..end]));
+            }
+            words.push(word);
+        }
+    }
+    words
+}
+
+/// The units of contrib/ with the example environment file, run as systemd
+/// would (the environment file's variables in the environment, ExecStart's
+/// expansions): the connection string and the password never appear in
+/// /proc/PID/cmdline (readable by every local user), walrcv streams, and the
+/// example recommends verify-full TLS with channel binding.
+#[test]
+fn the_units_keep_the_connection_string_and_password_off_the_command_line() {
+    let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let example = std::fs::read_to_string(contrib.join("walrcv.env.example")).unwrap();
+    let example_env = environment_file(&example);
+    let conninfo = &example_env
+        .iter()
+        .find(|(k, _)| k == "WALRCV_CONNINFO")
+        .expect("WALRCV_CONNINFO in the example")
+        .1;
+    for wanted in ["sslmode=verify-full", "channel_binding=require"] {
+        assert!(conninfo.contains(wanted), "{conninfo}");
+    }
+    assert!(!example.contains("no TLS"), "{example}");
+    for unit in ["walrcv.service", "walrcv@.service"] {
+        let text = std::fs::read_to_string(contrib.join(unit)).unwrap();
+        let line = text.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+        assert!(
+            !line.contains("CONNINFO") && !line.contains("--dbname") && !line.contains(" -d"),
+            "{unit}: {line}"
+        );
+    }
+
+    let pg = PgServer::builder().auth(Auth::Scram).start();
+    pg.psql("SELECT pg_create_physical_replication_slot('walrcv')");
+    let archive = archive_dir();
+    // The example, pointed at the test server (no TLS here: the TLS tests
+    // cover it), its password in PGPASSWORD.
+    let env: Vec<(String, String)> = example_env
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "WALRCV_CONNINFO" => (
+                k,
+                format!(
+                    "host=127.0.0.1 port={} user=postgres application_name=walrcv",
+                    pg.port()
+                ),
+            ),
+            "PGPASSFILE" => (k, "/nonexistent/walrcv-test-pgpass".into()),
+            _ => (k, v),
+        })
+        .chain([("PGPASSWORD".to_string(), SUPERUSER_PASSWORD.to_string())])
+        .collect();
+    let unit = std::fs::read_to_string(contrib.join("walrcv.service")).unwrap();
+    let argv = exec_start(&unit, &env);
+    assert_eq!(argv[0], "/usr/bin/walrcv");
+    let mut cmd = walrcv_command();
+    for arg in &argv[1..] {
+        cmd.arg(arg.replace("/var/lib/walrcv/archive", archive.path().to_str().unwrap()));
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut rcv = BackgroundProcess::spawn(cmd);
+    wait_until(Duration::from_secs(30), "walrcv to stream", || {
+        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+        pg.psql(
+            "SELECT count(*) FROM pg_stat_replication \
+             WHERE application_name = 'walrcv' AND state = 'streaming'",
+        ) == "1"
+    });
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", rcv.pid())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    for secret in [SUPERUSER_PASSWORD, "port="] {
+        assert!(!cmdline.contains(secret), "{cmdline}");
+    }
+    assert!(rcv.terminate().success(), "{}", rcv.stderr());
 }

@@ -132,6 +132,8 @@ pub fn walrcv_bin() -> PathBuf {
 pub fn walrcv_command() -> Command {
     let mut cmd = Command::new(walrcv_bin());
     clean_pg_env(&mut cmd);
+    // Read as -d's default (the systemd units' way).
+    cmd.env_remove("WALRCV_CONNINFO");
     cmd.env("PGPASSFILE", "/nonexistent/walrcv-test-pgpass");
     cmd.stdin(Stdio::null());
     cmd
