@@ -227,7 +227,7 @@ pub fn parse_in(phase: Phase, buf: &mut BytesMut) -> Result<Option<BackendMessag
     let tag = buf[0];
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     let max = max_message_len(phase, tag);
-    if len < 4 || len > MAX_MESSAGE_LEN {
+    if !(4..=MAX_MESSAGE_LEN).contains(&len) {
         return Err(ProtocolError::BadLength {
             tag: tag as char,
             len,
