@@ -18,7 +18,7 @@
 //!
 //! Which connection to close is [`Admission`]'s decision (sans-IO).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -181,7 +181,7 @@ async fn accept_loop(
     limits: Limits,
 ) {
     let mut admission = Admission::new(limits.max_connections);
-    let mut tasks = std::collections::HashMap::new();
+    let mut tasks: HashMap<u64, tokio::task::JoinHandle<()>> = HashMap::new();
     let (ended, mut endings) = mpsc::unbounded_channel::<u64>();
     loop {
         tokio::select! {
@@ -194,7 +194,7 @@ async fn accept_loop(
                 Ok((stream, _)) => {
                     let (id, evicted) = admission.admit();
                     if let Some(old) = evicted.and_then(|old| tasks.remove(&old)) {
-                        tokio::task::JoinHandle::abort(&old);
+                        old.abort();
                     }
                     let archive = Arc::clone(&archive);
                     let ended = ended.clone();
