@@ -13,6 +13,7 @@ mod failpoints;
 mod fake_primary;
 mod file_modes;
 mod harness;
+mod lazyfs;
 mod metrics;
 mod multi_host;
 mod network_faults;
