@@ -17,6 +17,7 @@ mod lazyfs;
 mod metrics;
 mod multi_host;
 mod network_faults;
+mod power_loss;
 mod restore;
 mod resume;
 mod server_faults;

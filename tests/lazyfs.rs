@@ -290,7 +290,8 @@ fn lazyfs_imports_the_directory_and_unmount_writes_the_tree_back() {
         PowerLossReport {
             files_reverted: 1,
             dirs_reverted: 1,
-            nodes_removed: 1
+            nodes_removed: 1,
+            removed_names: vec!["lost".to_string()],
         }
     );
     fs::write(fs_.path().join("kept"), b"kept").unwrap();

@@ -71,7 +71,7 @@ pub const FS_NAME: &str = "walrcv-lazyfs";
 const PAGE: u64 = 4096;
 const ROOT: u64 = 1;
 /// How long `Drop` waits for the FUSE thread after the lazy unmount.
-const JOIN_LIMIT: Duration = Duration::from_secs(5);
+const JOIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// What [`LazyFs::power_loss`] threw away.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -82,6 +82,8 @@ pub struct PowerLossReport {
     pub dirs_reverted: usize,
     /// Files and directories that no durable entry reaches any more.
     pub nodes_removed: usize,
+    /// Their names (in the current tree before the power loss).
+    pub removed_names: Vec<String>,
 }
 
 /// Counters of what the file system saw (for the tests' reports).
@@ -664,6 +666,13 @@ impl State {
             .copied()
             .filter(|i| !reachable.contains(i))
             .collect();
+        for &ino in &gone {
+            if let Some(name) = self.some_name(ino) {
+                report
+                    .removed_names
+                    .push(name.to_string_lossy().into_owned());
+            }
+        }
         for ino in gone {
             if let Some(Node {
                 kind: Kind::File(f),
