@@ -336,3 +336,34 @@ fn lazyfs_a_panicking_test_leaves_no_mount() {
     // The directory under it is untouched and usable.
     assert_eq!(fs::read_dir(&path).unwrap().count(), 0);
 }
+
+/// `pause_at_next_sync` holds the first sync that changes what is durable
+/// (after carrying it out) until released; a sync with nothing new does not
+/// stop.
+#[test]
+fn lazyfs_pause_holds_the_first_sync_that_changes_the_disk() {
+    let m = Mounted::new();
+    m.durable_file("x.partial", b"durable");
+    m.fs.pause_at_next_sync(".partial");
+    let path = m.path("x.partial");
+    let syncer = std::thread::spawn(move || {
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.sync_data().unwrap(); // nothing new: not held
+        f.write_all_at(b"DURABLE", 0).unwrap();
+        f.sync_data().unwrap(); // held until released
+        std::time::Instant::now()
+    });
+    let held = m.fs.wait_paused(std::time::Duration::from_secs(10));
+    assert_eq!(held.as_deref(), Some("x.partial"));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!syncer.is_finished(), "the sync returned while held");
+    let released = std::time::Instant::now();
+    m.fs.release_pause();
+    assert!(syncer.join().unwrap() >= released);
+    m.fs.power_loss();
+    assert_eq!(
+        m.read("x.partial").unwrap(),
+        b"DURABLE",
+        "the held sync was carried out"
+    );
+}

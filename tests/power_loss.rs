@@ -7,7 +7,7 @@
 //! walrcv, and at the end a server restored from a base backup plus the
 //! archive (`walrcv restore`) must hold every acknowledged commit.
 //!
-//! One test per `-Z` method; each does [`ROUNDS`] kill + power-loss cycles on
+//! One test per `-Z` method; each does the [`ROUNDS`] of kill + power loss on
 //! the same archive, walrcv restarting on what survived.
 
 use std::path::Path;
@@ -29,17 +29,28 @@ const LIMIT: Duration = Duration::from_secs(60);
 enum Round {
     /// walrcv is the synchronous standby under load for this long.
     Load(Duration),
+    /// As `Load`, then on until the flush position is at least this far into
+    /// its segment: a restart then has more than one message (128 kB) of the
+    /// segment to stream again.
+    LoadToMidSegment(Duration, u64),
     /// walrcv is killed this soon after its start, likely before it has
     /// caught up (a restarted segment not yet rewritten whole).
     Early(Duration),
+    /// walrcv is killed right after its first fsync that changes a
+    /// `.partial` on disk (lazyfs holds that fsync until the SIGKILL):
+    /// deterministic, where `Early` is a matter of luck.
+    AtFirstSync,
 }
 
 const ROUNDS: &[Round] = &[
-    Round::Load(Duration::from_millis(1500)),
+    Round::LoadToMidSegment(Duration::from_millis(1500), 400 << 10),
+    Round::AtFirstSync,
+    Round::Load(Duration::from_millis(900)),
     Round::Early(Duration::from_millis(150)),
     Round::Load(Duration::from_millis(900)),
     Round::Early(Duration::from_millis(400)),
-    Round::Load(Duration::from_millis(2200)),
+    Round::LoadToMidSegment(Duration::from_millis(2200), 400 << 10),
+    Round::AtFirstSync,
 ];
 
 #[test]
@@ -90,13 +101,38 @@ fn power_loss_keeps_acknowledged_wal(z: &[&str]) {
         // primary ever saw from walrcv, over all rounds.
         let mut flushed = 0;
         for (round, kind) in ROUNDS.iter().enumerate() {
+            if let Round::AtFirstSync = kind {
+                lazy.pause_at_next_sync(".partial");
+            }
             let mut walrcv = spawn_walrcv(&pg, lazy.path(), z);
             match *kind {
                 Round::Load(load) => {
                     wait_synchronous(&pg, &mut walrcv);
                     flushed = flushed.max(max_flush_during(&pg, load));
                 }
+                Round::LoadToMidSegment(load, offset) => {
+                    wait_synchronous(&pg, &mut walrcv);
+                    flushed = flushed.max(max_flush_during(&pg, load));
+                    let segment = pg.wal_segment_size();
+                    wait_until(LIMIT, "a flush position in the middle of a segment", || {
+                        let f = pg.replication_flush_lsn(APP).unwrap_or(0);
+                        flushed = flushed.max(f);
+                        f % segment >= offset
+                    });
+                }
                 Round::Early(after) => std::thread::sleep(after),
+                Round::AtFirstSync => {
+                    let held = lazy.wait_paused(LIMIT);
+                    assert!(
+                        held.is_some(),
+                        "{z:?}: no fsync of a .partial within {LIMIT:?}:\n{}",
+                        walrcv.stderr()
+                    );
+                    // SIGKILL first: walrcv dies as its fsync returns.
+                    walrcv.signal(libc::SIGKILL);
+                    lazy.release_pause();
+                    eprintln!("{z:?} round {round}: killed at its first sync of {held:?}");
+                }
             }
             walrcv.kill9();
             let report = lazy.power_loss();

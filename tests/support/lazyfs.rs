@@ -26,6 +26,10 @@
 //! the page cache, but is not made durable), and a later `fsync` succeeds
 //! without writing it, unless the same page is written again.
 //!
+//! [`LazyFs::pause_at_next_sync`] holds the next sync that changes what is
+//! durable in a matching file (after carrying it out) until released: the
+//! test can SIGKILL the process right after that sync, deterministically.
+//!
 //! What it does not model: partial (torn) persistence of un-synced writes
 //! (everything not synced is lost, never a random part of it); metadata other
 //! than size (mode, owner, times are kept as they are); cross-directory rename
@@ -54,7 +58,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -96,10 +100,28 @@ pub struct Stats {
     pub injected_fsync_errors: u64,
 }
 
+/// A sync held by the FUSE thread (see [`LazyFs::pause_at_next_sync`]).
+#[derive(Default)]
+struct Pause {
+    /// Pause at the next sync that changes the durable state of a file whose
+    /// name contains this.
+    armed: Option<String>,
+    /// The name of the file whose sync is held now.
+    held: Option<String>,
+    released: bool,
+}
+
+type SharedPause = Arc<(Mutex<Pause>, Condvar)>;
+
+fn lock_pause(p: &SharedPause) -> MutexGuard<'_, Pause> {
+    p.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One mounted power-loss file system (see the module docs).
 pub struct LazyFs {
     dir: PathBuf,
     state: Arc<Mutex<State>>,
+    pause: SharedPause,
     session: Option<BackgroundSession>,
     notifier: Notifier,
     watchdog: Option<Child>,
@@ -117,6 +139,7 @@ impl LazyFs {
         let mut state = State::new(store.path().to_path_buf(), fs::metadata(&dir)?)?;
         state.import(ROOT, &dir)?;
         let state = Arc::new(Mutex::new(state));
+        let pause = SharedPause::default();
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName(FS_NAME.to_string()),
@@ -128,6 +151,7 @@ impl LazyFs {
         let session = fuser::spawn_mount(
             Adapter {
                 state: Arc::clone(&state),
+                pause: Arc::clone(&pause),
             },
             &dir,
             &config,
@@ -137,6 +161,7 @@ impl LazyFs {
             watchdog: None,
             dir,
             state,
+            pause,
             session: Some(session),
             notifier,
             _store: store,
@@ -178,6 +203,37 @@ impl LazyFs {
         !self.lock().fsync_faults.is_empty()
     }
 
+    /// The next `fsync`/`fdatasync` that changes what is durable in a file
+    /// whose name contains `needle` is carried out, then held: the process
+    /// that called it waits (in D state, SIGKILL included) until
+    /// [`LazyFs::release_pause`]. To cut the power right after that sync:
+    /// [`LazyFs::wait_paused`], send SIGKILL, release, reap, [`LazyFs::power_loss`].
+    pub fn pause_at_next_sync(&self, needle: &str) {
+        *lock_pause(&self.pause) = Pause {
+            armed: Some(needle.to_string()),
+            ..Pause::default()
+        };
+    }
+
+    /// Waits until a sync is held; the file's name, or None after `timeout`.
+    pub fn wait_paused(&self, timeout: Duration) -> Option<String> {
+        let guard = lock_pause(&self.pause);
+        let (guard, _) = self
+            .pause
+            .1
+            .wait_timeout_while(guard, timeout, |p| p.held.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        guard.held.clone()
+    }
+
+    /// Lets a held sync return (and disarms a pause not reached).
+    pub fn release_pause(&self) {
+        let mut p = lock_pause(&self.pause);
+        p.armed = None;
+        p.released = true;
+        self.pause.1.notify_all();
+    }
+
     pub fn stats(&self) -> Stats {
         self.lock().stats.clone()
     }
@@ -186,6 +242,7 @@ impl LazyFs {
     /// current tree into the directory that was under the mount, replacing
     /// what was there.
     pub fn unmount(mut self) -> io::Result<()> {
+        self.release_pause();
         let session = self.session.take().expect("mounted");
         session.umount_and_join()?;
         self.stop_watchdog();
@@ -228,6 +285,7 @@ impl Drop for LazyFs {
     /// the FUSE thread; a thread still serving a process that keeps a file
     /// open in the detached mount is left to end with that process.
     fn drop(&mut self) {
+        self.release_pause();
         if let Some(session) = self.session.take() {
             lazy_unmount(&self.dir);
             let (tx, rx) = std::sync::mpsc::channel();
@@ -615,7 +673,8 @@ impl State {
         })
     }
 
-    fn fsync_file(&mut self, ino: u64) -> Res<()> {
+    /// The file's name, and whether the sync changed what is durable.
+    fn fsync_file(&mut self, ino: u64) -> Res<(OsString, bool)> {
         let name = self.some_name(ino).unwrap_or_default();
         let fault = self.fsync_faults.iter().position(|needle| {
             name.as_bytes()
@@ -632,7 +691,8 @@ impl State {
             return Err(Errno::EIO);
         }
         self.stats.file_syncs += 1;
-        self.file_mut(ino)?.sync().map_err(errno)
+        let changed = self.file_mut(ino)?.sync().map_err(errno)?;
+        Ok((name, changed))
     }
 
     fn fsync_dir(&mut self, ino: u64) -> Res<()> {
@@ -764,9 +824,12 @@ impl State {
 }
 
 impl FileNode {
-    /// fsync/fdatasync: the durable copy becomes the current one.
-    fn sync(&mut self) -> io::Result<()> {
+    /// fsync/fdatasync: the durable copy becomes the current one. Whether
+    /// that changed it.
+    fn sync(&mut self) -> io::Result<bool> {
         let durable_len = self.dur.metadata()?.len();
+        let changed =
+            !self.dirty.is_empty() || self.min_len < durable_len || self.len != durable_len;
         // Bytes past the smallest size since the last sync are gone from the
         // disk too (they read as zeros unless written again: dirty pages).
         self.dur.set_len(durable_len.min(self.min_len))?;
@@ -783,7 +846,7 @@ impl FileNode {
         }
         self.dirty.clear();
         self.min_len = self.len;
-        Ok(())
+        Ok(changed)
     }
 
     /// Power loss: the current copy becomes the durable one. Whether anything
@@ -813,6 +876,7 @@ fn read_all(file: &File) -> io::Result<Vec<u8>> {
 
 struct Adapter {
     state: Arc<Mutex<State>>,
+    pause: SharedPause,
 }
 
 /// Entries and attributes are never cached by the kernel.
@@ -821,6 +885,29 @@ const TTL: Duration = Duration::ZERO;
 impl Adapter {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds this (done) sync until released, if a pause is armed for it.
+    fn hold_if_armed(&self, name: &OsStr) {
+        let mut p = lock_pause(&self.pause);
+        let matches = p.armed.as_deref().is_some_and(|needle| {
+            name.as_bytes()
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+        });
+        if !matches {
+            return;
+        }
+        p.armed = None;
+        p.released = false;
+        p.held = Some(name.to_string_lossy().into_owned());
+        self.pause.1.notify_all();
+        let mut p = self
+            .pause
+            .1
+            .wait_while(p, |p| !p.released)
+            .unwrap_or_else(|e| e.into_inner());
+        p.held = None;
     }
 }
 
@@ -1021,8 +1108,14 @@ impl Filesystem for Adapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.lock().fsync_file(ino.0) {
-            Ok(()) => reply.ok(),
+        let result = self.lock().fsync_file(ino.0);
+        match result {
+            Ok((name, changed)) => {
+                if changed {
+                    self.hold_if_armed(&name);
+                }
+                reply.ok()
+            }
             Err(e) => reply.error(e),
         }
     }
