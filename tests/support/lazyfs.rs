@@ -125,7 +125,7 @@ pub struct LazyFs {
     session: Option<BackgroundSession>,
     notifier: Notifier,
     watchdog: Option<Child>,
-    _store: tempfile::TempDir,
+    store: tempfile::TempDir,
 }
 
 impl LazyFs {
@@ -164,7 +164,7 @@ impl LazyFs {
             pause,
             session: Some(session),
             notifier,
-            _store: store,
+            store,
         };
         fs.start_watchdog();
         // The mount is in place once the root answers.
@@ -254,17 +254,19 @@ impl LazyFs {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A detached process that lazily unmounts when this test process dies
-    /// without running `Drop`.
+    /// A detached process that lazily unmounts (and removes the store) when
+    /// this test process dies without running `Drop`.
     fn start_watchdog(&mut self) {
         let script = r#"
             while kill -0 "$1" 2>/dev/null; do sleep 1; done
             umount -l "$2" 2>/dev/null
+            rm -rf "$3"
         "#;
         let mut cmd = Command::new("sh");
         cmd.args(["-c", script, "walrcv-lazyfs-watchdog"])
             .arg(std::process::id().to_string())
             .arg(&self.dir)
+            .arg(self.store.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
