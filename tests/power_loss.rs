@@ -183,6 +183,65 @@ fn power_loss_keeps_acknowledged_wal(z: &[&str]) {
     );
 }
 
+/// An fsync EIO as Linux reports it (once; the dirty pages dropped, still
+/// readable, never written; the next fsync returns 0) on the `.partial`
+/// while walrcv is the synchronous standby under load. Whatever walrcv does
+/// next (end the session, reconnect, fsync again), after a power loss the
+/// archive must still reach every flush position the primary saw.
+#[test]
+fn power_loss_after_fsync_eio_keeps_acknowledged_wal() {
+    let pg = PgServer::builder().major(15).wal_segsize_mb(1).start();
+    pg.psql("CREATE TABLE acked (n int, pad text)");
+    pg.create_physical_slot(SLOT);
+    let archive = tempfile::tempdir().unwrap();
+    let lazy = LazyFs::mount(archive.path()).expect("mount lazyfs (needs root and /dev/fuse)");
+    pg.psql(&format!(
+        "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
+    ));
+    pg.psql("SELECT pg_reload_conf()");
+    let acked = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let client_error = Mutex::new(None);
+    std::thread::scope(|scope| {
+        scope.spawn(|| commit_until_stopped(&pg, &acked, &stop, &client_error));
+        let _end = EndOfLoad {
+            pg: &pg,
+            stop: &stop,
+        };
+        let mut walrcv = spawn_walrcv(&pg, lazy.path(), &[]);
+        wait_synchronous(&pg, &mut walrcv);
+        let mut flushed = max_flush_during(&pg, Duration::from_millis(800));
+        lazy.fail_next_fsync(".partial");
+        wait_until(LIMIT, "the injected fsync EIO", || {
+            !lazy.fsync_fault_pending()
+        });
+        // walrcv's answer to the error, then more load (and flush reports).
+        flushed = flushed.max(max_flush_during(&pg, Duration::from_millis(2500)));
+        walrcv.kill9();
+        let report = lazy.power_loss();
+        let end = archive_wal_end(lazy.path());
+        eprintln!(
+            "after an fsync EIO: flush seen {}, archive end after power loss {}, {report:?}, {} commits acknowledged; walrcv said:\n{}",
+            format_lsn(flushed),
+            format_lsn(end),
+            acked.load(Ordering::SeqCst),
+            walrcv
+                .stderr()
+                .lines()
+                .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert!(
+            end >= flushed,
+            "after an fsync EIO the primary saw walrcv flush {} but after a power loss the archive's WAL ends at {}\n{}",
+            format_lsn(flushed),
+            format_lsn(end),
+            walrcv.stderr()
+        );
+    });
+}
+
 fn spawn_walrcv(pg: &PgServer, dir: &Path, z: &[&str]) -> BackgroundProcess {
     let conn = format!("{} application_name={APP}", pg.conninfo());
     let mut args = vec![
