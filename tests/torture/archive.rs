@@ -125,8 +125,9 @@ impl Drop for ArchiveDir {
 pub struct Verified {
     /// Exit status 0.
     pub ok: bool,
-    /// Per timeline: end of the verified WAL in that timeline's files, or of
-    /// its divergent tail set aside, whichever is further.
+    /// Per timeline: end of the verified WAL in that timeline's files, of its
+    /// last complete segment, or of its divergent tail set aside, whichever
+    /// is further.
     pub ends: BTreeMap<u32, u64>,
     /// Per timeline: (parent, switch point), from the archive's history files.
     pub history: BTreeMap<u32, (u32, u64)>,
@@ -185,6 +186,21 @@ pub fn verify(archive: &Path) -> Verified {
         }
         if let (Some(parent), Some(sp)) = (t["parent"].as_u64(), lsn(&t["switchpoint"])) {
             history.insert(tli, (parent as u32, sp));
+        }
+    }
+    // A complete segment holds all its bytes, fsynced before its rename; its
+    // tail may be the start of a record that ends in the next segment (not
+    // verifiable yet, and no commit ends inside it), and walrcv may report
+    // the segment's end as flushed then.
+    let segment_size = json["segment_size"].as_u64().unwrap_or(0);
+    for f in json["files"].as_array().into_iter().flatten() {
+        let complete =
+            f["partial"] == false && f["in_sequence"] == true && f["valid_end"].is_null();
+        if let (true, Some(tli), Some(segno)) =
+            (complete, f["timeline"].as_u64(), f["segno"].as_u64())
+        {
+            let e = ends.entry(tli as u32).or_insert(0);
+            *e = (*e).max((segno + 1) * segment_size);
         }
     }
     for d in json["divergent"].as_array().into_iter().flatten() {

@@ -500,7 +500,7 @@ impl<'a> Cycle<'a> {
     fn finish(mut self) -> Outcome {
         let before = self.acked();
         let start = Instant::now();
-        while self.acked() < before + 20 {
+        while self.schedule.settle && self.acked() < before + 20 {
             if start.elapsed() > SETTLE {
                 self.fail(format!(
                     "no commit acknowledged for {SETTLE:?} after the last fault ({} in all)",
@@ -510,7 +510,7 @@ impl<'a> Cycle<'a> {
             }
             self.pause(100);
         }
-        self.pause(500);
+        self.pause(self.schedule.crash_after_ms);
         self.log("crash: immediate stop of the primary");
         self.primary.stop_immediate();
         std::thread::sleep(Duration::from_millis(300));

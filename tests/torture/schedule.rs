@@ -243,6 +243,12 @@ pub struct Schedule {
     pub seed: u64,
     pub compression: Compression,
     pub events: Vec<Event>,
+    /// How the cycle ends: the primary crashes `crash_after_ms` after the last
+    /// event, either at once (`settle` false: walrcv may still be catching up
+    /// after a restart, which is when a lost resume shows) or after commits
+    /// were acknowledged again (`settle` true: the cycle also checks liveness).
+    pub settle: bool,
+    pub crash_after_ms: u64,
 }
 
 impl Schedule {
@@ -294,10 +300,14 @@ impl Schedule {
                 events[i].fault = Fault::draw(featured, &mut rng);
             }
         }
+        let settle = rng.range(0, 1) == 1;
+        let crash_after_ms = rng.range(0, 1500);
         Schedule {
             seed,
             compression,
             events,
+            settle,
+            crash_after_ms,
         }
     }
 
