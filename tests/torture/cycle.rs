@@ -516,6 +516,7 @@ impl<'a> Cycle<'a> {
         std::thread::sleep(Duration::from_millis(300));
         self.kill_and_check("end");
         let acked = self.clients.take().map(|c| c.finish()).unwrap_or_default();
+        self.summarize_walrcv_log();
         self.check_statuses();
         for p in self.recorder.problems() {
             self.fail(format!("proxy: {p}"));
@@ -538,6 +539,20 @@ impl<'a> Cycle<'a> {
             secs: 0.0,
             logdir: None,
         }
+    }
+
+    /// What walrcv logged of the faults: whether it saw them at all.
+    fn summarize_walrcv_log(&mut self) {
+        let log = fs::read_to_string(&self.walrcv.log).unwrap_or_default();
+        let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+        self.log(&format!(
+            "walrcv's log: {} line(s) naming a CRC failure, {} failpoint(s) fired, {} ENOSPC, \
+             {} bit(s) flipped",
+            count("CRC"),
+            count("failpoint fired"),
+            count("No space left on device"),
+            self.recorder.flips().len()
+        ));
     }
 
     /// Flush positions against what the servers had sent at that moment, and
