@@ -13,6 +13,7 @@
 #                  failover, crash
 #   --clients C    committing clients (default 4)
 #   --keep         keep every cycle's logs, archive and data directories
+#   --dry-run      print the cycles' schedules, run nothing
 #
 # Runs the test binary tests/torture.rs (debug build with the failpoints feature,
 # as the eio fault needs) through cargo. Prints a table per fault kind (cycles,
@@ -36,9 +37,9 @@ while [ $# -gt 0 ]; do
         args+=("$1" "$2")
         shift
         ;;
-    --keep) args+=("$1") ;;
+    --keep | --dry-run) args+=("$1") ;;
     -h | --help)
-        sed -n '2,23p' "$0"
+        sed -n '2,24p' "$0"
         exit 0
         ;;
     *)

@@ -5,8 +5,10 @@
 //! See README, "Torture test", and `scripts/torture.sh`.
 //!
 //! ```text
-//! torture [--cycles N] [--seed S] [--faults LIST] [--clients C] [--keep]
+//! torture [--cycles N] [--seed S] [--faults LIST] [--clients C] [--keep] [--dry-run]
 //! ```
+//!
+//! `--dry-run` prints the schedules and runs nothing.
 //!
 //! Cycle `k` of a run uses seed `S + k`; `--seed X --cycles 1` replays the
 //! cycle of seed `X` (same schedule). Without arguments (as `cargo test` runs
@@ -39,11 +41,12 @@ struct Args {
     faults: Vec<Kind>,
     clients: usize,
     keep: bool,
+    dry_run: bool,
 }
 
 const USAGE: &str =
     "usage: torture [--cycles N] [--seed S] [--faults kill,stop,compress,cut,stall,\
-bitflip,diskfull,eio,switchover,failover,crash | all] [--clients C] [--keep]";
+bitflip,diskfull,eio,switchover,failover,crash | all] [--clients C] [--keep] [--dry-run]";
 
 fn parse_args() -> Result<Option<Args>, String> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -53,6 +56,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         faults: vec![Kind::Kill],
         clients: 4,
         keep: false,
+        dry_run: false,
     };
     let mut it = raw.iter();
     let mut explicit_faults = false;
@@ -93,6 +97,7 @@ fn parse_args() -> Result<Option<Args>, String> {
                 args.clients = value(a)?.parse().map_err(|e| format!("--clients: {e}"))?;
             }
             "--keep" => args.keep = true,
+            "--dry-run" => args.dry_run = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(None);
@@ -174,6 +179,10 @@ fn main() -> ExitCode {
     for k in 0..args.cycles {
         let seed = args.seed + k;
         let schedule = Schedule::draw(seed, &args.faults);
+        if args.dry_run {
+            print!("{schedule}");
+            continue;
+        }
         println!("\n=== cycle {}/{}: {schedule}", k + 1, args.cycles);
         let outcome = cycle::run(&schedule, &opts);
         for kind in schedule.kinds() {

@@ -347,7 +347,16 @@ impl fmt::Display for Schedule {
                 e.fault
             )?;
         }
-        Ok(())
+        writeln!(
+            f,
+            "  end: the primary crashes {} ms after {}",
+            self.crash_after_ms,
+            if self.settle {
+                "commits are acknowledged again"
+            } else {
+                "the last event"
+            }
+        )
     }
 }
 
