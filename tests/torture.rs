@@ -159,11 +159,16 @@ fn main() -> ExitCode {
         }
     };
     schedule::self_check();
+    cycle::self_check();
     if args.keep {
         std::env::set_var("WALRCV_KEEP_PG", "1");
     }
     let faults: Vec<&str> = args.faults.iter().map(|k| k.name()).collect();
-    let faults = faults.join(",");
+    let faults = if args.faults.len() == Kind::ALL.len() {
+        "all".to_string()
+    } else {
+        faults.join(",")
+    };
     println!(
         "torture: {} cycle(s) from seed {}, faults {faults}, {} clients",
         args.cycles, args.seed, args.clients

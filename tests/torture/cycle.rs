@@ -786,3 +786,14 @@ fn record_end(start: u64, total: u64, segment_size: u64) -> u64 {
     }
     pos
 }
+
+/// Self-checks of the page arithmetic behind the bit-flip classification
+/// (the binary has no libtest harness; `main` runs this first).
+pub fn self_check() {
+    let seg = 1 << 20;
+    assert_eq!(record_end(PAGE + 24, 100, seg), PAGE + 124);
+    assert_eq!(record_end(PAGE - 16, 100, seg), PAGE + 24 + 84);
+    assert_eq!(record_end(seg - 8, 50, seg), seg + 40 + 42);
+    assert!(in_page_header(PAGE + 10, seg) && !in_page_header(PAGE + 24, seg));
+    assert!(in_page_header(seg + 30, seg) && !in_page_header(seg + 40, seg));
+}
