@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -22,6 +23,9 @@ pub struct ArchiveDir {
     root: Option<tempfile::TempDir>,
     mounted: bool,
     keep: bool,
+    /// Unmounts the tmpfs if this process dies without running `Drop`
+    /// (SIGKILL, SIGINT from a timeout).
+    watchdog: Option<std::process::Child>,
 }
 
 impl ArchiveDir {
@@ -34,6 +38,7 @@ impl ArchiveDir {
             root: Some(root),
             mounted: false,
             keep,
+            watchdog: None,
         };
         if tmpfs {
             let out = Command::new("mount")
@@ -49,6 +54,17 @@ impl ArchiveDir {
                 String::from_utf8_lossy(&out.stderr)
             );
             dir.mounted = true;
+            dir.watchdog = Command::new("sh")
+                .args(["-c", "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; umount -l \"$2\"; rm -rf \"$2\""])
+                .arg("walrcv-torture-tmpfs-watchdog")
+                .arg(std::process::id().to_string())
+                .arg(dir.root())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0)
+                .spawn()
+                .ok();
         }
         // The restore_command runs as the server user: it must reach the archive.
         fs::set_permissions(dir.root(), fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -109,6 +125,10 @@ impl Drop for ArchiveDir {
                 eprintln!("--keep: archive copied to {}", copy.display());
             }
             let _ = Command::new("umount").arg("-l").arg(self.root()).status();
+        }
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
         }
         if let Some(root) = self.root.take() {
             if self.keep && !self.mounted {
