@@ -22,6 +22,16 @@ pub struct BaseBackup {
 impl PgServer {
     /// `pg_basebackup -X stream -c fast` of this (running, major <= 15) primary.
     pub fn base_backup(&self) -> BaseBackup {
+        self.base_backup_wal("stream")
+    }
+
+    /// `pg_basebackup -X none -c fast`: the backup's WAL must come from an
+    /// archive at restore.
+    pub fn base_backup_without_wal(&self) -> BaseBackup {
+        self.base_backup_wal("none")
+    }
+
+    fn base_backup_wal(&self, wal_method: &str) -> BaseBackup {
         assert!(self.running && self.major <= DEBIAN_MAJOR);
         let dir = server_tempdir("walrcv-pg-restored-");
         let data = dir.path().join("data");
@@ -29,7 +39,7 @@ impl PgServer {
         cmd.current_dir(dir.path())
             .arg("-D")
             .arg(&data)
-            .args(["-X", "stream", "-c", "fast", "--no-sync", "-h"])
+            .args(["-X", wal_method, "-c", "fast", "--no-sync", "-h"])
             .arg(&self.root)
             .args(["-p", &self.port.to_string(), "-U", SUPERUSER]);
         as_server_user(&mut cmd);
