@@ -287,8 +287,13 @@ impl WalSink {
             Some(segment) if segment.buffers() && server_end >= segment.end_lsn() => return Ok(()),
             Some(segment) => {
                 segment.sync()?;
-                // Everything written is in the file now, compressed or not.
-                self.named = self.position;
+                // Everything written is in the file now, compressed or not,
+                // and under the WAL name unless it is still written aside
+                // (a compressed segment streamed again, not yet as long as
+                // its old file: see `crate::archive::compressed`).
+                if !segment.is_aside() {
+                    self.named = self.position;
+                }
             }
             None => {}
         }
@@ -330,10 +335,12 @@ impl WalSink {
         self.preparer.shut_down();
         self.complete_filled()?;
         if let Some(segment) = self.segment.take() {
-            segment.close_partial()?;
-            // A direct segment has now become an ordinary `.partial` too.
-            self.named = self.position;
-            self.mark_synced();
+            // A direct segment has now become an ordinary `.partial` too;
+            // a compressed one still aside was dropped (its old file kept).
+            if segment.close_partial()? {
+                self.named = self.position;
+                self.mark_synced();
+            }
         }
         Ok(self.positions())
     }
