@@ -164,17 +164,26 @@ pub fn check_complete_size(compression: Compression, data: &[u8], segment_size: 
     }
 }
 
-/// The whole uncompressed content of a complete segment file; `None` when
-/// it is not a finished stream of exactly `segment_size` bytes.
+/// The whole uncompressed content of a complete segment file, or what is
+/// wrong with it: not a finished stream of exactly `segment_size` bytes (cut,
+/// corrupt, or of another size). The outer error is the file's reading.
 pub fn read_complete_segment(
     path: &Path,
     compression: Compression,
     segment_size: u64,
-) -> std::io::Result<Option<Vec<u8>>> {
+) -> std::io::Result<Result<Vec<u8>, String>> {
     let data = std::fs::read(path)?;
     Ok(match decompress(compression, &data, segment_size) {
-        Ok(d) if d.finished && d.bytes.len() as u64 == segment_size => Some(d.bytes),
-        _ => None,
+        Ok(d) if !d.finished => Err(format!(
+            "the stream ends without its trailer after {} bytes",
+            d.bytes.len()
+        )),
+        Ok(d) if d.bytes.len() as u64 == segment_size => Ok(d.bytes),
+        Ok(d) => Err(format!(
+            "it decompresses to {} bytes, not the segment size {segment_size}",
+            d.bytes.len()
+        )),
+        Err(e) => Err(e.to_string()),
     })
 }
 
@@ -275,7 +284,7 @@ mod tests {
             assert_eq!(read_prefix(&path, c, 40).unwrap(), &seg[..40], "{z}");
             assert_eq!(
                 read_complete_segment(&path, c, 200_000).unwrap().as_deref(),
-                Some(&seg[..]),
+                Ok(&seg[..]),
                 "{z}"
             );
             std::fs::write(&path, b"").unwrap();
