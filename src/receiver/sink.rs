@@ -29,7 +29,8 @@
 //! that is verified and durable. Both are 0/0 until known, unless the session
 //! starts from the archive's own durable files. Neither moves into a segment
 //! written direct before it is complete and renamed: until then a crash
-//! removes it.
+//! removes it; nor into a compressed segment streamed again aside before it
+//! replaced its old `.partial` (see [`crate::archive::compressed`]).
 
 use std::path::PathBuf;
 use std::sync::mpsc;
