@@ -280,12 +280,13 @@ impl CompressedWriter {
         let aside = old_partial_len(&partial_path, spec.method, segment_size)?;
         let path = match aside {
             Some(old) => {
-                let tmp = PathBuf::from(format!("{}{TMP_SUFFIX}", partial_path.display()));
+                let mut tmp = partial_path.clone().into_os_string();
+                tmp.push(TMP_SUFFIX);
                 tracing::debug!(
                     path = %partial_path.display(), old_bytes = old,
                     "streaming the segment again beside its existing partial file, which it replaces once as long"
                 );
-                tmp
+                PathBuf::from(tmp)
             }
             None => partial_path.clone(),
         };
