@@ -306,6 +306,106 @@ fn compress_resume_after_sigint_and_sigkill() {
     pg.psql("SELECT pg_drop_replication_slot('z')");
 }
 
+/// Issue 17, by hand, for each method: `--synchronous -Z` until the primary
+/// acknowledged a position well inside a segment, SIGINT; then a session on
+/// the same archive with `-E` just past that segment's start (`-n`). It
+/// streams the segment again from its start and stops after about 128 kB:
+/// the segment's `.partial` must still decode to at least what was
+/// acknowledged (it was rewritten with those 128 kB alone), nothing under a
+/// `.tmp` name is left, and a later session completes the segment
+/// identical to the primary's.
+#[test]
+fn compress_a_shorter_session_never_loses_acknowledged_wal() {
+    let pg = server();
+    pg.psql("CREATE TABLE IF NOT EXISTS z (i int, t text)");
+    let seg = pg.wal_segment_size();
+    for (z, c) in METHODS {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let mut rcv = spawn_walrcv(&pg, dir.path(), &["-Z", z, "--synchronous"]);
+        let boundary = pg.force_switch_wal();
+        pg.psql("INSERT INTO z SELECT g, repeat('x', 100) FROM generate_series(1, 3000) g");
+        let acked = pg.wait_for_flush(APP, pg.current_lsn(), LIMIT);
+        assert!(
+            acked / seg == boundary / seg && acked % seg > 256 * 1024,
+            "{z}: acknowledged {} for the segment at {}",
+            format_lsn(acked),
+            format_lsn(boundary)
+        );
+        assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+        assert_partial_covers(dir.path(), &pg, c, acked);
+
+        let conn = format!("{} application_name={APP}", pg.conninfo());
+        let endpos = format_lsn(boundary + 0x2000);
+        let args = [
+            "stream", "-D", d, "-d", &conn, "-v", "-Z", z, "-E", &endpos, "-n",
+        ];
+        let out = walrcv_run(&args, LIMIT);
+        assert!(out.success(), "{z}: {}", out.text());
+        assert_partial_covers(dir.path(), &pg, c, acked);
+        let names = crate::support::file_names(dir.path());
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{z}: {names:?}");
+
+        let mut rcv = spawn_walrcv(&pg, dir.path(), &["-Z", z, "--synchronous"]);
+        let next = pg.force_switch_wal();
+        pg.wait_for_flush(APP, next, LIMIT);
+        assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+        let found = assert_archive_identical(dir.path(), &pg);
+        let name = crate::support::wal_file_name(pg.timeline(), boundary, seg);
+        assert!(found.iter().any(|(n, _)| *n == name), "{z}: {found:?}");
+    }
+}
+
+/// The rename that puts the new stream in the old `.partial`'s place fails
+/// (EIO injected into the real binary, `install-rename`): the session ends
+/// with the error, the `.partial` still decodes to what the earlier session
+/// had acknowledged, no `.tmp` is left, and a session without the fault
+/// completes the segment identical to the primary's.
+#[test]
+#[cfg(feature = "failpoints")]
+fn compress_a_failed_replacing_rename_keeps_the_acknowledged_partial() {
+    let pg = server();
+    pg.psql("CREATE TABLE IF NOT EXISTS z (i int, t text)");
+    let (z, c) = ("lz4", Compression::Lz4);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut rcv = spawn_walrcv(&pg, dir.path(), &["-Z", z, "--synchronous"]);
+    let boundary = pg.force_switch_wal();
+    pg.psql("INSERT INTO z SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g");
+    let acked = pg.wait_for_flush(APP, pg.current_lsn(), LIMIT);
+    assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+    // More WAL in the same segment: the new stream passes the old file.
+    pg.psql("INSERT INTO z SELECT g, 'more' FROM generate_series(1, 1000) g");
+    let endpos = pg.current_lsn();
+    assert_eq!(
+        endpos / pg.wal_segment_size(),
+        boundary / pg.wal_segment_size()
+    );
+    let endpos = format_lsn(endpos);
+
+    let conn = format!("{} application_name={APP}", pg.conninfo());
+    let mut cmd = crate::support::walrcv_command();
+    cmd.args([
+        "stream", "-D", d, "-d", &conn, "-v", "-Z", z, "-E", &endpos, "-n",
+    ])
+    .env("FAILPOINTS", "install-rename=return");
+    let out = crate::support::run_with_timeout(cmd, LIMIT);
+    let text = out.text();
+    assert!(!out.success(), "{text}");
+    assert!(text.contains("could not rename"), "{text}");
+    assert_partial_covers(dir.path(), &pg, c, acked);
+    let names = crate::support::file_names(dir.path());
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+
+    let mut rcv = spawn_walrcv(&pg, dir.path(), &["-Z", z, "--synchronous"]);
+    let next = pg.force_switch_wal();
+    pg.wait_for_flush(APP, next, LIMIT);
+    assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+    let found = assert_archive_identical(dir.path(), &pg);
+    let name = crate::support::wal_file_name(pg.timeline(), boundary, pg.wal_segment_size());
+    assert!(found.iter().any(|(n, _)| *n == name), "{found:?}");
+}
+
 /// An archive holding only gzip segments is not empty: restarted without
 /// `-Z`, walrcv continues after it (plain files), and with `-Z gzip` again
 /// after that; no gap anywhere.

@@ -241,3 +241,51 @@ fn a_fresh_archive_starting_mid_record_says_the_first_record_is_not_checked() {
         "{err}"
     );
 }
+
+/// Issue 17, finding 9, against a real server: the archive is written with
+/// `-Z gzip`, and the `.gz` before the resume point is damaged inside its
+/// stream (its trailer's size, all the start-up scan reads, is intact).
+/// The resume took that segment for a missing one: the record continuing at
+/// the resume point went unchecked ("the archive does not hold" it) and was
+/// acknowledged. Now the session stops with an error naming the file
+/// (exit 2, as when the start-up scan finds a damaged compressed file), and
+/// nothing past the record's start is acknowledged.
+#[test]
+fn a_damaged_compressed_segment_before_the_resume_point_stops_the_session() {
+    let pg = server();
+    let (start, end) = emit_big_record(&pg);
+    let resume = resume_point_inside(start, end);
+    let dir = tempfile::Builder::new()
+        .prefix("walrcv-resume-")
+        .tempdir()
+        .unwrap();
+    let d = dir.path().to_str().unwrap();
+    let conn = pg.conninfo();
+    let first = format_lsn(resume + 32);
+    let out = run(&[
+        "stream", "-D", d, "-d", &conn, "-S", "rs", "-E", &first, "-n", "-v", "-Z", "gzip",
+    ]);
+    assert!(out.status.success());
+    let previous = dir.path().join(format!("{}.gz", seg_name(resume - MB)));
+    let mut packed = std::fs::read(&previous).unwrap();
+    let at = packed.len() * 3 / 4;
+    packed[at] ^= 0x55;
+    std::fs::write(&previous, &packed).unwrap();
+
+    let endpos = format_lsn(end + 64);
+    let mut args = resume_args(d, &conn, &endpos);
+    args.extend(["-Z", "gzip"]);
+    let out = run(&args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(!err.contains("cannot be checked"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "compressed WAL file \"{}\" is not usable",
+            previous.display()
+        )),
+        "{err}"
+    );
+    let flushed = pg.slot_restart_lsn("rs").unwrap();
+    assert!(flushed <= start, "{flushed:X} > record start {start:X}");
+}

@@ -5,15 +5,45 @@
 //!
 //! Lifecycle of a compressed segment file:
 //!
-//! 1. `NAME.gz.partial` is created empty (mode 0600): no pre-padding (a
-//!    compressed file has no fixed size, so nothing is gained by it). Its
-//!    directory entry becomes durable with the first [`CompressedWriter::sync`].
-//!    An existing `NAME.gz.partial` (an earlier run stopped in it) is
-//!    restarted from its beginning and **truncated** at the first write:
-//!    pg_receivewal writes a new stream over the old one without truncating,
-//!    leaving stale bytes after its end; walrcv does not copy that. Until the
-//!    first write the old file is left as it was, so a session that receives
-//!    nothing (the server no longer has the segment) destroys nothing.
+//! 1. A new segment: `NAME.gz.partial` is created empty (mode 0600): no
+//!    pre-padding (a compressed file has no fixed size, so nothing is gained
+//!    by it). Its directory entry becomes durable with the first
+//!    [`CompressedWriter::sync`].
+//!
+//!    A segment whose `NAME.gz.partial` exists (an earlier session stopped in
+//!    it, and the WAL it holds may have been acknowledged) is streamed again
+//!    from its start, **aside**: into `NAME.gz.partial.tmp`, never into the
+//!    old file. The new stream **replaces the old file only once it holds at
+//!    least as much WAL**: at the first [`CompressedWriter::sync`] (or the
+//!    completion) where the uncompressed bytes written reach what the old
+//!    file decodes to (measured once, at open, by decoding it through a
+//!    small buffer: [`decodable_len`]), the aside file, fdatasynced, is
+//!    renamed over the old one and the directory fsynced before the sync
+//!    returns. Until then:
+//!    - the WAL name holds the old file, untouched. kill -9 at any instant
+//!      leaves under the WAL name either the old file or the new one, at
+//!      least as long, never less; the `.tmp` left beside it is removed by
+//!      the next start ([`super::ArchiveDir::open`]) and ignored by Barman,
+//!      `restore`, `verify`, `status` and `cleanup`;
+//!    - nothing written aside counts as written or flushed
+//!      ([`SegmentSink::is_aside`]): the sink reports none of it. Reporting
+//!      it on the strength of the old file would acknowledge bytes the old
+//!      file may not hold identically (divergent WAL); and it buys nothing:
+//!      the old file's WAL was acknowledged before, so a commit waiting now
+//!      waits for WAL past its end, which the server sends right after;
+//!    - a session that ends first (`--endpos`, a signal, the end of its
+//!      timeline, an error) drops the aside file and the old one stays
+//!      ([`CompressedWriter::close_partial`] says which).
+//!
+//!    Why aside rather than carrying the old file's WAL over into the new
+//!    stream (decode it, re-encode it, stream on): the writer stays
+//!    append-only from offset 0 (the server sends the segment again from its
+//!    start anyway), nothing is decompressed into memory nor compressed
+//!    twice before the session can start, and no received byte has to be
+//!    compared with the old file's. The price: the old file is decoded once
+//!    to measure it, and one rename and directory fsync per resumed segment.
+//!    (pg_receivewal writes the new stream over the old one in place,
+//!    without truncating: a crash in between leaves a mix of both.)
 //! 2. WAL goes through the encoder in order (the uncompressed position is
 //!    counted here). **Flush rule**: [`CompressedWriter::sync`] first flushes
 //!    the encoder into the file (gzip `Z_SYNC_FLUSH`, an lz4 block, a zstd
@@ -38,7 +68,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::compress_spec::CompressionSpec;
-use super::durable::{self, Site};
+use super::durable::{self, Site, TMP_SUFFIX};
+use super::inspect::decodable_len;
 use super::names::{segment_file_name, Compression, SegmentName};
 use super::segment::SegmentWriter;
 use super::ArchiveError;
@@ -51,8 +82,6 @@ struct FileOut {
     file: File,
     path: PathBuf,
     offset: u64,
-    /// An existing `.partial` is truncated at the first write.
-    truncate_first: bool,
     error: Option<ArchiveError>,
     /// Set when the writer is dropped: an encoder that finishes its stream
     /// on drop (gzip does) must not write into a file nobody will sync.
@@ -71,12 +100,6 @@ impl Write for FileOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.discard {
             return Ok(buf.len());
-        }
-        if self.truncate_first {
-            if let Err(e) = durable::truncate(&self.file, &self.path, 0, Site::Wal) {
-                return Err(self.fail(e));
-            }
-            self.truncate_first = false;
         }
         if let Err(e) = durable::write_at(&self.file, &self.path, self.offset, buf, Site::Wal) {
             return Err(self.fail(e));
@@ -185,10 +208,17 @@ pub struct CompressedWriter {
     encoder: Option<Encoder>,
     compression: Compression,
     dir: PathBuf,
-    /// `dir/NAME.gz.partial` (or `.lz4`, `.zst`).
+    /// The file written: `dir/NAME.gz.partial` (or `.lz4`, `.zst`), or
+    /// `dir/NAME.gz.partial.tmp` while written aside.
     path: PathBuf,
+    /// `dir/NAME.gz.partial`
+    partial_path: PathBuf,
     /// `dir/NAME.gz`
     final_path: PathBuf,
+    /// Written aside: the uncompressed length of the old `NAME.gz.partial`,
+    /// which the new stream replaces once it has written as much (see the
+    /// module documentation).
+    aside: Option<u64>,
     timeline: TimeLineId,
     segno: SegNo,
     segment_size: u64,
@@ -208,6 +238,7 @@ impl std::fmt::Debug for CompressedWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompressedWriter")
             .field("path", &self.path)
+            .field("aside", &self.aside)
             .field("written", &self.written)
             .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
@@ -216,9 +247,10 @@ impl std::fmt::Debug for CompressedWriter {
 
 impl CompressedWriter {
     /// Opens segment `segno` for writing from offset 0 with `spec`'s method:
-    /// creates `NAME.gz.partial`, or restarts an existing one (truncated at
-    /// the first write). [`ArchiveError::AlreadyComplete`] when the segment
-    /// exists complete under any compression.
+    /// creates `NAME.gz.partial`, or, when it exists, `NAME.gz.partial.tmp`
+    /// to replace it once as long (see the module documentation).
+    /// [`ArchiveError::AlreadyComplete`] when the segment exists complete
+    /// under any compression.
     pub fn open(
         dir: &Path,
         timeline: TimeLineId,
@@ -244,29 +276,25 @@ impl CompressedWriter {
             ));
         }
         refuse_complete(dir, &seg)?;
-        let path = dir.join(segment_file_name(&seg, spec.method, true));
-        let existing = match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => true,
-            Ok(_) => {
-                return Err(ArchiveError::io(
-                    &path,
-                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
-                ))
+        let partial_path = dir.join(segment_file_name(&seg, spec.method, true));
+        let aside = old_partial_len(&partial_path, spec.method, segment_size)?;
+        let path = match aside {
+            Some(old) => {
+                let mut tmp = partial_path.clone().into_os_string();
+                tmp.push(TMP_SUFFIX);
+                tracing::debug!(
+                    path = %partial_path.display(), old_bytes = old,
+                    "streaming the segment again beside its existing partial file, which it replaces once as long"
+                );
+                PathBuf::from(tmp)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => return Err(ArchiveError::io(&path, e)),
+            None => partial_path.clone(),
         };
-        let file = if existing {
-            tracing::debug!(path = %path.display(), "restarting compressed partial segment from its start");
-            durable::open_for_write(&path, Site::Startup)?
-        } else {
-            durable::create(&path, Site::Wal)?
-        };
+        let file = durable::create(&path, Site::Wal)?;
         let out = FileOut {
             file,
             path: path.clone(),
             offset: 0,
-            truncate_first: existing,
             error: None,
             discard: false,
         };
@@ -277,6 +305,8 @@ impl CompressedWriter {
             dir: dir.to_path_buf(),
             final_path: dir.join(segment_file_name(&seg, spec.method, false)),
             path,
+            partial_path,
+            aside,
             timeline,
             segno,
             segment_size,
@@ -285,7 +315,10 @@ impl CompressedWriter {
             poisoned: false,
             buffered: false,
             dirty: false,
-            name_durable: existing || !sync,
+            // An aside file's own name never needs to be durable: the
+            // rename that replaces the old file is followed by a
+            // directory fsync.
+            name_durable: aside.is_some() || !sync,
         })
     }
 
@@ -351,7 +384,9 @@ impl CompressedWriter {
     /// The flush rule: the encoder is flushed into the file, then (with
     /// `sync`) the file fdatasynced and a new name's directory fsynced. After
     /// it returns, everything written is durable (or at least in the file
-    /// with `--no-sync`).
+    /// with `--no-sync`), and under the WAL name unless the writer is still
+    /// aside ([`CompressedWriter::is_aside`]): an aside file that reached the
+    /// old file's length has replaced it.
     pub fn sync(&mut self) -> Result<(), ArchiveError> {
         self.check_poisoned()?;
         if self.buffered {
@@ -365,7 +400,40 @@ impl CompressedWriter {
             self.buffered = false;
             self.dirty = true;
         }
-        self.make_durable(Site::Wal)
+        self.make_durable(Site::Wal)?;
+        if self.caught_up() {
+            self.replace_old()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the aside file holds at least as much WAL as the old file
+    /// it is to replace (and some: a writer that wrote nothing leaves the
+    /// old file as it is).
+    fn caught_up(&self) -> bool {
+        self.aside
+            .is_some_and(|old| self.written > 0 && self.written >= old)
+    }
+
+    /// Renames the aside file (fdatasynced by the caller) over the old
+    /// `NAME.gz.partial`, then fsyncs the directory: from then on the WAL
+    /// name holds the new stream. Poisons on failure (the old file stays
+    /// under the WAL name if the rename itself failed).
+    fn replace_old(&mut self) -> Result<(), ArchiveError> {
+        if let Err(e) = durable::rename(&self.path, &self.partial_path, Site::Install) {
+            self.poisoned = true;
+            return Err(e);
+        }
+        self.path = self.partial_path.clone();
+        self.aside = None;
+        if self.sync {
+            if let Err(e) = durable::fsync_dir(&self.dir, Site::Install) {
+                self.poisoned = true;
+                return Err(e);
+            }
+        }
+        tracing::debug!(path = %self.path.display(), "the new stream replaced the old partial file");
+        Ok(())
     }
 
     /// fdatasync after a flush or finish, and the directory fsync a new
@@ -445,6 +513,10 @@ impl CompressedWriter {
             });
         }
         let _file = self.finish(Site::Complete)?;
+        // The whole segment is at least as long as any old file.
+        if self.aside.is_some() {
+            self.replace_old()?;
+        }
         durable::rename(&self.path, &self.final_path, Site::Complete)?;
         if self.sync {
             durable::fsync_dir(&self.dir, Site::Complete)?;
@@ -456,27 +528,52 @@ impl CompressedWriter {
     /// Stops writing: the stream is finished (a complete gzip/lz4/zstd
     /// stream of what was written) and fdatasynced, and the file keeps its
     /// `.partial` name. A writer that wrote nothing leaves the file as it
-    /// found it.
-    pub fn close_partial(mut self) -> Result<(), ArchiveError> {
+    /// found it, and so does one written aside that did not reach the old
+    /// file's length: its stream is dropped (see the module documentation).
+    ///
+    /// Returns whether what was written is now under the WAL name (false:
+    /// the old file was kept, and nothing written here may be reported).
+    pub fn close_partial(mut self) -> Result<bool, ArchiveError> {
         self.check_poisoned()?;
+        if let Some(old) = self.aside.filter(|_| !self.caught_up()) {
+            if self.written > 0 {
+                tracing::info!(
+                    "keeping \"{}\" ({old} bytes of WAL): the new stream of its segment ended after {} bytes",
+                    self.partial_path.display(),
+                    self.written
+                );
+            }
+            // Dropped: the aside file is removed.
+            return Ok(false);
+        }
         if self.written == 0 {
-            return self.make_durable(Site::ClosePartial);
+            self.make_durable(Site::ClosePartial)?;
+            return Ok(true);
         }
         let _file = self.finish(Site::ClosePartial)?;
-        if self.sync && !self.name_durable {
+        if self.aside.is_some() {
+            self.replace_old()?;
+        } else if self.sync && !self.name_durable {
             durable::fsync_dir(&self.dir, Site::ClosePartial)?;
         }
         tracing::info!(
             "not renaming \"{}\", segment is not complete",
             self.path.display()
         );
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether the writer writes aside, beside an old `NAME.gz.partial` it
+    /// has not replaced yet: nothing it wrote is under the WAL name.
+    pub fn is_aside(&self) -> bool {
+        self.aside.is_some()
     }
 
     pub fn compression(&self) -> Compression {
         self.compression
     }
-    /// The file's current name (`NAME.gz.partial`).
+    /// The file's current name: `NAME.gz.partial`, or
+    /// `NAME.gz.partial.tmp` while aside.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -509,6 +606,30 @@ impl Drop for CompressedWriter {
         if let Some(encoder) = self.encoder.as_mut() {
             encoder.out().discard = true;
         }
+        // A stream still aside never replaced the old file: it is dropped.
+        if self.aside.is_some() {
+            durable::remove_quietly(&self.path);
+        }
+    }
+}
+
+/// The uncompressed length of an existing `.partial` at `path` (what it
+/// decodes to, at most a segment); `None` when there is none.
+fn old_partial_len(
+    path: &Path,
+    compression: Compression,
+    segment_size: u64,
+) -> Result<Option<u64>, ArchiveError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => decodable_len(path, compression, segment_size)
+            .map(Some)
+            .map_err(|e| ArchiveError::io(path, e)),
+        Ok(_) => Err(ArchiveError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ArchiveError::io(path, e)),
     }
 }
 
@@ -555,11 +676,20 @@ impl SegmentSink {
             SegmentSink::Compressed(w) => w.complete(),
         }
     }
-    pub fn close_partial(self) -> Result<(), ArchiveError> {
+    /// Keeps the `.partial` name; returns whether what was written is under
+    /// it (false only for a compressed writer still aside, whose stream is
+    /// dropped: see [`CompressedWriter::close_partial`]).
+    pub fn close_partial(self) -> Result<bool, ArchiveError> {
         match self {
-            SegmentSink::Plain(w) => w.close_partial(),
+            SegmentSink::Plain(w) => w.close_partial().map(|()| true),
             SegmentSink::Compressed(w) => w.close_partial(),
         }
+    }
+    /// Written aside (compressed only): nothing written so far is under the
+    /// WAL name, so none of it may be reported (see
+    /// [`CompressedWriter::is_aside`]).
+    pub fn is_aside(&self) -> bool {
+        matches!(self, SegmentSink::Compressed(w) if w.is_aside())
     }
     /// Written direct (plain only): nothing in it is under a WAL name
     /// before it is complete.

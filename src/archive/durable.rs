@@ -41,7 +41,9 @@ pub enum Site {
     Wal,
     /// Creating and zero-filling the next segment (`NAME.partial.tmp`).
     Prepare,
-    /// Renaming a prepared segment to `NAME.partial`.
+    /// Renaming a prepared segment to `NAME.partial`; renaming a compressed
+    /// segment streamed again aside over its old `NAME.gz.partial`, and the
+    /// directory fsync after it.
     Install,
     /// Completing a segment: final fdatasync, rename to `NAME`, directory fsync.
     Complete,
@@ -240,19 +242,6 @@ pub fn write_at(
         .map_err(|source| ArchiveError::Write {
             path: path.to_path_buf(),
             offset,
-            source,
-        })
-}
-
-/// Truncates an open file to `len` bytes (a compressed `.partial` restarted
-/// from its beginning). Its failpoint is the site's `pwrite`: it changes
-/// what the file holds.
-pub fn truncate(file: &File, path: &Path, len: u64, site: Site) -> Result<(), ArchiveError> {
-    injected(site, Op::Pwrite, path)
-        .and_then(|()| file.set_len(len))
-        .map_err(|source| ArchiveError::Write {
-            path: path.to_path_buf(),
-            offset: len,
             source,
         })
 }

@@ -57,6 +57,70 @@ pub fn read_prefix(path: &Path, compression: Compression, n: usize) -> std::io::
     }
 }
 
+/// How many uncompressed bytes the stream in `path` decodes to, at most
+/// `limit`: what a compressed `.partial` holds, a torn or corrupt end
+/// excluded (what decoded before the fault counts, as in [`read_prefix`]).
+/// Streams through a small buffer: a whole segment is never in memory. An
+/// error reading the file itself is an error, never a short length.
+pub fn decodable_len(path: &Path, compression: Compression, limit: u64) -> std::io::Result<u64> {
+    let file = File::open(path)?;
+    let (tracked, read_error) = Tracked::new(file);
+    let decoder: Box<dyn Read> = match compression {
+        Compression::None => return Ok(tracked.inner.metadata()?.len().min(limit)),
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(tracked)),
+        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(tracked)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(tracked)?),
+    };
+    let mut decoder = decoder.take(limit);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match decoder.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // The end of what decodes (torn, cut or corrupt), unless the
+            // file could not be read.
+            Err(_) => break,
+        }
+    }
+    match read_error.take() {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
+}
+
+/// A reader that keeps the first error of the reader under it, so that a
+/// decoder's "the stream ends here" is told apart from "the disk failed".
+struct Tracked<R> {
+    inner: R,
+    error: std::rc::Rc<std::cell::Cell<Option<std::io::Error>>>,
+}
+
+impl<R> Tracked<R> {
+    fn new(inner: R) -> (Self, std::rc::Rc<std::cell::Cell<Option<std::io::Error>>>) {
+        let error = std::rc::Rc::new(std::cell::Cell::new(None));
+        (
+            Tracked {
+                inner,
+                error: error.clone(),
+            },
+            error,
+        )
+    }
+}
+
+impl<R: Read> Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                self.error
+                    .set(Some(std::io::Error::new(e.kind(), e.to_string())));
+            }
+        })
+    }
+}
+
 /// Why a complete compressed segment is not one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SizeCheck {
@@ -100,17 +164,26 @@ pub fn check_complete_size(compression: Compression, data: &[u8], segment_size: 
     }
 }
 
-/// The whole uncompressed content of a complete segment file; `None` when
-/// it is not a finished stream of exactly `segment_size` bytes.
+/// The whole uncompressed content of a complete segment file, or what is
+/// wrong with it: not a finished stream of exactly `segment_size` bytes (cut,
+/// corrupt, or of another size). The outer error is the file's reading.
 pub fn read_complete_segment(
     path: &Path,
     compression: Compression,
     segment_size: u64,
-) -> std::io::Result<Option<Vec<u8>>> {
+) -> std::io::Result<Result<Vec<u8>, String>> {
     let data = std::fs::read(path)?;
     Ok(match decompress(compression, &data, segment_size) {
-        Ok(d) if d.finished && d.bytes.len() as u64 == segment_size => Some(d.bytes),
-        _ => None,
+        Ok(d) if !d.finished => Err(format!(
+            "the stream ends without its trailer after {} bytes",
+            d.bytes.len()
+        )),
+        Ok(d) if d.bytes.len() as u64 == segment_size => Ok(d.bytes),
+        Ok(d) => Err(format!(
+            "it decompresses to {} bytes, not the segment size {segment_size}",
+            d.bytes.len()
+        )),
+        Err(e) => Err(e.to_string()),
     })
 }
 
@@ -155,6 +228,48 @@ mod tests {
     }
 
     #[test]
+    fn decodable_lengths_of_whole_flushed_and_cut_streams() {
+        use crate::archive::compressed::CompressedWriter;
+        let tmp = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i / 7 % 251) as u8).collect();
+        for (z, c) in [
+            ("none", Compression::None),
+            ("gzip", Compression::Gzip),
+            ("lz4", Compression::Lz4),
+            ("zstd", Compression::Zstd),
+        ] {
+            let path = tmp.path().join(z);
+            std::fs::write(&path, packed(z, &data)).unwrap();
+            assert_eq!(decodable_len(&path, c, SEG).unwrap(), 300_000, "{z}");
+            assert_eq!(decodable_len(&path, c, 1000).unwrap(), 1000, "{z}");
+            if c == Compression::None {
+                continue;
+            }
+            // A flushed, unfinished stream (a killed session's .partial),
+            // then the same cut in the middle of its last flush.
+            let spec = CompressionSpec::parse(z).unwrap();
+            let mut w = CompressedWriter::open(tmp.path(), 1, 7, SEG, false, spec).unwrap();
+            w.write_at(0, &data[..200_000]).unwrap();
+            w.sync().unwrap();
+            let flushed = std::fs::read(w.path()).unwrap();
+            w.write_at(200_000, &data[200_000..]).unwrap();
+            w.sync().unwrap();
+            let partial = w.path().to_path_buf();
+            std::mem::forget(w);
+            assert_eq!(decodable_len(&partial, c, SEG).unwrap(), 300_000, "{z}");
+            let all = std::fs::read(&partial).unwrap();
+            let cut = flushed.len() + (all.len() - flushed.len()) / 2;
+            std::fs::write(&partial, &all[..cut]).unwrap();
+            let n = decodable_len(&partial, c, SEG).unwrap();
+            assert!((200_000..300_000).contains(&n), "{z}: {n}");
+            std::fs::write(&partial, b"").unwrap();
+            assert_eq!(decodable_len(&partial, c, SEG).unwrap(), 0, "{z}");
+            std::fs::remove_file(&partial).unwrap();
+        }
+        assert!(decodable_len(&tmp.path().join("missing"), Compression::Gzip, SEG).is_err());
+    }
+
+    #[test]
     fn prefixes_of_every_kind_including_cut_streams() {
         let tmp = tempfile::tempdir().unwrap();
         let seg: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
@@ -169,7 +284,7 @@ mod tests {
             assert_eq!(read_prefix(&path, c, 40).unwrap(), &seg[..40], "{z}");
             assert_eq!(
                 read_complete_segment(&path, c, 200_000).unwrap().as_deref(),
-                Some(&seg[..]),
+                Ok(&seg[..]),
                 "{z}"
             );
             std::fs::write(&path, b"").unwrap();

@@ -15,7 +15,13 @@
 //! Only complete segments are read: a `.partial` may end in zeros that are not WAL, and the
 //! bytes before a segment-start resume point are always in complete segments.
 //! A compressed one (`.gz`, `.lz4`, `.zst`) is decompressed whole when the
-//! walk reaches it (one segment in memory at a time).
+//! walk reaches it (one segment in memory at a time). A file under a complete
+//! name that is not a complete segment (a `.gz` damaged inside, which the
+//! start-up scan, checking its trailer's size as pg_receivewal does, lets
+//! through; a file damaged since the scan) is an error naming it
+//! ([`ArchiveError::BadCompressedFile`], [`ArchiveError::WrongSize`]), as
+//! damage in a plain segment is a verification error: taking it for a
+//! missing segment would leave the record in progress unchecked.
 //!
 //! A record in progress whose beginning is not in the archive (a fresh archive
 //! started mid-record at the server's position, or a segment moved away by
@@ -245,7 +251,11 @@ impl<'a> Files<'a> {
         Ok(None)
     }
 
-    /// `path` if it is a complete segment (a compressed one decompressed).
+    /// `path` if it is a complete segment (a compressed one decompressed);
+    /// `None` when there is no such file. A file under a complete name that
+    /// is not one (cut, corrupt, of another size) is an error naming it,
+    /// never taken for a missing segment: the record continuing at the
+    /// resume point would then go unchecked although its beginning is here.
     fn open_complete(
         &self,
         path: PathBuf,
@@ -253,11 +263,11 @@ impl<'a> Files<'a> {
     ) -> Result<Option<OpenSegment>, ArchiveError> {
         if compression != Compression::None {
             return match read_complete_segment(&path, compression, self.seg) {
-                Ok(Some(bytes)) => Ok(Some(OpenSegment {
+                Ok(Ok(bytes)) => Ok(Some(OpenSegment {
                     content: Content::Decompressed(bytes),
                     path,
                 })),
-                Ok(None) => Ok(None),
+                Ok(Err(what)) => Err(ArchiveError::BadCompressedFile { path, what }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(ArchiveError::io(path, e)),
             };
@@ -268,7 +278,14 @@ impl<'a> Files<'a> {
                     .metadata()
                     .map_err(|e| ArchiveError::io(&path, e))?
                     .len();
-                Ok((len == self.seg).then_some(OpenSegment {
+                if len != self.seg {
+                    return Err(ArchiveError::WrongSize {
+                        path,
+                        size: len,
+                        expected: self.seg,
+                    });
+                }
+                Ok(Some(OpenSegment {
                     content: Content::File(file),
                     path,
                 }))

@@ -737,6 +737,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
         touch(d, &format!("{}.partial.tmp", name(1, 3)), 12345);
+        // A compressed segment streamed again aside, killed before it
+        // replaced its old .partial (which stays).
+        touch(d, &format!("{}.zst.partial.tmp", name(1, 4)), 123);
+        touch(d, &format!("{}.zst.partial", name(1, 4)), 456);
         touch(d, "00000002.history.tmp", 10);
         for keep in [
             "other.tmp",
@@ -752,6 +756,7 @@ mod tests {
             names(d),
             [
                 "000000010000000000000003.tmp",
+                "000000010000000000000004.zst.partial",
                 "00000002.history",
                 "0000000a.history.tmp",
                 "notes",

@@ -458,9 +458,16 @@ async fn resume_verifier(
 ) -> Result<Option<Verifier>, ReceiverError> {
     let resume = off_runtime(archive, move |a| a.resume_verifier(config, start))
         .await?
-        .map_err(|source| ReceiverError::ArchiveIo {
-            doing: "read the archive's WAL before the resume point",
-            source,
+        .map_err(|source| match source {
+            // A damaged segment file: the operator moves it away (as when
+            // the start-up scan finds one), retrying cannot help.
+            ArchiveError::BadCompressedFile { .. } | ArchiveError::WrongSize { .. } => {
+                ReceiverError::Archive(source)
+            }
+            source => ReceiverError::ArchiveIo {
+                doing: "read the archive's WAL before the resume point",
+                source,
+            },
         })?;
     match resume {
         Resume::Primed { verifier, from } => {

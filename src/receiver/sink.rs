@@ -29,7 +29,8 @@
 //! that is verified and durable. Both are 0/0 until known, unless the session
 //! starts from the archive's own durable files. Neither moves into a segment
 //! written direct before it is complete and renamed: until then a crash
-//! removes it.
+//! removes it; nor into a compressed segment streamed again aside before it
+//! replaced its old `.partial` (see [`crate::archive::compressed`]).
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -287,8 +288,13 @@ impl WalSink {
             Some(segment) if segment.buffers() && server_end >= segment.end_lsn() => return Ok(()),
             Some(segment) => {
                 segment.sync()?;
-                // Everything written is in the file now, compressed or not.
-                self.named = self.position;
+                // Everything written is in the file now, compressed or not,
+                // and under the WAL name unless it is still written aside
+                // (a compressed segment streamed again, not yet as long as
+                // its old file: see `crate::archive::compressed`).
+                if !segment.is_aside() {
+                    self.named = self.position;
+                }
             }
             None => {}
         }
@@ -330,10 +336,12 @@ impl WalSink {
         self.preparer.shut_down();
         self.complete_filled()?;
         if let Some(segment) = self.segment.take() {
-            segment.close_partial()?;
-            // A direct segment has now become an ordinary `.partial` too.
-            self.named = self.position;
-            self.mark_synced();
+            // A direct segment has now become an ordinary `.partial` too;
+            // a compressed one still aside was dropped (its old file kept).
+            if segment.close_partial()? {
+                self.named = self.position;
+                self.mark_synced();
+            }
         }
         Ok(self.positions())
     }

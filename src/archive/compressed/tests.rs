@@ -80,27 +80,143 @@ fn the_flush_rule_puts_every_written_byte_in_the_file() {
     }
 }
 
+/// A first session that streamed `len` bytes of `data` into segment 4 and
+/// was killed (no trailer): the `.partial` it leaves, and its bytes.
+fn killed_session(dir: &Path, z: &str, data: &[u8]) -> (PathBuf, Vec<u8>) {
+    let mut first = CompressedWriter::open(dir, 1, 4, SEG, true, spec(z)).unwrap();
+    first.write_at(0, data).unwrap();
+    first.sync().unwrap();
+    let partial = first.path().to_path_buf();
+    drop(first);
+    let old = std::fs::read(&partial).unwrap();
+    (partial, old)
+}
+
+/// Issue 17: a session that resumed an existing compressed `.partial` and
+/// received less than it held (stopped by `-E`, a signal, a timeline
+/// switch) rewrote the file with only what it received: WAL acknowledged
+/// by the earlier session was gone. The new stream is written aside and
+/// dropped when it ends shorter; the old file is never touched.
 #[test]
-fn an_existing_partial_restarts_truncated_at_the_first_write() {
+fn a_resumed_partial_is_kept_when_the_new_stream_ends_shorter() {
     for (z, c, sfx) in METHODS {
         let tmp = tempfile::tempdir().unwrap();
         let name = wal_file_name(1, 4, SEG);
-        let partial = tmp.path().join(format!("{name}{sfx}.partial"));
-        let stale = compress_all(spec(z), &wal(500_000)).unwrap();
-        std::fs::write(&partial, &stale).unwrap();
-        // Opened and closed without WAL: the file stays as it was.
+        let data = wal(SEG);
+        let (partial, old) = killed_session(tmp.path(), z, &data[..500_000]);
+        assert_eq!(decoded(c, &partial).0.len(), 500_000, "{z}");
+
+        let mut w = CompressedWriter::open(tmp.path(), 1, 4, SEG, true, spec(z)).unwrap();
+        w.write_at(0, &data[..131_072]).unwrap();
+        w.sync().unwrap();
+        assert!(
+            std::fs::read(&partial).unwrap() == old,
+            "{z}: the WAL name changed"
+        );
+        assert_eq!(
+            names(tmp.path()),
+            [
+                format!("{name}{sfx}.partial"),
+                format!("{name}{sfx}.partial.tmp")
+            ],
+            "{z}: the new stream goes under a temporary name"
+        );
+        w.close_partial().unwrap();
+        assert!(
+            std::fs::read(&partial).unwrap() == old,
+            "{z}: the WAL name changed"
+        );
+        assert_eq!(names(tmp.path()), [format!("{name}{sfx}.partial")], "{z}");
+
+        // Opened and closed without WAL: the file stays as it was too.
         let w = CompressedWriter::open(tmp.path(), 1, 4, SEG, true, spec(z)).unwrap();
         w.close_partial().unwrap();
-        assert_eq!(std::fs::read(&partial).unwrap(), stale, "{z}");
-        // A new session writes less than the old file held: no stale tail.
+        assert!(
+            std::fs::read(&partial).unwrap() == old,
+            "{z}: the WAL name changed"
+        );
+        assert_eq!(names(tmp.path()), [format!("{name}{sfx}.partial")], "{z}");
+    }
+}
+
+/// Killed while the new stream is still shorter (kill -9 at any instant):
+/// the WAL name holds the old file whole, and the aside file is a `.tmp`
+/// that the next start removes.
+#[test]
+fn a_crash_while_the_new_stream_is_shorter_leaves_the_old_file() {
+    for (z, c, sfx) in METHODS {
+        let tmp = tempfile::tempdir().unwrap();
+        let name = wal_file_name(1, 4, SEG);
+        let data = wal(SEG);
+        let (partial, old) = killed_session(tmp.path(), z, &data[..500_000]);
         let mut w = CompressedWriter::open(tmp.path(), 1, 4, SEG, true, spec(z)).unwrap();
-        w.write_at(0, b"fresh").unwrap();
+        w.write_at(0, &data[..131_072]).unwrap();
         w.sync().unwrap();
-        assert_eq!(decoded(c, &partial).0, b"fresh", "{z}");
-        w.close_partial().unwrap();
-        assert_eq!(decoded(c, &partial), (b"fresh".to_vec(), true), "{z}");
-        assert!(std::fs::metadata(&partial).unwrap().len() < stale.len() as u64);
-        assert_eq!(names(tmp.path()), [format!("{name}{sfx}.partial")]);
+        std::mem::forget(w); // as kill -9: no destructor, no close
+        assert!(
+            std::fs::read(&partial).unwrap() == old,
+            "{z}: the WAL name changed"
+        );
+        assert!(decoded(c, &partial).0 == data[..500_000], "{z}");
+        let aside = format!("{name}{sfx}.partial.tmp");
+        assert!(names(tmp.path()).contains(&aside), "{z}");
+        let _dir = crate::archive::ArchiveDir::open(tmp.path()).unwrap();
+        assert_eq!(names(tmp.path()), [format!("{name}{sfx}.partial")], "{z}");
+    }
+}
+
+/// The new stream replaces the old file at the first sync where it holds at
+/// least as much (then the WAL name decodes to the new stream, with no stale
+/// bytes after it), and completes normally; at no sync in between does the
+/// WAL name decode to less than the old file held.
+#[test]
+fn a_resumed_partial_is_replaced_once_the_new_stream_holds_as_much() {
+    for (z, c, sfx) in METHODS {
+        let tmp = tempfile::tempdir().unwrap();
+        let name = wal_file_name(1, 4, SEG);
+        let data = wal(SEG);
+        let (partial, _) = killed_session(tmp.path(), z, &data[..500_000]);
+        let mut w = CompressedWriter::open(tmp.path(), 1, 4, SEG, true, spec(z)).unwrap();
+        let mut written = 0;
+        for piece in data[..700_000].chunks(100_000) {
+            w.write_at(written as u64, piece).unwrap();
+            written += piece.len();
+            w.sync().unwrap();
+            let (bytes, _) = decoded(c, &partial);
+            assert!(
+                bytes.len() >= 500_000,
+                "{z}: {} after {written}",
+                bytes.len()
+            );
+            if written >= 500_000 {
+                assert!(bytes == data[..written], "{z}: not the new stream");
+                assert_eq!(names(tmp.path()), [format!("{name}{sfx}.partial")], "{z}");
+            } else {
+                assert!(bytes == data[..500_000], "{z}: not the old file");
+            }
+        }
+        w.write_at(written as u64, &data[written..]).unwrap();
+        let done = w.complete().unwrap();
+        assert_eq!(names(tmp.path()), [format!("{name}{sfx}")], "{z}");
+        assert_eq!(decoded(c, &done), (data, true), "{z}");
+    }
+}
+
+/// A catch-up that fills the segment without a sync in between (the sink
+/// syncs a compressed segment the server has whole only at its completion)
+/// replaces the old file on the way to its final name.
+#[test]
+fn a_resumed_partial_completed_in_one_go_leaves_only_the_segment() {
+    for (z, c, sfx) in METHODS {
+        let tmp = tempfile::tempdir().unwrap();
+        let name = wal_file_name(1, 4, SEG);
+        let data = wal(SEG);
+        killed_session(tmp.path(), z, &data[..500_000]);
+        let mut w = CompressedWriter::open(tmp.path(), 1, 4, SEG, true, spec(z)).unwrap();
+        w.write_at(0, &data).unwrap();
+        let done = w.complete().unwrap();
+        assert_eq!(names(tmp.path()), [format!("{name}{sfx}")], "{z}");
+        assert_eq!(decoded(c, &done), (data, true), "{z}");
     }
 }
 
@@ -217,5 +333,32 @@ fn a_failed_fdatasync_at_completion_keeps_the_partial_name() {
     assert_eq!(
         names(tmp.path()),
         [format!("{}.zst.partial", wal_file_name(1, 1, SEG))]
+    );
+}
+
+/// The rename that puts the new stream in the old file's place fails: the
+/// writer is poisoned (nothing of it may be reported), the WAL name still
+/// holds the old file, and the aside file is removed with the writer.
+#[test]
+#[cfg(feature = "failpoints")]
+fn a_failed_replacing_rename_keeps_the_old_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = wal(SEG);
+    let (partial, old) = killed_session(tmp.path(), "zstd", &data[..200_000]);
+    let mut w = CompressedWriter::open(tmp.path(), 1, 4, SEG, true, spec("zstd")).unwrap();
+    w.write_at(0, &data[..300_000]).unwrap();
+    let fault = ScopedFailpoint::new("install-rename", "EIO", tmp.path());
+    let err = w.sync().unwrap_err();
+    drop(fault);
+    assert!(matches!(err, ArchiveError::Rename { .. }), "{err}");
+    assert!(w.is_poisoned());
+    drop(w);
+    assert!(
+        std::fs::read(&partial).unwrap() == old,
+        "the WAL name changed"
+    );
+    assert_eq!(
+        names(tmp.path()),
+        [format!("{}.zst.partial", wal_file_name(1, 4, SEG))]
     );
 }

@@ -182,16 +182,47 @@ fn compressed_segments_and_history_prime_the_verifier_too() {
         let before = v.records();
         v.feed(&next[..64 * 1024]).unwrap();
         assert!(v.records() > before, "{z}");
-        // A cut compressed segment is not complete: not used.
+        // A cut compressed segment under a complete name is damage, not a
+        // missing segment: an error naming it.
         let c = tmp.path().join(format!("00000002000000000000000C{sfx}"));
         let data = std::fs::read(&c).unwrap();
         std::fs::write(&c, &data[..data.len() / 2]).unwrap();
         assert!(
             matches!(
-                dir.resume_verifier(config(2), start).unwrap(),
-                Resume::NotInArchive { .. }
+                dir.resume_verifier(config(2), start),
+                Err(ArchiveError::BadCompressedFile { ref path, .. }) if *path == c
             ),
             "{z}"
         );
+    }
+}
+
+/// Issue 17, finding 9: the segment before the resume point is a complete
+/// `.gz` whose body is damaged but whose trailer size (ISIZE, all the
+/// start-up scan checks, as pg_receivewal does) is right. The walk took it
+/// for a missing segment: the record continuing at the resume point went
+/// unchecked, logged as "not in the archive". It is an error naming the
+/// file now, as a damaged plain segment is a verification error.
+#[test]
+fn a_damaged_compressed_segment_before_the_resume_point_is_an_error_not_a_gap() {
+    use crate::archive::compress_spec::CompressionSpec;
+    use crate::archive::compressed::compress_all;
+    let spec = CompressionSpec::parse("gzip").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["000000010000000000000008", SEG_9] {
+        let mut packed = compress_all(spec, &std::fs::read(fixture(f)).unwrap()).unwrap();
+        if f == SEG_9 {
+            let at = packed.len() * 3 / 4;
+            packed[at] ^= 0x55;
+        }
+        std::fs::write(tmp.path().join(format!("{f}.gz")), packed).unwrap();
+    }
+    let dir = ArchiveDir::open(tmp.path()).unwrap();
+    dir.scan(SEG)
+        .expect("the start-up scan accepts it (ISIZE is right)");
+    let damaged = tmp.path().join(format!("{SEG_9}.gz"));
+    match dir.resume_verifier(config(1), Lsn(0xA * SEG)) {
+        Err(ArchiveError::BadCompressedFile { path, .. }) => assert_eq!(path, damaged),
+        other => panic!("{other:?}"),
     }
 }

@@ -543,3 +543,61 @@ fn compressed_catch_up_reports_a_segment_once_complete() {
     assert!(sink.positions().flush > Lsn(start.0 + half as u64));
     assert!(tmp.path().join(format!("{}.zst", NAMES[0])).is_file());
 }
+
+/// Issue 17 in the sink: a compressed segment streamed again beside its old
+/// `.partial` (which holds 500 kB of it, acknowledged by the session that
+/// wrote it) reports nothing of the new stream while it is shorter, and a
+/// session that ends there keeps the old file whole and reports nothing of
+/// it; once the new stream holds as much, positions move and the WAL name
+/// holds the new stream.
+#[test]
+fn a_compressed_segment_streamed_again_reports_nothing_until_it_replaced_the_old_file() {
+    use crate::archive::compress_spec::CompressionSpec;
+    use crate::archive::compression::decompress;
+    let spec = CompressionSpec::parse("lz4").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let seg8 = fixture(NAMES[0]);
+    let start = Lsn(8 * SEG);
+    let partial = tmp.path().join(format!("{}.lz4.partial", NAMES[0]));
+    let decoded = || {
+        let d = decompress(Compression::Lz4, &std::fs::read(&partial).unwrap(), SEG).unwrap();
+        d.bytes
+    };
+    {
+        // The earlier session, killed (no close).
+        let mut cfg = config(tmp.path(), start, false);
+        cfg.compression = spec;
+        let mut first = WalSink::new(cfg);
+        write_all(&mut first, start, &seg8[..500_000]).unwrap();
+        assert!(first.positions().flush > Lsn(start.0 + 400_000));
+        std::mem::forget(first);
+    }
+    let old = std::fs::read(&partial).unwrap();
+    assert!(decoded() == seg8[..500_000]);
+
+    let mut cfg = config(tmp.path(), start, true);
+    cfg.compression = spec;
+    let mut sink = WalSink::new(cfg.clone());
+    write_all(&mut sink, start, &seg8[..200_000]).unwrap();
+    let p = sink.positions();
+    assert!(p.flush <= start && p.write <= start, "{p:?}");
+    let p = sink.close().unwrap();
+    assert!(p.flush <= start && p.write <= start, "{p:?}");
+    assert!(
+        std::fs::read(&partial).unwrap() == old,
+        "the old file changed"
+    );
+    assert_eq!(names(tmp.path()), [format!("{}.lz4.partial", NAMES[0])]);
+
+    let mut sink = WalSink::new(cfg);
+    write_all(&mut sink, start, &seg8[..300_000]).unwrap();
+    assert!(sink.positions().flush <= start);
+    write_all(&mut sink, Lsn(start.0 + 300_000), &seg8[300_000..600_000]).unwrap();
+    // Now what a fresh verifier accepts over those bytes.
+    let mut v = Verifier::at_segment_start(config(tmp.path(), start, true).verifier, start);
+    v.feed(&seg8[..600_000]).unwrap();
+    assert!(v.verified_end() > Lsn(start.0 + 400_000));
+    assert_eq!(sink.positions().flush, v.verified_end());
+    assert!(decoded() == seg8[..600_000]);
+    assert_eq!(names(tmp.path()), [format!("{}.lz4.partial", NAMES[0])]);
+}

@@ -164,6 +164,7 @@ fn a_partial_with_later_segments_on_its_timeline_is_a_hole() {
 fn missing_segments_temporaries_and_foreign_files() {
     let names = [
         "000000010000000000000003.partial.tmp",
+        "000000010000000000000003.gz.partial.tmp",
         "000000010000000000000003.bz2",
         "000000020000000000000003",
         "000000010000000000000002",
@@ -171,6 +172,15 @@ fn missing_segments_temporaries_and_foreign_files() {
     ];
     assert_eq!(plan(&seg(S3), names), Plan::NotFound);
     assert_eq!(plan(&seg(S3), []), Plan::NotFound);
+    // A compressed segment streamed again aside: only the old file counts.
+    let partial = "000000010000000000000003.lz4.partial";
+    assert_eq!(
+        plan(
+            &seg(S3),
+            [partial, "000000010000000000000003.lz4.partial.tmp"]
+        ),
+        plan(&seg(S3), [partial])
+    );
 }
 
 #[test]
