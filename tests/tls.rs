@@ -414,7 +414,9 @@ fn tls_verify_full_checks_the_host_name_verify_ca_the_chain() {
     case.host = "walrcv-tls-test.invalid".into();
     let why = case.check(&pg, Outcome::Refused, "verify-full, wrong host name");
     assert!(
-        why.contains("not valid for name") && why.contains("walrcv-tls-test.invalid"),
+        why.contains(
+            "server certificate for \"localhost\" (and 1 other name) does not match host name \"walrcv-tls-test.invalid\""
+        ),
         "{why}"
     );
     case.tls.mode = SslMode::VerifyCa;
@@ -429,7 +431,10 @@ fn tls_verify_full_checks_the_host_name_verify_ca_the_chain() {
     let mut wrong_ca = Case::new(pg.port(), SUPERUSER, SslMode::VerifyCa, &pki);
     wrong_ca.tls.root_cert = Some(RootCerts::File(pki.path("other-root.crt")));
     let why = wrong_ca.check(&pg, Outcome::Refused, "verify-ca, wrong CA");
-    assert!(why.contains("invalid peer certificate"), "{why}");
+    assert!(
+        why.contains("SSL error: certificate verify failed: "),
+        "{why}"
+    );
 
     // No root file: libpq's message for the verifying modes; require
     // encrypts without verifying.
@@ -613,7 +618,10 @@ fn tls_direct_negotiation_with_a_17_server() {
     case.port = pg15.port();
     let (outcome, why) = case.walrcv();
     assert_eq!(outcome, Outcome::Refused);
-    assert!(why.contains("TLS handshake failed"), "{why}");
+    assert!(
+        why.contains("SSL SYSCALL error") || why.contains("SSL error: "),
+        "{why}"
+    );
 }
 
 #[test]

@@ -1092,23 +1092,25 @@ mod tests {
     }
 
     /// A TLS-capable fake server: answers SSLRequest with `answer`, then (on
-    /// 'S') runs a rustls handshake with a fresh self-signed certificate for
+    /// 'S') runs an OpenSSL handshake with a fresh self-signed certificate for
     /// `localhost`, and accepts the start-up with AuthenticationOk. Returns
     /// the port and the certificate (DER).
     async fn tls_server(answer: u8) -> (u16, Vec<u8>) {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let cert_der = certified.cert.der().to_vec();
-        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+        let mut acceptor =
+            openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls())
+                .unwrap();
+        acceptor
+            .set_private_key(
+                &openssl::pkey::PKey::private_key_from_der(&certified.signing_key.serialize_der())
+                    .unwrap(),
+            )
             .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        acceptor
+            .set_certificate(&openssl::x509::X509::from_der(&cert_der).unwrap())
+            .unwrap();
+        let acceptor = acceptor.build();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
@@ -1125,7 +1127,9 @@ mod tests {
                 while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
                 return;
             }
-            let mut s = acceptor.accept(s).await.unwrap();
+            let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
+            let mut s = tokio_openssl::SslStream::new(ssl, s).unwrap();
+            std::pin::Pin::new(&mut s).accept().await.unwrap();
             let _ = s.read(&mut buf).await;
             s.write_all(AUTH_OK_READY).await.unwrap();
             s.flush().await.unwrap();
