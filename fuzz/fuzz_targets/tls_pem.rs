@@ -9,7 +9,7 @@ use walrcv::pgwire::tls::{pem_key_is_encrypted, private_key_from_bytes, ssl_resp
 
 fuzz_target!(|data: &[u8]| {
     // Never a terminal prompt for a password, never a panic.
-    let key = private_key_from_bytes(data);
+    let key = private_key_from_bytes(data, None);
     if pem_key_is_encrypted(&String::from_utf8_lossy(data)) {
         assert!(key.is_err());
     }

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -312,6 +313,8 @@ pub struct Connection {
     tls: bool,
     /// The server's end-entity certificate (DER), over TLS.
     tls_server_certificate: Option<Vec<u8>>,
+    /// Whether the server asked for a client certificate, over TLS.
+    certificate_request: Option<Arc<tls::CertificateRequest>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -500,6 +503,7 @@ impl Connection {
             bytes_arrived: false,
             tls: false,
             tls_server_certificate: None,
+            certificate_request: None,
         };
         if encryption == Encryption::Tls {
             conn.negotiate_tls(params, target).await?;
@@ -603,6 +607,7 @@ impl Connection {
         self.stream = Box::new(established.stream);
         self.tls = true;
         self.tls_server_certificate = established.server_certificate;
+        self.certificate_request = Some(established.certificate_request);
         Ok(())
     }
 
@@ -658,6 +663,9 @@ impl Connection {
                     if let Step::Send(message) = step {
                         self.write_all(message.into_bytes()).await?;
                     }
+                    if auth.is_authenticated() && params.tls.require_cert_request {
+                        self.check_certificate_was_requested()?;
+                    }
                 }
                 BackendMessage::BackendKeyData | BackendMessage::NegotiateProtocolVersion => {}
                 BackendMessage::ReadyForQuery if auth.is_authenticated() => return Ok(()),
@@ -670,6 +678,18 @@ impl Connection {
                 other => return Err(self.unexpected("starting up", &other)),
             }
         }
+    }
+
+    /// `sslcertmode=require`, checked once the server has authenticated us
+    /// (libpq's `check_expected_areq` at AuthenticationOk): the server must
+    /// have asked for a client certificate and been sent one. A plain-text
+    /// connection was never asked.
+    fn check_certificate_was_requested(&self) -> Result<(), PgError> {
+        let checked = match &self.certificate_request {
+            Some(request) => request.check_required(),
+            None => Err(TlsError::CertificateNotRequested),
+        };
+        checked.map_err(|e| self.tls_err(e))
     }
 
     fn auth_failed(&self, source: AuthError) -> PgError {

@@ -30,7 +30,9 @@ use crate::conninfo::{RootCerts, SslMode, TlsVersion};
 mod engine;
 pub mod host_name;
 
-pub use engine::{client_config, handshake, private_key_from_bytes, Established, TlsTarget};
+pub use engine::{
+    client_config, handshake, private_key_from_bytes, CertificateRequest, Established, TlsTarget,
+};
 pub use host_name::HostNameError;
 
 /// The ALPN protocol name PostgreSQL 17+ servers expect (libpq's
@@ -75,8 +77,8 @@ pub enum TlsError {
     )]
     KeyPermissions(PathBuf),
     #[error(
-        "private key file \"{}\" is encrypted: walrcv cannot decrypt keys (sslpassword is not \
-         supported); store it decrypted (openssl pkey -in KEY -out KEY.plain) with mode 0600",
+        "private key file \"{}\" is encrypted and no sslpassword was given (walrcv never \
+         prompts for it)",
         .0.display()
     )]
     KeyEncrypted(PathBuf),
@@ -100,6 +102,10 @@ pub enum TlsError {
     /// failed: ...", "SSL SYSCALL error: EOF detected").
     #[error("{0}")]
     Handshake(String),
+    #[error("server did not request an SSL certificate")]
+    CertificateNotRequested,
+    #[error("server accepted connection without a valid SSL certificate")]
+    CertificateNotSent,
     #[error("server certificate could not be obtained")]
     NoPeerCertificate,
     #[error("{0}")]
@@ -280,6 +286,8 @@ pub fn sni_name(host: &str, sni: bool) -> Option<&str> {
 /// libpq's name of a protocol version, for messages.
 pub fn version_name(v: TlsVersion) -> &'static str {
     match v {
+        TlsVersion::Tls1 => "TLSv1",
+        TlsVersion::Tls1_1 => "TLSv1.1",
         TlsVersion::Tls1_2 => "TLSv1.2",
         TlsVersion::Tls1_3 => "TLSv1.3",
     }
@@ -470,16 +478,16 @@ mod tests {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let key_pem = certified.signing_key.serialize_pem();
         let cert_pem = certified.cert.pem();
-        assert!(private_key_from_bytes(key_pem.as_bytes()).is_ok());
-        assert!(private_key_from_bytes(&certified.signing_key.serialize_der()).is_ok());
+        assert!(private_key_from_bytes(key_pem.as_bytes(), None).is_ok());
+        assert!(private_key_from_bytes(&certified.signing_key.serialize_der(), None).is_ok());
         let with_cert = format!("{cert_pem}{key_pem}");
-        assert!(private_key_from_bytes(with_cert.as_bytes()).is_ok());
-        let e = private_key_from_bytes(cert_pem.as_bytes()).unwrap_err();
+        assert!(private_key_from_bytes(with_cert.as_bytes(), None).is_ok());
+        let e = private_key_from_bytes(cert_pem.as_bytes(), None).unwrap_err();
         assert!(!e.contains("BEGIN"), "{e}");
         // An encrypted key without a password fails, without a prompt.
         let encrypted =
             "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMII\n-----END ENCRYPTED PRIVATE KEY-----\n";
-        assert!(private_key_from_bytes(encrypted.as_bytes()).is_err());
+        assert!(private_key_from_bytes(encrypted.as_bytes(), None).is_err());
     }
 
     #[test]
@@ -511,6 +519,30 @@ mod tests {
             80877103
         );
         assert_eq!(u32::from_be_bytes(SSL_REQUEST[..4].try_into().unwrap()), 8);
+    }
+
+    #[test]
+    fn encrypted_keys_open_with_sslpassword_in_pem_and_pkcs8() {
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::symm::Cipher;
+        let group = EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+        let ec = EcKey::generate(&group).unwrap();
+        let traditional = ec
+            .private_key_to_pem_passphrase(Cipher::aes_256_cbc(), b"s3cret")
+            .unwrap();
+        assert!(pem_key_is_encrypted(&String::from_utf8_lossy(&traditional)));
+        let pkey = openssl::pkey::PKey::from_ec_key(ec).unwrap();
+        let pkcs8 = pkey
+            .private_key_to_pem_pkcs8_passphrase(Cipher::aes_256_cbc(), b"s3cret")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&pkcs8).contains("BEGIN ENCRYPTED PRIVATE KEY"));
+        for (what, key) in [("PEM", &traditional), ("PKCS#8", &pkcs8)] {
+            let opened = private_key_from_bytes(key, Some(b"s3cret")).unwrap();
+            assert!(opened.public_eq(&pkey), "{what}");
+            let e = private_key_from_bytes(key, Some(b"wrong")).unwrap_err();
+            assert!(!e.contains("BEGIN"), "{what}: {e}");
+            assert!(private_key_from_bytes(key, None).is_err(), "{what}");
+        }
     }
 
     #[test]

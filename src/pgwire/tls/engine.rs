@@ -5,15 +5,21 @@
 //! module ([`super::verification`], [`super::sni_name`], [`super::host_name`],
 //! [`super::handshake_failure`]).
 
+use std::ffi::{c_int, c_void};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
+use foreign_types::ForeignType;
 use openssl::error::ErrorStack;
+use openssl::ex_data::Index;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{Ssl, SslContextBuilder, SslMethod, SslVerifyMode, SslVersion};
+use openssl::ssl::{Ssl, SslContextBuilder, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
 use openssl::x509::store::X509Lookup;
 use openssl::x509::verify::X509VerifyFlags;
 use openssl::x509::{X509Ref, X509VerifyResult};
@@ -26,10 +32,100 @@ use super::{
 };
 use crate::conninfo::{RootCerts, SslNegotiation, TlsSettings, TlsVersion};
 
+/// Whether the server asked for a client certificate during the handshake,
+/// and whether one was loaded to answer (libpq's `ssl_cert_requested` and
+/// `ssl_cert_sent`, set by its `cert_cb`).
+#[derive(Debug, Default)]
+pub struct CertificateRequest {
+    requested: AtomicBool,
+    sent: AtomicBool,
+}
+
+impl CertificateRequest {
+    /// What `sslcertmode=require` concludes once the server has
+    /// authenticated the client (libpq checks it at AuthenticationOk).
+    pub fn check_required(&self) -> Result<(), TlsError> {
+        if !self.requested.load(Ordering::Relaxed) {
+            Err(TlsError::CertificateNotRequested)
+        } else if !self.sent.load(Ordering::Relaxed) {
+            Err(TlsError::CertificateNotSent)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+// OpenSSL's certificate callback, which the openssl crate does not wrap: it
+// runs when the server sends CertificateRequest, before the client picks
+// its certificate.
+extern "C" {
+    fn SSL_set_cert_cb(
+        ssl: *mut openssl_sys::SSL,
+        cb: Option<unsafe extern "C" fn(*mut openssl_sys::SSL, *mut c_void) -> c_int>,
+        arg: *mut c_void,
+    );
+}
+
+/// Notes the server's request. `arg` is the `CertificateRequest` that the
+/// session's ex-data keeps alive as long as the session.
+unsafe extern "C" fn note_certificate_request(
+    ssl: *mut openssl_sys::SSL,
+    arg: *mut c_void,
+) -> c_int {
+    // SAFETY: `arg` points into the Arc held by this SSL's ex-data (see
+    // `watch_certificate_request`), so it outlives every call on `ssl`.
+    let request = unsafe { &*(arg as *const CertificateRequest) };
+    request.requested.store(true, Ordering::Relaxed);
+    // SAFETY: `ssl` is the live session OpenSSL passes to its callback.
+    let loaded = unsafe { !openssl_sys::SSL_get_certificate(ssl).is_null() };
+    request.sent.store(loaded, Ordering::Relaxed);
+    1
+}
+
+fn watch_certificate_request(ssl: &mut Ssl) -> Result<Arc<CertificateRequest>, TlsError> {
+    let request = Arc::new(CertificateRequest::default());
+    // One ex-data index for the process (OpenSSL never frees them).
+    static INDEX: OnceLock<Index<Ssl, Arc<CertificateRequest>>> = OnceLock::new();
+    let index = match INDEX.get() {
+        Some(index) => *index,
+        None => {
+            let new = Ssl::new_ex_index().map_err(config_err)?;
+            *INDEX.get_or_init(|| new)
+        }
+    };
+    ssl.set_ex_data(index, request.clone());
+    let arg = Arc::as_ptr(&request) as *mut c_void;
+    // SAFETY: `ssl` is a valid session; the callback only reads `arg`, which
+    // the ex-data just set keeps alive until the session is freed.
+    unsafe { SSL_set_cert_cb(ssl.as_ptr(), Some(note_certificate_request), arg) };
+    Ok(request)
+}
+
+/// `sslkeylogfile` (libpq 18): each secret line appended to the file,
+/// created 0600; a file that cannot be written is reported and the
+/// connection goes on, as libpq does.
+fn log_keys_to(ctx: &mut SslContextBuilder, path: PathBuf) {
+    ctx.set_keylog_callback(move |_, line| {
+        let written = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(
+                "could not write to SSL key logging file \"{}\": {e}",
+                path.display()
+            );
+        }
+    });
+}
+
 /// One connection's OpenSSL session, ready for the handshake, and what is
 /// checked after it.
 pub struct TlsTarget {
     ssl: Ssl,
+    certificate_request: Arc<CertificateRequest>,
     verification: Verification,
     host: String,
     min: Option<TlsVersion>,
@@ -52,6 +148,8 @@ fn config_err(stack: ErrorStack) -> TlsError {
 
 fn openssl_version(v: TlsVersion) -> SslVersion {
     match v {
+        TlsVersion::Tls1 => SslVersion::TLS1,
+        TlsVersion::Tls1_1 => SslVersion::TLS1_1,
         TlsVersion::Tls1_2 => SslVersion::TLS1_2,
         TlsVersion::Tls1_3 => SslVersion::TLS1_3,
     }
@@ -85,8 +183,12 @@ pub fn client_config(settings: &TlsSettings, host: &str) -> Result<TlsTarget, Tl
     let mut alpn = vec![ALPN_POSTGRESQL.len() as u8];
     alpn.extend_from_slice(ALPN_POSTGRESQL);
     ctx.set_alpn_protos(&alpn).map_err(config_err)?;
+    if let Some(path) = &settings.key_log_file {
+        log_keys_to(&mut ctx, path.clone());
+    }
     let ctx = ctx.build();
     let mut ssl = Ssl::new(&ctx).map_err(config_err)?;
+    let certificate_request = watch_certificate_request(&mut ssl)?;
     if let Some(name) = sni_name(host, settings.sni) {
         ssl.set_hostname(name).map_err(|e| {
             TlsError::Config(format!(
@@ -97,6 +199,7 @@ pub fn client_config(settings: &TlsSettings, host: &str) -> Result<TlsTarget, Tl
     }
     Ok(TlsTarget {
         ssl,
+        certificate_request,
         verification,
         host: host.to_string(),
         min,
@@ -134,32 +237,51 @@ fn load_roots(
     Ok(())
 }
 
-/// `sslcrl`: loaded, when the file exists, into the store beside the root
-/// file's certificates, and then every certificate of the chain must be
-/// covered by a CRL of its issuer (libpq's `X509_V_FLAG_CRL_CHECK |
-/// X509_V_FLAG_CRL_CHECK_ALL`).
+/// `sslcrl` and `sslcrldir`: loaded, when they exist, into the store beside
+/// the root file's certificates (the directory is read lazily, by the
+/// issuer's hash, as `openssl rehash` names the files), and then every
+/// certificate of the chain must be covered by a CRL of its issuer (libpq's
+/// `X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL`).
 fn load_crls(ctx: &mut SslContextBuilder, settings: &TlsSettings) -> Result<(), TlsError> {
-    let Some(crl) = settings.crl.as_deref().filter(|p| p.exists()) else {
+    let file = settings.crl.as_deref().filter(|p| p.exists());
+    let dir = settings.crl_dir.as_deref().filter(|p| p.is_dir());
+    if file.is_none() && dir.is_none() {
         return Ok(());
-    };
-    let bad = |e: ErrorStack| TlsError::BadCrl {
-        path: crl.to_path_buf(),
-        why: reason(&e),
-    };
+    }
     let store = ctx.cert_store_mut();
-    let lookup = store.add_lookup(X509Lookup::file()).map_err(bad)?;
-    let loaded = lookup
-        .load_crl_file(crl, openssl::ssl::SslFiletype::PEM)
-        .map_err(bad)?;
-    if loaded == 0 {
-        return Err(TlsError::BadCrl {
+    if let Some(crl) = file {
+        let bad = |why: String| TlsError::BadCrl {
             path: crl.to_path_buf(),
-            why: "no X509 CRL in it".to_string(),
-        });
+            why,
+        };
+        let lookup = store
+            .add_lookup(X509Lookup::file())
+            .map_err(|e| bad(reason(&e)))?;
+        let loaded = lookup
+            .load_crl_file(crl, SslFiletype::PEM)
+            .map_err(|e| bad(reason(&e)))?;
+        if loaded == 0 {
+            return Err(bad("no X509 CRL in it".to_string()));
+        }
+    }
+    if let Some(dir) = dir {
+        let bad = |e: ErrorStack| TlsError::BadCrl {
+            path: dir.to_path_buf(),
+            why: reason(&e),
+        };
+        let text = dir.to_str().ok_or_else(|| TlsError::BadCrl {
+            path: dir.to_path_buf(),
+            why: "the directory name is not UTF-8".to_string(),
+        })?;
+        store
+            .add_lookup(X509Lookup::hash_dir())
+            .map_err(bad)?
+            .add_dir(text, SslFiletype::PEM)
+            .map_err(bad)?;
     }
     store
         .set_flags(X509VerifyFlags::CRL_CHECK | X509VerifyFlags::CRL_CHECK_ALL)
-        .map_err(bad)
+        .map_err(|e| TlsError::Config(reason(&e)))
 }
 
 /// The client certificate chain and key, when the certificate file exists
@@ -181,7 +303,8 @@ fn load_client_certificate(
         .key
         .clone()
         .unwrap_or_else(|| PathBuf::from("postgresql.key"));
-    let key = private_key(&key_path)?;
+    let password = settings.key_password.as_ref().map(|p| p.0.as_bytes());
+    let key = private_key(&key_path, password)?;
     ctx.set_private_key(&key).map_err(|e| TlsError::KeyLoad {
         path: key_path.clone(),
         why: reason(&e),
@@ -193,8 +316,8 @@ fn load_client_certificate(
 }
 
 /// The private key: a regular file with libpq's permissions, PEM (PKCS#8,
-/// PKCS#1 or SEC1) or else DER, as libpq tries them.
-fn private_key(path: &Path) -> Result<PKey<Private>, TlsError> {
+/// PKCS#1 or SEC1, encrypted or not) or else DER, as libpq tries them.
+fn private_key(path: &Path, password: Option<&[u8]>) -> Result<PKey<Private>, TlsError> {
     let meta = fs::metadata(path).map_err(|_| TlsError::KeyMissing(path.to_path_buf()))?;
     if !meta.is_file() {
         return Err(TlsError::KeyNotRegular(path.to_path_buf()));
@@ -207,23 +330,41 @@ fn private_key(path: &Path) -> Result<PKey<Private>, TlsError> {
         path: path.to_path_buf(),
         source,
     })?;
-    if pem_key_is_encrypted(&String::from_utf8_lossy(&bytes)) {
+    if password.is_none() && pem_key_is_encrypted(&String::from_utf8_lossy(&bytes)) {
         return Err(TlsError::KeyEncrypted(path.to_path_buf()));
     }
-    private_key_from_bytes(&bytes).map_err(|why| TlsError::KeyLoad {
+    private_key_from_bytes(&bytes, password).map_err(|why| TlsError::KeyLoad {
         path: path.to_path_buf(),
         why,
     })
 }
 
-/// A private key from PEM, else from DER; the error never quotes the key.
-pub fn private_key_from_bytes(bytes: &[u8]) -> Result<PKey<Private>, String> {
-    // Never OpenSSL's terminal prompt: a callback that gives no password.
-    let pem = PKey::private_key_from_pem_callback(bytes, |_| Ok(0));
-    match pem {
-        Ok(key) => Ok(key),
-        Err(pem_error) => PKey::private_key_from_der(bytes).map_err(|_| reason(&pem_error)),
+/// A private key from PEM, else from DER (plain, or PKCS#8 encrypted), with
+/// `sslpassword` for an encrypted one; never OpenSSL's terminal prompt. The
+/// error is OpenSSL's reason ("bad decrypt"...), never the key.
+pub fn private_key_from_bytes(
+    bytes: &[u8],
+    password: Option<&[u8]>,
+) -> Result<PKey<Private>, String> {
+    let give_password = |buf: &mut [u8]| {
+        let p = password.unwrap_or_default();
+        let n = p.len().min(buf.len());
+        buf[..n].copy_from_slice(&p[..n]);
+        Ok(n)
+    };
+    let pem_error = match PKey::private_key_from_pem_callback(bytes, give_password) {
+        Ok(key) => return Ok(key),
+        Err(e) => e,
+    };
+    if let Ok(key) = PKey::private_key_from_der(bytes) {
+        return Ok(key);
     }
+    if let Some(p) = password {
+        if let Ok(key) = PKey::private_key_from_pkcs8_passphrase(bytes, p) {
+            return Ok(key);
+        }
+    }
+    Err(reason(&pem_error))
 }
 
 /// An established TLS stream and the server's end-entity certificate (DER),
@@ -231,6 +372,8 @@ pub fn private_key_from_bytes(bytes: &[u8]) -> Result<PKey<Private>, String> {
 pub struct Established<S> {
     pub stream: tokio_openssl::SslStream<S>,
     pub server_certificate: Option<Vec<u8>>,
+    /// Whether the server asked for a client certificate (sslcertmode=require).
+    pub certificate_request: Arc<CertificateRequest>,
 }
 
 /// Runs the TLS handshake on `socket`, then libpq's checks on the result:
@@ -280,6 +423,7 @@ where
     Ok(Established {
         stream,
         server_certificate,
+        certificate_request: target.certificate_request,
     })
 }
 
