@@ -1273,3 +1273,60 @@ fn tls_sslkeylogfile_appends_the_secrets_in_a_0600_file() {
     assert_eq!(case.walrcv().0, Outcome::Tls);
     assert!(!log.exists());
 }
+
+/// Invoked as pg_receivewal, a TLS failure that is the server's (a
+/// certificate that does not name the host) ends walrcv as any connection
+/// failure does (a closed port), and as Debian's pg_receivewal ends for the
+/// same settings, with libpq's words for the failed check.
+#[test]
+fn tls_cli_a_server_tls_failure_exits_as_any_connection_failure_and_as_pg_receivewal() {
+    let pki = make_pki();
+    let pg = tls_server(&pki, 15, "server");
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("pg_receivewal");
+    std::os::unix::fs::symlink(crate::support::walrcv_bin(), &ours).unwrap();
+    let theirs = crate::support::debian_bin("pg_receivewal");
+    let archive = tempfile::tempdir().unwrap();
+    let run = |program: &Path, conninfo: &str| {
+        let out = Command::new(program)
+            .args(["-n", "-D"])
+            .arg(archive.path())
+            .args(["-d", conninfo])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", dir.path())
+            .env("PGPASSWORD", SUPERUSER_PASSWORD)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let mismatch = format!(
+        "host=walrcv-tls-test.invalid hostaddr=127.0.0.1 port={} user={SUPERUSER} \
+         sslmode=verify-full sslrootcert={}",
+        pg.port(),
+        pki.path("root.crt").display()
+    );
+    let closed = format!(
+        "host=127.0.0.1 port={} user={SUPERUSER} sslmode=disable",
+        crate::support::free_port()
+    );
+    let (tls_code, tls_text) = run(&ours, &mismatch);
+    let (closed_code, closed_text) = run(&ours, &closed);
+    let (libpq_code, libpq_text) = run(&theirs, &mismatch);
+    assert_eq!(tls_code, closed_code, "{tls_text}\n{closed_text}");
+    assert_eq!(tls_code, libpq_code, "{tls_text}\n{libpq_text}");
+    let words = "server certificate for \"localhost\" (and 1 other name) does not match host name \
+                 \"walrcv-tls-test.invalid\"";
+    assert!(libpq_text.contains(words), "{libpq_text}");
+    assert!(tls_text.contains(words), "{tls_text}");
+    assert!(tls_text.starts_with("pg_receivewal: error: "), "{tls_text}");
+    assert!(
+        !tls_text.contains("Error {") && !tls_text.contains("Other("),
+        "{tls_text}"
+    );
+}
