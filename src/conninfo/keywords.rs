@@ -71,15 +71,10 @@ pub(super) const KEYWORDS: &[Keyword] = &[
 
 /// Keywords accepted and ignored because they change nothing about the
 /// connections walrcv makes: GSSAPI and OAuth details (walrcv uses neither),
-/// `sslcompression` (servers refuse compression since PostgreSQL 14),
-/// `sslkeylogfile` (a debugging aid walrcv does not offer: it would write key
-/// material to disk), `sslpassword` (an encrypted client key is refused by the
-/// TLS layer, whatever the password).
+/// `sslcompression` (servers refuse compression since PostgreSQL 14).
 pub(super) const IGNORED_KEYWORDS: &[&str] = &[
     "fallback_application_name",
     "sslcompression",
-    "sslpassword",
-    "sslkeylogfile",
     "krbsrvname",
     "gsslib",
     "gssdelegation",

@@ -17,16 +17,16 @@
 //! 4. defaults: Unix socket in [`DEFAULT_SOCKET_DIR`], port 5432, the OS user,
 //!    `sslmode=prefer` and the TLS files under `~/.postgresql/`.
 //!
-//! The TLS keywords (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `sslcrl`,
-//! `sslsni`, `ssl_min/max_protocol_version`, `sslnegotiation`, `sslcertmode`)
-//! resolve into [`TlsSettings`] (`tls.rs`), `channel_binding` and
-//! `require_auth` into their own types (`auth.rs`); the transport and the
-//! authentication that use them live in `pgwire`. Keywords with no effect on
-//! what walrcv does (`sslcompression`, `sslkeylogfile`, `sslpassword` (an
-//! encrypted key is refused by the TLS layer), GSSAPI and OAuth details) are
-//! accepted and ignored; keywords whose value *demands* something walrcv cannot
-//! do (`gssencmode=require`, `sslcrldir`, `sslcertmode=require`, ...) are
-//! errors, because quietly connecting with weaker guarantees than asked for is
+//! The TLS keywords (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`,
+//! `sslpassword`, `sslcrl`, `sslcrldir`, `sslsni`, `ssl_min/max_protocol_version`,
+//! `sslnegotiation`, `sslcertmode`, `sslkeylogfile`) resolve into
+//! [`TlsSettings`] (`tls.rs`), `channel_binding` and `require_auth` into
+//! their own types (`auth.rs`); the transport and the authentication that
+//! use them live in `pgwire`. Keywords with no effect on what walrcv does
+//! (`sslcompression`, GSSAPI and OAuth details) are accepted and ignored;
+//! keywords whose value *demands* something walrcv cannot do
+//! (`gssencmode=require`, ...) are errors, because quietly connecting with
+//! weaker guarantees than asked for is
 //! worse than not connecting. `target_session_attrs` and `load_balance_hosts`
 //! resolve into [`TargetSessionAttrs`] and [`LoadBalanceHosts`]; the check of
 //! each server against them is `pgwire::session_attrs`'.
@@ -144,13 +144,26 @@ pub enum RootCerts {
     System,
 }
 
-/// `ssl_min_protocol_version` / `ssl_max_protocol_version`. libpq also accepts
-/// TLSv1 and TLSv1.1, which rustls cannot speak: `resolve` refuses them with an
-/// error saying so, rather than quietly reading them as TLSv1.2.
+/// `ssl_min_protocol_version` / `ssl_max_protocol_version`: every version
+/// libpq accepts. Whether OpenSSL will then speak TLSv1 or TLSv1.1 depends on
+/// its configuration (Debian 12's security level refuses them), for libpq alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TlsVersion {
+    Tls1,
+    Tls1_1,
     Tls1_2,
     Tls1_3,
+}
+
+/// `sslpassword`: the password of an encrypted client key. Its `Debug` never
+/// shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SslPassword(pub String);
+
+impl fmt::Debug for SslPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SslPassword(<redacted>)")
+    }
 }
 
 /// `sslnegotiation`: `postgres` sends SSLRequest first; `direct` starts the TLS
@@ -207,6 +220,16 @@ pub struct TlsSettings {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub crl: Option<PathBuf>,
+    /// `sslcrldir`: a directory of CRLs named by `openssl rehash`.
+    pub crl_dir: Option<PathBuf>,
+    /// `sslpassword`: decrypts an encrypted client key.
+    pub key_password: Option<SslPassword>,
+    /// `sslcertmode=require`: fail unless the server asked for a client
+    /// certificate (libpq 16+).
+    pub require_cert_request: bool,
+    /// `sslkeylogfile` (libpq 18+): where to append the TLS secrets in the
+    /// NSS key log format, for debugging with Wireshark.
+    pub key_log_file: Option<PathBuf>,
     /// `sslsni` (default on): send the host name in the TLS handshake.
     pub sni: bool,
     pub min_protocol_version: Option<TlsVersion>,
@@ -224,6 +247,10 @@ impl TlsSettings {
             cert: None,
             key: None,
             crl: None,
+            crl_dir: None,
+            key_password: None,
+            require_cert_request: false,
+            key_log_file: None,
             sni: true,
             min_protocol_version: Some(TlsVersion::Tls1_2),
             max_protocol_version: None,
@@ -316,9 +343,11 @@ impl LoadBalanceHosts {
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// TCP to `host` (used for .pgpass matching and messages), connecting to
-    /// `hostaddr` when given instead of resolving `host`. When only `hostaddr`
-    /// was given, `host` is the address itself (libpq matches `.pgpass` on it).
+    /// TCP to `host` (used for .pgpass matching, messages and the
+    /// certificate's name), connecting to `hostaddr` when given instead of
+    /// resolving `host`. When only `hostaddr` was given, `host` is empty, as
+    /// in libpq: messages and `.pgpass` use the address instead, and
+    /// `sslmode=verify-full` has no name to check (libpq refuses then).
     Tcp {
         host: String,
         hostaddr: Option<String>,
@@ -354,8 +383,12 @@ impl fmt::Display for Target {
                 hostaddr,
                 port,
             } => {
-                write!(f, "server at \"{host}\"")?;
-                if let Some(addr) = hostaddr.as_deref().filter(|a| a != host) {
+                let shown = match hostaddr {
+                    Some(addr) if host.is_empty() => addr,
+                    _ => host,
+                };
+                write!(f, "server at \"{shown}\"")?;
+                if let Some(addr) = hostaddr.as_deref().filter(|a| a != shown) {
                     write!(f, " ({addr})")?;
                 }
                 write!(f, ", port {port}")
@@ -526,6 +559,12 @@ mod tests {
             port: 5432,
         };
         assert_eq!(t.to_string(), "server at \"pg\" (10.0.0.1), port 5432");
+        let t = Target::Tcp {
+            host: String::new(),
+            hostaddr: Some("10.0.0.1".into()),
+            port: 5432,
+        };
+        assert_eq!(t.to_string(), "server at \"10.0.0.1\", port 5432");
     }
 
     /// `{:?}` of the parameters (in a log line, a panic, an error chain)

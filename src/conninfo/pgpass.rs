@@ -19,6 +19,12 @@ impl ConnParams {
         }
         let passfile = self.passfile.as_deref()?;
         let (host, port) = match target {
+            // libpq matches a hostaddr-only target on the address.
+            Target::Tcp {
+                host,
+                hostaddr: Some(addr),
+                port,
+            } if host.is_empty() => (addr.clone(), *port),
             Target::Tcp { host, port, .. } => (host.clone(), *port),
             Target::Unix { dir, port } => (dir.to_string_lossy().into_owned(), *port),
         };

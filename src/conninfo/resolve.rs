@@ -561,9 +561,8 @@ fn resolve_targets(s: &Settings) -> Result<Vec<Target>, ConnInfoError> {
                     origin,
                 ));
             }
-            let host = if h.is_empty() { a } else { h };
             Target::Tcp {
-                host: host.to_owned(),
+                host: h.to_owned(),
                 hostaddr: Some(a.to_owned()),
                 port,
             }

@@ -10,8 +10,10 @@
 use std::path::{Path, PathBuf};
 
 use super::env::Environment;
-use super::resolve::{bad_value, unsupported, Origin, Settings};
-use super::{ConnInfoError, RootCerts, SslMode, SslNegotiation, TlsSettings, TlsVersion};
+use super::resolve::{bad_value, Origin, Settings};
+use super::{
+    ConnInfoError, RootCerts, SslMode, SslNegotiation, SslPassword, TlsSettings, TlsVersion,
+};
 
 /// libpq's defaults, relative to the home directory.
 const DEFAULT_ROOT_CERT: &str = ".postgresql/root.crt";
@@ -30,16 +32,28 @@ pub(super) fn resolve_tls(
     let negotiation = negotiation(s, mode)?;
     check_system_roots(root_cert.as_ref(), mode)?;
     let (min_protocol_version, max_protocol_version) = protocol_versions(s)?;
-    refuse_crl_dir(s)?;
-    let send_client_cert = client_cert_mode(s)?;
+    let cert_mode = client_cert_mode(s)?;
+    let send_client_cert = cert_mode != CertMode::Disable;
     let cert = file_setting(s, "sslcert", home.as_deref(), DEFAULT_CERT);
     let key = file_setting(s, "sslkey", home.as_deref(), DEFAULT_KEY);
+    let crl_dir = s.get("sslcrldir").map(|(dir, _)| PathBuf::from(dir));
+    // The default CRL file only when neither sslcrl nor sslcrldir is set.
+    let crl = match crl_dir {
+        Some(_) => s.get("sslcrl").map(|(file, _)| PathBuf::from(file)),
+        None => file_setting(s, "sslcrl", home.as_deref(), DEFAULT_CRL),
+    };
     Ok(TlsSettings {
         mode,
         root_cert,
         cert: cert.filter(|_| send_client_cert),
         key: key.filter(|_| send_client_cert),
-        crl: file_setting(s, "sslcrl", home.as_deref(), DEFAULT_CRL),
+        crl,
+        crl_dir,
+        key_password: s
+            .get("sslpassword")
+            .map(|(p, _)| SslPassword(p.to_string())),
+        require_cert_request: cert_mode == CertMode::Require,
+        key_log_file: s.get("sslkeylogfile").map(|(f, _)| PathBuf::from(f)),
         sni: sni(s)?,
         min_protocol_version,
         max_protocol_version,
@@ -180,16 +194,10 @@ fn protocol_versions(
 /// One protocol version name, case-insensitive as libpq's `pg_strcasecmp`.
 fn parse_tls_version(key: &str, value: &str, origin: Origin) -> Result<TlsVersion, ConnInfoError> {
     match value.to_ascii_lowercase().as_str() {
+        "tlsv1" => Ok(TlsVersion::Tls1),
+        "tlsv1.1" => Ok(TlsVersion::Tls1_1),
         "tlsv1.2" => Ok(TlsVersion::Tls1_2),
         "tlsv1.3" => Ok(TlsVersion::Tls1_3),
-        "tlsv1" | "tlsv1.1" => Err(unsupported(
-            key,
-            format_args!(
-                "{key}={value}: walrcv's TLS library (rustls) speaks only TLSv1.2 and TLSv1.3; \
-                 use TLSv1.2 or TLSv1.3"
-            ),
-            origin,
-        )),
         _ => Err(bad_value(
             key,
             value,
@@ -202,33 +210,22 @@ fn parse_tls_version(key: &str, value: &str, origin: Origin) -> Result<TlsVersio
     }
 }
 
-/// `sslcrldir` needs a directory of hashed CRL files, which walrcv does not
-/// read; ignoring it would skip revocation checks the user asked for.
-fn refuse_crl_dir(s: &Settings) -> Result<(), ConnInfoError> {
-    match s.get("sslcrldir") {
-        Some((_, origin)) => Err(unsupported(
-            "sslcrldir",
-            "certificate revocation list directories are not supported; \
-             concatenate the CRLs into one PEM file and give it as sslcrl",
-            origin,
-        )),
-        None => Ok(()),
-    }
+/// `sslcertmode` (libpq 16+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CertMode {
+    /// Never send a client certificate.
+    Disable,
+    /// Send one if the server asks and there is one (the default).
+    Allow,
+    /// As `allow`, and fail unless the server asked for one.
+    Require,
 }
 
-/// `sslcertmode`: whether to send a client certificate (`allow`, the default)
-/// or never (`disable`). `require` (fail unless the server asked for one) is
-/// refused: the TLS layer cannot tell whether the server asked.
-fn client_cert_mode(s: &Settings) -> Result<bool, ConnInfoError> {
+fn client_cert_mode(s: &Settings) -> Result<CertMode, ConnInfoError> {
     match s.get("sslcertmode") {
-        None | Some(("allow", _)) => Ok(true),
-        Some(("disable", _)) => Ok(false),
-        Some(("require", origin)) => Err(unsupported(
-            "sslcertmode",
-            "sslcertmode=require: walrcv cannot check that the server asked for a \
-             client certificate; use sslcertmode=allow (the default)",
-            origin,
-        )),
+        None | Some(("allow", _)) => Ok(CertMode::Allow),
+        Some(("disable", _)) => Ok(CertMode::Disable),
+        Some(("require", _)) => Ok(CertMode::Require),
         Some((value, origin)) => Err(bad_value(
             "sslcertmode",
             value,

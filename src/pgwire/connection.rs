@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -332,6 +333,8 @@ pub struct Connection {
     phase: Phase,
     /// ParameterStatus messages received during start-up.
     startup_parameters: usize,
+    /// Whether the server asked for a client certificate, over TLS.
+    certificate_request: Option<Arc<tls::CertificateRequest>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -522,6 +525,7 @@ impl Connection {
             tls_server_certificate: None,
             phase: Phase::StartUp,
             startup_parameters: 0,
+            certificate_request: None,
         };
         let start_up = async {
             if encryption == Encryption::Tls {
@@ -644,6 +648,7 @@ impl Connection {
         self.stream = Box::new(established.stream);
         self.tls = true;
         self.tls_server_certificate = established.server_certificate;
+        self.certificate_request = Some(established.certificate_request);
         Ok(())
     }
 
@@ -699,6 +704,9 @@ impl Connection {
                     if let Step::Send(message) = step {
                         self.write_all(message.into_bytes()).await?;
                     }
+                    if auth.is_authenticated() && params.tls.require_cert_request {
+                        self.check_certificate_was_requested()?;
+                    }
                 }
                 BackendMessage::BackendKeyData | BackendMessage::NegotiateProtocolVersion => {}
                 BackendMessage::ReadyForQuery if auth.is_authenticated() => return Ok(()),
@@ -711,6 +719,18 @@ impl Connection {
                 other => return Err(self.unexpected("starting up", &other)),
             }
         }
+    }
+
+    /// `sslcertmode=require`, checked once the server has authenticated us
+    /// (libpq's `check_expected_areq` at AuthenticationOk): the server must
+    /// have asked for a client certificate and been sent one. A plain-text
+    /// connection was never asked.
+    fn check_certificate_was_requested(&self) -> Result<(), PgError> {
+        let checked = match &self.certificate_request {
+            Some(request) => request.check_required(),
+            None => Err(TlsError::CertificateNotRequested),
+        };
+        checked.map_err(|e| self.tls_err(e))
     }
 
     fn auth_failed(&self, source: AuthError) -> PgError {
@@ -1144,23 +1164,25 @@ mod tests {
     }
 
     /// A TLS-capable fake server: answers SSLRequest with `answer`, then (on
-    /// 'S') runs a rustls handshake with a fresh self-signed certificate for
+    /// 'S') runs an OpenSSL handshake with a fresh self-signed certificate for
     /// `localhost`, and accepts the start-up with AuthenticationOk. Returns
     /// the port and the certificate (DER).
     async fn tls_server(answer: u8) -> (u16, Vec<u8>) {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let cert_der = certified.cert.der().to_vec();
-        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+        let mut acceptor =
+            openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls())
+                .unwrap();
+        acceptor
+            .set_private_key(
+                &openssl::pkey::PKey::private_key_from_der(&certified.signing_key.serialize_der())
+                    .unwrap(),
+            )
             .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        acceptor
+            .set_certificate(&openssl::x509::X509::from_der(&cert_der).unwrap())
+            .unwrap();
+        let acceptor = acceptor.build();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
@@ -1177,7 +1199,9 @@ mod tests {
                 while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
                 return;
             }
-            let mut s = acceptor.accept(s).await.unwrap();
+            let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
+            let mut s = tokio_openssl::SslStream::new(ssl, s).unwrap();
+            std::pin::Pin::new(&mut s).accept().await.unwrap();
             let _ = s.read(&mut buf).await;
             s.write_all(AUTH_OK_READY).await.unwrap();
             s.flush().await.unwrap();

@@ -2,7 +2,7 @@
 //! ([`backend`]), the sans-IO authentication exchange ([`auth`], with the
 //! channel binding data of [`cert_hash`]), and the async [`Connection`] (TCP
 //! or Unix socket, startup, simple queries) and its TLS layer ([`tls`],
-//! rustls). Frontend messages are encoded with `postgres-protocol`, which
+//! OpenSSL). Frontend messages are encoded with `postgres-protocol`, which
 //! also provides the MD5 and SCRAM-SHA-256 maths. With several hosts,
 //! [`session_attrs`] decides (sans-IO) which server fits
 //! `target_session_attrs` and in which order `load_balance_hosts` tries them.

@@ -1,5 +1,6 @@
-//! TLS for the connection, with libpq's `sslmode` semantics, on rustls (ring
-//! provider, no OpenSSL).
+//! TLS for the connection, with libpq's `sslmode` semantics, on OpenSSL (the
+//! library libpq uses, so that every certificate and key libpq accepts is
+//! accepted here too: X.509 version 1 certificates, RSA-PSS, old key formats).
 //!
 //! The policy is pure and unit-tested: [`verification`] decides how the
 //! server's certificate is checked from the `sslmode` and whether a root
@@ -7,35 +8,32 @@
 //! encryption a connection attempt uses and whether a failed attempt is tried
 //! again the other way; [`key_file_refused`] is libpq's rule on the private
 //! key's permissions; [`ssl_response`] reads the server's one-byte answer to
-//! SSLRequest. [`client_config`] turns a [`TlsSettings`] into a rustls
-//! `ClientConfig` (reading the certificate, key and CRL files), and
-//! [`handshake`] is the thin async shell that runs the handshake on a socket.
+//! SSLRequest; [`sni_name`] decides what SNI names; [`handshake_failure`]
+//! words a failed handshake as libpq does; [`host_name`] is libpq's check of
+//! the certificate's names under verify-full. The engine (`engine.rs`)
+//! applies them with OpenSSL: [`client_config`] reads the files into an
+//! OpenSSL session and [`handshake`] is the thin async shell that runs it on
+//! a socket.
 //!
-//! The rules come from libpq: `initialize_SSL` and `verify_cb` in
-//! fe-secure-openssl.c (root file, client certificate and key, CRL, SNI),
-//! `PQconnectPoll` / `select_next_encryption_method` in fe-connect.c (the
-//! order of attempts and the fallbacks), `pq_verify_peer_name_matches_certificate`
-//! in fe-secure-common.c (the host name, never the `hostaddr`, is checked).
+//! The rules come from libpq: `initialize_SSL`, `open_client_SSL` and
+//! `verify_cb` in fe-secure-openssl.c (root file, client certificate and key,
+//! CRL, SNI), `PQconnectPoll` / `select_next_encryption_method` in
+//! fe-connect.c (the order of attempts and the fallbacks),
+//! `pq_verify_peer_name_matches_certificate` in fe-secure-common.c (the host
+//! name, never the `hostaddr`, is checked).
 
-use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
-};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
-use tokio::io::{AsyncRead, AsyncWrite};
+use crate::conninfo::{RootCerts, SslMode, TlsVersion};
 
-use crate::conninfo::{RootCerts, SslMode, SslNegotiation, TlsSettings, TlsVersion};
+mod engine;
+pub mod host_name;
+
+pub use engine::{
+    client_config, handshake, private_key_from_bytes, CertificateRequest, Established, TlsTarget,
+};
+pub use host_name::HostNameError;
 
 /// The ALPN protocol name PostgreSQL 17+ servers expect (libpq's
 /// `PG_ALPN_PROTOCOL`); required with `sslnegotiation=direct`.
@@ -58,9 +56,14 @@ pub enum TlsError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("{what} file \"{}\" contains no {what}", path.display())]
-    Empty { what: &'static str, path: PathBuf },
-    #[error("could not load the system's root certificates: {0}")]
+    /// OpenSSL could not load a root certificate or certificate file.
+    #[error("could not read {what} file \"{}\": {why}", path.display())]
+    Load {
+        what: &'static str,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("could not load system root certificate paths: {0}")]
     SystemRoots(String),
     #[error("certificate present, but not private key file \"{}\"", .0.display())]
     KeyMissing(PathBuf),
@@ -74,27 +77,39 @@ pub enum TlsError {
     )]
     KeyPermissions(PathBuf),
     #[error(
-        "private key file \"{}\" is encrypted: walrcv cannot decrypt keys (sslpassword is not \
-         supported); store it decrypted (openssl pkey -in KEY -out KEY.plain) with mode 0600",
+        "private key file \"{}\" is encrypted and no sslpassword was given (walrcv never \
+         prompts for it)",
         .0.display()
     )]
     KeyEncrypted(PathBuf),
+    #[error("could not load private key file \"{}\": {why}", path.display())]
+    KeyLoad { path: PathBuf, why: String },
+    #[error("certificate does not match private key file \"{}\": {why}", path.display())]
+    KeyMismatch { path: PathBuf, why: String },
     #[error("the certificate revocation list \"{}\" is invalid: {why}", path.display())]
     BadCrl { path: PathBuf, why: String },
-    #[error("ssl_min_protocol_version {min:?} is above ssl_max_protocol_version {max:?}")]
+    #[error("ssl_min_protocol_version {min} is above ssl_max_protocol_version {max}")]
     VersionRange { min: TlsVersion, max: TlsVersion },
     #[error("invalid TLS settings: {0}")]
     Config(String),
-    #[error("host name \"{0}\" cannot be checked against a certificate")]
-    BadHostName(String),
     #[error("the server does not support SSL, but SSL was required")]
     ServerRefusedTls,
     #[error("server sent an error response during SSL exchange")]
     ErrorDuringSslExchange,
     #[error("received invalid response to SSL negotiation: {0:?}")]
     InvalidSslResponse(char),
-    #[error("TLS handshake failed: {0}")]
-    Handshake(io::Error),
+    /// The handshake failed; libpq's wording ("SSL error: certificate verify
+    /// failed: ...", "SSL SYSCALL error: EOF detected").
+    #[error("{0}")]
+    Handshake(String),
+    #[error("server did not request an SSL certificate")]
+    CertificateNotRequested,
+    #[error("server accepted connection without a valid SSL certificate")]
+    CertificateNotSent,
+    #[error("server certificate could not be obtained")]
+    NoPeerCertificate,
+    #[error("{0}")]
+    HostName(HostNameError),
     #[error("direct SSL connection was established without ALPN protocol negotiation extension")]
     NoAlpn,
     #[error("SSL connection was established with unexpected ALPN protocol")]
@@ -111,16 +126,17 @@ impl TlsError {
             TlsError::RootCertMissing(_)
                 | TlsError::NoRootCertPath
                 | TlsError::Read { .. }
-                | TlsError::Empty { .. }
+                | TlsError::Load { .. }
                 | TlsError::SystemRoots(_)
                 | TlsError::KeyMissing(_)
                 | TlsError::KeyNotRegular(_)
                 | TlsError::KeyPermissions(_)
                 | TlsError::KeyEncrypted(_)
+                | TlsError::KeyLoad { .. }
+                | TlsError::KeyMismatch { .. }
                 | TlsError::BadCrl { .. }
                 | TlsError::VersionRange { .. }
                 | TlsError::Config(_)
-                | TlsError::BadHostName(_)
         )
     }
 }
@@ -259,370 +275,80 @@ pub fn pem_key_is_encrypted(pem: &str) -> bool {
     pem.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || pem.contains("Proc-Type: 4,ENCRYPTED")
 }
 
-/// A rustls configuration for one server, and the name it is checked (and
-/// SNI-named) against.
-pub struct TlsTarget {
-    pub config: Arc<ClientConfig>,
-    pub server_name: ServerName<'static>,
+/// What SNI names (libpq's `initialize_SSL`): the host name when `sslsni`
+/// is on and the host is not an IP address literal (digits and dots, or
+/// anything with a colon).
+pub fn sni_name(host: &str, sni: bool) -> Option<&str> {
+    let literal = host.bytes().all(|b| b.is_ascii_digit() || b == b'.') || host.contains(':');
+    (sni && !host.is_empty() && !literal).then_some(host)
 }
 
-/// Builds the rustls configuration for a connection to `host` (the host
-/// name given, not the `hostaddr`: libpq checks the name the user meant).
-pub fn client_config(settings: &TlsSettings, host: &str) -> Result<TlsTarget, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let root_file = match &settings.root_cert {
-        Some(RootCerts::File(p)) => Some(p.as_path()),
-        _ => None,
-    };
-    let root_exists = root_file.is_some_and(Path::is_file);
-    let verification = verification(settings.mode, settings.root_cert.as_ref(), root_exists)?;
-    let verifier = server_verifier(settings, verification, provider.clone())?;
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&protocol_versions(settings)?)
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
-    let mut config = match client_certificate(settings)? {
-        Some((certs, key)) => builder
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| TlsError::Config(format!("client certificate: {e}")))?,
-        None => builder.with_no_client_auth(),
-    };
-    // libpq 17 always offers ALPN; a server that does not know it ignores it.
-    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-    // rustls, as libpq, never sends an IP address as SNI.
-    config.enable_sni = settings.sni;
-    let server_name = server_name(host, verification)?;
-    Ok(TlsTarget {
-        config: Arc::new(config),
-        server_name,
-    })
+/// libpq's name of a protocol version, for messages.
+pub fn version_name(v: TlsVersion) -> &'static str {
+    match v {
+        TlsVersion::Tls1 => "TLSv1",
+        TlsVersion::Tls1_1 => "TLSv1.1",
+        TlsVersion::Tls1_2 => "TLSv1.2",
+        TlsVersion::Tls1_3 => "TLSv1.3",
+    }
 }
 
-/// The name given to rustls. When the name is not checked, a host rustls
-/// cannot parse as a DNS name (an underscore...) must not stop the
-/// connection: a placeholder is used, and SNI names nothing real.
-fn server_name(host: &str, verification: Verification) -> Result<ServerName<'static>, TlsError> {
-    match ServerName::try_from(host.to_string()) {
-        Ok(n) => Ok(n),
-        Err(_) if verification != Verification::ChainAndName => {
-            Ok(ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
+impl std::fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(version_name(*self))
+    }
+}
+
+/// OpenSSL's reasons for a handshake that found no common protocol version,
+/// after which libpq adds a hint naming the configured range.
+const PROTOCOL_VERSION_REASONS: &[&str] = &[
+    "no protocols available",
+    "unsupported protocol",
+    "bad protocol version number",
+    "unknown protocol",
+    "unknown ssl version",
+    "unsupported ssl version",
+    "wrong ssl version",
+    "wrong version number",
+    "tlsv1 alert protocol version",
+    "version too high",
+    "version too low",
+];
+
+/// A failed handshake in libpq's words (`open_client_SSL`): "SSL error:"
+/// and OpenSSL's reason, with the certificate check that failed when the
+/// reason is a failed verification (OpenSSL's `X509_verify_cert_error_string`:
+/// "certificate has expired", "certificate has been revoked"...), and
+/// libpq's hint on the protocol range when no version was common; "SSL
+/// SYSCALL error:" when the socket failed or closed.
+pub fn handshake_failure(
+    reason: Option<&str>,
+    verify_error: Option<&str>,
+    io_error: Option<&io::Error>,
+    min: Option<TlsVersion>,
+    max: Option<TlsVersion>,
+) -> String {
+    match (reason, io_error) {
+        (Some(reason), _) => {
+            let mut text = format!("SSL error: {reason}");
+            if let Some(check) = verify_error.filter(|_| reason == "certificate verify failed") {
+                text.push_str(": ");
+                text.push_str(check);
+            }
+            if PROTOCOL_VERSION_REASONS.contains(&reason) {
+                let name = |v: Option<TlsVersion>| v.map_or("any", version_name);
+                text.push_str(&format!(
+                    "\nThis may indicate that the server does not support any SSL protocol \
+                     version between {} and {}.",
+                    name(min),
+                    name(max)
+                ));
+            }
+            text
         }
-        Err(_) => Err(TlsError::BadHostName(host.to_string())),
+        (None, Some(e)) => format!("SSL SYSCALL error: {e}"),
+        (None, None) => "SSL SYSCALL error: EOF detected".to_string(),
     }
-}
-
-fn protocol_versions(
-    settings: &TlsSettings,
-) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsError> {
-    let min = settings.min_protocol_version.unwrap_or(TlsVersion::Tls1_2);
-    let max = settings.max_protocol_version.unwrap_or(TlsVersion::Tls1_3);
-    if min > max {
-        return Err(TlsError::VersionRange { min, max });
-    }
-    Ok([
-        (TlsVersion::Tls1_2, &rustls::version::TLS12),
-        (TlsVersion::Tls1_3, &rustls::version::TLS13),
-    ]
-    .into_iter()
-    .filter(|(v, _)| (min..=max).contains(v))
-    .map(|(_, p)| p)
-    .collect())
-}
-
-fn server_verifier(
-    settings: &TlsSettings,
-    verification: Verification,
-    provider: Arc<CryptoProvider>,
-) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
-    if verification == Verification::None {
-        return Ok(Arc::new(EncryptionOnly(provider)));
-    }
-    let roots = match &settings.root_cert {
-        Some(RootCerts::File(p)) => file_roots(p)?,
-        _ => system_roots()?,
-    };
-    let mut builder = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider);
-    if let Some(crl) = settings.crl.as_deref().filter(|p| p.exists()) {
-        builder = builder.with_crls(read_crls(crl)?);
-    }
-    let webpki = builder
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    Ok(match verification {
-        Verification::Chain => Arc::new(ChainOnly(webpki)),
-        _ => webpki,
-    })
-}
-
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    fs::read(path).map_err(|source| TlsError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// The certificates of a PEM text, in order (sans-IO; fuzzed by
-/// `fuzz/fuzz_targets/tls_pem.rs`). Other PEM sections are skipped.
-pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())
-}
-
-/// The certificate revocation lists of a PEM text (sans-IO, fuzzed).
-pub fn crls_from_pem(pem: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    CertificateRevocationListDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())
-}
-
-/// Why a PEM text gives no usable private key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyPemError {
-    /// Encrypted: would need `sslpassword`.
-    Encrypted,
-    /// No key, or not one rustls reads; the text never quotes the key.
-    Invalid(String),
-}
-
-/// The private key of a PEM text (PKCS#8, PKCS#1 or SEC1; sans-IO, fuzzed).
-/// An encrypted key is recognised before parsing, so it is never mistaken
-/// for a missing one.
-pub fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, KeyPemError> {
-    if pem_key_is_encrypted(&String::from_utf8_lossy(pem)) {
-        return Err(KeyPemError::Encrypted);
-    }
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| KeyPemError::Invalid(e.to_string()))
-}
-
-fn file_roots(path: &Path) -> Result<RootCertStore, TlsError> {
-    let what = "root certificate";
-    let bad = |e: String| TlsError::Config(format!("{}: {e}", path.display()));
-    let mut store = RootCertStore::empty();
-    for cert in certificates_from_pem(&read_file(what, path)?).map_err(bad)? {
-        store.add(cert).map_err(|e| bad(e.to_string()))?;
-    }
-    if store.is_empty() {
-        return Err(TlsError::Empty {
-            what,
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(store)
-}
-
-/// `sslrootcert=system`: the platform's trust store.
-fn system_roots() -> Result<RootCertStore, TlsError> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut store = RootCertStore::empty();
-    let (added, _ignored) = store.add_parsable_certificates(found.certs);
-    if added == 0 {
-        let why = match found.errors.first() {
-            Some(e) => e.to_string(),
-            None => "the platform has none".to_string(),
-        };
-        return Err(TlsError::SystemRoots(why));
-    }
-    Ok(store)
-}
-
-fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let bad = |why| TlsError::BadCrl {
-        path: path.to_path_buf(),
-        why,
-    };
-    let crls = crls_from_pem(&read_file("certificate revocation list", path)?).map_err(bad)?;
-    if crls.is_empty() {
-        return Err(bad("no X509 CRL in it".to_string()));
-    }
-    Ok(crls)
-}
-
-/// The client certificate chain and key, when the certificate file exists
-/// (libpq sends none, silently, when it does not; the key must then exist).
-type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
-
-fn client_certificate(settings: &TlsSettings) -> Result<Option<ClientIdentity>, TlsError> {
-    let Some(cert_path) = settings.cert.as_deref().filter(|p| p.exists()) else {
-        return Ok(None);
-    };
-    let what = "certificate";
-    let certs = certificates_from_pem(&read_file(what, cert_path)?)
-        .map_err(|e| TlsError::Config(format!("{}: {e}", cert_path.display())))?;
-    if certs.is_empty() {
-        return Err(TlsError::Empty {
-            what,
-            path: cert_path.to_path_buf(),
-        });
-    }
-    let key_path = settings
-        .key
-        .as_deref()
-        .ok_or_else(|| TlsError::KeyMissing(PathBuf::from("postgresql.key")))?;
-    Ok(Some((certs, private_key(key_path)?)))
-}
-
-fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let meta = fs::metadata(path).map_err(|_| TlsError::KeyMissing(path.to_path_buf()))?;
-    if !meta.is_file() {
-        return Err(TlsError::KeyNotRegular(path.to_path_buf()));
-    }
-    if key_file_refused(meta.mode(), meta.uid()) {
-        return Err(TlsError::KeyPermissions(path.to_path_buf()));
-    }
-    private_key_from_pem(&read_file("private key", path)?).map_err(|e| match e {
-        KeyPemError::Encrypted => TlsError::KeyEncrypted(path.to_path_buf()),
-        KeyPemError::Invalid(why) => {
-            TlsError::Config(format!("private key file \"{}\": {why}", path.display()))
-        }
-    })
-}
-
-/// `require` (and the other non-verifying modes) without a root file:
-/// encrypted, the certificate taken as it comes. The handshake signatures are
-/// still checked, so the peer does hold the certificate's key.
-#[derive(Debug)]
-struct EncryptionOnly(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for EncryptionOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: webpki's full check, of which only a host name mismatch is
-/// forgiven. webpki checks the chain, validity and revocation before the
-/// name, so a name error means everything else passed.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// An established TLS stream and the server's end-entity certificate (DER),
-/// which SCRAM-SHA-256-PLUS binds to.
-pub struct Established<S> {
-    pub stream: tokio_rustls::client::TlsStream<S>,
-    pub server_certificate: Option<Vec<u8>>,
-}
-
-/// Runs the TLS handshake on `socket`. With direct negotiation the server
-/// must have chosen ALPN `postgresql` (libpq's `open_client_SSL` check).
-pub async fn handshake<S>(
-    socket: S,
-    target: TlsTarget,
-    negotiation: SslNegotiation,
-) -> Result<Established<S>, TlsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let connector = tokio_rustls::TlsConnector::from(target.config);
-    let stream = connector
-        .connect(target.server_name, socket)
-        .await
-        .map_err(TlsError::Handshake)?;
-    let session = stream.get_ref().1;
-    if negotiation == SslNegotiation::Direct {
-        match session.alpn_protocol() {
-            None => return Err(TlsError::NoAlpn),
-            Some(p) if p != ALPN_POSTGRESQL => return Err(TlsError::WrongAlpn),
-            Some(_) => {}
-        }
-    }
-    let server_certificate = session
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|c| c.as_ref().to_vec());
-    tracing::debug!(
-        version = ?session.protocol_version(),
-        cipher = ?session.negotiated_cipher_suite().map(|s| s.suite()),
-        "TLS established"
-    );
-    Ok(Established {
-        stream,
-        server_certificate,
-    })
 }
 
 #[cfg(test)]
@@ -748,24 +474,20 @@ mod tests {
     }
 
     #[test]
-    fn pem_texts() {
+    fn private_keys_in_pem_and_der_and_errors_that_do_not_quote_them() {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let cert_pem = certified.cert.pem();
         let key_pem = certified.signing_key.serialize_pem();
-        let both = format!("{key_pem}{cert_pem}{cert_pem}");
-        assert_eq!(certificates_from_pem(both.as_bytes()).unwrap().len(), 2);
-        assert!(private_key_from_pem(both.as_bytes()).is_ok());
-        assert!(crls_from_pem(both.as_bytes()).unwrap().is_empty());
-        assert!(matches!(
-            private_key_from_pem(cert_pem.as_bytes()),
-            Err(KeyPemError::Invalid(_))
-        ));
+        let cert_pem = certified.cert.pem();
+        assert!(private_key_from_bytes(key_pem.as_bytes(), None).is_ok());
+        assert!(private_key_from_bytes(&certified.signing_key.serialize_der(), None).is_ok());
+        let with_cert = format!("{cert_pem}{key_pem}");
+        assert!(private_key_from_bytes(with_cert.as_bytes(), None).is_ok());
+        let e = private_key_from_bytes(cert_pem.as_bytes(), None).unwrap_err();
+        assert!(!e.contains("BEGIN"), "{e}");
+        // An encrypted key without a password fails, without a prompt.
         let encrypted =
             "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMII\n-----END ENCRYPTED PRIVATE KEY-----\n";
-        assert_eq!(
-            private_key_from_pem(encrypted.as_bytes()),
-            Err(KeyPemError::Encrypted)
-        );
+        assert!(private_key_from_bytes(encrypted.as_bytes(), None).is_err());
     }
 
     #[test]
@@ -786,7 +508,7 @@ mod tests {
         assert!(TlsError::KeyPermissions(PathBuf::from("k")).is_local_configuration());
         assert!(TlsError::RootCertMissing(PathBuf::from("r")).is_local_configuration());
         assert!(!TlsError::ServerRefusedTls.is_local_configuration());
-        assert!(!TlsError::Handshake(io::Error::other("x")).is_local_configuration());
+        assert!(!TlsError::Handshake("x".into()).is_local_configuration());
         assert!(!TlsError::NoAlpn.is_local_configuration());
     }
 
@@ -800,29 +522,77 @@ mod tests {
     }
 
     #[test]
-    fn protocol_bounds() {
-        let mut s = TlsSettings::prefer();
-        assert_eq!(protocol_versions(&s).unwrap().len(), 2);
-        s.min_protocol_version = Some(TlsVersion::Tls1_3);
-        assert_eq!(
-            protocol_versions(&s).unwrap(),
-            vec![&rustls::version::TLS13]
-        );
-        s.max_protocol_version = Some(TlsVersion::Tls1_2);
-        assert!(matches!(
-            protocol_versions(&s),
-            Err(TlsError::VersionRange { .. })
-        ));
+    fn encrypted_keys_open_with_sslpassword_in_pem_and_pkcs8() {
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::symm::Cipher;
+        let group = EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+        let ec = EcKey::generate(&group).unwrap();
+        let traditional = ec
+            .private_key_to_pem_passphrase(Cipher::aes_256_cbc(), b"s3cret")
+            .unwrap();
+        assert!(pem_key_is_encrypted(&String::from_utf8_lossy(&traditional)));
+        let pkey = openssl::pkey::PKey::from_ec_key(ec).unwrap();
+        let pkcs8 = pkey
+            .private_key_to_pem_pkcs8_passphrase(Cipher::aes_256_cbc(), b"s3cret")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&pkcs8).contains("BEGIN ENCRYPTED PRIVATE KEY"));
+        for (what, key) in [("PEM", &traditional), ("PKCS#8", &pkcs8)] {
+            let opened = private_key_from_bytes(key, Some(b"s3cret")).unwrap();
+            assert!(opened.public_eq(&pkey), "{what}");
+            let e = private_key_from_bytes(key, Some(b"wrong")).unwrap_err();
+            assert!(!e.contains("BEGIN"), "{what}: {e}");
+            assert!(private_key_from_bytes(key, None).is_err(), "{what}");
+        }
     }
 
     #[test]
-    fn unparsable_host_names_are_an_error_only_when_checked() {
-        assert!(server_name("bad_host!", Verification::None).is_ok());
-        assert!(server_name("bad_host!", Verification::Chain).is_ok());
-        assert!(server_name("bad_host!", Verification::ChainAndName).is_err());
-        assert!(matches!(
-            server_name("127.0.0.1", Verification::ChainAndName).unwrap(),
-            ServerName::IpAddress(_)
-        ));
+    fn sni_names_host_names_never_addresses() {
+        assert_eq!(sni_name("db.example", true), Some("db.example"));
+        assert_eq!(sni_name("db.example", false), None);
+        assert_eq!(sni_name("127.0.0.1", true), None);
+        assert_eq!(sni_name("::1", true), None);
+        assert_eq!(sni_name("", true), None);
+    }
+
+    #[test]
+    fn handshake_failures_in_libpqs_words() {
+        assert_eq!(
+            handshake_failure(
+                Some("certificate verify failed"),
+                Some("certificate has been revoked"),
+                None,
+                Some(TlsVersion::Tls1_2),
+                None
+            ),
+            "SSL error: certificate verify failed: certificate has been revoked"
+        );
+        assert_eq!(
+            handshake_failure(
+                Some("tlsv1 alert unknown ca"),
+                Some("ignored"),
+                None,
+                None,
+                None
+            ),
+            "SSL error: tlsv1 alert unknown ca"
+        );
+        assert_eq!(
+            handshake_failure(
+                Some("no protocols available"),
+                None,
+                None,
+                Some(TlsVersion::Tls1_3),
+                None
+            ),
+            "SSL error: no protocols available\nThis may indicate that the server does not \
+             support any SSL protocol version between TLSv1.3 and any."
+        );
+        assert_eq!(
+            handshake_failure(None, None, None, None, None),
+            "SSL SYSCALL error: EOF detected"
+        );
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(handshake_failure(None, None, Some(&reset), None, None)
+            .starts_with("SSL SYSCALL error: "));
     }
 }

@@ -67,7 +67,7 @@ fn pgpass_matching() {
     assert_eq!(pw(tcp("crlf", 5432)).as_deref(), Some("crlf-pw"));
     // hostaddr-only targets match on the address.
     let t = Target::Tcp {
-        host: "::1".into(),
+        host: String::new(),
         hostaddr: Some("::1".into()),
         port: 5432,
     };
