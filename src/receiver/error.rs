@@ -36,6 +36,16 @@ pub enum ReceiverError {
     },
     #[error("{message}\nHINT: {hint}")]
     NeedsOperator { message: String, hint: String },
+    /// The archive's own WAL that the start point relies on cannot be
+    /// trusted: it fails verification, or its fsync failed and it cannot be
+    /// streamed again. Retrying cannot help (exit
+    /// [`exit::ARCHIVE_UNTRUSTED`]).
+    #[error("{message}\nHINT: {hint}")]
+    ArchiveUntrusted {
+        path: std::path::PathBuf,
+        message: String,
+        hint: String,
+    },
     /// A server error that needs an operator (see [`classify`]).
     #[error("{}", server_fault_message(*.fault, .target, .message, .facts.as_ref(), *.oldest_available))]
     ServerFault {
@@ -214,6 +224,7 @@ impl ReceiverError {
             // space is freed.
             ReceiverError::Archive(_) => self.is_disk_full(),
             ReceiverError::NeedsOperator { .. }
+            | ReceiverError::ArchiveUntrusted { .. }
             | ReceiverError::ServerFault { .. }
             | ReceiverError::UnsupportedServer { .. }
             | ReceiverError::DatabaseSpecific(_)
@@ -224,6 +235,7 @@ impl ReceiverError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ReceiverError::Writer(SinkError::Verify { .. }) => exit::VERIFY_FAILED,
+            ReceiverError::ArchiveUntrusted { .. } => exit::ARCHIVE_UNTRUSTED,
             ReceiverError::NeedsOperator { .. } | ReceiverError::ServerFault { .. } => {
                 exit::NEEDS_OPERATOR
             }
@@ -245,6 +257,7 @@ impl ReceiverError {
             ReceiverError::Writer(SinkError::Verify { .. }) => FailureKind::Verification,
             ReceiverError::Writer(SinkError::Archive(_) | SinkError::Write { .. })
             | ReceiverError::Archive(_)
+            | ReceiverError::ArchiveUntrusted { .. }
             | ReceiverError::ArchiveIo { .. } => FailureKind::Archive,
             ReceiverError::Connection(PgError::Server { .. })
             | ReceiverError::Replication(ReplicationError::Pg(PgError::Server { .. }))
@@ -261,6 +274,18 @@ impl ReceiverError {
             | ReceiverError::UnsupportedServer { .. }
             | ReceiverError::DatabaseSpecific(_)
             | ReceiverError::Config(_) => FailureKind::Protocol,
+        }
+    }
+
+    /// The archive error that ended the session, if one did (a failed fsync
+    /// is recorded from it: see [`crate::archive::taint`]).
+    pub fn archive_error(&self) -> Option<&ArchiveError> {
+        match self {
+            ReceiverError::Archive(e)
+            | ReceiverError::ArchiveIo { source: e, .. }
+            | ReceiverError::Writer(SinkError::Archive(e))
+            | ReceiverError::Writer(SinkError::Write { source: e, .. }) => Some(e),
+            _ => None,
         }
     }
 
