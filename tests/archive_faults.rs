@@ -129,3 +129,74 @@ fn a_corrupted_complete_segment_before_the_resume_point_stops_walrcv() {
     assert_eq!(out.code(), Some(2), "{}", out.text());
     assert!(out.text().contains("archive_corrupt"), "{}", out.text());
 }
+
+/// The record in progress at the resume point began in the archive's last
+/// complete segment, and a byte of its archive part was corrupted while
+/// walrcv was stopped: its CRC fails only once the stream brings its tail,
+/// which could also be a bit flipped on the way, so one session is retried;
+/// the same failure at the same record on the next session stops walrcv
+/// (exit 5) naming the file, where it used to retry for ever.
+#[test]
+fn a_record_begun_in_a_corrupted_segment_stops_walrcv_at_the_second_failure() {
+    let pg = server();
+    pg.create_physical_slot("rs");
+    let start = pg.insert_lsn();
+    let end = crate::support::parse_lsn(
+        &pg.psql("SELECT pg_logical_emit_message(false, 'walrcv-corrupt', repeat('w', 2500000))"),
+    );
+    pg.psql("SELECT pg_switch_wal()");
+    // A segment start strictly inside the record.
+    let mut resume = end / MB * MB;
+    if end - resume < 64 {
+        resume -= MB;
+    }
+    assert!(
+        resume > start + 8192 && resume < end,
+        "{start:X} {resume:X} {end:X}"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("walrcv-corrupt-")
+        .tempdir()
+        .unwrap();
+    let d = dir.path().to_str().unwrap();
+    let conn = pg.conninfo();
+    let first_end = format_lsn(resume + 32);
+    walrcv_run(
+        &[
+            "stream", "-D", d, "-d", &conn, "-S", "rs", "-E", &first_end, "-n",
+        ],
+        Duration::from_secs(60),
+    )
+    .assert_success();
+    let previous = dir.path().join(seg_name(resume - MB));
+    let mut bytes = std::fs::read(&previous).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x01;
+    std::fs::write(&previous, &bytes).unwrap();
+
+    let mut walrcv = walrcv_spawn(&["stream", "-D", d, "-d", &conn, "-S", "rs", "-v"]);
+    let status = walrcv.wait_timeout(Duration::from_secs(60));
+    let log = walrcv.stderr();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(5),
+        "walrcv must stop with exit 5\n{log}"
+    );
+    assert_eq!(
+        log.matches("disconnected (WAL verification failure")
+            .count(),
+        1,
+        "one retry: {log}"
+    );
+    assert!(
+        log.contains("two sessions in a row")
+            && log.contains(&format!(
+                "which begins in \"{}",
+                dir.path().join("0000000100000000").display()
+            )),
+        "{log}"
+    );
+    // Nothing past the record's start was ever acknowledged.
+    let flushed = pg.slot_restart_lsn("rs").unwrap();
+    assert!(flushed <= start, "{flushed:X} > record start {start:X}");
+}

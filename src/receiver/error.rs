@@ -289,6 +289,20 @@ impl ReceiverError {
         }
     }
 
+    /// A verification failure of a record that began in the archive's own
+    /// WAL before the start point: its start and the file holding it.
+    fn began_in_archive(&self) -> Option<(Lsn, &str)> {
+        match self {
+            ReceiverError::Writer(SinkError::Verify {
+                error,
+                file,
+                began_in_archive: true,
+                ..
+            }) => Some((error.lsn, file.as_str())),
+            _ => None,
+        }
+    }
+
     /// Whether the archive's file system is full (ENOSPC).
     pub fn is_disk_full(&self) -> bool {
         // `Writer` and `Archive` wrap their error without making it the source.
@@ -306,6 +320,41 @@ impl ReceiverError {
             source = e.source();
         }
         false
+    }
+}
+
+/// A record that began in the archive's WAL before the start point fails
+/// verification once the stream brings its end: its archive part or the
+/// stream's may be damaged (a bit flipped on the way heals by itself at the
+/// next session). The same failure at the same LSN on the next session too
+/// means the archive's part: every session would read it again, so walrcv
+/// stops ([`exit::ARCHIVE_UNTRUSTED`]). `suspect` carries the LSN from one
+/// failed session to the next.
+pub(super) fn repeated_in_archive(
+    error: ReceiverError,
+    suspect: &mut Option<Lsn>,
+    dir: &std::path::Path,
+) -> ReceiverError {
+    let Some((lsn, file)) = error.began_in_archive() else {
+        *suspect = None;
+        return error;
+    };
+    if *suspect != Some(lsn) {
+        *suspect = Some(lsn);
+        return error;
+    }
+    crate::metrics::global().archive_untrusted();
+    let path = dir.join(file);
+    ReceiverError::ArchiveUntrusted {
+        message: format!(
+            "the archive's WAL before the start point is corrupt: the record at {lsn}, which begins in \"{}\" \
+             and continues in the archive's files up to the start point, fails verification on two sessions in a \
+             row; walrcv cannot resume after it. {}",
+            path.display(),
+            error.to_string().trim_start_matches("WAL writer stopped: ")
+        ),
+        hint: super::session::CORRUPT_ARCHIVE_HINT.into(),
+        path,
     }
 }
 
@@ -515,5 +564,49 @@ mod tests {
             ReceiverError::Unexpected("x".into()).failure_kind(),
             FailureKind::Protocol
         );
+    }
+
+    fn crc_failure(lsn: u64, began_in_archive: bool) -> ReceiverError {
+        ReceiverError::Writer(SinkError::Verify {
+            error: crate::wal::VerifyError {
+                lsn: Lsn(lsn),
+                check: crate::wal::Check::Crc,
+                detail: "mismatch".into(),
+            },
+            file: "000000010000000000000009".into(),
+            offset: 0xFF00,
+            verified: Lsn(lsn),
+            began_in_archive,
+        })
+    }
+
+    #[test]
+    fn a_record_begun_in_the_archive_failing_twice_in_a_row_stops() {
+        let dir = std::path::Path::new("/archive");
+        let mut suspect = None;
+        // Once: retried (a flipped bit on the way heals by itself).
+        let e = repeated_in_archive(crc_failure(0x9FF00, true), &mut suspect, dir);
+        assert_eq!(e.exit_code(), exit::VERIFY_FAILED);
+        assert!(e.retryable());
+        // Another failure in between starts the count again.
+        let e = repeated_in_archive(ReceiverError::Timeout(60), &mut suspect, dir);
+        assert!(e.retryable());
+        let e = repeated_in_archive(crc_failure(0x9FF00, true), &mut suspect, dir);
+        assert!(e.retryable());
+        // Twice in a row at the same LSN: the archive's part.
+        let e = repeated_in_archive(crc_failure(0x9FF00, true), &mut suspect, dir);
+        assert_eq!(e.exit_code(), exit::ARCHIVE_UNTRUSTED);
+        assert!(!e.retryable());
+        let text = e.to_string();
+        assert!(
+            text.contains("/archive/000000010000000000000009") && text.contains("0/9FF00"),
+            "{text}"
+        );
+        // A failure of the stream's own WAL is never blamed on the archive.
+        let mut suspect = None;
+        for _ in 0..3 {
+            let e = repeated_in_archive(crc_failure(0xA0100, false), &mut suspect, dir);
+            assert_eq!(e.exit_code(), exit::VERIFY_FAILED);
+        }
     }
 }

@@ -115,6 +115,8 @@ pub async fn run(
         None => None,
     };
     let mut backoff = Backoff::new(backoff::BackoffPolicy::default());
+    // A record begun in the archive that failed verification last session.
+    let mut suspect = None;
     loop {
         if *shutdown.borrow() {
             return Ok(Outcome::Stopped);
@@ -127,6 +129,8 @@ pub async fn run(
         if let Some(failed) = result.as_ref().err().and_then(ReceiverError::archive_error) {
             archive.record_fsync_failure(failed);
         }
+        let result =
+            result.map_err(|e| error::repeated_in_archive(e, &mut suspect, &opts.directory));
         match result {
             Ok(outcome) => return Ok(outcome),
             Err(e) if !e.retryable() => return Err(with_missing_range(e, &opts).await),

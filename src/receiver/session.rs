@@ -509,14 +509,17 @@ fn corrupt_archive(path: std::path::PathBuf, error: &crate::wal::VerifyError) ->
             path.display(),
             error.lsn
         ),
-        hint: "the file was damaged after walrcv wrote it (walrcv checks every record before writing it). Move it \
-               and every segment file after it out of the archive directory (keep them for inspection; `walrcv \
-               verify` tells what is wrong), then start walrcv again: it streams them again from the server if the \
-               server still has them (a replication slot keeps them)."
-            .into(),
+        hint: CORRUPT_ARCHIVE_HINT.into(),
         path,
     }
 }
+
+/// What to do about corrupt WAL in the archive.
+pub(super) const CORRUPT_ARCHIVE_HINT: &str =
+    "the file was damaged after walrcv wrote it (walrcv checks every record before writing it). Move it and every \
+     segment file after it out of the archive directory (keep them for inspection; `walrcv verify` tells what is \
+     wrong), then start walrcv again: it streams them again from the server if the server still has them (a \
+     replication slot keeps them).";
 
 /// How a session ends before its stream could: a failure, or a stop
 /// requested while it waited for the server.
