@@ -401,3 +401,30 @@ fn failpoint_history_file_write() {
     assert!(assert_complete_segments_identical(dir.path(), &standby.wal_dir()) >= 1);
     assert_only_barman_names(dir.path());
 }
+
+/// The fsync of the archive directory fails at start: which names are in
+/// doubt is not known one by one, so the next session stops (exit 5) rather
+/// than trust a new fsync of the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failpoint_directory_fsync_at_start_stops_walrcv() {
+    let _serial = crate::fake_primary::SERIAL.lock().await;
+    let mut fake = FakeWalsender::start(FakeConfig::pg15_fixture()).await;
+    let dir = tempfile::tempdir().expect("archive dir");
+    let mut walrcv = spawn_against_fake(dir.path(), fake.port(), "startup-fsync-dir=1*return->off");
+    let status = tokio::task::block_in_place(|| walrcv.wait_timeout(Duration::from_secs(30)));
+    let log = walrcv.stderr();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(5),
+        "walrcv must stop with exit 5\n{log}"
+    );
+    assert!(
+        log.contains("failpoint fired failpoint=startup-fsync-dir")
+            && log.contains("an fsync of the archive directory failed"),
+        "{log}"
+    );
+    assert!(fake
+        .try_next_stream(Duration::from_millis(200))
+        .await
+        .is_none());
+}

@@ -1251,6 +1251,60 @@ mod tests {
         dir.fsync().unwrap();
     }
 
+    /// A segment whose fsync failed is streamed again from its start: the
+    /// complete file is renamed back to `.partial` and the start moved, even
+    /// though the fsyncs of the next session (new descriptors) succeed; it
+    /// stays owed until completed again; with a complete segment after it,
+    /// the session is refused.
+    #[test]
+    fn a_segment_whose_fsync_failed_is_not_trusted_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        wal_file(d, &name(1, 3), SEG, &good_header(3));
+        wal_file(d, &name(1, 4), SEG, &good_header(4));
+        wal_file(d, &format!("{}.partial", name(1, 5)), SEG, &good_header(5));
+        let dir = ArchiveDir::open(d).unwrap();
+        let fsync_failed = |segno| ArchiveError::Fsync {
+            path: d.join(name(1, segno)),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        };
+        dir.record_fsync_failure(&fsync_failed(4));
+        let scan = dir.prepare_start(SYSID, SEG, true).unwrap();
+        let restart = Some(StartPoint {
+            lsn: Lsn(4 * SEG),
+            timeline: 1,
+        });
+        assert_eq!(scan.streaming_start(SEG), restart);
+        let partial4 = format!("{}.partial", name(1, 4));
+        assert!(names(d).contains(&partial4), "{:?}", names(d));
+        assert!(!names(d).contains(&name(1, 4)));
+        // A reconnect before segment 4 is complete starts there again.
+        let scan = dir.prepare_start(SYSID, SEG, true).unwrap();
+        assert_eq!(scan.streaming_start(SEG), restart);
+        // Completed again (as the sink does): trusted again.
+        std::fs::rename(d.join(&partial4), d.join(name(1, 4))).unwrap();
+        let scan = dir.prepare_start(SYSID, SEG, true).unwrap();
+        assert_eq!(scan.streaming_start(SEG).unwrap().lsn, Lsn(5 * SEG));
+        // An older one, complete segments after it: refused.
+        dir.record_fsync_failure(&fsync_failed(3));
+        let err = dir.prepare_start(SYSID, SEG, true).unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::Untrusted { path, .. } if *path == d.join(name(1, 3))),
+            "{err}"
+        );
+        // So is anything after a failed fsync of the directory.
+        let tmp2 = tempfile::tempdir().unwrap();
+        let dir2 = ArchiveDir::open(tmp2.path()).unwrap();
+        dir2.record_fsync_failure(&ArchiveError::Fsync {
+            path: tmp2.path().to_path_buf(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        });
+        assert!(matches!(
+            dir2.prepare_start(SYSID, SEG, true),
+            Err(PrepareError::Untrusted { .. })
+        ));
+    }
+
     #[test]
     fn prepare_start_checks_each_file_once_per_process() {
         let tmp = tempfile::tempdir().unwrap();
