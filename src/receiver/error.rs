@@ -3,10 +3,13 @@
 //! kind), and the text of the server errors that need an operator: the
 //! server's words, what walrcv asked for, the missing WAL range, what to do.
 
+use std::path::PathBuf;
+
 use crate::archive::ArchiveError;
 use crate::lsn::Lsn;
 use crate::pgwire::{PgError, ServerMessage};
 use crate::replication::{ReplicationError, StreamError};
+use crate::wal::VerifyError;
 
 use super::backoff::FailureKind;
 use super::classify::{self, ServerFault, StartFacts};
@@ -42,7 +45,7 @@ pub enum ReceiverError {
     /// [`exit::ARCHIVE_UNTRUSTED`]).
     #[error("{message}\nHINT: {hint}")]
     ArchiveUntrusted {
-        path: std::path::PathBuf,
+        path: PathBuf,
         message: String,
         hint: String,
     },
@@ -289,6 +292,41 @@ impl ReceiverError {
         }
     }
 
+    /// The stop when WAL whose fsync failed cannot be streamed again (see
+    /// [`crate::archive::taint`]).
+    pub(super) fn untrusted_after_fsync(path: PathBuf, why: &str) -> ReceiverError {
+        crate::metrics::global().archive_untrusted();
+        ReceiverError::ArchiveUntrusted {
+            message: format!(
+                "\"{}\": {why}; nothing built on it is reported flushed",
+                path.display()
+            ),
+            hint: "check the disk (kernel log, SMART). Then move that file and every segment file after it out of \
+                   the archive directory and start walrcv again: it streams them again from the server if the server \
+                   still has them (a replication slot keeps them). A new walrcv process cannot tell whether the \
+                   kernel wrote pages whose fsync failed (see \"Disk faults\" in the README)."
+                .into(),
+            path,
+        }
+    }
+
+    /// The stop when the archive's own WAL before the start point is
+    /// corrupt: every session would read it again and fail the same way.
+    pub(super) fn corrupt_archive(path: PathBuf, error: &VerifyError) -> ReceiverError {
+        crate::metrics::global().verification_failed();
+        crate::metrics::global().archive_untrusted();
+        ReceiverError::ArchiveUntrusted {
+            message: format!(
+                "the archive's WAL before the start point is corrupt: \"{}\" fails verification at {}: {error}; \
+                 walrcv cannot resume after it",
+                path.display(),
+                error.lsn
+            ),
+            hint: CORRUPT_ARCHIVE_HINT.into(),
+            path,
+        }
+    }
+
     /// A verification failure of a record that began in the archive's own
     /// WAL before the start point: its start and the file holding it.
     fn began_in_archive(&self) -> Option<(Lsn, &str)> {
@@ -323,6 +361,13 @@ impl ReceiverError {
     }
 }
 
+/// What to do about corrupt WAL in the archive.
+const CORRUPT_ARCHIVE_HINT: &str =
+    "the file was damaged after walrcv wrote it (walrcv checks every record before writing it). Move it and every \
+     segment file after it out of the archive directory (keep them for inspection; `walrcv verify` tells what is \
+     wrong), then start walrcv again: it streams them again from the server if the server still has them (a \
+     replication slot keeps them).";
+
 /// A record that began in the archive's WAL before the start point fails
 /// verification once the stream brings its end: its archive part or the
 /// stream's may be damaged (a bit flipped on the way heals by itself at the
@@ -353,7 +398,7 @@ pub(super) fn repeated_in_archive(
             path.display(),
             error.to_string().trim_start_matches("WAL writer stopped: ")
         ),
-        hint: super::session::CORRUPT_ARCHIVE_HINT.into(),
+        hint: CORRUPT_ARCHIVE_HINT.into(),
         path,
     }
 }

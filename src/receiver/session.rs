@@ -149,7 +149,7 @@ async fn start_point(
             doing: "make the archive's existing files durable",
             source,
         },
-        PrepareError::Untrusted { path, why } => untrusted_after_fsync(path, &why),
+        PrepareError::Untrusted { path, why } => ReceiverError::untrusted_after_fsync(path, &why),
     })?;
     if let Some(point) = scan.streaming_start(seg) {
         return follow_lineage(opts, conn, archive, server, scan, point).await;
@@ -194,20 +194,6 @@ async fn start_point(
         },
         from_archive: false,
     })
-}
-
-/// The stop when WAL whose fsync failed cannot be streamed again.
-fn untrusted_after_fsync(path: std::path::PathBuf, why: &str) -> ReceiverError {
-    crate::metrics::global().archive_untrusted();
-    ReceiverError::ArchiveUntrusted {
-        message: format!("\"{}\": {why}; nothing built on it is reported flushed", path.display()),
-        hint: "check the disk (kernel log, SMART). Then move that file and every segment file after it out of the \
-               archive directory and start walrcv again: it streams them again from the server if the server still \
-               has them (a replication slot keeps them). A new walrcv process cannot tell whether the kernel wrote \
-               pages whose fsync failed (see \"Disk faults\" in the README)."
-            .into(),
-        path,
-    }
 }
 
 /// Before resuming the archive: does the server's history continue it (see
@@ -486,7 +472,7 @@ async fn resume_verifier(
             }
             Ok(Some(*verifier))
         }
-        Resume::Corrupt { path, error } => Err(corrupt_archive(path, &error)),
+        Resume::Corrupt { path, error } => Err(ReceiverError::corrupt_archive(path, &error)),
         Resume::NotInArchive { missing } => {
             tracing::debug!(
                 "the archive does not hold the WAL before {start} ({}): a record continuing there cannot be checked",
@@ -496,30 +482,6 @@ async fn resume_verifier(
         }
     }
 }
-
-/// The stop when the archive's own WAL before the start point is corrupt:
-/// every session would read it again and fail the same way.
-fn corrupt_archive(path: std::path::PathBuf, error: &crate::wal::VerifyError) -> ReceiverError {
-    crate::metrics::global().verification_failed();
-    crate::metrics::global().archive_untrusted();
-    ReceiverError::ArchiveUntrusted {
-        message: format!(
-            "the archive's WAL before the start point is corrupt: \"{}\" fails verification at {}: {error}; \
-             walrcv cannot resume after it",
-            path.display(),
-            error.lsn
-        ),
-        hint: CORRUPT_ARCHIVE_HINT.into(),
-        path,
-    }
-}
-
-/// What to do about corrupt WAL in the archive.
-pub(super) const CORRUPT_ARCHIVE_HINT: &str =
-    "the file was damaged after walrcv wrote it (walrcv checks every record before writing it). Move it and every \
-     segment file after it out of the archive directory (keep them for inspection; `walrcv verify` tells what is \
-     wrong), then start walrcv again: it streams them again from the server if the server still has them (a \
-     replication slot keeps them).";
 
 /// How a session ends before its stream could: a failure, or a stop
 /// requested while it waited for the server.
