@@ -415,6 +415,11 @@ impl ArchiveDir {
     /// is reported; so a reconnect checks and fsyncs only names it has not
     /// seen (the segments completed by the session before, anything moved in)
     /// and fsyncs the directory only if there were any.
+    ///
+    /// A new fsync proves nothing about a file whose fsync failed earlier in
+    /// the process: such files are not trusted ([`super::taint`]): the start
+    /// point moves back to stream them again (a complete one renamed back to
+    /// `.partial` first), or [`PrepareError::Untrusted`] refuses the session.
     pub fn prepare_start(
         &self,
         system_id: u64,
