@@ -98,6 +98,7 @@ pub struct Metrics {
     flush_ack_latency: Histogram,
     segments_completed: Counter,
     divergent_bytes: Counter,
+    archive_untrusted: IntGauge,
     reconnects: Counter,
     /// One gauge per kind, built at start so that a failure allocates nothing.
     last_disconnect: Vec<IntGauge>,
@@ -213,6 +214,11 @@ impl Metrics {
             "walrcv_divergent_bytes_total",
             "Bytes of WAL past a switch point set aside as divergent after a failover",
         );
+        let archive_untrusted = gauge(
+            r,
+            "walrcv_archive_untrusted",
+            "1 once the archive's WAL before the start point was found corrupt or of unknown durability (walrcv then exits 5)",
+        );
         let reconnects = counter(
             r,
             "walrcv_reconnects_total",
@@ -256,6 +262,7 @@ impl Metrics {
             flush_ack_latency,
             segments_completed,
             divergent_bytes,
+            archive_untrusted,
             reconnects,
             last_disconnect,
             archive_free_bytes,
@@ -331,6 +338,12 @@ impl Metrics {
     /// A divergent tail of `bytes` was set aside.
     pub fn divergent_set_aside(&self, bytes: u64) {
         self.divergent_bytes.inc_by(bytes);
+    }
+
+    /// The archive's WAL before the start point cannot be trusted: walrcv
+    /// stops (exit 5).
+    pub fn archive_untrusted(&self) {
+        self.archive_untrusted.set(1);
     }
 
     /// A session failed with `kind` and is retried.

@@ -251,9 +251,10 @@ async fn failpoint_rename_completing_a_segment() {
 }
 
 /// The rename happened but the directory fsync after it failed: nothing past
-/// segment 8 was reported. Its data was fdatasynced before the rename, so the
-/// next session may keep it: it fsyncs the directory again (a new
-/// descriptor, at start, before reporting anything) and starts after it.
+/// segment 8 was reported, and its complete name is of unknown durability
+/// (a new fsync of the directory on a new descriptor proves nothing). The
+/// next session renames it back to `.partial` and streams it again from its
+/// start (the rename and the directory fsync after it make the name durable).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failpoint_directory_fsync_after_completing_a_segment() {
     fault_case(
@@ -261,7 +262,7 @@ async fn failpoint_directory_fsync_after_completing_a_segment() {
         "could not fsync",
         Expect {
             max_flush: |_| START + SEG - 1,
-            restart_by: |_| START + SEG,
+            restart_by: |_| START,
         },
     )
     .await;
@@ -283,9 +284,11 @@ async fn failpoint_preparation_of_the_next_segment() {
     .await;
 }
 
-/// The fsync of the files already in the archive fails at start: that session
-/// ends before streaming; the next one fsyncs them again on new descriptors
-/// and re-streams the `.partial` from its start.
+/// The fsync of the files already in the archive fails at start (on segment
+/// 8, the first one): that session ends before streaming. A new fsync on a
+/// new descriptor would return 0 whether or not the pages reached the disk,
+/// so the next session does not trust segment 8: it streams it again from
+/// its start (and the `.partial` after it), never reporting it flushed before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failpoint_fsync_of_existing_files_at_start() {
     let _serial = crate::fake_primary::SERIAL.lock().await;
@@ -316,10 +319,56 @@ async fn failpoint_fsync_of_existing_files_at_start() {
     assert_archive_matches(dir.path(), wal.pos());
 
     let walrcv = spawn_against_fake(dir.path(), fake.port(), "startup-fsync=1*return->off");
-    let log = finish(&mut fake, walrcv, dir.path(), START + SEG, t0).await;
+    let log = finish(&mut fake, walrcv, dir.path(), START, t0).await;
     assert!(
         log.contains("failpoint fired failpoint=startup-fsync"),
         "the startup fsync fault did not fire:\n{log}"
+    );
+}
+
+/// The same fault on a segment that complete segments follow: walrcv cannot
+/// stream it again without rewriting them, so it stops (exit 5) naming it,
+/// and reports nothing flushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failpoint_fsync_failure_of_an_older_segment_stops_walrcv() {
+    let _serial = crate::fake_primary::SERIAL.lock().await;
+    let mut fake = FakeWalsender::start(FakeConfig::pg15_fixture()).await;
+    let dir = tempfile::tempdir().expect("archive dir");
+    // A first run leaves segments 8 and 9 complete and A `.partial`.
+    let walrcv = spawn_against_fake(dir.path(), fake.port(), "");
+    let mut stream = fake.next_stream(Duration::from_secs(20)).await;
+    let mut wal = Wal::new();
+    let (start, data) = wal.next(2 * SEG as usize + 100_000);
+    stream
+        .send(&[ServerMsg::xlog(start, &data)])
+        .await
+        .unwrap_or_else(|e| panic!("send: {e}\n{}", walrcv.stderr()));
+    let target = wal.verified_end();
+    let acked = stream
+        .wait_for_status(Duration::from_secs(10), |s| s.flush >= target)
+        .await;
+    assert!(acked.is_some(), "first run: no flush\n{}", walrcv.stderr());
+    stop(walrcv);
+    drop(stream);
+
+    let mut walrcv = spawn_against_fake(dir.path(), fake.port(), "startup-fsync=1*return->off");
+    let status = tokio::task::block_in_place(|| walrcv.wait_timeout(Duration::from_secs(30)));
+    let log = walrcv.stderr();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(5),
+        "walrcv must stop with exit 5\n{log}"
+    );
+    assert!(
+        log.contains("000000010000000000000008") && log.contains("unknown durability"),
+        "{log}"
+    );
+    // No session after the fault streamed anything: nothing was reported.
+    assert!(
+        fake.try_next_stream(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "{log}"
     );
 }
 
@@ -351,4 +400,31 @@ fn failpoint_history_file_write() {
     );
     assert!(assert_complete_segments_identical(dir.path(), &standby.wal_dir()) >= 1);
     assert_only_barman_names(dir.path());
+}
+
+/// The fsync of the archive directory fails at start: which names are in
+/// doubt is not known one by one, so the next session stops (exit 5) rather
+/// than trust a new fsync of the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failpoint_directory_fsync_at_start_stops_walrcv() {
+    let _serial = crate::fake_primary::SERIAL.lock().await;
+    let mut fake = FakeWalsender::start(FakeConfig::pg15_fixture()).await;
+    let dir = tempfile::tempdir().expect("archive dir");
+    let mut walrcv = spawn_against_fake(dir.path(), fake.port(), "startup-fsync-dir=1*return->off");
+    let status = tokio::task::block_in_place(|| walrcv.wait_timeout(Duration::from_secs(30)));
+    let log = walrcv.stderr();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(5),
+        "walrcv must stop with exit 5\n{log}"
+    );
+    assert!(
+        log.contains("failpoint fired failpoint=startup-fsync-dir")
+            && log.contains("an fsync of the archive directory failed"),
+        "{log}"
+    );
+    assert!(fake
+        .try_next_stream(Duration::from_millis(200))
+        .await
+        .is_none());
 }

@@ -1,4 +1,5 @@
 //! Integration tests against real PostgreSQL servers started by the tests.
+mod archive_faults;
 mod auth;
 mod cleanup;
 mod compress;

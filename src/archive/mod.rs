@@ -24,6 +24,7 @@
 //! - [`compression`]: decoding `.gz`, `.lz4` and `.zst` WAL files.
 //! - [`divergent`]: where the archive's WAL ends, and setting aside WAL past
 //!   a switch point (`NAME.divergent.tmp`).
+//! - [`taint`]: files whose fsync failed, and what the next start owes them.
 //! - [`check`]: whether one (decompressed) segment or history file may be used.
 
 pub mod check;
@@ -39,6 +40,7 @@ pub mod names;
 pub mod resume;
 pub mod scan;
 pub mod segment;
+pub mod taint;
 
 use std::path::PathBuf;
 
@@ -99,6 +101,14 @@ pub enum ArchiveError {
     },
     #[error("segment writer for \"{path}\" is poisoned by an earlier fsync or write failure; the session must end")]
     Poisoned { path: PathBuf },
+    /// The directory fsync after renaming a segment to its complete name
+    /// `path` failed: that name is of unknown durability (see [`taint`]).
+    #[error("could not fsync \"{dir}\" after renaming a segment to \"{path}\": {source}")]
+    RenameNotDurable {
+        path: PathBuf,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("could not rename \"{from}\" to \"{to}\": {source}")]
     Rename {
         from: PathBuf,

@@ -39,7 +39,7 @@ use crate::lsn::{wal_file_name, Lsn, SegNo, TimeLineId};
 use crate::wal::history::{parse_history, timeline_of, HistoryEntry};
 use crate::wal::page::LONG_HEADER_SIZE;
 use crate::wal::verifier::{page_starts_record, MAX_RECORD_LENGTH};
-use crate::wal::{Verifier, VerifierConfig};
+use crate::wal::{Verifier, VerifierConfig, VerifyError};
 
 /// How far back a walk may go: a record is at most [`MAX_RECORD_LENGTH`]
 /// bytes, plus its page headers (well under as much again).
@@ -52,10 +52,11 @@ const READ_CHUNK: usize = 1 << 20;
 #[derive(Debug)]
 pub enum Resume {
     /// Fed with the archive's WAL from `from` (a page boundary) up to the
-    /// resume point: every record ending after it is checked whole. The
-    /// verifier may have failed on the archive's own bytes: it then stays
-    /// failed and the sink reports the error on the first write.
+    /// resume point: every record ending after it is checked whole.
     Primed { verifier: Box<Verifier>, from: Lsn },
+    /// The archive's own WAL before the resume point fails verification in
+    /// the complete segment `path`: no retry can mend it.
+    Corrupt { path: PathBuf, error: VerifyError },
     /// The archive does not hold the WAL just before the resume point (the
     /// segment named here is missing), or the resume point is LSN 0.
     NotInArchive { missing: Option<String> },
@@ -119,12 +120,11 @@ impl ArchiveDir {
             let n = (end - at).min(READ_CHUNK as u64) as usize;
             let chunk = &mut buf[..n];
             file.read_at(chunk, at % seg)?;
-            if let Err(e) = verifier.feed(chunk) {
-                tracing::warn!(
-                    "the archive's WAL before the resume point {start} fails verification in \"{}\": {e}",
-                    file.path.display()
-                );
-                break;
+            if let Err(error) = verifier.feed(chunk) {
+                return Ok(Resume::Corrupt {
+                    path: file.path.clone(),
+                    error,
+                });
             }
             at += n as u64;
         }

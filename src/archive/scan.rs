@@ -39,6 +39,7 @@ use super::compressed::compress_all;
 use super::durable::{self, Site};
 use super::inspect::{check_complete_size, read_prefix, SizeCheck};
 use super::names::{ArchiveName, Compression};
+use super::taint::{self, Plan, Taints};
 use super::ArchiveError;
 use crate::lsn::{
     history_file_name, is_valid_segment_size, parse_history_file_name, segment_start_lsn, Lsn,
@@ -61,6 +62,8 @@ pub struct ArchiveDir {
     _lock: Arc<File>,
     /// What this process has already checked and made durable.
     known: Arc<Mutex<Known>>,
+    /// Files whose fsync failed in this process (see [`super::taint`]).
+    taints: Arc<Mutex<Taints>>,
 }
 
 /// Why [`ArchiveDir::prepare_start`] failed.
@@ -73,6 +76,10 @@ pub enum PrepareError {
     /// Making them durable: a disk fault.
     #[error(transparent)]
     Sync(ArchiveError),
+    /// WAL the start point relies on had its fsync fail earlier in this
+    /// process and cannot be streamed again (see [`super::taint`]).
+    #[error("\"{}\": {why}; walrcv never reports it flushed and stops", .path.display())]
+    Untrusted { path: PathBuf, why: String },
 }
 
 /// Files whose identity this process has checked (and which it has fsynced,
@@ -107,6 +114,9 @@ pub struct Scan {
     pub segments: Vec<SegmentFile>,
     /// Timelines with a `.history` file.
     pub histories: Vec<TimeLineId>,
+    /// Where to start instead of pg_receivewal's rule: a segment whose fsync
+    /// failed is streamed again (see [`super::taint`]).
+    pub restream_from: Option<StartPoint>,
 }
 
 /// Where to start streaming, and why.
@@ -150,9 +160,25 @@ impl ArchiveDir {
             path: path.to_path_buf(),
             _lock: Arc::new(lock),
             known: Arc::default(),
+            taints: Arc::default(),
         };
         dir.remove_stale_tmp()?;
         Ok(dir)
+    }
+
+    /// `path` for reading only, beside a `walrcv stream` that may hold the
+    /// lock: no lock is taken and nothing is removed. Only the read-only
+    /// methods (the scan, [`ArchiveDir::resume_verifier`], history files)
+    /// may be used on it: `walrcv status` checks with it the WAL that the
+    /// next start reads.
+    pub fn for_reading(path: &Path) -> Result<Self, ArchiveError> {
+        let handle = File::open(path).map_err(|e| ArchiveError::io(path, e))?;
+        Ok(ArchiveDir {
+            path: path.to_path_buf(),
+            _lock: Arc::new(handle),
+            known: Arc::default(),
+            taints: Arc::default(),
+        })
     }
 
     /// Removes our own temporaries left by a crash. Safe because we hold the
@@ -389,6 +415,11 @@ impl ArchiveDir {
     /// is reported; so a reconnect checks and fsyncs only names it has not
     /// seen (the segments completed by the session before, anything moved in)
     /// and fsyncs the directory only if there were any.
+    ///
+    /// A new fsync proves nothing about a file whose fsync failed earlier in
+    /// the process: such files are not trusted ([`super::taint`]): the start
+    /// point moves back to stream them again (a complete one renamed back to
+    /// `.partial` first), or [`PrepareError::Untrusted`] refuses the session.
     pub fn prepare_start(
         &self,
         system_id: u64,
@@ -414,6 +445,7 @@ impl ArchiveDir {
                 .filter(|t| !known.histories.contains(t))
                 .copied()
                 .collect(),
+            restream_from: None,
         };
         (self.check_identity(&new, system_id, segment_size)).map_err(PrepareError::Check)?;
         if sync && (first || !new.segments.is_empty() || !new.histories.is_empty()) {
@@ -432,6 +464,81 @@ impl ArchiveDir {
             .collect();
         known.histories = scan.histories.iter().copied().collect();
         known.checked_for = Some(identity);
+        drop(known);
+        self.honour_taints(scan, segment_size, sync)
+    }
+
+    /// Records a failed fsync reported by `error` (of a file, of the
+    /// directory, or of the directory after a segment's completing rename),
+    /// for the life of the process: see [`super::taint`].
+    pub fn record_fsync_failure(&self, error: &ArchiveError) {
+        let mut taints = self.lock_taints();
+        match error {
+            ArchiveError::Fsync { path, .. } => taints.failed_fsync(&self.path, path),
+            ArchiveError::RenameNotDurable { path, .. } => taints.failed_rename(path),
+            _ => {}
+        }
+    }
+
+    fn lock_taints(&self) -> std::sync::MutexGuard<'_, Taints> {
+        self.taints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies [`taint::plan`] to the scan: a tainted complete segment is
+    /// renamed back to `NAME.partial` (durably) and the start point moved
+    /// to the oldest tainted segment; or the session is refused.
+    fn honour_taints(
+        &self,
+        mut scan: Scan,
+        segment_size: u64,
+        sync: bool,
+    ) -> Result<Scan, PrepareError> {
+        let mut taints = self.lock_taints();
+        taints.settle(&scan);
+        if taints.is_empty() {
+            return Ok(scan);
+        }
+        let plan = taint::plan(&scan, &taints, segment_size);
+        match &plan {
+            Plan::Normal => {}
+            Plan::Stop { path, why } => {
+                return Err(PrepareError::Untrusted {
+                    path: path.clone(),
+                    why: why.clone(),
+                })
+            }
+            Plan::Restream { rename, start } => {
+                if let Some(file) = rename {
+                    let partial = file.path.with_file_name(format!(
+                        "{}{PARTIAL_SUFFIX}",
+                        file_name(&file.path).unwrap_or_default()
+                    ));
+                    let renamed = if sync {
+                        durable::durable_rename(&file.path, &partial, Site::Startup)
+                    } else {
+                        durable::rename(&file.path, &partial, Site::Startup)
+                    };
+                    renamed.map_err(PrepareError::Sync)?;
+                    tracing::warn!(
+                        "the fsync of \"{}\" (or of the directory after its rename) failed earlier: its WAL is of \
+                         unknown durability; renamed it back to \"{}\" to stream it again from {} (timeline {})",
+                        file.path.display(),
+                        partial.display(),
+                        start.lsn,
+                        start.timeline
+                    );
+                }
+                tracing::warn!(
+                    "WAL from {} (timeline {}) had a failed fsync in this process: streaming it again from there",
+                    start.lsn,
+                    start.timeline
+                );
+                scan.restream_from = Some(*start);
+            }
+        }
+        taints.restreaming(&scan, &plan);
         Ok(scan)
     }
 
@@ -625,6 +732,9 @@ impl Scan {
     /// the newest `.partial`; highest segno, then highest timeline, complete beats
     /// partial. `None` when the directory holds no segment.
     pub fn streaming_start(&self, segment_size: u64) -> Option<StartPoint> {
+        if let Some(start) = self.restream_from {
+            return Some(start);
+        }
         let best = self.newest()?;
         // A zero-byte partial (e.g. from `barman receive-wal --reset`) counts as
         // a partial: start at the beginning of that segment.
@@ -890,6 +1000,7 @@ mod tests {
         Scan {
             segments,
             histories: vec![],
+            restream_from: None,
         }
     }
 
@@ -1148,6 +1259,60 @@ mod tests {
         let scan = dir.scan(SEG).unwrap();
         dir.sync_existing(&scan).unwrap();
         dir.fsync().unwrap();
+    }
+
+    /// A segment whose fsync failed is streamed again from its start: the
+    /// complete file is renamed back to `.partial` and the start moved, even
+    /// though the fsyncs of the next session (new descriptors) succeed; it
+    /// stays owed until completed again; with a complete segment after it,
+    /// the session is refused.
+    #[test]
+    fn a_segment_whose_fsync_failed_is_not_trusted_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        wal_file(d, &name(1, 3), SEG, &good_header(3));
+        wal_file(d, &name(1, 4), SEG, &good_header(4));
+        wal_file(d, &format!("{}.partial", name(1, 5)), SEG, &good_header(5));
+        let dir = ArchiveDir::open(d).unwrap();
+        let fsync_failed = |segno| ArchiveError::Fsync {
+            path: d.join(name(1, segno)),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        };
+        dir.record_fsync_failure(&fsync_failed(4));
+        let scan = dir.prepare_start(SYSID, SEG, true).unwrap();
+        let restart = Some(StartPoint {
+            lsn: Lsn(4 * SEG),
+            timeline: 1,
+        });
+        assert_eq!(scan.streaming_start(SEG), restart);
+        let partial4 = format!("{}.partial", name(1, 4));
+        assert!(names(d).contains(&partial4), "{:?}", names(d));
+        assert!(!names(d).contains(&name(1, 4)));
+        // A reconnect before segment 4 is complete starts there again.
+        let scan = dir.prepare_start(SYSID, SEG, true).unwrap();
+        assert_eq!(scan.streaming_start(SEG), restart);
+        // Completed again (as the sink does): trusted again.
+        std::fs::rename(d.join(&partial4), d.join(name(1, 4))).unwrap();
+        let scan = dir.prepare_start(SYSID, SEG, true).unwrap();
+        assert_eq!(scan.streaming_start(SEG).unwrap().lsn, Lsn(5 * SEG));
+        // An older one, complete segments after it: refused.
+        dir.record_fsync_failure(&fsync_failed(3));
+        let err = dir.prepare_start(SYSID, SEG, true).unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::Untrusted { path, .. } if *path == d.join(name(1, 3))),
+            "{err}"
+        );
+        // So is anything after a failed fsync of the directory.
+        let tmp2 = tempfile::tempdir().unwrap();
+        let dir2 = ArchiveDir::open(tmp2.path()).unwrap();
+        dir2.record_fsync_failure(&ArchiveError::Fsync {
+            path: tmp2.path().to_path_buf(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        });
+        assert!(matches!(
+            dir2.prepare_start(SYSID, SEG, true),
+            Err(PrepareError::Untrusted { .. })
+        ));
     }
 
     #[test]

@@ -459,7 +459,16 @@ impl SegmentWriter {
         }
         durable::rename(&self.path, &self.final_path, Site::Complete)?;
         if self.sync {
-            durable::fsync_dir(&self.dir, Site::Complete)?;
+            // The name in doubt is the segment's: the next session streams
+            // it again (see `super::taint`).
+            durable::fsync_dir(&self.dir, Site::Complete).map_err(|e| match e {
+                ArchiveError::Fsync { path, source } => ArchiveError::RenameNotDurable {
+                    path: self.final_path.clone(),
+                    dir: path,
+                    source,
+                },
+                other => other,
+            })?;
         }
         tracing::debug!(path = %self.final_path.display(), "segment complete");
         Ok(self.final_path)

@@ -29,6 +29,7 @@ fn every_contract_name_is_exposed() {
         "walrcv_flush_ack_latency_seconds_count",
         "walrcv_segments_completed_total",
         "walrcv_reconnects_total",
+        "walrcv_archive_untrusted",
         "walrcv_archive_free_bytes",
     ] {
         assert_eq!(sample(&text, name), Some(0.0), "{name} in\n{text}");
@@ -55,7 +56,9 @@ fn updates_show_in_the_exposition() {
     m.flush_acknowledged(Duration::from_millis(2));
     m.segment_completed();
     m.verification_failed();
+    m.archive_untrusted();
     let text = m.encode();
+    assert_eq!(sample(&text, "walrcv_archive_untrusted"), Some(1.0));
     assert_eq!(sample(&text, "walrcv_connected"), Some(1.0));
     assert_eq!(sample(&text, "walrcv_server_timeline"), Some(3.0));
     assert_eq!(

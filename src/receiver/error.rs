@@ -3,10 +3,13 @@
 //! kind), and the text of the server errors that need an operator: the
 //! server's words, what walrcv asked for, the missing WAL range, what to do.
 
+use std::path::PathBuf;
+
 use crate::archive::ArchiveError;
 use crate::lsn::Lsn;
 use crate::pgwire::{PgError, ServerMessage};
 use crate::replication::{ReplicationError, StreamError};
+use crate::wal::VerifyError;
 
 use super::backoff::FailureKind;
 use super::classify::{self, ServerFault, StartFacts};
@@ -36,6 +39,16 @@ pub enum ReceiverError {
     },
     #[error("{message}\nHINT: {hint}")]
     NeedsOperator { message: String, hint: String },
+    /// The archive's own WAL that the start point relies on cannot be
+    /// trusted: it fails verification, or its fsync failed and it cannot be
+    /// streamed again. Retrying cannot help (exit
+    /// [`exit::ARCHIVE_UNTRUSTED`]).
+    #[error("{message}\nHINT: {hint}")]
+    ArchiveUntrusted {
+        path: PathBuf,
+        message: String,
+        hint: String,
+    },
     /// A server error that needs an operator (see [`classify`]).
     #[error("{}", server_fault_message(*.fault, .target, .message, .facts.as_ref(), *.oldest_available))]
     ServerFault {
@@ -214,6 +227,7 @@ impl ReceiverError {
             // space is freed.
             ReceiverError::Archive(_) => self.is_disk_full(),
             ReceiverError::NeedsOperator { .. }
+            | ReceiverError::ArchiveUntrusted { .. }
             | ReceiverError::ServerFault { .. }
             | ReceiverError::UnsupportedServer { .. }
             | ReceiverError::DatabaseSpecific(_)
@@ -224,6 +238,7 @@ impl ReceiverError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ReceiverError::Writer(SinkError::Verify { .. }) => exit::VERIFY_FAILED,
+            ReceiverError::ArchiveUntrusted { .. } => exit::ARCHIVE_UNTRUSTED,
             ReceiverError::NeedsOperator { .. } | ReceiverError::ServerFault { .. } => {
                 exit::NEEDS_OPERATOR
             }
@@ -245,6 +260,7 @@ impl ReceiverError {
             ReceiverError::Writer(SinkError::Verify { .. }) => FailureKind::Verification,
             ReceiverError::Writer(SinkError::Archive(_) | SinkError::Write { .. })
             | ReceiverError::Archive(_)
+            | ReceiverError::ArchiveUntrusted { .. }
             | ReceiverError::ArchiveIo { .. } => FailureKind::Archive,
             ReceiverError::Connection(PgError::Server { .. })
             | ReceiverError::Replication(ReplicationError::Pg(PgError::Server { .. }))
@@ -261,6 +277,67 @@ impl ReceiverError {
             | ReceiverError::UnsupportedServer { .. }
             | ReceiverError::DatabaseSpecific(_)
             | ReceiverError::Config(_) => FailureKind::Protocol,
+        }
+    }
+
+    /// The archive error that ended the session, if one did (a failed fsync
+    /// is recorded from it: see [`crate::archive::taint`]).
+    pub fn archive_error(&self) -> Option<&ArchiveError> {
+        match self {
+            ReceiverError::Archive(e)
+            | ReceiverError::ArchiveIo { source: e, .. }
+            | ReceiverError::Writer(SinkError::Archive(e))
+            | ReceiverError::Writer(SinkError::Write { source: e, .. }) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The stop when WAL whose fsync failed cannot be streamed again (see
+    /// [`crate::archive::taint`]).
+    pub(super) fn untrusted_after_fsync(path: PathBuf, why: &str) -> ReceiverError {
+        crate::metrics::global().archive_untrusted();
+        ReceiverError::ArchiveUntrusted {
+            message: format!(
+                "\"{}\": {why}; nothing built on it is reported flushed",
+                path.display()
+            ),
+            hint: "check the disk (kernel log, SMART). Then move that file and every segment file after it out of \
+                   the archive directory and start walrcv again: it streams them again from the server if the server \
+                   still has them (a replication slot keeps them). A new walrcv process cannot tell whether the \
+                   kernel wrote pages whose fsync failed (see \"Disk faults\" in the README)."
+                .into(),
+            path,
+        }
+    }
+
+    /// The stop when the archive's own WAL before the start point is
+    /// corrupt: every session would read it again and fail the same way.
+    pub(super) fn corrupt_archive(path: PathBuf, error: &VerifyError) -> ReceiverError {
+        crate::metrics::global().verification_failed();
+        crate::metrics::global().archive_untrusted();
+        ReceiverError::ArchiveUntrusted {
+            message: format!(
+                "the archive's WAL before the start point is corrupt: \"{}\" fails verification at {}: {error}; \
+                 walrcv cannot resume after it",
+                path.display(),
+                error.lsn
+            ),
+            hint: CORRUPT_ARCHIVE_HINT.into(),
+            path,
+        }
+    }
+
+    /// A verification failure of a record that began in the archive's own
+    /// WAL before the start point: its start and the file holding it.
+    fn began_in_archive(&self) -> Option<(Lsn, &str)> {
+        match self {
+            ReceiverError::Writer(SinkError::Verify {
+                error,
+                file,
+                began_in_archive: true,
+                ..
+            }) => Some((error.lsn, file.as_str())),
+            _ => None,
         }
     }
 
@@ -281,6 +358,48 @@ impl ReceiverError {
             source = e.source();
         }
         false
+    }
+}
+
+/// What to do about corrupt WAL in the archive.
+const CORRUPT_ARCHIVE_HINT: &str =
+    "the file was damaged after walrcv wrote it (walrcv checks every record before writing it). Move it and every \
+     segment file after it out of the archive directory (keep them for inspection; `walrcv verify` tells what is \
+     wrong), then start walrcv again: it streams them again from the server if the server still has them (a \
+     replication slot keeps them).";
+
+/// A record that began in the archive's WAL before the start point fails
+/// verification once the stream brings its end: its archive part or the
+/// stream's may be damaged (a bit flipped on the way heals by itself at the
+/// next session). The same failure at the same LSN on the next session too
+/// means the archive's part: every session would read it again, so walrcv
+/// stops ([`exit::ARCHIVE_UNTRUSTED`]). `suspect` carries the LSN from one
+/// failed session to the next.
+pub(super) fn repeated_in_archive(
+    error: ReceiverError,
+    suspect: &mut Option<Lsn>,
+    dir: &std::path::Path,
+) -> ReceiverError {
+    let Some((lsn, file)) = error.began_in_archive() else {
+        *suspect = None;
+        return error;
+    };
+    if *suspect != Some(lsn) {
+        *suspect = Some(lsn);
+        return error;
+    }
+    crate::metrics::global().archive_untrusted();
+    let path = dir.join(file);
+    ReceiverError::ArchiveUntrusted {
+        message: format!(
+            "the archive's WAL before the start point is corrupt: the record at {lsn}, which begins in \"{}\" \
+             and continues in the archive's files up to the start point, fails verification on two sessions in a \
+             row; walrcv cannot resume after it. {}",
+            path.display(),
+            error.to_string().trim_start_matches("WAL writer stopped: ")
+        ),
+        hint: CORRUPT_ARCHIVE_HINT.into(),
+        path,
     }
 }
 
@@ -490,5 +609,49 @@ mod tests {
             ReceiverError::Unexpected("x".into()).failure_kind(),
             FailureKind::Protocol
         );
+    }
+
+    fn crc_failure(lsn: u64, began_in_archive: bool) -> ReceiverError {
+        ReceiverError::Writer(SinkError::Verify {
+            error: crate::wal::VerifyError {
+                lsn: Lsn(lsn),
+                check: crate::wal::Check::Crc,
+                detail: "mismatch".into(),
+            },
+            file: "000000010000000000000009".into(),
+            offset: 0xFF00,
+            verified: Lsn(lsn),
+            began_in_archive,
+        })
+    }
+
+    #[test]
+    fn a_record_begun_in_the_archive_failing_twice_in_a_row_stops() {
+        let dir = std::path::Path::new("/archive");
+        let mut suspect = None;
+        // Once: retried (a flipped bit on the way heals by itself).
+        let e = repeated_in_archive(crc_failure(0x9FF00, true), &mut suspect, dir);
+        assert_eq!(e.exit_code(), exit::VERIFY_FAILED);
+        assert!(e.retryable());
+        // Another failure in between starts the count again.
+        let e = repeated_in_archive(ReceiverError::Timeout(60), &mut suspect, dir);
+        assert!(e.retryable());
+        let e = repeated_in_archive(crc_failure(0x9FF00, true), &mut suspect, dir);
+        assert!(e.retryable());
+        // Twice in a row at the same LSN: the archive's part.
+        let e = repeated_in_archive(crc_failure(0x9FF00, true), &mut suspect, dir);
+        assert_eq!(e.exit_code(), exit::ARCHIVE_UNTRUSTED);
+        assert!(!e.retryable());
+        let text = e.to_string();
+        assert!(
+            text.contains("/archive/000000010000000000000009") && text.contains("0/9FF00"),
+            "{text}"
+        );
+        // A failure of the stream's own WAL is never blamed on the archive.
+        let mut suspect = None;
+        for _ in 0..3 {
+            let e = repeated_in_archive(crc_failure(0xA0100, false), &mut suspect, dir);
+            assert_eq!(e.exit_code(), exit::VERIFY_FAILED);
+        }
     }
 }

@@ -82,6 +82,10 @@ pub mod exit {
     pub const NEEDS_OPERATOR: i32 = 3;
     /// Received WAL failed verification (with `--no-loop`).
     pub const VERIFY_FAILED: i32 = 4;
+    /// The archive's own WAL before the start point cannot be trusted: it
+    /// fails verification (corrupt), or its fsync failed in this process and
+    /// it cannot be streamed again. Retrying cannot help.
+    pub const ARCHIVE_UNTRUSTED: i32 = 5;
 }
 
 /// Runs `walrcv stream` until stopped: sessions one after the other, with
@@ -111,13 +115,23 @@ pub async fn run(
         None => None,
     };
     let mut backoff = Backoff::new(backoff::BackoffPolicy::default());
+    // A record begun in the archive that failed verification last session.
+    let mut suspect = None;
     loop {
         if *shutdown.borrow() {
             return Ok(Outcome::Stopped);
         }
         let mut streamed = false;
         let started = std::time::Instant::now();
-        match session::run_session(&mut opts, &archive, &mut shutdown, &mut streamed).await {
+        let result = session::run_session(&mut opts, &archive, &mut shutdown, &mut streamed).await;
+        // Before anything else: the next session must not trust what a
+        // failed fsync concerned (see `archive::taint`).
+        if let Some(failed) = result.as_ref().err().and_then(ReceiverError::archive_error) {
+            archive.record_fsync_failure(failed);
+        }
+        let result =
+            result.map_err(|e| error::repeated_in_archive(e, &mut suspect, &opts.directory));
+        match result {
             Ok(outcome) => return Ok(outcome),
             Err(e) if !e.retryable() => return Err(with_missing_range(e, &opts).await),
             Err(e) if opts.no_loop => return Err(e),

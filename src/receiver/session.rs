@@ -149,6 +149,7 @@ async fn start_point(
             doing: "make the archive's existing files durable",
             source,
         },
+        PrepareError::Untrusted { path, why } => ReceiverError::untrusted_after_fsync(path, &why),
     })?;
     if let Some(point) = scan.streaming_start(seg) {
         return follow_lineage(opts, conn, archive, server, scan, point).await;
@@ -478,6 +479,7 @@ async fn resume_verifier(
             }
             Ok(Some(*verifier))
         }
+        Resume::Corrupt { path, error } => Err(ReceiverError::corrupt_archive(path, &error)),
         Resume::NotInArchive { missing } => {
             tracing::debug!(
                 "the archive does not hold the WAL before {start} ({}): a record continuing there cannot be checked",
@@ -662,7 +664,12 @@ async fn session(
                     segment_size: server.segment_size,
                     sync: opts.sync,
                     start: start.lsn,
-                    start_is_durable: from_archive,
+                    // Backed by the archive only when it holds the WAL just
+                    // before the start (complete segments, read and checked
+                    // by the resume check), not merely a file at the start
+                    // (a zero-byte `.partial` from `barman receive-wal
+                    // --reset` holds nothing).
+                    start_is_durable: from_archive && primed.is_some(),
                     verifier,
                     primed,
                     compression: opts.compression,

@@ -53,6 +53,9 @@ pub enum SinkError {
         file: String,
         offset: u64,
         verified: Lsn,
+        /// The failing record began before the stream's start: its
+        /// beginning is the archive's own WAL (read by the resume check).
+        began_in_archive: bool,
     },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
@@ -436,6 +439,7 @@ impl WalSink {
             offset: error.lsn.segment_offset(seg),
             file: wal_file_name(self.config.timeline, error.lsn.segment_number(seg), seg),
             verified: self.verifier.verified_end(),
+            began_in_archive: error.lsn < self.config.start,
             error,
         }
     }

@@ -71,6 +71,8 @@ struct Shared {
     cuts: AtomicUsize,
     resets: AtomicUsize,
     server_bytes: AtomicU64,
+    /// (write, flush) of every standby status update the clients sent.
+    statuses: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Shared {
@@ -207,6 +209,12 @@ impl FaultProxy {
         self.shared.cut_armed()
     }
 
+    /// (write, flush) of every standby status update sent through the
+    /// proxy so far, in order (all connections).
+    pub fn status_updates(&self) -> Vec<(u64, u64)> {
+        self.shared.statuses.lock().unwrap().clone()
+    }
+
     /// Server-to-client bytes relayed so far, over all connections.
     pub fn server_bytes(&self) -> u64 {
         self.shared.server_bytes.load(Ordering::SeqCst)
@@ -277,7 +285,7 @@ async fn relay_connection(
         };
         let mut reset_ctl = ctl.clone();
         tokio::select! {
-            _ = client_to_server(c_read, s_write, &mut up) => End::Closed,
+            _ = client_to_server(c_read, s_write, &mut up, &shared) => End::Closed,
             end = server_to_client(s_read, c_write, &mut down, &shared) => end,
             () = reset_requested(&mut reset_ctl) => End::Reset,
         }
@@ -332,14 +340,23 @@ impl Flow<'_> {
     }
 }
 
-async fn client_to_server(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, flow: &mut Flow<'_>) {
+async fn client_to_server(
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    flow: &mut Flow<'_>,
+    shared: &Shared,
+) {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut statuses = ClientFramer::default();
     loop {
         flow.until_flowing().await;
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        for status in statuses.advance(&buf[..n]) {
+            shared.statuses.lock().unwrap().push(status);
+        }
         flow.until_flowing().await;
         if to.write_all(&buf[..n]).await.is_err() {
             return;
@@ -397,6 +414,63 @@ async fn send(
         }
     }
     Ok(())
+}
+
+/// Follows the client's message framing (an untyped start-up message, after
+/// any SSLRequest/GSSENCRequest, then type byte and length) to pick out the
+/// standby status updates (`CopyData` holding `r`). Gives up on TLS.
+#[derive(Debug, Default)]
+struct ClientFramer {
+    pending: Vec<u8>,
+    started: bool,
+    /// Not the plain protocol (TLS): nothing more is parsed.
+    gave_up: bool,
+}
+
+impl ClientFramer {
+    fn advance(&mut self, data: &[u8]) -> Vec<(u64, u64)> {
+        const SSL_REQUEST: u32 = 80877103;
+        const GSSENC_REQUEST: u32 = 80877104;
+        let mut found = Vec::new();
+        if self.gave_up {
+            return found;
+        }
+        self.pending.extend_from_slice(data);
+        loop {
+            let p = &self.pending;
+            let (len, body_at) = if self.started {
+                if p.len() < 5 {
+                    break;
+                }
+                (1 + u32::from_be_bytes([p[1], p[2], p[3], p[4]]) as usize, 5)
+            } else {
+                if p.len() < 8 {
+                    break;
+                }
+                let code = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+                if code == SSL_REQUEST || code == GSSENC_REQUEST {
+                    self.pending.drain(..8);
+                    continue;
+                }
+                (u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize, 4)
+            };
+            if !(4..1 << 20).contains(&len) {
+                self.gave_up = true;
+                self.pending.clear();
+                break;
+            }
+            if p.len() < len {
+                break;
+            }
+            if self.started && p[0] == b'd' && len >= body_at + 17 && p[body_at] == b'r' {
+                let at = |i: usize| u64::from_be_bytes(p[i..i + 8].try_into().unwrap());
+                found.push((at(body_at + 1), at(body_at + 9)));
+            }
+            self.started = true;
+            self.pending.drain(..len);
+        }
+        found
+    }
 }
 
 /// Follows the server's message framing (type byte, 4-byte length) across

@@ -245,6 +245,33 @@ pub fn written_end(
     Ok(lo * block_size + in_page)
 }
 
+/// The check `walrcv stream` makes before it resumes (see
+/// [`crate::archive::resume`]): the archive's WAL just before its start
+/// point, read back and verified. `Some(message)` when it is corrupt: the
+/// receiver then stops (exit 5) rather than resume after it.
+pub fn corrupt_before_start(dir: &Path, read: &ArchiveRead) -> Option<String> {
+    let start = read.scan.streaming_start(read.segment_size)?;
+    let config = crate::wal::VerifierConfig {
+        segment_size: read.segment_size,
+        // XLOG_BLCKSZ of every packaged PostgreSQL build.
+        block_size: 8192,
+        system_id: None,
+        timeline: start.timeline,
+        server_major: None,
+    };
+    let archive = ArchiveDir::for_reading(dir).ok()?;
+    match archive.resume_verifier(config, start.lsn) {
+        Ok(crate::archive::Resume::Corrupt { path, error }) => Some(format!(
+            "the WAL before the start point {} is corrupt: \"{}\" fails verification at {}: {error}; walrcv \
+             stream stops (exit 5) rather than resume after it",
+            start.lsn,
+            path.display(),
+            error.lsn
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -225,6 +225,16 @@ fn gather(args: &StatusArgs, thresholds: Thresholds, timeout: Duration) -> Statu
                 None
             }
         };
+    if let Some(message) = archive
+        .as_ref()
+        .and_then(|a| archive::corrupt_before_start(&args.directory, a))
+    {
+        facts.errors.push(Problem {
+            state: State::Critical,
+            kind: "archive_corrupt",
+            message,
+        });
+    }
     let live = args
         .metrics_url
         .as_deref()
