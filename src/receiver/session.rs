@@ -562,8 +562,9 @@ async fn session(
         }
         .into());
     }
-    // One policy for the whole connection: positions never go backwards, even
-    // when a new timeline restarts below what the old one reached.
+    // One policy for the whole connection: positions never go backwards on a
+    // timeline, even when a new timeline restarts below what the old one
+    // reached; at a switch they are capped at the switch point.
     let mut feedback = Feedback::new(
         FeedbackConfig {
             status_interval: opts.status_interval,
@@ -713,6 +714,9 @@ async fn session(
                     };
                     set_aside(opts, archive, scan, tail, seg).await?;
                 }
+                // WAL of the old timeline past the switch point is not the
+                // new timeline's: never reported again on it.
+                feedback.timeline_switched(next_start);
                 tracing::info!(
                     "switched to timeline {next_tli} at {next_start} (timeline {} ended)",
                     start.timeline
@@ -882,8 +886,11 @@ impl Stream<'_> {
             }
             next = self.conn.try_read_message()?;
         }
-        self.feedback.message_received(now());
+        let syncing = now();
+        self.feedback.message_received(syncing);
         self.sink.sync().map_err(ReceiverError::Writer)?;
+        // A long fdatasync is walrcv's own time, not the server's silence.
+        self.feedback.worked(syncing, now());
         let positions = self.sink.positions();
         if let Some(status) = self
             .feedback
