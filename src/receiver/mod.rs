@@ -9,6 +9,7 @@ pub mod classify;
 mod error;
 pub mod feedback;
 pub mod gap;
+pub mod hosts;
 pub mod lineage;
 mod options;
 pub mod session;
@@ -111,17 +112,32 @@ pub async fn run(
         None => None,
     };
     let mut backoff = Backoff::new(backoff::BackoffPolicy::default());
+    let mut hosts = hosts::HostOrder::new(opts.conn.targets.clone());
     loop {
         if *shutdown.borrow() {
             return Ok(Outcome::Stopped);
         }
         let mut streamed = false;
         let started = std::time::Instant::now();
+        opts.conn.targets = hosts.order();
         match session::run_session(&mut opts, &archive, &mut shutdown, &mut streamed).await {
             Ok(outcome) => return Ok(outcome),
-            Err(e) if !e.retryable() => return Err(with_missing_range(e, &opts).await),
+            // A host behind the archive, with others to try: retried.
+            Err(e) if !e.retryable() && (!hosts.several() || e.behind_the_archive().is_none()) => {
+                return Err(with_missing_range(e, &opts).await)
+            }
             Err(e) if opts.no_loop => return Err(e),
             Err(e) => {
+                if streamed {
+                    hosts.streamed();
+                }
+                if let Some(target) = e.behind_the_archive() {
+                    hosts.behind_the_archive(target);
+                    tracing::warn!(
+                        "{target} does not have the WAL the archive needs next (a standby lagging behind?): \
+                         trying the other hosts first, and this one again later"
+                    );
+                }
                 let kind = e.failure_kind();
                 crate::metrics::global().session_failed(kind);
                 let delay = backoff.after_failure(backoff::FailedSession {
