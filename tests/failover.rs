@@ -601,3 +601,156 @@ fn an_old_primary_back_on_its_old_timeline_is_refused() {
         out.text()
     );
 }
+
+/// A standby behind the archive, promoted while walrcv streams from it: the
+/// archive's timeline 1 `.partial` was written by the old primary P up to
+/// `lost`; after P's crash walrcv reconnects to the standby S (host list
+/// `P,S`, `any`), which is still on timeline 1 and has that segment up to an
+/// earlier point, and re-streams the segment from its start over the same
+/// bytes. S is promoted: its walsender ends timeline 1 at S's end, which is
+/// all it ever sent, and P's bytes past it stay in the file.
+struct PromotedBehind {
+    s: PgServer,
+    dir: tempfile::TempDir,
+    rcv: BackgroundProcess,
+    /// Where P's WAL (received by walrcv only) ended.
+    lost: u64,
+    /// Where timeline 2 begins.
+    switch: u64,
+    _p: PgServer,
+}
+
+fn a_standby_behind_the_archive_promoted_while_streamed() -> PromotedBehind {
+    let mut p = PgServer::builder().wal_segsize_mb(1).start();
+    p.psql("CREATE TABLE t(i int, what text)");
+    let mut s = p.create_standby();
+    let dir = archive_dir();
+    let mut rcv = stream(dir.path(), &hosts(&[&p, &s], "any"), &[]);
+    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
+    p.switch_wal();
+    p.psql("INSERT INTO t SELECT g, 'both' FROM generate_series(1, 100) g");
+    let both = p.current_lsn();
+    p.wait_for_flush("walrcv_test_standby", both, Duration::from_secs(30));
+    p.wait_for_flush(APP, both, Duration::from_secs(30));
+    s.stop();
+    p.psql("INSERT INTO t SELECT g, 'lost' FROM generate_series(1, 300) g");
+    let lost = p.current_lsn();
+    assert_eq!(
+        lost / SEG,
+        both / SEG,
+        "the lost WAL is in the segment S has begun"
+    );
+    p.wait_for_flush(APP, lost, Duration::from_secs(30));
+    p.stop_immediate();
+    s.start_again();
+    wait_streaming(
+        &s,
+        &mut rcv,
+        "walrcv streaming from S, still a standby on timeline 1",
+    );
+    s.promote();
+    rcv.wait_for_stderr("switched to timeline 2", Duration::from_secs(60));
+    s.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(1, 100) g");
+    s.wait_for_flush(APP, s.current_lsn(), Duration::from_secs(30));
+    let switch = switchpoint(dir.path(), 2, 1);
+    assert!(switch < lost, "S was promoted before the lost WAL");
+    PromotedBehind {
+        s,
+        dir,
+        rcv,
+        lost,
+        switch,
+        _p: p,
+    }
+}
+
+/// No file of timeline 1 under a WAL name holds WAL past the switch point,
+/// and the divergent file kept holds P's WAL up to `lost`.
+fn assert_tail_set_aside(dir: &Path, switch: u64, lost: u64, log: &str) {
+    let message = format!(
+        "the archive's timeline 1 diverges from the server's history at {}",
+        crate::support::format_lsn(switch)
+    );
+    assert!(log.contains(&message), "{message}\n{log}");
+    let (segments, divergent) = classified(dir);
+    let first = switch / SEG;
+    assert!(
+        !segments.iter().any(|f| f.0 == 1 && f.1 >= first),
+        "a timeline 1 file still holds WAL past the switch point {}: {segments:?}",
+        crate::support::format_lsn(switch)
+    );
+    assert_eq!(divergent, [(1, first, true)], "{:?}", file_names(dir));
+    let aside = format!(
+        "{}.partial.divergent.tmp",
+        walrcv::lsn::wal_file_name(1, first, SEG)
+    );
+    let bytes = std::fs::read(dir.join(&aside)).unwrap();
+    let data_end = first * SEG + walrcv::archive::divergent::end_of_data(&bytes) as u64;
+    assert!(
+        data_end + 8192 > lost,
+        "{aside}: data to {data_end:X}, the lost WAL to {lost:X}"
+    );
+}
+
+/// In-session: at the end of timeline 1 walrcv measures the old timeline's
+/// file, not only what this stream sent, and sets P's tail aside. (Before:
+/// the tail was set aside only when the stream itself had sent WAL past the
+/// switch point; P's bytes stayed in timeline 1's `.partial`.)
+#[test]
+fn a_standby_promoted_while_streamed_sets_the_old_primarys_tail_aside() {
+    let PromotedBehind {
+        s,
+        dir,
+        mut rcv,
+        lost,
+        switch,
+        ..
+    } = a_standby_behind_the_archive_promoted_while_streamed();
+    assert!(rcv.terminate().success(), "{}", rcv.stderr());
+    assert_tail_set_aside(dir.path(), switch, lost, &rcv.stderr());
+    assert!(
+        classified(dir.path()).0.contains(&(2, switch / SEG, true))
+            || classified(dir.path()).0.contains(&(2, switch / SEG, false)),
+        "timeline 2 has the switch point's segment: {:?}",
+        file_names(dir.path())
+    );
+    drop(s);
+}
+
+/// At start: a divergent tail on an older timeline while the archive's newest
+/// WAL is on the server's timeline (left by pg_receivewal, or by a walrcv that
+/// did not measure the old timeline's file: here the file set aside above,
+/// renamed back) is set aside before streaming. (Before: the archive's end was measured only when its timeline
+/// was not the server's, and the tail stayed under its WAL name.)
+#[test]
+fn a_divergent_tail_left_on_an_older_timeline_is_set_aside_before_streaming() {
+    let PromotedBehind {
+        s,
+        dir,
+        mut rcv,
+        lost,
+        switch,
+        ..
+    } = a_standby_behind_the_archive_promoted_while_streamed();
+    assert!(rcv.terminate().success(), "{}", rcv.stderr());
+    let name = format!(
+        "{}.partial",
+        walrcv::lsn::wal_file_name(1, switch / SEG, SEG)
+    );
+    std::fs::rename(
+        dir.path().join(format!("{name}.divergent.tmp")),
+        dir.path().join(&name),
+    )
+    .unwrap();
+    let mut again = stream(dir.path(), &hosts(&[&s], "any"), &[]);
+    wait_streaming(&s, &mut again, "walrcv streaming from S again");
+    s.psql("INSERT INTO t SELECT g, 'more' FROM generate_series(1, 100) g");
+    s.wait_for_flush(APP, s.current_lsn(), Duration::from_secs(30));
+    assert!(again.terminate().success(), "{}", again.stderr());
+    let log = again.stderr();
+    assert!(
+        log.contains("The archive's newest WAL is not concerned"),
+        "{log}"
+    );
+    assert_tail_set_aside(dir.path(), switch, lost, &log);
+}

@@ -874,3 +874,120 @@ async fn fake_primary_write_never_beyond_verified_wal() {
     assert_archive_matches(dir.path(), wal.pos());
     assert_eq!(fake.connections(), 1, "no reconnection");
 }
+
+/// After an in-session timeline switch, nothing past the switch point is
+/// reported on the new timeline until WAL of the new timeline past it is
+/// durable. The scripted server (on timeline 2, which left timeline 1 at
+/// 0/C10000) first streams timeline 1 from 0/C00000 past the switch point,
+/// and walrcv reports that WAL flushed (true on timeline 1); then it ends
+/// timeline 1 at 0/C10000. On timeline 2, repeating that flush position
+/// would make the new primary release commits in (0/C10000, flush] that
+/// walrcv does not have on timeline 2: the reports go back to the switch
+/// point (WAL up to it is the same on both timelines) and advance only with
+/// timeline 2's own WAL, here the same records with timeline 2's page headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_primary_nothing_past_the_switch_point_is_reported_on_the_new_timeline() {
+    const SWITCH: u64 = 0xC1_0000;
+    const SEG_C: u64 = 0xC0_0000;
+    let _serial = SERIAL.lock().await;
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for segno in 8..=0xB {
+        let name = walrcv::lsn::wal_file_name(1, segno, SEG);
+        std::fs::copy(fixture_dir().join(&name), dir.path().join(&name)).unwrap();
+    }
+    let old = std::fs::read(fixture_dir().join("00000001000000000000000C.partial")).unwrap();
+    let sent = walrcv::archive::divergent::end_of_data(&old);
+    assert!(SEG_C + sent as u64 > SWITCH + 0x4000);
+    let config = FakeConfig {
+        timeline: 2,
+        xlogpos: 0xC2_0000,
+        timeline_history: Some(format!(
+            "1\t{}\tno recovery target specified\n",
+            format_lsn(SWITCH)
+        )),
+        ..FakeConfig::pg15_fixture()
+    };
+    let mut fake = FakeWalsender::start(config).await;
+    let rcv = RunningReceiver::spawn(options(dir.path(), fake.port()));
+    let mut first = fake.next_stream(Duration::from_secs(10)).await;
+    assert_eq!((first.start_lsn, first.timeline), (SEG_C, Some(1)));
+    first
+        .send(&[
+            ServerMsg::xlog(SEG_C, &old[..sent]),
+            ServerMsg::keepalive(SEG_C + sent as u64, true),
+        ])
+        .await
+        .expect("send timeline 1");
+    let acked = first
+        .wait_for_status(Duration::from_secs(5), |u| u.flush > SWITCH)
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "timeline 1's WAL past the switch point was not reported flushed:\n{}",
+                describe(&first.status_updates(), t0)
+            )
+        });
+    first.end_timeline(2, SWITCH).await.expect("end timeline 1");
+    let mut second = fake.next_stream(Duration::from_secs(10)).await;
+    assert_eq!(
+        (second.connection, second.start_lsn, second.timeline),
+        (1, SEG_C, Some(2)),
+        "the same connection follows onto timeline 2 from the switch point's segment"
+    );
+    // Timeline 2's WAL: the same records, with timeline 2 in the page
+    // headers from the switch point on (xlp_tli, bytes 4..8 of each page).
+    let mut tl2 = old[..sent].to_vec();
+    for page in ((SWITCH - SEG_C) as usize..sent).step_by(8192) {
+        tl2[page + 4..page + 8].copy_from_slice(&2u32.to_le_bytes());
+    }
+    let below = 0x8000;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second
+        .send(&[
+            ServerMsg::xlog(SEG_C, &tl2[..below]),
+            ServerMsg::keepalive(SEG_C + below as u64, true),
+        ])
+        .await
+        .expect("send timeline 2 below the switch point");
+    let answered_at = Instant::now();
+    let answer = second
+        .wait_for_status(Duration::from_secs(2), |u| u.at >= answered_at)
+        .await;
+    let held = second.status_updates();
+    assert!(
+        answer.is_some(),
+        "no answer to the reply request:\n{}",
+        describe(&held, t0)
+    );
+    for (i, u) in held.iter().enumerate() {
+        assert!(
+            u.flush <= SWITCH && u.write <= SWITCH,
+            "update #{i} on timeline 2 reports {} flushed ({} written), past the switch point {}, \
+             before any of timeline 2's WAL past it was received (timeline 1 was reported up to {}):\n{}",
+            format_lsn(u.flush),
+            format_lsn(u.write),
+            format_lsn(SWITCH),
+            format_lsn(acked.flush),
+            describe(&held, t0)
+        );
+    }
+    second
+        .send_xlog(SEG_C + below as u64, &tl2[below..])
+        .await
+        .expect("send timeline 2 past the switch point");
+    let reached = second
+        .wait_for_status(Duration::from_secs(5), |u| u.flush >= acked.flush)
+        .await;
+    let updates = second.status_updates();
+    assert!(
+        reached.is_some(),
+        "timeline 2's own WAL past the switch point was not reported flushed:\n{}",
+        describe(&updates, t0)
+    );
+    for w in updates.windows(2) {
+        assert!(w[1].flush >= w[0].flush, "{}", describe(&updates, t0));
+    }
+    assert_eq!(rcv.stop().await, Outcome::Stopped);
+    drop(first);
+}

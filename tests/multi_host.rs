@@ -348,3 +348,74 @@ fn as_pg_receivewal_a_host_list_reaches_the_primary() {
     );
     assert!(ours.starts_with(theirs), "ours: {ours}\ntheirs: {theirs}");
 }
+
+/// A standby behind the archive first in the host list: it refuses the
+/// archive's start point ("requested starting point ... is ahead of the WAL
+/// flush position of this server", SQLSTATE XX000). With one host that needs
+/// an operator (exit 3); with several, walrcv tries the other hosts (the
+/// lagging one last) and streams from the primary. (Before: exit 3 at the
+/// first refusal, the primary never tried.)
+#[test]
+fn a_standby_behind_the_archive_first_in_the_list_gives_way_to_the_other_hosts() {
+    let (p, mut s) = primary_and_standby(15);
+    let app = "walrcv_lagging";
+    // The standby stops where it is; the primary goes on, into a new segment.
+    s.stop();
+    p.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    p.switch_wal();
+    p.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    // The archive follows the primary to its end.
+    let dir = archive_dir();
+    let mut first = stream(dir.path(), &hosts(&[p.port()], "any", app));
+    let end = p.current_lsn();
+    p.wait_for_flush(app, end, Duration::from_secs(30));
+    assert!(first.terminate().success(), "{}", first.stderr());
+    // The standby comes back without its upstream: it stays behind.
+    let mut auto = std::fs::OpenOptions::new()
+        .append(true)
+        .open(s.data_dir().join("postgresql.auto.conf"))
+        .unwrap();
+    use std::io::Write as _;
+    writeln!(
+        auto,
+        "primary_conninfo = 'host=127.0.0.1 port={} user=postgres'",
+        dead_port()
+    )
+    .unwrap();
+    drop(auto);
+    s.start_again();
+    let behind = s.current_lsn();
+    assert!(
+        behind < end - end % p.wal_segment_size(),
+        "the standby at {} is not behind the archive's segment start",
+        crate::support::format_lsn(behind)
+    );
+    let mut rcv = stream(dir.path(), &hosts(&[s.port(), p.port()], "any", app));
+    wait_until(
+        Duration::from_secs(60),
+        "walrcv streaming from the primary",
+        || {
+            assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+            streams_to(&p, app)
+        },
+    );
+    let log = rcv.stderr();
+    assert!(
+        log.contains("is ahead of the WAL flush position"),
+        "the standby refused first:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "server at \"127.0.0.1\", port {} does not have the WAL the archive needs next",
+            s.port()
+        )),
+        "{log}"
+    );
+    p.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    p.wait_for_flush(app, p.current_lsn(), Duration::from_secs(30));
+    assert!(
+        rcv.terminate().success(),
+        "SIGTERM exits 0: {}",
+        rcv.stderr()
+    );
+}

@@ -500,3 +500,55 @@ fn receive_timeout_drops_a_silent_server_and_reconnects() {
     });
     assert!(rcv.interrupt().success(), "walrcv exits 0 on SIGINT");
 }
+
+/// `--receive-timeout` counts only the server's silence, not the time walrcv
+/// spends in its own fdatasync: with every WAL fdatasync taking 3 s (the
+/// failpoint's sleep) and `--receive-timeout=2`, a server that streams
+/// healthily keeps its connection. (End to end; the rule itself is
+/// `Feedback::worked`, unit-tested. Here each batch also read bytes from the
+/// socket, which restarts the clock after the fdatasync as well.)
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_slow_fdatasync_does_not_end_a_healthy_connection() {
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    pg.psql("CREATE TABLE slow_disk(x int)");
+    let dir = archive_dir();
+    let conn = format!("{} application_name={APP}", pg.conninfo());
+    let mut cmd = crate::support::walrcv_command();
+    cmd.args(["stream", "-D", dir.path().to_str().unwrap(), "-d", &conn])
+        .args(["-v", "--receive-timeout=2"])
+        .env("FAILPOINTS", "wal-fdatasync=sleep(3000)");
+    let mut rcv = BackgroundProcess::spawn(cmd);
+    let walsender = || {
+        pg.psql(&format!(
+            "SELECT pid FROM pg_stat_replication \
+             WHERE application_name = '{APP}' AND state = 'streaming'"
+        ))
+    };
+    wait_until(Duration::from_secs(30), "walrcv to be streaming", || {
+        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+        !walsender().is_empty()
+    });
+    let first = walsender();
+    // WAL keeps coming for about 10 s: three or more slow fdatasyncs.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        pg.psql("INSERT INTO slow_disk SELECT generate_series(1, 100)");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The fdatasyncs are slow indeed: one more row takes at least one of them.
+    pg.psql("INSERT INTO slow_disk VALUES (0)");
+    let target = pg.current_lsn();
+    let t = Instant::now();
+    pg.wait_for_flush(APP, target, Duration::from_secs(60));
+    let took = t.elapsed();
+    eprintln!("flushed {} after {took:?}", format_lsn(target));
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
+    let log = rcv.stderr();
+    assert!(
+        !log.contains("no message from the server"),
+        "the connection was dropped while walrcv was in its own fdatasync:\n{log}"
+    );
+    assert_eq!(walsender(), first, "walrcv reconnected:\n{log}");
+    assert!(rcv.interrupt().success(), "walrcv exits 0 on SIGINT");
+}

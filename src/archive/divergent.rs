@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use super::durable::{self, Site};
 use super::inspect::read_prefix;
 use super::names::divergent_file_name;
-use super::{ArchiveDir, ArchiveError, Scan};
+use super::{ArchiveDir, ArchiveError, Scan, SegmentFile};
 use crate::lsn::{segment_start_lsn, Lsn, TimeLineId};
 
 /// Where the archive's WAL ends: its newest timeline and the end of the data
@@ -51,22 +51,27 @@ impl ArchiveDir {
     /// start point): a complete segment ends at its end, a `.partial` where
     /// its data ends. `None` for an archive without segments. Blocking.
     pub fn wal_end(&self, scan: &Scan, segment_size: u64) -> Result<Option<WalEnd>, ArchiveError> {
-        let Some(newest) = scan.newest() else {
-            return Ok(None);
-        };
-        let start = segment_start_lsn(newest.segno, segment_size);
-        let end = if newest.partial {
-            let limit = usize::try_from(segment_size).unwrap_or(usize::MAX);
-            let bytes = read_prefix(&newest.path, newest.compression, limit)
-                .map_err(|e| ArchiveError::io(&newest.path, e))?;
-            Lsn(start.0 + end_of_data(&bytes) as u64)
-        } else {
-            Lsn(start.0 + segment_size)
-        };
-        Ok(Some(WalEnd {
-            timeline: newest.timeline,
-            end,
-        }))
+        scan.newest()
+            .map(|newest| end_of_file(newest, segment_size))
+            .transpose()
+    }
+
+    /// The end of the archive's WAL on `timeline` (its newest file of that
+    /// timeline, measured as in [`ArchiveDir::wal_end`]): an older timeline
+    /// may hold WAL past the switch point out of it. `None` without a file of
+    /// that timeline. Blocking.
+    pub fn wal_end_on(
+        &self,
+        scan: &Scan,
+        timeline: TimeLineId,
+        segment_size: u64,
+    ) -> Result<Option<WalEnd>, ArchiveError> {
+        scan.segments
+            .iter()
+            .filter(|f| f.timeline == timeline)
+            .max_by_key(|f| (f.segno, !f.partial))
+            .map(|newest| end_of_file(newest, segment_size))
+            .transpose()
     }
 
     /// Sets aside every segment file of `timeline` that holds WAL at or past
@@ -116,6 +121,24 @@ impl ArchiveDir {
     }
 }
 
+/// Where the WAL in `file` ends: a complete segment at its end, a `.partial`
+/// where its data ends.
+fn end_of_file(file: &SegmentFile, segment_size: u64) -> Result<WalEnd, ArchiveError> {
+    let start = segment_start_lsn(file.segno, segment_size);
+    let end = if file.partial {
+        let limit = usize::try_from(segment_size).unwrap_or(usize::MAX);
+        let bytes = read_prefix(&file.path, file.compression, limit)
+            .map_err(|e| ArchiveError::io(&file.path, e))?;
+        Lsn(start.0 + end_of_data(&bytes) as u64)
+    } else {
+        Lsn(start.0 + segment_size)
+    };
+    Ok(WalEnd {
+        timeline: file.timeline,
+        end,
+    })
+}
+
 fn aside_path(path: &Path) -> Result<PathBuf, ArchiveError> {
     let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
         ArchiveError::io(
@@ -162,6 +185,34 @@ mod tests {
                 end: Lsn(4 * SEG + 100)
             })
         );
+    }
+
+    #[test]
+    fn the_end_on_an_older_timeline_is_that_of_its_newest_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "000000010000000000000003", &[1; 10]);
+        write(tmp.path(), "000000010000000000000004.partial", &[1; 300]);
+        write(tmp.path(), "000000020000000000000004.partial", &[1; 100]);
+        let archive = ArchiveDir::open(tmp.path()).unwrap();
+        let scan = archive.scan(SEG).unwrap();
+        let end = |tli| archive.wal_end_on(&scan, tli, SEG).unwrap();
+        assert_eq!(
+            end(1),
+            Some(WalEnd {
+                timeline: 1,
+                end: Lsn(4 * SEG + 300)
+            })
+        );
+        assert_eq!(
+            end(2),
+            Some(WalEnd {
+                timeline: 2,
+                end: Lsn(4 * SEG + 100)
+            })
+        );
+        assert_eq!(end(3), None);
+        // The newest file overall is timeline 2's (same segment, newer timeline).
+        assert_eq!(archive.wal_end(&scan, SEG).unwrap(), end(2));
     }
 
     #[test]

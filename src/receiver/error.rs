@@ -341,6 +341,19 @@ impl ReceiverError {
         }
     }
 
+    /// The server that refused the start point as ahead of its WAL (a
+    /// lagging standby, with several hosts: see [`super::hosts`]).
+    pub fn behind_the_archive(&self) -> Option<&str> {
+        match self {
+            ReceiverError::ServerFault {
+                fault: ServerFault::AheadOfServer,
+                target,
+                ..
+            } => Some(target),
+            _ => None,
+        }
+    }
+
     /// Whether the archive's file system is full (ENOSPC).
     pub fn is_disk_full(&self) -> bool {
         // `Writer` and `Archive` wrap their error without making it the source.
@@ -520,6 +533,23 @@ mod tests {
             &facts(1, 0x300_0000, 1, 0x200_0000),
         );
         assert_needs_operator(&e, ServerFault::AheadOfServer);
+    }
+
+    #[test]
+    fn a_server_behind_the_archive_is_named() {
+        let e = refine_at_start(
+            server_error("XX000", "requested starting point 0/3000000 is ahead of the WAL flush position of this server 0/2000000"),
+            &facts(1, 0x300_0000, 1, 0x200_0000),
+        );
+        assert_eq!(e.behind_the_archive(), Some("host=db port=5432"));
+        let e = refine_at_start(
+            server_error(
+                "XX000",
+                "requested starting point 0/3000000 on timeline 1 is not in this server's history",
+            ),
+            &facts(1, 0x300_0000, 2, 0x500_0000),
+        );
+        assert_eq!(e.behind_the_archive(), None);
     }
 
     #[test]

@@ -10,9 +10,19 @@
 //! - a ping (a status update asking for a reply) once the server has been
 //!   silent for half of `--receive-timeout`, and the connection is dead after
 //!   the whole of it;
-//! - the positions sent never go backwards on one connection, across
-//!   timelines included (a new timeline restarts at a segment start below
-//!   what the old one reached), and `flush <= write`;
+//! - the positions sent never go backwards on one timeline, and `flush <=
+//!   write`. Across a timeline switch at `S` (where the new timeline begins)
+//!   the floor carried over is capped at `S`: the old timeline's WAL up to
+//!   `S` is the new one's too, so a position at or below it stays reported
+//!   (the new timeline restarts at a segment start below it); but WAL of the
+//!   old timeline past `S` is not the new timeline's WAL, so a position past
+//!   `S` reported on the old timeline is never repeated on the new one (the
+//!   new primary would release commits walrcv does not have). Then, and only
+//!   then, the positions go back to `S` at the switch: a status update cannot
+//!   be taken back, and every later one must still be true;
+//! - the silence clock counts only time spent waiting for the server: time
+//!   walrcv spends in its own fdatasync (or a segment's padding) is not the
+//!   server's silence, so a slow disk does not end a healthy connection;
 //! - timers are checked after every batch, so a continuous stream cannot starve
 //!   them.
 
@@ -86,6 +96,27 @@ impl Feedback {
     pub fn message_received(&mut self, now: Instant) {
         self.last_receive = now;
         self.pinged = false;
+    }
+
+    /// walrcv worked on its own from `started` to `ended` (an fdatasync, a
+    /// segment's padding) without reading the connection: that time is not the
+    /// server's silence. The silence measured so far is kept, the part that
+    /// overlaps the work is taken out.
+    pub fn worked(&mut self, started: Instant, ended: Instant) {
+        let from = started.max(self.last_receive);
+        if ended > from {
+            self.last_receive += ended - from;
+        }
+    }
+
+    /// The stream moved onto a new timeline that begins at `switchpoint`:
+    /// from now on nothing past it is reported that the new timeline's WAL
+    /// does not back (see the module documentation).
+    pub fn timeline_switched(&mut self, switchpoint: Lsn) {
+        if let Some(floor) = &mut self.last_sent {
+            floor.write = floor.write.min(switchpoint);
+            floor.flush = floor.flush.min(switchpoint);
+        }
     }
 
     /// After a batch was made durable (or a full segment fsynced): a status
@@ -209,13 +240,92 @@ mod tests {
     fn positions_never_go_backwards_and_flush_never_passes_write() {
         let (mut f, t0) = policy(None, 60);
         f.stream_started(t0, pos(5000, 4000));
-        // A new timeline restarts at a segment start below what was reported.
+        // The sink's positions below what was reported (a new timeline
+        // restarting at a segment start below a switch point it passed).
         let s = f.final_status(t0, pos(1000, 0));
         assert_eq!((s.write, s.flush), (Lsn(5000), Lsn(4000)));
         let s = f.after_sync(t0, pos(4500, 4500), true).unwrap();
         assert_eq!((s.write, s.flush), (Lsn(5000), Lsn(4500)));
         let s = f.after_sync(t0, pos(6000, 5500), false).unwrap();
         assert_eq!((s.write, s.flush), (Lsn(6000), Lsn(5500)));
+    }
+
+    #[test]
+    fn a_switch_point_at_or_above_what_was_reported_keeps_the_floor() {
+        // A planned switchover: the old timeline was reported up to 4000,
+        // the new one begins at 4500 and restarts at its segment start.
+        let (mut f, t0) = policy(None, 60);
+        f.stream_started(t0, pos(5000, 4000));
+        f.timeline_switched(Lsn(4500));
+        let s = f.stream_started(t0, pos(0, 0));
+        assert_eq!((s.write, s.flush), (Lsn(4500), Lsn(4000)));
+        assert_eq!(
+            f.after_sync(t0, pos(4200, 4200), false).map(|s| s.flush),
+            Some(Lsn(4200))
+        );
+    }
+
+    #[test]
+    fn nothing_past_the_switch_point_is_reported_on_the_new_timeline_before_its_wal_is_durable() {
+        // WAL up to 6000 was flushed and reported on the old timeline; the
+        // new one begins at 4000. Repeating 6000 would tell the new primary
+        // that its WAL in (4000, 6000] is kept.
+        let (mut f, t0) = policy(None, 60);
+        f.stream_started(t0, pos(6000, 6000));
+        f.timeline_switched(Lsn(4000));
+        let s = f.stream_started(t0, pos(0, 0));
+        assert_eq!((s.write, s.flush), (Lsn(4000), Lsn(4000)));
+        // The new timeline's WAL below the switch point advances nothing.
+        assert_eq!(f.after_sync(t0, pos(3000, 3000), false), None);
+        let s = f.after_sync(t0, pos(3500, 3500), true).unwrap();
+        assert_eq!((s.write, s.flush), (Lsn(4000), Lsn(4000)));
+        // Past it, only what the new timeline has made durable.
+        let s = f.after_sync(t0, pos(5000, 5000), false).unwrap();
+        assert_eq!((s.write, s.flush), (Lsn(5000), Lsn(5000)));
+        match f.on_timer(t0 + 30 * SEC, pos(5500, 5000)) {
+            TimerAction::Send(s) => assert_eq!((s.write, s.flush), (Lsn(5500), Lsn(5000))),
+            other => panic!("{other:?}"),
+        }
+        let s = f.after_sync(t0, pos(7000, 6500), false).unwrap();
+        assert_eq!((s.write, s.flush), (Lsn(7000), Lsn(6500)));
+        // Before any status on the connection there is no floor to cap.
+        let (mut g, t0) = policy(None, 60);
+        g.timeline_switched(Lsn(4000));
+        let s = g.stream_started(t0, pos(0, 0));
+        assert_eq!((s.write, s.flush), (Lsn(0), Lsn(0)));
+    }
+
+    #[test]
+    fn time_spent_in_walrcvs_own_work_is_not_the_servers_silence() {
+        let (mut f, t0) = policy(None, 2);
+        f.stream_started(t0, pos(1, 1));
+        // A 3 s fdatasync right after a message: neither a ping nor the end.
+        f.message_received(t0);
+        f.worked(t0, t0 + 3 * SEC);
+        assert_eq!(f.on_timer(t0 + 3 * SEC, pos(1, 1)), TimerAction::Nothing);
+        assert_eq!(f.next_deadline(), t0 + 4 * SEC);
+        // Silence before the work still counts: 1.5 s of it, 3 s of work,
+        // then the end 0.5 s later.
+        let (mut g, t0) = policy(None, 2);
+        g.stream_started(t0, pos(1, 1));
+        let ms = Duration::from_millis;
+        g.worked(t0 + ms(1500), t0 + ms(4500));
+        assert_eq!(
+            g.next_deadline(),
+            t0 + ms(4000),
+            "the ping was due at 1 s of silence"
+        );
+        assert!(
+            matches!(g.on_timer(t0 + ms(4500), pos(1, 1)), TimerAction::Send(s) if s.reply_requested)
+        );
+        assert_eq!(g.on_timer(t0 + ms(4999), pos(1, 1)), TimerAction::Nothing);
+        assert_eq!(g.on_timer(t0 + ms(5000), pos(1, 1)), TimerAction::TimedOut);
+        // Work that ended before the last message changes nothing.
+        let (mut h, t0) = policy(None, 2);
+        h.stream_started(t0, pos(1, 1));
+        h.message_received(t0 + 5 * SEC);
+        h.worked(t0 + SEC, t0 + 4 * SEC);
+        assert_eq!(h.next_deadline(), t0 + 6 * SEC);
     }
 
     #[test]

@@ -132,6 +132,17 @@ pub fn decide(
     }
 }
 
+/// Where the server's history leaves `timeline` (`None` for its own
+/// timeline, or one its history does not contain). Archive files of that
+/// timeline from this point's segment on may hold a divergent tail.
+pub fn left_at(timeline: TimeLineId, server: ServerLineage<'_>) -> Option<Lsn> {
+    server
+        .history
+        .iter()
+        .find(|e| e.parent == timeline)
+        .map(|e| e.switchpoint)
+}
+
 /// The timeline a server on `server_timeline` with `history` streams `lsn`
 /// from: the first ancestor left after `lsn`, else its own timeline
 /// (PostgreSQL's `tliOfPointInHistory`).
@@ -259,6 +270,26 @@ mod tests {
                 switchpoint: Lsn(0xC00_0000),
                 end: Lsn(0xD00_0000),
                 next: 4
+            }
+        );
+    }
+
+    #[test]
+    fn where_the_servers_history_leaves_a_timeline() {
+        let h = [entry(1, 0x500_0000), entry(2, 0x900_0000)];
+        assert_eq!(left_at(1, server(3, &h)), Some(Lsn(0x500_0000)));
+        assert_eq!(left_at(2, server(3, &h)), Some(Lsn(0x900_0000)));
+        assert_eq!(left_at(3, server(3, &h)), None, "its own timeline");
+        assert_eq!(left_at(4, server(3, &h)), None, "not in its history");
+        // An older timeline of the archive measured past that point diverges,
+        // whatever the archive's newest timeline is.
+        assert_eq!(
+            decide(archive(1, 0x500_2000), server(3, &h)),
+            Decision::Diverged {
+                timeline: 1,
+                switchpoint: Lsn(0x500_0000),
+                end: Lsn(0x500_2000),
+                next: 2
             }
         );
     }

@@ -9,6 +9,7 @@ pub mod classify;
 mod error;
 pub mod feedback;
 pub mod gap;
+pub mod hosts;
 pub mod lineage;
 mod options;
 pub mod session;
@@ -117,12 +118,14 @@ pub async fn run(
     let mut backoff = Backoff::new(backoff::BackoffPolicy::default());
     // A record begun in the archive that failed verification last session.
     let mut suspect = None;
+    let mut hosts = hosts::HostOrder::new(opts.conn.targets.clone());
     loop {
         if *shutdown.borrow() {
             return Ok(Outcome::Stopped);
         }
         let mut streamed = false;
         let started = std::time::Instant::now();
+        opts.conn.targets = hosts.order();
         let result = session::run_session(&mut opts, &archive, &mut shutdown, &mut streamed).await;
         // Before anything else: the next session must not trust what a
         // failed fsync concerned (see `archive::taint`).
@@ -133,9 +136,22 @@ pub async fn run(
             result.map_err(|e| error::repeated_in_archive(e, &mut suspect, &opts.directory));
         match result {
             Ok(outcome) => return Ok(outcome),
-            Err(e) if !e.retryable() => return Err(with_missing_range(e, &opts).await),
+            // A host behind the archive, with others to try: retried.
+            Err(e) if !e.retryable() && (!hosts.several() || e.behind_the_archive().is_none()) => {
+                return Err(with_missing_range(e, &opts).await)
+            }
             Err(e) if opts.no_loop => return Err(e),
             Err(e) => {
+                if streamed {
+                    hosts.streamed();
+                }
+                if let Some(target) = e.behind_the_archive() {
+                    hosts.behind_the_archive(target);
+                    tracing::warn!(
+                        "{target} does not have the WAL the archive needs next (a standby lagging behind?): \
+                         trying the other hosts first, and this one again later"
+                    );
+                }
                 let kind = e.failure_kind();
                 crate::metrics::global().session_failed(kind);
                 let delay = backoff.after_failure(backoff::FailedSession {

@@ -230,6 +230,16 @@ async fn follow_lineage(
             history: &history,
         },
     );
+    if matches!(
+        decision,
+        Decision::Continue { .. } | Decision::Diverged { .. }
+    ) {
+        let lineage = ServerLineage {
+            timeline: server.timeline,
+            history: &history,
+        };
+        set_aside_older_tails(opts, archive, &scan, timeline, lineage, seg).await?;
+    }
     match decision {
         Decision::Continue { .. } => {
             log_resume(&scan, point, seg);
@@ -250,12 +260,13 @@ async fn follow_lineage(
                 end,
                 next,
             };
-            set_aside(opts, archive, scan, tail, seg).await?;
+            let resume = StartPoint {
+                lsn: switchpoint.segment_start(seg),
+                timeline: next,
+            };
+            set_aside(opts, archive, scan, tail, Some(resume), seg).await?;
             Ok(Start {
-                point: StartPoint {
-                    lsn: switchpoint.segment_start(seg),
-                    timeline: next,
-                },
+                point: resume,
                 // Files were just moved: nothing is reported flushed before
                 // WAL is written on the new timeline (as after an in-session
                 // timeline switch).
@@ -297,6 +308,79 @@ async fn follow_lineage(
                 .into(),
         }),
     }
+}
+
+/// Divergent tails on the archive's older timelines (not `newest`, whose
+/// end the lineage decision measures): WAL of a timeline that the server's
+/// history left, past the switch point. An earlier session can leave one
+/// behind while the archive's newest WAL is already on the server's
+/// timeline (pg_receivewal, or a version of walrcv that followed a timeline
+/// switch without measuring the old timeline's file), and `walrcv restore`
+/// would serve it. Only files from the switch point's segment on are read.
+async fn set_aside_older_tails(
+    opts: &StreamOptions,
+    archive: &ArchiveDir,
+    scan: &Scan,
+    newest: TimeLineId,
+    server: ServerLineage<'_>,
+    seg: u64,
+) -> Result<(), ReceiverError> {
+    let mut older: Vec<TimeLineId> = scan
+        .segments
+        .iter()
+        .map(|f| f.timeline)
+        .filter(|&t| t != newest)
+        .collect();
+    older.sort_unstable();
+    older.dedup();
+    for timeline in older {
+        let Some(switchpoint) = lineage::left_at(timeline, server) else {
+            continue;
+        };
+        let first = switchpoint.segment_number(seg);
+        if !scan
+            .segments
+            .iter()
+            .any(|f| f.timeline == timeline && f.segno >= first)
+        {
+            continue;
+        }
+        let Some(end) = archive_wal_end_on(archive, scan, timeline, seg).await? else {
+            continue;
+        };
+        if let Decision::Diverged {
+            timeline,
+            switchpoint,
+            end,
+            next,
+        } = lineage::decide(end, None, server)
+        {
+            let tail = DivergentTail {
+                timeline,
+                switchpoint,
+                end,
+                next,
+            };
+            set_aside(opts, archive, scan.clone(), tail, None, seg).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Where the data of the archive's newest file of `timeline` ends.
+async fn archive_wal_end_on(
+    archive: &ArchiveDir,
+    scan: &Scan,
+    timeline: TimeLineId,
+    seg: u64,
+) -> Result<Option<ArchiveEnd>, ReceiverError> {
+    let scan = scan.clone();
+    off_runtime(archive, move |a| a.wal_end_on(&scan, timeline, seg))
+        .await?
+        .map_err(|source| ReceiverError::ArchiveIo {
+            doing: "read where the archive's WAL ends",
+            source,
+        })
 }
 
 /// Where the data of the archive's newest file ends (reads a `.partial`).
@@ -380,6 +464,7 @@ async fn set_aside(
     archive: &ArchiveDir,
     scan: Scan,
     tail: DivergentTail,
+    resume: Option<StartPoint>,
     seg: u64,
 ) -> Result<(), ReceiverError> {
     let DivergentTail {
@@ -402,14 +487,16 @@ async fn set_aside(
         .map(|m| format!("\"{}\"", m.to.display()))
         .collect();
     crate::metrics::global().divergent_set_aside(end.0.saturating_sub(switchpoint.0));
+    let then = match resume {
+        Some(at) => format!("Continuing on timeline {} from {}", at.timeline, at.lsn),
+        None => "The archive's newest WAL is not concerned".to_string(),
+    };
     tracing::warn!(
         "the archive's timeline {timeline} diverges from the server's history at {switchpoint}: the archive holds \
          WAL from {switchpoint} to {end} ({} bytes) that timeline {next} does not contain (sent by the old primary, \
-         never received by the one promoted). Kept aside, never restored nor removed: {}. Continuing on timeline \
-         {next} from {}",
+         never received by the one promoted). Kept aside, never restored nor removed: {}. {then}",
         end.0.saturating_sub(switchpoint.0),
         names.join(", "),
-        switchpoint.segment_start(seg)
     );
     Ok(())
 }
@@ -571,8 +658,9 @@ async fn session(
         }
         .into());
     }
-    // One policy for the whole connection: positions never go backwards, even
-    // when a new timeline restarts below what the old one reached.
+    // One policy for the whole connection: positions never go backwards on a
+    // timeline, even when a new timeline restarts below what the old one
+    // reached; at a switch they are capped at the switch point.
     let mut feedback = Feedback::new(
         FeedbackConfig {
             status_interval: opts.status_interval,
@@ -710,23 +798,37 @@ async fn session(
                     ))
                     .into());
                 }
-                if received > next_start {
-                    // The server's history left this timeline before the WAL
-                    // it sent ended: a cascading standby promoted after it
-                    // passed on the beginning of a record its upstream never
-                    // finished. That tail is set aside, never written over.
-                    let seg = server.segment_size;
-                    let scan = off_runtime(archive, move |a| a.scan(seg))
-                        .await?
-                        .map_err(ReceiverError::Archive)?;
+                // Past the switch point, the archive may hold WAL of the
+                // old timeline that the new one does not contain: sent on
+                // this stream (a cascading standby promoted after it passed
+                // on the beginning of a record its upstream never finished),
+                // or left in the file by an earlier session (the old primary
+                // sent more than this server, a standby that was behind,
+                // ever had). That tail is set aside, never written over.
+                let seg = server.segment_size;
+                let scan = off_runtime(archive, move |a| a.scan(seg))
+                    .await?
+                    .map_err(ReceiverError::Archive)?;
+                let in_archive = archive_wal_end_on(archive, &scan, start.timeline, seg)
+                    .await?
+                    .map_or(Lsn::INVALID, |e| e.end);
+                let end = received.max(in_archive);
+                if end > next_start {
                     let tail = DivergentTail {
                         timeline: start.timeline,
                         switchpoint: next_start,
-                        end: received,
+                        end,
                         next: next_tli,
                     };
-                    set_aside(opts, archive, scan, tail, seg).await?;
+                    let resume = StartPoint {
+                        lsn: next_start.segment_start(seg),
+                        timeline: next_tli,
+                    };
+                    set_aside(opts, archive, scan, tail, Some(resume), seg).await?;
                 }
+                // WAL of the old timeline past the switch point is not the
+                // new timeline's: never reported again on it.
+                feedback.timeline_switched(next_start);
                 tracing::info!(
                     "switched to timeline {next_tli} at {next_start} (timeline {} ended)",
                     start.timeline
@@ -896,8 +998,11 @@ impl Stream<'_> {
             }
             next = self.conn.try_read_message()?;
         }
-        self.feedback.message_received(now());
+        let syncing = now();
+        self.feedback.message_received(syncing);
         self.sink.sync().map_err(ReceiverError::Writer)?;
+        // A long fdatasync is walrcv's own time, not the server's silence.
+        self.feedback.worked(syncing, now());
         let positions = self.sink.positions();
         if let Some(status) = self
             .feedback

@@ -226,6 +226,9 @@ struct LogInner {
     /// The next timeline and where it starts, announced in the result set
     /// that follows the client's CopyDone (the end of a timeline).
     next_timeline: Option<(u32, u64)>,
+    /// The timeline ended and the connection went back to commands: it is
+    /// no longer this stream's to close.
+    moved_on: bool,
 }
 
 /// Shared between a [`ReplicationStream`] and its reader task.
@@ -407,6 +410,9 @@ impl ReplicationStream {
 
 impl Drop for ReplicationStream {
     fn drop(&mut self) {
+        if self.log.read(|l| l.moved_on) {
+            return;
+        }
         self.reader.abort();
         if let Ok(mut w) = self.writer.try_lock() {
             w.take();
@@ -449,9 +455,7 @@ impl FakeWalsender {
                         let (config, tx) = (config.clone(), tx.clone());
                         handshakes.spawn(async move {
                             // A client that leaves before START_REPLICATION is not an error.
-                            if let Ok(Some(s)) = handshake(sock, &config, connection, connected_at).await {
-                                let _ = tx.send(s);
-                            }
+                            let _ = handshake(sock, config, connection, connected_at, tx).await;
                         });
                     }
                     Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
@@ -609,14 +613,24 @@ async fn read_message<R: AsyncReadExt + Unpin>(r: &mut R) -> io::Result<(u8, Vec
     Ok((tag, body))
 }
 
-/// Startup, authentication, commands up to START_REPLICATION. `Ok(None)` when
-/// the client left (Terminate or EOF) before that.
-async fn handshake(
-    mut sock: TcpStream,
-    config: &FakeConfig,
+/// What a connection's replication streams share.
+#[derive(Clone)]
+struct ConnectionInfo {
+    config: Arc<FakeConfig>,
     connection: usize,
     connected_at: Instant,
-) -> io::Result<Option<ReplicationStream>> {
+    params: HashMap<String, String>,
+    streams: mpsc::UnboundedSender<ReplicationStream>,
+}
+
+/// Startup and authentication, then the commands (see [`commands`]).
+async fn handshake(
+    mut sock: TcpStream,
+    config: Arc<FakeConfig>,
+    connection: usize,
+    connected_at: Instant,
+    streams: mpsc::UnboundedSender<ReplicationStream>,
+) -> io::Result<()> {
     sock.set_nodelay(true)?;
     // Startup packet (untyped), after any SSL/GSS request, which is refused.
     let params = loop {
@@ -643,7 +657,7 @@ async fn handshake(
                 }
                 break params;
             }
-            _ => return Ok(None),
+            _ => return Ok(()),
         }
     };
 
@@ -670,102 +684,133 @@ async fn handshake(
     frame(&mut out, b'K', &key);
     ready(&mut out);
     sock.write_all(&out).await?;
+    let (read, write) = sock.into_split();
+    let info = ConnectionInfo {
+        config,
+        connection,
+        connected_at,
+        params,
+        streams,
+    };
+    commands(
+        BufReader::new(read),
+        Arc::new(tokio::sync::Mutex::new(Some(write))),
+        info,
+    )
+    .await
+}
 
-    loop {
-        let (tag, body) = match read_message(&mut sock).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        match tag {
-            b'X' => return Ok(None),
-            b'Q' => {}
-            other => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("unexpected frontend message '{}'", other as char),
-                ))
-            }
-        }
-        let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned();
-        let q = sql.trim().trim_end_matches(';').trim();
-        let words: Vec<&str> = q.split_whitespace().collect();
-        let command = words
-            .first()
-            .map(|w| w.to_ascii_uppercase())
-            .unwrap_or_default();
-        let mut out = Vec::new();
-        match command.as_str() {
-            "IDENTIFY_SYSTEM" => one_row(
-                &mut out,
-                &[
-                    ("systemid", TEXT_OID),
-                    ("timeline", INT4_OID),
-                    ("xlogpos", TEXT_OID),
-                    ("dbname", TEXT_OID),
-                ],
-                &[
-                    Some(&config.system_id.to_string()),
-                    Some(&config.timeline.to_string()),
-                    Some(&fmt_lsn(config.xlogpos)),
-                    None,
-                ],
-                "IDENTIFY_SYSTEM",
-            ),
-            "SHOW" => {
-                let name = words
-                    .get(1)
-                    .map(|w| w.to_ascii_lowercase())
-                    .unwrap_or_default();
-                let value = match name.as_str() {
-                    "wal_segment_size" => Some(config.wal_segment_size.as_str()),
-                    "wal_block_size" => Some(config.wal_block_size.as_str()),
-                    "server_version" => Some(config.server_version.as_str()),
-                    "integer_datetimes" => Some("on"),
-                    "data_directory_mode" => Some("0700"),
-                    _ => None,
-                };
-                match value {
-                    Some(v) => one_row(&mut out, &[(&name, TEXT_OID)], &[Some(v)], "SHOW"),
-                    None => error_response(
-                        &mut out,
-                        "42704",
-                        &format!("unrecognized configuration parameter \"{name}\""),
-                    ),
+/// Writes `out` on the connection (nothing once it is closed).
+async fn write_out(writer: &Writer, out: &[u8]) -> io::Result<()> {
+    match writer.lock().await.as_mut() {
+        Some(w) => w.write_all(out).await,
+        None => Ok(()),
+    }
+}
+
+/// Commands up to START_REPLICATION, whose stream goes to the test; also
+/// after the end of a timeline, on the same connection, as a walsender does.
+/// Ends quietly when the client leaves (Terminate or EOF).
+fn commands(mut sock: BufReader<OwnedReadHalf>, writer: Writer, info: ConnectionInfo) -> Commands {
+    // Boxed: `read_client`, which this spawns, comes back here.
+    Box::pin(async move {
+        let config = info.config.clone();
+        loop {
+            let (tag, body) = match read_message(&mut sock).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            match tag {
+                b'X' => return Ok(()),
+                b'Q' => {}
+                other => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unexpected frontend message '{}'", other as char),
+                    ))
                 }
             }
-            "READ_REPLICATION_SLOT" => {
-                let name = words
-                    .get(1)
-                    .map(|w| w.trim_matches('"'))
-                    .unwrap_or_default();
-                let cols = [
-                    ("slot_type", TEXT_OID),
-                    ("restart_lsn", TEXT_OID),
-                    ("restart_tli", INT8_OID),
-                ];
-                match config.slots.iter().find(|s| s.name == name) {
-                    Some(s) => one_row(
-                        &mut out,
-                        &cols,
-                        &[
-                            Some("physical"),
-                            Some(&fmt_lsn(s.restart_lsn)),
-                            Some(&s.restart_tli.to_string()),
-                        ],
-                        "READ_REPLICATION_SLOT",
-                    ),
-                    None => one_row(
-                        &mut out,
-                        &cols,
-                        &[None, None, None],
-                        "READ_REPLICATION_SLOT",
-                    ),
+            let sql =
+                String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned();
+            let q = sql.trim().trim_end_matches(';').trim();
+            let words: Vec<&str> = q.split_whitespace().collect();
+            let command = words
+                .first()
+                .map(|w| w.to_ascii_uppercase())
+                .unwrap_or_default();
+            let mut out = Vec::new();
+            match command.as_str() {
+                "IDENTIFY_SYSTEM" => one_row(
+                    &mut out,
+                    &[
+                        ("systemid", TEXT_OID),
+                        ("timeline", INT4_OID),
+                        ("xlogpos", TEXT_OID),
+                        ("dbname", TEXT_OID),
+                    ],
+                    &[
+                        Some(&config.system_id.to_string()),
+                        Some(&config.timeline.to_string()),
+                        Some(&fmt_lsn(config.xlogpos)),
+                        None,
+                    ],
+                    "IDENTIFY_SYSTEM",
+                ),
+                "SHOW" => {
+                    let name = words
+                        .get(1)
+                        .map(|w| w.to_ascii_lowercase())
+                        .unwrap_or_default();
+                    let value = match name.as_str() {
+                        "wal_segment_size" => Some(config.wal_segment_size.as_str()),
+                        "wal_block_size" => Some(config.wal_block_size.as_str()),
+                        "server_version" => Some(config.server_version.as_str()),
+                        "integer_datetimes" => Some("on"),
+                        "data_directory_mode" => Some("0700"),
+                        _ => None,
+                    };
+                    match value {
+                        Some(v) => one_row(&mut out, &[(&name, TEXT_OID)], &[Some(v)], "SHOW"),
+                        None => error_response(
+                            &mut out,
+                            "42704",
+                            &format!("unrecognized configuration parameter \"{name}\""),
+                        ),
+                    }
                 }
-            }
-            "TIMELINE_HISTORY" => {
-                let asked: Option<u32> = words.get(1).and_then(|w| w.parse().ok());
-                match (&config.timeline_history, asked) {
+                "READ_REPLICATION_SLOT" => {
+                    let name = words
+                        .get(1)
+                        .map(|w| w.trim_matches('"'))
+                        .unwrap_or_default();
+                    let cols = [
+                        ("slot_type", TEXT_OID),
+                        ("restart_lsn", TEXT_OID),
+                        ("restart_tli", INT8_OID),
+                    ];
+                    match config.slots.iter().find(|s| s.name == name) {
+                        Some(s) => one_row(
+                            &mut out,
+                            &cols,
+                            &[
+                                Some("physical"),
+                                Some(&fmt_lsn(s.restart_lsn)),
+                                Some(&s.restart_tli.to_string()),
+                            ],
+                            "READ_REPLICATION_SLOT",
+                        ),
+                        None => one_row(
+                            &mut out,
+                            &cols,
+                            &[None, None, None],
+                            "READ_REPLICATION_SLOT",
+                        ),
+                    }
+                }
+                "TIMELINE_HISTORY" => {
+                    let asked: Option<u32> = words.get(1).and_then(|w| w.parse().ok());
+                    match (&config.timeline_history, asked) {
                     (Some(content), Some(tli)) if tli == config.timeline => one_row(
                         &mut out,
                         &[("filename", TEXT_OID), ("content", TEXT_OID)],
@@ -778,52 +823,60 @@ async fn handshake(
                         "could not open file \"pg_wal/00000002.history\": No such file or directory",
                     ),
                 }
-            }
-            "START_REPLICATION" if config.start_error.is_some() => {
-                if let Some((code, message)) = &config.start_error {
-                    error_response(&mut out, code, message);
                 }
-            }
-            "START_REPLICATION" => match parse_start_replication(&words[1..]) {
-                Some((start_lsn, timeline, slot)) => {
-                    // CopyBothResponse: overall format 0, no columns.
-                    frame(&mut out, b'W', &[0, 0, 0]);
-                    sock.write_all(&out).await?;
-                    let (read, writer) = sock.into_split();
-                    let log = Arc::new(Log {
-                        inner: Mutex::new(LogInner {
-                            sent_end: start_lsn,
-                            ..LogInner::default()
-                        }),
-                        changed: watch::channel(0).0,
-                    });
-                    let writer = Arc::new(tokio::sync::Mutex::new(Some(writer)));
-                    let reader = tokio::spawn(read_client(read, log.clone(), writer.clone()));
-                    return Ok(Some(ReplicationStream {
-                        connection,
-                        connected_at,
-                        start_lsn,
-                        timeline,
-                        slot,
-                        params,
-                        writer,
-                        log,
-                        reader,
-                        wbuf: Vec::new(),
-                    }));
+                "START_REPLICATION" if config.start_error.is_some() => {
+                    if let Some((code, message)) = &config.start_error {
+                        error_response(&mut out, code, message);
+                    }
                 }
-                None => error_response(&mut out, "42601", &format!("syntax error in {q:?}")),
-            },
-            _ => error_response(
-                &mut out,
-                "42601",
-                &format!("fake walsender does not know {q:?}"),
-            ),
+                "START_REPLICATION" => match parse_start_replication(&words[1..]) {
+                    Some((start_lsn, timeline, slot)) => {
+                        // CopyBothResponse: overall format 0, no columns.
+                        frame(&mut out, b'W', &[0, 0, 0]);
+                        write_out(&writer, &out).await?;
+                        let log = Arc::new(Log {
+                            inner: Mutex::new(LogInner {
+                                sent_end: start_lsn,
+                                ..LogInner::default()
+                            }),
+                            changed: watch::channel(0).0,
+                        });
+                        let reader = tokio::spawn(read_client(
+                            sock,
+                            log.clone(),
+                            writer.clone(),
+                            info.clone(),
+                        ));
+                        let _ = info.streams.send(ReplicationStream {
+                            connection: info.connection,
+                            connected_at: info.connected_at,
+                            start_lsn,
+                            timeline,
+                            slot,
+                            params: info.params.clone(),
+                            writer,
+                            log,
+                            reader,
+                            wbuf: Vec::new(),
+                        });
+                        return Ok(());
+                    }
+                    None => error_response(&mut out, "42601", &format!("syntax error in {q:?}")),
+                },
+                _ => error_response(
+                    &mut out,
+                    "42601",
+                    &format!("fake walsender does not know {q:?}"),
+                ),
+            }
+            ready(&mut out);
+            write_out(&writer, &out).await?;
         }
-        ready(&mut out);
-        sock.write_all(&out).await?;
-    }
+    })
 }
+
+/// The future of [`commands`].
+type Commands = std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send>>;
 
 /// `[SLOT name] [PHYSICAL] X/X [TIMELINE n]` -> (start, timeline, slot).
 fn parse_start_replication(words: &[&str]) -> Option<(u64, Option<u32>, Option<String>)> {
@@ -854,9 +907,14 @@ fn be_u32(b: &[u8]) -> u32 {
 }
 
 /// Records everything the client sends in CopyBoth until it closes, and
-/// answers its CopyDone.
-async fn read_client(read: OwnedReadHalf, log: Arc<Log>, writer: Writer) {
-    let mut r = BufReader::new(read);
+/// answers its CopyDone. After the end of a timeline the connection goes
+/// back to commands (the next START_REPLICATION is a new stream).
+async fn read_client(
+    mut r: BufReader<OwnedReadHalf>,
+    log: Arc<Log>,
+    writer: Writer,
+    info: ConnectionInfo,
+) {
     loop {
         let Ok((tag, body)) = read_message(&mut r).await else {
             log.update(|l| l.closed_at = Some(Instant::now()));
@@ -913,8 +971,11 @@ async fn read_client(read: OwnedReadHalf, log: Arc<Log>, writer: Writer) {
             frame(&mut out, b'C', &cstr("START_REPLICATION"));
             ready(&mut out);
             log.update(|l| l.server_copy_done = true);
-            if let Some(w) = writer.lock().await.as_mut() {
-                let _ = w.write_all(&out).await;
+            let _ = write_out(&writer, &out).await;
+            if log.read(|l| l.next_timeline.is_some()) {
+                log.update(|l| l.moved_on = true);
+                let _ = commands(r, writer, info).await;
+                return;
             }
         }
     }
