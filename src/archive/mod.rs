@@ -39,6 +39,8 @@ pub mod names;
 pub mod resume;
 pub mod scan;
 pub mod segment;
+#[cfg(test)]
+pub mod simfs;
 
 use std::path::PathBuf;
 

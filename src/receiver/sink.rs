@@ -532,3 +532,5 @@ impl Preparer {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,768 @@
+//! Property test of the sink, the start-point logic and the feedback policy
+//! over a simulated power loss ([`crate::archive::simfs`]): random sequences
+//! of receive / keepalive / fsync EIO / directory fsync EIO / disconnect /
+//! SIGKILL / power loss / promotion (timeline switch), under every `-Z`
+//! method, against synthetic WAL with real CRCs.
+//!
+//! The harness plays the session (`receiver::session`) step by step, with the
+//! same calls in the same order: `ArchiveDir::prepare_start`,
+//! `Scan::streaming_start`, `lineage::decide` and `set_aside_divergent` when
+//! the archive's timeline is not the server's, `write_history`,
+//! `resume_verifier`, `WalSink::new`, then per batch `write` (with
+//! `complete_filled` and a status after each filled segment), `sync` and
+//! `Feedback::after_sync`; `close` and `final_status` when a stream ends;
+//! the in-session timeline switch (`CopyDone` at the switch point) keeps the
+//! connection's `Feedback`. Any error ends the session as `close_stream` does.
+//!
+//! Invariants checked (README, "Durability invariants"):
+//! 1. every status sent has flush ≤ write, and flush ≤ the end of the WAL of
+//!    the server's history that the archive holds *durably* (what a power loss
+//!    now would leave) and that was verified (received: the stream is valid);
+//! 2. at every step, the archive's durable WAL covers every flush position
+//!    ever reported (capped at the switch point for those reported on a
+//!    timeline the server has left): a restart, a reconnect, a resume or a
+//!    crash never loses acknowledged WAL;
+//! 3. positions never go backwards within a connection.
+//!
+//! `PROPTEST_CASES=N` runs more cases (default: a few dozen per test).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::archive::compression::decompress;
+use crate::archive::names::ArchiveName;
+use crate::archive::simfs::SimFs;
+use crate::archive::{ArchiveDir, Resume, Scan};
+use crate::receiver::feedback::{Feedback, FeedbackConfig, Status};
+use crate::receiver::lineage::{self, ArchiveEnd, Decision, ServerLineage};
+use crate::wal::history::HistoryEntry;
+use crate::wal::verifier::tests::Builder;
+
+const SEG: u64 = 1 << 20;
+/// Where the archive begins.
+const S0: u64 = 3 * SEG;
+
+/// The WAL of the two timelines: `tl1` from [`S0`], `tl2` the same up to the
+/// switch point `switch`, then the promoted server's own WAL. `tl1` goes on
+/// past `switch` (the old primary's WAL the new one never had).
+struct World {
+    tl1: Vec<u8>,
+    tl2: Vec<u8>,
+    switch: u64,
+    sysid: u64,
+    verifier: VerifierConfig,
+}
+
+fn records_until(b: &mut Builder, end: u64, fill: u8) {
+    let mut i = 0usize;
+    while b.pos() < end {
+        // Sizes from a few bytes to several pages.
+        let len = [13usize, 200, 3000, 40, 17_000, 600, 90][i % 7] + i % 11;
+        b.record(21, 0, &vec![fill.wrapping_add(i as u8); len]);
+        i += 1;
+    }
+}
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let mut b1 = Builder::new(S0);
+        records_until(&mut b1, S0 + SEG + SEG / 3, 0x11);
+        let switch = b1.pos();
+        let prev_at_switch = b1.prev;
+        records_until(&mut b1, switch + SEG / 3, 0xA1);
+        let seg_of_switch = switch / SEG * SEG;
+        let mut b2 = Builder::new(seg_of_switch);
+        b2.tli = 2;
+        b2.sysid = b1.sysid;
+        b2.out = b1.out[(seg_of_switch - S0) as usize..(switch - S0) as usize].to_vec();
+        b2.prev = prev_at_switch;
+        records_until(&mut b2, S0 + 2 * SEG + SEG / 2, 0x52);
+        let mut tl2 = b1.out[..(seg_of_switch - S0) as usize].to_vec();
+        tl2.extend_from_slice(&b2.out);
+        World {
+            switch,
+            sysid: b1.sysid,
+            verifier: b1.config(),
+            tl1: b1.out,
+            tl2,
+        }
+    })
+}
+
+impl World {
+    fn stream(&self, tli: TimeLineId) -> &[u8] {
+        if tli == 1 {
+            &self.tl1
+        } else {
+            &self.tl2
+        }
+    }
+
+    fn end(&self, tli: TimeLineId) -> Lsn {
+        Lsn(S0 + self.stream(tli).len() as u64)
+    }
+
+    fn history(&self) -> [HistoryEntry; 1] {
+        [HistoryEntry {
+            parent: 1,
+            switchpoint: Lsn(self.switch),
+        }]
+    }
+}
+
+/// One step of the schedule.
+#[derive(Debug, Clone)]
+enum Action {
+    /// The server's WAL grows by this many KiB.
+    Generate(u32),
+    /// A batch: one XLogData message of up to this many KiB, then the sync
+    /// and the status update.
+    Receive(u32),
+    /// A keepalive (asking for a reply or not), then the batch's sync.
+    Keepalive(bool),
+    /// The next `n` file fsyncs / fdatasyncs fail with EIO.
+    FailFileSyncs(u32),
+    /// The next directory fsync fails with EIO.
+    FailDirSync,
+    /// The connection ends (the stream is closed as `close_stream` does).
+    Disconnect,
+    /// SIGKILL, then a restart: the page cache survives.
+    Kill,
+    /// Power loss, then a restart: whatever was not fsynced is lost.
+    PowerLoss,
+    /// The server is promoted at the switch point: the stream on timeline 1
+    /// ends there, the session follows it to timeline 2.
+    Promote,
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        4 => (16u32..700).prop_map(Action::Generate),
+        6 => (1u32..400).prop_map(Action::Receive),
+        1 => any::<bool>().prop_map(Action::Keepalive),
+        2 => (1u32..3).prop_map(Action::FailFileSyncs),
+        1 => Just(Action::FailDirSync),
+        1 => Just(Action::Disconnect),
+        1 => Just(Action::Kill),
+        2 => Just(Action::PowerLoss),
+        1 => Just(Action::Promote),
+    ]
+}
+
+/// The server walrcv streams from.
+struct Server {
+    timeline: TimeLineId,
+    /// How far its WAL goes on its timeline.
+    end: Lsn,
+}
+
+/// One connection: its stream's sink and the policy shared by its streams.
+struct Connection {
+    feedback: Feedback,
+    sink: WalSink,
+    timeline: TimeLineId,
+    last: Option<Status>,
+}
+
+/// A flush position that was reported, and on which server timeline.
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    server_timeline: TimeLineId,
+    flush: Lsn,
+}
+
+struct Harness {
+    world: &'static World,
+    compression: CompressionSpec,
+    sim: SimFs,
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    archive: Option<ArchiveDir>,
+    conn: Option<Connection>,
+    server: Server,
+    reports: Vec<Report>,
+    log: Vec<String>,
+    /// (timeline of the truth, segment, CRC and length of the file's bytes)
+    /// → how many bytes of the truth it holds.
+    held_cache: std::cell::RefCell<std::collections::HashMap<(TimeLineId, SegNo, u32, usize), usize>>,
+}
+
+fn feedback_config() -> FeedbackConfig {
+    FeedbackConfig {
+        status_interval: None,
+        receive_timeout: Duration::from_secs(3600),
+    }
+}
+
+impl Harness {
+    fn new(compression: CompressionSpec) -> Harness {
+        let tmp = tempfile::tempdir().unwrap();
+        let sim = SimFs::install(tmp.path()).unwrap();
+        let dir = sim.root().to_path_buf();
+        Harness {
+            world: world(),
+            compression,
+            sim,
+            _tmp: tmp,
+            dir,
+            archive: None,
+            conn: None,
+            server: Server {
+                timeline: 1,
+                end: Lsn(S0),
+            },
+            reports: Vec::new(),
+            log: Vec::new(),
+            held_cache: Default::default(),
+        }
+    }
+
+    fn run(&mut self, action: &Action) {
+        match *action {
+            Action::Generate(kib) => {
+                let end = self.world.end(self.server.timeline);
+                self.server.end = Lsn((self.server.end.0 + u64::from(kib) * 1024).min(end.0));
+            }
+            Action::Receive(kib) => self.receive(u64::from(kib) * 1024),
+            Action::Keepalive(reply) => {
+                if self.connected() {
+                    let end = self.available();
+                    let conn = self.conn.as_mut().unwrap();
+                    conn.sink.server_has(end);
+                    self.end_batch(reply);
+                }
+            }
+            Action::FailFileSyncs(n) => self.sim.fail_file_syncs(n),
+            Action::FailDirSync => self.sim.fail_dir_syncs(1),
+            Action::Disconnect => self.end_stream(None),
+            Action::Kill => self.kill(),
+            Action::PowerLoss => {
+                self.kill();
+                self.sim.crash().unwrap();
+            }
+            Action::Promote => self.promote(),
+        }
+        self.check_acknowledged_is_kept(action);
+    }
+
+    /// SIGKILL: nothing the process still holds is written or synced.
+    fn kill(&mut self) {
+        self.sim.freeze();
+        self.conn = None;
+        self.archive = None;
+        self.sim.thaw();
+    }
+
+    fn promote(&mut self) {
+        if self.server.timeline != 1 {
+            return;
+        }
+        let switch = Lsn(self.world.switch);
+        self.server.end = self.server.end.max(switch);
+        // A session on timeline 1 gets the rest up to the switch point,
+        // then CopyDone.
+        if self.connected() {
+            let position = self.conn.as_ref().unwrap().sink.position();
+            if position < switch {
+                self.server.timeline = 2;
+                self.server.end = switch;
+                self.receive(switch.0 - position.0);
+            }
+        }
+        self.server.timeline = 2;
+        self.server.end = switch;
+        if self.conn.is_some() {
+            self.switch_timeline();
+        }
+    }
+
+    /// How far the connection's stream can go now.
+    fn available(&self) -> Lsn {
+        let conn = self.conn.as_ref().unwrap();
+        if conn.timeline == self.server.timeline {
+            self.server.end
+        } else {
+            // The server is past the connection's timeline: it sends up to
+            // the switch point.
+            Lsn(self.world.switch)
+        }
+    }
+
+    fn connected(&mut self) -> bool {
+        if self.conn.is_none() {
+            self.connect();
+        }
+        self.conn.is_some()
+    }
+
+    fn receive(&mut self, max: u64) {
+        if !self.connected() {
+            return;
+        }
+        let available = self.available();
+        let conn = self.conn.as_mut().unwrap();
+        let at = conn.sink.position();
+        if conn.timeline != self.server.timeline && at >= available {
+            // CopyDone at the end of the old timeline.
+            self.switch_timeline();
+            return;
+        }
+        let n = max.min(available.0.saturating_sub(at.0));
+        if n == 0 {
+            return;
+        }
+        let stream = self.world.stream(conn.timeline);
+        let data = &stream[(at.0 - S0) as usize..(at.0 - S0 + n) as usize];
+        conn.sink.server_has(available);
+        if let Err(e) = self.write(at, data) {
+            self.end_stream(Some(e));
+            return;
+        }
+        self.end_batch(false);
+    }
+
+    /// `Stream::wal`: a filled segment is reported, renamed, reported.
+    fn write(&mut self, start: Lsn, data: &[u8]) -> Result<(), SinkError> {
+        let mut at = start;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let conn = self.conn.as_mut().unwrap();
+            let n = conn.sink.write(at, rest)?;
+            at = Lsn(at.0 + n as u64);
+            rest = &rest[n..];
+            if conn.sink.has_filled_segment() {
+                self.report(false);
+                let conn = self.conn.as_mut().unwrap();
+                conn.sink.complete_filled()?;
+                self.report(false);
+            }
+        }
+        Ok(())
+    }
+
+    /// End of a batch: sync, then a status if flush advanced or asked for.
+    fn end_batch(&mut self, reply: bool) {
+        let conn = self.conn.as_mut().unwrap();
+        if let Err(e) = conn.sink.sync() {
+            self.end_stream(Some(e));
+            return;
+        }
+        self.report(reply);
+    }
+
+    fn report(&mut self, reply: bool) {
+        let conn = self.conn.as_mut().unwrap();
+        let positions = conn.sink.positions();
+        if let Some(status) = conn.feedback.after_sync(Instant::now(), positions, reply) {
+            self.sent(status);
+        }
+    }
+
+    /// `close_stream`: the sink is closed whatever ended the stream, and its
+    /// positions are reported if the close succeeded.
+    fn end_stream(&mut self, error: Option<SinkError>) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let sink = std::mem::replace(&mut conn.sink, self.placeholder());
+        match sink.close() {
+            Ok(positions) => {
+                let status = conn.feedback.final_status(Instant::now(), positions);
+                self.conn = Some(conn);
+                self.sent(status);
+                self.conn = None;
+            }
+            Err(close) => self.log.push(format!("close failed: {close}")),
+        }
+        if let Some(e) = error {
+            self.log.push(format!("session ended: {e}"));
+        }
+    }
+
+    /// A sink that writes nothing, to take the real one out of a connection.
+    fn placeholder(&self) -> WalSink {
+        let mut config = self.sink_config(Lsn(S0), 1, false);
+        config.compression = CompressionSpec::parse("gzip").unwrap();
+        WalSink::new(config)
+    }
+
+    fn sink_config(&self, start: Lsn, timeline: TimeLineId, from_archive: bool) -> SinkConfig {
+        let mut verifier = self.world.verifier.clone();
+        verifier.timeline = timeline;
+        SinkConfig {
+            directory: self.dir.clone(),
+            timeline,
+            segment_size: SEG,
+            sync: true,
+            start,
+            start_is_durable: from_archive,
+            verifier,
+            primed: None,
+            compression: self.compression,
+        }
+    }
+
+    /// The in-session switch (`CopyEnd::TimelineEnded`): the stream is
+    /// closed, a divergent tail is set aside, the next stream starts on the
+    /// new timeline with the same `Feedback`.
+    fn switch_timeline(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let received = conn.sink.position();
+        let sink = std::mem::replace(&mut conn.sink, self.placeholder());
+        match sink.close() {
+            Ok(positions) => {
+                let status = conn.feedback.final_status(Instant::now(), positions);
+                self.conn = Some(conn);
+                self.sent(status);
+                conn = self.conn.take().unwrap();
+            }
+            Err(e) => {
+                self.log.push(format!("close at the switch failed: {e}"));
+                return;
+            }
+        }
+        let switch = Lsn(self.world.switch);
+        let archive = self.archive.as_ref().unwrap();
+        if received > switch {
+            let aside = archive
+                .scan(SEG)
+                .map_err(SinkError::from)
+                .and_then(|scan| Ok(archive.set_aside_divergent(&scan, 1, switch, SEG, true)?));
+            if let Err(e) = aside {
+                self.log.push(format!("set aside failed: {e}"));
+                return;
+            }
+        }
+        let start = switch.segment_start(SEG);
+        match self.start_stream(start, 2, false) {
+            Some(sink) => {
+                conn.sink = sink;
+                conn.timeline = 2;
+                let status = conn
+                    .feedback
+                    .stream_started(Instant::now(), conn.sink.positions());
+                self.conn = Some(conn);
+                self.sent(status);
+            }
+            None => self.conn = None,
+        }
+    }
+
+    /// `history file if needed`, `resume_verifier`, `WalSink::new`.
+    fn start_stream(
+        &mut self,
+        start: Lsn,
+        timeline: TimeLineId,
+        from_archive: bool,
+    ) -> Option<WalSink> {
+        let archive = self.archive.as_ref().unwrap();
+        if timeline != 1 && !archive.has_history(timeline) {
+            let content = format!("1\t{}\tno recovery target specified\n", Lsn(self.world.switch));
+            let name = "00000002.history";
+            if let Err(e) =
+                archive.write_history(timeline, name, content.as_bytes(), true, self.compression)
+            {
+                self.log.push(format!("history: {e}"));
+                return None;
+            }
+        }
+        let mut config = self.sink_config(start, timeline, from_archive);
+        match archive.resume_verifier(config.verifier.clone(), start) {
+            Ok(Resume::Primed { verifier, .. }) => config.primed = Some(*verifier),
+            Ok(Resume::NotInArchive { .. }) => {}
+            Err(e) => {
+                self.log.push(format!("resume verifier: {e}"));
+                return None;
+            }
+        }
+        Some(WalSink::new(config))
+    }
+
+    /// `session`: open the archive (a restart after a kill), pick the start
+    /// point as `start_point` and `follow_lineage` do, start the stream.
+    fn connect(&mut self) {
+        if self.archive.is_none() {
+            self.archive = Some(ArchiveDir::open(&self.dir).unwrap());
+        }
+        let archive = self.archive.as_ref().unwrap();
+        let scan = match archive.prepare_start(self.world.sysid, SEG, true) {
+            Ok(scan) => scan,
+            Err(e) => {
+                self.log.push(format!("prepare_start: {e:?}"));
+                return;
+            }
+        };
+        let (start, timeline, from_archive) = match self.start_point(&scan) {
+            Ok(s) => s,
+            Err(e) => {
+                self.log.push(format!("start point: {e}"));
+                return;
+            }
+        };
+        self.log.push(format!(
+            "connect: start {start} timeline {timeline} from_archive {from_archive}"
+        ));
+        let Some(sink) = self.start_stream(start, timeline, from_archive) else {
+            return;
+        };
+        let mut feedback = Feedback::new(feedback_config(), Instant::now());
+        let status = feedback.stream_started(Instant::now(), sink.positions());
+        self.conn = Some(Connection {
+            feedback,
+            sink,
+            timeline,
+            last: None,
+        });
+        self.sent(status);
+    }
+
+    fn start_point(&self, scan: &Scan) -> Result<(Lsn, TimeLineId, bool), ArchiveError> {
+        let archive = self.archive.as_ref().unwrap();
+        let Some(point) = scan.streaming_start(SEG) else {
+            // Nothing in the archive: timeline 1 from its beginning (a
+            // slot's restart_lsn).
+            return Ok((Lsn(S0), 1, false));
+        };
+        if point.timeline == self.server.timeline {
+            return Ok((point.lsn, point.timeline, true));
+        }
+        let end = archive
+            .wal_end(scan, SEG)?
+            .map_or(point.lsn, |e| e.end);
+        let history = self.world.history();
+        let decision = lineage::decide(
+            ArchiveEnd {
+                timeline: point.timeline,
+                end,
+            },
+            None,
+            ServerLineage {
+                timeline: self.server.timeline,
+                history: &history,
+            },
+        );
+        match decision {
+            Decision::Continue { .. } => Ok((point.lsn, point.timeline, true)),
+            Decision::Diverged {
+                timeline,
+                switchpoint,
+                next,
+                ..
+            } => {
+                archive.set_aside_divergent(scan, timeline, switchpoint, SEG, true)?;
+                Ok((switchpoint.segment_start(SEG), next, false))
+            }
+            other => panic!("unexpected lineage decision {other:?}"),
+        }
+    }
+
+    /// A status update goes to the server: invariants 1 and 3.
+    fn sent(&mut self, status: Status) {
+        let conn = self.conn.as_mut().unwrap();
+        assert!(status.flush <= status.write, "flush past write: {status:?}");
+        if let Some(last) = conn.last {
+            assert!(
+                status.flush >= last.flush && status.write >= last.write,
+                "positions went backwards on one connection: {last:?} then {status:?}"
+            );
+        }
+        conn.last = Some(status);
+        self.log.push(format!(
+            "status write {} flush {}",
+            status.write, status.flush
+        ));
+        if status.flush == Lsn::INVALID {
+            return;
+        }
+        let durable = self.durable_end();
+        assert!(
+            status.flush <= durable,
+            "flush {} reported while the archive durably holds the server's WAL (timeline {}) only up to {durable}",
+            status.flush,
+            self.server.timeline
+        );
+        self.reports.push(Report {
+            server_timeline: self.server.timeline,
+            flush: status.flush,
+        });
+    }
+
+    /// Invariant 2: what was ever acknowledged is still durable.
+    fn check_acknowledged_is_kept(&mut self, action: &Action) {
+        let switch = Lsn(self.world.switch);
+        let tli = self.server.timeline;
+        let Some(acked) = self
+            .reports
+            .iter()
+            .map(|r| {
+                if r.server_timeline == tli {
+                    r.flush
+                } else {
+                    r.flush.min(switch)
+                }
+            })
+            .max()
+        else {
+            return;
+        };
+        let durable = self.durable_end();
+        assert!(
+            acked <= durable,
+            "after {action:?}: {acked} was acknowledged, the archive durably holds the server's WAL (timeline {tli}) only up to {durable}"
+        );
+    }
+
+    /// How far, from [`S0`], the durable state of the archive (what a power
+    /// loss now would leave) holds the WAL of the server's history, in any
+    /// file of a segment name (complete, `.partial`, compressed or not, or
+    /// set aside).
+    fn durable_end(&self) -> Lsn {
+        let tli = self.server.timeline;
+        let truth = self.world.stream(tli);
+        let mut held: BTreeMap<SegNo, usize> = BTreeMap::new();
+        for (name, bytes) in self.sim.durable_view() {
+            let (seg, compression) = match ArchiveName::classify(&name) {
+                ArchiveName::Segment {
+                    name, compression, ..
+                }
+                | ArchiveName::Divergent {
+                    name, compression, ..
+                } => (name, compression),
+                _ => continue,
+            };
+            let Some((file_tli, segno)) = seg.segno(SEG) else {
+                continue;
+            };
+            if file_tli > tli || segno * SEG < S0 {
+                continue;
+            }
+            let key = (tli, segno, crc32c::crc32c(&bytes), bytes.len());
+            let cached = self.held_cache.borrow().get(&key).copied();
+            let same = match cached {
+                Some(same) => same,
+                None => {
+                    let Ok(decoded) = decompress(compression, &bytes, SEG) else {
+                        continue;
+                    };
+                    let from = (segno * SEG - S0) as usize;
+                    let Some(want) = truth.get(from..(from + SEG as usize).min(truth.len()))
+                    else {
+                        continue;
+                    };
+                    let same = common_prefix(&decoded.bytes, want);
+                    self.held_cache.borrow_mut().insert(key, same);
+                    same
+                }
+            };
+            let best = held.entry(segno).or_default();
+            *best = (*best).max(same);
+        }
+        let mut end = S0;
+        loop {
+            let segno = end / SEG;
+            let have = held.get(&segno).copied().unwrap_or(0) as u64;
+            end = segno * SEG + have;
+            if have < SEG {
+                break;
+            }
+        }
+        Lsn(end.min(S0 + truth.len() as u64))
+    }
+}
+
+/// The length of the common prefix of `a` and `b` (compared by blocks: a
+/// debug build compares bytes one by one slowly).
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 4096 <= n && a[i..i + 4096] == b[i..i + 4096] {
+        i += 4096;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    i
+}
+
+fn run_schedule(compression: &str, actions: &[Action]) -> Result<(), TestCaseError> {
+    let spec = if compression == "none" {
+        CompressionSpec::NONE
+    } else {
+        CompressionSpec::parse(compression).unwrap()
+    };
+    let mut h = Harness::new(spec);
+    for (i, action) in actions.iter().enumerate() {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.run(action)));
+        if let Err(panic) = result {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            let tail: Vec<&String> = h.log.iter().rev().take(12).collect();
+            return Err(TestCaseError::fail(format!(
+                "-Z {compression}, step {i} {action:?}: {msg}\nlast log lines (newest first): {tail:#?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn cases(default: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(default);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(24))]
+
+    #[test]
+    fn acknowledged_wal_is_kept_uncompressed(actions in prop::collection::vec(action(), 1..40)) {
+        run_schedule("none", &actions)?;
+    }
+
+    #[test]
+    fn acknowledged_wal_is_kept_gzip(actions in prop::collection::vec(action(), 1..40)) {
+        run_schedule("gzip", &actions)?;
+    }
+
+    #[test]
+    fn acknowledged_wal_is_kept_lz4(actions in prop::collection::vec(action(), 1..40)) {
+        run_schedule("lz4", &actions)?;
+    }
+
+    #[test]
+    fn acknowledged_wal_is_kept_zstd(actions in prop::collection::vec(action(), 1..40)) {
+        run_schedule("zstd", &actions)?;
+    }
+}
+
+/// The world is valid WAL: the verifier accepts both timelines whole.
+#[test]
+fn the_synthetic_timelines_verify() {
+    let w = world();
+    let mut v = Verifier::at_segment_start(w.verifier.clone(), Lsn(S0));
+    v.feed(&w.tl1).unwrap();
+    let mut config = w.verifier.clone();
+    config.timeline = 2;
+    let start = Lsn(w.switch).segment_start(SEG);
+    let mut v = Verifier::at_segment_start(config, start);
+    v.feed(&w.tl2[(start.0 - S0) as usize..]).unwrap();
+    assert!(v.verified_end().0 > w.switch);
+    assert_ne!(w.tl1[(w.switch - S0) as usize..][..64], w.tl2[(w.switch - S0) as usize..][..64]);
+}
