@@ -139,15 +139,21 @@ fn lost_bytes(durable: &[u8], current: &[u8], before: Option<Vec<bool>>) -> Vec<
 }
 
 /// A successful sync: every byte is durable, except those a failed fsync
-/// lost whose page nothing wrote since (they keep their durable value, zero
-/// past the old durable length).
+/// lost whose page nothing wrote since: they keep their durable value, and
+/// past the old durable length the file ends before them (its size was part
+/// of what was lost), or reads as zeros when later bytes are durable.
 fn sync_bytes(durable: &[u8], lost: Option<&Vec<bool>>, current: &[u8]) -> Vec<u8> {
     let Some(lost) = lost else {
         return current.to_vec();
     };
-    (0..current.len())
+    let is_lost = |i: usize| lost.get(i).copied().unwrap_or(false);
+    let last_kept = (0..current.len()).rev().find(|&i| !is_lost(i));
+    let len = last_kept
+        .map_or(0, |i| i + 1)
+        .max(durable.len().min(current.len()));
+    (0..len)
         .map(|i| {
-            if lost.get(i).copied().unwrap_or(false) {
+            if is_lost(i) {
                 durable.get(i).copied().unwrap_or(0)
             } else {
                 current[i]
@@ -170,8 +176,8 @@ impl Covered {
     pub(crate) fn opened(&self, file: &File) -> std::io::Result<()> {
         let ino = inode_of(file)?;
         let mut state = lock(&self.0);
-        if !state.handles.contains_key(&ino) {
-            state.handles.insert(ino, reopen(file)?);
+        if let std::collections::hash_map::Entry::Vacant(e) = state.handles.entry(ino) {
+            e.insert(reopen(file)?);
         }
         Ok(())
     }
@@ -203,8 +209,8 @@ impl Covered {
         if state.frozen {
             return Ok(());
         }
-        if !state.handles.contains_key(&ino) {
-            state.handles.insert(ino, reopen(file)?);
+        if let std::collections::hash_map::Entry::Vacant(e) = state.handles.entry(ino) {
+            e.insert(reopen(file)?);
         }
         let current = read_whole(&state.handles[&ino])?;
         state.file_syncs += 1;
@@ -423,7 +429,7 @@ mod tests {
         assert_eq!(read(&d, "a").as_deref(), Some(&b"old.lost"[..]));
         durable::fsync_path(&a, Site::Startup).unwrap();
         sim.crash().unwrap();
-        assert_eq!(read(&d, "a").as_deref(), Some(&b"old.\0\0\0\0"[..]));
+        assert_eq!(read(&d, "a").as_deref(), Some(&b"old."[..]));
         // Written again after the failure (a page made dirty again, even
         // with the same bytes): durable at the next fsync.
         let f = durable::open_for_write(&a, Site::Startup).unwrap();
