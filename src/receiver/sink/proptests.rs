@@ -24,7 +24,12 @@
 //!    crash never loses acknowledged WAL;
 //! 3. positions never go backwards within a connection.
 //!
-//! `PROPTEST_CASES=N` runs more cases (default: a few dozen per test).
+//! `acknowledged_wal_is_kept` runs the common faults without compression;
+//! each `finding_N_...` test adds the conditions of one finding of issue 17,
+//! and [`shrunk`] replays the schedule proptest shrank its failure to.
+//!
+//! `PROPTEST_CASES=N` runs more cases (default 16 per test),
+//! `PROPTEST_RNG_SEED=S` other schedules (default: a fixed seed).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -136,8 +141,9 @@ enum Action {
     Kill,
     /// Power loss, then a restart: whatever was not fsynced is lost.
     PowerLoss,
-    /// The server is promoted at the switch point: the stream on timeline 1
-    /// ends there, the session follows it to timeline 2.
+    /// The server walrcv streams from (connected first if need be) is
+    /// promoted at the switch point: it sends the rest of timeline 1 up to
+    /// there, ends that stream, and the session follows it to timeline 2.
     Promote,
     /// The session ends, and the next complete segment of the server's WAL
     /// is copied into the archive (an operator or Barman moving files in),
@@ -977,4 +983,135 @@ fn the_synthetic_timelines_verify() {
         w.tl1[(w.switch - S0) as usize..][..64],
         w.tl2[(w.switch - S0) as usize..][..64]
     );
+}
+
+/// The schedules proptest shrank each finding's failure to (seed 17), replayed
+/// as plain tests: each failed on the code before the finding's fix.
+mod shrunk {
+    use super::Action::*;
+    use super::*;
+
+    fn replay(compression: &str, scenario: Scenario, actions: &[Action]) {
+        if let Err(e) = run_schedule(compression, scenario, actions) {
+            panic!("{e}");
+        }
+    }
+
+    /// Finding 1: a compressed `.partial` acknowledged up to 0/30F5E8 is
+    /// truncated by the next session, which rewrites 25 KiB of it.
+    #[test]
+    fn finding_1_compressed_resume_after_a_disconnect() {
+        let actions = [
+            Generate(62),
+            Receive(62, false),
+            Disconnect,
+            Receive(25, false),
+        ];
+        for z in ["gzip", "lz4", "zstd"] {
+            replay(z, COMMON, &actions);
+        }
+    }
+
+    /// Finding 1 after a power loss (the `.partial` was durable).
+    #[test]
+    fn finding_1_compressed_resume_after_a_power_loss() {
+        let actions = [
+            Generate(166),
+            Receive(106, false),
+            Receive(60, false),
+            PowerLoss,
+            Receive(152, false),
+        ];
+        replay("zstd", COMMON, &actions);
+    }
+
+    /// Finding 2: segment 3 moved in, its fsync at start-up fails, the next
+    /// connection fsyncs it again (success, nothing written) and reports it.
+    #[test]
+    fn finding_2_fsync_eio_at_start() {
+        let actions = [
+            Generate(1024),
+            FailFileSyncs(2),
+            Receive(225, false),
+            CopyIn,
+            Keepalive(true),
+            Receive(286, false),
+        ];
+        replay(
+            "none",
+            Scenario {
+                copy_in: true,
+                ..COMMON
+            },
+            &actions,
+        );
+    }
+
+    /// Finding 2, directory: the new `.partial`'s directory fsync fails, the
+    /// next connection's fsyncs succeed and its WAL is reported, while its
+    /// name was never made durable.
+    #[test]
+    fn finding_2_failed_directory_fsync() {
+        let actions = [
+            Receive(1, false),
+            FailDirSync,
+            Generate(16),
+            Receive(1, false),
+            Receive(1, false),
+        ];
+        replay(
+            "none",
+            Scenario {
+                dir_eio: true,
+                ..COMMON
+            },
+            &actions,
+        );
+    }
+
+    /// Finding 3: WAL of timeline 1 past the switch point acknowledged, then
+    /// the promotion: a status with that flush goes to the promoted server.
+    #[test]
+    fn finding_3_flush_past_the_switch_point() {
+        let actions = [
+            Generate(700),
+            Generate(700),
+            Receive(400, false),
+            Receive(400, false),
+            Receive(400, false),
+            Receive(400, false),
+            Generate(16),
+            Disconnect,
+            Receive(344, false),
+            Promote,
+        ];
+        replay(
+            "none",
+            Scenario {
+                tail_past_switch: true,
+                ..COMMON
+            },
+            &actions,
+        );
+    }
+
+    /// Finding 8: a zero-byte `.partial` of segment 5 in an empty archive.
+    #[test]
+    fn finding_8_zero_byte_partial() {
+        let actions = [
+            Promote,
+            Generate(616),
+            Generate(65),
+            ZeroPartial,
+            Receive(1, false),
+        ];
+        replay(
+            "none",
+            Scenario {
+                zero_partial: true,
+                ..COMMON
+            },
+            &actions,
+        );
+    }
 }
