@@ -21,8 +21,9 @@
 //! routing all of them through `durable` would widen the seam for no gain,
 //! since reads see the page cache (the real files) in both cases.
 //!
-//! fsync errors ([`SimFs::fail_file_syncs`], [`SimFs::fail_dir_syncs`])
-//! behave as Linux since "fsyncgate": the failing call returns EIO, the data
+//! fsync errors ([`SimFs::fail_file_syncs`], [`SimFs::fail_dir_syncs`]; only
+//! the arming thread's syncs fail, so a schedule replays deterministically
+//! whatever the segment preparation thread does meanwhile) behave as Linux since "fsyncgate": the failing call returns EIO, the data
 //! it should have written is *not* durable and the kernel forgets it was
 //! dirty, so a later fsync of the same file, on any descriptor, succeeds
 //! without writing it. The shadow records the file's content at the failure;
@@ -67,6 +68,10 @@ struct State {
     lost_dir: BTreeMap<String, Option<u64>>,
     fail_file_syncs: u32,
     fail_dir_syncs: u32,
+    /// The thread that armed the faults: only its syncs fail, so that which
+    /// call fails does not depend on when the segment preparation thread
+    /// runs (a schedule replays the same way every time).
+    fault_thread: Option<std::thread::ThreadId>,
     frozen: bool,
     /// Counts, for the tests' statistics.
     file_syncs: u64,
@@ -214,7 +219,7 @@ impl Covered {
         }
         let current = read_whole(&state.handles[&ino])?;
         state.file_syncs += 1;
-        if state.fail_file_syncs > 0 {
+        if state.fail_file_syncs > 0 && state.fault_thread == Some(std::thread::current().id()) {
             state.fail_file_syncs -= 1;
             state.failed_syncs += 1;
             // The kernel marks the pages clean: whatever they hold now will
@@ -238,7 +243,7 @@ impl Covered {
         if state.frozen {
             return Ok(());
         }
-        if state.fail_dir_syncs > 0 {
+        if state.fail_dir_syncs > 0 && state.fault_thread == Some(std::thread::current().id()) {
             state.fail_dir_syncs -= 1;
             state.failed_syncs += 1;
             let names: std::collections::BTreeSet<String> =
@@ -316,13 +321,18 @@ impl SimFs {
     }
 
     /// The next `n` file fsyncs/fdatasyncs fail with EIO.
+    /// (Only syncs made by the calling thread fail.)
     pub fn fail_file_syncs(&self, n: u32) {
-        lock(&self.state).fail_file_syncs = n;
+        let mut s = lock(&self.state);
+        s.fail_file_syncs = n;
+        s.fault_thread = Some(std::thread::current().id());
     }
 
     /// The next `n` directory fsyncs fail with EIO.
     pub fn fail_dir_syncs(&self, n: u32) {
-        lock(&self.state).fail_dir_syncs = n;
+        let mut s = lock(&self.state);
+        s.fail_dir_syncs = n;
+        s.fault_thread = Some(std::thread::current().id());
     }
 
     /// SIGKILL begins: the archive operations of `durable` do nothing until
