@@ -168,11 +168,6 @@ fn dirtied(file: &File, path: &Path, offset: u64, len: u64) -> std::io::Result<(
     Ok(())
 }
 
-/// The error of an operation attempted by a process being killed.
-fn killed_error() -> std::io::Error {
-    std::io::Error::other("simulated SIGKILL: the process is gone")
-}
-
 /// PostgreSQL's `PG_FILE_MODE_OWNER`.
 pub const FILE_MODE_OWNER: u32 = 0o600;
 /// PostgreSQL's `PG_FILE_MODE_GROUP`.
@@ -210,17 +205,9 @@ pub fn file_create_mode() -> u32 {
 /// Creates `path` (always a temporary name) for writing, with the mode of
 /// [`file_create_mode`]. See [`create_with_mode`] for what may already be there.
 pub fn create(path: &Path, site: Site) -> Result<File, ArchiveError> {
-    if killed(path) {
-        return Err(ArchiveError::io(path, killed_error()));
-    }
-    let file = injected(site, Op::Open, path)
+    injected(site, Op::Open, path)
         .and_then(|()| create_with_mode(path, file_create_mode()))
-        .map_err(|e| ArchiveError::io(path, e))?;
-    #[cfg(test)]
-    if let Some(sim) = simulated(path) {
-        sim.opened(&file).map_err(|e| ArchiveError::io(path, e))?;
-    }
-    Ok(file)
+        .map_err(|e| ArchiveError::io(path, e))
 }
 
 /// Creates `path` with exactly `mode` (whatever the umask), exclusively and
@@ -262,22 +249,14 @@ fn remove_stale_file(path: &Path) -> std::io::Result<()> {
 /// Opens an existing file for writing (no truncation), never through a
 /// symbolic link.
 pub fn open_for_write(path: &Path, site: Site) -> Result<File, ArchiveError> {
-    if killed(path) {
-        return Err(ArchiveError::io(path, killed_error()));
-    }
-    let file = injected(site, Op::Open, path)
+    injected(site, Op::Open, path)
         .and_then(|()| {
             OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
         })
-        .map_err(|e| ArchiveError::io(path, e))?;
-    #[cfg(test)]
-    if let Some(sim) = simulated(path) {
-        sim.opened(&file).map_err(|e| ArchiveError::io(path, e))?;
-    }
-    Ok(file)
+        .map_err(|e| ArchiveError::io(path, e))
 }
 
 /// `pwrite` all of `data` at `offset`.

@@ -32,9 +32,9 @@
 //! bytes, or zeros past the old durable length). Directory entries follow
 //! the same rule.
 //!
-//! [`SimFs::freeze`] stands for SIGKILL: while frozen, the archive operations
-//! of `durable` do nothing (a dying process's destructors write nothing), and
-//! the page cache (the real files) is kept.
+//! [`SimFs::freeze`] stands for SIGKILL: while frozen, the writes, renames,
+//! removals and syncs of `durable` do nothing (a dying process's destructors
+//! change nothing), and the page cache (the real files) is kept.
 //!
 //! The registry is process-wide, keyed by directory, so that the segment
 //! preparation thread is covered, while tests on other directories are not.
@@ -174,17 +174,6 @@ impl Covered {
     /// SIGKILL in progress: the call does nothing.
     pub(crate) fn frozen(&self) -> bool {
         lock(&self.0).frozen
-    }
-
-    /// A file was created or opened for writing: its inode becomes known
-    /// (a new one with nothing durable).
-    pub(crate) fn opened(&self, file: &File) -> std::io::Result<()> {
-        let ino = inode_of(file)?;
-        let mut state = lock(&self.0);
-        if let std::collections::hash_map::Entry::Vacant(e) = state.handles.entry(ino) {
-            e.insert(reopen(file)?);
-        }
-        Ok(())
     }
 
     /// `len` bytes were written at `offset` of `file` (or, after a
