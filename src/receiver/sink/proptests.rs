@@ -218,11 +218,17 @@ struct Server {
     end: Lsn,
 }
 
-/// One connection: its stream's sink and the policy shared by its streams.
+/// One connection: its stream's sink and what its streams share.
 struct Connection {
-    feedback: Feedback,
+    link: Link,
     sink: WalSink,
     timeline: TimeLineId,
+}
+
+/// What outlives a stream on one connection: the policy and the last
+/// status sent (positions never go backwards on a connection).
+struct Link {
+    feedback: Feedback,
     last: Option<Status>,
 }
 
@@ -495,7 +501,11 @@ impl Harness {
     fn report(&mut self, reply: bool) {
         let conn = self.conn.as_mut().unwrap();
         let positions = conn.sink.positions();
-        if let Some(status) = conn.feedback.after_sync(Instant::now(), positions, reply) {
+        if let Some(status) = conn
+            .link
+            .feedback
+            .after_sync(Instant::now(), positions, reply)
+        {
             self.sent(status);
         }
     }
@@ -503,29 +513,19 @@ impl Harness {
     /// `close_stream`: the sink is closed whatever ended the stream, and its
     /// positions are reported if the close succeeded.
     fn end_stream(&mut self, error: Option<SinkError>) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(Connection { mut link, sink, .. }) = self.conn.take() else {
             return;
         };
-        let sink = std::mem::replace(&mut conn.sink, self.placeholder());
         match sink.close() {
             Ok(positions) => {
-                let status = conn.feedback.final_status(Instant::now(), positions);
-                self.conn = Some(conn);
-                self.sent(status);
-                self.conn = None;
+                let status = link.feedback.final_status(Instant::now(), positions);
+                self.sent_on(&mut link, status);
             }
             Err(close) => self.log.push(format!("close failed: {close}")),
         }
         if let Some(e) = error {
             self.log.push(format!("session ended: {e}"));
         }
-    }
-
-    /// A sink that writes nothing, to take the real one out of a connection.
-    fn placeholder(&self) -> WalSink {
-        let mut config = self.sink_config(Lsn(S0), 1, false);
-        config.compression = CompressionSpec::parse("gzip").unwrap();
-        WalSink::new(config)
     }
 
     fn sink_config(&self, start: Lsn, timeline: TimeLineId, from_archive: bool) -> SinkConfig {
@@ -548,17 +548,14 @@ impl Harness {
     /// closed, a divergent tail is set aside, the next stream starts on the
     /// new timeline with the same `Feedback`.
     fn switch_timeline(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(Connection { mut link, sink, .. }) = self.conn.take() else {
             return;
         };
-        let received = conn.sink.position();
-        let sink = std::mem::replace(&mut conn.sink, self.placeholder());
+        let received = sink.position();
         match sink.close() {
             Ok(positions) => {
-                let status = conn.feedback.final_status(Instant::now(), positions);
-                self.conn = Some(conn);
-                self.sent(status);
-                conn = self.conn.take().unwrap();
+                let status = link.feedback.final_status(Instant::now(), positions);
+                self.sent_on(&mut link, status);
             }
             Err(e) => {
                 self.log.push(format!("close at the switch failed: {e}"));
@@ -580,12 +577,14 @@ impl Harness {
         let start = switch.segment_start(SEG);
         match self.start_stream(start, 2, false) {
             Some(sink) => {
-                conn.sink = sink;
-                conn.timeline = 2;
-                let status = conn
+                let status = link
                     .feedback
-                    .stream_started(Instant::now(), conn.sink.positions());
-                self.conn = Some(conn);
+                    .stream_started(Instant::now(), sink.positions());
+                self.conn = Some(Connection {
+                    link,
+                    sink,
+                    timeline: 2,
+                });
                 self.sent(status);
             }
             None => self.conn = None,
@@ -655,10 +654,12 @@ impl Harness {
         let mut feedback = Feedback::new(feedback_config(), Instant::now());
         let status = feedback.stream_started(Instant::now(), sink.positions());
         self.conn = Some(Connection {
-            feedback,
+            link: Link {
+                feedback,
+                last: None,
+            },
             sink,
             timeline,
-            last: None,
         });
         self.sent(status);
     }
@@ -703,15 +704,21 @@ impl Harness {
 
     /// A status update goes to the server: invariants 1 and 3.
     fn sent(&mut self, status: Status) {
-        let conn = self.conn.as_mut().unwrap();
+        let mut conn = self.conn.take().unwrap();
+        self.sent_on(&mut conn.link, status);
+        self.conn = Some(conn);
+    }
+
+    /// [`Harness::sent`] on a connection taken out of the harness.
+    fn sent_on(&mut self, link: &mut Link, status: Status) {
         assert!(status.flush <= status.write, "flush past write: {status:?}");
-        if let Some(last) = conn.last {
+        if let Some(last) = link.last {
             assert!(
                 status.flush >= last.flush && status.write >= last.write,
                 "positions went backwards on one connection: {last:?} then {status:?}"
             );
         }
-        conn.last = Some(status);
+        link.last = Some(status);
         self.log.push(format!(
             "status write {} flush {}",
             status.write, status.flush
