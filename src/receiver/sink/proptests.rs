@@ -1,6 +1,6 @@
 //! Property test of the sink, the start-point logic and the feedback policy
 //! over a simulated power loss ([`crate::archive::simfs`]): random sequences
-//! of receive / keepalive / fsync EIO / directory fsync EIO / disconnect /
+//! of receive / bit flip / keepalive / fsync EIO / directory fsync EIO / disconnect /
 //! SIGKILL / power loss / promotion (timeline switch), under every `-Z`
 //! method, against synthetic WAL with real CRCs.
 //!
@@ -57,6 +57,9 @@ const S0: u64 = 3 * SEG;
 struct World {
     tl1: Vec<u8>,
     tl2: Vec<u8>,
+    /// Where each record of `tl1` and of `tl2` begins.
+    starts1: Vec<u64>,
+    starts2: Vec<u64>,
     switch: u64,
     sysid: u64,
     verifier: VerifierConfig,
@@ -89,8 +92,12 @@ fn world() -> &'static World {
         records_until(&mut b2, S0 + 2 * SEG + SEG / 2, 0x52);
         let mut tl2 = b1.out[..(seg_of_switch - S0) as usize].to_vec();
         tl2.extend_from_slice(&b2.out);
+        let mut starts2: Vec<u64> = b1.starts.iter().copied().filter(|&s| s < switch).collect();
+        starts2.extend(&b2.starts);
         World {
             switch,
+            starts1: b1.starts.clone(),
+            starts2,
             sysid: b1.sysid,
             verifier: b1.config(),
             tl1: b1.out,
@@ -106,6 +113,22 @@ impl World {
         } else {
             &self.tl2
         }
+    }
+
+    /// A byte inside the body of a record that begins in [from, to) and
+    /// whose first body byte is before `to` (covered by its CRC).
+    fn body_byte(&self, tli: TimeLineId, from: Lsn, to: Lsn) -> Option<Lsn> {
+        let starts = if tli == 1 {
+            &self.starts1
+        } else {
+            &self.starts2
+        };
+        let block = u64::from(self.verifier.block_size);
+        starts
+            .iter()
+            .map(|s| s + 24)
+            .find(|&b| b > from.0 && b < to.0 && b % block >= 40)
+            .map(Lsn)
     }
 
     fn end(&self, tli: TimeLineId) -> Lsn {
@@ -129,6 +152,10 @@ enum Action {
     /// and the status update; or (`true`) SIGKILL after the write, before
     /// the sync (the page cache keeps what was written).
     Receive(u32, bool),
+    /// A batch like `Receive` whose message has one bit flipped in a
+    /// record's body (a proxy's bit flip): the verifier must refuse it, and
+    /// nothing of it may be acknowledged.
+    Corrupt(u32),
     /// A keepalive (asking for a reply or not), then the batch's sync.
     Keepalive(bool),
     /// The next `n` file fsyncs / fdatasyncs fail with EIO.
@@ -177,6 +204,7 @@ fn action(scenario: Scenario) -> impl Strategy<Value = Action> {
                 .boxed(),
         ),
         (1, any::<bool>().prop_map(Action::Keepalive).boxed()),
+        (1, (1u32..400).prop_map(Action::Corrupt).boxed()),
         (2, (1u32..3).prop_map(Action::FailFileSyncs).boxed()),
         (1, Just(Action::Disconnect).boxed()),
         (1, Just(Action::Kill).boxed()),
@@ -299,7 +327,8 @@ impl Harness {
                 };
                 self.server.end = Lsn((self.server.end.0 + u64::from(kib) * 1024).min(end.0));
             }
-            Action::Receive(kib, kill) => self.receive(u64::from(kib) * 1024, kill),
+            Action::Receive(kib, kill) => self.receive(u64::from(kib) * 1024, kill, false),
+            Action::Corrupt(kib) => self.receive(u64::from(kib) * 1024, false, true),
             Action::CopyIn => {
                 self.end_stream(None);
                 self.copy_in();
@@ -357,7 +386,7 @@ impl Harness {
             if position < switch {
                 self.server.timeline = 2;
                 self.server.end = switch;
-                self.receive(switch.0 - position.0, false);
+                self.receive(switch.0 - position.0, false, false);
             }
         }
         self.server.timeline = 2;
@@ -439,7 +468,7 @@ impl Harness {
         self.log.push(format!("copied in segment {segno:X}"));
     }
 
-    fn receive(&mut self, max: u64, kill: bool) {
+    fn receive(&mut self, max: u64, kill: bool, corrupt: bool) {
         if !self.connected() {
             return;
         }
@@ -456,9 +485,16 @@ impl Harness {
             return;
         }
         let stream = self.world.stream(conn.timeline);
-        let data = &stream[(at.0 - S0) as usize..(at.0 - S0 + n) as usize];
+        let mut data = stream[(at.0 - S0) as usize..(at.0 - S0 + n) as usize].to_vec();
+        if corrupt {
+            if let Some(lsn) = self.world.body_byte(conn.timeline, at, Lsn(at.0 + n)) {
+                data[(lsn.0 - at.0) as usize] ^= 0x10;
+                self.log.push(format!("bit flipped at {lsn}"));
+            }
+        }
+        let conn = self.conn.as_mut().unwrap();
         conn.sink.server_has(available);
-        if let Err(e) = self.write(at, data) {
+        if let Err(e) = self.write(at, &data) {
             self.end_stream(Some(e));
             return;
         }
@@ -990,6 +1026,27 @@ fn the_synthetic_timelines_verify() {
         w.tl1[(w.switch - S0) as usize..][..64],
         w.tl2[(w.switch - S0) as usize..][..64]
     );
+}
+
+/// The bit flip of [`Action::Corrupt`] reaches a record's body: the stream
+/// ends on the verifier's error, and what was acknowledged stays below it.
+#[test]
+fn a_bit_flip_ends_the_stream_before_it_is_acknowledged() {
+    let mut h = Harness::new(CompressionSpec::NONE, COMMON);
+    for action in [
+        Action::Generate(300),
+        Action::Receive(100, false),
+        Action::Corrupt(150),
+        Action::Receive(50, false),
+    ] {
+        h.run(&action);
+    }
+    let flipped = h.log.iter().position(|l| l.starts_with("bit flipped"));
+    let refused = h
+        .log
+        .iter()
+        .position(|l| l.contains("session ended") && l.contains("checksum"));
+    assert!(flipped.is_some() && refused > flipped, "{:#?}", h.log);
 }
 
 /// The schedules proptest shrank each finding's failure to (seed 17), replayed
