@@ -138,6 +138,38 @@ fn injected(site: Site, op: Op, path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Test builds: the simulated power loss covering `path`, if a property test
+/// installed one there (see `super::simfs`). Release builds have no such
+/// branch at all.
+#[cfg(test)]
+fn simulated(path: &Path) -> Option<super::simfs::Covered> {
+    super::simfs::covering(path)
+}
+
+/// Test builds: whether a simulated SIGKILL is in progress for `path` (the
+/// operation then does nothing).
+#[inline(always)]
+fn killed(path: &Path) -> bool {
+    #[cfg(test)]
+    if let Some(sim) = simulated(path) {
+        return sim.frozen();
+    }
+    let _ = path;
+    false
+}
+
+/// Test builds: tells the simulation covering `path` that `len` bytes at
+/// `offset` were written (0: the file was truncated there).
+#[inline(always)]
+fn dirtied(file: &File, path: &Path, offset: u64, len: u64) -> std::io::Result<()> {
+    #[cfg(test)]
+    if let Some(sim) = simulated(path) {
+        return sim.written(file, offset, len);
+    }
+    let _ = (file, path, offset, len);
+    Ok(())
+}
+
 /// PostgreSQL's `PG_FILE_MODE_OWNER`.
 pub const FILE_MODE_OWNER: u32 = 0o600;
 /// PostgreSQL's `PG_FILE_MODE_GROUP`.
@@ -237,8 +269,12 @@ pub fn write_at(
     data: &[u8],
     site: Site,
 ) -> Result<(), ArchiveError> {
+    if killed(path) {
+        return Ok(());
+    }
     injected(site, Op::Pwrite, path)
         .and_then(|()| file.write_all_at(data, offset))
+        .and_then(|()| dirtied(file, path, offset, data.len() as u64))
         .map_err(|source| ArchiveError::Write {
             path: path.to_path_buf(),
             offset,
@@ -249,7 +285,7 @@ pub fn write_at(
 /// fdatasync an open file.
 pub fn fdatasync(file: &File, path: &Path, site: Site) -> Result<(), ArchiveError> {
     injected(site, Op::Fdatasync, path)
-        .and_then(|()| file.sync_data())
+        .and_then(|()| sync_file(file, path, File::sync_data))
         .map_err(|source| ArchiveError::Fsync {
             path: path.to_path_buf(),
             source,
@@ -259,11 +295,26 @@ pub fn fdatasync(file: &File, path: &Path, site: Site) -> Result<(), ArchiveErro
 /// fsync an open file (data and metadata).
 pub fn fsync(file: &File, path: &Path, site: Site) -> Result<(), ArchiveError> {
     injected(site, Op::Fsync, path)
-        .and_then(|()| file.sync_all())
+        .and_then(|()| sync_file(file, path, File::sync_all))
         .map_err(|source| ArchiveError::Fsync {
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// The real `sync`, or the simulated one where a property test installed it.
+#[inline(always)]
+fn sync_file(
+    file: &File,
+    path: &Path,
+    sync: fn(&File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    #[cfg(test)]
+    if let Some(sim) = simulated(path) {
+        return sim.sync_file(file);
+    }
+    let _ = path;
+    sync(file)
 }
 
 /// fsync a file by path (opened read-only).
@@ -299,7 +350,14 @@ pub fn fsync_dir(dir: &Path, site: Site) -> Result<(), ArchiveError> {
     // std opens with O_RDONLY (plus O_CLOEXEC), which Linux accepts for a
     // directory, and fsync on such a descriptor flushes the directory entries.
     let file = File::open(dir).map_err(|e| ArchiveError::io(dir, e))?;
-    match injected(site, Op::FsyncDir, dir).and_then(|()| file.sync_all()) {
+    let sync_dir = |file: &File| {
+        #[cfg(test)]
+        if let Some(sim) = simulated(dir) {
+            return sim.sync_dir(dir);
+        }
+        file.sync_all()
+    };
+    match injected(site, Op::FsyncDir, dir).and_then(|()| sync_dir(&file)) {
         Ok(()) => Ok(()),
         // Like PostgreSQL's fsync_fname_ext: some file systems cannot fsync a
         // directory at all (EINVAL/EBADF). That is "unsupported", not "lost data".
@@ -336,6 +394,9 @@ pub fn durable_rename(from: &Path, to: &Path, site: Site) -> Result<(), ArchiveE
 /// batch of removals). `Ok(false)` when it was already gone: a file removed
 /// by someone else meanwhile is what the caller wanted anyway.
 pub fn remove_file(path: &Path, site: Site) -> Result<bool, ArchiveError> {
+    if killed(path) {
+        return Ok(true);
+    }
     match injected(site, Op::Unlink, path).and_then(|()| std::fs::remove_file(path)) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -345,6 +406,9 @@ pub fn remove_file(path: &Path, site: Site) -> Result<bool, ArchiveError> {
 
 /// A plain rename (no fsync) whose error names both paths.
 pub fn rename(from: &Path, to: &Path, site: Site) -> Result<(), ArchiveError> {
+    if killed(to) {
+        return Ok(());
+    }
     injected(site, Op::Rename, to)
         .and_then(|()| std::fs::rename(from, to))
         .map_err(|source| ArchiveError::Rename {
@@ -407,6 +471,9 @@ fn write_tmp(tmp: &Path, content: &[u8], sync: bool, site: Site) -> Result<(), A
 /// Removes a temporary file after a failure, logging (not returning) a second
 /// error so that the first one reaches the caller.
 pub(crate) fn remove_quietly(path: &Path) {
+    if killed(path) {
+        return;
+    }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

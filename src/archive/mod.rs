@@ -41,6 +41,8 @@ pub mod resume;
 pub mod scan;
 pub mod segment;
 pub mod taint;
+#[cfg(test)]
+pub mod simfs;
 
 use std::path::PathBuf;
 

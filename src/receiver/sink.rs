@@ -543,4 +543,6 @@ impl Preparer {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

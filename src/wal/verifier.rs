@@ -1166,4 +1166,4 @@ pub fn find_end_of_wal(config: VerifierConfig, start: Lsn, bytes: &[u8]) -> WalE
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
