@@ -40,9 +40,9 @@ pub mod names;
 pub mod resume;
 pub mod scan;
 pub mod segment;
-pub mod taint;
 #[cfg(test)]
 pub mod simfs;
+pub mod taint;
 
 use std::path::PathBuf;
 

@@ -1141,7 +1141,8 @@ impl Stream<'_> {
 
 /// Whatever ended the receive loop, closes the sink first (the final fsync
 /// happens unless an fsync failed, and the open segment stays `.partial`),
-/// then tells the server how far the WAL is good.
+/// then tells the server how far the WAL is good (not at the end of a
+/// timeline: see below).
 async fn close_stream(
     conn: &mut Connection,
     sink: WalSink,
@@ -1149,6 +1150,12 @@ async fn close_stream(
     result: Result<LoopEnd, ReceiverError>,
 ) -> Result<LoopEnd, ReceiverError> {
     match (result, sink.close()) {
+        // The server ended its timeline: where it ends (the switch point)
+        // comes only after CopyDone, and what this stream holds past it is
+        // not the new timeline's, which the server now writes. No status
+        // until the switch point is known (pg_receivewal sends none here
+        // either); the next stream starts with one capped at it.
+        (Ok(LoopEnd::ServerCopyDone), Ok(_)) => Ok(LoopEnd::ServerCopyDone),
         (Ok(end), Ok(positions)) => {
             send_status(conn, feedback.final_status(now(), positions)).await?;
             Ok(end)

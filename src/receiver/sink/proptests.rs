@@ -41,7 +41,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::archive::names::ArchiveName;
 use crate::archive::simfs::SimFs;
-use crate::archive::{ArchiveDir, Resume, Scan};
+use crate::archive::{ArchiveDir, PrepareError, Resume, Scan};
 use crate::receiver::feedback::{Feedback, FeedbackConfig, Status};
 use crate::receiver::lineage::{self, ArchiveEnd, Decision, ServerLineage};
 use crate::wal::history::HistoryEntry;
@@ -562,6 +562,11 @@ impl Harness {
             Err(close) => self.log.push(format!("close failed: {close}")),
         }
         if let Some(e) = error {
+            // `receiver::run`: the next session must not trust what a
+            // failed fsync concerned (`archive::taint`).
+            if let (Some(archive), Some(failed)) = (self.archive.as_ref(), sink_archive_error(&e)) {
+                archive.record_fsync_failure(failed);
+            }
             self.log.push(format!("session ended: {e}"));
         }
     }
@@ -590,11 +595,9 @@ impl Harness {
             return;
         };
         let received = sink.position();
+        // `close_stream` after the server's CopyDone: closed, no status.
         match sink.close() {
-            Ok(positions) => {
-                let status = link.feedback.final_status(Instant::now(), positions);
-                self.sent_on(&mut link, status);
-            }
+            Ok(_) => {}
             Err(e) => {
                 self.log.push(format!("close at the switch failed: {e}"));
                 return;
@@ -602,16 +605,28 @@ impl Harness {
         }
         let switch = Lsn(self.world.switch);
         let archive = self.archive.as_ref().unwrap();
-        if received > switch {
-            let aside = archive
-                .scan(SEG)
-                .map_err(SinkError::from)
-                .and_then(|scan| Ok(archive.set_aside_divergent(&scan, 1, switch, SEG, true)?));
-            if let Err(e) = aside {
-                self.log.push(format!("set aside failed: {e}"));
-                return;
+        let aside = archive.scan(SEG).map_err(SinkError::from).and_then(|scan| {
+            let in_archive = archive
+                .wal_end_on(&scan, 1, SEG)?
+                .map_or(Lsn::INVALID, |e| e.end);
+            if received.max(in_archive) > switch {
+                archive.set_aside_divergent(&scan, 1, switch, SEG, true)?;
             }
+            Ok(())
+        });
+        if let Err(e) = aside {
+            self.log.push(format!("set aside failed: {e}"));
+            return;
         }
+        link.feedback.timeline_switched(switch);
+        // Invariant 3 holds within a timeline: at the switch the positions
+        // go back to the switch point once (what was past it is the old
+        // timeline's, never the new one's).
+        link.last = link.last.map(|last| Status {
+            write: last.write.min(switch),
+            flush: last.flush.min(switch),
+            ..last
+        });
         let start = switch.segment_start(SEG);
         match self.start_stream(start, 2, false) {
             Some(sink) => {
@@ -654,11 +669,19 @@ impl Harness {
         match archive.resume_verifier(config.verifier.clone(), start) {
             Ok(Resume::Primed { verifier, .. }) => config.primed = Some(*verifier),
             Ok(Resume::NotInArchive { .. }) => {}
+            Ok(Resume::Corrupt { path, error }) => {
+                self.log
+                    .push(format!("corrupt archive {}: {error}", path.display()));
+                return None;
+            }
             Err(e) => {
                 self.log.push(format!("resume verifier: {e}"));
                 return None;
             }
         }
+        // `session`: the start is backed by the archive only when the WAL
+        // before it was read back (finding 8: a zero-byte `.partial`).
+        config.start_is_durable = from_archive && config.primed.is_some();
         Some(WalSink::new(config))
     }
 
@@ -672,6 +695,9 @@ impl Harness {
         let scan = match archive.prepare_start(self.world.sysid, SEG, true) {
             Ok(scan) => scan,
             Err(e) => {
+                if let PrepareError::Sync(failed) = &e {
+                    archive.record_fsync_failure(failed);
+                }
                 self.log.push(format!("prepare_start: {e:?}"));
                 return;
             }
@@ -710,6 +736,15 @@ impl Harness {
             return Ok((Lsn(S0), 1, false));
         };
         if point.timeline == self.server.timeline {
+            // `set_aside_older_tails`: an older timeline's file past its
+            // switch point is set aside even when the newest is the server's.
+            if point.timeline == 2 {
+                let switch = Lsn(self.world.switch);
+                let end = archive.wal_end_on(scan, 1, SEG)?;
+                if end.is_some_and(|e| e.end > switch) {
+                    archive.set_aside_divergent(scan, 1, switch, SEG, true)?;
+                }
+            }
             return Ok((point.lsn, point.timeline, true));
         }
         let end = archive.wal_end(scan, SEG)?.map_or(point.lsn, |e| e.end);
@@ -1189,5 +1224,13 @@ mod shrunk {
             },
             &actions,
         );
+    }
+}
+
+/// The archive error behind a sink error, as `ReceiverError::archive_error`.
+fn sink_archive_error(e: &SinkError) -> Option<&ArchiveError> {
+    match e {
+        SinkError::Archive(e) | SinkError::Write { source: e, .. } => Some(e),
+        _ => None,
     }
 }
