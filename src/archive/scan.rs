@@ -515,12 +515,22 @@ impl ArchiveDir {
                         "{}{PARTIAL_SUFFIX}",
                         file_name(&file.path).unwrap_or_default()
                     ));
-                    let renamed = if sync {
-                        durable::durable_rename(&file.path, &partial, Site::Startup)
+                    if std::fs::symlink_metadata(&partial).is_ok() {
+                        // A `.partial` of the same segment is there too (a
+                        // complete file put beside it): never replaced by
+                        // the file of unknown durability, which goes; the
+                        // `.partial` is streamed again from its start.
+                        durable::remove_file(&file.path, Site::Startup)
+                            .and_then(|_| if sync { self.fsync() } else { Ok(()) })
+                            .map_err(PrepareError::Sync)?;
                     } else {
-                        durable::rename(&file.path, &partial, Site::Startup)
-                    };
-                    renamed.map_err(PrepareError::Sync)?;
+                        let renamed = if sync {
+                            durable::durable_rename(&file.path, &partial, Site::Startup)
+                        } else {
+                            durable::rename(&file.path, &partial, Site::Startup)
+                        };
+                        renamed.map_err(PrepareError::Sync)?;
+                    }
                     tracing::warn!(
                         "the fsync of \"{}\" (or of the directory after its rename) failed earlier: its WAL is of \
                          unknown durability; renamed it back to \"{}\" to stream it again from {} (timeline {})",

@@ -52,6 +52,9 @@ use crate::lsn::segment_start_lsn;
 pub enum Doubt {
     /// Its data: an fsync or fdatasync of the file failed.
     Data,
+    /// The data of its `.partial` only: a complete file of the segment put
+    /// beside it (whose fsync did not fail) is not in doubt.
+    PartialData,
     /// Its complete name: the directory fsync after the rename failed.
     Name,
     /// Renamed back to `.partial` and being streamed again: in doubt until
@@ -93,7 +96,15 @@ impl Taints {
             return;
         }
         if let Some(name) = segment_name(path) {
-            self.segments.insert(name, Doubt::Data);
+            let doubt = if is_partial(path) {
+                Doubt::PartialData
+            } else {
+                Doubt::Data
+            };
+            let kept = self.segments.entry(name).or_insert(doubt);
+            if *kept == Doubt::PartialData {
+                *kept = doubt;
+            }
         }
     }
 
@@ -154,6 +165,17 @@ fn segment_name(path: &Path) -> Option<String> {
     }
 }
 
+fn is_partial(path: &Path) -> bool {
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or_default();
+    matches!(
+        ArchiveName::classify(file),
+        ArchiveName::Segment { partial: true, .. }
+    )
+}
+
 fn files_of<'a>(scan: &'a Scan, name: &'a str) -> impl Iterator<Item = &'a SegmentFile> + 'a {
     scan.segments
         .iter()
@@ -182,7 +204,16 @@ pub fn plan(scan: &Scan, taints: &Taints, segment_size: u64) -> Plan {
         .iter()
         .filter(|f| f.timeline == normal.timeline)
         .filter(|f| segment_start_lsn(f.segno, segment_size) < normal.lsn || f.partial)
-        .filter(|f| segment_name(&f.path).is_some_and(|n| taints.segments.contains_key(n.as_str())))
+        // A `.partial` beside a complete file of its segment is stale: the
+        // start point relies on the complete one, never on it.
+        .filter(|f| !(f.partial && has_complete(scan, f)))
+        .filter(|f| {
+            segment_name(&f.path).is_some_and(|n| match taints.segments.get(n.as_str()) {
+                None => false,
+                Some(Doubt::PartialData) => f.partial,
+                Some(_) => true,
+            })
+        })
         .min_by_key(|f| (f.segno, f.partial));
     let Some(tainted) = oldest else {
         return Plan::Normal;
@@ -230,6 +261,13 @@ pub fn plan(scan: &Scan, taints: &Taints, segment_size: u64) -> Plan {
         rename: Some(tainted.clone()),
         start,
     }
+}
+
+/// Whether the segment of `file` is in the archive under its complete name too.
+fn has_complete(scan: &Scan, file: &SegmentFile) -> bool {
+    scan.segments
+        .iter()
+        .any(|f| !f.partial && f.timeline == file.timeline && f.segno == file.segno)
 }
 
 #[cfg(test)]
@@ -309,6 +347,24 @@ mod tests {
                 start: at(8)
             }
         );
+    }
+
+    #[test]
+    fn a_stale_partial_beside_its_complete_segment_is_not_streamed_again() {
+        // Found by the property test: a complete segment put beside a
+        // `.partial` of the same segment, the `.partial`'s fsync failing.
+        // The complete file (fsynced fine) is what the start relies on; it
+        // is neither renamed over the `.partial` nor streamed again.
+        let s = scan(&[(7, false), (8, false), (8, true)]);
+        let name8 = wal_file_name(1, 8, SEG);
+        assert_eq!(
+            plan(&s, &data(&format!("{name8}.partial")), SEG),
+            Plan::Normal
+        );
+        // The complete file's own failure still counts, whatever came first.
+        let mut t = data(&format!("{name8}.partial"));
+        t.failed_fsync(Path::new("/a"), &Path::new("/a").join(&name8));
+        assert!(matches!(plan(&s, &t, SEG), Plan::Restream { .. }));
     }
 
     #[test]

@@ -1172,8 +1172,20 @@ async fn close_stream(
             Err(e)
         }
         (Err(e), Err(w)) => {
-            tracing::error!("{w}");
-            Err(e)
+            // A failed fsync must reach the supervisor, which records it
+            // (`archive::taint`): it is the error the session ends with.
+            let closing = ReceiverError::Writer(w);
+            let fsync_failed = matches!(
+                closing.archive_error(),
+                Some(ArchiveError::Fsync { .. } | ArchiveError::RenameNotDurable { .. })
+            );
+            if fsync_failed {
+                tracing::error!("{e}");
+                Err(closing)
+            } else {
+                tracing::error!("{closing}");
+                Err(e)
+            }
         }
     }
 }

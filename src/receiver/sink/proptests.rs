@@ -283,6 +283,10 @@ struct Harness {
     log: Vec<String>,
     /// (timeline of the truth, segment, CRC and length of the file's bytes)
     /// → how many bytes of the truth it holds.
+    /// Where a zero-byte `.partial` started the archive over (Barman's
+    /// `receive-wal --reset`): WAL from there on is held apart from the
+    /// older WAL before the gap.
+    reset_at: Option<u64>,
     held_cache:
         std::cell::RefCell<std::collections::HashMap<(TimeLineId, SegNo, u32, usize), usize>>,
 }
@@ -315,6 +319,7 @@ impl Harness {
             reports: Vec::new(),
             log: Vec::new(),
             held_cache: Default::default(),
+            reset_at: None,
         }
     }
 
@@ -344,6 +349,7 @@ impl Harness {
                     .join(format!("{}.partial", wal_file_name(tli, segno, SEG)));
                 if self.segment_files().iter().all(|(_, s)| *s < segno) {
                     std::fs::write(path, b"").unwrap();
+                    self.reset_at = Some(segno * SEG);
                 }
             }
             Action::Keepalive(reply) => {
@@ -559,7 +565,16 @@ impl Harness {
                 let status = link.feedback.final_status(Instant::now(), positions);
                 self.sent_on(&mut link, status);
             }
-            Err(close) => self.log.push(format!("close failed: {close}")),
+            Err(close) => {
+                // `close_stream`: a failed fsync of the close is what the
+                // session ends with, and is recorded.
+                if let (Some(archive), Some(failed)) =
+                    (self.archive.as_ref(), sink_archive_error(&close))
+                {
+                    archive.record_fsync_failure(failed);
+                }
+                self.log.push(format!("close failed: {close}"));
+            }
         }
         if let Some(e) = error {
             // `receiver::run`: the next session must not trust what a
@@ -801,7 +816,7 @@ impl Harness {
         }
         let durable = self.durable_end();
         assert!(
-            status.flush <= durable,
+            self.holds(status.flush),
             "flush {} reported while the archive durably holds the server's WAL (timeline {}) only up to {durable}",
             status.flush,
             self.server.timeline
@@ -832,7 +847,7 @@ impl Harness {
         };
         let durable = self.durable_end();
         assert!(
-            acked <= durable,
+            self.holds(acked),
             "after {action:?}: {acked} was acknowledged, the archive durably holds the server's WAL (timeline {tli}) only up to {durable}"
         );
     }
@@ -841,7 +856,21 @@ impl Harness {
     /// loss now would leave) holds the WAL of the server's history, in any
     /// file of a segment name (complete, `.partial`, compressed or not, or
     /// set aside).
+    /// Whether the durable state holds the server's WAL up to `flush`: from
+    /// [`S0`], or from where the archive was started over when `flush` is
+    /// past that point.
+    fn holds(&self, flush: Lsn) -> bool {
+        flush <= self.durable_end_from(S0)
+            || self
+                .reset_at
+                .is_some_and(|reset| flush.0 >= reset && flush <= self.durable_end_from(reset))
+    }
+
     fn durable_end(&self) -> Lsn {
+        self.durable_end_from(S0)
+    }
+
+    fn durable_end_from(&self, from: u64) -> Lsn {
         let tli = self.server.timeline;
         let truth = self.world.stream(tli);
         let mut held: BTreeMap<SegNo, usize> = BTreeMap::new();
@@ -879,7 +908,7 @@ impl Harness {
             let best = held.entry(segno).or_default();
             *best = (*best).max(same);
         }
-        let mut end = S0;
+        let mut end = from;
         loop {
             let segno = end / SEG;
             let have = held.get(&segno).copied().unwrap_or(0) as u64;
