@@ -35,7 +35,10 @@ pub struct ArchiveDir {
 
 impl ArchiveDir {
     pub fn create(tmpfs: bool, lazyfs: bool, keep: bool) -> ArchiveDir {
-        assert!(!(tmpfs && lazyfs), "an archive on tmpfs or on lazyfs, not both");
+        assert!(
+            !(tmpfs && lazyfs),
+            "an archive on tmpfs or on lazyfs, not both"
+        );
         let root = tempfile::Builder::new()
             .prefix("walrcv-torture-archive-")
             .tempdir()

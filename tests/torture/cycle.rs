@@ -246,7 +246,8 @@ impl<'a> Cycle<'a> {
              connect_timeout=5 target_session_attrs=primary",
             ports.join(",")
         );
-        let archive = ArchiveDir::create(schedule.needs_tmpfs(), schedule.needs_lazyfs(), opts.keep);
+        let archive =
+            ArchiveDir::create(schedule.needs_tmpfs(), schedule.needs_lazyfs(), opts.keep);
         let walrcv = Walrcv {
             archive: archive.path(),
             conninfo,
@@ -489,7 +490,9 @@ impl<'a> Cycle<'a> {
                 "eio: no fsync of a {PARTIAL} within {SYNC_WAIT:?}; the EIO stays armed"
             ));
         } else {
-            self.log(&format!("eio: an fsync of a {PARTIAL} failed with EIO (lazyfs)"));
+            self.log(&format!(
+                "eio: an fsync of a {PARTIAL} failed with EIO (lazyfs)"
+            ));
         }
     }
 

@@ -413,7 +413,9 @@ impl Schedule {
 
     /// Whether the archive must be on lazyfs (a power loss is drawn).
     pub fn needs_lazyfs(&self) -> bool {
-        self.events.iter().any(|e| e.fault.kind() == Kind::Powerloss)
+        self.events
+            .iter()
+            .any(|e| e.fault.kind() == Kind::Powerloss)
     }
 
     /// The fault kinds this cycle exercises (compress when it has a `-Z`).
