@@ -398,7 +398,7 @@ impl<'a> Cycle<'a> {
                 let fp = format!("{point}={skip}*off->1*return->off");
                 self.walrcv.start(Some(&fp));
             }
-            Fault::FsyncEio => self.fsync_eio(),
+            Fault::FsyncEio { at_start } => self.fsync_eio(at_start),
             Fault::Powerloss { down_ms, at_sync } => {
                 self.power_loss(at_sync);
                 std::thread::sleep(Duration::from_millis(down_ms));
@@ -477,10 +477,17 @@ impl<'a> Cycle<'a> {
     }
 
     /// The next fsync of a `.partial` fails with EIO, Linux-like (lazyfs
-    /// drops the dirty data); walrcv runs on and does what it does. A power
+    /// drops the dirty data); with `at_start` walrcv is killed first and the
+    /// EIO meets the fsync of its start-up. walrcv does what it does; a power
     /// loss later in the schedule shows whether it reported that data flushed.
-    fn fsync_eio(&mut self) {
+    fn fsync_eio(&mut self, at_start: bool) {
+        if at_start {
+            self.kill_and_check("eio", false);
+        }
         self.lazyfs().fail_next_fsync(PARTIAL);
+        if at_start {
+            self.walrcv.start(None);
+        }
         let start = Instant::now();
         while self.lazyfs().fsync_fault_pending() && start.elapsed() < SYNC_WAIT {
             self.pause(20);

@@ -156,8 +156,11 @@ pub enum Fault {
     Eio { point: &'static str, skip: u64 },
     /// (Kind `eio`, drawn only in a cycle on lazyfs, before a power loss.)
     /// The next fsync/fdatasync of a `.partial` fails with EIO as Linux
-    /// fails it: reported once, the dirty data dropped; walrcv runs on.
-    FsyncEio,
+    /// fails it: reported once, the dirty data dropped. `at_start`: walrcv
+    /// is killed first and the EIO hits the fsync of its start-up (what a
+    /// SIGKILL left un-synced is dropped); else walrcv runs on and the EIO
+    /// hits a sync of its stream.
+    FsyncEio { at_start: bool },
     /// SIGKILL walrcv and cut the power (lazyfs forgets what was not
     /// synced), check the archive, start walrcv again after `down_ms`.
     /// `at_sync`: the cut comes right after walrcv's next fsync that changes
@@ -180,7 +183,7 @@ impl Fault {
             Fault::Stall { .. } => Kind::Stall,
             Fault::Bitflip { .. } => Kind::Bitflip,
             Fault::Diskfull { .. } => Kind::Diskfull,
-            Fault::Eio { .. } | Fault::FsyncEio => Kind::Eio,
+            Fault::Eio { .. } | Fault::FsyncEio { .. } => Kind::Eio,
             Fault::Powerloss { .. } => Kind::Powerloss,
             Fault::Switchover => Kind::Switchover,
             Fault::Failover => Kind::Failover,
@@ -243,7 +246,15 @@ impl fmt::Display for Fault {
             Fault::Switchover => write!(f, "switchover"),
             Fault::Failover => write!(f, "failover"),
             Fault::Crash { down_ms } => write!(f, "crash (down {down_ms} ms)"),
-            Fault::FsyncEio => write!(f, "eio (lazyfs: the next fsync of a .partial fails)"),
+            Fault::FsyncEio { at_start } => write!(
+                f,
+                "eio (lazyfs: the next fsync of a .partial fails{})",
+                if *at_start {
+                    "; walrcv killed and started again first"
+                } else {
+                    ""
+                }
+            ),
             Fault::Powerloss { down_ms, at_sync } => write!(
                 f,
                 "powerloss ({}, down {down_ms} ms)",
@@ -396,7 +407,9 @@ impl Schedule {
         };
         for e in &mut events[..last_cut] {
             if matches!(e.fault, Fault::Eio { .. }) && rng.range(0, 2) != 0 {
-                e.fault = Fault::FsyncEio;
+                e.fault = Fault::FsyncEio {
+                    at_start: rng.range(0, 1) == 1,
+                };
             }
         }
     }
@@ -485,7 +498,7 @@ pub fn self_check() {
             .iter()
             .rposition(|e| e.fault.kind() == Kind::Powerloss);
         for (i, e) in a.events.iter().enumerate() {
-            if e.fault == Fault::FsyncEio {
+            if matches!(e.fault, Fault::FsyncEio { .. }) {
                 assert!(
                     last_cut.is_some_and(|c| c > i),
                     "seed {seed}: a lazyfs fsync EIO without a power loss after it"
@@ -508,7 +521,7 @@ pub fn self_check() {
         (0..200).any(|s| Schedule::draw(s, &all)
             .events
             .iter()
-            .any(|e| e.fault == Fault::FsyncEio)),
+            .any(|e| e.fault == Fault::FsyncEio { at_start: true })),
         "some cycle has a lazyfs fsync EIO"
     );
     let only_kill = Schedule::draw(7, &[Kind::Kill]);
