@@ -10,7 +10,7 @@
 #                  prints its seed: `--seed X --cycles 1` replays its schedule
 #   --faults LIST  comma-separated fault kinds (default all): kill, stop,
 #                  compress, cut, stall, bitflip, diskfull, eio, switchover,
-#                  failover, crash
+#                  failover, crash, powerloss
 #   --clients C    committing clients (default 4)
 #   --keep         keep every cycle's logs, archive and data directories
 #   --dry-run      print the cycles' schedules, run nothing
@@ -19,7 +19,8 @@
 # as the eio fault needs) through cargo. Prints a table per fault kind (cycles,
 # acknowledged commits, lost, over-acknowledged) and exits 0 when every check of
 # every cycle held, 1 otherwise, 2 on a usage error. Needs root (the diskfull
-# fault mounts a tmpfs; servers run as the postgres user) and PostgreSQL 15.
+# fault mounts a tmpfs, powerloss a FUSE file system; servers run as the postgres
+# user) and PostgreSQL 15.
 # Respects CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
         ;;
     --keep | --dry-run) args+=("$1") ;;
     -h | --help)
-        sed -n '2,24p' "$0"
+        sed -n '2,25p' "$0"
         exit 0
         ;;
     *)

@@ -46,7 +46,7 @@ struct Args {
 
 const USAGE: &str =
     "usage: torture [--cycles N] [--seed S] [--faults kill,stop,compress,cut,stall,\
-bitflip,diskfull,eio,switchover,failover,crash | all] [--clients C] [--keep] [--dry-run]";
+bitflip,diskfull,eio,switchover,failover,crash,powerloss | all] [--clients C] [--keep] [--dry-run]";
 
 fn parse_args() -> Result<Option<Args>, String> {
     let raw: Vec<String> = std::env::args().skip(1).collect();

@@ -1,6 +1,7 @@
 //! The cycle's archive directory (on its own small tmpfs when the cycle fills
-//! the disk) and what `walrcv verify --json` says about it: where the valid,
-//! verified WAL of each timeline ends.
+//! the disk, on lazyfs when it cuts the power; never both, see
+//! `Schedule::draw`) and what `walrcv verify --json` says about it: where the
+//! valid, verified WAL of each timeline ends.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::lazyfs::{LazyFs, PowerLossReport};
 use crate::support::{parse_lsn, walrcv_run};
 
 /// Size of the tmpfs of a `diskfull` cycle: room for a cycle's WAL (a few
@@ -18,8 +20,11 @@ use crate::support::{parse_lsn, walrcv_run};
 const TMPFS_SIZE: &str = "160m";
 
 /// The archive: `ROOT/archive`, ROOT a temporary directory (a tmpfs mount
-/// point for `diskfull` cycles), unmounted and removed on drop.
+/// point for `diskfull` cycles; `ROOT/archive` a lazyfs mount point for
+/// `powerloss` cycles), unmounted and removed on drop.
 pub struct ArchiveDir {
+    /// Dropped (lazily unmounted, its own watchdog stopped) before the rest.
+    lazyfs: Option<LazyFs>,
     root: Option<tempfile::TempDir>,
     mounted: bool,
     keep: bool,
@@ -29,12 +34,17 @@ pub struct ArchiveDir {
 }
 
 impl ArchiveDir {
-    pub fn create(tmpfs: bool, keep: bool) -> ArchiveDir {
+    pub fn create(tmpfs: bool, lazyfs: bool, keep: bool) -> ArchiveDir {
+        assert!(
+            !(tmpfs && lazyfs),
+            "an archive on tmpfs or on lazyfs, not both"
+        );
         let root = tempfile::Builder::new()
             .prefix("walrcv-torture-archive-")
             .tempdir()
             .expect("archive tempdir");
         let mut dir = ArchiveDir {
+            lazyfs: None,
             root: Some(root),
             mounted: false,
             keep,
@@ -69,7 +79,29 @@ impl ArchiveDir {
         // The restore_command runs as the server user: it must reach the archive.
         fs::set_permissions(dir.root(), fs::Permissions::from_mode(0o755)).expect("chmod");
         fs::create_dir(dir.path()).expect("create the archive directory");
+        if lazyfs {
+            // LazyFs starts its own watchdog: a lazy unmount if this process
+            // dies without running Drop (SIGKILL, a timeout).
+            let lazy = LazyFs::mount(&dir.path()).unwrap_or_else(|e| {
+                panic!(
+                    "mount lazyfs on {} (the powerloss fault needs root and /dev/fuse): {e}",
+                    dir.path().display()
+                )
+            });
+            dir.lazyfs = Some(lazy);
+        }
         dir
+    }
+
+    /// The archive's lazyfs, in a `powerloss` cycle.
+    pub fn lazyfs(&self) -> Option<&LazyFs> {
+        self.lazyfs.as_ref()
+    }
+
+    /// Cuts the power under the archive (walrcv must be dead): everything
+    /// not synced is forgotten. None when the archive is not on lazyfs.
+    pub fn power_loss(&self) -> Option<PowerLossReport> {
+        self.lazyfs.as_ref().map(|l| l.power_loss())
     }
 
     fn root(&self) -> &Path {
@@ -108,6 +140,15 @@ impl ArchiveDir {
 
 impl Drop for ArchiveDir {
     fn drop(&mut self) {
+        if let Some(lazy) = self.lazyfs.take() {
+            if self.keep {
+                // Writes what the archive holds now into the directory under
+                // the mount, kept below.
+                if let Err(e) = lazy.unmount() {
+                    eprintln!("--keep: lazyfs unmount failed ({e}): the archive is not kept");
+                }
+            }
+        }
         if self.mounted {
             if self.keep {
                 let copy = std::env::temp_dir().join(format!(

@@ -5,16 +5,18 @@
 //!
 //! - after every SIGKILL of walrcv (and at the end): the archive's valid WAL
 //!   end (`walrcv verify --json`) on each timeline is at least the highest
-//!   flush position walrcv ever reported on it;
+//!   flush position walrcv ever reported on it; in a `powerloss` cycle (the
+//!   archive on lazyfs) a power cut follows each SIGKILL of a power loss and
+//!   of the end, and the check runs on what the archive kept;
 //! - no flush position reported exceeded the WAL the servers had sent by then;
 //! - after a bit flip, walrcv never reported a flush past it on that connection;
 //! - `walrcv verify` passes on the final archive;
 //! - the base backup restored with `walrcv restore` as restore_command (to the
 //!   end of the newest timeline) holds every acknowledged commit.
 //!
-//! Every server, process, proxy and tmpfs is owned by [`Cycle`] and torn down
-//! by its fields' `Drop` (also on panic), in declaration order: clients and
-//! walrcv first, the archive's tmpfs last.
+//! Every server, process, proxy, tmpfs and lazyfs mount is owned by [`Cycle`]
+//! and torn down by its fields' `Drop` (also on panic), in declaration order:
+//! clients and walrcv first, the archive's mount last.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -44,6 +46,11 @@ const SLOT: &str = "torture";
 const RECEIVE_TIMEOUT_SECS: &str = "5";
 /// How long the cycle waits for acknowledged commits again after its last fault.
 const SETTLE: Duration = Duration::from_secs(60);
+/// How long a power loss waits for walrcv's next fsync of a `.partial`, and
+/// an fsync EIO from lazyfs for that fsync, before going on without it.
+const SYNC_WAIT: Duration = Duration::from_secs(10);
+/// The files lazyfs pauses at or fails the fsync of: the segment being written.
+const PARTIAL: &str = ".partial";
 
 pub struct Options {
     pub clients: usize,
@@ -239,7 +246,8 @@ impl<'a> Cycle<'a> {
              connect_timeout=5 target_session_attrs=primary",
             ports.join(",")
         );
-        let archive = ArchiveDir::create(schedule.needs_tmpfs(), opts.keep);
+        let archive =
+            ArchiveDir::create(schedule.needs_tmpfs(), schedule.needs_lazyfs(), opts.keep);
         let walrcv = Walrcv {
             archive: archive.path(),
             conninfo,
@@ -360,7 +368,7 @@ impl<'a> Cycle<'a> {
     fn apply(&mut self, fault: &Fault) {
         match *fault {
             Fault::Kill { down_ms } => {
-                self.kill_and_check("kill");
+                self.kill_and_check("kill", false);
                 std::thread::sleep(Duration::from_millis(down_ms));
                 self.walrcv.start(None);
             }
@@ -386,9 +394,15 @@ impl<'a> Cycle<'a> {
                 self.archive.free();
             }
             Fault::Eio { point, skip } => {
-                self.kill_and_check("eio");
+                self.kill_and_check("eio", false);
                 let fp = format!("{point}={skip}*off->1*return->off");
                 self.walrcv.start(Some(&fp));
+            }
+            Fault::FsyncEio { at_start } => self.fsync_eio(at_start),
+            Fault::Powerloss { down_ms, at_sync } => {
+                self.power_loss(at_sync);
+                std::thread::sleep(Duration::from_millis(down_ms));
+                self.walrcv.start(None);
             }
             Fault::Switchover => self.promote(true),
             Fault::Failover => self.promote(false),
@@ -456,11 +470,76 @@ impl<'a> Cycle<'a> {
         self.retired.push(old);
     }
 
-    /// SIGKILL walrcv, then: the archive's valid WAL end on every timeline
+    fn lazyfs(&self) -> &crate::support::lazyfs::LazyFs {
+        self.archive
+            .lazyfs()
+            .expect("a cycle with powerloss has its archive on lazyfs")
+    }
+
+    /// The next fsync of a `.partial` fails with EIO, Linux-like (lazyfs
+    /// drops the dirty data); with `at_start` walrcv is killed first and the
+    /// EIO meets the fsync of its start-up. walrcv does what it does; a power
+    /// loss later in the schedule shows whether it reported that data flushed.
+    fn fsync_eio(&mut self, at_start: bool) {
+        if at_start {
+            self.kill_and_check("eio", false);
+        }
+        self.lazyfs().fail_next_fsync(PARTIAL);
+        if at_start {
+            self.walrcv.start(None);
+        }
+        let start = Instant::now();
+        while self.lazyfs().fsync_fault_pending() && start.elapsed() < SYNC_WAIT {
+            self.pause(20);
+        }
+        if self.lazyfs().fsync_fault_pending() {
+            self.note(format!(
+                "eio: no fsync of a {PARTIAL} within {SYNC_WAIT:?}; the EIO stays armed"
+            ));
+        } else {
+            self.log(&format!(
+                "eio: an fsync of a {PARTIAL} failed with EIO (lazyfs)"
+            ));
+        }
+    }
+
+    /// SIGKILL walrcv and cut the power (`at_sync`: right after its next
+    /// fsync of a `.partial`, which lazyfs holds until walrcv is killed),
+    /// then check the archive that is left.
+    fn power_loss(&mut self, at_sync: bool) {
+        let mut moment = "at once".to_string();
+        if at_sync {
+            self.lazyfs().pause_at_next_sync(PARTIAL);
+            match self.lazyfs().wait_paused(SYNC_WAIT) {
+                Some(file) => {
+                    // SIGKILL first: walrcv dies as its fsync returns.
+                    self.walrcv.signal(libc::SIGKILL);
+                    moment = format!("right after an fsync of {file}");
+                }
+                None => self.note(format!(
+                    "powerloss: no fsync of a {PARTIAL} within {SYNC_WAIT:?}; power cut at once"
+                )),
+            }
+            self.lazyfs().release_pause();
+        }
+        self.kill_and_check(&format!("powerloss ({moment})"), true);
+    }
+
+    /// SIGKILL walrcv (and with `cut_power`, when the archive is on lazyfs,
+    /// cut the power), then: the archive's valid WAL end on every timeline
     /// is at least the highest flush position walrcv reported on it.
-    fn kill_and_check(&mut self, what: &str) {
+    fn kill_and_check(&mut self, what: &str, cut_power: bool) {
         self.walrcv.kill();
         self.kills += 1;
+        if let Some(report) = cut_power.then(|| self.archive.power_loss()).flatten() {
+            self.log(&format!(
+                "{what}: power cut: {} file(s) and {} dir(s) reverted, {} removed {:?}",
+                report.files_reverted,
+                report.dirs_reverted,
+                report.nodes_removed,
+                report.removed_names
+            ));
+        }
         let verified = verify(&self.archive.path());
         let reported = self.recorder.max_flush();
         let mut line = String::new();
@@ -514,7 +593,7 @@ impl<'a> Cycle<'a> {
         self.log("crash: immediate stop of the primary");
         self.primary.stop_immediate();
         std::thread::sleep(Duration::from_millis(300));
-        self.kill_and_check("end");
+        self.kill_and_check("end", true);
         let acked = self.clients.take().map(|c| c.finish()).unwrap_or_default();
         self.summarize_walrcv_log();
         self.check_statuses();

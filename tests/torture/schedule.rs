@@ -46,10 +46,11 @@ pub enum Kind {
     Switchover,
     Failover,
     Crash,
+    Powerloss,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Kill,
         Kind::Stop,
         Kind::Compress,
@@ -61,6 +62,7 @@ impl Kind {
         Kind::Switchover,
         Kind::Failover,
         Kind::Crash,
+        Kind::Powerloss,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +78,7 @@ impl Kind {
             Kind::Switchover => "switchover",
             Kind::Failover => "failover",
             Kind::Crash => "crash",
+            Kind::Powerloss => "powerloss",
         }
     }
 
@@ -151,6 +154,18 @@ pub enum Fault {
     Diskfull { ms: u64 },
     /// Kill walrcv and start it again with `FAILPOINTS='POINT=SKIP*off->1*return->off'`.
     Eio { point: &'static str, skip: u64 },
+    /// (Kind `eio`, drawn only in a cycle on lazyfs, before a power loss.)
+    /// The next fsync/fdatasync of a `.partial` fails with EIO as Linux
+    /// fails it: reported once, the dirty data dropped. `at_start`: walrcv
+    /// is killed first and the EIO hits the fsync of its start-up (what a
+    /// SIGKILL left un-synced is dropped); else walrcv runs on and the EIO
+    /// hits a sync of its stream.
+    FsyncEio { at_start: bool },
+    /// SIGKILL walrcv and cut the power (lazyfs forgets what was not
+    /// synced), check the archive, start walrcv again after `down_ms`.
+    /// `at_sync`: the cut comes right after walrcv's next fsync that changes
+    /// a `.partial` on disk; else at a moment the schedule does not choose.
+    Powerloss { down_ms: u64, at_sync: bool },
     /// Fast stop of the primary, promotion of the standby.
     Switchover,
     /// Immediate stop of the primary, promotion of the standby.
@@ -168,7 +183,8 @@ impl Fault {
             Fault::Stall { .. } => Kind::Stall,
             Fault::Bitflip { .. } => Kind::Bitflip,
             Fault::Diskfull { .. } => Kind::Diskfull,
-            Fault::Eio { .. } => Kind::Eio,
+            Fault::Eio { .. } | Fault::FsyncEio { .. } => Kind::Eio,
+            Fault::Powerloss { .. } => Kind::Powerloss,
             Fault::Switchover => Kind::Switchover,
             Fault::Failover => Kind::Failover,
             Fault::Crash { .. } => Kind::Crash,
@@ -206,6 +222,10 @@ impl Fault {
             Kind::Crash => Fault::Crash {
                 down_ms: rng.range(0, 1000),
             },
+            Kind::Powerloss => Fault::Powerloss {
+                down_ms: rng.range(0, 1500),
+                at_sync: rng.range(0, 1) == 1,
+            },
             Kind::Compress => unreachable!("compress is the cycle's -Z method, not an event"),
         }
     }
@@ -226,6 +246,24 @@ impl fmt::Display for Fault {
             Fault::Switchover => write!(f, "switchover"),
             Fault::Failover => write!(f, "failover"),
             Fault::Crash { down_ms } => write!(f, "crash (down {down_ms} ms)"),
+            Fault::FsyncEio { at_start } => write!(
+                f,
+                "eio (lazyfs: the next fsync of a .partial fails{})",
+                if *at_start {
+                    "; walrcv killed and started again first"
+                } else {
+                    ""
+                }
+            ),
+            Fault::Powerloss { down_ms, at_sync } => write!(
+                f,
+                "powerloss ({}, down {down_ms} ms)",
+                if *at_sync {
+                    "right after an fsync of a .partial"
+                } else {
+                    "at once"
+                }
+            ),
         }
     }
 }
@@ -256,9 +294,16 @@ impl Schedule {
     ///
     /// `compress` (when enabled) sets the `-Z` method to `Compression::ALL[seed % 4]`;
     /// the other kinds are events. The cycle always has the event kind at
-    /// `seed % n` (so that `n` consecutive seeds cover every kind), plus two to
-    /// five more drawn at random; switchover and failover happen at most once
-    /// per cycle, together (the cycle has one standby).
+    /// `seed % n` and, when there are more than ten kinds, also the one at
+    /// `(seed + 3) % n` (so that any ten consecutive seeds cover every kind;
+    /// offset 3 never pairs switchover with failover nor diskfull with
+    /// powerloss, which cannot share a cycle), plus two to five more drawn at
+    /// random; switchover and failover
+    /// happen at most once per cycle, together (the cycle has one standby).
+    /// A cycle has diskfull (a tmpfs archive) or powerloss (a lazyfs archive),
+    /// never both: see [`Schedule::one_archive_medium`]. In a cycle on lazyfs
+    /// an `eio` followed by a power loss is most often a real fsync EIO from
+    /// lazyfs ([`Fault::FsyncEio`]) rather than a failpoint.
     pub fn draw(seed: u64, enabled: &[Kind]) -> Schedule {
         let compression = if enabled.contains(&Kind::Compress) {
             Compression::ALL[(seed % 4) as usize]
@@ -272,15 +317,19 @@ impl Schedule {
         let mut rng = Rng::new(seed);
         let mut events = Vec::new();
         if !kinds.is_empty() {
-            let featured = kinds[(seed % kinds.len() as u64) as usize];
+            let n = kinds.len() as u64;
+            let featured = kinds[(seed % n) as usize];
+            let second = (n > 10).then(|| kinds[((seed + 3) % n) as usize]);
             let others = rng.range(2, 5) as usize;
             let featured_at = rng.range(0, others as u64) as usize;
+            // No rng draw: the schedules of ten kinds or fewer stay as they were.
+            let second_at = (featured_at + 1) % (others + 1);
             let mut promoted = false;
             for i in 0..=others {
-                let mut kind = if i == featured_at {
-                    featured
-                } else {
-                    *rng.pick(&kinds)
+                let mut kind = match second {
+                    _ if i == featured_at => featured,
+                    Some(k) if i == second_at => k,
+                    _ => *rng.pick(&kinds),
                 };
                 if kind.needs_standby() && promoted {
                     kind = Kind::Kill;
@@ -291,14 +340,19 @@ impl Schedule {
                     fault: Fault::draw(kind, &mut rng),
                 });
             }
-            // The featured kind may have been drawn after a promotion: put it back.
-            if featured.needs_standby() && !events.iter().any(|e| e.fault.kind() == featured) {
-                let i = events
-                    .iter()
-                    .position(|e| e.fault.kind().needs_standby())
-                    .expect("a promotion was drawn");
-                events[i].fault = Fault::draw(featured, &mut rng);
+            // A featured kind may have been drawn after a promotion: put it back.
+            for featured in std::iter::once(featured).chain(second) {
+                if featured.needs_standby() && !events.iter().any(|e| e.fault.kind() == featured) {
+                    let i = events
+                        .iter()
+                        .position(|e| e.fault.kind().needs_standby())
+                        .expect("a promotion was drawn");
+                    events[i].fault = Fault::draw(featured, &mut rng);
+                }
             }
+            let featured: Vec<Kind> = std::iter::once(featured).chain(second).collect();
+            Schedule::one_archive_medium(&mut events, &featured, &mut rng);
+            Schedule::fsync_eio_before_power_loss(&mut events, &mut rng);
         }
         let settle = rng.range(0, 1) == 1;
         let crash_after_ms = rng.range(0, 1500);
@@ -311,6 +365,55 @@ impl Schedule {
         }
     }
 
+    /// diskfull needs the archive on a small tmpfs, powerloss on lazyfs
+    /// (whose data lives in a store elsewhere, so a full tmpfs under it would
+    /// not fill its disk): a cycle keeps one of the two kinds, the featured
+    /// one, else the one drawn first, and the other's events become kills.
+    fn one_archive_medium(events: &mut [Event], featured: &[Kind], rng: &mut Rng) {
+        let media = [Kind::Diskfull, Kind::Powerloss];
+        if !media
+            .iter()
+            .all(|m| events.iter().any(|e| e.fault.kind() == *m))
+        {
+            return;
+        }
+        let keep = media
+            .into_iter()
+            .find(|m| featured.contains(m))
+            .or_else(|| {
+                events
+                    .iter()
+                    .map(|e| e.fault.kind())
+                    .find(|k| media.contains(k))
+            })
+            .expect("both media drawn");
+        for e in events.iter_mut() {
+            let kind = e.fault.kind();
+            if media.contains(&kind) && kind != keep {
+                e.fault = Fault::draw(Kind::Kill, rng);
+            }
+        }
+    }
+
+    /// In a cycle on lazyfs, an `eio` with a power loss after it becomes a
+    /// real fsync EIO from lazyfs two times out of three: the dropped data
+    /// must not be reported flushed, and the later power loss tells.
+    fn fsync_eio_before_power_loss(events: &mut [Event], rng: &mut Rng) {
+        let Some(last_cut) = events
+            .iter()
+            .rposition(|e| e.fault.kind() == Kind::Powerloss)
+        else {
+            return;
+        };
+        for e in &mut events[..last_cut] {
+            if matches!(e.fault, Fault::Eio { .. }) && rng.range(0, 2) != 0 {
+                e.fault = Fault::FsyncEio {
+                    at_start: rng.range(0, 1) == 1,
+                };
+            }
+        }
+    }
+
     /// Whether the cycle needs a standby (a switchover or a failover).
     pub fn needs_standby(&self) -> bool {
         self.events.iter().any(|e| e.fault.kind().needs_standby())
@@ -319,6 +422,13 @@ impl Schedule {
     /// Whether the archive must be on its own small tmpfs.
     pub fn needs_tmpfs(&self) -> bool {
         self.events.iter().any(|e| e.fault.kind() == Kind::Diskfull)
+    }
+
+    /// Whether the archive must be on lazyfs (a power loss is drawn).
+    pub fn needs_lazyfs(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| e.fault.kind() == Kind::Powerloss)
     }
 
     /// The fault kinds this cycle exercises (compress when it has a `-Z`).
@@ -379,13 +489,41 @@ pub fn self_check() {
             .filter(|e| e.fault.kind().needs_standby())
             .count();
         assert!(promotions <= 1, "seed {seed}: one promotion at most");
+        assert!(
+            !(a.needs_tmpfs() && a.needs_lazyfs()),
+            "seed {seed}: diskfull and powerloss in one cycle"
+        );
+        let last_cut = a
+            .events
+            .iter()
+            .rposition(|e| e.fault.kind() == Kind::Powerloss);
+        for (i, e) in a.events.iter().enumerate() {
+            if matches!(e.fault, Fault::FsyncEio { .. }) {
+                assert!(
+                    last_cut.is_some_and(|c| c > i),
+                    "seed {seed}: a lazyfs fsync EIO without a power loss after it"
+                );
+            }
+        }
     }
-    let mut seen: Vec<Kind> = (0..10)
-        .flat_map(|s| Schedule::draw(s, &all).kinds())
-        .collect();
-    seen.sort();
-    seen.dedup();
-    assert_eq!(seen, all, "ten consecutive seeds cover every kind");
+    for first in 0..190 {
+        let mut seen: Vec<Kind> = (first..first + 10)
+            .flat_map(|s| Schedule::draw(s, &all).kinds())
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(
+            seen, all,
+            "ten consecutive seeds from {first} cover every kind"
+        );
+    }
+    assert!(
+        (0..200).any(|s| Schedule::draw(s, &all)
+            .events
+            .iter()
+            .any(|e| e.fault == Fault::FsyncEio { at_start: true })),
+        "some cycle has a lazyfs fsync EIO"
+    );
     let only_kill = Schedule::draw(7, &[Kind::Kill]);
     assert!(only_kill
         .events
