@@ -22,6 +22,16 @@
 //!    hole in the archive: refused, since serving it (or answering "not
 //!    found") would end recovery early and promote there.
 //!
+//! 4. the switch segment: when the `.partial` chosen for segment `k` of
+//!    timeline `N` is the segment holding `N`'s switch point `S` (from
+//!    `N`'s history file) and its valid WAL ends before `S` (a `walrcv
+//!    stream` killed while it streamed `N` from `k`'s start), the parent
+//!    timeline's file of `k` is served instead, up to `S`, zeros after: what
+//!    PostgreSQL itself writes at promotion (`XLogInitNewTimeline`), provided
+//!    its bytes up to `S` verify ([`switch_segment_copy`]). Serving the short
+//!    `.partial` would end recovery before `S`, and lose commits up to `S`
+//!    that were acknowledged.
+//!
 //! Files set aside after a failover (`*.divergent.tmp`,
 //! [`ArchiveName::Divergent`]) hold WAL of a timeline past the point where
 //! the history left it: they never answer a request under any name, and are
@@ -30,7 +40,8 @@
 //! follows the history to the new timeline's file.
 
 use crate::archive::names::{ArchiveName, Compression, SegmentName};
-use crate::lsn::TimeLineId;
+use crate::lsn::{segment_start_lsn, Lsn, TimeLineId};
+use crate::wal::history::HistoryEntry;
 
 /// What `%f` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +180,72 @@ fn later_on_same_timeline<'a>(
         })
         .min()
         .map(|(_, n)| n)
+}
+
+/// Rule 4: serve the parent timeline's copy of the switch segment, cut at the
+/// switch point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchCopy {
+    /// The parent timeline's file of the requested segment.
+    pub parent_segment: SegmentName,
+    /// Where the requested timeline begins (from its history file).
+    pub switchpoint: Lsn,
+    /// Bytes of the segment before the switch point: the part served from
+    /// the parent's file; zeros follow.
+    pub upto: u64,
+}
+
+/// Rule 4 (pure): whether the `.partial` chosen for `wanted`, whose valid WAL
+/// ends at `partial_end`, must give way to the parent timeline's copy of the
+/// segment up to the switch point. `history` is the parsed history file of
+/// `wanted`'s timeline. `None`: serve the `.partial` as it is (the switch
+/// point is not inside this segment, or the `.partial` reaches it).
+pub fn switch_segment_copy(
+    wanted: &SegmentName,
+    segment_size: u64,
+    history: &[HistoryEntry],
+    partial_end: Lsn,
+) -> Option<SwitchCopy> {
+    let (_, segno) = wanted.segno(segment_size)?;
+    // The last entry: the parent this timeline forked from, and where.
+    let fork = history.last()?;
+    let start = segment_start_lsn(segno, segment_size);
+    let upto = fork.switchpoint.0.checked_sub(start.0)?;
+    if upto == 0 || upto >= segment_size || partial_end >= fork.switchpoint {
+        return None;
+    }
+    let parent_segment =
+        SegmentName::parse(&format!("{:08X}{}", fork.parent, wanted.position_digits()))?;
+    Some(SwitchCopy {
+        parent_segment,
+        switchpoint: fork.switchpoint,
+        upto,
+    })
+}
+
+/// Every copy of `segment` that rule 4 may cut at the switch point: complete
+/// ones first, then `.partial` ones, each uncompressed first (only the bytes
+/// before the switch point are used, and they are verified before).
+pub fn switch_segment_sources<'a>(
+    segment: &SegmentName,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Vec<Source> {
+    let (mut complete, mut partial): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+    for n in names {
+        if let ArchiveName::Segment {
+            name,
+            compression,
+            partial: p,
+        } = ArchiveName::classify(n)
+        {
+            if &name == segment {
+                if p { &mut partial } else { &mut complete }.push(source(n, compression));
+            }
+        }
+    }
+    let mut all = by_compression(complete.into_iter());
+    all.extend(by_compression(partial.into_iter()));
+    all
 }
 
 /// The set-aside (divergent) files of the segment `request` names, for the

@@ -17,7 +17,12 @@ use crate::archive::compression::{decompress, DecompressError};
 use crate::archive::names::{Compression, SegmentName};
 use crate::lsn::{Lsn, TimeLineId, MAX_SEGMENT_SIZE};
 
-use super::plan::{plan, set_aside_copies, Plan, Request, Source};
+use crate::wal::history::HistoryEntry;
+
+use super::plan::{
+    plan, set_aside_copies, switch_segment_copy, switch_segment_sources, Plan, Request, Source,
+    SwitchCopy,
+};
 
 /// Largest history file read (they are a few lines per timeline).
 const HISTORY_LIMIT: u64 = 64 << 20;
@@ -246,6 +251,11 @@ fn serve_partial(
             best = Some((bytes, end, source));
         }
     }
+    if let Some((_, end, source)) = &best {
+        if let Some(served) = serve_switch_segment(dir, name, end, source, target)? {
+            return Ok(served);
+        }
+    }
     match best {
         Some((bytes, end, source)) if end.valid_bytes > 0 => {
             let valid = bytes
@@ -258,6 +268,116 @@ fn serve_partial(
         // Nothing valid yet: the same as no file, recovery ends before it.
         _ => Ok(Served::NotFound),
     }
+}
+
+/// Rule 4 of [`plan`](super::plan): the chosen `.partial` (`source`, valid up
+/// to `end`) of the segment holding its timeline's switch point ends before
+/// that point: serve the parent timeline's copy of the segment up to the
+/// switch point instead, zeros after, once those bytes verify on the parent's
+/// timeline. `None`: serve the `.partial` as today (not the switch segment,
+/// no readable history, or no parent copy that verifies up to the switch).
+fn serve_switch_segment(
+    dir: &Path,
+    name: &SegmentName,
+    end: &ValidEnd,
+    source: &Source,
+    target: &Path,
+) -> Result<Option<Served>, Attempt> {
+    let Some(history) = read_history(dir, name.timeline())? else {
+        return Ok(None);
+    };
+    let Some(copy) = switch_segment_copy(name, end.segment_size, &history, end.end) else {
+        return Ok(None);
+    };
+    let names = list(dir)?;
+    for parent in switch_segment_sources(&copy.parent_segment, names.iter().map(String::as_str)) {
+        let bytes = match load(dir, &parent, MAX_SEGMENT_SIZE) {
+            Ok(bytes) => bytes,
+            Err(Attempt::Vanished(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        match verified_up_to_switch(bytes.as_slice(), &copy) {
+            Ok(prefix) => {
+                tracing::warn!(
+                    file = %name.as_str(),
+                    from = %parent.file_name,
+                    partial = %source.file_name,
+                    switchpoint = %copy.switchpoint,
+                    "{}: \"{}\" holds valid WAL only up to {}, before the switch point {} of timeline {}; serving \"{}\" up to the switch point, zeros after (what PostgreSQL writes at promotion), so that recovery replays the WAL acknowledged up to it",
+                    name.as_str(),
+                    source.file_name,
+                    end.end,
+                    copy.switchpoint,
+                    name.timeline(),
+                    parent.file_name
+                );
+                write_atomically(target, prefix, end.segment_size)?;
+                return Ok(Some(served(&parent, Some(copy.switchpoint), true)));
+            }
+            Err(why) => tracing::warn!(
+                file = %name.as_str(),
+                from = %parent.file_name,
+                "{}: \"{}\" ends before the switch point {}, but \"{}\" cannot stand in for it: {why}",
+                name.as_str(),
+                source.file_name,
+                copy.switchpoint,
+                parent.file_name
+            ),
+        }
+    }
+    tracing::warn!(
+        file = %name.as_str(),
+        "{}: \"{}\" holds valid WAL only up to {}, before the switch point {} of timeline {}, and no copy of {} verifies up to it: serving it as it is, recovery ends at {}",
+        name.as_str(),
+        source.file_name,
+        end.end,
+        copy.switchpoint,
+        name.timeline(),
+        copy.parent_segment.as_str(),
+        end.end
+    );
+    Ok(None)
+}
+
+/// The bytes of the parent's copy before the switch point, when they are WAL
+/// of the parent's timeline with a record ending exactly there.
+fn verified_up_to_switch<'a>(bytes: &'a [u8], copy: &SwitchCopy) -> Result<&'a [u8], String> {
+    let prefix = bytes
+        .get(..copy.upto as usize)
+        .ok_or_else(|| format!("it holds only {} bytes", bytes.len()))?;
+    let end = check_segment(prefix, &copy.parent_segment, Completeness::Partial)
+        .map_err(|problem| problem.to_string())?;
+    if end.end == copy.switchpoint {
+        Ok(prefix)
+    } else {
+        Err(format!("its valid WAL ends at {}", end.end))
+    }
+}
+
+/// The parsed history of `timeline` from the archive: `None` when it has
+/// none that checks (timeline 1, or a history PostgreSQL will be refused
+/// anyway when it asks for it).
+fn read_history(dir: &Path, timeline: TimeLineId) -> Result<Option<Vec<HistoryEntry>>, Attempt> {
+    let names = list(dir)?;
+    let Plan::History { sources, .. } = plan(
+        &Request::History(timeline),
+        names.iter().map(String::as_str),
+    ) else {
+        return Ok(None);
+    };
+    for source in &sources {
+        let bytes = match load(dir, source, HISTORY_LIMIT) {
+            Ok(bytes) => bytes,
+            Err(Attempt::Failed(_) | Attempt::Vanished(_)) => continue,
+        };
+        if bytes.require_finished(dir, source).is_err() {
+            continue;
+        }
+        if let Ok(entries) = check_history(bytes.as_slice(), &source.file_name, timeline) {
+            return Ok(Some(entries));
+        }
+    }
+    Ok(None)
 }
 
 fn serve_history(

@@ -276,3 +276,100 @@ fn divergent_files_never_answer() {
         )])
     );
 }
+
+const MB16: u64 = 16 << 20;
+
+fn forked_at(parent: TimeLineId, switchpoint: u64) -> Vec<HistoryEntry> {
+    vec![HistoryEntry {
+        parent,
+        switchpoint: Lsn(switchpoint),
+    }]
+}
+
+#[test]
+fn a_switch_segment_partial_cut_before_the_switch_point_gives_way_to_the_parent() {
+    // Timeline 2 begins at 0/3000200, inside segment 3.
+    let tl2 = SegmentName::parse("000000020000000000000003").unwrap();
+    let history = forked_at(1, 0x300_0200);
+    assert_eq!(
+        switch_segment_copy(&tl2, MB16, &history, Lsn(0x300_0100)),
+        Some(SwitchCopy {
+            parent_segment: SegmentName::parse(S3).unwrap(),
+            switchpoint: Lsn(0x300_0200),
+            upto: 0x200,
+        })
+    );
+    // Nothing valid at all: the segment's start.
+    assert!(switch_segment_copy(&tl2, MB16, &history, Lsn(0x300_0000)).is_some());
+    // Reaches the switch point, or goes past it: served as it is.
+    for end in [0x300_0200, 0x300_0300] {
+        assert_eq!(switch_segment_copy(&tl2, MB16, &history, Lsn(end)), None);
+    }
+    // Over several forks, the last (the one into timeline 3) counts.
+    let tl3 = SegmentName::parse("000000030000000000000003").unwrap();
+    let chain = vec![
+        HistoryEntry {
+            parent: 1,
+            switchpoint: Lsn(0x100_0080),
+        },
+        HistoryEntry {
+            parent: 2,
+            switchpoint: Lsn(0x300_0200),
+        },
+    ];
+    assert_eq!(
+        switch_segment_copy(&tl3, MB16, &chain, Lsn(0x300_0100)).map(|c| c.parent_segment),
+        SegmentName::parse("000000020000000000000003")
+    );
+}
+
+#[test]
+fn other_segments_and_switch_points_on_a_boundary_are_served_as_they_are() {
+    let history = forked_at(1, 0x300_0200);
+    // A later segment of timeline 2: the switch point is not in it.
+    let later = SegmentName::parse("000000020000000000000004").unwrap();
+    assert_eq!(
+        switch_segment_copy(&later, MB16, &history, Lsn(0x400_0000)),
+        None
+    );
+    // An earlier one (not a segment of timeline 2 at all).
+    let earlier = SegmentName::parse("000000020000000000000002").unwrap();
+    assert_eq!(
+        switch_segment_copy(&earlier, MB16, &history, Lsn(0x200_0000)),
+        None
+    );
+    // A timeline beginning at a segment boundary has nothing of its parent in it.
+    let tl2 = SegmentName::parse("000000020000000000000003").unwrap();
+    let at_boundary = forked_at(1, 0x300_0000);
+    assert_eq!(
+        switch_segment_copy(&tl2, MB16, &at_boundary, Lsn(0x300_0000)),
+        None
+    );
+    // No history (timeline 1): nothing to fall back on.
+    assert_eq!(switch_segment_copy(&tl2, MB16, &[], Lsn(0x300_0000)), None);
+    // A segment size the name does not fit.
+    assert_eq!(switch_segment_copy(&tl2, 3, &history, Lsn(0)), None);
+}
+
+#[test]
+fn the_parents_copies_complete_first_then_partial_uncompressed_first() {
+    let parent = SegmentName::parse(S3).unwrap();
+    let names = [
+        "000000010000000000000003.gz.partial",
+        "000000010000000000000003.partial",
+        "000000010000000000000003.zst",
+        "000000010000000000000003",
+        "000000010000000000000003.partial.divergent.tmp",
+        "000000020000000000000003.partial",
+        "000000010000000000000004",
+    ];
+    assert_eq!(
+        switch_segment_sources(&parent, names),
+        vec![
+            src("000000010000000000000003", Compression::None),
+            src("000000010000000000000003.zst", Compression::Zstd),
+            src("000000010000000000000003.partial", Compression::None),
+            src("000000010000000000000003.gz.partial", Compression::Gzip),
+        ]
+    );
+}
