@@ -105,9 +105,19 @@ fn commit(server: &PgServer, rcv: &BackgroundProcess, sql: &str) {
     }
 }
 
-/// The switch point out of `parent` in the archive's history file of `timeline`.
+/// The switch point out of `parent` in the archive's history file of
+/// `timeline` (stored plain or gzip-compressed).
 fn switchpoint(dir: &Path, timeline: u32, parent: u32) -> u64 {
-    let text = std::fs::read_to_string(dir.join(format!("{timeline:08X}.history"))).unwrap();
+    let plain = dir.join(format!("{timeline:08X}.history"));
+    let text = std::fs::read_to_string(&plain).unwrap_or_else(|_| {
+        use std::io::Read;
+        let gz = std::fs::read(dir.join(format!("{timeline:08X}.history.gz"))).unwrap();
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    });
     text.lines()
         .filter_map(|l| {
             let mut f = l.split('\t');
@@ -753,4 +763,113 @@ fn a_divergent_tail_left_on_an_older_timeline_is_set_aside_before_streaming() {
         "{log}"
     );
     assert_tail_set_aside(dir.path(), switch, lost, &log);
+}
+
+/// Issue 17, the switch segment: after a switchover at S inside segment k,
+/// walrcv streams timeline 2 from k's start; killed then, it leaves
+/// `00000002...k.partial` with valid WAL ending before S, while timeline 1's
+/// copy of k holds the WAL up to S, acknowledged. Recovery with
+/// `recovery_target_timeline = latest` asks for timeline 2's file of k
+/// first: `walrcv restore` must serve timeline 1's copy up to S (zeros after,
+/// as PostgreSQL writes at promotion), not the short `.partial`, so that every
+/// commit acknowledged on P comes back. The cut `.partial` is made from a real
+/// one by zeroing it from a record boundary before S, as a kill leaves it.
+fn switch_segment_cut_before_the_switch_point(compress: &[&str]) {
+    let mut p = PgServer::builder().wal_segsize_mb(1).start();
+    p.psql("CREATE TABLE t(i int, what text)");
+    let s = p.create_standby();
+    let backup = p.base_backup();
+    let dir = archive_dir();
+    let mut args = vec!["--synchronous"];
+    args.extend_from_slice(compress);
+    let mut rcv = stream(dir.path(), &hosts(&[&p, &s], "primary"), &args);
+    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
+    make_synchronous(&p, &mut rcv);
+    for i in 1..=20 {
+        commit(&p, &rcv, &format!("INSERT INTO t VALUES ({i}, 'on P')"));
+    }
+    // Segment k starts here: the commits below and the switch point are in it.
+    p.psql("SELECT pg_switch_wal()");
+    let mut cut = 0;
+    for i in 21..=60 {
+        commit(&p, &rcv, &format!("INSERT INTO t VALUES ({i}, 'on P')"));
+        if i == 25 {
+            cut = parse_lsn(&p.psql("SELECT pg_current_wal_insert_lsn()"));
+        }
+    }
+    p.stop();
+    s.promote();
+    wait_streaming(&s, &mut rcv, "walrcv following S");
+    let end = s.current_lsn();
+    s.wait_for_flush(APP, end, Duration::from_secs(30));
+    rcv.terminate();
+    let switch = switchpoint(dir.path(), 2, 1);
+    let k = switch / SEG;
+    assert_eq!(cut / SEG, k, "cut {cut:X} in the switch segment");
+    assert!(
+        cut < switch,
+        "cut {cut:X} before the switch point {switch:X}"
+    );
+    // Timeline 2's copy of k, cut at `cut` as a kill leaves it.
+    let (name, compression) = file_names(dir.path())
+        .into_iter()
+        .find_map(|n| match ArchiveName::classify(&n) {
+            ArchiveName::Segment {
+                name,
+                compression,
+                partial: true,
+            } if name.segno(SEG) == Some((2, k)) => Some((n, compression)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no timeline 2 .partial of segment {k}"));
+    let path = dir.path().join(&name);
+    let stored = std::fs::read(&path).unwrap();
+    let mut bytes = walrcv::archive::compression::decompress(compression, &stored, SEG)
+        .unwrap()
+        .bytes;
+    assert!(
+        bytes.len() as u64 > switch % SEG,
+        "{name} reaches the switch point"
+    );
+    bytes.truncate((cut % SEG) as usize);
+    bytes.resize(SEG as usize, 0);
+    let cut_file = if compress.is_empty() {
+        bytes
+    } else {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&bytes).unwrap();
+        gz.finish().unwrap()
+    };
+    std::fs::write(&path, cut_file).unwrap();
+
+    give_to_server_user(dir.path());
+    let restored = match backup.start_recovery(&walrcv_recovery_settings(dir.path())) {
+        Recovery::Started(server) => server,
+        Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
+    };
+    restored.wait_for_promotion(Duration::from_secs(180));
+    let log = restored.full_log();
+    assert_eq!(
+        count(&restored, "on P"),
+        60,
+        "every commit acknowledged on P, up to the switch point:\n{log}"
+    );
+    let parent = format!(
+        "{:08X}{:08X}{:08X}",
+        1,
+        k / (0x1_0000_0000 / SEG),
+        k % (0x1_0000_0000 / SEG)
+    );
+    assert!(log.contains(&format!("serving \"{parent}")), "{log}");
+}
+
+#[test]
+fn switch_segment_partial_cut_before_the_switch_point_serves_the_parent_up_to_it() {
+    switch_segment_cut_before_the_switch_point(&[]);
+}
+
+#[test]
+fn switch_segment_gzip_partial_cut_before_the_switch_point_serves_the_parent_up_to_it() {
+    switch_segment_cut_before_the_switch_point(&["-Z", "gzip"]);
 }
