@@ -344,3 +344,92 @@ fn an_existing_target_is_replaced_whole() {
     restore(&d.archive, s, &target).unwrap();
     assert!(std::fs::read(&target).unwrap() == fixture(s));
 }
+
+/// The fixture's switch: timeline 2 begins at 0/C141F8 (`00000002.history`).
+const SWITCH: usize = 0x141F8;
+
+/// An archive after a switchover at 0/C141F8 whose timeline-2 `.partial` of
+/// segment C was cut at 0x8000 (a `walrcv stream` killed while streaming
+/// timeline 2 from the segment's start): its valid WAL ends before the switch
+/// point. Returns the archive and where the cut copy's valid WAL ends.
+fn cut_switch_segment(c: Compression, parent: &[u8], with_history: bool) -> (Dirs, Lsn) {
+    let d = dirs();
+    let mut cut = fixture("00000002000000000000000C");
+    cut.truncate(0x8000);
+    let name = SegmentName::parse("00000002000000000000000C").unwrap();
+    let end = check_segment(&cut, &name, Completeness::Partial)
+        .unwrap()
+        .end;
+    assert!(end.0 < 0xC0_0000 + SWITCH as u64 && end.0 > 0xC0_0000);
+    put(
+        &d.archive,
+        &format!("00000002000000000000000C{}.partial", c.suffix()),
+        &compress(c, &cut, false),
+    );
+    put(
+        &d.archive,
+        &format!("00000001000000000000000C{}.partial", c.suffix()),
+        &compress(c, parent, false),
+    );
+    put(
+        &d.archive,
+        "00000001000000000000000B",
+        &fixture("00000001000000000000000B"),
+    );
+    if with_history {
+        put(&d.archive, "00000002.history", &fixture("00000002.history"));
+    }
+    (d, end)
+}
+
+#[test]
+fn a_switch_segment_cut_before_the_switch_point_is_served_from_the_parent_up_to_it() {
+    let parent = fixture("00000001000000000000000C.partial");
+    for c in Compression::ALL {
+        let (d, _) = cut_switch_segment(c, &parent, true);
+        let target = d.pg_wal.join("RECOVERYXLOG");
+        let served = restore(&d.archive, "00000002000000000000000C", &target).unwrap();
+        assert_eq!(
+            served,
+            Served::File {
+                from: format!("00000001000000000000000C{}.partial", c.suffix()),
+                valid_end: Some(Lsn(0xC0_0000 + SWITCH as u64)),
+                partial: true
+            },
+            "{c:?}"
+        );
+        let out = std::fs::read(&target).unwrap();
+        assert_eq!(out.len(), SEG, "{c:?}");
+        assert!(out[..SWITCH] == parent[..SWITCH], "{c:?}");
+        assert!(
+            out[SWITCH..].iter().all(|&b| b == 0),
+            "{c:?}: zeros after S"
+        );
+    }
+}
+
+#[test]
+fn a_switch_segment_cut_before_the_switch_point_is_served_as_it_is_without_a_verified_parent() {
+    let name = "00000002000000000000000C";
+    let good = fixture("00000001000000000000000C.partial");
+    // The parent damaged before the switch point (after the cut copy's end).
+    let mut damaged = good.clone();
+    damaged[0x10000 + 100] ^= 0xFF;
+    // The parent itself cut before the switch point.
+    let mut short = good.clone();
+    short[0x10000..].fill(0);
+    for (parent, with_history) in [(&damaged, true), (&short, true), (&good, false)] {
+        let (d, cut_end) = cut_switch_segment(Compression::None, parent, with_history);
+        let target = d.pg_wal.join("RECOVERYXLOG");
+        let served = restore(&d.archive, name, &target).unwrap();
+        assert_eq!(
+            served,
+            Served::File {
+                from: format!("{name}.partial"),
+                valid_end: Some(cut_end),
+                partial: true
+            },
+            "history: {with_history}"
+        );
+    }
+}
