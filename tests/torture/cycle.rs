@@ -720,22 +720,13 @@ impl<'a> Cycle<'a> {
         let text = String::from_utf8_lossy(&out.stdout);
         let mut previous_end: Option<(u64, u64)> = None;
         for line in text.lines() {
-            let start = line
-                .split("lsn: ")
-                .nth(1)?
-                .split(',')
-                .next()
-                .map(parse_lsn)?;
-            let total: u64 = line
-                .split("len (rec/tot):")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .split('/')
-                .nth(1)?
-                .trim()
-                .parse()
-                .ok()?;
+            // Not every line is a record: "first record is after X, at Y,
+            // skipping over N bytes" comes first whenever the window's start
+            // is not a record's (it used to end the search: every flip then
+            // counted as inside a record).
+            let Some((start, total)) = waldump_record(line) else {
+                continue;
+            };
             let end = record_end(start, total, seg);
             if start <= lsn && lsn < end {
                 return None;
@@ -875,4 +866,26 @@ pub fn self_check() {
     assert_eq!(record_end(seg - 8, 50, seg), seg + 40 + 42);
     assert!(in_page_header(PAGE + 10, seg) && !in_page_header(PAGE + 24, seg));
     assert!(in_page_header(seg + 30, seg) && !in_page_header(seg + 40, seg));
+}
+
+/// The start and total length of the record on one line of `pg_waldump`'s
+/// output; `None` for any other line.
+fn waldump_record(line: &str) -> Option<(u64, u64)> {
+    let start = line
+        .split("lsn: ")
+        .nth(1)?
+        .split(',')
+        .next()
+        .map(parse_lsn)?;
+    let total = line
+        .split("len (rec/tot):")
+        .nth(1)?
+        .split(',')
+        .next()?
+        .split('/')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((start, total))
 }
