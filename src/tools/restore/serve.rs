@@ -13,7 +13,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::archive::check::{check_history, check_segment, Completeness, FileProblem, ValidEnd};
-use crate::archive::compression::{decompress, DecompressError};
+use crate::archive::compression::{decompress, decompress_partial, DecompressError};
 use crate::archive::names::{Compression, SegmentName};
 use crate::lsn::{Lsn, TimeLineId, MAX_SEGMENT_SIZE};
 
@@ -550,7 +550,13 @@ fn load(dir: &Path, source: &Source, limit: u64) -> Result<Loaded, Attempt> {
     if data.len() as u64 > max {
         return Err(too_large(data.len() as u64));
     }
-    let decoded = decompress(source.compression, &data, limit).map_err(|source| {
+    // A `.partial` counts up to what decodes (see `decompress_partial`).
+    let decode = if source.file_name.ends_with(".partial") {
+        decompress_partial
+    } else {
+        decompress
+    };
+    let decoded = decode(source.compression, &data, limit).map_err(|source| {
         Attempt::Failed(RestoreError::Decompress {
             path: path.clone(),
             source,

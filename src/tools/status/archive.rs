@@ -28,7 +28,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::archive::compression::decompress;
+use crate::archive::compression::decompress_partial;
 use crate::archive::inspect::read_prefix;
 use crate::archive::names::{ArchiveName, Compression};
 use crate::archive::{ArchiveDir, ArchiveError, Scan};
@@ -189,7 +189,8 @@ fn partial_written_bytes(
 ) -> io::Result<u64> {
     if compression != Compression::None {
         let data = std::fs::read(path)?;
-        let bytes = decompress(compression, &data, segment_size)
+        // A `.partial` counts up to what decodes (see `decompress_partial`).
+        let bytes = decompress_partial(compression, &data, segment_size)
             .map(|d| d.bytes)
             .unwrap_or_default();
         return written_end(bytes.len() as u64, block_size, |offset, buf| {

@@ -191,7 +191,17 @@ pub(super) fn load(path: &Path, compression: Compression) -> Result<Bytes, LoadE
     if compression == Compression::None {
         return Ok(mapped);
     }
-    compression::decompress(compression, mapped.as_slice(), MAX_SEGMENT_SIZE)
+    // A `.partial` counts up to what decodes (see `decompress_partial`).
+    let partial = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".partial"));
+    let decode = if partial {
+        compression::decompress_partial
+    } else {
+        compression::decompress
+    };
+    decode(compression, mapped.as_slice(), MAX_SEGMENT_SIZE)
         .map(Bytes::Decoded)
         .map_err(LoadError::Decompress)
 }
