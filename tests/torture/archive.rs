@@ -200,16 +200,21 @@ impl Verified {
     /// Where the WAL of timeline `tli` that the archive holds ends, following
     /// `history` (the archive's, completed by the cycle's own record of the
     /// promotions) into the parent when `tli` has no file of its own.
+    ///
+    /// A timeline's own files that end before its switch point (its switch
+    /// segment being streamed again when walrcv was killed) do not hide the
+    /// parent's WAL up to it: `walrcv restore` serves the parent's copy of
+    /// that segment up to the switch point then (seed 5128).
     pub fn end_on(&self, tli: u32, known: &BTreeMap<u32, (u32, u64)>) -> u64 {
-        if let Some(&end) = self.ends.get(&tli) {
-            return end;
-        }
-        match self.history.get(&tli).or_else(|| known.get(&tli)) {
+        let inherited = match self.history.get(&tli).or_else(|| known.get(&tli)) {
             Some(&(parent, switchpoint)) if parent < tli => {
                 self.end_on(parent, known).min(switchpoint)
             }
             _ => 0,
-        }
+        };
+        self.ends
+            .get(&tli)
+            .map_or(inherited, |&own| own.max(inherited))
     }
 }
 
