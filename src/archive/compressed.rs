@@ -449,7 +449,7 @@ impl CompressedWriter {
             };
             let started = std::time::Instant::now();
             let result = durable::fdatasync(file, &self.path, site);
-            crate::metrics::global().fdatasync_done(started.elapsed());
+            super::observe::fdatasync_done(started.elapsed());
             if let Err(e) = result {
                 self.poisoned = true;
                 return Err(e);
@@ -732,5 +732,7 @@ impl SegmentSink {
     }
 }
 
+#[cfg(test)]
+mod read_back;
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@
 
 use std::path::Path;
 
-use super::durable::{Op, Site};
+use super::site::{Op, Site};
 
 /// Environment variable read by [`setup_from_env`].
 pub const ENV: &str = "FAILPOINTS";

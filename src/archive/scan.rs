@@ -42,8 +42,8 @@ use super::names::{ArchiveName, Compression};
 use super::taint::{self, Plan, Taints};
 use super::ArchiveError;
 use crate::lsn::{
-    history_file_name, is_valid_segment_size, parse_history_file_name, segment_start_lsn, Lsn,
-    SegNo, TimeLineId,
+    history_file_name, is_valid_segment_size, parse_history_file_name, segment_start_lsn,
+    TimeLineId,
 };
 use crate::wal::page::{
     major_for_magic, PageHeader, LONG_HEADER_SIZE, XLP_ALL_FLAGS, XLP_LONG_HEADER,
@@ -94,37 +94,7 @@ struct Known {
     histories: HashSet<TimeLineId>,
 }
 
-/// A segment file found by the scan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SegmentFile {
-    pub timeline: TimeLineId,
-    pub segno: SegNo,
-    pub partial: bool,
-    /// Size on disk (compressed for a compressed file).
-    pub size: u64,
-    pub path: PathBuf,
-    /// How its bytes are stored.
-    pub compression: Compression,
-}
-
-/// What the scan found.
-#[derive(Debug, Clone, Default)]
-pub struct Scan {
-    /// Segment files (complete and `.partial`), sorted by (segno, timeline, complete-last).
-    pub segments: Vec<SegmentFile>,
-    /// Timelines with a `.history` file.
-    pub histories: Vec<TimeLineId>,
-    /// Where to start instead of pg_receivewal's rule: a segment whose fsync
-    /// failed is streamed again (see [`super::taint`]).
-    pub restream_from: Option<StartPoint>,
-}
-
-/// Where to start streaming, and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StartPoint {
-    pub lsn: Lsn,
-    pub timeline: TimeLineId,
-}
+pub use super::listing::{Scan, SegmentFile, StartPoint};
 
 impl ArchiveDir {
     /// Opens `path` (which must exist and be a directory) and takes the lock.
@@ -737,40 +707,10 @@ fn check_segment_header(
     Ok(())
 }
 
-impl Scan {
-    /// pg_receivewal's rule: after the newest complete segment, or at the start of
-    /// the newest `.partial`; highest segno, then highest timeline, complete beats
-    /// partial. `None` when the directory holds no segment.
-    pub fn streaming_start(&self, segment_size: u64) -> Option<StartPoint> {
-        if let Some(start) = self.restream_from {
-            return Some(start);
-        }
-        let best = self.newest()?;
-        // A zero-byte partial (e.g. from `barman receive-wal --reset`) counts as
-        // a partial: start at the beginning of that segment.
-        let segno = if best.partial {
-            best.segno
-        } else {
-            best.segno.saturating_add(1)
-        };
-        Some(StartPoint {
-            lsn: segment_start_lsn(segno, segment_size),
-            timeline: best.timeline,
-        })
-    }
-
-    /// The newest segment file by pg_receivewal's ordering (the one
-    /// [`Scan::streaming_start`] is derived from).
-    pub fn newest(&self) -> Option<&SegmentFile> {
-        self.segments
-            .iter()
-            .max_by_key(|s| (s.segno, s.timeline, !s.partial))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lsn::{Lsn, SegNo};
     use crate::wal::page::magic_for_major;
     use std::os::unix::fs::FileExt;
 
@@ -1413,7 +1353,7 @@ mod tests {
 mod compressed_tests {
     use super::*;
     use crate::archive::compressed::compress_all;
-    use crate::lsn::wal_file_name;
+    use crate::lsn::{wal_file_name, Lsn, SegNo};
     use crate::wal::page::magic_for_major;
 
     const SEG: u64 = 1 << 20;

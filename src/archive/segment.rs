@@ -43,7 +43,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::durable::{self, Site, TMP_SUFFIX};
-use super::scan::PARTIAL_SUFFIX;
+use super::names::PARTIAL_SUFFIX;
 use super::ArchiveError;
 use crate::lsn::{is_valid_segment_size, segment_start_lsn, wal_file_name, Lsn, SegNo, TimeLineId};
 
@@ -429,7 +429,7 @@ impl SegmentWriter {
     fn datasync(&mut self, site: Site) -> Result<(), ArchiveError> {
         let started = std::time::Instant::now();
         let result = durable::fdatasync(&self.file, &self.path, site);
-        crate::metrics::global().fdatasync_done(started.elapsed());
+        super::observe::fdatasync_done(started.elapsed());
         match result {
             Ok(()) => self.dirty = false,
             Err(_) => self.poisoned = true,

@@ -43,8 +43,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::listing::{Scan, SegmentFile, StartPoint};
 use super::names::{ArchiveName, Compression};
-use super::scan::{Scan, SegmentFile, StartPoint};
 use crate::lsn::segment_start_lsn;
 
 /// What is in doubt about a segment.
