@@ -2,7 +2,7 @@
 //! `require_auth` (libpq 16+), checked as libpq's `connectOptions2` does.
 //! The authentication itself lives in `pgwire`.
 
-use super::resolve::{bad_value, Settings};
+use super::settings::{bad_value, Settings};
 use super::{AuthMethod, ChannelBinding, ConnInfoError, RequireAuth, SslMode};
 
 /// `channel_binding`, default `prefer`. `require` without TLS can never be

@@ -33,8 +33,9 @@
 //!
 //! Module map: `keywords` (the keyword table), `keyvalue` and `uri` (the two
 //! string forms), `service` (pg_service.conf), `env` (environment and passwd),
-//! `resolve` (layers, validation, targets), `tls` and `auth` (their keywords),
-//! `pgpass` (the password file).
+//! `resolve` (layers, validation, targets), `settings` (the combined settings
+//! and their origins, which `resolve`, `tls` and `auth` share), `tls` and `auth`
+//! (their keywords), `pgpass` (the password file).
 //!
 //! Passwords never appear in errors or log lines: a URI in an error is redacted
 //! and a malformed value that follows a password is not echoed.
@@ -46,6 +47,7 @@ mod keywords;
 mod pgpass;
 mod resolve;
 mod service;
+mod settings;
 #[cfg(test)]
 mod test_support;
 mod tls;

@@ -1,8 +1,6 @@
 //! Combines the layers (connection string, flags, `PG*` environment,
 //! defaults) into [`ConnParams`], validating every value.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,77 +9,13 @@ use super::env::Environment;
 use super::keyvalue::is_space;
 use super::keywords::{keyword, IGNORED_KEYWORDS, KEYWORDS};
 use super::service::lookup_service;
+use super::settings::{bad_value, unsupported, Origin, Settings};
 use super::tls::resolve_tls;
 use super::uri::uri_prefix_len;
 use super::{
     parse, ConnInfoError, ConnParams, LoadBalanceHosts, Overrides, Target, TargetSessionAttrs,
     DEFAULT_APPLICATION_NAME, DEFAULT_PORT, DEFAULT_SOCKET_DIR, REPLICATION_DBNAME,
 };
-
-/// Where a setting came from, for error messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Origin {
-    Conninfo,
-    Flag,
-    /// A line of the connection service file in use.
-    Service {
-        line: usize,
-    },
-    Env(&'static str),
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Origin::Conninfo => f.write_str("set in the connection string"),
-            Origin::Flag => f.write_str("set by a command-line option"),
-            Origin::Service { line } => {
-                write!(f, "set by the connection service file, line {line}")
-            }
-            Origin::Env(var) => write!(f, "set by environment variable {var}"),
-        }
-    }
-}
-
-/// The combined settings; the last insert for a key wins. Empty values are
-/// kept (a later empty value still hides an earlier one) but read as unset.
-#[derive(Default)]
-pub(super) struct Settings {
-    values: BTreeMap<&'static str, (String, Origin)>,
-}
-
-impl Settings {
-    pub(super) fn set(&mut self, key: &'static str, value: String, origin: Origin) {
-        self.values.insert(key, (value, origin));
-    }
-
-    pub(super) fn get(&self, key: &str) -> Option<(&str, Origin)> {
-        self.values
-            .get(key)
-            .filter(|(v, _)| !v.is_empty())
-            .map(|(v, o)| (v.as_str(), *o))
-    }
-}
-
-pub(super) fn bad_value(
-    key: &str,
-    value: &str,
-    what: impl fmt::Display,
-    origin: Origin,
-) -> ConnInfoError {
-    ConnInfoError::BadValue {
-        key: key.to_owned(),
-        value: value.to_owned(),
-        what: format!("{what}; {origin}"),
-    }
-}
-
-pub(super) fn unsupported(key: &str, what: impl fmt::Display, origin: Origin) -> ConnInfoError {
-    ConnInfoError::Unsupported {
-        key: key.to_owned(),
-        what: format!("{what} ({origin})"),
-    }
-}
 
 /// libpq's `parse_int_param`: a decimal `int`, surrounding whitespace allowed.
 fn parse_int(key: &str, value: &str, origin: Origin) -> Result<i32, ConnInfoError> {

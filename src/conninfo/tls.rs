@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use super::env::Environment;
-use super::resolve::{bad_value, Origin, Settings};
+use super::settings::{bad_value, Origin, Settings};
 use super::{
     ConnInfoError, RootCerts, SslMode, SslNegotiation, SslPassword, TlsSettings, TlsVersion,
 };
