@@ -8,15 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use clap_complete::Shell;
 
-use crate::cli::Cli;
-
-/// `walrcv generate-assets DIR`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct GenerateArgs {
-    /// Directory to write into (created if missing): `man/walrcv*.1` and
-    /// `completions/{walrcv.bash,_walrcv,walrcv.fish}`.
-    pub dir: PathBuf,
-}
+use crate::cli::{Cli, GenerateArgs};
 
 /// The shells completions are written for (Debian ships these three).
 const SHELLS: [Shell; 3] = [Shell::Bash, Shell::Zsh, Shell::Fish];

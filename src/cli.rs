@@ -42,6 +42,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// `walrcv generate-assets DIR` (the work is [`crate::assets`]'s, which
+/// reads these definitions: so the arguments live here, not there).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateArgs {
+    /// Directory to write into (created if missing): `man/walrcv*.1` and
+    /// `completions/{walrcv.bash,_walrcv,walrcv.fish}`.
+    pub dir: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream WAL from a server into an archive directory (pg_receivewal's flags).
@@ -52,7 +61,7 @@ pub enum Command {
     /// Write the man pages and shell completions generated from these
     /// definitions into a directory (for packaging; hidden).
     #[command(hide = true)]
-    GenerateAssets(crate::assets::GenerateArgs),
+    GenerateAssets(GenerateArgs),
     /// Health check: is the archive complete and current? Nagios exit
     /// statuses: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
     Status(crate::tools::status::StatusArgs),

@@ -27,7 +27,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::lsn::Lsn;
-use crate::receiver::backoff::FailureKind;
 use crate::{MAX_SERVER_MAJOR, MIN_SERVER_MAJOR};
 
 pub mod http;
@@ -48,6 +47,37 @@ struct BuildLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
+}
+
+/// What failed and ended a session: the label of
+/// `walrcv_session_failures_total`, and the key of the receiver's backoff
+/// (`crate::receiver::backoff`: failures of one kind tend to repeat). Defined
+/// here, below the receiver, so that the metrics do not depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Connecting, a lost connection, a receive timeout.
+    Network,
+    /// A retryable error from the server (shutting down, too many clients,
+    /// slot in use...).
+    Server,
+    /// Writing, fsyncing or renaming in the archive (a full disk, EIO).
+    Archive,
+    /// Received WAL failed verification.
+    Verification,
+    /// A malformed or unexpected message from the server.
+    Protocol,
+}
+
+impl FailureKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            FailureKind::Network => "network",
+            FailureKind::Server => "server",
+            FailureKind::Archive => "archive write",
+            FailureKind::Verification => "WAL verification",
+            FailureKind::Protocol => "protocol",
+        }
+    }
 }
 
 /// Every failure kind, in the order of [`FailureKind`].
@@ -372,7 +402,20 @@ pub fn lag(server_end: u64, flushed: u64) -> u64 {
 /// The process's metrics, created on first use.
 pub fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::new)
+    if let Some(metrics) = METRICS.get() {
+        return metrics;
+    }
+    let metrics = METRICS.get_or_init(Metrics::new);
+    // The archive reports its fdatasyncs through an observer (it depends on
+    // no layer above it): these metrics are it from their first use on.
+    crate::archive::observe::set_observer(metrics);
+    metrics
+}
+
+impl crate::archive::observe::Observer for Metrics {
+    fn fdatasync_done(&self, took: Duration) {
+        Metrics::fdatasync_done(self, took);
+    }
 }
 
 /// Measures `walrcv_flush_ack_latency_seconds`, sans-IO: the oldest WAL not

@@ -2,9 +2,9 @@
 //! the start point as pg_receivewal does, the identity check against the server,
 //! the segment writer (`.partial`, pre-padding, durable rename) and history files.
 //!
-//! Durability rules (DESIGN.md): a file is renamed only once all its bytes are
-//! fsynced, every rename is followed by an fsync of the directory, and a failed
-//! fsync is never retried on the same descriptor.
+//! Durability rules (ARCHITECTURE.md, "Invariants"): a file is renamed only
+//! once all its bytes are fsynced, every rename is followed by an fsync of the
+//! directory, and a failed fsync is never retried on the same descriptor.
 //!
 //! Names: everything written here is a segment name, `NAME.partial`,
 //! `TTTTTTTT.history` (each possibly with `.gz`, `.lz4` or `.zst` before any
@@ -26,6 +26,9 @@
 //!   a switch point (`NAME.divergent.tmp`).
 //! - [`taint`]: files whose fsync failed, and what the next start owes them.
 //! - [`check`]: whether one (decompressed) segment or history file may be used.
+//! - [`listing`]: what a scan found (segment files, start point), plain data.
+//! - [`site`]: the names of the archive's IO ([`site::Site`], [`site::Op`]).
+//! - [`observe`]: what the archive reports to a layer above (fdatasync times).
 
 pub mod check;
 pub mod compress_spec;
@@ -36,12 +39,15 @@ pub mod durable;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
 pub mod inspect;
+pub mod listing;
 pub mod names;
+pub mod observe;
 pub mod resume;
 pub mod scan;
 pub mod segment;
 #[cfg(test)]
 pub mod simfs;
+pub mod site;
 pub mod taint;
 
 use std::path::PathBuf;

@@ -13,33 +13,8 @@
 
 use std::time::Duration;
 
-/// What failed, for the backoff: failures of one kind tend to repeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// Connecting, a lost connection, a receive timeout.
-    Network,
-    /// A retryable error from the server (shutting down, too many clients,
-    /// slot in use...).
-    Server,
-    /// Writing, fsyncing or renaming in the archive (a full disk, EIO).
-    Archive,
-    /// Received WAL failed verification.
-    Verification,
-    /// A malformed or unexpected message from the server.
-    Protocol,
-}
-
-impl FailureKind {
-    pub fn describe(self) -> &'static str {
-        match self {
-            FailureKind::Network => "network",
-            FailureKind::Server => "server",
-            FailureKind::Archive => "archive write",
-            FailureKind::Verification => "WAL verification",
-            FailureKind::Protocol => "protocol",
-        }
-    }
-}
+/// What failed; defined with the metrics that count it (a layer below).
+pub use crate::metrics::FailureKind;
 
 /// The numbers of the rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -344,19 +344,18 @@ fn query_server(
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
-    use crate::cli::{Cli, Command};
+    use clap::{Args, FromArgMatches};
 
     use super::*;
 
+    /// Parses `walrcv status` arguments as the subcommand does (built from
+    /// the same derive), without `crate::cli`, which sits above the tools.
     fn parse(extra: &[&str]) -> Result<StatusArgs, clap::Error> {
-        let mut v = vec!["walrcv", "status", "-D", "/x"];
+        let mut v = vec!["status", "-D", "/x"];
         v.extend_from_slice(extra);
-        Cli::try_parse_from(v).map(|c| match c.command {
-            Command::Status(s) => s,
-            _ => unreachable!("parsed a status command line"),
-        })
+        let matches =
+            StatusArgs::augment_args(clap::Command::new("status")).try_get_matches_from(v)?;
+        StatusArgs::from_arg_matches(&matches)
     }
 
     #[test]
