@@ -156,7 +156,14 @@ fn raw_string_end(b: &[char], i: usize, line: &mut usize) -> Option<usize> {
     }
     j += 1;
     while j < b.len() {
-        if b[j] == '"' && b[j + 1..].iter().take(hashes).filter(|&&c| c == '#').count() == hashes {
+        if b[j] == '"'
+            && b[j + 1..]
+                .iter()
+                .take(hashes)
+                .filter(|&&c| c == '#')
+                .count()
+                == hashes
+        {
             return Some(j + 1 + hashes);
         }
         *line += usize::from(b[j] == '\n');
@@ -261,7 +268,11 @@ fn parse_tree(toks: &[(Tok, usize)], mut i: usize) -> (Vec<Vec<String>>, usize) 
 }
 
 /// The inside of `{ a, b::c, d::{e, self} }`, each item prefixed.
-fn parse_group(toks: &[(Tok, usize)], mut i: usize, prefix: &[String]) -> (Vec<Vec<String>>, usize) {
+fn parse_group(
+    toks: &[(Tok, usize)],
+    mut i: usize,
+    prefix: &[String],
+) -> (Vec<Vec<String>>, usize) {
     let mut out = Vec::new();
     while i < toks.len() {
         match &toks[i].0 {
@@ -411,7 +422,10 @@ fn parse_table(doc: &str) -> Result<Table, String> {
         .ok_or_else(|| format!("no `{TABLE_MARKER}` marker"))?
         .1;
     let mut lines = after.lines().skip_while(|l| l.trim().is_empty());
-    if !lines.next().is_some_and(|l| l.trim_start().starts_with("```")) {
+    if !lines
+        .next()
+        .is_some_and(|l| l.trim_start().starts_with("```"))
+    {
         return Err("the marker is not followed by a fenced block".into());
     }
     let mut table = Table::new();
@@ -427,7 +441,10 @@ fn parse_table(doc: &str) -> Result<Table, String> {
             .split([' ', ','])
             .filter(|d| !d.is_empty())
             .map(str::to_owned);
-        if table.insert(module.trim().to_owned(), deps.collect()).is_some() {
+        if table
+            .insert(module.trim().to_owned(), deps.collect())
+            .is_some()
+        {
             return Err(format!("module {} listed twice", module.trim()));
         }
     }
@@ -453,7 +470,10 @@ fn problems(sources: &[(String, String)], table: &Table, known: &[(&str, &[&str]
         };
         for comp in cycles(edges) {
             let files: Vec<&str> = comp.iter().map(String::as_str).collect();
-            if known.iter().any(|(m, f)| *m == name && *f == files.as_slice()) {
+            if known
+                .iter()
+                .any(|(m, f)| *m == name && *f == files.as_slice())
+            {
                 continue;
             }
             out.push(format!(
@@ -470,7 +490,10 @@ fn problems(sources: &[(String, String)], table: &Table, known: &[(&str, &[&str]
             .flat_map(|(_, e)| cycles(e))
             .any(|c| c.iter().map(String::as_str).eq(files.iter().copied()));
         if !still {
-            out.push(format!("the known cycle {m}::{{{}}} is gone: remove it from KNOWN_FILE_CYCLES", files.join(", ")));
+            out.push(format!(
+                "the known cycle {m}::{{{}}} is gone: remove it from KNOWN_FILE_CYCLES",
+                files.join(", ")
+            ));
         }
     }
     out.extend(table_problems(&modules, g.get(&Vec::new()), table));
@@ -478,7 +501,10 @@ fn problems(sources: &[(String, String)], table: &Table, known: &[(&str, &[&str]
 }
 
 /// One site per edge of a cycle, so that the message says where to look.
-fn evidence(edges: &BTreeMap<String, BTreeMap<String, Vec<Site>>>, comp: &BTreeSet<String>) -> String {
+fn evidence(
+    edges: &BTreeMap<String, BTreeMap<String, Vec<Site>>>,
+    comp: &BTreeSet<String>,
+) -> String {
     let mut parts = Vec::new();
     for a in comp {
         for (b, sites) in edges.get(a).into_iter().flatten() {
@@ -498,16 +524,24 @@ fn table_problems(
     table: &Table,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    let tops: BTreeSet<&str> = modules.iter().filter(|m| m.len() == 1).map(|m| m[0].as_str()).collect();
+    let tops: BTreeSet<&str> = modules
+        .iter()
+        .filter(|m| m.len() == 1)
+        .map(|m| m[0].as_str())
+        .collect();
     for m in &tops {
         if !table.contains_key(*m) {
-            out.push(format!("top-level module {m} is missing from the table in ARCHITECTURE.md"));
+            out.push(format!(
+                "top-level module {m} is missing from the table in ARCHITECTURE.md"
+            ));
         }
     }
     for (m, deps) in table {
         for name in std::iter::once(m).chain(deps) {
             if !tops.contains(name.as_str()) {
-                out.push(format!("ARCHITECTURE.md's table names {name}, which is no top-level module"));
+                out.push(format!(
+                    "ARCHITECTURE.md's table names {name}, which is no top-level module"
+                ));
             }
         }
     }
@@ -544,8 +578,13 @@ fn read_sources(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
         if p.is_dir() {
             read_sources(&p, root, out);
         } else if p.extension().is_some_and(|e| e == "rs") {
-            let rel = p.strip_prefix(root).expect("under src").to_string_lossy().replace('\\', "/");
-            let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let rel = p
+                .strip_prefix(root)
+                .expect("under src")
+                .to_string_lossy()
+                .replace('\\', "/");
+            let text =
+                std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             out.push((rel, text));
         }
     }
@@ -559,7 +598,11 @@ fn the_crate_is_layered_as_architecture_md_says() {
     let doc = std::fs::read_to_string(repo.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
     let table = parse_table(&doc).expect("the dependency table of ARCHITECTURE.md");
     let found = problems(&sources, &table, KNOWN_FILE_CYCLES);
-    assert!(found.is_empty(), "layering problems:\n  {}", found.join("\n  "));
+    assert!(
+        found.is_empty(),
+        "layering problems:\n  {}",
+        found.join("\n  ")
+    );
 }
 
 #[cfg(test)]
@@ -567,7 +610,10 @@ mod checker {
     use super::*;
 
     fn src(files: &[(&str, &str)]) -> Vec<(String, String)> {
-        files.iter().map(|(p, t)| (p.to_string(), t.to_string())).collect()
+        files
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect()
     }
 
     fn table(text: &str) -> Table {
@@ -580,15 +626,24 @@ mod checker {
         ("b.rs", "use crate::a::A; const S: &str = \"crate::c::X\";"),
         ("c/mod.rs", "mod x; mod y; pub use y::Y;"),
         ("c/x.rs", "use super::y::Y; use crate::{a::A, b};"),
-        ("c/y.rs", "pub struct Y; #[cfg(test)] mod tests { use super::*; use super::super::Z; }"),
-        ("main.rs", "use walrcv::c::Y; fn f<'a>(x: &'a str) -> char { 'c' }"),
+        (
+            "c/y.rs",
+            "pub struct Y; #[cfg(test)] mod tests { use super::*; use super::super::Z; }",
+        ),
+        (
+            "main.rs",
+            "use walrcv::c::Y; fn f<'a>(x: &'a str) -> char { 'c' }",
+        ),
     ];
 
     const LAYERED_TABLE: &str = "a:\nb: a  # comment\nc: a b\nmain: c\n";
 
     #[test]
     fn a_layered_crate_passes() {
-        assert_eq!(problems(&src(LAYERED), &table(LAYERED_TABLE), &[]), Vec::<String>::new());
+        assert_eq!(
+            problems(&src(LAYERED), &table(LAYERED_TABLE), &[]),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -596,7 +651,12 @@ mod checker {
         let mut files = src(LAYERED);
         files[1].1.push_str("\nfn f() { crate::c::y::Y; }");
         let p = problems(&files, &table(LAYERED_TABLE), &[]);
-        assert!(p.iter().any(|l| l.starts_with("cycle in the crate: {a, b, c}") || l.starts_with("cycle in the crate: {a, c}")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("cycle in the crate: {a, b, c}")
+                    || l.starts_with("cycle in the crate: {a, c}")),
+            "{p:?}"
+        );
         assert!(p.iter().any(|l| l.starts_with("a -> c (a.rs:3)")), "{p:?}");
     }
 
@@ -618,7 +678,10 @@ mod checker {
             ("lib.rs", "pub mod c;"),
             ("c/mod.rs", "mod x; mod y;"),
             ("c/x.rs", "use super::y::Y;"),
-            ("c/y.rs", "pub struct Y; mod tests { use super::Y; mod deeper { use super::super::Y; } }"),
+            (
+                "c/y.rs",
+                "pub struct Y; mod tests { use super::Y; mod deeper { use super::super::Y; } }",
+            ),
         ]);
         assert_eq!(problems(&files, &table("c:\n"), &[]), Vec::<String>::new());
     }
@@ -638,8 +701,18 @@ mod checker {
     #[test]
     fn a_module_missing_from_the_table_fails() {
         let p = problems(&src(LAYERED), &table("a:\nb: a\nc: a b\nzz:\n"), &[]);
-        assert!(p.contains(&"top-level module main is missing from the table in ARCHITECTURE.md".to_owned()), "{p:?}");
-        assert!(p.contains(&"ARCHITECTURE.md's table names zz, which is no top-level module".to_owned()), "{p:?}");
+        assert!(
+            p.contains(
+                &"top-level module main is missing from the table in ARCHITECTURE.md".to_owned()
+            ),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(
+                &"ARCHITECTURE.md's table names zz, which is no top-level module".to_owned()
+            ),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -649,7 +722,10 @@ mod checker {
         let known: &[(&str, &[&str])] = &[("c", &["x", "y"])];
         assert!(problems(&files, &table(LAYERED_TABLE), known).is_empty());
         let p = problems(&src(LAYERED), &table(LAYERED_TABLE), known);
-        assert_eq!(p, ["the known cycle c::{x, y} is gone: remove it from KNOWN_FILE_CYCLES"]);
+        assert_eq!(
+            p,
+            ["the known cycle c::{x, y} is gone: remove it from KNOWN_FILE_CYCLES"]
+        );
     }
 
     #[test]
