@@ -170,7 +170,7 @@ pub async fn wal_block_size(conn: &mut Connection) -> Result<u32, ReplicationErr
     v.trim()
         .parse::<u32>()
         .ok()
-        .filter(|b| b.is_power_of_two() && (1024..=65536).contains(b))
+        .filter(|b| crate::lsn::is_valid_block_size(u64::from(*b)))
         .ok_or_else(|| bad("SHOW wal_block_size", format!("invalid block size {v:?}")))
 }
 

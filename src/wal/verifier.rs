@@ -309,7 +309,7 @@ impl Verifier {
                 format!("invalid segment size {}", c.segment_size),
             ));
         }
-        if !c.block_size.is_power_of_two() || !(1024..=65536).contains(&c.block_size) {
+        if !crate::lsn::is_valid_block_size(u64::from(c.block_size)) {
             return Some(err(
                 at,
                 Check::BlockSize,
@@ -859,8 +859,8 @@ impl Verifier {
                         at,
                         Check::PageMagic,
                         format!(
-                            "invalid magic number {:04X} in WAL segment {}, LSN {at}, offset {} (not PostgreSQL 13 to 18 WAL)",
-                            h.magic, loc.file_name, loc.offset
+                            "invalid magic number {:04X} in WAL segment {}, LSN {at}, offset {} (not PostgreSQL {} to {} WAL)",
+                            h.magic, loc.file_name, loc.offset, crate::MIN_SERVER_MAJOR, crate::MAX_SERVER_MAJOR
                         ),
                     ));
                 }

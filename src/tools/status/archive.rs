@@ -32,7 +32,7 @@ use crate::archive::compression::decompress_partial;
 use crate::archive::inspect::read_prefix;
 use crate::archive::names::{ArchiveName, Compression};
 use crate::archive::{ArchiveDir, ArchiveError, Scan};
-use crate::lsn::is_valid_segment_size;
+use crate::lsn::{is_valid_block_size, is_valid_segment_size};
 use crate::wal::page::{PageHeader, LONG_HEADER_SIZE};
 
 use super::check::SegmentEntry;
@@ -174,7 +174,7 @@ fn sizes_from_headers(dir: &Path) -> Result<Option<(u64, u64)>, ArchiveError> {
         };
         let seg = u64::from(long.segment_size);
         let block = u64::from(long.block_size);
-        if is_valid_segment_size(seg) && block.is_power_of_two() && block >= 1024 {
+        if is_valid_segment_size(seg) && is_valid_block_size(block) {
             return Ok(Some((seg, block)));
         }
     }
