@@ -39,6 +39,16 @@ pub mod wal;
 /// The newest PostgreSQL major version walrcv supports, reported in the
 /// `pg_receivewal`-compatible `--version` line (Barman parses it).
 pub const NEWEST_SUPPORTED_SERVER: &str = "18.4";
-/// Oldest and newest supported server major versions.
+/// Oldest and newest supported server major versions: the one place the
+/// supported range is written (messages and metrics derive it from these).
 pub const MIN_SERVER_MAJOR: u32 = 13;
 pub const MAX_SERVER_MAJOR: u32 = 18;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_newest_supported_server_is_of_the_newest_major() {
+        let major = super::NEWEST_SUPPORTED_SERVER.split('.').next();
+        assert_eq!(major, Some(super::MAX_SERVER_MAJOR.to_string().as_str()));
+    }
+}

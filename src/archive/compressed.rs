@@ -71,9 +71,9 @@ use super::compress_spec::CompressionSpec;
 use super::durable::{self, Site, TMP_SUFFIX};
 use super::inspect::decodable_len;
 use super::names::{segment_file_name, Compression, SegmentName};
-use super::segment::SegmentWriter;
+use super::segment::{SegmentId, SegmentWriter};
 use super::ArchiveError;
-use crate::lsn::{is_valid_segment_size, segment_start_lsn, wal_file_name, Lsn, SegNo, TimeLineId};
+use crate::lsn::{is_valid_segment_size, wal_file_name, Lsn, SegNo, TimeLineId};
 
 /// The file under an encoder: appends through [`durable::write_at`], and
 /// keeps the archive error behind a failed write (the encoder only passes
@@ -219,9 +219,8 @@ pub struct CompressedWriter {
     /// which the new stream replaces once it has written as much (see the
     /// module documentation).
     aside: Option<u64>,
-    timeline: TimeLineId,
-    segno: SegNo,
-    segment_size: u64,
+    /// Which segment this is (timeline, number, size).
+    id: SegmentId,
     sync: bool,
     /// Uncompressed bytes written from offset 0.
     written: u64,
@@ -307,9 +306,11 @@ impl CompressedWriter {
             path,
             partial_path,
             aside,
-            timeline,
-            segno,
-            segment_size,
+            id: SegmentId {
+                timeline,
+                segno,
+                segment_size,
+            },
             sync,
             written: 0,
             poisoned: false,
@@ -349,13 +350,13 @@ impl CompressedWriter {
         self.check_poisoned()?;
         let len = data.len() as u64;
         match offset.checked_add(len) {
-            Some(end) if end <= self.segment_size => {}
+            Some(end) if end <= self.id.segment_size => {}
             _ => {
                 return Err(ArchiveError::OutOfSegment {
                     path: self.path.clone(),
                     offset,
                     len,
-                    segment_size: self.segment_size,
+                    segment_size: self.id.segment_size,
                 })
             }
         }
@@ -505,11 +506,11 @@ impl CompressedWriter {
     /// segment was written.
     pub fn complete(mut self) -> Result<PathBuf, ArchiveError> {
         self.check_poisoned()?;
-        if self.written != self.segment_size {
+        if self.written != self.id.segment_size {
             return Err(ArchiveError::IncompleteSegment {
                 path: self.path.clone(),
                 written: self.written,
-                expected: self.segment_size,
+                expected: self.id.segment_size,
             });
         }
         let _file = self.finish(Site::Complete)?;
@@ -581,14 +582,9 @@ impl CompressedWriter {
     pub fn final_path(&self) -> &Path {
         &self.final_path
     }
-    pub fn timeline(&self) -> TimeLineId {
-        self.timeline
-    }
-    pub fn segno(&self) -> SegNo {
-        self.segno
-    }
-    pub fn segment_size(&self) -> u64 {
-        self.segment_size
+    /// Which segment this is.
+    pub fn id(&self) -> SegmentId {
+        self.id
     }
     /// Uncompressed bytes written from offset 0.
     pub fn written(&self) -> u64 {
@@ -702,21 +698,22 @@ impl SegmentSink {
     pub fn buffers(&self) -> bool {
         matches!(self, SegmentSink::Compressed(_))
     }
-    pub fn start_lsn(&self) -> Lsn {
+    /// Which segment this is, whichever the writer.
+    pub fn id(&self) -> SegmentId {
         match self {
-            SegmentSink::Plain(w) => w.start_lsn(),
-            SegmentSink::Compressed(w) => segment_start_lsn(w.segno, w.segment_size),
+            SegmentSink::Plain(w) => w.id(),
+            SegmentSink::Compressed(w) => w.id(),
         }
     }
+    pub fn start_lsn(&self) -> Lsn {
+        self.id().start_lsn()
+    }
     pub fn segment_size(&self) -> u64 {
-        match self {
-            SegmentSink::Plain(w) => w.segment_size(),
-            SegmentSink::Compressed(w) => w.segment_size,
-        }
+        self.id().segment_size
     }
     /// LSN just past the segment's last byte.
     pub fn end_lsn(&self) -> Lsn {
-        Lsn(self.start_lsn().0.saturating_add(self.segment_size()))
+        self.id().end_lsn()
     }
     pub fn is_poisoned(&self) -> bool {
         match self {

@@ -57,7 +57,7 @@ use crate::lsn::TimeLineId;
 pub use compressed::{CompressedWriter, SegmentSink};
 pub use resume::Resume;
 pub use scan::{ArchiveDir, PrepareError, Scan, SegmentFile, StartPoint};
-pub use segment::{PreparedSegment, SegmentWriter};
+pub use segment::{PreparedSegment, SegmentId, SegmentWriter};
 
 /// Errors about the archive directory and its files, naming the path concerned.
 #[derive(Debug, thiserror::Error)]

@@ -50,6 +50,28 @@ use crate::lsn::{is_valid_segment_size, segment_start_lsn, wal_file_name, Lsn, S
 /// Size of each zero block written while pre-padding.
 const PAD_BLOCK: usize = 1 << 20;
 
+/// Which segment a writer writes: its timeline, number and size. The one
+/// identity both writers ([`SegmentWriter`] and
+/// [`super::compressed::CompressedWriter`]) and the sink that holds either
+/// ([`super::SegmentSink`]) answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentId {
+    pub timeline: TimeLineId,
+    pub segno: SegNo,
+    pub segment_size: u64,
+}
+
+impl SegmentId {
+    /// LSN of the segment's first byte.
+    pub fn start_lsn(self) -> Lsn {
+        segment_start_lsn(self.segno, self.segment_size)
+    }
+    /// LSN just past the segment's last byte.
+    pub fn end_lsn(self) -> Lsn {
+        Lsn(self.start_lsn().0.saturating_add(self.segment_size))
+    }
+}
+
 /// An open segment file being written: `NAME.partial`, or
 /// `NAME.partial.tmp` when written direct.
 #[derive(Debug)]
@@ -61,9 +83,8 @@ pub struct SegmentWriter {
     path: PathBuf,
     /// `dir/NAME`, the name once complete.
     final_path: PathBuf,
-    timeline: TimeLineId,
-    segno: SegNo,
-    segment_size: u64,
+    /// Which segment this is (timeline, number, size).
+    id: SegmentId,
     sync: bool,
     /// End of the prefix `[0, written)` covered by writes through this writer.
     /// [`SegmentWriter::complete`] requires the whole segment.
@@ -213,9 +234,11 @@ impl<'a> SegmentAt<'a> {
             dir: self.dir.to_path_buf(),
             path,
             final_path,
-            timeline: self.timeline,
-            segno: self.segno,
-            segment_size: self.segment_size,
+            id: SegmentId {
+                timeline: self.timeline,
+                segno: self.segno,
+                segment_size: self.segment_size,
+            },
             sync: self.sync,
             written: 0,
             poisoned: false,
@@ -343,13 +366,13 @@ impl SegmentWriter {
         self.check_poisoned()?;
         let len = data.len() as u64;
         let end = match offset.checked_add(len) {
-            Some(end) if end <= self.segment_size => end,
+            Some(end) if end <= self.id.segment_size => end,
             _ => {
                 return Err(ArchiveError::OutOfSegment {
                     path: self.path.clone(),
                     offset,
                     len,
-                    segment_size: self.segment_size,
+                    segment_size: self.id.segment_size,
                 })
             }
         };
@@ -447,11 +470,11 @@ impl SegmentWriter {
     /// rename.
     pub fn complete(mut self) -> Result<PathBuf, ArchiveError> {
         self.check_poisoned()?;
-        if self.written != self.segment_size {
+        if self.written != self.id.segment_size {
             return Err(ArchiveError::IncompleteSegment {
                 path: self.path.clone(),
                 written: self.written,
-                expected: self.segment_size,
+                expected: self.id.segment_size,
             });
         }
         if self.sync && self.dirty {
@@ -497,9 +520,9 @@ impl SegmentWriter {
         self.check_poisoned()?;
         let zeros = vec![0u8; PAD_BLOCK];
         let mut offset = self.written;
-        while offset < self.segment_size {
+        while offset < self.id.segment_size {
             // Bounded by PAD_BLOCK, so the cast cannot truncate.
-            let n = (self.segment_size - offset).min(PAD_BLOCK as u64) as usize;
+            let n = (self.id.segment_size - offset).min(PAD_BLOCK as u64) as usize;
             self.write_unchecked(offset, &zeros[..n], Site::ClosePartial)?;
             offset += n as u64;
         }
@@ -508,7 +531,7 @@ impl SegmentWriter {
         }
         let partial = self.final_path.with_file_name(format!(
             "{}{PARTIAL_SUFFIX}",
-            wal_file_name(self.timeline, self.segno, self.segment_size)
+            wal_file_name(self.id.timeline, self.id.segno, self.id.segment_size)
         ));
         durable::rename(&self.path, &partial, Site::ClosePartial)?;
         if self.sync {
@@ -536,22 +559,13 @@ impl SegmentWriter {
     pub fn final_path(&self) -> &Path {
         &self.final_path
     }
-    pub fn timeline(&self) -> TimeLineId {
-        self.timeline
-    }
-    pub fn segno(&self) -> SegNo {
-        self.segno
-    }
-    pub fn segment_size(&self) -> u64 {
-        self.segment_size
+    /// Which segment this is.
+    pub fn id(&self) -> SegmentId {
+        self.id
     }
     /// Whether fsyncs are done (`false` with `--no-sync`).
     pub fn sync_enabled(&self) -> bool {
         self.sync
-    }
-    /// LSN of the segment's first byte.
-    pub fn start_lsn(&self) -> Lsn {
-        segment_start_lsn(self.segno, self.segment_size)
     }
     /// Length of the prefix `[0, n)` written through this writer so far.
     pub fn written(&self) -> u64 {
@@ -675,11 +689,13 @@ mod tests {
             let partial = tmp.path().join(format!("{}.partial", seg_name(1, 3)));
             assert_eq!(w.path(), partial);
             assert_eq!(w.final_path(), tmp.path().join(seg_name(1, 3)));
-            assert_eq!(
-                (w.timeline(), w.segno(), w.segment_size(), w.sync_enabled()),
-                (1, 3, SEG, sync)
-            );
-            assert_eq!(w.start_lsn(), Lsn(3 * SEG));
+            let id = SegmentId {
+                timeline: 1,
+                segno: 3,
+                segment_size: SEG,
+            };
+            assert_eq!((w.id(), w.sync_enabled()), (id, sync));
+            assert_eq!((id.start_lsn(), id.end_lsn()), (Lsn(3 * SEG), Lsn(4 * SEG)));
             assert_eq!(names(tmp.path()), [format!("{}.partial", seg_name(1, 3))]);
             let meta = std::fs::metadata(&partial).unwrap();
             assert_eq!(meta.len(), SEG);

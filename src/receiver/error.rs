@@ -61,7 +61,11 @@ pub enum ReceiverError {
         /// has begins (see [`gap`]), when found.
         oldest_available: Option<Lsn>,
     },
-    #[error("server version {found} is not supported: walrcv supports PostgreSQL 13 to 18")]
+    #[error(
+        "server version {found} is not supported: walrcv supports PostgreSQL {} to {}",
+        crate::MIN_SERVER_MAJOR,
+        crate::MAX_SERVER_MAJOR
+    )]
     UnsupportedServer { found: String },
     #[error("replication connection is unexpectedly database specific (dbname={0}): remove replication=database from the connection string")]
     DatabaseSpecific(String),
