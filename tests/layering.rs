@@ -605,6 +605,56 @@ fn the_crate_is_layered_as_architecture_md_says() {
     );
 }
 
+/// The sans-IO modules: code that takes bytes and returns values, so that it
+/// is unit-tested, fuzzed and benchmarked without a file or a socket.
+const SANS_IO: &[&str] = &["lsn", "wal"];
+
+/// Names of file, socket and runtime APIs a sans-IO module must not use.
+const IO_NAMES: &[&str] = &[
+    "fs",
+    "net",
+    "tokio",
+    "File",
+    "OpenOptions",
+    "TcpStream",
+    "UnixStream",
+];
+
+/// Every use of an IO API in the files of `modules` (path under `src/`, line, name).
+fn io_uses(sources: &[(String, String)], modules: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (rel, text) in sources {
+        let module = module_of_file(rel);
+        if !module
+            .first()
+            .is_some_and(|m| modules.contains(&m.as_str()))
+        {
+            continue;
+        }
+        for (tok, line) in tokenize(text) {
+            if let Tok::Ident(name) = tok {
+                if IO_NAMES.contains(&name.as_str()) {
+                    out.push(format!("{rel}:{line}: {name}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_sans_io_modules_use_no_file_nor_socket() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = Vec::new();
+    read_sources(&repo.join("src"), &repo.join("src"), &mut sources);
+    let found = io_uses(&sources, SANS_IO);
+    assert!(
+        found.is_empty(),
+        "IO in a sans-IO module:\n  {}",
+        found.join("\n  ")
+    );
+}
+
 #[cfg(test)]
 mod checker {
     use super::*;
@@ -739,6 +789,21 @@ mod checker {
             })
             .collect();
         assert_eq!(idents, ["crate", "c"]);
+    }
+
+    #[test]
+    fn a_file_api_in_a_sans_io_module_is_found() {
+        let files = src(&[
+            (
+                "wal/page.rs",
+                "use std::fs::File; // File in a comment\nfn f() {}",
+            ),
+            ("archive/durable.rs", "use std::fs::File;"),
+        ]);
+        assert_eq!(
+            io_uses(&files, &["wal"]),
+            ["wal/page.rs:1: fs", "wal/page.rs:1: File"]
+        );
     }
 
     #[test]
