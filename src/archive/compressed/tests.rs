@@ -160,8 +160,17 @@ fn a_crash_while_the_new_stream_is_shorter_leaves_the_old_file() {
         assert!(decoded(c, &partial).0 == data[..500_000], "{z}");
         let aside = format!("{name}{sfx}.partial.tmp");
         assert!(names(tmp.path()).contains(&aside), "{z}");
-        let _dir = crate::archive::ArchiveDir::open(tmp.path()).unwrap();
-        assert_eq!(names(tmp.path()), [format!("{name}{sfx}.partial")], "{z}");
+        // A temporary of ours, which the next start removes (`ArchiveDir::open`;
+        // scan.rs `open_removes_only_our_stale_temporaries`). Not opened here:
+        // the writer's tests do not depend on the scan, which depends on them.
+        let base = aside.strip_suffix(TMP_SUFFIX).unwrap();
+        assert!(
+            matches!(
+                crate::archive::names::ArchiveName::classify(base),
+                crate::archive::names::ArchiveName::Segment { partial: true, .. }
+            ),
+            "{z}: {aside}"
+        );
     }
 }
 
