@@ -297,6 +297,38 @@ mod tests {
         .unwrap()
     }
 
+    /// A 40-byte long page header claiming `segment_size` and `block_size`.
+    fn long_header(segment_size: u32, block_size: u32) -> Vec<u8> {
+        let mut h = vec![0u8; crate::wal::page::LONG_HEADER_SIZE];
+        h[2..4].copy_from_slice(&crate::wal::page::XLP_LONG_HEADER.to_le_bytes());
+        h[32..36].copy_from_slice(&segment_size.to_le_bytes());
+        h[36..40].copy_from_slice(&block_size.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn a_header_with_a_block_size_over_64_kb_is_not_believed() {
+        // The case where this reader once disagreed with the rest of walrcv
+        // (it had no upper bound): 128 kB is no WAL page size.
+        let tmp = tempfile::tempdir().unwrap();
+        let seg = 16u32 << 20;
+        std::fs::write(
+            tmp.path().join("000000010000000000000001.partial"),
+            long_header(seg, 131_072),
+        )
+        .unwrap();
+        assert_eq!(sizes_from_headers(tmp.path()).unwrap(), None);
+        std::fs::write(
+            tmp.path().join("000000010000000000000002.partial"),
+            long_header(seg, 32_768),
+        )
+        .unwrap();
+        assert_eq!(
+            sizes_from_headers(tmp.path()).unwrap(),
+            Some((u64::from(seg), 32_768))
+        );
+    }
+
     #[test]
     fn empty_segment_has_nothing_written() {
         assert_eq!(end_of(&segment(128, 0)), 0);
