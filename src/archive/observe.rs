@@ -15,19 +15,37 @@ pub trait Observer: Send + Sync {
     fn fdatasync_done(&self, took: Duration);
 }
 
-static OBSERVER: OnceLock<&'static dyn Observer> = OnceLock::new();
+/// Where the observer is kept: one per process ([`OBSERVER`]); the tests
+/// make their own.
+struct Slot(OnceLock<&'static dyn Observer>);
+
+impl Slot {
+    const fn new() -> Slot {
+        Slot(OnceLock::new())
+    }
+
+    fn set(&self, observer: &'static dyn Observer) -> bool {
+        self.0.set(observer).is_ok()
+    }
+
+    fn fdatasync_done(&self, took: Duration) {
+        if let Some(observer) = self.0.get() {
+            observer.fdatasync_done(took);
+        }
+    }
+}
+
+static OBSERVER: Slot = Slot::new();
 
 /// Installs the process's observer. The first one stays: returns false (and
 /// changes nothing) when one was already installed.
 pub fn set_observer(observer: &'static dyn Observer) -> bool {
-    OBSERVER.set(observer).is_ok()
+    OBSERVER.set(observer)
 }
 
 /// Reports an fdatasync's duration to the observer, if there is one.
 pub(crate) fn fdatasync_done(took: Duration) {
-    if let Some(observer) = OBSERVER.get() {
-        observer.fdatasync_done(took);
-    }
+    OBSERVER.fdatasync_done(took);
 }
 
 #[cfg(test)]
@@ -47,13 +65,13 @@ mod tests {
     fn the_first_observer_installed_receives_the_reports() {
         static FIRST: Count = Count(AtomicU64::new(0));
         static SECOND: Count = Count(AtomicU64::new(0));
-        // The process-wide slot may already hold the metrics (another test
-        // called `metrics::global()`): then neither of ours is installed.
-        let installed = set_observer(&FIRST);
-        assert!(!set_observer(&SECOND), "a second observer is refused");
-        fdatasync_done(Duration::from_micros(7));
-        let expected = if installed { 7 } else { 0 };
-        assert_eq!(FIRST.0.load(Ordering::Relaxed), expected);
+        // A slot of its own: the process's may hold the metrics already.
+        let slot = Slot::new();
+        slot.fdatasync_done(Duration::from_micros(3)); // nobody to tell
+        assert!(slot.set(&FIRST));
+        assert!(!slot.set(&SECOND), "a second observer is refused");
+        slot.fdatasync_done(Duration::from_micros(7));
+        assert_eq!(FIRST.0.load(Ordering::Relaxed), 7);
         assert_eq!(SECOND.0.load(Ordering::Relaxed), 0);
     }
 }

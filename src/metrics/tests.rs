@@ -266,3 +266,18 @@ fn updates_and_encoding_never_wait_for_stuck_scrapers() {
     drop((half, silent));
     drop(server);
 }
+
+#[test]
+fn the_archives_fdatasyncs_reach_the_process_metrics() {
+    // The archive reports through `archive::observe`; `global()` installs
+    // these metrics as its observer on first use.
+    let count = || {
+        sample(
+            &global().encode(),
+            "walrcv_fdatasync_duration_seconds_count",
+        )
+    };
+    let before = count().unwrap_or(0.0);
+    crate::archive::observe::fdatasync_done(Duration::from_micros(5));
+    assert!(count().unwrap_or(0.0) >= before + 1.0);
+}
