@@ -192,11 +192,9 @@ fn gather(args: &StatusArgs, thresholds: Thresholds, timeout: Duration) -> Statu
     let (server, slot) = match query_server(args, timeout) {
         Ok((s, slot)) => (Some(s), slot),
         Err(msg) => {
-            facts.errors.push(Problem {
-                state: State::Unknown,
-                kind: "server_unreachable",
-                message: msg,
-            });
+            facts
+                .errors
+                .push(check::problem(State::Unknown, "server_unreachable", msg));
             (None, None)
         }
     };
@@ -209,11 +207,9 @@ fn gather(args: &StatusArgs, thresholds: Thresholds, timeout: Duration) -> Statu
                 } else {
                     (State::Unknown, "archive_unreadable")
                 };
-                facts.errors.push(Problem {
-                    state,
-                    kind,
-                    message: e.to_string(),
-                });
+                facts
+                    .errors
+                    .push(check::problem(state, kind, e.to_string()));
                 None
             }
         };
@@ -221,11 +217,9 @@ fn gather(args: &StatusArgs, thresholds: Thresholds, timeout: Duration) -> Statu
         .as_ref()
         .and_then(|a| archive::corrupt_before_start(&args.directory, a))
     {
-        facts.errors.push(Problem {
-            state: State::Critical,
-            kind: "archive_corrupt",
-            message,
-        });
+        facts
+            .errors
+            .push(check::problem(State::Critical, "archive_corrupt", message));
     }
     let live = args
         .metrics_url
