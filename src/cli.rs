@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::archive::compress_spec::{CompressionSpec, SpecError};
+use crate::conninfo::ConnectionArgs;
 use crate::lsn::Lsn;
 
 #[derive(Debug, Parser)]
@@ -126,26 +127,9 @@ pub struct StreamArgs {
     /// bare level (0 = none, 1-9 = gzip) or METHOD:level=N (pg_receivewal's -Z).
     #[arg(short = 'Z', long = "compress", value_name = "METHOD[:DETAIL]")]
     pub compress: Option<String>,
-    /// Connection string. Without -d, taken from the environment variable
-    /// WALRCV_CONNINFO when set (off the command line, where every local
-    /// user can read it: the systemd units do this).
-    #[arg(
-        short = 'd',
-        long = "dbname",
-        value_name = "CONNSTR",
-        env = "WALRCV_CONNINFO",
-        hide_env_values = true
-    )]
-    pub dbname: Option<String>,
-    /// Database server host or socket directory.
-    #[arg(short = 'h', long = "host", value_name = "HOSTNAME")]
-    pub host: Option<String>,
-    /// Database server port number.
-    #[arg(short = 'p', long = "port", value_name = "PORT")]
-    pub port: Option<String>,
-    /// Connect as the specified database user.
-    #[arg(short = 'U', long = "username", value_name = "NAME")]
-    pub username: Option<String>,
+    /// `-d`, `-h`, `-p`, `-U`.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Never prompt for a password.
     #[arg(short = 'w', long = "no-password")]
     pub no_password: bool,
@@ -345,7 +329,7 @@ mod tests {
             "-vv",
         ])
         .unwrap();
-        assert_eq!(a.host.as_deref(), Some("db"));
+        assert_eq!(a.connection.host.as_deref(), Some("db"));
         assert_eq!(a.endpos, Some(Lsn(0x300_0000)));
         assert_eq!(a.status_interval, 0);
         assert_eq!(a.verbose, 2);

@@ -16,7 +16,7 @@ use walrcv::conninfo::{
     AuthMethod, ChannelBinding, ConnParams, RequireAuth, SslMode, Target, TlsSettings,
 };
 use walrcv::pgwire::auth::AuthError;
-use walrcv::pgwire::{Connection, PgError};
+use walrcv::pgwire::{Connection, PgError, PgErrorKind, TargetError};
 
 use crate::support::{Auth, PgBuilder, PgServer, SUPERUSER, SUPERUSER_PASSWORD};
 
@@ -88,7 +88,10 @@ fn identify(p: &ConnParams) -> Result<String, PgError> {
 /// The text of an authentication error walrcv raised itself.
 fn client_refusal<T: std::fmt::Debug>(r: Result<T, PgError>) -> AuthError {
     match r {
-        Err(PgError::Authentication { source, .. }) => source,
+        Err(PgError::At(TargetError {
+            kind: PgErrorKind::Authentication { source },
+            ..
+        })) => source,
         other => panic!("expected walrcv to refuse, got {other:?}"),
     }
 }

@@ -25,7 +25,7 @@ use walrcv::conninfo::{
     TlsSettings, TlsVersion,
 };
 use walrcv::pgwire::tls::TlsError;
-use walrcv::pgwire::{Connection, PgError};
+use walrcv::pgwire::{Connection, PgError, PgErrorKind};
 
 use crate::support::{Auth, PgServer, SUPERUSER, SUPERUSER_PASSWORD};
 
@@ -534,11 +534,10 @@ fn tls_client_certificate_authentication() {
     let e = connect(&enc_case.params()).unwrap_err();
     assert!(
         matches!(
-            &e,
-            PgError::Tls {
+            e.kind(),
+            Some(PgErrorKind::Tls {
                 source: TlsError::KeyEncrypted(_),
-                ..
-            }
+            })
         ),
         "{e}"
     );

@@ -35,13 +35,15 @@
 //! string forms), `service` (pg_service.conf), `env` (environment and passwd),
 //! `resolve` (layers, validation, targets), `settings` (the combined settings
 //! and their origins, which `resolve`, `tls` and `auth` share), `tls` and `auth`
-//! (their keywords), `pgpass` (the password file).
+//! (their keywords), `pgpass` (the password file), `flags` (the `-d/-h/-p/-U`
+//! flags of the commands that connect).
 //!
 //! Passwords never appear in errors or log lines: a URI in an error is redacted
 //! and a malformed value that follows a password is not echoed.
 
 mod auth;
 mod env;
+mod flags;
 mod keyvalue;
 mod keywords;
 mod pgpass;
@@ -54,6 +56,7 @@ mod tls;
 mod uri;
 
 pub use env::{Environment, ProcessEnv};
+pub use flags::ConnectionArgs;
 pub use resolve::resolve;
 pub use service::{find_service, ServiceFileError, ServiceSetting, DEFAULT_SYSCONFDIR};
 

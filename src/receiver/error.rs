@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use crate::archive::ArchiveError;
 use crate::lsn::Lsn;
-use crate::pgwire::{PgError, ServerMessage};
+use crate::pgwire::{PgError, PgErrorKind, ServerMessage, TargetError};
 use crate::replication::{ReplicationError, StreamError};
 use crate::wal::VerifyError;
 
@@ -82,7 +82,10 @@ pub enum ReceiverError {
 impl From<PgError> for ReceiverError {
     fn from(e: PgError) -> Self {
         match e {
-            PgError::Server { message, target } => classify_server_error(message, target),
+            PgError::At(TargetError {
+                target,
+                kind: PgErrorKind::Server { message },
+            }) => classify_server_error(message, target),
             other => ReceiverError::Connection(other),
         }
     }
@@ -108,7 +111,7 @@ fn classify_server_error(message: Box<ServerMessage>, target: String) -> Receive
             facts: None,
             oldest_available: None,
         },
-        None => ReceiverError::Connection(PgError::Server { target, message }),
+        None => ReceiverError::Connection(PgError::at(target, PgErrorKind::Server { message })),
     }
 }
 
@@ -141,18 +144,19 @@ fn server_fault_message(
 /// facts show one, and a refusal names the WAL concerned.
 pub(crate) fn refine_at_start(error: ReceiverError, facts: &StartFacts) -> ReceiverError {
     match error {
-        ReceiverError::Connection(PgError::Server { target, message }) => {
-            match classify::classify(&message.code, Some(facts)) {
-                Some(fault) => ReceiverError::ServerFault {
-                    fault,
-                    target,
-                    message,
-                    facts: Some(*facts),
-                    oldest_available: None,
-                },
-                None => ReceiverError::Connection(PgError::Server { target, message }),
-            }
-        }
+        ReceiverError::Connection(PgError::At(TargetError {
+            target,
+            kind: PgErrorKind::Server { message },
+        })) => match classify::classify(&message.code, Some(facts)) {
+            Some(fault) => ReceiverError::ServerFault {
+                fault,
+                target,
+                message,
+                facts: Some(*facts),
+                oldest_available: None,
+            },
+            None => ReceiverError::Connection(PgError::at(target, PgErrorKind::Server { message })),
+        },
         ReceiverError::ServerFault {
             fault,
             target,
@@ -266,8 +270,14 @@ impl ReceiverError {
             | ReceiverError::Archive(_)
             | ReceiverError::ArchiveUntrusted { .. }
             | ReceiverError::ArchiveIo { .. } => FailureKind::Archive,
-            ReceiverError::Connection(PgError::Server { .. })
-            | ReceiverError::Replication(ReplicationError::Pg(PgError::Server { .. }))
+            ReceiverError::Connection(PgError::At(TargetError {
+                kind: PgErrorKind::Server { .. },
+                ..
+            }))
+            | ReceiverError::Replication(ReplicationError::Pg(PgError::At(TargetError {
+                kind: PgErrorKind::Server { .. },
+                ..
+            })))
             | ReceiverError::NeedsOperator { .. }
             | ReceiverError::ServerFault { .. } => FailureKind::Server,
             ReceiverError::Connection(_)
@@ -453,16 +463,16 @@ mod tests {
     use super::*;
 
     fn server_error(code: &str, text: &str) -> ReceiverError {
-        ReceiverError::from(PgError::Server {
-            target: "host=db port=5432".into(),
-            message: Box::new(ServerMessage {
+        ReceiverError::from(PgError::server(
+            "host=db port=5432",
+            ServerMessage {
                 severity: "FEHLER".into(),
                 code: code.into(),
                 message: text.into(),
                 detail: None,
                 hint: None,
-            }),
-        })
+            },
+        ))
     }
 
     fn facts(timeline: u32, start: u64, server_timeline: u32, flush: u64) -> StartFacts {
@@ -636,7 +646,7 @@ mod tests {
             FailureKind::Network
         );
         assert_eq!(
-            ReceiverError::Connection(PgError::Closed { target: "t".into() }).failure_kind(),
+            ReceiverError::Connection(PgError::at("t", PgErrorKind::Closed)).failure_kind(),
             FailureKind::Network
         );
         assert_eq!(

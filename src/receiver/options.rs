@@ -42,17 +42,11 @@ impl StreamOptions {
     }
 }
 
-/// The connection keys given by flags, which override the same keys of `-d`
-/// (pg_receivewal's precedence). The password is left to the caller (`-W`
-/// prompts for it).
+/// `stream`'s connection overrides: [`ConnectionArgs::overrides`](crate::conninfo::ConnectionArgs::overrides),
+/// the one place that builds them for every command. The password is left to
+/// the caller (`-W` prompts for it).
 pub fn conn_overrides(args: &StreamArgs) -> Overrides {
-    Overrides {
-        dbname: args.dbname.clone(),
-        host: args.host.clone(),
-        port: args.port.clone(),
-        user: args.username.clone(),
-        password: None,
-    }
+    args.connection.overrides()
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use super::{refine_at_start, Outcome, ReceiverError, StreamOptions};
 use crate::archive::{ArchiveDir, ArchiveError, PrepareError, Resume, Scan, StartPoint};
 use crate::lsn::{pg_now, Lsn, TimeLineId};
 use crate::metrics::AckClock;
-use crate::pgwire::{BackendMessage, Connection, PgError, QueryResult};
+use crate::pgwire::{BackendMessage, Connection, PgError, PgErrorKind, QueryResult, TargetError};
 use crate::replication::{self, ReplicationError, ReplicationMessage, StartReply, StatusUpdate};
 use crate::service;
 use crate::shutdown::{stop_requested, unless_stopped};
@@ -43,7 +43,10 @@ struct Server {
 async fn connect(opts: &mut StreamOptions) -> Result<Connection, ReceiverError> {
     let reply_timeout = opts.receive_timeout;
     match Connection::connect(&opts.conn, true, reply_timeout).await {
-        Err(PgError::NoPassword { target }) if opts.password_prompt && stdin_is_terminal() => {
+        Err(PgError::At(TargetError {
+            target,
+            kind: PgErrorKind::NoPassword,
+        })) if opts.password_prompt && stdin_is_terminal() => {
             let pw = rpassword::prompt_password("Password: ")
                 .map_err(|e| ReceiverError::Config(format!("could not read the password: {e}")))?;
             opts.conn.password = Some(pw);
@@ -1032,11 +1035,7 @@ impl Stream<'_> {
             BackendMessage::CopyDone => return Ok(Some(LoopEnd::ServerCopyDone)),
             BackendMessage::CommandComplete { .. } => return Ok(Some(LoopEnd::ServerClosed)),
             BackendMessage::Error(message) => {
-                return Err(PgError::Server {
-                    target: self.conn.target().to_string(),
-                    message: Box::new(message),
-                }
-                .into())
+                return Err(PgError::server(self.conn.target().to_string(), message).into())
             }
             other => return Err(ReceiverError::Unexpected(other.summary())),
         };
@@ -1243,11 +1242,7 @@ async fn read_until_ready(conn: &mut Connection) -> Result<QueryResult, Receiver
             | BackendMessage::CopyData(_)
             | BackendMessage::CopyDone => {}
             BackendMessage::Error(message) => {
-                return Err(PgError::Server {
-                    target: conn.target().to_string(),
-                    message: Box::new(message),
-                }
-                .into())
+                return Err(PgError::server(conn.target().to_string(), message).into())
             }
             BackendMessage::ReadyForQuery => return Ok(result),
             other => return Err(ReceiverError::Unexpected(other.summary())),

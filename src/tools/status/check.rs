@@ -229,7 +229,8 @@ pub struct Problem {
     pub message: String,
 }
 
-fn problem(state: State, kind: &'static str, message: String) -> Problem {
+/// The one way a [`Problem`] is made (here and by the gathering in `mod.rs`).
+pub(super) fn problem(state: State, kind: &'static str, message: String) -> Problem {
     Problem {
         state,
         kind,

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::conninfo::{self, Overrides, ProcessEnv};
+use crate::conninfo::{self, ConnectionArgs, ProcessEnv};
 use crate::lsn::TimeLineId;
 
 use check::{Facts, Gap, LiveFacts, Problem, SlotFacts, State, Thresholds, TimelineNewest};
@@ -44,18 +44,10 @@ pub struct StatusArgs {
     /// The archive directory (read only: never locked or written).
     #[arg(short = 'D', long = "directory", value_name = "DIR")]
     pub directory: PathBuf,
-    /// Connection string (as for `walrcv stream`; a replication connection is made).
-    #[arg(short = 'd', long = "dbname", value_name = "CONNSTR")]
-    pub dbname: Option<String>,
-    /// Database server host or socket directory.
-    #[arg(short = 'h', long = "host", value_name = "HOSTNAME")]
-    pub host: Option<String>,
-    /// Database server port number.
-    #[arg(short = 'p', long = "port", value_name = "PORT")]
-    pub port: Option<String>,
-    /// Connect as the specified database user.
-    #[arg(short = 'U', long = "username", value_name = "NAME")]
-    pub username: Option<String>,
+    /// `-d`, `-h`, `-p`, `-U`, as for `walrcv stream` (a replication
+    /// connection is made).
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Replication slot whose state to check.
     #[arg(short = 'S', long = "slot", value_name = "SLOTNAME")]
     pub slot: Option<String>,
@@ -200,11 +192,9 @@ fn gather(args: &StatusArgs, thresholds: Thresholds, timeout: Duration) -> Statu
     let (server, slot) = match query_server(args, timeout) {
         Ok((s, slot)) => (Some(s), slot),
         Err(msg) => {
-            facts.errors.push(Problem {
-                state: State::Unknown,
-                kind: "server_unreachable",
-                message: msg,
-            });
+            facts
+                .errors
+                .push(check::problem(State::Unknown, "server_unreachable", msg));
             (None, None)
         }
     };
@@ -217,11 +207,9 @@ fn gather(args: &StatusArgs, thresholds: Thresholds, timeout: Duration) -> Statu
                 } else {
                     (State::Unknown, "archive_unreadable")
                 };
-                facts.errors.push(Problem {
-                    state,
-                    kind,
-                    message: e.to_string(),
-                });
+                facts
+                    .errors
+                    .push(check::problem(state, kind, e.to_string()));
                 None
             }
         };
@@ -229,11 +217,9 @@ fn gather(args: &StatusArgs, thresholds: Thresholds, timeout: Duration) -> Statu
         .as_ref()
         .and_then(|a| archive::corrupt_before_start(&args.directory, a))
     {
-        facts.errors.push(Problem {
-            state: State::Critical,
-            kind: "archive_corrupt",
-            message,
-        });
+        facts
+            .errors
+            .push(check::problem(State::Critical, "archive_corrupt", message));
     }
     let live = args
         .metrics_url
@@ -319,13 +305,7 @@ fn query_server(
     args: &StatusArgs,
     timeout: Duration,
 ) -> Result<(ServerFacts, Option<SlotFacts>), String> {
-    let overrides = Overrides {
-        dbname: args.dbname.clone(),
-        host: args.host.clone(),
-        port: args.port.clone(),
-        user: args.username.clone(),
-        password: None,
-    };
+    let overrides = args.connection.overrides();
     let mut params = conninfo::resolve(&overrides, &ProcessEnv).map_err(|e| e.to_string())?;
     params.connect_timeout.get_or_insert(timeout);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -361,7 +341,7 @@ mod tests {
     #[test]
     fn defaults_and_flags() {
         let a = parse(&["-h", "db", "-S", "walrcv"]).unwrap();
-        assert_eq!(a.host.as_deref(), Some("db"));
+        assert_eq!(a.connection.host.as_deref(), Some("db"));
         assert_eq!(a.warning_lag_bytes, 16 << 20);
         assert_eq!(a.critical_lag_bytes, 256 << 20);
         assert_eq!((a.warning_lag_seconds, a.critical_lag_seconds), (60, 300));

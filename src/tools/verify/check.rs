@@ -17,7 +17,7 @@ use crate::archive::names::Compression;
 use crate::lsn::{Lsn, SegNo, TimeLineId};
 use crate::wal::verifier::{Check, Verifier, VerifierConfig, VerifyError};
 
-use super::report::{corrupt, FileReport, Problem, ProblemKind, Severity};
+use super::report::{FileReport, Problem};
 
 /// The archive-wide facts a file is checked against.
 #[derive(Debug, Clone, Copy)]
@@ -91,18 +91,7 @@ pub(super) fn empty_report(f: &FileMeta) -> FileReport {
 
 /// A compressed file that does not decode at all.
 pub(super) fn undecodable(f: &FileMeta, seg_start: Lsn, detail: &str) -> Problem {
-    Problem {
-        severity: Severity::Error,
-        kind: ProblemKind::Corrupt,
-        file: f.name.to_owned(),
-        offset: None,
-        lsn: Some(seg_start),
-        check: None,
-        message: format!(
-            "{} file cannot be decompressed: {detail}",
-            f.compression.method_name()
-        ),
-    }
+    Problem::undecodable(f.name, seg_start, f.compression.method_name(), detail)
 }
 
 /// Checks `content` of `f` with `v` (positioned at the segment start).
@@ -143,7 +132,11 @@ pub(super) fn check_file(
         let silent = resyncing && v.records() == 0;
         if !silent {
             if per_file < ctx.max_problems_per_file {
-                problems.push(corrupt(f.name, e.lsn.0.saturating_sub(seg_start.0), &e));
+                problems.push(Problem::corrupt(
+                    f.name,
+                    e.lsn.0.saturating_sub(seg_start.0),
+                    &e,
+                ));
             } else {
                 suppressed += 1;
             }
@@ -177,15 +170,7 @@ pub(super) fn check_file(
         report.verified_end = Some(v.verified_end());
     }
     if suppressed > 0 {
-        problems.push(Problem {
-            severity: Severity::Error,
-            kind: ProblemKind::Corrupt,
-            file: f.name.to_owned(),
-            offset: None,
-            lsn: None,
-            check: None,
-            message: format!("{suppressed} more problems in this file not shown"),
-        });
+        problems.push(Problem::more_not_shown(f.name, suppressed));
     }
     if let Some(e) = ended {
         problems.extend(end_of_valid_wal(f, &mut report, &v, &e, data, seg_start));
@@ -214,27 +199,7 @@ fn size_problems(
 ) -> Option<Problem> {
     let compressed = f.compression != Compression::None;
     if length == 0 {
-        return Some(Problem {
-            severity: if f.partial {
-                Severity::Warning
-            } else {
-                Severity::Error
-            },
-            kind: if f.partial {
-                ProblemKind::WrongSize
-            } else {
-                ProblemKind::NotWal
-            },
-            file: f.name.to_owned(),
-            offset: Some(0),
-            lsn: Some(seg_start),
-            check: None,
-            message: if compressed {
-                "decompresses to nothing".into()
-            } else {
-                "empty file".into()
-            },
-        });
+        return Some(Problem::empty(f.name, f.partial, seg_start, compressed));
     }
     if f.partial || (length == seg_size && finished) {
         return None;
@@ -264,15 +229,12 @@ fn size_problems(
             f.compression.method_name()
         )
     };
-    Some(Problem {
-        severity: Severity::Error,
-        kind: ProblemKind::WrongSize,
-        file: f.name.to_owned(),
-        offset: Some(at),
-        lsn: Some(Lsn(seg_start.0 + at)),
-        check: None,
+    Some(Problem::wrong_size(
+        f.name,
+        at,
+        Lsn(seg_start.0 + at),
         message,
-    })
+    ))
 }
 
 /// Where the valid WAL of a `.partial` (or truncated) file ends: zeros after
@@ -294,27 +256,12 @@ fn end_of_valid_wal(
     if tail.iter().all(|&b| b == 0) {
         return None;
     }
-    let stale = e.check == Check::PageAddress;
-    Some(Problem {
-        severity: if stale {
-            Severity::Warning
-        } else {
-            Severity::Error
-        },
-        kind: if e.check == Check::SystemId {
-            ProblemKind::SystemId
-        } else {
-            ProblemKind::TrailingGarbage
-        },
-        file: f.name.to_owned(),
-        offset: Some(e.lsn.0.saturating_sub(seg_start.0)),
-        lsn: Some(e.lsn),
-        check: Some(e.check),
-        message: format!(
-            "valid WAL ends at {end}; non-zero bytes follow ({} check failed at {}: {})",
-            e.check, e.lsn, e.detail
-        ),
-    })
+    Some(Problem::after_valid_end(
+        f.name,
+        e.lsn.0.saturating_sub(seg_start.0),
+        end,
+        e,
+    ))
 }
 
 /// Start of the first record in a file, verified on its own from the segment
@@ -337,6 +284,7 @@ pub(super) fn first_record_start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::verify::report::{ProblemKind, Severity};
 
     const SEG: u64 = 1 << 20;
 

@@ -30,7 +30,7 @@ use crate::archive::divergent::end_of_data;
 use crate::lsn::{segment_start_lsn, Lsn, SegNo, TimeLineId};
 use crate::wal::history::HistoryEntry;
 
-use super::report::{ser_lsn, ser_opt_lsn, Problem, ProblemKind, Severity};
+use super::lsn_json::{ser_lsn, ser_opt_lsn};
 
 /// A set-aside file as measured by the inventory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,38 +168,33 @@ fn range_of(
     }
 }
 
-/// The warning reporting one range.
-pub(super) fn warning(r: &DivergentRange) -> Problem {
-    let names = match (r.files.first(), r.files.last()) {
-        (Some(a), Some(b)) if r.files.len() > 1 => {
-            format!("{} files, {} to {}", r.files.len(), a.name, b.name)
+impl DivergentRange {
+    /// What the warning reporting this range says: its files, its span and
+    /// where the history left its timeline.
+    pub(super) fn description(&self) -> String {
+        let r = self;
+        let names = match (r.files.first(), r.files.last()) {
+            (Some(a), Some(b)) if r.files.len() > 1 => {
+                format!("{} files, {} to {}", r.files.len(), a.name, b.name)
+            }
+            (Some(a), _) => a.name.clone(),
+            _ => String::new(),
+        };
+        let t = r.timeline;
+        match (r.switchpoint, r.history_of) {
+            (Some(sp), Some(of)) if r.bytes == 0 => format!(
+                "set aside ({names}), holds no WAL past the switch point {sp} where timeline {of}'s history left timeline {t} (its data ends at {})",
+                r.to
+            ),
+            (Some(sp), Some(of)) => format!(
+                "divergent WAL of timeline {t} set aside ({names}): {} to {}, {} bytes past the switch point {sp} where timeline {of}'s history left timeline {t}; not part of timeline {of}, never restored",
+                r.from, r.to, r.bytes
+            ),
+            _ => format!(
+                "divergent WAL of timeline {t} set aside ({names}): {} to {}, {} bytes, counted from the segment start: no history file says where timeline {t} was left",
+                r.from, r.to, r.bytes
+            ),
         }
-        (Some(a), _) => a.name.clone(),
-        _ => String::new(),
-    };
-    let t = r.timeline;
-    let message = match (r.switchpoint, r.history_of) {
-        (Some(sp), Some(of)) if r.bytes == 0 => format!(
-            "set aside ({names}), holds no WAL past the switch point {sp} where timeline {of}'s history left timeline {t} (its data ends at {})",
-            r.to
-        ),
-        (Some(sp), Some(of)) => format!(
-            "divergent WAL of timeline {t} set aside ({names}): {} to {}, {} bytes past the switch point {sp} where timeline {of}'s history left timeline {t}; not part of timeline {of}, never restored",
-            r.from, r.to, r.bytes
-        ),
-        _ => format!(
-            "divergent WAL of timeline {t} set aside ({names}): {} to {}, {} bytes, counted from the segment start: no history file says where timeline {t} was left",
-            r.from, r.to, r.bytes
-        ),
-    };
-    Problem {
-        severity: Severity::Warning,
-        kind: ProblemKind::Divergent,
-        file: r.files.first().map(|f| f.name.clone()).unwrap_or_default(),
-        offset: None,
-        lsn: Some(r.from),
-        check: None,
-        message,
     }
 }
 
@@ -302,14 +297,9 @@ mod tests {
             .map(|f| (f.segno, f.divergent_bytes))
             .collect();
         assert_eq!(per_file, [(0xB, 0xC0_0000 - 0xB1_0000), (0xC, 0x1_41DE)]);
-        let w = warning(r);
-        assert_eq!(
-            (w.severity, w.kind),
-            (Severity::Warning, ProblemKind::Divergent)
-        );
-        assert_eq!(w.file, "00000001000000000000000B.divergent.tmp");
-        assert!(w.message.contains("2 files"), "{}", w.message);
-        assert!(w.message.contains("0/B10000 to 0/C141DE"), "{}", w.message);
+        let w = r.description();
+        assert!(w.contains("2 files"), "{w}");
+        assert!(w.contains("0/B10000 to 0/C141DE"), "{w}");
     }
 
     #[test]
@@ -340,8 +330,8 @@ mod tests {
         let r = ranges(vec![file(4, 0x7, true, 0x70_2000)], &BTreeMap::new(), MB);
         assert_eq!((r[0].from, r[0].bytes), (Lsn(0x70_0000), 0x2000));
         assert_eq!(r[0].switchpoint, None);
-        let w = warning(&r[0]);
-        assert!(w.message.contains("no history file says"), "{}", w.message);
+        let w = r[0].description();
+        assert!(w.contains("no history file says"), "{w}");
     }
 
     #[test]
@@ -350,14 +340,11 @@ mod tests {
         let r = ranges(vec![file(1, 0xC, true, 0xC1_41DE)], &h, MB);
         assert_eq!(r[0].bytes, 0);
         assert_eq!(r[0].files[0].divergent_bytes, 0);
-        let w = warning(&r[0]);
+        let w = r[0].description();
         assert!(
-            w.message
-                .contains("holds no WAL past the switch point 0/C141F8"),
-            "{}",
-            w.message
+            w.contains("holds no WAL past the switch point 0/C141F8"),
+            "{w}"
         );
-        assert_eq!(w.severity, Severity::Warning);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::archive::names::{ArchiveName, Compression, SegmentName};
 use crate::lsn::{SegNo, TimeLineId};
 use crate::wal::page::{PageHeader, LONG_HEADER_SIZE, XLP_LONG_HEADER};
 
-use super::report::{unreadable, Problem};
+use super::report::Problem;
 use super::VerifyToolError;
 
 /// The largest WAL segment PostgreSQL allows (1 GB): no segment decompresses
@@ -104,7 +104,7 @@ pub(super) fn list(dir: &Path) -> Result<Inventory, VerifyToolError> {
                     Ok(m) if m.is_file() => m.len(),
                     Ok(_) => continue,
                     Err(e) => {
-                        inventory.problems.push(unreadable(&name, &e));
+                        inventory.problems.push(Problem::unreadable(&name, &e));
                         continue;
                     }
                 };

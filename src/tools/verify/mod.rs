@@ -44,6 +44,7 @@
 mod check;
 mod divergent;
 mod inventory;
+mod lsn_json;
 mod params;
 mod plan;
 mod render;
@@ -63,7 +64,6 @@ pub use report::{FileReport, Problem, ProblemKind, Severity, TimelineSummary, Ve
 
 use check::{Content, Context, FileMeta};
 use inventory::{Bytes, LoadError, Progress, SegFile};
-use report::{history_problem, unreadable};
 use timelines::Timelines;
 
 /// `walrcv verify` command-line arguments (mount with `#[command(flatten)]` or as a
@@ -175,20 +175,19 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         params::parameters(&aside)
     });
     let Some(params) = params else {
-        problems.extend(inventory.segments.iter().map(no_parameters_problem));
         problems.extend(
-            inventory.divergent.iter().map(|d| Problem {
-                severity: Severity::Warning,
-                kind: ProblemKind::Divergent,
-                file: d.name.clone(),
-                offset: None,
-                lsn: None,
-                check: None,
-                message:
-                    "set aside; no valid WAL long page header in any file: cannot tell its range"
-                        .into(),
-            }),
+            inventory
+                .segments
+                .iter()
+                .map(|s| Problem::no_parameters(&s.name, s.size)),
         );
+        problems.extend(inventory.divergent.iter().map(|d| {
+            Problem::divergent(
+                &d.name,
+                "set aside; no valid WAL long page header in any file: cannot tell its range"
+                    .into(),
+            )
+        }));
         return Ok(VerifyReport {
             divergent_files: inventory.divergent.len(),
             ..empty_report(dir, problems)
@@ -283,22 +282,6 @@ fn empty_report(dir: &Path, problems: Vec<Problem>) -> VerifyReport {
     }
 }
 
-fn no_parameters_problem(s: &SegFile) -> Problem {
-    Problem {
-        severity: Severity::Error,
-        kind: ProblemKind::NotWal,
-        file: s.name.clone(),
-        offset: Some(0),
-        lsn: None,
-        check: None,
-        message: if s.size == 0 {
-            "empty file".into()
-        } else {
-            "no valid WAL long page header in any segment: cannot tell the segment size".into()
-        },
-    }
-}
-
 /// The segments whose names are valid for `segment_size`, with their
 /// timeline and number; the others are problems.
 fn with_segment_numbers(
@@ -314,15 +297,7 @@ fn with_segment_numbers(
                 s.segno = segno;
                 named.push(s);
             }
-            None => problems.push(Problem {
-                severity: Severity::Error,
-                kind: ProblemKind::Name,
-                file: s.name.clone(),
-                offset: None,
-                lsn: None,
-                check: None,
-                message: format!("not a valid segment name for {segment_size} byte segments"),
-            }),
+            None => problems.push(Problem::bad_name(&s.name, segment_size)),
         }
     }
     named
@@ -349,7 +324,7 @@ fn divergent_ranges(
         })
         .collect();
     let ranges = divergent::ranges(measured, &parsed, ctx.segment_size);
-    problems.extend(ranges.iter().map(divergent::warning));
+    problems.extend(ranges.iter().map(Problem::divergent_range));
     ranges
 }
 
@@ -361,15 +336,7 @@ fn measure_divergent(
     segment_size: u64,
     problems: &mut Vec<Problem>,
 ) -> Option<divergent::Measured> {
-    let warn = |message: String| Problem {
-        severity: Severity::Warning,
-        kind: ProblemKind::Divergent,
-        file: d.name.clone(),
-        offset: None,
-        lsn: None,
-        check: None,
-        message,
-    };
+    let warn = |message: String| Problem::divergent(&d.name, message);
     let Some((timeline, segno)) = d.segment.segno(segment_size) else {
         problems.push(warn(format!(
             "set aside, but not a valid segment name for {segment_size} byte segments"
@@ -419,11 +386,11 @@ fn read_histories(
             let content = match inventory::load(&h.path, h.compression) {
                 Ok(bytes) => Some(bytes.as_slice().to_vec()),
                 Err(LoadError::Io(e)) => {
-                    problems.push(unreadable(&name, &e));
+                    problems.push(Problem::unreadable(&name, &e));
                     None
                 }
                 Err(LoadError::Decompress(e)) => {
-                    problems.push(history_problem(&name, format!("cannot decompress: {e}")));
+                    problems.push(Problem::history(&name, format!("cannot decompress: {e}")));
                     None
                 }
             };
@@ -474,7 +441,7 @@ fn check_in_order(
             Ok(b) => b,
             Err(e) => {
                 problems.push(match e {
-                    LoadError::Io(e) => unreadable(&s.name, &e),
+                    LoadError::Io(e) => Problem::unreadable(&s.name, &e),
                     LoadError::Decompress(e) => {
                         check::undecodable(&meta, seg_start, &e.to_string())
                     }
@@ -521,17 +488,14 @@ fn branch_warnings(files: &[FileReport], tl: &Timelines, segment_size: u64) -> V
         };
         let valid = f.valid_end.or(f.verified_end);
         if f.segno == end.0 / segment_size && valid.is_some_and(|v| v > end) {
-            problems.push(Problem {
-                severity: Severity::Warning,
-                ..history_problem(
-                    &f.name,
-                    format!(
-                        "timeline {} WAL continues to {} past its switch point {end}: those records are not part of timeline {tip}",
-                        f.timeline,
-                        render::opt_lsn(valid)
-                    ),
-                )
-            });
+            problems.push(Problem::history_warning(
+                &f.name,
+                format!(
+                    "timeline {} WAL continues to {} past its switch point {end}: those records are not part of timeline {tip}",
+                    f.timeline,
+                    render::opt_lsn(valid)
+                ),
+            ));
         }
     }
     problems

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::lsn::{wal_file_name, Lsn, SegNo, TimeLineId};
 
-use super::report::{Problem, ProblemKind, Severity};
+use super::report::Problem;
 use super::timelines::Timelines;
 
 /// What the plan needs to know of a segment file.
@@ -121,15 +121,7 @@ fn gap_problem(
             to - from + 1
         )
     };
-    Problem {
-        severity: Severity::Error,
-        kind: ProblemKind::Gap,
-        file: name,
-        offset: None,
-        lsn: Some(Lsn(from.saturating_mul(segment_size))),
-        check: None,
-        message,
-    }
+    Problem::gap(name, Lsn(from.saturating_mul(segment_size)), message)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::lsn::{history_file_name, Lsn, SegNo, TimeLineId};
 use crate::wal::history::{check_history_for, parse_history, timeline_range, HistoryEntry};
 
-use super::report::{history_problem, Problem, Severity};
+use super::report::Problem;
 
 /// The timeline history the archive follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,13 +76,13 @@ pub(super) fn timelines(
         let Some(content) = content else { continue };
         let name = history_file_name(tli);
         match parse_history(content) {
-            Err(e) => problems.push(history_problem(
+            Err(e) => problems.push(Problem::history(
                 &name,
                 format!("malformed history file: {e}"),
             )),
             Ok(entries) => {
                 if let Err(m) = check_history_for(tli, &entries) {
-                    problems.push(history_problem(&name, m));
+                    problems.push(Problem::history(&name, m));
                 }
                 parsed.insert(tli, entries);
             }
@@ -92,7 +92,7 @@ pub(super) fn timelines(
     if let Some(tip) = newest {
         match parsed.get(&tip) {
             Some(h) => history = h.clone(),
-            None if tip > 1 && !histories.contains_key(&tip) => problems.push(history_problem(
+            None if tip > 1 && !histories.contains_key(&tip) => problems.push(Problem::history(
                 &history_file_name(tip),
                 format!("timeline {tip} has segments but no history file"),
             )),
@@ -126,7 +126,7 @@ fn older_histories_disagreeing(
             && entries.iter().zip(history).all(|(a, b)| a == b)
             && history.get(entries.len()).is_some_and(|e| e.parent == tli);
         if !prefix_ok {
-            problems.push(history_problem(
+            problems.push(Problem::history(
                 &history_file_name(tli),
                 format!("history of timeline {tli} is not an ancestor of timeline {tip}'s history"),
             ));
@@ -148,7 +148,7 @@ pub(super) fn segment_timeline_problems(
     let seg_of = |l: Lsn| l.0 / segment_size;
     let tip = t.tip;
     if !t.in_chain(tli) {
-        return vec![history_problem(
+        return vec![Problem::history(
             name,
             format!("timeline {tli} is not in the history of timeline {tip}"),
         )];
@@ -160,7 +160,7 @@ pub(super) fn segment_timeline_problems(
     // The switch segment of an ancestor may exist (as .partial or complete);
     // anything after it is WAL of a forked-off branch.
     if let Some(end) = end.filter(|&end| segno > seg_of(end)) {
-        problems.push(history_problem(
+        problems.push(Problem::history(
             name,
             format!(
                 "segment of timeline {tli} after its switch point {end} (timeline {tip}'s history moved on)"
@@ -168,13 +168,10 @@ pub(super) fn segment_timeline_problems(
         ));
     }
     if start.0 != 0 && segno < seg_of(start) {
-        problems.push(Problem {
-            severity: Severity::Warning,
-            ..history_problem(
-                name,
-                format!("segment of timeline {tli} before the timeline began at {start}"),
-            )
-        });
+        problems.push(Problem::history_warning(
+            name,
+            format!("segment of timeline {tli} before the timeline began at {start}"),
+        ));
     }
     problems
 }
@@ -182,7 +179,7 @@ pub(super) fn segment_timeline_problems(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tools::verify::report::ProblemKind;
+    use crate::tools::verify::report::{ProblemKind, Severity};
 
     const MB: u64 = 1 << 20;
 
