@@ -539,22 +539,19 @@ fn auth_cli_require_auth_refusal_exits_2_and_no_secret_is_logged() {
     let pg = server_with_every_method();
     let dir = tempfile::tempdir().unwrap();
     let run = |conninfo: String, log: &str| {
-        let out = crate::support::walrcv_command()
-            .env("WALRCV_LOG", log)
-            .args([
-                "stream",
-                "-D",
-                dir.path().to_str().unwrap(),
-                "-n",
-                "-v",
-                "-v",
-            ])
-            .args(["-E", &crate::support::format_lsn(pg.current_lsn())])
-            .args(["-d", &conninfo])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        (out.status.code(), stderr)
+        let out = crate::support::Walrcv::new([
+            "stream",
+            "-D",
+            dir.path().to_str().unwrap(),
+            "-n",
+            "-v",
+            "-v",
+        ])
+        .env("WALRCV_LOG", log)
+        .args(["-E", &crate::support::format_lsn(pg.current_lsn())])
+        .args(["-d", &conninfo])
+        .run();
+        (out.code(), out.stderr)
     };
     let base = format!("host=127.0.0.1 port={}", pg.port());
 

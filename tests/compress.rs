@@ -384,12 +384,12 @@ fn compress_a_failed_replacing_rename_keeps_the_acknowledged_partial() {
     let endpos = format_lsn(endpos);
 
     let conn = format!("{} application_name={APP}", pg.conninfo());
-    let mut cmd = crate::support::walrcv_command();
-    cmd.args([
+    let out = crate::support::Walrcv::new([
         "stream", "-D", d, "-d", &conn, "-v", "-Z", z, "-E", &endpos, "-n",
     ])
-    .env("FAILPOINTS", "install-rename=return");
-    let out = crate::support::run_with_timeout(cmd, LIMIT);
+    .env("FAILPOINTS", "install-rename=return")
+    .timeout(LIMIT)
+    .run();
     let text = out.text();
     assert!(!out.success(), "{text}");
     assert!(text.contains("could not rename"), "{text}");

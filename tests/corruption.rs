@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::support::{walrcv_command, PgServer};
+use crate::support::{PgServer, Walrcv};
 
 /// A TCP proxy to `127.0.0.1:upstream` that flips the low bit of the WAL byte
 /// at `target` in the server's XLogData messages, on the first `corrupt_times`
@@ -107,31 +107,30 @@ fn persistent_corruption_is_never_acknowledged_and_exits_4() {
     let (target, end) = big_record(&pg);
     let proxy = CorruptingProxy::start(pg.port(), target, usize::MAX);
     let dir = tempfile::tempdir().unwrap();
-    let out = walrcv_command()
-        .args([
-            "stream",
-            "-D",
-            dir.path().to_str().unwrap(),
-            "-S",
-            "v",
-            "-n",
-            "-v",
-            "-E",
-            &lsn_text(end),
-        ])
-        .args([
-            "-d",
-            // Plain text from the first byte: the proxy reads the server's
-            // message framing, which the one-byte answer to SSLRequest
-            // (the default sslmode=prefer) would shift.
-            &format!(
-                "host=127.0.0.1 port={} user=postgres sslmode=disable",
-                proxy.port
-            ),
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = Walrcv::new([
+        "stream",
+        "-D",
+        dir.path().to_str().unwrap(),
+        "-S",
+        "v",
+        "-n",
+        "-v",
+        "-E",
+        &lsn_text(end),
+    ])
+    .args([
+        "-d",
+        // Plain text from the first byte: the proxy reads the server's
+        // message framing, which the one-byte answer to SSLRequest
+        // (the default sslmode=prefer) would shift.
+        &format!(
+            "host=127.0.0.1 port={} user=postgres sslmode=disable",
+            proxy.port
+        ),
+    ])
+    .timeout(Duration::from_secs(60))
+    .run();
+    let err = &out.stderr;
     eprintln!("{err}");
     assert_eq!(
         out.status.code(),
@@ -169,8 +168,7 @@ fn transient_corruption_heals_by_restreaming_the_segment() {
     ));
     let proxy = CorruptingProxy::start(pg.port(), target, 1);
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = walrcv_command();
-    cmd.args([
+    let cmd = Walrcv::new([
         "stream",
         "-D",
         dir.path().to_str().unwrap(),
@@ -190,7 +188,7 @@ fn transient_corruption_heals_by_restreaming_the_segment() {
             proxy.port
         ),
     ]);
-    let mut child = crate::support::BackgroundProcess::spawn(cmd);
+    let mut child = cmd.spawn();
     let status = child
         .wait_timeout(Duration::from_secs(60))
         .expect("walrcv finished");

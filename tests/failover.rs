@@ -12,19 +12,12 @@ use std::time::Duration;
 use walrcv::archive::names::ArchiveName;
 
 use crate::support::{
-    file_names, give_to_server_user, parse_lsn, wait_until, walrcv_recovery_settings, walrcv_run,
-    walrcv_spawn, BackgroundProcess, PgServer, Recovery, SUPERUSER,
+    archive_dir, file_names, give_to_server_user, parse_lsn, wait_until, walrcv_recovery_settings,
+    walrcv_run, walrcv_spawn, BackgroundProcess, PgServer, Recovery, SUPERUSER,
 };
 
 const APP: &str = "walrcv";
 const SEG: u64 = 1 << 20;
-
-fn archive_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("walrcv-archive-")
-        .tempdir()
-        .unwrap()
-}
 
 /// `host=127.0.0.1,... port=P1,... target_session_attrs=ATTRS`: libpq's host
 /// list over the servers, in this order.
