@@ -471,16 +471,26 @@ async fn fake_primary_wal_and_reply_request_in_one_write() {
         ])
         .await
         .expect("send WAL + keepalive");
+    // The first update after the write is the answer, and it carries the
+    // WAL's verified end: not an answer with the flush position from before
+    // the WAL followed by another update. The bound stays below the 10 s
+    // status interval, so that a periodic update cannot stand in.
     let answer = stream
-        .wait_for_status(Duration::from_secs(2), |u| {
-            u.at >= sent_at && u.flush == expected
-        })
+        .wait_for_status(Duration::from_secs(5), |u| u.at >= sent_at)
         .await;
     let updates = stream.status_updates();
-    assert!(
-        answer.is_some(),
-        "no status update with flush = {} (verified end of the WAL sent) within 2 s of WAL + \
-         reply-requested keepalive in one write:\n{}",
+    let answer = answer.unwrap_or_else(|| {
+        panic!(
+            "no status update within 5 s of WAL + reply-requested keepalive in one write:\n{}",
+            describe(&updates, t0)
+        )
+    });
+    assert_eq!(
+        answer.flush,
+        expected,
+        "the first update after WAL + reply-requested keepalive in one write has flush {}, not {} \
+         (the verified end of that WAL):\n{}",
+        format_lsn(answer.flush),
         format_lsn(expected),
         describe(&updates, t0)
     );

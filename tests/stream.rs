@@ -256,33 +256,37 @@ fn kill_9_then_restart_leaves_a_complete_identical_archive() {
         || file_name_set(dir.path()).iter().any(|n| is_segment(n)),
     );
     pg.pgbench(&["-n", "-c", "2", "-T", "2"]);
-    // The next segment is prepared ahead under a `.tmp` name: kill while one
-    // is there (possibly half padded), the crash it must survive.
+    // Mid-stream: the segment being received is a `.partial`, and the next
+    // one is prepared ahead under a `.tmp` name: kill while both are there
+    // (the `.tmp` possibly half padded), the crash it must survive.
     wait_until(
-        Duration::from_secs(30),
-        "walrcv prepared the next segment",
+        Duration::from_secs(60),
+        "walrcv writing a .partial with the next segment prepared",
         || {
-            file_name_set(dir.path())
-                .iter()
-                .any(|n| n.ends_with(".partial.tmp"))
+            let names = file_name_set(dir.path());
+            names.iter().any(|n| n.ends_with(".partial"))
+                && names.iter().any(|n| n.ends_with(".partial.tmp"))
         },
     );
     child.kill9(); // mid-stream
     make_wal(&pg, 2);
-    let had_partial = file_name_set(dir.path())
-        .iter()
-        .any(|n| n.ends_with(".partial"));
+    let partials: Vec<String> = file_name_set(dir.path())
+        .into_iter()
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert_eq!(partials.len(), 1, "the kill left one .partial: {partials:?}");
     let out = stream_until_current(&pg, dir.path(), &["-S", "k9"]);
-    assert!(out.status.success());
-    if had_partial {
-        // The .partial left by the kill is streamed again from its start
-        // (and not read just to log where its WAL ends).
-        assert!(
-            stderr(&out).contains(".partial\": streaming its segment again from"),
-            "{}",
-            stderr(&out)
-        );
-    }
+    assert!(out.status.success(), "{}", out.text());
+    // The .partial left by the kill is streamed again from its start (and
+    // not read just to log where its WAL ends).
+    assert!(
+        stderr(&out).contains(&format!(
+            "{}\": streaming its segment again from",
+            partials[0]
+        )),
+        "{}",
+        stderr(&out)
+    );
     assert!(assert_complete_segments_identical(dir.path(), &pg.wal_dir()) >= 3);
     // The stale `.tmp` is gone, and no file under a WAL name is short.
     assert_only_barman_names(dir.path());
