@@ -239,12 +239,33 @@ fn a_stuck_fdatasync_stops_the_pings() {
         systemd.first("READY=1").is_some()
     });
     let ready = systemd.first("READY=1").unwrap();
+    // Pinging before any WAL comes (every half WATCHDOG_USEC).
+    wait_until(Duration::from_secs(20), "pings after READY=1", || {
+        systemd.pings_since(ready).len() >= 2
+    });
+    let issued = Instant::now();
     pg.psql("CREATE TABLE stuck AS SELECT generate_series(1, 1000) AS x");
-    std::thread::sleep(6 * WATCHDOG);
+    // The WAL's fdatasync stops the loop, and with it the pings, for 2.5 s;
+    // then they come again. The gap is the one the WAL caused: it ends
+    // after the WAL was written, and walrcv is alive and pinging after it
+    // (a walrcv that died would leave a gap too).
+    let stalled = |pings: &[Instant]| {
+        pings
+            .windows(2)
+            .any(|w| w[1] > issued && w[1].duration_since(w[0]) >= Duration::from_secs(2))
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "a pause of >= 2 s in the pings after the WAL, then pings again",
+        || {
+            assert!(child.is_running(), "walrcv exited:\n{}", child.stderr());
+            stalled(&systemd.pings_since(ready))
+        },
+    );
     let pings = systemd.pings_since(ready);
     assert!(
-        longest_gap(&pings) >= Duration::from_secs(2),
-        "pings went on while fdatasync was stuck:\n{}",
+        longest_gap(&pings) >= Duration::from_secs(2) && stalled(&pings),
+        "{}",
         systemd.dump()
     );
     child.kill9();

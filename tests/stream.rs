@@ -274,7 +274,11 @@ fn kill_9_then_restart_leaves_a_complete_identical_archive() {
         .into_iter()
         .filter(|n| n.ends_with(".partial"))
         .collect();
-    assert_eq!(partials.len(), 1, "the kill left one .partial: {partials:?}");
+    assert_eq!(
+        partials.len(),
+        1,
+        "the kill left one .partial: {partials:?}"
+    );
     let out = stream_until_current(&pg, dir.path(), &["-S", "k9"]);
     assert!(out.status.success(), "{}", out.text());
     // The .partial left by the kill is streamed again from its start (and

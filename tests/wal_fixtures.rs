@@ -440,7 +440,10 @@ fn verified_len(data: &[u8]) -> usize {
     let (_, verified_end, _, err) = run_chunked(data, &[usize::MAX], Lsn(8 * SEG));
     assert!(err.is_none(), "the clean fixture verifies: {err:?}");
     let len = (verified_end.0 - 8 * SEG) as usize;
-    assert!(len >= 1 << 20, "at least a segment of complete records: {len}");
+    assert!(
+        len >= 1 << 20,
+        "at least a segment of complete records: {len}"
+    );
     len
 }
 
@@ -459,7 +462,10 @@ fn a_flipped_bit_anywhere_in_the_fixture_is_an_error() {
             unnoticed.push(at);
         }
     }
-    assert!(unnoticed.is_empty(), "flipped bits not noticed at {unnoticed:?}");
+    assert!(
+        unnoticed.is_empty(),
+        "flipped bits not noticed at {unnoticed:?}"
+    );
 }
 
 #[test]

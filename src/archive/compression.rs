@@ -360,7 +360,11 @@ mod tests {
                     "{c:?}: corrupt input decoded without an error ({} bytes, finished {}, {})",
                     d.bytes.len(),
                     d.finished,
-                    if d.bytes == data { "the original" } else { "garbage" }
+                    if d.bytes == data {
+                        "the original"
+                    } else {
+                        "garbage"
+                    }
                 ),
                 Err(e) => panic!("{c:?}: {e}"),
             }
