@@ -240,6 +240,7 @@ fn slow_drip_keeps_up_without_a_spurious_timeout() {
     let flushed = s.pg.flush_lsn();
     s.pg.wait_for_flush(APP, flushed, LONG);
     s.proxy.drip(512, Duration::from_millis(10));
+    s.proxy.take_largest_wal_message();
     let before = s.proxy.server_bytes();
     let t = Instant::now();
     // About 400 kB of WAL in one transaction: WAL messages of up to 128 kB.
@@ -258,6 +259,17 @@ fn slow_drip_keeps_up_without_a_spurious_timeout() {
     assert!(
         took > Duration::from_secs(3),
         "the drip is slow enough that whole messages take longer than the timeout ({took:?})"
+    );
+    // At least one WAL message took longer than --receive-timeout to arrive
+    // whole: at 512 bytes per 10 ms at the most, its relay took at least this
+    // long, however fast the machine.
+    let largest = s.proxy.take_largest_wal_message();
+    let slowest = Duration::from_millis(10) * (largest / 512).saturating_sub(1) as u32;
+    eprintln!("drip: largest WAL message {largest} bytes, relayed in >= {slowest:?}");
+    assert!(
+        slowest > Duration::from_secs(2),
+        "no WAL message slower than --receive-timeout=2: the largest, {largest} bytes, \
+         took >= {slowest:?}"
     );
     assert_eq!(s.proxy.connections(), 1, "no reconnection while bytes flow");
     let log = rcv.stderr();

@@ -352,6 +352,17 @@ fn fast_shutdown_completes_promptly(synchronous: bool, paused: bool) {
          (synchronous: {synchronous}, paused {paused})\n--- walrcv stderr ---\n{}",
         rcv.stderr()
     );
+    if paused {
+        // The shutdown waited for the paused walrcv (the walsender exits
+        // only once the standby flushed the shutdown checkpoint): it could
+        // not end before walrcv was resumed. A lower bound: load only adds.
+        assert!(
+            took >= PAUSE - Duration::from_millis(300),
+            "fast shutdown took {took:?}, less than the {PAUSE:?} walrcv was paused: it did not \
+             wait for walrcv\n--- walrcv stderr ---\n{}",
+            rcv.stderr()
+        );
+    }
     // The walsender exits only once walrcv has flushed everything it sent,
     // the shutdown checkpoint record included.
     let checkpoint = latest_checkpoint(&pg);
