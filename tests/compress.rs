@@ -462,17 +462,21 @@ fn compress_mixed_archive_resumes_with_and_without_z() {
     {
         let mut args = vec!["--synchronous", "-S", "m"];
         args.extend_from_slice(extra);
-        // From the second run on, where the archive says, which is not where
-        // the slot says (it stopped mid-segment).
+        // From the second run on, where the archive says, which is not the
+        // segment the slot says (it was advanced past the archive's end).
         let resume = (run > 0).then(|| {
             let (archive, slot) = (resume_point(dir.path(), seg), slot_restart_lsn(&pg, "m"));
-            assert_ne!(archive, slot, "run {run}: the archive and the slot agree");
+            assert_ne!(
+                archive / seg,
+                slot / seg,
+                "run {run}: the archive and the slot agree"
+            );
             archive
         });
         let mut rcv = spawn_walrcv(&pg, dir.path(), &args);
         let boundary = produce_segments(&pg, 2);
         pg.wait_for_flush(APP, boundary, LIMIT);
-        // Stop mid-segment: the slot's restart_lsn is then not a segment start.
+        // Stop mid-segment, leaving a .partial.
         pg.psql("INSERT INTO z VALUES (0, 'mid-segment')");
         pg.wait_for_flush(APP, pg.current_lsn(), LIMIT);
         let status = rcv.interrupt();
@@ -489,6 +493,10 @@ fn compress_mixed_archive_resumes_with_and_without_z() {
             );
         }
         produce_segments(&pg, 1);
+        // The slot moves on past the archive's end (a receiver that started
+        // at the slot would skip a segment, which the archive identity below
+        // would catch too); the server keeps the WAL until a checkpoint.
+        pg.psql("SELECT pg_replication_slot_advance('m', pg_current_wal_lsn())");
     }
     let found = assert_archive_identical(dir.path(), &pg);
     let kinds: Vec<Compression> = found.iter().map(|(_, c)| *c).collect();
@@ -524,15 +532,23 @@ fn compress_cross_compatible_with_pg_receivewal_15() {
             let before = assert_archive_identical(dir.path(), &pg);
 
             produce_segments(&pg, 1);
-            // The second receiver must start where the archive ends, which
-            // is neither the slot's position nor the server's.
-            let resume = resume_point(dir.path(), pg.wal_segment_size());
+            // The second receiver must start where the archive ends, not in
+            // the segment where it would start without the archive: the
+            // server's current one for pg_receivewal (no slot), the slot's
+            // (left behind in an earlier round) for walrcv.
+            let seg = pg.wal_segment_size();
+            let resume = resume_point(dir.path(), seg);
+            let elsewhere = if walrcv_first {
+                pg.current_lsn()
+            } else {
+                slot_restart_lsn(&pg, "x")
+            };
             assert_ne!(
-                resume,
-                slot_restart_lsn(&pg, "x"),
-                "the archive and the slot agree"
+                resume / seg,
+                elsewhere / seg,
+                "{z} (walrcv first: {walrcv_first}): the archive's end and the start without it \
+                 are in one segment"
             );
-            assert!(resume < pg.current_lsn());
             let mut second = if walrcv_first {
                 spawn_pg_receivewal(&pg, dir.path(), z)
             } else {

@@ -362,7 +362,11 @@ fn primary_immediate_stop_mid_stream_then_restart() {
                 .is_some_and(|f| f >= start + 2 * seg)
         },
     );
-    assert!(big.is_running(), "the transaction ended too soon:\n{}", big.stderr());
+    assert!(
+        big.is_running(),
+        "the transaction ended too soon:\n{}",
+        big.stderr()
+    );
     let written = pg.current_lsn();
     pg.stop_immediate();
     assert!(
@@ -372,7 +376,10 @@ fn primary_immediate_stop_mid_stream_then_restart() {
         big.stderr()
     );
     let archived_at_crash = complete_segments(dir.path()).len();
-    assert!(archived_at_crash >= 2, "walrcv had archived WAL of the transaction");
+    assert!(
+        archived_at_crash >= 2,
+        "walrcv had archived WAL of the transaction"
+    );
     pg.start_again();
     assert_eq!(
         pg.psql("SELECT to_regclass('t') IS NULL"),
