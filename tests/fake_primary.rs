@@ -297,11 +297,8 @@ async fn setup(tweak: impl FnOnce(&mut StreamOptions)) -> Setup {
         "with an empty archive walrcv starts at the segment start of the server's position"
     );
     assert!(
-        stream
-            .wait_for_status(Duration::from_secs(2), |_| true)
-            .await
-            .is_some(),
-        "no status update within 2 s of the stream start"
+        stream.wait_for_status(PROMPT, |_| true).await.is_some(),
+        "no status update within {PROMPT:?} of the stream start"
     );
     Setup {
         fake,
@@ -439,6 +436,12 @@ pub(crate) fn assert_archive_matches(dir: &Path, sent: u64) {
     assert_eq!(names, expected, "files in the archive");
 }
 
+/// How long a status update that is due at once (at stream start, for WAL
+/// made durable, for a reply request) may take on a loaded machine: under
+/// the 10 s status interval of [`options`], so that a periodic update cannot
+/// stand in for it.
+const PROMPT: Duration = Duration::from_secs(5);
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -475,13 +478,11 @@ async fn fake_primary_wal_and_reply_request_in_one_write() {
     // WAL's verified end: not an answer with the flush position from before
     // the WAL followed by another update. The bound stays below the 10 s
     // status interval, so that a periodic update cannot stand in.
-    let answer = stream
-        .wait_for_status(Duration::from_secs(5), |u| u.at >= sent_at)
-        .await;
+    let answer = stream.wait_for_status(PROMPT, |u| u.at >= sent_at).await;
     let updates = stream.status_updates();
     let answer = answer.unwrap_or_else(|| {
         panic!(
-            "no status update within 5 s of WAL + reply-requested keepalive in one write:\n{}",
+            "no status update within {PROMPT:?} of WAL + reply-requested keepalive in one write:\n{}",
             describe(&updates, t0)
         )
     });
@@ -800,11 +801,11 @@ async fn send_chunks_and_wait(
         let expected = wal.verified_end();
         assert!(expected < wal.pos(), "the chunk must end inside a record");
         let got = stream
-            .wait_for_status(Duration::from_secs(2), |u| u.flush == expected)
+            .wait_for_status(PROMPT, |u| u.flush == expected)
             .await;
         assert!(
             got.is_some(),
-            "no status update with flush = {} within 2 s of WAL sent alone:\n{}",
+            "no status update with flush = {} within {PROMPT:?} of WAL sent alone:\n{}",
             format_lsn(expected),
             describe(&stream.status_updates(), t0)
         );
@@ -972,7 +973,7 @@ async fn fake_primary_nothing_past_the_switch_point_is_reported_on_the_new_timel
         .expect("send timeline 2 below the switch point");
     let answered_at = Instant::now();
     let answer = second
-        .wait_for_status(Duration::from_secs(2), |u| u.at >= answered_at)
+        .wait_for_status(PROMPT, |u| u.at >= answered_at)
         .await;
     let held = second.status_updates();
     assert!(

@@ -475,8 +475,11 @@ fn receive_timeout_drops_a_silent_server_and_reconnects() {
     eprintln!(
         "--receive-timeout=2: connection dropped {dropped_after:?} after the walsender stopped"
     );
+    // Not before the timeout (1 s after the last answer at the earliest); how
+    // late is bounded by the wait above, not asserted on a loaded machine's
+    // clock (the policy's timing: src/receiver/feedback.rs).
     assert!(
-        dropped_after >= Duration::from_millis(900) && dropped_after < Duration::from_secs(6),
+        dropped_after >= Duration::from_millis(900),
         "dropped after {dropped_after:?} with --receive-timeout=2"
     );
     drop(guard);
