@@ -85,6 +85,46 @@ fn identify(p: &ConnParams) -> Result<String, PgError> {
     })
 }
 
+/// [`identify`], and the SASL mechanism walrcv chose for it (from its debug
+/// line "authentication: MECHANISM chosen", captured on this thread; empty
+/// when it chose none).
+fn identify_with_mechanism(p: &ConnParams) -> (Result<String, PgError>, String) {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || CapturedLog(sink.clone()))
+        .finish();
+    let result = tracing::subscriber::with_default(subscriber, || identify(p));
+    let text = String::from_utf8_lossy(&log.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let mechanism = text
+        .lines()
+        .find_map(|l| {
+            let rest = l.split("authentication: ").nth(1)?;
+            Some(rest.strip_suffix(" chosen")?.to_owned())
+        })
+        .unwrap_or_default();
+    (result, mechanism)
+}
+
+/// A tracing writer into a shared buffer.
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The text of an authentication error walrcv raised itself.
 fn client_refusal<T: std::fmt::Debug>(r: Result<T, PgError>) -> AuthError {
     match r {
@@ -322,18 +362,21 @@ fn auth_channel_binding_over_tls_against_each_method() {
 
     // SCRAM over TLS: PLUS under prefer and require, plain SCRAM under
     // disable; each completes with a verified server signature.
-    for cb in [
-        ChannelBinding::Prefer,
-        ChannelBinding::Require,
-        ChannelBinding::Disable,
+    for (cb, expected) in [
+        (ChannelBinding::Prefer, "SCRAM-SHA-256-PLUS"),
+        (ChannelBinding::Require, "SCRAM-SHA-256-PLUS"),
+        (ChannelBinding::Disable, "SCRAM-SHA-256"),
     ] {
-        let got = identify(&over_tls(port, scram.0, scram.1, cb));
+        let (got, mechanism) = identify_with_mechanism(&over_tls(port, scram.0, scram.1, cb));
         assert!(got.is_ok(), "{cb:?}: {got:?}");
+        assert_eq!(mechanism, expected, "{cb:?}: the mechanism chosen");
     }
     // With require_auth as well.
     let mut p = over_tls(port, scram.0, scram.1, ChannelBinding::Require);
     p.require_auth = require("scram-sha-256");
-    assert!(identify(&p).is_ok());
+    let (got, mechanism) = identify_with_mechanism(&p);
+    assert!(got.is_ok(), "{got:?}");
+    assert_eq!(mechanism, "SCRAM-SHA-256-PLUS");
 
     // channel_binding=require with any other method: refused by walrcv,
     // before a password or hash is sent.
@@ -542,22 +585,19 @@ fn auth_cli_require_auth_refusal_exits_2_and_no_secret_is_logged() {
     let pg = server_with_every_method();
     let dir = tempfile::tempdir().unwrap();
     let run = |conninfo: String, log: &str| {
-        let out = crate::support::walrcv_command()
-            .env("WALRCV_LOG", log)
-            .args([
-                "stream",
-                "-D",
-                dir.path().to_str().unwrap(),
-                "-n",
-                "-v",
-                "-v",
-            ])
-            .args(["-E", &crate::support::format_lsn(pg.current_lsn())])
-            .args(["-d", &conninfo])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        (out.status.code(), stderr)
+        let out = crate::support::Walrcv::new([
+            "stream",
+            "-D",
+            dir.path().to_str().unwrap(),
+            "-n",
+            "-v",
+            "-v",
+        ])
+        .env("WALRCV_LOG", log)
+        .args(["-E", &crate::support::format_lsn(pg.current_lsn())])
+        .args(["-d", &conninfo])
+        .run();
+        (out.code(), out.stderr)
     };
     let base = format!("host=127.0.0.1 port={}", pg.port());
 

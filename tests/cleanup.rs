@@ -11,19 +11,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::support::{wait_until, walrcv_run, walrcv_spawn, PgServer};
+use crate::support::{file_name_set, wait_until, walrcv_run, walrcv_spawn, PgServer};
 
 const LONG: Duration = Duration::from_secs(120);
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/wal/pg15")
-}
-
-fn names(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
 }
 
 fn compress(kind: &str, data: &[u8]) -> Vec<u8> {
@@ -115,7 +108,7 @@ fn size(dir: &Path, name: &str) -> u64 {
 fn cleanup_removes_exactly_the_expected_sets() {
     let archive = build_archive();
     let dir = archive.path();
-    let everything = names(dir);
+    let everything = file_name_set(dir);
 
     // --before with a .partial name as the cut-off, dry run: listed, not removed.
     let out = cleanup(
@@ -135,7 +128,11 @@ fn cleanup_removes_exactly_the_expected_sets() {
         "{}",
         out.text()
     );
-    assert_eq!(names(dir), everything, "--dry-run removed something");
+    assert_eq!(
+        file_name_set(dir),
+        everything,
+        "--dry-run removed something"
+    );
 
     // Far past the end: each timeline's newest file stays, and timeline 1's
     // (the .partial at the switch) keeps what follows it, so no hole is made.
@@ -194,7 +191,7 @@ fn cleanup_removes_exactly_the_expected_sets() {
         "{}",
         out.text()
     );
-    assert_eq!(names(dir), everything);
+    assert_eq!(file_name_set(dir), everything);
 
     // For real: removed, reported, durable; what stays verifies clean.
     let out = cleanup(dir, &["--before", "00000002000000000000000B.zst"]);
@@ -207,7 +204,7 @@ fn cleanup_removes_exactly_the_expected_sets() {
     assert_eq!(listed(&out), removed, "{}", out.text());
     assert!(out.stderr.contains("removed 3 files"), "{}", out.text());
     let left: BTreeSet<String> = everything.difference(&removed).cloned().collect();
-    assert_eq!(names(dir), left);
+    assert_eq!(file_name_set(dir), left);
     let verify = walrcv_run(
         &["verify", dir.to_str().unwrap(), "--no-progress", "--json"],
         LONG,
@@ -222,14 +219,14 @@ fn cleanup_removes_exactly_the_expected_sets() {
     assert!(gaps.is_empty(), "{}", verify.text());
     // Nothing left to do is success too.
     cleanup(dir, &["--before", "00000002000000000000000B"]).assert_success();
-    assert_eq!(names(dir), left);
+    assert_eq!(file_name_set(dir), left);
 }
 
 #[test]
 fn cleanup_refuses_bad_arguments_and_removes_nothing() {
     let archive = build_archive();
     let dir = archive.path();
-    let everything = names(dir);
+    let everything = file_name_set(dir);
     for (args, needle) in [
         (
             vec![],
@@ -249,7 +246,7 @@ fn cleanup_refuses_bad_arguments_and_removes_nothing() {
     );
     assert_eq!(out.code(), Some(2), "{}", out.text());
     assert!(out.stderr.contains("/nonexistent/walrcv"), "{}", out.text());
-    assert_eq!(names(dir), everything);
+    assert_eq!(file_name_set(dir), everything);
 }
 
 /// Cleanup in a loop beside a streaming walrcv under pgbench load: the
@@ -305,7 +302,7 @@ fn cleanup_beside_a_running_stream() {
     pg.psql("SELECT pg_switch_wal()");
     let target = pg.walfile_name(pg.current_lsn());
     wait_until(LONG, "the stream reached the current segment", || {
-        names(Path::new(&dir))
+        file_name_set(Path::new(&dir))
             .iter()
             .any(|n| n.starts_with(&target))
     });
@@ -331,12 +328,12 @@ fn cleanup_beside_a_running_stream() {
 fn cleanup_stops_at_a_failed_removal() {
     let archive = build_archive();
     let dir = archive.path();
-    let everything = names(dir);
-    let mut cmd = crate::support::walrcv_command();
-    cmd.args(["cleanup", "-D", dir.to_str().unwrap()])
+    let everything = file_name_set(dir);
+    let out = crate::support::Walrcv::new(["cleanup", "-D", dir.to_str().unwrap()])
         .args(["--before", "00000001000000000000000B"])
-        .env("FAILPOINTS", "cleanup-unlink=1*off->1*return(EIO)->off");
-    let out = crate::support::run_with_timeout(cmd, LONG);
+        .env("FAILPOINTS", "cleanup-unlink=1*off->1*return(EIO)->off")
+        .timeout(LONG)
+        .run();
     assert_eq!(out.code(), Some(1), "{}", out.text());
     assert_eq!(
         listed(&out),
@@ -352,5 +349,5 @@ fn cleanup_stops_at_a_failed_removal() {
     );
     let mut left = everything.clone();
     left.remove("000000010000000000000008.gz");
-    assert_eq!(names(dir), left);
+    assert_eq!(file_name_set(dir), left);
 }

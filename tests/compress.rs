@@ -74,6 +74,42 @@ fn produce_segments(pg: &PgServer, n: usize) -> u64 {
     boundary
 }
 
+/// Where a receiver that resumes from the archive in `dir` starts: the start
+/// of the segment of its `.partial`, or else the end of its last complete
+/// segment (walrcv's and pg_receivewal's FindStreamingStart).
+fn resume_point(dir: &Path, seg: u64) -> u64 {
+    crate::support::file_names(dir)
+        .iter()
+        .filter_map(|n| {
+            let (_, start) = crate::support::parse_wal_file_name(n.get(..24)?, seg)?;
+            Some(if n.contains(".partial") {
+                start
+            } else {
+                start + seg
+            })
+        })
+        .max()
+        .unwrap_or_else(|| panic!("no WAL file in {}", dir.display()))
+}
+
+/// The LSN in a receiver's first "starting log streaming at X (timeline N)"
+/// (walrcv's and pg_receivewal's `-v` line).
+fn streaming_started_at(stderr: &str) -> u64 {
+    let rest = stderr
+        .split("starting log streaming at ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no \"starting log streaming at\":\n{stderr}"));
+    crate::support::parse_lsn(rest.split_whitespace().next().unwrap_or_default())
+}
+
+/// The slot's restart_lsn: where a receiver with no archive to resume from
+/// would start.
+fn slot_restart_lsn(pg: &PgServer, slot: &str) -> u64 {
+    crate::support::parse_lsn(&pg.psql(&format!(
+        "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    )))
+}
+
 /// The uncompressed bytes of an archive file, and whether its stream was finished.
 fn decode(path: &Path, compression: Compression, segment_size: u64) -> (Vec<u8>, bool) {
     let data = std::fs::read(path).unwrap();
@@ -244,6 +280,7 @@ fn compress_synchronous_lz4_commits_wait_for_the_compressed_file() {
             "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{APP}'"
         )) == "sync"
     });
+    let mut compared = 0;
     for i in 0..20 {
         let lsn = crate::support::parse_lsn(&pg.psql(&format!(
             "INSERT INTO s VALUES ({i}); SELECT pg_current_wal_insert_lsn()"
@@ -258,8 +295,12 @@ fn compress_synchronous_lz4_commits_wait_for_the_compressed_file() {
         );
         if flush / pg.wal_segment_size() == lsn / pg.wal_segment_size() {
             assert_partial_covers(dir.path(), &pg, Compression::Lz4, flush);
+            compared += 1;
         }
     }
+    // Small commits: only one that crosses into a new segment is not
+    // compared (its .partial may be the next segment's).
+    assert!(compared >= 18, "only {compared} of 20 commits compared");
     pg.psql("ALTER SYSTEM RESET synchronous_standby_names");
     pg.psql("SELECT pg_reload_conf()");
     assert!(rcv.interrupt().success(), "{}", rcv.stderr());
@@ -384,12 +425,12 @@ fn compress_a_failed_replacing_rename_keeps_the_acknowledged_partial() {
     let endpos = format_lsn(endpos);
 
     let conn = format!("{} application_name={APP}", pg.conninfo());
-    let mut cmd = crate::support::walrcv_command();
-    cmd.args([
+    let out = crate::support::Walrcv::new([
         "stream", "-D", d, "-d", &conn, "-v", "-Z", z, "-E", &endpos, "-n",
     ])
-    .env("FAILPOINTS", "install-rename=return");
-    let out = crate::support::run_with_timeout(cmd, LIMIT);
+    .env("FAILPOINTS", "install-rename=return")
+    .timeout(LIMIT)
+    .run();
     let text = out.text();
     assert!(!out.success(), "{text}");
     assert!(text.contains("could not rename"), "{text}");
@@ -414,14 +455,48 @@ fn compress_mixed_archive_resumes_with_and_without_z() {
     let pg = server();
     pg.create_physical_slot("m");
     let dir = tempfile::tempdir().unwrap();
-    for extra in [&["-Z", "gzip"][..], &[], &["-Z", "gzip"]] {
+    let seg = pg.wal_segment_size();
+    for (run, extra) in [&["-Z", "gzip"][..], &[], &["-Z", "gzip"]]
+        .into_iter()
+        .enumerate()
+    {
         let mut args = vec!["--synchronous", "-S", "m"];
         args.extend_from_slice(extra);
+        // From the second run on, where the archive says, which is not the
+        // segment the slot says (it was advanced past the archive's end).
+        let resume = (run > 0).then(|| {
+            let (archive, slot) = (resume_point(dir.path(), seg), slot_restart_lsn(&pg, "m"));
+            assert_ne!(
+                archive / seg,
+                slot / seg,
+                "run {run}: the archive and the slot agree"
+            );
+            archive
+        });
         let mut rcv = spawn_walrcv(&pg, dir.path(), &args);
         let boundary = produce_segments(&pg, 2);
         pg.wait_for_flush(APP, boundary, LIMIT);
-        assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+        // Stop mid-segment, leaving a .partial.
+        pg.psql("INSERT INTO z VALUES (0, 'mid-segment')");
+        pg.wait_for_flush(APP, pg.current_lsn(), LIMIT);
+        let status = rcv.interrupt();
+        assert!(status.success(), "{status}: {}", rcv.stderr());
+        if let Some(resume) = resume {
+            let started = streaming_started_at(&rcv.stderr());
+            assert_eq!(
+                started,
+                resume,
+                "run {run} ({extra:?}) started at {}, not at the archive's end {}:\n{}",
+                format_lsn(started),
+                format_lsn(resume),
+                rcv.stderr()
+            );
+        }
         produce_segments(&pg, 1);
+        // The slot moves on past the archive's end (a receiver that started
+        // at the slot would skip a segment, which the archive identity below
+        // would catch too); the server keeps the WAL until a checkpoint.
+        pg.psql("SELECT pg_replication_slot_advance('m', pg_current_wal_lsn())");
     }
     let found = assert_archive_identical(dir.path(), &pg);
     let kinds: Vec<Compression> = found.iter().map(|(_, c)| *c).collect();
@@ -452,10 +527,28 @@ fn compress_cross_compatible_with_pg_receivewal_15() {
             pg.wait_for_flush(app, boundary, LIMIT);
             pg.psql("INSERT INTO z VALUES (0, 'partial')");
             pg.wait_for_flush(app, pg.current_lsn(), LIMIT);
-            first.interrupt();
+            let status = first.interrupt();
+            assert!(status.success(), "{status}: {}", first.stderr());
             let before = assert_archive_identical(dir.path(), &pg);
 
             produce_segments(&pg, 1);
+            // The second receiver must start where the archive ends, not in
+            // the segment where it would start without the archive: the
+            // server's current one for pg_receivewal (no slot), the slot's
+            // (left behind in an earlier round) for walrcv.
+            let seg = pg.wal_segment_size();
+            let resume = resume_point(dir.path(), seg);
+            let elsewhere = if walrcv_first {
+                pg.current_lsn()
+            } else {
+                slot_restart_lsn(&pg, "x")
+            };
+            assert_ne!(
+                resume / seg,
+                elsewhere / seg,
+                "{z} (walrcv first: {walrcv_first}): the archive's end and the start without it \
+                 are in one segment"
+            );
             let mut second = if walrcv_first {
                 spawn_pg_receivewal(&pg, dir.path(), z)
             } else {
@@ -464,7 +557,18 @@ fn compress_cross_compatible_with_pg_receivewal_15() {
             let app = if walrcv_first { "pg_receivewal" } else { APP };
             let boundary = produce_segments(&pg, 2);
             pg.wait_for_flush(app, boundary, LIMIT);
-            second.interrupt();
+            let status = second.interrupt();
+            assert!(status.success(), "{status}: {}", second.stderr());
+            let started = streaming_started_at(&second.stderr());
+            assert_eq!(
+                started,
+                resume,
+                "{z} (walrcv first: {walrcv_first}): the second receiver started at {}, not at \
+                 the archive's end {}:\n{}",
+                format_lsn(started),
+                format_lsn(resume),
+                second.stderr()
+            );
             let after = assert_archive_identical(dir.path(), &pg);
             assert!(
                 after.len() >= before.len() + 3 && after[..before.len()] == before[..],

@@ -1,23 +1,11 @@
 //! Connection services end to end: `service=NAME` and `PGSERVICE` with a
 //! service file (`PGSERVICEFILE`) against a real server.
 
-use std::process::{Command, Output, Stdio};
+use crate::support::{PgServer, RunOutput, Walrcv};
 
-use crate::support::{walrcv_bin, PgServer};
-
-fn walrcv(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(walrcv_bin());
-    c.args(args).stdin(Stdio::null());
-    for var in ["PGSERVICE", "PGSERVICEFILE", "PGHOST", "PGPORT", "PGUSER"] {
-        c.env_remove(var);
-    }
-    c.envs(env.iter().copied());
-    let out = c.output().unwrap();
-    eprintln!(
-        "walrcv {args:?} -> {:?}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn walrcv(args: &[&str], env: &[(&str, &str)]) -> RunOutput {
+    let out = Walrcv::new(args).envs(env.iter().copied()).run();
+    eprintln!("walrcv {args:?} -> {:?}\n{}", out.code(), out.stderr);
     out
 }
 
@@ -68,8 +56,9 @@ fn service_file_settings_connect() {
         &env,
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("definition of service \"nosuch\" not found")
-    );
+    assert!(out
+        .stderr
+        .as_str()
+        .contains("definition of service \"nosuch\" not found"));
     assert!(!pg.slot_exists("svc3"));
 }

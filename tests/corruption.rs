@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::support::{walrcv_command, PgServer};
+use crate::support::{PgServer, Walrcv};
 
 /// A TCP proxy to `127.0.0.1:upstream` that flips the low bit of the WAL byte
 /// at `target` in the server's XLogData messages, on the first `corrupt_times`
@@ -98,6 +98,18 @@ fn lsn_text(v: u64) -> String {
     crate::support::format_lsn(v)
 }
 
+/// `walrcv stream` of slot `v` into `dir` up to `end`, through the proxy on
+/// `port`, in plain text from the first byte: the proxy reads the server's
+/// message framing, which the one-byte answer to SSLRequest (the default
+/// sslmode=prefer) would shift.
+fn through_proxy(dir: &std::path::Path, port: u16, end: u64) -> Walrcv {
+    Walrcv::new(["stream", "-D", dir.to_str().unwrap(), "-S", "v", "-v"])
+        .args(["-E", &lsn_text(end), "-d"])
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=postgres sslmode=disable"
+        ))
+}
+
 #[test]
 fn persistent_corruption_is_never_acknowledged_and_exits_4() {
     let pg = PgServer::builder().wal_segsize_mb(1).start();
@@ -107,31 +119,11 @@ fn persistent_corruption_is_never_acknowledged_and_exits_4() {
     let (target, end) = big_record(&pg);
     let proxy = CorruptingProxy::start(pg.port(), target, usize::MAX);
     let dir = tempfile::tempdir().unwrap();
-    let out = walrcv_command()
-        .args([
-            "stream",
-            "-D",
-            dir.path().to_str().unwrap(),
-            "-S",
-            "v",
-            "-n",
-            "-v",
-            "-E",
-            &lsn_text(end),
-        ])
-        .args([
-            "-d",
-            // Plain text from the first byte: the proxy reads the server's
-            // message framing, which the one-byte answer to SSLRequest
-            // (the default sslmode=prefer) would shift.
-            &format!(
-                "host=127.0.0.1 port={} user=postgres sslmode=disable",
-                proxy.port
-            ),
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = through_proxy(dir.path(), proxy.port, end)
+        .arg("-n")
+        .timeout(Duration::from_secs(60))
+        .run();
+    let err = &out.stderr;
     eprintln!("{err}");
     assert_eq!(
         out.status.code(),
@@ -169,28 +161,7 @@ fn transient_corruption_heals_by_restreaming_the_segment() {
     ));
     let proxy = CorruptingProxy::start(pg.port(), target, 1);
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = walrcv_command();
-    cmd.args([
-        "stream",
-        "-D",
-        dir.path().to_str().unwrap(),
-        "-S",
-        "v",
-        "-v",
-        "-E",
-        &lsn_text(end),
-    ])
-    .args([
-        "-d",
-        // Plain text from the first byte: the proxy reads the server's
-        // message framing, which the one-byte answer to SSLRequest
-        // (the default sslmode=prefer) would shift.
-        &format!(
-            "host=127.0.0.1 port={} user=postgres sslmode=disable",
-            proxy.port
-        ),
-    ]);
-    let mut child = crate::support::BackgroundProcess::spawn(cmd);
+    let mut child = through_proxy(dir.path(), proxy.port, end).spawn();
     let status = child
         .wait_timeout(Duration::from_secs(60))
         .expect("walrcv finished");

@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    assert_partial_matches, assert_segments_identical, debian_bin, file_names, format_lsn,
-    parse_wal_file_name, wait_until, walrcv_spawn, BackgroundProcess, PgServer,
+    assert_partial_matches, assert_segments_identical, file_names, format_lsn, parse_wal_file_name,
+    wait_until, walrcv_spawn, PgServer,
 };
 
 const APP: &str = "walrcv";
@@ -79,23 +79,6 @@ fn fill(dir: &Path) -> PathBuf {
     // Whatever is left is less than a page or two.
     let _ = f.write(&chunk[..4096]);
     path
-}
-
-/// A psql running SQL in the background (killed when dropped): a commit that
-/// is expected to wait for walrcv.
-fn psql_background(pg: &PgServer, sql: &str) -> BackgroundProcess {
-    let mut cmd = Command::new(debian_bin("psql"));
-    cmd.env_clear()
-        .env("LC_ALL", "C")
-        .env("PGCONNECT_TIMEOUT", "10")
-        .args(["-XAtqw", "-v", "ON_ERROR_STOP=1", "-d"])
-        .arg(format!(
-            "host={} port={} user=postgres dbname=postgres",
-            pg.socket_dir().display(),
-            pg.port()
-        ))
-        .args(["-c", sql]);
-    BackgroundProcess::spawn(cmd)
 }
 
 /// Every file under a WAL name (segment or `.partial`) is a whole segment;
@@ -283,7 +266,7 @@ fn full_disk_scenario(arrival: Arrival) {
         || archive_failure_delays(&rcv.stderr()).len() >= 3,
     );
     // A synchronous commit now waits for walrcv.
-    let mut commit = psql_background(&pg, "INSERT INTO probe VALUES (42)");
+    let mut commit = pg.psql_background("INSERT INTO probe VALUES (42)");
     let outage = Instant::now();
     let mut flushes = Vec::new();
     while outage.elapsed() < Duration::from_secs(4) {

@@ -4,9 +4,10 @@
 //! `walrcv`, they are unchanged.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::support::{debian_bin, free_port, walrcv_bin, PgServer};
+use crate::support::{debian_bin, free_port, run_with_timeout, walrcv_bin, PgServer};
 
 /// A `pg_receivewal` symlink to the walrcv binary, in a temporary directory.
 fn symlink_as_pg_receivewal() -> (tempfile::TempDir, PathBuf) {
@@ -18,17 +19,14 @@ fn symlink_as_pg_receivewal() -> (tempfile::TempDir, PathBuf) {
 
 /// Runs `program args` with a clean environment; (exit status, stderr lines).
 fn stderr_of(program: &Path, args: &[&str]) -> (Option<i32>, Vec<String>) {
-    let out = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("PGPASSFILE", "/nonexistent/walrcv-test-pgpass")
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text.lines().map(str::to_owned).collect())
+        .env("PGCONNECT_TIMEOUT", "10");
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    (out.code(), out.stderr.lines().map(str::to_owned).collect())
 }
 
 /// The stderr lines that carry a level (PostgreSQL's frontend format).

@@ -12,19 +12,12 @@ use std::time::Duration;
 use walrcv::archive::names::ArchiveName;
 
 use crate::support::{
-    file_names, give_to_server_user, parse_lsn, wait_until, walrcv_recovery_settings, walrcv_run,
-    walrcv_spawn, BackgroundProcess, PgServer, Recovery, SUPERUSER,
+    archive_dir, file_names, give_to_server_user, parse_lsn, wait_until, walrcv_recovery_settings,
+    walrcv_run, walrcv_spawn, BackgroundProcess, PgServer, Recovery, SUPERUSER,
 };
 
 const APP: &str = "walrcv";
 const SEG: u64 = 1 << 20;
-
-fn archive_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("walrcv-archive-")
-        .tempdir()
-        .unwrap()
-}
 
 /// `host=127.0.0.1,... port=P1,... target_session_attrs=ATTRS`: libpq's host
 /// list over the servers, in this order.
@@ -311,11 +304,21 @@ fn unplanned_failover_sets_the_divergent_tail_aside() {
         &["verify", dir.path().to_str().unwrap()],
         Duration::from_secs(120),
     );
-    assert!(
-        verify.text().contains("divergent"),
-        "verify reports the divergent tail:\n{}",
-        verify.text()
-    );
+    // verify names the files set aside, the switch point and the timelines.
+    let report = verify.text();
+    for part in [
+        "divergent WAL of timeline 1 set aside (".to_string(),
+        aside.clone(),
+        format!(
+            "past the switch point {} where timeline 2's history left timeline 1",
+            crate::support::format_lsn(switch)
+        ),
+    ] {
+        assert!(
+            report.contains(&part),
+            "verify reports the divergent tail with {part:?}:\n{report}"
+        );
+    }
 
     give_to_server_user(dir.path());
     let restored = match backup.start_recovery(&walrcv_recovery_settings(dir.path())) {

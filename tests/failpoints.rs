@@ -28,7 +28,7 @@ use crate::stream::{
     Promoted,
 };
 use crate::support::fake_walsender::{FakeConfig, FakeWalsender, ReplicationStream, ServerMsg};
-use crate::support::{format_lsn, walrcv_command, BackgroundProcess};
+use crate::support::{format_lsn, BackgroundProcess, Walrcv};
 
 /// Chunk of WAL sent per XLogData message (one batch, one fdatasync each).
 const CHUNK: usize = 64 * 1024;
@@ -37,13 +37,12 @@ const END: u64 = START + 3 * SEG;
 
 /// `walrcv stream` against `conninfo`, synchronous, with `$FAILPOINTS`.
 fn spawn_walrcv(archive: &Path, conninfo: &str, failpoints: &str) -> BackgroundProcess {
-    let mut cmd = walrcv_command();
-    cmd.args(["stream", "-D"])
+    Walrcv::new(["stream", "-D"])
         .arg(archive)
         .args(["-d", conninfo])
         .args(["--synchronous", "--status-interval", "10", "-v"])
-        .env("FAILPOINTS", failpoints);
-    BackgroundProcess::spawn(cmd)
+        .env("FAILPOINTS", failpoints)
+        .spawn()
 }
 
 /// [`spawn_walrcv`] against the fake primary on `port`.

@@ -297,11 +297,8 @@ async fn setup(tweak: impl FnOnce(&mut StreamOptions)) -> Setup {
         "with an empty archive walrcv starts at the segment start of the server's position"
     );
     assert!(
-        stream
-            .wait_for_status(Duration::from_secs(2), |_| true)
-            .await
-            .is_some(),
-        "no status update within 2 s of the stream start"
+        stream.wait_for_status(PROMPT, |_| true).await.is_some(),
+        "no status update within {PROMPT:?} of the stream start"
     );
     Setup {
         fake,
@@ -439,6 +436,12 @@ pub(crate) fn assert_archive_matches(dir: &Path, sent: u64) {
     assert_eq!(names, expected, "files in the archive");
 }
 
+/// How long a status update that is due at once (at stream start, for WAL
+/// made durable, for a reply request) may take on a loaded machine: under
+/// the 10 s status interval of [`options`], so that a periodic update cannot
+/// stand in for it.
+const PROMPT: Duration = Duration::from_secs(5);
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -471,16 +474,24 @@ async fn fake_primary_wal_and_reply_request_in_one_write() {
         ])
         .await
         .expect("send WAL + keepalive");
-    let answer = stream
-        .wait_for_status(Duration::from_secs(2), |u| {
-            u.at >= sent_at && u.flush == expected
-        })
-        .await;
+    // The first update after the write is the answer, and it carries the
+    // WAL's verified end: not an answer with the flush position from before
+    // the WAL followed by another update. The bound stays below the 10 s
+    // status interval, so that a periodic update cannot stand in.
+    let answer = stream.wait_for_status(PROMPT, |u| u.at >= sent_at).await;
     let updates = stream.status_updates();
-    assert!(
-        answer.is_some(),
-        "no status update with flush = {} (verified end of the WAL sent) within 2 s of WAL + \
-         reply-requested keepalive in one write:\n{}",
+    let answer = answer.unwrap_or_else(|| {
+        panic!(
+            "no status update within {PROMPT:?} of WAL + reply-requested keepalive in one write:\n{}",
+            describe(&updates, t0)
+        )
+    });
+    assert_eq!(
+        answer.flush,
+        expected,
+        "the first update after WAL + reply-requested keepalive in one write has flush {}, not {} \
+         (the verified end of that WAL):\n{}",
+        format_lsn(answer.flush),
         format_lsn(expected),
         describe(&updates, t0)
     );
@@ -569,8 +580,28 @@ async fn fake_primary_silence_ping_then_timeout_and_reconnect() {
     assert_eq!(fake.connections(), 2);
 }
 
+/// How many status updates the flood tests wait for while the flood goes on.
+const FLOOD_UPDATES: usize = 3;
+/// How long a flood goes on at most: a receiver whose timers the flood
+/// starves sends no update during it, whatever the bound.
+const FLOOD_LIMIT: Duration = Duration::from_secs(30);
+
+/// Whether a flood that began at `start` goes on: until [`FLOOD_UPDATES`]
+/// status updates arrived during it, or [`FLOOD_LIMIT`]. The spacing of the
+/// updates (the interval, from the last one sent) is the policy's, checked
+/// under a controlled clock in src/receiver/feedback.rs, not here on a
+/// loaded machine's wall clock.
+fn flood_continues(stream: &ReplicationStream, start: Instant) -> bool {
+    let during = stream
+        .status_updates()
+        .iter()
+        .filter(|u| u.at > start)
+        .count();
+    during < FLOOD_UPDATES && start.elapsed() < FLOOD_LIMIT
+}
+
 /// (c) Under a continuous stream without any pause, periodic status updates
-/// still go out every status_interval.
+/// still go out (every status_interval: the policy's unit tests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_primary_status_updates_flow_during_a_flood() {
     let Setup {
@@ -587,7 +618,7 @@ async fn fake_primary_status_updates_flow_during_a_flood() {
         .map(|_| ServerMsg::keepalive(START, false))
         .collect();
     let mut writes = 0u64;
-    while flood_start.elapsed() < Duration::from_millis(3500) {
+    while flood_continues(&stream, flood_start) {
         stream.send(&batch).await.expect("flood");
         writes += 1;
     }
@@ -599,27 +630,12 @@ async fn fake_primary_status_updates_flow_during_a_flood() {
         .filter(|u| u.at > flood_start && u.at <= flood_end)
         .collect();
     assert!(
-        during.len() >= 2,
-        "{} status updates during a {:.1} s flood ({} writes of 500 keepalives) with status_interval 1 s, expected >= 2:\n{all}",
+        during.len() >= FLOOD_UPDATES,
+        "{} status updates during a {:.1} s flood ({} writes of 500 keepalives) with status_interval 1 s, expected >= {FLOOD_UPDATES}:\n{all}",
         during.len(),
         secs(flood_end.duration_since(flood_start)),
         writes
     );
-    // Spaced by about the interval, starting from the last update before the flood.
-    let mut prev = updates
-        .iter()
-        .rev()
-        .find(|u| u.at <= flood_start)
-        .expect("the stream-start update")
-        .at;
-    for u in &during {
-        let gap = secs(u.at.duration_since(prev));
-        assert!(
-            (0.5..=1.6).contains(&gap),
-            "status updates {gap:.3} s apart during the flood, expected about 1 s:\n{all}"
-        );
-        prev = u.at;
-    }
     check_invariants(&updates, &wal, t0);
     assert_eq!(rcv.stop().await, Outcome::Stopped);
     assert_eq!(fake.connections(), 1, "no reconnection");
@@ -642,7 +658,7 @@ async fn fake_primary_status_updates_flow_during_a_wal_flood() {
     let mut wal = Wal::new();
     let flood_start = Instant::now();
     let mut writes = 0u64;
-    while flood_start.elapsed() < Duration::from_millis(3500) {
+    while flood_continues(&stream, flood_start) {
         let mut msgs = Vec::with_capacity(201);
         // Should the fixture run out, the flood goes on with keepalives only.
         if wal.remaining() > 0 {
@@ -673,22 +689,12 @@ async fn fake_primary_status_updates_flow_during_a_wal_flood() {
         .filter(|u| u.at > flood_start && u.at <= flood_end)
         .collect();
     assert!(
-        during.len() >= 2,
+        during.len() >= FLOOD_UPDATES,
         "{} status updates during a {:.1} s flood ({writes} writes of 128 bytes of WAL + 200 keepalives) \
-         with status_interval 1 s, expected >= 2:\n{all}",
+         with status_interval 1 s, expected >= {FLOOD_UPDATES}:\n{all}",
         during.len(),
         secs(flood_end.duration_since(flood_start)),
     );
-    let mut times = vec![flood_start];
-    times.extend(during.iter().map(|u| u.at));
-    times.push(flood_end);
-    for w in times.windows(2) {
-        let gap = secs(w[1].duration_since(w[0]));
-        assert!(
-            gap <= 1.6,
-            "{gap:.3} s without a status update during the flood, status_interval is 1 s:\n{all}"
-        );
-    }
     let reached = stream
         .wait_for_status(Duration::from_secs(5), |u| u.flush == expected)
         .await;
@@ -795,11 +801,11 @@ async fn send_chunks_and_wait(
         let expected = wal.verified_end();
         assert!(expected < wal.pos(), "the chunk must end inside a record");
         let got = stream
-            .wait_for_status(Duration::from_secs(2), |u| u.flush == expected)
+            .wait_for_status(PROMPT, |u| u.flush == expected)
             .await;
         assert!(
             got.is_some(),
-            "no status update with flush = {} within 2 s of WAL sent alone:\n{}",
+            "no status update with flush = {} within {PROMPT:?} of WAL sent alone:\n{}",
             format_lsn(expected),
             describe(&stream.status_updates(), t0)
         );
@@ -819,9 +825,16 @@ async fn fake_primary_flush_invalid_until_wal_is_fsynced() {
         serial: _serial,
     } = setup(|_| {}).await;
     let mut wal = Wal::new();
-    // Give walrcv a moment to send whatever it sends before any WAL.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The update walrcv sends at stream start, before any WAL.
+    let first = stream
+        .wait_for_status(Duration::from_secs(30), |_| true)
+        .await;
     let before = stream.status_updates();
+    assert!(
+        first.is_some(),
+        "no status update at stream start:\n{}",
+        describe(&before, t0)
+    );
     assert!(
         before.iter().all(|u| u.flush == 0),
         "before any WAL was received, flush must be reported as 0/0 (invalid), not the start point:\n{}",
@@ -942,7 +955,15 @@ async fn fake_primary_nothing_past_the_switch_point_is_reported_on_the_new_timel
         tl2[page + 4..page + 8].copy_from_slice(&2u32.to_le_bytes());
     }
     let below = 0x8000;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The update at the start of timeline 2's stream, before any of its WAL.
+    let started = second
+        .wait_for_status(Duration::from_secs(30), |_| true)
+        .await;
+    assert!(
+        started.is_some(),
+        "no status update at the start of timeline 2:\n{}",
+        describe(&second.status_updates(), t0)
+    );
     second
         .send(&[
             ServerMsg::xlog(SEG_C, &tl2[..below]),
@@ -952,7 +973,7 @@ async fn fake_primary_nothing_past_the_switch_point_is_reported_on_the_new_timel
         .expect("send timeline 2 below the switch point");
     let answered_at = Instant::now();
     let answer = second
-        .wait_for_status(Duration::from_secs(2), |u| u.at >= answered_at)
+        .wait_for_status(PROMPT, |u| u.at >= answered_at)
         .await;
     let held = second.status_updates();
     assert!(

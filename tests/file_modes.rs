@@ -1,17 +1,20 @@
 //! The files walrcv creates get pg_receivewal's modes (its
 //! `RetrieveDataDirCreatePerm`): 0600, or 0640 when the server's data
 //! directory grants group access (`initdb --allow-group-access`, i.e. a 0750
-//! data directory, which the server reports as `data_directory_mode`).
+//! data directory, which the server reports as `data_directory_mode`),
+//! whatever the umask walrcv runs under: each case runs walrcv under the umask
+//! that would give another mode if walrcv left the mode to it (0000 for 0600,
+//! 0077 for 0640), set in the child only (`Walrcv::umask`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use crate::support::{walrcv_bin, PgServer};
+use crate::support::{PgServer, Walrcv};
 
 /// Streams from a new slot up to the server's current position (at least one
-/// complete segment and a `.partial`); returns the archive directory.
-fn stream_some_wal(pg: &PgServer) -> tempfile::TempDir {
+/// complete segment and a `.partial`) with walrcv under `umask`; returns the
+/// archive directory.
+fn stream_some_wal(pg: &PgServer, umask: u32) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("walrcv-modes-")
         .tempdir()
@@ -19,13 +22,12 @@ fn stream_some_wal(pg: &PgServer) -> tempfile::TempDir {
     let conn = pg.conninfo();
     let d = dir.path().to_str().unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(walrcv_bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "walrcv {args:?}: {stderr}");
+        let out = Walrcv::new(args).umask(umask).run();
+        assert!(
+            out.success(),
+            "walrcv {args:?} (umask {umask:04o}): {}",
+            out.text()
+        );
     };
     run(&["stream", "-d", &conn, "--create-slot", "-S", "modes"]);
     pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 50000) g");
@@ -65,7 +67,7 @@ fn modes(dir: &Path) -> Vec<(String, u32)> {
 fn owner_only_files_from_a_default_server() {
     let pg = PgServer::builder().wal_segsize_mb(1).start();
     assert_eq!(pg.psql("SHOW data_directory_mode"), "0700");
-    let dir = stream_some_wal(&pg);
+    let dir = stream_some_wal(&pg, 0o000);
     for (name, mode) in modes(dir.path()) {
         assert_eq!(mode, 0o600, "{name}: {mode:o}");
     }
@@ -80,7 +82,7 @@ fn group_readable_files_from_a_group_access_server() {
     std::fs::set_permissions(pg.data_dir(), std::fs::Permissions::from_mode(0o750)).unwrap();
     pg.start_again();
     assert_eq!(pg.psql("SHOW data_directory_mode"), "0750");
-    let dir = stream_some_wal(&pg);
+    let dir = stream_some_wal(&pg, 0o077);
     let files = modes(dir.path());
     for (name, mode) in &files {
         assert_eq!(*mode, 0o640, "{name}: {mode:o}");

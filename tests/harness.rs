@@ -334,12 +334,25 @@ fn harness_compare_with_pg_receivewal() {
     // pg_receivewal stopped; the primary keeps writing past its .partial.
     pg.psql("INSERT INTO walrcv_switch VALUES (now())");
     let later = pg.current_lsn();
+    assert_eq!(
+        later / pg.wal_segment_size(),
+        flushed / pg.wal_segment_size(),
+        "the later WAL is in the .partial's segment"
+    );
+    // The check must fail for the one reason it exists for: the bytes differ
+    // (not a bad name, a short file or an LSN outside the segment).
+    let failure = std::panic::catch_unwind(|| {
+        support::assert_partial_matches(archive.path(), &pg, &partial, later)
+    })
+    .expect_err("the .partial cannot match past what was received");
+    let message = failure
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| failure.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
     assert!(
-        std::panic::catch_unwind(|| {
-            support::assert_partial_matches(archive.path(), &pg, &partial, later)
-        })
-        .is_err(),
-        "the .partial cannot match past what was received"
+        message.contains(&format!("{partial} differs from the primary's")),
+        "assert_partial_matches failed for another reason: {message}"
     );
 }
 

@@ -20,14 +20,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 
 use crate::support::{
-    format_lsn, free_port, wait_until, walrcv_command, walrcv_run, BackgroundProcess, PgServer,
+    format_lsn, free_port, wait_until, walrcv_run, BackgroundProcess, PgServer, Walrcv,
 };
 
 const APP: &str = "walrcv";
@@ -162,8 +161,7 @@ fn start_synchronous_walrcv_limited(
 ) -> BackgroundProcess {
     let conn = format!("{} application_name={APP}", pg.conninfo());
     let interval = STATUS_INTERVAL.as_secs().to_string();
-    let mut cmd = walrcv_command();
-    cmd.args([
+    let mut cmd = Walrcv::new([
         "stream",
         "-D",
         dir.to_str().expect("utf-8 path"),
@@ -175,22 +173,9 @@ fn start_synchronous_walrcv_limited(
         address,
     ]);
     if let Some(max) = max_files {
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs between
-        // fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let limit = libc::rlimit {
-                    rlim_cur: max,
-                    rlim_max: max,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        cmd = cmd.max_open_files(max);
     }
-    let mut rcv = BackgroundProcess::spawn(cmd);
+    let mut rcv = cmd.spawn();
     pg.psql(&format!(
         "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
     ));

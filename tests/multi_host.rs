@@ -10,16 +10,9 @@ use std::time::Duration;
 
 use crate::stream::assert_complete_segments_identical;
 use crate::support::{
-    debian_bin, run_with_timeout, wait_until, walrcv_bin, walrcv_spawn, BackgroundProcess,
-    PgServer, SUPERUSER,
+    archive_dir, debian_bin, run_with_timeout, wait_until, walrcv_bin, walrcv_spawn,
+    BackgroundProcess, PgServer, SUPERUSER,
 };
-
-fn archive_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("walrcv-archive-")
-        .tempdir()
-        .unwrap()
-}
 
 /// `host=127.0.0.1,... port=P1,... target_session_attrs=ATTRS` over `ports`,
 /// in this order.

@@ -6,24 +6,18 @@
 //! cannot be checked.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
-use crate::support::{format_lsn, walrcv_bin, PgServer};
+use crate::support::{file_names, format_lsn, PgServer, RunOutput, Walrcv};
 
 const MB: u64 = 1 << 20;
 
-fn run(args: &[&str]) -> Output {
-    let out = Command::new(walrcv_bin())
-        .args(args)
-        .env_remove("PGPASSWORD")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+fn run(args: &[&str]) -> RunOutput {
+    let out = Walrcv::new(args).env_remove("PGPASSWORD").run();
     eprintln!(
         "walrcv {:?} -> {:?}\n--- stderr ---\n{}",
         args,
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
+        out.code(),
+        out.stderr
     );
     out
 }
@@ -35,17 +29,8 @@ fn seg_name(lsn: u64) -> String {
     format!("00000001{:08X}{:08X}", segno / 0x1000, segno % 0x1000)
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
+fn stderr(o: &RunOutput) -> String {
+    o.stderr.clone()
 }
 
 /// A server with 1 MB segments. 15 because the first run starts at the
@@ -101,12 +86,12 @@ fn stream_into_the_record(pg: &PgServer, dir: &Path, resume: u64) {
     assert!(out.status.success());
     let partial = format!("{}.partial", seg_name(resume));
     assert!(
-        names(dir).contains(&partial),
+        file_names(dir).contains(&partial),
         "{partial} in {:?}",
-        names(dir)
+        file_names(dir)
     );
     let previous = seg_name(resume - MB);
-    assert!(names(dir).contains(&previous));
+    assert!(file_names(dir).contains(&previous));
 }
 
 fn resume_args<'a>(d: &'a str, conn: &'a str, endpos: &'a str) -> Vec<&'a str> {
@@ -154,7 +139,10 @@ fn a_corrupted_byte_before_the_resume_point_is_found_on_resume() {
     let flushed = pg.slot_restart_lsn("rs").unwrap();
     assert!(flushed <= start, "{flushed:X} > record start {start:X}");
     let end_segment = seg_name(end);
-    assert!(!names(dir.path()).contains(&end_segment), "{end_segment}");
+    assert!(
+        !file_names(dir.path()).contains(&end_segment),
+        "{end_segment}"
+    );
 }
 
 /// A normal resume inside a record: the record is checked whole (the log says
@@ -193,7 +181,7 @@ fn a_record_spanning_the_resume_point_is_checked_whole_and_streaming_goes_on() {
     for segno in first..(end / MB + 1) {
         let name = seg_name(segno * MB);
         let ours = std::fs::read(dir.path().join(&name))
-            .unwrap_or_else(|e| panic!("{name}: {e} in {:?}", names(dir.path())));
+            .unwrap_or_else(|e| panic!("{name}: {e} in {:?}", file_names(dir.path())));
         let theirs = std::fs::read(pg.wal_dir().join(&name)).unwrap();
         assert!(ours == theirs, "{name} differs from the primary's");
     }

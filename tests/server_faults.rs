@@ -348,12 +348,45 @@ fn primary_immediate_stop_mid_stream_then_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = spawn_walrcv(&pg, dir.path(), &["-S", "walrcv_slot"]);
     wait_streaming(&pg);
-    // Some 20 segments of WAL at once: walrcv is mid-stream when the server dies.
-    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 400000) AS x");
+    // Some 100 segments of WAL in one transaction; the server dies once
+    // walrcv has flushed two of them and the transaction still runs: walrcv
+    // is mid-stream, the server mid-transaction.
+    let seg = pg.wal_segment_size();
+    let start = pg.current_lsn();
+    let mut big = pg.psql_background("CREATE TABLE t AS SELECT generate_series(1, 2000000) AS x");
+    wait_until(
+        Duration::from_secs(120),
+        "walrcv to flush WAL of the transaction in flight",
+        || {
+            pg.replication_flush_lsn("walrcv")
+                .is_some_and(|f| f >= start + 2 * seg)
+        },
+    );
+    assert!(
+        big.is_running(),
+        "the transaction ended too soon:\n{}",
+        big.stderr()
+    );
     let written = pg.current_lsn();
     pg.stop_immediate();
+    assert!(
+        big.wait_timeout(Duration::from_secs(30))
+            .is_some_and(|s| !s.success()),
+        "psql lost its server:\n{}",
+        big.stderr()
+    );
     let archived_at_crash = complete_segments(dir.path()).len();
+    assert!(
+        archived_at_crash >= 2,
+        "walrcv had archived WAL of the transaction"
+    );
     pg.start_again();
+    assert_eq!(
+        pg.psql("SELECT to_regclass('t') IS NULL"),
+        "t",
+        "the transaction was in flight at the crash"
+    );
+    pg.psql("CREATE TABLE t (x int)");
     pg.psql("INSERT INTO t SELECT generate_series(1, 100000)");
     let end = pg.force_switch_wal();
     pg.psql("INSERT INTO t VALUES (1)");

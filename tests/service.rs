@@ -8,13 +8,13 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    free_port, wait_until, walrcv_command, Auth, BackgroundProcess, PgServer, SUPERUSER_PASSWORD,
+    archive_dir, free_port, wait_until, Auth, BackgroundProcess, PgServer, Walrcv,
+    SUPERUSER_PASSWORD,
 };
 
 /// The watchdog timeout the tests give walrcv: it must ping every 0.5 s.
@@ -102,8 +102,7 @@ fn spawn_under(
     conninfo: &str,
     extra_env: &[(&str, &str)],
 ) -> BackgroundProcess {
-    let mut cmd: Command = walrcv_command();
-    cmd.args([
+    Walrcv::new([
         "stream",
         "-v",
         "-D",
@@ -113,18 +112,9 @@ fn spawn_under(
     ])
     .env("NOTIFY_SOCKET", systemd.socket_path())
     .env("WATCHDOG_USEC", WATCHDOG_USEC.to_string())
-    .env_remove("WATCHDOG_PID");
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    BackgroundProcess::spawn(cmd)
-}
-
-fn archive_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("walrcv-archive-")
-        .tempdir()
-        .unwrap()
+    .env_remove("WATCHDOG_PID")
+    .envs(extra_env.iter().copied())
+    .spawn()
 }
 
 fn longest_gap(pings: &[Instant]) -> Duration {
@@ -249,12 +239,33 @@ fn a_stuck_fdatasync_stops_the_pings() {
         systemd.first("READY=1").is_some()
     });
     let ready = systemd.first("READY=1").unwrap();
+    // Pinging before any WAL comes (every half WATCHDOG_USEC).
+    wait_until(Duration::from_secs(20), "pings after READY=1", || {
+        systemd.pings_since(ready).len() >= 2
+    });
+    let issued = Instant::now();
     pg.psql("CREATE TABLE stuck AS SELECT generate_series(1, 1000) AS x");
-    std::thread::sleep(6 * WATCHDOG);
+    // The WAL's fdatasync stops the loop, and with it the pings, for 2.5 s;
+    // then they come again. The gap is the one the WAL caused: it ends
+    // after the WAL was written, and walrcv is alive and pinging after it
+    // (a walrcv that died would leave a gap too).
+    let stalled = |pings: &[Instant]| {
+        pings
+            .windows(2)
+            .any(|w| w[1] > issued && w[1].duration_since(w[0]) >= Duration::from_secs(2))
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "a pause of >= 2 s in the pings after the WAL, then pings again",
+        || {
+            assert!(child.is_running(), "walrcv exited:\n{}", child.stderr());
+            stalled(&systemd.pings_since(ready))
+        },
+    );
     let pings = systemd.pings_since(ready);
     assert!(
-        longest_gap(&pings) >= Duration::from_secs(2),
-        "pings went on while fdatasync was stuck:\n{}",
+        longest_gap(&pings) >= Duration::from_secs(2) && stalled(&pings),
+        "{}",
         systemd.dump()
     );
     child.kill9();
@@ -264,8 +275,7 @@ fn a_stuck_fdatasync_stops_the_pings() {
 fn json_logs_are_one_object_per_line_with_level_and_message() {
     let pg = PgServer::builder().wal_segsize_mb(1).start();
     let dir = archive_dir();
-    let mut cmd = walrcv_command();
-    cmd.args([
+    let mut child = Walrcv::new([
         "stream",
         "-v",
         "--log-format",
@@ -274,8 +284,8 @@ fn json_logs_are_one_object_per_line_with_level_and_message() {
         dir.path().to_str().unwrap(),
         "-d",
         &pg.conninfo(),
-    ]);
-    let mut child = BackgroundProcess::spawn(cmd);
+    ])
+    .spawn();
     child.wait_for_stderr("starting log streaming", Duration::from_secs(20));
     assert!(child.interrupt().success(), "{}", child.stderr());
     let stderr = child.stderr();
@@ -285,22 +295,17 @@ fn json_logs_are_one_object_per_line_with_level_and_message() {
     );
 
     // Errors for the operator too, with WALRCV_LOG_FORMAT (the env file's way).
-    let out = walrcv_command()
-        .args(["stream", "-D", "/nonexistent/walrcv", "-d", &pg.conninfo()])
+    let out = Walrcv::new(["stream", "-D", "/nonexistent/walrcv", "-d", &pg.conninfo()])
         .env("WALRCV_LOG_FORMAT", "json")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let objects = assert_json_lines(&stderr, &["does not exist"]);
+        .run();
+    assert_eq!(out.code(), Some(2));
+    let stderr = &out.stderr;
+    let objects = assert_json_lines(stderr, &["does not exist"]);
     assert_eq!(objects.last().unwrap()["level"], "ERROR", "{stderr}");
 
     // Text stays the default, unchanged.
-    let out = walrcv_command()
-        .args(["stream", "-D", "/nonexistent/walrcv", "-d", &pg.conninfo()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = Walrcv::new(["stream", "-D", "/nonexistent/walrcv", "-d", &pg.conninfo()]).run();
+    let stderr = &out.stderr;
     assert!(
         stderr.starts_with("walrcv: error: directory \"/nonexistent/walrcv\""),
         "{stderr}"
@@ -425,12 +430,14 @@ fn the_units_keep_the_connection_string_and_password_off_the_command_line() {
     let unit = std::fs::read_to_string(contrib.join("walrcv.service")).unwrap();
     let argv = exec_start(&unit, &env);
     assert_eq!(argv[0], "/usr/bin/walrcv");
-    let mut cmd = walrcv_command();
-    for arg in &argv[1..] {
-        cmd.arg(arg.replace("/var/lib/walrcv/archive", archive.path().to_str().unwrap()));
-    }
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    let mut rcv = BackgroundProcess::spawn(cmd);
+    let archive_path = archive.path().to_str().unwrap();
+    let mut rcv = Walrcv::new(
+        argv[1..]
+            .iter()
+            .map(|arg| arg.replace("/var/lib/walrcv/archive", archive_path)),
+    )
+    .envs(env.iter().map(|(k, v)| (k, v)))
+    .spawn();
     wait_until(Duration::from_secs(30), "walrcv to stream", || {
         assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
         pg.psql(

@@ -12,18 +12,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    free_port, parse_lsn, wait_until, walrcv_run, walrcv_spawn, PgServer, RunOutput,
+    archive_dir, free_port, parse_lsn, wait_until, walrcv_run, walrcv_spawn, PgServer, RunOutput,
 };
 
 const MB: u64 = 1 << 20;
 const RUN_LIMIT: Duration = Duration::from_secs(60);
-
-fn archive_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("walrcv-status-")
-        .tempdir()
-        .unwrap()
-}
 
 /// `walrcv status -D dir -d conn EXTRA...`.
 fn status(dir: &Path, conn: &str, extra: &[&str]) -> RunOutput {

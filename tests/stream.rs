@@ -4,39 +4,32 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::{wait_until, walrcv_bin, walrcv_spawn, Auth, BackgroundProcess, PgServer};
+use crate::support::{
+    archive_dir, file_name_set, wait_until, walrcv_bin, walrcv_spawn, Auth, BackgroundProcess,
+    PgServer, RunOutput, Walrcv,
+};
 
 const MB: u64 = 1 << 20;
 
-fn archive_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("walrcv-archive-")
-        .tempdir()
-        .unwrap()
+fn walrcv(args: &[&str]) -> Walrcv {
+    Walrcv::new(args).env_remove("PGPASSWORD")
 }
 
-fn walrcv(args: &[&str]) -> Command {
-    let mut c = Command::new(walrcv_bin());
-    c.args(args).env_remove("PGPASSWORD").stdin(Stdio::null());
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    let out = walrcv(args).output().unwrap();
+fn run(args: &[&str]) -> RunOutput {
+    let out = walrcv(args).run();
     eprintln!(
         "walrcv {:?} -> {:?}\n--- stderr ---\n{}",
         args,
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
+        out.code(),
+        out.stderr
     );
     out
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+fn stderr(o: &RunOutput) -> String {
+    o.stderr.clone()
 }
 
 fn spawn(args: &[&str]) -> BackgroundProcess {
@@ -52,13 +45,6 @@ fn parse_lsn(s: &str) -> u64 {
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
-fn names(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 fn is_segment(name: &str) -> bool {
     name.len() == 24
         && name
@@ -68,7 +54,7 @@ fn is_segment(name: &str) -> bool {
 
 /// Every name is one Barman accepts: segment, segment.partial, TTTTTTTT.history.
 pub(crate) fn assert_only_barman_names(dir: &Path) {
-    for n in names(dir) {
+    for n in file_name_set(dir) {
         let ok = is_segment(&n)
             || n.strip_suffix(".partial").is_some_and(is_segment)
             || n.strip_suffix(".history").is_some_and(|h| h.len() == 8);
@@ -80,7 +66,7 @@ pub(crate) fn assert_only_barman_names(dir: &Path) {
 /// primary still has it); returns how many were compared.
 pub(crate) fn assert_complete_segments_identical(archive: &Path, pg_wal: &Path) -> usize {
     let mut compared = 0;
-    for n in names(archive).into_iter().filter(|n| is_segment(n)) {
+    for n in file_name_set(archive).into_iter().filter(|n| is_segment(n)) {
         let theirs = pg_wal.join(&n);
         if !theirs.exists() {
             continue;
@@ -113,7 +99,7 @@ fn assert_partial_matches_below_flush(pg: &PgServer, dir: &Path, slot: &str) -> 
     let flushed = parse_lsn(&pg.psql(&format!(
         "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
     )));
-    let all = names(dir);
+    let all = file_name_set(dir);
     let partial = all
         .iter()
         .find(|n| n.ends_with(".partial"))
@@ -136,7 +122,7 @@ fn assert_partial_matches_below_flush(pg: &PgServer, dir: &Path, slot: &str) -> 
     (start, flushed)
 }
 
-fn stream_until_current(pg: &PgServer, dir: &Path, extra: &[&str]) -> Output {
+fn stream_until_current(pg: &PgServer, dir: &Path, extra: &[&str]) -> RunOutput {
     let end = lsn(pg);
     let conn = pg.conninfo();
     let mut args = vec![
@@ -178,7 +164,7 @@ fn streams_to_endpos_byte_identical_with_slot() {
         stderr(&out).contains("restart_lsn"),
         "started from the slot"
     );
-    let first = names(dir.path()).into_iter().next().unwrap();
+    let first = file_name_set(dir.path()).into_iter().next().unwrap();
     assert_eq!(
         segno_of(&first, MB),
         parse_lsn(&restart) / MB,
@@ -267,43 +253,53 @@ fn kill_9_then_restart_leaves_a_complete_identical_archive() {
     wait_until(
         Duration::from_secs(30),
         "walrcv wrote a complete segment",
-        || names(dir.path()).iter().any(|n| is_segment(n)),
+        || file_name_set(dir.path()).iter().any(|n| is_segment(n)),
     );
     pg.pgbench(&["-n", "-c", "2", "-T", "2"]);
-    // The next segment is prepared ahead under a `.tmp` name: kill while one
-    // is there (possibly half padded), the crash it must survive.
+    // Mid-stream: the segment being received is a `.partial`, and the next
+    // one is prepared ahead under a `.tmp` name: kill while both are there
+    // (the `.tmp` possibly half padded), the crash it must survive.
     wait_until(
-        Duration::from_secs(30),
-        "walrcv prepared the next segment",
+        Duration::from_secs(60),
+        "walrcv writing a .partial with the next segment prepared",
         || {
-            names(dir.path())
-                .iter()
-                .any(|n| n.ends_with(".partial.tmp"))
+            let names = file_name_set(dir.path());
+            names.iter().any(|n| n.ends_with(".partial"))
+                && names.iter().any(|n| n.ends_with(".partial.tmp"))
         },
     );
     child.kill9(); // mid-stream
     make_wal(&pg, 2);
-    let had_partial = names(dir.path()).iter().any(|n| n.ends_with(".partial"));
+    let partials: Vec<String> = file_name_set(dir.path())
+        .into_iter()
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert_eq!(
+        partials.len(),
+        1,
+        "the kill left one .partial: {partials:?}"
+    );
     let out = stream_until_current(&pg, dir.path(), &["-S", "k9"]);
-    assert!(out.status.success());
-    if had_partial {
-        // The .partial left by the kill is streamed again from its start
-        // (and not read just to log where its WAL ends).
-        assert!(
-            stderr(&out).contains(".partial\": streaming its segment again from"),
-            "{}",
-            stderr(&out)
-        );
-    }
+    assert!(out.status.success(), "{}", out.text());
+    // The .partial left by the kill is streamed again from its start (and
+    // not read just to log where its WAL ends).
+    assert!(
+        stderr(&out).contains(&format!(
+            "{}\": streaming its segment again from",
+            partials[0]
+        )),
+        "{}",
+        stderr(&out)
+    );
     assert!(assert_complete_segments_identical(dir.path(), &pg.wal_dir()) >= 3);
     // The stale `.tmp` is gone, and no file under a WAL name is short.
     assert_only_barman_names(dir.path());
-    for n in names(dir.path()) {
+    for n in file_name_set(dir.path()) {
         let len = std::fs::metadata(dir.path().join(&n)).unwrap().len();
         assert_eq!(len, MB, "{n} is not a whole segment");
     }
     // No gap: consecutive segment numbers from the first to the last.
-    let segs: Vec<u64> = names(dir.path())
+    let segs: Vec<u64> = file_name_set(dir.path())
         .iter()
         .filter(|n| n.len() >= 24 && is_segment(&n[..24]))
         .map(|n| segno_of(&n[..24], MB))
@@ -340,7 +336,7 @@ pub(crate) fn stream_through_a_promotion(
         Duration::from_secs(30),
         "walrcv archived timeline 1",
         || {
-            names(dir.path())
+            file_name_set(dir.path())
                 .iter()
                 .any(|n| n.starts_with("00000001") && is_segment(n))
         },
@@ -352,7 +348,7 @@ pub(crate) fn stream_through_a_promotion(
         Duration::from_secs(60),
         "walrcv followed onto timeline 2",
         || {
-            names(dir.path())
+            file_name_set(dir.path())
                 .iter()
                 .any(|n| n.starts_with("00000002") && is_segment(n))
         },
@@ -377,7 +373,7 @@ fn follows_a_timeline_switch_from_a_promoted_standby() {
     });
     let status = child.terminate();
     assert!(status.success(), "SIGTERM exits 0: {}", child.stderr());
-    let all = names(dir.path());
+    let all = file_name_set(dir.path());
     assert!(all.contains("00000002.history"), "{all:?}");
     let history = std::fs::read_to_string(dir.path().join("00000002.history")).unwrap();
     assert!(history.starts_with("1\t"), "{history}");
@@ -440,7 +436,9 @@ fn shows_in_pg_stat_replication_and_can_be_synchronous() {
         child.stderr()
     );
     assert!(
-        names(dir.path()).iter().any(|n| n.ends_with(".partial")),
+        file_name_set(dir.path())
+            .iter()
+            .any(|n| n.ends_with(".partial")),
         "the open segment stays .partial"
     );
 }
@@ -471,8 +469,7 @@ fn authentication_methods() {
             "-w",
         ])
         .env("PGPASSWORD", "rep-secret")
-        .output()
-        .unwrap();
+        .run();
         assert!(o.status.success(), "{auth:?} PGPASSWORD: {}", stderr(&o));
         let passfile = dir
             .path()
@@ -501,12 +498,11 @@ fn authentication_methods() {
             "-w",
         ])
         .env("PGPASSFILE", &passfile)
-        .output()
-        .unwrap();
+        .run();
         let _ = std::fs::remove_file(&passfile);
         assert!(o.status.success(), "{auth:?} passfile: {}", stderr(&o));
 
-        let before = names(dir.path());
+        let before = file_name_set(dir.path());
         let o = run(&[
             "stream",
             "-D",
@@ -548,7 +544,11 @@ fn authentication_methods() {
             "{auth:?}: role without REPLICATION"
         );
         assert!(stderr(&o).contains("REPLICATION"), "{}", stderr(&o));
-        assert_eq!(names(dir.path()), before, "nothing written on failure");
+        assert_eq!(
+            file_name_set(dir.path()),
+            before,
+            "nothing written on failure"
+        );
     }
 }
 
@@ -575,7 +575,7 @@ fn missing_replication_line_in_pg_hba() {
         "hint: {}",
         stderr(&o)
     );
-    assert!(names(dir.path()).is_empty());
+    assert!(file_name_set(dir.path()).is_empty());
 }
 
 #[test]
@@ -634,7 +634,7 @@ fn bad_input_fails_clearly_and_writes_nothing() {
         assert_eq!(o.status.code(), Some(code), "{refs:?}");
         assert!(stderr(&o).contains(text), "{refs:?}: {}", stderr(&o));
     }
-    assert!(names(dir.path()).is_empty());
+    assert!(file_name_set(dir.path()).is_empty());
     let o = run(&["stream", "-D", "/nonexistent/dir", "-d", &conn, "-n"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("/nonexistent/dir"));
@@ -648,7 +648,7 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     let o = run(&["stream", "-D", &d, "-d", &conn, "-n", "-w"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("has 5 bytes"), "{}", stderr(&o));
-    assert_eq!(names(dir.path()).len(), 1);
+    assert_eq!(file_name_set(dir.path()).len(), 1);
 }
 
 #[test]
@@ -660,9 +660,9 @@ fn refuses_another_clusters_directory_and_a_directory_in_use() {
     a.psql("SELECT pg_switch_wal()");
     let o = stream_until_current(&a, dir.path(), &[]);
     assert!(o.status.success());
-    let before = names(dir.path());
+    let before = file_name_set(dir.path());
     let sizes = |p: &Path| -> Vec<u64> {
-        names(p)
+        file_name_set(p)
             .iter()
             .map(|n| std::fs::metadata(p.join(n)).unwrap().len())
             .collect()
@@ -671,7 +671,7 @@ fn refuses_another_clusters_directory_and_a_directory_in_use() {
     let o = run(&["stream", "-D", &d, "-d", &b.conninfo(), "-n", "-w"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("another cluster"), "{}", stderr(&o));
-    assert_eq!(names(dir.path()), before);
+    assert_eq!(file_name_set(dir.path()), before);
     assert_eq!(sizes(dir.path()), before_sizes);
 
     let mut first = spawn(&["stream", "-D", &d, "-d", &a.conninfo()]);
@@ -690,9 +690,9 @@ fn drop_in_for_pg_receivewal_under_barman() {
     let bin_dir = tempfile::tempdir().unwrap();
     let link: PathBuf = bin_dir.path().join("pg_receivewal");
     std::os::unix::fs::symlink(walrcv_bin(), &link).unwrap();
-    let v = Command::new(&link).arg("--version").output().unwrap();
-    assert!(v.status.success());
-    let version = String::from_utf8_lossy(&v.stdout);
+    let v = Walrcv::via(&link, ["--version"]).run();
+    assert!(v.success(), "{}", v.text());
+    let version = &v.stdout;
     assert!(version.starts_with("pg_receivewal (walrcv "), "{version}");
     assert!(
         version
@@ -709,17 +709,19 @@ fn drop_in_for_pg_receivewal_under_barman() {
         "application_name=barman_receive_wal dbname=replication host=127.0.0.1 options=-cdatestyle=iso port={} replication=true user=postgres",
         pg.port()
     );
-    let mut cmd = Command::new(&link);
-    cmd.args([
-        &format!("--dbname={conninfo}"),
-        "--verbose",
-        "--no-loop",
-        "--no-password",
-        &format!("--directory={}", dir.path().display()),
-        "--slot=barman",
-        "--synchronous",
-    ]);
-    let mut child = BackgroundProcess::spawn(cmd);
+    let mut child = Walrcv::via(
+        &link,
+        [
+            &format!("--dbname={conninfo}"),
+            "--verbose",
+            "--no-loop",
+            "--no-password",
+            &format!("--directory={}", dir.path().display()),
+            "--slot=barman",
+            "--synchronous",
+        ],
+    )
+    .spawn();
     wait_until(
         Duration::from_secs(20),
         "barman_receive_wal streaming",
@@ -729,7 +731,11 @@ fn drop_in_for_pg_receivewal_under_barman() {
     );
     make_wal(&pg, 1);
     wait_until(Duration::from_secs(20), "segments archived", || {
-        names(dir.path()).iter().filter(|n| is_segment(n)).count() >= 1
+        file_name_set(dir.path())
+            .iter()
+            .filter(|n| is_segment(n))
+            .count()
+            >= 1
     });
     wait_until(
         Duration::from_secs(20),
@@ -767,7 +773,7 @@ fn other_major_versions() {
         let o = stream_until_current(&pg, dir.path(), &[]);
         assert!(o.status.success(), "PG {major}");
         assert_only_barman_names(dir.path());
-        let all = names(dir.path());
+        let all = file_name_set(dir.path());
         assert!(
             all.contains(&first),
             "PG {major}: started at {first}: {all:?}"
@@ -796,7 +802,7 @@ fn reconnects_after_the_primary_restarts() {
     // server's position then, past the first segment).
     wait_until(Duration::from_secs(20), "walrcv streaming", || {
         pg.psql("SELECT count(*) FROM pg_stat_replication") == "1"
-            && names(dir.path()).contains(&format!("{first}.partial"))
+            && file_name_set(dir.path()).contains(&format!("{first}.partial"))
     });
     pg.restart(); // fast shutdown: the walsender ends the stream
     pg.psql("CREATE TABLE after_restart AS SELECT generate_series(1, 50000) AS x");
@@ -807,7 +813,7 @@ fn reconnects_after_the_primary_restarts() {
         Duration::from_secs(60),
         "walrcv reconnected and archived the new WAL",
         || {
-            let n = names(dir.path());
+            let n = file_name_set(dir.path());
             n.iter()
                 .any(|f| f.starts_with(&last[..24]) && f.ends_with(".partial"))
         },
@@ -819,7 +825,7 @@ fn reconnects_after_the_primary_restarts() {
         child.stderr()
     );
     assert!(
-        names(dir.path()).contains(&first),
+        file_name_set(dir.path()).contains(&first),
         "the first segment is complete"
     );
     assert!(assert_complete_segments_identical(dir.path(), &pg.wal_dir()) >= 2);

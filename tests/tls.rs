@@ -27,7 +27,7 @@ use walrcv::conninfo::{
 use walrcv::pgwire::tls::TlsError;
 use walrcv::pgwire::{Connection, PgError, PgErrorKind};
 
-use crate::support::{Auth, PgServer, SUPERUSER, SUPERUSER_PASSWORD};
+use crate::support::{Auth, PgServer, Walrcv, SUPERUSER, SUPERUSER_PASSWORD};
 
 const ROLE_PASSWORD: &str = "tls-role-secret";
 const ALL_MODES: [SslMode; 6] = [
@@ -737,18 +737,10 @@ fn tls_no_password_or_key_material_in_trace_output() {
 /// `program` (walrcv, or a `pg_receivewal` link to it) without the
 /// caller's `PG*` variables, with a home directory of its own (no
 /// `~/.postgresql` defaults) and everything logged (`WALRCV_LOG=trace`).
-fn traced(program: &Path, home: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("PG") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("HOME", home)
-        .env("PGPASSFILE", "/nonexistent/walrcv-test-pgpass")
+fn traced(program: &Path, home: &Path) -> Walrcv {
+    Walrcv::via(program, std::iter::empty::<&str>())
+        .env("HOME", home)
         .env("WALRCV_LOG", "trace")
-        .stdin(std::process::Stdio::null());
-    cmd
 }
 
 /// Asserts that `text` (a trace) shows neither the password nor any line of
@@ -780,18 +772,19 @@ fn tls_barman_invocation_with_sslmode_require() {
          options=-cdatestyle=iso port={} replication=true user=sslonly sslmode=require",
         pg.port()
     );
-    let mut cmd = traced(&link, home.path());
-    cmd.env("PGPASSWORD", ROLE_PASSWORD).args([
-        &format!("--dbname={conninfo}"),
-        "--verbose",
-        "--verbose",
-        "--no-loop",
-        "--no-password",
-        &format!("--directory={}", dir.path().display()),
-        "--slot=barman",
-        "--synchronous",
-    ]);
-    let mut child = crate::support::BackgroundProcess::spawn(cmd);
+    let mut child = traced(&link, home.path())
+        .env("PGPASSWORD", ROLE_PASSWORD)
+        .args([
+            &format!("--dbname={conninfo}"),
+            "--verbose",
+            "--verbose",
+            "--no-loop",
+            "--no-password",
+            &format!("--directory={}", dir.path().display()),
+            "--slot=barman",
+            "--synchronous",
+        ])
+        .spawn();
     crate::support::wait_until(
         Duration::from_secs(20),
         "barman_receive_wal streaming over TLS",
@@ -842,20 +835,20 @@ fn tls_cli_trace_shows_no_password_or_key() {
     ];
     for (i, conninfo) in runs.iter().enumerate() {
         let slot = format!("traced{i}");
-        let mut cmd = traced(&crate::support::walrcv_bin(), home.path());
-        cmd.args([
-            "stream",
-            "-v",
-            "-v",
-            "-d",
-            conninfo,
-            "--create-slot",
-            "-S",
-            &slot,
-        ]);
-        let out = cmd.output().unwrap();
-        let trace = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{conninfo}: {trace}");
+        let out = traced(&crate::support::walrcv_bin(), home.path())
+            .args([
+                "stream",
+                "-v",
+                "-v",
+                "-d",
+                conninfo,
+                "--create-slot",
+                "-S",
+                &slot,
+            ])
+            .run();
+        let trace = out.stderr.clone();
+        assert!(out.success(), "{conninfo}: {trace}");
         assert!(pg.slot_exists(&slot));
         assert!(trace.contains("TLS established"), "{trace}");
         assert_no_secrets(&trace, ROLE_PASSWORD, &pki.path("client.key"));
@@ -875,11 +868,12 @@ fn tls_cli_local_tls_faults_exit_2_with_libpqs_message() {
         "host=localhost hostaddr=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD} sslmode=verify-full",
         pg.port()
     );
-    let mut cmd = traced(&crate::support::walrcv_bin(), home.path());
-    cmd.args(["stream", "-D"])
+    let out = traced(&crate::support::walrcv_bin(), home.path())
+        .args(["stream", "-D"])
         .arg(archive.path())
-        .args(["-d", &conninfo]);
-    let out = crate::support::run_with_timeout(cmd, Duration::from_secs(60));
+        .args(["-d", &conninfo])
+        .timeout(Duration::from_secs(60))
+        .run();
     let text = out.text();
     assert_eq!(out.code(), Some(2), "{text}");
     let expected = format!(

@@ -352,10 +352,20 @@ mod tests {
                 *b ^= 0x5A;
             }
             match decompress(c, &full, 16 << 20) {
-                Err(DecompressError::Corrupt { format, .. }) => {
-                    assert_eq!(format, c.method_name())
+                Err(e @ DecompressError::Corrupt { format, .. }) => {
+                    assert_eq!(format, c.method_name());
+                    assert!(e.to_string().contains(c.method_name()), "{e}");
                 }
-                Ok(d) => assert!(d.bytes != data || !d.finished, "{c:?} corruption unnoticed"),
+                Ok(d) => panic!(
+                    "{c:?}: corrupt input decoded without an error ({} bytes, finished {}, {})",
+                    d.bytes.len(),
+                    d.finished,
+                    if d.bytes == data {
+                        "the original"
+                    } else {
+                        "garbage"
+                    }
+                ),
                 Err(e) => panic!("{c:?}: {e}"),
             }
         }

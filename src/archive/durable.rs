@@ -409,13 +409,50 @@ mod tests {
 
     #[test]
     fn create_sets_the_exact_mode_whatever_the_umask() {
-        let dir = tempfile::tempdir().unwrap();
-        for mode in [FILE_MODE_OWNER, FILE_MODE_GROUP] {
-            let path = dir.path().join(format!("f{mode:o}.tmp"));
-            create_with_mode(&path, mode).unwrap();
-            let got = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
-            assert_eq!(got, mode);
+        // The umask is the process's, shared by the test threads: each umask
+        // runs in a child, this test binary again, running this test alone.
+        let name = "create_sets_the_exact_mode_whatever_the_umask";
+        if let Some(umask) = std::env::var_os(UMASK_CHILD) {
+            let umask = u32::from_str_radix(umask.to_str().unwrap(), 8).unwrap();
+            assert_eq!(current_umask(), umask, "the child runs under the umask");
+            let dir = tempfile::tempdir().unwrap();
+            for mode in [FILE_MODE_OWNER, FILE_MODE_GROUP] {
+                let path = dir.path().join(format!("f{mode:o}.tmp"));
+                create_with_mode(&path, mode).unwrap();
+                let got = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+                assert_eq!(got, mode, "umask {umask:04o}: mode {got:o}, not {mode:o}");
+            }
+            return;
         }
+        // 0077 would take the group bit of 0640, 0000 would leave 0666.
+        for umask in [0o077u32, 0o000] {
+            let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+            cmd.args(["--exact", &format!("archive::durable::tests::{name}")])
+                .args(["--test-threads=1", "--nocapture"])
+                .env(UMASK_CHILD, format!("{umask:o}"));
+            // SAFETY: umask is async-signal-safe; it runs in the child only.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    libc::umask(umask as libc::mode_t);
+                    Ok(())
+                });
+            }
+            let out = cmd.output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "umask {umask:04o}:\n{text}");
+            assert!(text.contains("1 passed"), "the child ran the test:\n{text}");
+        }
+    }
+
+    /// Set in the child of [`create_sets_the_exact_mode_whatever_the_umask`]
+    /// to the umask it runs under (octal).
+    const UMASK_CHILD: &str = "WALRCV_TEST_UMASK_CHILD";
+
+    /// The process's umask, from /proc (reading it with umask(2) would change it).
+    fn current_umask() -> u32 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+        u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
     }
 
     #[test]

@@ -191,3 +191,13 @@ impl ArchiveError {
         }
     }
 }
+
+/// Without the `failpoints` feature the library's fault-injection unit tests
+/// (sink, compressed, segment, durable) are not built: listed as ignored,
+/// with the reason, so that a plain `cargo test` says so (tests/README.md).
+#[cfg(all(test, not(feature = "failpoints")))]
+mod failpoints_not_built {
+    #[test]
+    #[ignore = "the fault-injection unit tests were NOT built: run `cargo test --features failpoints` (scripts/test.sh does)"]
+    fn failpoint_unit_tests_not_built_without_features_failpoints() {}
+}

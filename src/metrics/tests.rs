@@ -263,7 +263,19 @@ fn updates_and_encoding_never_wait_for_stuck_scrapers() {
         "100000 updates took {:?} beside stuck scrapers",
         started.elapsed()
     );
-    drop((half, silent));
+    // The scrapes were in progress all along: the half-sent one is still
+    // open and answers once its request is complete, and the silent ones got
+    // their answer, unread until now.
+    write!(half, "ics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send the rest");
+    for (which, mut stream) in
+        std::iter::once(("half-sent", half)).chain(silent.into_iter().map(|s| ("silent", s)))
+    {
+        let answer = read_answer(&mut stream);
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains("walrcv_flushed_lsn"),
+            "the {which} scrape: {answer:?}"
+        );
+    }
     drop(server);
 }
 
@@ -280,4 +292,27 @@ fn the_archives_fdatasyncs_reach_the_process_metrics() {
     let before = count().unwrap_or(0.0);
     crate::archive::observe::fdatasync_done(Duration::from_micros(5));
     assert!(count().unwrap_or(0.0) >= before + 1.0);
+}
+
+/// What the server sent on `stream` until it closed it or paused 10 s.
+fn read_answer(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&answer);
+                if text.contains("# EOF") {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
 }

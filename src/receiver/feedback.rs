@@ -394,4 +394,74 @@ mod tests {
         }
         assert_eq!(sent, 2, "at 1 s and 2 s");
     }
+
+    /// The times `on_timer` (called after every batch, `step` apart, for
+    /// `length`) sends a status update while messages keep arriving; `flush`
+    /// gives the sink's flush position after each batch, and a batch that
+    /// advanced it sends an update through `after_sync` first.
+    fn flood(
+        f: &mut Feedback,
+        t0: Instant,
+        step: Duration,
+        length: Duration,
+        flush: impl Fn(u32) -> u64,
+    ) -> Vec<Instant> {
+        let mut sent = vec![t0];
+        let mut batch = 0;
+        let mut now = t0;
+        while now < t0 + length {
+            batch += 1;
+            now += step;
+            f.message_received(now);
+            let p = pos(flush(batch) + 1, flush(batch));
+            if f.after_sync(now, p, false).is_some() {
+                sent.push(now);
+            }
+            if let TimerAction::Send(s) = f.on_timer(now, p) {
+                assert!(!s.reply_requested, "no ping while the server talks");
+                sent.push(now);
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn a_keepalive_flood_gets_a_periodic_status_every_interval_exactly() {
+        // tests/fake_primary.rs fake_primary_status_updates_flow_during_a_flood
+        // on a controlled clock: keepalives every 3 ms for 10 s, flush still.
+        let (mut f, t0) = policy(Some(1), 60);
+        f.stream_started(t0, pos(1, 1));
+        let step = Duration::from_millis(3);
+        let sent = flood(&mut f, t0, step, 10 * SEC, |_| 1);
+        let gaps: Vec<Duration> = sent.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps.len(), 9, "{gaps:?}");
+        for gap in gaps {
+            assert!(gap >= SEC && gap < SEC + step, "{gap:?}");
+        }
+    }
+
+    #[test]
+    fn a_wal_flood_never_goes_an_interval_without_a_status() {
+        // fake_primary_status_updates_flow_during_a_wal_flood on a controlled
+        // clock: flush advances only every 500th batch (2.5 s apart), which
+        // alone would leave gaps longer than the interval.
+        let (mut f, t0) = policy(Some(1), 60);
+        f.stream_started(t0, pos(1, 1));
+        let step = Duration::from_millis(5);
+        let sent = flood(&mut f, t0, step, 10 * SEC, |batch| {
+            1 + u64::from(batch / 500)
+        });
+        assert!(sent.len() >= 10, "{} updates in 10 s", sent.len());
+        for w in sent.windows(2) {
+            assert!(w[1] - w[0] < SEC + step, "{:?}", w[1] - w[0]);
+        }
+        // An update for a flush advance restarts the interval: the next
+        // periodic one is an interval after it, not after the previous one.
+        let (mut g, t0) = policy(Some(1), 60);
+        g.stream_started(t0, pos(1, 1));
+        g.after_sync(t0 + Duration::from_millis(700), pos(2, 2), false)
+            .unwrap();
+        assert_eq!(g.on_timer(t0 + SEC, pos(2, 2)), TimerAction::Nothing);
+        assert_eq!(g.next_deadline(), t0 + Duration::from_millis(1700));
+    }
 }

@@ -122,15 +122,29 @@ impl Auth {
 // Free helpers
 // ---------------------------------------------------------------------------
 
+/// A new empty archive directory (`walrcv-archive-*` under the temporary
+/// directory), removed when dropped.
+pub fn archive_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("walrcv-archive-")
+        .tempdir()
+        .expect("create an archive directory")
+}
+
+/// The names of the entries in `dir`, as a set (for comparing listings).
+pub fn file_name_set(dir: &Path) -> std::collections::BTreeSet<String> {
+    walfiles::file_names(dir).into_iter().collect()
+}
+
 /// Path of the `walrcv` binary built by cargo for this test run.
 pub fn walrcv_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_walrcv"))
 }
 
-/// A `Command` for the walrcv binary with every `PG*` environment variable
+/// The base of [`Walrcv`] (tests use that): the walrcv binary with every `PG*` environment variable
 /// removed (so the caller's environment cannot leak into a test) and
 /// `PGPASSFILE` pointing nowhere.
-pub fn walrcv_command() -> Command {
+fn walrcv_command() -> Command {
     let mut cmd = Command::new(walrcv_bin());
     clean_pg_env(&mut cmd);
     // Read as -d's default (the systemd units' way).
@@ -548,6 +562,25 @@ impl PgServer {
         path
     }
 
+    /// psql running `sql` in the background over the Unix socket (killed when
+    /// dropped, no timeout): for a commit that is expected to wait, e.g. for
+    /// a synchronous walrcv. Not wrapped in `timeout(1)`, so that killing the
+    /// [`BackgroundProcess`] kills psql itself.
+    pub fn psql_background(&self, sql: &str) -> BackgroundProcess {
+        let mut cmd = Command::new(debian_bin("psql"));
+        cmd.env_clear()
+            .env("LC_ALL", "C")
+            .env("PGCONNECT_TIMEOUT", "10")
+            .args(["-XAtqw", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(format!(
+                "host={} port={} user={SUPERUSER} dbname=postgres",
+                self.root.display(),
+                self.port
+            ))
+            .args(["-c", sql]);
+        BackgroundProcess::spawn(cmd)
+    }
+
     /// Runs SQL as the superuser over the Unix socket (Debian's psql `-XAtq`,
     /// `ON_ERROR_STOP`); returns stdout without the final newline (one line per
     /// row, `|` between columns, the rows of every statement). Panics with
@@ -855,21 +888,7 @@ impl PgServer {
             self.port
         );
         if self.major <= DEBIAN_MAJOR {
-            let mut cmd = self.client_command("pg_basebackup", PGBENCH_TIMEOUT);
-            cmd.current_dir(&root)
-                .arg("-D")
-                .arg(&data)
-                .args(["-X", "stream", "-c", "fast", "--no-sync", "-h"])
-                .arg(&self.root)
-                .args(["-p", &self.port.to_string(), "-U", SUPERUSER]);
-            as_server_user(&mut cmd);
-            let out = cmd.output().expect("run pg_basebackup");
-            assert!(
-                out.status.success(),
-                "pg_basebackup from port {} failed:\n{}",
-                self.port,
-                output_text(&out)
-            );
+            self.pg_basebackup(&root, &data, "stream");
         } else {
             // A cold copy: the primary's shutdown checkpoint is the standby's
             // starting point. `running` stays true: the primary is back at once.
@@ -1213,6 +1232,27 @@ impl PgServer {
     /// killed after `limit` (coreutils `timeout`: exit status 124) so that a
     /// server that hangs (e.g. a commit waiting for a synchronous standby that
     /// never answers) fails the test instead of hanging it.
+    /// `pg_basebackup -X WAL_METHOD -c fast --no-sync` of this (running,
+    /// major <= 15) server into `data`, run in `cwd` as the server user;
+    /// panics with its output when it fails.
+    pub(super) fn pg_basebackup(&self, cwd: &Path, data: &Path, wal_method: &str) {
+        let mut cmd = self.client_command("pg_basebackup", PGBENCH_TIMEOUT);
+        cmd.current_dir(cwd)
+            .arg("-D")
+            .arg(data)
+            .args(["-X", wal_method, "-c", "fast", "--no-sync", "-h"])
+            .arg(&self.root)
+            .args(["-p", &self.port.to_string(), "-U", SUPERUSER]);
+        as_server_user(&mut cmd);
+        let out = cmd.output().expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup -X {wal_method} from port {} failed:\n{}",
+            self.port,
+            output_text(&out)
+        );
+    }
+
     fn client_command(&self, name: &str, limit: Duration) -> Command {
         let mut cmd = Command::new("timeout");
         cmd.args(["-k", "10", &limit.as_secs().to_string()])

@@ -3,6 +3,7 @@
 //! when the test thread dies: `PR_SET_PDEATHSIG`), so a walrcv that reconnects
 //! forever can never outlive its test.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{tail, walrcv_command};
+
+/// How long a [`Walrcv`] run may take unless the test says otherwise.
+pub const WALRCV_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a finished process printed.
 #[derive(Debug)]
@@ -59,12 +63,162 @@ impl RunOutput {
     }
 }
 
-/// Runs `walrcv ARGS` to completion (stdin null, `PG*` environment removed);
-/// kills it and panics after `timeout`.
+/// Every invocation of the walrcv binary in the tests: `walrcv ARGS` with the
+/// caller's `PG*` environment removed (see [`walrcv_command`]), stdin null,
+/// and a timeout ([`WALRCV_TIMEOUT`] unless set) after which a run is killed
+/// and the test fails with what walrcv printed, so no test hangs on a walrcv
+/// that never exits.
+///
+/// ```ignore
+/// let out = Walrcv::new(["stream", "-D", dir, "-d", &conn, "-n", "-E", &end])
+///     .env("FAILPOINTS", "install-rename=return")
+///     .timeout(Duration::from_secs(60))
+///     .run();
+/// out.assert_failure_with("could not rename");
+/// let mut rcv = Walrcv::new(["stream", "-D", dir, "-d", &conn]).spawn();
+/// ```
+#[must_use]
+#[derive(Debug)]
+pub struct Walrcv {
+    cmd: Command,
+    timeout: Duration,
+}
+
+impl Walrcv {
+    /// `walrcv ARGS`.
+    pub fn new<I, S>(args: I) -> Walrcv
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = walrcv_command();
+        cmd.args(args);
+        Walrcv {
+            cmd,
+            timeout: WALRCV_TIMEOUT,
+        }
+    }
+
+    /// The binary run through `program` (a `pg_receivewal` symlink to it: the
+    /// drop-in reads its name from argv[0]), with the same environment.
+    pub fn via<I, S>(program: &Path, args: I) -> Walrcv
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut w = Walrcv::new(args);
+        let mut cmd = Command::new(program);
+        cmd.args(w.cmd.get_args());
+        for (key, value) in w.cmd.get_envs() {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
+        cmd.stdin(Stdio::null());
+        w.cmd = cmd;
+        w
+    }
+
+    /// One more argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Walrcv {
+        self.cmd.arg(arg);
+        self
+    }
+
+    /// More arguments.
+    pub fn args<I, S>(mut self, args: I) -> Walrcv
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    /// An environment variable for walrcv.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Walrcv {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Several environment variables.
+    pub fn envs<I, K, V>(mut self, vars: I) -> Walrcv
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        self.cmd.envs(vars);
+        self
+    }
+
+    /// Removes a variable from walrcv's environment.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Walrcv {
+        self.cmd.env_remove(key);
+        self
+    }
+
+    /// The working directory (default: a temporary one).
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Walrcv {
+        self.cmd.current_dir(dir);
+        self
+    }
+
+    /// `RLIMIT_NOFILE` of the walrcv process (set between fork and exec).
+    pub fn max_open_files(mut self, max: u64) -> Walrcv {
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: max,
+                    rlim_max: max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self
+    }
+
+    /// The umask of the walrcv process (set between fork and exec: the test
+    /// process's own umask, shared by its threads, stays as it is).
+    pub fn umask(mut self, mask: u32) -> Walrcv {
+        // SAFETY: umask is async-signal-safe; nothing else runs between fork
+        // and exec.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                libc::umask(mask as libc::mode_t);
+                Ok(())
+            });
+        }
+        self
+    }
+
+    /// How long [`run`](Self::run) waits before it kills walrcv and fails.
+    pub fn timeout(mut self, timeout: Duration) -> Walrcv {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs walrcv to completion; kills it and panics after the timeout.
+    pub fn run(self) -> RunOutput {
+        run_with_timeout(self.cmd, self.timeout)
+    }
+
+    /// Starts walrcv in the background (see [`BackgroundProcess`]: killed
+    /// when dropped; bound its waits with its `wait_*` methods).
+    pub fn spawn(self) -> BackgroundProcess {
+        BackgroundProcess::spawn(self.cmd)
+    }
+}
+
+/// `Walrcv::new(args).timeout(timeout).run()`.
 pub fn walrcv_run(args: &[&str], timeout: Duration) -> RunOutput {
-    let mut cmd = walrcv_command();
-    cmd.args(args);
-    run_with_timeout(cmd, timeout)
+    Walrcv::new(args).timeout(timeout).run()
 }
 
 /// Runs a command to completion with its output captured; kills it (SIGKILL)
@@ -89,12 +243,9 @@ pub fn run_with_timeout(cmd: Command, timeout: Duration) -> RunOutput {
     }
 }
 
-/// Starts `walrcv ARGS` in the background (stdin null, `PG*` environment
-/// removed); see [`BackgroundProcess`].
+/// `Walrcv::new(args).spawn()`.
 pub fn walrcv_spawn(args: &[&str]) -> BackgroundProcess {
-    let mut cmd = walrcv_command();
-    cmd.args(args);
-    BackgroundProcess::spawn(cmd)
+    Walrcv::new(args).spawn()
 }
 
 /// A child process whose stdout and stderr go to files (read them at any time),

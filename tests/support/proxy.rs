@@ -71,6 +71,8 @@ struct Shared {
     cuts: AtomicUsize,
     resets: AtomicUsize,
     server_bytes: AtomicU64,
+    /// The size of the largest XLogData message relayed (CopyData included).
+    largest_wal_message: AtomicUsize,
     /// (write, flush) of every standby status update the clients sent.
     statuses: Mutex<Vec<(u64, u64)>>,
 }
@@ -216,6 +218,12 @@ impl FaultProxy {
     }
 
     /// Server-to-client bytes relayed so far, over all connections.
+    /// The size in bytes of the largest XLogData message (the whole
+    /// CopyData message) relayed since the last call, on any connection.
+    pub fn take_largest_wal_message(&self) -> usize {
+        self.shared.largest_wal_message.swap(0, Ordering::SeqCst)
+    }
+
     pub fn server_bytes(&self) -> u64 {
         self.shared.server_bytes.load(Ordering::SeqCst)
     }
@@ -390,6 +398,9 @@ async fn server_to_client(
             return End::Closed;
         }
         flow.replies.store(framer.ready_count, Ordering::SeqCst);
+        shared
+            .largest_wal_message
+            .fetch_max(std::mem::take(&mut framer.largest_xlog), Ordering::SeqCst);
         if cut {
             return End::Cut;
         }
@@ -487,6 +498,8 @@ struct Framer {
     total: Option<usize>,
     /// Whole ReadyForQuery messages gone by.
     ready_count: usize,
+    /// The largest XLogData message begun since this was last taken.
+    largest_xlog: usize,
 }
 
 impl Framer {
@@ -501,6 +514,10 @@ impl Framer {
                 self.head_len += 1;
                 self.offset += 1;
                 i += 1;
+                if self.is_xlog_data() {
+                    let total = self.total.expect("length known past the header");
+                    self.largest_xlog = self.largest_xlog.max(total);
+                }
                 if self.head_len == 5 {
                     let len = u32::from_be_bytes([
                         self.head[1],
@@ -527,6 +544,7 @@ impl Framer {
                 let ready_count = self.ready_count + usize::from(self.head[0] == b'Z');
                 *self = Framer {
                     ready_count,
+                    largest_xlog: self.largest_xlog,
                     ..Framer::default()
                 };
             }

@@ -35,20 +35,7 @@ impl PgServer {
         assert!(self.running && self.major <= DEBIAN_MAJOR);
         let dir = server_tempdir("walrcv-pg-restored-");
         let data = dir.path().join("data");
-        let mut cmd = self.client_command("pg_basebackup", PGBENCH_TIMEOUT);
-        cmd.current_dir(dir.path())
-            .arg("-D")
-            .arg(&data)
-            .args(["-X", wal_method, "-c", "fast", "--no-sync", "-h"])
-            .arg(&self.root)
-            .args(["-p", &self.port.to_string(), "-U", SUPERUSER]);
-        as_server_user(&mut cmd);
-        let out = cmd.output().expect("run pg_basebackup");
-        assert!(
-            out.status.success(),
-            "pg_basebackup failed:\n{}",
-            output_text(&out)
-        );
+        self.pg_basebackup(dir.path(), &data, wal_method);
         BaseBackup {
             dir,
             major: self.major,

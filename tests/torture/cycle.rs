@@ -33,8 +33,8 @@ use crate::clients::{Clients, CREATE_TABLE};
 use crate::proxy::{Recorder, Status, TortureProxy};
 use crate::schedule::{Compression, Fault, Schedule};
 use crate::support::{
-    format_lsn, give_to_server_user, parse_lsn, walrcv_command, walrcv_recovery_settings,
-    BackgroundProcess, PgServer, Recovery, SUPERUSER,
+    format_lsn, give_to_server_user, parse_lsn, walrcv_recovery_settings, BackgroundProcess,
+    PgServer, Recovery, SUPERUSER,
 };
 
 /// walrcv's application_name, named in synchronous_standby_names.
@@ -130,8 +130,7 @@ struct Walrcv {
 impl Walrcv {
     fn start(&mut self, failpoints: Option<&str>) {
         assert!(self.process.is_none(), "walrcv is already running");
-        let mut cmd = walrcv_command();
-        cmd.args(["stream", "-D"])
+        let mut cmd = crate::support::Walrcv::new(["stream", "-D"])
             .arg(&self.archive)
             .args(["-d", &self.conninfo, "--slot", SLOT, "--synchronous"])
             .args([
@@ -141,10 +140,10 @@ impl Walrcv {
             ])
             .args(["-v", "-Z", self.compression.name()]);
         if let Some(fp) = failpoints {
-            cmd.env("FAILPOINTS", fp);
+            cmd = cmd.env("FAILPOINTS", fp);
         }
         self.append_log(&format!("--- start (FAILPOINTS={failpoints:?})\n"));
-        self.process = Some(BackgroundProcess::spawn(cmd));
+        self.process = Some(cmd.spawn());
     }
 
     /// SIGKILL (a crash) and reap.
