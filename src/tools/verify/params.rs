@@ -2,7 +2,7 @@
 //! from the first usable long page header, the system identifier by majority
 //! (the others are reported when their files are checked).
 
-use crate::lsn::is_valid_segment_size;
+use crate::lsn::{is_valid_block_size, is_valid_segment_size};
 use crate::wal::page::{major_for_magic, PageHeader};
 
 /// What the archive's long headers say.
@@ -22,7 +22,7 @@ pub(super) fn parameters(headers: &[Option<PageHeader>]) -> Option<Params> {
     for h in headers.iter().flatten() {
         let Some(l) = &h.long else { continue };
         let seg_ok = is_valid_segment_size(u64::from(l.segment_size));
-        let blk_ok = l.block_size.is_power_of_two() && (1024..=65536).contains(&l.block_size);
+        let blk_ok = is_valid_block_size(u64::from(l.block_size));
         if major_for_magic(h.magic).is_none() || !seg_ok || !blk_ok {
             continue;
         }
