@@ -128,7 +128,7 @@ print STDERR "check-doc-links: " . scalar(@files) . " files, every internal link
 }
 
 self_test() {
-    local tmp
+    # Global: the EXIT trap runs after this function has returned.
     tmp=$(mktemp -d "${TMPDIR:-/tmp}/walrcv-doclinks.XXXXXX")
     trap 'rm -rf "$tmp"' EXIT
     # The files the docs link to, so that the clean copy passes.
