@@ -169,6 +169,6 @@ EOF
 
 case "${1:-}" in
 --self-test) self_test ;;
--h | --help) sed -n '2,24p' "$0" ;;
+-h | --help) sed -n '2,23p' "$0" ;;
 *) check "${1:-$here}" ;;
 esac
