@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # walrcv restore of a real 16 MB segment against the plain tool making the same
 # copy without any check (cat, gzip -dc, zstd -dc, lz4 -dc), alternating, best
-# of 7 each; prints one line per storage form with the ratio. The README's
-# "Restore > Speed" table comes from it.
+# of 7 each; prints one line per storage form with the ratio. The guide's
+# "Restore > Speed" table (docs/src/restore.md) comes from it.
 #
 #   scripts/bench-restore.sh        (as root: the scratch server runs as postgres)
 #

@@ -485,7 +485,7 @@ end_lsn=$(psql_ "SELECT pg_current_wal_flush_lsn()")
 bytes=$(psql_ "SELECT pg_wal_lsn_diff('$end_lsn', '$start_lsn')::bigint")
 catchup_mb=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1048576 }')
 note "WAL from $start_lsn to $end_lsn: $catchup_mb MB"
-# pg_receivewal stops only once a message ends past --endpos (see README), so it
+# pg_receivewal stops only once a message ends past --endpos, so it
 # is given the last byte before the flush position.
 end_minus_1=$(psql_ "SELECT pg_lsn('$end_lsn') - 1")
 

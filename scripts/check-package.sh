@@ -3,8 +3,8 @@
 # (scripts/build-deb.sh), installs it with dpkg -i, runs the installed
 # /usr/bin/walrcv --version and the pg_receivewal symlink's --version, checks
 # the installed units with `systemd-analyze verify` (any message fails), the
-# man pages and completions, then removes the package (dpkg -r) so the machine
-# is left as found. Installs systemd's tools with apt if missing. Refuses to
+# man pages, completions, README and the guide's sources, then removes the
+# package (dpkg -r) so the machine is left as found. Installs systemd's tools with apt if missing. Refuses to
 # run when a walrcv package is already installed (it would be replaced).
 # Run as root. Respects CARGO_TARGET_DIR. Prints its time last.
 #
@@ -54,7 +54,9 @@ log "systemd-analyze verify: walrcv.service and walrcv@.service are clean"
 
 for f in /usr/share/man/man1/walrcv.1.gz /usr/share/man/man1/walrcv-stream.1.gz \
     /usr/share/bash-completion/completions/walrcv /usr/share/zsh/vendor-completions/_walrcv \
-    /usr/share/fish/vendor_completions.d/walrcv.fish /usr/share/doc/walrcv/examples/walrcv.env; do
+    /usr/share/fish/vendor_completions.d/walrcv.fish /usr/share/doc/walrcv/examples/walrcv.env \
+    /usr/share/doc/walrcv/README.md /usr/share/doc/walrcv/docs/src/SUMMARY.md \
+    /usr/share/doc/walrcv/docs/src/production.md; do
     [ -s "$f" ] || {
         log "missing from the package: $f"
         exit 1

@@ -84,7 +84,7 @@ fn parse_cli(argv: Vec<OsString>) -> Cli {
 
 /// Under the pg_receivewal name, a usage error is reported as pg_receivewal
 /// reports one (`pg_receivewal: error: ...` then its hint), with walrcv's
-/// exit status for a usage error (2; pg_receivewal says 1, see README);
+/// exit status for a usage error (2; pg_receivewal says 1, see `docs/src/exit-status.md`);
 /// `--help` is printed by clap as usual.
 fn parse_pg_receivewal_cli(argv: Vec<OsString>) -> PgReceivewalCli {
     match PgReceivewalCli::try_parse_from(argv) {

@@ -4,7 +4,7 @@
 //! ([`serve`], `--metrics-address`, in [`http`]: bounded against any client).
 //!
 //! The metric names are a contract with `walrcv status`, the Grafana
-//! dashboard and the alert rules in `contrib/`: see the README.
+//! dashboard and the alert rules in `contrib/`: see `docs/src/metrics.md`.
 //!
 //! Cost on the commit path: every update is one or two relaxed atomic
 //! operations on a handle built once at start-up (no allocation, no map

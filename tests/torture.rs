@@ -2,7 +2,7 @@
 //! faults against real servers, with walrcv as the synchronous standby; every
 //! commit a client saw acknowledged must come back from the archive, and no
 //! flush position walrcv reported may exceed what the archive holds verified.
-//! See README, "Torture test", and `scripts/torture.sh`.
+//! See `docs/src/torture.md` and `scripts/torture.sh`.
 //!
 //! ```text
 //! torture [--cycles N] [--seed S] [--faults LIST] [--clients C] [--keep] [--dry-run]

@@ -38,7 +38,7 @@
 //! Across a process restart the record is gone and the kernel has forgotten
 //! the error: a new walrcv fsyncs every file again and trusts what the fsyncs
 //! say. That is PostgreSQL's limit too (it PANICs on a failed fsync and
-//! replays its WAL after the restart); the README's "Disk faults" says so.
+//! replays its WAL after the restart); `docs/src/disk-faults.md` says so.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! slow, many or hostile, can take memory, threads, descriptors or time from
 //! the receive loop (the commit path).
 //!
-//! The limits ([`LIMITS`], documented in the README, "Metrics"):
+//! The limits ([`LIMITS`], documented in the guide, `docs/src/metrics.md`):
 //! - a request head (request line and headers) of at most 8 KiB: a longer
 //!   one is answered 431 and the connection closed, the rest never read;
 //! - the head must arrive within 5 s of the connection, and a connection

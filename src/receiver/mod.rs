@@ -68,7 +68,7 @@ pub enum Outcome {
     EndposReached,
 }
 
-/// Exit statuses of `walrcv stream` (documented in the README).
+/// Exit statuses of `walrcv stream` (documented in `docs/src/exit-status.md`).
 pub mod exit {
     /// Stopped by a signal, or `--endpos` reached.
     pub const OK: i32 = 0;

@@ -2,8 +2,8 @@
 //! thread (the session's network task), so a commit's WAL goes from the socket
 //! to the acknowledgement without crossing a thread.
 //!
-//! Why on the network task (measured; the figures are in the README's design
-//! notes): the commit path is bound by latency and CPU, not by the disk. The
+//! Why on the network task (measured; the figures are in the guide's design
+//! notes, `docs/src/design.md`): the commit path is bound by latency and CPU, not by the disk. The
 //! earlier design handed every message to a writer thread and the progress
 //! back, which cost about two futex calls, two epoll waits and an eventfd write
 //! per commit, and left the primary's commits slower than with pg_receivewal.

@@ -32,7 +32,7 @@ impl Rng {
 }
 
 /// A fault kind, as named on the command line (`--faults kill,cut,...`) and
-/// in the report. The names are stable: scripts and the README use them.
+/// in the report. The names are stable: scripts and the guide (`docs/src/torture.md`) use them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Kill,

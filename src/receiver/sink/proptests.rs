@@ -14,7 +14,7 @@
 //! the in-session timeline switch (`CopyDone` at the switch point) keeps the
 //! connection's `Feedback`. Any error ends the session as `close_stream` does.
 //!
-//! Invariants checked (README, "Durability invariants"):
+//! Invariants checked (`docs/src/fault-model.md`, "Durability invariants"):
 //! 1. every status sent has flush ≤ write, and flush ≤ the end of the WAL of
 //!    the server's history that the archive holds *durably* (what a power loss
 //!    now would leave) and that was verified (received: the stream is valid);

@@ -21,7 +21,7 @@
 //! cleanup at the switch segment: removing the new timeline's files past it
 //! would leave that `.partial` as the only file of its position with a hole
 //! after it, which `walrcv verify` rightly reports. Removing such a file is a
-//! decision for a person (the README says how). An older timeline that ends
+//! decision for a person (`docs/src/cleanup.md` says how). An older timeline that ends
 //! with a complete segment (after an unplanned failover its files from the
 //! switch segment on are set aside as divergent, and are not WAL here) has
 //! nothing to protect: that segment goes with the prefix like any other, or

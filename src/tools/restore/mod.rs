@@ -22,8 +22,8 @@ use std::path::PathBuf;
 
 pub use serve::{restore, RestoreError, Served};
 
-/// Exit statuses of `walrcv restore`, in one place (documented in README.md,
-/// "Restore").
+/// Exit statuses of `walrcv restore`, in one place (documented in
+/// `docs/src/restore.md`).
 pub mod status {
     /// `%p` holds the file asked for.
     pub const SERVED: i32 = 0;
