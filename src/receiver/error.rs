@@ -318,7 +318,7 @@ impl ReceiverError {
             hint: "check the disk (kernel log, SMART). Then move that file and every segment file after it out of \
                    the archive directory and start walrcv again: it streams them again from the server if the server \
                    still has them (a replication slot keeps them). A new walrcv process cannot tell whether the \
-                   kernel wrote pages whose fsync failed (see \"Disk faults\" in the README)."
+                   kernel wrote pages whose fsync failed (see the guide, docs/src/disk-faults.md)."
                 .into(),
             path,
         }
