@@ -1141,6 +1141,87 @@ mod tests {
 
     const AUTH_OK_READY: &[u8] = b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I";
 
+    /// A server that accepts, reads the start-up packet, answers
+    /// AuthenticationOk and ReadyForQuery, then returns everything the client
+    /// sends until it closes.
+    async fn recording_server() -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).await.unwrap();
+            let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+            s.read_exact(&mut startup).await.unwrap();
+            s.write_all(AUTH_OK_READY).await.unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got).await;
+            got
+        });
+        (port, server)
+    }
+
+    fn copy_data_frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![b'd'];
+        f.extend_from_slice(&(payload.len() as u32 + 4).to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[tokio::test]
+    async fn copy_data_small_and_larger_than_the_socket_takes_at_once_arrives_whole() {
+        let (port, server) = recording_server().await;
+        let mut conn = Connection::connect(&params(port, None), true, Duration::from_secs(30))
+            .await
+            .unwrap();
+        // A status update's size (written at once, no timer), then 8 MiB:
+        // more than the socket buffers hold, so the write resumes where the
+        // non-blocking attempt stopped, then the small one again (the reused
+        // buffer must not keep bytes of the large one).
+        let small: Vec<u8> = (0..34u8).collect();
+        let large: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+        conn.send_copy_data(&small).await.unwrap();
+        conn.send_copy_data(&large).await.unwrap();
+        conn.send_copy_data(&small).await.unwrap();
+        conn.close().await;
+        let got = server.await.unwrap();
+        let mut want = copy_data_frame(&small);
+        want.extend(copy_data_frame(&large));
+        want.extend(copy_data_frame(&small));
+        want.extend_from_slice(b"X\0\0\0\x04");
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the bytes sent differ from the frames");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_stops_reading_times_the_write_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(AUTH_OK_READY).await.unwrap();
+            // Holds the socket open without reading until the test ends.
+            let _ = done_rx.await;
+        });
+        let mut conn = Connection::connect(&params(port, None), true, Duration::from_millis(300))
+            .await
+            .unwrap();
+        let huge = vec![0u8; 64 << 20];
+        let t = Instant::now();
+        let e = conn.send_copy_data(&huge).await.unwrap_err();
+        assert!(matches!(e, PgError::WriteTimeout { .. }), "{e}");
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let _ = done_tx.send(());
+    }
+
     #[tokio::test]
     async fn a_silent_start_up_times_out_naming_the_wait() {
         let port = silent_server(b"").await;

@@ -861,7 +861,7 @@ impl Verifier {
         err(at, check, detail(at, &loc))
     }
 
-    /// 1. Magic: the configured major's, or, when none is configured, a
+    /// Check 1, magic: the configured major's, or, when none is configured, a
     /// supported one, which all later pages must then carry.
     fn check_page_magic(&mut self, h: &PageHeader) -> Result<(), VerifyError> {
         match self.magic {
@@ -888,7 +888,7 @@ impl Verifier {
         }
     }
 
-    /// 2. Flags: no bit outside `XLP_ALL_FLAGS`.
+    /// Check 2, flags: no bit outside `XLP_ALL_FLAGS`.
     fn check_page_flags(&self, h: &PageHeader) -> Result<(), VerifyError> {
         if h.info & !XLP_ALL_FLAGS != 0 {
             return Err(self.page_error(Check::PageFlags, |at, loc| {
@@ -901,7 +901,7 @@ impl Verifier {
         Ok(())
     }
 
-    /// 3. A long header iff the page starts a segment, with the server's
+    /// Check 3, long header: one iff the page starts a segment, with the server's
     /// system identifier, segment size and page size.
     fn check_long_header(&mut self, h: &PageHeader) -> Result<(), VerifyError> {
         let seg_start = self.page_lsn % self.seg_size == 0;
@@ -949,7 +949,7 @@ impl Verifier {
         Ok(())
     }
 
-    /// 4. Page address: the page's own LSN.
+    /// Check 4, page address: the page's own LSN.
     fn check_page_address(&self, h: &PageHeader) -> Result<(), VerifyError> {
         if h.page_address.0 != self.page_lsn {
             return Err(self.page_error(Check::PageAddress, |at, loc| {
@@ -962,7 +962,7 @@ impl Verifier {
         Ok(())
     }
 
-    /// 5. Timeline: not 0, not above the streamed one, never decreasing.
+    /// Check 5, timeline: not 0, not above the streamed one, never decreasing.
     fn check_page_timeline(&mut self, h: &PageHeader) -> Result<(), VerifyError> {
         if h.timeline == 0 || h.timeline > self.config.timeline {
             return Err(self.page_error(Check::PageTimeline, |at, _| {
@@ -986,7 +986,7 @@ impl Verifier {
         Ok(())
     }
 
-    /// 6. Continuation: the contrecord flag and `xlp_rem_len` against the
+    /// Check 6, continuation: the contrecord flag and `xlp_rem_len` against the
     /// record in progress (or, at the first page, what to skip).
     fn check_continuation(&mut self, h: &PageHeader) -> Result<(), VerifyError> {
         let contrec = h.info & XLP_FIRST_IS_CONTRECORD != 0;
