@@ -189,7 +189,7 @@ fi
 psql_() { psql -XAtq -h "$pgdir" -p "$port" -U postgres -d postgres -c "$1"; }
 conninfo="host=127.0.0.1 port=$port user=postgres"
 
-echo "phase,clients,round,position,receiver,tps,lat_avg_ms,lat_p99_ms,transactions,wall_s,wal_mb,mb_per_s,cpu_s,cpu_s_per_gb,peak_rss_kb" >"$csv"
+echo "phase,clients,round,position,receiver,tps,lat_avg_ms,lat_p99_ms,transactions,wall_s,wal_mb,mb_per_s,cpu_s,cpu_s_per_gb,peak_rss_kb,cpu_us_per_tx,user_us_per_tx" >"$csv"
 
 # --- helpers -----------------------------------------------------------------
 
@@ -210,6 +210,12 @@ cpu_ticks() { # pid
     local stat
     stat=$(cat "/proc/$1/stat")
     awk '{ print $12 + $13 }' <<<"${stat##*) }"
+}
+# utime alone, in clock ticks.
+user_ticks() { # pid
+    local stat
+    stat=$(cat "/proc/$1/stat")
+    awk '{ print $12 }' <<<"${stat##*) }"
 }
 peak_rss_kb() { # pid
     awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"
@@ -338,14 +344,15 @@ sync_run() { # clients, round, position, receiver
     fi
     psql_ "CHECKPOINT"
 
-    local jobs=$c ticks0=0 ticks1=0 rss="" out rc=0
+    local jobs=$c ticks0=0 ticks1=0 uticks0=0 uticks1=0 rss="" out rc=0
     [ "$jobs" -gt "$nproc_" ] && jobs=$nproc_
-    [ -n "$pid" ] && ticks0=$(cpu_ticks "$pid")
+    [ -n "$pid" ] && ticks0=$(cpu_ticks "$pid") && uticks0=$(user_ticks "$pid")
     out=$("$PGBIN/pgbench" -n -N -c "$c" -j "$jobs" -T "$seconds" -l --log-prefix="$tmp/pgbench-logs/$tag" \
         -h "$pgdir" -p "$port" -U postgres postgres 2>&1) || rc=$?
     if [ -n "$pid" ]; then
         kill -0 "$pid" 2>/dev/null || { cat "$tmp/sync/$tag.log" >&2; die "$rcv exited during pgbench"; }
         ticks1=$(cpu_ticks "$pid")
+        uticks1=$(user_ticks "$pid")
         rss=$(peak_rss_kb "$pid")
         set_sync_standby ""
         stop_receiver "$pid"
@@ -355,15 +362,21 @@ sync_run() { # clients, round, position, receiver
     [ "$rc" = 0 ] || { printf '%s\n' "$out" >&2; die "pgbench failed ($rcv, $c clients)"; }
     rm -rf "$dir"
 
-    local tps lat p99 n cpu=""
+    local tps lat p99 n cpu="" cpu_tx="" user_tx=""
     tps=$(sed -nE 's/^tps = ([0-9.]+) .*/\1/p' <<<"$out")
     lat=$(sed -nE 's/^latency average = ([0-9.]+) ms$/\1/p' <<<"$out")
     n=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
     p99=$(percentile_ms 99 "$tmp/pgbench-logs/$tag".*[0-9])
-    [ -n "$pid" ] && cpu=$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$clk_tck" 'BEGIN { printf "%.2f", (b - a) / hz }')
-    echo "sync,$c,$round,$pos,$rcv,$tps,$lat,$p99,$n,,,,$cpu,,$rss" >>"$csv"
-    note "$(printf '  %2s clients  round %s  %-13s  %9.1f tps  avg %8s ms  p99 %8s ms  cpu %6s s  rss %6s kB' \
-        "$c" "$round" "$rcv" "$tps" "$lat" "$p99" "${cpu:--}" "${rss:--}")"
+    if [ -n "$pid" ]; then
+        cpu=$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$clk_tck" 'BEGIN { printf "%.2f", (b - a) / hz }')
+        # Per committed transaction, in microseconds: the figure the targets
+        # are stated in (CPU seconds alone favour whoever commits less).
+        cpu_tx=$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$clk_tck" -v n="$n" 'BEGIN { printf "%.2f", (n > 0 ? (b - a) / hz / n * 1e6 : 0) }')
+        user_tx=$(awk -v a="$uticks0" -v b="$uticks1" -v hz="$clk_tck" -v n="$n" 'BEGIN { printf "%.2f", (n > 0 ? (b - a) / hz / n * 1e6 : 0) }')
+    fi
+    echo "sync,$c,$round,$pos,$rcv,$tps,$lat,$p99,$n,,,,$cpu,,$rss,$cpu_tx,$user_tx" >>"$csv"
+    note "$(printf '  %2s clients  round %s  %-13s  %9.1f tps  avg %8s ms  p99 %8s ms  cpu %6s s (%6s us/tx, user %6s)  rss %6s kB' \
+        "$c" "$round" "$rcv" "$tps" "$lat" "$p99" "${cpu:--}" "${cpu_tx:--}" "${user_tx:--}" "${rss:--}")"
 }
 
 # --- 3. report -----------------------------------------------------------------
@@ -534,7 +547,7 @@ catchup_run() { # round, position, receiver
     mbs=$(awk -v b="$bytes" -v t="$wall" 'BEGIN { printf "%.1f", (t > 0 ? b / 1048576 / t : 0) }')
     cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
     cpu_gb=$(awk -v c="$cpu" -v b="$bytes" 'BEGIN { printf "%.3f", c / (b / 1073741824) }')
-    echo "catchup,,$round,$pos,$rcv,,,,,$wall,$catchup_mb,$mbs,$cpu,$cpu_gb,$rss" >>"$csv"
+    echo "catchup,,$round,$pos,$rcv,,,,,$wall,$catchup_mb,$mbs,$cpu,$cpu_gb,$rss,," >>"$csv"
     note "$(printf '  round %s  %-13s  %7s s  %7s MB/s  cpu %6s s (%6s s/GB)  rss %6s kB' \
         "$round" "$rcv" "$wall" "$mbs" "$cpu" "$cpu_gb" "$rss")"
 }
@@ -584,6 +597,8 @@ report() {
         row "$l: latency avg (ms)" '%.3f' 1 sync "$c" lat_avg_ms none
         row "$l: latency p99 (ms)" '%.3f' 1 sync "$c" lat_p99_ms none
         row "$l: receiver CPU (s)" '%.2f' 1 sync "$c" cpu_s ""
+        row "$l: receiver CPU per commit (µs)" '%.1f' 1 sync "$c" cpu_us_per_tx ""
+        row "$l: receiver user CPU per commit (µs)" '%.1f' 1 sync "$c" user_us_per_tx ""
         row "$l: receiver peak RSS (MB)" '%.1f' 1024 sync "$c" peak_rss_kb ""
     done
     row "catch-up: wall time (s)" '%.2f' 1 catchup "" wall_s ceiling

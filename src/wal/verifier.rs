@@ -37,8 +37,9 @@
 use std::fmt;
 
 use super::page::{
-    magic_for_major, major_for_magic, PageHeader, LONG_HEADER_SIZE, SHORT_HEADER_SIZE,
-    XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
+    magic_for_major, major_for_magic, LongHeaderFields, PageHeader, LONG_HEADER_SIZE,
+    SHORT_HEADER_SIZE, XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD,
+    XLP_LONG_HEADER,
 };
 use crate::lsn::{is_valid_segment_size, wal_file_name, Lsn, TimeLineId};
 
@@ -832,250 +833,289 @@ impl Verifier {
         Ok(n)
     }
 
+    /// Validates the page header just assembled at `page_lsn`, in the order of
+    /// PostgreSQL's `XLogReaderValidatePageHeader`: the first check that fails
+    /// names the error. Checks 1, 3 and 5 learn what the first page tells
+    /// (magic, system identifier, timeline); check 6 sets the mode for the
+    /// bytes after the header.
     fn validate_page_header(&mut self, h: &PageHeader) -> Result<(), VerifyError> {
-        let page = self.page_lsn;
-        let at = Lsn(page);
+        self.check_page_magic(h)?;
+        self.check_page_flags(h)?;
+        self.check_long_header(h)?;
+        self.check_page_address(h)?;
+        self.check_page_timeline(h)?;
+        self.check_continuation(h)
+    }
+
+    /// The one builder of page header errors: at the page's LSN, `detail` given
+    /// that LSN and the page's segment file and offset. The location (a file
+    /// name, so an allocation) is worked out only for an error: every page of
+    /// the stream passes through here.
+    fn page_error(
+        &self,
+        check: Check,
+        detail: impl FnOnce(Lsn, &SegmentLocation) -> String,
+    ) -> VerifyError {
+        let at = Lsn(self.page_lsn);
         let loc = segment_location(at, self.config.timeline, self.seg_size);
-        // 1. Magic.
+        err(at, check, detail(at, &loc))
+    }
+
+    /// Check 1, magic: the configured major's, or, when none is configured, a
+    /// supported one, which all later pages must then carry.
+    fn check_page_magic(&mut self, h: &PageHeader) -> Result<(), VerifyError> {
         match self.magic {
-            Some(m) if h.magic != m => {
-                return Err(err(
-                    at,
-                    Check::PageMagic,
-                    format!(
-                        "invalid magic number {:04X} in WAL segment {}, LSN {at}, offset {} (expected {m:04X})",
-                        h.magic, loc.file_name, loc.offset
-                    ),
-                ));
-            }
-            Some(_) => {}
+            Some(m) if h.magic != m => Err(self.page_error(Check::PageMagic, |at, loc| {
+                format!(
+                    "invalid magic number {:04X} in WAL segment {}, LSN {at}, offset {} (expected {m:04X})",
+                    h.magic, loc.file_name, loc.offset
+                )
+            })),
+            Some(_) => Ok(()),
             None => match major_for_magic(h.magic) {
                 Some(major) => {
                     self.magic = Some(h.magic);
                     self.major = Some(major);
+                    Ok(())
                 }
-                None => {
-                    return Err(err(
-                        at,
-                        Check::PageMagic,
-                        format!(
-                            "invalid magic number {:04X} in WAL segment {}, LSN {at}, offset {} (not PostgreSQL {} to {} WAL)",
-                            h.magic, loc.file_name, loc.offset, crate::MIN_SERVER_MAJOR, crate::MAX_SERVER_MAJOR
-                        ),
-                    ));
-                }
+                None => Err(self.page_error(Check::PageMagic, |at, loc| {
+                    format!(
+                        "invalid magic number {:04X} in WAL segment {}, LSN {at}, offset {} (not PostgreSQL {} to {} WAL)",
+                        h.magic, loc.file_name, loc.offset, crate::MIN_SERVER_MAJOR, crate::MAX_SERVER_MAJOR
+                    )
+                })),
             },
         }
-        // 2. Flags.
+    }
+
+    /// Check 2, flags: no bit outside `XLP_ALL_FLAGS`.
+    fn check_page_flags(&self, h: &PageHeader) -> Result<(), VerifyError> {
         if h.info & !XLP_ALL_FLAGS != 0 {
-            return Err(err(
-                at,
-                Check::PageFlags,
+            return Err(self.page_error(Check::PageFlags, |at, loc| {
                 format!(
                     "invalid info bits {:04X} in WAL segment {}, LSN {at}, offset {}",
                     h.info, loc.file_name, loc.offset
-                ),
-            ));
+                )
+            }));
         }
-        // 3. Long header iff segment start, with the server's parameters.
-        let seg_start = page % self.seg_size == 0;
+        Ok(())
+    }
+
+    /// Check 3, long header: one iff the page starts a segment, with the server's
+    /// system identifier, segment size and page size.
+    fn check_long_header(&mut self, h: &PageHeader) -> Result<(), VerifyError> {
+        let seg_start = self.page_lsn % self.seg_size == 0;
         match (&h.long, seg_start) {
-            (None, true) => {
-                return Err(err(
-                    at,
-                    Check::LongHeader,
-                    format!("missing long page header at segment start {at}"),
-                ));
-            }
-            (Some(_), false) => {
-                return Err(err(
-                    at,
-                    Check::LongHeader,
-                    format!("unexpected long page header at {at} (not a segment start)"),
-                ));
-            }
-            (Some(l), true) => {
-                match self.system_id {
-                    Some(id) if id != l.system_id => {
-                        return Err(err(
-                            at,
-                            Check::SystemId,
-                            format!(
-                                "WAL segment {} is from a different database system: WAL file database system identifier is {}, expected {}",
-                                loc.file_name, l.system_id, id
-                            ),
-                        ));
-                    }
-                    Some(_) => {}
-                    None => self.system_id = Some(l.system_id),
-                }
-                if u64::from(l.segment_size) != self.seg_size {
-                    return Err(err(
-                        at,
-                        Check::SegmentSize,
-                        format!(
-                            "WAL segment {} has segment size {}, expected {}",
-                            loc.file_name, l.segment_size, self.seg_size
-                        ),
-                    ));
-                }
-                if u64::from(l.block_size) != self.blcksz {
-                    return Err(err(
-                        at,
-                        Check::BlockSize,
-                        format!(
-                            "WAL segment {} has page size {}, expected {}",
-                            loc.file_name, l.block_size, self.blcksz
-                        ),
-                    ));
-                }
-            }
-            (None, false) => {}
+            (None, true) => Err(self.page_error(Check::LongHeader, |at, _| {
+                format!("missing long page header at segment start {at}")
+            })),
+            (Some(_), false) => Err(self.page_error(Check::LongHeader, |at, _| {
+                format!("unexpected long page header at {at} (not a segment start)")
+            })),
+            (Some(l), true) => self.check_long_fields(l),
+            (None, false) => Ok(()),
         }
-        // 4. Page address.
-        if h.page_address.0 != page {
-            return Err(err(
-                at,
-                Check::PageAddress,
+    }
+
+    fn check_long_fields(&mut self, l: &LongHeaderFields) -> Result<(), VerifyError> {
+        match self.system_id {
+            Some(id) if id != l.system_id => {
+                return Err(self.page_error(Check::SystemId, |_, loc| {
+                    format!(
+                        "WAL segment {} is from a different database system: WAL file database system identifier is {}, expected {}",
+                        loc.file_name, l.system_id, id
+                    )
+                }));
+            }
+            Some(_) => {}
+            None => self.system_id = Some(l.system_id),
+        }
+        if u64::from(l.segment_size) != self.seg_size {
+            return Err(self.page_error(Check::SegmentSize, |_, loc| {
+                format!(
+                    "WAL segment {} has segment size {}, expected {}",
+                    loc.file_name, l.segment_size, self.seg_size
+                )
+            }));
+        }
+        if u64::from(l.block_size) != self.blcksz {
+            return Err(self.page_error(Check::BlockSize, |_, loc| {
+                format!(
+                    "WAL segment {} has page size {}, expected {}",
+                    loc.file_name, l.block_size, self.blcksz
+                )
+            }));
+        }
+        Ok(())
+    }
+
+    /// Check 4, page address: the page's own LSN.
+    fn check_page_address(&self, h: &PageHeader) -> Result<(), VerifyError> {
+        if h.page_address.0 != self.page_lsn {
+            return Err(self.page_error(Check::PageAddress, |at, loc| {
                 format!(
                     "unexpected pageaddr {} in WAL segment {}, LSN {at}, offset {}",
                     h.page_address, loc.file_name, loc.offset
-                ),
-            ));
+                )
+            }));
         }
-        // 5. Timeline.
+        Ok(())
+    }
+
+    /// Check 5, timeline: not 0, not above the streamed one, never decreasing.
+    fn check_page_timeline(&mut self, h: &PageHeader) -> Result<(), VerifyError> {
         if h.timeline == 0 || h.timeline > self.config.timeline {
-            return Err(err(
-                at,
-                Check::PageTimeline,
+            return Err(self.page_error(Check::PageTimeline, |at, _| {
                 format!(
                     "page at {at} has timeline {}, above the streamed timeline {}",
                     h.timeline, self.config.timeline
-                ),
-            ));
+                )
+            }));
         }
         if let Some(last) = self.last_tli {
             if h.timeline < last {
-                return Err(err(
-                    at,
-                    Check::PageTimeline,
+                return Err(self.page_error(Check::PageTimeline, |at, _| {
                     format!(
                         "out-of-sequence timeline ID {} (after {last}) at {at}",
                         h.timeline
-                    ),
-                ));
+                    )
+                }));
             }
         }
         self.last_tli = Some(h.timeline);
-        // 6. Continuation.
+        Ok(())
+    }
+
+    /// Check 6, continuation: the contrecord flag and `xlp_rem_len` against the
+    /// record in progress (or, at the first page, what to skip).
+    fn check_continuation(&mut self, h: &PageHeader) -> Result<(), VerifyError> {
         let contrec = h.info & XLP_FIRST_IS_CONTRECORD != 0;
         let overwrite = h.info & XLP_FIRST_IS_OVERWRITE_CONTRECORD != 0;
         if contrec && overwrite {
-            return Err(err(
-                at,
-                Check::ContinuationFlag,
-                format!("page at {at} has both the contrecord and the overwrite-contrecord flags"),
-            ));
+            return Err(self.page_error(Check::ContinuationFlag, |at, _| {
+                format!("page at {at} has both the contrecord and the overwrite-contrecord flags")
+            }));
         }
         match self.mode {
-            Mode::Start => {
-                if contrec {
-                    if h.rem_len == 0 {
-                        return Err(err(
-                            at,
-                            Check::RemainingLength,
-                            format!("contrecord page at {at} with remaining length 0"),
-                        ));
-                    }
-                    self.mode = Mode::SkipContinuation {
-                        remaining: h.rem_len,
-                    };
-                    self.skipped = Some((page, h.rem_len));
-                } else {
-                    no_remaining_length_without_contrecord(h.rem_len, overwrite, at)?;
-                    self.mode = Mode::NewRecord;
-                }
-            }
+            Mode::Start => self.continuation_at_start(h, contrec, overwrite),
             Mode::RecordHeader | Mode::RecordBody => {
-                if overwrite {
-                    self.overwritten = Some(self.rec_start);
-                    self.overwrite_pending = true;
-                    self.mode = Mode::NewRecord;
-                } else if !contrec {
-                    return Err(err(
-                        at,
-                        Check::ContinuationFlag,
-                        format!(
-                            "there is no contrecord flag at {at} (record at {} continues)",
-                            Lsn(self.rec_start)
-                        ),
-                    ));
-                } else if self.hdr_have >= 4 {
-                    let expected = self.tot_len - self.got;
-                    if h.rem_len != expected || h.rem_len == 0 {
-                        return Err(err(
-                            at,
-                            Check::RemainingLength,
-                            format!(
-                                "invalid contrecord length {} (expected {expected}) at {at} for record at {}",
-                                h.rem_len,
-                                Lsn(self.rec_start)
-                            ),
-                        ));
-                    }
-                }
+                self.continuation_in_record(h, contrec, overwrite)
             }
             Mode::SkipContinuation { remaining } => {
-                if overwrite {
-                    self.mode = Mode::NewRecord;
-                } else if !contrec {
-                    return Err(err(
-                        at,
-                        Check::ContinuationFlag,
-                        format!("there is no contrecord flag at {at}"),
-                    ));
-                } else if h.rem_len != remaining {
-                    return Err(err(
-                        at,
-                        Check::RemainingLength,
-                        format!(
-                            "invalid contrecord length {} (expected {remaining}) at {at}",
-                            h.rem_len
-                        ),
-                    ));
-                }
+                self.continuation_in_skip(h, contrec, overwrite, remaining)
             }
             Mode::NewRecord | Mode::Padding { .. } | Mode::SwitchTail { .. } => {
                 if contrec {
-                    return Err(err(
-                        at,
-                        Check::ContinuationFlag,
-                        format!("contrecord is requested by {at}"),
-                    ));
+                    return Err(self.page_error(Check::ContinuationFlag, |at, _| {
+                        format!("contrecord is requested by {at}")
+                    }));
                 }
-                no_remaining_length_without_contrecord(h.rem_len, overwrite, at)?;
+                self.no_remaining_length_without_contrecord(h.rem_len, overwrite)?;
                 self.mode = Mode::NewRecord;
+                Ok(())
+            }
+        }
+    }
+
+    /// The first page: a continuation there is skipped (it began before the
+    /// start), else a record starts after the header.
+    fn continuation_at_start(
+        &mut self,
+        h: &PageHeader,
+        contrec: bool,
+        overwrite: bool,
+    ) -> Result<(), VerifyError> {
+        if contrec {
+            if h.rem_len == 0 {
+                return Err(self.page_error(Check::RemainingLength, |at, _| {
+                    format!("contrecord page at {at} with remaining length 0")
+                }));
+            }
+            self.mode = Mode::SkipContinuation {
+                remaining: h.rem_len,
+            };
+            self.skipped = Some((self.page_lsn, h.rem_len));
+        } else {
+            self.no_remaining_length_without_contrecord(h.rem_len, overwrite)?;
+            self.mode = Mode::NewRecord;
+        }
+        Ok(())
+    }
+
+    /// A record in progress: the page must continue it with the length it
+    /// still needs (once its length is known), or overwrite it.
+    fn continuation_in_record(
+        &mut self,
+        h: &PageHeader,
+        contrec: bool,
+        overwrite: bool,
+    ) -> Result<(), VerifyError> {
+        if overwrite {
+            self.overwritten = Some(self.rec_start);
+            self.overwrite_pending = true;
+            self.mode = Mode::NewRecord;
+        } else if !contrec {
+            return Err(self.page_error(Check::ContinuationFlag, |at, _| {
+                format!(
+                    "there is no contrecord flag at {at} (record at {} continues)",
+                    Lsn(self.rec_start)
+                )
+            }));
+        } else if self.hdr_have >= 4 {
+            let expected = self.tot_len - self.got;
+            if h.rem_len != expected || h.rem_len == 0 {
+                return Err(self.page_error(Check::RemainingLength, |at, _| {
+                    format!(
+                        "invalid contrecord length {} (expected {expected}) at {at} for record at {}",
+                        h.rem_len,
+                        Lsn(self.rec_start)
+                    )
+                }));
             }
         }
         Ok(())
     }
-}
 
-/// A page where a new record starts must not claim continuation bytes (an
-/// overwrite-contrecord page may, as the record it replaces was lost).
-fn no_remaining_length_without_contrecord(
-    rem_len: u32,
-    overwrite: bool,
-    at: Lsn,
-) -> Result<(), VerifyError> {
-    if !overwrite && rem_len != 0 {
-        return Err(err(
-            at,
-            Check::RemainingLength,
-            format!("page at {at} has remaining length {rem_len} without the contrecord flag"),
-        ));
+    /// A skipped continuation in progress: the page must go on with exactly
+    /// what is left of it, or overwrite it.
+    fn continuation_in_skip(
+        &mut self,
+        h: &PageHeader,
+        contrec: bool,
+        overwrite: bool,
+        remaining: u32,
+    ) -> Result<(), VerifyError> {
+        if overwrite {
+            self.mode = Mode::NewRecord;
+        } else if !contrec {
+            return Err(self.page_error(Check::ContinuationFlag, |at, _| {
+                format!("there is no contrecord flag at {at}")
+            }));
+        } else if h.rem_len != remaining {
+            return Err(self.page_error(Check::RemainingLength, |at, _| {
+                format!(
+                    "invalid contrecord length {} (expected {remaining}) at {at}",
+                    h.rem_len
+                )
+            }));
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// A page where a new record starts must not claim continuation bytes (an
+    /// overwrite-contrecord page may, as the record it replaces was lost).
+    fn no_remaining_length_without_contrecord(
+        &self,
+        rem_len: u32,
+        overwrite: bool,
+    ) -> Result<(), VerifyError> {
+        if !overwrite && rem_len != 0 {
+            return Err(self.page_error(Check::RemainingLength, |at, _| {
+                format!("page at {at} has remaining length {rem_len} without the contrecord flag")
+            }));
+        }
+        Ok(())
+    }
 }
 
 fn err(lsn: Lsn, check: Check, detail: String) -> VerifyError {
