@@ -53,6 +53,10 @@ fn main() {
                 init_logging(0, cli.log_format);
                 walrcv::tools::cleanup::run(&args)
             }
+            Command::Serve(args) => {
+                init_logging(0, cli.log_format);
+                walrcv::serve::run(&args)
+            }
         }
     };
     std::process::exit(code);

@@ -24,3 +24,5 @@ pub mod source;
 pub mod streamer;
 pub mod walsender;
 pub mod wire;
+
+pub use server::{run, serve, ServeArgs, ServeOptions};
