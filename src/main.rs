@@ -54,7 +54,8 @@ fn main() {
                 walrcv::tools::cleanup::run(&args)
             }
             Command::Serve(args) => {
-                init_logging(0, cli.log_format);
+                // A server: its connections and standbys' positions are news.
+                init_logging(1, cli.log_format);
                 walrcv::serve::run(&args)
             }
         }
