@@ -39,6 +39,8 @@ fn start_archiver(pg: &PgServer, dir: &Path) -> BackgroundProcess {
 /// Commits `n` rows of ~10 kB each (several 1 MB segments for 300).
 fn commit_rows(pg: &PgServer, n: u32) {
     pg.psql("CREATE TABLE IF NOT EXISTS t (id serial, pad text)");
+    // Stored uncompressed, so that the WAL is as large as the rows.
+    pg.psql("ALTER TABLE t ALTER pad SET STORAGE EXTERNAL");
     for _ in 0..n / 50 {
         pg.psql("INSERT INTO t (pad) SELECT repeat(md5(random()::text), 300) FROM generate_series(1, 50)");
     }
@@ -98,7 +100,7 @@ fn psql(
     }
     let out = run_with_timeout(cmd, Duration::from_secs(30));
     if out.success() {
-        Ok(out.text().trim().to_owned())
+        Ok(out.stdout.trim().to_owned())
     } else {
         Err(out.text())
     }
@@ -282,6 +284,11 @@ fn serve_refuses_bad_clients() {
     std::fs::create_dir_all(&a).unwrap();
     let mut rcv = start_archiver(&pg, &a);
     commit_rows(&pg, 100);
+    // The verifier PostgreSQL would store for "right-password".
+    let verifier = pg.psql(
+        "SET password_encryption = 'scram-sha-256'; CREATE ROLE probe PASSWORD 'right-password'; \
+         SELECT rolpassword FROM pg_authid WHERE rolname = 'probe'",
+    );
     let end = pg.current_lsn();
     pg.wait_for_flush(APP, end, LIMIT);
     rcv.interrupt();
@@ -292,11 +299,6 @@ fn serve_refuses_bad_clients() {
     let key_path = work.path().join("server.key");
     std::fs::write(&cert_path, key.cert.pem()).unwrap();
     std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
-    // The verifier PostgreSQL would store for "right-password".
-    let verifier = pg.psql(
-        "SET password_encryption = 'scram-sha-256'; CREATE ROLE probe PASSWORD 'right-password'; \
-         SELECT rolpassword FROM pg_authid WHERE rolname = 'probe'",
-    );
     let passfile = work.path().join("passfile");
     std::fs::write(
         &passfile,
