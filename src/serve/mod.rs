@@ -17,6 +17,7 @@
 
 pub mod command;
 pub mod hba;
+pub mod live;
 pub mod reply;
 pub mod scram;
 pub mod server;
