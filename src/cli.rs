@@ -76,6 +76,10 @@ pub enum Command {
     /// never a history file, never a hole. Exit 0 done, 1 removal failed, 2
     /// bad arguments.
     Cleanup(crate::tools::cleanup::CleanupArgs),
+    /// Serve an archive's verified WAL over the replication protocol to
+    /// standbys and pg_receivewal (a walsender without a primary). Needs
+    /// --serve-hba; see docs/src/serve.md.
+    Serve(crate::serve::ServeArgs),
 }
 
 /// pg_receivewal's options. `-h` is the host, as in pg_receivewal, so help is

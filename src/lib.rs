@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod pgwire;
 pub mod receiver;
 pub mod replication;
+pub mod serve;
 pub mod service;
 pub mod shutdown;
 pub mod tools;

@@ -53,6 +53,11 @@ fn main() {
                 init_logging(0, cli.log_format);
                 walrcv::tools::cleanup::run(&args)
             }
+            Command::Serve(args) => {
+                // A server: its connections and standbys' positions are news.
+                init_logging(1, cli.log_format);
+                walrcv::serve::run(&args)
+            }
         }
     };
     std::process::exit(code);

@@ -21,6 +21,7 @@ mod network_faults;
 mod power_loss;
 mod restore;
 mod resume;
+mod serve;
 mod server_faults;
 mod service;
 mod status;

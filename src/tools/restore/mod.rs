@@ -20,7 +20,7 @@ pub mod serve;
 
 use std::path::PathBuf;
 
-pub use serve::{restore, RestoreError, Served};
+pub use serve::{read_segment, restore, RestoreError, SegmentBytes, Served};
 
 /// Exit statuses of `walrcv restore`, in one place (documented in
 /// `docs/src/restore.md`).

@@ -110,6 +110,66 @@ pub enum Served {
     NotFound,
 }
 
+/// Where the answer goes: `%p` for `walrcv restore`, or memory for the
+/// walsender of `walrcv serve` ([`read_segment`]), which must send exactly
+/// the bytes restore would write.
+enum Sink<'a> {
+    File(&'a Path),
+    Memory(&'a mut Option<SegmentBytes>),
+}
+
+impl Sink<'_> {
+    /// Delivers the first `valid` bytes of `loaded` (zeros up to `total_len` after).
+    fn put(&mut self, loaded: Loaded, valid: u64, total_len: u64) -> Result<(), RestoreError> {
+        match self {
+            Sink::File(target) => {
+                let bytes = loaded.as_slice();
+                let end = (valid as usize).min(bytes.len());
+                write_atomically(target, bytes.get(..end).unwrap_or(&[]), total_len)
+            }
+            Sink::Memory(out) => {
+                let valid = valid.min(loaded.len());
+                **out = Some(SegmentBytes { loaded, valid });
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The verified bytes of one segment, as restore would serve them, kept
+/// memory-mapped when the file is stored uncompressed (page cache, not
+/// memory of this process).
+pub struct SegmentBytes {
+    loaded: Loaded,
+    valid: u64,
+}
+
+impl SegmentBytes {
+    /// The verified WAL (for a `.partial`: up to its last valid record).
+    pub fn valid(&self) -> &[u8] {
+        let bytes = self.loaded.as_slice();
+        bytes.get(..self.valid as usize).unwrap_or(bytes)
+    }
+}
+
+impl std::fmt::Debug for SegmentBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SegmentBytes({} valid bytes)", self.valid)
+    }
+}
+
+/// The segment `name` as `walrcv restore` would serve it (same plan, same
+/// checks, set-aside divergent copies never read): `None` when the archive
+/// has nothing for it.
+pub fn read_segment(dir: &Path, name: &SegmentName) -> Result<Option<SegmentBytes>, RestoreError> {
+    let request = Request::Segment(name.clone());
+    let mut out = None;
+    match answer(dir, name.as_str(), &request, &mut Sink::Memory(&mut out))? {
+        Served::NotFound => Ok(None),
+        Served::File { .. } => Ok(out),
+    }
+}
+
 /// Answers `requested` (`%f`) from the archive `dir` into `target` (`%p`).
 pub fn restore(dir: &Path, requested: &str, target: &Path) -> Result<Served, RestoreError> {
     let request = Request::parse(requested).ok_or_else(|| RestoreError::InvalidRequest {
@@ -122,12 +182,21 @@ pub fn restore(dir: &Path, requested: &str, target: &Path) -> Result<Served, Res
             dir: target_dir,
         });
     }
+    answer(dir, requested, &request, &mut Sink::File(target))
+}
+
+fn answer(
+    dir: &Path,
+    requested: &str,
+    request: &Request,
+    target: &mut Sink<'_>,
+) -> Result<Served, RestoreError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let names = list(dir)?;
-        let plan = plan(&request, names.iter().map(String::as_str));
-        match execute(dir, &request, plan, target) {
+        let plan = plan(request, names.iter().map(String::as_str));
+        match execute(dir, request, plan, target) {
             Err(Attempt::Vanished(_)) if attempt < ATTEMPTS => continue,
             Err(Attempt::Vanished(path)) => {
                 return Err(RestoreError::Read {
@@ -137,7 +206,7 @@ pub fn restore(dir: &Path, requested: &str, target: &Path) -> Result<Served, Res
             }
             Err(Attempt::Failed(e)) => return Err(e),
             Ok(Served::NotFound) => {
-                let aside = set_aside_copies(&request, names.iter().map(String::as_str));
+                let aside = set_aside_copies(request, names.iter().map(String::as_str));
                 // A warning: recovery that follows the new timeline asks for
                 // its file of the segment first (`XLogFileReadAnyTLI`, newest
                 // timeline first), so asking for this name means that file is
@@ -169,7 +238,12 @@ impl From<RestoreError> for Attempt {
     }
 }
 
-fn execute(dir: &Path, request: &Request, plan: Plan, target: &Path) -> Result<Served, Attempt> {
+fn execute(
+    dir: &Path,
+    request: &Request,
+    plan: Plan,
+    target: &mut Sink<'_>,
+) -> Result<Served, Attempt> {
     match (plan, request) {
         (Plan::NotFound, _) => Ok(Served::NotFound),
         (Plan::Hole { partial, later }, _) => Err(RestoreError::Hole {
@@ -187,7 +261,8 @@ fn execute(dir: &Path, request: &Request, plan: Plan, target: &Path) -> Result<S
         (Plan::History { timeline, sources }, _) => serve_history(dir, timeline, &sources, target),
         (Plan::Backup(source), _) => {
             let bytes = load(dir, &source, HISTORY_LIMIT)?;
-            write_atomically(target, bytes.as_slice(), bytes.len())?;
+            let len = bytes.len();
+            target.put(bytes, len, len)?;
             Ok(served(&source, None, false))
         }
         // The planner answers a segment request only with segment plans.
@@ -201,7 +276,7 @@ fn serve_complete(
     dir: &Path,
     name: &SegmentName,
     sources: &[Source],
-    target: &Path,
+    target: &mut Sink<'_>,
 ) -> Result<Served, Attempt> {
     let mut first_problem = None;
     for source in sources {
@@ -213,7 +288,7 @@ fn serve_complete(
         });
         match checked {
             Ok((bytes, end)) => {
-                write_atomically(target, bytes.as_slice(), end.segment_size)?;
+                target.put(bytes, end.segment_size, end.segment_size)?;
                 return Ok(served(source, Some(end.end), false));
             }
             Err(Attempt::Failed(e)) => {
@@ -237,7 +312,7 @@ fn serve_partial(
     dir: &Path,
     name: &SegmentName,
     sources: &[Source],
-    target: &Path,
+    target: &mut Sink<'_>,
 ) -> Result<Served, Attempt> {
     let mut best: Option<(Loaded, ValidEnd, &Source)> = None;
     for source in sources {
@@ -258,11 +333,7 @@ fn serve_partial(
     }
     match best {
         Some((bytes, end, source)) if end.valid_bytes > 0 => {
-            let valid = bytes
-                .as_slice()
-                .get(..end.valid_bytes as usize)
-                .unwrap_or(&[]);
-            write_atomically(target, valid, end.segment_size)?;
+            target.put(bytes, end.valid_bytes, end.segment_size)?;
             Ok(served(source, Some(end.end), true))
         }
         // Nothing valid yet: the same as no file, recovery ends before it.
@@ -281,7 +352,7 @@ fn serve_switch_segment(
     name: &SegmentName,
     end: &ValidEnd,
     source: &Source,
-    target: &Path,
+    target: &mut Sink<'_>,
 ) -> Result<Option<Served>, Attempt> {
     let Some(history) = read_history(dir, name.timeline())? else {
         return Ok(None);
@@ -296,7 +367,7 @@ fn serve_switch_segment(
             Err(Attempt::Vanished(_)) => continue,
             Err(e) => return Err(e),
         };
-        match verified_up_to_switch(bytes.as_slice(), &copy) {
+        match verified_up_to_switch(bytes.as_slice(), &copy).map(<[u8]>::len) {
             Ok(prefix) => {
                 tracing::warn!(
                     file = %name.as_str(),
@@ -311,7 +382,7 @@ fn serve_switch_segment(
                     name.timeline(),
                     parent.file_name
                 );
-                write_atomically(target, prefix, end.segment_size)?;
+                target.put(bytes, prefix as u64, end.segment_size)?;
                 return Ok(Some(served(&parent, Some(copy.switchpoint), true)));
             }
             Err(why) => tracing::warn!(
@@ -384,7 +455,7 @@ fn serve_history(
     dir: &Path,
     timeline: TimeLineId,
     sources: &[Source],
-    target: &Path,
+    target: &mut Sink<'_>,
 ) -> Result<Served, Attempt> {
     let mut first_problem = None;
     for source in sources {
@@ -396,7 +467,8 @@ fn serve_history(
         });
         match checked {
             Ok(bytes) => {
-                write_atomically(target, bytes.as_slice(), bytes.len())?;
+                let len = bytes.len();
+                target.put(bytes, len, len)?;
                 return Ok(served(source, None, false));
             }
             Err(Attempt::Failed(e)) => {

@@ -1,0 +1,250 @@
+//! `--serve-hba FILE`: who may connect, in pg_hba.conf syntax (the subset
+//! that applies to walrcv), parsed and matched sans-IO. Lines are
+//! `host|hostssl|hostnossl DATABASE USER ADDRESS METHOD`, the address as
+//! CIDR (`10.0.0.0/8`, `::1/128`), an address and a mask in two columns,
+//! or `all`; methods `trust`, `reject`, `scram-sha-256`, `cert`. As in
+//! PostgreSQL, the first line matching the connection decides, only the
+//! database keyword `replication` matches a replication connection (not
+//! `all`), and a connection no line matches is refused.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+/// How a matching line authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Trust,
+    Reject,
+    ScramSha256,
+    Cert,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnType {
+    Host,
+    HostSsl,
+    HostNoSsl,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Addr {
+    All,
+    Net { ip: IpAddr, prefix: u32 },
+}
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    conn: ConnType,
+    users: Vec<String>,
+    addr: Addr,
+    pub method: Method,
+    /// Line number in the file, for the logs.
+    pub line: usize,
+}
+
+/// A refused file: line and reason, as PostgreSQL reports pg_hba.conf errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line} of the hba file: {what}")]
+pub struct HbaError {
+    pub line: usize,
+    pub what: String,
+}
+
+/// The rules of a file.
+#[derive(Debug, Clone, Default)]
+pub struct Hba {
+    rules: Vec<Rule>,
+}
+
+/// Reads and parses `path`.
+pub fn load(path: &Path) -> Result<Hba, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("\"{}\": {e}", path.display()))
+}
+
+/// Parses the text of a file.
+pub fn parse(text: &str) -> Result<Hba, HbaError> {
+    let mut rules = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let content = raw.split('#').next().unwrap_or("");
+        let fields: Vec<&str> = content.split_whitespace().collect();
+        if fields.is_empty() {
+            continue;
+        }
+        let err = |what: String| HbaError { line, what };
+        let conn = match fields[0] {
+            "host" => ConnType::Host,
+            "hostssl" => ConnType::HostSsl,
+            "hostnossl" => ConnType::HostNoSsl,
+            // walrcv listens on TCP only: a local line can never match.
+            "local" => continue,
+            other => {
+                return Err(err(format!(
+                    "connection type \"{other}\" is not supported (host, hostssl, hostnossl)"
+                )))
+            }
+        };
+        let [_, database, users, rest @ ..] = fields.as_slice() else {
+            return Err(err("end-of-line before the address".into()));
+        };
+        let (addr, method_at) = parse_addr(rest).map_err(err)?;
+        let method = match rest.get(method_at).copied() {
+            Some("trust") => Method::Trust,
+            Some("reject") => Method::Reject,
+            Some("scram-sha-256") => Method::ScramSha256,
+            Some("cert") => Method::Cert,
+            Some(other) => {
+                return Err(err(format!(
+                    "authentication method \"{other}\" is not supported by walrcv serve (trust, reject, scram-sha-256, cert)"
+                )))
+            }
+            None => return Err(err("end-of-line before authentication method".into())),
+        };
+        // Only `replication` matches a replication connection; lines for
+        // other databases never apply to walrcv.
+        if !database.split(',').any(|d| d == "replication") {
+            continue;
+        }
+        rules.push(Rule {
+            conn,
+            users: users.split(',').map(str::to_owned).collect(),
+            addr,
+            method,
+            line,
+        });
+    }
+    Ok(Hba { rules })
+}
+
+/// The address (one or two columns) and where the method column is.
+fn parse_addr(rest: &[&str]) -> Result<(Addr, usize), String> {
+    let first = rest
+        .first()
+        .ok_or_else(|| "end-of-line before the address".to_owned())?;
+    if *first == "all" {
+        return Ok((Addr::All, 1));
+    }
+    if let Some((ip, prefix)) = first.split_once('/') {
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("invalid IP address \"{ip}\""))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix
+            .parse::<u32>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("invalid CIDR mask in address \"{first}\""))?;
+        return Ok((Addr::Net { ip, prefix }, 1));
+    }
+    let ip: IpAddr = first.parse().map_err(|_| {
+        format!("invalid IP address \"{first}\" (host names are not supported by walrcv serve)")
+    })?;
+    let mask: IpAddr = rest
+        .get(1)
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| "an IP address without a CIDR mask needs a mask column".to_owned())?;
+    let prefix = match mask {
+        IpAddr::V4(m) => u32::from(m).leading_ones(),
+        IpAddr::V6(m) => u128::from(m).leading_ones(),
+    };
+    Ok((Addr::Net { ip, prefix }, 2))
+}
+
+fn in_net(ip: IpAddr, net: IpAddr, prefix: u32) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V4(_)) => a
+            .to_ipv4_mapped()
+            .is_some_and(|a4| in_net(IpAddr::V4(a4), net, prefix)),
+        _ => false,
+    }
+}
+
+impl Hba {
+    /// The first rule matching a replication connection of `user` from
+    /// `addr`, over TLS or not.
+    pub fn find(&self, user: &str, addr: IpAddr, tls: bool) -> Option<&Rule> {
+        self.rules.iter().find(|r| {
+            let conn_ok = match r.conn {
+                ConnType::Host => true,
+                ConnType::HostSsl => tls,
+                ConnType::HostNoSsl => !tls,
+            };
+            let user_ok = r.users.iter().any(|u| u == "all" || u == user);
+            let addr_ok = match &r.addr {
+                Addr::All => true,
+                Addr::Net { ip, prefix } => in_net(addr, *ip, *prefix),
+            };
+            conn_ok && user_ok && addr_ok
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "\
+# TYPE  DATABASE     USER   ADDRESS        METHOD
+local   replication  all                   trust
+hostssl replication  rep    10.0.0.0/8     scram-sha-256
+host    replication  bad    0.0.0.0/0      reject
+host    all          all    127.0.0.1/32   trust   # not for replication
+hostnossl replication rep   127.0.0.1 255.255.255.255 trust
+host    replication  a,b    ::1/128        cert
+";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn first_matching_line_decides() {
+        let hba = parse(FILE).unwrap();
+        let m = |u, a, tls| hba.find(u, ip(a), tls).map(|r| (r.method, r.line));
+        assert_eq!(m("rep", "10.1.2.3", true), Some((Method::ScramSha256, 3)));
+        assert_eq!(m("rep", "10.1.2.3", false), None);
+        assert_eq!(m("bad", "10.1.2.3", true), Some((Method::Reject, 4)));
+        // `all` does not match replication: line 5 is skipped.
+        assert_eq!(m("other", "127.0.0.1", false), None);
+        assert_eq!(m("rep", "127.0.0.1", false), Some((Method::Trust, 6)));
+        assert_eq!(m("rep", "127.0.0.1", true), None);
+        assert_eq!(m("b", "::1", true), Some((Method::Cert, 7)));
+        assert_eq!(m("c", "::1", true), None);
+        assert_eq!(
+            m("rep", "::ffff:10.0.0.1", true),
+            Some((Method::ScramSha256, 3))
+        );
+    }
+
+    #[test]
+    fn refused_lines() {
+        for (bad, needle) in [
+            ("host replication all 10.0.0.0/8 md5", "md5"),
+            ("host replication all db.example.org trust", "host names"),
+            ("host replication all 10.0.0.0/33 trust", "CIDR"),
+            ("hostgssenc replication all all trust", "hostgssenc"),
+            ("host replication all", "address"),
+            ("host replication all all", "method"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.to_string().contains(needle), "{bad}: {e}");
+            assert_eq!(e.line, 1);
+        }
+        assert!(parse("").unwrap().is_empty());
+    }
+}

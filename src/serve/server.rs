@@ -1,0 +1,931 @@
+//! `walrcv serve -D ARCHIVE --listen HOST:PORT` (IO): the listener, the
+//! client cap, TLS (OpenSSL, as the client side), authentication by the
+//! `--serve-hba` rules and `--serve-passfile` verifiers, then each session:
+//! replication commands answered by [`super::walsender`], copy mode driven
+//! by [`super::streamer`] over [`super::source`].
+//!
+//! A session's reads run in their own task, so that a standby's replies are
+//! taken in while WAL is written to it; writes have a timeout, so a client
+//! that never reads is dropped instead of holding its segment forever.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::lsn::{pg_now, wal_file_name, Lsn, TimeLineId};
+
+use super::hba::{self, Hba, Method};
+use super::reply::{self, Severity};
+use super::scram::{self, Verifier};
+use super::source::{self, SegmentReader};
+use super::streamer::{parse_standby, Streamer};
+use super::walsender::{self, sqlstate, Catalog, Outcome, StreamPlan};
+use super::wire::{self, Frontend, ReplicationMode, Startup, StartupParams, WireError};
+
+/// The verified and flushed end a receiver publishes (`walrcv stream --serve`).
+pub type LiveEnd = watch::Receiver<Option<(TimeLineId, Lsn)>>;
+
+/// Start-up and authentication must finish within this.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write to a client that takes longer ends its session.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a caught-up stream looks for new WAL without a live hook.
+const POLL: Duration = Duration::from_millis(500);
+/// How often each client's positions are logged.
+const METRICS_EVERY: Duration = Duration::from_secs(10);
+
+/// `walrcv serve` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The archive directory to serve.
+    #[arg(short = 'D', long = "directory", value_name = "DIR")]
+    pub directory: PathBuf,
+    #[command(flatten)]
+    pub options: ServeOptions,
+}
+
+/// What `walrcv serve` shares with `walrcv stream --serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeOptions {
+    /// Address to listen on: HOST:PORT, or PORT alone for 127.0.0.1:PORT.
+    #[arg(
+        long = "listen",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:5432"
+    )]
+    pub listen: String,
+    /// Who may connect, in pg_hba.conf syntax (host/hostssl/hostnossl lines
+    /// for database `replication`; trust, reject, scram-sha-256, cert).
+    /// Without it no connection is accepted.
+    #[arg(long = "serve-hba", value_name = "FILE")]
+    pub hba: Option<PathBuf>,
+    /// SCRAM-SHA-256 verifiers, one `user:SCRAM-SHA-256$iter:salt$stored:server`
+    /// a line (as pg_authid.rolpassword holds them).
+    #[arg(long = "serve-passfile", value_name = "FILE")]
+    pub passfile: Option<PathBuf>,
+    /// Server certificate (PEM) for TLS; with --serve-ssl-key.
+    #[arg(long = "serve-ssl-cert", value_name = "FILE", requires = "ssl_key")]
+    pub ssl_cert: Option<PathBuf>,
+    /// Server private key (PEM) for TLS; with --serve-ssl-cert.
+    #[arg(long = "serve-ssl-key", value_name = "FILE", requires = "ssl_cert")]
+    pub ssl_key: Option<PathBuf>,
+    /// Most clients served at once; more are refused ("too many clients").
+    #[arg(long = "serve-max-clients", value_name = "N", default_value_t = 16)]
+    pub max_clients: usize,
+}
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid --listen \"{0}\": expected HOST:PORT or PORT")]
+    Listen(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("--serve-hba: {0}")]
+    Hba(String),
+    #[error("--serve-passfile: {0}")]
+    Passfile(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("the archive directory \"{0}\" does not exist or is not a directory")]
+    NoArchive(PathBuf),
+}
+
+/// What every session shares.
+struct Shared {
+    dir: PathBuf,
+    hba: Hba,
+    verifiers: HashMap<String, Verifier>,
+    tls: Option<SslAcceptor>,
+    clients: Semaphore,
+    live: Option<LiveEnd>,
+    next_pid: AtomicUsize,
+}
+
+/// Parses `--listen`.
+pub fn listen_addr(text: &str) -> Result<String, ServeError> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(format!("127.0.0.1:{port}"));
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => {
+            let host = if host.is_empty() { "127.0.0.1" } else { host };
+            Ok(format!("{host}:{port}"))
+        }
+        _ => Err(ServeError::Listen(text.to_owned())),
+    }
+}
+
+/// Reads `--serve-passfile`.
+pub fn load_passfile(path: &Path) -> Result<HashMap<String, Verifier>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?;
+    parse_passfile(&text).map_err(|e| format!("\"{}\": {e}", path.display()))
+}
+
+/// Parses `user:verifier` lines (blank lines and `#` comments skipped).
+pub fn parse_passfile(text: &str) -> Result<HashMap<String, Verifier>, String> {
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (user, verifier) = line
+            .split_once(':')
+            .ok_or_else(|| format!("line {}: expected user:SCRAM-SHA-256$...", i + 1))?;
+        let v = Verifier::parse(verifier).map_err(|e| format!("line {}: {e}", i + 1))?;
+        out.insert(user.to_owned(), v);
+    }
+    Ok(out)
+}
+
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<SslAcceptor, ServeError> {
+    let tls = |e: openssl::error::ErrorStack| ServeError::Tls(e.to_string());
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(tls)?;
+    b.set_certificate_chain_file(cert)
+        .map_err(|e| ServeError::Tls(format!("\"{}\": {e}", cert.display())))?;
+    b.set_private_key_file(key, SslFiletype::PEM)
+        .map_err(|e| ServeError::Tls(format!("\"{}\": {e}", key.display())))?;
+    b.check_private_key().map_err(tls)?;
+    Ok(b.build())
+}
+
+/// Binds and serves until `shutdown` fires.
+pub async fn serve(
+    dir: PathBuf,
+    opts: ServeOptions,
+    live: Option<LiveEnd>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    if !dir.is_dir() {
+        return Err(ServeError::NoArchive(dir));
+    }
+    let hba = match &opts.hba {
+        Some(path) => hba::load(path).map_err(ServeError::Hba)?,
+        None => {
+            tracing::warn!("no --serve-hba: every connection will be refused");
+            Hba::default()
+        }
+    };
+    let verifiers = match &opts.passfile {
+        Some(path) => load_passfile(path).map_err(ServeError::Passfile)?,
+        None => HashMap::new(),
+    };
+    let tls = match (&opts.ssl_cert, &opts.ssl_key) {
+        (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
+        _ => None,
+    };
+    let addr = listen_addr(&opts.listen)?;
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    tracing::info!(listen = %addr, dir = %dir.display(), "serving the archive \"{}\" on {addr}", dir.display());
+    let shared = Arc::new(Shared {
+        dir,
+        hba,
+        verifiers,
+        tls,
+        clients: Semaphore::new(opts.max_clients),
+        live,
+        next_pid: AtomicUsize::new(1),
+    });
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let _ = stream.set_nodelay(true);
+                        if let Err(e) = session(stream, peer, shared).await {
+                            tracing::info!(peer = %peer, "client {peer}: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// `walrcv serve`: runs until SIGINT or SIGTERM; the exit status.
+pub fn run(args: &ServeArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            let _ = tx.send(true);
+        });
+        match serve(args.directory.clone(), args.options.clone(), None, rx).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("walrcv serve: {e}");
+                1
+            }
+        }
+    })
+}
+
+/// A client connection, TLS or not.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type BoxIo = Box<dyn Io>;
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("timed out")]
+    Timeout,
+}
+
+/// Sends a FATAL error and returns it as the session's end.
+async fn fatal(
+    w: &mut (impl AsyncWrite + Unpin),
+    code: &str,
+    text: String,
+) -> Result<(), SessionError> {
+    let mut out = BytesMut::new();
+    reply::error(&mut out, Severity::Fatal, code, &text, None);
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&out)).await;
+    Err(SessionError::Refused(text))
+}
+
+async fn session(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Result<(), SessionError> {
+    let started = tokio::time::timeout(AUTH_TIMEOUT, start_up(Box::new(tcp), &shared)).await;
+    let (mut io, params, tls, leftover) = started.map_err(|_| SessionError::Timeout)??;
+    let Ok(_permit) = shared.clients.try_acquire() else {
+        return fatal(
+            &mut io,
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already".into(),
+        )
+        .await;
+    };
+    if params.replication == ReplicationMode::None {
+        return fatal(
+            &mut io,
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "walrcv serves replication connections only (connect with replication=true)".into(),
+        )
+        .await;
+    }
+    let (rd, mut wr) = tokio::io::split(io);
+    let max_len = Arc::new(AtomicUsize::new(wire::MAX_AUTH_MESSAGE_LEN));
+    let (tx, mut rx) = mpsc::channel(16);
+    let reader = tokio::spawn(read_messages(rd, leftover, max_len.clone(), tx));
+    let result = async {
+        let authed = tokio::time::timeout(
+            AUTH_TIMEOUT,
+            authenticate(&mut wr, &mut rx, &shared, &params, peer.ip(), tls),
+        )
+        .await
+        .map_err(|_| SessionError::Timeout)?;
+        authed?;
+        max_len.store(wire::MAX_SESSION_MESSAGE_LEN, Ordering::Relaxed);
+        let app = params.application_name.clone().unwrap_or_default();
+        tracing::info!(peer = %peer, user = %params.user, application_name = %app, "replication connection authorized: user={} application_name={app}", params.user);
+        let pid = shared.next_pid.fetch_add(1, Ordering::Relaxed) as u32;
+        commands(&mut wr, &mut rx, &shared, &params, pid, &app).await
+    }
+    .await;
+    reader.abort();
+    result
+}
+
+/// Reads the start-up packet, negotiating TLS (SSLRequest) and refusing
+/// GSS encryption on the way.
+async fn start_up(
+    mut io: BoxIo,
+    shared: &Shared,
+) -> Result<(BoxIo, StartupParams, bool, BytesMut), SessionError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut tls = false;
+    loop {
+        let Some(packet) = wire::parse_startup(&mut buf)? else {
+            if io.read_buf(&mut buf).await? == 0 {
+                return Err(SessionError::Refused(
+                    "connection closed during start-up".into(),
+                ));
+            }
+            continue;
+        };
+        match packet {
+            Startup::SslRequest if !tls && shared.tls.is_some() => {
+                if !buf.is_empty() {
+                    return Err(SessionError::Refused("data after SSLRequest".into()));
+                }
+                io.write_all(b"S").await?;
+                io = accept_tls(io, shared).await?;
+                tls = true;
+            }
+            Startup::SslRequest | Startup::GssEncRequest => io.write_all(b"N").await?,
+            Startup::Cancel => {
+                return Err(SessionError::Refused(
+                    "cancel request (not supported)".into(),
+                ))
+            }
+            Startup::Params(p) => return Ok((io, p, tls, buf)),
+        }
+    }
+}
+
+async fn accept_tls(io: BoxIo, shared: &Shared) -> Result<BoxIo, SessionError> {
+    let acceptor = shared
+        .tls
+        .as_ref()
+        .ok_or_else(|| SessionError::Refused("TLS not configured".into()))?;
+    let ssl = Ssl::new(acceptor.context()).map_err(|e| SessionError::Refused(e.to_string()))?;
+    let mut stream =
+        tokio_openssl::SslStream::new(ssl, io).map_err(|e| SessionError::Refused(e.to_string()))?;
+    Pin::new(&mut stream)
+        .accept()
+        .await
+        .map_err(|e| SessionError::Refused(format!("TLS handshake: {e}")))?;
+    Ok(Box::new(stream))
+}
+
+/// The read side: frontend messages to the session task, until an error or EOF.
+async fn read_messages(
+    mut rd: ReadHalf<BoxIo>,
+    mut buf: BytesMut,
+    max_len: Arc<AtomicUsize>,
+    tx: mpsc::Sender<Result<Frontend, WireError>>,
+) {
+    loop {
+        match wire::parse_message(&mut buf, max_len.load(Ordering::Relaxed)) {
+            Ok(Some(m)) => {
+                if tx.send(Ok(m)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+type Rx = mpsc::Receiver<Result<Frontend, WireError>>;
+type Wr = WriteHalf<BoxIo>;
+
+async fn write(wr: &mut Wr, out: &mut BytesMut) -> Result<(), SessionError> {
+    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(out))
+        .await
+        .map_err(|_| SessionError::Timeout)??;
+    out.clear();
+    Ok(())
+}
+
+/// The next message, or the end of the session (EOF or a protocol error, reported).
+async fn next(rx: &mut Rx, wr: &mut Wr) -> Result<Frontend, SessionError> {
+    match rx.recv().await {
+        Some(Ok(m)) => Ok(m),
+        Some(Err(e)) => fatal(wr, sqlstate::PROTOCOL_VIOLATION, e.to_string())
+            .await
+            .map(|()| Frontend::Terminate),
+        None => Err(SessionError::Refused("connection closed".into())),
+    }
+}
+
+async fn authenticate(
+    wr: &mut Wr,
+    rx: &mut Rx,
+    shared: &Shared,
+    params: &StartupParams,
+    ip: IpAddr,
+    tls: bool,
+) -> Result<(), SessionError> {
+    let user = &params.user;
+    let enc = if tls {
+        "SSL encryption"
+    } else {
+        "no encryption"
+    };
+    let Some(rule) = shared.hba.find(user, ip, tls) else {
+        return fatal(
+            wr,
+            sqlstate::INVALID_AUTHORIZATION,
+            format!("no pg_hba.conf entry for replication connection from host \"{ip}\", user \"{user}\", {enc}"),
+        )
+        .await;
+    };
+    match rule.method {
+        Method::Trust => Ok(()),
+        Method::Reject => {
+            fatal(
+                wr,
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("pg_hba.conf rejects replication connection for host \"{ip}\", user \"{user}\", {enc}"),
+            )
+            .await
+        }
+        Method::Cert => {
+            fatal(
+                wr,
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("certificate authentication failed for user \"{user}\": the cert method is not implemented by walrcv serve yet (hba line {})", rule.line),
+            )
+            .await
+        }
+        Method::ScramSha256 => scram_exchange(wr, rx, shared, user).await,
+    }
+}
+
+async fn scram_exchange(
+    wr: &mut Wr,
+    rx: &mut Rx,
+    shared: &Shared,
+    user: &str,
+) -> Result<(), SessionError> {
+    let failed = format!("password authentication failed for user \"{user}\"");
+    let mut out = BytesMut::new();
+    reply::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
+    write(wr, &mut out).await?;
+    let Frontend::Password(initial) = next(rx, wr).await? else {
+        return fatal(
+            wr,
+            sqlstate::PROTOCOL_VIOLATION,
+            "expected SASL response".into(),
+        )
+        .await;
+    };
+    let Some(first) = sasl_initial(&initial) else {
+        return fatal(
+            wr,
+            sqlstate::PROTOCOL_VIOLATION,
+            "malformed SASLInitialResponse".into(),
+        )
+        .await;
+    };
+    let mut nonce = [0u8; 18];
+    openssl::rand::rand_bytes(&mut nonce).map_err(|e| SessionError::Refused(e.to_string()))?;
+    let (exchange, server_first) =
+        match scram::server_first(first, shared.verifiers.get(user), &nonce) {
+            Ok(x) => x,
+            Err(e) => return fatal(wr, sqlstate::PROTOCOL_VIOLATION, e.to_string()).await,
+        };
+    reply::auth_sasl_data(&mut out, 11, server_first.as_bytes());
+    write(wr, &mut out).await?;
+    let Frontend::Password(last) = next(rx, wr).await? else {
+        return fatal(
+            wr,
+            sqlstate::PROTOCOL_VIOLATION,
+            "expected SASL response".into(),
+        )
+        .await;
+    };
+    match exchange.server_final(&last) {
+        Ok(server_final) => {
+            reply::auth_sasl_data(&mut out, 12, server_final.as_bytes());
+            write(wr, &mut out).await
+        }
+        Err(e) => {
+            tracing::info!(user = %user, "SCRAM authentication of \"{user}\" failed: {e}");
+            fatal(wr, sqlstate::INVALID_PASSWORD, failed).await
+        }
+    }
+}
+
+/// The client-first message of a SASLInitialResponse (mechanism, length, data).
+fn sasl_initial(body: &[u8]) -> Option<&[u8]> {
+    let nul = body.iter().position(|&b| b == 0)?;
+    if &body[..nul] != b"SCRAM-SHA-256" {
+        return None;
+    }
+    let len = body.get(nul + 1..nul + 5)?;
+    let len = i32::from_be_bytes(len.try_into().ok()?);
+    let data = body.get(nul + 5..)?;
+    (usize::try_from(len).ok()? == data.len()).then_some(data)
+}
+
+async fn load_catalog(shared: &Shared) -> Result<Catalog, String> {
+    let dir = shared.dir.clone();
+    let live = shared.live.as_ref().and_then(|l| *l.borrow());
+    tokio::task::spawn_blocking(move || source::catalog(&dir, live))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+async fn commands(
+    wr: &mut Wr,
+    rx: &mut Rx,
+    shared: &Shared,
+    params: &StartupParams,
+    pid: u32,
+    app: &str,
+) -> Result<(), SessionError> {
+    let catalog = match load_catalog(shared).await {
+        Ok(c) => c,
+        Err(e) => {
+            return fatal(
+                wr,
+                sqlstate::INTERNAL_ERROR,
+                format!("walrcv cannot serve: {e}"),
+            )
+            .await
+        }
+    };
+    let mut out = BytesMut::new();
+    reply::auth_ok(&mut out);
+    walsender::parameter_statuses(&mut out, catalog.major, &params.user, app);
+    reply::backend_key_data(&mut out, pid, 0);
+    reply::ready_for_query(&mut out);
+    write(wr, &mut out).await?;
+    loop {
+        match next(rx, wr).await? {
+            Frontend::Query(q) => {
+                tracing::debug!(application_name = %app, "command: {q}");
+                let catalog = match load_catalog(shared).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return fatal(
+                            wr,
+                            sqlstate::INTERNAL_ERROR,
+                            format!("walrcv cannot serve: {e}"),
+                        )
+                        .await
+                    }
+                };
+                let dir = shared.dir.clone();
+                let c2 = catalog.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    walsender::answer(&q, &c2, |tli| source::history_file(&dir, tli))
+                })
+                .await
+                .map_err(|e| SessionError::Refused(e.to_string()))?;
+                match outcome {
+                    Outcome::Reply(mut bytes) => write(wr, &mut bytes).await?,
+                    Outcome::Stream(plan) => {
+                        if !stream(wr, rx, shared, catalog, plan, app).await? {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            Frontend::Terminate => return Ok(()),
+            Frontend::Other(t) => {
+                return fatal(
+                    wr,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid frontend message type {t}"),
+                )
+                .await
+            }
+            // Outside copy mode, or a password after authentication: ignored
+            // as PostgreSQL ignores a stray CopyData.
+            _ => {}
+        }
+    }
+}
+
+/// What a client message does to the stream.
+enum Flow {
+    Continue,
+    /// Copy mode is over; back to commands.
+    Ended,
+    /// The client left.
+    Exit,
+}
+
+/// Streams one START_REPLICATION. `Ok(false)`: the client left.
+async fn stream(
+    wr: &mut Wr,
+    rx: &mut Rx,
+    shared: &Shared,
+    mut catalog: Catalog,
+    plan: StreamPlan,
+    app: &str,
+) -> Result<bool, SessionError> {
+    let mut out = BytesMut::new();
+    reply::copy_both(&mut out);
+    if plan.switch.is_none() && plan.start > catalog.end {
+        reply::error(
+            &mut out,
+            Severity::Error,
+            sqlstate::INTERNAL_ERROR,
+            &format!(
+                "requested starting point {} is ahead of the WAL flush position of this server {}",
+                plan.start, catalog.end
+            ),
+            None,
+        );
+        reply::ready_for_query(&mut out);
+        write(wr, &mut out).await?;
+        return Ok(true);
+    }
+    write(wr, &mut out).await?;
+    tracing::info!(application_name = %app, "streaming from {} on timeline {}{}", plan.start, plan.timeline, plan.slot.as_ref().map(|s| format!(" (slot \"{s}\" ignored: walrcv keeps the archive, not slots)")).unwrap_or_default());
+    let mut s = Streamer::new(
+        plan,
+        catalog.major,
+        catalog.segment_size,
+        catalog.block_size,
+        pg_now(),
+    );
+    let mut reader = SegmentReader::default();
+    let mut live = shared.live.clone();
+    let mut last_metrics = tokio::time::Instant::now();
+    let mut need_reload = true;
+    loop {
+        while let Ok(m) = rx.try_recv() {
+            match on_client(m, &mut s, wr, &mut out, app).await? {
+                Flow::Continue => {}
+                Flow::Ended => return Ok(true),
+                Flow::Exit => return Ok(false),
+            }
+        }
+        let now = pg_now();
+        if s.timed_out(now) {
+            tracing::warn!(application_name = %app, "terminating walsender process due to replication timeout");
+            return Ok(false);
+        }
+        if last_metrics.elapsed() >= METRICS_EVERY {
+            last_metrics = tokio::time::Instant::now();
+            log_positions(&s, app);
+        }
+        if s.timeline_finished() {
+            s.finish_timeline(&mut out);
+            write(wr, &mut out).await?;
+            continue;
+        }
+        // The segment holding the next byte to send.
+        let segno = s.sent.segment_number(catalog.segment_size);
+        let stale = reader
+            .current
+            .as_ref()
+            .is_none_or(|l| l.segno != segno || (!l.complete && s.sent >= l.end));
+        if stale && need_reload {
+            reader = reload(shared, &catalog, s.timeline(), segno, reader).await?;
+            need_reload = false;
+        }
+        let live_limit = live
+            .as_ref()
+            .and_then(|l| *l.borrow())
+            .filter(|(t, _)| *t == s.timeline())
+            .map(|(_, e)| e);
+        let available = reader
+            .current
+            .as_ref()
+            .filter(|l| l.segno == segno)
+            .map(|l| live_limit.map_or(l.end, |e| l.end.min(e)));
+        if let Some(available) = available {
+            if let Some((start, len)) = s.next_piece(available) {
+                let Some(loaded) = reader.current.as_ref() else {
+                    continue;
+                };
+                let data = loaded.slice(start, Lsn(start.0 + len));
+                reply::xlog_data(&mut out, start, available, now, data);
+                write(wr, &mut out).await?;
+                s.sent_piece(start, len, now);
+                need_reload = true;
+                continue;
+            }
+        } else if s.plan.switch.is_none() {
+            // No file for the segment: gone, unless it is still to come.
+            catalog = load_catalog(shared).await.map_err(SessionError::Refused)?;
+            if s.sent < catalog.end {
+                let name = wal_file_name(s.timeline(), segno, catalog.segment_size);
+                reply::error(
+                    &mut out,
+                    Severity::Error,
+                    sqlstate::UNDEFINED_FILE,
+                    &format!("requested WAL segment {name} has already been removed"),
+                    None,
+                );
+                reply::ready_for_query(&mut out);
+                write(wr, &mut out).await?;
+                return Ok(true);
+            }
+        } else {
+            let name = wal_file_name(s.timeline(), segno, catalog.segment_size);
+            reply::error(
+                &mut out,
+                Severity::Error,
+                sqlstate::UNDEFINED_FILE,
+                &format!("requested WAL segment {name} has already been removed"),
+                None,
+            );
+            reply::ready_for_query(&mut out);
+            write(wr, &mut out).await?;
+            return Ok(true);
+        }
+        if let Some(reply_requested) = s.keepalive_due(now) {
+            reply::keepalive(&mut out, s.sent, now, reply_requested);
+            write(wr, &mut out).await?;
+        }
+        // Caught up: wait for the client, new WAL, or the next poll.
+        let changed = async {
+            match live.as_mut() {
+                Some(l) => {
+                    let _ = l.changed().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            m = rx.recv() => {
+                let m = m.ok_or_else(|| SessionError::Refused("connection closed".into()))?;
+                match on_client(m, &mut s, wr, &mut out, app).await? {
+                    Flow::Continue => {}
+                    Flow::Ended => return Ok(true),
+                    Flow::Exit => return Ok(false),
+                }
+            }
+            _ = changed => need_reload = true,
+            _ = tokio::time::sleep(POLL) => need_reload = true,
+        }
+    }
+}
+
+async fn reload(
+    shared: &Shared,
+    catalog: &Catalog,
+    tli: TimeLineId,
+    segno: u64,
+    mut reader: SegmentReader,
+) -> Result<SegmentReader, SessionError> {
+    let dir = shared.dir.clone();
+    let c = catalog.clone();
+    let (reader, result) = tokio::task::spawn_blocking(move || {
+        let r = reader.load(&dir, &c, tli, segno).map(|l| l.is_some());
+        (reader, r)
+    })
+    .await
+    .map_err(|e| SessionError::Refused(e.to_string()))?;
+    match result {
+        Ok(_) => Ok(reader),
+        Err(e) => {
+            tracing::error!("cannot serve segment {segno:X} of timeline {tli}: {e}");
+            Err(SessionError::Refused(e.to_string()))
+        }
+    }
+}
+
+fn log_positions(s: &Streamer, app: &str) {
+    let r = &s.reported;
+    tracing::info!(
+        application_name = %app,
+        sent = %s.sent,
+        write = %r.write,
+        flush = %r.flush,
+        apply = %r.apply,
+        lag_bytes = s.lag(),
+        xmin = ?r.xmin,
+        "standby \"{app}\": sent {}, write {}, flush {}, apply {}, lag {} bytes",
+        s.sent, r.write, r.flush, r.apply, s.lag()
+    );
+}
+
+async fn on_client(
+    m: Result<Frontend, WireError>,
+    s: &mut Streamer,
+    wr: &mut Wr,
+    out: &mut BytesMut,
+    app: &str,
+) -> Result<Flow, SessionError> {
+    let now = pg_now();
+    s.heard(now);
+    match m {
+        Ok(Frontend::CopyData(payload)) => match parse_standby(payload) {
+            Ok(msg) => {
+                if s.on_standby(&msg, now) {
+                    reply::keepalive(out, s.sent, now, false);
+                    write(wr, out).await?;
+                }
+                tracing::debug!(application_name = %app, "standby reply: {msg:?}");
+                Ok(Flow::Continue)
+            }
+            Err(e) => fatal(wr, sqlstate::PROTOCOL_VIOLATION, e.to_string())
+                .await
+                .map(|()| Flow::Exit),
+        },
+        Ok(Frontend::CopyDone) => {
+            s.client_copy_done(out);
+            write(wr, out).await?;
+            log_positions(s, app);
+            Ok(Flow::Ended)
+        }
+        Ok(Frontend::Terminate) => {
+            log_positions(s, app);
+            Ok(Flow::Exit)
+        }
+        Ok(Frontend::Other(t)) => fatal(
+            wr,
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("invalid standby message type \"{}\"", t as char),
+        )
+        .await
+        .map(|()| Flow::Exit),
+        Ok(Frontend::CopyFail) => Ok(Flow::Exit),
+        Ok(_) => fatal(
+            wr,
+            sqlstate::PROTOCOL_VIOLATION,
+            "unexpected message type in copy mode".into(),
+        )
+        .await
+        .map(|()| Flow::Exit),
+        Err(e) => fatal(wr, sqlstate::PROTOCOL_VIOLATION, e.to_string())
+            .await
+            .map(|()| Flow::Exit),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(listen_addr("5433").unwrap(), "127.0.0.1:5433");
+        assert_eq!(listen_addr(":5433").unwrap(), "127.0.0.1:5433");
+        assert_eq!(listen_addr("0.0.0.0:5433").unwrap(), "0.0.0.0:5433");
+        assert_eq!(listen_addr("[::1]:5433").unwrap(), "[::1]:5433");
+        assert!(listen_addr("host").is_err());
+    }
+
+    #[test]
+    fn passfile_lines() {
+        let v = Verifier::from_password("pw", b"salt", 4096);
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD;
+        let line = format!(
+            "rep:SCRAM-SHA-256$4096:{}${}:{}",
+            b.encode(&v.salt),
+            b.encode(v.stored_key),
+            b.encode(v.server_key)
+        );
+        let m = parse_passfile(&format!("# comment\n\n{line}\n")).unwrap();
+        assert_eq!(m.get("rep"), Some(&v));
+        assert!(parse_passfile("rep:md5abcdef")
+            .unwrap_err()
+            .contains("line 1"));
+        assert!(parse_passfile("nocolon").is_err());
+    }
+
+    #[test]
+    fn sasl_initial_response() {
+        let mut b = b"SCRAM-SHA-256\0".to_vec();
+        b.extend_from_slice(&5i32.to_be_bytes());
+        b.extend_from_slice(b"n,,ab");
+        assert_eq!(sasl_initial(&b), Some(&b"n,,ab"[..]));
+        b.push(0);
+        assert_eq!(sasl_initial(&b), None);
+        assert_eq!(sasl_initial(b"MD5\0\0\0\0\0"), None);
+    }
+}

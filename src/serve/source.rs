@@ -1,0 +1,233 @@
+//! The archive as the walsender sees it (IO): the [`Catalog`] (system
+//! identifier, major, sizes, newest timeline, its history and verified end)
+//! and the WAL of one segment, read through `walrcv restore`'s own reader
+//! ([`read_segment`]): the same plan, the same checks, every `-Z`
+//! compression, a `.partial` up to its last valid record, and never a
+//! set-aside divergent copy. WAL of an ancestor timeline's file past that
+//! timeline's switch point is never served as the new timeline's.
+//!
+//! Memory: one segment per client at a time, memory-mapped when stored
+//! uncompressed (page cache, shared between clients), decoded when
+//! compressed; never more however far behind the client is.
+
+use std::path::{Path, PathBuf};
+
+use crate::archive::inspect::read_prefix;
+use crate::archive::names::{ArchiveName, SegmentName};
+use crate::archive::{ArchiveDir, ArchiveError};
+use crate::lsn::{segment_start_lsn, wal_file_name, Lsn, SegNo, TimeLineId};
+use crate::tools::restore::{read_segment, RestoreError, SegmentBytes};
+use crate::wal::history::{parse_history, timeline_range, HistoryEntry};
+use crate::wal::page::{major_for_magic, PageHeader, LONG_HEADER_SIZE};
+
+use super::walsender::Catalog;
+
+/// Why the archive cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("the archive \"{0}\" holds no WAL segment with a valid long page header yet")]
+    Empty(PathBuf),
+    #[error("archive \"{}\": {source}", .dir.display())]
+    Archive { dir: PathBuf, source: ArchiveError },
+    #[error("the history file of timeline {0} is missing or does not parse: {1}")]
+    History(TimeLineId, String),
+    #[error(transparent)]
+    Read(#[from] RestoreError),
+    #[error("the WAL of \"{file}\" is from PostgreSQL page magic {magic:#06x}, which walrcv does not know")]
+    UnknownMagic { file: String, magic: u16 },
+}
+
+/// Identity and sizes from the first segment with a valid long header.
+fn identity(dir: &Path) -> Result<(u64, u32, u64, u32), SourceError> {
+    let archive_err = |e| SourceError::Archive {
+        dir: dir.to_owned(),
+        source: ArchiveError::io(dir, e),
+    };
+    for entry in std::fs::read_dir(dir).map_err(archive_err)? {
+        let entry = entry.map_err(archive_err)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ArchiveName::Segment { compression, .. } = ArchiveName::classify(name) else {
+            continue;
+        };
+        let Ok(bytes) = read_prefix(&entry.path(), compression, LONG_HEADER_SIZE) else {
+            continue;
+        };
+        let Some(header) = PageHeader::parse(&bytes) else {
+            continue;
+        };
+        let Some(long) = header.long else { continue };
+        let major = major_for_magic(header.magic).ok_or_else(|| SourceError::UnknownMagic {
+            file: name.to_owned(),
+            magic: header.magic,
+        })?;
+        return Ok((
+            long.system_id,
+            major,
+            u64::from(long.segment_size),
+            long.block_size,
+        ));
+    }
+    Err(SourceError::Empty(dir.to_owned()))
+}
+
+/// The history of `tli` from the archive (empty for timeline 1).
+pub fn history(dir: &Path, tli: TimeLineId) -> Result<Vec<HistoryEntry>, SourceError> {
+    if tli == 1 {
+        return Ok(Vec::new());
+    }
+    let content = history_file(dir, tli)
+        .ok_or_else(|| SourceError::History(tli, "no history file".into()))?;
+    parse_history(&content).map_err(|e| SourceError::History(tli, e.to_string()))
+}
+
+/// The raw content of `tli`'s history file, as TIMELINE_HISTORY sends it.
+pub fn history_file(dir: &Path, tli: TimeLineId) -> Option<Vec<u8>> {
+    ArchiveDir::for_reading(dir).ok()?.read_history(tli)
+}
+
+/// Reads the catalog. `live_end`: the verified and flushed end published
+/// by a receiver in the same process (`walrcv stream --serve`), which the
+/// served end never passes.
+pub fn catalog(dir: &Path, live_end: Option<(TimeLineId, Lsn)>) -> Result<Catalog, SourceError> {
+    let (system_id, major, segment_size, block_size) = identity(dir)?;
+    let scan =
+        ArchiveDir::scan_unlocked(dir, segment_size).map_err(|source| SourceError::Archive {
+            dir: dir.to_owned(),
+            source,
+        })?;
+    let newest_segment_tli = scan.segments.iter().map(|s| s.timeline).max().unwrap_or(1);
+    let timeline = scan
+        .histories
+        .iter()
+        .copied()
+        .chain([newest_segment_tli])
+        .max()
+        .unwrap_or(1);
+    let history = history(dir, timeline)?;
+    let mut catalog = Catalog {
+        system_id,
+        major,
+        segment_size,
+        block_size,
+        timeline,
+        end: Lsn(0),
+        history,
+    };
+    catalog.end = served_end(dir, &catalog, &scan.segments)?;
+    if let Some((tli, end)) = live_end {
+        if tli == catalog.timeline {
+            catalog.end = catalog.end.min(end);
+        }
+    }
+    Ok(catalog)
+}
+
+/// The end of the verified WAL on the catalog's timeline.
+fn served_end(
+    dir: &Path,
+    c: &Catalog,
+    segments: &[crate::archive::SegmentFile],
+) -> Result<Lsn, SourceError> {
+    let switch_in = c.history.last().map_or(Lsn(0), |e| e.switchpoint);
+    let Some(newest) = segments
+        .iter()
+        .filter(|s| s.timeline == c.timeline)
+        .map(|s| s.segno)
+        .max()
+    else {
+        return Ok(switch_in);
+    };
+    let mut reader = SegmentReader::default();
+    let end = match reader.load(dir, c, c.timeline, newest)? {
+        Some(loaded) => loaded.end,
+        None => segment_start_lsn(newest, c.segment_size),
+    };
+    Ok(end.max(switch_in))
+}
+
+/// One segment's verified WAL, loaded.
+pub struct Loaded {
+    pub segno: SegNo,
+    /// The timeline the stream is on (not necessarily the file's).
+    pub timeline: TimeLineId,
+    pub start: Lsn,
+    /// End of what may be sent from it.
+    pub end: Lsn,
+    /// Whether the whole segment is there (no need to read it again).
+    pub complete: bool,
+    bytes: SegmentBytes,
+}
+
+impl Loaded {
+    /// WAL from `from` to `to` (both inside `[start, end]`).
+    pub fn slice(&self, from: Lsn, to: Lsn) -> &[u8] {
+        let a = (from.0 - self.start.0) as usize;
+        let b = (to.0 - self.start.0) as usize;
+        self.bytes.valid().get(a..b).unwrap_or(&[])
+    }
+}
+
+/// A client's segment reader: holds at most one segment.
+#[derive(Default)]
+pub struct SegmentReader {
+    pub current: Option<Loaded>,
+}
+
+impl SegmentReader {
+    /// Loads segment `segno` of timeline `tli`'s history from the file of
+    /// `tli` or, failing that, of the ancestor the segment belongs to.
+    /// `None`: the archive has no file for it (yet).
+    pub fn load(
+        &mut self,
+        dir: &Path,
+        c: &Catalog,
+        tli: TimeLineId,
+        segno: SegNo,
+    ) -> Result<Option<&Loaded>, SourceError> {
+        let start = segment_start_lsn(segno, c.segment_size);
+        let seg_end = Lsn(start.0 + c.segment_size);
+        // Candidate file timelines, newest first: `tli` itself, then its
+        // ancestors whose range overlaps the segment.
+        let mut candidates = vec![tli];
+        for e in c.history.iter().rev() {
+            if e.parent < tli {
+                candidates.push(e.parent);
+            }
+        }
+        for file_tli in candidates {
+            let Some((from, until)) = timeline_range(&c.history, c.timeline, file_tli) else {
+                continue;
+            };
+            if from >= seg_end || until.is_some_and(|u| u <= start) && file_tli != tli {
+                continue;
+            }
+            let Some(name) = SegmentName::parse(&wal_file_name(file_tli, segno, c.segment_size))
+            else {
+                continue;
+            };
+            let Some(bytes) = read_segment(dir, &name)? else {
+                continue;
+            };
+            let mut end = Lsn(start.0 + bytes.valid().len() as u64);
+            // An ancestor's file past its switch point is a divergent tail.
+            if file_tli != tli {
+                if let Some(u) = until {
+                    end = end.min(u);
+                }
+            }
+            let complete = end == seg_end;
+            self.current = Some(Loaded {
+                segno,
+                timeline: tli,
+                start,
+                end,
+                complete,
+                bytes,
+            });
+            return Ok(self.current.as_ref());
+        }
+        self.current = None;
+        Ok(None)
+    }
+}
