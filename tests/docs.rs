@@ -16,6 +16,7 @@ const CHAPTERS: &[(&str, &str)] = &[
     ("status", "status.md"),
     ("restore", "restore.md"),
     ("cleanup", "cleanup.md"),
+    ("serve", "serve.md"),
     ("generate-assets", "production.md"),
 ];
 
