@@ -415,3 +415,6 @@ pub fn closing(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
