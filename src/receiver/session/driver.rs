@@ -95,9 +95,9 @@ impl Stream<'_> {
                 }
             };
             self.machine.handle(event);
-            loop {
+            let until = loop {
                 let event = match self.machine.poll() {
-                    Action::Wait { .. } => break,
+                    Action::Wait { until } => break until,
                     Action::End(end) => return Ok(end),
                     Action::Fail(e) => return Err(e),
                     Action::Send(status) => {
@@ -124,10 +124,10 @@ impl Stream<'_> {
                     },
                 };
                 self.machine.handle(event);
-            }
+            };
             // After a timer: re-armed at the next deadline. After a batch:
             // only sooner (the timers were just checked).
-            let deadline = self.deadline();
+            let deadline = with_watchdog(until);
             if fired || deadline < timer.deadline() {
                 timer.as_mut().reset(deadline);
             }
@@ -137,9 +137,7 @@ impl Stream<'_> {
     /// The policy's next deadline, or the watchdog's when sooner (an idle
     /// stream still pings it).
     fn deadline(&self) -> tokio::time::Instant {
-        let policy = self.machine.deadline();
-        let next = service::watchdog_deadline().map_or(policy, |w| w.min(policy));
-        tokio::time::Instant::from_std(next)
+        with_watchdog(self.machine.deadline())
     }
 
     fn tick(&mut self) -> Event {
@@ -259,6 +257,13 @@ async fn say_goodbye(
         }
         LoopEnd::ServerClosed => Err(ReceiverError::StreamEnded),
     }
+}
+
+/// `until`, or the watchdog's deadline when sooner (an idle stream still
+/// pings it).
+fn with_watchdog(until: std::time::Instant) -> tokio::time::Instant {
+    let next = service::watchdog_deadline().map_or(until, |w| w.min(until));
+    tokio::time::Instant::from_std(next)
 }
 
 fn now() -> std::time::Instant {
