@@ -771,3 +771,18 @@ async fn set_aside_at_switch(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PromptedPassword;
+
+    #[test]
+    fn a_prompted_password_is_never_shown() {
+        let prompted = PromptedPassword::default();
+        assert_eq!(format!("{prompted:?}"), "PromptedPassword(\"none\")");
+        prompted.0.set("hunter2".into()).unwrap();
+        let shown = format!("{prompted:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("given"), "{shown}");
+    }
+}
