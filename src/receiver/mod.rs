@@ -119,14 +119,16 @@ pub async fn run(
     // A record begun in the archive that failed verification last session.
     let mut suspect = None;
     let mut hosts = hosts::HostOrder::new(opts.conn.targets.clone());
+    // A password typed at the prompt serves every later session.
+    let prompted = session::PromptedPassword::default();
     loop {
         if *shutdown.borrow() {
             return Ok(Outcome::Stopped);
         }
-        let mut streamed = false;
         let started = std::time::Instant::now();
         opts.conn.targets = hosts.order();
-        let result = session::run_session(&mut opts, &archive, &mut shutdown, &mut streamed).await;
+        let session::SessionEnd { result, streamed } =
+            session::run_session(&opts, &archive, &mut shutdown, &prompted).await;
         // Before anything else: the next session must not trust what a
         // failed fsync concerned (see `archive::taint`).
         if let Some(failed) = result.as_ref().err().and_then(ReceiverError::archive_error) {

@@ -4,15 +4,21 @@
 //! SIGKILL / power loss / promotion (timeline switch), under every `-Z`
 //! method, against synthetic WAL with real CRCs.
 //!
-//! The harness plays the session (`receiver::session`) step by step, with the
-//! same calls in the same order: `ArchiveDir::prepare_start`,
-//! `Scan::streaming_start`, `lineage::decide` and `set_aside_divergent` when
-//! the archive's timeline is not the server's, `write_history`,
-//! `resume_verifier`, `WalSink::new`, then per batch `write` (with
-//! `complete_filled` and a status after each filled segment), `sync` and
-//! `Feedback::after_sync`; `close` and `final_status` when a stream ends;
-//! the in-session timeline switch (`CopyDone` at the switch point) keeps the
-//! connection's `Feedback`. Any error ends the session as `close_stream` does.
+//! The harness plays the session (`receiver::session`) with its real code
+//! and only the IO done by hand (synchronously): `ArchiveDir::prepare_start`,
+//! `Scan::streaming_start`, then the session's own steps
+//! (`receiver::session::steps`: the slot's start, the lineage decision in
+//! its steps with `set_aside_divergent` where they say), `write_history`,
+//! `resume_verifier`, `WalSink::new`; each batch goes through the real
+//! receive loop (`receiver::session::machine::StreamMachine`), whose sink
+//! actions are done by the driver's own `on_sink` (write, a status after a
+//! filled segment, `complete_filled`, `sync`, the status); a stream ends
+//! through `steps::closing` (`close`, then the final status or none); the
+//! in-session timeline switch (`CopyDone` at the switch point) goes through
+//! `steps::check_next_timeline`, `steps::tail_at_switch` and
+//! `steps::switch_timeline` and keeps the connection's `Feedback`. Any
+//! error ends the session as the session does, and a failed fsync is
+//! recorded as the supervisor does.
 //!
 //! Invariants checked (`docs/src/fault-model.md`, "Durability invariants"):
 //! 1. every status sent has flush ≤ write, and flush ≤ the end of the WAL of
@@ -41,9 +47,15 @@ use proptest::prelude::*;
 use super::*;
 use crate::archive::names::ArchiveName;
 use crate::archive::simfs::SimFs;
-use crate::archive::{ArchiveDir, PrepareError, Resume, Scan};
+use crate::archive::{ArchiveDir, PrepareError, Resume, Scan, StartPoint};
+use crate::pgwire::BackendMessage;
 use crate::receiver::feedback::{Feedback, FeedbackConfig, Status};
-use crate::receiver::lineage::{self, ArchiveEnd, Decision, ServerLineage};
+use crate::receiver::lineage::ServerLineage;
+use crate::receiver::session::driver::on_sink;
+use crate::receiver::session::machine::{self as m, MachineConfig, StreamMachine};
+use crate::receiver::session::steps::{self, Closing, LineageStep, LoopEnd, Start};
+use crate::receiver::ReceiverError;
+use crate::replication::SlotInfo;
 use crate::wal::history::HistoryEntry;
 use crate::wal::verifier::tests::Builder;
 
@@ -253,6 +265,8 @@ struct Connection {
     link: Link,
     sink: WalSink,
     timeline: TimeLineId,
+    /// Where its stream started.
+    start: Lsn,
 }
 
 /// What outlives a stream on one connection: the policy and the last
@@ -337,11 +351,11 @@ impl Harness {
             Action::Receive(kib, kill) => self.receive(u64::from(kib) * 1024, kill, false),
             Action::Corrupt(kib) => self.receive(u64::from(kib) * 1024, false, true),
             Action::CopyIn => {
-                self.end_stream(None);
+                self.end_stream(Ok(LoopEnd::Signal));
                 self.copy_in();
             }
             Action::ZeroPartial => {
-                self.end_stream(None);
+                self.end_stream(Ok(LoopEnd::Signal));
                 let segno = self.server.end.segment_number(SEG);
                 let tli = self.server.timeline;
                 let path = self
@@ -355,14 +369,12 @@ impl Harness {
             Action::Keepalive(reply) => {
                 if self.connected() {
                     let end = self.available();
-                    let conn = self.conn.as_mut().unwrap();
-                    conn.sink.server_has(end);
-                    self.end_batch(reply);
+                    self.batch(keepalive_message(end, reply), false);
                 }
             }
             Action::FailFileSyncs(n) => self.sim.fail_file_syncs(n),
             Action::FailDirSync => self.sim.fail_dir_syncs(1),
-            Action::Disconnect => self.end_stream(None),
+            Action::Disconnect => self.end_stream(Err(ReceiverError::StreamEnded)),
             Action::Kill => self.kill(),
             Action::PowerLoss => {
                 self.kill();
@@ -500,90 +512,83 @@ impl Harness {
                 self.log.push(format!("bit flipped at {lsn}"));
             }
         }
-        let conn = self.conn.as_mut().unwrap();
-        conn.sink.server_has(available);
-        if let Err(e) = self.write(at, &data) {
-            self.end_stream(Some(e));
+        self.batch(xlogdata_message(at, available, &data), kill);
+    }
+
+    /// One batch through the real receive loop ([`StreamMachine`]): `msg`,
+    /// then nothing more readable. The sink's actions are done by the
+    /// driver's own [`on_sink`], each status sent is checked. With `kill`,
+    /// SIGKILL when the batch's fsync is due (after its writes: the page
+    /// cache keeps them).
+    fn batch(&mut self, msg: BackendMessage, kill: bool) {
+        let Some(mut conn) = self.conn.take() else {
             return;
-        }
-        if kill {
-            self.kill();
-            return;
-        }
-        self.end_batch(false);
-    }
-
-    /// `Stream::wal`: a filled segment is reported, renamed, reported.
-    fn write(&mut self, start: Lsn, data: &[u8]) -> Result<(), SinkError> {
-        let mut at = start;
-        let mut rest = data;
-        while !rest.is_empty() {
-            let conn = self.conn.as_mut().unwrap();
-            let n = conn.sink.write(at, rest)?;
-            at = Lsn(at.0 + n as u64);
-            rest = &rest[n..];
-            if conn.sink.has_filled_segment() {
-                self.report(false);
-                let conn = self.conn.as_mut().unwrap();
-                conn.sink.complete_filled()?;
-                self.report(false);
-            }
-        }
-        Ok(())
-    }
-
-    /// End of a batch: sync, then a status if flush advanced or asked for.
-    fn end_batch(&mut self, reply: bool) {
-        let conn = self.conn.as_mut().unwrap();
-        if let Err(e) = conn.sink.sync() {
-            self.end_stream(Some(e));
-            return;
-        }
-        self.report(reply);
-    }
-
-    fn report(&mut self, reply: bool) {
-        let conn = self.conn.as_mut().unwrap();
-        let positions = conn.sink.positions();
-        if let Some(status) = conn
-            .link
-            .feedback
-            .after_sync(Instant::now(), positions, reply)
-        {
-            self.sent(status);
+        };
+        let Connection { link, sink, .. } = &mut conn;
+        let Link { feedback, last } = link;
+        let config = MachineConfig {
+            endpos: None,
+            start: sink.position(),
+            receive_timeout: feedback_config().receive_timeout,
+            target: "the server".into(),
+        };
+        let mut machine = StreamMachine::new(config, feedback);
+        machine.handle(m::Event::Arrived {
+            msg,
+            at: Instant::now(),
+        });
+        let failed = loop {
+            let event = match machine.poll() {
+                // The batch is over; the timers are not this test's.
+                m::Action::Wait { .. } | m::Action::Tick => break None,
+                m::Action::Sync if kill => break Some(None),
+                m::Action::Send(status) => {
+                    self.sent_on(last, status);
+                    continue;
+                }
+                m::Action::ReadMore => m::Event::Drained,
+                m::Action::Fail(e) => break Some(Some(e)),
+                m::Action::End(end) => panic!("the stream ended ({end:?}) in a batch of WAL"),
+                action => match on_sink(sink, action) {
+                    Some(event) => event,
+                    None => continue,
+                },
+            };
+            machine.handle(event);
+        };
+        self.conn = Some(conn);
+        match failed {
+            None => {}
+            Some(None) => self.kill(),
+            Some(Some(e)) => self.end_stream(Err(e)),
         }
     }
 
-    /// `close_stream`: the sink is closed whatever ended the stream, and its
-    /// positions are reported if the close succeeded.
-    fn end_stream(&mut self, error: Option<SinkError>) {
+    /// The stream's close as the session does it ([`steps::closing`]), and
+    /// the session's end.
+    fn end_stream(&mut self, result: Result<LoopEnd, ReceiverError>) {
         let Some(Connection { mut link, sink, .. }) = self.conn.take() else {
             return;
         };
-        match sink.close() {
-            Ok(positions) => {
-                let status = link.feedback.final_status(Instant::now(), positions);
-                self.sent_on(&mut link, status);
+        let closed = sink.close();
+        match steps::closing(result, closed, &mut link.feedback, Instant::now()) {
+            Closing::Report { status, .. } => self.sent_on(&mut link.last, status),
+            Closing::Goodbye { status, error } => {
+                self.sent_on(&mut link.last, status);
+                self.session_failed(error);
             }
-            Err(close) => {
-                // `close_stream`: a failed fsync of the close is what the
-                // session ends with, and is recorded.
-                if let (Some(archive), Some(failed)) =
-                    (self.archive.as_ref(), sink_archive_error(&close))
-                {
-                    archive.record_fsync_failure(failed);
-                }
-                self.log.push(format!("close failed: {close}"));
-            }
+            Closing::Fail(e) => self.session_failed(e),
+            Closing::TimelineEnded => panic!("a timeline ended outside a promotion"),
         }
-        if let Some(e) = error {
-            // `receiver::run`: the next session must not trust what a
-            // failed fsync concerned (`archive::taint`).
-            if let (Some(archive), Some(failed)) = (self.archive.as_ref(), sink_archive_error(&e)) {
-                archive.record_fsync_failure(failed);
-            }
-            self.log.push(format!("session ended: {e}"));
+    }
+
+    /// `receiver::run`: the next session must not trust what a failed fsync
+    /// concerned (`archive::taint`).
+    fn session_failed(&mut self, e: ReceiverError) {
+        if let (Some(archive), Some(failed)) = (self.archive.as_ref(), e.archive_error()) {
+            archive.record_fsync_failure(failed);
         }
+        self.log.push(format!("session ended: {e}"));
     }
 
     fn sink_config(&self, start: Lsn, timeline: TimeLineId, from_archive: bool) -> SinkConfig {
@@ -603,29 +608,46 @@ impl Harness {
     }
 
     /// The in-session switch (`CopyEnd::TimelineEnded`): the stream is
-    /// closed, a divergent tail is set aside, the next stream starts on the
-    /// new timeline with the same `Feedback`.
+    /// closed with no status, the next timeline is checked, a divergent tail
+    /// is set aside, the next stream starts on the new timeline with the same
+    /// `Feedback`: all through the session's steps.
     fn switch_timeline(&mut self) {
-        let Some(Connection { mut link, sink, .. }) = self.conn.take() else {
+        let Some(Connection {
+            mut link,
+            sink,
+            timeline,
+            start,
+        }) = self.conn.take()
+        else {
             return;
         };
         let received = sink.position();
-        // `close_stream` after the server's CopyDone: closed, no status.
-        match sink.close() {
-            Ok(_) => {}
-            Err(e) => {
-                self.log.push(format!("close at the switch failed: {e}"));
-                return;
-            }
+        let closed = sink.close();
+        match steps::closing(
+            Ok(LoopEnd::ServerCopyDone),
+            closed,
+            &mut link.feedback,
+            Instant::now(),
+        ) {
+            Closing::TimelineEnded => {}
+            Closing::Fail(e) => return self.session_failed(e),
+            other => panic!("the end of a timeline closed as {other:?}"),
         }
         let switch = Lsn(self.world.switch);
+        let current = StartPoint {
+            lsn: start,
+            timeline,
+        };
+        if let Err(e) = steps::check_next_timeline(current, 2, switch, received) {
+            return self.session_failed(e);
+        }
         let archive = self.archive.as_ref().unwrap();
         let aside = archive.scan(SEG).map_err(SinkError::from).and_then(|scan| {
             let in_archive = archive
-                .wal_end_on(&scan, 1, SEG)?
+                .wal_end_on(&scan, timeline, SEG)?
                 .map_or(Lsn::INVALID, |e| e.end);
-            if received.max(in_archive) > switch {
-                archive.set_aside_divergent(&scan, 1, switch, SEG, true)?;
+            if let Some(tail) = steps::tail_at_switch(timeline, received, in_archive, 2, switch) {
+                archive.set_aside_divergent(&scan, tail.timeline, tail.switchpoint, SEG, true)?;
             }
             Ok(())
         });
@@ -633,7 +655,7 @@ impl Harness {
             self.log.push(format!("set aside failed: {e}"));
             return;
         }
-        link.feedback.timeline_switched(switch);
+        let next = steps::switch_timeline(&mut link.feedback, 2, switch, SEG);
         // Invariant 3 holds within a timeline: at the switch the positions
         // go back to the switch point once (what was past it is the old
         // timeline's, never the new one's).
@@ -642,8 +664,7 @@ impl Harness {
             flush: last.flush.min(switch),
             ..last
         });
-        let start = switch.segment_start(SEG);
-        match self.start_stream(start, 2, false) {
+        match self.start_stream(next) {
             Some(sink) => {
                 let status = link
                     .feedback
@@ -651,7 +672,8 @@ impl Harness {
                 self.conn = Some(Connection {
                     link,
                     sink,
-                    timeline: 2,
+                    timeline: next.point.timeline,
+                    start: next.point.lsn,
                 });
                 self.sent(status);
             }
@@ -660,12 +682,14 @@ impl Harness {
     }
 
     /// `history file if needed`, `resume_verifier`, `WalSink::new`.
-    fn start_stream(
-        &mut self,
-        start: Lsn,
-        timeline: TimeLineId,
-        from_archive: bool,
-    ) -> Option<WalSink> {
+    fn start_stream(&mut self, start: Start) -> Option<WalSink> {
+        let Start {
+            point: StartPoint {
+                lsn: start,
+                timeline,
+            },
+            from_archive,
+        } = start;
         let archive = self.archive.as_ref().unwrap();
         if timeline != 1 && !archive.has_history(timeline) {
             let content = format!(
@@ -717,17 +741,21 @@ impl Harness {
                 return;
             }
         };
-        let (start, timeline, from_archive) = match self.start_point(&scan) {
+        let start = match self.start_point(&scan) {
             Ok(s) => s,
             Err(e) => {
                 self.log.push(format!("start point: {e}"));
                 return;
             }
         };
+        if let Err(e) = steps::check_start_timeline(start.point, self.server.timeline) {
+            return self.session_failed(e);
+        }
         self.log.push(format!(
-            "connect: start {start} timeline {timeline} from_archive {from_archive}"
+            "connect: start {} timeline {} from_archive {}",
+            start.point.lsn, start.point.timeline, start.from_archive
         ));
-        let Some(sink) = self.start_stream(start, timeline, from_archive) else {
+        let Some(sink) = self.start_stream(start) else {
             return;
         };
         let mut feedback = Feedback::new(feedback_config(), Instant::now());
@@ -738,75 +766,97 @@ impl Harness {
                 last: None,
             },
             sink,
-            timeline,
+            timeline: start.point.timeline,
+            start: start.point.lsn,
         });
         self.sent(status);
     }
 
-    fn start_point(&self, scan: &Scan) -> Result<(Lsn, TimeLineId, bool), ArchiveError> {
+    /// `start_point` and `follow_lineage` of the session, with their steps.
+    fn start_point(&self, scan: &Scan) -> Result<Start, ReceiverError> {
         let archive = self.archive.as_ref().unwrap();
-        let Some(point) = scan.streaming_start(SEG) else {
-            // Nothing in the archive: timeline 1 from its beginning (a
-            // slot's restart_lsn).
-            return Ok((Lsn(S0), 1, false));
+        let io = |source| ReceiverError::ArchiveIo {
+            doing: "read the archive",
+            source,
         };
-        if point.timeline == self.server.timeline {
-            // `set_aside_older_tails`: an older timeline's file past its
-            // switch point is set aside even when the newest is the server's.
-            if point.timeline == 2 {
-                let switch = Lsn(self.world.switch);
-                let end = archive.wal_end_on(scan, 1, SEG)?;
-                if end.is_some_and(|e| e.end > switch) {
-                    archive.set_aside_divergent(scan, 1, switch, SEG, true)?;
+        let Some(point) = scan.streaming_start(SEG) else {
+            // Nothing in the archive: a slot's restart_lsn, timeline 1
+            // from its beginning.
+            let slot = SlotInfo {
+                slot_type: Some("physical".into()),
+                restart_lsn: Some(Lsn(S0)),
+                restart_tli: Some(1),
+            };
+            return Ok(
+                steps::slot_start("walrcv", &slot, SEG)?.expect("the slot has a restart_lsn")
+            );
+        };
+        let end = if steps::must_measure_end(point, self.server.timeline) {
+            archive
+                .wal_end(scan, SEG)
+                .map_err(io)?
+                .map_or(point.lsn, |e| e.end)
+        } else {
+            point.lsn
+        };
+        let history = self.world.history();
+        let lineage = ServerLineage {
+            timeline: self.server.timeline,
+            history: if self.server.timeline == 1 {
+                &[]
+            } else {
+                &history
+            },
+        };
+        let decision = steps::lineage_decision(point, end, None, lineage);
+        if steps::checks_older_tails(&decision) {
+            for timeline in steps::older_timelines_to_measure(scan, point.timeline, lineage, SEG) {
+                let Some(end) = archive.wal_end_on(scan, timeline, SEG).map_err(io)? else {
+                    continue;
+                };
+                if let Some(tail) = steps::older_tail(end, lineage) {
+                    archive
+                        .set_aside_divergent(scan, tail.timeline, tail.switchpoint, SEG, true)
+                        .map_err(io)?;
                 }
             }
-            return Ok((point.lsn, point.timeline, true));
         }
-        let end = archive.wal_end(scan, SEG)?.map_or(point.lsn, |e| e.end);
-        let history = self.world.history();
-        let decision = lineage::decide(
-            ArchiveEnd {
-                timeline: point.timeline,
-                end,
-            },
-            None,
-            ServerLineage {
-                timeline: self.server.timeline,
-                history: &history,
-            },
-        );
-        match decision {
-            Decision::Continue { .. } => Ok((point.lsn, point.timeline, true)),
-            Decision::Diverged {
-                timeline,
-                switchpoint,
-                next,
-                ..
-            } => {
-                archive.set_aside_divergent(scan, timeline, switchpoint, SEG, true)?;
-                Ok((switchpoint.segment_start(SEG), next, false))
+        match steps::lineage_step(
+            decision,
+            point,
+            end,
+            "the server",
+            self.server.timeline,
+            SEG,
+        ) {
+            LineageStep::Resume(start) => Ok(start),
+            LineageStep::SetAsideThenStart { tail, start } => {
+                archive
+                    .set_aside_divergent(scan, tail.timeline, tail.switchpoint, SEG, true)
+                    .map_err(io)?;
+                Ok(start)
             }
-            other => panic!("unexpected lineage decision {other:?}"),
+            LineageStep::Refuse(e) => panic!("the server refused: {e}"),
         }
     }
 
     /// A status update goes to the server: invariants 1 and 3.
     fn sent(&mut self, status: Status) {
         let mut conn = self.conn.take().unwrap();
-        self.sent_on(&mut conn.link, status);
+        self.sent_on(&mut conn.link.last, status);
         self.conn = Some(conn);
     }
 
     /// [`Harness::sent`] on a connection taken out of the harness.
-    fn sent_on(&mut self, link: &mut Link, status: Status) {
+    fn sent_on(&mut self, last_sent: &mut Option<Status>, status: Status) {
         assert!(status.flush <= status.write, "flush past write: {status:?}");
-        if let Some(last) = link.last {
+        if let Some(last) = *last_sent {
             assert!(
                 status.flush >= last.flush && status.write >= last.write,
                 "positions went backwards on one connection: {last:?} then {status:?}"
             );
         }
-        link.last = Some(status);
+        *last_sent = Some(status);
         self.log.push(format!(
             "status write {} flush {}",
             status.write, status.flush
@@ -1256,10 +1306,23 @@ mod shrunk {
     }
 }
 
-/// The archive error behind a sink error, as `ReceiverError::archive_error`.
-fn sink_archive_error(e: &SinkError) -> Option<&ArchiveError> {
-    match e {
-        SinkError::Archive(e) | SinkError::Write { source: e, .. } => Some(e),
-        _ => None,
-    }
+/// An XLogData message as the server sends it.
+fn xlogdata_message(start: Lsn, wal_end: Lsn, data: &[u8]) -> BackendMessage {
+    let mut p = bytes::BytesMut::with_capacity(25 + data.len());
+    bytes::BufMut::put_u8(&mut p, b'w');
+    bytes::BufMut::put_u64(&mut p, start.0);
+    bytes::BufMut::put_u64(&mut p, wal_end.0);
+    bytes::BufMut::put_i64(&mut p, 0);
+    bytes::BufMut::put_slice(&mut p, data);
+    BackendMessage::CopyData(p.freeze())
+}
+
+/// A keepalive as the server sends it.
+fn keepalive_message(wal_end: Lsn, reply_requested: bool) -> BackendMessage {
+    let mut p = bytes::BytesMut::with_capacity(18);
+    bytes::BufMut::put_u8(&mut p, b'k');
+    bytes::BufMut::put_u64(&mut p, wal_end.0);
+    bytes::BufMut::put_i64(&mut p, 0);
+    bytes::BufMut::put_u8(&mut p, u8::from(reply_requested));
+    BackendMessage::CopyData(p.freeze())
 }
