@@ -12,6 +12,10 @@ pub mod gap;
 pub mod hosts;
 pub mod lineage;
 mod options;
+// The sink's property test drives the session's real steps, so it sits beside
+// both rather than inside the sink (no file cycle sink <-> session).
+#[cfg(test)]
+mod proptests;
 pub mod session;
 pub mod sink;
 pub mod slots;

@@ -543,6 +543,4 @@ impl Preparer {
 }
 
 #[cfg(test)]
-mod proptests;
-#[cfg(test)]
 mod tests;

@@ -44,10 +44,13 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::*;
+use super::sink::*;
+use crate::archive::compress_spec::CompressionSpec;
 use crate::archive::names::ArchiveName;
+use crate::archive::names::Compression;
 use crate::archive::simfs::SimFs;
 use crate::archive::{ArchiveDir, PrepareError, Resume, Scan, StartPoint};
+use crate::lsn::{wal_file_name, Lsn, SegNo, TimeLineId};
 use crate::pgwire::BackendMessage;
 use crate::receiver::feedback::{Feedback, FeedbackConfig, Status};
 use crate::receiver::lineage::ServerLineage;
@@ -58,6 +61,7 @@ use crate::receiver::ReceiverError;
 use crate::replication::SlotInfo;
 use crate::wal::history::HistoryEntry;
 use crate::wal::verifier::tests::Builder;
+use crate::wal::{Verifier, VerifierConfig};
 
 const SEG: u64 = 1 << 20;
 /// Where the archive begins.
