@@ -13,7 +13,7 @@ use crate::wal::VerifyError;
 
 use super::backoff::FailureKind;
 use super::classify::{self, ServerFault, StartFacts};
-use super::{exit, gap, SinkError, StreamOptions};
+use super::{exit, SinkError};
 
 /// Why a session or the whole run failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,7 @@ pub enum ReceiverError {
         /// What walrcv asked for, when the error answered START_REPLICATION.
         facts: Option<StartFacts>,
         /// For [`ServerFault::WalRemoved`]: where the WAL the server still
-        /// has begins (see [`gap`]), when found.
+        /// has begins (see [`super::gap`]), when found.
         oldest_available: Option<Lsn>,
     },
     #[error(
@@ -176,7 +176,11 @@ pub(crate) fn refine_at_start(error: ReceiverError, facts: &StartFacts) -> Recei
 
 /// For WAL removed mid-stream, the missing WAL starts at the segment the
 /// server names (past the session's start point), not at the start point.
-fn missing_from(fault: ServerFault, message: &ServerMessage, facts: &StartFacts) -> StartFacts {
+pub(super) fn missing_from(
+    fault: ServerFault,
+    message: &ServerMessage,
+    facts: &StartFacts,
+) -> StartFacts {
     let named = (fault == ServerFault::WalRemoved)
         .then(|| {
             classify::removed_segment_start(&message.message, facts.timeline, facts.segment_size)
@@ -427,34 +431,6 @@ pub(super) fn repeated_in_archive(
         ),
         hint: CORRUPT_ARCHIVE_HINT.into(),
         path,
-    }
-}
-
-/// For WAL the server removed: finds where the WAL it still has begins, so
-/// the error names the whole missing range.
-pub(super) async fn with_missing_range(
-    error: ReceiverError,
-    opts: &StreamOptions,
-) -> ReceiverError {
-    match error {
-        ReceiverError::ServerFault {
-            fault: ServerFault::WalRemoved,
-            target,
-            message,
-            facts: Some(facts),
-            oldest_available: None,
-        } => ReceiverError::ServerFault {
-            fault: ServerFault::WalRemoved,
-            oldest_available: gap::oldest_available(
-                &opts.conn,
-                &missing_from(ServerFault::WalRemoved, &message, &facts),
-            )
-            .await,
-            target,
-            message,
-            facts: Some(facts),
-        },
-        other => other,
     }
 }
 

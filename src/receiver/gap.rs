@@ -11,9 +11,11 @@
 
 use std::time::Duration;
 
+use super::classify::ServerFault;
 use super::classify::{StartFacts, UNDEFINED_FILE};
+use super::error::missing_from;
 use super::lineage;
-use super::ReceiverError;
+use super::{ReceiverError, StreamOptions};
 use crate::conninfo::ConnParams;
 use crate::lsn::{Lsn, SegNo, TimeLineId};
 use crate::pgwire::{BackendMessage, Connection};
@@ -151,6 +153,34 @@ async fn read_until_ready(conn: &mut Connection) -> Result<(), ReceiverError> {
         if let BackendMessage::ReadyForQuery = conn.read_message().await? {
             return Ok(());
         }
+    }
+}
+
+/// For WAL the server removed: finds where the WAL it still has begins, so
+/// the error names the whole missing range.
+pub(super) async fn with_missing_range(
+    error: ReceiverError,
+    opts: &StreamOptions,
+) -> ReceiverError {
+    match error {
+        ReceiverError::ServerFault {
+            fault: ServerFault::WalRemoved,
+            target,
+            message,
+            facts: Some(facts),
+            oldest_available: None,
+        } => ReceiverError::ServerFault {
+            fault: ServerFault::WalRemoved,
+            oldest_available: oldest_available(
+                &opts.conn,
+                &missing_from(ServerFault::WalRemoved, &message, &facts),
+            )
+            .await,
+            target,
+            message,
+            facts: Some(facts),
+        },
+        other => other,
     }
 }
 

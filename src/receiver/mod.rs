@@ -31,8 +31,8 @@ use crate::lsn::Lsn;
 
 use backoff::Backoff;
 pub(crate) use error::refine_at_start;
-use error::with_missing_range;
 pub use error::ReceiverError;
+use gap::with_missing_range;
 pub use options::conn_overrides;
 pub use sink::SinkError;
 
