@@ -62,6 +62,7 @@ pub mod lazyfs;
 mod process;
 pub mod proxy;
 mod recovery;
+pub mod seaweed;
 mod walfiles;
 
 pub use process::*;

@@ -16,6 +16,7 @@
 //! - [`serve`]: reading, decompressing, checking and writing `%p` (IO).
 
 pub mod plan;
+pub mod remote;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -52,13 +53,27 @@ pub struct RestoreArgs {
     #[arg(value_name = "PATH")]
     pub path: PathBuf,
     /// The archive directory (where walrcv stream or pg_receivewal writes).
-    #[arg(short = 'D', long = "directory", value_name = "DIR")]
-    pub directory: PathBuf,
+    #[arg(
+        short = 'D',
+        long = "directory",
+        value_name = "DIR",
+        required_unless_present = "from"
+    )]
+    pub directory: Option<PathBuf>,
+    /// The object store (s3://BUCKET/PREFIX), asked after -D when both are
+    /// given; configured from the AWS_* environment.
+    #[arg(long = "from", value_name = "URL")]
+    pub from: Option<String>,
 }
 
 /// Runs the command; returns its exit status.
 pub fn run(args: &RestoreArgs) -> i32 {
-    match restore(&args.directory, &args.file, &args.path) {
+    let result = match (&args.from, &args.directory) {
+        (Some(url), dir) => run_remote(url, dir.as_deref(), args),
+        (None, Some(dir)) => restore(dir, &args.file, &args.path).map_err(|e| e.to_string()),
+        (None, None) => Err("one of -D and --from is needed".to_string()),
+    };
+    match result {
         Ok(Served::File {
             from,
             valid_end,
@@ -92,4 +107,20 @@ pub fn run(args: &RestoreArgs) -> i32 {
             status::REFUSED
         }
     }
+}
+
+/// `--from`: the bucket tier, on a runtime of its own.
+fn run_remote(
+    url: &str,
+    dir: Option<&std::path::Path>,
+    args: &RestoreArgs,
+) -> Result<Served, String> {
+    let store = crate::objstore::Store::from_env(url).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("could not start the runtime: {e}"))?;
+    runtime
+        .block_on(remote::restore_from(&store, dir, &args.file, &args.path))
+        .map_err(|e| e.to_string())
 }

@@ -1,0 +1,285 @@
+//! `walrcv stream --upload` and `walrcv restore --from` against a real
+//! object store (SeaweedFS, tests/support/seaweed.rs) and real PostgreSQL:
+//! point-in-time recovery from the bucket alone (the local archive deleted)
+//! with every acknowledged commit back, the last ones only in the uploaded
+//! `.partial`, for every `-Z` method; a conflicting object is never
+//! overwritten.
+
+use std::path::Path;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
+
+use crate::support::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
+use crate::support::{
+    parse_lsn, wait_until, walrcv_bin, walrcv_command, BackgroundProcess, PgServer, Recovery,
+};
+
+const APP: &str = "walrcv_a";
+const RECOVERY_LIMIT: Duration = Duration::from_secs(120);
+
+fn start_uploading_receiver(
+    pg: &PgServer,
+    weed: &Seaweed,
+    dir: &Path,
+    prefix: &str,
+    compress: Option<&str>,
+) -> BackgroundProcess {
+    let conn = format!("{} application_name={APP}", pg.conninfo());
+    let mut cmd = walrcv_command();
+    cmd.args(["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-v"])
+        .args([
+            "--upload",
+            &weed.url(prefix),
+            "--upload-partial-interval",
+            "1",
+        ])
+        .args(["--upload-receiver-id", APP]);
+    if let Some(c) = compress {
+        cmd.args(["-Z", c]);
+    }
+    weed.apply(&mut cmd);
+    let mut rcv = BackgroundProcess::spawn(cmd);
+    wait_until(Duration::from_secs(30), "the receiver to stream", || {
+        assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
+        pg.psql(&format!(
+            "SELECT count(*) FROM pg_stat_replication \
+             WHERE application_name = '{APP}' AND state = 'streaming'"
+        )) == "1"
+    });
+    pg.psql(&format!(
+        "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
+    ));
+    pg.psql("SELECT pg_reload_conf()");
+    wait_until(
+        Duration::from_secs(30),
+        "the receiver to be synchronous",
+        || {
+            pg.psql(&format!(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{APP}'"
+            )) == "sync"
+        },
+    );
+    rcv
+}
+
+/// The test's own client of the store (explicit settings, no environment).
+fn client(weed: &Seaweed) -> object_store::aws::AmazonS3 {
+    AmazonS3Builder::new()
+        .with_bucket_name(weed.bucket())
+        .with_endpoint(format!("http://127.0.0.1:{}", weed.s3_port()))
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id(ACCESS_KEY)
+        .with_secret_access_key(SECRET_KEY)
+        .build()
+        .expect("object store client")
+}
+
+fn object_names(weed: &Seaweed, prefix: &str) -> Vec<String> {
+    let store = client(weed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut names = Vec::new();
+        let mut dirs = vec![ObjectPath::from(prefix)];
+        while let Some(dir) = dirs.pop() {
+            let listed = store.list_with_delimiter(Some(&dir)).await.expect("LIST");
+            names.extend(listed.objects.into_iter().map(|o| o.location.to_string()));
+            dirs.extend(listed.common_prefixes);
+        }
+        names.sort();
+        names
+    })
+}
+
+fn rows(pg: &PgServer) -> (u32, u64) {
+    let out = pg.psql("SELECT count(*), coalesce(sum(i), 0) FROM t");
+    let (n, sum) = out.split_once('|').unwrap();
+    (n.parse().unwrap(), sum.parse().unwrap())
+}
+
+/// Commits acknowledged by a synchronous uploading receiver, the primary
+/// crashes, the receiver stops cleanly (its last `.partial` uploaded), the
+/// local archive is deleted, and a base backup recovers from the bucket
+/// alone: every acknowledged row is back.
+fn pitr_from_bucket(compress: Option<&str>) {
+    let weed = Seaweed::start("walrcv");
+    let prefix = "db1";
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    pg.psql("CREATE TABLE t (i int PRIMARY KEY, filler text)");
+    let archive = tempfile::tempdir().unwrap();
+    let mut rcv = start_uploading_receiver(&pg, &weed, archive.path(), prefix, compress);
+    let backup = pg.base_backup();
+    const BIG: u32 = 20;
+    for i in 1..=BIG {
+        pg.try_psql_timeout(
+            &format!(
+                "INSERT INTO t SELECT {i}, string_agg(md5(random()::text), '') \
+                 FROM generate_series(1, 3000)"
+            ),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("commit {i}: {e}\n{}", rcv.stderr()));
+    }
+    let last = BIG + 1;
+    let out = pg.psql(&format!(
+        "BEGIN; INSERT INTO t VALUES ({last}, 'last'); SELECT pg_current_wal_insert_lsn(); COMMIT"
+    ));
+    let last_commit_from = parse_lsn(out.trim());
+    let mut primary = pg;
+    primary.stop_immediate();
+    let status = rcv.interrupt();
+    assert!(status.success(), "receiver: {status:?}\n{}", rcv.stderr());
+    let segment = primary.walfile_name(last_commit_from);
+    let names = object_names(&weed, prefix);
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with(&format!("{prefix}/partial/{segment}/"))),
+        "the last .partial ({segment}) was not uploaded: {names:?}\n{}",
+        rcv.stderr()
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with(&format!("{prefix}/{segment}"))),
+        "{segment} complete in the bucket: {names:?}"
+    );
+    // One version of the .partial per segment and receiver at most.
+    let partials: Vec<_> = names.iter().filter(|n| n.contains("/partial/")).collect();
+    assert_eq!(partials.len(), 1, "{partials:?}");
+    drop(archive);
+    let env: String = weed
+        .env()
+        .iter()
+        .map(|(k, v)| format!("{k}={v} "))
+        .collect();
+    let settings = vec![
+        format!(
+            "restore_command = 'env {env}{} restore %f %p --from {}'",
+            walrcv_bin().display(),
+            weed.url(prefix)
+        ),
+        "recovery_target_timeline = 'latest'".to_string(),
+        "synchronous_standby_names = ''".to_string(),
+    ];
+    let server = match backup.start_recovery(&settings) {
+        Recovery::Started(s) => s,
+        Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
+    };
+    server.wait_for_promotion(RECOVERY_LIMIT);
+    assert_eq!(
+        rows(&server),
+        (last, u64::from(last) * u64::from(last + 1) / 2),
+        "every acknowledged row\n{}",
+        server.full_log()
+    );
+    assert_eq!(
+        server.psql(&format!("SELECT filler FROM t WHERE i = {last}")),
+        "last"
+    );
+    let log = server.full_log();
+    assert!(
+        log.contains(&format!("restored log file \"{segment}\" from archive")),
+        "{segment} not restored:\n{log}"
+    );
+}
+
+#[test]
+fn upload_pitr_from_bucket_uncompressed() {
+    pitr_from_bucket(None);
+}
+
+#[test]
+fn upload_pitr_from_bucket_gzip() {
+    pitr_from_bucket(Some("gzip"));
+}
+
+#[test]
+fn upload_pitr_from_bucket_lz4() {
+    pitr_from_bucket(Some("lz4"));
+}
+
+#[test]
+fn upload_pitr_from_bucket_zstd() {
+    pitr_from_bucket(Some("zstd"));
+}
+
+/// An object already in the bucket under a segment's name with other bytes
+/// is never overwritten: the upload reports the conflict (log, metric) and
+/// the other segments are uploaded.
+#[test]
+fn upload_conflict_is_never_overwritten() {
+    let weed = Seaweed::start("walrcv");
+    let prefix = "db2";
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let first = pg.walfile_name(pg.current_lsn());
+    let store = client(&weed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = ObjectPath::from(format!("{prefix}/{first}"));
+    rt.block_on(store.put(&key, b"not this segment".to_vec().into()))
+        .expect("PUT");
+    let archive = tempfile::tempdir().unwrap();
+    let mut cmd = walrcv_command();
+    let metrics_port = crate::support::free_port();
+    cmd.args([
+        "stream",
+        "-D",
+        archive.path().to_str().unwrap(),
+        "-d",
+        &pg.conninfo(),
+    ])
+    .args([
+        "--upload",
+        &weed.url(prefix),
+        "--upload-partial-interval",
+        "1",
+    ])
+    .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")]);
+    weed.apply(&mut cmd);
+    let mut rcv = BackgroundProcess::spawn(cmd);
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) i");
+    pg.switch_wal();
+    pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    let second = pg.walfile_name(pg.switch_wal());
+    wait_until(
+        Duration::from_secs(60),
+        "the second segment uploaded",
+        || {
+            assert!(rcv.is_running(), "{}", rcv.stderr());
+            object_names(&weed, prefix).contains(&format!("{prefix}/{second}"))
+        },
+    );
+    wait_until(Duration::from_secs(30), "the conflict reported", || {
+        rcv.stderr().contains("CONFLICT") && rcv.stderr().contains(&first)
+    });
+    let body = rt
+        .block_on(async { store.get(&key).await?.bytes().await })
+        .expect("GET");
+    assert_eq!(&body[..], b"not this segment", "the object was overwritten");
+    let metrics = http_get(metrics_port);
+    assert!(
+        metrics.contains("walrcv_upload_conflicts_total 1")
+            || metrics.contains("walrcv_upload_conflicted_files 1"),
+        "{metrics}"
+    );
+    rcv.interrupt();
+}
+
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
