@@ -218,24 +218,16 @@ fn upload_conflict_is_never_overwritten() {
     let weed = Seaweed::start("walrcv");
     let prefix = "db2";
     let pg = PgServer::builder().wal_segsize_mb(1).start();
-    let first = pg.walfile_name(pg.current_lsn());
-    let store = client(&weed);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let key = ObjectPath::from(format!("{prefix}/{first}"));
-    rt.block_on(store.put(&key, b"not this segment".to_vec().into()))
-        .expect("PUT");
     let archive = tempfile::tempdir().unwrap();
     let mut cmd = walrcv_command();
     let metrics_port = crate::support::free_port();
+    let conn = format!("{} application_name={APP}", pg.conninfo());
     cmd.args([
         "stream",
         "-D",
         archive.path().to_str().unwrap(),
         "-d",
-        &pg.conninfo(),
+        &conn,
     ])
     .args([
         "--upload",
@@ -246,6 +238,22 @@ fn upload_conflict_is_never_overwritten() {
     .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")]);
     weed.apply(&mut cmd);
     let mut rcv = BackgroundProcess::spawn(cmd);
+    wait_until(Duration::from_secs(30), "the receiver to stream", || {
+        assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
+        pg.psql(&format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{APP}' AND state = 'streaming'"
+        )) == "1"
+    });
+    // The segment being streamed: another object takes its name first.
+    let first = pg.walfile_name(pg.current_lsn());
+    let store = client(&weed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = ObjectPath::from(format!("{prefix}/{first}"));
+    rt.block_on(store.put(&key, b"not this segment".to_vec().into()))
+        .expect("PUT");
     pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) i");
     pg.switch_wal();
     pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
