@@ -144,6 +144,9 @@ impl State {
             let due = self
                 .last_partial_pass
                 .is_none_or(|t| t.elapsed() >= self.opts.partial_interval);
+            // Before the uploads too: with the store hanging, a pass can
+            // take a while and the backlog must show meanwhile.
+            self.report_backlog(&files);
             if stopping || due || partials_changed {
                 self.upload_partials(&files).await;
                 self.last_partial_pass = Some(Instant::now());
