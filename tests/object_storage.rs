@@ -190,6 +190,8 @@ fn pitr_from_bucket(compress: Option<&str>) {
         log.contains(&format!("restored log file \"{segment}\" from archive")),
         "{segment} not restored:\n{log}"
     );
+    // The prefetch worker ran (its cache directory in pg_wal).
+    assert!(server.data_dir().join("pg_wal/.walrcv-prefetch").is_dir());
 }
 
 #[test]

@@ -16,6 +16,7 @@
 //! - [`serve`]: reading, decompressing, checking and writing `%p` (IO).
 
 pub mod plan;
+pub mod prefetch;
 pub mod remote;
 pub mod serve;
 
@@ -64,6 +65,18 @@ pub struct RestoreArgs {
     /// given; configured from the AWS_* environment.
     #[arg(long = "from", value_name = "URL")]
     pub from: Option<String>,
+    /// With --from: how many of the next segments to fetch in the
+    /// background once a segment comes from the store (0: none).
+    #[arg(long = "prefetch", value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub prefetch: u32,
+    /// Internal: run as the prefetch worker for the segments after FILE
+    /// (the compression suffix of the objects).
+    #[arg(long = "prefetch-worker", value_name = "SUFFIX", hide = true)]
+    pub prefetch_worker: Option<String>,
+    /// Internal: the segment size, for the prefetch worker.
+    #[arg(long = "segment-size", value_name = "BYTES", hide = true)]
+    pub segment_size: Option<u64>,
 }
 
 /// Runs the command; returns its exit status.
@@ -120,7 +133,24 @@ fn run_remote(
         .enable_all()
         .build()
         .map_err(|e| format!("could not start the runtime: {e}"))?;
+    if let (Some(suffix), Some(size)) = (&args.prefetch_worker, args.segment_size) {
+        runtime.block_on(prefetch::run_worker(
+            store,
+            &args.file,
+            suffix,
+            &args.path,
+            size,
+            args.prefetch,
+        ));
+        return Ok(Served::NotFound);
+    }
     runtime
-        .block_on(remote::restore_from(&store, dir, &args.file, &args.path))
+        .block_on(remote::restore_from(
+            &store,
+            dir,
+            &args.file,
+            &args.path,
+            args.prefetch,
+        ))
         .map_err(|e| e.to_string())
 }

@@ -16,6 +16,7 @@ use crate::archive::names::Compression;
 use crate::objstore::{partial, Store, StoreError};
 
 use super::plan::Request;
+use super::prefetch;
 use super::serve::{restore, RestoreError, Served};
 
 /// Failures of the bucket tier.
@@ -41,12 +42,15 @@ const SUFFIXES: [Compression; 4] = [
     Compression::Zstd,
 ];
 
-/// Answers `requested` from `local` first (when given), then from `store`.
+/// Answers `requested` from `local` first (when given), then from `store`;
+/// after a complete segment from the store, the next `prefetch` segments
+/// are fetched in the background ([`prefetch`]).
 pub async fn restore_from(
     store: &Store,
     local: Option<&Path>,
     requested: &str,
     target: &Path,
+    prefetch: u32,
 ) -> Result<Served, RemoteError> {
     if let Some(dir) = local {
         match restore(dir, requested, target)? {
@@ -60,7 +64,15 @@ pub async fn restore_from(
     let stage = Stage::new(target)?;
     let result = serve_from_store(store, &stage, &request, requested, target).await;
     stage.remove();
-    result
+    let (served, suffix) = result?;
+    if let (Some(suffix), true) = (suffix, prefetch > 0) {
+        let size = std::fs::metadata(target).map(|m| m.len()).unwrap_or(0);
+        if size > 0 {
+            let url = store.url().to_string();
+            prefetch::spawn_worker(&url, requested, &suffix, target, size, prefetch);
+        }
+    }
+    Ok(served)
 }
 
 async fn serve_from_store(
@@ -69,7 +81,16 @@ async fn serve_from_store(
     request: &Request,
     requested: &str,
     target: &Path,
-) -> Result<Served, RemoteError> {
+) -> Result<(Served, Option<String>), RemoteError> {
+    if let Request::Segment(_) = request {
+        let cache = prefetch::cache_dir(target);
+        prefetch::prune(&cache, requested);
+        if let Some((name, bytes)) = prefetch::take(&cache, requested) {
+            stage.put(&stage.root, &name, &bytes)?;
+            let served = restore(&stage.root, requested, target)?;
+            return Ok((served, Some(name[requested.len()..].to_string())));
+        }
+    }
     let names: Vec<String> = match request {
         Request::Backup(_) => vec![requested.to_owned()],
         _ => SUFFIXES
@@ -80,12 +101,15 @@ async fn serve_from_store(
     for name in names {
         if let Some(bytes) = store.get(&name).await? {
             stage.put(&stage.root, &name, &bytes)?;
-            return Ok(restore(&stage.root, requested, target)?);
+            let served = restore(&stage.root, requested, target)?;
+            let suffix =
+                matches!(request, Request::Segment(_)).then(|| name[requested.len()..].to_string());
+            return Ok((served, suffix));
         }
     }
     match request {
-        Request::Segment(_) => serve_partial(store, stage, requested, target).await,
-        _ => Ok(Served::NotFound),
+        Request::Segment(_) => Ok((serve_partial(store, stage, requested, target).await?, None)),
+        _ => Ok((Served::NotFound, None)),
     }
 }
 
