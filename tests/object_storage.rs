@@ -544,3 +544,65 @@ fn two_receivers_any_1_one_bucket() {
         server.full_log()
     );
 }
+
+fn tps(out: &str) -> f64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in {out}"))
+}
+
+/// Performance (run by hand: `cargo test --release --test integration --
+/// --ignored object_storage::perf`): synchronous commit TPS with a
+/// receiver that uploads to SeaweedFS against one that does not, side by
+/// side on one primary, alternating runs.
+#[test]
+#[ignore]
+fn perf_sync_commit_tps_with_upload() {
+    let weed = Seaweed::start("walrcv");
+    let pg = PgServer::builder().start();
+    pg.pgbench_init(10);
+    let secs = std::env::var("WALRCV_PERF_SECS").unwrap_or_else(|_| "20".into());
+    let mut results = Vec::new();
+    for round in 0..2 {
+        for upload in [false, true] {
+            let archive = tempfile::tempdir().unwrap();
+            let conn = format!("{} application_name={APP}", pg.conninfo());
+            let mut cmd = walrcv_command();
+            cmd.args([
+                "stream",
+                "-D",
+                archive.path().to_str().unwrap(),
+                "-d",
+                &conn,
+            ]);
+            if upload {
+                cmd.args([
+                    "--upload",
+                    &weed.url(&format!("perf{round}")),
+                    "--upload-partial-interval",
+                    "10",
+                ]);
+            }
+            weed.apply(&mut cmd);
+            let mut rcv = BackgroundProcess::spawn(cmd);
+            pg.psql(&format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
+            ));
+            pg.psql("SELECT pg_reload_conf()");
+            wait_until(Duration::from_secs(30), "sync", || {
+                assert!(rcv.is_running(), "{}", rcv.stderr());
+                pg.psql(&format!(
+                    "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{APP}'"
+                )) == "sync"
+            });
+            let out = pg.pgbench(&["-c", "4", "-j", "2", "-N", "-T", &secs]);
+            results.push((upload, tps(&out)));
+            rcv.interrupt();
+        }
+    }
+    for (upload, t) in &results {
+        println!("PERF sync commit tps, upload={upload}: {t:.1}");
+    }
+}
