@@ -105,6 +105,9 @@ struct State {
     conflicted: HashSet<String>,
     /// Local `.partial` name → the object of its newest confirmed version.
     partials: HashMap<String, String>,
+    /// Local `.partial` name → its size and mtime at that upload: an
+    /// unchanged file is not read again.
+    partial_stamps: HashMap<String, (u64, SystemTime)>,
     /// Segments whose stale copies of ours were cleaned in this process.
     partial_dirs_cleaned: HashSet<String>,
     last_partial_pass: Option<Instant>,
@@ -119,6 +122,7 @@ impl State {
             retries: HashMap::new(),
             conflicted: HashSet::new(),
             partials: HashMap::new(),
+            partial_stamps: HashMap::new(),
             partial_dirs_cleaned: HashSet::new(),
             last_partial_pass: None,
         }
@@ -201,6 +205,10 @@ impl State {
             let Some(segment) = plan::segment_of(&file.name) else {
                 continue;
             };
+            let stamp = (file.size, file.modified);
+            if self.partial_stamps.get(&file.name) == Some(&stamp) {
+                continue;
+            }
             let Some(bytes) = read(&self.opts.directory, &file.name) else {
                 continue;
             };
@@ -210,6 +218,7 @@ impl State {
             }
             match self.put(&object, bytes).await {
                 Ok(()) => {
+                    self.partial_stamps.insert(file.name.clone(), stamp);
                     let older = self.partials.insert(file.name.clone(), object.clone());
                     if let Some(older) = older {
                         self.delete(&older).await;
@@ -270,6 +279,7 @@ impl State {
             .cloned()
             .collect();
         for local in locals {
+            self.partial_stamps.remove(&local);
             if let Some(object) = self.partials.remove(&local) {
                 self.delete(&object).await;
             }
