@@ -277,11 +277,27 @@ fn upload_conflict_is_never_overwritten() {
         .block_on(async { store.get(&key).await?.bytes().await })
         .expect("GET");
     assert_eq!(&body[..], b"not this segment", "the object was overwritten");
-    let metrics = http_get(metrics_port);
+    assert_eq!(
+        metric(metrics_port, "walrcv_upload_conflicted_files"),
+        Some(1.0)
+    );
+    assert!(metric(metrics_port, "walrcv_upload_conflicts_total").unwrap_or(0.0) >= 1.0);
+    // walrcv status: CRITICAL (exit 2), naming the conflict.
+    let status = crate::support::walrcv_run(
+        &[
+            "status",
+            "-D",
+            archive.path().to_str().unwrap(),
+            "--metrics-url",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(2), "{}", status.text());
     assert!(
-        metrics.contains("walrcv_upload_conflicts_total 1")
-            || metrics.contains("walrcv_upload_conflicted_files 1"),
-        "{metrics}"
+        status.text().contains("different content"),
+        "{}",
+        status.text()
     );
     rcv.interrupt();
 }
