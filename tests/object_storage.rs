@@ -622,3 +622,65 @@ fn perf_sync_commit_tps_with_upload() {
         println!("PERF sync commit tps, upload={upload}: {t:.1}");
     }
 }
+
+/// 503 answers, then a PUT that reaches the store but whose answer is
+/// lost: every segment ends up confirmed, byte-identical, with no conflict
+/// (the lost answer is resolved by reading the object back).
+#[test]
+fn upload_5xx_and_lost_put_answers() {
+    let weed = Seaweed::start("walrcv");
+    let relay = crate::support::http_faults::HttpFaults::start(weed.s3_port());
+    let env = Seaweed::env_for_port(relay.port());
+    let prefix = "db5";
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let archive = tempfile::tempdir().unwrap();
+    let metrics_port = crate::support::free_port();
+    let metrics_arg = format!("127.0.0.1:{metrics_port}");
+    relay.fail_next(6);
+    relay.lose_next_put_answers(2);
+    let mut rcv = spawn_receiver(
+        &pg,
+        &env,
+        archive.path(),
+        &weed.url(prefix),
+        APP,
+        &["--metrics-address", &metrics_arg],
+    );
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        pg.psql("SELECT txid_current()");
+        names.push(pg.walfile_name(pg.switch_wal()));
+    }
+    wait_until(Duration::from_secs(90), "every segment confirmed", || {
+        assert!(rcv.is_running(), "{}", rcv.stderr());
+        let uploaded = object_names(&weed, prefix);
+        names
+            .iter()
+            .all(|n| uploaded.contains(&format!("{prefix}/{n}")))
+            && metric(metrics_port, "walrcv_upload_backlog_files") == Some(0.0)
+    });
+    assert_eq!(relay.failed(), 6);
+    assert_eq!(relay.lost(), 2, "{}", rcv.stderr());
+    assert_eq!(
+        metric(metrics_port, "walrcv_upload_conflicts_total"),
+        Some(0.0),
+        "{}",
+        rcv.stderr()
+    );
+    let store = client(&weed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for name in &names {
+        let key = ObjectPath::from(format!("{prefix}/{name}"));
+        let body = rt
+            .block_on(async { store.get(&key).await?.bytes().await })
+            .unwrap();
+        assert!(
+            body[..] == std::fs::read(archive.path().join(name)).unwrap()[..],
+            "{name}"
+        );
+    }
+    rcv.interrupt();
+}

@@ -58,6 +58,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod fake_walsender;
+pub mod http_faults;
 pub mod lazyfs;
 mod process;
 pub mod proxy;
