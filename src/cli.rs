@@ -151,6 +151,26 @@ pub struct StreamArgs {
     /// it does.
     #[arg(long = "create-slot-if-missing")]
     pub create_slot_if_missing: bool,
+    /// Also upload the archive to S3-compatible object storage
+    /// (s3://BUCKET/PREFIX; configured from the AWS_* environment).
+    #[arg(long = "upload", value_name = "URL")]
+    pub upload: Option<String>,
+    /// Seconds between uploads of the newest .partial (also uploaded at a
+    /// new segment or timeline and at a clean stop).
+    #[arg(long = "upload-partial-interval", value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub upload_partial_interval: u32,
+    /// Remove local complete segments once uploaded, keeping this much:
+    /// SIZE (e.g. 10GB) or DURATION (e.g. 12h). Never the newest file of a
+    /// timeline.
+    #[arg(long = "upload-keep-local", value_name = "SIZE|DURATION",
+          value_parser = crate::upload::plan::KeepLocal::parse)]
+    pub upload_keep_local: Option<crate::upload::plan::KeepLocal>,
+    /// This receiver's name in the .partial copies it uploads (default: the
+    /// slot name, else the host name). Two receivers sharing a prefix need
+    /// two names.
+    #[arg(long = "upload-receiver-id", value_name = "ID")]
+    pub upload_receiver_id: Option<String>,
     /// Show this help, then exit.
     #[arg(short = '?', long = "help", action = ArgAction::Help)]
     pub help: Option<bool>,

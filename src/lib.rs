@@ -28,6 +28,7 @@ pub mod conninfo;
 pub mod lsn;
 pub mod messages;
 pub mod metrics;
+pub mod objstore;
 pub mod pgwire;
 pub mod receiver;
 pub mod replication;
@@ -35,6 +36,7 @@ pub mod serve;
 pub mod service;
 pub mod shutdown;
 pub mod tools;
+pub mod upload;
 pub mod wal;
 
 /// The newest PostgreSQL major version walrcv supports, reported in the

@@ -225,7 +225,18 @@ fn stream_command(args: StreamArgs, log_format: LogFormat) -> i32 {
                         return exit::DISCONNECTED;
                     }
                 };
-                receiver::run(opts, shutdown).await.map(Some)
+                let uploader = match start_uploader(&args) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        print_error(e);
+                        return exit::CONFIG;
+                    }
+                };
+                let result = receiver::run(opts, shutdown).await.map(Some);
+                if let Some(uploader) = uploader {
+                    uploader.finish(UPLOAD_FINISH_LIMIT);
+                }
+                result
             }
         };
         match result {
@@ -237,6 +248,36 @@ fn stream_command(args: StreamArgs, log_format: LogFormat) -> i32 {
             Err(e) => report(&e),
         }
     })
+}
+
+/// The longest wait for the uploader's last pass at a stop.
+const UPLOAD_FINISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `--upload`: the uploader thread, started beside the receiver.
+fn start_uploader(args: &StreamArgs) -> Result<Option<walrcv::upload::Uploader>, String> {
+    let Some(url) = &args.upload else {
+        return Ok(None);
+    };
+    let store = walrcv::objstore::Store::from_env(url).map_err(|e| e.to_string())?;
+    let receiver_id = match &args.upload_receiver_id {
+        Some(id) if walrcv::objstore::partial::valid_receiver(id) => id.clone(),
+        Some(id) => {
+            return Err(format!(
+                "invalid --upload-receiver-id \"{id}\": 1 to 64 of A-Z a-z 0-9 _ -"
+            ))
+        }
+        None => walrcv::upload::default_receiver_id(args.slot.as_deref()),
+    };
+    let directory = args.directory.clone().unwrap_or_default();
+    let opts = walrcv::upload::UploadOptions {
+        directory,
+        partial_interval: std::time::Duration::from_secs(args.upload_partial_interval.into()),
+        keep_local: args.upload_keep_local,
+        receiver_id,
+    };
+    walrcv::upload::Uploader::start(store, opts)
+        .map(Some)
+        .map_err(|e| format!("could not start the uploader: {e}"))
 }
 
 fn report(e: &ReceiverError) -> i32 {

@@ -133,6 +133,8 @@ pub struct Metrics {
     /// One gauge per kind, built at start so that a failure allocates nothing.
     last_disconnect: Vec<IntGauge>,
     archive_free_bytes: U64Gauge,
+    /// `walrcv_upload_*` (`--upload`).
+    upload: crate::upload::metrics::UploadMetrics,
 }
 
 impl Default for Metrics {
@@ -275,6 +277,7 @@ impl Metrics {
             "walrcv_archive_free_bytes",
             "Free bytes on the archive directory's file system",
         );
+        let upload = crate::upload::metrics::UploadMetrics::register(&mut registry);
         Metrics {
             registry,
             connected,
@@ -296,7 +299,13 @@ impl Metrics {
             reconnects,
             last_disconnect,
             archive_free_bytes,
+            upload,
         }
+    }
+
+    /// The uploader's metrics.
+    pub fn upload(&self) -> &crate::upload::metrics::UploadMetrics {
+        &self.upload
     }
 
     /// The exposition in the OpenMetrics text format (which Prometheus reads).

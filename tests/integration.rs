@@ -18,6 +18,7 @@ mod lazyfs;
 mod metrics;
 mod multi_host;
 mod network_faults;
+mod object_storage;
 mod power_loss;
 mod restore;
 mod resume;

@@ -58,10 +58,12 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod fake_walsender;
+pub mod http_faults;
 pub mod lazyfs;
 mod process;
 pub mod proxy;
 mod recovery;
+pub mod seaweed;
 mod walfiles;
 
 pub use process::*;

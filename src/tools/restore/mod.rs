@@ -16,6 +16,8 @@
 //! - [`serve`]: reading, decompressing, checking and writing `%p` (IO).
 
 pub mod plan;
+pub mod prefetch;
+pub mod remote;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -52,13 +54,39 @@ pub struct RestoreArgs {
     #[arg(value_name = "PATH")]
     pub path: PathBuf,
     /// The archive directory (where walrcv stream or pg_receivewal writes).
-    #[arg(short = 'D', long = "directory", value_name = "DIR")]
-    pub directory: PathBuf,
+    #[arg(
+        short = 'D',
+        long = "directory",
+        value_name = "DIR",
+        required_unless_present = "from"
+    )]
+    pub directory: Option<PathBuf>,
+    /// The object store (s3://BUCKET/PREFIX), asked after -D when both are
+    /// given; configured from the AWS_* environment.
+    #[arg(long = "from", value_name = "URL")]
+    pub from: Option<String>,
+    /// With --from: how many of the next segments to fetch in the
+    /// background once a segment comes from the store (0: none).
+    #[arg(long = "prefetch", value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub prefetch: u32,
+    /// Internal: run as the prefetch worker for the segments after FILE
+    /// (the compression suffix of the objects).
+    #[arg(long = "prefetch-worker", value_name = "SUFFIX", hide = true)]
+    pub prefetch_worker: Option<String>,
+    /// Internal: the segment size, for the prefetch worker.
+    #[arg(long = "segment-size", value_name = "BYTES", hide = true)]
+    pub segment_size: Option<u64>,
 }
 
 /// Runs the command; returns its exit status.
 pub fn run(args: &RestoreArgs) -> i32 {
-    match restore(&args.directory, &args.file, &args.path) {
+    let result = match (&args.from, &args.directory) {
+        (Some(url), dir) => run_remote(url, dir.as_deref(), args),
+        (None, Some(dir)) => restore(dir, &args.file, &args.path).map_err(|e| e.to_string()),
+        (None, None) => Err("one of -D and --from is needed".to_string()),
+    };
+    match result {
         Ok(Served::File {
             from,
             valid_end,
@@ -92,4 +120,37 @@ pub fn run(args: &RestoreArgs) -> i32 {
             status::REFUSED
         }
     }
+}
+
+/// `--from`: the bucket tier, on a runtime of its own.
+fn run_remote(
+    url: &str,
+    dir: Option<&std::path::Path>,
+    args: &RestoreArgs,
+) -> Result<Served, String> {
+    let store = crate::objstore::Store::from_env(url).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("could not start the runtime: {e}"))?;
+    if let (Some(suffix), Some(size)) = (&args.prefetch_worker, args.segment_size) {
+        runtime.block_on(prefetch::run_worker(
+            store,
+            &args.file,
+            suffix,
+            &args.path,
+            size,
+            args.prefetch,
+        ));
+        return Ok(Served::NotFound);
+    }
+    runtime
+        .block_on(remote::restore_from(
+            &store,
+            dir,
+            &args.file,
+            &args.path,
+            args.prefetch,
+        ))
+        .map_err(|e| e.to_string())
 }

@@ -214,7 +214,16 @@ pub struct LiveFacts {
     pub verification_failures: Option<u64>,
     pub last_disconnect_kind: Option<String>,
     pub archive_free_bytes: Option<u64>,
+    /// `--upload`: files whose object holds other content (critical).
+    pub upload_conflicted_files: Option<u64>,
+    /// `--upload`: files not yet confirmed in the object store.
+    pub upload_backlog_files: Option<u64>,
+    /// `--upload`: age of the oldest of them.
+    pub upload_oldest_pending_seconds: Option<u64>,
 }
+
+/// An upload backlog older than this is a WARNING in `walrcv status`.
+pub const UPLOAD_BACKLOG_WARNING_SECS: u64 = 3600;
 
 /// A finding that is not OK.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -224,7 +233,7 @@ pub struct Problem {
     /// `archive_empty`, `gap`, `timeline_missing`, `lag_bytes`, `lag_seconds`,
     /// `slot_missing`, `slot_invalidated`, `slot_unreserved`, `slot_safe_wal_size`,
     /// `slot_unknown`, `metrics_unreachable`, `receiver_disconnected`,
-    /// `verification_failures`.
+    /// `verification_failures`, `upload_conflict`, `upload_backlog`.
     pub kind: &'static str,
     pub message: String,
 }
@@ -469,6 +478,33 @@ fn live_problems(l: &LiveFacts, out: &mut Vec<Problem>) {
             State::Warning,
             "verification_failures",
             format!("walrcv has counted {n} WAL verification failures since it started"),
+        ));
+    }
+    upload_problems(l, out);
+}
+
+/// `--upload`: a conflict is CRITICAL (an object of that name holds other
+/// WAL: another cluster or receiver writes to the prefix); a backlog older
+/// than [`UPLOAD_BACKLOG_WARNING_SECS`] a WARNING.
+fn upload_problems(l: &LiveFacts, out: &mut Vec<Problem>) {
+    if let Some(n) = l.upload_conflicted_files.filter(|&n| n > 0) {
+        out.push(problem(
+            State::Critical,
+            "upload_conflict",
+            format!("{n} files could not be uploaded: their objects in the store hold different content (nothing was overwritten; see walrcv's log)"),
+        ));
+    }
+    if let Some(age) = l
+        .upload_oldest_pending_seconds
+        .filter(|&a| a >= UPLOAD_BACKLOG_WARNING_SECS)
+    {
+        out.push(problem(
+            State::Warning,
+            "upload_backlog",
+            format!(
+                "{} files wait for upload to the object store, the oldest for {age} s",
+                l.upload_backlog_files.unwrap_or(0)
+            ),
         ));
     }
 }
@@ -806,6 +842,25 @@ mod tests {
             }),
             [("receiver_disconnected", State::Warning)]
         );
+        assert_eq!(
+            eval(LiveFacts {
+                upload_conflicted_files: Some(1),
+                upload_backlog_files: Some(3),
+                upload_oldest_pending_seconds: Some(UPLOAD_BACKLOG_WARNING_SECS),
+                ..LiveFacts::default()
+            }),
+            [
+                ("upload_conflict", State::Critical),
+                ("upload_backlog", State::Warning)
+            ]
+        );
+        assert!(eval(LiveFacts {
+            upload_conflicted_files: Some(0),
+            upload_backlog_files: Some(3),
+            upload_oldest_pending_seconds: Some(UPLOAD_BACKLOG_WARNING_SECS - 1),
+            ..LiveFacts::default()
+        })
+        .is_empty());
     }
 
     #[test]

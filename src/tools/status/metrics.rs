@@ -250,6 +250,9 @@ pub fn live_facts(url: &str, samples: &[Sample]) -> LiveFacts {
         verification_failures: count(samples, "walrcv_verification_failures_total"),
         last_disconnect_kind,
         archive_free_bytes: count(samples, "walrcv_archive_free_bytes"),
+        upload_conflicted_files: count(samples, "walrcv_upload_conflicted_files"),
+        upload_backlog_files: count(samples, "walrcv_upload_backlog_files"),
+        upload_oldest_pending_seconds: count(samples, "walrcv_upload_oldest_pending_seconds"),
     }
 }
 

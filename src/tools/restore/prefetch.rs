@@ -1,0 +1,168 @@
+//! Prefetch for `walrcv restore --from` (WAL-G's `restore_command` prefetch
+//! is the model): once a complete segment is served from the bucket, a
+//! detached `walrcv restore --prefetch-worker` process GETs the next
+//! segments of the timeline (same compression) in parallel into
+//! `.walrcv-prefetch/` beside `%p` (in `pg_wal`), so recovery does not pay
+//! one round trip per segment. A prefetched file is no more trusted than
+//! one fetched on demand: it is staged and verified the same way before it
+//! is served, then removed; files of segments older than the one asked for
+//! are removed too.
+
+use std::path::{Path, PathBuf};
+
+use crate::archive::names::Compression;
+use crate::lsn::{parse_wal_file_name, wal_file_name};
+use crate::objstore::Store;
+
+/// The cache directory beside `%p`.
+pub fn cache_dir(target: &Path) -> PathBuf {
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    parent.join(".walrcv-prefetch")
+}
+
+/// The names of the `count` segments after `segment` (pure).
+pub fn next_segments(segment: &str, segment_size: u64, count: u32) -> Vec<String> {
+    let Some((tli, segno)) = parse_wal_file_name(segment, segment_size) else {
+        return Vec::new();
+    };
+    (1..=u64::from(count))
+        .map(|k| wal_file_name(tli, segno + k, segment_size))
+        .collect()
+}
+
+/// A prefetched copy of `segment` (any compression), if there is one.
+pub fn take(cache: &Path, segment: &str) -> Option<(String, Vec<u8>)> {
+    for c in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let name = format!("{segment}{}", c.suffix());
+        let path = cache.join(&name);
+        if let Ok(bytes) = std::fs::read(&path) {
+            let _ = std::fs::remove_file(&path);
+            return Some((name, bytes));
+        }
+    }
+    None
+}
+
+/// Removes cached segments older than `segment` (recovery moved past them).
+pub fn prune(cache: &Path, segment: &str) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.len() >= 24 && name[..24] < *segment {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Starts the detached worker for the segments after `segment`.
+pub fn spawn_worker(
+    url: &str,
+    segment: &str,
+    suffix: &str,
+    target: &Path,
+    segment_size: u64,
+    count: u32,
+) {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["restore", segment])
+        .arg(target)
+        .args(["--from", url, "--prefetch-worker", suffix])
+        .args(["--prefetch", &count.to_string()])
+        .args(["--segment-size", &segment_size.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // Its own session: recovery's signals to the restore_command's process
+    // group do not reach it, and it is not waited for.
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    if let Err(e) = cmd.spawn() {
+        tracing::warn!("could not start the prefetch: {e}");
+    }
+}
+
+/// The worker: GETs the next segments in parallel into the cache.
+pub async fn run_worker(
+    store: Store,
+    segment: &str,
+    suffix: &str,
+    target: &Path,
+    segment_size: u64,
+    count: u32,
+) {
+    let cache = cache_dir(target);
+    if std::fs::create_dir_all(&cache).is_err() {
+        return;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for next in next_segments(segment, segment_size, count) {
+        let name = format!("{next}{suffix}");
+        if cache.join(&name).exists() {
+            continue;
+        }
+        let (store, cache) = (store.clone(), cache.clone());
+        tasks.spawn(async move {
+            if let Ok(Some(bytes)) = store.get(&name).await {
+                let tmp = cache.join(format!(".{name}.{}.tmp", std::process::id()));
+                if std::fs::write(&tmp, &bytes).is_ok() {
+                    let _ = std::fs::rename(&tmp, cache.join(&name));
+                } else {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_names_cross_the_xlogid() {
+        let size = 16 << 20;
+        assert_eq!(
+            next_segments("0000000200000001000000FE", size, 3),
+            [
+                "0000000200000001000000FF",
+                "000000020000000200000000",
+                "000000020000000200000001"
+            ]
+        );
+        assert!(next_segments("00000002.history", size, 3).is_empty());
+    }
+
+    #[test]
+    fn cache_take_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("000000010000000000000003.zst"), b"x").unwrap();
+        std::fs::write(dir.path().join("000000010000000000000001"), b"y").unwrap();
+        assert_eq!(
+            take(dir.path(), "000000010000000000000003"),
+            Some(("000000010000000000000003.zst".to_string(), b"x".to_vec()))
+        );
+        assert_eq!(take(dir.path(), "000000010000000000000003"), None);
+        prune(dir.path(), "000000010000000000000002");
+        assert!(!dir.path().join("000000010000000000000001").exists());
+    }
+}

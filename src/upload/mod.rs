@@ -1,0 +1,441 @@
+//! `walrcv stream --upload s3://BUCKET/PREFIX`: the uploader.
+//!
+//! It runs on a thread of its own with its own runtime, and reads the local
+//! archive as any other reader would: streaming and acknowledgements never
+//! wait for it (the local, fsynced, verified archive is what walrcv
+//! acknowledges; RPO = 0 holds locally while the store is down or slow).
+//! Every second it lists the archive directory and uploads, oldest first,
+//! the complete segments and history files not confirmed yet (final by
+//! construction once they carry their name), create-only (see
+//! [`crate::objstore`]); failures are retried per file with backoff
+//! (1 s doubling to 60 s). The `.partial` files are uploaded as new
+//! versions every `--upload-partial-interval`, at once when a new
+//! `.partial` appears (a new segment or a timeline switch), and at a clean
+//! stop; older versions are deleted once a newer one (or the complete
+//! segment) is confirmed. With `--upload-keep-local`, confirmed complete
+//! segments beyond what is kept are removed locally ([`plan::removable`]).
+//!
+//! After a restart nothing is known to be uploaded: the files still in the
+//! directory are uploaded again, which the create-only rule turns into a
+//! read-back and compare (one GET per file still local).
+
+pub mod metrics;
+pub mod plan;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::objstore::{partial, Store, StoreError};
+use plan::{KeepLocal, Kind, LocalFile};
+
+/// What `--upload*` asked for.
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    pub directory: PathBuf,
+    pub partial_interval: Duration,
+    pub keep_local: Option<KeepLocal>,
+    /// This receiver's name in `.partial` copies.
+    pub receiver_id: String,
+}
+
+/// The running uploader; [`Uploader::finish`] stops it after a last pass.
+pub struct Uploader {
+    stop: watch::Sender<bool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Uploader {
+    /// Starts the uploader thread.
+    pub fn start(store: Store, opts: UploadOptions) -> std::io::Result<Uploader> {
+        let (stop, stopped) = watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("walrcv-upload".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!("upload: could not start the runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(State::new(store, opts).run(stopped));
+            })?;
+        Ok(Uploader { stop, thread })
+    }
+
+    /// Asks for a last pass (the `.partial` files, then what is pending) and
+    /// waits for it, at most `limit`.
+    pub fn finish(self, limit: Duration) {
+        let _ = self.stop.send(true);
+        let deadline = Instant::now() + limit;
+        while !self.thread.is_finished() {
+            if Instant::now() > deadline {
+                tracing::warn!("upload: the last upload pass did not end within {limit:?}; what is pending is uploaded at the next start");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.thread.join();
+    }
+}
+
+/// Retry state of one file.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    attempts: u32,
+    next: Instant,
+}
+
+fn retry_delay(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(6)).min(Duration::from_secs(60))
+}
+
+struct State {
+    store: Store,
+    opts: UploadOptions,
+    done: HashSet<String>,
+    retries: HashMap<String, Retry>,
+    conflicted: HashSet<String>,
+    /// Local `.partial` name → the object of its newest confirmed version.
+    partials: HashMap<String, String>,
+    /// Local `.partial` name → its size and mtime at that upload: an
+    /// unchanged file is not read again.
+    partial_stamps: HashMap<String, (u64, SystemTime)>,
+    /// Segments whose stale copies of ours were cleaned in this process.
+    partial_dirs_cleaned: HashSet<String>,
+    last_partial_pass: Option<Instant>,
+}
+
+impl State {
+    fn new(store: Store, opts: UploadOptions) -> State {
+        State {
+            store,
+            opts,
+            done: HashSet::new(),
+            retries: HashMap::new(),
+            conflicted: HashSet::new(),
+            partials: HashMap::new(),
+            partial_stamps: HashMap::new(),
+            partial_dirs_cleaned: HashSet::new(),
+            last_partial_pass: None,
+        }
+    }
+
+    async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+        tracing::info!(url = %self.store.url(), "uploading the archive to {}", self.store.url());
+        loop {
+            let stopping = *stopped.borrow();
+            let files = match scan(&self.opts.directory) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(
+                        "upload: could not list \"{}\": {e}",
+                        self.opts.directory.display()
+                    );
+                    Vec::new()
+                }
+            };
+            let partials_changed = files.iter().any(|f| {
+                plan::kind(&f.name) == Kind::Partial && !self.partials.contains_key(&f.name)
+            });
+            let due = self
+                .last_partial_pass
+                .is_none_or(|t| t.elapsed() >= self.opts.partial_interval);
+            // Before the uploads too: with the store hanging, a pass can
+            // take a while and the backlog must show meanwhile.
+            self.report_backlog(&files);
+            if stopping || due || partials_changed {
+                self.upload_partials(&files).await;
+                self.last_partial_pass = Some(Instant::now());
+            }
+            self.upload_finals(&files, stopping).await;
+            self.remove_local(&files);
+            self.report_backlog(&files);
+            if stopping {
+                tracing::info!("upload: last pass done");
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+    }
+
+    async fn upload_finals(&mut self, files: &[LocalFile], ignore_backoff: bool) {
+        let pending: Vec<LocalFile> = plan::pending(files, &self.done)
+            .into_iter()
+            .cloned()
+            .collect();
+        for file in pending {
+            if let Some(r) = self.retries.get(&file.name) {
+                if !ignore_backoff && r.next > Instant::now() {
+                    continue;
+                }
+            }
+            let Some(bytes) = read(&self.opts.directory, &file.name) else {
+                continue;
+            };
+            match self.put(&file.name, bytes).await {
+                Ok(()) => {
+                    self.done.insert(file.name.clone());
+                    self.retries.remove(&file.name);
+                    self.conflicted.remove(&file.name);
+                    if let Some(segment) = plan::segment_of(&file.name) {
+                        self.drop_partial_copies(&segment).await;
+                    }
+                }
+                Err(e) => self.failed(&file.name, &e),
+            }
+        }
+    }
+
+    async fn upload_partials(&mut self, files: &[LocalFile]) {
+        for file in files
+            .iter()
+            .filter(|f| plan::kind(&f.name) == Kind::Partial)
+        {
+            let Some(segment) = plan::segment_of(&file.name) else {
+                continue;
+            };
+            let stamp = (file.size, file.modified);
+            if self.partial_stamps.get(&file.name) == Some(&stamp) {
+                continue;
+            }
+            let Some(bytes) = read(&self.opts.directory, &file.name) else {
+                continue;
+            };
+            let object = partial::object_name(&segment, &file.name, &self.opts.receiver_id, &bytes);
+            if self.partials.get(&file.name) == Some(&object) {
+                continue;
+            }
+            match self.put(&object, bytes).await {
+                Ok(()) => {
+                    self.partial_stamps.insert(file.name.clone(), stamp);
+                    let older = self.partials.insert(file.name.clone(), object.clone());
+                    if let Some(older) = older {
+                        self.delete(&older).await;
+                    }
+                    if self.partial_dirs_cleaned.insert(segment.clone()) {
+                        self.delete_own_copies(&segment, Some(&object)).await;
+                    }
+                }
+                Err(e) => self.failed(&object, &e),
+            }
+        }
+        // Partials gone locally (completed) keep their entry until the
+        // complete segment is confirmed: drop_partial_copies.
+    }
+
+    async fn put(&self, name: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let m = crate::metrics::global().upload();
+        let len = bytes.len() as u64;
+        let started = Instant::now();
+        self.store.put_create(name, bytes).await?;
+        m.latency.observe(started.elapsed().as_secs_f64());
+        m.uploaded_files.inc();
+        m.uploaded_bytes.inc_by(len);
+        tracing::debug!(name, bytes = len, "uploaded {name}");
+        Ok(())
+    }
+
+    fn failed(&mut self, name: &str, e: &StoreError) {
+        let m = crate::metrics::global().upload();
+        let r = self.retries.entry(name.to_string()).or_insert(Retry {
+            attempts: 0,
+            next: Instant::now(),
+        });
+        r.attempts += 1;
+        r.next = Instant::now() + retry_delay(r.attempts);
+        if e.is_conflict() {
+            m.conflicts.inc();
+            self.conflicted.insert(name.to_string());
+            tracing::error!(name, "upload: {e}");
+        } else {
+            m.failures.inc();
+            tracing::warn!(
+                name,
+                attempts = r.attempts,
+                "upload: {e}; retrying in {:?}",
+                retry_delay(r.attempts)
+            );
+        }
+        m.conflicts_pending.set(self.conflicted.len() as u64);
+    }
+
+    /// The complete `segment` is confirmed: our `.partial` copies of it go.
+    async fn drop_partial_copies(&mut self, segment: &str) {
+        let locals: Vec<String> = self
+            .partials
+            .keys()
+            .filter(|l| plan::segment_of(l).as_deref() == Some(segment))
+            .cloned()
+            .collect();
+        for local in locals {
+            self.partial_stamps.remove(&local);
+            if let Some(object) = self.partials.remove(&local) {
+                self.delete(&object).await;
+            }
+        }
+        if self.partial_dirs_cleaned.remove(segment) {
+            self.delete_own_copies(segment, None).await;
+        }
+    }
+
+    /// Deletes this receiver's copies of `segment` other than `keep` (left
+    /// by an earlier process): one LIST.
+    async fn delete_own_copies(&self, segment: &str, keep: Option<&str>) {
+        let dir = partial::dir(segment);
+        let listed = match self.store.list(&dir).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("upload: {e}");
+                return;
+            }
+        };
+        for obj in listed {
+            let file = obj.name.strip_prefix(dir.as_str()).unwrap_or(&obj.name);
+            let ours = partial::parse(file).is_some_and(|c| c.receiver == self.opts.receiver_id);
+            if ours && Some(obj.name.as_str()) != keep {
+                self.delete(&obj.name).await;
+            }
+        }
+    }
+
+    async fn delete(&self, name: &str) {
+        if let Err(e) = self.store.delete(name).await {
+            tracing::warn!("upload: {e}");
+        }
+    }
+
+    fn remove_local(&mut self, files: &[LocalFile]) {
+        let Some(keep) = self.opts.keep_local else {
+            return;
+        };
+        for name in plan::removable(files, &self.done, keep, SystemTime::now()) {
+            let path = self.opts.directory.join(&name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    crate::metrics::global().upload().local_removed.inc();
+                    tracing::info!(
+                        "upload: removed \"{}\" (confirmed in the object store)",
+                        path.display()
+                    );
+                }
+                Err(e) => tracing::warn!("upload: could not remove \"{}\": {e}", path.display()),
+            }
+        }
+    }
+
+    fn report_backlog(&self, files: &[LocalFile]) {
+        let m = crate::metrics::global().upload();
+        let pending = plan::pending(files, &self.done);
+        m.backlog_files.set(pending.len() as u64);
+        m.backlog_bytes.set(pending.iter().map(|f| f.size).sum());
+        let oldest = pending
+            .iter()
+            .filter_map(|f| SystemTime::now().duration_since(f.modified).ok())
+            .max()
+            .unwrap_or_default();
+        m.oldest_pending_seconds.set(oldest.as_secs());
+    }
+}
+
+/// The regular files of the archive directory.
+fn scan(dir: &Path) -> std::io::Result<Vec<LocalFile>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(meta) = entry.metadata() else { continue };
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if meta.is_file() && plan::kind(&name) != Kind::Other {
+            out.push(LocalFile {
+                name,
+                size: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A file's bytes; `None` when it went away meanwhile (a `.partial`
+/// renamed) or cannot be read (logged; tried again next pass).
+fn read(dir: &Path, name: &str) -> Option<Bytes> {
+    match std::fs::read(dir.join(name)) {
+        Ok(b) => Some(Bytes::from(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!(
+                "upload: could not read \"{}\": {e}",
+                dir.join(name).display()
+            );
+            None
+        }
+    }
+}
+
+/// The default receiver id: the slot name, else the host name, else
+/// "walrcv" (characters outside `A-Z a-z 0-9 _ -` become `_`).
+pub fn default_receiver_id(slot: Option<&str>) -> String {
+    let raw = slot
+        .map(str::to_string)
+        .or_else(hostname)
+        .unwrap_or_else(|| "walrcv".into());
+    let id: String = raw
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if id.is_empty() {
+        "walrcv".into()
+    } else {
+        id
+    }
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // within it when the name fits.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&buf[..end]).ok().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receiver_ids() {
+        assert_eq!(default_receiver_id(Some("walrcv_a")), "walrcv_a");
+        assert_eq!(default_receiver_id(Some("db.example")), "db_example");
+        assert!(partial::valid_receiver(&default_receiver_id(None)));
+    }
+
+    #[test]
+    fn backoff_grows_to_a_minute() {
+        assert_eq!(retry_delay(1), Duration::from_secs(2));
+        assert_eq!(retry_delay(5), Duration::from_secs(32));
+        assert_eq!(retry_delay(50), Duration::from_secs(60));
+    }
+}

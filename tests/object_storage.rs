@@ -1,0 +1,686 @@
+//! `walrcv stream --upload` and `walrcv restore --from` against a real
+//! object store (SeaweedFS, tests/support/seaweed.rs) and real PostgreSQL:
+//! point-in-time recovery from the bucket alone (the local archive deleted)
+//! with every acknowledged commit back, the last ones only in the uploaded
+//! `.partial`, for every `-Z` method; a conflicting object is never
+//! overwritten.
+
+use std::path::Path;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
+
+use crate::support::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
+use crate::support::{
+    parse_lsn, wait_until, walrcv_bin, walrcv_command, BackgroundProcess, PgServer, Recovery,
+};
+
+const APP: &str = "walrcv_a";
+const RECOVERY_LIMIT: Duration = Duration::from_secs(120);
+
+fn start_uploading_receiver(
+    pg: &PgServer,
+    weed: &Seaweed,
+    dir: &Path,
+    prefix: &str,
+    compress: Option<&str>,
+) -> BackgroundProcess {
+    let conn = format!("{} application_name={APP}", pg.conninfo());
+    let mut cmd = walrcv_command();
+    cmd.args(["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-v"])
+        .args([
+            "--upload",
+            &weed.url(prefix),
+            "--upload-partial-interval",
+            "1",
+        ])
+        .args(["--upload-receiver-id", APP]);
+    if let Some(c) = compress {
+        cmd.args(["-Z", c]);
+    }
+    weed.apply(&mut cmd);
+    let mut rcv = BackgroundProcess::spawn(cmd);
+    wait_until(Duration::from_secs(30), "the receiver to stream", || {
+        assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
+        pg.psql(&format!(
+            "SELECT count(*) FROM pg_stat_replication \
+             WHERE application_name = '{APP}' AND state = 'streaming'"
+        )) == "1"
+    });
+    pg.psql(&format!(
+        "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
+    ));
+    pg.psql("SELECT pg_reload_conf()");
+    wait_until(
+        Duration::from_secs(30),
+        "the receiver to be synchronous",
+        || {
+            pg.psql(&format!(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{APP}'"
+            )) == "sync"
+        },
+    );
+    rcv
+}
+
+/// The test's own client of the store (explicit settings, no environment).
+fn client(weed: &Seaweed) -> object_store::aws::AmazonS3 {
+    AmazonS3Builder::new()
+        .with_bucket_name(weed.bucket())
+        .with_endpoint(format!("http://127.0.0.1:{}", weed.s3_port()))
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id(ACCESS_KEY)
+        .with_secret_access_key(SECRET_KEY)
+        .build()
+        .expect("object store client")
+}
+
+fn object_names(weed: &Seaweed, prefix: &str) -> Vec<String> {
+    let store = client(weed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut names = Vec::new();
+        let mut dirs = vec![ObjectPath::from(prefix)];
+        while let Some(dir) = dirs.pop() {
+            let listed = store.list_with_delimiter(Some(&dir)).await.expect("LIST");
+            names.extend(listed.objects.into_iter().map(|o| o.location.to_string()));
+            dirs.extend(listed.common_prefixes);
+        }
+        names.sort();
+        names
+    })
+}
+
+fn rows(pg: &PgServer) -> (u32, u64) {
+    let out = pg.psql("SELECT count(*), coalesce(sum(i), 0) FROM t");
+    let (n, sum) = out.split_once('|').unwrap();
+    (n.parse().unwrap(), sum.parse().unwrap())
+}
+
+/// Commits acknowledged by a synchronous uploading receiver, the primary
+/// crashes, the receiver stops cleanly (its last `.partial` uploaded), the
+/// local archive is deleted, and a base backup recovers from the bucket
+/// alone: every acknowledged row is back.
+fn pitr_from_bucket(compress: Option<&str>) {
+    let weed = Seaweed::start("walrcv");
+    let prefix = "db1";
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    pg.psql("CREATE TABLE t (i int PRIMARY KEY, filler text)");
+    let archive = tempfile::tempdir().unwrap();
+    let mut rcv = start_uploading_receiver(&pg, &weed, archive.path(), prefix, compress);
+    let backup = pg.base_backup();
+    const BIG: u32 = 20;
+    for i in 1..=BIG {
+        pg.try_psql_timeout(
+            &format!(
+                "INSERT INTO t SELECT {i}, string_agg(md5(random()::text), '') \
+                 FROM generate_series(1, 3000)"
+            ),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("commit {i}: {e}\n{}", rcv.stderr()));
+    }
+    let last = BIG + 1;
+    let out = pg.psql(&format!(
+        "BEGIN; INSERT INTO t VALUES ({last}, 'last'); SELECT pg_current_wal_insert_lsn(); COMMIT"
+    ));
+    let last_commit_from = parse_lsn(out.trim());
+    let segment = pg.walfile_name(last_commit_from);
+    let mut primary = pg;
+    primary.stop_immediate();
+    let status = rcv.interrupt();
+    assert!(status.success(), "receiver: {status:?}\n{}", rcv.stderr());
+    let names = object_names(&weed, prefix);
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with(&format!("{prefix}/partial/{segment}/"))),
+        "the last .partial ({segment}) was not uploaded: {names:?}\n{}",
+        rcv.stderr()
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with(&format!("{prefix}/{segment}"))),
+        "{segment} complete in the bucket: {names:?}"
+    );
+    // One version of the .partial per segment and receiver at most, and
+    // none left of the segments completed since (SeaweedFS may list an
+    // emptied directory as an object of its own: not counted).
+    let partials: Vec<_> = names.iter().filter(|n| n.contains(".partial.")).collect();
+    assert_eq!(partials.len(), 1, "{partials:?}");
+    drop(archive);
+    let env: String = weed
+        .env()
+        .iter()
+        .map(|(k, v)| format!("{k}={v} "))
+        .collect();
+    let settings = vec![
+        format!(
+            "restore_command = 'env {env}{} restore %f %p --from {}'",
+            walrcv_bin().display(),
+            weed.url(prefix)
+        ),
+        "recovery_target_timeline = 'latest'".to_string(),
+        "synchronous_standby_names = ''".to_string(),
+    ];
+    let server = match backup.start_recovery(&settings) {
+        Recovery::Started(s) => s,
+        Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
+    };
+    server.wait_for_promotion(RECOVERY_LIMIT);
+    assert_eq!(
+        rows(&server),
+        (last, u64::from(last) * u64::from(last + 1) / 2),
+        "every acknowledged row\n{}",
+        server.full_log()
+    );
+    assert_eq!(
+        server.psql(&format!("SELECT filler FROM t WHERE i = {last}")),
+        "last"
+    );
+    let log = server.full_log();
+    assert!(
+        log.contains(&format!("restored log file \"{segment}\" from archive")),
+        "{segment} not restored:\n{log}"
+    );
+    // The prefetch worker ran (its cache directory in pg_wal).
+    assert!(server.data_dir().join("pg_wal/.walrcv-prefetch").is_dir());
+}
+
+#[test]
+fn upload_pitr_from_bucket_uncompressed() {
+    pitr_from_bucket(None);
+}
+
+#[test]
+fn upload_pitr_from_bucket_gzip() {
+    pitr_from_bucket(Some("gzip"));
+}
+
+#[test]
+fn upload_pitr_from_bucket_lz4() {
+    pitr_from_bucket(Some("lz4"));
+}
+
+#[test]
+fn upload_pitr_from_bucket_zstd() {
+    pitr_from_bucket(Some("zstd"));
+}
+
+/// An object already in the bucket under a segment's name with other bytes
+/// is never overwritten: the upload reports the conflict (log, metric) and
+/// the other segments are uploaded.
+#[test]
+fn upload_conflict_is_never_overwritten() {
+    let weed = Seaweed::start("walrcv");
+    let prefix = "db2";
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let archive = tempfile::tempdir().unwrap();
+    let mut cmd = walrcv_command();
+    let metrics_port = crate::support::free_port();
+    let conn = format!("{} application_name={APP}", pg.conninfo());
+    cmd.args([
+        "stream",
+        "-D",
+        archive.path().to_str().unwrap(),
+        "-d",
+        &conn,
+    ])
+    .args([
+        "--upload",
+        &weed.url(prefix),
+        "--upload-partial-interval",
+        "1",
+    ])
+    .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")]);
+    weed.apply(&mut cmd);
+    let mut rcv = BackgroundProcess::spawn(cmd);
+    wait_until(Duration::from_secs(30), "the receiver to stream", || {
+        assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
+        pg.psql(&format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{APP}' AND state = 'streaming'"
+        )) == "1"
+    });
+    // The segment being streamed: another object takes its name first.
+    let first = pg.walfile_name(pg.current_lsn());
+    let store = client(&weed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = ObjectPath::from(format!("{prefix}/{first}"));
+    rt.block_on(store.put(&key, b"not this segment".to_vec().into()))
+        .expect("PUT");
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) i");
+    pg.switch_wal();
+    pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    let second = pg.walfile_name(pg.switch_wal());
+    wait_until(
+        Duration::from_secs(60),
+        "the second segment uploaded",
+        || {
+            assert!(rcv.is_running(), "{}", rcv.stderr());
+            object_names(&weed, prefix).contains(&format!("{prefix}/{second}"))
+        },
+    );
+    wait_until(Duration::from_secs(30), "the conflict reported", || {
+        rcv.stderr().contains("CONFLICT") && rcv.stderr().contains(&first)
+    });
+    let body = rt
+        .block_on(async { store.get(&key).await?.bytes().await })
+        .expect("GET");
+    assert_eq!(&body[..], b"not this segment", "the object was overwritten");
+    assert_eq!(
+        metric(metrics_port, "walrcv_upload_conflicted_files"),
+        Some(1.0)
+    );
+    assert!(metric(metrics_port, "walrcv_upload_conflicts_total").unwrap_or(0.0) >= 1.0);
+    // walrcv status: CRITICAL (exit 2), naming the conflict.
+    let status = crate::support::walrcv_run(
+        &[
+            "status",
+            "-D",
+            archive.path().to_str().unwrap(),
+            "--metrics-url",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(2), "{}", status.text());
+    assert!(
+        status.text().contains("different content"),
+        "{}",
+        status.text()
+    );
+    rcv.interrupt();
+}
+
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// A sample of the metrics endpoint (`name value` lines).
+fn metric(port: u16, name: &str) -> Option<f64> {
+    http_get(port).lines().find_map(|l| {
+        let (n, v) = l.rsplit_once(' ')?;
+        (n == name).then(|| v.parse().ok())?
+    })
+}
+
+/// A receiver uploading through `env` (not made synchronous).
+fn spawn_receiver(
+    pg: &PgServer,
+    env: &[(&'static str, String)],
+    dir: &Path,
+    url: &str,
+    app: &str,
+    extra: &[&str],
+) -> BackgroundProcess {
+    let conn = format!("{} application_name={app}", pg.conninfo());
+    let mut cmd = walrcv_command();
+    cmd.args(["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-v"])
+        .args(["--upload", url, "--upload-receiver-id", app])
+        .args(extra);
+    crate::support::seaweed::apply_env(&mut cmd, env);
+    let mut rcv = BackgroundProcess::spawn(cmd);
+    wait_until(Duration::from_secs(30), "the receiver to stream", || {
+        assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
+        pg.psql(&format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{app}' AND state = 'streaming'"
+        )) == "1"
+    });
+    rcv
+}
+
+/// The store down (every connection to it hangs, open ones reset): commits
+/// stay as fast as the local archive makes them, the backlog shows in the
+/// metrics, and once the store is back it drains by itself; every complete
+/// segment in the bucket is byte-identical to the local one. A restart
+/// then offers every local file again: each meets the create-only rule,
+/// is read back, found identical, and nothing is reported as a conflict.
+#[test]
+fn upload_backlog_drains_after_a_store_outage() {
+    let weed = Seaweed::start("walrcv");
+    let proxy = crate::support::proxy::FaultProxy::start(weed.s3_port());
+    let mut env = Seaweed::env_for_port(proxy.port());
+    env.push(("AWS_TIMEOUT", "2s".to_string()));
+    env.push(("AWS_CONNECT_TIMEOUT", "2s".to_string()));
+    let prefix = "db3";
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    pg.psql("CREATE TABLE t (i int, filler text)");
+    let archive = tempfile::tempdir().unwrap();
+    let metrics_port = crate::support::free_port();
+    let metrics_arg = format!("127.0.0.1:{metrics_port}");
+    let mut rcv = spawn_receiver(
+        &pg,
+        &env,
+        archive.path(),
+        &weed.url(prefix),
+        APP,
+        &[
+            "--metrics-address",
+            &metrics_arg,
+            "--upload-partial-interval",
+            "1",
+        ],
+    );
+    pg.psql(&format!(
+        "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
+    ));
+    pg.psql("SELECT pg_reload_conf()");
+    proxy.stall_new_connections(true);
+    proxy.stall();
+    proxy.reset();
+    for i in 1..=12 {
+        let started = std::time::Instant::now();
+        pg.try_psql_timeout(
+            &format!("INSERT INTO t SELECT {i}, string_agg(md5(random()::text), '') FROM generate_series(1, 3000)"),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("commit {i}: {e}\n{}", rcv.stderr()));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a commit waited {:?} while the store was down",
+            started.elapsed()
+        );
+    }
+    pg.switch_wal();
+    wait_until(Duration::from_secs(90), "a backlog and failures", || {
+        metric(metrics_port, "walrcv_upload_backlog_files").unwrap_or(0.0) >= 2.0
+            && metric(metrics_port, "walrcv_upload_failures_total").unwrap_or(0.0) >= 1.0
+    });
+    proxy.stall_new_connections(false);
+    proxy.forward();
+    wait_until(Duration::from_secs(120), "the backlog to drain", || {
+        assert!(rcv.is_running(), "{}", rcv.stderr());
+        metric(metrics_port, "walrcv_upload_backlog_files") == Some(0.0)
+    });
+    let local = crate::support::file_names(archive.path());
+    let complete: Vec<&String> = local.iter().filter(|n| n.len() == 24).collect();
+    assert!(complete.len() >= 2, "{local:?}");
+    let store = client(&weed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for name in &complete {
+        let key = ObjectPath::from(format!("{prefix}/{name}"));
+        let body = rt
+            .block_on(async { store.get(&key).await?.bytes().await })
+            .unwrap_or_else(|e| panic!("{name} not in the bucket: {e}"));
+        let ours = std::fs::read(archive.path().join(name)).unwrap();
+        assert!(body[..] == ours[..], "{name} differs in the bucket");
+    }
+    assert_eq!(
+        metric(metrics_port, "walrcv_upload_conflicts_total"),
+        Some(0.0)
+    );
+    rcv.interrupt();
+    // Restart: everything offered again, read back, identical.
+    let mut again = spawn_receiver(
+        &pg,
+        &env,
+        archive.path(),
+        &weed.url(prefix),
+        APP,
+        &["--metrics-address", &metrics_arg],
+    );
+    wait_until(Duration::from_secs(60), "the files offered again", || {
+        assert!(again.is_running(), "{}", again.stderr());
+        metric(metrics_port, "walrcv_upload_backlog_files") == Some(0.0)
+            && metric(metrics_port, "walrcv_upload_files_total").unwrap_or(0.0)
+                >= complete.len() as f64
+    });
+    assert_eq!(
+        metric(metrics_port, "walrcv_upload_conflicts_total"),
+        Some(0.0),
+        "{}",
+        again.stderr()
+    );
+    again.interrupt();
+}
+
+/// `--upload-keep-local 0`: uploaded complete segments leave the local
+/// disk, except the newest of the timeline; the bucket has them all.
+#[test]
+fn upload_keep_local_removes_only_confirmed_segments() {
+    let weed = Seaweed::start("walrcv");
+    let prefix = "db4";
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let archive = tempfile::tempdir().unwrap();
+    let mut rcv = spawn_receiver(
+        &pg,
+        &weed.env(),
+        archive.path(),
+        &weed.url(prefix),
+        APP,
+        &["--upload-keep-local", "0"],
+    );
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        pg.psql("SELECT txid_current()");
+        names.push(pg.walfile_name(pg.switch_wal()));
+    }
+    let newest = names.last().unwrap().clone();
+    wait_until(Duration::from_secs(60), "uploads and local removal", || {
+        assert!(rcv.is_running(), "{}", rcv.stderr());
+        let local = crate::support::file_names(archive.path());
+        let uploaded = object_names(&weed, prefix);
+        names
+            .iter()
+            .all(|n| uploaded.contains(&format!("{prefix}/{n}")))
+            && local.iter().filter(|n| n.len() == 24).count() == 1
+    });
+    let local = crate::support::file_names(archive.path());
+    assert!(
+        local.contains(&newest),
+        "the newest segment was removed: {local:?}"
+    );
+    rcv.interrupt();
+}
+
+/// Two receivers in `ANY 1`, uploading into one prefix; one is killed
+/// (SIGKILL) and restarted during the load, then the primary crashes and
+/// both stop cleanly: restore from the bucket alone has every
+/// acknowledged commit (identical complete segments uploaded twice meet
+/// the create-only + compare rule; each `.partial` has its own name).
+#[test]
+fn two_receivers_any_1_one_bucket() {
+    let weed = Seaweed::start("walrcv");
+    let prefix = "ha";
+    let url = weed.url(prefix);
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    pg.psql("CREATE TABLE t (i int PRIMARY KEY, filler text)");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let interval = ["--upload-partial-interval", "1"];
+    let mut a = spawn_receiver(&pg, &weed.env(), dir_a.path(), &url, "walrcv_a", &interval);
+    let mut b = spawn_receiver(&pg, &weed.env(), dir_b.path(), &url, "walrcv_b", &interval);
+    pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (walrcv_a, walrcv_b)'");
+    pg.psql("SELECT pg_reload_conf()");
+    let backup = pg.base_backup();
+    const N: u32 = 16;
+    for i in 1..=N {
+        if i == 6 {
+            a.kill9();
+        }
+        if i == 10 {
+            a = spawn_receiver(&pg, &weed.env(), dir_a.path(), &url, "walrcv_a", &interval);
+            b.kill9();
+        }
+        if i == 13 {
+            b = spawn_receiver(&pg, &weed.env(), dir_b.path(), &url, "walrcv_b", &interval);
+        }
+        pg.try_psql_timeout(
+            &format!("INSERT INTO t SELECT {i}, string_agg(md5(random()::text), '') FROM generate_series(1, 3000)"),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("commit {i}: {e}"));
+    }
+    let mut primary = pg;
+    primary.stop_immediate();
+    assert!(a.interrupt().success(), "{}", a.stderr());
+    assert!(b.interrupt().success(), "{}", b.stderr());
+    assert!(!a.stderr().contains("CONFLICT") && !b.stderr().contains("CONFLICT"));
+    drop((dir_a, dir_b));
+    let env: String = weed
+        .env()
+        .iter()
+        .map(|(k, v)| format!("{k}={v} "))
+        .collect();
+    let settings = vec![
+        format!(
+            "restore_command = 'env {env}{} restore %f %p --from {url}'",
+            walrcv_bin().display()
+        ),
+        "recovery_target_timeline = 'latest'".to_string(),
+        "synchronous_standby_names = ''".to_string(),
+    ];
+    let server = match backup.start_recovery(&settings) {
+        Recovery::Started(s) => s,
+        Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
+    };
+    server.wait_for_promotion(RECOVERY_LIMIT);
+    assert_eq!(
+        rows(&server),
+        (N, u64::from(N) * u64::from(N + 1) / 2),
+        "every acknowledged row\n{}",
+        server.full_log()
+    );
+}
+
+fn tps(out: &str) -> f64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in {out}"))
+}
+
+/// Performance (run by hand: `cargo test --release --test integration --
+/// --ignored object_storage::perf`): synchronous commit TPS with a
+/// receiver that uploads to SeaweedFS against one that does not, side by
+/// side on one primary, alternating runs.
+#[test]
+#[ignore]
+fn perf_sync_commit_tps_with_upload() {
+    let weed = Seaweed::start("walrcv");
+    let pg = PgServer::builder().start();
+    pg.pgbench_init(10);
+    let secs = std::env::var("WALRCV_PERF_SECS").unwrap_or_else(|_| "20".into());
+    let mut results = Vec::new();
+    for round in 0..2 {
+        for upload in [false, true] {
+            let archive = tempfile::tempdir().unwrap();
+            let conn = format!("{} application_name={APP}", pg.conninfo());
+            let mut cmd = walrcv_command();
+            cmd.args([
+                "stream",
+                "-D",
+                archive.path().to_str().unwrap(),
+                "-d",
+                &conn,
+            ]);
+            if upload {
+                cmd.args([
+                    "--upload",
+                    &weed.url(&format!("perf{round}")),
+                    "--upload-partial-interval",
+                    "10",
+                ]);
+            }
+            weed.apply(&mut cmd);
+            let mut rcv = BackgroundProcess::spawn(cmd);
+            pg.psql(&format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
+            ));
+            pg.psql("SELECT pg_reload_conf()");
+            wait_until(Duration::from_secs(30), "sync", || {
+                assert!(rcv.is_running(), "{}", rcv.stderr());
+                pg.psql(&format!(
+                    "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{APP}'"
+                )) == "sync"
+            });
+            let out = pg.pgbench(&["-c", "4", "-j", "2", "-N", "-T", &secs]);
+            results.push((upload, tps(&out)));
+            rcv.interrupt();
+        }
+    }
+    for (upload, t) in &results {
+        println!("PERF sync commit tps, upload={upload}: {t:.1}");
+    }
+}
+
+/// 503 answers, then a PUT that reaches the store but whose answer is
+/// lost: every segment ends up confirmed, byte-identical, with no conflict
+/// (the lost answer is resolved by reading the object back).
+#[test]
+fn upload_5xx_and_lost_put_answers() {
+    let weed = Seaweed::start("walrcv");
+    let relay = crate::support::http_faults::HttpFaults::start(weed.s3_port());
+    let env = Seaweed::env_for_port(relay.port());
+    let prefix = "db5";
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let archive = tempfile::tempdir().unwrap();
+    let metrics_port = crate::support::free_port();
+    let metrics_arg = format!("127.0.0.1:{metrics_port}");
+    relay.fail_next(6);
+    relay.lose_next_put_answers(2);
+    let mut rcv = spawn_receiver(
+        &pg,
+        &env,
+        archive.path(),
+        &weed.url(prefix),
+        APP,
+        &["--metrics-address", &metrics_arg],
+    );
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        pg.psql("SELECT txid_current()");
+        names.push(pg.walfile_name(pg.switch_wal()));
+    }
+    wait_until(Duration::from_secs(90), "every segment confirmed", || {
+        assert!(rcv.is_running(), "{}", rcv.stderr());
+        let uploaded = object_names(&weed, prefix);
+        names
+            .iter()
+            .all(|n| uploaded.contains(&format!("{prefix}/{n}")))
+            && metric(metrics_port, "walrcv_upload_backlog_files") == Some(0.0)
+    });
+    assert_eq!(relay.failed(), 6);
+    assert_eq!(relay.lost(), 2, "{}", rcv.stderr());
+    assert_eq!(
+        metric(metrics_port, "walrcv_upload_conflicts_total"),
+        Some(0.0),
+        "{}",
+        rcv.stderr()
+    );
+    let store = client(&weed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for name in &names {
+        let key = ObjectPath::from(format!("{prefix}/{name}"));
+        let body = rt
+            .block_on(async { store.get(&key).await?.bytes().await })
+            .unwrap();
+        assert!(
+            body[..] == std::fs::read(archive.path().join(name)).unwrap()[..],
+            "{name}"
+        );
+    }
+    rcv.interrupt();
+}
