@@ -30,6 +30,7 @@ use crate::lsn::Lsn;
 use crate::{MAX_SERVER_MAJOR, MIN_SERVER_MAJOR};
 
 pub mod http;
+pub mod upload;
 pub use http::{serve, MetricsServer, ServeError};
 
 /// An LSN, byte count or other non-negative integer gauge.
@@ -134,7 +135,7 @@ pub struct Metrics {
     last_disconnect: Vec<IntGauge>,
     archive_free_bytes: U64Gauge,
     /// `walrcv_upload_*` (`--upload`).
-    upload: crate::upload::metrics::UploadMetrics,
+    upload: upload::UploadMetrics,
 }
 
 impl Default for Metrics {
@@ -277,7 +278,7 @@ impl Metrics {
             "walrcv_archive_free_bytes",
             "Free bytes on the archive directory's file system",
         );
-        let upload = crate::upload::metrics::UploadMetrics::register(&mut registry);
+        let upload = upload::UploadMetrics::register(&mut registry);
         Metrics {
             registry,
             connected,
@@ -304,7 +305,7 @@ impl Metrics {
     }
 
     /// The uploader's metrics.
-    pub fn upload(&self) -> &crate::upload::metrics::UploadMetrics {
+    pub fn upload(&self) -> &upload::UploadMetrics {
         &self.upload
     }
 

@@ -19,7 +19,6 @@
 //! directory are uploaded again, which the create-only rule turns into a
 //! read-back and compare (one GET per file still local).
 
-pub mod metrics;
 pub mod plan;
 
 use std::collections::{HashMap, HashSet};

@@ -1,5 +1,5 @@
-//! `walrcv_upload_*` metrics (registered in the process's registry by
-//! [`crate::metrics::Metrics::new`]).
+//! `walrcv_upload_*` metrics (`--upload`), registered in the process's registry by
+//! [`crate::metrics::Metrics::new`] and updated by the uploader (`crate::upload`).
 
 use std::sync::atomic::AtomicU64;
 
