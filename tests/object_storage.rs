@@ -14,7 +14,7 @@ use object_store::ObjectStore;
 
 use crate::support::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
 use crate::support::{
-    parse_lsn, wait_until, walrcv_bin, walrcv_command, BackgroundProcess, PgServer, Recovery,
+    parse_lsn, wait_until, walrcv_bin, BackgroundProcess, PgServer, Recovery, Walrcv,
 };
 
 const APP: &str = "walrcv_a";
@@ -28,7 +28,8 @@ fn start_uploading_receiver(
     compress: Option<&str>,
 ) -> BackgroundProcess {
     let conn = format!("{} application_name={APP}", pg.conninfo());
-    let mut cmd = walrcv_command();
+    let mut walrcv = Walrcv::new(Vec::<&str>::new());
+    let cmd = walrcv.command_mut();
     cmd.args(["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-v"])
         .args([
             "--upload",
@@ -40,8 +41,8 @@ fn start_uploading_receiver(
     if let Some(c) = compress {
         cmd.args(["-Z", c]);
     }
-    weed.apply(&mut cmd);
-    let mut rcv = BackgroundProcess::spawn(cmd);
+    weed.apply(cmd);
+    let mut rcv = walrcv.spawn();
     wait_until(Duration::from_secs(30), "the receiver to stream", || {
         assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
         pg.psql(&format!(
@@ -223,7 +224,8 @@ fn upload_conflict_is_never_overwritten() {
     let prefix = "db2";
     let pg = PgServer::builder().wal_segsize_mb(1).start();
     let archive = tempfile::tempdir().unwrap();
-    let mut cmd = walrcv_command();
+    let mut walrcv = Walrcv::new(Vec::<&str>::new());
+    let cmd = walrcv.command_mut();
     let metrics_port = crate::support::free_port();
     let conn = format!("{} application_name={APP}", pg.conninfo());
     cmd.args([
@@ -240,8 +242,8 @@ fn upload_conflict_is_never_overwritten() {
         "1",
     ])
     .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")]);
-    weed.apply(&mut cmd);
-    let mut rcv = BackgroundProcess::spawn(cmd);
+    weed.apply(cmd);
+    let mut rcv = walrcv.spawn();
     wait_until(Duration::from_secs(30), "the receiver to stream", || {
         assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
         pg.psql(&format!(
@@ -330,12 +332,13 @@ fn spawn_receiver(
     extra: &[&str],
 ) -> BackgroundProcess {
     let conn = format!("{} application_name={app}", pg.conninfo());
-    let mut cmd = walrcv_command();
+    let mut walrcv = Walrcv::new(Vec::<&str>::new());
+    let cmd = walrcv.command_mut();
     cmd.args(["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-v"])
         .args(["--upload", url, "--upload-receiver-id", app])
         .args(extra);
-    crate::support::seaweed::apply_env(&mut cmd, env);
-    let mut rcv = BackgroundProcess::spawn(cmd);
+    crate::support::seaweed::apply_env(cmd, env);
+    let mut rcv = walrcv.spawn();
     wait_until(Duration::from_secs(30), "the receiver to stream", || {
         assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
         pg.psql(&format!(
@@ -585,7 +588,8 @@ fn perf_sync_commit_tps_with_upload() {
         for upload in [false, true] {
             let archive = tempfile::tempdir().unwrap();
             let conn = format!("{} application_name={APP}", pg.conninfo());
-            let mut cmd = walrcv_command();
+            let mut walrcv = Walrcv::new(Vec::<&str>::new());
+            let cmd = walrcv.command_mut();
             cmd.args([
                 "stream",
                 "-D",
@@ -601,8 +605,8 @@ fn perf_sync_commit_tps_with_upload() {
                     "10",
                 ]);
             }
-            weed.apply(&mut cmd);
-            let mut rcv = BackgroundProcess::spawn(cmd);
+            weed.apply(cmd);
+            let mut rcv = walrcv.spawn();
             pg.psql(&format!(
                 "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
             ));

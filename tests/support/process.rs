@@ -198,6 +198,13 @@ impl Walrcv {
         self
     }
 
+    /// The command itself, for a helper that configures a `Command` (the
+    /// object store's environment, say); start it with [`spawn`](Self::spawn)
+    /// or [`run`](Self::run) all the same.
+    pub fn command_mut(&mut self) -> &mut Command {
+        &mut self.cmd
+    }
+
     /// How long [`run`](Self::run) waits before it kills walrcv and fails.
     pub fn timeout(mut self, timeout: Duration) -> Walrcv {
         self.timeout = timeout;
@@ -272,12 +279,19 @@ impl BackgroundProcess {
         if cmd.get_current_dir().is_none() {
             cmd.current_dir(dir.path());
         }
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // SAFETY: prctl and signal are async-signal-safe; nothing else runs
+        // between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // A test run started in the background of a shell without job
+                // control inherits SIGINT and SIGQUIT ignored, and a shell
+                // cannot trap a signal ignored at its entry: the tests' own
+                // signals must reach their processes as on a terminal.
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
                 Ok(())
             });
         }
