@@ -467,6 +467,7 @@ fn start_archiver_serving(
 }
 
 /// The served end (`xlogpos` of IDENTIFY_SYSTEM).
+#[cfg(feature = "failpoints")]
 fn served_end(port: u16) -> u64 {
     let ident = psql(port, "postgres", None, "", "IDENTIFY_SYSTEM").unwrap();
     parse_lsn(ident.split('|').nth(2).expect("xlogpos"))
@@ -513,14 +514,20 @@ fn stream_serve_sends_live_wal_never_past_the_reported_flush() {
             .await
             .unwrap();
         let start = begin - begin % segment;
-        conn.start_copy(&format!("START_REPLICATION {} TIMELINE 1", format_lsn(start)))
-            .await
-            .unwrap();
+        conn.start_copy(&format!(
+            "START_REPLICATION {} TIMELINE 1",
+            format_lsn(start)
+        ))
+        .await
+        .unwrap();
         let (mut pieces, mut max_end) = (0u32, start);
         let deadline = std::time::Instant::now() + LIMIT;
         let mut final_end = None;
         while final_end.is_none_or(|f| max_end < f) {
-            assert!(std::time::Instant::now() < deadline, "timed out at {max_end:#x}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out at {max_end:#x}"
+            );
             if final_end.is_none() && !writer.is_running() {
                 assert!(writer.wait_timeout(Duration::ZERO).unwrap().success());
                 let end = pg.current_lsn();
