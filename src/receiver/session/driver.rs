@@ -358,3 +358,32 @@ async fn read_until_ready(conn: &mut Connection) -> Result<QueryResult, Receiver
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_flush_positions_only_once_known_and_on_the_streams_timeline() {
+        let end = LiveEnd::default();
+        let rx = end.subscribe();
+        let old = Published {
+            end: end.clone(),
+            timeline: 1,
+        };
+        old.sent(Lsn::INVALID);
+        assert_eq!(
+            *rx.borrow(),
+            None,
+            "an unknown flush position is not published"
+        );
+        old.sent(Lsn(0x300));
+        assert_eq!(*rx.borrow(), Some((1, Lsn(0x300))));
+        // The next timeline's stream: its first known flush replaces the old end.
+        let new = Published { end, timeline: 2 };
+        new.sent(Lsn::INVALID);
+        assert_eq!(*rx.borrow(), Some((1, Lsn(0x300))));
+        new.sent(Lsn(0x280));
+        assert_eq!(*rx.borrow(), Some((2, Lsn(0x280))));
+    }
+}
