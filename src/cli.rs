@@ -171,6 +171,15 @@ pub struct StreamArgs {
     /// two names.
     #[arg(long = "upload-receiver-id", value_name = "ID")]
     pub upload_receiver_id: Option<String>,
+    /// Also serve the archive to standbys and pg_receivewal at HOST:PORT (or
+    /// PORT for 127.0.0.1:PORT), as `walrcv serve` does, live WAL included up
+    /// to the position last reported flushed to the primary, never past it.
+    #[arg(long = "serve", value_name = "HOST:PORT")]
+    pub serve: Option<String>,
+    /// `--serve-hba`, `--serve-passfile`, `--serve-ssl-cert`, `--serve-ssl-key`,
+    /// `--serve-max-clients` (with `--serve`).
+    #[command(flatten)]
+    pub serve_options: crate::serve::ServeOptions,
     /// Show this help, then exit.
     #[arg(short = '?', long = "help", action = ArgAction::Help)]
     pub help: Option<bool>,
@@ -240,6 +249,9 @@ impl StreamArgs {
         // Also for a StreamArgs built in code (Default gives 0), not parsed.
         check_receive_timeout(self.receive_timeout)
             .map_err(|e| format!("invalid --receive-timeout: {e}"))?;
+        if self.serve.is_none() && self.serve_options.any_given() {
+            return Err("the --serve-* options need --serve HOST:PORT".into());
+        }
         if self.no_password && self.password {
             return Err("cannot use --no-password together with --password".into());
         }
@@ -313,6 +325,29 @@ mod tests {
             Command::Stream(s) => s,
             _ => unreachable!("parsed a stream command line"),
         })
+    }
+
+    #[test]
+    fn serve_flags_are_shared_with_walrcv_serve_and_need_serve() {
+        let a = stream(&[
+            "-D",
+            "/a",
+            "--serve",
+            "0.0.0.0:5433",
+            "--serve-hba",
+            "/h",
+            "--serve-max-clients",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(a.serve.as_deref(), Some("0.0.0.0:5433"));
+        assert_eq!(a.serve_options.hba, Some(PathBuf::from("/h")));
+        assert_eq!(a.serve_options.max_clients, 4);
+        assert_eq!(a.validate(), Ok(StreamAction::Stream));
+        let lone = stream(&["-D", "/a", "--serve-hba", "/h"]).unwrap();
+        assert!(lone.validate().unwrap_err().contains("need --serve"));
+        assert!(stream(&["-D", "/a", "--serve", "5433", "--serve-ssl-cert", "/c"]).is_err());
+        assert_eq!(StreamArgs::default().serve_options.max_clients, 16);
     }
 
     #[test]

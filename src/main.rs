@@ -207,7 +207,18 @@ fn stream_command(args: StreamArgs, log_format: LogFormat) -> i32 {
             return exit::DISCONNECTED;
         }
     };
-    let opts = StreamOptions::from_args(&args, conn);
+    let mut opts = StreamOptions::from_args(&args, conn);
+    if action == StreamAction::Stream {
+        if let Some(listen) = &args.serve {
+            match start_serving(&opts.directory, listen, &args) {
+                Ok(live) => opts.live = Some(live),
+                Err(e) => {
+                    print_error(format_args!("--serve: {e}"));
+                    return exit::CONFIG;
+                }
+            }
+        }
+    }
     runtime.block_on(async move {
         let result = match action {
             StreamAction::CreateSlot => receiver::slots::create(&opts, args.if_not_exists)
@@ -278,6 +289,23 @@ fn start_uploader(args: &StreamArgs) -> Result<Option<walrcv::upload::Uploader>,
     walrcv::upload::Uploader::start(store, opts)
         .map(Some)
         .map_err(|e| format!("could not start the uploader: {e}"))
+}
+
+/// `stream --serve`: the walsender on the archive directory, on a thread of
+/// its own, capped at what the receiver publishes into the returned end.
+fn start_serving(
+    dir: &std::path::Path,
+    listen: &str,
+    args: &StreamArgs,
+) -> Result<walrcv::archive::live::LiveEnd, walrcv::serve::server::ServeError> {
+    let live = walrcv::archive::live::LiveEnd::default();
+    walrcv::serve::spawn_live(
+        dir.to_path_buf(),
+        listen.to_owned(),
+        args.serve_options.clone(),
+        live.subscribe(),
+    )?;
+    Ok(live)
 }
 
 fn report(e: &ReceiverError) -> i32 {

@@ -191,6 +191,7 @@ fn options(dir: &Path, port: u16) -> StreamOptions {
         password_prompt: false,
         metrics_address: None,
         compression: walrcv::archive::compress_spec::CompressionSpec::NONE,
+        live: None,
     }
 }
 

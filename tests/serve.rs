@@ -3,7 +3,9 @@
 //! (byte-identical segments) and to a real standby made with pg_basebackup,
 //! whose primary_conninfo points at walrcv after the primary crashed (it
 //! catches up with every acknowledged commit); bad clients are refused in
-//! PostgreSQL's words and do not disturb the server.
+//! PostgreSQL's words and do not disturb the server. `walrcv stream --serve`:
+//! live WAL never past the flush position reported to the primary, and the
+//! failover of a lagging standby to the archiving process.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -12,10 +14,13 @@ use std::time::Duration;
 
 use walrcv::conninfo::{ChannelBinding, ConnParams, SslMode, Target, TlsSettings};
 use walrcv::pgwire::{BackendMessage, Connection};
+#[cfg(feature = "failpoints")]
+use walrcv::replication::ReplicationMessage;
 
+use crate::support::proxy::FaultProxy;
 use crate::support::{
     debian_bin, format_lsn, free_port, parse_lsn, run_with_timeout, wait_until, walrcv_spawn,
-    BackgroundProcess, PgServer,
+    BackgroundProcess, PgServer, Walrcv,
 };
 
 const APP: &str = "walrcv";
@@ -429,4 +434,231 @@ fn serve_refuses_bad_clients() {
     assert!(serve.is_running());
     serve.interrupt();
     let _: PathBuf = a;
+}
+
+/// `walrcv stream --serve` on a free port (trust for 127.0.0.1), the
+/// synchronous standby of `pg`; `env`: extra environment (failpoints).
+fn start_archiver_serving(
+    pg: &PgServer,
+    dir: &Path,
+    conf: &Path,
+    env: &[(&str, &str)],
+) -> (BackgroundProcess, u16) {
+    let hba_path = conf.join("stream_serve_hba.conf");
+    std::fs::write(&hba_path, "host replication all 127.0.0.1/32 trust\n").unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let conn = format!("{} application_name={APP}", pg.conninfo());
+    let mut rcv = Walrcv::new(["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-v"])
+        .args(["--synchronous", "--serve", &listen])
+        .args(["--serve-hba", hba_path.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .spawn();
+    rcv.wait_for_stderr("serving the archive", Duration::from_secs(30));
+    wait_until(Duration::from_secs(30), "walrcv to stream", || {
+        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+        pg.replication_flush_lsn(APP).is_some()
+    });
+    pg.psql(&format!(
+        "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
+    ));
+    pg.psql("SELECT pg_reload_conf()");
+    (rcv, port)
+}
+
+/// The served end (`xlogpos` of IDENTIFY_SYSTEM).
+#[cfg(feature = "failpoints")]
+fn served_end(port: u16) -> u64 {
+    let ident = psql(port, "postgres", None, "", "IDENTIFY_SYSTEM").unwrap();
+    parse_lsn(ident.split('|').nth(2).expect("xlogpos"))
+}
+
+/// `walrcv stream --serve` serves live WAL, never past the position it
+/// reported flushed: each fdatasync is slowed (1.5 s), so the archive's
+/// `.partial` holds WAL written but not yet flushed for most of the test,
+/// and every piece a client receives must end at or before the flush
+/// position the primary shows for walrcv. pg_receivewal, started before the
+/// commits, gets the live WAL up to the last acknowledged commit.
+#[cfg(feature = "failpoints")]
+#[test]
+fn stream_serve_sends_live_wal_never_past_the_reported_flush() {
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a");
+    let b = work.path().join("b");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    pg.psql("CREATE TABLE live (id int, pad text)");
+    let (mut rcv, port) = start_archiver_serving(
+        &pg,
+        &a,
+        work.path(),
+        &[("FAILPOINTS", "wal-fdatasync=sleep(1500)")],
+    );
+    let begin = served_end(port);
+    let segment = 1u64 << 20;
+    let mut receivewal = BackgroundProcess::spawn({
+        let mut cmd = std::process::Command::new(debian_bin("pg_receivewal"));
+        cmd.args(["-D", b.to_str().unwrap(), "-h", "127.0.0.1"])
+            .args(["-p", &port.to_string(), "-U", "postgres", "-n", "-v"]);
+        cmd
+    });
+    // Commits, each acknowledged once walrcv flushed it.
+    let mut writer = pg.psql_background(
+        "DO $$ BEGIN FOR i IN 1..8 LOOP \
+         INSERT INTO live SELECT i, repeat(md5(random()::text), 100) FROM generate_series(1, 20); \
+         COMMIT; END LOOP; END $$",
+    );
+    let (pieces, max_end) = runtime().block_on(async {
+        let mut conn = Connection::connect(&params(port), true, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let start = begin - begin % segment;
+        conn.start_copy(&format!(
+            "START_REPLICATION {} TIMELINE 1",
+            format_lsn(start)
+        ))
+        .await
+        .unwrap();
+        let (mut pieces, mut max_end) = (0u32, start);
+        let deadline = std::time::Instant::now() + LIMIT;
+        let mut final_end = None;
+        while final_end.is_none_or(|f| max_end < f) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out at {max_end:#x}"
+            );
+            if final_end.is_none() && !writer.is_running() {
+                assert!(writer.wait_timeout(Duration::ZERO).unwrap().success());
+                let end = pg.current_lsn();
+                pg.wait_for_flush(APP, end, LIMIT);
+                final_end = Some(end);
+            }
+            let msg = tokio::time::timeout(Duration::from_secs(2), conn.read_message()).await;
+            let Ok(msg) = msg else { continue };
+            let BackendMessage::CopyData(payload) = msg.unwrap() else {
+                continue;
+            };
+            let Ok(ReplicationMessage::XLogData {
+                data_start, data, ..
+            }) = ReplicationMessage::parse(payload)
+            else {
+                continue;
+            };
+            let end = data_start.0 + data.len() as u64;
+            if end <= max_end {
+                continue;
+            }
+            (pieces, max_end) = (pieces + 1, end);
+            // The primary saw a flush position at least this far before
+            // walrcv published it; a moment's grace for the primary to
+            // process the status update, far shorter than the slowed fsync.
+            let mut reported = 0;
+            for _ in 0..3 {
+                reported = pg.replication_flush_lsn(APP).unwrap_or(0);
+                if reported >= end {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(
+                reported >= end,
+                "served up to {} while walrcv reported only {} flushed",
+                format_lsn(end),
+                format_lsn(reported)
+            );
+        }
+        (pieces, max_end)
+    });
+    assert!(pieces >= 4, "live WAL in too few pieces: {pieces}");
+    assert!(max_end > begin);
+    // pg_receivewal got the same live WAL, up to the last commit.
+    let name = segment_files(&a)
+        .into_iter()
+        .find(|n| n.ends_with(".partial"))
+        .expect("the archive's .partial");
+    let upto = (max_end % segment) as usize;
+    wait_until(LIMIT, "pg_receivewal to receive the live WAL", || {
+        assert!(
+            receivewal.is_running(),
+            "pg_receivewal exited:\n{}",
+            receivewal.stderr()
+        );
+        let mine = std::fs::read(b.join(&name)).unwrap_or_default();
+        let theirs = std::fs::read(a.join(&name)).unwrap();
+        mine.len() >= upto && mine[..upto] == theirs[..upto]
+    });
+    assert!(rcv.is_running());
+    receivewal.interrupt();
+    rcv.interrupt();
+}
+
+/// The headline of issue 21: walrcv is the primary's synchronous standby
+/// and serves (`stream --serve`); an ordinary standby streams asynchronously
+/// from the primary through a proxy that stops it; commits are acknowledged;
+/// the primary crashes. The standby, pointed at walrcv's --serve address,
+/// catches up from the process that archived the WAL and, promoted, holds
+/// every acknowledged commit.
+#[test]
+fn stream_serve_a_lagging_standby_gets_every_acknowledged_commit_after_a_crash() {
+    let mut pg = PgServer::builder().wal_segsize_mb(1).start();
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    let (mut rcv, port) = start_archiver_serving(&pg, &a, work.path(), &[]);
+    commit_rows(&pg, 50);
+    let standby = pg.create_standby();
+    let proxy = FaultProxy::start(pg.port());
+    set_primary_conninfo(&standby, proxy.port());
+    wait_until(LIMIT, "the standby to stream through the proxy", || {
+        standby
+            .try_psql("SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'")
+            .is_ok_and(|p| p == proxy.port().to_string())
+    });
+    // The standby falls behind: its connection stops moving, and so would
+    // any new one.
+    proxy.stall();
+    proxy.stall_new_connections(true);
+    commit_rows(&pg, 300);
+    let acknowledged: u64 = pg.psql("SELECT count(*) FROM t").parse().unwrap();
+    let end = pg.current_lsn();
+    pg.wait_for_flush(APP, end, LIMIT);
+    let behind = parse_lsn(&standby.psql("SELECT pg_last_wal_receive_lsn()"));
+    assert!(
+        behind < end,
+        "the standby is not behind: {} >= {}",
+        format_lsn(behind),
+        format_lsn(end)
+    );
+    pg.stop_immediate();
+    set_primary_conninfo(&standby, port);
+    drop(proxy);
+    wait_until(LIMIT, "the standby to replay walrcv's WAL", || {
+        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+        standby
+            .try_psql("SELECT pg_last_wal_replay_lsn()")
+            .map(|l| parse_lsn(&l) >= end)
+            .unwrap_or(false)
+    });
+    let sender = standby.psql("SELECT sender_port FROM pg_stat_wal_receiver");
+    assert_eq!(sender, port.to_string(), "the standby streams from walrcv");
+    standby.promote();
+    let present: u64 = standby.psql("SELECT count(*) FROM t").parse().unwrap();
+    assert_eq!(
+        present, acknowledged,
+        "acknowledged commits missing after promotion"
+    );
+    rcv.interrupt();
+}
+
+/// Points `standby` at 127.0.0.1:`port` (the last primary_conninfo line
+/// wins) and reloads: its WAL receiver restarts with it.
+fn set_primary_conninfo(standby: &PgServer, port: u16) {
+    let conf = standby.data_dir().join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "primary_conninfo = 'host=127.0.0.1 port={port} user=postgres application_name=standby'\n"
+    ));
+    std::fs::write(&conf, text).unwrap();
+    standby.psql("SELECT pg_reload_conf()");
 }

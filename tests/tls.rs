@@ -665,6 +665,7 @@ fn tls_streaming_is_byte_identical() {
         password_prompt: false,
         metrics_address: None,
         compression: walrcv::archive::compress_spec::CompressionSpec::NONE,
+        live: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

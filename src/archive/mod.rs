@@ -28,6 +28,8 @@
 //! - [`check`]: whether one (decompressed) segment or history file may be used.
 //! - [`listing`]: what a scan found (segment files, start point), plain data.
 //! - [`site`]: the names of the archive's IO ([`site::Site`], [`site::Op`]).
+//! - [`live`]: [`live::LiveEnd`], the flushed and verified end that
+//!   `stream --serve` publishes to its walsender.
 //! - [`observe`]: what the archive reports to a layer above (fdatasync times).
 
 pub mod check;
@@ -40,6 +42,7 @@ pub mod durable;
 pub mod failpoints;
 pub mod inspect;
 pub mod listing;
+pub mod live;
 pub mod names;
 pub mod observe;
 pub mod resume;

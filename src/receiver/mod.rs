@@ -61,6 +61,9 @@ pub struct StreamOptions {
     pub metrics_address: Option<String>,
     /// `-Z/--compress`: how segment and history files are written.
     pub compression: crate::archive::compress_spec::CompressionSpec,
+    /// `--serve`: where each position reported flushed is published for the
+    /// walsender (`None` without `--serve`).
+    pub live: Option<crate::archive::live::LiveEnd>,
 }
 
 /// How a successful run ended.

@@ -38,6 +38,8 @@ impl StreamOptions {
             metrics_address: args.metrics_address.clone(),
             // Checked by `validate`; an unchecked bad spec writes plain files.
             compression: args.compression().unwrap_or(CompressionSpec::NONE),
+            // Set by the caller that starts the server (`main`'s stream command).
+            live: None,
         }
     }
 }

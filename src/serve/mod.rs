@@ -13,11 +13,11 @@
 //!
 //! IO: [`source`] reads the archive (only WAL that `walrcv restore` would
 //! serve: verified, never a set-aside divergent tail), [`server`] runs the
-//! listener and the sessions.
+//! listener and the sessions; under `walrcv stream --serve` it never serves
+//! past the receiver's flushed end ([`crate::archive::live::LiveEnd`]).
 
 pub mod command;
 pub mod hba;
-pub mod live;
 pub mod reply;
 pub mod scram;
 pub mod server;
@@ -26,4 +26,4 @@ pub mod streamer;
 pub mod walsender;
 pub mod wire;
 
-pub use server::{run, serve, ServeArgs, ServeOptions};
+pub use server::{run, serve, spawn_live, ServeArgs, ServeOptions};

@@ -32,7 +32,8 @@ use super::streamer::{parse_standby, Streamer};
 use super::walsender::{self, sqlstate, Catalog, Outcome, StreamPlan};
 use super::wire::{self, Frontend, ReplicationMode, Startup, StartupParams, WireError};
 
-/// The verified and flushed end a receiver publishes (`walrcv stream --serve`).
+/// The verified and flushed end a receiver publishes (`walrcv stream --serve`):
+/// a [`crate::archive::live::LiveEnd::subscribe`].
 pub type LiveEnd = watch::Receiver<Option<(TimeLineId, Lsn)>>;
 
 /// Start-up and authentication must finish within this.
@@ -50,13 +51,6 @@ pub struct ServeArgs {
     /// The archive directory to serve.
     #[arg(short = 'D', long = "directory", value_name = "DIR")]
     pub directory: PathBuf,
-    #[command(flatten)]
-    pub options: ServeOptions,
-}
-
-/// What `walrcv serve` shares with `walrcv stream --serve`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServeOptions {
     /// Address to listen on: HOST:PORT, or PORT alone for 127.0.0.1:PORT.
     #[arg(
         long = "listen",
@@ -64,6 +58,14 @@ pub struct ServeOptions {
         default_value = "127.0.0.1:5432"
     )]
     pub listen: String,
+    #[command(flatten)]
+    pub options: ServeOptions,
+}
+
+/// What `walrcv serve` shares with `walrcv stream --serve` (one definition,
+/// flattened into both).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeOptions {
     /// Who may connect, in pg_hba.conf syntax (host/hostssl/hostnossl lines
     /// for database `replication`; trust, reject, scram-sha-256, cert).
     /// Without it no connection is accepted.
@@ -80,8 +82,35 @@ pub struct ServeOptions {
     #[arg(long = "serve-ssl-key", value_name = "FILE", requires = "ssl_cert")]
     pub ssl_key: Option<PathBuf>,
     /// Most clients served at once; more are refused ("too many clients").
-    #[arg(long = "serve-max-clients", value_name = "N", default_value_t = 16)]
+    #[arg(long = "serve-max-clients", value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS)]
     pub max_clients: usize,
+}
+
+/// `--serve-max-clients` when not given.
+pub const DEFAULT_MAX_CLIENTS: usize = 16;
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            hba: None,
+            passfile: None,
+            ssl_cert: None,
+            ssl_key: None,
+            max_clients: DEFAULT_MAX_CLIENTS,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Whether any flag was given (they mean nothing to `stream` without
+    /// `--serve`).
+    pub fn any_given(&self) -> bool {
+        self.hba.is_some()
+            || self.passfile.is_some()
+            || self.ssl_cert.is_some()
+            || self.ssl_key.is_some()
+            || self.max_clients != DEFAULT_MAX_CLIENTS
+    }
 }
 
 /// Why the server cannot start.
@@ -102,6 +131,8 @@ pub enum ServeError {
     Tls(String),
     #[error("the archive directory \"{0}\" does not exist or is not a directory")]
     NoArchive(PathBuf),
+    #[error("cannot start the server's runtime: {0}")]
+    Runtime(String),
 }
 
 /// What every session shares.
@@ -167,10 +198,29 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<SslAcceptor, ServeError> {
 /// Binds and serves until `shutdown` fires.
 pub async fn serve(
     dir: PathBuf,
+    listen: &str,
     opts: ServeOptions,
     live: Option<LiveEnd>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
+    bind(dir, listen, opts, live).await?.run(shutdown).await;
+    Ok(())
+}
+
+/// A bound listener with everything its sessions share.
+pub struct Bound {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// Loads the rules, verifiers and TLS files, and binds `listen`: every
+/// configuration error shows here, before anything is served.
+pub async fn bind(
+    dir: PathBuf,
+    listen: &str,
+    opts: ServeOptions,
+    live: Option<LiveEnd>,
+) -> Result<Bound, ServeError> {
     if !dir.is_dir() {
         return Err(ServeError::NoArchive(dir));
     }
@@ -189,7 +239,7 @@ pub async fn serve(
         (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
         _ => None,
     };
-    let addr = listen_addr(&opts.listen)?;
+    let addr = listen_addr(listen)?;
     let listener = TcpListener::bind(&addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -206,26 +256,82 @@ pub async fn serve(
         live,
         next_pid: AtomicUsize::new(1),
     });
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        let _ = stream.set_nodelay(true);
-                        if let Err(e) = session(stream, peer, shared).await {
-                            tracing::info!(peer = %peer, "client {peer}: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = shutdown.changed() => return Ok(()),
+    Ok(Bound { listener, shared })
+}
+
+impl Bound {
+    /// Accepts clients until `shutdown` fires (or its sender is gone).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let Bound { listener, shared } = self;
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            let _ = stream.set_nodelay(true);
+                            if let Err(e) = session(stream, peer, shared).await {
+                                tracing::info!(peer = %peer, "client {peer}: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
         }
     }
+}
+
+/// `walrcv stream --serve`: the server on a thread and runtime of its own,
+/// so that serving clients never takes the receive loop's thread (a slow or
+/// busy client cannot delay the primary's acknowledgements). Returns once
+/// bound (or with the configuration error); the server then runs until the
+/// process exits.
+pub fn spawn_live(
+    dir: PathBuf,
+    listen: String,
+    opts: ServeOptions,
+    live: LiveEnd,
+) -> Result<(), ServeError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("walrcv-serve".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("walrcv-serve")
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(ServeError::Runtime(e.to_string())));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match bind(dir, &listen, opts, Some(live)).await {
+                    Ok(bound) => {
+                        let _ = tx.send(Ok(()));
+                        // Never fires: the server lives as long as the process.
+                        let (_keep, never) = watch::channel(false);
+                        bound.run(never).await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        });
+    if let Err(e) = spawned {
+        return Err(ServeError::Runtime(e.to_string()));
+    }
+    rx.recv()
+        .map_err(|_| ServeError::Runtime("the server thread ended at start".into()))?
 }
 
 /// `walrcv serve`: runs until SIGINT or SIGTERM; the exit status.
@@ -254,7 +360,15 @@ pub fn run(args: &ServeArgs) -> i32 {
             }
             let _ = tx.send(true);
         });
-        match serve(args.directory.clone(), args.options.clone(), None, rx).await {
+        match serve(
+            args.directory.clone(),
+            &args.listen,
+            args.options.clone(),
+            None,
+            rx,
+        )
+        .await
+        {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("walrcv serve: {e}");
@@ -262,6 +376,20 @@ pub fn run(args: &ServeArgs) -> i32 {
             }
         }
     })
+}
+
+/// How far a client on `timeline` may be sent, given the receiver's
+/// published end: up to it on the same timeline; nothing on a newer timeline
+/// than the receiver has reported flushed (its history is stored first, its
+/// WAL is not reported yet); no cap on an older one (it ends at its switch
+/// point, which the stream plan enforces).
+fn live_cap(published: (TimeLineId, Lsn), timeline: TimeLineId) -> Option<Lsn> {
+    let (tli, end) = published;
+    match tli.cmp(&timeline) {
+        std::cmp::Ordering::Equal => Some(end),
+        std::cmp::Ordering::Less => Some(Lsn(0)),
+        std::cmp::Ordering::Greater => None,
+    }
 }
 
 /// A client connection, TLS or not.
@@ -717,8 +845,7 @@ async fn stream(
         let live_limit = live
             .as_ref()
             .and_then(|l| *l.borrow())
-            .filter(|(t, _)| *t == s.timeline())
-            .map(|(_, e)| e);
+            .and_then(|published| live_cap(published, s.timeline()));
         let available = reader
             .current
             .as_ref()
@@ -889,6 +1016,13 @@ async fn on_client(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_cap_by_timeline() {
+        assert_eq!(live_cap((2, Lsn(500)), 2), Some(Lsn(500)));
+        assert_eq!(live_cap((1, Lsn(500)), 2), Some(Lsn(0)));
+        assert_eq!(live_cap((3, Lsn(500)), 2), None);
+    }
 
     #[test]
     fn listen_forms() {

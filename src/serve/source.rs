@@ -118,6 +118,11 @@ pub fn catalog(dir: &Path, live_end: Option<(TimeLineId, Lsn)>) -> Result<Catalo
     if let Some((tli, end)) = live_end {
         if tli == catalog.timeline {
             catalog.end = catalog.end.min(end);
+        } else if tli < catalog.timeline {
+            // The receiver stored the new timeline's history but has not
+            // reported any of its WAL flushed yet: nothing past the switch.
+            let switch_in = catalog.history.last().map_or(Lsn(0), |e| e.switchpoint);
+            catalog.end = catalog.end.min(switch_in);
         }
     }
     Ok(catalog)

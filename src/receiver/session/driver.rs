@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::machine::{Action, Event, Report, StreamMachine};
 use super::steps::{closing, Closing, LoopEnd};
+use crate::archive::live::LiveEnd;
 use crate::lsn::{pg_now, Lsn, TimeLineId};
 use crate::metrics::AckClock;
 use crate::pgwire::{BackendMessage, Connection, PgError, QueryResult};
@@ -47,6 +48,29 @@ pub struct Stream<'a> {
     pub machine: StreamMachine<'a>,
     /// Measures `walrcv_flush_ack_latency_seconds`.
     pub acks: AckClock,
+    /// `stream --serve`: where each flush position sent is published.
+    pub live: Option<Published>,
+}
+
+/// Where and on which timeline the flush positions sent to the server are
+/// published for the walsender (`stream --serve`).
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub end: LiveEnd,
+    /// The stream's timeline: a new timeline's first report replaces the old
+    /// timeline's end ([`LiveEnd::publish`]).
+    pub timeline: TimeLineId,
+}
+
+impl Published {
+    /// Publishes a flush position once the server was sent it: durable and
+    /// verified (the sink's flush is `min(durable, verified)`). An invalid
+    /// position (not known yet) publishes nothing. A watch send: never waits.
+    fn sent(&self, flush: Lsn) {
+        if flush.is_valid() {
+            self.end.publish(self.timeline, flush);
+        }
+    }
 }
 
 impl Stream<'_> {
@@ -59,12 +83,13 @@ impl Stream<'_> {
             conn,
             sink,
             mut machine,
+            live,
             ..
         } = self;
         let closed = sink.close();
         let plan = closing(result, closed, machine.feedback(), now());
         StreamEnd {
-            result: say_goodbye(conn, plan, received, shutdown).await,
+            result: say_goodbye(conn, plan, received, live.as_ref(), shutdown).await,
             streamed,
         }
     }
@@ -155,6 +180,9 @@ impl Stream<'_> {
     /// WAL its flush position covers.
     async fn send(&mut self, status: Status) -> Result<(), ReceiverError> {
         send_status(self.conn, status).await?;
+        if let Some(live) = &self.live {
+            live.sent(status.flush);
+        }
         if let Some(latency) = self.acks.status_sent(now(), status.flush) {
             crate::metrics::global().flush_acknowledged(latency);
         }
@@ -212,6 +240,7 @@ async fn say_goodbye(
     conn: &mut Connection,
     plan: Closing,
     received: Lsn,
+    live: Option<&Published>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<CopyEnd, ReceiverError> {
     let end = match plan {
@@ -228,6 +257,9 @@ async fn say_goodbye(
         Closing::TimelineEnded => LoopEnd::ServerCopyDone,
         Closing::Report { status, end } => {
             send_status(conn, status).await?;
+            if let Some(live) = live {
+                live.sent(status.flush);
+            }
             end
         }
     };
@@ -324,5 +356,34 @@ async fn read_until_ready(conn: &mut Connection) -> Result<QueryResult, Receiver
             BackendMessage::ReadyForQuery => return Ok(result),
             other => return Err(ReceiverError::Unexpected(other.summary())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_flush_positions_only_once_known_and_on_the_streams_timeline() {
+        let end = LiveEnd::default();
+        let rx = end.subscribe();
+        let old = Published {
+            end: end.clone(),
+            timeline: 1,
+        };
+        old.sent(Lsn::INVALID);
+        assert_eq!(
+            *rx.borrow(),
+            None,
+            "an unknown flush position is not published"
+        );
+        old.sent(Lsn(0x300));
+        assert_eq!(*rx.borrow(), Some((1, Lsn(0x300))));
+        // The next timeline's stream: its first known flush replaces the old end.
+        let new = Published { end, timeline: 2 };
+        new.sent(Lsn::INVALID);
+        assert_eq!(*rx.borrow(), Some((1, Lsn(0x300))));
+        new.sent(Lsn(0x280));
+        assert_eq!(*rx.borrow(), Some((2, Lsn(0x280))));
     }
 }

@@ -39,7 +39,7 @@ use crate::shutdown::unless_stopped;
 use crate::wal::history::{parse_history, HistoryEntry};
 use crate::wal::{Verifier, VerifierConfig};
 use crate::{MAX_SERVER_MAJOR, MIN_SERVER_MAJOR};
-use driver::{CopyEnd, Stream};
+use driver::{CopyEnd, Published, Stream};
 use machine::{MachineConfig, StreamMachine};
 use steps::{DivergentTail, LineageStep, Start};
 
@@ -714,6 +714,10 @@ impl Session<'_> {
                     sink,
                     machine,
                     acks: AckClock::default(),
+                    live: opts.live.clone().map(|end| Published {
+                        end,
+                        timeline: start.timeline,
+                    }),
                 };
                 crate::metrics::global().stream_started(start.timeline);
                 let ended = stream.run(shutdown).await;

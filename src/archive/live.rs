@@ -1,9 +1,8 @@
-//! The hook for `walrcv stream --serve` (not wired yet): the receiver
-//! publishes its flushed and verified end here, and the walsender never
-//! serves past it (see [`super::server::serve`], whose `live` argument is a
-//! [`LiveEnd::subscribe`]). Kept in its own file so that wiring it into the
-//! receiver is one call where the flushed position is reported:
-//! `live.publish(timeline, flushed)`.
+//! The archive's live end for `walrcv stream --serve`: the receiver
+//! publishes the position it has just reported flushed to the server (durable
+//! and verified) here, and the walsender (`crate::serve`) never serves past
+//! it. Here, below both, so that the receiver does not depend on the server:
+//! publishing is a watch-channel send that never waits for a client.
 
 use tokio::sync::watch;
 
