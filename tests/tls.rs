@@ -418,6 +418,82 @@ fn tls_every_sslmode_against_tls_and_plain_servers_as_libpq() {
     }
 }
 
+/// Unusable TLS files (a root file that is no certificate, a certificate
+/// file that is none, a key missing or readable by others) matter only once
+/// the server has accepted TLS, as in libpq, which loads them only then
+/// (`initialize_SSL` in `pgtls_open_client`): against a plain server,
+/// `prefer` connects in plain text and `require` reports the server's
+/// refusal; against a TLS server, `prefer` falls back to plain text and
+/// `require` reports the file, in libpq's words.
+#[test]
+fn tls_unusable_files_matter_only_when_the_server_accepts_tls_as_libpq() {
+    let pki = make_pki();
+    write(pki.dir.path(), "garbage.crt", "not a certificate\n", false);
+    let open_key = pki.path("open.key");
+    std::fs::copy(pki.path("client.key"), &open_key).unwrap();
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let tls = tls_server(&pki, 15, "server");
+    let plain = plain_server();
+    type Spoil = fn(&mut TlsSettings, &Pki);
+    let faults: [(&str, Spoil, &str); 4] = [
+        (
+            "bad sslrootcert",
+            |t, pki| t.root_cert = Some(RootCerts::File(pki.path("garbage.crt"))),
+            "could not read root certificate file",
+        ),
+        (
+            "bad sslcert",
+            |t, pki| t.cert = Some(pki.path("garbage.crt")),
+            "could not read certificate file",
+        ),
+        (
+            "sslkey missing",
+            |t, pki| {
+                t.cert = Some(pki.path("client.crt"));
+                t.key = Some(pki.path("none.key"));
+            },
+            "certificate present, but not private key file",
+        ),
+        (
+            "sslkey readable by others",
+            |t, pki| {
+                t.cert = Some(pki.path("client.crt"));
+                t.key = Some(pki.path("open.key"));
+            },
+            "has group or world access",
+        ),
+    ];
+    for (fault, spoil, libpq_words) in faults {
+        for (server, server_accepts_tls) in [(&plain, false), (&tls, true)] {
+            for mode in [SslMode::Prefer, SslMode::Require] {
+                let mut case = Case::new(server.port(), SUPERUSER, mode, &pki);
+                spoil(&mut case.tls, &pki);
+                let what = format!(
+                    "{fault}, sslmode={}, {} server",
+                    mode_name(mode),
+                    if server_accepts_tls { "TLS" } else { "plain" }
+                );
+                let expected = match mode {
+                    SslMode::Prefer => Outcome::Plain,
+                    _ => Outcome::Refused,
+                };
+                let why = case.check(server, expected, &what);
+                if expected != Outcome::Refused {
+                    continue;
+                }
+                let (_, libpq_why) = case.psql(server);
+                let words = if server_accepts_tls {
+                    libpq_words
+                } else {
+                    "server does not support SSL, but SSL was required"
+                };
+                assert!(libpq_why.contains(words), "{what}: psql: {libpq_why}");
+                assert!(why.contains(words), "{what}: walrcv: {why}");
+            }
+        }
+    }
+}
+
 #[test]
 fn tls_verify_full_checks_the_host_name_verify_ca_the_chain() {
     let pki = make_pki();

@@ -493,12 +493,21 @@ impl Connection {
     /// SSLRequest and its answer (or, with `sslnegotiation=direct`, nothing),
     /// then the TLS handshake; each wait bounded by the reply timeout. An 'N'
     /// under `prefer`/`allow` leaves the connection in plain text.
+    ///
+    /// The OpenSSL context (and the root, certificate, key and CRL files) is
+    /// built only once the server has answered 'S', as libpq's
+    /// `pgtls_open_client` runs `initialize_SSL` only then: a server without
+    /// TLS never costs OpenSSL's context and trust store (megabytes of
+    /// resident memory), and a bad file is reported only when TLS is really
+    /// going to be used (under `require` against such a server, libpq
+    /// reports that the server does not support SSL, not the file). What
+    /// libpq checks before connecting (`sslmode`, `sslrootcert=system` with
+    /// a weaker mode, the protocol version range) is checked by `conninfo`.
     async fn negotiate_tls(&mut self, params: &ConnParams, target: &Target) -> Result<(), PgError> {
         let host = match target {
             Target::Tcp { host, .. } => host.as_str(),
             Target::Unix { .. } => return Ok(()),
         };
-        let config = tls::client_config(&params.tls, host).map_err(|e| self.tls_err(e))?;
         if params.tls.negotiation == SslNegotiation::Postgres {
             let mut request = BytesMut::new();
             request.extend_from_slice(&tls::SSL_REQUEST);
@@ -518,6 +527,7 @@ impl Connection {
                 SslResponse::Handshake => {}
             }
         }
+        let config = tls::client_config(&params.tls, host).map_err(|e| self.tls_err(e))?;
         // The socket moves into the TLS stream; a closed placeholder stands in
         // meanwhile (a failed handshake ends this connection anyway).
         let placeholder: Box<dyn Stream> = Box::new(tokio::io::duplex(1).0);
@@ -1292,6 +1302,73 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    /// Settings whose files OpenSSL cannot use: a root "certificate" that is
+    /// not one, a client certificate without its key. Loading either fails.
+    fn unusable_tls_files(dir: &std::path::Path, mode: SslMode, port: u16) -> ConnParams {
+        let root = dir.join("root.crt");
+        std::fs::write(&root, "not a certificate\n").unwrap();
+        let mut p = tls_params(port, mode);
+        p.tls.root_cert = Some(crate::conninfo::RootCerts::File(root));
+        p.tls.cert = Some(dir.join("client.crt"));
+        p.tls.key = Some(dir.join("client.key"));
+        std::fs::write(dir.join("client.crt"), "not a certificate either\n").unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn tls_files_are_not_read_when_the_server_answers_no() {
+        let dir = tempfile::tempdir().unwrap();
+        // prefer: plain text on the same connection, no error about files
+        // that libpq would never have opened.
+        let (port, _) = tls_server(b'N').await;
+        let p = unusable_tls_files(dir.path(), SslMode::Prefer, port);
+        let conn = Connection::connect(&p, true, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(!conn.is_tls());
+        // require and verify-ca: libpq's "server does not support SSL", not
+        // the files (verify-ca even without any root file).
+        for (mode, root) in [(SslMode::Require, true), (SslMode::VerifyCa, false)] {
+            let (port, _) = tls_server(b'N').await;
+            let mut p = unusable_tls_files(dir.path(), mode, port);
+            if !root {
+                p.tls.root_cert = Some(crate::conninfo::RootCerts::File(dir.path().join("none")));
+            }
+            let e = Connection::connect(&p, true, Duration::from_secs(10))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e.kind(),
+                    Some(PgErrorKind::Tls {
+                        source: TlsError::ServerRefusedTls,
+                    })
+                ),
+                "{mode:?}: {e}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_files_are_read_once_the_server_answers_yes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, _) = tls_server(b'S').await;
+        let p = unusable_tls_files(dir.path(), SslMode::Require, port);
+        let e = Connection::connect(&p, true, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                Some(PgErrorKind::Tls {
+                    source: TlsError::Load { .. },
+                })
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("root certificate file"), "{e}");
     }
 
     /// A server that accepts any number of connections and reports
