@@ -1289,6 +1289,36 @@ mod shrunk {
         );
     }
 
+    /// Finding 2, a failed fsync while a segment is streamed again (seed
+    /// 17, 48 cases): segment 3's `.partial` is streamed again after its
+    /// fsync failed, segment 3 is moved in complete beside it and its fsync
+    /// at start-up fails too; that failure was folded into the
+    /// "streamed again" doubt, which the complete name then settled, so the
+    /// file whose fsync failed was trusted and its WAL reported flushed.
+    #[test]
+    fn finding_2_fsync_eio_of_a_file_moved_in_while_streamed_again() {
+        let actions = [
+            Generate(16),
+            Receive(1, false),
+            FailFileSyncs(1),
+            Receive(1, false),
+            Receive(1, false),
+            FailFileSyncs(2),
+            Promote,
+            CopyIn,
+            Receive(1, false),
+            Receive(1, false),
+        ];
+        replay(
+            "none",
+            Scenario {
+                copy_in: true,
+                ..COMMON
+            },
+            &actions,
+        );
+    }
+
     /// Finding 2, directory: the new `.partial`'s directory fsync fails, the
     /// next connection's fsyncs succeed and its WAL is reported, while its
     /// name was never made durable.
