@@ -112,6 +112,7 @@ impl ArchiveDir {
             } else {
                 durable::rename(&file.path, &to, Site::Divergent)?;
             }
+            self.forget_known(&file.path);
             moved.push(SetAside {
                 from: file.path.clone(),
                 to,

@@ -450,6 +450,22 @@ impl ArchiveDir {
         }
     }
 
+    /// Forgets that `path` was checked and fsynced: this process moved it
+    /// away after the scan that recorded it, so a file that appears under
+    /// its name later (moved in by an operator or Barman) is a new file, to
+    /// be checked and fsynced before anything built on it is reported.
+    /// Without this, the name stays known until a scan sees it missing,
+    /// which never happens when the file comes back before the next scan.
+    pub(crate) fn forget_known(&self, path: &Path) {
+        if let Some(name) = file_name(path) {
+            let mut known = self
+                .known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            known.segments.remove(name);
+        }
+    }
+
     fn lock_taints(&self) -> std::sync::MutexGuard<'_, Taints> {
         self.taints
             .lock()
@@ -501,6 +517,7 @@ impl ArchiveDir {
                         };
                         renamed.map_err(PrepareError::Sync)?;
                     }
+                    self.forget_known(&file.path);
                     tracing::warn!(
                         "the fsync of \"{}\" (or of the directory after its rename) failed earlier: its WAL is of \
                          unknown durability; renamed it back to \"{}\" to stream it again from {} (timeline {})",
@@ -1209,6 +1226,40 @@ mod tests {
         let scan = dir.scan(SEG).unwrap();
         dir.sync_existing(&scan).unwrap();
         dir.fsync().unwrap();
+    }
+
+    /// A complete segment renamed back to `.partial` (its fsync failed) is
+    /// no longer a known file: one moved in later under its name is checked
+    /// (and fsynced) as new, never taken for the file checked before.
+    #[test]
+    fn a_file_moved_in_under_a_name_renamed_back_is_new() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let complete = wal_file(d, &name(1, 3), SEG, &good_header(3));
+        let dir = ArchiveDir::open(d).unwrap();
+        dir.prepare_start(SYSID, SEG, true).unwrap();
+        dir.record_fsync_failure(&ArchiveError::Fsync {
+            path: complete.clone(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        });
+        // Renamed back to `.partial`, streamed again from its start.
+        let scan = dir.prepare_start(SYSID, SEG, true).unwrap();
+        assert_eq!(scan.streaming_start(SEG).unwrap().lsn, Lsn(3 * SEG));
+        assert!(!complete.exists(), "{:?}", names(d));
+        // Before the next scan, a file of another cluster appears under the
+        // complete name: it must be checked like any new file.
+        let magic = magic_for_major(17).unwrap();
+        wal_file(
+            d,
+            &name(1, 3),
+            SEG,
+            &long_header(magic, XLP_LONG_HEADER, 3 * SEG, SYSID + 1, SEG as u32),
+        );
+        let err = dir.prepare_start(SYSID, SEG, true).unwrap_err();
+        assert!(
+            matches!(err, PrepareError::Check(ArchiveError::OtherCluster { .. })),
+            "{err}"
+        );
     }
 
     /// A segment whose fsync failed is streamed again from its start: the

@@ -102,7 +102,12 @@ impl Taints {
                 Doubt::Data
             };
             let kept = self.segments.entry(name).or_insert(doubt);
-            if *kept == Doubt::PartialData {
+            // A complete file's failed fsync overrides `Restreaming` too: a
+            // complete file moved in beside the `.partial` being streamed
+            // again would otherwise settle the taint (`settle`) and be
+            // trusted although its fsync failed.
+            if *kept == Doubt::PartialData || (*kept == Doubt::Restreaming && doubt == Doubt::Data)
+            {
                 *kept = doubt;
             }
         }
@@ -392,6 +397,24 @@ mod tests {
         t.settle(&s);
         assert!(t.is_empty(), "{t:?}");
         assert_eq!(plan(&s, &t, SEG), Plan::Normal);
+    }
+
+    #[test]
+    fn a_complete_file_whose_fsync_failed_while_streamed_again_is_not_settled() {
+        // Found by the property test: 8.partial is being streamed again, a
+        // complete 8 is moved in beside it and its fsync fails at start-up.
+        let name8 = wal_file_name(1, 8, SEG);
+        let mut t = data(&format!("{name8}.partial"));
+        let s = scan(&[(7, false), (8, true)]);
+        let p = plan(&s, &t, SEG);
+        t.restreaming(&s, &p);
+        t.failed_fsync(Path::new("/a"), &Path::new("/a").join(&name8));
+        let s = scan(&[(7, false), (8, false), (8, true)]);
+        t.settle(&s);
+        assert!(
+            matches!(plan(&s, &t, SEG), Plan::Restream { start, .. } if start == at(8)),
+            "{t:?}"
+        );
     }
 
     #[test]

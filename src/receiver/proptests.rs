@@ -299,12 +299,14 @@ struct Harness {
     server: Server,
     reports: Vec<Report>,
     log: Vec<String>,
+    /// Where each zero-byte `.partial` started the archive over (Barman's
+    /// `receive-wal --reset`), oldest first: WAL from there on is held apart
+    /// from the older WAL before the gap. Every one counts, not only the
+    /// last: the WAL acknowledged after one reset stays in the archive (and
+    /// must) when a later reset starts the archive over again further on.
+    resets: Vec<u64>,
     /// (timeline of the truth, segment, CRC and length of the file's bytes)
     /// → how many bytes of the truth it holds.
-    /// Where a zero-byte `.partial` started the archive over (Barman's
-    /// `receive-wal --reset`): WAL from there on is held apart from the
-    /// older WAL before the gap.
-    reset_at: Option<u64>,
     held_cache:
         std::cell::RefCell<std::collections::HashMap<(TimeLineId, SegNo, u32, usize), usize>>,
 }
@@ -337,7 +339,7 @@ impl Harness {
             reports: Vec::new(),
             log: Vec::new(),
             held_cache: Default::default(),
-            reset_at: None,
+            resets: Vec::new(),
         }
     }
 
@@ -367,7 +369,7 @@ impl Harness {
                     .join(format!("{}.partial", wal_file_name(tli, segno, SEG)));
                 if self.segment_files().iter().all(|(_, s)| *s < segno) {
                     std::fs::write(path, b"").unwrap();
-                    self.reset_at = Some(segno * SEG);
+                    self.resets.push(segno * SEG);
                 }
             }
             Action::Keepalive(reply) => {
@@ -868,7 +870,7 @@ impl Harness {
         if status.flush == Lsn::INVALID {
             return;
         }
-        let durable = self.durable_end();
+        let durable = self.durable_end_for(status.flush);
         assert!(
             self.holds(status.flush),
             "flush {} reported while the archive durably holds the server's WAL (timeline {}) only up to {durable}",
@@ -899,31 +901,38 @@ impl Harness {
         else {
             return;
         };
-        let durable = self.durable_end();
+        let durable = self.durable_end_for(acked);
         assert!(
             self.holds(acked),
             "after {action:?}: {acked} was acknowledged, the archive durably holds the server's WAL (timeline {tli}) only up to {durable}"
         );
     }
 
-    /// How far, from [`S0`], the durable state of the archive (what a power
-    /// loss now would leave) holds the WAL of the server's history, in any
-    /// file of a segment name (complete, `.partial`, compressed or not, or
-    /// set aside).
-    /// Whether the durable state holds the server's WAL up to `flush`: from
-    /// [`S0`], or from where the archive was started over when `flush` is
-    /// past that point.
+    /// Whether the durable state (what a power loss now would leave) holds
+    /// the server's WAL up to `flush`: see [`Harness::durable_end_for`].
     fn holds(&self, flush: Lsn) -> bool {
-        flush <= self.durable_end_from(S0)
-            || self
-                .reset_at
-                .is_some_and(|reset| flush.0 >= reset && flush <= self.durable_end_from(reset))
+        flush <= self.durable_end_for(flush)
     }
 
-    fn durable_end(&self) -> Lsn {
-        self.durable_end_from(S0)
+    /// How far the durable state holds the server's WAL without a gap from
+    /// where the WAL that `flush` belongs to begins: [`S0`], or the newest
+    /// reset at or before `flush` (a zero-byte `.partial` that walrcv may
+    /// not take as WAL it holds, so nothing before it backs WAL after it).
+    /// With one reset or none this is the check the harness always made;
+    /// several resets each start a run of their own, and the WAL of an
+    /// older run is still checked from that run's start (a later reset,
+    /// past it, neither backs nor excuses it).
+    fn durable_end_for(&self, flush: Lsn) -> Lsn {
+        let from = (self.resets.iter().copied())
+            .filter(|&reset| reset <= flush.0)
+            .max()
+            .unwrap_or(S0);
+        self.durable_end_from(from)
     }
 
+    /// How far, from `from`, the durable state of the archive holds the WAL
+    /// of the server's history, in any file of a segment name (complete,
+    /// `.partial`, compressed or not, or set aside).
     fn durable_end_from(&self, from: u64) -> Lsn {
         let tli = self.server.timeline;
         let truth = self.world.stream(tli);
@@ -1169,8 +1178,9 @@ fn a_bit_flip_ends_the_stream_before_it_is_acknowledged() {
     assert!(flipped.is_some() && refused > flipped, "{:#?}", h.log);
 }
 
-/// The schedules proptest shrank each finding's failure to (seed 17), replayed
-/// as plain tests: each failed on the code before the finding's fix.
+/// The schedules proptest shrank each finding's failure to (seed 17 unless
+/// said), replayed as plain tests: each failed on the code before the
+/// finding's fix.
 mod shrunk {
     use super::Action::*;
     use super::*;
@@ -1250,6 +1260,65 @@ mod shrunk {
         );
     }
 
+    /// Finding 2, the same file name twice (seed 12345): segment 3 moved
+    /// in, its fsync at start-up fails, the next connection renames it back
+    /// to `.partial` and streams it again, the session ends, and segment 3
+    /// is moved in again, complete, beside the `.partial`. The process took
+    /// the name for one it had checked and fsynced (its cache of known
+    /// files still held it from before the rename), so the new file was
+    /// neither checked nor fsynced, and its WAL was reported flushed while
+    /// a power loss would have left 4 kB of segment 3.
+    #[test]
+    fn finding_2_segment_moved_in_again_after_its_rename_back() {
+        let actions = [
+            FailFileSyncs(2),
+            Promote,
+            CopyIn,
+            Receive(1, false),
+            Receive(1, false),
+            CopyIn,
+            Receive(1, false),
+        ];
+        replay(
+            "none",
+            Scenario {
+                copy_in: true,
+                ..COMMON
+            },
+            &actions,
+        );
+    }
+
+    /// Finding 2, a failed fsync while a segment is streamed again (seed
+    /// 17, 48 cases): segment 3's `.partial` is streamed again after its
+    /// fsync failed, segment 3 is moved in complete beside it and its fsync
+    /// at start-up fails too; that failure was folded into the
+    /// "streamed again" doubt, which the complete name then settled, so the
+    /// file whose fsync failed was trusted and its WAL reported flushed.
+    #[test]
+    fn finding_2_fsync_eio_of_a_file_moved_in_while_streamed_again() {
+        let actions = [
+            Generate(16),
+            Receive(1, false),
+            FailFileSyncs(1),
+            Receive(1, false),
+            Receive(1, false),
+            FailFileSyncs(2),
+            Promote,
+            CopyIn,
+            Receive(1, false),
+            Receive(1, false),
+        ];
+        replay(
+            "none",
+            Scenario {
+                copy_in: true,
+                ..COMMON
+            },
+            &actions,
+        );
+    }
+
     /// Finding 2, directory: the new `.partial`'s directory fsync fails, the
     /// next connection's fsyncs succeed and its WAL is reported, while its
     /// name was never made durable.
@@ -1307,6 +1376,46 @@ mod shrunk {
             },
             &actions,
         );
+    }
+}
+
+/// Schedules of the harness's model: each failed on a limit of the
+/// harness, not of walrcv (seed 12345), and must pass.
+mod model {
+    use super::Action::*;
+    use super::*;
+
+    /// Two zero-byte `.partial`s (`barman receive-wal --reset` twice): the
+    /// WAL walrcv acknowledged after the first (segment 4, durable) is kept
+    /// when the second starts the archive over at segment 5; the harness
+    /// knew only the newest reset and looked for it from S0 instead.
+    #[test]
+    fn two_resets_keep_the_wal_acknowledged_between_them() {
+        let actions = [
+            FailFileSyncs(1),
+            Promote,
+            Generate(16),
+            ZeroPartial,
+            Generate(313),
+            Generate(352),
+            Receive(13, false),
+            ZeroPartial,
+        ];
+        let scenario = Scenario {
+            zero_partial: true,
+            ..COMMON
+        };
+        // `run` checks the invariants after each step; besides, what the
+        // check stands on: the second reset did happen, and the WAL
+        // acknowledged after the first one is durable from there.
+        let mut h = Harness::new(CompressionSpec::NONE, scenario);
+        for action in &actions {
+            h.run(action);
+        }
+        assert_eq!(h.resets, [4 * SEG, 5 * SEG]);
+        let acked = h.reports.iter().map(|r| r.flush).max().unwrap();
+        assert!(acked.0 > 4 * SEG && acked.0 < 5 * SEG, "{acked}");
+        assert!(h.durable_end_from(4 * SEG) >= acked);
     }
 }
 
