@@ -42,7 +42,19 @@ pub struct Copy {
 pub fn parse(file: &str) -> Option<Copy> {
     let (rest, version) = file.rsplit_once('.')?;
     let (local, receiver) = rest.rsplit_once('.')?;
-    if !local.ends_with(".partial") || !valid_receiver(receiver) || version.is_empty() {
+    // The local name becomes a file name when restore stages the copy: only
+    // a segment's `.partial` name (24 hex digits, an optional compression
+    // suffix), never a path, whatever object a bucket holds.
+    let plain_name = local.len() >= 24
+        && local.as_bytes()[..24].iter().all(u8::is_ascii_hexdigit)
+        && local
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'.');
+    if !plain_name
+        || !local.ends_with(".partial")
+        || !valid_receiver(receiver)
+        || version.is_empty()
+    {
         return None;
     }
     Some(Copy {
@@ -93,5 +105,18 @@ mod tests {
         assert!(!valid_receiver("a.b"));
         assert!(!valid_receiver(&"x".repeat(65)));
         assert!(valid_receiver("walrcv-b_2"));
+    }
+
+    #[test]
+    fn an_object_name_that_is_not_a_segment_name_is_no_copy() {
+        for file in [
+            "../../etc/passwd.partial.walrcv_a.10-0",
+            "sub/000000010000000000000003.partial.walrcv_a.10-0",
+            "x.partial.walrcv_a.10-0",
+            "00000001000000000000000/.partial.walrcv_a.10-0",
+        ] {
+            assert_eq!(parse(file), None, "{file}");
+        }
+        assert!(parse("000000010000000000000003.zst.partial.walrcv_a.10-0").is_some());
     }
 }
