@@ -63,26 +63,7 @@ fn start_receiver(pg: &PgServer, dir: &Path, receiver: Receiver) -> BackgroundPr
             BackgroundProcess::spawn(cmd)
         }
     };
-    wait_until(Duration::from_secs(30), "the receiver to stream", || {
-        assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
-        pg.psql(&format!(
-            "SELECT count(*) FROM pg_stat_replication \
-             WHERE application_name = '{APP}' AND state = 'streaming'"
-        )) == "1"
-    });
-    pg.psql(&format!(
-        "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
-    ));
-    pg.psql("SELECT pg_reload_conf()");
-    wait_until(
-        Duration::from_secs(30),
-        "the receiver to be synchronous",
-        || {
-            pg.psql(&format!(
-                "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{APP}'"
-            )) == "sync"
-        },
-    );
+    pg.make_synchronous_standby(APP, &mut rcv);
     rcv
 }
 

@@ -568,6 +568,31 @@ impl PgServer {
     /// dropped, no timeout): for a commit that is expected to wait, e.g. for
     /// a synchronous walrcv. Not wrapped in `timeout(1)`, so that killing the
     /// [`BackgroundProcess`] kills psql itself.
+    /// Waits until `rcv` streams as `app`, makes it the only synchronous
+    /// standby and waits until the server shows it `sync` (30 s each).
+    pub fn make_synchronous_standby(&self, app: &str, rcv: &mut BackgroundProcess) {
+        wait_until(Duration::from_secs(30), "the receiver to stream", || {
+            assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
+            self.psql(&format!(
+                "SELECT count(*) FROM pg_stat_replication \
+                 WHERE application_name = '{app}' AND state = 'streaming'"
+            )) == "1"
+        });
+        self.psql(&format!(
+            "ALTER SYSTEM SET synchronous_standby_names = '{app}'"
+        ));
+        self.psql("SELECT pg_reload_conf()");
+        wait_until(
+            Duration::from_secs(30),
+            "the receiver to be synchronous",
+            || {
+                self.psql(&format!(
+                    "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{app}'"
+                )) == "sync"
+            },
+        );
+    }
+
     pub fn psql_background(&self, sql: &str) -> BackgroundProcess {
         let mut cmd = Command::new(debian_bin("psql"));
         cmd.env_clear()
