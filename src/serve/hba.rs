@@ -1,8 +1,11 @@
 //! `--serve-hba FILE`: who may connect, in pg_hba.conf syntax (the subset
 //! that applies to walrcv), parsed and matched sans-IO. Lines are
-//! `host|hostssl|hostnossl DATABASE USER ADDRESS METHOD`, the address as
-//! CIDR (`10.0.0.0/8`, `::1/128`), an address and a mask in two columns,
-//! or `all`; methods `trust`, `reject`, `scram-sha-256`, `cert`. As in
+//! `host|hostssl|hostnossl DATABASE USER ADDRESS METHOD [clientcert=...]`,
+//! the address as CIDR (`10.0.0.0/8`, `::1/128`), an address and a mask in
+//! two columns, or `all`; methods `trust`, `reject`, `scram-sha-256`, `cert`
+//! (hostssl only; the certificate's CN must be the user name, PostgreSQL's
+//! default without a map); `clientcert=verify-ca|verify-full` on hostssl
+//! lines asks for a verified client certificate on top of the method. As in
 //! PostgreSQL, the first line matching the connection decides, only the
 //! database keyword `replication` matches a replication connection (not
 //! `all`), and a connection no line matches is refused.
@@ -32,6 +35,16 @@ enum Addr {
     Net { ip: IpAddr, prefix: u32 },
 }
 
+/// What a line's `clientcert` option (or the `cert` method) asks of the
+/// client's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCert {
+    /// A certificate the CA (`--serve-ssl-ca`) verifies.
+    VerifyCa,
+    /// That, and its common name equal to the user name.
+    VerifyFull,
+}
+
 /// One rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -39,6 +52,8 @@ pub struct Rule {
     users: Vec<String>,
     addr: Addr,
     pub method: Method,
+    /// A client certificate required (always `VerifyFull` for `cert`).
+    pub clientcert: Option<ClientCert>,
     /// Line number in the file, for the logs.
     pub line: usize,
 }
@@ -103,6 +118,7 @@ pub fn parse(text: &str) -> Result<Hba, HbaError> {
             }
             None => return Err(err("end-of-line before authentication method".into())),
         };
+        let clientcert = parse_options(conn, method, &rest[method_at + 1..]).map_err(err)?;
         // Only `replication` matches a replication connection; lines for
         // other databases never apply to walrcv.
         if !database.split(',').any(|d| d == "replication") {
@@ -113,10 +129,56 @@ pub fn parse(text: &str) -> Result<Hba, HbaError> {
             users: users.split(',').map(str::to_owned).collect(),
             addr,
             method,
+            clientcert,
             line,
         });
     }
     Ok(Hba { rules })
+}
+
+/// The options after the method (only `clientcert`), checked as PostgreSQL
+/// checks them when it loads pg_hba.conf.
+fn parse_options(
+    conn: ConnType,
+    method: Method,
+    options: &[&str],
+) -> Result<Option<ClientCert>, String> {
+    let mut clientcert = None;
+    for option in options {
+        let (name, value) = option
+            .split_once('=')
+            .ok_or_else(|| format!("authentication option not in name=value format: {option}"))?;
+        if name != "clientcert" {
+            return Err(format!(
+                "authentication option \"{name}\" is not supported by walrcv serve (clientcert)"
+            ));
+        }
+        if conn != ConnType::HostSsl {
+            return Err("clientcert can only be configured for \"hostssl\" rows".into());
+        }
+        clientcert = Some(match value {
+            "verify-full" => ClientCert::VerifyFull,
+            "verify-ca" if method == Method::Cert => {
+                return Err(
+                    "clientcert only accepts \"verify-full\" when using \"cert\" authentication"
+                        .into(),
+                )
+            }
+            "verify-ca" => ClientCert::VerifyCa,
+            other => {
+                return Err(format!(
+                    "invalid value for clientcert: \"{other}\" (verify-ca, verify-full)"
+                ))
+            }
+        });
+    }
+    if method == Method::Cert {
+        if conn != ConnType::HostSsl {
+            return Err("cert authentication is only supported on hostssl connections".into());
+        }
+        return Ok(Some(ClientCert::VerifyFull));
+    }
+    Ok(clientcert)
 }
 
 /// The address (one or two columns) and where the method column is.
@@ -189,6 +251,12 @@ impl Hba {
         })
     }
 
+    /// Whether some line asks for client certificates (which need
+    /// `--serve-ssl-ca`).
+    pub fn wants_client_certs(&self) -> bool {
+        self.rules.iter().any(|r| r.clientcert.is_some())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
@@ -205,7 +273,8 @@ hostssl replication  rep    10.0.0.0/8     scram-sha-256
 host    replication  bad    0.0.0.0/0      reject
 host    all          all    127.0.0.1/32   trust   # not for replication
 hostnossl replication rep   127.0.0.1 255.255.255.255 trust
-host    replication  a,b    ::1/128        cert
+hostssl replication  a,b    ::1/128        cert
+hostssl replication  c      ::1/128        scram-sha-256 clientcert=verify-ca
 ";
 
     fn ip(s: &str) -> IpAddr {
@@ -224,7 +293,14 @@ host    replication  a,b    ::1/128        cert
         assert_eq!(m("rep", "127.0.0.1", false), Some((Method::Trust, 6)));
         assert_eq!(m("rep", "127.0.0.1", true), None);
         assert_eq!(m("b", "::1", true), Some((Method::Cert, 7)));
-        assert_eq!(m("c", "::1", true), None);
+        assert_eq!(m("c", "::1", true), Some((Method::ScramSha256, 8)));
+        assert_eq!(m("d", "::1", true), None);
+        let cc = |u| hba.find(u, ip("::1"), true).and_then(|r| r.clientcert);
+        assert_eq!(cc("a"), Some(ClientCert::VerifyFull));
+        assert_eq!(cc("c"), Some(ClientCert::VerifyCa));
+        assert_eq!(hba.find("rep", ip("10.0.0.1"), true).unwrap().clientcert, None);
+        assert!(hba.wants_client_certs());
+        assert!(!parse("host replication all all trust").unwrap().wants_client_certs());
         assert_eq!(
             m("rep", "::ffff:10.0.0.1", true),
             Some((Method::ScramSha256, 3))
@@ -240,6 +316,12 @@ host    replication  a,b    ::1/128        cert
             ("hostgssenc replication all all trust", "hostgssenc"),
             ("host replication all", "address"),
             ("host replication all all", "method"),
+            ("host replication all all cert", "only supported on hostssl"),
+            ("host replication all all trust clientcert=verify-ca", "hostssl"),
+            ("hostssl replication all all cert clientcert=verify-ca", "verify-full"),
+            ("hostssl replication all all trust clientcert=yes", "invalid value"),
+            ("hostssl replication all all trust map=x", "\"map\""),
+            ("hostssl replication all all trust junk", "name=value"),
         ] {
             let e = parse(bad).unwrap_err();
             assert!(e.to_string().contains(needle), "{bad}: {e}");

@@ -1,8 +1,11 @@
 //! Server-side SCRAM-SHA-256 (RFC 5802/7677, as PostgreSQL's `auth-scram.c`
 //! speaks it), sans-IO: a verifier from `--serve-passfile` in the
 //! `pg_authid.rolpassword` format, then the two client messages in, the two
-//! server messages out. Channel binding is not offered (no `-PLUS`), so a
-//! client sends `n,,` or `y,,`.
+//! server messages out. Over TLS, SCRAM-SHA-256-PLUS is offered too, with
+//! `tls-server-end-point` channel binding (RFC 5929: the hash of the
+//! server's certificate), as PostgreSQL offers it; a client that supports
+//! binding but says it thinks the server does not (`y,,`) is refused as a
+//! downgrade, in PostgreSQL's words.
 //!
 //! An unknown user runs the same exchange against a made-up verifier and
 //! fails at the end, so that a client cannot tell unknown users from wrong
@@ -36,8 +39,10 @@ pub enum ScramError {
     BadVerifier(&'static str),
     #[error("malformed SCRAM message: {0}")]
     Malformed(&'static str),
-    #[error("SCRAM channel binding is not supported by walrcv serve")]
-    ChannelBinding,
+    #[error("SCRAM channel binding negotiation error: {0}")]
+    ChannelBinding(&'static str),
+    #[error("SCRAM channel binding check failed")]
+    BindingMismatch,
     #[error("wrong password")]
     WrongProof,
 }
@@ -114,13 +119,93 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// The channel binding of an exchange: what the server offered and what
+/// the client chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding<'a> {
+    /// No TLS: only SCRAM-SHA-256 was offered.
+    NotOffered,
+    /// Over TLS: both mechanisms offered; `plus` when the client chose
+    /// SCRAM-SHA-256-PLUS; `endpoint` is the tls-server-end-point data.
+    Offered { plus: bool, endpoint: &'a [u8] },
+}
+
+/// The mechanism names to offer.
+pub fn mechanisms(binding_available: bool) -> &'static [&'static str] {
+    if binding_available {
+        &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+    } else {
+        &["SCRAM-SHA-256"]
+    }
+}
+
+/// Splits the GS2 header off the client-first message and checks it
+/// against the binding (PostgreSQL's `read_client_first_message`): returns
+/// the header and what the client-final `c=` must decode to.
+fn gs2<'t>(text: &'t str, binding: Binding) -> Result<(&'t str, Vec<u8>), ScramError> {
+    let cb_end = text
+        .find(',')
+        .ok_or(ScramError::Malformed("bad GS2 header"))?;
+    let authzid_end = text[cb_end + 1..]
+        .find(',')
+        .map(|i| cb_end + 1 + i)
+        .ok_or(ScramError::Malformed("bad GS2 header"))?;
+    if authzid_end != cb_end + 1 {
+        return Err(ScramError::Malformed(
+            "client uses authorization identity, but it is not supported",
+        ));
+    }
+    let header = &text[..=authzid_end];
+    let flag = &text[..cb_end];
+    let plus = matches!(binding, Binding::Offered { plus: true, .. });
+    match (flag, binding) {
+        ("n", _) | ("y", Binding::NotOffered) if !plus => Ok((header, header.as_bytes().to_vec())),
+        ("y", _) if !plus => Err(ScramError::ChannelBinding(
+            "the client supports SCRAM channel binding but thinks the server does not; \
+             however, this server does support channel binding",
+        )),
+        ("p=tls-server-end-point", Binding::Offered { plus: true, endpoint }) => {
+            let mut expected = header.as_bytes().to_vec();
+            expected.extend_from_slice(endpoint);
+            Ok((header, expected))
+        }
+        (f, _) if f.starts_with("p=") && plus => Err(ScramError::Malformed(
+            "unsupported SCRAM channel-binding type",
+        )),
+        (f, _) if f.starts_with("p=") => Err(ScramError::Malformed(
+            "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data",
+        )),
+        ("n" | "y", _) => Err(ScramError::Malformed(
+            "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data",
+        )),
+        _ => Err(ScramError::Malformed("bad GS2 header")),
+    }
+}
+
+/// The tls-server-end-point data of a certificate (RFC 5929 §4.1): its
+/// hash by the digest of its signature algorithm, SHA-256 when that is MD5
+/// or SHA-1. `None` when the algorithm has no digest (Ed25519): binding is
+/// then not offered, as PostgreSQL cannot offer it either.
+pub fn tls_server_end_point(cert: &openssl::x509::X509Ref) -> Option<Vec<u8>> {
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    let algs = cert.signature_algorithm().object().nid().signature_algorithms()?;
+    let digest = match algs.digest {
+        Nid::MD5 | Nid::SHA1 => MessageDigest::sha256(),
+        other => MessageDigest::from_nid(other)?,
+    };
+    cert.digest(digest).ok().map(|d| d.to_vec())
+}
+
 /// An exchange after the client's first message.
 #[derive(Debug)]
 pub struct Exchange {
     verifier: Verifier,
     /// `false` for a mock exchange (unknown user): it always fails.
     real: bool,
-    gs2_header: String,
+    /// What the client-final `c=` must decode to: the GS2 header, then the
+    /// channel binding data when bound.
+    cbind: Vec<u8>,
     client_first_bare: String,
     server_first: String,
     nonce: String,
@@ -132,13 +217,11 @@ pub fn server_first(
     client_first: &[u8],
     verifier: Option<&Verifier>,
     server_nonce: &[u8],
+    binding: Binding,
 ) -> Result<(Exchange, String), ScramError> {
     let text = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-    let (gs2_header, bare) = match text.get(..3) {
-        Some("n,," | "y,,") => (&text[..3], &text[3..]),
-        _ if text.starts_with("p=") => return Err(ScramError::ChannelBinding),
-        _ => return Err(ScramError::Malformed("bad GS2 header")),
-    };
+    let (gs2_header, cbind) = gs2(text, binding)?;
+    let bare = &text[gs2_header.len()..];
     let client_nonce = bare
         .split(',')
         .find_map(|a| a.strip_prefix("r="))
@@ -160,7 +243,7 @@ pub fn server_first(
     let exchange = Exchange {
         verifier,
         real,
-        gs2_header: gs2_header.to_owned(),
+        cbind,
         client_first_bare: bare.to_owned(),
         server_first: server_first.clone(),
         nonce,
@@ -182,10 +265,8 @@ impl Exchange {
             .next()
             .and_then(|a| a.strip_prefix("c="))
             .ok_or(ScramError::Malformed("no channel binding attribute"))?;
-        if B64.decode(binding).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
-            return Err(ScramError::Malformed(
-                "channel binding does not match the GS2 header",
-            ));
+        if B64.decode(binding).ok().as_deref() != Some(self.cbind.as_slice()) {
+            return Err(ScramError::BindingMismatch);
         }
         let nonce = attrs
             .next()
@@ -222,9 +303,22 @@ mod tests {
 
     /// walrcv's own client (postgres-protocol) authenticates against it.
     fn run(client_password: &str, verifier: Option<&Verifier>) -> Result<(), ScramError> {
-        let mut client =
-            ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
-        let (exchange, first) = server_first(client.message(), verifier, b"servernonce")?;
+        run_bound(
+            client_password,
+            verifier,
+            ChannelBinding::unsupported(),
+            Binding::NotOffered,
+        )
+    }
+
+    fn run_bound(
+        client_password: &str,
+        verifier: Option<&Verifier>,
+        client_binding: ChannelBinding,
+        binding: Binding,
+    ) -> Result<(), ScramError> {
+        let mut client = ScramSha256::new(client_password.as_bytes(), client_binding);
+        let (exchange, first) = server_first(client.message(), verifier, b"servernonce", binding)?;
         client
             .update(first.as_bytes())
             .map_err(|_| ScramError::Malformed("client refused server-first"))?;
@@ -267,13 +361,68 @@ mod tests {
     #[test]
     fn malformed_messages() {
         let v = Verifier::from_password("secret", b"salt", 4096);
-        assert!(server_first(b"x,,n=,r=abc", Some(&v), b"s").is_err());
-        assert_eq!(
-            server_first(b"p=tls-server-end-point,,n=,r=abc", Some(&v), b"s").unwrap_err(),
-            ScramError::ChannelBinding
-        );
-        let (ex, _) = server_first(b"n,,n=,r=abc", Some(&v), b"s").unwrap();
+        let no = Binding::NotOffered;
+        assert!(server_first(b"x,,n=,r=abc", Some(&v), b"s", no).is_err());
+        assert!(server_first(b"n,a=admin,n=,r=abc", Some(&v), b"s", no).is_err());
+        assert!(matches!(
+            server_first(b"p=tls-server-end-point,,n=,r=abc", Some(&v), b"s", no),
+            Err(ScramError::Malformed(m)) if m.contains("without channel binding")
+        ));
+        let (ex, _) = server_first(b"n,,n=,r=abc", Some(&v), b"s", no).unwrap();
         assert!(ex.server_final(b"c=biws,r=other,p=AAAA").is_err());
         assert!(ex.server_final(b"garbage").is_err());
+    }
+
+    #[test]
+    fn channel_binding_over_tls() {
+        let v = Verifier::from_password("secret", b"0123456789abcdef", 4096);
+        let endpoint = [7u8; 32];
+        let plus = Binding::Offered {
+            plus: true,
+            endpoint: &endpoint,
+        };
+        let plain = Binding::Offered {
+            plus: false,
+            endpoint: &endpoint,
+        };
+        let tse = |data: &[u8]| ChannelBinding::tls_server_end_point(data.to_vec());
+        // SCRAM-SHA-256-PLUS with the right certificate hash.
+        run_bound("secret", Some(&v), tse(&endpoint), plus).unwrap();
+        // A client bound to another certificate (a man in the middle).
+        assert_eq!(
+            run_bound("secret", Some(&v), tse(&[8u8; 32]), plus),
+            Err(ScramError::BindingMismatch)
+        );
+        assert_eq!(
+            run_bound("wrong", Some(&v), tse(&endpoint), plus),
+            Err(ScramError::WrongProof)
+        );
+        // SCRAM-SHA-256 over TLS by a client without binding: fine.
+        run_bound("secret", Some(&v), ChannelBinding::unsupported(), plain).unwrap();
+        // "y": the client could bind but was told the server cannot.
+        assert!(matches!(
+            run_bound("secret", Some(&v), ChannelBinding::unrequested(), plain),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        // -PLUS chosen without binding data, or binding data under the plain name.
+        assert!(run_bound("secret", Some(&v), ChannelBinding::unsupported(), plus).is_err());
+        assert!(run_bound("secret", Some(&v), tse(&endpoint), plain).is_err());
+        assert_eq!(mechanisms(true)[0], "SCRAM-SHA-256-PLUS");
+        assert_eq!(mechanisms(false), ["SCRAM-SHA-256"]);
+    }
+
+    #[test]
+    fn end_point_hash_of_a_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let x509 = openssl::x509::X509::from_der(cert.der()).unwrap();
+        // rcgen signs with ECDSA-SHA256: the hash is SHA-256 of the DER.
+        assert_eq!(
+            tls_server_end_point(&x509).unwrap(),
+            Sha256::digest(cert.der()).to_vec()
+        );
     }
 }

@@ -17,18 +17,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
+use openssl::nid::Nid;
+use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod, SslVerifyMode};
+use openssl::x509::{X509Name, X509Ref};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::lsn::{pg_now, wal_file_name, Lsn, TimeLineId};
 
-use super::hba::{self, Hba, Method};
+use super::hba::{self, ClientCert, Hba, Method};
 use super::reply::{self, Severity};
 use super::scram::{self, Verifier};
 use super::source::{self, SegmentReader};
-use super::streamer::{parse_standby, Streamer};
+use super::streamer::{parse_standby, Keepalive, Streamer};
 use super::walsender::{self, sqlstate, Catalog, Outcome, StreamPlan};
 use super::wire::{self, Frontend, ReplicationMode, Startup, StartupParams, WireError};
 
@@ -81,10 +83,29 @@ pub struct ServeOptions {
     /// Server private key (PEM) for TLS; with --serve-ssl-cert.
     #[arg(long = "serve-ssl-key", value_name = "FILE", requires = "ssl_cert")]
     pub ssl_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to, like
+    /// PostgreSQL's ssl_ca_file: with it, clients are asked for a
+    /// certificate (for `cert` lines and `clientcert=` options).
+    #[arg(long = "serve-ssl-ca", value_name = "FILE", requires = "ssl_cert")]
+    pub ssl_ca: Option<PathBuf>,
     /// Most clients served at once; more are refused ("too many clients").
     #[arg(long = "serve-max-clients", value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS)]
     pub max_clients: usize,
+    /// Drop a client silent this long, in seconds (like wal_sender_timeout;
+    /// 0: never); a reply is requested at half of it.
+    #[arg(long = "serve-sender-timeout", value_name = "SECS", default_value_t = DEFAULT_SENDER_TIMEOUT_SECS)]
+    pub sender_timeout: u32,
+    /// Send a keepalive after this many seconds without sending anything.
+    #[arg(long = "serve-keepalive-interval", value_name = "SECS",
+          default_value_t = DEFAULT_KEEPALIVE_INTERVAL_SECS,
+          value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub keepalive_interval: u32,
 }
+
+/// `--serve-sender-timeout` when not given: wal_sender_timeout's default.
+pub const DEFAULT_SENDER_TIMEOUT_SECS: u32 = 60;
+/// `--serve-keepalive-interval` when not given.
+pub const DEFAULT_KEEPALIVE_INTERVAL_SECS: u32 = 10;
 
 /// `--serve-max-clients` when not given.
 pub const DEFAULT_MAX_CLIENTS: usize = 16;
@@ -96,7 +117,10 @@ impl Default for ServeOptions {
             passfile: None,
             ssl_cert: None,
             ssl_key: None,
+            ssl_ca: None,
             max_clients: DEFAULT_MAX_CLIENTS,
+            sender_timeout: DEFAULT_SENDER_TIMEOUT_SECS,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL_SECS,
         }
     }
 }
@@ -109,7 +133,15 @@ impl ServeOptions {
             || self.passfile.is_some()
             || self.ssl_cert.is_some()
             || self.ssl_key.is_some()
+            || self.ssl_ca.is_some()
             || self.max_clients != DEFAULT_MAX_CLIENTS
+            || self.sender_timeout != DEFAULT_SENDER_TIMEOUT_SECS
+            || self.keepalive_interval != DEFAULT_KEEPALIVE_INTERVAL_SECS
+    }
+
+    /// The keepalive policy of these flags.
+    pub fn keepalive(&self) -> Keepalive {
+        Keepalive::from_secs(self.keepalive_interval, self.sender_timeout)
     }
 }
 
@@ -141,6 +173,10 @@ struct Shared {
     hba: Hba,
     verifiers: HashMap<String, Verifier>,
     tls: Option<SslAcceptor>,
+    /// tls-server-end-point data of the server certificate, when SCRAM
+    /// channel binding can be offered.
+    end_point: Option<Vec<u8>>,
+    keepalive: Keepalive,
     clients: Semaphore,
     live: Option<LiveEnd>,
     next_pid: AtomicUsize,
@@ -184,7 +220,7 @@ pub fn parse_passfile(text: &str) -> Result<HashMap<String, Verifier>, String> {
     Ok(out)
 }
 
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<SslAcceptor, ServeError> {
+fn tls_acceptor(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<SslAcceptor, ServeError> {
     let tls = |e: openssl::error::ErrorStack| ServeError::Tls(e.to_string());
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(tls)?;
     b.set_certificate_chain_file(cert)
@@ -192,7 +228,35 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<SslAcceptor, ServeError> {
     b.set_private_key_file(key, SslFiletype::PEM)
         .map_err(|e| ServeError::Tls(format!("\"{}\": {e}", key.display())))?;
     b.check_private_key().map_err(tls)?;
+    if let Some(ca) = ca {
+        let at = |e: openssl::error::ErrorStack| ServeError::Tls(format!("\"{}\": {e}", ca.display()));
+        b.set_ca_file(ca).map_err(at)?;
+        b.set_client_ca_list(X509Name::load_client_ca_file(ca).map_err(at)?);
+        // Asked for, not required (as PostgreSQL with ssl_ca_file): a line
+        // without clientcert still accepts a client that has none. One that
+        // is sent must verify, or the handshake fails.
+        b.set_verify(SslVerifyMode::PEER);
+    }
     Ok(b.build())
+}
+
+/// What TLS established for a session.
+#[derive(Debug, Clone, Default)]
+struct TlsInfo {
+    /// A client certificate was sent (and verified: the handshake checks it).
+    client_cert: bool,
+    /// Its subject's common name.
+    peer_cn: Option<String>,
+}
+
+fn common_name(cert: &X509Ref) -> Option<String> {
+    let entry = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next()?;
+    // As PostgreSQL: a name with an embedded NUL is no name.
+    let raw = entry.data().as_slice();
+    if raw.contains(&0) {
+        return None;
+    }
+    String::from_utf8(raw.to_vec()).ok()
 }
 
 /// Binds and serves until `shutdown` fires.
@@ -236,9 +300,19 @@ pub async fn bind(
         None => HashMap::new(),
     };
     let tls = match (&opts.ssl_cert, &opts.ssl_key) {
-        (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
+        (Some(c), Some(k)) => Some(tls_acceptor(c, k, opts.ssl_ca.as_deref())?),
         _ => None,
     };
+    if hba.wants_client_certs() && opts.ssl_ca.is_none() {
+        return Err(ServeError::Hba(
+            "client certificates can only be checked if a root certificate store is available \
+             (--serve-ssl-ca)"
+                .into(),
+        ));
+    }
+    let end_point = tls
+        .as_ref()
+        .and_then(|t| t.context().certificate().and_then(scram::tls_server_end_point));
     let addr = listen_addr(listen)?;
     let listener = TcpListener::bind(&addr)
         .await
@@ -252,6 +326,8 @@ pub async fn bind(
         hba,
         verifiers,
         tls,
+        end_point,
+        keepalive: opts.keepalive(),
         clients: Semaphore::new(opts.max_clients),
         live,
         next_pid: AtomicUsize::new(1),
@@ -452,7 +528,7 @@ async fn session(
     let result = async {
         let authed = tokio::time::timeout(
             AUTH_TIMEOUT,
-            authenticate(&mut wr, &mut rx, &shared, &params, peer.ip(), tls),
+            authenticate(&mut wr, &mut rx, &shared, &params, peer.ip(), tls.as_ref()),
         )
         .await
         .map_err(|_| SessionError::Timeout)?;
@@ -473,9 +549,9 @@ async fn session(
 async fn start_up(
     mut io: BoxIo,
     shared: &Shared,
-) -> Result<(BoxIo, StartupParams, bool, BytesMut), SessionError> {
+) -> Result<(BoxIo, StartupParams, Option<TlsInfo>, BytesMut), SessionError> {
     let mut buf = BytesMut::with_capacity(1024);
-    let mut tls = false;
+    let mut tls = None;
     loop {
         let Some(packet) = wire::parse_startup(&mut buf)? else {
             if io.read_buf(&mut buf).await? == 0 {
@@ -486,13 +562,14 @@ async fn start_up(
             continue;
         };
         match packet {
-            Startup::SslRequest if !tls && shared.tls.is_some() => {
+            Startup::SslRequest if tls.is_none() && shared.tls.is_some() => {
                 if !buf.is_empty() {
                     return Err(SessionError::Refused("data after SSLRequest".into()));
                 }
                 io.write_all(b"S").await?;
-                io = accept_tls(io, shared).await?;
-                tls = true;
+                let (secured, info) = accept_tls(io, shared).await?;
+                io = secured;
+                tls = Some(info);
             }
             Startup::SslRequest | Startup::GssEncRequest => io.write_all(b"N").await?,
             Startup::Cancel => {
@@ -505,7 +582,7 @@ async fn start_up(
     }
 }
 
-async fn accept_tls(io: BoxIo, shared: &Shared) -> Result<BoxIo, SessionError> {
+async fn accept_tls(io: BoxIo, shared: &Shared) -> Result<(BoxIo, TlsInfo), SessionError> {
     let acceptor = shared
         .tls
         .as_ref()
@@ -517,7 +594,12 @@ async fn accept_tls(io: BoxIo, shared: &Shared) -> Result<BoxIo, SessionError> {
         .accept()
         .await
         .map_err(|e| SessionError::Refused(format!("TLS handshake: {e}")))?;
-    Ok(Box::new(stream))
+    let peer = stream.ssl().peer_certificate();
+    let info = TlsInfo {
+        client_cert: peer.is_some(),
+        peer_cn: peer.as_deref().and_then(common_name),
+    };
+    Ok((Box::new(stream), info))
 }
 
 /// The read side: frontend messages to the session task, until an error or EOF.
@@ -576,15 +658,15 @@ async fn authenticate(
     shared: &Shared,
     params: &StartupParams,
     ip: IpAddr,
-    tls: bool,
+    tls: Option<&TlsInfo>,
 ) -> Result<(), SessionError> {
     let user = &params.user;
-    let enc = if tls {
+    let enc = if tls.is_some() {
         "SSL encryption"
     } else {
         "no encryption"
     };
-    let Some(rule) = shared.hba.find(user, ip, tls) else {
+    let Some(rule) = shared.hba.find(user, ip, tls.is_some()) else {
         return fatal(
             wr,
             sqlstate::INVALID_AUTHORIZATION,
@@ -603,14 +685,49 @@ async fn authenticate(
             .await
         }
         Method::Cert => {
-            fatal(
-                wr,
-                sqlstate::INVALID_AUTHORIZATION,
-                format!("certificate authentication failed for user \"{user}\": the cert method is not implemented by walrcv serve yet (hba line {})", rule.line),
-            )
-            .await
+            let failed = format!("certificate authentication failed for user \"{user}\"");
+            let failed = (sqlstate::INVALID_AUTHORIZATION, failed);
+            check_client_cert(wr, user, tls, ClientCert::VerifyFull, failed, rule.line).await
         }
-        Method::ScramSha256 => scram_exchange(wr, rx, shared, user).await,
+        Method::ScramSha256 => {
+            if let Some(level) = rule.clientcert {
+                // PostgreSQL words a CN mismatch under clientcert=verify-full
+                // as the method's failure.
+                let failed = format!("password authentication failed for user \"{user}\"");
+                let failed = (sqlstate::INVALID_PASSWORD, failed);
+                check_client_cert(wr, user, tls, level, failed, rule.line).await?;
+            }
+            scram_exchange(wr, rx, shared, user, tls.is_some()).await
+        }
+    }
+}
+
+/// The client certificate check of a `cert` line or a `clientcert=` option
+/// (PostgreSQL's `CheckCertAuth` without a user name map: the CN must equal
+/// the user name). The chain was verified by the handshake.
+async fn check_client_cert(
+    wr: &mut Wr,
+    user: &str,
+    tls: Option<&TlsInfo>,
+    level: ClientCert,
+    (code, failed): (&str, String),
+    line: usize,
+) -> Result<(), SessionError> {
+    let Some(info) = tls.filter(|t| t.client_cert) else {
+        return fatal(
+            wr,
+            sqlstate::INVALID_AUTHORIZATION,
+            "connection requires a valid client certificate".into(),
+        )
+        .await;
+    };
+    match (level, info.peer_cn.as_deref()) {
+        (ClientCert::VerifyCa, _) => Ok(()),
+        (ClientCert::VerifyFull, Some(cn)) if cn == user => Ok(()),
+        (ClientCert::VerifyFull, cn) => {
+            tracing::info!(user = %user, "{failed}: provided user name ({user}) and authenticated user name ({}) do not match (hba line {line})", cn.unwrap_or(""));
+            fatal(wr, code, failed).await
+        }
     }
 }
 
@@ -619,10 +736,12 @@ async fn scram_exchange(
     rx: &mut Rx,
     shared: &Shared,
     user: &str,
+    tls: bool,
 ) -> Result<(), SessionError> {
     let failed = format!("password authentication failed for user \"{user}\"");
+    let end_point = shared.end_point.as_deref().filter(|_| tls);
     let mut out = BytesMut::new();
-    reply::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
+    reply::auth_sasl(&mut out, scram::mechanisms(end_point.is_some()));
     write(wr, &mut out).await?;
     let Frontend::Password(initial) = next(rx, wr).await? else {
         return fatal(
@@ -632,7 +751,7 @@ async fn scram_exchange(
         )
         .await;
     };
-    let Some(first) = sasl_initial(&initial) else {
+    let Some((plus, first)) = sasl_initial(&initial, end_point.is_some()) else {
         return fatal(
             wr,
             sqlstate::PROTOCOL_VIOLATION,
@@ -642,8 +761,12 @@ async fn scram_exchange(
     };
     let mut nonce = [0u8; 18];
     openssl::rand::rand_bytes(&mut nonce).map_err(|e| SessionError::Refused(e.to_string()))?;
+    let binding = match end_point {
+        Some(endpoint) => scram::Binding::Offered { plus, endpoint },
+        None => scram::Binding::NotOffered,
+    };
     let (exchange, server_first) =
-        match scram::server_first(first, shared.verifiers.get(user), &nonce) {
+        match scram::server_first(first, shared.verifiers.get(user), &nonce, binding) {
             Ok(x) => x,
             Err(e) => return fatal(wr, sqlstate::PROTOCOL_VIOLATION, e.to_string()).await,
         };
@@ -669,16 +792,19 @@ async fn scram_exchange(
     }
 }
 
-/// The client-first message of a SASLInitialResponse (mechanism, length, data).
-fn sasl_initial(body: &[u8]) -> Option<&[u8]> {
+/// The mechanism (`true`: SCRAM-SHA-256-PLUS, only when offered) and the
+/// client-first message of a SASLInitialResponse (mechanism, length, data).
+fn sasl_initial(body: &[u8], plus_offered: bool) -> Option<(bool, &[u8])> {
     let nul = body.iter().position(|&b| b == 0)?;
-    if &body[..nul] != b"SCRAM-SHA-256" {
-        return None;
-    }
+    let plus = match &body[..nul] {
+        b"SCRAM-SHA-256" => false,
+        b"SCRAM-SHA-256-PLUS" if plus_offered => true,
+        _ => return None,
+    };
     let len = body.get(nul + 1..nul + 5)?;
     let len = i32::from_be_bytes(len.try_into().ok()?);
     let data = body.get(nul + 5..)?;
-    (usize::try_from(len).ok()? == data.len()).then_some(data)
+    (usize::try_from(len).ok()? == data.len()).then_some((plus, data))
 }
 
 async fn load_catalog(shared: &Shared) -> Result<Catalog, String> {
@@ -805,7 +931,8 @@ async fn stream(
         catalog.segment_size,
         catalog.block_size,
         pg_now(),
-    );
+    )
+    .with_keepalive(shared.keepalive);
     let mut reader = SegmentReader::default();
     let mut live = shared.live.clone();
     let mut last_metrics = tokio::time::Instant::now();
@@ -1057,9 +1184,15 @@ mod tests {
         let mut b = b"SCRAM-SHA-256\0".to_vec();
         b.extend_from_slice(&5i32.to_be_bytes());
         b.extend_from_slice(b"n,,ab");
-        assert_eq!(sasl_initial(&b), Some(&b"n,,ab"[..]));
+        assert_eq!(sasl_initial(&b, false), Some((false, &b"n,,ab"[..])));
         b.push(0);
-        assert_eq!(sasl_initial(&b), None);
-        assert_eq!(sasl_initial(b"MD5\0\0\0\0\0"), None);
+        assert_eq!(sasl_initial(&b, true), None);
+        assert_eq!(sasl_initial(b"MD5\0\0\0\0\0", true), None);
+        let mut p = b"SCRAM-SHA-256-PLUS\0".to_vec();
+        p.extend_from_slice(&3i32.to_be_bytes());
+        p.extend_from_slice(b"p=x");
+        assert_eq!(sasl_initial(&p, true), Some((true, &b"p=x"[..])));
+        // Not offered (no TLS): not accepted.
+        assert_eq!(sasl_initial(&p, false), None);
     }
 }

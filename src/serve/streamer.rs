@@ -13,13 +13,65 @@ use super::walsender::{end_of_streaming, StreamPlan};
 
 /// Largest XLogData payload: PostgreSQL's `MAX_SEND_SIZE` (16 pages of 8 kB).
 pub const MAX_SEND: u64 = 128 << 10;
-/// A keepalive when nothing was sent for this long (µs).
+/// A keepalive when nothing was sent for this long (µs), by default.
 pub const IDLE_KEEPALIVE_US: i64 = 10_000_000;
 /// A keepalive asking for a reply when the standby has been silent this
 /// long (half of PostgreSQL's default `wal_sender_timeout`, as it does).
 pub const REPLY_REQUEST_US: i64 = 30_000_000;
-/// The standby is gone when silent this long (`wal_sender_timeout`).
+/// The standby is gone when silent this long (`wal_sender_timeout`), by default.
 pub const CLIENT_TIMEOUT_US: i64 = 60_000_000;
+
+/// The keepalive policy (`--serve-keepalive-interval`,
+/// `--serve-sender-timeout`): a keepalive after `idle_us` without sending,
+/// one asking for a reply after half of `timeout_us` without hearing from the
+/// standby, and the standby dropped after `timeout_us` of silence; no timeout
+/// (and no reply request) when `timeout_us` is `None`, as
+/// `wal_sender_timeout = 0` in PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle_us: i64,
+    pub timeout_us: Option<i64>,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            idle_us: IDLE_KEEPALIVE_US,
+            timeout_us: Some(CLIENT_TIMEOUT_US),
+        }
+    }
+}
+
+impl Keepalive {
+    /// From whole seconds (0 timeout: never).
+    pub fn from_secs(idle: u32, timeout: u32) -> Keepalive {
+        Keepalive {
+            idle_us: i64::from(idle.max(1)) * 1_000_000,
+            timeout_us: (timeout > 0).then(|| i64::from(timeout) * 1_000_000),
+        }
+    }
+
+    /// A keepalive due: `Some(reply_requested)`.
+    pub fn due(
+        &self,
+        now: i64,
+        last_sent: i64,
+        last_heard: i64,
+        reply_pending: bool,
+    ) -> Option<bool> {
+        if let Some(t) = self.timeout_us {
+            if now - last_heard >= t / 2 && !reply_pending {
+                return Some(true);
+            }
+        }
+        (now - last_sent >= self.idle_us).then_some(false)
+    }
+
+    /// The standby has been silent past the timeout.
+    pub fn timed_out(&self, now: i64, last_heard: i64) -> bool {
+        self.timeout_us.is_some_and(|t| now - last_heard >= t)
+    }
+}
 
 /// What the standby last reported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -123,6 +175,7 @@ pub struct Streamer {
     last_sent_us: i64,
     last_heard_us: i64,
     reply_requested_at: Option<i64>,
+    keepalive: Keepalive,
 }
 
 impl Streamer {
@@ -138,6 +191,7 @@ impl Streamer {
             last_sent_us: now,
             last_heard_us: now,
             reply_requested_at: None,
+            keepalive: Keepalive::default(),
         }
     }
 
@@ -245,21 +299,28 @@ impl Streamer {
         if self.phase != Phase::Streaming {
             return None;
         }
-        if now - self.last_heard_us >= REPLY_REQUEST_US && self.reply_requested_at.is_none() {
+        let due = self.keepalive.due(
+            now,
+            self.last_sent_us,
+            self.last_heard_us,
+            self.reply_requested_at.is_some(),
+        )?;
+        if due {
             self.reply_requested_at = Some(now);
-            self.last_sent_us = now;
-            return Some(true);
         }
-        if now - self.last_sent_us >= IDLE_KEEPALIVE_US {
-            self.last_sent_us = now;
-            return Some(false);
-        }
-        None
+        self.last_sent_us = now;
+        Some(due)
     }
 
     /// The standby has been silent past the timeout.
     pub fn timed_out(&self, now: i64) -> bool {
-        now - self.last_heard_us >= CLIENT_TIMEOUT_US
+        self.keepalive.timed_out(now, self.last_heard_us)
+    }
+
+    /// With this keepalive policy instead of the default.
+    pub fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = keepalive;
+        self
     }
 
     /// Bytes sent but not reported flushed.
@@ -365,6 +426,31 @@ mod tests {
         assert!(s.on_standby(&status, CLIENT_TIMEOUT_US));
         assert!(!s.timed_out(CLIENT_TIMEOUT_US + 1));
         assert_eq!(s.reported.flush, Lsn(8));
+    }
+
+    #[test]
+    fn configured_keepalive_and_sender_timeout() {
+        const S: i64 = 1_000_000;
+        // --serve-keepalive-interval 2 --serve-sender-timeout 8.
+        let mut s = streamer(0, None).with_keepalive(Keepalive::from_secs(2, 8));
+        assert_eq!(s.keepalive_due(2 * S - 1), None);
+        assert_eq!(s.keepalive_due(2 * S), Some(false));
+        assert_eq!(s.keepalive_due(3 * S), None);
+        // Half the timeout without a word: a reply request, once.
+        assert_eq!(s.keepalive_due(4 * S), Some(true));
+        assert_eq!(s.keepalive_due(5 * S), None);
+        assert_eq!(s.keepalive_due(6 * S), Some(false));
+        assert!(!s.timed_out(8 * S - 1));
+        assert!(s.timed_out(8 * S));
+        // A client that answers is kept past the timeout.
+        s.heard(7 * S);
+        assert!(!s.timed_out(14 * S));
+        assert!(s.timed_out(15 * S));
+        // --serve-sender-timeout 0: never dropped, never asked.
+        let mut s = streamer(0, None).with_keepalive(Keepalive::from_secs(10, 0));
+        assert!(!s.timed_out(i64::MAX / 2));
+        assert_eq!(s.keepalive_due(10 * S), Some(false));
+        assert_eq!(s.keepalive_due(1000 * S), Some(false));
     }
 
     #[test]
