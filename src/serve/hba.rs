@@ -156,21 +156,20 @@ fn parse_options(
         if conn != ConnType::HostSsl {
             return Err("clientcert can only be configured for \"hostssl\" rows".into());
         }
-        clientcert = Some(match value {
-            "verify-full" => ClientCert::VerifyFull,
-            "verify-ca" if method == Method::Cert => {
-                return Err(
+        clientcert =
+            Some(match value {
+                "verify-full" => ClientCert::VerifyFull,
+                "verify-ca" if method == Method::Cert => return Err(
                     "clientcert only accepts \"verify-full\" when using \"cert\" authentication"
                         .into(),
-                )
-            }
-            "verify-ca" => ClientCert::VerifyCa,
-            other => {
-                return Err(format!(
-                    "invalid value for clientcert: \"{other}\" (verify-ca, verify-full)"
-                ))
-            }
-        });
+                ),
+                "verify-ca" => ClientCert::VerifyCa,
+                other => {
+                    return Err(format!(
+                        "invalid value for clientcert: \"{other}\" (verify-ca, verify-full)"
+                    ))
+                }
+            });
     }
     if method == Method::Cert {
         if conn != ConnType::HostSsl {
@@ -298,9 +297,14 @@ hostssl replication  c      ::1/128        scram-sha-256 clientcert=verify-ca
         let cc = |u| hba.find(u, ip("::1"), true).and_then(|r| r.clientcert);
         assert_eq!(cc("a"), Some(ClientCert::VerifyFull));
         assert_eq!(cc("c"), Some(ClientCert::VerifyCa));
-        assert_eq!(hba.find("rep", ip("10.0.0.1"), true).unwrap().clientcert, None);
+        assert_eq!(
+            hba.find("rep", ip("10.0.0.1"), true).unwrap().clientcert,
+            None
+        );
         assert!(hba.wants_client_certs());
-        assert!(!parse("host replication all all trust").unwrap().wants_client_certs());
+        assert!(!parse("host replication all all trust")
+            .unwrap()
+            .wants_client_certs());
         assert_eq!(
             m("rep", "::ffff:10.0.0.1", true),
             Some((Method::ScramSha256, 3))
@@ -317,9 +321,18 @@ hostssl replication  c      ::1/128        scram-sha-256 clientcert=verify-ca
             ("host replication all", "address"),
             ("host replication all all", "method"),
             ("host replication all all cert", "only supported on hostssl"),
-            ("host replication all all trust clientcert=verify-ca", "hostssl"),
-            ("hostssl replication all all cert clientcert=verify-ca", "verify-full"),
-            ("hostssl replication all all trust clientcert=yes", "invalid value"),
+            (
+                "host replication all all trust clientcert=verify-ca",
+                "hostssl",
+            ),
+            (
+                "hostssl replication all all cert clientcert=verify-ca",
+                "verify-full",
+            ),
+            (
+                "hostssl replication all all trust clientcert=yes",
+                "invalid value",
+            ),
             ("hostssl replication all all trust map=x", "\"map\""),
             ("hostssl replication all all trust junk", "name=value"),
         ] {

@@ -189,7 +189,11 @@ fn gs2<'t>(text: &'t str, binding: Binding) -> Result<(&'t str, Vec<u8>), ScramE
 pub fn tls_server_end_point(cert: &openssl::x509::X509Ref) -> Option<Vec<u8>> {
     use openssl::hash::MessageDigest;
     use openssl::nid::Nid;
-    let algs = cert.signature_algorithm().object().nid().signature_algorithms()?;
+    let algs = cert
+        .signature_algorithm()
+        .object()
+        .nid()
+        .signature_algorithms()?;
     let digest = match algs.digest {
         Nid::MD5 | Nid::SHA1 => MessageDigest::sha256(),
         other => MessageDigest::from_nid(other)?,

@@ -229,7 +229,8 @@ fn tls_acceptor(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<SslAccepto
         .map_err(|e| ServeError::Tls(format!("\"{}\": {e}", key.display())))?;
     b.check_private_key().map_err(tls)?;
     if let Some(ca) = ca {
-        let at = |e: openssl::error::ErrorStack| ServeError::Tls(format!("\"{}\": {e}", ca.display()));
+        let at =
+            |e: openssl::error::ErrorStack| ServeError::Tls(format!("\"{}\": {e}", ca.display()));
         b.set_ca_file(ca).map_err(at)?;
         b.set_client_ca_list(X509Name::load_client_ca_file(ca).map_err(at)?);
         // Asked for, not required (as PostgreSQL with ssl_ca_file): a line
@@ -310,9 +311,11 @@ pub async fn bind(
                 .into(),
         ));
     }
-    let end_point = tls
-        .as_ref()
-        .and_then(|t| t.context().certificate().and_then(scram::tls_server_end_point));
+    let end_point = tls.as_ref().and_then(|t| {
+        t.context()
+            .certificate()
+            .and_then(scram::tls_server_end_point)
+    });
     let addr = listen_addr(listen)?;
     let listener = TcpListener::bind(&addr)
         .await
