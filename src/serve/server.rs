@@ -471,6 +471,39 @@ fn live_cap(published: (TimeLineId, Lsn), timeline: TimeLineId) -> Option<Lsn> {
     }
 }
 
+/// What the receiver of this process has said about durability: `None`
+/// under `walrcv serve` (an archive at rest: everything verified is served),
+/// `Some(None)` under `stream --serve` before its first report, then
+/// `Some(Some((timeline, flushed)))`.
+type Published = Option<Option<(TimeLineId, Lsn)>>;
+
+/// How far a loaded segment (`start..end`, `complete` when the whole
+/// segment is there) may be served to a client on `timeline`. Before the
+/// receiver's first report only complete segments are known durable (they
+/// were fsynced before their rename): a `.partial` left by an earlier run
+/// may hold bytes written but never fsynced, so none of it is served until
+/// this process has flushed and reported.
+fn servable(
+    published: Published,
+    timeline: TimeLineId,
+    start: Lsn,
+    end: Lsn,
+    complete: bool,
+) -> Lsn {
+    match published {
+        None => end,
+        Some(None) if complete => end,
+        Some(None) => start,
+        Some(Some(p)) => live_cap(p, timeline).map_or(end, |cap| end.min(cap).max(start)),
+    }
+}
+
+/// The served end before the receiver's first report: the end of the
+/// complete segments (see [`servable`]).
+fn unreported_end(end: Lsn, segment_size: u64) -> Lsn {
+    Lsn(end.0 - end.0 % segment_size.max(1))
+}
+
 /// A client connection, TLS or not.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -812,11 +845,16 @@ fn sasl_initial(body: &[u8], plus_offered: bool) -> Option<(bool, &[u8])> {
 
 async fn load_catalog(shared: &Shared) -> Result<Catalog, String> {
     let dir = shared.dir.clone();
-    let live = shared.live.as_ref().and_then(|l| *l.borrow());
-    tokio::task::spawn_blocking(move || source::catalog(&dir, live))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    let published: Published = shared.live.as_ref().map(|l| *l.borrow());
+    let mut catalog =
+        tokio::task::spawn_blocking(move || source::catalog(&dir, published.flatten()))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    if published == Some(None) {
+        catalog.end = unreported_end(catalog.end, catalog.segment_size);
+    }
+    Ok(catalog)
 }
 
 async fn commands(
@@ -972,15 +1010,12 @@ async fn stream(
             reader = reload(shared, &catalog, s.timeline(), segno, reader).await?;
             need_reload = false;
         }
-        let live_limit = live
-            .as_ref()
-            .and_then(|l| *l.borrow())
-            .and_then(|published| live_cap(published, s.timeline()));
+        let published: Published = live.as_ref().map(|l| *l.borrow());
         let available = reader
             .current
             .as_ref()
             .filter(|l| l.segno == segno)
-            .map(|l| live_limit.map_or(l.end, |e| l.end.min(e)));
+            .map(|l| servable(published, s.timeline(), l.start, l.end, l.complete));
         if let Some(available) = available {
             if let Some((start, len)) = s.next_piece(available) {
                 let Some(loaded) = reader.current.as_ref() else {
@@ -1152,6 +1187,34 @@ mod tests {
         assert_eq!(live_cap((2, Lsn(500)), 2), Some(Lsn(500)));
         assert_eq!(live_cap((1, Lsn(500)), 2), Some(Lsn(0)));
         assert_eq!(live_cap((3, Lsn(500)), 2), None);
+    }
+
+    #[test]
+    fn nothing_unreported_is_served_under_stream_serve() {
+        let seg = 1u64 << 20;
+        let (start, end) = (Lsn(3 * seg), Lsn(3 * seg + 4096));
+        // walrcv serve: the verified end.
+        assert_eq!(servable(None, 1, start, end, false), end);
+        // stream --serve before the first report: complete segments only.
+        assert_eq!(
+            servable(Some(None), 1, start, Lsn(4 * seg), true),
+            Lsn(4 * seg)
+        );
+        assert_eq!(servable(Some(None), 1, start, end, false), start);
+        // Then up to the report, never before the segment's start.
+        let reported = Some(Some((1, Lsn(3 * seg + 100))));
+        assert_eq!(servable(reported, 1, start, end, false), Lsn(3 * seg + 100));
+        assert_eq!(
+            servable(Some(Some((1, Lsn(seg)))), 1, start, end, false),
+            start
+        );
+        assert_eq!(servable(Some(Some((2, Lsn(0)))), 1, start, end, false), end);
+        assert_eq!(
+            servable(Some(Some((1, Lsn(9 * seg)))), 2, start, end, true),
+            start
+        );
+        assert_eq!(unreported_end(end, seg), start);
+        assert_eq!(unreported_end(Lsn(4 * seg), seg), Lsn(4 * seg));
     }
 
     #[test]
