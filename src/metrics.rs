@@ -30,6 +30,7 @@ use crate::lsn::Lsn;
 use crate::{MAX_SERVER_MAJOR, MIN_SERVER_MAJOR};
 
 pub mod http;
+pub mod serve;
 pub mod upload;
 pub use http::{serve, MetricsServer, ServeError};
 
@@ -136,6 +137,8 @@ pub struct Metrics {
     archive_free_bytes: U64Gauge,
     /// `walrcv_upload_*` (`--upload`).
     upload: upload::UploadMetrics,
+    /// `walrcv_serve_*` (`walrcv serve`, `stream --serve`).
+    serve: serve::ServeMetrics,
 }
 
 impl Default for Metrics {
@@ -279,6 +282,7 @@ impl Metrics {
             "Free bytes on the archive directory's file system",
         );
         let upload = upload::UploadMetrics::register(&mut registry);
+        let serve = serve::ServeMetrics::register(&mut registry);
         Metrics {
             registry,
             connected,
@@ -301,7 +305,13 @@ impl Metrics {
             last_disconnect,
             archive_free_bytes,
             upload,
+            serve,
         }
+    }
+
+    /// The server's metrics (`walrcv serve`, `stream --serve`).
+    pub fn serve(&self) -> &serve::ServeMetrics {
+        &self.serve
     }
 
     /// The uploader's metrics.

@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::lsn::{pg_now, wal_file_name, Lsn, TimeLineId};
+use crate::metrics::serve::{ClientMetrics, Refusal};
 
 use super::hba::{self, ClientCert, Hba, Method};
 use super::reply::{self, Severity};
@@ -60,6 +61,10 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:5432"
     )]
     pub listen: String,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (off by
+    /// default): clients, per-client positions and lag, refusals.
+    #[arg(long = "metrics-address", value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
     #[command(flatten)]
     pub options: ServeOptions,
 }
@@ -178,6 +183,7 @@ struct Shared {
     end_point: Option<Vec<u8>>,
     keepalive: Keepalive,
     clients: Semaphore,
+    max_clients: usize,
     live: Option<LiveEnd>,
     next_pid: AtomicUsize,
 }
@@ -332,6 +338,7 @@ pub async fn bind(
         end_point,
         keepalive: opts.keepalive(),
         clients: Semaphore::new(opts.max_clients),
+        max_clients: opts.max_clients,
         live,
         next_pid: AtomicUsize::new(1),
     });
@@ -424,6 +431,17 @@ pub fn run(args: &ServeArgs) -> i32 {
             tracing::error!("cannot start the runtime: {e}");
             return 1;
         }
+    };
+    // Kept until the server stops: dropping it stops the endpoint.
+    let _metrics = match &args.metrics_address {
+        Some(address) => match crate::metrics::serve(address, &args.directory) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                tracing::error!("walrcv serve: {e}");
+                return 1;
+            }
+        },
+        None => None,
     };
     rt.block_on(async {
         let (tx, rx) = watch::channel(false);
@@ -540,8 +558,9 @@ async fn session(
     shared: Arc<Shared>,
 ) -> Result<(), SessionError> {
     let started = tokio::time::timeout(AUTH_TIMEOUT, start_up(Box::new(tcp), &shared)).await;
-    let (mut io, params, tls, leftover) = started.map_err(|_| SessionError::Timeout)??;
+    let (mut io, params, tls, leftover) = started.map_err(|_| refused_by_timeout())??;
     let Ok(_permit) = shared.clients.try_acquire() else {
+        refused(Refusal::TooManyClients);
         return fatal(
             &mut io,
             sqlstate::TOO_MANY_CONNECTIONS,
@@ -550,6 +569,7 @@ async fn session(
         .await;
     };
     if params.replication == ReplicationMode::None {
+        refused(Refusal::NotReplication);
         return fatal(
             &mut io,
             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -567,17 +587,29 @@ async fn session(
             authenticate(&mut wr, &mut rx, &shared, &params, peer.ip(), tls.as_ref()),
         )
         .await
-        .map_err(|_| SessionError::Timeout)?;
+        .map_err(|_| refused_by_timeout())?;
         authed?;
         max_len.store(wire::MAX_SESSION_MESSAGE_LEN, Ordering::Relaxed);
         let app = params.application_name.clone().unwrap_or_default();
         tracing::info!(peer = %peer, user = %params.user, application_name = %app, "replication connection authorized: user={} application_name={app}", params.user);
         let pid = shared.next_pid.fetch_add(1, Ordering::Relaxed) as u32;
-        commands(&mut wr, &mut rx, &shared, &params, pid, &app).await
+        let cm = crate::metrics::global()
+            .serve()
+            .client(&app, &peer.to_string(), shared.max_clients);
+        commands(&mut wr, &mut rx, &shared, &params, pid, &app, &cm).await
     }
     .await;
     reader.abort();
     result
+}
+
+fn refused(why: Refusal) {
+    crate::metrics::global().serve().refused(why);
+}
+
+fn refused_by_timeout() -> SessionError {
+    refused(Refusal::Timeout);
+    SessionError::Timeout
 }
 
 /// Reads the start-up packet, negotiating TLS (SSLRequest) and refusing
@@ -626,10 +658,10 @@ async fn accept_tls(io: BoxIo, shared: &Shared) -> Result<(BoxIo, TlsInfo), Sess
     let ssl = Ssl::new(acceptor.context()).map_err(|e| SessionError::Refused(e.to_string()))?;
     let mut stream =
         tokio_openssl::SslStream::new(ssl, io).map_err(|e| SessionError::Refused(e.to_string()))?;
-    Pin::new(&mut stream)
-        .accept()
-        .await
-        .map_err(|e| SessionError::Refused(format!("TLS handshake: {e}")))?;
+    Pin::new(&mut stream).accept().await.map_err(|e| {
+        refused(Refusal::Tls);
+        SessionError::Refused(format!("TLS handshake: {e}"))
+    })?;
     let peer = stream.ssl().peer_certificate();
     let info = TlsInfo {
         client_cert: peer.is_some(),
@@ -703,6 +735,7 @@ async fn authenticate(
         "no encryption"
     };
     let Some(rule) = shared.hba.find(user, ip, tls.is_some()) else {
+        refused(Refusal::NoHbaEntry);
         return fatal(
             wr,
             sqlstate::INVALID_AUTHORIZATION,
@@ -713,6 +746,7 @@ async fn authenticate(
     match rule.method {
         Method::Trust => Ok(()),
         Method::Reject => {
+            refused(Refusal::HbaReject);
             fatal(
                 wr,
                 sqlstate::INVALID_AUTHORIZATION,
@@ -750,6 +784,7 @@ async fn check_client_cert(
     line: usize,
 ) -> Result<(), SessionError> {
     let Some(info) = tls.filter(|t| t.client_cert) else {
+        refused(Refusal::AuthFailed);
         return fatal(
             wr,
             sqlstate::INVALID_AUTHORIZATION,
@@ -762,6 +797,7 @@ async fn check_client_cert(
         (ClientCert::VerifyFull, Some(cn)) if cn == user => Ok(()),
         (ClientCert::VerifyFull, cn) => {
             tracing::info!(user = %user, "{failed}: provided user name ({user}) and authenticated user name ({}) do not match (hba line {line})", cn.unwrap_or(""));
+            refused(Refusal::AuthFailed);
             fatal(wr, code, failed).await
         }
     }
@@ -823,6 +859,7 @@ async fn scram_exchange(
         }
         Err(e) => {
             tracing::info!(user = %user, "SCRAM authentication of \"{user}\" failed: {e}");
+            refused(Refusal::AuthFailed);
             fatal(wr, sqlstate::INVALID_PASSWORD, failed).await
         }
     }
@@ -864,6 +901,7 @@ async fn commands(
     params: &StartupParams,
     pid: u32,
     app: &str,
+    cm: &ClientMetrics,
 ) -> Result<(), SessionError> {
     let catalog = match load_catalog(shared).await {
         Ok(c) => c,
@@ -907,7 +945,7 @@ async fn commands(
                 match outcome {
                     Outcome::Reply(mut bytes) => write(wr, &mut bytes).await?,
                     Outcome::Stream(plan) => {
-                        if !stream(wr, rx, shared, catalog, plan, app).await? {
+                        if !stream(wr, rx, shared, catalog, plan, app, cm).await? {
                             return Ok(());
                         }
                     }
@@ -946,6 +984,7 @@ async fn stream(
     mut catalog: Catalog,
     plan: StreamPlan,
     app: &str,
+    cm: &ClientMetrics,
 ) -> Result<bool, SessionError> {
     let mut out = BytesMut::new();
     reply::copy_both(&mut out);
@@ -986,6 +1025,7 @@ async fn stream(
                 Flow::Exit => return Ok(false),
             }
         }
+        cm.positions(s.sent, s.reported.flush);
         let now = pg_now();
         if s.timed_out(now) {
             tracing::warn!(application_name = %app, "terminating walsender process due to replication timeout");
@@ -1025,6 +1065,7 @@ async fn stream(
                 reply::xlog_data(&mut out, start, available, now, data);
                 write(wr, &mut out).await?;
                 s.sent_piece(start, len, now);
+                cm.sent(s.sent, len, s.reported.flush);
                 need_reload = true;
                 continue;
             }
