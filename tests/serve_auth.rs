@@ -18,7 +18,7 @@ use crate::support::{
 const APP: &str = "walrcv";
 
 /// An archive of a few segments written by `walrcv stream` (then stopped).
-fn small_archive(pg: &PgServer, dir: &Path) {
+pub(crate) fn small_archive(pg: &PgServer, dir: &Path) {
     let conn = format!("{} application_name={APP}", pg.conninfo());
     let mut rcv = walrcv_spawn(&["stream", "-D", dir.to_str().unwrap(), "-d", &conn]);
     pg.psql("CREATE TABLE t AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 3000) g");
@@ -99,7 +99,12 @@ fn identify(port: u16, user: &str, password: Option<&str>, conn: &str) -> Result
     }
 }
 
-fn start_serve(archive: &Path, conf: &Path, hba: &str, extra: &[&str]) -> (BackgroundProcess, u16) {
+pub(crate) fn start_serve(
+    archive: &Path,
+    conf: &Path,
+    hba: &str,
+    extra: &[&str],
+) -> (BackgroundProcess, u16) {
     let hba_path = conf.join("serve_hba.conf");
     std::fs::write(&hba_path, hba).unwrap();
     let port = free_port();
