@@ -2,11 +2,19 @@
 //! it (issue 21): the client count, the client's series (sent and reported
 //! flush positions, lag) labelled by its application_name and address,
 //! bytes sent, refusals by reason; the client's series are gone when it
-//! leaves.
+//! leaves. And the keepalive flags: a client that never answers gets
+//! keepalives, a reply request at half `--serve-sender-timeout`, and is
+//! dropped at the timeout.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+
+use std::time::Instant;
+
+use walrcv::conninfo::{ChannelBinding, ConnParams, SslMode, Target, TlsSettings};
+use walrcv::pgwire::{BackendMessage, Connection};
+use walrcv::replication::ReplicationMessage;
 
 use crate::serve_auth::{small_archive, start_serve};
 use crate::support::{
@@ -137,5 +145,104 @@ fn serve_metrics_follow_a_pg_receivewal_client() {
         let text = scrape(&metrics);
         value(&text, "walrcv_serve_clients ") == Some(0) && !text.contains("pg_receivewal")
     });
+    serve.interrupt();
+}
+
+fn conn_params(port: u16) -> ConnParams {
+    ConnParams {
+        targets: vec![Target::Tcp {
+            host: "127.0.0.1".into(),
+            hostaddr: None,
+            port,
+        }],
+        user: "postgres".into(),
+        password: None,
+        passfile: None,
+        dbname: "replication".into(),
+        application_name: "silent".into(),
+        options: None,
+        connect_timeout: Some(Duration::from_secs(30)),
+        keepalives: false,
+        keepalives_idle: None,
+        keepalives_interval: None,
+        keepalives_count: None,
+        tls: TlsSettings {
+            mode: SslMode::Disable,
+            ..TlsSettings::prefer()
+        },
+        channel_binding: ChannelBinding::Prefer,
+        require_auth: None,
+        client_encoding: None,
+        target_session_attrs: walrcv::conninfo::TargetSessionAttrs::Any,
+        load_balance_hosts: walrcv::conninfo::LoadBalanceHosts::Disable,
+    }
+}
+
+/// A caught-up client that never sends a status update, against
+/// `--serve-keepalive-interval 1 --serve-sender-timeout 4`: keepalives about
+/// every second, one with a reply request after about 2 s, the connection
+/// closed after about 4 s (not at the 60 s default).
+#[test]
+fn serve_sender_timeout_drops_a_silent_client() {
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    small_archive(&pg, &a);
+    let (mut serve, port) = start_serve(
+        &a,
+        work.path(),
+        "host replication postgres 127.0.0.1/32 trust\n",
+        &[
+            "--serve-keepalive-interval",
+            "1",
+            "--serve-sender-timeout",
+            "4",
+        ],
+    );
+    let ident = psql(port, "postgres", "IDENTIFY_SYSTEM").unwrap();
+    let end = parse_lsn(ident.split('|').nth(2).expect("xlogpos"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (keepalives, asked_at, closed_at) = rt.block_on(async {
+        let mut conn = Connection::connect(&conn_params(port), true, Duration::from_secs(10))
+            .await
+            .unwrap();
+        conn.start_copy(&format!("START_REPLICATION {} TIMELINE 1", format_lsn(end)))
+            .await
+            .unwrap();
+        let began = Instant::now();
+        let (mut keepalives, mut asked_at) = (0, None);
+        loop {
+            assert!(began.elapsed() < Duration::from_secs(30), "never dropped");
+            let msg = tokio::time::timeout(Duration::from_secs(30), conn.read_message()).await;
+            let Ok(Ok(BackendMessage::CopyData(payload))) = msg else {
+                // An error (the FATAL-less close of a timed-out walsender) or EOF.
+                return (keepalives, asked_at, began.elapsed());
+            };
+            if let Ok(ReplicationMessage::Keepalive {
+                reply_requested, ..
+            }) = ReplicationMessage::parse(payload)
+            {
+                keepalives += 1;
+                if reply_requested && asked_at.is_none() {
+                    asked_at = Some(began.elapsed());
+                }
+            }
+        }
+    });
+    let asked_at = asked_at.expect("a keepalive asking for a reply");
+    assert!(
+        asked_at >= Duration::from_millis(1500) && asked_at < Duration::from_secs(4),
+        "reply requested after {asked_at:?}"
+    );
+    assert!(keepalives >= 3, "{keepalives} keepalives");
+    assert!(
+        closed_at >= Duration::from_millis(3500) && closed_at < Duration::from_secs(10),
+        "closed after {closed_at:?}"
+    );
+    serve.wait_for_stderr("replication timeout", Duration::from_secs(10));
     serve.interrupt();
 }
