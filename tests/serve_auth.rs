@@ -58,7 +58,7 @@ fn leaf(dir: &Path, name: &str, cn: &str, sans: Vec<SanType>, issuer: &Issuer<Ke
     write(dir, &format!("{name}.key"), &key.serialize_pem());
 }
 
-/// `root.crt`; `server` (127.0.0.1), `client` (CN certuser) by it;
+/// `root.crt`; `server` (127.0.0.1), `client` (CN certuser), `full` (CN full) by it;
 /// `stranger` (CN certuser) by another CA.
 fn make_pki(dir: &Path) {
     let (root, root_key) = ca("walrcv serve test CA");
@@ -67,6 +67,7 @@ fn make_pki(dir: &Path) {
     let ip = SanType::IpAddress("127.0.0.1".parse().unwrap());
     leaf(dir, "server", "localhost", vec![ip], &root);
     leaf(dir, "client", "certuser", vec![], &root);
+    leaf(dir, "full", "full", vec![], &root);
     let (other, other_key) = ca("another CA");
     let other = Issuer::new(other, other_key);
     leaf(dir, "stranger", "certuser", vec![], &other);
@@ -139,10 +140,15 @@ fn serve_client_certificates_and_channel_binding() {
     let d = work.path();
     make_pki(d);
     let passfile = d.join("passfile");
-    std::fs::write(&passfile, format!("rep:{verifier}\nbound:{verifier}\n")).unwrap();
+    std::fs::write(
+        &passfile,
+        format!("rep:{verifier}\nbound:{verifier}\nfull:{verifier}\n"),
+    )
+    .unwrap();
     let p = |n: &str| d.join(n).to_str().unwrap().to_owned();
     let hba = "hostssl replication certuser,mismatch 127.0.0.1/32 cert\n\
                hostssl replication rep 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n\
+               hostssl replication full 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n\
                host    replication bound 127.0.0.1/32 scram-sha-256\n";
     // A cert line without --serve-ssl-ca: refused at start, as PostgreSQL.
     let hba_path = d.join("no_ca_hba.conf");
@@ -222,6 +228,16 @@ fn serve_client_certificates_and_channel_binding() {
     );
     let e = identify(port, "rep", Some("wrong"), &with_cert("client")).unwrap_err();
     assert!(e.contains("password authentication failed"), "{e}");
+
+    // clientcert=verify-full: the certificate's CN must also be the user;
+    // a mismatch is worded as the method's failure, as PostgreSQL does.
+    let ok = identify(port, "full", Some("pw-123"), &with_cert("full")).unwrap();
+    assert!(ok.starts_with(&sysid), "{ok}");
+    let e = identify(port, "full", Some("pw-123"), &with_cert("client")).unwrap_err();
+    assert!(
+        e.contains("password authentication failed for user \"full\""),
+        "{e}"
+    );
 
     // SCRAM-SHA-256-PLUS: libpq insists on channel binding and gets it over
     // TLS; without TLS there is nothing to bind to and libpq gives up.
