@@ -75,6 +75,14 @@ pub enum ReceiverError {
     StreamEnded,
     #[error("no message from the server for {0} s: connection considered dead")]
     Timeout(u64),
+    /// See [`super::session::incomplete`]: a record whose length was
+    /// corrupted in transit. Retried: the next session streams it again.
+    #[error("WAL record at {record} is still incomplete at {received}, where the server's WAL ends, after {waited_secs} s: its length must have been corrupted in transit; nothing of it was acknowledged")]
+    IncompleteRecord {
+        record: Lsn,
+        received: Lsn,
+        waited_secs: u64,
+    },
     #[error("unexpected message from the server: {0}")]
     Unexpected(String),
 }
@@ -232,6 +240,7 @@ impl ReceiverError {
             ReceiverError::Stream(_)
             | ReceiverError::StreamEnded
             | ReceiverError::Timeout(_)
+            | ReceiverError::IncompleteRecord { .. }
             | ReceiverError::Unexpected(_)
             | ReceiverError::Writer(_)
             | ReceiverError::ArchiveIo { .. } => true,
@@ -249,7 +258,8 @@ impl ReceiverError {
 
     pub fn exit_code(&self) -> i32 {
         match self {
-            ReceiverError::Writer(SinkError::Verify { .. }) => exit::VERIFY_FAILED,
+            ReceiverError::Writer(SinkError::Verify { .. })
+            | ReceiverError::IncompleteRecord { .. } => exit::VERIFY_FAILED,
             ReceiverError::ArchiveUntrusted { .. } => exit::ARCHIVE_UNTRUSTED,
             ReceiverError::NeedsOperator { .. } | ReceiverError::ServerFault { .. } => {
                 exit::NEEDS_OPERATOR
@@ -269,7 +279,8 @@ impl ReceiverError {
     /// What failed, for the backoff between sessions.
     pub fn failure_kind(&self) -> FailureKind {
         match self {
-            ReceiverError::Writer(SinkError::Verify { .. }) => FailureKind::Verification,
+            ReceiverError::Writer(SinkError::Verify { .. })
+            | ReceiverError::IncompleteRecord { .. } => FailureKind::Verification,
             ReceiverError::Writer(SinkError::Archive(_) | SinkError::Write { .. })
             | ReceiverError::Archive(_)
             | ReceiverError::ArchiveUntrusted { .. }

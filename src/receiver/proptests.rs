@@ -537,6 +537,7 @@ impl Harness {
             start: sink.position(),
             receive_timeout: feedback_config().receive_timeout,
             target: "the server".into(),
+            block_size: 8192,
         };
         let mut machine = StreamMachine::new(config, feedback);
         machine.handle(m::Event::Arrived {

@@ -305,6 +305,16 @@ impl WalSink {
         Ok(())
     }
 
+    /// Where the record the verifier is inside begins, when its bytes
+    /// are written but it is not complete yet.
+    pub fn record_in_progress(&self) -> Option<Lsn> {
+        self.verifier.in_record().then(|| {
+            self.verifier
+                .current_record_start()
+                .unwrap_or(self.verifier.verified_end())
+        })
+    }
+
     /// What may be reported: see the module documentation.
     pub fn positions(&self) -> Positions {
         let named = self.named;

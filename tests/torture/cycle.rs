@@ -46,6 +46,8 @@ const SLOT: &str = "torture";
 const RECEIVE_TIMEOUT_SECS: &str = "5";
 /// How long the cycle waits for acknowledged commits again after its last fault.
 const SETTLE: Duration = Duration::from_secs(60);
+/// How long commits may wait after a bit flipped in a record's length.
+const LENGTH_FLIP_STALL: Duration = Duration::from_secs(30);
 /// How long a power loss waits for walrcv's next fsync of a `.partial`, and
 /// an fsync EIO from lazyfs for that fsync, before going on without it.
 const SYNC_WAIT: Duration = Duration::from_secs(10);
@@ -430,7 +432,33 @@ impl<'a> Cycle<'a> {
                 f.tli,
                 f.conn
             ));
+            if crate::schedule::flips_a_length(pick) {
+                self.wait_acknowledged_after_length_flip(f.lsn);
+            }
         }
+    }
+
+    /// A record whose length claims more WAL than the primary will send must
+    /// not hold its commits for longer than walrcv's patience for it (10 s),
+    /// a reconnection and a margin: seed 305 held them for good, and the
+    /// cycle's end (SETTLE) would not notice a stall that some later event
+    /// happens to break.
+    fn wait_acknowledged_after_length_flip(&mut self, lsn: u64) {
+        let acked = self.acked();
+        let start = Instant::now();
+        while self.acked() == acked {
+            if start.elapsed() > LENGTH_FLIP_STALL {
+                return self.fail(format!(
+                    "a length flipped at {} held every commit for {LENGTH_FLIP_STALL:?}",
+                    format_lsn(lsn)
+                ));
+            }
+            self.pause(100);
+        }
+        self.log(&format!(
+            "commits acknowledged again {} ms after the length flip",
+            start.elapsed().as_millis()
+        ));
     }
 
     /// Switchover (`fast`: the old primary stops cleanly) or failover

@@ -21,6 +21,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The WAL block size of the servers the torture test starts (the default).
+const BLOCK_SIZE: u64 = 8192;
+
 /// One standby status update seen by a proxy.
 #[derive(Clone, Debug)]
 pub struct Status {
@@ -133,6 +136,10 @@ impl Recorder {
     /// Records XLogData `[start, start + payload.len())` going to the client,
     /// flipping a bit of it first when a flip is armed and the payload starts
     /// past every flush position reported so far (WAL walrcv does not have).
+    /// A flip aimed at a length (see `Fault::Bitflip`) waits for a payload
+    /// that starts exactly at the flush position reported, off a page
+    /// boundary: there a record begins, and byte 2 of its `xl_tot_len` makes
+    /// it claim 64 KiB to 8 MiB more than it has.
     fn xlog_data(&self, conn: u64, tli: u32, start: u64, payload: &mut [u8]) {
         let ms = self.ms();
         let mut r = self.lock();
@@ -140,19 +147,26 @@ impl Recorder {
         let sent = r.sent.entry(tli).or_default();
         *sent = (*sent).max(end);
         let reported = r.max_flush.values().copied().max().unwrap_or(0);
-        if let Some((pick, bit)) = r.flip_armed {
-            if !payload.is_empty() && start >= reported {
-                let at = (pick % payload.len() as u64) as usize;
-                payload[at] ^= 1 << bit;
-                r.flip_armed = None;
-                r.flips.push(Flip {
-                    ms,
-                    conn,
-                    tli,
-                    lsn: start + at as u64,
-                    bit,
-                });
-            }
+        let Some((pick, bit)) = r.flip_armed else {
+            return;
+        };
+        let at = if crate::schedule::flips_a_length(pick) {
+            let record_starts = start == reported && start % BLOCK_SIZE != 0;
+            (record_starts && payload.len() >= 4).then_some(2)
+        } else {
+            (!payload.is_empty() && start >= reported)
+                .then(|| (pick % payload.len() as u64) as usize)
+        };
+        if let Some(at) = at {
+            payload[at] ^= 1 << bit;
+            r.flip_armed = None;
+            r.flips.push(Flip {
+                ms,
+                conn,
+                tli,
+                lsn: start + at as u64,
+                bit,
+            });
         }
     }
 

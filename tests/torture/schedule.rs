@@ -135,6 +135,13 @@ pub const EIO_POINTS: [(&str, u64); 8] = [
     ("history-fsync", 0),
 ];
 
+/// Whether a `Fault::Bitflip` with this `pick` aims at a record's length.
+/// Taken from the pick already drawn, so that the draws of every seed stay
+/// as they were.
+pub fn flips_a_length(pick: u64) -> bool {
+    pick % 4 == 0
+}
+
 /// One fault with its drawn parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -148,7 +155,11 @@ pub enum Fault {
     /// The proxy moves no byte for `ms`.
     Stall { ms: u64 },
     /// The proxy flips bit `bit` of byte `pick % len` of the next XLogData
-    /// payload that starts at or past every flush position reported so far.
+    /// payload that starts at or past every flush position reported so far;
+    /// or, one time in four ([`flips_a_length`]), of byte 2 of the
+    /// `xl_tot_len` of a record that starts a payload where walrcv's flush
+    /// stands (torture seed 305: a record that claims more WAL than a
+    /// primary waiting for walrcv will ever send).
     Bitflip { pick: u64, bit: u8 },
     /// The archive's tmpfs is filled for `ms`, then freed.
     Diskfull { ms: u64 },
@@ -238,6 +249,9 @@ impl fmt::Display for Fault {
             Fault::Stop { ms } => write!(f, "stop ({ms} ms)"),
             Fault::Cut => write!(f, "cut"),
             Fault::Stall { ms } => write!(f, "stall ({ms} ms)"),
+            Fault::Bitflip { pick, bit } if flips_a_length(*pick) => {
+                write!(f, "bitflip (pick {pick:#x}, bit {bit}, in xl_tot_len)")
+            }
             Fault::Bitflip { pick, bit } => write!(f, "bitflip (pick {pick:#x}, bit {bit})"),
             Fault::Diskfull { ms } => write!(f, "diskfull ({ms} ms)"),
             Fault::Eio { point, skip } => {

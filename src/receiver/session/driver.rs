@@ -173,6 +173,7 @@ impl Stream<'_> {
             now: at,
             bytes_arrived: self.conn.take_bytes_arrived(),
             positions: self.sink.positions(),
+            record_in_progress: self.sink.record_in_progress(),
         }
     }
 

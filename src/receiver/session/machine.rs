@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::incomplete::IncompleteRecordWatch;
 use super::steps::LoopEnd;
 use crate::lsn::Lsn;
 use crate::pgwire::{BackendMessage, PgError};
@@ -68,6 +69,9 @@ pub enum Event {
         now: Instant,
         bytes_arrived: bool,
         positions: Positions,
+        /// Where the record the verifier is inside begins (its bytes are
+        /// written, not yet verified); `None` between records.
+        record_in_progress: Option<Lsn>,
     },
     /// SIGINT or SIGTERM.
     Stop,
@@ -120,6 +124,8 @@ pub struct MachineConfig {
     pub receive_timeout: Duration,
     /// The server, named in its errors.
     pub target: String,
+    /// The server's WAL block size (see [`super::incomplete`]).
+    pub block_size: u64,
 }
 
 /// What the current batch has seen and asked for.
@@ -146,12 +152,14 @@ pub struct StreamMachine<'f> {
     actions: VecDeque<Action>,
     streamed: bool,
     ended: bool,
+    incomplete: IncompleteRecordWatch,
 }
 
 impl<'f> StreamMachine<'f> {
     pub fn new(config: MachineConfig, feedback: &'f mut Feedback) -> StreamMachine<'f> {
         StreamMachine {
             position: config.start,
+            incomplete: IncompleteRecordWatch::new(config.block_size),
             config,
             feedback,
             writing: None,
@@ -180,7 +188,10 @@ impl<'f> StreamMachine<'f> {
 
     /// When the policy has something to do next, with no message.
     pub fn deadline(&self) -> Instant {
-        self.feedback.next_deadline()
+        let policy = self.feedback.next_deadline();
+        self.incomplete
+            .deadline()
+            .map_or(policy, |stuck| stuck.min(policy))
     }
 
     /// The connection's policy (for the stream's last status).
@@ -233,7 +244,8 @@ impl<'f> StreamMachine<'f> {
                 now,
                 bytes_arrived,
                 positions,
-            } => self.timer(now, bytes_arrived, positions),
+                record_in_progress,
+            } => self.timer(now, bytes_arrived, positions, record_in_progress),
             Event::Stop => self.end(LoopEnd::Signal),
         }
     }
@@ -283,6 +295,7 @@ impl<'f> StreamMachine<'f> {
                 ..
             }) => {
                 self.push(Action::ServerHas(wal_end));
+                self.incomplete.server_has(wal_end);
                 self.batch.reply_requested |= reply_requested;
                 self.message_done();
             }
@@ -291,6 +304,7 @@ impl<'f> StreamMachine<'f> {
 
     fn xlogdata(&mut self, data_start: Lsn, wal_end: Lsn, data: Bytes) {
         self.push(Action::ServerHas(wal_end));
+        self.incomplete.server_has(wal_end);
         let arrived = self.batch.arrived.unwrap_or_else(Instant::now);
         let end = Lsn(data_start.0.saturating_add(data.len() as u64));
         self.push(Action::Received {
@@ -397,7 +411,13 @@ impl<'f> StreamMachine<'f> {
         }
     }
 
-    fn timer(&mut self, now: Instant, bytes_arrived: bool, positions: Positions) {
+    fn timer(
+        &mut self,
+        now: Instant,
+        bytes_arrived: bool,
+        positions: Positions,
+        record_in_progress: Option<Lsn>,
+    ) {
         // Part of a message counts: the connection is not dead while bytes flow.
         if bytes_arrived {
             self.feedback.message_received(now);
@@ -405,9 +425,21 @@ impl<'f> StreamMachine<'f> {
         match self.feedback.on_timer(now, positions) {
             TimerAction::Nothing => {}
             TimerAction::Send(status) => self.push(Action::Send(status)),
-            TimerAction::TimedOut => self.fail(ReceiverError::Timeout(
-                self.config.receive_timeout.as_secs(),
-            )),
+            TimerAction::TimedOut => {
+                return self.fail(ReceiverError::Timeout(
+                    self.config.receive_timeout.as_secs(),
+                ))
+            }
+        }
+        if let Some(stuck) = self
+            .incomplete
+            .check(now, self.position, record_in_progress)
+        {
+            self.fail(ReceiverError::IncompleteRecord {
+                record: stuck.record,
+                received: stuck.received,
+                waited_secs: stuck.waited.as_secs(),
+            });
         }
     }
 }

@@ -2,7 +2,7 @@
 //! stream timeline after timeline until stopped, the stop point is reached or
 //! the connection fails.
 //!
-//! Split in four:
+//! Split in five:
 //! - this module: the session's IO outside the stream (connecting, asking the
 //!   server, reading and moving the archive's files) and the timeline loop;
 //! - [`steps`]: the session's decisions as pure functions (start point, the
@@ -10,12 +10,15 @@
 //! - [`machine`]: the receive loop of one stream as a sans-IO state machine
 //!   (events in, actions out), the commit path's logic;
 //! - [`driver`]: the thin IO loop around the machine, and the CopyDone
-//!   sequence at the end of a stream.
+//!   sequence at the end of a stream;
+//! - [`incomplete`]: the rule that ends a stream whose record can never be
+//!   completed with what the server has (a length corrupted in transit).
 //!
 //! When and what to report is decided by the sans-IO [`Feedback`] policy,
 //! which the machine consults.
 
 pub mod driver;
+pub mod incomplete;
 pub mod machine;
 pub mod steps;
 
@@ -706,6 +709,7 @@ impl Session<'_> {
                         start: start.lsn,
                         receive_timeout: opts.receive_timeout,
                         target: conn.target().to_string(),
+                        block_size: u64::from(server.block_size),
                     },
                     feedback,
                 );

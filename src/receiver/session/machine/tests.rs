@@ -53,6 +53,7 @@ fn machine(feedback: &mut Feedback, endpos: Option<Lsn>) -> StreamMachine<'_> {
             start: START,
             receive_timeout: 10 * SEC,
             target: "primary:5432".into(),
+            block_size: 8192,
         },
         feedback,
     )
@@ -217,6 +218,7 @@ fn a_failed_fsync_ends_the_stream_without_a_status() {
         now: t0 + 6 * SEC,
         bytes_arrived: false,
         positions: pos(Lsn(START.0 + 100), Lsn(START.0 + 100)),
+        record_in_progress: None,
     });
     assert!(drain(&mut m).is_empty());
 }
@@ -438,12 +440,14 @@ fn timers_ping_at_half_the_timeout_and_time_out_at_it() {
         now: t0 + 4 * SEC,
         bytes_arrived: false,
         positions: p,
+        record_in_progress: None,
     });
     assert!(drain(&mut m).is_empty());
     m.handle(Event::Timer {
         now: t0 + 5 * SEC,
         bytes_arrived: false,
         positions: p,
+        record_in_progress: None,
     });
     let a = drain(&mut m);
     assert!(sends(&a)[0].reply_requested, "{a:?}");
@@ -452,6 +456,7 @@ fn timers_ping_at_half_the_timeout_and_time_out_at_it() {
         now: t0 + 10 * SEC,
         bytes_arrived: false,
         positions: p,
+        record_in_progress: None,
     });
     assert!(matches!(
         drain(&mut m)[..],
@@ -469,6 +474,7 @@ fn bytes_arriving_keep_the_connection_alive() {
         now: t0 + 9 * SEC,
         bytes_arrived: true,
         positions: p,
+        record_in_progress: None,
     });
     assert!(drain(&mut m).is_empty());
     // Past the timeout counted from the start, but not from the bytes.
@@ -476,6 +482,7 @@ fn bytes_arriving_keep_the_connection_alive() {
         now: t0 + 12 * SEC,
         bytes_arrived: false,
         positions: p,
+        record_in_progress: None,
     });
     assert!(drain(&mut m).is_empty());
     // Pinged at half the timeout after the bytes.
@@ -483,6 +490,7 @@ fn bytes_arriving_keep_the_connection_alive() {
         now: t0 + 14 * SEC,
         bytes_arrived: false,
         positions: p,
+        record_in_progress: None,
     });
     let a = drain(&mut m);
     assert!(sends(&a)[0].reply_requested, "{a:?}");
@@ -499,6 +507,7 @@ fn the_status_interval_sends_periodic_updates() {
         now: t0 + SEC,
         bytes_arrived: true,
         positions: p,
+        record_in_progress: None,
     });
     let a = drain(&mut m);
     assert_eq!(sends(&a).len(), 1);
@@ -600,4 +609,103 @@ fn a_malformed_message_fails() {
         drain(&mut m)[..],
         [Action::Fail(ReceiverError::Stream(_))]
     ));
+}
+
+/// Torture seed 305: a flipped bit in `xl_tot_len` made a record claim 2 MiB
+/// while the synchronous primary, waiting for walrcv, had no more WAL to
+/// send. The server stays alive (keepalives asking for replies), so no
+/// timeout fires: the stream ends once the record has been incomplete where
+/// the server's WAL ends, off a page boundary, for the patience.
+#[test]
+fn a_record_that_cannot_complete_with_what_the_server_has_ends_the_stream() {
+    use crate::receiver::session::incomplete::PATIENCE;
+    let t0 = Instant::now();
+    let mut f = feedback(t0, Some(SEC));
+    let mut m = started(&mut f, t0);
+    m.handle(Event::Arrived {
+        msg: xlogdata(START, &[7; 100]),
+        at: t0,
+    });
+    drain(&mut m);
+    m.handle(Event::Wrote {
+        n: 100,
+        filled: None,
+    });
+    m.handle(Event::Drained);
+    drain(&mut m);
+    let received = Lsn(START.0 + 100);
+    let p = pos(START, START);
+    let mut now = t0;
+    let mut ended = None;
+    while now < t0 + 3 * PATIENCE {
+        // The server is alive and has sent everything: it asks for replies.
+        m.handle(Event::Arrived {
+            msg: keepalive(received, true),
+            at: now,
+        });
+        drain(&mut m);
+        m.handle(Event::Drained);
+        drain(&mut m);
+        now += SEC;
+        m.handle(Event::Timer {
+            now,
+            // The keepalives: the server is alive.
+            bytes_arrived: true,
+            positions: p,
+            record_in_progress: Some(START),
+        });
+        if let Some(Action::Fail(e)) = drain(&mut m).pop() {
+            ended = Some((now, e));
+            break;
+        }
+    }
+    let (at, e) = ended.expect("the stream ends");
+    assert_eq!(at, t0 + SEC + PATIENCE, "after the patience, not before");
+    match e {
+        ReceiverError::IncompleteRecord {
+            record,
+            received: r,
+            ..
+        } => assert_eq!((record, r), (START, received)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_record_stopped_at_a_page_boundary_waits_for_the_server() {
+    use crate::receiver::session::incomplete::PATIENCE;
+    let t0 = Instant::now();
+    let mut f = feedback(t0, Some(SEC));
+    let mut m = started(&mut f, t0);
+    // START is on a page boundary: 8192 bytes end on the next one.
+    m.handle(Event::Arrived {
+        msg: xlogdata(START, &[7; 8192]),
+        at: t0,
+    });
+    drain(&mut m);
+    m.handle(Event::Wrote {
+        n: 8192,
+        filled: None,
+    });
+    m.handle(Event::Drained);
+    drain(&mut m);
+    let received = Lsn(START.0 + 8192);
+    let mut now = t0;
+    while now < t0 + 3 * PATIENCE {
+        m.handle(Event::Arrived {
+            msg: keepalive(received, true),
+            at: now,
+        });
+        m.handle(Event::Drained);
+        drain(&mut m);
+        now += SEC;
+        m.handle(Event::Timer {
+            now,
+            bytes_arrived: true,
+            positions: pos(START, START),
+            record_in_progress: Some(START),
+        });
+        let a = drain(&mut m);
+        assert!(!names(&a).contains(&"fail"), "{a:?}");
+    }
 }
