@@ -191,7 +191,7 @@ mod tests {
         let names = |v: &[Listed]| v.iter().map(|o| o.name.clone()).collect::<Vec<_>>();
         assert_eq!(
             names(&listing.files),
-            ["00000002.history", &format!("{S3}.zst")]
+            [&format!("{S3}.zst"), "00000002.history"]
         );
         let copies: Vec<_> = listing
             .copies
