@@ -85,13 +85,25 @@ fn local_segments(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+fn complete_names(segments: &BTreeSet<String>) -> Vec<String> {
+    segments
+        .iter()
+        .filter(|n| !n.ends_with(".partial"))
+        .cloned()
+        .collect()
+}
+
 fn json(out: &RunOutput) -> serde_json::Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.text()))
 }
 
 /// Streams with `--upload` (and `-Z`) until several segments are complete
 /// and uploaded, stops the receiver cleanly (its last `.partial` uploaded).
-fn uploaded_archive(weed: &Seaweed, prefix: &str, compress: Option<&str>) -> tempfile::TempDir {
+fn uploaded_archive(
+    weed: &Seaweed,
+    prefix: &str,
+    compress: Option<&str>,
+) -> (PgServer, tempfile::TempDir) {
     let pg = PgServer::builder().wal_segsize_mb(1).start();
     let archive = tempfile::tempdir().unwrap();
     let conn = format!("{} application_name={APP}", pg.conninfo());
@@ -136,14 +148,14 @@ fn uploaded_archive(weed: &Seaweed, prefix: &str, compress: Option<&str>) -> tem
     });
     let status = rcv.interrupt();
     assert!(status.success(), "{status:?}\n{}", rcv.stderr());
-    archive
+    (pg, archive)
 }
 
 /// Copies every object of `from` to `to`, flipping one bit in the middle of
-/// `flip` (a name relative to the prefix).
-fn copy_prefix(weed: &Seaweed, from: &str, to: &str, flip: &str) {
+/// `flip` and leaving `skip` out (names relative to the prefix).
+fn copy_prefix(weed: &Seaweed, from: &str, to: &str, flip: &str, skip: &str) {
     for name in objects(weed, from) {
-        if !name.contains('.') && name.starts_with("partial/") {
+        if !name.contains('.') && name.starts_with("partial/") || name == skip {
             continue; // a directory marker
         }
         let mut bytes = get(weed, &format!("{from}/{name}"));
@@ -157,7 +169,7 @@ fn copy_prefix(weed: &Seaweed, from: &str, to: &str, flip: &str) {
 
 fn tools_on_the_bucket(compress: Option<&str>) {
     let weed = Seaweed::start("walrcv");
-    let archive = uploaded_archive(&weed, "db", compress);
+    let (pg, archive) = uploaded_archive(&weed, "db", compress);
     let dir = archive.path().to_str().unwrap().to_owned();
     let url = weed.url("db");
 
@@ -189,7 +201,7 @@ fn tools_on_the_bucket(compress: Option<&str>) {
         .nth(2)
         .unwrap()
         .clone();
-    copy_prefix(&weed, "db", "flipped", &victim);
+    copy_prefix(&weed, "db", "flipped", &victim, "");
     let bad = run(&weed, &["verify", &weed.url("flipped"), "--json"]);
     assert_eq!(bad.status.code(), Some(1), "{}", bad.text());
     assert!(bad.stdout.contains(&victim), "{}", bad.text());
@@ -203,6 +215,79 @@ fn tools_on_the_bucket(compress: Option<&str>) {
     std::fs::write(copy.path().join(&victim), bytes).unwrap();
     let bad_local = run(&weed, &["verify", copy.path().to_str().unwrap()]);
     assert_eq!(bad_local.status.code(), Some(1), "{}", bad_local.text());
+
+    // status: OK from the bucket, as from the directory, with the same
+    // newest segment and end of WAL; a segment missing is CRITICAL as a gap.
+    let lax = [
+        "--warning-lag-seconds",
+        "3600",
+        "--critical-lag-seconds",
+        "3600",
+    ];
+    let conn = pg.conninfo();
+    let status = |target: &str, json: bool| {
+        let mut args = vec!["status", "-D", target, "-d", &conn];
+        args.extend(lax);
+        if json {
+            args.push("--json");
+        }
+        run(&weed, &args)
+    };
+    let local_status = status(&dir, true);
+    assert_eq!(
+        local_status.status.code(),
+        Some(0),
+        "{}",
+        local_status.text()
+    );
+    let remote_status = status(&url, true);
+    assert_eq!(
+        remote_status.status.code(),
+        Some(0),
+        "{}",
+        remote_status.text()
+    );
+    let (ls, rs) = (json(&local_status), json(&remote_status));
+    for field in [
+        "timelines",
+        "archived_end",
+        "histories",
+        "gaps",
+        "wal_segment_size",
+    ] {
+        assert_eq!(
+            ls["archive"][field],
+            rs["archive"][field],
+            "{field}: {}",
+            remote_status.text()
+        );
+    }
+    let copies = rs["archive"]["partial_copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 1, "{}", remote_status.text());
+    assert_eq!(copies[0]["receiver"], APP);
+    let human = status(&url, false);
+    assert_eq!(human.status.code(), Some(0), "{}", human.text());
+    assert!(
+        human.stdout.contains(".partial copy of"),
+        "{}",
+        human.text()
+    );
+    let hole = complete_names(&segments)[2].clone();
+    copy_prefix(&weed, "db", "holed", "", &hole);
+    let holed = status(&weed.url("holed"), false);
+    assert_eq!(holed.status.code(), Some(2), "{}", holed.text());
+    assert!(holed.stdout.contains("gap"), "{}", holed.text());
+    let holed_local = tempfile::tempdir().unwrap();
+    for n in segments.iter().filter(|n| **n != hole) {
+        std::fs::copy(archive.path().join(n), holed_local.path().join(n)).unwrap();
+    }
+    let holed_dir = status(holed_local.path().to_str().unwrap(), false);
+    assert_eq!(holed_dir.status.code(), Some(2), "{}", holed_dir.text());
+    let unreachable = run(
+        &weed,
+        &["status", "-D", "s3://no-such-bucket/x", "-d", &conn],
+    );
+    assert_eq!(unreachable.status.code(), Some(3), "{}", unreachable.text());
 
     // cleanup: the same files as the local cleanup (dry run, then for
     // real), plus a receiver's copy superseded by its complete segment.
