@@ -397,7 +397,9 @@ fn measure_divergent(
     let data_end = if !d.partial {
         segment_end
     } else {
-        match source.load(&d.path, d.compression, d.partial) {
+        // Decoded strictly, as before the bucket source: a set-aside
+        // file's name does not end in `.partial`.
+        match source.load(&d.path, d.compression, false) {
             Ok(bytes) => divergent::partial_data_end(start, bytes.as_slice(), segment_size),
             Err(e) => {
                 let why = match e {
