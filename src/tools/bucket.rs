@@ -91,7 +91,7 @@ fn copy_of(object: Listed) -> Option<CopyObject> {
         ArchiveName::Segment { name, partial: true, .. } if name.as_str() == segment
     );
     let segment = segment.to_owned();
-    same_segment.then(|| CopyObject {
+    same_segment.then_some(CopyObject {
         segment,
         copy,
         object,

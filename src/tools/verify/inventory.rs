@@ -102,7 +102,7 @@ pub(super) fn list(dir: &Path) -> Result<Inventory, VerifyToolError> {
         let path = entry.path();
         let kind = ArchiveName::classify(&name);
         inventory.add(name, kind, path.clone(), None, || {
-            std::fs::metadata(&path).map(|m| m.is_file().then(|| m.len()))
+            std::fs::metadata(&path).map(|m| m.is_file().then_some(m.len()))
         });
     }
     inventory.sort();
