@@ -167,6 +167,39 @@ fn copy_prefix(weed: &Seaweed, from: &str, to: &str, flip: &str, skip: &str) {
     }
 }
 
+/// A second receiver's copy of the newest segment, shorter (zeros from half
+/// of the uploaded copy's WAL on) and listed first: verify takes the
+/// longer one, with the same records as with it alone.
+fn longest_copy_stands_for_the_segment(weed: &Seaweed, alone: &serde_json::Value) {
+    let copy = objects(weed, "db")
+        .into_iter()
+        .find(|n| n.contains(".partial."))
+        .expect("the uploaded .partial copy");
+    let (dir, file) = copy.rsplit_once('/').unwrap();
+    let mut bytes = get(weed, &format!("db/{copy}"));
+    let written = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .expect("WAL in the copy");
+    bytes[written / 2..].fill(0);
+    let local = file.split(".partial.").next().unwrap();
+    let shorter = format!("{dir}/{local}.partial.walrcv_0.{:x}-1", bytes.len());
+    copy_prefix(weed, "db", "two", "", "");
+    put(weed, &format!("two/{shorter}"), bytes);
+    let out = run(weed, &["verify", &weed.url("two"), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.text());
+    let two = json(&out);
+    assert_eq!(two["records"], alone["records"], "{}", out.text());
+    let names: Vec<_> = two["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.contains(&copy), "{names:?}");
+    assert!(!names.contains(&shorter), "{names:?}");
+}
+
 fn tools_on_the_bucket(compress: Option<&str>) {
     let weed = Seaweed::start("walrcv");
     let (pg, archive) = uploaded_archive(&weed, "db", compress);
@@ -192,6 +225,10 @@ fn tools_on_the_bucket(compress: Option<&str>) {
     );
     let human = run(&weed, &["verify", &url]);
     assert_eq!(human.status.code(), Some(0), "{}", human.text());
+
+    if compress.is_none() {
+        longest_copy_stands_for_the_segment(&weed, &r);
+    }
 
     // A flipped bit in one uploaded segment: exit status 1, as locally.
     let segments = local_segments(archive.path());
