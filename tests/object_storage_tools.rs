@@ -367,6 +367,14 @@ fn tools_on_the_bucket(compress: Option<&str>) {
     for kept in complete.iter().skip(3) {
         assert!(left.contains(*kept), "{kept} removed: {left:?}");
     }
+    // A bucket that cannot be listed: exit 2, as an unreadable directory.
+    let nowhere = "s3://no-such-bucket/x";
+    let v = run(&weed, &["verify", nowhere]);
+    assert_eq!(v.status.code(), Some(2), "{}", v.text());
+    assert!(v.stderr.contains("no-such-bucket"), "{}", v.text());
+    let c = run(&weed, &["cleanup", "-D", nowhere, "--before", &cut]);
+    assert_eq!(c.status.code(), Some(2), "{}", c.text());
+
     // What is left still verifies.
     let after = run(&weed, &["verify", &url]);
     assert_eq!(after.status.code(), Some(0), "{}", after.text());
