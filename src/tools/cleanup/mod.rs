@@ -18,6 +18,8 @@
 //! `--keep-size` or as a timeline's newest file), and never accepted as a
 //! `--before` cut-off. A DBA removes them by hand once inspected.
 //!
+//! `-D s3://BUCKET/PREFIX` applies the same plan to a bucket ([`bucket`]).
+//!
 //! Exit statuses ([`exit`]): 0 done (also when nothing was to be removed), 1 a
 //! file could not be removed or the directory fsync failed, 2 bad arguments or
 //! an unreadable directory.

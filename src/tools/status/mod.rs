@@ -4,7 +4,7 @@
 //!
 //! It gathers, each step independent of the others' failures:
 //!
-//! - the archive, read-only ([`archive`]): the newest WAL per timeline, where
+//! - the archive, read-only ([`archive`], or [`bucket`] for `-D s3://BUCKET/PREFIX`): the newest WAL per timeline, where
 //!   the archived WAL ends, the age of the newest file, gaps;
 //! - the server ([`server`]): timeline and position (IDENTIFY_SYSTEM), and the
 //!   slot named by `--slot` (READ_REPLICATION_SLOT, `pg_replication_slots`);

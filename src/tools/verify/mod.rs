@@ -34,7 +34,9 @@
 //! sequence through the history, gaps), [`check`] (one file's bytes),
 //! [`divergent`] (set-aside files as ranges),
 //! [`report`] (the data) and [`render`] (human; JSON is the serialization).
-//! Only the inventory and this module's glue touch the disk.
+//! Only the inventory and this module's glue touch the disk (or the bucket:
+//! `walrcv verify s3://BUCKET/PREFIX` reads the same stages through
+//! [`inventory::Source`], see [`verify_bucket`]).
 //!
 //! Files are read through memory maps. A progress line goes to stderr when it is a
 //! terminal. The result is a [`VerifyReport`] (serializable to JSON) rendered for humans
