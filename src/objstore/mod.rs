@@ -69,11 +69,13 @@ impl StoreError {
     }
 }
 
-/// One listed object: its name relative to the prefix, and size.
+/// One listed object: its name relative to the prefix, size and
+/// Last-Modified time (when it was uploaded).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub name: String,
     pub size: u64,
+    pub modified: std::time::SystemTime,
 }
 
 /// The archive's prefix in a bucket.
@@ -211,9 +213,53 @@ impl Store {
                 Some(Listed {
                     name,
                     size: meta.size,
+                    modified: meta.last_modified.into(),
                 })
             })
             .collect())
+    }
+
+    /// Every object under the prefix, at any depth (`partial/SEG/...`
+    /// included): one paged LIST without delimiter, for the offline tools.
+    pub async fn list_all(&self) -> Result<Vec<Listed>, StoreError> {
+        use futures_util::TryStreamExt;
+        let key = self.url.prefix().to_string();
+        let prefix = (!key.is_empty()).then(|| ObjectPath::from(key.as_str()));
+        let metas: Vec<object_store::ObjectMeta> = self
+            .inner
+            .list(prefix.as_ref())
+            .try_collect()
+            .await
+            .map_err(|source| StoreError::Request {
+                op: "LIST",
+                key: key.clone(),
+                source,
+            })?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|meta| {
+                let name = self.url.name_of(meta.location.as_ref())?.to_string();
+                Some(Listed {
+                    name,
+                    size: meta.size,
+                    modified: meta.last_modified.into(),
+                })
+            })
+            .collect())
+    }
+
+    /// The first `len` bytes of an object (a ranged GET), or `None` when
+    /// there is no such object.
+    pub async fn get_prefix(&self, name: &str, len: u64) -> Result<Option<Bytes>, StoreError> {
+        match self.inner.get_range(&self.path(name), 0..len).await {
+            Ok(b) => Ok(Some(b)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(StoreError::Request {
+                op: "GET",
+                key: self.url.key(name),
+                source,
+            }),
+        }
     }
 }
 

@@ -18,11 +18,14 @@
 //! `--keep-size` or as a timeline's newest file), and never accepted as a
 //! `--before` cut-off. A DBA removes them by hand once inspected.
 //!
+//! `-D s3://BUCKET/PREFIX` applies the same plan to a bucket ([`bucket`]).
+//!
 //! Exit statuses ([`exit`]): 0 done (also when nothing was to be removed), 1 a
 //! file could not be removed or the directory fsync failed, 2 bad arguments or
 //! an unreadable directory.
 
 pub mod args;
+pub mod bucket;
 pub mod plan;
 
 use std::io::Write;
@@ -48,7 +51,8 @@ pub mod exit {
 /// `walrcv cleanup` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CleanupArgs {
-    /// Archive directory to clean.
+    /// Archive directory to clean, or `s3://BUCKET/PREFIX` (see
+    /// [`bucket`]).
     #[arg(short = 'D', long = "directory", value_name = "DIR")]
     pub directory: PathBuf,
     /// Remove segments whose position sorts before this one's, on every
@@ -83,6 +87,8 @@ pub enum CleanupError {
     },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Bucket(#[from] crate::tools::bucket::BucketError),
 }
 
 /// The segment name a `--before` value stands for: the segment itself, the
@@ -202,6 +208,9 @@ pub fn run(args: &CleanupArgs) -> i32 {
         eprintln!("walrcv cleanup: {e}");
         return exit::USAGE;
     }
+    if let Some(url) = args.directory.to_str().filter(|d| d.starts_with("s3://")) {
+        return run_bucket(args, url);
+    }
     let plan_and_entries = rules(args, SystemTime::now())
         .and_then(|r| inventory(&args.directory).map(|entries| (r, entries)));
     let (rules, entries) = match plan_and_entries {
@@ -239,6 +248,61 @@ pub fn run(args: &CleanupArgs) -> i32 {
         removed.files.len(),
         removed.bytes
     );
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("walrcv cleanup: {e}");
+            exit::REMOVE_FAILED
+        }
+    }
+}
+
+/// `walrcv cleanup -D s3://BUCKET/PREFIX`: one LIST, the same plan, then
+/// the objects deleted oldest first (stopping at the first failure); the
+/// URL of each on stdout.
+fn run_bucket(args: &CleanupArgs, url: &str) -> i32 {
+    let listed = rules(args, SystemTime::now()).and_then(|r| {
+        let b = crate::tools::bucket::Bucket::open(url)?;
+        let listing = b.list()?;
+        Ok((r, b, listing))
+    });
+    let (rules, b, listing) = match listed {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("walrcv cleanup: {e}");
+            return exit::USAGE;
+        }
+    };
+    let entries = bucket::entries(&listing);
+    let planned = plan::plan(&entries.entries, &rules);
+    let objects = bucket::objects_to_delete(&planned, &entries, &listing);
+    let url_of = |name: &str| b.object_url(name);
+    let mut out = std::io::stdout().lock();
+    if args.dry_run {
+        for (name, _) in &objects {
+            let _ = writeln!(out, "{}", url_of(name));
+        }
+        let bytes: u64 = objects.iter().map(|(_, size)| size).sum();
+        eprintln!(
+            "walrcv cleanup: would remove {} files, {bytes} bytes (dry run)",
+            objects.len()
+        );
+        return exit::OK;
+    }
+    let (mut files, mut bytes) = (0usize, 0u64);
+    let mut result = Ok(());
+    for (name, size) in &objects {
+        if let Err(e) = b.delete(name) {
+            result = Err(e);
+            break;
+        }
+        let _ = writeln!(out, "{}", url_of(name));
+        files += 1;
+        bytes += size;
+    }
+    let _ = out.flush();
+    tracing::info!(files, bytes, "cleanup done");
+    eprintln!("walrcv cleanup: removed {files} files, {bytes} bytes freed");
     match result {
         Ok(()) => exit::OK,
         Err(e) => {

@@ -67,6 +67,8 @@ pub enum ArchiveReadError {
     NotADirectory(PathBuf),
     #[error(transparent)]
     Scan(#[from] ArchiveError),
+    #[error(transparent)]
+    Bucket(#[from] crate::tools::bucket::BucketError),
 }
 
 impl ArchiveReadError {

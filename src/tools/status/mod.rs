@@ -4,7 +4,7 @@
 //!
 //! It gathers, each step independent of the others' failures:
 //!
-//! - the archive, read-only ([`archive`]): the newest WAL per timeline, where
+//! - the archive, read-only ([`archive`], or [`bucket`] for `-D s3://BUCKET/PREFIX`): the newest WAL per timeline, where
 //!   the archived WAL ends, the age of the newest file, gaps;
 //! - the server ([`server`]): timeline and position (IDENTIFY_SYSTEM), and the
 //!   slot named by `--slot` (READ_REPLICATION_SLOT, `pg_replication_slots`);
@@ -21,6 +21,7 @@
 //! CRITICAL finding (a gap in the archive) still wins over UNKNOWN.
 
 pub mod archive;
+pub mod bucket;
 pub mod check;
 pub mod metrics;
 pub mod render;
@@ -41,7 +42,8 @@ use server::ServerFacts;
 #[derive(Debug, Clone, clap::Args)]
 #[command(disable_help_flag = true)]
 pub struct StatusArgs {
-    /// The archive directory (read only: never locked or written).
+    /// The archive directory (read only: never locked or written), or
+    /// `s3://BUCKET/PREFIX` (see [`bucket`]).
     #[arg(short = 'D', long = "directory", value_name = "DIR")]
     pub directory: PathBuf,
     /// `-d`, `-h`, `-p`, `-U`, as for `walrcv stream` (a replication
@@ -148,6 +150,10 @@ pub struct ArchiveReport {
     /// size on disk. Shown, never judged: `walrcv verify` reports them.
     pub divergent_files: u64,
     pub divergent_bytes: u64,
+    /// From a bucket: the receivers' `.partial` copies of segments not
+    /// there complete.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partial_copies: Vec<bucket::PartialCopy>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -198,23 +204,34 @@ fn gather(args: &StatusArgs, thresholds: Thresholds, timeout: Duration) -> Statu
             (None, None)
         }
     };
-    let archive =
-        match archive::read_archive(&args.directory, server.as_ref().map(|s| s.wal_segment_size)) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                let (state, kind) = if e.is_damage() {
-                    (State::Critical, "archive_damaged")
-                } else {
-                    (State::Unknown, "archive_unreadable")
-                };
-                facts
-                    .errors
-                    .push(check::problem(state, kind, e.to_string()));
-                None
-            }
-        };
+    let server_segment_size = server.as_ref().map(|s| s.wal_segment_size);
+    let url = args.directory.to_str().filter(|d| d.starts_with("s3://"));
+    let mut copies = Vec::new();
+    let read = match url {
+        Some(url) => bucket::read_bucket(url, server_segment_size).map(|b| {
+            copies = b.copies;
+            b.read
+        }),
+        None => archive::read_archive(&args.directory, server_segment_size),
+    };
+    let archive = match read {
+        Ok(a) => Some(a),
+        Err(e) => {
+            let (state, kind) = if e.is_damage() {
+                (State::Critical, "archive_damaged")
+            } else {
+                (State::Unknown, "archive_unreadable")
+            };
+            facts
+                .errors
+                .push(check::problem(state, kind, e.to_string()));
+            None
+        }
+    };
+    // The resume check reads the local directory a stream would resume in.
     if let Some(message) = archive
         .as_ref()
+        .filter(|_| url.is_none())
         .and_then(|a| archive::corrupt_before_start(&args.directory, a))
     {
         facts
@@ -226,7 +243,10 @@ fn gather(args: &StatusArgs, thresholds: Thresholds, timeout: Duration) -> Statu
         .as_deref()
         .map(|url| metrics::read_live(url, timeout));
 
-    let archive_report = archive.as_ref().map(|a| archive_report(args, a));
+    let archive_report = archive.as_ref().map(|a| ArchiveReport {
+        partial_copies: copies,
+        ..archive_report(args, a)
+    });
     let archived_end = archive
         .as_ref()
         .and_then(|a| check::archived_end(a.newest, a.partial_written, a.segment_size));
@@ -297,6 +317,7 @@ fn archive_report(args: &StatusArgs, a: &archive::ArchiveRead) -> ArchiveReport 
         gaps: check::gaps(&entries, a.segment_size),
         divergent_files: a.divergent.files,
         divergent_bytes: a.divergent.bytes,
+        partial_copies: Vec::new(),
     }
 }
 

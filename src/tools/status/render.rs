@@ -83,6 +83,16 @@ pub fn human(r: &StatusReport) -> String {
                 .unwrap_or_default();
             let _ = writeln!(out, "  archived up to {end}{age}");
         }
+        for c in &a.partial_copies {
+            let _ = writeln!(
+                out,
+                "  .partial copy of {} by {}: {} ({})",
+                c.segment,
+                c.receiver,
+                c.object,
+                human_bytes(c.size)
+            );
+        }
         if a.divergent_files > 0 {
             let _ = writeln!(
                 out,

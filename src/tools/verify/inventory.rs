@@ -1,6 +1,8 @@
-//! The inventory stage (IO): what the archive directory holds, named through
-//! [`ArchiveName::classify`] only, and the bytes of its files (memory-mapped;
-//! compressed files decompressed with [`compression::decompress`]).
+//! The inventory stage (IO): what the archive directory (or bucket) holds,
+//! named through [`ArchiveName::classify`] only (a directory's entries and a
+//! bucket's listing go through the same [`Inventory::add`]), and the bytes of
+//! its files (memory-mapped, or one object fetched at a time; compressed
+//! files decompressed with [`compression::decompress`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -12,6 +14,8 @@ use crate::archive::compression::{self, Decoded, DecompressError};
 use crate::archive::names::{ArchiveName, Compression, SegmentName};
 use crate::lsn::{SegNo, TimeLineId};
 use crate::wal::page::{PageHeader, LONG_HEADER_SIZE, XLP_LONG_HEADER};
+
+use crate::tools::bucket::{Bucket, BucketListing};
 
 use super::report::Problem;
 use super::VerifyToolError;
@@ -30,6 +34,8 @@ pub(super) struct SegFile {
     pub partial: bool,
     /// Size on disk.
     pub size: u64,
+    /// A receiver's uploaded `.partial` copy (bucket only): the receiver.
+    pub copy_of: Option<String>,
     /// (timeline, segno) once the segment size is known.
     pub tli: TimeLineId,
     pub segno: SegNo,
@@ -94,27 +100,75 @@ pub(super) fn list(dir: &Path) -> Result<Inventory, VerifyToolError> {
         let entry = entry.map_err(read_dir_error)?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        match ArchiveName::classify(&name) {
+        let kind = ArchiveName::classify(&name);
+        inventory.add(name, kind, path.clone(), None, || {
+            std::fs::metadata(&path).map(|m| m.is_file().then_some(m.len()))
+        });
+    }
+    inventory.sort();
+    Ok(inventory)
+}
+
+/// Lists a bucket: the objects under the prefix as a directory's files, and
+/// the receivers' `.partial` copies whose complete segment is not there, each
+/// under its object name (classified by its local name). Superseded copies
+/// are not part of the archive's WAL (restore never reads them).
+pub(super) fn list_bucket(listing: &BucketListing) -> Inventory {
+    let mut inventory = Inventory::default();
+    for o in &listing.files {
+        let kind = ArchiveName::classify(&o.name);
+        inventory.add(o.name.clone(), kind, PathBuf::from(&o.name), None, || {
+            Ok(Some(o.size))
+        });
+    }
+    for c in &listing.copies {
+        let kind = ArchiveName::classify(&c.copy.local);
+        let o = &c.object;
+        let receiver = Some(c.copy.receiver.clone());
+        inventory.add(
+            o.name.clone(),
+            kind,
+            PathBuf::from(&o.name),
+            receiver,
+            || Ok(Some(o.size)),
+        );
+    }
+    inventory.sort();
+    inventory
+}
+
+impl Inventory {
+    /// Adds one listed file; `size` gives its size (`None`: not a file).
+    fn add(
+        &mut self,
+        name: String,
+        kind: ArchiveName,
+        path: PathBuf,
+        copy_of: Option<String>,
+        size: impl FnOnce() -> std::io::Result<Option<u64>>,
+    ) {
+        match kind {
             ArchiveName::Segment {
                 name: segment,
                 compression,
                 partial,
             } => {
-                let size = match std::fs::metadata(&path) {
-                    Ok(m) if m.is_file() => m.len(),
-                    Ok(_) => continue,
+                let size = match size() {
+                    Ok(Some(len)) => len,
+                    Ok(None) => return,
                     Err(e) => {
-                        inventory.problems.push(Problem::unreadable(&name, &e));
-                        continue;
+                        self.problems.push(Problem::unreadable(&name, &e));
+                        return;
                     }
                 };
-                inventory.segments.push(SegFile {
+                self.segments.push(SegFile {
                     name,
                     path,
                     segment,
                     compression,
                     partial,
                     size,
+                    copy_of,
                     tli: 0,
                     segno: 0,
                 });
@@ -124,13 +178,12 @@ pub(super) fn list(dir: &Path) -> Result<Inventory, VerifyToolError> {
                 compression,
             } => {
                 // Both `N.history` and `N.history.gz`: the plain one wins.
-                let replace = inventory
+                let replace = self
                     .histories
                     .get(&timeline)
                     .is_none_or(|h| h.compression != Compression::None);
                 if replace {
-                    inventory
-                        .histories
+                    self.histories
                         .insert(timeline, HistoryFile { path, compression });
                 }
             }
@@ -139,13 +192,13 @@ pub(super) fn list(dir: &Path) -> Result<Inventory, VerifyToolError> {
                 compression,
                 partial,
             } => {
-                let size = match std::fs::metadata(&path) {
-                    Ok(m) if m.is_file() => m.len(),
+                let size = match size() {
+                    Ok(Some(len)) => len,
                     // Unreadable metadata: the file is reported when measured.
-                    Ok(_) => continue,
+                    Ok(None) => return,
                     Err(_) => 0,
                 };
-                inventory.divergent.push(DivergentEntry {
+                self.divergent.push(DivergentEntry {
                     name,
                     path,
                     segment,
@@ -157,15 +210,85 @@ pub(super) fn list(dir: &Path) -> Result<Inventory, VerifyToolError> {
             ArchiveName::Backup { .. } | ArchiveName::Temporary | ArchiveName::Foreign => {}
         }
     }
-    inventory.segments.sort_by(|a, b| a.name.cmp(&b.name));
-    inventory.divergent.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(inventory)
+
+    fn sort(&mut self) {
+        self.segments.sort_by(|a, b| a.name.cmp(&b.name));
+        self.divergent.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+}
+
+/// Where the files' bytes come from: a directory (paths) or a bucket
+/// (object names), one file at a time.
+pub(super) enum Source<'a> {
+    Dir,
+    Bucket(&'a Bucket),
+}
+
+impl Source<'_> {
+    /// The (decompressed) bytes of a file; `partial` says a compressed one
+    /// counts up to what decodes.
+    pub fn load(
+        &self,
+        path: &Path,
+        compression: Compression,
+        partial: bool,
+    ) -> Result<Bytes, LoadError> {
+        match self {
+            Source::Dir => load(path, compression, partial),
+            Source::Bucket(b) => {
+                let name = path.to_string_lossy();
+                let got = b.get(&name).map_err(|e| LoadError::Io(object_error(e)))?;
+                let bytes = got.ok_or_else(|| LoadError::Io(gone(b, &name)))?;
+                decode(Bytes::Owned(bytes), compression, partial)
+            }
+        }
+    }
+
+    /// The long page header at the start of a file (see [`read_long_header`]);
+    /// from a bucket, a ranged GET of the object's first bytes.
+    pub fn read_long_header(
+        &self,
+        path: &Path,
+        compression: Compression,
+        size: u64,
+    ) -> std::io::Result<Option<PageHeader>> {
+        match self {
+            Source::Dir => read_long_header(File::open(path)?, compression),
+            Source::Bucket(b) => {
+                let name = path.to_string_lossy();
+                // Enough compressed input for the first page's header.
+                let len = size.min(HEADER_FETCH);
+                if len == 0 {
+                    return Ok(None);
+                }
+                let got = b.get_prefix(&name, len).map_err(object_error)?;
+                let bytes = got.ok_or_else(|| gone(b, &name))?;
+                read_long_header(std::io::Cursor::new(bytes), compression)
+            }
+        }
+    }
+}
+
+/// How much of an object is fetched to read its long page header.
+const HEADER_FETCH: u64 = 64 << 10;
+
+fn object_error(e: crate::objstore::StoreError) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+fn gone(b: &Bucket, name: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("object \"{}\" is gone", b.key(name)),
+    )
 }
 
 /// A read-only view of a file's (decompressed) bytes.
 pub(super) enum Bytes {
     Empty,
     Map(memmap2::Mmap),
+    /// An object fetched from a bucket.
+    Owned(bytes::Bytes),
     Decoded(Decoded),
 }
 
@@ -174,6 +297,7 @@ impl Bytes {
         match self {
             Bytes::Empty => &[],
             Bytes::Map(m) => m,
+            Bytes::Owned(b) => b,
             Bytes::Decoded(d) => &d.bytes,
         }
     }
@@ -186,22 +310,27 @@ pub(super) enum LoadError {
 }
 
 /// The bytes of `path`, decompressed when `compression` says so.
-pub(super) fn load(path: &Path, compression: Compression) -> Result<Bytes, LoadError> {
+pub(super) fn load(
+    path: &Path,
+    compression: Compression,
+    partial: bool,
+) -> Result<Bytes, LoadError> {
     let mapped = map_file(path).map_err(LoadError::Io)?;
+    decode(mapped, compression, partial)
+}
+
+/// `raw` decompressed when `compression` says so; a `.partial` counts up to
+/// what decodes (see `decompress_partial`).
+fn decode(raw: Bytes, compression: Compression, partial: bool) -> Result<Bytes, LoadError> {
     if compression == Compression::None {
-        return Ok(mapped);
+        return Ok(raw);
     }
-    // A `.partial` counts up to what decodes (see `decompress_partial`).
-    let partial = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.ends_with(".partial"));
     let decode = if partial {
         compression::decompress_partial
     } else {
         compression::decompress
     };
-    decode(compression, mapped.as_slice(), MAX_SEGMENT_SIZE)
+    decode(compression, raw.as_slice(), MAX_SEGMENT_SIZE)
         .map(Bytes::Decoded)
         .map_err(LoadError::Decompress)
 }
@@ -224,11 +353,10 @@ fn map_file(path: &Path) -> std::io::Result<Bytes> {
 
 /// The long page header at the start of a segment file, decompressing only
 /// its first bytes. `None` when there is none (empty, not WAL, corrupt).
-pub(super) fn read_long_header(
-    path: &Path,
+fn read_long_header(
+    file: impl Read + 'static,
     compression: Compression,
 ) -> std::io::Result<Option<PageHeader>> {
-    let file = File::open(path)?;
     let mut reader: Box<dyn Read> = match compression {
         Compression::None => Box::new(file),
         Compression::Gzip => Box::new(flate2::read::GzDecoder::new(file)),

@@ -34,7 +34,9 @@
 //! sequence through the history, gaps), [`check`] (one file's bytes),
 //! [`divergent`] (set-aside files as ranges),
 //! [`report`] (the data) and [`render`] (human; JSON is the serialization).
-//! Only the inventory and this module's glue touch the disk.
+//! Only the inventory and this module's glue touch the disk (or the bucket:
+//! `walrcv verify s3://BUCKET/PREFIX` reads the same stages through
+//! [`inventory::Source`], see [`verify_bucket`]).
 //!
 //! Files are read through memory maps. A progress line goes to stderr when it is a
 //! terminal. The result is a [`VerifyReport`] (serializable to JSON) rendered for humans
@@ -63,14 +65,17 @@ pub use render::render_human;
 pub use report::{FileReport, Problem, ProblemKind, Severity, TimelineSummary, VerifyReport};
 
 use check::{Content, Context, FileMeta};
-use inventory::{Bytes, LoadError, Progress, SegFile};
+use inventory::{Bytes, LoadError, Progress, SegFile, Source};
+
+use crate::tools::bucket::{Bucket, BucketError};
 use timelines::Timelines;
 
 /// `walrcv verify` command-line arguments (mount with `#[command(flatten)]` or as a
 /// subcommand's args).
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
-    /// Archive directory to check.
+    /// Archive directory to check, or `s3://BUCKET/PREFIX` for an archive
+    /// uploaded by `walrcv stream --upload`.
     pub dir: PathBuf,
     /// Print the report as one JSON document.
     #[arg(long)]
@@ -110,6 +115,8 @@ pub enum VerifyToolError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
 }
 
 /// Runs `walrcv verify` as the CLI does: prints the report (human or JSON) on stdout
@@ -119,7 +126,12 @@ pub fn run(args: &VerifyArgs) -> i32 {
         progress: !args.no_progress,
         ..VerifyOptions::default()
     };
-    match verify_archive(&args.dir, &opts) {
+    let url = args.dir.to_str().filter(|d| d.starts_with("s3://"));
+    let verified = match url {
+        Some(url) => verify_bucket(url, &opts),
+        None => verify_archive(&args.dir, &opts),
+    };
+    match verified {
         Ok(report) => {
             let text = if args.json {
                 serde_json::to_string_pretty(&report)
@@ -150,13 +162,41 @@ pub fn run(args: &VerifyArgs) -> i32 {
 /// everything wrong inside it is a [`Problem`] in the report.
 pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyToolError> {
     let inventory = inventory::list(dir)?;
+    Ok(verify_inventory(inventory, &Source::Dir, dir, opts))
+}
+
+/// Verifies the archive at `s3://BUCKET/PREFIX` (one LIST, then one object
+/// at a time), as [`verify_archive`] does a directory. For a segment with
+/// no complete object, the receivers' `.partial` copies compete: the one
+/// with the longest valid WAL stands for the segment (as restore serves
+/// it); copies superseded by the complete segment are not checked.
+pub fn verify_bucket(url: &str, opts: &VerifyOptions) -> Result<VerifyReport, VerifyToolError> {
+    let bucket = Bucket::open(url)?;
+    let listing = bucket.list()?;
+    let inventory = inventory::list_bucket(&listing);
+    let label = PathBuf::from(bucket.url());
+    Ok(verify_inventory(
+        inventory,
+        &Source::Bucket(&bucket),
+        &label,
+        opts,
+    ))
+}
+
+fn verify_inventory(
+    inventory: inventory::Inventory,
+    source: &Source,
+    dir: &Path,
+    opts: &VerifyOptions,
+) -> VerifyReport {
     let mut problems = inventory.problems;
     let headers: Vec<_> = inventory
         .segments
         .iter()
         // An unreadable file is reported when it is checked.
         .map(|s| {
-            inventory::read_long_header(&s.path, s.compression)
+            source
+                .read_long_header(&s.path, s.compression, s.size)
                 .ok()
                 .flatten()
         })
@@ -167,7 +207,8 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
             .divergent
             .iter()
             .map(|d| {
-                inventory::read_long_header(&d.path, d.compression)
+                source
+                    .read_long_header(&d.path, d.compression, d.size)
                     .ok()
                     .flatten()
             })
@@ -188,10 +229,10 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
                     .into(),
             )
         }));
-        return Ok(VerifyReport {
+        return VerifyReport {
             divergent_files: inventory.divergent.len(),
             ..empty_report(dir, problems)
-        });
+        };
     };
     let ctx = Context {
         segment_size: params.segment_size,
@@ -201,9 +242,16 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         max_problems_per_file: opts.max_problems_per_file,
     };
     let named = with_segment_numbers(inventory.segments, ctx.segment_size, &mut problems);
+    let named = longest_copies(named, source, &ctx);
 
-    let histories = read_histories(&inventory.histories, &mut problems);
-    let divergent = divergent_ranges(&inventory.divergent, &histories, &ctx, &mut problems);
+    let histories = read_histories(source, &inventory.histories, &mut problems);
+    let divergent = divergent_ranges(
+        source,
+        &inventory.divergent,
+        &histories,
+        &ctx,
+        &mut problems,
+    );
     let segment_timelines: Vec<TimeLineId> = named.iter().map(|s| s.tli).collect();
     let tl = timelines::timelines(&segment_timelines, &histories, &mut problems);
     for s in &named {
@@ -226,7 +274,7 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
     let plan = plan::plan(&slots, &tl, ctx.segment_size);
     problems.extend(plan.gaps);
 
-    let mut files = check_in_order(&named, &plan.order, &ctx, opts, &mut problems);
+    let mut files = check_in_order(source, &named, &plan.order, &ctx, opts, &mut problems);
     problems.extend(branch_warnings(&files, &tl, ctx.segment_size));
     // Reclassify corruption found at a segment start because of the system identifier.
     for p in &mut problems {
@@ -234,7 +282,7 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
             p.kind = ProblemKind::SystemId;
         }
     }
-    let timelines = summaries(dir, &named, &files, &tl, &ctx);
+    let timelines = summaries(source, &named, &files, &tl, &ctx);
     files.sort_by_key(|f| (f.segno, f.timeline, f.partial));
     problems.sort_by(|a, b| (a.lsn, &a.file).cmp(&(b.lsn, &b.file)));
     // Records of the verified sequence: a parent's `.partial` superseded by the child
@@ -244,7 +292,7 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         .filter(|f| f.in_sequence)
         .map(|f| f.records)
         .sum();
-    Ok(VerifyReport {
+    VerifyReport {
         directory: dir.to_path_buf(),
         system_id: ctx.system_id,
         segment_size: Some(ctx.segment_size),
@@ -259,7 +307,7 @@ pub fn verify_archive(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         divergent_files: divergent.iter().map(|r| r.files.len()).sum(),
         divergent_bytes: divergent.iter().map(|r| r.bytes).sum(),
         divergent,
-    })
+    }
 }
 
 /// The report of an archive where no segment size could be found.
@@ -306,6 +354,7 @@ fn with_segment_numbers(
 /// The set-aside files as ranges, each reported as a warning (after the
 /// warnings about files that could not be measured).
 fn divergent_ranges(
+    source: &Source,
     entries: &[inventory::DivergentEntry],
     histories: &BTreeMap<TimeLineId, Option<Vec<u8>>>,
     ctx: &Context,
@@ -313,7 +362,7 @@ fn divergent_ranges(
 ) -> Vec<DivergentRange> {
     let measured = entries
         .iter()
-        .filter_map(|d| measure_divergent(d, ctx.segment_size, problems))
+        .filter_map(|d| measure_divergent(source, d, ctx.segment_size, problems))
         .collect();
     // Malformed history files are reported by the timelines stage.
     let parsed = histories
@@ -332,6 +381,7 @@ fn divergent_ranges(
 /// to run to its segment end (with a warning: it is set aside, so the
 /// archive's own history is not affected).
 fn measure_divergent(
+    source: &Source,
     d: &inventory::DivergentEntry,
     segment_size: u64,
     problems: &mut Vec<Problem>,
@@ -349,7 +399,9 @@ fn measure_divergent(
     let data_end = if !d.partial {
         segment_end
     } else {
-        match inventory::load(&d.path, d.compression) {
+        // Decoded strictly, as before the bucket source: a set-aside
+        // file's name does not end in `.partial`.
+        match source.load(&d.path, d.compression, false) {
             Ok(bytes) => divergent::partial_data_end(start, bytes.as_slice(), segment_size),
             Err(e) => {
                 let why = match e {
@@ -376,6 +428,7 @@ fn measure_divergent(
 /// Each history file's (decompressed) content; `None` when it could not be
 /// read (reported here).
 fn read_histories(
+    source: &Source,
     files: &BTreeMap<TimeLineId, inventory::HistoryFile>,
     problems: &mut Vec<Problem>,
 ) -> BTreeMap<TimeLineId, Option<Vec<u8>>> {
@@ -383,7 +436,7 @@ fn read_histories(
         .iter()
         .map(|(&tli, h)| {
             let name = history_file_name(tli);
-            let content = match inventory::load(&h.path, h.compression) {
+            let content = match source.load(&h.path, h.compression, false) {
                 Ok(bytes) => Some(bytes.as_slice().to_vec()),
                 Err(LoadError::Io(e)) => {
                     problems.push(Problem::unreadable(&name, &e));
@@ -402,6 +455,7 @@ fn read_histories(
 /// Checks the files in the plan's order, carrying the verifier along the
 /// sequence while it stays unbroken.
 fn check_in_order(
+    source: &Source,
     named: &[SegFile],
     order: &[(usize, bool)],
     ctx: &Context,
@@ -437,7 +491,7 @@ fn check_in_order(
             size: s.size,
             in_sequence: chained,
         };
-        let content = match inventory::load(&s.path, s.compression) {
+        let content = match source.load(&s.path, s.compression, s.partial) {
             Ok(b) => b,
             Err(e) => {
                 problems.push(match e {
@@ -455,7 +509,7 @@ fn check_in_order(
         };
         let finished = match &content {
             Bytes::Decoded(d) => d.finished,
-            Bytes::Empty | Bytes::Map(_) => true,
+            Bytes::Empty | Bytes::Map(_) | Bytes::Owned(_) => true,
         };
         let checked = check::check_file(
             &meta,
@@ -504,7 +558,7 @@ fn branch_warnings(files: &[FileReport], tl: &Timelines, segment_size: u64) -> V
 /// Per-timeline summaries; the first LSN is read again from the timeline's
 /// first file.
 fn summaries(
-    dir: &Path,
+    source: &Source,
     named: &[SegFile],
     files: &[FileReport],
     tl: &Timelines,
@@ -535,7 +589,7 @@ fn summaries(
         }
         of_timeline.sort_by_key(|f| f.segno);
         if let Some(first) = of_timeline.first() {
-            sum.first_lsn = first_record_lsn(dir, named, first, ctx);
+            sum.first_lsn = first_record_lsn(source, named, first, ctx);
         }
         if let Some(last) = of_timeline.last() {
             sum.last_lsn = last.verified_end;
@@ -545,8 +599,81 @@ fn summaries(
     timelines
 }
 
-fn first_record_lsn(dir: &Path, named: &[SegFile], f: &FileReport, ctx: &Context) -> Option<Lsn> {
-    let compression = named.iter().find(|s| s.name == f.name)?.compression;
-    let bytes = inventory::load(&dir.join(&f.name), compression).ok()?;
+fn first_record_lsn(
+    source: &Source,
+    named: &[SegFile],
+    f: &FileReport,
+    ctx: &Context,
+) -> Option<Lsn> {
+    let s = named.iter().find(|s| s.name == f.name)?;
+    let bytes = source.load(&s.path, s.compression, s.partial).ok()?;
     check::first_record_start(bytes.as_slice(), f.timeline, f.segno, ctx)
+}
+
+/// Of the receivers' `.partial` copies of one segment (from a bucket), only
+/// the one with the longest valid WAL stays: each is checked on its own
+/// first. Files that are no copies pass through.
+fn longest_copies(named: Vec<SegFile>, source: &Source, ctx: &Context) -> Vec<SegFile> {
+    let mut groups: BTreeMap<(TimeLineId, SegNo), Vec<usize>> = BTreeMap::new();
+    for (i, s) in named.iter().enumerate() {
+        if s.copy_of.is_some() {
+            groups.entry((s.tli, s.segno)).or_default().push(i);
+        }
+    }
+    let mut dropped = BTreeSet::new();
+    for members in groups.values().filter(|m| m.len() > 1) {
+        let ends: Vec<(usize, Lsn)> = members
+            .iter()
+            .filter_map(|&i| Some((i, copy_valid_end(source, named.get(i)?, ctx))))
+            .collect();
+        // The longest; the first listed among equals.
+        let best = ends
+            .iter()
+            .fold(None::<(usize, Lsn)>, |b, &(i, end)| match b {
+                Some((_, e)) if e >= end => b,
+                _ => Some((i, end)),
+            })
+            .map(|(i, _)| i);
+        for &i in members.iter().filter(|&&i| Some(i) != best) {
+            dropped.insert(i);
+        }
+    }
+    named
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !dropped.contains(i))
+        .map(|(_, s)| s)
+        .collect()
+}
+
+/// Where a copy's valid WAL ends, checked on its own (`Lsn(0)`: unreadable).
+fn copy_valid_end(source: &Source, s: &SegFile, ctx: &Context) -> Lsn {
+    let Ok(content) = source.load(&s.path, s.compression, s.partial) else {
+        return Lsn(0);
+    };
+    let seg_start = Lsn(s.segno.saturating_mul(ctx.segment_size));
+    let meta = FileMeta {
+        name: &s.name,
+        tli: s.tli,
+        segno: s.segno,
+        partial: s.partial,
+        compression: s.compression,
+        size: s.size,
+        in_sequence: false,
+    };
+    let finished = match &content {
+        Bytes::Decoded(d) => d.finished,
+        Bytes::Empty | Bytes::Map(_) | Bytes::Owned(_) => true,
+    };
+    let checked = check::check_file(
+        &meta,
+        Content {
+            bytes: content.as_slice(),
+            finished,
+        },
+        Verifier::at_segment_start(ctx.config(s.tli), seg_start),
+        ctx,
+    );
+    let r = checked.report;
+    r.valid_end.or(r.verified_end).unwrap_or(Lsn(0))
 }
