@@ -23,6 +23,7 @@ mod power_loss;
 mod restore;
 mod resume;
 mod serve;
+mod serve_majors;
 mod server_faults;
 mod service;
 mod status;

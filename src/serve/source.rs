@@ -20,7 +20,7 @@ use crate::tools::restore::{read_segment, RestoreError, SegmentBytes};
 use crate::wal::history::{parse_history, timeline_range, HistoryEntry};
 use crate::wal::page::{major_for_magic, PageHeader, LONG_HEADER_SIZE};
 
-use super::walsender::Catalog;
+use super::walsender::{switch_out_of, Catalog};
 
 /// Why the archive cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +126,27 @@ pub fn catalog(dir: &Path, live_end: Option<(TimeLineId, Lsn)>) -> Result<Catalo
         }
     }
     Ok(catalog)
+}
+
+/// Where timeline `tli` ends, if the archive now holds a newer timeline
+/// whose history forks from it: `(switch point, next timeline)`. A client
+/// streaming `tli` as the current timeline is then moved on, as
+/// PostgreSQL's cascading walsender moves its standbys when its own
+/// server switches timeline.
+pub fn timeline_end(
+    dir: &Path,
+    segment_size: u64,
+    tli: TimeLineId,
+) -> Result<Option<(Lsn, TimeLineId)>, SourceError> {
+    let scan =
+        ArchiveDir::scan_unlocked(dir, segment_size).map_err(|source| SourceError::Archive {
+            dir: dir.to_owned(),
+            source,
+        })?;
+    let Some(newest) = scan.histories.iter().copied().filter(|h| *h > tli).max() else {
+        return Ok(None);
+    };
+    Ok(switch_out_of(&history(dir, newest)?, newest, tli))
 }
 
 /// The end of the verified WAL on the catalog's timeline.

@@ -1,0 +1,337 @@
+//! `walrcv stream --serve` as the upstream of real standbys of every
+//! supported major (13, 15, 16, 17, 18; issue 21): a standby made from the
+//! primary of its own major (pg_basebackup up to 15, a cold copy for 16+,
+//! whose pg_basebackup is not installed), pointed at walrcv, catches up
+//! from the archive, streams live WAL, and reconnects to a restarted walrcv
+//! with nothing missing. A timeline switch followed by walrcv moves a
+//! standby streaming from it onto the new timeline mid-stream. A second
+//! walrcv as a client gets a byte-identical archive. A client that never
+//! reads leaves walrcv's memory and the primary's TPS alone.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::serve::{
+    commit_rows, psql, segment_files, set_primary_conninfo, start_archiver, start_archiver_serving,
+    start_archiver_serving_on, start_serve, APP, LIMIT,
+};
+use crate::support::{format_lsn, parse_lsn, wait_until, BackgroundProcess, PgServer, Walrcv};
+
+/// Waits until `standby` replayed up to `lsn`, walrcv still running.
+fn wait_replayed(standby: &PgServer, rcv: &mut BackgroundProcess, lsn: u64, what: &str) {
+    wait_until(LIMIT, what, || {
+        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+        standby
+            .try_psql("SELECT pg_last_wal_replay_lsn()")
+            .is_ok_and(|l| !l.is_empty() && parse_lsn(&l) >= lsn)
+    });
+}
+
+/// The port the standby's WAL receiver streams from.
+fn sender_port(standby: &PgServer) -> String {
+    standby.psql("SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'")
+}
+
+/// A standby of `major` with walrcv as its only upstream: catch-up from
+/// the archive, live streaming, reconnection after walrcv restarts.
+fn standby_streams_from_walrcv(major: u32) {
+    let pg = PgServer::builder().major(major).wal_segsize_mb(1).start();
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    commit_rows(&pg, 50);
+    // Made before walrcv connects (for 16+ the primary restarts once).
+    let mut standby = pg.create_standby();
+    standby.stop();
+    let (mut rcv, port) = start_archiver_serving(&pg, &a, work.path(), &[]);
+    // In the archive only: the standby is down.
+    commit_rows(&pg, 200);
+    let end = pg.current_lsn();
+    pg.wait_for_flush(APP, end, LIMIT);
+    set_primary_conninfo_offline(&standby, port);
+    standby.start_again();
+    wait_replayed(
+        &standby,
+        &mut rcv,
+        end,
+        "the standby to catch up from walrcv",
+    );
+    assert_eq!(sender_port(&standby), port.to_string());
+    // Live: each commit is acknowledged once walrcv flushed it, then served.
+    let t0 = Instant::now();
+    commit_rows(&pg, 50);
+    let live_end = pg.current_lsn();
+    wait_replayed(
+        &standby,
+        &mut rcv,
+        live_end,
+        "the standby to stream live WAL",
+    );
+    let live = t0.elapsed();
+    // walrcv restarts (killed): the standby reconnects and goes on.
+    rcv.kill9();
+    let mut rcv = start_archiver_serving_on(&pg, &a, work.path(), &[], port);
+    commit_rows(&pg, 50);
+    let after = pg.current_lsn();
+    pg.wait_for_flush(APP, after, LIMIT);
+    wait_replayed(
+        &standby,
+        &mut rcv,
+        after,
+        "the standby to reconnect to walrcv",
+    );
+    let expected = pg.psql("SELECT count(*), sum(id) FROM t");
+    assert_eq!(standby.psql("SELECT count(*), sum(id) FROM t"), expected);
+    assert_eq!(expected.split('|').next(), Some("350"));
+    assert_eq!(sender_port(&standby), port.to_string());
+    assert!(
+        rcv.stderr().contains("streaming from"),
+        "the standby did not stream from the restarted walrcv:\n{}",
+        rcv.stderr()
+    );
+    eprintln!("PostgreSQL {major}: 50 rows committed and replayed through walrcv in {live:?}");
+    rcv.interrupt();
+}
+
+/// primary_conninfo of a stopped standby.
+fn set_primary_conninfo_offline(standby: &PgServer, port: u16) {
+    let conf = standby.data_dir().join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "primary_conninfo = 'host=127.0.0.1 port={port} user=postgres application_name=standby'\n"
+    ));
+    std::fs::write(&conf, text).unwrap();
+}
+
+#[test]
+fn serve_standby_13_catches_up_streams_and_reconnects() {
+    standby_streams_from_walrcv(13);
+}
+
+#[test]
+fn serve_standby_15_catches_up_streams_and_reconnects() {
+    standby_streams_from_walrcv(15);
+}
+
+#[test]
+fn serve_standby_16_catches_up_streams_and_reconnects() {
+    standby_streams_from_walrcv(16);
+}
+
+#[test]
+fn serve_standby_17_catches_up_streams_and_reconnects() {
+    standby_streams_from_walrcv(17);
+}
+
+#[test]
+fn serve_standby_18_catches_up_streams_and_reconnects() {
+    standby_streams_from_walrcv(18);
+}
+
+/// A timeline switch: walrcv streams (and serves) from a standby S1 of the
+/// primary; a standby S2 streams from walrcv. S1 is promoted (timeline 2):
+/// walrcv follows it, and S2, streaming timeline 1 as walrcv's current
+/// timeline, is sent the end-of-timeline sequence at the switch point and
+/// goes on on timeline 2 with every row of the new primary.
+fn standby_follows_a_timeline_switch(major: u32) {
+    let mut pg = PgServer::builder().major(major).wal_segsize_mb(1).start();
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    commit_rows(&pg, 50);
+    let s1 = pg.create_standby();
+    let mut s2 = pg.create_standby();
+    s2.stop();
+    let hba = work.path().join("hba.conf");
+    std::fs::write(&hba, "host replication all 127.0.0.1/32 trust\n").unwrap();
+    let port = crate::support::free_port();
+    let conn = format!("{} application_name={APP}", s1.conninfo());
+    let mut rcv = Walrcv::new(["stream", "-D", a.to_str().unwrap(), "-d", &conn, "-v"])
+        .args(["--serve", &format!("127.0.0.1:{port}")])
+        .args(["--serve-hba", hba.to_str().unwrap()])
+        .spawn();
+    rcv.wait_for_stderr("serving the archive", Duration::from_secs(30));
+    set_primary_conninfo_offline(&s2, port);
+    s2.start_again();
+    commit_rows(&pg, 100);
+    let end = pg.current_lsn();
+    wait_replayed(&s2, &mut rcv, end, "S2 to replay timeline 1 through walrcv");
+    assert_eq!(sender_port(&s2), port.to_string());
+    pg.stop();
+    s1.promote();
+    assert_eq!(s1.timeline(), 2);
+    commit_rows(&s1, 100);
+    let end2 = s1.current_lsn();
+    wait_until(LIMIT, "S2 to stream timeline 2 through walrcv", || {
+        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+        s2.try_psql("SELECT received_tli FROM pg_stat_wal_receiver")
+            .is_ok_and(|t| t == "2")
+            && s2
+                .try_psql("SELECT pg_last_wal_replay_lsn()")
+                .is_ok_and(|l| !l.is_empty() && parse_lsn(&l) >= end2)
+    });
+    assert!(
+        rcv.stderr().contains("timeline 1 ended at ")
+            && rcv.stderr().contains("moving the client to timeline 2"),
+        "S2 was not moved to timeline 2 mid-stream:\n{}",
+        rcv.stderr()
+    );
+    assert_eq!(sender_port(&s2), port.to_string());
+    assert_eq!(
+        s2.psql("SELECT count(*), sum(id) FROM t"),
+        s1.psql("SELECT count(*), sum(id) FROM t")
+    );
+    rcv.interrupt();
+}
+
+#[test]
+fn serve_standby_15_follows_a_timeline_switch_mid_stream() {
+    standby_follows_a_timeline_switch(15);
+}
+
+/// A second walrcv as a client of `walrcv serve`: its archive is
+/// byte-identical to the served one.
+#[test]
+fn serve_second_walrcv_gets_a_byte_identical_archive() {
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a");
+    let b = work.path().join("b");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let mut rcv = start_archiver(&pg, &a);
+    commit_rows(&pg, 300);
+    let end = pg.current_lsn();
+    pg.wait_for_flush(APP, end, LIMIT);
+    rcv.interrupt();
+    // Like pg_receivewal, walrcv starts after its newest complete segment.
+    let first = segment_files(&a)
+        .into_iter()
+        .find(|n| n.len() == 24)
+        .expect("a complete segment");
+    std::fs::copy(a.join(&first), b.join(&first)).unwrap();
+    let (mut serve, port) = start_serve(
+        &a,
+        work.path(),
+        "host replication all 127.0.0.1/32 trust\n",
+        &[],
+    );
+    let conn = format!("host=127.0.0.1 port={port} user=postgres application_name=second");
+    let out = Walrcv::new(["stream", "-D", b.to_str().unwrap(), "-d", &conn, "-n", "-v"])
+        .args(["--endpos", &format_lsn(end)])
+        .timeout(LIMIT)
+        .run();
+    assert!(
+        out.success(),
+        "walrcv stream from walrcv serve failed:\n{}\n--- serve ---\n{}",
+        out.text(),
+        serve.stderr()
+    );
+    let served = segment_files(&a);
+    let got = segment_files(&b);
+    let complete: Vec<&String> = got.iter().filter(|n| n.len() == 24).collect();
+    assert!(complete.len() >= 3, "too few segments: {got:?}");
+    for name in &got {
+        let mine = std::fs::read(b.join(name)).unwrap();
+        let theirs = std::fs::read(a.join(name))
+            .unwrap_or_else(|e| panic!("{name} not in the served archive ({served:?}): {e}"));
+        if name.ends_with(".partial") {
+            let upto = (end % (1 << 20)) as usize;
+            assert_eq!(
+                mine[..upto],
+                theirs[..upto],
+                "{name} differs before the end"
+            );
+        } else {
+            assert!(mine == theirs, "{name} differs from the served archive's");
+        }
+    }
+    // Every complete segment of the served archive after the first one.
+    for name in served.iter().filter(|n| n.len() == 24) {
+        assert!(got.contains(name), "{name} not received: {got:?}");
+    }
+    assert!(serve.is_running());
+    serve.interrupt();
+}
+
+/// Resident set size of a process (kB).
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Synchronous TPS of a short pgbench run.
+fn tps(pg: &PgServer) -> f64 {
+    let out = pg.pgbench(&["-c", "2", "-T", "5", "-n"]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench's output:\n{out}"))
+}
+
+/// A client that starts replication and never reads: walrcv's memory stays
+/// bounded (it is dropped after the write timeout, not buffered for) and
+/// the primary's synchronous TPS does not collapse.
+#[test]
+fn serve_a_client_that_never_reads_costs_neither_memory_nor_tps() {
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    let (mut rcv, port) = start_archiver_serving(&pg, &a, work.path(), &[]);
+    pg.pgbench_init(1);
+    commit_rows(&pg, 300);
+    let before_tps = tps(&pg);
+    let before_rss = rss_kb(rcv.pid());
+    // Never reads: start-up, then START_REPLICATION from the archive's
+    // first segment (MBs to send), then nothing.
+    let first = segment_files(&a)[0].clone();
+    let segno = u64::from_str_radix(&first[16..24], 16).unwrap();
+    let ident = psql(port, "postgres", None, "", "IDENTIFY_SYSTEM").unwrap();
+    assert!(!ident.is_empty());
+    let mut stuck = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut startup = 196_608u32.to_be_bytes().to_vec();
+        startup
+            .extend_from_slice(b"user\0postgres\0replication\0true\0application_name\0stuck\0\0");
+        let mut packet = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&startup);
+        let q = format!("START_REPLICATION {} TIMELINE 1\0", format_lsn(segno << 20));
+        packet.push(b'Q');
+        packet.extend_from_slice(&((q.len() + 4) as u32).to_be_bytes());
+        packet.extend_from_slice(q.as_bytes());
+        s.write_all(&packet).unwrap();
+        stuck.push(s);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let with_tps = tps(&pg);
+    commit_rows(&pg, 300);
+    let with_rss = rss_kb(rcv.pid());
+    let end = pg.current_lsn();
+    pg.wait_for_flush(APP, end, LIMIT);
+    assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
+    eprintln!(
+        "never-reading clients: walrcv RSS {before_rss} kB -> {with_rss} kB; \
+         primary synchronous TPS {before_tps:.0} -> {with_tps:.0}"
+    );
+    // Generous: a few MB of WAL held for 4 clients would show as much more.
+    assert!(
+        with_rss < before_rss + 16 * 1024,
+        "RSS grew from {before_rss} kB to {with_rss} kB"
+    );
+    assert!(
+        with_tps >= before_tps * 0.5,
+        "TPS collapsed: {before_tps:.0} -> {with_tps:.0}"
+    );
+    drop(stuck);
+    rcv.interrupt();
+    let _: &Path = &a;
+}
