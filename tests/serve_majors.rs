@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::serve::{
-    commit_rows, psql, segment_files, set_primary_conninfo, start_archiver, start_archiver_serving,
+    commit_rows, psql, segment_files, start_archiver, start_archiver_serving,
     start_archiver_serving_on, start_serve, APP, LIMIT,
 };
 use crate::support::{format_lsn, parse_lsn, wait_until, BackgroundProcess, PgServer, Walrcv};
