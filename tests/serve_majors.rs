@@ -187,8 +187,18 @@ fn standby_follows_a_timeline_switch(major: u32) {
 }
 
 #[test]
+fn serve_standby_13_follows_a_timeline_switch_mid_stream() {
+    standby_follows_a_timeline_switch(13);
+}
+
+#[test]
 fn serve_standby_15_follows_a_timeline_switch_mid_stream() {
     standby_follows_a_timeline_switch(15);
+}
+
+#[test]
+fn serve_standby_18_follows_a_timeline_switch_mid_stream() {
+    standby_follows_a_timeline_switch(18);
 }
 
 /// A second walrcv as a client of `walrcv serve`: its archive is
@@ -276,6 +286,16 @@ fn tps(pg: &PgServer) -> f64 {
         .unwrap_or_else(|| panic!("no tps in pgbench's output:\n{out}"))
 }
 
+/// A connection whose receive buffer is as small as the kernel allows, so
+/// that a client that never reads holds almost nothing of what is sent.
+fn tiny_receive_buffer(port: u16) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    socket.connect(&addr.into()).unwrap();
+    socket.into()
+}
+
 /// A client that starts replication and never reads: walrcv's memory stays
 /// bounded (it is dropped after the write timeout, not buffered for) and
 /// the primary's synchronous TPS does not collapse.
@@ -298,7 +318,7 @@ fn serve_a_client_that_never_reads_costs_neither_memory_nor_tps() {
     assert!(!ident.is_empty());
     let mut stuck = Vec::new();
     for _ in 0..4 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut s = tiny_receive_buffer(port);
         let mut startup = 196_608u32.to_be_bytes().to_vec();
         startup
             .extend_from_slice(b"user\0postgres\0replication\0true\0application_name\0stuck\0\0");
@@ -313,7 +333,8 @@ fn serve_a_client_that_never_reads_costs_neither_memory_nor_tps() {
     }
     std::thread::sleep(Duration::from_secs(2));
     let with_tps = tps(&pg);
-    commit_rows(&pg, 300);
+    // Far more WAL than the socket buffers hold: the clients are stuck.
+    commit_rows(&pg, 1000);
     let with_rss = rss_kb(rcv.pid());
     let end = pg.current_lsn();
     pg.wait_for_flush(APP, end, LIMIT);
