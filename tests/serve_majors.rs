@@ -19,6 +19,24 @@ use crate::serve::{
 };
 use crate::support::{format_lsn, parse_lsn, wait_until, BackgroundProcess, PgServer, Walrcv};
 
+/// walrcv's log with the commands clients send.
+const DEBUG: &[(&str, &str)] = &[("WALRCV_LOG", "info,walrcv::serve=debug")];
+
+/// The replication commands clients sent, from walrcv's log.
+fn commands(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.split_once("command: "))
+        // Then tracing's fields.
+        .map(|(_, c)| {
+            c.split(" application_name=")
+                .next()
+                .unwrap_or(c)
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
 /// Waits until `standby` replayed up to `lsn`, walrcv still running.
 fn wait_replayed(standby: &PgServer, rcv: &mut BackgroundProcess, lsn: u64, what: &str) {
     wait_until(LIMIT, what, || {
@@ -45,7 +63,7 @@ fn standby_streams_from_walrcv(major: u32) {
     // Made before walrcv connects (for 16+ the primary restarts once).
     let mut standby = pg.create_standby();
     standby.stop();
-    let (mut rcv, port) = start_archiver_serving(&pg, &a, work.path(), &[]);
+    let (mut rcv, port) = start_archiver_serving(&pg, &a, work.path(), DEBUG);
     // In the archive only: the standby is down.
     commit_rows(&pg, 200);
     let end = pg.current_lsn();
@@ -72,7 +90,7 @@ fn standby_streams_from_walrcv(major: u32) {
     let live = t0.elapsed();
     // walrcv restarts (killed): the standby reconnects and goes on.
     rcv.kill9();
-    let mut rcv = start_archiver_serving_on(&pg, &a, work.path(), &[], port);
+    let mut rcv = start_archiver_serving_on(&pg, &a, work.path(), DEBUG, port);
     commit_rows(&pg, 50);
     let after = pg.current_lsn();
     pg.wait_for_flush(APP, after, LIMIT);
@@ -91,6 +109,13 @@ fn standby_streams_from_walrcv(major: u32) {
         "the standby did not stream from the restarted walrcv:\n{}",
         rcv.stderr()
     );
+    let sent = commands(&rcv.stderr());
+    assert!(
+        sent.iter().any(|c| c == "IDENTIFY_SYSTEM")
+            && sent.iter().any(|c| c.starts_with("START_REPLICATION ")),
+        "{sent:?}"
+    );
+    eprintln!("PostgreSQL {major} walreceiver sent: {sent:?}");
     eprintln!("PostgreSQL {major}: 50 rows committed and replayed through walrcv in {live:?}");
     rcv.interrupt();
 }
@@ -151,6 +176,7 @@ fn standby_follows_a_timeline_switch(major: u32) {
     let mut rcv = Walrcv::new(["stream", "-D", a.to_str().unwrap(), "-d", &conn, "-v"])
         .args(["--serve", &format!("127.0.0.1:{port}")])
         .args(["--serve-hba", hba.to_str().unwrap()])
+        .envs(DEBUG.iter().copied())
         .spawn();
     rcv.wait_for_stderr("serving the archive", Duration::from_secs(30));
     set_primary_conninfo_offline(&s2, port);
@@ -179,6 +205,18 @@ fn standby_follows_a_timeline_switch(major: u32) {
         rcv.stderr()
     );
     assert_eq!(sender_port(&s2), port.to_string());
+    // After the end-of-timeline sequence, S2 asked for the new history and
+    // went on from the switch point on timeline 2.
+    let sent = commands(&rcv.stderr());
+    eprintln!("PostgreSQL {major} walreceiver sent: {sent:?}");
+    let history = sent.iter().position(|c| c == "TIMELINE_HISTORY 2");
+    let resumed = sent
+        .iter()
+        .rposition(|c| c.starts_with("START_REPLICATION ") && c.ends_with(" TIMELINE 2"));
+    assert!(
+        history.is_some() && resumed > history,
+        "S2 did not follow with TIMELINE_HISTORY 2 then START_REPLICATION on 2: {sent:?}"
+    );
     assert_eq!(
         s2.psql("SELECT count(*), sum(id) FROM t"),
         s1.psql("SELECT count(*), sum(id) FROM t")
@@ -194,6 +232,16 @@ fn serve_standby_13_follows_a_timeline_switch_mid_stream() {
 #[test]
 fn serve_standby_15_follows_a_timeline_switch_mid_stream() {
     standby_follows_a_timeline_switch(15);
+}
+
+#[test]
+fn serve_standby_16_follows_a_timeline_switch_mid_stream() {
+    standby_follows_a_timeline_switch(16);
+}
+
+#[test]
+fn serve_standby_17_follows_a_timeline_switch_mid_stream() {
+    standby_follows_a_timeline_switch(17);
 }
 
 #[test]
