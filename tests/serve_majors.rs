@@ -404,3 +404,57 @@ fn serve_a_client_that_never_reads_costs_neither_memory_nor_tps() {
     rcv.interrupt();
     let _: &Path = &a;
 }
+
+/// `walrcv serve` restarted under a streaming standby: the standby
+/// reconnects by itself and replays what the archive gained meanwhile,
+/// with no gap.
+#[test]
+fn serve_standby_reconnects_after_walrcv_serve_restarts() {
+    let mut pg = PgServer::builder().wal_segsize_mb(1).start();
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    let mut rcv = start_archiver(&pg, &a);
+    commit_rows(&pg, 50);
+    let mut standby = pg.create_standby();
+    standby.stop();
+    commit_rows(&pg, 100);
+    let end = pg.current_lsn();
+    pg.wait_for_flush(APP, end, LIMIT);
+    let hba = "host replication all 127.0.0.1/32 trust\n";
+    let (mut serve, port) = start_serve(&a, work.path(), hba, &[]);
+    set_primary_conninfo_offline(&standby, port);
+    standby.start_again();
+    wait_replayed(
+        &standby,
+        &mut serve,
+        end,
+        "the standby to replay from walrcv serve",
+    );
+    // walrcv serve dies; the archive gains WAL while it is down.
+    serve.kill9();
+    commit_rows(&pg, 100);
+    let expected = pg.psql("SELECT count(*), sum(id) FROM t");
+    let end = pg.current_lsn();
+    pg.wait_for_flush(APP, end, LIMIT);
+    pg.stop();
+    rcv.interrupt();
+    let listen = format!("127.0.0.1:{port}");
+    let mut serve = Walrcv::new(["serve", "-D", a.to_str().unwrap(), "--listen", &listen])
+        .args([
+            "--serve-hba",
+            work.path().join("serve_hba.conf").to_str().unwrap(),
+        ])
+        .spawn();
+    serve.wait_for_stderr("serving the archive", Duration::from_secs(30));
+    wait_replayed(
+        &standby,
+        &mut serve,
+        end,
+        "the standby to reconnect to walrcv serve",
+    );
+    assert_eq!(standby.psql("SELECT count(*), sum(id) FROM t"), expected);
+    assert_eq!(expected.split('|').next(), Some("250"));
+    assert_eq!(sender_port(&standby), port.to_string());
+    serve.interrupt();
+}
