@@ -324,8 +324,13 @@ fn rss_kb(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-/// Synchronous TPS of a short pgbench run.
+/// Synchronous TPS: the best of two short pgbench runs (the machine is
+/// shared: one run alone is noisy).
 fn tps(pg: &PgServer) -> f64 {
+    tps_once(pg).max(tps_once(pg))
+}
+
+fn tps_once(pg: &PgServer) -> f64 {
     let out = pg.pgbench(&["-c", "2", "-T", "5", "-n"]);
     out.lines()
         .find_map(|l| l.strip_prefix("tps = "))
@@ -400,6 +405,13 @@ fn serve_a_client_that_never_reads_costs_neither_memory_nor_tps() {
         with_tps >= before_tps * 0.5,
         "TPS collapsed: {before_tps:.0} -> {with_tps:.0}"
     );
+    // Each was sent WAL it never read (the kernel holds a few kB of it).
+    for s in &stuck {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 65536];
+        let pending = s.peek(&mut buf).unwrap();
+        assert!(pending > 0, "nothing was sent to a never-reading client");
+    }
     drop(stuck);
     rcv.interrupt();
     let _: &Path = &a;
