@@ -17,7 +17,10 @@ use crate::serve::{
     commit_rows, psql, segment_files, start_archiver, start_archiver_serving,
     start_archiver_serving_on, start_serve, APP, LIMIT,
 };
-use crate::support::{format_lsn, parse_lsn, wait_until, BackgroundProcess, PgServer, Walrcv};
+use crate::support::{
+    debian_bin, format_lsn, parse_lsn, wait_until, BackgroundProcess, PgServer, Walrcv,
+    DEBIAN_MAJOR,
+};
 
 /// walrcv's log with the commands clients send.
 const DEBUG: &[(&str, &str)] = &[("WALRCV_LOG", "info,walrcv::serve=debug")];
@@ -181,6 +184,18 @@ fn standby_follows_a_timeline_switch(major: u32) {
     rcv.wait_for_stderr("serving the archive", Duration::from_secs(30));
     set_primary_conninfo_offline(&s2, port);
     s2.start_again();
+    // pg_receivewal (Debian's, 15 only) streams timeline 1 from walrcv too.
+    let c = work.path().join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    wait_until(LIMIT, "walrcv to have WAL to serve", || {
+        psql(port, "postgres", None, "", "IDENTIFY_SYSTEM").is_ok()
+    });
+    let mut receivewal = (major == DEBIAN_MAJOR).then(|| {
+        let mut cmd = std::process::Command::new(debian_bin("pg_receivewal"));
+        cmd.args(["-D", c.to_str().unwrap(), "-h", "127.0.0.1"])
+            .args(["-p", &port.to_string(), "-U", "postgres", "-n", "-v"]);
+        BackgroundProcess::spawn(cmd)
+    });
     commit_rows(&pg, 100);
     let end = pg.current_lsn();
     wait_replayed(&s2, &mut rcv, end, "S2 to replay timeline 1 through walrcv");
@@ -205,6 +220,28 @@ fn standby_follows_a_timeline_switch(major: u32) {
         rcv.stderr()
     );
     assert_eq!(sender_port(&s2), port.to_string());
+    if let Some(receivewal) = receivewal.as_mut() {
+        // pg_receivewal followed too: the new history, and timeline 2's WAL
+        // as the archive holds it.
+        let name = s1.walfile_name(end2);
+        let upto = (end2 % (1 << 20)) as usize;
+        wait_until(LIMIT, "pg_receivewal to follow timeline 2", || {
+            assert!(
+                receivewal.is_running(),
+                "pg_receivewal exited:\n{}",
+                receivewal.stderr()
+            );
+            let mine = std::fs::read(c.join(format!("{name}.partial"))).unwrap_or_default();
+            let theirs = std::fs::read(a.join(format!("{name}.partial")))
+                .or_else(|_| std::fs::read(a.join(&name)))
+                .unwrap_or_default();
+            c.join("00000002.history").exists()
+                && mine.len() >= upto
+                && theirs.len() >= upto
+                && mine[..upto] == theirs[..upto]
+        });
+        receivewal.interrupt();
+    }
     // After the end-of-timeline sequence, S2 asked for the new history and
     // went on from the switch point on timeline 2.
     let sent = commands(&rcv.stderr());
