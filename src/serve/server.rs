@@ -896,7 +896,7 @@ async fn stream(
         // (Under `stream --serve`, only once a newer timeline is published.)
         let published = live.as_ref().and_then(|l| *l.borrow());
         if s.plan.switch.is_none() && published.is_none_or(|(t, _)| t > s.timeline()) {
-            if let Some((switchpoint, next)) = timeline_end(shared, &catalog, s.timeline()).await? {
+            if let Some((switchpoint, next)) = timeline_end(shared, s.timeline()).await? {
                 tracing::info!(application_name = %app, "timeline {} ended at {switchpoint}: moving the client to timeline {next}", s.timeline());
                 s.timeline_ended(switchpoint, next);
                 continue;
@@ -933,12 +933,10 @@ async fn stream(
 /// [`source::timeline_end`] off the runtime's threads.
 async fn timeline_end(
     shared: &Shared,
-    catalog: &Catalog,
     tli: TimeLineId,
 ) -> Result<Option<(Lsn, TimeLineId)>, SessionError> {
     let dir = shared.dir.clone();
-    let size = catalog.segment_size;
-    tokio::task::spawn_blocking(move || source::timeline_end(&dir, size, tli))
+    tokio::task::spawn_blocking(move || source::timeline_end(&dir, tli))
         .await
         .map_err(|e| SessionError::Refused(e.to_string()))?
         .map_err(|e| SessionError::Refused(e.to_string()))
