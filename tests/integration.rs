@@ -25,6 +25,7 @@ mod restore;
 mod resume;
 mod serve;
 mod serve_auth;
+mod serve_majors;
 mod serve_metrics;
 mod serve_unreported;
 mod server_faults;

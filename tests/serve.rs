@@ -23,11 +23,11 @@ use crate::support::{
     BackgroundProcess, PgServer, Walrcv,
 };
 
-const APP: &str = "walrcv";
-const LIMIT: Duration = Duration::from_secs(120);
+pub(crate) const APP: &str = "walrcv";
+pub(crate) const LIMIT: Duration = Duration::from_secs(120);
 
 /// Streams `pg`'s WAL into `dir` with a synchronous `walrcv stream`.
-fn start_archiver(pg: &PgServer, dir: &Path) -> BackgroundProcess {
+pub(crate) fn start_archiver(pg: &PgServer, dir: &Path) -> BackgroundProcess {
     let conn = format!("{} application_name={APP}", pg.conninfo());
     let mut rcv = walrcv_spawn(&["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-v"]);
     wait_until(Duration::from_secs(30), "walrcv to stream", || {
@@ -42,7 +42,7 @@ fn start_archiver(pg: &PgServer, dir: &Path) -> BackgroundProcess {
 }
 
 /// Commits `n` rows of ~10 kB each (several 1 MB segments for 300).
-fn commit_rows(pg: &PgServer, n: u32) {
+pub(crate) fn commit_rows(pg: &PgServer, n: u32) {
     pg.psql("CREATE TABLE IF NOT EXISTS t (id serial, pad text)");
     // Stored uncompressed, so that the WAL is as large as the rows.
     pg.psql("ALTER TABLE t ALTER pad SET STORAGE EXTERNAL");
@@ -52,7 +52,12 @@ fn commit_rows(pg: &PgServer, n: u32) {
 }
 
 /// `walrcv serve` on a free port with the given hba lines (and extra flags).
-fn start_serve(dir: &Path, conf: &Path, hba: &str, extra: &[&str]) -> (BackgroundProcess, u16) {
+pub(crate) fn start_serve(
+    dir: &Path,
+    conf: &Path,
+    hba: &str,
+    extra: &[&str],
+) -> (BackgroundProcess, u16) {
     let hba_path = conf.join("serve_hba.conf");
     std::fs::write(&hba_path, hba).unwrap();
     let port = free_port();
@@ -72,7 +77,7 @@ fn start_serve(dir: &Path, conf: &Path, hba: &str, extra: &[&str]) -> (Backgroun
     (serve, port)
 }
 
-fn segment_files(dir: &Path) -> Vec<String> {
+pub(crate) fn segment_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -82,7 +87,7 @@ fn segment_files(dir: &Path) -> Vec<String> {
     names
 }
 
-fn psql(
+pub(crate) fn psql(
     port: u16,
     user: &str,
     password: Option<&str>,
@@ -251,7 +256,7 @@ fn serve_a_standby_catches_up_from_the_archive_after_the_primary_crashed() {
     serve.interrupt();
 }
 
-fn params(port: u16) -> ConnParams {
+pub(crate) fn params(port: u16) -> ConnParams {
     ConnParams {
         targets: vec![Target::Tcp {
             host: "127.0.0.1".into(),
@@ -281,7 +286,7 @@ fn params(port: u16) -> ConnParams {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -438,15 +443,26 @@ fn serve_refuses_bad_clients() {
 
 /// `walrcv stream --serve` on a free port (trust for 127.0.0.1), the
 /// synchronous standby of `pg`; `env`: extra environment (failpoints).
-fn start_archiver_serving(
+pub(crate) fn start_archiver_serving(
     pg: &PgServer,
     dir: &Path,
     conf: &Path,
     env: &[(&str, &str)],
 ) -> (BackgroundProcess, u16) {
+    let port = free_port();
+    (start_archiver_serving_on(pg, dir, conf, env, port), port)
+}
+
+/// [`start_archiver_serving`] on a given port (a restart on the same one).
+pub(crate) fn start_archiver_serving_on(
+    pg: &PgServer,
+    dir: &Path,
+    conf: &Path,
+    env: &[(&str, &str)],
+    port: u16,
+) -> BackgroundProcess {
     let hba_path = conf.join("stream_serve_hba.conf");
     std::fs::write(&hba_path, "host replication all 127.0.0.1/32 trust\n").unwrap();
-    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let conn = format!("{} application_name={APP}", pg.conninfo());
     let mut rcv = Walrcv::new(["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-v"])
@@ -463,7 +479,7 @@ fn start_archiver_serving(
         "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
     ));
     pg.psql("SELECT pg_reload_conf()");
-    (rcv, port)
+    rcv
 }
 
 /// The served end (`xlogpos` of IDENTIFY_SYSTEM).
@@ -653,7 +669,7 @@ fn stream_serve_a_lagging_standby_gets_every_acknowledged_commit_after_a_crash()
 
 /// Points `standby` at 127.0.0.1:`port` (the last primary_conninfo line
 /// wins) and reloads: its WAL receiver restarts with it.
-fn set_primary_conninfo(standby: &PgServer, port: u16) {
+pub(crate) fn set_primary_conninfo(standby: &PgServer, port: u16) {
     let conf = standby.data_dir().join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&conf).unwrap();
     text.push_str(&format!(

@@ -1098,6 +1098,16 @@ async fn stream(
             write(wr, &mut out).await?;
             return Ok(true);
         }
+        // Caught up on the current timeline: has walrcv followed a switch?
+        // (Under `stream --serve`, only once a newer timeline is published.)
+        let published = live.as_ref().and_then(|l| *l.borrow());
+        if s.plan.switch.is_none() && published.is_none_or(|(t, _)| t > s.timeline()) {
+            if let Some((switchpoint, next)) = timeline_end(shared, s.timeline()).await? {
+                tracing::info!(application_name = %app, "timeline {} ended at {switchpoint}: moving the client to timeline {next}", s.timeline());
+                s.timeline_ended(switchpoint, next);
+                continue;
+            }
+        }
         if let Some(reply_requested) = s.keepalive_due(now) {
             reply::keepalive(&mut out, s.sent, now, reply_requested);
             write(wr, &mut out).await?;
@@ -1124,6 +1134,18 @@ async fn stream(
             _ = tokio::time::sleep(POLL) => need_reload = true,
         }
     }
+}
+
+/// [`source::timeline_end`] off the runtime's threads.
+async fn timeline_end(
+    shared: &Shared,
+    tli: TimeLineId,
+) -> Result<Option<(Lsn, TimeLineId)>, SessionError> {
+    let dir = shared.dir.clone();
+    tokio::task::spawn_blocking(move || source::timeline_end(&dir, tli))
+        .await
+        .map_err(|e| SessionError::Refused(e.to_string()))?
+        .map_err(|e| SessionError::Refused(e.to_string()))
 }
 
 async fn reload(

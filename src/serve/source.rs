@@ -20,7 +20,7 @@ use crate::tools::restore::{read_segment, RestoreError, SegmentBytes};
 use crate::wal::history::{parse_history, timeline_range, HistoryEntry};
 use crate::wal::page::{major_for_magic, PageHeader, LONG_HEADER_SIZE};
 
-use super::walsender::Catalog;
+use super::walsender::{switch_out_of, Catalog};
 
 /// Why the archive cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +126,39 @@ pub fn catalog(dir: &Path, live_end: Option<(TimeLineId, Lsn)>) -> Result<Catalo
         }
     }
     Ok(catalog)
+}
+
+/// Where timeline `tli` ends, if the archive now holds a newer timeline
+/// whose history forks from it: `(switch point, next timeline)`. A client
+/// streaming `tli` as the current timeline is then moved on, as
+/// PostgreSQL's cascading walsender moves its standbys when its own
+/// server switches timeline.
+pub fn timeline_end(dir: &Path, tli: TimeLineId) -> Result<Option<(Lsn, TimeLineId)>, SourceError> {
+    let Some(newest) = newest_history_after(dir, tli)? else {
+        return Ok(None);
+    };
+    Ok(switch_out_of(&history(dir, newest)?, newest, tli))
+}
+
+/// The newest timeline after `tli` with a history file: names only (no
+/// stat, no segment listing), as it runs at each wake of a caught-up client.
+fn newest_history_after(dir: &Path, tli: TimeLineId) -> Result<Option<TimeLineId>, SourceError> {
+    let archive_err = |e| SourceError::Archive {
+        dir: dir.to_owned(),
+        source: ArchiveError::io(dir, e),
+    };
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).map_err(archive_err)? {
+        let entry = entry.map_err(archive_err)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let ArchiveName::History { timeline, .. } = ArchiveName::classify(name) {
+            if timeline > tli {
+                newest = newest.max(Some(timeline));
+            }
+        }
+    }
+    Ok(newest)
 }
 
 /// The end of the verified WAL on the catalog's timeline.
@@ -234,5 +267,43 @@ impl SegmentReader {
         }
         self.current = None;
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_end_from_the_newest_history_forking_from_the_timeline() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(timeline_end(dir.path(), 1).unwrap(), None);
+        std::fs::write(
+            dir.path().join("00000002.history"),
+            "1\t0/3000000\tno recovery target specified\n",
+        )
+        .unwrap();
+        assert_eq!(
+            timeline_end(dir.path(), 1).unwrap(),
+            Some((Lsn(0x300_0000), 2))
+        );
+        std::fs::write(
+            dir.path().join("00000004.history"),
+            "1\t0/3000000\tno recovery target specified\n\
+             2\t0/5000028\tno recovery target specified\n",
+        )
+        .unwrap();
+        // Timeline 3 (no history file here) is not in 4's history: skipped.
+        assert_eq!(
+            timeline_end(dir.path(), 1).unwrap(),
+            Some((Lsn(0x300_0000), 2))
+        );
+        assert_eq!(
+            timeline_end(dir.path(), 2).unwrap(),
+            Some((Lsn(0x500_0028), 4))
+        );
+        assert_eq!(timeline_end(dir.path(), 4).unwrap(), None);
+        // A timeline the newest history does not go through has no end.
+        assert_eq!(timeline_end(dir.path(), 3).unwrap(), None);
     }
 }

@@ -239,6 +239,18 @@ impl Streamer {
                 .is_some_and(|(switchpoint, _)| self.sent >= switchpoint)
     }
 
+    /// The timeline being streamed as the current one ended (walrcv followed
+    /// a switch): it becomes historic, so the stream stops at `switchpoint`
+    /// and the end-of-timeline sequence names `next`. WAL already sent past
+    /// the switch point (it cannot be verified WAL of the new history) is
+    /// not taken back: the sequence follows at once and the standby, as
+    /// with PostgreSQL, sees the switch point behind its position.
+    pub fn timeline_ended(&mut self, switchpoint: Lsn, next: TimeLineId) {
+        if self.phase == Phase::Streaming && self.plan.switch.is_none() {
+            self.plan.switch = Some((switchpoint, next));
+        }
+    }
+
     /// Writes CopyDone and waits for the client's.
     pub fn finish_timeline(&mut self, out: &mut BytesMut) {
         reply::copy_done(out);
@@ -396,6 +408,40 @@ mod tests {
         assert!(matches!(&msgs[3], B::CommandComplete { tag } if tag == "START_REPLICATION"));
         assert!(matches!(msgs[4], B::ReadyForQuery));
         assert_eq!(s.phase, Phase::Done);
+    }
+
+    #[test]
+    fn current_timeline_ends_mid_stream() {
+        let mut s = streamer(0x100_0000, None);
+        let (start, len) = s.next_piece(Lsn(0x100_0100)).unwrap();
+        s.sent_piece(start, len, 1);
+        assert!(!s.timeline_finished());
+        // walrcv followed a switch to timeline 2 at 0/1000180.
+        s.timeline_ended(Lsn(0x100_0180), 2);
+        let (start, len) = s.next_piece(Lsn(0x100_0400)).unwrap();
+        assert_eq!(start.0 + len, 0x100_0180, "never past the switch point");
+        s.sent_piece(start, len, 2);
+        assert!(s.timeline_finished());
+        // A second notice changes nothing.
+        s.timeline_ended(Lsn(0x100_0300), 3);
+        assert_eq!(s.plan.switch, Some((Lsn(0x100_0180), 2)));
+        let mut out = BytesMut::new();
+        s.finish_timeline(&mut out);
+        out.clear();
+        s.client_copy_done(&mut out);
+        let mut msgs = Vec::new();
+        while let Some(m) = crate::pgwire::backend::parse(&mut out).unwrap() {
+            msgs.push(m);
+        }
+        use crate::pgwire::BackendMessage as B;
+        assert!(
+            matches!(&msgs[1], B::DataRow { values } if values[0].as_deref() == Some(&b"2"[..]) && values[1].as_deref() == Some(&b"0/1000180"[..]))
+        );
+        // Once copy mode is over, a late notice is ignored.
+        let mut done = streamer(0x100_0000, None);
+        done.client_copy_done(&mut BytesMut::new());
+        done.timeline_ended(Lsn(0x100_0180), 2);
+        assert_eq!(done.plan.switch, None);
     }
 
     #[test]

@@ -245,9 +245,20 @@ fn timeline_history(out: &mut BytesMut, tli: TimeLineId, content: &[u8]) {
 
 /// Where historic timeline `tli` ends and which timeline follows it.
 fn historic_end(c: &Catalog, tli: TimeLineId) -> Option<(Lsn, TimeLineId)> {
-    let pos = c.history.iter().position(|e| e.parent == tli)?;
-    let next = c.history.get(pos + 1).map_or(c.timeline, |e| e.parent);
-    Some((c.history[pos].switchpoint, next))
+    switch_out_of(&c.history, c.timeline, tli)
+}
+
+/// Where timeline `tli` ends in the history `entries` of timeline `tip`,
+/// and the timeline after it (`tliSwitchPoint` in timeline.c): `None` when
+/// `tli` is `tip` or not in the history.
+pub fn switch_out_of(
+    entries: &[HistoryEntry],
+    tip: TimeLineId,
+    tli: TimeLineId,
+) -> Option<(Lsn, TimeLineId)> {
+    let pos = entries.iter().position(|e| e.parent == tli)?;
+    let next = entries.get(pos + 1).map_or(tip, |e| e.parent);
+    Some((entries[pos].switchpoint, next))
 }
 
 /// `START_REPLICATION`'s checks before CopyBoth (`StartReplication` in
