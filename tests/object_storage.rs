@@ -48,7 +48,7 @@ fn start_uploading_receiver(
 }
 
 /// The test's own client of the store (explicit settings, no environment).
-fn client(weed: &Seaweed) -> object_store::aws::AmazonS3 {
+pub(crate) fn client(weed: &Seaweed) -> object_store::aws::AmazonS3 {
     AmazonS3Builder::new()
         .with_bucket_name(weed.bucket())
         .with_endpoint(format!("http://127.0.0.1:{}", weed.s3_port()))
@@ -60,7 +60,7 @@ fn client(weed: &Seaweed) -> object_store::aws::AmazonS3 {
         .expect("object store client")
 }
 
-fn object_names(weed: &Seaweed, prefix: &str) -> Vec<String> {
+pub(crate) fn object_names(weed: &Seaweed, prefix: &str) -> Vec<String> {
     let store = client(weed);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -145,7 +145,7 @@ fn pitr_from_bucket(compress: Option<&str>) {
         .collect();
     let settings = vec![
         format!(
-            "restore_command = 'env {env}{} restore %f %p --from {}'",
+            "restore_command = 'env WALRCV_LOG=info {env}{} restore %f %p --from {}'",
             walrcv_bin().display(),
             weed.url(prefix)
         ),
@@ -172,8 +172,26 @@ fn pitr_from_bucket(compress: Option<&str>) {
         log.contains(&format!("restored log file \"{segment}\" from archive")),
         "{segment} not restored:\n{log}"
     );
-    // The prefetch worker ran (its cache directory in pg_wal).
-    assert!(server.data_dir().join("pg_wal/.walrcv-prefetch").is_dir());
+    // The prefetch served segments, and its directory is gone once the
+    // recovery ended (no worker left writing into it either).
+    assert!(
+        log.contains("taken from the prefetch directory"),
+        "no prefetched segment:\n{log}"
+    );
+    let cache = server.data_dir().join("pg_wal/.walrcv-prefetch");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !cache.exists(),
+        "{} left after the recovery",
+        cache.display()
+    );
+    assert!(
+        !std::fs::read_dir(server.data_dir().join("pg_wal"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".walrcv")),
+        "a walrcv directory left in pg_wal"
+    );
 }
 
 #[test]

@@ -158,7 +158,10 @@ async fn serve_segment(
     }
     prefetch::prune(cache, requested);
     let fetched = match prefetch::take(cache, requested) {
-        Some(found) => Some(found),
+        Some(found) => {
+            tracing::info!(file = %requested, "{requested}: taken from the prefetch directory");
+            Some(found)
+        }
         None => get_first(store, &exact_names(requested)).await?,
     };
     if let Some((object, bytes)) = fetched {
