@@ -351,8 +351,11 @@ fn spawn_receiver(
 /// stay as fast as the local archive makes them, the backlog shows in the
 /// metrics, and once the store is back it drains by itself; every complete
 /// segment in the bucket is byte-identical to the local one. A restart
-/// then offers every local file again: each meets the create-only rule,
-/// is read back, found identical, and nothing is reported as a conflict.
+/// then neither uploads nor reads back what the state file names as
+/// confirmed (`walrcv_upload_state_files`, `walrcv_upload_files_total`);
+/// with the state file damaged, every local file is offered again: each
+/// meets the create-only rule, is read back, found identical, and nothing
+/// is reported as a conflict.
 #[test]
 fn upload_backlog_drains_after_a_store_outage() {
     let weed = Seaweed::start("walrcv");
@@ -431,21 +434,36 @@ fn upload_backlog_drains_after_a_store_outage() {
         Some(0.0)
     );
     rcv.interrupt();
-    // Restart: everything offered again, read back, identical.
-    let mut again = spawn_receiver(
-        &pg,
-        &env,
-        archive.path(),
-        &weed.url(prefix),
-        APP,
-        &["--metrics-address", &metrics_arg],
+    // Restart: what the state file names as confirmed is neither uploaded
+    // nor read back; only the .partial is offered again.
+    let state = archive.path().join(".walrcv-uploaded");
+    assert!(state.is_file(), "no upload state file");
+    let partials = local.iter().filter(|n| n.ends_with(".partial")).count();
+    let mut again = restart_and_drain(&pg, &env, archive.path(), &weed.url(prefix), &metrics_arg);
+    let state_files = metric(metrics_port, "walrcv_upload_state_files").unwrap_or(0.0);
+    assert!(
+        state_files >= complete.len() as f64,
+        "{state_files} files in the state\n{}",
+        again.stderr()
     );
+    let offered = metric(metrics_port, "walrcv_upload_files_total").unwrap_or(0.0);
+    assert!(
+        offered <= partials as f64,
+        "{offered} files uploaded or read back again after a restart\n{}",
+        again.stderr()
+    );
+    again.interrupt();
+    // A damaged state file: every file offered again (read back, identical).
+    let mut text = std::fs::read(&state).unwrap();
+    let n = text.len();
+    text[n / 2] ^= 1;
+    std::fs::write(&state, text).unwrap();
+    let mut again = restart_and_drain(&pg, &env, archive.path(), &weed.url(prefix), &metrics_arg);
     wait_until(Duration::from_secs(60), "the files offered again", || {
         assert!(again.is_running(), "{}", again.stderr());
-        metric(metrics_port, "walrcv_upload_backlog_files") == Some(0.0)
-            && metric(metrics_port, "walrcv_upload_files_total").unwrap_or(0.0)
-                >= complete.len() as f64
+        metric(metrics_port, "walrcv_upload_files_total").unwrap_or(0.0) >= complete.len() as f64
     });
+    assert!(again.stderr().contains("every local file is offered again"));
     assert_eq!(
         metric(metrics_port, "walrcv_upload_conflicts_total"),
         Some(0.0),
@@ -453,6 +471,25 @@ fn upload_backlog_drains_after_a_store_outage() {
         again.stderr()
     );
     again.interrupt();
+}
+
+/// A receiver started again on `dir`, once its backlog is empty.
+fn restart_and_drain(
+    pg: &PgServer,
+    env: &[(&'static str, String)],
+    dir: &Path,
+    url: &str,
+    metrics_arg: &str,
+) -> BackgroundProcess {
+    let port: u16 = metrics_arg.rsplit_once(':').unwrap().1.parse().unwrap();
+    let mut again = spawn_receiver(pg, env, dir, url, APP, &["--metrics-address", metrics_arg]);
+    wait_until(Duration::from_secs(60), "the backlog to be empty", || {
+        assert!(again.is_running(), "{}", again.stderr());
+        metric(port, "walrcv_upload_backlog_files") == Some(0.0)
+    });
+    // A pass over the .partial too.
+    std::thread::sleep(Duration::from_secs(3));
+    again
 }
 
 /// `--upload-keep-local 0`: uploaded complete segments leave the local
