@@ -217,3 +217,159 @@ fn restore_from_bucket_serves_the_switch_segment_from_the_parent() {
     );
     assert!(log.contains(&format!("serving \"{parent}")), "{log}");
 }
+
+/// The walrcv binary the measures run: `WALRCV_PERF_BIN` (a release build),
+/// else the test's own.
+fn perf_bin() -> std::path::PathBuf {
+    std::env::var_os("WALRCV_PERF_BIN")
+        .map(Into::into)
+        .unwrap_or_else(walrcv_bin)
+}
+
+/// Measures, by hand (`--ignored --nocapture`): (1) upload throughput of a
+/// backlog: a local archive of `WALRCV_PERF_SEGMENTS` (64) segments of
+/// `WALRCV_PERF_SEG_MB` (16) MB, then `walrcv stream --upload` started on
+/// it, timed until the backlog is empty; (2) `walrcv restore` of those
+/// segments one after the other, as the startup process calls its
+/// `restore_command`, with `--prefetch 0` and `--prefetch 8` in alternating
+/// rounds. See docs/src/object-storage.md ("Performance").
+#[test]
+#[ignore]
+fn perf_restore_prefetch_and_upload_backlog() {
+    let env_num = |k: &str, d: u32| -> u32 {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (count, seg_mb) = (
+        env_num("WALRCV_PERF_SEGMENTS", 64),
+        env_num("WALRCV_PERF_SEG_MB", 16),
+    );
+    let rounds = env_num("WALRCV_PERF_ROUNDS", 2);
+    let bin = perf_bin();
+    let weed = Seaweed::start("walrcv");
+    let pg = PgServer::builder().wal_segsize_mb(seg_mb).start();
+    pg.psql("CREATE TABLE t (i int, filler text)");
+    let archive = tempfile::tempdir().unwrap();
+    let mut rcv = stream(&pg, archive.path());
+    let names = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.len() == 24)
+            .collect();
+        v.sort();
+        v
+    };
+    while names(archive.path()).len() < count as usize {
+        load(&pg, seg_mb * 4);
+    }
+    assert!(rcv.terminate().success(), "{}", rcv.stderr());
+    let segments: Vec<String> = names(archive.path())
+        .into_iter()
+        .take(count as usize)
+        .collect();
+    let bytes: u64 = names(archive.path())
+        .iter()
+        .map(|n| std::fs::metadata(archive.path().join(n)).unwrap().len())
+        .sum();
+
+    // (1) Upload of the backlog.
+    let metrics_port = crate::support::free_port();
+    let conn = format!("{} application_name={APP}", pg.conninfo());
+    let mut walrcv = Walrcv::via(
+        &bin,
+        [
+            "stream",
+            "-D",
+            archive.path().to_str().unwrap(),
+            "-d",
+            &conn,
+            "--upload",
+            &weed.url("perf"),
+            "--metrics-address",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+    );
+    weed.apply(walrcv.command_mut());
+    let started = std::time::Instant::now();
+    let mut up = walrcv.spawn();
+    let files = names(archive.path()).len() as f64;
+    crate::support::wait_until(Duration::from_secs(1800), "the backlog to drain", || {
+        assert!(up.is_running(), "{}", up.stderr());
+        upload_metric(metrics_port, "walrcv_upload_backlog_files") == Some(0.0)
+            && upload_metric(metrics_port, "walrcv_upload_files_total").unwrap_or(0.0) >= files
+    });
+    let upload_secs = started.elapsed().as_secs_f64();
+    up.interrupt();
+    println!(
+        "upload backlog: {files} files, {:.0} MB in {upload_secs:.1} s = {:.1} MB/s",
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e6 / upload_secs
+    );
+
+    // (2) Restore, sequentially, as the startup process does.
+    let mut results: Vec<(u32, f64)> = Vec::new();
+    for _ in 0..rounds {
+        for prefetch in [0u32, 8] {
+            let data = tempfile::tempdir().unwrap();
+            let pg_wal = data.path().join("pg_wal");
+            std::fs::create_dir(&pg_wal).unwrap();
+            let started = std::time::Instant::now();
+            let mut asked: Vec<&str> = segments.iter().map(String::as_str).collect();
+            // The end: the segment after the last one is not there.
+            let after = format!("{}FF", &segments[0][..22]);
+            asked.push(&after);
+            for seg in &asked {
+                let target = pg_wal.join("RECOVERYXLOG");
+                let mut walrcv = Walrcv::via(
+                    &bin,
+                    [
+                        "restore",
+                        seg,
+                        target.to_str().unwrap(),
+                        "--from",
+                        &weed.url("perf"),
+                        "--prefetch",
+                        &prefetch.to_string(),
+                    ],
+                );
+                weed.apply(walrcv.command_mut());
+                let out = walrcv.run();
+                assert!(
+                    out.success() || (*seg == after && out.code() == Some(1)),
+                    "{seg}: {}",
+                    out.text()
+                );
+            }
+            let secs = started.elapsed().as_secs_f64();
+            assert!(!pg_wal.join(".walrcv-prefetch").exists());
+            println!(
+                "restore of {} segments ({seg_mb} MB) with --prefetch {prefetch}: {secs:.1} s, {:.1} ms per segment",
+                segments.len(),
+                secs * 1000.0 / segments.len() as f64
+            );
+            results.push((prefetch, secs));
+        }
+    }
+    let total = |p: u32| -> f64 { results.iter().filter(|r| r.0 == p).map(|r| r.1).sum() };
+    println!(
+        "restore time, --prefetch 8 / --prefetch 0: {:.2}",
+        total(8) / total(0)
+    );
+}
+
+fn upload_metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines().find_map(|l| {
+        let (n, v) = l.rsplit_once(' ')?;
+        (n == name).then(|| v.parse().ok())?
+    })
+}

@@ -70,7 +70,9 @@ pub fn prune(cache: &Path, segment: &str) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.get(..24).is_some_and(|head| head < segment) {
+        // `.NAME.PID.tmp` and `.NAME.claim` are in flight for NAME.
+        let base = name.trim_start_matches('.');
+        if base.get(..24).is_some_and(|head| head < segment) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -184,7 +186,18 @@ pub async fn run_worker(
     let mut tasks = tokio::task::JoinSet::new();
     for next in next_segments(segment, segment_size, count) {
         let name = format!("{next}{suffix}");
-        if cache.join(&name).exists() {
+        // A worker per served segment: the claim (created exclusively) keeps
+        // two of them from fetching the same segment.
+        let claim = cache.join(format!(".{name}.claim"));
+        let claimed = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claim)
+            .is_ok();
+        if !claimed || cache.join(&name).exists() {
+            if claimed {
+                let _ = std::fs::remove_file(&claim);
+            }
             continue;
         }
         let (store, cache) = (store.clone(), cache.clone());
@@ -197,6 +210,7 @@ pub async fn run_worker(
                     let _ = std::fs::remove_file(&tmp);
                 }
             }
+            let _ = std::fs::remove_file(&claim);
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -231,8 +245,13 @@ mod tests {
             Some(("000000010000000000000003.zst".to_string(), b"x".to_vec()))
         );
         assert_eq!(take(dir.path(), "000000010000000000000003"), None);
+        std::fs::write(dir.path().join(".000000010000000000000001.claim"), b"").unwrap();
+        std::fs::write(dir.path().join(".000000010000000000000004.9.tmp"), b"").unwrap();
         prune(dir.path(), "000000010000000000000002");
         assert!(!dir.path().join("000000010000000000000001").exists());
+        assert!(!dir.path().join(".000000010000000000000001.claim").exists());
+        // In flight for a later segment: kept.
+        assert!(dir.path().join(".000000010000000000000004.9.tmp").exists());
     }
 
     #[test]
