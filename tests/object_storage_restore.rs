@@ -310,55 +310,85 @@ fn perf_restore_prefetch_and_upload_backlog() {
         bytes as f64 / 1e6 / upload_secs
     );
 
-    // (2) Restore, sequentially, as the startup process does.
-    let mut results: Vec<(u32, f64)> = Vec::new();
-    for _ in 0..rounds {
-        for prefetch in [0u32, 8] {
-            let data = tempfile::tempdir().unwrap();
-            let pg_wal = data.path().join("pg_wal");
-            std::fs::create_dir(&pg_wal).unwrap();
-            let started = std::time::Instant::now();
-            let mut asked: Vec<&str> = segments.iter().map(String::as_str).collect();
-            // The end: the segment after the last one is not there.
-            let after = format!("{}FF", &segments[0][..22]);
-            asked.push(&after);
-            for seg in &asked {
-                let target = pg_wal.join("RECOVERYXLOG");
-                let mut walrcv = Walrcv::via(
-                    &bin,
-                    [
-                        "restore",
-                        seg,
-                        target.to_str().unwrap(),
-                        "--from",
-                        &weed.url("perf"),
-                        "--prefetch",
-                        &prefetch.to_string(),
-                    ],
-                );
-                weed.apply(walrcv.command_mut());
-                let out = walrcv.run();
-                assert!(
-                    out.success() || (*seg == after && out.code() == Some(1)),
-                    "{seg}: {}",
-                    out.text()
-                );
-            }
-            let secs = started.elapsed().as_secs_f64();
-            assert!(!pg_wal.join(".walrcv-prefetch").exists());
-            println!(
-                "restore of {} segments ({seg_mb} MB) with --prefetch {prefetch}: {secs:.1} s, {:.1} ms per segment",
-                segments.len(),
-                secs * 1000.0 / segments.len() as f64
-            );
-            results.push((prefetch, secs));
-        }
+    // (2) Restore, sequentially, as the startup process does: straight to
+    // the store on loopback, then (WALRCV_PERF_DRIP_KB=K) through a relay
+    // that delivers K KB per millisecond on each connection, a store whose
+    // per-connection bandwidth is limited as over a real network.
+    let mut setups = vec![("loopback".to_string(), weed.env(), None)];
+    if let Some(kb) = std::env::var("WALRCV_PERF_DRIP_KB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let proxy = crate::support::proxy::FaultProxy::start(weed.s3_port());
+        proxy.drip(kb << 10, Duration::from_millis(1));
+        let env = Seaweed::env_for_port(proxy.port());
+        setups.push((format!("{kb} KB/ms per connection"), env, Some(proxy)));
     }
-    let total = |p: u32| -> f64 { results.iter().filter(|r| r.0 == p).map(|r| r.1).sum() };
-    println!(
-        "restore time, --prefetch 8 / --prefetch 0: {:.2}",
-        total(8) / total(0)
+    for (what, env, _proxy) in &setups {
+        let mut results: Vec<(u32, f64)> = Vec::new();
+        for _ in 0..rounds {
+            for prefetch in [0u32, 8] {
+                let secs = restore_all(&bin, weed.url("perf"), env, &segments, prefetch);
+                println!(
+                    "{what}: restore of {} segments ({seg_mb} MB) with --prefetch {prefetch}: {secs:.1} s, {:.1} ms per segment",
+                    segments.len(),
+                    secs * 1000.0 / segments.len() as f64
+                );
+                results.push((prefetch, secs));
+            }
+        }
+        let total = |p: u32| -> f64 { results.iter().filter(|r| r.0 == p).map(|r| r.1).sum() };
+        println!(
+            "{what}: restore time, --prefetch 8 / --prefetch 0: {:.2}",
+            total(8) / total(0)
+        );
+    }
+}
+
+/// Restores `segments` one after the other (then one that is not there,
+/// the end of recovery) into a fresh `pg_wal`; the seconds taken.
+fn restore_all(
+    bin: &Path,
+    url: String,
+    env: &[(&'static str, String)],
+    segments: &[String],
+    prefetch: u32,
+) -> f64 {
+    let data = tempfile::tempdir().unwrap();
+    let pg_wal = data.path().join("pg_wal");
+    std::fs::create_dir(&pg_wal).unwrap();
+    let started = std::time::Instant::now();
+    let after = format!("{}FF", &segments[0][..22]);
+    let mut asked: Vec<&str> = segments.iter().map(String::as_str).collect();
+    asked.push(&after);
+    for seg in &asked {
+        let target = pg_wal.join("RECOVERYXLOG");
+        let mut walrcv = Walrcv::via(
+            bin,
+            [
+                "restore",
+                seg,
+                target.to_str().unwrap(),
+                "--from",
+                &url,
+                "--prefetch",
+                &prefetch.to_string(),
+            ],
+        );
+        crate::support::seaweed::apply_env(walrcv.command_mut(), env);
+        let out = walrcv.run();
+        assert!(
+            out.success() || (*seg == after && out.code() == Some(1)),
+            "{seg}: {}",
+            out.text()
+        );
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert!(
+        !pg_wal.join(".walrcv-prefetch").exists(),
+        "prefetch dir left"
     );
+    secs
 }
 
 fn upload_metric(port: u16, name: &str) -> Option<f64> {

@@ -335,6 +335,9 @@ async fn probe_later(
     name: &SegmentName,
     segment_size: u64,
 ) -> Result<Option<String>, RemoteError> {
+    if segment_size == 0 {
+        return Ok(None);
+    }
     let Some((tli, segno)) = parse_wal_file_name(name.as_str(), segment_size) else {
         return Ok(None);
     };
