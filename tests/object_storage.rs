@@ -145,7 +145,7 @@ fn pitr_from_bucket(compress: Option<&str>) {
         .collect();
     let settings = vec![
         format!(
-            "restore_command = 'env WALRCV_LOG=info {env}{} restore %f %p --from {}'",
+            "restore_command = 'env {env}{} restore %f %p --from {}'",
             walrcv_bin().display(),
             weed.url(prefix)
         ),
@@ -172,12 +172,9 @@ fn pitr_from_bucket(compress: Option<&str>) {
         log.contains(&format!("restored log file \"{segment}\" from archive")),
         "{segment} not restored:\n{log}"
     );
-    // The prefetch served segments, and its directory is gone once the
-    // recovery ended (no worker left writing into it either).
-    assert!(
-        log.contains("taken from the prefetch directory"),
-        "no prefetched segment:\n{log}"
-    );
+    // The prefetch directory is gone once the recovery ended (no worker
+    // left writing into it either; that the prefetch serves segments is
+    // timing-dependent here: object_storage_restore tests it).
     let cache = server.data_dir().join("pg_wal/.walrcv-prefetch");
     std::thread::sleep(Duration::from_secs(2));
     assert!(
@@ -438,7 +435,11 @@ fn upload_backlog_drains_after_a_store_outage() {
     // nor read back; only the .partial is offered again.
     let state = archive.path().join(".walrcv-uploaded");
     assert!(state.is_file(), "no upload state file");
-    let partials = local.iter().filter(|n| n.ends_with(".partial")).count();
+    let vouched: Vec<String> = std::fs::read_to_string(&state)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("file ")?.split(' ').next().map(String::from))
+        .collect();
     let mut again = restart_and_drain(&pg, &env, archive.path(), &weed.url(prefix), &metrics_arg);
     let state_files = metric(metrics_port, "walrcv_upload_state_files").unwrap_or(0.0);
     assert!(
@@ -446,10 +447,16 @@ fn upload_backlog_drains_after_a_store_outage() {
         "{state_files} files in the state\n{}",
         again.stderr()
     );
+    // Only what the state does not vouch for may go up: the .partial, a
+    // segment completed since.
     let offered = metric(metrics_port, "walrcv_upload_files_total").unwrap_or(0.0);
+    let others = crate::support::file_names(archive.path())
+        .into_iter()
+        .filter(|n| !n.starts_with('.') && !vouched.contains(n))
+        .count();
     assert!(
-        offered <= partials as f64,
-        "{offered} files uploaded or read back again after a restart\n{}",
+        offered <= others as f64 && offered < complete.len() as f64,
+        "{offered} files uploaded or read back again after a restart, {others} not in the state {vouched:?}\n{}",
         again.stderr()
     );
     again.interrupt();

@@ -178,6 +178,48 @@ fn restore_from_bucket_applies_the_local_rules() {
     // Nothing about X anywhere: not found.
     let none = restore(&weed, &x, &out, &weed.url("nothing"), None);
     assert_eq!(none.code(), Some(1), "{}", none.text());
+
+    // Prefetch: X served from the bucket starts a worker that fetches the
+    // next segment into pg_wal/.walrcv-prefetch; the next request takes it
+    // from there; a history file request (the start or the end of a
+    // recovery) removes the directory.
+    let data = tempfile::tempdir().unwrap();
+    let pg_wal = data.path().join("pg_wal");
+    std::fs::create_dir(&pg_wal).unwrap();
+    let cache = pg_wal.join(".walrcv-prefetch");
+    let ask = |name: &str| {
+        let mut walrcv = Walrcv::new(["restore", name])
+            .arg(pg_wal.join("RECOVERYXLOG"))
+            .args(["--from", &weed.url("full"), "--prefetch", "2"])
+            .env("WALRCV_LOG", "info");
+        weed.apply(walrcv.command_mut());
+        walrcv.run()
+    };
+    ask(&x).assert_success();
+    crate::support::wait_until(
+        Duration::from_secs(30),
+        "the next segment prefetched",
+        || cache.join(&next).exists(),
+    );
+    let taken = ask(&next);
+    taken.assert_success();
+    assert!(
+        taken.stderr.contains("taken from the prefetch directory"),
+        "{}",
+        taken.text()
+    );
+    assert_eq!(
+        std::fs::read(pg_wal.join("RECOVERYXLOG")).unwrap(),
+        next_bytes
+    );
+    assert_eq!(ask("00000002.history").code(), Some(1));
+    assert!(!cache.exists(), "the prefetch directory is left");
+    let left: Vec<_> = std::fs::read_dir(&pg_wal)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, ["RECOVERYXLOG"], "only %p in pg_wal");
 }
 
 /// The switch-segment case of tests/failover.rs, uploaded, the local
