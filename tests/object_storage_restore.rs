@@ -5,7 +5,11 @@
 //! followed by a later segment of its timeline (in the bucket or locally)
 //! is a hole and is refused; the switch segment of a timeline whose
 //! `.partial` ends before the switch point is served from the parent
-//! timeline's copy up to it, in a recovery from the bucket alone.
+//! timeline's copy up to it, in a recovery from the bucket alone; a PITR
+//! with a stopped receiver's archive as the first tier gets every row from
+//! the bucket's complete segments; the prefetch directory is used, then
+//! removed at the end of recovery. Also the (ignored) measures of upload
+//! throughput and restore with and without prefetch.
 
 use std::path::Path;
 use std::time::Duration;
@@ -444,4 +448,83 @@ fn upload_metric(port: u16, name: &str) -> Option<f64> {
         let (n, v) = l.rsplit_once(' ')?;
         (n == name).then(|| v.parse().ok())?
     })
+}
+
+/// Receiver B of an `ANY 1` pair stopped inside segment X: its local
+/// archive ends with `X.partial`; receiver A went on and uploaded X and
+/// what follows. A PITR with B's archive as the first tier (`-D`) and the
+/// bucket second gets every row: X comes complete from the bucket, not
+/// short from B's `.partial` (which would end recovery there and promote).
+#[test]
+fn pitr_local_partial_gives_way_to_the_bucket_complete_segment() {
+    let weed = Seaweed::start("walrcv");
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    pg.psql("CREATE TABLE t (i int, filler text)");
+    let backup = pg.base_backup();
+    let archive = tempfile::tempdir().unwrap();
+    let conn = format!("{} application_name={APP}", pg.conninfo());
+    let mut walrcv = Walrcv::new([
+        "stream",
+        "-D",
+        archive.path().to_str().unwrap(),
+        "-d",
+        &conn,
+        "--upload",
+        &weed.url("pair"),
+        "--upload-partial-interval",
+        "1",
+    ]);
+    weed.apply(walrcv.command_mut());
+    let mut rcv = walrcv.spawn();
+    crate::support::wait_until(Duration::from_secs(30), "streaming", || {
+        assert!(rcv.is_running(), "{}", rcv.stderr());
+        pg.replication_flush_lsn(APP).is_some()
+    });
+    load(&pg, 2);
+    // B's archive: a copy of this moment, ending with a .partial.
+    let b = crate::support::archive_dir();
+    for entry in std::fs::read_dir(archive.path()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if matches!(
+            ArchiveName::classify(&name),
+            ArchiveName::Segment { .. } | ArchiveName::History { .. }
+        ) {
+            std::fs::copy(entry.path(), b.path().join(&name)).unwrap();
+        }
+    }
+    let x = crate::support::file_names(b.path())
+        .into_iter()
+        .find(|n| n.ends_with(".partial"))
+        .expect("B's .partial");
+    load(&pg, 3);
+    let rows = pg.psql("SELECT count(*) FROM t");
+    let mut primary = pg;
+    primary.stop_immediate();
+    assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+    crate::support::give_to_server_user(b.path());
+    let env: String = weed
+        .env()
+        .iter()
+        .map(|(k, v)| format!("{k}={v} "))
+        .collect();
+    let settings = vec![
+        format!(
+            "restore_command = 'env {env}{} restore %f %p -D {} --from {}'",
+            walrcv_bin().display(),
+            b.path().display(),
+            weed.url("pair")
+        ),
+        "recovery_target_timeline = 'latest'".to_string(),
+    ];
+    let server = match backup.start_recovery(&settings) {
+        Recovery::Started(s) => s,
+        Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
+    };
+    server.wait_for_promotion(Duration::from_secs(120));
+    let log = server.full_log();
+    assert_eq!(
+        server.psql("SELECT count(*) FROM t"),
+        rows,
+        "every row, past B's {x}:\n{log}"
+    );
 }
