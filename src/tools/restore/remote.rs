@@ -170,49 +170,67 @@ async fn serve_segment(
         let served = restore(&dir, requested, target)?;
         return Ok((served, Some(object[requested.len()..].to_string())));
     }
-    let copies = bucket_copies(store, requested).await?;
-    let mut merged = Known {
-        complete: Vec::new(),
-        partial: local_known.partial.clone(),
-        later: local_known.later.clone(),
-    };
-    merged
-        .partial
-        .extend(copies.iter().map(|(object, _)| Source {
-            file_name: object.clone(),
-            compression: Compression::None,
-        }));
-    check_plan(plan_known(merged.clone()), requested)?;
-    if merged.partial.is_empty() {
-        return Ok((Served::NotFound, None));
-    }
-    let local_partial = local.filter(|_| !local_known.partial.is_empty());
-    let best = best_partial(store, stage, local_partial, &copies, requested).await?;
-    let Some(best) = best else {
-        return Ok((Served::NotFound, None));
-    };
-    let size = std::fs::metadata(&best.out).map(|m| m.len()).unwrap_or(0);
-    if merged.later.is_none() {
-        merged.later = probe_later(store, name, size).await?;
-        check_plan(plan_known(merged), requested)?;
-    }
-    let parts = Parts {
+    let tiers = Parts {
         store,
         stage,
         local,
         local_names: &local_names,
     };
-    if let Some(served) = parts
-        .switch_segment(name, &best, size, requested, target)
-        .await?
-    {
-        return Ok((served, None));
+    let served = tiers
+        .serve_partials(name, local_known, requested, target)
+        .await?;
+    Ok((served, None))
+}
+
+impl Parts<'_> {
+    /// No complete copy anywhere: the `.partial` copies of both tiers, by
+    /// rules 3 (hole) and 4 (switch segment).
+    async fn serve_partials(
+        &self,
+        name: &SegmentName,
+        local_known: Known,
+        requested: &str,
+        target: &Path,
+    ) -> Result<Served, RemoteError> {
+        let (store, stage) = (self.store, self.stage);
+        let copies = bucket_copies(store, requested).await?;
+        let mut merged = Known {
+            complete: Vec::new(),
+            partial: local_known.partial.clone(),
+            later: local_known.later.clone(),
+        };
+        merged
+            .partial
+            .extend(copies.iter().map(|(object, _)| Source {
+                file_name: object.clone(),
+                compression: Compression::None,
+            }));
+        check_plan(plan_known(merged.clone()), requested)?;
+        if merged.partial.is_empty() {
+            return Ok(Served::NotFound);
+        }
+        let local_partial = self.local.filter(|_| !local_known.partial.is_empty());
+        let Some(best) = best_partial(store, stage, local_partial, &copies, requested).await?
+        else {
+            return Ok(Served::NotFound);
+        };
+        let size = std::fs::metadata(&best.out).map(|m| m.len()).unwrap_or(0);
+        if merged.later.is_none() {
+            merged.later = probe_later(store, name, size).await?;
+            check_plan(plan_known(merged), requested)?;
+        }
+        if let Some(served) = self
+            .switch_segment(name, &best, size, requested, target)
+            .await?
+        {
+            return Ok(served);
+        }
+        std::fs::rename(&best.out, target).map_err(|source| RemoteError::Stage {
+            path: target.to_owned(),
+            source,
+        })?;
+        Ok(best.served)
     }
-    std::fs::rename(&best.out, target).map_err(|source| RemoteError::Stage {
-        path: target.to_owned(),
-        source,
-    })?;
-    Ok((best.served, None))
 }
 
 /// Rules 1 to 3 said "hole": refused.
