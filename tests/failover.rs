@@ -777,7 +777,32 @@ fn a_divergent_tail_left_on_an_older_timeline_is_set_aside_before_streaming() {
 /// as PostgreSQL writes at promotion), not the short `.partial`, so that every
 /// commit acknowledged on P comes back. The cut `.partial` is made from a real
 /// one by zeroing it from a record boundary before S, as a kill leaves it.
-fn switch_segment_cut_before_the_switch_point(compress: &[&str]) {
+/// The archive of the switch-segment case (shared with the object storage
+/// tests, which upload it and recover from the bucket).
+pub(crate) struct SwitchCase {
+    pub dir: tempfile::TempDir,
+    pub backup: crate::support::BaseBackup,
+    /// The switch segment's number.
+    pub k: u64,
+    // The servers stay until the case is dropped (the backup is theirs).
+    _servers: (PgServer, PgServer),
+}
+
+impl SwitchCase {
+    /// Timeline 1's file name of the switch segment.
+    pub fn parent(&self) -> String {
+        format!(
+            "{:08X}{:08X}{:08X}",
+            1,
+            self.k / (0x1_0000_0000 / SEG),
+            self.k % (0x1_0000_0000 / SEG)
+        )
+    }
+}
+
+/// Streams P then S after a switchover at S inside segment k, and cuts
+/// timeline 2's `.partial` of k before the switch point.
+pub(crate) fn switch_segment_cut_archive(compress: &[&str]) -> SwitchCase {
     let mut p = PgServer::builder().wal_segsize_mb(1).start();
     p.psql("CREATE TABLE t(i int, what text)");
     let s = p.create_standby();
@@ -845,7 +870,23 @@ fn switch_segment_cut_before_the_switch_point(compress: &[&str]) {
         gz.finish().unwrap()
     };
     std::fs::write(&path, cut_file).unwrap();
+    SwitchCase {
+        dir,
+        backup,
+        k,
+        _servers: (p, s),
+    }
+}
 
+fn switch_segment_cut_before_the_switch_point(compress: &[&str]) {
+    let case = switch_segment_cut_archive(compress);
+    let parent = case.parent();
+    let SwitchCase {
+        dir,
+        backup,
+        _servers,
+        ..
+    } = case;
     give_to_server_user(dir.path());
     let restored = match backup.start_recovery(&walrcv_recovery_settings(dir.path())) {
         Recovery::Started(server) => server,
@@ -857,12 +898,6 @@ fn switch_segment_cut_before_the_switch_point(compress: &[&str]) {
         count(&restored, "on P"),
         60,
         "every commit acknowledged on P, up to the switch point:\n{log}"
-    );
-    let parent = format!(
-        "{:08X}{:08X}{:08X}",
-        1,
-        k / (0x1_0000_0000 / SEG),
-        k % (0x1_0000_0000 / SEG)
     );
     assert!(log.contains(&format!("serving \"{parent}")), "{log}");
 }

@@ -19,6 +19,7 @@ mod metrics;
 mod multi_host;
 mod network_faults;
 mod object_storage;
+mod object_storage_restore;
 mod object_storage_tools;
 mod power_loss;
 mod restore;

@@ -48,7 +48,7 @@ fn start_uploading_receiver(
 }
 
 /// The test's own client of the store (explicit settings, no environment).
-fn client(weed: &Seaweed) -> object_store::aws::AmazonS3 {
+pub(crate) fn client(weed: &Seaweed) -> object_store::aws::AmazonS3 {
     AmazonS3Builder::new()
         .with_bucket_name(weed.bucket())
         .with_endpoint(format!("http://127.0.0.1:{}", weed.s3_port()))
@@ -60,7 +60,7 @@ fn client(weed: &Seaweed) -> object_store::aws::AmazonS3 {
         .expect("object store client")
 }
 
-fn object_names(weed: &Seaweed, prefix: &str) -> Vec<String> {
+pub(crate) fn object_names(weed: &Seaweed, prefix: &str) -> Vec<String> {
     let store = client(weed);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -172,8 +172,23 @@ fn pitr_from_bucket(compress: Option<&str>) {
         log.contains(&format!("restored log file \"{segment}\" from archive")),
         "{segment} not restored:\n{log}"
     );
-    // The prefetch worker ran (its cache directory in pg_wal).
-    assert!(server.data_dir().join("pg_wal/.walrcv-prefetch").is_dir());
+    // The prefetch directory is gone once the recovery ended (no worker
+    // left writing into it either; that the prefetch serves segments is
+    // timing-dependent here: object_storage_restore tests it).
+    let cache = server.data_dir().join("pg_wal/.walrcv-prefetch");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !cache.exists(),
+        "{} left after the recovery",
+        cache.display()
+    );
+    assert!(
+        !std::fs::read_dir(server.data_dir().join("pg_wal"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".walrcv")),
+        "a walrcv directory left in pg_wal"
+    );
 }
 
 #[test]
@@ -333,8 +348,11 @@ fn spawn_receiver(
 /// stay as fast as the local archive makes them, the backlog shows in the
 /// metrics, and once the store is back it drains by itself; every complete
 /// segment in the bucket is byte-identical to the local one. A restart
-/// then offers every local file again: each meets the create-only rule,
-/// is read back, found identical, and nothing is reported as a conflict.
+/// then neither uploads nor reads back what the state file names as
+/// confirmed (`walrcv_upload_state_files`, `walrcv_upload_files_total`);
+/// with the state file damaged, every local file is offered again: each
+/// meets the create-only rule, is read back, found identical, and nothing
+/// is reported as a conflict.
 #[test]
 fn upload_backlog_drains_after_a_store_outage() {
     let weed = Seaweed::start("walrcv");
@@ -413,21 +431,46 @@ fn upload_backlog_drains_after_a_store_outage() {
         Some(0.0)
     );
     rcv.interrupt();
-    // Restart: everything offered again, read back, identical.
-    let mut again = spawn_receiver(
-        &pg,
-        &env,
-        archive.path(),
-        &weed.url(prefix),
-        APP,
-        &["--metrics-address", &metrics_arg],
+    // Restart: what the state file names as confirmed is neither uploaded
+    // nor read back; only the .partial is offered again.
+    let state = archive.path().join(".walrcv-uploaded");
+    assert!(state.is_file(), "no upload state file");
+    let vouched: Vec<String> = std::fs::read_to_string(&state)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("file ")?.split(' ').next().map(String::from))
+        .collect();
+    let mut again = restart_and_drain(&pg, &env, archive.path(), &weed.url(prefix), &metrics_arg);
+    let state_files = metric(metrics_port, "walrcv_upload_state_files").unwrap_or(0.0);
+    assert!(
+        state_files >= complete.len() as f64,
+        "{state_files} files in the state\n{}",
+        again.stderr()
     );
+    // Only what the state does not vouch for may go up: the .partial, a
+    // segment completed since.
+    let offered = metric(metrics_port, "walrcv_upload_files_total").unwrap_or(0.0);
+    let others = crate::support::file_names(archive.path())
+        .into_iter()
+        .filter(|n| !n.starts_with('.') && !vouched.contains(n))
+        .count();
+    assert!(
+        offered <= others as f64 && offered < complete.len() as f64,
+        "{offered} files uploaded or read back again after a restart, {others} not in the state {vouched:?}\n{}",
+        again.stderr()
+    );
+    again.interrupt();
+    // A damaged state file: every file offered again (read back, identical).
+    let mut text = std::fs::read(&state).unwrap();
+    let n = text.len();
+    text[n / 2] ^= 1;
+    std::fs::write(&state, text).unwrap();
+    let mut again = restart_and_drain(&pg, &env, archive.path(), &weed.url(prefix), &metrics_arg);
     wait_until(Duration::from_secs(60), "the files offered again", || {
         assert!(again.is_running(), "{}", again.stderr());
-        metric(metrics_port, "walrcv_upload_backlog_files") == Some(0.0)
-            && metric(metrics_port, "walrcv_upload_files_total").unwrap_or(0.0)
-                >= complete.len() as f64
+        metric(metrics_port, "walrcv_upload_files_total").unwrap_or(0.0) >= complete.len() as f64
     });
+    assert!(again.stderr().contains("every local file is offered again"));
     assert_eq!(
         metric(metrics_port, "walrcv_upload_conflicts_total"),
         Some(0.0),
@@ -435,6 +478,25 @@ fn upload_backlog_drains_after_a_store_outage() {
         again.stderr()
     );
     again.interrupt();
+}
+
+/// A receiver started again on `dir`, once its backlog is empty.
+fn restart_and_drain(
+    pg: &PgServer,
+    env: &[(&'static str, String)],
+    dir: &Path,
+    url: &str,
+    metrics_arg: &str,
+) -> BackgroundProcess {
+    let port: u16 = metrics_arg.rsplit_once(':').unwrap().1.parse().unwrap();
+    let mut again = spawn_receiver(pg, env, dir, url, APP, &["--metrics-address", metrics_arg]);
+    wait_until(Duration::from_secs(60), "the backlog to be empty", || {
+        assert!(again.is_running(), "{}", again.stderr());
+        metric(port, "walrcv_upload_backlog_files") == Some(0.0)
+    });
+    // A pass over the .partial too.
+    std::thread::sleep(Duration::from_secs(3));
+    again
 }
 
 /// `--upload-keep-local 0`: uploaded complete segments leave the local

@@ -23,6 +23,7 @@ pub struct UploadMetrics {
     pub conflicts_pending: U64Gauge,
     pub latency: Histogram,
     pub local_removed: Counter,
+    pub state_files: U64Gauge,
 }
 
 impl UploadMetrics {
@@ -56,6 +57,7 @@ impl UploadMetrics {
             conflicts_pending: gauge(r, "walrcv_upload_conflicted_files", "Local files whose object in the store holds different content (critical)"),
             latency,
             local_removed: counter(r, "walrcv_upload_local_removed", "Local complete segments removed after a confirmed upload (--upload-keep-local)"),
+            state_files: gauge(r, "walrcv_upload_state_files", "Local files the upload state file (.walrcv-uploaded) lists as confirmed: not uploaded nor read back after a restart"),
         }
     }
 }
@@ -76,6 +78,7 @@ mod tests {
             "walrcv_upload_conflicted_files 0",
             "walrcv_upload_duration_seconds_count 0",
             "walrcv_upload_local_removed_total 0",
+            "walrcv_upload_state_files 0",
         ] {
             assert!(text.lines().any(|l| l == name), "{name} missing in\n{text}");
         }

@@ -179,6 +179,19 @@ impl Store {
         }
     }
 
+    /// Whether an object exists (one HEAD).
+    pub async fn exists(&self, name: &str) -> Result<bool, StoreError> {
+        match self.inner.head(&self.path(name)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(StoreError::Request {
+                op: "HEAD",
+                key: self.url.key(name),
+                source,
+            }),
+        }
+    }
+
     /// Deletes an object (no error when it is already gone).
     pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
         match self.inner.delete(&self.path(name)).await {

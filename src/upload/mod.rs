@@ -15,11 +15,14 @@
 //! segment) is confirmed. With `--upload-keep-local`, confirmed complete
 //! segments beyond what is kept are removed locally ([`plan::removable`]).
 //!
-//! After a restart nothing is known to be uploaded: the files still in the
-//! directory are uploaded again, which the create-only rule turns into a
-//! read-back and compare (one GET per file still local).
+//! What is confirmed is persisted in the archive directory ([`state`]): a
+//! restart neither uploads nor reads back what an earlier process
+//! confirmed. Without a usable state file, the files still in the directory
+//! are offered again, which the create-only rule turns into a read-back and
+//! compare (one GET per file still local).
 
 pub mod plan;
+pub mod state;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -110,6 +113,11 @@ struct State {
     /// Segments whose stale copies of ours were cleaned in this process.
     partial_dirs_cleaned: HashSet<String>,
     last_partial_pass: Option<Instant>,
+    /// Files an earlier process confirmed ([`state`]), taken into `done`
+    /// when the local file has the same size.
+    vouched: state::Confirmed,
+    /// What the state file says now.
+    saved: state::Confirmed,
 }
 
 impl State {
@@ -124,11 +132,88 @@ impl State {
             partial_stamps: HashMap::new(),
             partial_dirs_cleaned: HashSet::new(),
             last_partial_pass: None,
+            vouched: state::Confirmed::new(),
+            saved: state::Confirmed::new(),
+        }
+    }
+
+    /// Loads the state file, once the store confirms it still has the
+    /// newest file it names (one HEAD; a bucket emptied or replaced since,
+    /// or a store that cannot answer, means every file is offered again).
+    async fn load_state(&mut self) {
+        let url = self.store.url().to_string();
+        let Some(confirmed) = state::load(&self.opts.directory, &url) else {
+            return;
+        };
+        if let Some((newest, _)) = confirmed.last_key_value() {
+            match self.store.exists(newest).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!("upload: the state file names \"{newest}\" as uploaded, but {url} does not have it: every local file is offered again");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("upload: cannot check the state file against the store ({e}): every local file is offered again");
+                    return;
+                }
+            }
+        }
+        tracing::info!(
+            "upload: {} files confirmed by an earlier run (\"{}\")",
+            confirmed.len(),
+            state::FILE_NAME
+        );
+        self.saved = confirmed.clone();
+        self.vouched = confirmed;
+    }
+
+    /// Takes the vouched files whose local size matches as confirmed.
+    fn apply_vouched(&mut self, files: &[LocalFile]) {
+        if self.vouched.is_empty() {
+            return;
+        }
+        for f in files {
+            if self.vouched.get(&f.name) == Some(&f.size) {
+                self.done.insert(f.name.clone());
+            }
+        }
+        self.vouched.clear();
+    }
+
+    /// Rewrites the state file when the confirmed local files changed. A
+    /// failure is logged: the next start offers the files again.
+    fn save_state(&mut self, files: &[LocalFile]) {
+        let now: state::Confirmed = files
+            .iter()
+            .filter(|f| plan::kind(&f.name) == Kind::Final && self.done.contains(&f.name))
+            .map(|f| (f.name.clone(), f.size))
+            .collect();
+        if now == self.saved {
+            return;
+        }
+        let url = self.store.url().to_string();
+        match state::save(&self.opts.directory, &url, &now) {
+            Ok(()) => {
+                crate::metrics::global()
+                    .upload()
+                    .state_files
+                    .set(now.len() as u64);
+                self.saved = now;
+            }
+            Err(e) => tracing::warn!(
+                "upload: could not write \"{}\" ({e}); a restart offers the files again",
+                self.opts.directory.join(state::FILE_NAME).display()
+            ),
         }
     }
 
     async fn run(mut self, mut stopped: watch::Receiver<bool>) {
         tracing::info!(url = %self.store.url(), "uploading the archive to {}", self.store.url());
+        self.load_state().await;
+        crate::metrics::global()
+            .upload()
+            .state_files
+            .set(self.vouched.len() as u64);
         loop {
             let stopping = *stopped.borrow();
             let files = match scan(&self.opts.directory) {
@@ -141,6 +226,7 @@ impl State {
                     Vec::new()
                 }
             };
+            self.apply_vouched(&files);
             let partials_changed = files.iter().any(|f| {
                 plan::kind(&f.name) == Kind::Partial && !self.partials.contains_key(&f.name)
             });
@@ -155,6 +241,9 @@ impl State {
                 self.last_partial_pass = Some(Instant::now());
             }
             self.upload_finals(&files, stopping).await;
+            if !files.is_empty() {
+                self.save_state(&files);
+            }
             self.remove_local(&files);
             self.report_backlog(&files);
             if stopping {

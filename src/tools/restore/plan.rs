@@ -135,6 +135,53 @@ pub fn plan<'a>(request: &Request, names: impl IntoIterator<Item = &'a str>) -> 
 }
 
 fn plan_segment(wanted: &SegmentName, classified: &[(&str, ArchiveName)]) -> Plan {
+    plan_known(known_of(wanted, classified))
+}
+
+/// What is known about one segment name, from whichever tier: the one input
+/// of rules 1 to 3, the same for the local archive (built from its listing,
+/// [`known`]) and for the object store (built by `remote` from GETs by exact
+/// name, the LIST of `partial/SEG/` and a probe of the next segment), or
+/// both merged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    /// Complete copies, in the order they are to be tried.
+    pub complete: Vec<Source>,
+    /// `.partial` copies.
+    pub partial: Vec<Source>,
+    /// A file of a later segment of the same timeline, when one is known.
+    pub later: Option<String>,
+}
+
+/// Rules 1 to 3 over what is known about a segment (pure): a complete copy
+/// wins; else a `.partial` is served unless the timeline goes on after it
+/// (a hole); else nothing answers.
+pub fn plan_known(known: Known) -> Plan {
+    if !known.complete.is_empty() {
+        return Plan::Complete(known.complete);
+    }
+    let Some(first) = known.partial.first() else {
+        return Plan::NotFound;
+    };
+    match known.later {
+        Some(later) => Plan::Hole {
+            partial: first.file_name.clone(),
+            later,
+        },
+        None => Plan::Partial(known.partial),
+    }
+}
+
+/// What the archive file `names` tell about segment `wanted`.
+pub fn known<'a>(wanted: &SegmentName, names: impl IntoIterator<Item = &'a str>) -> Known {
+    let classified = names
+        .into_iter()
+        .map(|n| (n, ArchiveName::classify(n)))
+        .collect::<Vec<_>>();
+    known_of(wanted, &classified)
+}
+
+fn known_of(wanted: &SegmentName, classified: &[(&str, ArchiveName)]) -> Known {
     let copies = |want_partial: bool| {
         by_compression(classified.iter().filter_map(|(n, c)| match c {
             ArchiveName::Segment {
@@ -145,20 +192,10 @@ fn plan_segment(wanted: &SegmentName, classified: &[(&str, ArchiveName)]) -> Pla
             _ => None,
         }))
     };
-    let complete = copies(false);
-    if !complete.is_empty() {
-        return Plan::Complete(complete);
-    }
-    let partials = copies(true);
-    let Some(first) = partials.first() else {
-        return Plan::NotFound;
-    };
-    match later_on_same_timeline(wanted, classified) {
-        Some(later) => Plan::Hole {
-            partial: first.file_name.clone(),
-            later: later.to_owned(),
-        },
-        None => Plan::Partial(partials),
+    Known {
+        complete: copies(false),
+        partial: copies(true),
+        later: later_on_same_timeline(wanted, classified).map(str::to_owned),
     }
 }
 

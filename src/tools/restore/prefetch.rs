@@ -7,6 +7,18 @@
 //! one fetched on demand: it is staged and verified the same way before it
 //! is served, then removed; files of segments older than the one asked for
 //! are removed too.
+//!
+//! Where and how long: `pg_wal/.walrcv-prefetch/` (beside `%p`: on the
+//! cluster's own file system, one per data directory, gone with it). No
+//! PostgreSQL code reads it: the server only ever considers WAL, history
+//! and `.backup` names in `pg_wal`, and `pg_basebackup` does not copy the
+//! contents of `pg_wal`. It lives as long as recovery reads segments from
+//! the bucket: the first request that is not a segment served (a history
+//! file, asked for at the start of recovery and when it ends with a new
+//! timeline, or a segment nothing answers: the end of the archive) stops
+//! the running workers (each leaves `worker.PID` in the directory) and
+//! removes it ([`clear`]). A recovery that pauses at its target
+//! (`recovery_target_action = 'pause'`) keeps it until it goes on.
 
 use std::path::{Path, PathBuf};
 
@@ -58,10 +70,61 @@ pub fn prune(cache: &Path, segment: &str) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.len() >= 24 && name[..24] < *segment {
+        // `.NAME.PID.tmp` and `.NAME.claim` are in flight for NAME.
+        let base = name.trim_start_matches('.');
+        if base.get(..24).is_some_and(|head| head < segment) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// The worker's marker: `worker.PID`.
+const WORKER_MARK: &str = "worker.";
+
+/// Stops the running workers and removes the cache directory (the end, or
+/// the start, of a recovery). A worker still writing a file into it (between
+/// the listing and the removal) is met by a second pass.
+pub fn clear(cache: &Path) {
+    for _ in 0..3 {
+        stop_workers(cache);
+        match std::fs::remove_dir_all(cache) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => tracing::debug!("removing \"{}\": {e}", cache.display()),
+        }
+    }
+    tracing::warn!(
+        "could not remove the prefetch directory \"{}\"",
+        cache.display()
+    );
+}
+
+/// SIGTERM to each worker named by a `worker.PID` marker that still runs as
+/// a prefetch worker (a PID reused by another process is left alone).
+fn stop_workers(cache: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(WORKER_MARK)
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if pid > 0 && contains(&cmdline, b"--prefetch-worker") {
+            // SAFETY: kill has no memory effects; the PID was checked above.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Starts the detached worker for the segments after `segment`.
@@ -76,6 +139,12 @@ pub fn spawn_worker(
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
+    // Created here, never by the worker: a worker that starts after the
+    // directory was cleared finds none and does nothing.
+    if let Err(e) = std::fs::create_dir_all(cache_dir(target)) {
+        tracing::warn!("could not create the prefetch directory: {e}");
+        return;
+    }
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["restore", segment])
         .arg(target)
@@ -110,13 +179,25 @@ pub async fn run_worker(
     count: u32,
 ) {
     let cache = cache_dir(target);
-    if std::fs::create_dir_all(&cache).is_err() {
+    let mark = cache.join(format!("{WORKER_MARK}{}", std::process::id()));
+    if std::fs::write(&mark, b"").is_err() {
         return;
     }
     let mut tasks = tokio::task::JoinSet::new();
     for next in next_segments(segment, segment_size, count) {
         let name = format!("{next}{suffix}");
-        if cache.join(&name).exists() {
+        // A worker per served segment: the claim (created exclusively) keeps
+        // two of them from fetching the same segment.
+        let claim = cache.join(format!(".{name}.claim"));
+        let claimed = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claim)
+            .is_ok();
+        if !claimed || cache.join(&name).exists() {
+            if claimed {
+                let _ = std::fs::remove_file(&claim);
+            }
             continue;
         }
         let (store, cache) = (store.clone(), cache.clone());
@@ -129,9 +210,11 @@ pub async fn run_worker(
                     let _ = std::fs::remove_file(&tmp);
                 }
             }
+            let _ = std::fs::remove_file(&claim);
         });
     }
     while tasks.join_next().await.is_some() {}
+    let _ = std::fs::remove_file(&mark);
 }
 
 #[cfg(test)]
@@ -162,7 +245,25 @@ mod tests {
             Some(("000000010000000000000003.zst".to_string(), b"x".to_vec()))
         );
         assert_eq!(take(dir.path(), "000000010000000000000003"), None);
+        std::fs::write(dir.path().join(".000000010000000000000001.claim"), b"").unwrap();
+        std::fs::write(dir.path().join(".000000010000000000000004.9.tmp"), b"").unwrap();
         prune(dir.path(), "000000010000000000000002");
         assert!(!dir.path().join("000000010000000000000001").exists());
+        assert!(!dir.path().join(".000000010000000000000001.claim").exists());
+        // In flight for a later segment: kept.
+        assert!(dir.path().join(".000000010000000000000004.9.tmp").exists());
+    }
+
+    #[test]
+    fn clear_removes_the_directory_and_spares_other_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join(".walrcv-prefetch");
+        std::fs::create_dir(&cache).unwrap();
+        std::fs::write(cache.join("000000010000000000000003"), b"x").unwrap();
+        // This test process is no prefetch worker: not signalled.
+        std::fs::write(cache.join(format!("worker.{}", std::process::id())), b"").unwrap();
+        clear(&cache);
+        assert!(!cache.exists());
+        clear(&cache);
     }
 }

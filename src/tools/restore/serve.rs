@@ -506,7 +506,7 @@ fn request_name(request: &Request) -> String {
 }
 
 /// The archive's file names (names that are not UTF-8 are foreign anyway).
-fn list(dir: &Path) -> Result<Vec<String>, RestoreError> {
+pub(crate) fn list(dir: &Path) -> Result<Vec<String>, RestoreError> {
     let unreadable = |source| RestoreError::ArchiveUnreadable {
         dir: dir.to_owned(),
         source,

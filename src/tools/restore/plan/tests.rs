@@ -373,3 +373,83 @@ fn the_parents_copies_complete_first_then_partial_uncompressed_first() {
         ]
     );
 }
+
+/// What both tiers know about a name, merged: the same rules as a listing.
+fn merged(local: &[&str], bucket_complete: &[&str], bucket_partial: &[&str]) -> Known {
+    let wanted = SegmentName::parse(S3).unwrap();
+    let mut k = known(&wanted, local.iter().copied());
+    k.complete
+        .extend(bucket_complete.iter().map(|n| src(n, Compression::None)));
+    k.partial
+        .extend(bucket_partial.iter().map(|n| src(n, Compression::None)));
+    k
+}
+
+#[test]
+fn known_from_a_listing_plans_like_the_listing() {
+    let names = [
+        "000000010000000000000003.gz.partial",
+        "000000010000000000000004.partial",
+        "000000010000000000000002",
+    ];
+    let wanted = SegmentName::parse(S3).unwrap();
+    assert_eq!(plan_known(known(&wanted, names)), plan(&seg(S3), names));
+    let k = known(&wanted, names);
+    assert!(k.complete.is_empty());
+    assert_eq!(k.later.as_deref(), Some("000000010000000000000004.partial"));
+}
+
+#[test]
+fn a_complete_copy_in_the_bucket_wins_over_a_local_partial() {
+    let bucket = "000000010000000000000003.zst";
+    assert_eq!(
+        plan_known(merged(
+            &["000000010000000000000003.partial"],
+            &[bucket],
+            &[]
+        )),
+        Plan::Complete(vec![src(bucket, Compression::None)])
+    );
+    // Even over a local hole: the complete copy fills it.
+    let local = [
+        "000000010000000000000003.partial",
+        "000000010000000000000004",
+    ];
+    assert_eq!(
+        plan_known(merged(&local, &[bucket], &[])),
+        Plan::Complete(vec![src(bucket, Compression::None)])
+    );
+}
+
+#[test]
+fn bucket_partials_compete_with_the_local_one_unless_the_timeline_goes_on() {
+    let copy = "partial/000000010000000000000003/000000010000000000000003.partial.b.1-2";
+    let local = "000000010000000000000003.partial";
+    assert_eq!(
+        plan_known(merged(&[local], &[], &[copy])),
+        Plan::Partial(vec![
+            src(local, Compression::None),
+            src(copy, Compression::None)
+        ])
+    );
+    let mut k = merged(&[], &[], &[copy]);
+    assert_eq!(
+        plan_known(k.clone()),
+        Plan::Partial(vec![src(copy, Compression::None)])
+    );
+    // The next segment found in the bucket: a hole.
+    k.later = Some("000000010000000000000004.gz".into());
+    assert_eq!(
+        plan_known(k),
+        Plan::Hole {
+            partial: copy.into(),
+            later: "000000010000000000000004.gz".into()
+        }
+    );
+    // A later local segment makes a bucket partial a hole as well.
+    assert!(matches!(
+        plan_known(merged(&["000000010000000000000007"], &[], &[copy])),
+        Plan::Hole { .. }
+    ));
+    assert_eq!(plan_known(merged(&[], &[], &[])), Plan::NotFound);
+}
