@@ -47,6 +47,11 @@
 #                         `perf report` in the temporary directory (implies
 #                         --keep)
 #
+# The S3 client's own settings come from the caller's environment (the script
+# sets only the endpoint and the identity): WALRCV_S3_CHECKSUM=none or
+# AWS_UNSIGNED_PAYLOAD=true measure the upload without the payload's SHA-256;
+# the report names them.
+#
 # With the defaults a run takes about 8 minutes on 2 cores. Respects
 # CARGO_TARGET_DIR and WALRCV_WEED (the weed binary; else `weed` on the PATH,
 # through pyenv if that is a shim). Needs root (the server runs as `postgres`)
@@ -153,7 +158,6 @@ cleanup() {
     [ -n "$bg_pid" ] && kill -KILL "$bg_pid" 2>/dev/null || true
     [ -n "$weed_pid" ] && kill -KILL "$weed_pid" 2>/dev/null || true
     (cd "$pgdir" && as_server "$PGBIN/pg_ctl" -D "$pgdata" -m immediate -w stop) >/dev/null 2>&1 || true
-    [ -n "$weed_pid" ] && wait "$weed_pid" 2>/dev/null || true
     if [ "$keep" = 1 ]; then note "kept $tmp"; else rm -rf "$tmp"; fi
     exit "$rc"
 }
@@ -214,6 +218,7 @@ for flag in s3.port.grpc master.port master.port.grpc filer.port filer.port.grpc
 done
 (cd "$tmp/weed" && exec "$weed" "${weed_args[@]}" </dev/null >"$tmp/weed.log" 2>&1) &
 weed_pid=$!
+disown "$weed_pid" # killed at exit without a "Killed" line from bash
 for i in $(seq 600); do
     grep -q "All enabled components are running" "$tmp/weed.log" 2>/dev/null && break
     kill -0 "$weed_pid" 2>/dev/null || { cat "$tmp/weed.log" >&2; die "weed mini exited"; }
@@ -251,8 +256,9 @@ machine_ticks() {
 ticks_s() { awk -v a="$1" -v b="$2" -v hz="$clk_tck" 'BEGIN { printf "%.2f", (b - a) / hz }'; }
 
 metric() { # name: its value on walrcv's --metrics-address, or ""
-    curl -fsS --max-time 2 "http://127.0.0.1:$metrics_port/metrics" 2>/dev/null |
-        awk -v m="$1" '$1 == m { print $2; exit }'
+    local page
+    page=$(curl -fsS --max-time 2 "http://127.0.0.1:$metrics_port/metrics" 2>/dev/null) || return 0
+    awk -v m="$1" '$1 == m && !seen { print $2; seen = 1 }' <<<"$page"
 }
 
 set_sync_standby() { # application_name, or "" for none
@@ -564,6 +570,7 @@ report() {
     echo "Command: \`$command_line\`  "
     echo "Machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r), load average $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end  "
     echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), 16 MB segments, fsync on; walrcv $("$walrcv" --version 2>/dev/null | awk '{ print $2 }'); SeaweedFS $("$weed" version 2>/dev/null | awk '{ print $3; exit }') (weed mini, same machine); medians of $rounds round(s), ratios = upload / local, the median of the per-round ratios (then each round's); synchronous runs: pgbench -N -T $seconds, scale 10, --upload-partial-interval $partial_interval; throughput: $tput_mb MB of WAL."
+    echo "S3 client: WALRCV_S3_CHECKSUM=${WALRCV_S3_CHECKSUM:-(unset: sha256)}, AWS_UNSIGNED_PAYLOAD=${AWS_UNSIGNED_PAYLOAD:-(unset: false)}."
     echo
     echo "| | local (no --upload) | --upload | ratio | per round |"
     echo "|---|---:|---:|---:|---|"
