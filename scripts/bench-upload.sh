@@ -29,7 +29,8 @@
 #
 #   scripts/bench-upload.sh [--clients "4"] [--seconds 30] [--rounds 4]
 #       [--wal-mb 1024] [--partial-interval 60] [--keep] [--no-build]
-#       [--walrcv PATH] [--sync-only] [--throughput-only] [--perf]
+#       [--walrcv PATH] [--sync-only] [--throughput-only] [--perf] [--strace]
+#       [--store-dir DIR]
 #
 #   --clients LIST        pgbench client counts, space-separated (default "4")
 #   --seconds N           pgbench -T of each synchronous run (default 30)
@@ -46,6 +47,14 @@
 #                         walrcv and weed (99 Hz) and keep the top of
 #                         `perf report` in the temporary directory (implies
 #                         --keep)
+#   --strace              during each synchronous run (both modes), `strace -c
+#                         -f` walrcv and weed for --seconds and keep the
+#                         syscall summaries (time per fdatasync, fsync, write):
+#                         slows what it traces, so its TPS figures are not the
+#                         benchmark's (implies --keep)
+#   --store-dir DIR       put the store's data under DIR (e.g. /dev/shm: no
+#                         disk writes from weed) instead of the temporary
+#                         directory
 #
 # The S3 client's own settings come from the caller's environment (the script
 # sets only the endpoint and the identity): WALRCV_S3_CHECKSUM=none or
@@ -73,6 +82,8 @@ walrcv=""
 do_sync=1
 do_tput=1
 perf_on=0
+strace_on=0
+store_parent=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --clients) clients="$2"; shift ;;
@@ -86,6 +97,8 @@ while [ $# -gt 0 ]; do
     --sync-only) do_tput=0 ;;
     --throughput-only) do_sync=0 ;;
     --perf) perf_on=1; keep=1 ;;
+    --strace) strace_on=1; keep=1 ;;
+    --store-dir) store_parent="$2"; shift ;;
     -h | --help)
         awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
         exit 0
@@ -115,6 +128,7 @@ scripts/install-deps.sh --no-npm
 [ -x /usr/bin/time ] || die "/usr/bin/time is missing (apt-get install time)"
 command -v curl >/dev/null || die "curl is missing"
 [ "$perf_on" = 0 ] || command -v perf >/dev/null || die "--perf: perf is missing (apt-get install linux-perf)"
+[ "$strace_on" = 0 ] || command -v strace >/dev/null || die "--strace: strace is missing (apt-get install strace)"
 if [ "$build" = 1 ]; then
     cargo build --release
 fi
@@ -152,12 +166,15 @@ pgdata="$pgdir/data"
 csv="$tmp/results.csv"
 bg_pid=""
 weed_pid=""
+store_dir="$tmp/weed"
+[ -z "$store_parent" ] || store_dir=$(mktemp -d "$store_parent/walrcv-bench-store.XXXXXX")
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     [ -n "$bg_pid" ] && kill -KILL "$bg_pid" 2>/dev/null || true
     [ -n "$weed_pid" ] && kill -KILL "$weed_pid" 2>/dev/null || true
     (cd "$pgdir" && as_server "$PGBIN/pg_ctl" -D "$pgdata" -m immediate -w stop) >/dev/null 2>&1 || true
+    [ -z "$store_parent" ] || rm -rf "$store_dir"
     if [ "$keep" = 1 ]; then note "kept $tmp"; else rm -rf "$tmp"; fi
     exit "$rc"
 }
@@ -208,8 +225,8 @@ say "SeaweedFS (weed mini) with S3 on port $s3_port"
 bucket=bench
 export AWS_ACCESS_KEY_ID=walrcvbench AWS_SECRET_ACCESS_KEY=walrcvbenchsecret AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL="http://127.0.0.1:$s3_port" AWS_ALLOW_HTTP=true
-mkdir -p "$tmp/weed"
-weed_args=(mini "-dir=$tmp/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false
+mkdir -p "$tmp/weed" "$store_dir"
+weed_args=(mini "-dir=$store_dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false
     -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0
     "-bucket=$bucket" "-s3.port=$s3_port")
 for flag in s3.port.grpc master.port master.port.grpc filer.port filer.port.grpc \
@@ -340,8 +357,24 @@ perf_finish() {
     perf_pids=()
     for f in "$tmp"/perf/*.data; do
         [ -f "${f%.data}.txt" ] && continue
-        perf report -i "$f" --stdio --no-children --sort comm,dso,sym 2>/dev/null | grep -v '^$' | head -150 >"${f%.data}.txt" || true
+        {
+            perf report -i "$f" --stdio --no-children -g none --sort dso 2>/dev/null | grep '%' | head -10
+            echo
+            perf report -i "$f" --stdio --no-children -g none --sort comm,dso,sym 2>/dev/null | grep '%' | head -60
+        } >"${f%.data}.txt" || true
     done
+}
+
+# `strace -c -f` of one process for --seconds, in the background.
+strace_pids=()
+strace_start() { # pid, output name
+    timeout -s INT "$seconds" strace -c -f -p "$1" -o "$tmp/strace/$2.txt" >/dev/null 2>&1 &
+    strace_pids+=($!)
+}
+strace_finish() {
+    local p
+    for p in "${strace_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    strace_pids=()
 }
 
 # --- 1. synchronous commit ---------------------------------------------------
@@ -370,6 +403,11 @@ sync_run() { # clients, round, position, mode
         perf_start "$pid" "$tag-walrcv"
         perf_start "$weed_pid" "$tag-weed"
     fi
+    if [ "$strace_on" = 1 ]; then
+        mkdir -p "$tmp/strace"
+        strace_start "$pid" "$tag-walrcv"
+        strace_start "$weed_pid" "$tag-weed"
+    fi
     lsn0=$(psql_ "SELECT pg_current_wal_lsn()")
     w0=$(cpu_ticks "$pid") u0=$(upload_thread_ticks "$pid") s0=$(cpu_ticks "$weed_pid") m0=$(machine_ticks)
     out=$("$PGBIN/pgbench" -n -N -c "$c" -j "$jobs" -T "$seconds" -l --log-prefix="$tmp/pgbench-logs/$tag" \
@@ -382,6 +420,7 @@ sync_run() { # clients, round, position, mode
         up_files=$(metric walrcv_upload_files_total)
     fi
     [ "$perf_on" = 1 ] && [ "$mode" = upload ] && perf_finish
+    [ "$strace_on" = 1 ] && strace_finish
     set_sync_standby ""
     stop_receiver "$pid"
     wait_no_walsenders
@@ -570,7 +609,7 @@ report() {
     echo "Command: \`$command_line\`  "
     echo "Machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r), load average $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end  "
     echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), 16 MB segments, fsync on; walrcv $("$walrcv" --version 2>/dev/null | awk '{ print $2 }'); SeaweedFS $("$weed" version 2>/dev/null | awk '{ print $3; exit }') (weed mini, same machine); medians of $rounds round(s), ratios = upload / local, the median of the per-round ratios (then each round's); synchronous runs: pgbench -N -T $seconds, scale 10, --upload-partial-interval $partial_interval; throughput: $tput_mb MB of WAL."
-    echo "S3 client: WALRCV_S3_CHECKSUM=${WALRCV_S3_CHECKSUM:-(unset: sha256)}, AWS_UNSIGNED_PAYLOAD=${AWS_UNSIGNED_PAYLOAD:-(unset: false)}."
+    echo "Store data: ${store_parent:-the temporary directory (disk)}. S3 client: WALRCV_S3_CHECKSUM=${WALRCV_S3_CHECKSUM:-(unset: sha256)}, AWS_UNSIGNED_PAYLOAD=${AWS_UNSIGNED_PAYLOAD:-(unset: false)}."
     echo
     echo "| | local (no --upload) | --upload | ratio | per round |"
     echo "|---|---:|---:|---:|---|"
@@ -602,3 +641,4 @@ report | tee "$tmp/report.md"
 echo
 echo "raw per-run figures: $csv$([ "$keep" = 1 ] || echo ' (deleted on exit: use --keep to keep it)')"
 if [ "$perf_on" = 1 ]; then echo "profiles: $tmp/perf/*.txt"; fi
+if [ "$strace_on" = 1 ]; then echo "syscall summaries: $tmp/strace/*.txt"; fi
