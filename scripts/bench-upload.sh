@@ -61,7 +61,7 @@
 # AWS_UNSIGNED_PAYLOAD=true measure the upload without the payload's SHA-256;
 # the report names them.
 #
-# With the defaults a run takes about 8 minutes on 2 cores. Respects
+# With the defaults a run takes about 5 to 6 minutes on 2 cores. Respects
 # CARGO_TARGET_DIR and WALRCV_WEED (the weed binary; else `weed` on the PATH,
 # through pyenv if that is a shim). Needs root (the server runs as `postgres`)
 # or a non-root user who can run PostgreSQL.
