@@ -50,6 +50,8 @@
 #   --no-build      do not run cargo; use $CARGO_TARGET_DIR/release/walrcv
 #   --walrcv PATH   benchmark this walrcv binary (implies --no-build)
 #   --skip-catchup, --skip-sync, --skip-latency   leave a phase out
+#   --latency-under-load  also probe while pgbench -N runs (experimental: it
+#                   has hung in testing, see docs/src/serve.md)
 #
 # Respects CARGO_TARGET_DIR. Needs root (the servers run as `postgres`) or a
 # non-root user who can run PostgreSQL.
@@ -72,6 +74,7 @@ walrcv=""
 do_catchup=1
 do_sync=1
 do_latency=1
+lat_loads=idle
 while [ $# -gt 0 ]; do
     case "$1" in
     --wal-mb) wal_mb="$2"; shift ;;
@@ -87,6 +90,7 @@ while [ $# -gt 0 ]; do
     --skip-catchup) do_catchup=0 ;;
     --skip-sync) do_sync=0 ;;
     --skip-latency) do_latency=0 ;;
+    --latency-under-load) lat_loads="idle pgbench" ;;
     -h | --help)
         awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
         exit 0
@@ -239,19 +243,21 @@ sql_open() { # name, port
 }
 sql_ask() { # name, sql
     local fi_="${1}_in" fo_="${1}_out" line
-    printf '%s\n' "$2" >&"${!fi_}"
+    printf '%s;\n' "$2" >&"${!fi_}"
     read -r -t 60 line <&"${!fo_}" || { cat "$tmp/$1.err" >&2; die "no answer from session $1 to: $2"; }
     printf '%s\n' "$line"
 }
 sql_do() { # name, sql (no result)
     local fi_="${1}_in"
-    printf '%s\n' "$2" >&"${!fi_}"
+    printf '%s;\n' "$2" >&"${!fi_}"
 }
 sql_close() { # name
     local fi_="${1}_in" fo_="${1}_out" p_="${1}_pid" a b
     a=${!fi_}
     b=${!fo_}
     exec {a}>&- {b}<&-
+    # Another session's psql may hold this FIFO open too (inherited): end it.
+    kill -TERM "${!p_}" 2>/dev/null || true
     wait "${!p_}" 2>/dev/null || true
 }
 
@@ -359,18 +365,16 @@ if [ "$do_catchup" = 1 ]; then
             IFS='|' read -r r p < <(sql_ask sb "SELECT coalesce(pg_last_wal_receive_lsn(), '0/0') >= '$end_lsn', coalesce(pg_last_wal_replay_lsn(), '0/0') >= '$end_lsn'")
             now=$EPOCHREALTIME
             [ -z "$recv" ] && [ "$r" = t ] && recv=$(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%.2f", b - a }')
-            if [ "$setup" = primary ] && [ -z "$wpid" ]; then
-                wpid=$(psql_ "SELECT pid FROM pg_stat_replication WHERE application_name = '$name'")
-                [ -n "$wpid" ] && cpu0=$(cpu_ticks "$wpid")
-            fi
             [ "$p" = t ] && { replay=$(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%.2f", b - a }'); break; }
             awk -v a="$t0" -v b="$now" 'BEGIN { exit !(b - a > 900) }' && die "$name: no catch-up in 900 s"
             sleep 0.02
         done
         if [ "$setup" = walrcv ]; then
             cpu1=$(cpu_ticks "$serve_pid")
-        elif [ -n "$wpid" ]; then
-            cpu1=$(cpu_ticks "$wpid" 2>/dev/null || echo "$cpu0")
+        else
+            # A walsender of its own: its whole CPU time.
+            wpid=$(psql_ "SELECT pid FROM pg_stat_replication WHERE application_name = '$name'")
+            [ -n "$wpid" ] && cpu1=$(cpu_ticks "$wpid")
         fi
         if [ "$setup" = walrcv ]; then
             [ "$(sql_ask sb "SELECT sender_port FROM pg_stat_wal_receiver")" = "$serve_port" ] ||
@@ -413,14 +417,6 @@ if [ "$do_sync" = 1 ] || [ "$do_latency" = 1 ]; then
     "$PGBIN/pgbench" -i -s 10 -q -h "$pgdir" -p "$port" -U postgres postgres >"$tmp/pgbench-init.log" 2>&1 ||
         { cat "$tmp/pgbench-init.log" >&2; die "pgbench -i failed"; }
     psql_ "CREATE TABLE probe(i int)"
-    base_backup "$pgdir/base2"
-    sb_dirs=()
-    sb_ports=()
-    for ((i = 1; i <= standbys; i++)); do
-        make_standby "$pgdir/base2" "standby$i"
-        sb_ports+=("$sb_port")
-        sb_dirs+=("$pgdir/standby$i")
-    done
     free_port
     serve_port=$new_port
     archive="$tmp/archive2"
@@ -429,7 +425,28 @@ if [ "$do_sync" = 1 ] || [ "$do_latency" = 1 ]; then
         --serve "127.0.0.1:$serve_port" --serve-hba "$hba" >"$tmp/stream2.log" 2>&1 &
     stream_pid=$!
     bg_pids+=("$stream_pid")
-    wait_for_log "$tmp/stream2.log" "serving the archive" "$stream_pid"
+    for i in $(seq 300); do
+        port_is_free "$serve_port" || break
+        kill -0 "$stream_pid" 2>/dev/null || { cat "$tmp/stream2.log" >&2; die "walrcv stream exited"; }
+        [ "$i" = 300 ] && die "walrcv stream does not listen on $serve_port"
+        sleep 0.1
+    done
+    # The standbys' base backup starts after walrcv's first position, so
+    # that walrcv's archive holds all the WAL they need.
+    for i in $(seq 300); do
+        [ "$(psql_ "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walrcv_bench' AND state = 'streaming'")" = 1 ] && break
+        [ "$i" = 300 ] && die "walrcv does not stream"
+        sleep 0.1
+    done
+    base_backup "$pgdir/base2"
+    sb_dirs=()
+    sb_ports=()
+    for ((i = 1; i <= standbys; i++)); do
+        make_standby "$pgdir/base2" "standby$i"
+        sb_ports+=("$sb_port")
+        sb_dirs+=("$pgdir/standby$i")
+    done
+    as_server rm -rf "$pgdir/base2"
     psql_ "ALTER SYSTEM SET synchronous_standby_names = 'walrcv_bench'" >/dev/null
     psql_ "SELECT pg_reload_conf()" >/dev/null
     for i in $(seq 300); do
@@ -513,6 +530,8 @@ probe_run() { # setup, load (idle | pgbench)
         while :; do
             r=$(sql_ask sb "SELECT pg_last_wal_receive_lsn() >= '$f'")
             [ "$r" = t ] && break
+            awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { exit !(b - a > 30) }' &&
+                die "standby1 has not received $f after 30 s ($setup, $load)"
         done
         now=$EPOCHREALTIME
         awk -v a="$t0" -v b="$now" -v s="$setup" -v l="$load" 'BEGIN { printf "%s,%s,%.3f\n", s, l, (b - a) * 1000 }' >>"$lat_file"
@@ -528,8 +547,8 @@ probe_run() { # setup, load (idle | pgbench)
 lat_setups=("walrcv+$standbys")
 [ "$reference" = 1 ] && lat_setups+=("primary+$standbys")
 if [ "$do_latency" = 1 ]; then
-    say "latency: $probes probes per setup, idle and under pgbench -N -c $clients"
-    for load in idle pgbench; do
+    say "latency: $probes probes per setup ($lat_loads)"
+    for load in $lat_loads; do
         for setup in "${lat_setups[@]}"; do
             probe_run "$setup" "$load"
             note "  $setup, $load: done"
@@ -606,7 +625,7 @@ report() {
         echo
         echo "| standbys fed by | load | median | p90 | p99 | max |"
         echo "|---|---|---:|---:|---:|---:|"
-        for load in idle pgbench; do
+        for load in $lat_loads; do
             for s in "${lat_setups[@]}"; do
                 echo "| $s | $load | $(lat_pct "$s" "$load" 50) | $(lat_pct "$s" "$load" 90) | $(lat_pct "$s" "$load" 99) | $(lat_pct "$s" "$load" 100) |"
             done
