@@ -592,6 +592,9 @@ lat_pct() { # setup, load, percent
             }'
 }
 
+fmt() { # printf format, value ("–" stays)
+    if [ "$2" = "–" ]; then printf '–'; else awk -v f="$1" -v v="$2" 'BEGIN { printf f, v }'; fi
+}
 report() {
     local s
     echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC')  "
@@ -616,7 +619,7 @@ report() {
         echo "| setup | TPS | latency avg (ms) | walrcv CPU (s) | TPS / walrcv alone |"
         echo "|---|---:|---:|---:|---:|"
         for s in "${sync_setups[@]}"; do
-            echo "| $s | $(median sync "$s" tps) | $(median sync "$s" lat_avg_ms) | $(median sync "$s" sender_cpu_s) | $(median_ratio sync "$s" walrcv tps) |"
+            echo "| $s | $(fmt '%.0f' "$(median sync "$s" tps)") | $(median sync "$s" lat_avg_ms) | $(median sync "$s" sender_cpu_s) | $(median_ratio sync "$s" walrcv tps) |"
         done
     fi
     if [ "$do_latency" = 1 ]; then
