@@ -611,6 +611,51 @@ fn a_malformed_message_fails() {
     ));
 }
 
+/// Writes `len` bytes of a record begun at START (whose end never comes),
+/// then for up to three patiences answers, once a second, the server's
+/// keepalives (it has sent everything: its `walEnd` is what was received,
+/// and it asks for replies) and the timer. The failure the stream ends with,
+/// and how long after the write; `None` if it never ends.
+fn idle_inside_a_record(len: usize) -> Option<(Duration, ReceiverError)> {
+    use crate::receiver::session::incomplete::PATIENCE;
+    let t0 = Instant::now();
+    let mut f = feedback(t0, Some(SEC));
+    let mut m = started(&mut f, t0);
+    m.handle(Event::Arrived {
+        msg: xlogdata(START, &vec![7; len]),
+        at: t0,
+    });
+    drain(&mut m);
+    m.handle(Event::Wrote {
+        n: len,
+        filled: None,
+    });
+    m.handle(Event::Drained);
+    drain(&mut m);
+    let received = Lsn(START.0 + len as u64);
+    let mut now = t0;
+    while now < t0 + 3 * PATIENCE {
+        m.handle(Event::Arrived {
+            msg: keepalive(received, true),
+            at: now,
+        });
+        m.handle(Event::Drained);
+        drain(&mut m);
+        now += SEC;
+        m.handle(Event::Timer {
+            now,
+            // The keepalives: the server is alive.
+            bytes_arrived: true,
+            positions: pos(START, START),
+            record_in_progress: Some(START),
+        });
+        if let Some(Action::Fail(e)) = drain(&mut m).pop() {
+            return Some((now - t0, e));
+        }
+    }
+    None
+}
+
 /// Torture seed 305: a flipped bit in `xl_tot_len` made a record claim 2 MiB
 /// while the synchronous primary, waiting for walrcv, had no more WAL to
 /// send. The server stays alive (keepalives asking for replies), so no
@@ -619,93 +664,19 @@ fn a_malformed_message_fails() {
 #[test]
 fn a_record_that_cannot_complete_with_what_the_server_has_ends_the_stream() {
     use crate::receiver::session::incomplete::PATIENCE;
-    let t0 = Instant::now();
-    let mut f = feedback(t0, Some(SEC));
-    let mut m = started(&mut f, t0);
-    m.handle(Event::Arrived {
-        msg: xlogdata(START, &[7; 100]),
-        at: t0,
-    });
-    drain(&mut m);
-    m.handle(Event::Wrote {
-        n: 100,
-        filled: None,
-    });
-    m.handle(Event::Drained);
-    drain(&mut m);
-    let received = Lsn(START.0 + 100);
-    let p = pos(START, START);
-    let mut now = t0;
-    let mut ended = None;
-    while now < t0 + 3 * PATIENCE {
-        // The server is alive and has sent everything: it asks for replies.
-        m.handle(Event::Arrived {
-            msg: keepalive(received, true),
-            at: now,
-        });
-        drain(&mut m);
-        m.handle(Event::Drained);
-        drain(&mut m);
-        now += SEC;
-        m.handle(Event::Timer {
-            now,
-            // The keepalives: the server is alive.
-            bytes_arrived: true,
-            positions: p,
-            record_in_progress: Some(START),
-        });
-        if let Some(Action::Fail(e)) = drain(&mut m).pop() {
-            ended = Some((now, e));
-            break;
-        }
-    }
-    let (at, e) = ended.expect("the stream ends");
-    assert_eq!(at, t0 + SEC + PATIENCE, "after the patience, not before");
+    let (after, e) = idle_inside_a_record(100).expect("the stream ends");
+    assert_eq!(after, SEC + PATIENCE, "after the patience, not before");
     match e {
         ReceiverError::IncompleteRecord {
-            record,
-            received: r,
-            ..
-        } => assert_eq!((record, r), (START, received)),
+            record, received, ..
+        } => assert_eq!((record, received), (START, Lsn(START.0 + 100))),
         other => panic!("{other:?}"),
     }
 }
 
 #[test]
 fn a_record_stopped_at_a_page_boundary_waits_for_the_server() {
-    use crate::receiver::session::incomplete::PATIENCE;
-    let t0 = Instant::now();
-    let mut f = feedback(t0, Some(SEC));
-    let mut m = started(&mut f, t0);
     // START is on a page boundary: 8192 bytes end on the next one.
-    m.handle(Event::Arrived {
-        msg: xlogdata(START, &[7; 8192]),
-        at: t0,
-    });
-    drain(&mut m);
-    m.handle(Event::Wrote {
-        n: 8192,
-        filled: None,
-    });
-    m.handle(Event::Drained);
-    drain(&mut m);
-    let received = Lsn(START.0 + 8192);
-    let mut now = t0;
-    while now < t0 + 3 * PATIENCE {
-        m.handle(Event::Arrived {
-            msg: keepalive(received, true),
-            at: now,
-        });
-        m.handle(Event::Drained);
-        drain(&mut m);
-        now += SEC;
-        m.handle(Event::Timer {
-            now,
-            bytes_arrived: true,
-            positions: pos(START, START),
-            record_in_progress: Some(START),
-        });
-        let a = drain(&mut m);
-        assert!(!names(&a).contains(&"fail"), "{a:?}");
-    }
+    let ended = idle_inside_a_record(8192);
+    assert!(ended.is_none(), "{ended:?}");
 }
