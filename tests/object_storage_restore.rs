@@ -69,6 +69,13 @@ fn put_archive(weed: &Seaweed, prefix: &str, dir: &Path) {
     put(weed, prefix, &refs);
 }
 
+/// The segment after `name` on its timeline (the low digits only: the
+/// tests' positions are small).
+fn segment_after(name: &str) -> String {
+    let low = u32::from_str_radix(&name[16..], 16).unwrap();
+    format!("{}{:08X}", &name[..16], low + 1)
+}
+
 /// `walrcv restore SEG OUT --from URL [-D DIR] --prefetch 0`.
 fn restore(
     weed: &Seaweed,
@@ -148,6 +155,32 @@ fn restore_from_bucket_applies_the_local_rules() {
         &[(&partial_name, &short), (&next, &next_bytes)],
     );
     put(&weed, "end", &[(&partial_name, &short)]);
+    // A gap: X+1 missing everywhere, a later segment of the timeline there,
+    // complete or only as a receiver's `.partial` copy. Its bytes do not
+    // matter: the hole check goes by names.
+    let after_next = segment_after(&next);
+    let after_next_partial = format!("{after_next}.partial");
+    put(
+        &weed,
+        "gap",
+        &[(&partial_name, &short), (&after_next, &next_bytes)],
+    );
+    put(
+        &weed,
+        "gapcopy",
+        &[(&partial_name, &short), (&after_next_partial, &next_bytes)],
+    );
+    // A later timeline's segment is no hole in this one.
+    let other_timeline = format!(
+        "{:08X}{}",
+        u32::from_str_radix(&x[..8], 16).unwrap() + 1,
+        &after_next[8..]
+    );
+    put(
+        &weed,
+        "othertli",
+        &[(&partial_name, &short), (&other_timeline, &next_bytes)],
+    );
     let out_dir = tempfile::tempdir().unwrap();
     let out = out_dir.path().join(&x);
 
@@ -174,6 +207,20 @@ fn restore_from_bucket_applies_the_local_rules() {
     let served = std::fs::read(&out).unwrap();
     assert_eq!(served.len(), complete.len());
     assert_ne!(served, complete);
+    std::fs::remove_file(&out).unwrap();
+    // The same with a gap after X: still a hole, however far the later
+    // segment is (the hole check looks past the next segment).
+    for prefix in ["gap", "gapcopy"] {
+        let hole = restore(&weed, &x, &out, &weed.url(prefix), None);
+        assert_eq!(hole.code(), Some(200), "{prefix}: {}", hole.text());
+        assert!(
+            hole.stderr.contains("has a hole"),
+            "{prefix}: {}",
+            hole.text()
+        );
+        assert!(!out.exists());
+    }
+    restore(&weed, &x, &out, &weed.url("othertli"), None).assert_success();
     std::fs::remove_file(&out).unwrap();
     // ... unless the local archive holds a later segment of the timeline.
     let hole = restore(&weed, &x, &out, &weed.url("end"), Some(local_later.path()));

@@ -232,6 +232,37 @@ impl Store {
             .collect())
     }
 
+    /// The first object whose name sorts after `after` (a name relative to
+    /// the prefix), at any depth under `dir` ("" for the prefix itself):
+    /// one LIST that starts there (S3's `start-after`), whatever the bucket
+    /// holds beyond it.
+    pub async fn first_after(&self, dir: &str, after: &str) -> Result<Option<Listed>, StoreError> {
+        use futures_util::StreamExt;
+        let key = self.url.key(dir.trim_end_matches('/'));
+        let prefix = (!key.is_empty()).then(|| ObjectPath::from(key.as_str()));
+        let offset = ObjectPath::from(self.url.key(after));
+        let mut listed = self.inner.list_with_offset(prefix.as_ref(), &offset);
+        while let Some(meta) = listed.next().await {
+            let meta = meta.map_err(|source| StoreError::Request {
+                op: "LIST",
+                key: key.clone(),
+                source,
+            })?;
+            // A store that ignores the offset lists from the start.
+            if meta.location.as_ref() <= offset.as_ref() {
+                continue;
+            }
+            if let Some(name) = self.url.name_of(meta.location.as_ref()) {
+                return Ok(Some(Listed {
+                    name: name.to_string(),
+                    size: meta.size,
+                    modified: meta.last_modified.into(),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
     /// Every object under the prefix, at any depth (`partial/SEG/...`
     /// included): one paged LIST without delimiter, for the offline tools.
     pub async fn list_all(&self) -> Result<Vec<Listed>, StoreError> {

@@ -11,9 +11,9 @@
 //!   uploaded the complete segment);
 //! - else the `.partial` copies of both tiers (one LIST of `partial/SEG/`)
 //!   compete: the longest valid WAL wins, unless a later segment of the same
-//!   timeline exists (locally, or in the bucket: HEADs of the next segment's
-//!   names and one LIST of its `partial/` directory), which is a hole and is
-//!   refused;
+//!   timeline exists (locally, or in the bucket: one LIST of the prefix and
+//!   one of `partial/`, each starting after the segment's name), which is a
+//!   hole and is refused;
 //! - the winning `.partial` of a switch segment that ends before its
 //!   timeline's switch point gives way to the parent timeline's copy up to
 //!   the switch point (the history file and the parent's copies are fetched
@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use crate::archive::check::check_history;
 use crate::archive::names::{Compression, SegmentName};
-use crate::lsn::{history_file_name, parse_wal_file_name, wal_file_name, Lsn, TimeLineId};
+use crate::lsn::{history_file_name, Lsn, TimeLineId};
 use crate::objstore::{partial, Store, StoreError};
 use crate::wal::history::HistoryEntry;
 
@@ -216,7 +216,7 @@ impl Parts<'_> {
         };
         let size = std::fs::metadata(&best.out).map(|m| m.len()).unwrap_or(0);
         if merged.later.is_none() {
-            merged.later = probe_later(store, name, size).await?;
+            merged.later = probe_later(store, name).await?;
             check_plan(plan_known(merged), requested)?;
         }
         if let Some(served) = self
@@ -346,30 +346,33 @@ async fn best_partial(
     Ok(best)
 }
 
-/// A later segment of `name`'s timeline in the bucket: the next segment by
-/// exact names (HEADs), then its `partial/` directory (one LIST).
-async fn probe_later(
-    store: &Store,
-    name: &SegmentName,
-    segment_size: u64,
-) -> Result<Option<String>, RemoteError> {
-    if segment_size == 0 {
-        return Ok(None);
-    }
-    let Some((tli, segno)) = parse_wal_file_name(name.as_str(), segment_size) else {
-        return Ok(None);
+/// A later segment of `name`'s timeline in the bucket, complete or as a
+/// `.partial` copy, however far after it (the local rule looks at every
+/// later segment too): two LISTs that start right after `name` (S3's
+/// `start-after`), one over the prefix, one over `partial/`. Names sort by
+/// timeline, then position, so the first object past `name`'s own copies is
+/// a later segment of its timeline if there is any.
+async fn probe_later(store: &Store, name: &SegmentName) -> Result<Option<String>, RemoteError> {
+    // 'z' sorts after the compression suffixes of `name`'s own copies and
+    // before the next position; no character S3 keys would escape.
+    let later_of_timeline = |object: &str, segment: &str| {
+        SegmentName::parse(segment.get(..24)?)
+            .filter(|s| s.timeline() == name.timeline() && s.as_str() > name.as_str())
+            .map(|_| object.to_string())
     };
-    let next = wal_file_name(tli, segno + 1, segment_size);
-    for object in exact_names(&next) {
-        if store.exists(&object).await? {
-            return Ok(Some(object));
-        }
+    let complete = store
+        .first_after("", &format!("{}z", name.as_str()))
+        .await?;
+    if let Some(found) = complete.and_then(|o| later_of_timeline(&o.name, &o.name)) {
+        return Ok(Some(found));
     }
-    Ok(bucket_copies(store, &next)
-        .await?
-        .into_iter()
-        .next()
-        .map(|(object, _)| object))
+    let copies = store
+        .first_after("partial", &format!("{}z", partial::dir(name.as_str())))
+        .await?;
+    Ok(copies.and_then(|o| {
+        let segment = o.name.strip_prefix("partial/")?;
+        later_of_timeline(&o.name, segment)
+    }))
 }
 
 /// What the switch-segment rule needs from both tiers.
