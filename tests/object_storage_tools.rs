@@ -185,7 +185,7 @@ fn longest_copy_stands_for_the_segment(weed: &Seaweed, alone: &serde_json::Value
     let local = file.split(".partial.").next().unwrap();
     let shorter = format!("{dir}/{local}.partial.walrcv_0.{:x}-1", bytes.len());
     copy_prefix(weed, "db", "two", "", "");
-    put(weed, &format!("two/{shorter}"), bytes);
+    put(weed, &format!("two/{shorter}"), bytes.clone());
     let out = run(weed, &["verify", &weed.url("two"), "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", out.text());
     let two = json(&out);
@@ -198,6 +198,31 @@ fn longest_copy_stands_for_the_segment(weed: &Seaweed, alone: &serde_json::Value
         .collect();
     assert!(names.contains(&copy), "{names:?}");
     assert!(!names.contains(&shorter), "{names:?}");
+    // A shorter copy is normal (that receiver was behind, and stopped inside
+    // a record): no problem.
+    let problems = two["problems"].as_array().unwrap();
+    assert!(problems.is_empty(), "{}", out.text());
+
+    // The shorter copy damaged (its first page header's magic, a check no
+    // padding escapes): the longer copy still stands for the segment (exit
+    // 0), and the damaged one is reported as a warning.
+    bytes[0] ^= 0xff;
+    let damaged = format!("{dir}/{local}.partial.walrcv_0.{:x}-2", bytes.len());
+    copy_prefix(weed, "db", "three", "", "");
+    put(weed, &format!("three/{damaged}"), bytes);
+    let out = run(weed, &["verify", &weed.url("three"), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.text());
+    let three = json(&out);
+    assert_eq!(three["records"], alone["records"], "{}", out.text());
+    let warned = three["problems"].as_array().unwrap().iter().any(|p| {
+        p["file"] == damaged.as_str()
+            && p["severity"] == "warning"
+            && p["message"]
+                .as_str()
+                .unwrap()
+                .contains("restore does not use")
+    });
+    assert!(warned, "{}", out.text());
 }
 
 fn tools_on_the_bucket(compress: Option<&str>) {

@@ -95,11 +95,28 @@ pub(super) fn undecodable(f: &FileMeta, seg_start: Lsn, detail: &str) -> Problem
 }
 
 /// Checks `content` of `f` with `v` (positioned at the segment start).
-pub(super) fn check_file(
+pub(super) fn check_file(f: &FileMeta, content: Content, v: Verifier, ctx: &Context) -> Checked {
+    let checked = check_bytes(f, &content, v.clone(), ctx, false);
+    if !f.partial || checked.problems.is_empty() {
+        return checked;
+    }
+    // A `.partial` whose WAL ends inside a record, then zeros: the record in
+    // progress (see `received_part`), when nothing else is wrong.
+    let torn = check_bytes(f, &content, v, ctx, true);
+    if torn.problems.is_empty() {
+        torn
+    } else {
+        checked
+    }
+}
+
+/// [`check_file`]; `received_only`: without a `.partial`'s zero padding.
+fn check_bytes(
     f: &FileMeta,
-    content: Content,
+    content: &Content,
     mut v: Verifier,
     ctx: &Context,
+    received_only: bool,
 ) -> Checked {
     let seg_size = ctx.segment_size;
     let seg_start = Lsn(f.segno.saturating_mul(seg_size));
@@ -107,6 +124,11 @@ pub(super) fn check_file(
     let length = data.len() as u64;
     let data = data.get(..(seg_size.min(length) as usize)).unwrap_or(data);
     let complete_size = length == seg_size && content.finished;
+    let data = if received_only {
+        received_part(data)
+    } else {
+        data
+    };
     let mut report = empty_report(f);
     let mut problems: Vec<Problem> =
         size_problems(f, seg_start, length, content.finished, seg_size)
@@ -187,6 +209,18 @@ pub(super) fn check_file(
         complete,
         verifier: v,
     }
+}
+
+/// A `.partial` padded with zeros, without the padding (from its last
+/// non-zero byte on). Its WAL ends where the receiver stopped, often inside
+/// a record (a server flushes whole pages, and a receiver may stop
+/// anywhere), as a compressed `.partial`, which is not padded, may. The
+/// record cut there is the one in progress, not damage, but the zeros after
+/// it make its CRC or the next page's header fail. Only a fallback: a
+/// complete record may end in zero bytes too.
+fn received_part(data: &[u8]) -> &[u8] {
+    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    &data[..end]
 }
 
 /// A file's size (decompressed) against the segment size.
@@ -361,6 +395,38 @@ mod tests {
             "{:?}",
             c.problems
         );
+    }
+
+    #[test]
+    fn a_padded_partial_may_end_inside_a_record() {
+        let data = segment("000000010000000000000008");
+        let f = meta(
+            "000000010000000000000008.partial",
+            8,
+            true,
+            Compression::None,
+        );
+        // Cut at a page boundary inside a record (0/837FF0 starts a record
+        // that goes on in the next page), and in the middle of a page.
+        for (cut, end) in [(0x38000, 0x837FF0), (0x37E3C, 0x837E28)] {
+            let mut torn = data.clone();
+            torn[cut..].fill(0);
+            let c = check(&f, &torn, true);
+            assert!(c.problems.is_empty(), "{cut:#x}: {:?}", c.problems);
+            assert_eq!(c.report.valid_end, Some(Lsn(end)), "{cut:#x}");
+            assert_eq!(
+                c.report.end_reason.as_deref(),
+                Some("file ends inside a record")
+            );
+            // The same with a damaged byte before the cut: still an error.
+            torn[0x30000 + 5] ^= 0xff;
+            let c = check(&f, &torn, true);
+            assert!(
+                c.problems.iter().any(|p| p.severity == Severity::Error),
+                "{cut:#x}: {:?}",
+                c.problems
+            );
+        }
     }
 
     #[test]

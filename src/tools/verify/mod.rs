@@ -242,7 +242,7 @@ fn verify_inventory(
         max_problems_per_file: opts.max_problems_per_file,
     };
     let named = with_segment_numbers(inventory.segments, ctx.segment_size, &mut problems);
-    let named = longest_copies(named, source, &ctx);
+    let named = longest_copies(named, source, &ctx, &mut problems);
 
     let histories = read_histories(source, &inventory.histories, &mut problems);
     let divergent = divergent_ranges(
@@ -494,12 +494,7 @@ fn check_in_order(
         let content = match source.load(&s.path, s.compression, s.partial) {
             Ok(b) => b,
             Err(e) => {
-                problems.push(match e {
-                    LoadError::Io(e) => Problem::unreadable(&s.name, &e),
-                    LoadError::Decompress(e) => {
-                        check::undecodable(&meta, seg_start, &e.to_string())
-                    }
-                });
+                problems.push(load_problem(e, &meta, seg_start));
                 files.push(check::empty_report(&meta));
                 if chained {
                     prev_in_seq = Some((s.segno, false));
@@ -612,8 +607,15 @@ fn first_record_lsn(
 
 /// Of the receivers' `.partial` copies of one segment (from a bucket), only
 /// the one with the longest valid WAL stays: each is checked on its own
-/// first. Files that are no copies pass through.
-fn longest_copies(named: Vec<SegFile>, source: &Source, ctx: &Context) -> Vec<SegFile> {
+/// first. Files that are no copies pass through. What a dropped copy's own
+/// check found is reported as a warning: restore never serves that copy, but
+/// a receiver that uploads damaged WAL has a problem of its own.
+fn longest_copies(
+    named: Vec<SegFile>,
+    source: &Source,
+    ctx: &Context,
+    problems: &mut Vec<Problem>,
+) -> Vec<SegFile> {
     let mut groups: BTreeMap<(TimeLineId, SegNo), Vec<usize>> = BTreeMap::new();
     for (i, s) in named.iter().enumerate() {
         if s.copy_of.is_some() {
@@ -622,20 +624,25 @@ fn longest_copies(named: Vec<SegFile>, source: &Source, ctx: &Context) -> Vec<Se
     }
     let mut dropped = BTreeSet::new();
     for members in groups.values().filter(|m| m.len() > 1) {
-        let ends: Vec<(usize, Lsn)> = members
+        let checked: Vec<(usize, CopyCheck)> = members
             .iter()
-            .filter_map(|&i| Some((i, copy_valid_end(source, named.get(i)?, ctx))))
+            .filter_map(|&i| Some((i, check_copy(source, named.get(i)?, ctx))))
             .collect();
         // The longest; the first listed among equals.
-        let best = ends
+        let best = checked
             .iter()
-            .fold(None::<(usize, Lsn)>, |b, &(i, end)| match b {
-                Some((_, e)) if e >= end => b,
-                _ => Some((i, end)),
+            .fold(None::<(usize, Lsn)>, |b, (i, c)| match b {
+                Some((_, e)) if e >= c.valid_end => b,
+                _ => Some((*i, c.valid_end)),
             })
             .map(|(i, _)| i);
-        for &i in members.iter().filter(|&&i| Some(i) != best) {
+        let best_name = best
+            .and_then(|i| named.get(i))
+            .map_or("another copy", |s| s.name.as_str());
+        for (i, c) in checked.into_iter().filter(|(i, _)| Some(*i) != best) {
             dropped.insert(i);
+            let superseded = c.problems.into_iter();
+            problems.extend(superseded.map(|p| superseded_copy_problem(p, best_name)));
         }
     }
     named
@@ -646,11 +653,40 @@ fn longest_copies(named: Vec<SegFile>, source: &Source, ctx: &Context) -> Vec<Se
         .collect()
 }
 
-/// Where a copy's valid WAL ends, checked on its own (`Lsn(0)`: unreadable).
-fn copy_valid_end(source: &Source, s: &SegFile, ctx: &Context) -> Lsn {
-    let Ok(content) = source.load(&s.path, s.compression, s.partial) else {
-        return Lsn(0);
+/// A file that could not be loaded: unreadable (exit status 2), or a
+/// compressed file that does not decode.
+fn load_problem(e: LoadError, meta: &FileMeta, seg_start: Lsn) -> Problem {
+    match e {
+        LoadError::Io(e) => Problem::unreadable(meta.name, &e),
+        LoadError::Decompress(e) => check::undecodable(meta, seg_start, &e.to_string()),
+    }
+}
+
+/// A problem of a copy that a longer valid copy stands in for: a warning,
+/// except a copy that could not be read (it might have been the longest).
+fn superseded_copy_problem(p: Problem, best: &str) -> Problem {
+    let severity = match p.kind {
+        ProblemKind::Unreadable => p.severity,
+        _ => Severity::Warning,
     };
+    Problem {
+        severity,
+        message: format!(
+            "{} (a receiver's .partial copy that restore does not use: \"{best}\" holds longer valid WAL)",
+            p.message
+        ),
+        ..p
+    }
+}
+
+/// One copy, checked on its own.
+struct CopyCheck {
+    /// Where its valid WAL ends (`Lsn(0)`: unreadable).
+    valid_end: Lsn,
+    problems: Vec<Problem>,
+}
+
+fn check_copy(source: &Source, s: &SegFile, ctx: &Context) -> CopyCheck {
     let seg_start = Lsn(s.segno.saturating_mul(ctx.segment_size));
     let meta = FileMeta {
         name: &s.name,
@@ -660,6 +696,15 @@ fn copy_valid_end(source: &Source, s: &SegFile, ctx: &Context) -> Lsn {
         compression: s.compression,
         size: s.size,
         in_sequence: false,
+    };
+    let content = match source.load(&s.path, s.compression, s.partial) {
+        Ok(c) => c,
+        Err(e) => {
+            return CopyCheck {
+                valid_end: Lsn(0),
+                problems: vec![load_problem(e, &meta, seg_start)],
+            }
+        }
     };
     let finished = match &content {
         Bytes::Decoded(d) => d.finished,
@@ -675,5 +720,8 @@ fn copy_valid_end(source: &Source, s: &SegFile, ctx: &Context) -> Lsn {
         ctx,
     );
     let r = checked.report;
-    r.valid_end.or(r.verified_end).unwrap_or(Lsn(0))
+    CopyCheck {
+        valid_end: r.valid_end.or(r.verified_end).unwrap_or(Lsn(0)),
+        problems: checked.problems,
+    }
 }
