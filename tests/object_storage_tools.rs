@@ -405,6 +405,59 @@ fn tools_on_the_bucket(compress: Option<&str>) {
     assert_eq!(after.status.code(), Some(0), "{}", after.text());
 }
 
+/// The store failing (503, through a relay) under verify, cleanup and
+/// status: none of them reports success, cleanup deletes nothing it did not
+/// report and removes the rest once the store answers again, and status
+/// says UNKNOWN rather than OK.
+#[test]
+fn tools_on_the_bucket_when_the_store_fails() {
+    let weed = Seaweed::start("walrcv");
+    let (pg, archive) = uploaded_archive(&weed, "db", None);
+    let relay = crate::support::http_faults::HttpFaults::start(weed.s3_port());
+    let env = Seaweed::env_for_port(relay.port());
+    let url = weed.url("db");
+    let through_relay = |args: &[&str]| {
+        let mut w = Walrcv::new(args).timeout(Duration::from_secs(300));
+        crate::support::seaweed::apply_env(w.command_mut(), &env);
+        w.run()
+    };
+    let before = objects(&weed, "db");
+
+    // verify: the objects cannot be read (GETs fail, the LIST too): 2.
+    relay.fail_method("GET");
+    let v = through_relay(&["verify", &url]);
+    assert_eq!(v.status.code(), Some(2), "{}", v.text());
+    // status: UNKNOWN, never OK.
+    let conn = pg.conninfo();
+    let st = through_relay(&["status", "-D", &url, "-d", &conn]);
+    assert_eq!(st.status.code(), Some(3), "{}", st.text());
+    relay.heal();
+    let v = through_relay(&["verify", &url]);
+    assert_eq!(v.status.code(), Some(0), "{}", v.text());
+
+    // cleanup: the DELETEs fail: not success, and nothing is gone.
+    let complete = complete_names(&local_segments(archive.path()));
+    let cut = complete[3].clone();
+    relay.fail_method("DELETE");
+    let failed = through_relay(&["cleanup", "-D", &url, "--before", &cut]);
+    assert_ne!(failed.status.code(), Some(0), "{}", failed.text());
+    assert!(failed.stderr.contains(&complete[0]), "{}", failed.text());
+    assert_eq!(objects(&weed, "db"), before, "an object went");
+    // Healed: the same run removes what the dry run lists.
+    relay.heal();
+    let dry = through_relay(&["cleanup", "-D", &url, "--before", &cut, "-n"]);
+    assert_eq!(dry.status.code(), Some(0), "{}", dry.text());
+    let removed = through_relay(&["cleanup", "-D", &url, "--before", &cut]);
+    assert_eq!(removed.status.code(), Some(0), "{}", removed.text());
+    assert_eq!(removed.stdout, dry.stdout, "{}", removed.text());
+    let left = objects(&weed, "db");
+    for name in &complete[..3] {
+        assert!(!left.contains(name), "{name} still there");
+    }
+    assert!(left.contains(&cut), "{cut} removed");
+    assert!(relay.failed() > 0, "the relay failed no request");
+}
+
 #[test]
 fn tools_on_the_bucket_uncompressed() {
     tools_on_the_bucket(None);

@@ -1,6 +1,7 @@
-//! An HTTP/1.1 relay in front of the object store for the upload fault
-//! tests: it answers the next N requests with `503 Service Unavailable`
-//! itself, or relays the next PUT to the store and then closes the
+//! An HTTP/1.1 relay in front of the object store for the fault tests: it
+//! answers the next N requests, or every request of one method until
+//! healed, with `503 Service Unavailable` itself, or relays the next PUT to
+//! the store and then closes the
 //! client's connection without its answer (the object is stored, the
 //! client cannot know). Every request goes to the store on a connection of
 //! its own (`Connection: close` added), so responses are relayed as they
@@ -10,11 +11,13 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 struct Shared {
     fail_next: AtomicUsize,
+    /// Every request of this method fails (`GET`, `PUT`, `DELETE`...).
+    fail_method: Mutex<Option<&'static str>>,
     lose_next_put: AtomicUsize,
     failed: AtomicUsize,
     lost: AtomicUsize,
@@ -50,6 +53,17 @@ impl HttpFaults {
     /// The next `n` requests get a 503 from the relay.
     pub fn fail_next(&self, n: usize) {
         self.shared.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Every request of `method` (`GET` also covers LIST) gets a 503 until
+    /// [`HttpFaults::heal`].
+    pub fn fail_method(&self, method: &'static str) {
+        *self.shared.fail_method.lock().unwrap() = Some(method);
+    }
+
+    /// Requests of every method reach the store again.
+    pub fn heal(&self) {
+        *self.shared.fail_method.lock().unwrap() = None;
     }
 
     /// The next `n` PUTs reach the store; their answers are lost.
@@ -97,7 +111,12 @@ fn serve(client: TcpStream, upstream_port: u16, s: &Shared) -> std::io::Result<(
         }
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body)?;
-        if take(&s.fail_next) {
+        let method_fails = s
+            .fail_method
+            .lock()
+            .unwrap()
+            .is_some_and(|m| head.starts_with(&format!("{m} ")));
+        if method_fails || take(&s.fail_next) {
             s.failed.fetch_add(1, Ordering::SeqCst);
             client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")?;
             continue;
