@@ -860,8 +860,21 @@ async fn scram_exchange(
         Err(e) => {
             tracing::info!(user = %user, "SCRAM authentication of \"{user}\" failed: {e}");
             refused(Refusal::AuthFailed);
-            fatal(wr, sqlstate::INVALID_PASSWORD, failed).await
+            let (code, message) = final_failure(&e, failed);
+            fatal(wr, code, message).await
         }
+    }
+}
+
+/// What the client is told when its final SCRAM message fails, as
+/// PostgreSQL says it: a channel binding that does not match the TLS
+/// connection is a protocol violation of its own ("SCRAM channel binding
+/// check failed", e.g. a proxy terminating TLS in between), anything else
+/// the password failure.
+fn final_failure(e: &scram::ScramError, password_failed: String) -> (&'static str, String) {
+    match e {
+        scram::ScramError::BindingMismatch => (sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+        _ => (sqlstate::INVALID_PASSWORD, password_failed),
     }
 }
 
@@ -1306,6 +1319,22 @@ mod tests {
             .unwrap_err()
             .contains("line 1"));
         assert!(parse_passfile("nocolon").is_err());
+    }
+
+    #[test]
+    fn a_channel_binding_mismatch_is_not_a_wrong_password() {
+        let failed = || "password authentication failed for user \"u\"".to_string();
+        assert_eq!(
+            final_failure(&scram::ScramError::BindingMismatch, failed()),
+            (
+                sqlstate::PROTOCOL_VIOLATION,
+                "SCRAM channel binding check failed".to_string()
+            )
+        );
+        assert_eq!(
+            final_failure(&scram::ScramError::WrongProof, failed()),
+            (sqlstate::INVALID_PASSWORD, failed())
+        );
     }
 
     #[test]
