@@ -9,7 +9,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    IsCa, Issuer, KeyIdMethod, KeyPair, RevokedCertParams, SanType, SerialNumber,
+};
 
 use crate::support::{
     debian_bin, free_port, run_with_timeout, wait_until, walrcv_spawn, BackgroundProcess, PgServer,
@@ -46,9 +49,11 @@ fn ca(name: &str) -> (CertificateParams, KeyPair) {
 }
 
 fn leaf(dir: &Path, name: &str, cn: &str, sans: Vec<SanType>, issuer: &Issuer<KeyPair>) {
+    let serial = SERIALS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.subject_alt_names = sans;
+    p.serial_number = Some(SerialNumber::from(serial));
     let key = KeyPair::generate().unwrap();
     write(
         dir,
@@ -58,9 +63,12 @@ fn leaf(dir: &Path, name: &str, cn: &str, sans: Vec<SanType>, issuer: &Issuer<Ke
     write(dir, &format!("{name}.key"), &key.serialize_pem());
 }
 
+/// Serial numbers of the leaf certificates, unique in the process.
+static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1000);
+
 /// `root.crt`; `server` (127.0.0.1), `client` (CN certuser), `full` (CN full) by it;
-/// `stranger` (CN certuser) by another CA.
-fn make_pki(dir: &Path) {
+/// `stranger` (CN certuser) by another CA. Returns the root as an issuer.
+fn make_pki(dir: &Path) -> Issuer<'static, KeyPair> {
     let (root, root_key) = ca("walrcv serve test CA");
     write(dir, "root.crt", &root.self_signed(&root_key).unwrap().pem());
     let root = Issuer::new(root, root_key);
@@ -71,6 +79,32 @@ fn make_pki(dir: &Path) {
     let (other, other_key) = ca("another CA");
     let other = Issuer::new(other, other_key);
     leaf(dir, "stranger", "certuser", vec![], &other);
+    root
+}
+
+/// `root.crl`: the root's CRL revoking the certificate of `revoked.crt`.
+fn revoke(dir: &Path, root: &Issuer<KeyPair>, revoked: &str) {
+    let pem = std::fs::read(dir.join(revoked)).unwrap();
+    let cert = openssl::x509::X509::from_pem(&pem).unwrap();
+    let serial = cert.serial_number().to_bn().unwrap().to_vec();
+    let crl = CertificateRevocationListParams {
+        this_update: date_time_ymd(2025, 1, 1),
+        next_update: date_time_ymd(2099, 1, 1),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![RevokedCertParams {
+            serial_number: SerialNumber::from(serial),
+            revocation_time: date_time_ymd(2025, 1, 1),
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    write(
+        dir,
+        "root.crl",
+        &crl.signed_by(root).unwrap().pem().unwrap(),
+    );
 }
 
 /// IDENTIFY_SYSTEM through psql 15 with `conn` added to the connection string.
@@ -123,6 +157,82 @@ pub(crate) fn start_serve(
     let mut serve = walrcv_spawn(&args);
     serve.wait_for_stderr("serving the archive", Duration::from_secs(30));
     (serve, port)
+}
+
+/// `--serve-ssl-crl`: a client certificate the CA revoked fails the
+/// handshake; without the flag the same certificate is accepted (the
+/// control); another client of the same CA still gets in.
+#[test]
+fn serve_revoked_client_certificates() {
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("a");
+    std::fs::create_dir_all(&archive).unwrap();
+    small_archive(&pg, &archive);
+    let d = work.path();
+    let root = make_pki(d);
+    revoke(d, &root, "full.crt");
+    let p = |n: &str| d.join(n).to_str().unwrap().to_owned();
+    let hba = "hostssl replication certuser,full 127.0.0.1/32 cert\n";
+    let with_cert = |name: &str| {
+        format!(
+            "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            p("root.crt"),
+            p(&format!("{name}.crt")),
+            p(&format!("{name}.key"))
+        )
+    };
+    let (cert, key, ca, crl) = (
+        p("server.crt"),
+        p("server.key"),
+        p("root.crt"),
+        p("root.crl"),
+    );
+    let tls = [
+        "--serve-ssl-cert",
+        cert.as_str(),
+        "--serve-ssl-key",
+        key.as_str(),
+        "--serve-ssl-ca",
+        ca.as_str(),
+    ];
+    let sysid = pg.system_identifier().to_string();
+    let (mut plain, port) = start_serve(&archive, d, hba, &tls);
+    let ok = identify(port, "full", None, &with_cert("full")).unwrap();
+    assert!(ok.starts_with(&sysid), "without a CRL: {ok}");
+    plain.interrupt();
+
+    let (mut checked, port) = start_serve(
+        &archive,
+        d,
+        hba,
+        &[&tls[..], &["--serve-ssl-crl", crl.as_str()]].concat(),
+    );
+    let e = identify(port, "full", None, &with_cert("full")).unwrap_err();
+    assert!(e.contains("revoked"), "{e}");
+    let ok = identify(port, "certuser", None, &with_cert("client")).unwrap();
+    assert!(ok.starts_with(&sysid), "{ok}");
+    assert!(checked.is_running());
+    checked.interrupt();
+
+    // A file without a CRL: refused at start.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let hba_path = p("serve_hba.conf");
+    let mut args = vec![
+        "serve",
+        "-D",
+        archive.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--serve-hba",
+        &hba_path,
+        "--serve-ssl-crl",
+        &ca,
+    ];
+    args.extend_from_slice(&tls);
+    let bad = crate::support::walrcv_run(&args, Duration::from_secs(30));
+    assert!(!bad.success(), "{}", bad.text());
+    assert!(bad.stderr.contains("root.crt"), "{}", bad.text());
 }
 
 #[test]

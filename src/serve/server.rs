@@ -93,6 +93,11 @@ pub struct ServeOptions {
     /// certificate (for `cert` lines and `clientcert=` options).
     #[arg(long = "serve-ssl-ca", value_name = "FILE", requires = "ssl_cert")]
     pub ssl_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) for client certificates, like
+    /// PostgreSQL's ssl_crl_file: a revoked certificate fails the handshake,
+    /// and every CA of a client's chain then needs its CRL here.
+    #[arg(long = "serve-ssl-crl", value_name = "FILE", requires = "ssl_ca")]
+    pub ssl_crl: Option<PathBuf>,
     /// Most clients served at once; more are refused ("too many clients").
     #[arg(long = "serve-max-clients", value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS)]
     pub max_clients: usize,
@@ -123,6 +128,7 @@ impl Default for ServeOptions {
             ssl_cert: None,
             ssl_key: None,
             ssl_ca: None,
+            ssl_crl: None,
             max_clients: DEFAULT_MAX_CLIENTS,
             sender_timeout: DEFAULT_SENDER_TIMEOUT_SECS,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL_SECS,
@@ -139,6 +145,7 @@ impl ServeOptions {
             || self.ssl_cert.is_some()
             || self.ssl_key.is_some()
             || self.ssl_ca.is_some()
+            || self.ssl_crl.is_some()
             || self.max_clients != DEFAULT_MAX_CLIENTS
             || self.sender_timeout != DEFAULT_SENDER_TIMEOUT_SECS
             || self.keepalive_interval != DEFAULT_KEEPALIVE_INTERVAL_SECS
@@ -226,7 +233,18 @@ pub fn parse_passfile(text: &str) -> Result<HashMap<String, Verifier>, String> {
     Ok(out)
 }
 
-fn tls_acceptor(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<SslAcceptor, ServeError> {
+/// `--serve-ssl-ca` and `--serve-ssl-crl`.
+#[derive(Debug, Clone, Copy, Default)]
+struct ClientCertFiles<'a> {
+    ca: Option<&'a Path>,
+    crl: Option<&'a Path>,
+}
+
+fn tls_acceptor(
+    cert: &Path,
+    key: &Path,
+    client: ClientCertFiles,
+) -> Result<SslAcceptor, ServeError> {
     let tls = |e: openssl::error::ErrorStack| ServeError::Tls(e.to_string());
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(tls)?;
     b.set_certificate_chain_file(cert)
@@ -234,7 +252,7 @@ fn tls_acceptor(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<SslAccepto
     b.set_private_key_file(key, SslFiletype::PEM)
         .map_err(|e| ServeError::Tls(format!("\"{}\": {e}", key.display())))?;
     b.check_private_key().map_err(tls)?;
-    if let Some(ca) = ca {
+    if let Some(ca) = client.ca {
         let at =
             |e: openssl::error::ErrorStack| ServeError::Tls(format!("\"{}\": {e}", ca.display()));
         b.set_ca_file(ca).map_err(at)?;
@@ -244,7 +262,32 @@ fn tls_acceptor(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<SslAccepto
         // is sent must verify, or the handshake fails.
         b.set_verify(SslVerifyMode::PEER);
     }
+    if let Some(crl) = client.crl {
+        load_crls(&mut b, crl)?;
+    }
     Ok(b.build())
+}
+
+/// Loads the CRLs of `path` into the client certificate store and checks
+/// every certificate of a client's chain against them, as PostgreSQL does
+/// with ssl_crl_file (`X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL`).
+fn load_crls(b: &mut openssl::ssl::SslAcceptorBuilder, path: &Path) -> Result<(), ServeError> {
+    use openssl::x509::store::X509Lookup;
+    use openssl::x509::verify::X509VerifyFlags;
+    let at =
+        |e: openssl::error::ErrorStack| ServeError::Tls(format!("\"{}\": {e}", path.display()));
+    let store = b.cert_store_mut();
+    let lookup = store.add_lookup(X509Lookup::file()).map_err(at)?;
+    let loaded = lookup.load_crl_file(path, SslFiletype::PEM).map_err(at)?;
+    if loaded < 1 {
+        return Err(ServeError::Tls(format!(
+            "\"{}\": no certificate revocation list in the file",
+            path.display()
+        )));
+    }
+    store
+        .set_flags(X509VerifyFlags::CRL_CHECK | X509VerifyFlags::CRL_CHECK_ALL)
+        .map_err(at)
 }
 
 /// What TLS established for a session.
@@ -307,7 +350,13 @@ pub async fn bind(
         None => HashMap::new(),
     };
     let tls = match (&opts.ssl_cert, &opts.ssl_key) {
-        (Some(c), Some(k)) => Some(tls_acceptor(c, k, opts.ssl_ca.as_deref())?),
+        (Some(c), Some(k)) => {
+            let client = ClientCertFiles {
+                ca: opts.ssl_ca.as_deref(),
+                crl: opts.ssl_crl.as_deref(),
+            };
+            Some(tls_acceptor(c, k, client)?)
+        }
         _ => None,
     };
     if hba.wants_client_certs() && opts.ssl_ca.is_none() {
