@@ -55,7 +55,7 @@ pub struct GenerateArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream WAL from a server into an archive directory (pg_receivewal's flags).
-    Stream(StreamArgs),
+    Stream(Box<StreamArgs>),
     /// Check a whole archive offline: page headers, record CRCs, continuity,
     /// timelines and gaps. Exit 0 only when there is no problem.
     Verify(crate::tools::verify::VerifyArgs),
@@ -322,7 +322,7 @@ mod tests {
         let mut v = vec!["walrcv", "stream"];
         v.extend_from_slice(args);
         Cli::try_parse_from(v).map(|c| match c.command {
-            Command::Stream(s) => s,
+            Command::Stream(s) => *s,
             _ => unreachable!("parsed a stream command line"),
         })
     }

@@ -35,7 +35,7 @@ fn main() {
     } else {
         let cli = parse_cli(argv);
         match cli.command {
-            Command::Stream(args) => stream_command(args, cli.log_format),
+            Command::Stream(args) => stream_command(*args, cli.log_format),
             Command::Verify(args) => {
                 init_logging(0, cli.log_format);
                 walrcv::tools::verify::run(&args)

@@ -81,7 +81,7 @@ mod tests {
         let mut v = vec!["walrcv", "stream"];
         v.extend_from_slice(flags);
         match Cli::try_parse_from(v).unwrap().command {
-            Command::Stream(s) => s,
+            Command::Stream(s) => *s,
             _ => unreachable!("parsed a stream command line"),
         }
     }
