@@ -235,6 +235,102 @@ fn serve_revoked_client_certificates() {
     assert!(bad.stderr.contains("root.crt"), "{}", bad.text());
 }
 
+/// `map=` on a cert line with `--serve-ident`: the certificate's CN maps to
+/// other user names (an exact line, and a regular expression whose capture
+/// is the user), and no longer logs in as itself unless mapped; a map the
+/// ident file does not define is refused at start.
+#[test]
+fn serve_cert_user_name_map() {
+    let pg = PgServer::builder().wal_segsize_mb(1).start();
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("a");
+    std::fs::create_dir_all(&archive).unwrap();
+    small_archive(&pg, &archive);
+    let d = work.path();
+    make_pki(d);
+    let p = |n: &str| d.join(n).to_str().unwrap().to_owned();
+    let ident = d.join("ident.conf");
+    std::fs::write(
+        &ident,
+        "# MAPNAME SYSTEM-USERNAME DATABASE-USERNAME\n\
+         certs     certuser        replicator\n\
+         certs     /^(f.*)$        \\1_standby\n",
+    )
+    .unwrap();
+    let hba = "hostssl replication all 127.0.0.1/32 cert map=certs\n";
+    let with_cert = |name: &str| {
+        format!(
+            "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            p("root.crt"),
+            p(&format!("{name}.crt")),
+            p(&format!("{name}.key"))
+        )
+    };
+    let (cert, key, ca) = (p("server.crt"), p("server.key"), p("root.crt"));
+    let tls = [
+        "--serve-ssl-cert",
+        cert.as_str(),
+        "--serve-ssl-key",
+        key.as_str(),
+        "--serve-ssl-ca",
+        ca.as_str(),
+    ];
+    let ident_path = p("ident.conf");
+    let (mut serve, port) = start_serve(
+        &archive,
+        d,
+        hba,
+        &[&tls[..], &["--serve-ident", ident_path.as_str()]].concat(),
+    );
+    let sysid = pg.system_identifier().to_string();
+    let ok = identify(port, "replicator", None, &with_cert("client")).unwrap();
+    assert!(ok.starts_with(&sysid), "{ok}");
+    let ok = identify(port, "full_standby", None, &with_cert("full")).unwrap();
+    assert!(ok.starts_with(&sysid), "{ok}");
+    for (user, cert) in [
+        ("certuser", "client"),
+        ("full", "full"),
+        ("replicator", "full"),
+    ] {
+        let e = identify(port, user, None, &with_cert(cert)).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "certificate authentication failed for user \"{user}\""
+            )),
+            "{user} with {cert}: {e}"
+        );
+    }
+    assert!(serve.is_running());
+    serve.interrupt();
+    assert!(
+        serve.stderr().contains("no match in usermap \"certs\""),
+        "{}",
+        serve.stderr()
+    );
+
+    // The map missing: refused at start, naming the hba line.
+    let hba_path = p("serve_hba.conf");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "serve",
+        "-D",
+        archive.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--serve-hba",
+        &hba_path,
+    ];
+    args.extend_from_slice(&tls);
+    let bad = crate::support::walrcv_run(&args, Duration::from_secs(30));
+    assert!(!bad.success(), "{}", bad.text());
+    assert!(
+        bad.stderr
+            .contains("user name map \"certs\" is not defined"),
+        "{}",
+        bad.text()
+    );
+}
+
 #[test]
 fn serve_client_certificates_and_channel_binding() {
     let pg = PgServer::builder().wal_segsize_mb(1).start();

@@ -2,7 +2,8 @@
 //! serve`: arbitrary bytes into the start-up packet parser, then the tagged
 //! message parser, every query into the replication command parser and the
 //! walsender's answer, every CopyData into the standby message parser, and
-//! the hba and passfile parsers with the text.
+//! the hba, ident and passfile parsers with the text (and an ident map
+//! matched against pieces of it).
 //!
 //! Properties: no panic; no parser takes more bytes than it was given or
 //! allows a message above its limit; every answer to a query is a sequence
@@ -68,6 +69,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = walrcv::serve::hba::parse(text);
+        if let Ok(maps) = walrcv::serve::ident::parse(text) {
+            let mut words = text.split_whitespace();
+            let (map, cn, user) = (words.next(), words.next(), words.next());
+            let _ = maps.allows(map.unwrap_or(""), cn.unwrap_or(""), user.unwrap_or(""));
+        }
         let _ = walrcv::serve::server::parse_passfile(text);
         let _ = parse_command(text);
     }

@@ -5,7 +5,9 @@
 //! two columns, or `all`; methods `trust`, `reject`, `scram-sha-256`, `cert`
 //! (hostssl only; the certificate's CN must be the user name, PostgreSQL's
 //! default without a map); `clientcert=verify-ca|verify-full` on hostssl
-//! lines asks for a verified client certificate on top of the method. As in
+//! lines asks for a verified client certificate on top of the method;
+//! `map=NAME` on a `cert` or `clientcert=verify-full` line maps the CN to
+//! user names through `--serve-ident` ([`super::ident`]). As in
 //! PostgreSQL, the first line matching the connection decides, only the
 //! database keyword `replication` matches a replication connection (not
 //! `all`), and a connection no line matches is refused.
@@ -54,6 +56,9 @@ pub struct Rule {
     pub method: Method,
     /// A client certificate required (always `VerifyFull` for `cert`).
     pub clientcert: Option<ClientCert>,
+    /// `map=`: the user name map (`--serve-ident`) from the certificate's
+    /// CN to user names, instead of the CN itself.
+    pub map: Option<String>,
     /// Line number in the file, for the logs.
     pub line: usize,
 }
@@ -118,7 +123,8 @@ pub fn parse(text: &str) -> Result<Hba, HbaError> {
             }
             None => return Err(err("end-of-line before authentication method".into())),
         };
-        let clientcert = parse_options(conn, method, &rest[method_at + 1..]).map_err(err)?;
+        let Options { clientcert, map } =
+            parse_options(conn, method, &rest[method_at + 1..]).map_err(err)?;
         // Only `replication` matches a replication connection; lines for
         // other databases never apply to walrcv.
         if !database.split(',').any(|d| d == "replication") {
@@ -130,27 +136,36 @@ pub fn parse(text: &str) -> Result<Hba, HbaError> {
             addr,
             method,
             clientcert,
+            map,
             line,
         });
     }
     Ok(Hba { rules })
 }
 
-/// The options after the method (only `clientcert`), checked as PostgreSQL
-/// checks them when it loads pg_hba.conf.
-fn parse_options(
-    conn: ConnType,
-    method: Method,
-    options: &[&str],
-) -> Result<Option<ClientCert>, String> {
+/// The options after the method.
+#[derive(Debug, Default)]
+struct Options {
+    clientcert: Option<ClientCert>,
+    map: Option<String>,
+}
+
+/// The options after the method (`clientcert`, `map`), checked as
+/// PostgreSQL checks them when it loads pg_hba.conf.
+fn parse_options(conn: ConnType, method: Method, options: &[&str]) -> Result<Options, String> {
     let mut clientcert = None;
+    let mut map = None;
     for option in options {
         let (name, value) = option
             .split_once('=')
             .ok_or_else(|| format!("authentication option not in name=value format: {option}"))?;
+        if name == "map" {
+            map = Some(value.to_owned());
+            continue;
+        }
         if name != "clientcert" {
             return Err(format!(
-                "authentication option \"{name}\" is not supported by walrcv serve (clientcert)"
+                "authentication option \"{name}\" is not supported by walrcv serve (clientcert, map)"
             ));
         }
         if conn != ConnType::HostSsl {
@@ -175,9 +190,16 @@ fn parse_options(
         if conn != ConnType::HostSsl {
             return Err("cert authentication is only supported on hostssl connections".into());
         }
-        return Ok(Some(ClientCert::VerifyFull));
+        clientcert = Some(ClientCert::VerifyFull);
     }
-    Ok(clientcert)
+    // The only name walrcv maps is a certificate's CN.
+    if map.is_some() && clientcert != Some(ClientCert::VerifyFull) {
+        return Err(
+            "authentication option \"map\" applies only to cert lines and clientcert=verify-full in walrcv serve"
+                .into(),
+        );
+    }
+    Ok(Options { clientcert, map })
 }
 
 /// The address (one or two columns) and where the method column is.
@@ -259,6 +281,13 @@ impl Hba {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
+
+    /// The lines naming a user name map: (line, map).
+    pub fn maps(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.rules
+            .iter()
+            .filter_map(|r| Some((r.line, r.map.as_deref()?)))
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +341,21 @@ hostssl replication  c      ::1/128        scram-sha-256 clientcert=verify-ca
     }
 
     #[test]
+    fn maps_on_cert_and_verify_full_lines() {
+        let hba = parse(
+            "hostssl replication all 10.0.0.0/8 cert map=certs\n\
+             hostssl replication rep all scram-sha-256 clientcert=verify-full map=ops\n\
+             hostssl replication all all cert\n",
+        )
+        .unwrap();
+        let map = |u, a| hba.find(u, ip(a), true).and_then(|r| r.map.clone());
+        assert_eq!(map("anyone", "10.0.0.1").as_deref(), Some("certs"));
+        assert_eq!(map("rep", "127.0.0.1").as_deref(), Some("ops"));
+        assert_eq!(map("other", "127.0.0.1"), None);
+        assert_eq!(hba.maps().collect::<Vec<_>>(), [(1, "certs"), (2, "ops")]);
+    }
+
+    #[test]
     fn refused_lines() {
         for (bad, needle) in [
             ("host replication all 10.0.0.0/8 md5", "md5"),
@@ -333,7 +377,15 @@ hostssl replication  c      ::1/128        scram-sha-256 clientcert=verify-ca
                 "hostssl replication all all trust clientcert=yes",
                 "invalid value",
             ),
-            ("hostssl replication all all trust map=x", "\"map\""),
+            (
+                "hostssl replication all all trust map=x",
+                "\"map\" applies only",
+            ),
+            (
+                "hostssl replication all all trust clientcert=verify-ca map=x",
+                "\"map\" applies only",
+            ),
+            ("hostssl replication all all trust ident=x", "\"ident\""),
             ("hostssl replication all all trust junk", "name=value"),
         ] {
             let e = parse(bad).unwrap_err();

@@ -9,7 +9,8 @@
 //! - [`streamer`]: one client's copy mode (pieces, keepalives, replies, the
 //!   end of a timeline);
 //! - [`reply`]: backend message encoding;
-//! - [`hba`]: the `--serve-hba` rules; [`scram`]: server-side SCRAM-SHA-256.
+//! - [`hba`]: the `--serve-hba` rules; [`ident`]: the `--serve-ident` user
+//!   name maps; [`scram`]: server-side SCRAM-SHA-256.
 //!
 //! IO: [`source`] reads the archive (only WAL that `walrcv restore` would
 //! serve: verified, never a set-aside divergent tail), [`server`] runs the
@@ -18,6 +19,7 @@
 
 pub mod command;
 pub mod hba;
+pub mod ident;
 pub mod reply;
 pub mod scram;
 pub mod server;

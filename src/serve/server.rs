@@ -27,7 +27,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::lsn::{pg_now, wal_file_name, Lsn, TimeLineId};
 use crate::metrics::serve::{ClientMetrics, Refusal};
 
-use super::hba::{self, ClientCert, Hba, Method};
+use super::hba::{self, ClientCert, Hba, Method, Rule};
+use super::ident::{self, IdentMaps};
 use super::reply::{self, Severity};
 use super::scram::{self, Verifier};
 use super::source::{self, SegmentReader};
@@ -78,6 +79,11 @@ pub struct ServeOptions {
     /// Without it no connection is accepted.
     #[arg(long = "serve-hba", value_name = "FILE")]
     pub hba: Option<PathBuf>,
+    /// User name maps in pg_ident.conf syntax, for `map=` on cert and
+    /// clientcert=verify-full lines (the certificate's CN is the system
+    /// user name).
+    #[arg(long = "serve-ident", value_name = "FILE")]
+    pub ident: Option<PathBuf>,
     /// SCRAM-SHA-256 verifiers, one `user:SCRAM-SHA-256$iter:salt$stored:server`
     /// a line (as pg_authid.rolpassword holds them).
     #[arg(long = "serve-passfile", value_name = "FILE")]
@@ -124,6 +130,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             hba: None,
+            ident: None,
             passfile: None,
             ssl_cert: None,
             ssl_key: None,
@@ -141,6 +148,7 @@ impl ServeOptions {
     /// `--serve`).
     pub fn any_given(&self) -> bool {
         self.hba.is_some()
+            || self.ident.is_some()
             || self.passfile.is_some()
             || self.ssl_cert.is_some()
             || self.ssl_key.is_some()
@@ -183,6 +191,7 @@ pub enum ServeError {
 struct Shared {
     dir: PathBuf,
     hba: Hba,
+    ident: IdentMaps,
     verifiers: HashMap<String, Verifier>,
     tls: Option<SslAcceptor>,
     /// tls-server-end-point data of the server certificate, when SCRAM
@@ -309,6 +318,27 @@ fn common_name(cert: &X509Ref) -> Option<String> {
     String::from_utf8(raw.to_vec()).ok()
 }
 
+/// `--serve-ident`, checked against the maps `--serve-hba` names: a map
+/// that is not in the file is refused at start (PostgreSQL would refuse
+/// every connection through it at authentication).
+fn load_ident(hba: &Hba, path: Option<&Path>) -> Result<IdentMaps, ServeError> {
+    let maps = match path {
+        Some(path) => ident::load(path).map_err(ServeError::Hba)?,
+        None => IdentMaps::default(),
+    };
+    if let Some((line, map)) = hba.maps().find(|(_, map)| !maps.has_map(map)) {
+        return Err(ServeError::Hba(format!(
+            "line {line} of the hba file: user name map \"{map}\" is not defined{}",
+            if path.is_none() {
+                " (no --serve-ident)"
+            } else {
+                " in --serve-ident"
+            }
+        )));
+    }
+    Ok(maps)
+}
+
 /// Binds and serves until `shutdown` fires.
 pub async fn serve(
     dir: PathBuf,
@@ -345,6 +375,7 @@ pub async fn bind(
             Hba::default()
         }
     };
+    let ident = load_ident(&hba, opts.ident.as_deref())?;
     let verifiers = match &opts.passfile {
         Some(path) => load_passfile(path).map_err(ServeError::Passfile)?,
         None => HashMap::new(),
@@ -382,6 +413,7 @@ pub async fn bind(
     let shared = Arc::new(Shared {
         dir,
         hba,
+        ident,
         verifiers,
         tls,
         end_point,
@@ -806,7 +838,12 @@ async fn authenticate(
         Method::Cert => {
             let failed = format!("certificate authentication failed for user \"{user}\"");
             let failed = (sqlstate::INVALID_AUTHORIZATION, failed);
-            check_client_cert(wr, user, tls, ClientCert::VerifyFull, failed, rule.line).await
+            let check = CertCheck {
+                level: ClientCert::VerifyFull,
+                rule,
+                ident: &shared.ident,
+            };
+            check_client_cert(wr, user, tls, check, failed).await
         }
         Method::ScramSha256 => {
             if let Some(level) = rule.clientcert {
@@ -814,23 +851,45 @@ async fn authenticate(
                 // as the method's failure.
                 let failed = format!("password authentication failed for user \"{user}\"");
                 let failed = (sqlstate::INVALID_PASSWORD, failed);
-                check_client_cert(wr, user, tls, level, failed, rule.line).await?;
+                let check = CertCheck {
+                    level,
+                    rule,
+                    ident: &shared.ident,
+                };
+                check_client_cert(wr, user, tls, check, failed).await?;
             }
             scram_exchange(wr, rx, shared, user, tls.is_some()).await
         }
     }
 }
 
+/// What a line asks of a client certificate.
+struct CertCheck<'a> {
+    level: ClientCert,
+    rule: &'a Rule,
+    ident: &'a IdentMaps,
+}
+
+impl CertCheck<'_> {
+    /// Whether the certificate's CN may connect as `user`: the CN itself,
+    /// or through the line's user name map (PostgreSQL's `check_usermap`).
+    fn cn_allows(&self, cn: &str, user: &str) -> bool {
+        match &self.rule.map {
+            Some(map) => self.ident.allows(map, cn, user),
+            None => cn == user,
+        }
+    }
+}
+
 /// The client certificate check of a `cert` line or a `clientcert=` option
-/// (PostgreSQL's `CheckCertAuth` without a user name map: the CN must equal
-/// the user name). The chain was verified by the handshake.
+/// (PostgreSQL's `CheckCertAuth`: the CN must equal the user name, or map
+/// to it). The chain was verified by the handshake.
 async fn check_client_cert(
     wr: &mut Wr,
     user: &str,
     tls: Option<&TlsInfo>,
-    level: ClientCert,
+    check: CertCheck<'_>,
     (code, failed): (&str, String),
-    line: usize,
 ) -> Result<(), SessionError> {
     let Some(info) = tls.filter(|t| t.client_cert) else {
         refused(Refusal::AuthFailed);
@@ -841,11 +900,20 @@ async fn check_client_cert(
         )
         .await;
     };
-    match (level, info.peer_cn.as_deref()) {
+    let line = check.rule.line;
+    match (check.level, info.peer_cn.as_deref()) {
         (ClientCert::VerifyCa, _) => Ok(()),
-        (ClientCert::VerifyFull, Some(cn)) if cn == user => Ok(()),
+        (ClientCert::VerifyFull, Some(cn)) if check.cn_allows(cn, user) => Ok(()),
         (ClientCert::VerifyFull, cn) => {
-            tracing::info!(user = %user, "{failed}: provided user name ({user}) and authenticated user name ({}) do not match (hba line {line})", cn.unwrap_or(""));
+            let cn = cn.unwrap_or("");
+            match &check.rule.map {
+                Some(map) => {
+                    tracing::info!(user = %user, "{failed}: no match in usermap \"{map}\" for user \"{user}\" authenticated as \"{cn}\" (hba line {line})")
+                }
+                None => {
+                    tracing::info!(user = %user, "{failed}: provided user name ({user}) and authenticated user name ({cn}) do not match (hba line {line})")
+                }
+            }
             refused(Refusal::AuthFailed);
             fatal(wr, code, failed).await
         }
