@@ -159,79 +159,119 @@ pub(crate) fn start_serve(
     (serve, port)
 }
 
+/// An archive and a PKI (see [`make_pki`]) for one test of client
+/// certificates, with `walrcv serve` started over TLS and `--serve-ssl-ca`.
+struct CertSetup {
+    pg: PgServer,
+    work: tempfile::TempDir,
+    archive: std::path::PathBuf,
+    root: Issuer<'static, KeyPair>,
+}
+
+impl CertSetup {
+    fn new() -> CertSetup {
+        let pg = PgServer::builder().wal_segsize_mb(1).start();
+        let work = tempfile::tempdir().unwrap();
+        let archive = work.path().join("a");
+        std::fs::create_dir_all(&archive).unwrap();
+        small_archive(&pg, &archive);
+        let root = make_pki(work.path());
+        CertSetup {
+            pg,
+            work,
+            archive,
+            root,
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.work.path().join(name).to_str().unwrap().to_owned()
+    }
+
+    /// libpq's TLS options for a client presenting `name`.crt.
+    fn with_cert(&self, name: &str) -> String {
+        format!(
+            "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            self.path("root.crt"),
+            self.path(&format!("{name}.crt")),
+            self.path(&format!("{name}.key"))
+        )
+    }
+
+    /// `--serve-ssl-cert`, `--serve-ssl-key`, `--serve-ssl-ca`, then `extra`.
+    fn tls_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "--serve-ssl-cert".to_owned(),
+            self.path("server.crt"),
+            "--serve-ssl-key".to_owned(),
+            self.path("server.key"),
+            "--serve-ssl-ca".to_owned(),
+            self.path("root.crt"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+
+    fn start(&self, hba: &str, extra: &[&str]) -> (BackgroundProcess, u16) {
+        let args = self.tls_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        start_serve(&self.archive, self.work.path(), hba, &args)
+    }
+
+    /// `walrcv serve` with `hba` and `extra`, which must refuse to start.
+    fn refused(&self, hba: &str, extra: &[&str]) -> crate::support::RunOutput {
+        let hba_path = self.path("refused_hba.conf");
+        std::fs::write(&hba_path, hba).unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut args = vec![
+            "serve".to_owned(),
+            "-D".to_owned(),
+            self.archive.to_str().unwrap().to_owned(),
+            "--listen".to_owned(),
+            listen,
+            "--serve-hba".to_owned(),
+            hba_path,
+        ];
+        args.extend(self.tls_args(extra));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = crate::support::walrcv_run(&args, Duration::from_secs(30));
+        assert!(!out.success(), "{}", out.text());
+        out
+    }
+
+    /// IDENTIFY_SYSTEM as `user` with `name`.crt: the system identifier
+    /// line, or libpq's error.
+    fn identify(&self, port: u16, user: &str, cert: &str) -> Result<String, String> {
+        let ok = identify(port, user, None, &self.with_cert(cert))?;
+        let sysid = self.pg.system_identifier().to_string();
+        assert!(ok.starts_with(&sysid), "{ok}");
+        Ok(ok)
+    }
+}
+
 /// `--serve-ssl-crl`: a client certificate the CA revoked fails the
 /// handshake; without the flag the same certificate is accepted (the
 /// control); another client of the same CA still gets in.
 #[test]
 fn serve_revoked_client_certificates() {
-    let pg = PgServer::builder().wal_segsize_mb(1).start();
-    let work = tempfile::tempdir().unwrap();
-    let archive = work.path().join("a");
-    std::fs::create_dir_all(&archive).unwrap();
-    small_archive(&pg, &archive);
-    let d = work.path();
-    let root = make_pki(d);
-    revoke(d, &root, "full.crt");
-    let p = |n: &str| d.join(n).to_str().unwrap().to_owned();
+    let setup = CertSetup::new();
+    revoke(setup.work.path(), &setup.root, "full.crt");
     let hba = "hostssl replication certuser,full 127.0.0.1/32 cert\n";
-    let with_cert = |name: &str| {
-        format!(
-            "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
-            p("root.crt"),
-            p(&format!("{name}.crt")),
-            p(&format!("{name}.key"))
-        )
-    };
-    let (cert, key, ca, crl) = (
-        p("server.crt"),
-        p("server.key"),
-        p("root.crt"),
-        p("root.crl"),
-    );
-    let tls = [
-        "--serve-ssl-cert",
-        cert.as_str(),
-        "--serve-ssl-key",
-        key.as_str(),
-        "--serve-ssl-ca",
-        ca.as_str(),
-    ];
-    let sysid = pg.system_identifier().to_string();
-    let (mut plain, port) = start_serve(&archive, d, hba, &tls);
-    let ok = identify(port, "full", None, &with_cert("full")).unwrap();
-    assert!(ok.starts_with(&sysid), "without a CRL: {ok}");
+    let (mut plain, port) = setup.start(hba, &[]);
+    setup.identify(port, "full", "full").unwrap();
     plain.interrupt();
 
-    let (mut checked, port) = start_serve(
-        &archive,
-        d,
-        hba,
-        &[&tls[..], &["--serve-ssl-crl", crl.as_str()]].concat(),
-    );
-    let e = identify(port, "full", None, &with_cert("full")).unwrap_err();
+    let crl = setup.path("root.crl");
+    let (mut checked, port) = setup.start(hba, &["--serve-ssl-crl", &crl]);
+    let e = setup.identify(port, "full", "full").unwrap_err();
     assert!(e.contains("revoked"), "{e}");
-    let ok = identify(port, "certuser", None, &with_cert("client")).unwrap();
-    assert!(ok.starts_with(&sysid), "{ok}");
+    setup.identify(port, "certuser", "client").unwrap();
     assert!(checked.is_running());
     checked.interrupt();
 
-    // A file without a CRL: refused at start.
-    let listen = format!("127.0.0.1:{}", free_port());
-    let hba_path = p("serve_hba.conf");
-    let mut args = vec![
-        "serve",
-        "-D",
-        archive.to_str().unwrap(),
-        "--listen",
-        &listen,
-        "--serve-hba",
-        &hba_path,
-        "--serve-ssl-crl",
-        &ca,
-    ];
-    args.extend_from_slice(&tls);
-    let bad = crate::support::walrcv_run(&args, Duration::from_secs(30));
-    assert!(!bad.success(), "{}", bad.text());
+    // A file without a CRL: refused at start, naming the file.
+    let ca = setup.path("root.crt");
+    let bad = setup.refused(hba, &["--serve-ssl-crl", &ca]);
     assert!(bad.stderr.contains("root.crt"), "{}", bad.text());
 }
 
@@ -241,15 +281,8 @@ fn serve_revoked_client_certificates() {
 /// ident file does not define is refused at start.
 #[test]
 fn serve_cert_user_name_map() {
-    let pg = PgServer::builder().wal_segsize_mb(1).start();
-    let work = tempfile::tempdir().unwrap();
-    let archive = work.path().join("a");
-    std::fs::create_dir_all(&archive).unwrap();
-    small_archive(&pg, &archive);
-    let d = work.path();
-    make_pki(d);
-    let p = |n: &str| d.join(n).to_str().unwrap().to_owned();
-    let ident = d.join("ident.conf");
+    let setup = CertSetup::new();
+    let ident = setup.path("ident.conf");
     std::fs::write(
         &ident,
         "# MAPNAME SYSTEM-USERNAME DATABASE-USERNAME\n\
@@ -258,41 +291,15 @@ fn serve_cert_user_name_map() {
     )
     .unwrap();
     let hba = "hostssl replication all 127.0.0.1/32 cert map=certs\n";
-    let with_cert = |name: &str| {
-        format!(
-            "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
-            p("root.crt"),
-            p(&format!("{name}.crt")),
-            p(&format!("{name}.key"))
-        )
-    };
-    let (cert, key, ca) = (p("server.crt"), p("server.key"), p("root.crt"));
-    let tls = [
-        "--serve-ssl-cert",
-        cert.as_str(),
-        "--serve-ssl-key",
-        key.as_str(),
-        "--serve-ssl-ca",
-        ca.as_str(),
-    ];
-    let ident_path = p("ident.conf");
-    let (mut serve, port) = start_serve(
-        &archive,
-        d,
-        hba,
-        &[&tls[..], &["--serve-ident", ident_path.as_str()]].concat(),
-    );
-    let sysid = pg.system_identifier().to_string();
-    let ok = identify(port, "replicator", None, &with_cert("client")).unwrap();
-    assert!(ok.starts_with(&sysid), "{ok}");
-    let ok = identify(port, "full_standby", None, &with_cert("full")).unwrap();
-    assert!(ok.starts_with(&sysid), "{ok}");
+    let (mut serve, port) = setup.start(hba, &["--serve-ident", &ident]);
+    setup.identify(port, "replicator", "client").unwrap();
+    setup.identify(port, "full_standby", "full").unwrap();
     for (user, cert) in [
         ("certuser", "client"),
         ("full", "full"),
         ("replicator", "full"),
     ] {
-        let e = identify(port, user, None, &with_cert(cert)).unwrap_err();
+        let e = setup.identify(port, user, cert).unwrap_err();
         assert!(
             e.contains(&format!(
                 "certificate authentication failed for user \"{user}\""
@@ -308,21 +315,8 @@ fn serve_cert_user_name_map() {
         serve.stderr()
     );
 
-    // The map missing: refused at start, naming the hba line.
-    let hba_path = p("serve_hba.conf");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut args = vec![
-        "serve",
-        "-D",
-        archive.to_str().unwrap(),
-        "--listen",
-        &listen,
-        "--serve-hba",
-        &hba_path,
-    ];
-    args.extend_from_slice(&tls);
-    let bad = crate::support::walrcv_run(&args, Duration::from_secs(30));
-    assert!(!bad.success(), "{}", bad.text());
+    // The map missing: refused at start, naming it.
+    let bad = setup.refused(hba, &[]);
     assert!(
         bad.stderr
             .contains("user name map \"certs\" is not defined"),

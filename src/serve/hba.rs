@@ -79,21 +79,13 @@ pub struct Hba {
 
 /// Reads and parses `path`.
 pub fn load(path: &Path) -> Result<Hba, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("\"{}\": {e}", path.display()))
+    super::conf::load(path, parse)
 }
 
 /// Parses the text of a file.
 pub fn parse(text: &str) -> Result<Hba, HbaError> {
     let mut rules = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        let content = raw.split('#').next().unwrap_or("");
-        let fields: Vec<&str> = content.split_whitespace().collect();
-        if fields.is_empty() {
-            continue;
-        }
+    for (line, fields) in super::conf::rules(text) {
         let err = |what: String| HbaError { line, what };
         let conn = match fields[0] {
             "host" => ConnType::Host,

@@ -42,21 +42,13 @@ pub struct IdentMaps {
 
 /// Reads and parses `path`.
 pub fn load(path: &Path) -> Result<IdentMaps, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("\"{}\": {e}", path.display()))
+    super::conf::load(path, parse)
 }
 
 /// Parses the text of a file.
 pub fn parse(text: &str) -> Result<IdentMaps, IdentError> {
     let mut entries = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        let content = raw.split('#').next().unwrap_or("");
-        let fields: Vec<&str> = content.split_whitespace().collect();
-        if fields.is_empty() {
-            continue;
-        }
+    for (line, fields) in super::conf::rules(text) {
         let err = |what: String| IdentError { line, what };
         let [map, system, database_user] = fields.as_slice() else {
             return Err(err(format!(

@@ -10,7 +10,7 @@
 //!   end of a timeline);
 //! - [`reply`]: backend message encoding;
 //! - [`hba`]: the `--serve-hba` rules; [`ident`]: the `--serve-ident` user
-//!   name maps; [`scram`]: server-side SCRAM-SHA-256.
+//!   name maps (both through [`conf`]); [`scram`]: server-side SCRAM-SHA-256.
 //!
 //! IO: [`source`] reads the archive (only WAL that `walrcv restore` would
 //! serve: verified, never a set-aside divergent tail), [`server`] runs the
@@ -18,6 +18,7 @@
 //! past the receiver's flushed end ([`crate::archive::live::LiveEnd`]).
 
 pub mod command;
+pub mod conf;
 pub mod hba;
 pub mod ident;
 pub mod reply;
