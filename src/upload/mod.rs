@@ -9,10 +9,12 @@
 //! construction once they carry their name), create-only (see
 //! [`crate::objstore`]); failures are retried per file with backoff
 //! (1 s doubling to 60 s). The `.partial` files are uploaded as new
-//! versions every `--upload-partial-interval`, at once when a new
-//! `.partial` appears (a new segment or a timeline switch), and at a clean
-//! stop; older versions are deleted once a newer one (or the complete
-//! segment) is confirmed. With `--upload-keep-local`, confirmed complete
+//! versions at start, every `--upload-partial-interval`, at once at a
+//! timeline switch (a `.partial` of a new timeline: the old timeline's last
+//! `.partial` is final then), and at a clean stop ([`plan::partial_pass`]);
+//! not at a plain segment switch, whose new `.partial` holds almost nothing
+//! yet (uploading it at once doubled the bytes sent). Older versions are
+//! deleted once a newer one (or the complete segment) is confirmed. With `--upload-keep-local`, confirmed complete
 //! segments beyond what is kept are removed locally ([`plan::removable`]).
 //!
 //! What is confirmed is persisted in the archive directory ([`state`]): a
@@ -24,15 +26,16 @@
 pub mod plan;
 pub mod state;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::lsn::TimeLineId;
 use crate::objstore::{partial, Store, StoreError};
-use plan::{KeepLocal, Kind, LocalFile};
+use plan::{KeepLocal, Kind, LocalFile, PartialClock};
 
 /// What `--upload*` asked for.
 #[derive(Debug, Clone)]
@@ -113,6 +116,11 @@ struct State {
     /// Segments whose stale copies of ours were cleaned in this process.
     partial_dirs_cleaned: HashSet<String>,
     last_partial_pass: Option<Instant>,
+    /// The timelines of the `.partial` files the passes have seen: a new
+    /// one beside them is a timeline switch ([`plan::partial_pass`]).
+    partial_timelines: BTreeSet<TimeLineId>,
+    /// Set while a `.partial` upload of the last pass failed.
+    partial_retry: Option<Retry>,
     /// Files an earlier process confirmed ([`state`]), taken into `done`
     /// when the local file has the same size.
     vouched: state::Confirmed,
@@ -132,6 +140,8 @@ impl State {
             partial_stamps: HashMap::new(),
             partial_dirs_cleaned: HashSet::new(),
             last_partial_pass: None,
+            partial_timelines: BTreeSet::new(),
+            partial_retry: None,
             vouched: state::Confirmed::new(),
             saved: state::Confirmed::new(),
         }
@@ -227,19 +237,10 @@ impl State {
                 }
             };
             self.apply_vouched(&files);
-            let partials_changed = files.iter().any(|f| {
-                plan::kind(&f.name) == Kind::Partial && !self.partials.contains_key(&f.name)
-            });
-            let due = self
-                .last_partial_pass
-                .is_none_or(|t| t.elapsed() >= self.opts.partial_interval);
             // Before the uploads too: with the store hanging, a pass can
             // take a while and the backlog must show meanwhile.
             self.report_backlog(&files);
-            if stopping || due || partials_changed {
-                self.upload_partials(&files).await;
-                self.last_partial_pass = Some(Instant::now());
-            }
+            self.partial_pass(&files, stopping).await;
             self.upload_finals(&files, stopping).await;
             if !files.is_empty() {
                 self.save_state(&files);
@@ -255,6 +256,33 @@ impl State {
                 _ = stopped.changed() => {}
             }
         }
+    }
+
+    /// A pass over the `.partial` files when one is due.
+    async fn partial_pass(&mut self, files: &[LocalFile], stopping: bool) {
+        let clock = PartialClock {
+            since_last: self.last_partial_pass.map(|t| t.elapsed()),
+            interval: self.opts.partial_interval,
+            retry_due: self.partial_retry.is_some_and(|r| r.next <= Instant::now()),
+            stopping,
+        };
+        let Some(why) = plan::partial_pass(files, &self.partial_timelines, clock) else {
+            return;
+        };
+        tracing::debug!(?why, "upload: a pass over the .partial files");
+        let all_confirmed = self.upload_partials(files).await;
+        self.last_partial_pass = Some(Instant::now());
+        self.partial_timelines
+            .extend(plan::partial_timelines(files));
+        self.partial_retry = if all_confirmed {
+            None
+        } else {
+            let attempts = self.partial_retry.map_or(0, |r| r.attempts) + 1;
+            Some(Retry {
+                attempts,
+                next: Instant::now() + retry_delay(attempts),
+            })
+        };
     }
 
     async fn upload_finals(&mut self, files: &[LocalFile], ignore_backoff: bool) {
@@ -285,7 +313,10 @@ impl State {
         }
     }
 
-    async fn upload_partials(&mut self, files: &[LocalFile]) {
+    /// Uploads the `.partial` files changed since their last upload; false
+    /// when one failed.
+    async fn upload_partials(&mut self, files: &[LocalFile]) -> bool {
+        let mut all_confirmed = true;
         for file in files
             .iter()
             .filter(|f| plan::kind(&f.name) == Kind::Partial)
@@ -315,11 +346,15 @@ impl State {
                         self.delete_own_copies(&segment, Some(&object)).await;
                     }
                 }
-                Err(e) => self.failed(&object, &e),
+                Err(e) => {
+                    all_confirmed = false;
+                    self.failed(&object, &e);
+                }
             }
         }
         // Partials gone locally (completed) keep their entry until the
         // complete segment is confirmed: drop_partial_copies.
+        all_confirmed
     }
 
     async fn put(&self, name: &str, bytes: Bytes) -> Result<(), StoreError> {
