@@ -60,6 +60,7 @@ impl Uploader {
         let thread = std::thread::Builder::new()
             .name("walrcv-upload".into())
             .spawn(move || {
+                lower_priority();
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -88,6 +89,33 @@ impl Uploader {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.thread.join();
+    }
+}
+
+/// The uploader thread's nice value (Linux: per thread).
+pub const UPLOAD_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`UPLOAD_NICE`], so that on
+/// busy cores the uploads yield to the receive, fsync and acknowledge path
+/// (threads the uploader's runtime starts inherit it). On Linux a nice
+/// value belongs to the thread, not the process; elsewhere nothing is done.
+/// A failure (a seccomp profile, say) is logged and the uploader runs at
+/// the normal priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority only changes
+        // this thread's nice value.
+        let rc = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, UPLOAD_NICE)
+        };
+        if rc != 0 {
+            tracing::warn!(
+                "upload: could not lower the uploader's CPU priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
 
