@@ -13,9 +13,12 @@
 //! timeline switch (a `.partial` of a new timeline: the old timeline's last
 //! `.partial` is final then), and at a clean stop ([`plan::partial_pass`]);
 //! not at a plain segment switch, whose new `.partial` holds almost nothing
-//! yet (uploading it at once doubled the bytes sent). Older versions are
-//! deleted once a newer one (or the complete segment) is confirmed. With `--upload-keep-local`, confirmed complete
-//! segments beyond what is kept are removed locally ([`plan::removable`]).
+//! yet (uploading it at once doubled the bytes sent). A failed `.partial`
+//! upload is retried with the same backoff. Older versions are deleted once
+//! a newer one (or the complete segment) is confirmed. With
+//! `--upload-keep-local`, confirmed complete segments beyond what is kept
+//! are removed locally ([`plan::removable`]). The thread runs at nice
+//! [`UPLOAD_NICE`] (Linux), below the threads that receive and acknowledge.
 //!
 //! What is confirmed is persisted in the archive directory ([`state`]): a
 //! restart neither uploads nor reads back what an earlier process
