@@ -14,7 +14,7 @@ use object_store::ObjectStore;
 
 use crate::support::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
 use crate::support::{
-    parse_lsn, wait_until, walrcv_bin, BackgroundProcess, PgServer, Recovery, Walrcv,
+    parse_lsn, wait_until, walrcv_bin, BackgroundProcess, PgServer, Recovery, Walrcv, SUPERUSER,
 };
 
 const APP: &str = "walrcv_a";
@@ -536,6 +536,127 @@ fn upload_keep_local_removes_only_confirmed_segments() {
         "the newest segment was removed: {local:?}"
     );
     rcv.interrupt();
+}
+
+/// Thread name → nice value of the threads of process `pid`
+/// (`/proc/PID/task/TID/stat`, field 19).
+fn thread_nice(pid: u32) -> std::collections::BTreeMap<String, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "TID (COMM) STATE ...": the fields after the comm's ')' start at 3.
+        let (head, rest) = stat.rsplit_once(") ").unwrap();
+        let comm = head.split_once(" (").unwrap().1.to_string();
+        let nice = rest.split(' ').nth(19 - 3).unwrap().parse().unwrap();
+        out.insert(comm, nice);
+    }
+    out
+}
+
+/// With `--upload-partial-interval 3600`, only a timeline switch can send
+/// a `.partial` up while the receiver runs: a plain segment switch uploads
+/// the complete segment and not the new, almost empty `.partial`; then P
+/// stops, its standby S is promoted and walrcv follows S, and timeline 1's
+/// last `.partial` (final now, with the commits acknowledged on P) is in
+/// the bucket at once, byte for byte, before any clean stop (the receiver
+/// is killed at the end). The uploader thread runs at nice 10, the rest of
+/// walrcv at 0.
+#[test]
+fn upload_timeline_switch_sends_the_old_partial_at_once() {
+    let weed = Seaweed::start("walrcv");
+    let prefix = "tli";
+    let mut p = PgServer::builder().wal_segsize_mb(1).start();
+    p.psql("CREATE TABLE t (i int, what text)");
+    let s = p.create_standby();
+    let archive = tempfile::tempdir().unwrap();
+    let conn = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user={SUPERUSER} target_session_attrs=primary \
+         application_name={APP} connect_timeout=5",
+        p.port(),
+        s.port()
+    );
+    let mut walrcv = Walrcv::new(Vec::<&str>::new());
+    let cmd = walrcv.command_mut();
+    cmd.args(["stream", "-D", archive.path().to_str().unwrap()])
+        .args(["-d", &conn, "-v", "--synchronous"])
+        .args(["--upload", &weed.url(prefix), "--upload-receiver-id", APP])
+        .args(["--upload-partial-interval", "3600"]);
+    weed.apply(cmd);
+    let mut rcv = walrcv.spawn();
+    p.make_synchronous_standby(APP, &mut rcv);
+    // The uploader thread alone runs at a lower CPU priority.
+    let nice = thread_nice(rcv.pid());
+    assert_eq!(nice.get("walrcv-upload"), Some(&10), "{nice:?}");
+    assert_eq!(nice.get("walrcv"), Some(&0), "{nice:?}");
+    let mut completed = String::new();
+    for i in 1..=3 {
+        p.psql(&format!("INSERT INTO t VALUES ({i}, 'before')"));
+        completed = p.walfile_name(p.switch_wal());
+    }
+    for i in 1..=10 {
+        p.try_psql_timeout(
+            &format!("INSERT INTO t VALUES ({i}, 'on P')"),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("commit {i}: {e}\n{}", rcv.stderr()));
+    }
+    let current = p.walfile_name(p.current_lsn());
+    assert_ne!(current, completed);
+    wait_until(Duration::from_secs(60), "the completed segment", || {
+        assert!(rcv.is_running(), "{}", rcv.stderr());
+        object_names(&weed, prefix).contains(&format!("{prefix}/{completed}"))
+    });
+    // A few of the uploader's one-second passes.
+    std::thread::sleep(Duration::from_secs(3));
+    let copies = format!("{prefix}/partial/{current}/");
+    let names = object_names(&weed, prefix);
+    assert!(
+        !names.iter().any(|n| n.starts_with(&copies)),
+        "the .partial of a plain segment switch went up before the interval: {names:?}"
+    );
+    p.stop();
+    s.promote();
+    wait_until(Duration::from_secs(90), "00000002.history", || {
+        assert!(rcv.is_running(), "{}", rcv.stderr());
+        archive.path().join("00000002.history").exists()
+    });
+    s.psql("INSERT INTO t VALUES (0, 'on S')");
+    let old = format!("{current}.partial");
+    wait_until(Duration::from_secs(60), "a .partial of timeline 2", || {
+        assert!(rcv.is_running(), "{}", rcv.stderr());
+        crate::support::file_names(archive.path())
+            .iter()
+            .any(|n| n.starts_with("00000002") && n.ends_with(".partial"))
+    });
+    let bytes = std::fs::read(archive.path().join(&old))
+        .unwrap_or_else(|e| panic!("timeline 1's last segment stays {old}: {e}"));
+    let object = format!(
+        "{prefix}/{}",
+        walrcv::objstore::partial::object_name(&current, &old, APP, &bytes)
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "timeline 1's final .partial",
+        || {
+            assert!(rcv.is_running(), "{}", rcv.stderr());
+            object_names(&weed, prefix).contains(&object)
+        },
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = ObjectPath::from(object.as_str());
+    let body = rt
+        .block_on(async { client(&weed).get(&key).await?.bytes().await })
+        .unwrap_or_else(|e| panic!("{object}: {e}"));
+    assert!(body[..] == bytes[..], "{object} differs from {old}");
+    rcv.kill9();
 }
 
 /// Two receivers in `ANY 1`, uploading into one prefix; one is killed

@@ -9,11 +9,16 @@
 //! construction once they carry their name), create-only (see
 //! [`crate::objstore`]); failures are retried per file with backoff
 //! (1 s doubling to 60 s). The `.partial` files are uploaded as new
-//! versions every `--upload-partial-interval`, at once when a new
-//! `.partial` appears (a new segment or a timeline switch), and at a clean
-//! stop; older versions are deleted once a newer one (or the complete
-//! segment) is confirmed. With `--upload-keep-local`, confirmed complete
-//! segments beyond what is kept are removed locally ([`plan::removable`]).
+//! versions at start, every `--upload-partial-interval`, at once at a
+//! timeline switch (a `.partial` of a new timeline: the old timeline's last
+//! `.partial` is final then), and at a clean stop ([`plan::partial_pass`]);
+//! not at a plain segment switch, whose new `.partial` holds almost nothing
+//! yet (uploading it at once doubled the bytes sent). A failed `.partial`
+//! upload is retried with the same backoff. Older versions are deleted once
+//! a newer one (or the complete segment) is confirmed. With
+//! `--upload-keep-local`, confirmed complete segments beyond what is kept
+//! are removed locally ([`plan::removable`]). The thread runs at nice
+//! [`UPLOAD_NICE`] (Linux), below the threads that receive and acknowledge.
 //!
 //! What is confirmed is persisted in the archive directory ([`state`]): a
 //! restart neither uploads nor reads back what an earlier process
@@ -24,15 +29,16 @@
 pub mod plan;
 pub mod state;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::lsn::TimeLineId;
 use crate::objstore::{partial, Store, StoreError};
-use plan::{KeepLocal, Kind, LocalFile};
+use plan::{KeepLocal, Kind, LocalFile, PartialClock};
 
 /// What `--upload*` asked for.
 #[derive(Debug, Clone)]
@@ -57,6 +63,7 @@ impl Uploader {
         let thread = std::thread::Builder::new()
             .name("walrcv-upload".into())
             .spawn(move || {
+                lower_priority();
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -88,6 +95,33 @@ impl Uploader {
     }
 }
 
+/// The uploader thread's nice value (Linux: per thread).
+pub const UPLOAD_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`UPLOAD_NICE`], so that on
+/// busy cores the uploads yield to the receive, fsync and acknowledge path
+/// (threads the uploader's runtime starts inherit it). On Linux a nice
+/// value belongs to the thread, not the process; elsewhere nothing is done.
+/// A failure (a seccomp profile, say) is logged and the uploader runs at
+/// the normal priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority only changes
+        // this thread's nice value.
+        let rc = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, UPLOAD_NICE)
+        };
+        if rc != 0 {
+            tracing::warn!(
+                "upload: could not lower the uploader's CPU priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// Retry state of one file.
 #[derive(Debug, Clone, Copy)]
 struct Retry {
@@ -113,6 +147,11 @@ struct State {
     /// Segments whose stale copies of ours were cleaned in this process.
     partial_dirs_cleaned: HashSet<String>,
     last_partial_pass: Option<Instant>,
+    /// The timelines of the `.partial` files the passes have seen: a new
+    /// one beside them is a timeline switch ([`plan::partial_pass`]).
+    partial_timelines: BTreeSet<TimeLineId>,
+    /// Set while a `.partial` upload of the last pass failed.
+    partial_retry: Option<Retry>,
     /// Files an earlier process confirmed ([`state`]), taken into `done`
     /// when the local file has the same size.
     vouched: state::Confirmed,
@@ -132,6 +171,8 @@ impl State {
             partial_stamps: HashMap::new(),
             partial_dirs_cleaned: HashSet::new(),
             last_partial_pass: None,
+            partial_timelines: BTreeSet::new(),
+            partial_retry: None,
             vouched: state::Confirmed::new(),
             saved: state::Confirmed::new(),
         }
@@ -227,19 +268,10 @@ impl State {
                 }
             };
             self.apply_vouched(&files);
-            let partials_changed = files.iter().any(|f| {
-                plan::kind(&f.name) == Kind::Partial && !self.partials.contains_key(&f.name)
-            });
-            let due = self
-                .last_partial_pass
-                .is_none_or(|t| t.elapsed() >= self.opts.partial_interval);
             // Before the uploads too: with the store hanging, a pass can
             // take a while and the backlog must show meanwhile.
             self.report_backlog(&files);
-            if stopping || due || partials_changed {
-                self.upload_partials(&files).await;
-                self.last_partial_pass = Some(Instant::now());
-            }
+            self.partial_pass(&files, stopping).await;
             self.upload_finals(&files, stopping).await;
             if !files.is_empty() {
                 self.save_state(&files);
@@ -255,6 +287,33 @@ impl State {
                 _ = stopped.changed() => {}
             }
         }
+    }
+
+    /// A pass over the `.partial` files when one is due.
+    async fn partial_pass(&mut self, files: &[LocalFile], stopping: bool) {
+        let clock = PartialClock {
+            since_last: self.last_partial_pass.map(|t| t.elapsed()),
+            interval: self.opts.partial_interval,
+            retry_due: self.partial_retry.is_some_and(|r| r.next <= Instant::now()),
+            stopping,
+        };
+        let Some(why) = plan::partial_pass(files, &self.partial_timelines, clock) else {
+            return;
+        };
+        tracing::debug!(?why, "upload: a pass over the .partial files");
+        let all_confirmed = self.upload_partials(files).await;
+        self.last_partial_pass = Some(Instant::now());
+        self.partial_timelines
+            .extend(plan::partial_timelines(files));
+        self.partial_retry = if all_confirmed {
+            None
+        } else {
+            let attempts = self.partial_retry.map_or(0, |r| r.attempts) + 1;
+            Some(Retry {
+                attempts,
+                next: Instant::now() + retry_delay(attempts),
+            })
+        };
     }
 
     async fn upload_finals(&mut self, files: &[LocalFile], ignore_backoff: bool) {
@@ -285,7 +344,10 @@ impl State {
         }
     }
 
-    async fn upload_partials(&mut self, files: &[LocalFile]) {
+    /// Uploads the `.partial` files changed since their last upload; false
+    /// when one failed.
+    async fn upload_partials(&mut self, files: &[LocalFile]) -> bool {
+        let mut all_confirmed = true;
         for file in files
             .iter()
             .filter(|f| plan::kind(&f.name) == Kind::Partial)
@@ -315,11 +377,15 @@ impl State {
                         self.delete_own_copies(&segment, Some(&object)).await;
                     }
                 }
-                Err(e) => self.failed(&object, &e),
+                Err(e) => {
+                    all_confirmed = false;
+                    self.failed(&object, &e);
+                }
             }
         }
         // Partials gone locally (completed) keep their entry until the
         // complete segment is confirmed: drop_partial_copies.
+        all_confirmed
     }
 
     async fn put(&self, name: &str, bytes: Bytes) -> Result<(), StoreError> {
