@@ -196,7 +196,6 @@ fn partial_end(verifier: &Verifier, start: Lsn, block_size: u32) -> Lsn {
         .max(continuation_end(verifier, start, block_size))
 }
 
-
 /// The check of a `.partial` still being written, kept to go on from where
 /// it stopped when the file grows: the writer fills a zero-padded file in
 /// place, front to back, so the bytes already checked do not change and only

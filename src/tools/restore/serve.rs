@@ -411,7 +411,9 @@ fn serve_partial(
             // Resumable: the one copy, uncompressed, and not the segment of
             // a switch point it ends before (rule 4 may pick another file).
             let growing = match (&bytes, resumable) {
-                (Loaded::Mapped { id, .. }, Some(check)) if sources.len() == 1 && !switch_segment => {
+                (Loaded::Mapped { id, .. }, Some(check))
+                    if sources.len() == 1 && !switch_segment =>
+                {
                     Some(Growing {
                         path: dir.join(&source.file_name),
                         id: *id,

@@ -462,7 +462,9 @@ fn a_growing_partial_is_refreshed_in_place_as_a_full_read_would_end_it() {
     let mut bytes = read_segment(&d.archive, &name).unwrap().unwrap();
     let mut written = 5000;
     // Appends across record and page boundaries, some ending mid-record.
-    for to in [5001, 8191, 8192, 8200, 8217, 30_000, 30_001, 100_000, 400_003] {
+    for to in [
+        5001, 8191, 8192, 8200, 8217, 30_000, 30_001, 100_000, 400_003,
+    ] {
         write_in_place(&path, &segment, written, to);
         written = to;
         assert!(bytes.refresh(), "refreshed at {to}");
