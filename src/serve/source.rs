@@ -227,7 +227,7 @@ impl SegmentReader {
     ) -> Result<Option<&Loaded>, SourceError> {
         let start = segment_start_lsn(segno, c.segment_size);
         let seg_end = Lsn(start.0 + c.segment_size);
-        if self.refresh(tli, segno, seg_end) {
+        if self.refresh(tli, segno, c.segment_size) {
             return Ok(self.current.as_ref());
         }
         // Candidate file timelines, newest first: `tli` itself, then its
@@ -280,10 +280,15 @@ impl SegmentReader {
     /// ([`SegmentBytes::refresh`]): a caught-up client wakes at every flush,
     /// and reading the whole `.partial` again each time cost a segment of
     /// CRC per flush and client. `false`: load it as a new segment.
-    fn refresh(&mut self, tli: TimeLineId, segno: SegNo, seg_end: Lsn) -> bool {
+    ///
+    /// Cheap enough for an async task to call in place (one `stat`, the
+    /// CRC of the new bytes, already in the page cache), sparing a hand-off
+    /// to a blocking thread at every flush.
+    pub fn refresh(&mut self, tli: TimeLineId, segno: SegNo, segment_size: u64) -> bool {
         let Some(l) = self.current.as_mut() else {
             return false;
         };
+        let seg_end = Lsn(l.start.0.saturating_add(segment_size));
         // An ancestor's file is cut at its switch point: never resumed.
         if l.segno != segno || l.timeline != tli || l.file_timeline != tli || l.complete {
             return false;

@@ -389,3 +389,18 @@ fn written_window_is_a_page_past_the_stop() {
     assert_eq!(written_window(100, 50, 1 << 20, 8192), 100 + 8192);
     assert_eq!(written_window(100, (1 << 20) - 10, 1 << 20, 8192), 1 << 20);
 }
+
+#[test]
+fn written_len_finds_the_last_non_zero_byte() {
+    assert_eq!(written_len(&[]), 0);
+    assert_eq!(written_len(&[0; 200]), 0);
+    for len in [1, 63, 64, 65, 130, 1000] {
+        for at in [0, len / 2, len - 1] {
+            let mut b = vec![0u8; len];
+            b[at] = 7;
+            assert_eq!(written_len(&b), at + 1, "{len} {at}");
+            b[0] = 1;
+            assert_eq!(written_len(&b), at + 1, "{len} {at}");
+        }
+    }
+}
