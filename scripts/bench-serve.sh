@@ -50,8 +50,7 @@
 #   --no-build      do not run cargo; use $CARGO_TARGET_DIR/release/walrcv
 #   --walrcv PATH   benchmark this walrcv binary (implies --no-build)
 #   --skip-catchup, --skip-sync, --skip-latency   leave a phase out
-#   --latency-under-load  also probe while pgbench -N runs (experimental: it
-#                   has hung in testing, see docs/src/serve.md)
+#   --latency-under-load  also probe while pgbench -N runs
 #
 # Respects CARGO_TARGET_DIR. Needs root (the servers run as `postgres`) or a
 # non-root user who can run PostgreSQL.
@@ -538,7 +537,10 @@ probe_run() { # setup, load (idle | pgbench)
         [ "$load" = pgbench ] || sleep 0.01
     done
     if [ -n "$bench_pid" ]; then
-        kill -INT "$bench_pid" 2>/dev/null || true
+        # TERM, not INT: a background job of a non-interactive shell starts
+        # with SIGINT ignored, and pgbench sets no handler, so INT left it
+        # running its -T 600 and the `wait` hung for 10 minutes.
+        kill -TERM "$bench_pid" 2>/dev/null || true
         wait "$bench_pid" 2>/dev/null || true
     fi
     sql_close pri

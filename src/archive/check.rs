@@ -97,6 +97,24 @@ pub fn check_segment(
     name: &SegmentName,
     completeness: Completeness,
 ) -> Result<ValidEnd, FileProblem> {
+    check(bytes, name, completeness).map(|(valid, _)| valid)
+}
+
+/// [`check_segment`] of a `.partial`, with the state that lets the check
+/// go on when the file grows ([`PartialCheck::resume`]) instead of starting
+/// again from its first byte.
+pub fn check_partial(
+    bytes: &[u8],
+    name: &SegmentName,
+) -> Result<(ValidEnd, Option<PartialCheck>), FileProblem> {
+    check(bytes, name, Completeness::Partial)
+}
+
+fn check(
+    bytes: &[u8],
+    name: &SegmentName,
+    completeness: Completeness,
+) -> Result<(ValidEnd, Option<PartialCheck>), FileProblem> {
     let file = name.as_str().to_owned();
     let written = written_len(bytes);
     if completeness == Completeness::Partial && written == 0 {
@@ -148,19 +166,120 @@ pub fn check_segment(
             offset: error.lsn.0.saturating_sub(start.0),
             error,
         })?;
+    let strict = verifier.clone();
     let _ = verifier.feed(zero_tail);
     let end = match completeness {
         Completeness::Complete => Lsn(start.0 + segment_size),
-        Completeness::Partial => verifier
-            .verified_end()
-            .max(continuation_end(&verifier, start, block_size)),
+        Completeness::Partial => partial_end(&verifier, start, block_size),
     };
-    Ok(ValidEnd {
+    let valid = ValidEnd {
         segment_size,
         end,
         valid_bytes: end.0.saturating_sub(start.0).min(size),
         records: verifier.records(),
-    })
+    };
+    let resumable = (completeness == Completeness::Partial).then_some(PartialCheck {
+        strict,
+        start,
+        len: size,
+        block_size,
+        valid,
+    });
+    Ok((valid, resumable))
+}
+
+/// Where a `.partial`'s usable WAL ends, once every byte of it was fed (the
+/// strict part, then the zero tail until the verifier stopped).
+fn partial_end(verifier: &Verifier, start: Lsn, block_size: u32) -> Lsn {
+    verifier
+        .verified_end()
+        .max(continuation_end(verifier, start, block_size))
+}
+
+/// The check of a `.partial` still being written, kept to go on from where
+/// it stopped when the file grows: the writer fills a zero-padded file in
+/// place, front to back, so the bytes already checked do not change and only
+/// those appended since need the verifier ([`PartialCheck::resume`]).
+///
+/// Resuming gives exactly [`check_segment`]'s answer for the grown file, on
+/// one assumption it does not read the file to confirm: the bytes more than
+/// one WAL page past where verification stops are still zero. (A full check
+/// reads them all, which is what made every reload cost a whole segment.)
+/// Anything else it cannot answer for itself (the file's length changed, the
+/// new bytes fail the strict check, the written end moved backwards) gives
+/// `None`: the caller checks the whole file again.
+#[derive(Debug, Clone)]
+pub struct PartialCheck {
+    /// The verifier after the strict part of the last check: every byte up
+    /// to the last non-zero one, without error. Resuming feeds it on.
+    strict: Verifier,
+    start: Lsn,
+    /// The file's length when checked (a `.partial` keeps its length).
+    len: u64,
+    block_size: u32,
+    valid: ValidEnd,
+}
+
+impl PartialCheck {
+    /// The answer of the last check.
+    pub fn valid(&self) -> ValidEnd {
+        self.valid
+    }
+
+    /// Offset in the file up to which every byte passed the strict check:
+    /// what is read and verified on the next resume starts there.
+    pub fn checked_len(&self) -> u64 {
+        self.strict.position().0.saturating_sub(self.start.0)
+    }
+
+    /// Checks the file again, now holding `bytes` (its whole content, of
+    /// which the first [`PartialCheck::checked_len`] are as they were), by
+    /// verifying only what follows the checked bytes. `Some`: the new state,
+    /// whose [`PartialCheck::valid`] is [`check_segment`]'s answer for
+    /// `bytes`. `None`: check the whole file instead.
+    pub fn resume(&self, bytes: &[u8]) -> Option<PartialCheck> {
+        if bytes.len() as u64 != self.len {
+            return None;
+        }
+        let from = usize::try_from(self.checked_len()).ok()?;
+        let rest = bytes.get(from..)?;
+        // Where the WAL ends: the verifier fed on until it fails (on the
+        // zeros after the last written byte) or the bytes end, as the full
+        // check feeds its zero tail.
+        let mut lenient = self.strict.clone();
+        let _ = lenient.feed(rest);
+        let stop = usize::try_from(lenient.position().0.saturating_sub(self.start.0)).ok()?;
+        let window = written_window(from, stop, bytes.len(), self.block_size);
+        let written = from + written_len(bytes.get(from..window)?);
+        // Every written byte must pass, as in the full check: a byte the
+        // lenient verifier failed on that is followed by written bytes is
+        // damage (or garbage), which the full check reports.
+        let mut strict = self.strict.clone();
+        strict.feed(bytes.get(from..written)?).ok()?;
+        let end = partial_end(&lenient, self.start, self.block_size);
+        Some(PartialCheck {
+            strict,
+            start: self.start,
+            len: self.len,
+            block_size: self.block_size,
+            valid: ValidEnd {
+                segment_size: self.valid.segment_size,
+                end,
+                valid_bytes: end.0.saturating_sub(self.start.0).min(self.len),
+                records: lenient.records(),
+            },
+        })
+    }
+}
+
+/// The end of the bytes a resumed check looks at for its written end:
+/// one page past `stop` (where the lenient verifier stopped, at or after
+/// `from`), within `len`. Written bytes past the verified WAL are the
+/// record in progress or damage right after it; the full check's scan of
+/// every zero to the file's end is what a resume saves.
+pub fn written_window(from: usize, stop: usize, len: usize, block_size: u32) -> usize {
+    let page = usize::try_from(block_size).unwrap_or(usize::MAX);
+    stop.max(from).saturating_add(page).min(len)
 }
 
 /// Checks the content of the history file of `timeline`.
@@ -228,9 +347,21 @@ fn continuation_length(len: u64, block: u64) -> Option<u64> {
     block.checked_mul(pages)?.checked_add(short + on_last)
 }
 
-/// Length up to and including the last non-zero byte.
+/// Length up to and including the last non-zero byte. A new `.partial` is
+/// mostly zeros: 64-byte blocks are OR-reduced from the end (which
+/// vectorizes) rather than tested a byte at a time.
 fn written_len(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+    let mut end = bytes.len();
+    for block in bytes.rchunks(64) {
+        if block.iter().fold(0u8, |a, &b| a | b) != 0 {
+            return block
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |i| end - block.len() + i + 1);
+        }
+        end -= block.len();
+    }
+    0
 }
 
 fn describe_start(bytes: &[u8]) -> String {

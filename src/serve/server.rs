@@ -1177,7 +1177,10 @@ async fn stream(
             .as_ref()
             .is_none_or(|l| l.segno != segno || (!l.complete && s.sent >= l.end));
         if stale && need_reload {
-            reader = reload(shared, &catalog, s.timeline(), segno, reader).await?;
+            // The growing `.partial` in place; anything else off the runtime.
+            if !reader.refresh(s.timeline(), segno, catalog.segment_size) {
+                reader = reload(shared, &catalog, s.timeline(), segno, reader).await?;
+            }
             need_reload = false;
         }
         let published: Published = live.as_ref().map(|l| *l.borrow());

@@ -194,6 +194,8 @@ pub struct Loaded {
     pub end: Lsn,
     /// Whether the whole segment is there (no need to read it again).
     pub complete: bool,
+    /// The timeline of the file read (`timeline` or an ancestor's).
+    file_timeline: TimeLineId,
     bytes: SegmentBytes,
 }
 
@@ -225,6 +227,9 @@ impl SegmentReader {
     ) -> Result<Option<&Loaded>, SourceError> {
         let start = segment_start_lsn(segno, c.segment_size);
         let seg_end = Lsn(start.0 + c.segment_size);
+        if self.refresh(tli, segno, c.segment_size) {
+            return Ok(self.current.as_ref());
+        }
         // Candidate file timelines, newest first: `tli` itself, then its
         // ancestors whose range overlaps the segment.
         let mut candidates = vec![tli];
@@ -261,12 +266,39 @@ impl SegmentReader {
                 start,
                 end,
                 complete,
+                file_timeline: file_tli,
                 bytes,
             });
             return Ok(self.current.as_ref());
         }
         self.current = None;
         Ok(None)
+    }
+
+    /// The segment held, still a `.partial` of the stream's own timeline,
+    /// brought up to date by verifying only what was appended to it
+    /// ([`SegmentBytes::refresh`]): a caught-up client wakes at every flush,
+    /// and reading the whole `.partial` again each time cost a segment of
+    /// CRC per flush and client. `false`: load it as a new segment.
+    ///
+    /// Cheap enough for an async task to call in place (one `stat`, the
+    /// CRC of the new bytes, already in the page cache), sparing a hand-off
+    /// to a blocking thread at every flush.
+    pub fn refresh(&mut self, tli: TimeLineId, segno: SegNo, segment_size: u64) -> bool {
+        let Some(l) = self.current.as_mut() else {
+            return false;
+        };
+        let seg_end = Lsn(l.start.0.saturating_add(segment_size));
+        // An ancestor's file is cut at its switch point: never resumed.
+        if l.segno != segno || l.timeline != tli || l.file_timeline != tli || l.complete {
+            return false;
+        }
+        if !l.bytes.refresh() {
+            return false;
+        }
+        l.end = Lsn(l.start.0 + l.bytes.valid().len() as u64);
+        l.complete = l.end == seg_end;
+        true
     }
 }
 

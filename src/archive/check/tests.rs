@@ -236,3 +236,171 @@ fn a_continuation_near_the_end_of_the_lsn_space_does_not_overflow() {
     let _ = check_segment(bytes, &name, Completeness::Partial);
     let _ = check_segment(bytes, &name, Completeness::Complete);
 }
+
+/// `bytes[..written]` in a zero-padded segment-sized file, as the segment
+/// writer leaves a `.partial` after writing that much.
+fn written(bytes: &[u8], written: usize) -> Vec<u8> {
+    let mut file = vec![0; SEG as usize];
+    file[..written].copy_from_slice(&bytes[..written]);
+    file
+}
+
+/// Lengths a `.partial` of `bytes` passes through while being written:
+/// record boundaries and a byte either side (the first records), inside
+/// record and page headers, each side of page boundaries, and a stride
+/// over the whole segment.
+fn growth(bytes: &[u8], segment: &str, tli: TimeLineId) -> Vec<usize> {
+    let mut at: Vec<usize> = Vec::new();
+    for r in record_boundaries(bytes, segment, tli).into_iter().take(40) {
+        let r = r as usize;
+        at.extend([r - 1, r, r + 1, r + 10]);
+    }
+    for page in 1..5 {
+        let p = page * 8192;
+        at.extend([p - 1, p, p + 1, p + 10, p + 24, p + 30]);
+    }
+    at.extend((1..).map(|i| i * 9973).take_while(|&n| n < SEG as usize));
+    at.push(SEG as usize);
+    at.retain(|&n| n > 40 && n <= SEG as usize);
+    at.sort_unstable();
+    at.dedup();
+    at
+}
+
+/// Grows a `.partial` of segment `s` through [`growth`], resuming at each
+/// length, and compares with the full check.
+fn resume_through_growth(s: &str, tli: TimeLineId) -> PartialCheck {
+    let segment = fixture(s);
+    let lengths = growth(&segment, s, tli);
+    let first = written(&segment, lengths[0]);
+    let (valid, check) = check_partial(&first, &name(s)).unwrap();
+    assert_eq!(
+        valid,
+        check_segment(&first, &name(s), Completeness::Partial).unwrap()
+    );
+    let mut check = check.unwrap();
+    for &n in &lengths[1..] {
+        let file = written(&segment, n);
+        let full = check_segment(&file, &name(s), Completeness::Partial).unwrap();
+        check = check
+            .resume(&file)
+            .unwrap_or_else(|| panic!("{s}: no resume at {n}"));
+        assert_eq!(check.valid(), full, "{s} written up to {n}");
+        // The strict part never takes in the zeros after the written bytes
+        // (a record may end in zeros: the valid end can pass `n`, as in
+        // the full check).
+        assert!(check.checked_len() as usize <= n, "{s}: {n}");
+    }
+    check
+}
+
+#[test]
+fn a_resumed_check_answers_as_the_full_check_at_every_length() {
+    // Many records, across record and page boundaries, to the segment end.
+    // Its last record goes on in D: the valid end is where it starts.
+    let check = resume_through_growth("00000002000000000000000C", 2);
+    assert_eq!(check.valid().valid_bytes, 1_047_608);
+    // Starting with the continuation of a record from the segment before.
+    resume_through_growth("00000001000000000000000A", 1);
+    // A record of 1.5 MB begun in it and not ended.
+    resume_through_growth("000000010000000000000009", 1);
+}
+
+#[test]
+fn a_resume_with_nothing_new_gives_the_same_answer() {
+    let s = "00000002000000000000000C";
+    let file = written(&fixture(s), 50_000);
+    let (valid, check) = check_partial(&file, &name(s)).unwrap();
+    let check = check.unwrap();
+    let again = check.resume(&file).unwrap();
+    assert_eq!(again.valid(), valid);
+    assert_eq!(again.checked_len(), check.checked_len());
+}
+
+#[test]
+fn a_torn_record_appended_is_not_counted_until_it_is_whole() {
+    let s = "00000002000000000000000C";
+    let segment = fixture(s);
+    let bounds = record_boundaries(&segment, s, 2);
+    let (r, next) = (bounds[20] as usize, bounds[21] as usize);
+    let (_, check) = check_partial(&written(&segment, r), &name(s)).unwrap();
+    let check = check.unwrap();
+    let torn = check.resume(&written(&segment, next - 3)).unwrap();
+    assert_eq!(torn.valid().valid_bytes as usize, r);
+    let whole = torn.resume(&written(&segment, next)).unwrap();
+    assert_eq!(whole.valid().valid_bytes as usize, next);
+}
+
+#[test]
+fn garbage_appended_is_never_counted_and_asks_for_the_full_check() {
+    let s = "00000002000000000000000C";
+    let segment = fixture(s);
+    let bounds = record_boundaries(&segment, s, 2);
+    let (r, next) = (bounds[30] as usize, bounds[31] as usize);
+    let (_, check) = check_partial(&written(&segment, r), &name(s)).unwrap();
+    let check = check.unwrap();
+    // Garbage where the next record should start.
+    let mut garbage = written(&segment, r);
+    garbage[r..r + 40].fill(0xAB);
+    assert!(check.resume(&garbage).is_none());
+    assert!(check_segment(&garbage, &name(s), Completeness::Partial).is_err());
+    // A whole record appended, with a flipped byte in it (its CRC fails),
+    // then more records: damage, not a torn end.
+    let mut flipped = written(&segment, next + 2000);
+    flipped[r + 30] ^= 0x01;
+    assert!(check.resume(&flipped).is_none());
+    assert!(check_segment(&flipped, &name(s), Completeness::Partial).is_err());
+    // The record torn, then garbage a few bytes after it.
+    let mut torn = written(&segment, next - 8);
+    torn[next + 100] = 0x55;
+    assert!(check.resume(&torn).is_none());
+    assert!(check_segment(&torn, &name(s), Completeness::Partial).is_err());
+}
+
+#[test]
+fn garbage_more_than_a_page_past_the_written_end_is_left_to_the_next_full_check() {
+    // The one assumption of a resume (see `PartialCheck`): what the full
+    // check refuses, a resume counts only up to the verified end.
+    let s = "00000002000000000000000C";
+    let segment = fixture(s);
+    let bounds = record_boundaries(&segment, s, 2);
+    let (r, next) = (bounds[30] as usize, bounds[31] as usize);
+    let (_, check) = check_partial(&written(&segment, r), &name(s)).unwrap();
+    let mut far = written(&segment, next);
+    far[next + 3 * 8192] = 0x55;
+    let resumed = check.unwrap().resume(&far).unwrap();
+    assert_eq!(resumed.valid().valid_bytes as usize, next);
+    assert!(check_segment(&far, &name(s), Completeness::Partial).is_err());
+}
+
+#[test]
+fn a_file_of_another_length_is_not_resumed() {
+    let s = "00000002000000000000000C";
+    let segment = fixture(s);
+    let (_, check) = check_partial(&written(&segment, 30_000), &name(s)).unwrap();
+    let mut longer = written(&segment, 40_000);
+    longer.push(0);
+    assert!(check.unwrap().resume(&longer).is_none());
+}
+
+#[test]
+fn written_window_is_a_page_past_the_stop() {
+    assert_eq!(written_window(100, 500, 1 << 20, 8192), 500 + 8192);
+    assert_eq!(written_window(100, 50, 1 << 20, 8192), 100 + 8192);
+    assert_eq!(written_window(100, (1 << 20) - 10, 1 << 20, 8192), 1 << 20);
+}
+
+#[test]
+fn written_len_finds_the_last_non_zero_byte() {
+    assert_eq!(written_len(&[]), 0);
+    assert_eq!(written_len(&[0; 200]), 0);
+    for len in [1, 63, 64, 65, 130, 1000] {
+        for at in [0, len / 2, len - 1] {
+            let mut b = vec![0u8; len];
+            b[at] = 7;
+            assert_eq!(written_len(&b), at + 1, "{len} {at}");
+            b[0] = 1;
+            assert_eq!(written_len(&b), at + 1, "{len} {at}");
+        }
+    }
+}

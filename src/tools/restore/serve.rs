@@ -9,10 +9,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::archive::check::{check_history, check_segment, Completeness, FileProblem, ValidEnd};
+use crate::archive::check::{
+    check_history, check_partial, check_segment, Completeness, FileProblem, PartialCheck, ValidEnd,
+};
 use crate::archive::compression::{decompress, decompress_partial, DecompressError};
 use crate::archive::names::{Compression, SegmentName};
 use crate::lsn::{Lsn, TimeLineId, MAX_SEGMENT_SIZE};
@@ -129,9 +131,48 @@ impl Sink<'_> {
             }
             Sink::Memory(out) => {
                 let valid = valid.min(loaded.len());
-                **out = Some(SegmentBytes { loaded, valid });
+                **out = Some(SegmentBytes {
+                    loaded,
+                    valid,
+                    growing: None,
+                });
                 Ok(())
             }
+        }
+    }
+
+    /// Lets the segment just put be checked again incrementally as its file
+    /// grows (walrcv serve; `walrcv restore` writes `%p` once).
+    fn growing(&mut self, growing: Growing) {
+        if let Sink::Memory(Some(bytes)) = self {
+            bytes.growing = Some(growing);
+        }
+    }
+}
+
+/// The uncompressed `.partial` a [`SegmentBytes`] was read from, still
+/// being written: its path and identity, and where its check stopped.
+struct Growing {
+    path: PathBuf,
+    id: FileId,
+    check: PartialCheck,
+}
+
+/// A file's identity: a `.partial` renamed (completed into its segment,
+/// set aside as divergent) or replaced under its name is no longer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
         }
     }
 }
@@ -142,6 +183,9 @@ impl Sink<'_> {
 pub struct SegmentBytes {
     loaded: Loaded,
     valid: u64,
+    /// Set when read from the segment's own uncompressed `.partial`, the
+    /// one copy of it: [`SegmentBytes::refresh`] can then go on from here.
+    growing: Option<Growing>,
 }
 
 impl SegmentBytes {
@@ -149,6 +193,34 @@ impl SegmentBytes {
     pub fn valid(&self) -> &[u8] {
         let bytes = self.loaded.as_slice();
         bytes.get(..self.valid as usize).unwrap_or(bytes)
+    }
+
+    /// Brings a `.partial` still being written up to date without reading
+    /// it again from its start: verifies only the bytes appended past where
+    /// the last check stopped ([`PartialCheck::resume`]), in the mapping
+    /// already held (it shows the writer's new bytes), then makes sure the
+    /// `.partial`'s name is still this file. `true`: [`SegmentBytes::valid`]
+    /// now ends where [`read_segment`] would end it. `false`: nothing was
+    /// changed; read the segment again with [`read_segment`] (not a
+    /// growing `.partial`, renamed or replaced, or a check it cannot resume).
+    pub fn refresh(&mut self) -> bool {
+        let (Some(growing), Loaded::Mapped { map, .. }) = (&mut self.growing, &self.loaded) else {
+            return false;
+        };
+        let Some(next) = growing.check.resume(map) else {
+            return false;
+        };
+        // After the read: a file renamed before it may have been read in
+        // part as its successor; one renamed after it was read whole as
+        // the file it was, the same as a full read just before the rename.
+        let same = std::fs::symlink_metadata(&growing.path)
+            .is_ok_and(|meta| FileId::of(&meta) == growing.id);
+        if !same {
+            return false;
+        }
+        self.valid = next.valid().valid_bytes.min(map.len() as u64);
+        growing.check = next;
+        true
     }
 }
 
@@ -314,26 +386,46 @@ fn serve_partial(
     sources: &[Source],
     target: &mut Sink<'_>,
 ) -> Result<Served, Attempt> {
-    let mut best: Option<(Loaded, ValidEnd, &Source)> = None;
+    let mut best: Option<(Loaded, ValidEnd, &Source, Option<PartialCheck>)> = None;
     for source in sources {
         let bytes = load(dir, source, MAX_SEGMENT_SIZE)?;
-        let end = match check_segment(bytes.as_slice(), name, Completeness::Partial) {
-            Ok(end) => end,
+        let (end, resumable) = match check_partial(bytes.as_slice(), name) {
+            Ok(checked) => checked,
             Err(FileProblem::NothingWritten { .. }) => continue,
             Err(problem) => return Err(failed_check(dir, source, problem).into()),
         };
-        if best.as_ref().is_none_or(|(_, b, _)| end.end > b.end) {
-            best = Some((bytes, end, source));
+        if best.as_ref().is_none_or(|(_, b, _, _)| end.end > b.end) {
+            best = Some((bytes, end, source, resumable));
         }
     }
-    if let Some((_, end, source)) = &best {
-        if let Some(served) = serve_switch_segment(dir, name, end, source, target)? {
+    let mut switch_segment = false;
+    if let Some((_, end, source, _)) = &best {
+        if let Some(served) =
+            serve_switch_segment(dir, name, end, source, target, &mut switch_segment)?
+        {
             return Ok(served);
         }
     }
     match best {
-        Some((bytes, end, source)) if end.valid_bytes > 0 => {
+        Some((bytes, end, source, resumable)) if end.valid_bytes > 0 => {
+            // Resumable: the one copy, uncompressed, and not the segment of
+            // a switch point it ends before (rule 4 may pick another file).
+            let growing = match (&bytes, resumable) {
+                (Loaded::Mapped { id, .. }, Some(check))
+                    if sources.len() == 1 && !switch_segment =>
+                {
+                    Some(Growing {
+                        path: dir.join(&source.file_name),
+                        id: *id,
+                        check,
+                    })
+                }
+                _ => None,
+            };
             target.put(bytes, end.valid_bytes, end.segment_size)?;
+            if let Some(growing) = growing {
+                target.growing(growing);
+            }
             Ok(served(source, Some(end.end), true))
         }
         // Nothing valid yet: the same as no file, recovery ends before it.
@@ -353,6 +445,7 @@ fn serve_switch_segment(
     end: &ValidEnd,
     source: &Source,
     target: &mut Sink<'_>,
+    applies: &mut bool,
 ) -> Result<Option<Served>, Attempt> {
     let Some(history) = read_history(dir, name.timeline())? else {
         return Ok(None);
@@ -360,6 +453,7 @@ fn serve_switch_segment(
     let Some(copy) = switch_segment_copy(name, end.segment_size, &history, end.end) else {
         return Ok(None);
     };
+    *applies = true;
     let names = list(dir)?;
     for parent in switch_segment_sources(&copy.parent_segment, names.iter().map(String::as_str)) {
         let bytes = match load(dir, &parent, MAX_SEGMENT_SIZE) {
@@ -525,7 +619,7 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<String>, RestoreError> {
 /// memory otherwise.
 enum Loaded {
     Empty,
-    Mapped(memmap2::Mmap),
+    Mapped { map: memmap2::Mmap, id: FileId },
     Decoded { bytes: Vec<u8>, finished: bool },
 }
 
@@ -533,7 +627,7 @@ impl Loaded {
     fn as_slice(&self) -> &[u8] {
         match self {
             Loaded::Empty => &[],
-            Loaded::Mapped(m) => m,
+            Loaded::Mapped { map, .. } => map,
             Loaded::Decoded { bytes, .. } => bytes,
         }
     }
@@ -579,7 +673,8 @@ fn load(dir: &Path, source: &Source, limit: u64) -> Result<Loaded, Attempt> {
             what,
         }),
     })?;
-    let len = file.metadata().map_err(read_error)?.len();
+    let meta = file.metadata().map_err(read_error)?;
+    let len = meta.len();
     if source.compression == Compression::None {
         if len > limit {
             let problem = FileProblem::WrongSize {
@@ -598,7 +693,10 @@ fn load(dir: &Path, source: &Source, limit: u64) -> Result<Loaded, Attempt> {
         // hand while mapped would raise SIGBUS, as for any mmap reader.
         let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(read_error)?;
         let _ = map.advise(memmap2::Advice::Sequential);
-        return Ok(Loaded::Mapped(map));
+        return Ok(Loaded::Mapped {
+            map,
+            id: FileId::of(&meta),
+        });
     }
     let max = max_compressed_len(limit);
     let too_large = |size| {

@@ -433,3 +433,127 @@ fn a_switch_segment_cut_before_the_switch_point_is_served_as_it_is_without_a_ver
         );
     }
 }
+
+/// Writes `bytes[from..to]` of `segment` into the file at `path` in place,
+/// as the segment writer's `pwrite` does (same inode, same length).
+fn write_in_place(path: &Path, segment: &[u8], from: usize, to: usize) {
+    use std::os::unix::fs::FileExt as _;
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&segment[from..to], from as u64).unwrap();
+}
+
+/// The valid length `read_segment` gives for `name` now.
+fn full_read(dir: &Path, name: &SegmentName) -> Option<usize> {
+    read_segment(dir, name)
+        .unwrap()
+        .map(|bytes| bytes.valid().len())
+}
+
+#[test]
+fn a_growing_partial_is_refreshed_in_place_as_a_full_read_would_end_it() {
+    let s = "00000002000000000000000C";
+    let segment = fixture(s);
+    let d = dirs();
+    let path = d.archive.join(format!("{s}.partial"));
+    let mut padded = vec![0; SEG];
+    padded[..5000].copy_from_slice(&segment[..5000]);
+    put(&d.archive, &format!("{s}.partial"), &padded);
+    let name = SegmentName::parse(s).unwrap();
+    let mut bytes = read_segment(&d.archive, &name).unwrap().unwrap();
+    let mut written = 5000;
+    // Appends across record and page boundaries, some ending mid-record.
+    for to in [
+        5001, 8191, 8192, 8200, 8217, 30_000, 30_001, 100_000, 400_003,
+    ] {
+        write_in_place(&path, &segment, written, to);
+        written = to;
+        assert!(bytes.refresh(), "refreshed at {to}");
+        assert_eq!(
+            Some(bytes.valid().len()),
+            full_read(&d.archive, &name),
+            "{to}"
+        );
+        assert_eq!(bytes.valid(), &segment[..bytes.valid().len()]);
+    }
+}
+
+#[test]
+fn a_garbage_tail_is_never_taken_in_by_a_refresh() {
+    let s = "00000002000000000000000C";
+    let segment = fixture(s);
+    let d = dirs();
+    let path = d.archive.join(format!("{s}.partial"));
+    let mut padded = vec![0; SEG];
+    padded[..100_000].copy_from_slice(&segment[..100_000]);
+    put(&d.archive, &format!("{s}.partial"), &padded);
+    let name = SegmentName::parse(s).unwrap();
+    let mut bytes = read_segment(&d.archive, &name).unwrap().unwrap();
+    let end = bytes.valid().len();
+    // Garbage where the next record's header goes.
+    let garbage = [0xABu8; 64];
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &garbage, end as u64))
+        .unwrap();
+    assert!(!bytes.refresh());
+    assert_eq!(bytes.valid().len(), end, "unchanged when not refreshed");
+    // The full read the caller falls back to refuses the file, as before.
+    assert!(read_segment(&d.archive, &name).is_err());
+}
+
+#[test]
+fn a_partial_renamed_or_replaced_is_not_refreshed() {
+    let s = "00000002000000000000000C";
+    let segment = fixture(s);
+    let name = SegmentName::parse(s).unwrap();
+    let mut padded = vec![0; SEG];
+    padded[..50_000].copy_from_slice(&segment[..50_000]);
+    // Replaced under its name by another file (a divergent tail set aside,
+    // then the segment written again), even with the same bytes.
+    let d = dirs();
+    put(&d.archive, &format!("{s}.partial"), &padded);
+    let mut bytes = read_segment(&d.archive, &name).unwrap().unwrap();
+    put(&d.archive, "replacement", &padded);
+    std::fs::rename(
+        d.archive.join("replacement"),
+        d.archive.join(format!("{s}.partial")),
+    )
+    .unwrap();
+    assert!(!bytes.refresh());
+    // Completed: renamed to the segment's name.
+    let d = dirs();
+    put(&d.archive, &format!("{s}.partial"), &padded);
+    let mut bytes = read_segment(&d.archive, &name).unwrap().unwrap();
+    std::fs::rename(d.archive.join(format!("{s}.partial")), d.archive.join(s)).unwrap();
+    assert!(!bytes.refresh());
+    // Set aside (renamed away, nothing under the name).
+    let d = dirs();
+    put(&d.archive, &format!("{s}.partial"), &padded);
+    let mut bytes = read_segment(&d.archive, &name).unwrap().unwrap();
+    std::fs::rename(
+        d.archive.join(format!("{s}.partial")),
+        d.archive.join(format!("{s}.partial.divergent")),
+    )
+    .unwrap();
+    assert!(!bytes.refresh());
+}
+
+#[test]
+fn compressed_partials_and_complete_segments_are_not_refreshed() {
+    let s = "00000002000000000000000C";
+    let segment = fixture(s);
+    let name = SegmentName::parse(s).unwrap();
+    let d = dirs();
+    put(
+        &d.archive,
+        &format!("{s}{}.partial", Compression::Gzip.suffix()),
+        &compress(Compression::Gzip, &segment[..50_000], false),
+    );
+    let mut bytes = read_segment(&d.archive, &name).unwrap().unwrap();
+    assert!(!bytes.refresh());
+    let d = dirs();
+    put(&d.archive, s, &segment);
+    let mut bytes = read_segment(&d.archive, &name).unwrap().unwrap();
+    assert!(!bytes.refresh());
+}
