@@ -597,12 +597,6 @@ fn servable(
     }
 }
 
-/// The served end before the receiver's first report: the end of the
-/// complete segments (see [`servable`]).
-fn unreported_end(end: Lsn, segment_size: u64) -> Lsn {
-    Lsn(end.0 - end.0 % segment_size.max(1))
-}
-
 /// A client connection, TLS or not.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -1013,15 +1007,12 @@ fn sasl_initial(body: &[u8], plus_offered: bool) -> Option<(bool, &[u8])> {
 async fn load_catalog(shared: &Shared) -> Result<Catalog, String> {
     let dir = shared.dir.clone();
     let published: Published = shared.live.as_ref().map(|l| *l.borrow());
-    let mut catalog =
-        tokio::task::spawn_blocking(move || source::catalog(&dir, published.flatten()))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-    if published == Some(None) {
-        catalog.end = unreported_end(catalog.end, catalog.segment_size);
-    }
-    Ok(catalog)
+    // Before the receiver's first report: complete segment files only.
+    let complete_only = published == Some(None);
+    tokio::task::spawn_blocking(move || source::catalog(&dir, published.flatten(), complete_only))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 async fn commands(
@@ -1409,8 +1400,6 @@ mod tests {
             servable(Some(Some((1, Lsn(9 * seg)))), 2, start, end, true),
             start
         );
-        assert_eq!(unreported_end(end, seg), start);
-        assert_eq!(unreported_end(Lsn(4 * seg), seg), Lsn(4 * seg));
     }
 
     #[test]

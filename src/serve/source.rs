@@ -88,8 +88,15 @@ pub fn history_file(dir: &Path, tli: TimeLineId) -> Option<Vec<u8>> {
 
 /// Reads the catalog. `live_end`: the verified and flushed end published
 /// by a receiver in the same process (`walrcv stream --serve`), which the
-/// served end never passes.
-pub fn catalog(dir: &Path, live_end: Option<(TimeLineId, Lsn)>) -> Result<Catalog, SourceError> {
+/// served end never passes. `complete_only`: the end of the complete
+/// segment files only (`stream --serve` before the receiver's first report:
+/// a `.partial` an earlier run left may hold WAL never fsynced, even when it
+/// is valid to the segment's end).
+pub fn catalog(
+    dir: &Path,
+    live_end: Option<(TimeLineId, Lsn)>,
+    complete_only: bool,
+) -> Result<Catalog, SourceError> {
     let (system_id, major, segment_size, block_size) = identity(dir)?;
     let scan =
         ArchiveDir::scan_unlocked(dir, segment_size).map_err(|source| SourceError::Archive {
@@ -114,7 +121,7 @@ pub fn catalog(dir: &Path, live_end: Option<(TimeLineId, Lsn)>) -> Result<Catalo
         end: Lsn(0),
         history,
     };
-    catalog.end = served_end(dir, &catalog, &scan.segments)?;
+    catalog.end = served_end(dir, &catalog, &scan.segments, complete_only)?;
     if let Some((tli, end)) = live_end {
         if tli == catalog.timeline {
             catalog.end = catalog.end.min(end);
@@ -166,6 +173,7 @@ fn served_end(
     dir: &Path,
     c: &Catalog,
     segments: &[crate::archive::SegmentFile],
+    complete_only: bool,
 ) -> Result<Lsn, SourceError> {
     let switch_in = c.history.last().map_or(Lsn(0), |e| e.switchpoint);
     let Some(newest) = segments
@@ -178,6 +186,7 @@ fn served_end(
     };
     let mut reader = SegmentReader::default();
     let end = match reader.load(dir, c, c.timeline, newest)? {
+        Some(loaded) if complete_only && !loaded.complete => loaded.start,
         Some(loaded) => loaded.end,
         None => segment_start_lsn(newest, c.segment_size),
     };
@@ -192,7 +201,9 @@ pub struct Loaded {
     pub start: Lsn,
     /// End of what may be sent from it.
     pub end: Lsn,
-    /// Whether the whole segment is there (no need to read it again).
+    /// Whether the whole segment is there in a complete segment file (no
+    /// need to read it again). A `.partial` never is, even with WAL to its
+    /// end: it may not have been fsynced.
     pub complete: bool,
     /// The timeline of the file read (`timeline` or an ancestor's).
     file_timeline: TimeLineId,
@@ -259,7 +270,7 @@ impl SegmentReader {
                     end = end.min(u);
                 }
             }
-            let complete = end == seg_end;
+            let complete = end == seg_end && !bytes.from_partial();
             self.current = Some(Loaded {
                 segno,
                 timeline: tli,
@@ -297,7 +308,7 @@ impl SegmentReader {
             return false;
         }
         l.end = Lsn(l.start.0 + l.bytes.valid().len() as u64);
-        l.complete = l.end == seg_end;
+        l.complete = l.end == seg_end && !l.bytes.from_partial();
         true
     }
 }
@@ -305,6 +316,34 @@ impl SegmentReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `.partial` whose valid WAL fills the segment (its writer died
+    /// after the last write, before the fsync and the rename) is not a
+    /// complete segment: before the receiver's first report, nothing of it.
+    #[test]
+    fn a_full_partial_is_not_a_complete_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = format!(
+            "{}/testdata/wal/pg15/000000010000000000000008",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let partial = dir.path().join("000000010000000000000008.partial");
+        std::fs::copy(&fixture, &partial).unwrap();
+        let seg = 1u64 << 20;
+        let all = catalog(dir.path(), None, false).unwrap();
+        assert_eq!(all.end, Lsn(9 * seg), "the verified end");
+        let complete = catalog(dir.path(), None, true).unwrap();
+        assert_eq!(complete.end, Lsn(8 * seg), "no complete segment yet");
+        let mut reader = SegmentReader::default();
+        let loaded = reader.load(dir.path(), &all, 1, 8).unwrap().unwrap();
+        assert_eq!(loaded.end, Lsn(9 * seg));
+        assert!(!loaded.complete, "a .partial is never complete");
+        // The same WAL under the segment's own name is complete.
+        std::fs::rename(&partial, dir.path().join("000000010000000000000008")).unwrap();
+        let loaded = reader.load(dir.path(), &all, 1, 8).unwrap().unwrap();
+        assert!(loaded.complete);
+        assert_eq!(catalog(dir.path(), None, true).unwrap().end, Lsn(9 * seg));
+    }
 
     #[test]
     fn timeline_end_from_the_newest_history_forking_from_the_timeline() {

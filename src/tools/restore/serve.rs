@@ -135,6 +135,7 @@ impl Sink<'_> {
                     loaded,
                     valid,
                     growing: None,
+                    from_partial: false,
                 });
                 Ok(())
             }
@@ -186,9 +187,18 @@ pub struct SegmentBytes {
     /// Set when read from the segment's own uncompressed `.partial`, the
     /// one copy of it: [`SegmentBytes::refresh`] can then go on from here.
     growing: Option<Growing>,
+    /// Read from a `.partial` (which may hold WAL never fsynced when its
+    /// writer died), not from a complete segment file.
+    from_partial: bool,
 }
 
 impl SegmentBytes {
+    /// Whether the bytes come from a `.partial`, however much valid WAL it
+    /// holds (a complete segment file was fsynced before its rename).
+    pub fn from_partial(&self) -> bool {
+        self.from_partial
+    }
+
     /// The verified WAL (for a `.partial`: up to its last valid record).
     pub fn valid(&self) -> &[u8] {
         let bytes = self.loaded.as_slice();
@@ -238,7 +248,10 @@ pub fn read_segment(dir: &Path, name: &SegmentName) -> Result<Option<SegmentByte
     let mut out = None;
     match answer(dir, name.as_str(), &request, &mut Sink::Memory(&mut out))? {
         Served::NotFound => Ok(None),
-        Served::File { .. } => Ok(out),
+        Served::File { partial, .. } => Ok(out.map(|bytes| SegmentBytes {
+            from_partial: partial,
+            ..bytes
+        })),
     }
 }
 
