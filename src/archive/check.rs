@@ -350,7 +350,7 @@ fn continuation_length(len: u64, block: u64) -> Option<u64> {
 /// Length up to and including the last non-zero byte. A new `.partial` is
 /// mostly zeros: 64-byte blocks are OR-reduced from the end (which
 /// vectorizes) rather than tested a byte at a time.
-fn written_len(bytes: &[u8]) -> usize {
+pub fn written_len(bytes: &[u8]) -> usize {
     let mut end = bytes.len();
     for block in bytes.rchunks(64) {
         if block.iter().fold(0u8, |a, &b| a | b) != 0 {

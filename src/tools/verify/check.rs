@@ -219,7 +219,7 @@ fn check_bytes(
 /// it make its CRC or the next page's header fail. Only a fallback: a
 /// complete record may end in zero bytes too.
 fn received_part(data: &[u8]) -> &[u8] {
-    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let end = crate::archive::check::written_len(data).min(data.len());
     &data[..end]
 }
 
