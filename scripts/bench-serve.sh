@@ -56,6 +56,8 @@
 # non-root user who can run PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
 
 command_line="$0"
 for arg in "$@"; do command_line+=" $(printf '%q' "$arg")"; done
@@ -104,9 +106,6 @@ for n in "$wal_mb" "$rounds" "$seconds" "$clients" "$standbys" "$probes"; do
     esac
 done
 
-say() { printf '\n== %s\n' "$*" >&2; }
-note() { printf '%s\n' "$*" >&2; }
-die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
 PGBIN=/usr/lib/postgresql/15/bin
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -154,22 +153,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-used_ports=" "
-# Sets new_port (no subshell: the ports taken are remembered).
-free_port() {
-    local candidate
-    for _ in $(seq 200); do
-        candidate=$((20000 + RANDOM % 30000))
-        case "$used_ports" in *" $candidate "*) continue ;; esac
-        if port_is_free "$candidate"; then
-            used_ports+="$candidate "
-            new_port=$candidate
-            return 0
-        fi
-    done
-    die "no free port"
-}
 
 psql_at() { # port, sql
     psql -XAtq -h "$pgdir" -p "$1" -U postgres -d postgres -c "$2"
@@ -202,11 +185,6 @@ wait_for_log() { # file, text, pid
     cat "$1" >&2
     die "no '$2' in $1"
 }
-cpu_ticks() { # pid
-    local stat
-    stat=$(cat "/proc/$1/stat")
-    awk '{ print $12 + $13 }' <<<"${stat##*) }"
-}
 stop_pid() { # pid
     local i
     kill -INT "$1" 2>/dev/null || true
@@ -216,14 +194,6 @@ stop_pid() { # pid
     done
     kill -KILL "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
-}
-rotated() { # round, names...
-    local round=$1
-    shift
-    local names=("$@") n=$# i
-    for ((i = 0; i < n; i++)); do
-        printf '%s\n' "${names[$(((i + round - 1) % n))]}"
-    done
 }
 
 # A psql session fed through a FIFO: sql_open NAME PORT sets ${NAME_in} and

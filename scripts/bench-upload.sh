@@ -67,6 +67,8 @@
 # or a non-root user who can run PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
 
 command_line="$0"
 for arg in "$@"; do command_line+=" $(printf '%q' "$arg")"; done
@@ -115,9 +117,6 @@ done
 [ -n "$clients" ] || { echo "bench: --clients is empty" >&2; exit 2; }
 [ "$do_sync$do_tput" != 00 ] || { echo "bench: --sync-only and --throughput-only exclude each other" >&2; exit 2; }
 
-say() { printf '\n== %s\n' "$*" >&2; }
-note() { printf '%s\n' "$*" >&2; }
-die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
 PGBIN=/usr/lib/postgresql/15/bin
 clk_tck=$(getconf CLK_TCK)
@@ -181,24 +180,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-taken=" "
-free_port() {
-    local candidate
-    for _ in $(seq 200); do
-        candidate=$((20000 + RANDOM % 30000))
-        case "$taken" in *" $candidate "*) continue ;; esac
-        if port_is_free "$candidate"; then
-            taken+="$candidate "
-            echo "$candidate"
-            return 0
-        fi
-    done
-    die "no free port"
-}
-port=$(free_port)
-s3_port=$(free_port)
-metrics_port=$(free_port)
+free_port
+port=$new_port
+free_port
+s3_port=$new_port
+free_port
+metrics_port=$new_port
 
 say "scratch primary on port $port"
 (cd "$pgdir" && as_server "$PGBIN/initdb" -D "$pgdata" -U postgres -A trust --locale=C -E UTF8 >/dev/null)
@@ -231,7 +218,8 @@ weed_args=(mini "-dir=$store_dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telem
     "-bucket=$bucket" "-s3.port=$s3_port")
 for flag in s3.port.grpc master.port master.port.grpc filer.port filer.port.grpc \
     volume.port volume.port.grpc admin.port admin.port.grpc; do
-    weed_args+=("-$flag=$(free_port)")
+    free_port
+    weed_args+=("-$flag=$new_port")
 done
 (cd "$tmp/weed" && exec "$weed" "${weed_args[@]}" </dev/null >"$tmp/weed.log" 2>&1) &
 weed_pid=$!
@@ -249,14 +237,6 @@ echo "phase,clients,round,position,mode,tps,lat_avg_ms,lat_p99_ms,transactions,w
 
 # --- helpers -----------------------------------------------------------------
 
-# utime + stime of a process (all its threads), in clock ticks. The command name
-# in field 2 is skipped by cutting at the last ") ": field 3 is then the first.
-ticks_of_stat() { # the text of a stat file
-    awk '{ print $12 + $13 }' <<<"${1##*) }"
-}
-cpu_ticks() { # pid
-    ticks_of_stat "$(cat "/proc/$1/stat")"
-}
 # The uploader's thread alone (named walrcv-upload), 0 if there is none.
 upload_thread_ticks() { # pid
     local t sum=0
@@ -327,17 +307,6 @@ stop_receiver() { # pid
     bg_pid=""
 }
 
-percentile_ms() { # percent, files...
-    local pct=$1
-    shift
-    awk '$3 ~ /^[0-9]+$/ { print $3 }' "$@" | sort -n |
-        awk -v p="$pct" '{ v[NR] = $1 }
-            END {
-                if (NR == 0) { print ""; exit }
-                k = int(NR * p / 100); if (k < NR * p / 100) k++; if (k < 1) k = 1
-                printf "%.3f", v[k] / 1000
-            }'
-}
 
 # The modes of round $1 in alternating order: local first in odd rounds.
 modes_of_round() { # round

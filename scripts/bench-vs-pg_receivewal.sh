@@ -58,6 +58,8 @@
 # user who can run PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
 
 command_line="$0"
 for arg in "$@"; do command_line+=" $(printf '%q' "$arg")"; done
@@ -99,9 +101,6 @@ for n in "$seconds" "$rounds" "$wal_mb" $clients; do
 done
 [ -n "$clients" ] || { echo "bench: --clients is empty" >&2; exit 2; }
 
-say() { printf '\n== %s\n' "$*" >&2; }
-note() { printf '%s\n' "$*" >&2; }
-die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
 PGBIN=/usr/lib/postgresql/15/bin
 pg_receivewal="$PGBIN/pg_receivewal"
@@ -155,13 +154,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-port=""
-for _ in $(seq 100); do
-    candidate=$((20000 + RANDOM % 30000))
-    if port_is_free "$candidate"; then port=$candidate; break; fi
-done
-[ -n "$port" ] || die "no free port"
+free_port
+port=$new_port
 
 say "scratch primary on port $port"
 (cd "$pgdir" && as_server "$PGBIN/initdb" -D "$pgdata" -U postgres -A trust --locale=C -E UTF8 >/dev/null)
@@ -193,24 +187,7 @@ echo "phase,clients,round,position,receiver,tps,lat_avg_ms,lat_p99_ms,transactio
 
 # --- helpers -----------------------------------------------------------------
 
-# The receivers of round $1 (1-based) in rotated order: the list shifted left
-# by round - 1.
-rotated() { # round, names...
-    local round=$1
-    shift
-    local names=("$@") n=$# i
-    for ((i = 0; i < n; i++)); do
-        printf '%s\n' "${names[$(((i + round - 1) % n))]}"
-    done
-}
 
-# utime + stime of a process (all its threads), in clock ticks. The command name
-# in field 2 is skipped by cutting at the last ") ": field 3 is then the first.
-cpu_ticks() { # pid
-    local stat
-    stat=$(cat "/proc/$1/stat")
-    awk '{ print $12 + $13 }' <<<"${stat##*) }"
-}
 # utime alone, in clock ticks.
 user_ticks() { # pid
     local stat
@@ -269,19 +246,6 @@ stop_receiver() { # pid
     bg_pid=""
 }
 
-# Exact nearest-rank percentile of pgbench -l logs: column 3 is the latency in
-# microseconds; printed in milliseconds.
-percentile_ms() { # percent, files...
-    local pct=$1
-    shift
-    awk '$3 ~ /^[0-9]+$/ { print $3 }' "$@" | sort -n |
-        awk -v p="$pct" '{ v[NR] = $1 }
-            END {
-                if (NR == 0) { print ""; exit }
-                k = int(NR * p / 100); if (k < NR * p / 100) k++; if (k < 1) k = 1
-                printf "%.3f", v[k] / 1000
-            }'
-}
 
 # --- 1. synchronous commit ---------------------------------------------------
 
