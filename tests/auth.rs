@@ -85,44 +85,21 @@ fn identify(p: &ConnParams) -> Result<String, PgError> {
     })
 }
 
-/// [`identify`], and the SASL mechanism walrcv chose for it (from its debug
-/// line "authentication: MECHANISM chosen", captured on this thread; empty
-/// when it chose none).
+/// [`identify`], and the method the server authenticated walrcv with
+/// (empty when it refused). Read from the connection, not from walrcv's
+/// debug log: tracing may cache a callsite as uninteresting when another
+/// test's thread reaches it first (tokio-rs/tracing#3611).
 fn identify_with_mechanism(p: &ConnParams) -> (Result<String, PgError>, String) {
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || CapturedLog(sink.clone()))
-        .finish();
-    let result = tracing::subscriber::with_default(subscriber, || identify(p));
-    let text = String::from_utf8_lossy(&log.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
-    let mechanism = text
-        .lines()
-        .find_map(|l| {
-            let rest = l.split("authentication: ").nth(1)?;
-            Some(rest.strip_suffix(" chosen")?.to_owned())
-        })
-        .unwrap_or_default();
-    (result, mechanism)
-}
-
-/// A tracing writer into a shared buffer.
-struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    runtime().block_on(async {
+        let mut conn = match Connection::connect(p, true, REPLY_TIMEOUT).await {
+            Ok(conn) => conn,
+            Err(e) => return (Err(e), String::new()),
+        };
+        let method = conn.authentication().name().to_owned();
+        let r = conn.simple_query("IDENTIFY_SYSTEM").await;
+        conn.close().await;
+        (r.map(|r| r.text(0, 0).unwrap_or_default()), method)
+    })
 }
 
 /// The text of an authentication error walrcv raised itself.

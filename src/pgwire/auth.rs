@@ -171,11 +171,43 @@ impl Mechanism {
     }
 }
 
+/// How the server authenticated us: a `require_auth` method
+/// ([`AuthMethod`]), with SCRAM's channel binding told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authenticated {
+    None,
+    Password,
+    Md5,
+    ScramSha256,
+    ScramSha256Plus,
+}
+
+impl Authenticated {
+    pub fn name(self) -> &'static str {
+        match self {
+            Authenticated::None => "none",
+            Authenticated::Password => "password",
+            Authenticated::Md5 => "md5",
+            Authenticated::ScramSha256 => sasl::SCRAM_SHA_256,
+            Authenticated::ScramSha256Plus => sasl::SCRAM_SHA_256_PLUS,
+        }
+    }
+}
+
+impl From<Mechanism> for Authenticated {
+    fn from(mechanism: Mechanism) -> Authenticated {
+        match mechanism {
+            Mechanism::ScramSha256 => Authenticated::ScramSha256,
+            Mechanism::ScramSha256Plus => Authenticated::ScramSha256Plus,
+        }
+    }
+}
+
 enum State {
     /// No request answered yet.
     Start,
     /// A cleartext or MD5 password was sent.
-    PasswordSent,
+    PasswordSent { method: Authenticated },
     /// SASLInitialResponse sent; the server-first message comes next.
     ScramFirstSent {
         scram: Box<sasl::ScramSha256>,
@@ -188,8 +220,8 @@ enum State {
     },
     /// The server signature was verified; AuthenticationOk comes next.
     ScramVerified { mechanism: Mechanism },
-    /// AuthenticationOk accepted.
-    Done,
+    /// AuthenticationOk accepted, after this method.
+    Done { method: Authenticated },
     /// An error ended the exchange; every further request is refused.
     Failed,
 }
@@ -198,11 +230,11 @@ impl State {
     fn name(&self) -> &'static str {
         match self {
             State::Start => "start",
-            State::PasswordSent => "password sent",
+            State::PasswordSent { .. } => "password sent",
             State::ScramFirstSent { .. } => "SCRAM client-first sent",
             State::ScramFinalSent { .. } => "SCRAM client-final sent",
             State::ScramVerified { .. } => "SCRAM server signature verified",
-            State::Done => "authenticated",
+            State::Done { .. } => "authenticated",
             State::Failed => "failed",
         }
     }
@@ -211,7 +243,7 @@ impl State {
     fn client_finished(&self) -> bool {
         matches!(
             self,
-            State::PasswordSent | State::ScramVerified { .. } | State::Done
+            State::PasswordSent { .. } | State::ScramVerified { .. } | State::Done { .. }
         )
     }
 
@@ -251,7 +283,15 @@ impl Authenticator {
 
     /// Whether AuthenticationOk was accepted.
     pub fn is_authenticated(&self) -> bool {
-        matches!(self.state, State::Done)
+        self.method().is_some()
+    }
+
+    /// The method the server authenticated us with, once it accepted us.
+    pub fn method(&self) -> Option<Authenticated> {
+        match self.state {
+            State::Done { method } => Some(method),
+            _ => None,
+        }
     }
 
     /// Answers one authentication request. `password` is asked for only
@@ -348,7 +388,12 @@ impl Authenticator {
             kind: "PasswordMessage",
             bytes,
         };
-        Ok((State::PasswordSent, Step::Send(message)))
+        let method = if salt.is_some() {
+            Authenticated::Md5
+        } else {
+            Authenticated::Password
+        };
+        Ok((State::PasswordSent { method }, Step::Send(message)))
     }
 
     /// AuthenticationSASL: choose the mechanism and the gs2 header, send the
@@ -394,14 +439,19 @@ impl Authenticator {
 /// verified SCRAM exchange; never in the middle of one.
 fn accept_ok(state: State) -> Result<(State, Step), AuthError> {
     match state {
-        State::Start | State::PasswordSent | State::ScramVerified { .. } => {
+        State::Start | State::PasswordSent { .. } | State::ScramVerified { .. } => {
             tracing::debug!("authentication: AuthenticationOk accepted");
-            Ok((State::Done, Step::Authenticated))
+            let method = match state {
+                State::PasswordSent { method } => method,
+                State::ScramVerified { mechanism } => mechanism.into(),
+                _ => Authenticated::None,
+            };
+            Ok((State::Done { method }, Step::Authenticated))
         }
         State::ScramFirstSent { .. } | State::ScramFinalSent { .. } => {
             Err(AuthError::SaslIncomplete)
         }
-        State::Done | State::Failed => Err(AuthError::OutOfOrder {
+        State::Done { .. } | State::Failed => Err(AuthError::OutOfOrder {
             got: "AuthenticationOk",
             when: "after authentication completed",
         }),

@@ -31,7 +31,7 @@ use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::auth::{AuthError, AuthSettings, Authenticator, Step};
+use super::auth::{AuthError, AuthSettings, Authenticated, Authenticator, Step};
 use super::backend::{self, truncated, BackendMessage, Phase, ProtocolError};
 pub use super::error::{PgError, PgErrorKind, TargetError};
 use super::session_attrs::{self, Pass, Rejection, ServerState, Verdict};
@@ -212,6 +212,8 @@ pub struct Connection {
     startup_parameters: usize,
     /// Whether the server asked for a client certificate, over TLS.
     certificate_request: Option<Arc<tls::CertificateRequest>>,
+    /// How the server authenticated us (set when it accepted us).
+    authentication: Authenticated,
 }
 
 impl std::fmt::Debug for Connection {
@@ -405,6 +407,7 @@ impl Connection {
             phase: Phase::StartUp,
             startup_parameters: 0,
             certificate_request: None,
+            authentication: Authenticated::None,
         };
         let start_up = async {
             if encryption == Encryption::Tls {
@@ -601,7 +604,13 @@ impl Connection {
                     }
                 }
                 BackendMessage::BackendKeyData | BackendMessage::NegotiateProtocolVersion => {}
-                BackendMessage::ReadyForQuery if auth.is_authenticated() => return Ok(()),
+                BackendMessage::ReadyForQuery => {
+                    if let Some(method) = auth.method() {
+                        self.authentication = method;
+                        return Ok(());
+                    }
+                    return Err(self.unexpected("starting up", &BackendMessage::ReadyForQuery));
+                }
                 BackendMessage::Error(message) => {
                     return Err(PgError::server(self.target.clone(), message))
                 }
@@ -667,6 +676,12 @@ impl Connection {
     /// hashes. `None` in plain text.
     pub fn tls_server_certificate(&self) -> Option<&[u8]> {
         self.tls_server_certificate.as_deref()
+    }
+
+    /// How the server authenticated this connection: "none" (trust),
+    /// password, md5, SCRAM-SHA-256 or SCRAM-SHA-256-PLUS.
+    pub fn authentication(&self) -> Authenticated {
+        self.authentication
     }
 
     /// A human description of the server this connection goes to.

@@ -195,6 +195,42 @@ fn scram_over_plain_text_verifies_the_server_signature() {
 }
 
 #[test]
+fn the_method_is_known_once_the_server_accepted_us() {
+    // SCRAM, with and without the binding.
+    let cert = tls_cert();
+    let mut cbind = b"p=tls-server-end-point,,".to_vec();
+    cbind.extend_from_slice(&Sha384::digest(&cert));
+    for (tls, offered, cbind, expected) in [
+        (None, PLAIN, b"n,,".to_vec(), Authenticated::ScramSha256),
+        (Some(cert), BOTH, cbind, Authenticated::ScramSha256Plus),
+    ] {
+        let mut auth = Authenticator::new(settings(ChannelBinding::Prefer, tls));
+        scram_until_final(&mut auth, offered, cbind);
+        assert_eq!(
+            auth.method(),
+            None,
+            "{expected:?}: not before AuthenticationOk"
+        );
+        ok(&mut auth).unwrap();
+        assert_eq!(auth.method(), Some(expected));
+    }
+    // A password, an MD5 hash, nothing at all (trust).
+    for (request, expected) in [
+        (AuthRequest::Cleartext, Authenticated::Password),
+        (AuthRequest::Md5 { salt: [1; 4] }, Authenticated::Md5),
+    ] {
+        let mut auth = Authenticator::new(settings(ChannelBinding::Prefer, None));
+        auth.step(&request, pw).unwrap();
+        assert_eq!(auth.method(), None);
+        ok(&mut auth).unwrap();
+        assert_eq!(auth.method(), Some(expected));
+    }
+    let mut auth = Authenticator::new(settings(ChannelBinding::Prefer, None));
+    ok(&mut auth).unwrap();
+    assert_eq!(auth.method().map(Authenticated::name), Some("none"));
+}
+
+#[test]
 fn a_wrong_server_signature_is_refused() {
     let mut auth = Authenticator::new(settings(ChannelBinding::Prefer, None));
     let mut server = ScramServer::new(b"n,,".to_vec());
