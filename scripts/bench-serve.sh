@@ -92,49 +92,23 @@ while [ $# -gt 0 ]; do
     --skip-sync) do_sync=0 ;;
     --skip-latency) do_latency=0 ;;
     --latency-under-load) lat_loads="idle pgbench" ;;
-    -h | --help)
-        awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
-        exit 0
-        ;;
+    -h | --help) usage; exit 0 ;;
     *) echo "bench: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
-for n in "$wal_mb" "$rounds" "$seconds" "$clients" "$standbys" "$probes"; do
-    case "$n" in
-    '' | *[!0-9]* | 0) echo "bench: not a positive integer: '$n'" >&2; exit 2 ;;
-    esac
-done
+require_positive_integers "$wal_mb" "$rounds" "$seconds" "$clients" "$standbys" "$probes"
 
 
 PGBIN=/usr/lib/postgresql/15/bin
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 clk_tck=$(getconf CLK_TCK)
 
-if [ "$build" = 1 ]; then
-    say "release build"
-    cargo build --release
-fi
-if [ -z "$walrcv" ]; then
-    walrcv="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/walrcv"
-fi
-[ -x "$walrcv" ] || die "no walrcv binary at $walrcv"
-walrcv=$(realpath "$walrcv")
-note "walrcv: $walrcv"
+walrcv_binary "$build"
 
 # --- temporary directory, servers, cleanup ---------------------------------
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/walrcv-bench-serve.XXXXXX")
-chmod 755 "$tmp"
-pgdir="$tmp/pg" # every server's files: owned by postgres
-mkdir -p "$pgdir"
-chmod 700 "$pgdir"
-if [ "$(id -u)" -eq 0 ]; then
-    chown postgres: "$pgdir"
-    as_server() { runuser -u postgres -- "$@"; }
-else
-    as_server() { "$@"; }
-fi
+make_tmp walrcv-bench-serve # $pgdir: every server's files
 csv="$tmp/results.csv"
 echo "phase,round,position,setup,recv_s,replay_s,mb,recv_mb_per_s,tps,lat_avg_ms,sender_cpu_s" >"$csv"
 

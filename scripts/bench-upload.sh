@@ -101,19 +101,13 @@ while [ $# -gt 0 ]; do
     --perf) perf_on=1; keep=1 ;;
     --strace) strace_on=1; keep=1 ;;
     --store-dir) store_parent="$2"; shift ;;
-    -h | --help)
-        awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
-        exit 0
-        ;;
+    -h | --help) usage; exit 0 ;;
     *) echo "bench: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
-for n in "$seconds" "$rounds" "$wal_mb" "$partial_interval" $clients; do
-    case "$n" in
-    '' | *[!0-9]* | 0) echo "bench: not a positive integer: '$n'" >&2; exit 2 ;;
-    esac
-done
+# shellcheck disable=SC2086 # $clients: a list, one value a word
+require_positive_integers "$seconds" "$rounds" "$wal_mb" "$partial_interval" $clients
 [ -n "$clients" ] || { echo "bench: --clients is empty" >&2; exit 2; }
 [ "$do_sync$do_tput" != 00 ] || { echo "bench: --sync-only and --throughput-only exclude each other" >&2; exit 2; }
 
@@ -128,15 +122,7 @@ scripts/install-deps.sh --no-npm
 command -v curl >/dev/null || die "curl is missing"
 [ "$perf_on" = 0 ] || command -v perf >/dev/null || die "--perf: perf is missing (apt-get install linux-perf)"
 [ "$strace_on" = 0 ] || command -v strace >/dev/null || die "--strace: strace is missing (apt-get install strace)"
-if [ "$build" = 1 ]; then
-    cargo build --release
-fi
-if [ -z "$walrcv" ]; then
-    walrcv="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/walrcv"
-fi
-[ -x "$walrcv" ] || die "no walrcv binary at $walrcv"
-walrcv=$(realpath "$walrcv")
-note "walrcv: $walrcv"
+walrcv_binary "$build"
 
 # The weed binary itself (an ELF file), so that $! is the store's process and
 # its CPU can be read: pyenv's shim would be a shell and a Python in between.
@@ -150,17 +136,7 @@ note "weed: $weed ($("$weed" version 2>/dev/null | head -1))"
 
 # --- temporary directory, scratch primary, store, cleanup --------------------
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/walrcv-bench-upload.XXXXXX")
-chmod 755 "$tmp"
-pgdir="$tmp/pg"
-mkdir -p "$pgdir"
-chmod 700 "$pgdir"
-if [ "$(id -u)" -eq 0 ]; then
-    chown postgres: "$pgdir"
-    as_server() { runuser -u postgres -- "$@"; }
-else
-    as_server() { "$@"; }
-fi
+make_tmp walrcv-bench-upload
 pgdata="$pgdir/data"
 csv="$tmp/results.csv"
 bg_pid=""

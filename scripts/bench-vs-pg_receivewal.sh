@@ -86,19 +86,13 @@ while [ $# -gt 0 ]; do
     --compress) compress="$2"; shift ;;
     --sync-only) sync_only=1 ;;
     --tls) tls=1 ;;
-    -h | --help)
-        awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
-        exit 0
-        ;;
+    -h | --help) usage; exit 0 ;;
     *) echo "bench: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
-for n in "$seconds" "$rounds" "$wal_mb" $clients; do
-    case "$n" in
-    '' | *[!0-9]* | 0) echo "bench: not a positive integer: '$n'" >&2; exit 2 ;;
-    esac
-done
+# shellcheck disable=SC2086 # $clients: a list, one value a word
+require_positive_integers "$seconds" "$rounds" "$wal_mb" $clients
 [ -n "$clients" ] || { echo "bench: --clients is empty" >&2; exit 2; }
 
 
@@ -110,29 +104,11 @@ load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 say "dependencies and build"
 scripts/install-deps.sh --no-npm
 [ -x /usr/bin/time ] || die "/usr/bin/time is missing (apt-get install time)"
-if [ "$build" = 1 ]; then
-    cargo build --release
-fi
-if [ -z "$walrcv" ]; then
-    walrcv="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/walrcv"
-fi
-[ -x "$walrcv" ] || die "no walrcv binary at $walrcv"
-walrcv=$(realpath "$walrcv")
-note "walrcv: $walrcv"
+walrcv_binary "$build"
 
 # --- temporary directory, scratch primary, cleanup --------------------------
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/walrcv-bench.XXXXXX")
-chmod 755 "$tmp"
-pgdir="$tmp/pg"
-mkdir -p "$pgdir"
-chmod 700 "$pgdir"
-if [ "$(id -u)" -eq 0 ]; then
-    chown postgres: "$pgdir"
-    as_server() { runuser -u postgres -- "$@"; }
-else
-    as_server() { "$@"; }
-fi
+make_tmp walrcv-bench
 pgdata="$pgdir/data"
 csv="$tmp/results.csv"
 bg_pid=""

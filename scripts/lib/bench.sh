@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # What the benchmark scripts (bench-vs-pg_receivewal.sh, bench-upload.sh,
-# bench-serve.sh) share: messages, free ports, CPU ticks, percentiles, the
+# bench-serve.sh) share: messages, the binary, the temporary directory, free ports, CPU ticks, percentiles, the
 # rotation of setups between rounds, the scratch primary's synchronous standby
 # and walsenders, writing WAL, and the report's medians, formats and header.
 # Sourced, never run.
@@ -8,6 +8,58 @@
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 note() { printf '%s\n' "$*" >&2; }
 say() { printf '\n== %s\n' "$*" >&2; }
+
+# Sets walrcv to the absolute path of the binary to benchmark: the one the
+# caller named (--walrcv), else $CARGO_TARGET_DIR/release/walrcv, which
+# `cargo build --release` builds first when BUILD is 1. Dies when it is not
+# there.
+walrcv_binary() { # build (1/0)
+    if [ "$1" = 1 ]; then
+        say "release build"
+        cargo build --release
+    fi
+    if [ -z "$walrcv" ]; then
+        walrcv="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/walrcv"
+    fi
+    [ -x "$walrcv" ] || die "no walrcv binary at $walrcv"
+    walrcv=$(realpath "$walrcv")
+    note "walrcv: $walrcv"
+}
+
+# Makes the run's temporary directory, tmp (mode 755, under $TMPDIR, named
+# PREFIX.XXXXXX), and in it pgdir for the servers' files (mode 700, owned by
+# postgres when run as root); defines as_server, which runs a command as the
+# servers' user.
+make_tmp() { # prefix
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+    chmod 755 "$tmp"
+    pgdir="$tmp/pg"
+    mkdir -p "$pgdir"
+    chmod 700 "$pgdir"
+    # shellcheck disable=SC2329 # called by the sourcing script
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres: "$pgdir"
+        as_server() { runuser -u postgres -- "$@"; }
+    else
+        as_server() { "$@"; }
+    fi
+}
+
+# Prints the running script's manual: its leading comment, without the `#`s.
+usage() {
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+}
+
+# Exits with status 2, naming it, at the first argument that is not a
+# positive integer (the numeric options' check).
+require_positive_integers() { # values...
+    local n
+    for n in "$@"; do
+        case "$n" in
+        '' | *[!0-9]* | 0) echo "bench: not a positive integer: '$n'" >&2; exit 2 ;;
+        esac
+    done
+}
 
 port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 bench_ports_taken=" "
