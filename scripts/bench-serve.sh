@@ -92,49 +92,23 @@ while [ $# -gt 0 ]; do
     --skip-sync) do_sync=0 ;;
     --skip-latency) do_latency=0 ;;
     --latency-under-load) lat_loads="idle pgbench" ;;
-    -h | --help)
-        awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
-        exit 0
-        ;;
+    -h | --help) usage; exit 0 ;;
     *) echo "bench: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
-for n in "$wal_mb" "$rounds" "$seconds" "$clients" "$standbys" "$probes"; do
-    case "$n" in
-    '' | *[!0-9]* | 0) echo "bench: not a positive integer: '$n'" >&2; exit 2 ;;
-    esac
-done
+require_positive_integers "$wal_mb" "$rounds" "$seconds" "$clients" "$standbys" "$probes"
 
 
 PGBIN=/usr/lib/postgresql/15/bin
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 clk_tck=$(getconf CLK_TCK)
 
-if [ "$build" = 1 ]; then
-    say "release build"
-    cargo build --release
-fi
-if [ -z "$walrcv" ]; then
-    walrcv="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/walrcv"
-fi
-[ -x "$walrcv" ] || die "no walrcv binary at $walrcv"
-walrcv=$(realpath "$walrcv")
-note "walrcv: $walrcv"
+walrcv_binary "$build"
 
 # --- temporary directory, servers, cleanup ---------------------------------
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/walrcv-bench-serve.XXXXXX")
-chmod 755 "$tmp"
-pgdir="$tmp/pg" # every server's files: owned by postgres
-mkdir -p "$pgdir"
-chmod 700 "$pgdir"
-if [ "$(id -u)" -eq 0 ]; then
-    chown postgres: "$pgdir"
-    as_server() { runuser -u postgres -- "$@"; }
-else
-    as_server() { "$@"; }
-fi
+make_tmp walrcv-bench-serve # $pgdir: every server's files
 csv="$tmp/results.csv"
 echo "phase,round,position,setup,recv_s,replay_s,mb,recv_mb_per_s,tps,lat_avg_ms,sender_cpu_s" >"$csv"
 
@@ -279,21 +253,9 @@ if [ "$do_catchup" = 1 ]; then
     psql_ "SELECT pg_create_physical_replication_slot('bench_archive', true)" >/dev/null
     base_backup "$pgdir/base1"
     start_lsn=$(awk '/^START WAL LOCATION:/ { print $4 }' "$pgdir/base1/backup_label")
-    psql_ "CREATE TABLE filler(x bigint, pad text)"
-    target=$((wal_mb * 1024 * 1024))
-    bytes=0
-    bytes_per_row=400
-    while [ "$bytes" -lt "$target" ]; do
-        rows=$(((target - bytes) / bytes_per_row + 1000))
-        psql_ "INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, $rows) g"
-        before=$bytes
-        bytes=$(psql_ "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$start_lsn')::bigint")
-        bytes_per_row=$(((bytes - before) / rows + 1))
-    done
-    psql_ "CHECKPOINT"
-    end_lsn=$(psql_ "SELECT pg_current_wal_flush_lsn()")
-    bytes=$(psql_ "SELECT pg_wal_lsn_diff('$end_lsn', '$start_lsn')::bigint")
-    catchup_mb=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1048576 }')
+    write_wal "$start_lsn" "$wal_mb"
+    bytes=$wal_written_bytes
+    catchup_mb=$wal_written_mb
     note "WAL from $start_lsn (base backup) to $end_lsn: $catchup_mb MB"
 
     say "catch-up: walrcv stream archives it (fsync on), walrcv serve serves it"
@@ -533,25 +495,13 @@ fi
 median() { # phase, setup, column name
     awk -F, -v ph="$1" -v s="$2" -v name="$3" '
         NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) col = i; next }
-        $1 == ph && $4 == s && $col != "" { print $col }' "$csv" | sort -g |
-        awk '{ v[NR] = $1 }
-            END {
-                if (NR == 0) printf "–"
-                else if (NR % 2) print v[(NR + 1) / 2]
-                else print (v[NR / 2] + v[NR / 2 + 1]) / 2
-            }'
+        $1 == ph && $4 == s && $col != "" { print $col }' "$csv" | median_of "–"
 }
 median_ratio() { # phase, setup a, setup b, column name
     awk -F, -v ph="$1" -v a="$2" -v b="$3" -v name="$4" '
         NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) col = i; next }
         $1 == ph && $col != "" { if ($4 == a) va[$2] = $col; if ($4 == b) vb[$2] = $col }
-        END { for (r in va) if ((r in vb) && vb[r] > 0) print va[r] / vb[r] }' "$csv" | sort -g |
-        awk '{ v[NR] = $1 }
-            END {
-                if (NR == 0) printf "–"
-                else if (NR % 2) printf "%.3f", v[(NR + 1) / 2]
-                else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2
-            }'
+        END { for (r in va) if ((r in vb) && vb[r] > 0) print va[r] / vb[r] }' "$csv" | median_of "–" "%.3f"
 }
 # Percentiles (nearest rank) of the probe delays of one setup and load.
 lat_pct() { # setup, load, percent
@@ -564,14 +514,9 @@ lat_pct() { # setup, load, percent
             }'
 }
 
-fmt() { # printf format, value ("–" stays)
-    if [ "$2" = "–" ]; then printf '–'; else awk -v f="$1" -v v="$2" 'BEGIN { printf f, v }'; fi
-}
 report() {
     local s
-    echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC')  "
-    echo "Command: \`$command_line\`  "
-    echo "Machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r), load average $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end  "
+    report_header
     echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), 16 MB segments, fsync on; walrcv $("$walrcv" --version 2>/dev/null | awk '{ print $2 }'), release build; medians of $rounds round(s), ratios the medians of the per-round ratios."
     if [ "$do_catchup" = 1 ]; then
         echo

@@ -101,19 +101,13 @@ while [ $# -gt 0 ]; do
     --perf) perf_on=1; keep=1 ;;
     --strace) strace_on=1; keep=1 ;;
     --store-dir) store_parent="$2"; shift ;;
-    -h | --help)
-        awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
-        exit 0
-        ;;
+    -h | --help) usage; exit 0 ;;
     *) echo "bench: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
-for n in "$seconds" "$rounds" "$wal_mb" "$partial_interval" $clients; do
-    case "$n" in
-    '' | *[!0-9]* | 0) echo "bench: not a positive integer: '$n'" >&2; exit 2 ;;
-    esac
-done
+# shellcheck disable=SC2086 # $clients: a list, one value a word
+require_positive_integers "$seconds" "$rounds" "$wal_mb" "$partial_interval" $clients
 [ -n "$clients" ] || { echo "bench: --clients is empty" >&2; exit 2; }
 [ "$do_sync$do_tput" != 00 ] || { echo "bench: --sync-only and --throughput-only exclude each other" >&2; exit 2; }
 
@@ -128,15 +122,7 @@ scripts/install-deps.sh --no-npm
 command -v curl >/dev/null || die "curl is missing"
 [ "$perf_on" = 0 ] || command -v perf >/dev/null || die "--perf: perf is missing (apt-get install linux-perf)"
 [ "$strace_on" = 0 ] || command -v strace >/dev/null || die "--strace: strace is missing (apt-get install strace)"
-if [ "$build" = 1 ]; then
-    cargo build --release
-fi
-if [ -z "$walrcv" ]; then
-    walrcv="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/walrcv"
-fi
-[ -x "$walrcv" ] || die "no walrcv binary at $walrcv"
-walrcv=$(realpath "$walrcv")
-note "walrcv: $walrcv"
+walrcv_binary "$build"
 
 # The weed binary itself (an ELF file), so that $! is the store's process and
 # its CPU can be read: pyenv's shim would be a shell and a Python in between.
@@ -150,17 +136,7 @@ note "weed: $weed ($("$weed" version 2>/dev/null | head -1))"
 
 # --- temporary directory, scratch primary, store, cleanup --------------------
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/walrcv-bench-upload.XXXXXX")
-chmod 755 "$tmp"
-pgdir="$tmp/pg"
-mkdir -p "$pgdir"
-chmod 700 "$pgdir"
-if [ "$(id -u)" -eq 0 ]; then
-    chown postgres: "$pgdir"
-    as_server() { runuser -u postgres -- "$@"; }
-else
-    as_server() { "$@"; }
-fi
+make_tmp walrcv-bench-upload
 pgdata="$pgdir/data"
 csv="$tmp/results.csv"
 bg_pid=""
@@ -258,56 +234,6 @@ metric() { # name: its value on walrcv's --metrics-address, or ""
     awk -v m="$1" '$1 == m && !seen { print $2; seen = 1 }' <<<"$page"
 }
 
-set_sync_standby() { # application_name, or "" for none
-    psql_ "ALTER SYSTEM SET synchronous_standby_names = '${1:+\"$1\"}'" >/dev/null
-    psql_ "SELECT pg_reload_conf()" >/dev/null
-}
-
-wait_for_sync() { # application_name, pid
-    local i
-    for i in $(seq 300); do
-        if [ "$(psql_ "SELECT count(*) FROM pg_stat_replication WHERE application_name = '$1' AND sync_state = 'sync'")" = 1 ]; then
-            return 0
-        fi
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-wait_for_comm() { # pid, command name
-    local i
-    for i in $(seq 50); do
-        [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ] && return 0
-        sleep 0.05
-    done
-    return 1
-}
-
-wait_no_walsenders() {
-    local i
-    for i in $(seq 100); do
-        [ "$(psql_ "SELECT count(*) FROM pg_stat_replication")" = 0 ] && return 0
-        sleep 0.1
-    done
-    die "a walsender is still there after its receiver exited"
-}
-
-# SIGINT, then up to 40 s: with --upload the stop waits up to 30 s for the
-# uploader's last pass.
-stop_receiver() { # pid
-    local i
-    kill -INT "$1" 2>/dev/null || true
-    for i in $(seq 400); do
-        kill -0 "$1" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-    bg_pid=""
-}
-
-
 # The modes of round $1 in alternating order: local first in odd rounds.
 modes_of_round() { # round
     if [ $(($1 % 2)) = 1 ]; then printf 'local\nupload\n'; else printf 'upload\nlocal\n'; fi
@@ -391,7 +317,9 @@ sync_run() { # clients, round, position, mode
     [ "$perf_on" = 1 ] && [ "$mode" = upload ] && perf_finish
     [ "$strace_on" = 1 ] && strace_finish
     set_sync_standby ""
-    stop_receiver "$pid"
+    # Up to 40 s: with --upload the stop waits up to 30 s for the uploader's
+    # last pass.
+    stop_receiver "$pid" 40
     wait_no_walsenders
     printf '%s\n' "$out" >"$tmp/pgbench-logs/$tag.out"
     [ "$rc" = 0 ] || { printf '%s\n' "$out" >&2; die "pgbench failed ($mode, $c clients)"; }
@@ -444,21 +372,9 @@ if [ "$do_tput" = 1 ]; then
         psql_ "SELECT pg_create_physical_replication_slot('bench_r$round', true)" >/dev/null
     done
     start_lsn=$(psql_ "SELECT pg_current_wal_lsn()")
-    psql_ "CREATE TABLE filler(x bigint, pad text)"
-    target=$((wal_mb * 1024 * 1024))
-    bytes=0
-    bytes_per_row=400
-    while [ "$bytes" -lt "$target" ]; do
-        rows=$(((target - bytes) / bytes_per_row + 1000))
-        psql_ "INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, $rows) g"
-        before=$bytes
-        bytes=$(psql_ "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$start_lsn')::bigint")
-        bytes_per_row=$(((bytes - before) / rows + 1))
-    done
-    psql_ "CHECKPOINT"
-    end_lsn=$(psql_ "SELECT pg_current_wal_flush_lsn()")
-    bytes=$(psql_ "SELECT pg_wal_lsn_diff('$end_lsn', '$start_lsn')::bigint")
-    tput_mb=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1048576 }')
+    write_wal "$start_lsn" "$wal_mb"
+    bytes=$wal_written_bytes
+    tput_mb=$wal_written_mb
     note "WAL from $start_lsn to $end_lsn: $tput_mb MB"
 
     mbs() { awk -v b="$1" -v t="$2" 'BEGIN { printf "%.1f", (t > 0 ? b / 1048576 / t : 0) }'; }
@@ -508,7 +424,7 @@ if [ "$do_tput" = 1 ]; then
         w1=$(cpu_ticks "$pid")
         s1=$(cpu_ticks "$weed_pid")
         [ "$backlog" = 0 ] || die "round $round: the backlog did not drain in 30 minutes"
-        stop_receiver "$pid"
+        stop_receiver "$pid" 40
         wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
         echo "throughput,,$round,2,upload,,,,,$wall,$tput_mb,$(mbs "$seg_bytes" "$wall"),$(ticks_s 0 "$w1"),,$(ticks_s "$s0" "$s1"),,,$(awk -v b="$seg_bytes" 'BEGIN { printf "%.1f", b / 1048576 }'),$n,," >>"$csv"
         note "$(printf '  round %s  upload  %7s s  %7s MB/s  %s segments  walrcv cpu %6s s  weed cpu %6s s' \
@@ -526,20 +442,8 @@ fi
 
 # --- 3. report -----------------------------------------------------------------
 
-median() { # phase, clients, mode, column name
-    awk -F, -v ph="$1" -v c="$2" -v r="$3" -v name="$4" '
-        NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) col = i; next }
-        $1 == ph && $2 == c && $5 == r && $col != "" { print $col }' "$csv" | sort -g |
-        awk '{ v[NR] = $1 }
-            END {
-                if (NR == 0) print ""
-                else if (NR % 2) print v[(NR + 1) / 2]
-                else print (v[NR / 2] + v[NR / 2 + 1]) / 2
-            }'
-}
-fmt() { # printf format, value ("" stays "–")
-    if [ -z "$2" ]; then printf '–'; else awk -v f="$1" -v v="$2" 'BEGIN { printf f, v }'; fi
-}
+# Median of one CSV column over the rounds for one phase, client count, mode.
+median() { median_over_rounds "$@"; }
 # Median over rounds of upload / local within each round, and the per-round
 # ratios themselves.
 ratios() { # phase, clients, column name
@@ -549,13 +453,7 @@ ratios() { # phase, clients, column name
         END { for (r in u) if ((r in l) && l[r] > 0) printf "%s %.3f\n", r, u[r] / l[r] }' "$csv" | sort -n
 }
 median_ratio() { # phase, clients, column name
-    ratios "$@" | awk '{ print $2 }' | sort -g |
-        awk '{ v[NR] = $1 }
-            END {
-                if (NR == 0) printf "–"
-                else if (NR % 2) printf "%.2f", v[(NR + 1) / 2]
-                else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2
-            }'
+    ratios "$@" | awk '{ print $2 }' | median_of "–" "%.2f"
 }
 per_round() { # phase, clients, column name
     ratios "$@" | awk '{ printf "%s%.2f", (NR > 1 ? " / " : ""), $2 }'
@@ -574,9 +472,7 @@ row() { # label, format, phase, clients, column, with ratio (1/0)
 
 report() {
     local c l
-    echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC')  "
-    echo "Command: \`$command_line\`  "
-    echo "Machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r), load average $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end  "
+    report_header
     echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), 16 MB segments, fsync on; walrcv $("$walrcv" --version 2>/dev/null | awk '{ print $2 }'); SeaweedFS $("$weed" version 2>/dev/null | awk '{ print $3; exit }') (weed mini, same machine); medians of $rounds round(s), ratios = upload / local, the median of the per-round ratios (then each round's); synchronous runs: pgbench -N -T $seconds, scale 10, --upload-partial-interval $partial_interval; throughput: $tput_mb MB of WAL."
     echo "Store data: ${store_parent:-the temporary directory (disk)}. S3 client: WALRCV_S3_CHECKSUM=${WALRCV_S3_CHECKSUM:-(unset: sha256)}, AWS_UNSIGNED_PAYLOAD=${AWS_UNSIGNED_PAYLOAD:-(unset: false)}."
     echo

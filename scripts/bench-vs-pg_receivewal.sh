@@ -86,19 +86,13 @@ while [ $# -gt 0 ]; do
     --compress) compress="$2"; shift ;;
     --sync-only) sync_only=1 ;;
     --tls) tls=1 ;;
-    -h | --help)
-        awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
-        exit 0
-        ;;
+    -h | --help) usage; exit 0 ;;
     *) echo "bench: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
-for n in "$seconds" "$rounds" "$wal_mb" $clients; do
-    case "$n" in
-    '' | *[!0-9]* | 0) echo "bench: not a positive integer: '$n'" >&2; exit 2 ;;
-    esac
-done
+# shellcheck disable=SC2086 # $clients: a list, one value a word
+require_positive_integers "$seconds" "$rounds" "$wal_mb" $clients
 [ -n "$clients" ] || { echo "bench: --clients is empty" >&2; exit 2; }
 
 
@@ -110,29 +104,11 @@ load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 say "dependencies and build"
 scripts/install-deps.sh --no-npm
 [ -x /usr/bin/time ] || die "/usr/bin/time is missing (apt-get install time)"
-if [ "$build" = 1 ]; then
-    cargo build --release
-fi
-if [ -z "$walrcv" ]; then
-    walrcv="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/walrcv"
-fi
-[ -x "$walrcv" ] || die "no walrcv binary at $walrcv"
-walrcv=$(realpath "$walrcv")
-note "walrcv: $walrcv"
+walrcv_binary "$build"
 
 # --- temporary directory, scratch primary, cleanup --------------------------
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/walrcv-bench.XXXXXX")
-chmod 755 "$tmp"
-pgdir="$tmp/pg"
-mkdir -p "$pgdir"
-chmod 700 "$pgdir"
-if [ "$(id -u)" -eq 0 ]; then
-    chown postgres: "$pgdir"
-    as_server() { runuser -u postgres -- "$@"; }
-else
-    as_server() { "$@"; }
-fi
+make_tmp walrcv-bench
 pgdata="$pgdir/data"
 csv="$tmp/results.csv"
 bg_pid=""
@@ -197,55 +173,6 @@ user_ticks() { # pid
 peak_rss_kb() { # pid
     awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"
 }
-
-set_sync_standby() { # application_name, or "" for none
-    psql_ "ALTER SYSTEM SET synchronous_standby_names = '${1:+\"$1\"}'" >/dev/null
-    psql_ "SELECT pg_reload_conf()" >/dev/null
-}
-
-wait_for_sync() { # application_name, pid
-    local i
-    for i in $(seq 300); do
-        if [ "$(psql_ "SELECT count(*) FROM pg_stat_replication WHERE application_name = '$1' AND sync_state = 'sync'")" = 1 ]; then
-            return 0
-        fi
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-wait_for_comm() { # pid, command name
-    local i
-    for i in $(seq 50); do
-        [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ] && return 0
-        sleep 0.05
-    done
-    return 1
-}
-
-# So that a walsender left from the previous run cannot pass for the next one.
-wait_no_walsenders() {
-    local i
-    for i in $(seq 100); do
-        [ "$(psql_ "SELECT count(*) FROM pg_stat_replication")" = 0 ] && return 0
-        sleep 0.1
-    done
-    die "a walsender is still there after its receiver exited"
-}
-
-stop_receiver() { # pid
-    local i
-    kill -INT "$1" 2>/dev/null || true
-    for i in $(seq 100); do
-        kill -0 "$1" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-    bg_pid=""
-}
-
 
 # --- 1. synchronous commit ---------------------------------------------------
 
@@ -346,20 +273,7 @@ sync_run() { # clients, round, position, receiver
 # --- 3. report -----------------------------------------------------------------
 
 # Median of one CSV column over the rounds for one phase, client count, receiver.
-median() { # phase, clients, receiver, column name
-    awk -F, -v ph="$1" -v c="$2" -v r="$3" -v name="$4" '
-        NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) col = i; next }
-        $1 == ph && $2 == c && $5 == r && $col != "" { print $col }' "$csv" | sort -g |
-        awk '{ v[NR] = $1 }
-            END {
-                if (NR == 0) print ""
-                else if (NR % 2) print v[(NR + 1) / 2]
-                else print (v[NR / 2] + v[NR / 2 + 1]) / 2
-            }'
-}
-fmt() { # printf format, value ("" stays "–")
-    if [ -z "$2" ]; then printf '–'; else awk -v f="$1" -v v="$2" 'BEGIN { printf f, v }'; fi
-}
+median() { median_over_rounds "$@"; }
 # The median over rounds of a / b within each round: every round holds all the
 # receivers, so a trend across rounds (a database growing, a busier machine)
 # cancels out of the ratio.
@@ -367,13 +281,7 @@ median_ratio() { # phase, clients, receiver a, receiver b, column name
     awk -F, -v ph="$1" -v c="$2" -v a="$3" -v b="$4" -v name="$5" '
         NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) col = i; next }
         $1 == ph && $2 == c && $col != "" { if ($5 == a) va[$3] = $col; if ($5 == b) vb[$3] = $col }
-        END { for (r in va) if ((r in vb) && vb[r] > 0) print va[r] / vb[r] }' "$csv" | sort -g |
-        awk '{ v[NR] = $1 }
-            END {
-                if (NR == 0) printf "–"
-                else if (NR % 2) printf "%.2f", v[(NR + 1) / 2]
-                else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2
-            }'
+        END { for (r in va) if ((r in vb) && vb[r] > 0) print va[r] / vb[r] }' "$csv" | median_of "–" "%.2f"
 }
 row() { # label, format, scale divisor, phase, clients, column, ceiling receiver ("" = none)
     local label=$1 f=$2 d=$3 ph=$4 c=$5 col=$6 ceil=$7 w p x
@@ -446,21 +354,9 @@ for ((round = 1; round <= rounds; round++)); do
     done
 done
 start_lsn=$(psql_ "SELECT pg_current_wal_lsn()")
-psql_ "CREATE TABLE filler(x bigint, pad text)"
-target=$((wal_mb * 1024 * 1024))
-bytes=0
-bytes_per_row=400
-while [ "$bytes" -lt "$target" ]; do
-    rows=$(((target - bytes) / bytes_per_row + 1000))
-    psql_ "INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, $rows) g"
-    before=$bytes
-    bytes=$(psql_ "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$start_lsn')::bigint")
-    bytes_per_row=$(((bytes - before) / rows + 1))
-done
-psql_ "CHECKPOINT"
-end_lsn=$(psql_ "SELECT pg_current_wal_flush_lsn()")
-bytes=$(psql_ "SELECT pg_wal_lsn_diff('$end_lsn', '$start_lsn')::bigint")
-catchup_mb=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1048576 }')
+write_wal "$start_lsn" "$wal_mb"
+bytes=$wal_written_bytes
+catchup_mb=$wal_written_mb
 note "WAL from $start_lsn to $end_lsn: $catchup_mb MB"
 # pg_receivewal stops only once a message ends past --endpos, so it
 # is given the last byte before the flush position.
@@ -548,9 +444,7 @@ fi
 
 report() {
     local c
-    echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC')  "
-    echo "Command: \`$command_line\`  "
-    echo "Machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r), load average $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end  "
+    report_header
     echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), 16 MB segments, fsync on; walrcv $("$walrcv" --version 2>/dev/null | awk '{ print $2 }'); each figure is the median of $rounds round(s), taken on its own, and each ratio the median of the per-round ratios; synchronous runs: pgbench -N -T $seconds, scale 10; catch-up: $catchup_mb MB of WAL; ceiling = no synchronous standby (synchronous commit) or walrcv --no-sync into $ceiling_where (catch-up)."
     echo
     echo "| | walrcv | pg_receivewal | ceiling | walrcv / pg_receivewal | walrcv / ceiling |"

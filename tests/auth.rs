@@ -12,45 +12,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use walrcv::conninfo::{
-    AuthMethod, ChannelBinding, ConnParams, RequireAuth, SslMode, Target, TlsSettings,
-};
+use walrcv::conninfo::{AuthMethod, ChannelBinding, ConnParams, RequireAuth, SslMode, TlsSettings};
 use walrcv::pgwire::auth::AuthError;
 use walrcv::pgwire::{Connection, PgError, PgErrorKind, TargetError};
 
-use crate::support::{Auth, PgBuilder, PgServer, SUPERUSER, SUPERUSER_PASSWORD};
+use crate::support::{conn_params, Auth, PgBuilder, PgServer, SUPERUSER, SUPERUSER_PASSWORD};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn params(port: u16, user: &str, password: Option<&str>) -> ConnParams {
-    ConnParams {
-        targets: vec![Target::Tcp {
-            host: "127.0.0.1".into(),
-            hostaddr: None,
-            port,
-        }],
-        user: user.into(),
-        password: password.map(str::to_string),
-        passfile: None,
-        dbname: "replication".into(),
-        application_name: "walrcv".into(),
-        options: None,
-        connect_timeout: Some(Duration::from_secs(30)),
-        keepalives: false,
-        keepalives_idle: None,
-        keepalives_interval: None,
-        keepalives_count: None,
-        tls: TlsSettings {
-            mode: SslMode::Disable,
-            ..TlsSettings::prefer()
-        },
-        channel_binding: ChannelBinding::Prefer,
-        require_auth: None,
-        client_encoding: None,
-        target_session_attrs: walrcv::conninfo::TargetSessionAttrs::Any,
-        load_balance_hosts: walrcv::conninfo::LoadBalanceHosts::Disable,
-    }
-}
 
 /// `require_auth` as a connection string would give it.
 fn require(text: &str) -> Option<RequireAuth> {
@@ -147,12 +115,12 @@ fn auth_every_method_connects_with_the_right_password() {
         ("md5_user", Some("md5-secret")),
         ("trust_user", None),
     ] {
-        let got = identify(&params(port, user, password));
+        let got = identify(&conn_params(port, user, password));
         assert_eq!(got.unwrap_or_else(|e| panic!("{user}: {e}")), id, "{user}");
     }
     // A wrong password is the server's refusal, after a completed exchange.
     for user in [SUPERUSER, "pw_user", "md5_user"] {
-        let e = identify(&params(port, user, Some("wrong"))).unwrap_err();
+        let e = identify(&conn_params(port, user, Some("wrong"))).unwrap_err();
         assert_eq!(e.sqlstate(), Some("28P01"), "{user}: {e}");
     }
 }
@@ -163,7 +131,7 @@ fn auth_require_auth_against_each_method() {
     let port = pg.port();
     let id = pg.system_identifier().to_string();
     let with = |user: &str, password: Option<&str>, required: &str| {
-        let mut p = params(port, user, password);
+        let mut p = conn_params(port, user, password);
         p.require_auth = require(required);
         identify(&p)
     };
@@ -233,7 +201,7 @@ fn auth_channel_binding_require_fails_over_plain_text() {
         ("pw_user", Some("pw-secret")),
         ("trust_user", None),
     ] {
-        let mut p = params(port, user, pw);
+        let mut p = conn_params(port, user, pw);
         p.channel_binding = ChannelBinding::Require;
         let e = client_refusal(identify(&p));
         assert!(e.to_string().starts_with("channel binding"), "{user}: {e}");
@@ -298,7 +266,7 @@ impl ServerCert {
 /// `sslmode=require` without a root certificate (encrypted, not verified:
 /// what binding protects against a man in the middle in that case).
 fn over_tls(port: u16, user: &str, password: Option<&str>, cb: ChannelBinding) -> ConnParams {
-    let mut p = params(port, user, password);
+    let mut p = conn_params(port, user, password);
     p.tls = TlsSettings {
         mode: SslMode::Require,
         ..TlsSettings::prefer()
@@ -382,7 +350,7 @@ fn auth_channel_binding_over_tls_against_each_method() {
     }
 
     // The same SCRAM server over plain text offers no PLUS: refused.
-    let mut p = params(port, scram.0, scram.1);
+    let mut p = conn_params(port, scram.0, scram.1);
     p.channel_binding = ChannelBinding::Require;
     let e = client_refusal(identify(&p));
     assert!(
@@ -460,7 +428,7 @@ async fn drain(mut s: TcpStream) -> Vec<u8> {
 fn auth_require_auth_refuses_cleartext_before_sending_the_password() {
     let (client, sent) = against_fake(
         |port| {
-            let mut p = params(port, "walrcv", Some("never-sent"));
+            let mut p = conn_params(port, "walrcv", Some("never-sent"));
             p.require_auth = require("scram-sha-256");
             p
         },
@@ -485,7 +453,7 @@ fn auth_require_auth_refuses_cleartext_before_sending_the_password() {
 fn auth_channel_binding_require_sends_no_md5_hash() {
     let (client, sent) = against_fake(
         |port| {
-            let mut p = params(port, "walrcv", Some("never-sent"));
+            let mut p = conn_params(port, "walrcv", Some("never-sent"));
             p.channel_binding = ChannelBinding::Require;
             p
         },
@@ -534,7 +502,7 @@ async fn scram_impostor(mut s: TcpStream, send_final: bool) -> bool {
 #[test]
 fn auth_a_wrong_scram_server_signature_is_refused() {
     let (client, proof_sent) = against_fake(
-        |port| params(port, "walrcv", Some("pw")),
+        |port| conn_params(port, "walrcv", Some("pw")),
         |s| scram_impostor(s, true),
     );
     assert!(proof_sent);
@@ -545,7 +513,7 @@ fn auth_a_wrong_scram_server_signature_is_refused() {
 #[test]
 fn auth_authentication_ok_right_after_sasl_continue_is_refused() {
     let (client, proof_sent) = against_fake(
-        |port| params(port, "walrcv", Some("pw")),
+        |port| conn_params(port, "walrcv", Some("pw")),
         |s| scram_impostor(s, false),
     );
     assert!(proof_sent);
@@ -648,7 +616,7 @@ fn parameter_status(name: &str, value: &str) -> Vec<u8> {
 fn auth_an_absurd_scram_iteration_count_is_refused_at_once() {
     let started = std::time::Instant::now();
     let client = connect_to_fake(
-        |port| params(port, "walrcv", Some("pw")),
+        |port| conn_params(port, "walrcv", Some("pw")),
         REPLY_TIMEOUT,
         Duration::from_secs(20),
         |mut s| async move {
@@ -682,7 +650,7 @@ fn auth_an_absurd_scram_iteration_count_is_refused_at_once() {
 fn startup_a_parameter_status_flood_is_refused() {
     let started = std::time::Instant::now();
     let client = connect_to_fake(
-        |port| params(port, "walrcv", None),
+        |port| conn_params(port, "walrcv", None),
         REPLY_TIMEOUT,
         Duration::from_secs(20),
         |mut s| async move {
@@ -713,7 +681,7 @@ fn startup_that_never_finishes_ends_at_the_deadline_without_connect_timeout() {
     let client = connect_to_fake(
         |port| ConnParams {
             connect_timeout: None,
-            ..params(port, "walrcv", None)
+            ..conn_params(port, "walrcv", None)
         },
         Duration::from_secs(1),
         Duration::from_secs(20),
@@ -771,7 +739,7 @@ fn startup_oversized_messages_before_authentication_are_refused() {
         ),
     ] {
         let client = connect_to_fake(
-            |port| params(port, "walrcv", Some("pw")),
+            |port| conn_params(port, "walrcv", Some("pw")),
             REPLY_TIMEOUT,
             Duration::from_secs(20),
             move |mut s| async move {

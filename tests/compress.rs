@@ -31,7 +31,7 @@ fn spawn_walrcv(pg: &PgServer, dir: &Path, extra: &[&str]) -> BackgroundProcess 
     let mut args = vec!["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-v"];
     args.extend_from_slice(extra);
     let mut rcv = walrcv_spawn(&args);
-    wait_streaming(pg, &mut rcv, APP);
+    pg.wait_streaming(APP, Some(&mut rcv), LIMIT);
     rcv
 }
 
@@ -46,18 +46,8 @@ fn spawn_pg_receivewal(pg: &PgServer, dir: &Path, z: &str) -> BackgroundProcess 
         z,
     ]);
     let mut rcv = BackgroundProcess::spawn(cmd);
-    wait_streaming(pg, &mut rcv, "pg_receivewal");
+    pg.wait_streaming("pg_receivewal", Some(&mut rcv), LIMIT);
     rcv
-}
-
-fn wait_streaming(pg: &PgServer, rcv: &mut BackgroundProcess, app: &str) {
-    wait_until(LIMIT, "the receiver to be streaming", || {
-        assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
-        pg.psql(&format!(
-            "SELECT count(*) FROM pg_stat_replication \
-             WHERE application_name = '{app}' AND state = 'streaming'"
-        )) == "1"
-    });
 }
 
 /// Some WAL, then a switch: returns the segment boundary after it.
@@ -271,15 +261,7 @@ fn compress_synchronous_lz4_commits_wait_for_the_compressed_file() {
     pg.psql("CREATE TABLE s (i int)");
     let dir = tempfile::tempdir().unwrap();
     let mut rcv = spawn_walrcv(&pg, dir.path(), &["-Z", "lz4", "--synchronous"]);
-    pg.psql(&format!(
-        "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
-    ));
-    pg.psql("SELECT pg_reload_conf()");
-    wait_until(LIMIT, "walrcv to be the synchronous standby", || {
-        pg.psql(&format!(
-            "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{APP}'"
-        )) == "sync"
-    });
+    pg.make_synchronous(APP, Some(&mut rcv), LIMIT);
     let mut compared = 0;
     for i in 0..20 {
         let lsn = crate::support::parse_lsn(&pg.psql(&format!(

@@ -183,22 +183,7 @@ fn full_disk_scenario(arrival: Arrival) {
         "--synchronous",
         "-v",
     ]);
-    wait_until(Duration::from_secs(30), "walrcv streaming", || {
-        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
-        pg.psql(&format!(
-            "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{APP}' \
-             AND state = 'streaming'"
-        )) == "1"
-    });
-    pg.psql(&format!(
-        "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
-    ));
-    pg.psql("SELECT pg_reload_conf()");
-    wait_until(Duration::from_secs(30), "walrcv synchronous", || {
-        pg.psql(&format!(
-            "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{APP}'"
-        )) == "sync"
-    });
+    pg.make_synchronous_standby(APP, &mut rcv);
     pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
 
     // The disk fills up, then WAL for several segments arrives (committed

@@ -63,33 +63,9 @@ fn refused_without_writing(dir: &Path, conninfo: &str) -> crate::support::RunOut
     out
 }
 
-fn streaming_to(server: &PgServer) -> bool {
-    server
-        .try_psql(&format!(
-            "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{APP}' AND state = 'streaming'"
-        ))
-        .is_ok_and(|n| n == "1")
-}
-
-fn wait_streaming(server: &PgServer, rcv: &mut BackgroundProcess, what: &str) {
-    wait_until(Duration::from_secs(90), what, || {
-        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
-        streaming_to(server)
-    });
-}
-
-fn make_synchronous(server: &PgServer, rcv: &mut BackgroundProcess) {
-    server.psql(&format!(
-        "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
-    ));
-    server.psql("SELECT pg_reload_conf()");
-    wait_until(Duration::from_secs(30), "walrcv to be synchronous", || {
-        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
-        server.psql(&format!(
-            "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{APP}'"
-        )) == "sync"
-    });
-}
+/// How long walrcv may take to stream from a server (after a failover: its
+/// reconnect backoff, the new primary's promotion).
+const STREAMING: Duration = Duration::from_secs(90);
 
 /// One synchronous commit: acknowledged within 30 s, or the test fails.
 fn commit(server: &PgServer, rcv: &BackgroundProcess, sql: &str) {
@@ -168,8 +144,8 @@ fn planned_switchover_follows_the_new_primary_and_restores_to_its_end() {
     let backup = p.base_backup();
     let dir = archive_dir();
     let mut rcv = stream(dir.path(), &hosts(&[&p, &s], "primary"), &["--synchronous"]);
-    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
-    make_synchronous(&p, &mut rcv);
+    p.wait_streaming(APP, Some(&mut rcv), STREAMING);
+    p.make_synchronous(APP, Some(&mut rcv), Duration::from_secs(30));
     std::thread::scope(|scope| {
         scope.spawn(|| p.pgbench(&["-n", "-c", "2", "-T", "4"]));
         for i in 1..=40 {
@@ -179,8 +155,9 @@ fn planned_switchover_follows_the_new_primary_and_restores_to_its_end() {
     // Fast: P's walsenders send all of its WAL to S and walrcv first.
     p.stop();
     s.promote();
-    wait_streaming(&s, &mut rcv, "walrcv following S");
-    make_synchronous(&s, &mut rcv);
+    // walrcv follows S.
+    s.wait_streaming(APP, Some(&mut rcv), STREAMING);
+    s.make_synchronous(APP, Some(&mut rcv), Duration::from_secs(30));
     for i in 1..=40 {
         commit(&s, &rcv, &format!("INSERT INTO t VALUES ({i}, 'on S')"));
     }
@@ -243,7 +220,7 @@ fn unplanned_failover_sets_the_divergent_tail_aside() {
     let backup = p.base_backup();
     let dir = archive_dir();
     let mut rcv = stream(dir.path(), &hosts(&[&p, &s], "primary"), &[]);
-    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
+    p.wait_streaming(APP, Some(&mut rcv), STREAMING);
     p.psql("INSERT INTO t SELECT g, 'both' FROM generate_series(1, 1000) g");
     let both = p.current_lsn();
     p.wait_for_flush("walrcv_test_standby", both, Duration::from_secs(30));
@@ -257,7 +234,8 @@ fn unplanned_failover_sets_the_divergent_tail_aside() {
     s.start_again();
     s.promote();
     s.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(1, 1000) g");
-    wait_streaming(&s, &mut rcv, "walrcv following S");
+    // walrcv follows S.
+    s.wait_streaming(APP, Some(&mut rcv), STREAMING);
     let end = s.current_lsn();
     s.wait_for_flush(APP, end, Duration::from_secs(30));
     let status = rcv.terminate();
@@ -354,7 +332,7 @@ fn failover_to_a_host_without_the_slot() {
     let dir = archive_dir();
     let conninfo = hosts(&[&p, &s], "primary");
     let mut rcv = stream(dir.path(), &conninfo, &["--slot", "archiver"]);
-    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
+    p.wait_streaming(APP, Some(&mut rcv), STREAMING);
     p.psql("INSERT INTO t SELECT generate_series(1, 1000)");
     p.wait_for_flush(APP, p.current_lsn(), Duration::from_secs(30));
     p.stop();
@@ -376,10 +354,11 @@ fn failover_to_a_host_without_the_slot() {
         &conninfo,
         &["--slot", "archiver", "--create-slot-if-missing"],
     );
-    wait_streaming(&s, &mut rcv, "walrcv streaming from S");
+    s.wait_streaming(APP, Some(&mut rcv), STREAMING);
     assert!(s.slot_exists("archiver"));
     s.restart();
-    wait_streaming(&s, &mut rcv, "walrcv streaming from S after its restart");
+    // After its restart.
+    s.wait_streaming(APP, Some(&mut rcv), STREAMING);
     s.psql("INSERT INTO t SELECT generate_series(1, 1000)");
     s.wait_for_flush(APP, s.current_lsn(), Duration::from_secs(30));
     let status = rcv.terminate();
@@ -441,7 +420,7 @@ fn a_sibling_fork_with_the_same_timeline_number_is_refused() {
     s2.promote();
     let dir = archive_dir();
     let mut rcv = stream(dir.path(), &hosts(&[&s2], "primary"), &[]);
-    wait_streaming(&s2, &mut rcv, "walrcv streaming from S2");
+    s2.wait_streaming(APP, Some(&mut rcv), STREAMING);
     s2.psql("INSERT INTO t SELECT generate_series(1, 1000)");
     s2.psql("SELECT pg_switch_wal()");
     s2.wait_for_flush(APP, s2.current_lsn(), Duration::from_secs(30));
@@ -471,7 +450,7 @@ fn a_new_primary_without_the_wal_the_archive_needs_names_the_missing_range() {
     let dir = archive_dir();
     let conninfo = hosts(&[&p, &s], "primary");
     let mut rcv = stream(dir.path(), &conninfo, &[]);
-    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
+    p.wait_streaming(APP, Some(&mut rcv), STREAMING);
     p.psql("INSERT INTO t SELECT generate_series(1, 1000)");
     p.wait_for_flush(APP, p.current_lsn(), Duration::from_secs(30));
     assert!(rcv.interrupt().success(), "{}", rcv.stderr());
@@ -595,11 +574,12 @@ fn an_old_primary_back_on_its_old_timeline_is_refused() {
     let mut s = p.create_standby();
     let dir = archive_dir();
     let mut rcv = stream(dir.path(), &hosts(&[&p, &s], "primary"), &[]);
-    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
+    p.wait_streaming(APP, Some(&mut rcv), STREAMING);
     p.stop();
     s.promote();
     s.psql("INSERT INTO t SELECT generate_series(1, 1000)");
-    wait_streaming(&s, &mut rcv, "walrcv following S");
+    // walrcv follows S.
+    s.wait_streaming(APP, Some(&mut rcv), STREAMING);
     s.wait_for_flush(APP, s.current_lsn(), Duration::from_secs(30));
     assert!(rcv.terminate().success(), "{}", rcv.stderr());
     s.stop();
@@ -639,7 +619,7 @@ fn a_standby_behind_the_archive_promoted_while_streamed() -> PromotedBehind {
     let mut s = p.create_standby();
     let dir = archive_dir();
     let mut rcv = stream(dir.path(), &hosts(&[&p, &s], "any"), &[]);
-    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
+    p.wait_streaming(APP, Some(&mut rcv), STREAMING);
     p.switch_wal();
     p.psql("INSERT INTO t SELECT g, 'both' FROM generate_series(1, 100) g");
     let both = p.current_lsn();
@@ -656,11 +636,8 @@ fn a_standby_behind_the_archive_promoted_while_streamed() -> PromotedBehind {
     p.wait_for_flush(APP, lost, Duration::from_secs(30));
     p.stop_immediate();
     s.start_again();
-    wait_streaming(
-        &s,
-        &mut rcv,
-        "walrcv streaming from S, still a standby on timeline 1",
-    );
+    // S, still a standby on timeline 1.
+    s.wait_streaming(APP, Some(&mut rcv), STREAMING);
     s.promote();
     rcv.wait_for_stderr("switched to timeline 2", Duration::from_secs(60));
     s.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(1, 100) g");
@@ -756,7 +733,7 @@ fn a_divergent_tail_left_on_an_older_timeline_is_set_aside_before_streaming() {
     )
     .unwrap();
     let mut again = stream(dir.path(), &hosts(&[&s], "any"), &[]);
-    wait_streaming(&s, &mut again, "walrcv streaming from S again");
+    s.wait_streaming(APP, Some(&mut again), STREAMING);
     s.psql("INSERT INTO t SELECT g, 'more' FROM generate_series(1, 100) g");
     s.wait_for_flush(APP, s.current_lsn(), Duration::from_secs(30));
     assert!(again.terminate().success(), "{}", again.stderr());
@@ -811,8 +788,8 @@ pub(crate) fn switch_segment_cut_archive(compress: &[&str]) -> SwitchCase {
     let mut args = vec!["--synchronous"];
     args.extend_from_slice(compress);
     let mut rcv = stream(dir.path(), &hosts(&[&p, &s], "primary"), &args);
-    wait_streaming(&p, &mut rcv, "walrcv streaming from P");
-    make_synchronous(&p, &mut rcv);
+    p.wait_streaming(APP, Some(&mut rcv), STREAMING);
+    p.make_synchronous(APP, Some(&mut rcv), Duration::from_secs(30));
     for i in 1..=20 {
         commit(&p, &rcv, &format!("INSERT INTO t VALUES ({i}, 'on P')"));
     }
@@ -827,7 +804,8 @@ pub(crate) fn switch_segment_cut_archive(compress: &[&str]) -> SwitchCase {
     }
     p.stop();
     s.promote();
-    wait_streaming(&s, &mut rcv, "walrcv following S");
+    // walrcv follows S.
+    s.wait_streaming(APP, Some(&mut rcv), STREAMING);
     let end = s.current_lsn();
     s.wait_for_flush(APP, end, Duration::from_secs(30));
     rcv.terminate();

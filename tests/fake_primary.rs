@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use tokio::sync::{oneshot, watch};
-use walrcv::conninfo::{ConnParams, SslMode, Target};
+use walrcv::conninfo::ConnParams;
 use walrcv::lsn::Lsn;
 use walrcv::receiver::{self, Outcome, StreamOptions};
 use walrcv::wal::{Verifier, VerifierConfig};
@@ -28,7 +28,7 @@ use walrcv::wal::{Verifier, VerifierConfig};
 use crate::support::fake_walsender::{
     FakeConfig, FakeWalsender, ReplicationStream, ServerMsg, StatusUpdate, PG15_SYSTEM_ID,
 };
-use crate::support::format_lsn;
+use crate::support::{conn_params, format_lsn, SUPERUSER};
 
 pub(crate) const SEG: u64 = 1 << 20;
 /// Where walrcv starts with an empty archive against [`FakeConfig::pg15_fixture`].
@@ -154,31 +154,8 @@ fn options(dir: &Path, port: u16) -> StreamOptions {
     StreamOptions {
         directory: dir.to_path_buf(),
         conn: ConnParams {
-            targets: vec![Target::Tcp {
-                host: "127.0.0.1".into(),
-                hostaddr: None,
-                port,
-            }],
-            user: "postgres".into(),
-            password: None,
-            passfile: None,
-            dbname: "replication".into(),
-            application_name: "walrcv".into(),
-            options: None,
             connect_timeout: Some(Duration::from_secs(5)),
-            keepalives: false,
-            keepalives_idle: None,
-            keepalives_interval: None,
-            keepalives_count: None,
-            tls: walrcv::conninfo::TlsSettings {
-                mode: SslMode::Disable,
-                ..walrcv::conninfo::TlsSettings::prefer()
-            },
-            channel_binding: walrcv::conninfo::ChannelBinding::Prefer,
-            require_auth: None,
-            client_encoding: None,
-            target_session_attrs: walrcv::conninfo::TargetSessionAttrs::Any,
-            load_balance_hosts: walrcv::conninfo::LoadBalanceHosts::Disable,
+            ..conn_params(port, SUPERUSER, None)
         },
         slot: None,
         create_slot_if_missing: false,

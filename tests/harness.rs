@@ -380,3 +380,51 @@ fn harness_sync_commit_does_not_hang() {
     let waiting = pg.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
     assert_eq!(waiting, "1");
 }
+
+/// The text of a caught panic.
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => p.downcast_ref::<&str>().unwrap_or(&"?").to_string(),
+    }
+}
+
+/// `PgServer::wait_streaming` and `make_synchronous`: they return once
+/// walrcv streams and is `sync`; they fail as soon as the receiver has
+/// exited, with what it printed, and at the deadline when nothing streams,
+/// with the server's `pg_stat_replication`.
+#[test]
+fn harness_wait_streaming_passes_and_fails_with_what_happened() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let pg = PgServer::builder().start();
+    let archive = support::archive_dir();
+    let dir = archive.path().to_str().unwrap();
+    let mut rcv = support::walrcv_spawn(&["stream", "-D", dir, "-d", &pg.conninfo()]);
+    pg.wait_streaming("walrcv", Some(&mut rcv), Duration::from_secs(60));
+    pg.make_synchronous("walrcv", Some(&mut rcv), Duration::from_secs(60));
+    assert_eq!(
+        pg.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walrcv'"),
+        "sync"
+    );
+
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "echo the receiver gave up >&2; exit 3"]);
+    let mut quitter = BackgroundProcess::spawn(cmd);
+    let exited = catch_unwind(AssertUnwindSafe(|| {
+        pg.wait_streaming("quitter", Some(&mut quitter), Duration::from_secs(600))
+    }))
+    .expect_err("a receiver that exited never streams");
+    let text = panic_text(exited);
+    assert!(text.contains("the receiver exited"), "{text}");
+    assert!(text.contains("the receiver gave up"), "{text}");
+
+    let late = catch_unwind(|| pg.wait_streaming("nobody", None, Duration::from_millis(300)))
+        .expect_err("nobody streams as `nobody`");
+    let text = panic_text(late);
+    assert!(
+        text.contains("timed out after 300ms waiting for nobody"),
+        "{text}"
+    );
+    assert!(text.contains("walrcv|streaming|sync"), "{text}");
+    assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+}

@@ -176,21 +176,7 @@ fn start_synchronous_walrcv_limited(
         cmd = cmd.max_open_files(max);
     }
     let mut rcv = cmd.spawn();
-    pg.psql(&format!(
-        "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
-    ));
-    pg.psql("SELECT pg_reload_conf()");
-    wait_until(
-        Duration::from_secs(30),
-        "walrcv to be the sync standby",
-        || {
-            assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
-            pg.psql(&format!(
-                "SELECT sync_state FROM pg_stat_replication \
-             WHERE application_name = '{APP}' AND state = 'streaming'"
-            )) == "sync"
-        },
-    );
+    pg.make_synchronous(APP, Some(&mut rcv), Duration::from_secs(30));
     rcv
 }
 

@@ -75,17 +75,6 @@ impl Setup {
         walrcv_spawn(&args)
     }
 
-    /// Waits until walrcv streams (its walsender is in state `streaming`).
-    fn wait_streaming(&self, rcv: &mut BackgroundProcess) {
-        wait_until(LONG, "walrcv to be streaming", || {
-            assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
-            self.pg.psql(&format!(
-                "SELECT count(*) FROM pg_stat_replication \
-                 WHERE application_name = '{APP}' AND state = 'streaming'"
-            )) == "1"
-        });
-    }
-
     fn pgbench(&self, seconds: u32) {
         self.pg
             .pgbench(&["-n", "-c", "2", "-T", &seconds.to_string()]);
@@ -152,7 +141,7 @@ fn wait_reconnected(s: &Setup, rcv: &mut BackgroundProcess, connections: usize) 
         assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
         s.proxy.connections() >= connections
     });
-    s.wait_streaming(rcv);
+    s.pg.wait_streaming(APP, Some(rcv), LONG);
 }
 
 /// The server's message is cut after 200 of its bytes (inside the WAL data of
@@ -163,7 +152,7 @@ fn wait_reconnected(s: &Setup, rcv: &mut BackgroundProcess, connections: usize) 
 fn cut_in_the_middle_of_a_wal_message() {
     let s = Setup::start(&[]);
     let mut rcv = s.spawn_walrcv(&[]);
-    s.wait_streaming(&mut rcv);
+    s.pg.wait_streaming(APP, Some(&mut rcv), LONG);
     s.pgbench(2);
     s.pg.force_switch_wal();
     s.proxy.cut_mid_wal_message(200);
@@ -199,7 +188,7 @@ fn cut_in_the_middle_of_a_wal_message() {
 fn stall_mid_stream_fires_the_receive_timeout_and_reconnects() {
     let s = Setup::start(&["wal_sender_timeout = '3s'"]);
     let mut rcv = s.spawn_walrcv(&["--receive-timeout=2"]);
-    s.wait_streaming(&mut rcv);
+    s.pg.wait_streaming(APP, Some(&mut rcv), LONG);
     s.pgbench(2);
     let stalled_at = std::thread::scope(|t| {
         t.spawn(|| s.pgbench(2));
@@ -235,7 +224,7 @@ fn stall_mid_stream_fires_the_receive_timeout_and_reconnects() {
 fn slow_drip_keeps_up_without_a_spurious_timeout() {
     let s = Setup::start(&[]);
     let mut rcv = s.spawn_walrcv(&["--receive-timeout=2"]);
-    s.wait_streaming(&mut rcv);
+    s.pg.wait_streaming(APP, Some(&mut rcv), LONG);
     s.pg.force_switch_wal();
     let flushed = s.pg.flush_lsn();
     s.pg.wait_for_flush(APP, flushed, LONG);
@@ -288,7 +277,7 @@ fn slow_drip_keeps_up_without_a_spurious_timeout() {
 fn reset_mid_stream() {
     let s = Setup::start(&[]);
     let mut rcv = s.spawn_walrcv(&[]);
-    s.wait_streaming(&mut rcv);
+    s.pg.wait_streaming(APP, Some(&mut rcv), LONG);
     s.pgbench(2);
     std::thread::scope(|t| {
         t.spawn(|| s.pgbench(3));
@@ -358,7 +347,7 @@ fn stall_before_streaming_times_out_retries_and_yields_to_sigterm() {
         s.proxy.connections() >= 2
     });
     s.proxy.stall_new_connections(false);
-    s.wait_streaming(&mut rcv);
+    s.pg.wait_streaming(APP, Some(&mut rcv), LONG);
     s.finish_and_check(&mut rcv);
 
     s.proxy.stall_new_connections(true);

@@ -182,13 +182,6 @@ fn spawn_walrcv(pg: &PgServer, dir: &Path, extra: &[&str]) -> BackgroundProcess 
     walrcv_spawn(&args)
 }
 
-fn wait_streaming(pg: &PgServer) {
-    wait_until(Duration::from_secs(30), "walrcv streaming", || {
-        pg.psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walrcv' AND state = 'streaming'")
-            == "1"
-    });
-}
-
 fn wait_exit(child: &mut BackgroundProcess, limit: Duration) -> Option<i32> {
     child.wait_timeout(limit).and_then(|s| s.code())
 }
@@ -202,7 +195,7 @@ fn slot_dropped_while_streaming_exits_3() {
     pg.create_physical_slot("walrcv_slot");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = spawn_walrcv(&pg, dir.path(), &["-S", "walrcv_slot"]);
-    wait_streaming(&pg);
+    pg.wait_streaming("walrcv", Some(&mut child), Duration::from_secs(30));
     pg.psql("CREATE TABLE t AS SELECT generate_series(1, 10000) AS x");
     // walrcv reconnects within a second: terminate and drop until the drop
     // finds the slot inactive.
@@ -237,7 +230,7 @@ fn invalidated_slot_exits_3_naming_the_missing_range() {
     pg.create_physical_slot("walrcv_slot");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = spawn_walrcv(&pg, dir.path(), &["-S", "walrcv_slot"]);
-    wait_streaming(&pg);
+    pg.wait_streaming("walrcv", Some(&mut child), Duration::from_secs(30));
     pg.psql("CREATE TABLE t AS SELECT generate_series(1, 20000) AS x");
     let end = pg.force_switch_wal();
     pg.wait_for_flush("walrcv", end, Duration::from_secs(30));
@@ -347,7 +340,7 @@ fn primary_immediate_stop_mid_stream_then_restart() {
     pg.create_physical_slot("walrcv_slot");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = spawn_walrcv(&pg, dir.path(), &["-S", "walrcv_slot"]);
-    wait_streaming(&pg);
+    pg.wait_streaming("walrcv", Some(&mut child), Duration::from_secs(30));
     // Some 100 segments of WAL in one transaction; the server dies once
     // walrcv has flushed two of them and the transaction still runs: walrcv
     // is mid-stream, the server mid-transaction.

@@ -438,13 +438,7 @@ fn the_units_keep_the_connection_string_and_password_off_the_command_line() {
     )
     .envs(env.iter().map(|(k, v)| (k, v)))
     .spawn();
-    wait_until(Duration::from_secs(30), "walrcv to stream", || {
-        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
-        pg.psql(
-            "SELECT count(*) FROM pg_stat_replication \
-             WHERE application_name = 'walrcv' AND state = 'streaming'",
-        ) == "1"
-    });
+    pg.wait_streaming("walrcv", Some(&mut rcv), Duration::from_secs(30));
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", rcv.pid())).unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     for secret in [SUPERUSER_PASSWORD, "port="] {

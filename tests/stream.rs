@@ -397,19 +397,8 @@ fn shows_in_pg_stat_replication_and_can_be_synchronous() {
     let d = dir.path().to_str().unwrap().to_string();
     let conn = pg.conninfo();
     let mut child = spawn(&["stream", "-D", &d, "-d", &conn]);
-    wait_until(Duration::from_secs(20), "walrcv streaming", || {
-        pg.psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walrcv' AND state = 'streaming'") == "1"
-    });
-    pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'walrcv'");
-    pg.psql("SELECT pg_reload_conf()");
-    wait_until(
-        Duration::from_secs(20),
-        "walrcv is the synchronous standby",
-        || {
-            pg.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walrcv'")
-                == "sync"
-        },
-    );
+    pg.wait_streaming("walrcv", Some(&mut child), Duration::from_secs(20));
+    pg.make_synchronous("walrcv", Some(&mut child), Duration::from_secs(20));
     // Commits wait for walrcv's flush: they must complete promptly.
     let t = std::time::Instant::now();
     for i in 0..20 {

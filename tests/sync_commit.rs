@@ -73,31 +73,8 @@ impl Drop for ContGuard {
 fn start_walrcv(pg: &PgServer, dir: &Path) -> BackgroundProcess {
     let conn = format!("{} application_name={APP}", pg.conninfo());
     let mut rcv = walrcv_spawn(&["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-v"]);
-    wait_until(Duration::from_secs(30), "walrcv to be streaming", || {
-        assert!(rcv.is_running(), "walrcv exited:\n{}", rcv.stderr());
-        pg.psql(&format!(
-            "SELECT count(*) FROM pg_stat_replication \
-             WHERE application_name = '{APP}' AND state = 'streaming'"
-        )) == "1"
-    });
+    pg.wait_streaming(APP, Some(&mut rcv), Duration::from_secs(30));
     rcv
-}
-
-/// Makes walrcv the only synchronous standby and waits until the primary says so.
-fn make_synchronous(pg: &PgServer) {
-    pg.psql(&format!(
-        "ALTER SYSTEM SET synchronous_standby_names = '{APP}'"
-    ));
-    pg.psql("SELECT pg_reload_conf()");
-    wait_until(
-        Duration::from_secs(30),
-        "pg_stat_replication to show walrcv with sync_state = sync",
-        || {
-            pg.psql(&format!(
-                "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{APP}'"
-            )) == "sync"
-        },
-    );
 }
 
 /// One synchronous commit, which must complete within [`COMMIT_LIMIT`]
@@ -170,7 +147,7 @@ fn sync_commit_waits_for_walrcv_and_is_released_by_it() {
     pg.psql("CREATE TABLE t (i int)");
     let dir = archive_dir();
     let mut rcv = start_walrcv(&pg, dir.path());
-    make_synchronous(&pg);
+    pg.make_synchronous(APP, Some(&mut rcv), Duration::from_secs(30));
 
     // 1. Commits complete while walrcv runs.
     let mut slowest = Duration::ZERO;
@@ -299,7 +276,7 @@ fn fast_shutdown_completes_promptly(synchronous: bool, paused: bool) {
     let d = dir.path().to_str().unwrap().to_string();
     let mut rcv = start_walrcv(&pg, dir.path());
     if synchronous {
-        make_synchronous(&pg);
+        pg.make_synchronous(APP, Some(&mut rcv), Duration::from_secs(30));
     }
     // Some WAL, across a few segments, then a little more in small commits.
     bounded_sql(

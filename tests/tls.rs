@@ -27,7 +27,7 @@ use walrcv::conninfo::{
 use walrcv::pgwire::tls::TlsError;
 use walrcv::pgwire::{Connection, PgError, PgErrorKind};
 
-use crate::support::{Auth, PgServer, Walrcv, SUPERUSER, SUPERUSER_PASSWORD};
+use crate::support::{conn_params, Auth, PgServer, Walrcv, SUPERUSER, SUPERUSER_PASSWORD};
 
 const ROLE_PASSWORD: &str = "tls-role-secret";
 const ALL_MODES: [SslMode; 6] = [
@@ -251,23 +251,10 @@ impl Case {
                 hostaddr: self.hostaddr.clone(),
                 port: self.port,
             }],
-            user: self.user.clone(),
-            password: self.password.clone(),
-            passfile: None,
-            dbname: "replication".into(),
             application_name: "walrcv_tls_test".into(),
-            options: None,
             connect_timeout: Some(Duration::from_secs(10)),
-            keepalives: false,
-            keepalives_idle: None,
-            keepalives_interval: None,
-            keepalives_count: None,
             tls: self.tls.clone(),
-            channel_binding: ChannelBinding::Prefer,
-            require_auth: None,
-            client_encoding: None,
-            target_session_attrs: walrcv::conninfo::TargetSessionAttrs::Any,
-            load_balance_hosts: walrcv::conninfo::LoadBalanceHosts::Disable,
+            ..conn_params(self.port, &self.user, self.password.as_deref())
         }
     }
 

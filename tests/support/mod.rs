@@ -57,6 +57,10 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use walrcv::conninfo::{
+    ChannelBinding, ConnParams, LoadBalanceHosts, SslMode, Target, TargetSessionAttrs, TlsSettings,
+};
+
 pub mod fake_walsender;
 pub mod http_faults;
 pub mod lazyfs;
@@ -136,6 +140,43 @@ pub fn archive_dir() -> tempfile::TempDir {
 /// The names of the entries in `dir`, as a set (for comparing listings).
 pub fn file_name_set(dir: &Path) -> std::collections::BTreeSet<String> {
     walfiles::file_names(dir).into_iter().collect()
+}
+
+/// The connection settings the tests give `walrcv::pgwire::Connection`:
+/// TCP to `127.0.0.1:port` as `user` with `password`, database
+/// `replication`, application_name `walrcv`, a 30 s connect timeout, no TLS
+/// (`sslmode=disable`), and libpq's defaults for the rest (no keepalives,
+/// `channel_binding=prefer`, any server). A test that needs another value
+/// says so with struct update syntax:
+/// `ConnParams { connect_timeout: None, ..conn_params(port, SUPERUSER, None) }`.
+pub fn conn_params(port: u16, user: &str, password: Option<&str>) -> ConnParams {
+    ConnParams {
+        targets: vec![Target::Tcp {
+            host: "127.0.0.1".into(),
+            hostaddr: None,
+            port,
+        }],
+        user: user.into(),
+        password: password.map(str::to_string),
+        passfile: None,
+        dbname: "replication".into(),
+        application_name: "walrcv".into(),
+        options: None,
+        connect_timeout: Some(Duration::from_secs(30)),
+        keepalives: false,
+        keepalives_idle: None,
+        keepalives_interval: None,
+        keepalives_count: None,
+        tls: TlsSettings {
+            mode: SslMode::Disable,
+            ..TlsSettings::prefer()
+        },
+        channel_binding: ChannelBinding::Prefer,
+        require_auth: None,
+        client_encoding: None,
+        target_session_attrs: TargetSessionAttrs::Any,
+        load_balance_hosts: LoadBalanceHosts::Disable,
+    }
 }
 
 /// Path of the `walrcv` binary built by cargo for this test run.
@@ -568,31 +609,6 @@ impl PgServer {
     /// dropped, no timeout): for a commit that is expected to wait, e.g. for
     /// a synchronous walrcv. Not wrapped in `timeout(1)`, so that killing the
     /// [`BackgroundProcess`] kills psql itself.
-    /// Waits until `rcv` streams as `app`, makes it the only synchronous
-    /// standby and waits until the server shows it `sync` (30 s each).
-    pub fn make_synchronous_standby(&self, app: &str, rcv: &mut BackgroundProcess) {
-        wait_until(Duration::from_secs(30), "the receiver to stream", || {
-            assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
-            self.psql(&format!(
-                "SELECT count(*) FROM pg_stat_replication \
-                 WHERE application_name = '{app}' AND state = 'streaming'"
-            )) == "1"
-        });
-        self.psql(&format!(
-            "ALTER SYSTEM SET synchronous_standby_names = '{app}'"
-        ));
-        self.psql("SELECT pg_reload_conf()");
-        wait_until(
-            Duration::from_secs(30),
-            "the receiver to be synchronous",
-            || {
-                self.psql(&format!(
-                    "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{app}'"
-                )) == "sync"
-            },
-        );
-    }
-
     pub fn psql_background(&self, sql: &str) -> BackgroundProcess {
         let mut cmd = Command::new(debian_bin("psql"));
         cmd.env_clear()
@@ -889,6 +905,103 @@ impl PgServer {
             },
         );
         last.expect("flush lsn")
+    }
+
+    /// Waits until `pg_stat_replication` shows the client with this
+    /// `application_name` in state `streaming`. Panics after `timeout`, or as
+    /// soon as `rcv` (the receiver, when the test gives it) has exited, with
+    /// the rows of `pg_stat_replication` and the receiver's stderr; the panic
+    /// names the caller's line. A query that fails (a server restarting)
+    /// counts as not streaming yet.
+    #[track_caller]
+    pub fn wait_streaming(
+        &self,
+        application_name: &str,
+        rcv: Option<&mut BackgroundProcess>,
+        timeout: Duration,
+    ) {
+        self.wait_replication_row(application_name, "state = 'streaming'", rcv, timeout);
+    }
+
+    /// Makes `application_name` the only synchronous standby
+    /// (`synchronous_standby_names`, reloaded) and waits until
+    /// `pg_stat_replication` shows it `sync`; panics as
+    /// [`wait_streaming`](Self::wait_streaming) does.
+    #[track_caller]
+    pub fn make_synchronous(
+        &self,
+        application_name: &str,
+        rcv: Option<&mut BackgroundProcess>,
+        timeout: Duration,
+    ) {
+        self.psql(&format!(
+            "ALTER SYSTEM SET synchronous_standby_names = {}",
+            sql_literal(application_name)
+        ));
+        self.psql("SELECT pg_reload_conf()");
+        self.wait_replication_row(application_name, "sync_state = 'sync'", rcv, timeout);
+    }
+
+    /// Waits until `rcv` streams as `app`, makes it the only synchronous
+    /// standby and waits until the server shows it `sync` (30 s each).
+    #[track_caller]
+    pub fn make_synchronous_standby(&self, app: &str, rcv: &mut BackgroundProcess) {
+        self.wait_streaming(app, Some(&mut *rcv), Duration::from_secs(30));
+        self.make_synchronous(app, Some(rcv), Duration::from_secs(30));
+    }
+
+    /// Polls every 50 ms until `pg_stat_replication` has one row for
+    /// `application_name` where the SQL `condition` holds (see
+    /// [`wait_streaming`](Self::wait_streaming) for the panics).
+    #[track_caller]
+    fn wait_replication_row(
+        &self,
+        application_name: &str,
+        condition: &str,
+        mut rcv: Option<&mut BackgroundProcess>,
+        timeout: Duration,
+    ) {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = {} AND {condition}",
+            sql_literal(application_name)
+        );
+        let start = Instant::now();
+        loop {
+            if let Some(rcv) = rcv.as_deref_mut() {
+                if let Some(status) = rcv.try_wait() {
+                    panic!(
+                        "the receiver exited ({status}) before {application_name} showed {condition} \
+                         in pg_stat_replication on port {}:\n{}",
+                        self.port,
+                        rcv.stderr()
+                    );
+                }
+            }
+            if self.try_psql(&sql).is_ok_and(|n| n == "1") {
+                return;
+            }
+            if start.elapsed() > timeout {
+                let rows = self
+                    .try_psql(
+                        "SELECT application_name, state, sync_state FROM pg_stat_replication \
+                         ORDER BY application_name",
+                    )
+                    .unwrap_or_else(|e| format!("(the query failed: {e})"));
+                let receiver = rcv.as_deref().map_or(String::new(), |r| {
+                    format!(
+                        "\n--- receiver stderr (last 40 lines) ---\n{}",
+                        tail(&r.stderr_path(), 40)
+                    )
+                });
+                panic!(
+                    "timed out after {timeout:?} waiting for {application_name} to show {condition} \
+                     in pg_stat_replication on port {} (PostgreSQL {}); its rows \
+                     (application_name|state|sync_state):\n{rows}{receiver}",
+                    self.port, self.major
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A streaming standby of this primary, in its own temporary directory on a
