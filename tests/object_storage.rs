@@ -85,6 +85,26 @@ fn rows(pg: &PgServer) -> (u32, u64) {
     (n.parse().unwrap(), sum.parse().unwrap())
 }
 
+/// Archive recovery from the bucket alone (`walrcv restore --from`, the
+/// store's settings through `env`) to the end of `target_timeline`, with no
+/// synchronous standby to wait for once promoted.
+fn bucket_recovery_settings(weed: &Seaweed, prefix: &str, target_timeline: &str) -> Vec<String> {
+    let env: String = weed
+        .env()
+        .iter()
+        .map(|(k, v)| format!("{k}={v} "))
+        .collect();
+    vec![
+        format!(
+            "restore_command = 'env {env}{} restore %f %p --from {}'",
+            walrcv_bin().display(),
+            weed.url(prefix)
+        ),
+        format!("recovery_target_timeline = '{target_timeline}'"),
+        "synchronous_standby_names = ''".to_string(),
+    ]
+}
+
 /// Commits acknowledged by a synchronous uploading receiver, the primary
 /// crashes, the receiver stops cleanly (its last `.partial` uploaded), the
 /// local archive is deleted, and a base backup recovers from the bucket
@@ -138,20 +158,7 @@ fn pitr_from_bucket(compress: Option<&str>) {
     let partials: Vec<_> = names.iter().filter(|n| n.contains(".partial.")).collect();
     assert_eq!(partials.len(), 1, "{partials:?}");
     drop(archive);
-    let env: String = weed
-        .env()
-        .iter()
-        .map(|(k, v)| format!("{k}={v} "))
-        .collect();
-    let settings = vec![
-        format!(
-            "restore_command = 'env {env}{} restore %f %p --from {}'",
-            walrcv_bin().display(),
-            weed.url(prefix)
-        ),
-        "recovery_target_timeline = 'latest'".to_string(),
-        "synchronous_standby_names = ''".to_string(),
-    ];
+    let settings = bucket_recovery_settings(&weed, prefix, "latest");
     let server = match backup.start_recovery(&settings) {
         Recovery::Started(s) => s,
         Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
@@ -565,7 +572,10 @@ fn thread_nice(pid: u32) -> std::collections::BTreeMap<String, i64> {
 /// last `.partial` (final now, with the commits acknowledged on P) is in
 /// the bucket at once, byte for byte, before any clean stop (the receiver
 /// is killed at the end). The uploader thread runs at nice 10, the rest of
-/// walrcv at 0.
+/// walrcv at 0. Then a base backup of P taken before the commits recovers
+/// from the bucket alone to the end of timeline 1: every commit
+/// acknowledged on P is back, the last ones only in that final `.partial`
+/// (timeline 2's own `.partial` never went up: the receiver was killed).
 #[test]
 fn upload_timeline_switch_sends_the_old_partial_at_once() {
     let weed = Seaweed::start("walrcv");
@@ -589,6 +599,7 @@ fn upload_timeline_switch_sends_the_old_partial_at_once() {
     weed.apply(cmd);
     let mut rcv = walrcv.spawn();
     p.make_synchronous_standby(APP, &mut rcv);
+    let backup = p.base_backup();
     // The uploader thread alone runs at a lower CPU priority.
     let nice = thread_nice(rcv.pid());
     assert_eq!(nice.get("walrcv-upload"), Some(&10), "{nice:?}");
@@ -657,6 +668,22 @@ fn upload_timeline_switch_sends_the_old_partial_at_once() {
         .unwrap_or_else(|e| panic!("{object}: {e}"));
     assert!(body[..] == bytes[..], "{object} differs from {old}");
     rcv.kill9();
+    drop(archive);
+    let server = match backup.start_recovery(&bucket_recovery_settings(&weed, prefix, "1")) {
+        Recovery::Started(s) => s,
+        Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
+    };
+    server.wait_for_promotion(RECOVERY_LIMIT);
+    let log = server.full_log();
+    assert_eq!(
+        server.psql("SELECT what, count(*) FROM t GROUP BY what ORDER BY what"),
+        "before|3\non P|10",
+        "every commit acknowledged on timeline 1, none of timeline 2\n{log}"
+    );
+    assert!(
+        log.contains(&format!("restored log file \"{current}\" from archive")),
+        "timeline 1's last segment ({current}) not restored from the bucket:\n{log}"
+    );
 }
 
 /// Two receivers in `ANY 1`, uploading into one prefix; one is killed
@@ -702,19 +729,7 @@ fn two_receivers_any_1_one_bucket() {
     assert!(b.interrupt().success(), "{}", b.stderr());
     assert!(!a.stderr().contains("CONFLICT") && !b.stderr().contains("CONFLICT"));
     drop((dir_a, dir_b));
-    let env: String = weed
-        .env()
-        .iter()
-        .map(|(k, v)| format!("{k}={v} "))
-        .collect();
-    let settings = vec![
-        format!(
-            "restore_command = 'env {env}{} restore %f %p --from {url}'",
-            walrcv_bin().display()
-        ),
-        "recovery_target_timeline = 'latest'".to_string(),
-        "synchronous_standby_names = ''".to_string(),
-    ];
+    let settings = bucket_recovery_settings(&weed, prefix, "latest");
     let server = match backup.start_recovery(&settings) {
         Recovery::Started(s) => s,
         Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
