@@ -20,6 +20,11 @@
 //! are removed locally ([`plan::removable`]). The thread runs at nice
 //! [`UPLOAD_NICE`] (Linux), below the threads that receive and acknowledge.
 //!
+//! A conflict (an object of the name holding other bytes: never
+//! overwritten) also leaves a marker object in the bucket, create-only
+//! ([`crate::objstore::marker`]), so that `walrcv status` on the bucket
+//! sees it; failing to write it is a warning.
+//!
 //! What is confirmed is persisted in the archive directory ([`state`]): a
 //! restart neither uploads nor reads back what an earlier process
 //! confirmed. Without a usable state file, the files still in the directory
@@ -144,6 +149,9 @@ struct State {
     /// Local `.partial` name → its size and mtime at that upload: an
     /// unchanged file is not read again.
     partial_stamps: HashMap<String, (u64, SystemTime)>,
+    /// Conflict markers confirmed in the bucket by this process
+    /// ([`crate::objstore::marker`]).
+    markers: HashSet<String>,
     /// Segments whose stale copies of ours were cleaned in this process.
     partial_dirs_cleaned: HashSet<String>,
     last_partial_pass: Option<Instant>,
@@ -169,6 +177,7 @@ impl State {
             conflicted: HashSet::new(),
             partials: HashMap::new(),
             partial_stamps: HashMap::new(),
+            markers: HashSet::new(),
             partial_dirs_cleaned: HashSet::new(),
             last_partial_pass: None,
             partial_timelines: BTreeSet::new(),
@@ -339,7 +348,7 @@ impl State {
                         self.drop_partial_copies(&segment).await;
                     }
                 }
-                Err(e) => self.failed(&file.name, &e),
+                Err(e) => self.failed(&file.name, &e).await,
             }
         }
     }
@@ -379,7 +388,7 @@ impl State {
                 }
                 Err(e) => {
                     all_confirmed = false;
-                    self.failed(&object, &e);
+                    self.failed(&object, &e).await;
                 }
             }
         }
@@ -400,7 +409,36 @@ impl State {
         Ok(())
     }
 
-    fn failed(&mut self, name: &str, e: &StoreError) {
+    async fn failed(&mut self, name: &str, e: &StoreError) {
+        self.count_failure(name, e);
+        if let Some(marker) = e.conflict_marker(name, &self.opts.receiver_id) {
+            self.mark_conflict(&marker).await;
+        }
+    }
+
+    /// Leaves `marker` in the bucket (create-only), once per process and
+    /// marker; a failure is a warning, tried again at the next conflict
+    /// (the file is retried with backoff).
+    async fn mark_conflict(&mut self, marker: &crate::objstore::marker::Marker) {
+        let name = marker.name();
+        if self.markers.contains(&name) {
+            return;
+        }
+        let url = self.store.url();
+        let body = marker.body(&url.key(&marker.object), &url.key(&name), SystemTime::now());
+        match self.store.put_if_absent(&name, Bytes::from(body)).await {
+            Ok(()) => {
+                tracing::info!(
+                    "upload: conflict marker \"{}\" is in the bucket (delete it once resolved)",
+                    url.key(&name)
+                );
+                self.markers.insert(name);
+            }
+            Err(e) => tracing::warn!("upload: could not write the conflict marker: {e}"),
+        }
+    }
+
+    fn count_failure(&mut self, name: &str, e: &StoreError) {
         let m = crate::metrics::global().upload();
         let r = self.retries.entry(name.to_string()).or_insert(Retry {
             attempts: 0,
