@@ -304,6 +304,71 @@ fn upload_conflict_is_never_overwritten() {
         "{}",
         status.text()
     );
+    // The bucket itself shows it: the uploader's marker, and walrcv status
+    // on the bucket alone (no receiver asked) is CRITICAL naming the object.
+    let marker_dir = format!("{prefix}/conflicts/{first}.");
+    let markers = || -> Vec<String> {
+        object_names(&weed, prefix)
+            .into_iter()
+            .filter(|n| n.starts_with(&marker_dir))
+            .collect()
+    };
+    wait_until(Duration::from_secs(30), "the conflict marker", || {
+        !markers().is_empty()
+    });
+    let marker = markers();
+    assert_eq!(marker.len(), 1, "{marker:?}");
+    let marker_key = ObjectPath::from(marker[0].as_str());
+    let text = rt
+        .block_on(async { store.get(&marker_key).await?.bytes().await })
+        .expect("GET the marker");
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains(&format!("object: {prefix}/{first}\n"))
+            && text.contains("object in the bucket: 16 bytes"),
+        "{text}"
+    );
+    let on_bucket = |args: &[&str]| {
+        let mut w = Walrcv::new(args).timeout(Duration::from_secs(60));
+        weed.apply(w.command_mut());
+        w.run()
+    };
+    let url = weed.url(prefix);
+    let status = on_bucket(&["status", "-D", &url, "-d", &conn]);
+    assert_eq!(status.status.code(), Some(2), "{}", status.text());
+    assert!(
+        status.text().contains("upload conflict in the bucket")
+            && status.text().contains(&format!("\"{prefix}/{first}\"")),
+        "{}",
+        status.text()
+    );
+    // Cleanup never deletes a marker, whatever its rules.
+    let cleanup = on_bucket(&["cleanup", "-D", &url, "--before", &second, "--dry-run"]);
+    assert!(cleanup.status.success(), "{}", cleanup.text());
+    assert!(!cleanup.stdout.contains("conflicts/"), "{}", cleanup.text());
+    // The DBA's resolution: the wrong object removed, the receiver uploads
+    // its segment at its next retry (the conflict metric back to 0); then
+    // the marker is deleted and the bucket's status has no conflict.
+    rt.block_on(store.delete(&key)).expect("DELETE");
+    wait_until(Duration::from_secs(90), "the segment uploaded", || {
+        assert!(rcv.is_running(), "{}", rcv.stderr());
+        metric(metrics_port, "walrcv_upload_conflicted_files") == Some(0.0)
+    });
+    let body = rt
+        .block_on(async { store.get(&key).await?.bytes().await })
+        .expect("GET");
+    assert_eq!(
+        &body[..],
+        &std::fs::read(archive.path().join(&first)).unwrap()[..]
+    );
+    rt.block_on(store.delete(&marker_key))
+        .expect("DELETE the marker");
+    let status = on_bucket(&["status", "-D", &url, "-d", &conn, "--json"]);
+    assert!(
+        !status.stdout.contains("bucket_conflict"),
+        "{}",
+        status.text()
+    );
     rcv.interrupt();
 }
 

@@ -149,9 +149,6 @@ struct State {
     /// Local `.partial` name → its size and mtime at that upload: an
     /// unchanged file is not read again.
     partial_stamps: HashMap<String, (u64, SystemTime)>,
-    /// Conflict markers confirmed in the bucket by this process
-    /// ([`crate::objstore::marker`]).
-    markers: HashSet<String>,
     /// Segments whose stale copies of ours were cleaned in this process.
     partial_dirs_cleaned: HashSet<String>,
     last_partial_pass: Option<Instant>,
@@ -177,7 +174,6 @@ impl State {
             conflicted: HashSet::new(),
             partials: HashMap::new(),
             partial_stamps: HashMap::new(),
-            markers: HashSet::new(),
             partial_dirs_cleaned: HashSet::new(),
             last_partial_pass: None,
             partial_timelines: BTreeSet::new(),
@@ -343,7 +339,13 @@ impl State {
                 Ok(()) => {
                     self.done.insert(file.name.clone());
                     self.retries.remove(&file.name);
-                    self.conflicted.remove(&file.name);
+                    if self.conflicted.remove(&file.name) {
+                        // Resolved (the object removed or replaced by hand).
+                        crate::metrics::global()
+                            .upload()
+                            .conflicts_pending
+                            .set(self.conflicted.len() as u64);
+                    }
                     if let Some(segment) = plan::segment_of(&file.name) {
                         self.drop_partial_copies(&segment).await;
                     }
@@ -416,24 +418,19 @@ impl State {
         }
     }
 
-    /// Leaves `marker` in the bucket (create-only), once per process and
-    /// marker; a failure is a warning, tried again at the next conflict
-    /// (the file is retried with backoff).
-    async fn mark_conflict(&mut self, marker: &crate::objstore::marker::Marker) {
+    /// Leaves `marker` in the bucket (create-only: one that is there
+    /// already stays as it is). At every conflict, so that a marker deleted
+    /// while the conflict remains comes back at the file's next retry; a
+    /// failure is a warning, tried again then too.
+    async fn mark_conflict(&self, marker: &crate::objstore::marker::Marker) {
         let name = marker.name();
-        if self.markers.contains(&name) {
-            return;
-        }
         let url = self.store.url();
         let body = marker.body(&url.key(&marker.object), &url.key(&name), SystemTime::now());
         match self.store.put_if_absent(&name, Bytes::from(body)).await {
-            Ok(()) => {
-                tracing::info!(
-                    "upload: conflict marker \"{}\" is in the bucket (delete it once resolved)",
-                    url.key(&name)
-                );
-                self.markers.insert(name);
-            }
+            Ok(()) => tracing::info!(
+                "upload: conflict marker \"{}\" is in the bucket (delete it once resolved)",
+                url.key(&name)
+            ),
             Err(e) => tracing::warn!("upload: could not write the conflict marker: {e}"),
         }
     }
