@@ -932,3 +932,83 @@ fn upload_5xx_and_lost_put_answers() {
     }
     rcv.interrupt();
 }
+
+/// A restart with the `.partial` unchanged since its last upload: the
+/// upload state file names that version, so the new process checks it
+/// with one HEAD and neither PUTs nor GETs it (before: a PUT, its 412, and
+/// a GET of the whole file to compare). The primary is stopped first so
+/// that nothing can change the `.partial` meanwhile.
+#[test]
+fn upload_restart_skips_an_unchanged_partial() {
+    let weed = Seaweed::start("walrcv");
+    let relay = crate::support::http_faults::HttpFaults::start(weed.s3_port());
+    let env = Seaweed::env_for_port(relay.port());
+    let prefix = "db6";
+    let mut pg = PgServer::builder().wal_segsize_mb(1).start();
+    let archive = tempfile::tempdir().unwrap();
+    let interval = ["--upload-partial-interval", "1"];
+    let url = weed.url(prefix);
+    let mut rcv = spawn_receiver(&pg, &env, archive.path(), &url, APP, &interval);
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) i");
+    pg.switch_wal();
+    pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    pg.stop();
+    assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+    let partial = crate::support::file_names(archive.path())
+        .into_iter()
+        .find(|n| n.ends_with(".partial"))
+        .expect("a .partial");
+    let segment = &partial[..24];
+    let copies = format!("/{prefix}/partial/{segment}/");
+    let first = relay.take_requests();
+    assert!(
+        first
+            .iter()
+            .any(|r| r.starts_with("PUT ") && r.contains(&copies)),
+        "the .partial was never uploaded: {first:?}"
+    );
+    let state = std::fs::read_to_string(archive.path().join(".walrcv-uploaded")).unwrap();
+    assert!(
+        state.contains(&format!(
+            "partial {partial} partial/{segment}/{partial}.{APP}."
+        )),
+        "{state}"
+    );
+    // Again, on the same archive (the primary is down: the uploader runs
+    // its passes while the receiver retries), then a clean stop (one more
+    // pass over the .partial).
+    let conn = format!("{} application_name={APP}", pg.conninfo());
+    let mut walrcv = Walrcv::new(Vec::<&str>::new());
+    let cmd = walrcv.command_mut();
+    cmd.args([
+        "stream",
+        "-D",
+        archive.path().to_str().unwrap(),
+        "-d",
+        &conn,
+        "-v",
+    ])
+    .args(["--upload", &url, "--upload-receiver-id", APP])
+    .args(interval);
+    crate::support::seaweed::apply_env(cmd, &env);
+    let mut again = walrcv.spawn();
+    std::thread::sleep(Duration::from_secs(4));
+    again.interrupt();
+    let requests = relay.take_requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("HEAD ") && r.contains(&copies)),
+        "the state's .partial object was not checked: {requests:?}\n{}",
+        again.stderr()
+    );
+    let read_or_written: Vec<_> = requests
+        .iter()
+        .filter(|r| (r.starts_with("GET ") || r.starts_with("PUT ")) && r.contains(&copies))
+        .collect();
+    assert!(
+        read_or_written.is_empty(),
+        "the unchanged .partial was offered again: {read_or_written:?}\n{}",
+        again.stderr()
+    );
+}
