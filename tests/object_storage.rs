@@ -85,6 +85,26 @@ fn rows(pg: &PgServer) -> (u32, u64) {
     (n.parse().unwrap(), sum.parse().unwrap())
 }
 
+/// Archive recovery from the bucket alone (`walrcv restore --from`, the
+/// store's settings through `env`) to the end of `target_timeline`, with no
+/// synchronous standby to wait for once promoted.
+fn bucket_recovery_settings(weed: &Seaweed, prefix: &str, target_timeline: &str) -> Vec<String> {
+    let env: String = weed
+        .env()
+        .iter()
+        .map(|(k, v)| format!("{k}={v} "))
+        .collect();
+    vec![
+        format!(
+            "restore_command = 'env {env}{} restore %f %p --from {}'",
+            walrcv_bin().display(),
+            weed.url(prefix)
+        ),
+        format!("recovery_target_timeline = '{target_timeline}'"),
+        "synchronous_standby_names = ''".to_string(),
+    ]
+}
+
 /// Commits acknowledged by a synchronous uploading receiver, the primary
 /// crashes, the receiver stops cleanly (its last `.partial` uploaded), the
 /// local archive is deleted, and a base backup recovers from the bucket
@@ -138,20 +158,7 @@ fn pitr_from_bucket(compress: Option<&str>) {
     let partials: Vec<_> = names.iter().filter(|n| n.contains(".partial.")).collect();
     assert_eq!(partials.len(), 1, "{partials:?}");
     drop(archive);
-    let env: String = weed
-        .env()
-        .iter()
-        .map(|(k, v)| format!("{k}={v} "))
-        .collect();
-    let settings = vec![
-        format!(
-            "restore_command = 'env {env}{} restore %f %p --from {}'",
-            walrcv_bin().display(),
-            weed.url(prefix)
-        ),
-        "recovery_target_timeline = 'latest'".to_string(),
-        "synchronous_standby_names = ''".to_string(),
-    ];
+    let settings = bucket_recovery_settings(&weed, prefix, "latest");
     let server = match backup.start_recovery(&settings) {
         Recovery::Started(s) => s,
         Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
@@ -294,6 +301,71 @@ fn upload_conflict_is_never_overwritten() {
     assert_eq!(status.code(), Some(2), "{}", status.text());
     assert!(
         status.text().contains("different content"),
+        "{}",
+        status.text()
+    );
+    // The bucket itself shows it: the uploader's marker, and walrcv status
+    // on the bucket alone (no receiver asked) is CRITICAL naming the object.
+    let marker_dir = format!("{prefix}/conflicts/{first}.");
+    let markers = || -> Vec<String> {
+        object_names(&weed, prefix)
+            .into_iter()
+            .filter(|n| n.starts_with(&marker_dir))
+            .collect()
+    };
+    wait_until(Duration::from_secs(30), "the conflict marker", || {
+        !markers().is_empty()
+    });
+    let marker = markers();
+    assert_eq!(marker.len(), 1, "{marker:?}");
+    let marker_key = ObjectPath::from(marker[0].as_str());
+    let text = rt
+        .block_on(async { store.get(&marker_key).await?.bytes().await })
+        .expect("GET the marker");
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains(&format!("object: {prefix}/{first}\n"))
+            && text.contains("object in the bucket: 16 bytes"),
+        "{text}"
+    );
+    let on_bucket = |args: &[&str]| {
+        let mut w = Walrcv::new(args).timeout(Duration::from_secs(60));
+        weed.apply(w.command_mut());
+        w.run()
+    };
+    let url = weed.url(prefix);
+    let status = on_bucket(&["status", "-D", &url, "-d", &conn]);
+    assert_eq!(status.status.code(), Some(2), "{}", status.text());
+    assert!(
+        status.text().contains("upload conflict in the bucket")
+            && status.text().contains(&format!("\"{prefix}/{first}\"")),
+        "{}",
+        status.text()
+    );
+    // Cleanup never deletes a marker, whatever its rules.
+    let cleanup = on_bucket(&["cleanup", "-D", &url, "--before", &second, "--dry-run"]);
+    assert!(cleanup.status.success(), "{}", cleanup.text());
+    assert!(!cleanup.stdout.contains("conflicts/"), "{}", cleanup.text());
+    // The DBA's resolution: the wrong object removed, the receiver uploads
+    // its segment at its next retry (the conflict metric back to 0); then
+    // the marker is deleted and the bucket's status has no conflict.
+    rt.block_on(store.delete(&key)).expect("DELETE");
+    wait_until(Duration::from_secs(90), "the segment uploaded", || {
+        assert!(rcv.is_running(), "{}", rcv.stderr());
+        metric(metrics_port, "walrcv_upload_conflicted_files") == Some(0.0)
+    });
+    let body = rt
+        .block_on(async { store.get(&key).await?.bytes().await })
+        .expect("GET");
+    assert_eq!(
+        &body[..],
+        &std::fs::read(archive.path().join(&first)).unwrap()[..]
+    );
+    rt.block_on(store.delete(&marker_key))
+        .expect("DELETE the marker");
+    let status = on_bucket(&["status", "-D", &url, "-d", &conn, "--json"]);
+    assert!(
+        !status.stdout.contains("bucket_conflict"),
         "{}",
         status.text()
     );
@@ -565,7 +637,10 @@ fn thread_nice(pid: u32) -> std::collections::BTreeMap<String, i64> {
 /// last `.partial` (final now, with the commits acknowledged on P) is in
 /// the bucket at once, byte for byte, before any clean stop (the receiver
 /// is killed at the end). The uploader thread runs at nice 10, the rest of
-/// walrcv at 0.
+/// walrcv at 0. Then a base backup of P taken before the commits recovers
+/// from the bucket alone to the end of timeline 1: every commit
+/// acknowledged on P is back, the last ones only in that final `.partial`
+/// (timeline 2's own `.partial` never went up: the receiver was killed).
 #[test]
 fn upload_timeline_switch_sends_the_old_partial_at_once() {
     let weed = Seaweed::start("walrcv");
@@ -589,6 +664,7 @@ fn upload_timeline_switch_sends_the_old_partial_at_once() {
     weed.apply(cmd);
     let mut rcv = walrcv.spawn();
     p.make_synchronous_standby(APP, &mut rcv);
+    let backup = p.base_backup();
     // The uploader thread alone runs at a lower CPU priority.
     let nice = thread_nice(rcv.pid());
     assert_eq!(nice.get("walrcv-upload"), Some(&10), "{nice:?}");
@@ -657,6 +733,22 @@ fn upload_timeline_switch_sends_the_old_partial_at_once() {
         .unwrap_or_else(|e| panic!("{object}: {e}"));
     assert!(body[..] == bytes[..], "{object} differs from {old}");
     rcv.kill9();
+    drop(archive);
+    let server = match backup.start_recovery(&bucket_recovery_settings(&weed, prefix, "1")) {
+        Recovery::Started(s) => s,
+        Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
+    };
+    server.wait_for_promotion(RECOVERY_LIMIT);
+    let log = server.full_log();
+    assert_eq!(
+        server.psql("SELECT what, count(*) FROM t GROUP BY what ORDER BY what"),
+        "before|3\non P|10",
+        "every commit acknowledged on timeline 1, none of timeline 2\n{log}"
+    );
+    assert!(
+        log.contains(&format!("restored log file \"{current}\" from archive")),
+        "timeline 1's last segment ({current}) not restored from the bucket:\n{log}"
+    );
 }
 
 /// Two receivers in `ANY 1`, uploading into one prefix; one is killed
@@ -702,19 +794,7 @@ fn two_receivers_any_1_one_bucket() {
     assert!(b.interrupt().success(), "{}", b.stderr());
     assert!(!a.stderr().contains("CONFLICT") && !b.stderr().contains("CONFLICT"));
     drop((dir_a, dir_b));
-    let env: String = weed
-        .env()
-        .iter()
-        .map(|(k, v)| format!("{k}={v} "))
-        .collect();
-    let settings = vec![
-        format!(
-            "restore_command = 'env {env}{} restore %f %p --from {url}'",
-            walrcv_bin().display()
-        ),
-        "recovery_target_timeline = 'latest'".to_string(),
-        "synchronous_standby_names = ''".to_string(),
-    ];
+    let settings = bucket_recovery_settings(&weed, prefix, "latest");
     let server = match backup.start_recovery(&settings) {
         Recovery::Started(s) => s,
         Recovery::Failed { log } => panic!("recovery failed:\n{log}"),
@@ -851,4 +931,84 @@ fn upload_5xx_and_lost_put_answers() {
         );
     }
     rcv.interrupt();
+}
+
+/// A restart with the `.partial` unchanged since its last upload: the
+/// upload state file names that version, so the new process checks it
+/// with one HEAD and neither PUTs nor GETs it (before: a PUT, its 412, and
+/// a GET of the whole file to compare). The primary is stopped first so
+/// that nothing can change the `.partial` meanwhile.
+#[test]
+fn upload_restart_skips_an_unchanged_partial() {
+    let weed = Seaweed::start("walrcv");
+    let relay = crate::support::http_faults::HttpFaults::start(weed.s3_port());
+    let env = Seaweed::env_for_port(relay.port());
+    let prefix = "db6";
+    let mut pg = PgServer::builder().wal_segsize_mb(1).start();
+    let archive = tempfile::tempdir().unwrap();
+    let interval = ["--upload-partial-interval", "1"];
+    let url = weed.url(prefix);
+    let mut rcv = spawn_receiver(&pg, &env, archive.path(), &url, APP, &interval);
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) i");
+    pg.switch_wal();
+    pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    pg.stop();
+    assert!(rcv.interrupt().success(), "{}", rcv.stderr());
+    let partial = crate::support::file_names(archive.path())
+        .into_iter()
+        .find(|n| n.ends_with(".partial"))
+        .expect("a .partial");
+    let segment = &partial[..24];
+    let copies = format!("/{prefix}/partial/{segment}/");
+    let first = relay.take_requests();
+    assert!(
+        first
+            .iter()
+            .any(|r| r.starts_with("PUT ") && r.contains(&copies)),
+        "the .partial was never uploaded: {first:?}"
+    );
+    let state = std::fs::read_to_string(archive.path().join(".walrcv-uploaded")).unwrap();
+    assert!(
+        state.contains(&format!(
+            "partial {partial} partial/{segment}/{partial}.{APP}."
+        )),
+        "{state}"
+    );
+    // Again, on the same archive (the primary is down: the uploader runs
+    // its passes while the receiver retries), then a clean stop (one more
+    // pass over the .partial).
+    let conn = format!("{} application_name={APP}", pg.conninfo());
+    let mut walrcv = Walrcv::new(Vec::<&str>::new());
+    let cmd = walrcv.command_mut();
+    cmd.args([
+        "stream",
+        "-D",
+        archive.path().to_str().unwrap(),
+        "-d",
+        &conn,
+        "-v",
+    ])
+    .args(["--upload", &url, "--upload-receiver-id", APP])
+    .args(interval);
+    crate::support::seaweed::apply_env(cmd, &env);
+    let mut again = walrcv.spawn();
+    std::thread::sleep(Duration::from_secs(4));
+    again.interrupt();
+    let requests = relay.take_requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("HEAD ") && r.contains(&copies)),
+        "the state's .partial object was not checked: {requests:?}\n{}",
+        again.stderr()
+    );
+    let read_or_written: Vec<_> = requests
+        .iter()
+        .filter(|r| (r.starts_with("GET ") || r.starts_with("PUT ")) && r.contains(&copies))
+        .collect();
+    assert!(
+        read_or_written.is_empty(),
+        "the unchanged .partial was offered again: {read_or_written:?}\n{}",
+        again.stderr()
+    );
 }

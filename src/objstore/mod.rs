@@ -15,9 +15,11 @@
 //! Objects keep the local file names (`PREFIX/000000010000000000000003.zst`,
 //! `PREFIX/00000002.history`); `.partial` copies live under
 //! `PREFIX/partial/SEG/` (see [`partial`]). Every upload is create-only
-//! ([`Store::put_create`], see [`conflict`]).
+//! ([`Store::put_create`], see [`conflict`]); a conflict also leaves a
+//! marker object under `PREFIX/conflicts/` (see [`marker`]).
 
 pub mod conflict;
+pub mod marker;
 pub mod partial;
 pub mod url;
 
@@ -44,10 +46,15 @@ pub enum StoreError {
     },
     /// The object exists with other content: nothing was overwritten.
     #[error(
-        "CONFLICT: object \"{key}\" already exists with different content than the local file; \
-         nothing was overwritten (another cluster or receiver writing to the same prefix?)"
+        "CONFLICT: object \"{key}\" already exists with different content than the local file \
+         (local: {ours}; object: {theirs}); nothing was overwritten (another cluster or receiver \
+         writing to the same prefix?)"
     )]
-    Conflict { key: String },
+    Conflict {
+        key: String,
+        ours: marker::Side,
+        theirs: marker::Side,
+    },
     /// A PUT ended without a clear answer and the object is not there.
     #[error("upload of \"{key}\" not confirmed: {cause}")]
     NotStored { key: String, cause: String },
@@ -66,6 +73,20 @@ pub enum StoreError {
 impl StoreError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict { .. })
+    }
+
+    /// The marker `receiver` leaves for a conflict on `object` (its name
+    /// relative to the prefix); `None` for any other error.
+    pub fn conflict_marker(&self, object: &str, receiver: &str) -> Option<marker::Marker> {
+        match self {
+            StoreError::Conflict { ours, theirs, .. } => Some(marker::Marker {
+                object: object.to_string(),
+                receiver: receiver.to_string(),
+                ours: *ours,
+                theirs: *theirs,
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -160,8 +181,38 @@ impl Store {
         };
         match conflict::resolve(&bytes, read_back) {
             Resolution::Stored => Ok(()),
-            Resolution::Conflict => Err(StoreError::Conflict { key }),
+            Resolution::Conflict => Err(StoreError::Conflict {
+                key,
+                ours: marker::Side::of(&bytes),
+                theirs: marker::Side::of(found.as_deref().unwrap_or_default()),
+            }),
             Resolution::Retry => Err(StoreError::NotStored { key, cause }),
+        }
+    }
+
+    /// Writes `bytes` as `name` unless an object of that name exists (its
+    /// content is not compared: for markers, whose content only describes).
+    /// An answer lost is resolved by one HEAD.
+    pub async fn put_if_absent(&self, name: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let key = self.url.key(name);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .inner
+            .put_opts(&self.path(name), bytes.into(), opts)
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(object_store::Error::NotImplemented) => Err(StoreError::NoConditionalPut { key }),
+            Err(e) => match self.exists(name).await? {
+                true => Ok(()),
+                false => Err(StoreError::NotStored {
+                    key,
+                    cause: e.to_string(),
+                }),
+            },
         }
     }
 
@@ -315,6 +366,34 @@ fn checksum_wanted(setting: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_conflict_names_its_marker() {
+        let e = StoreError::Conflict {
+            key: "db1/000000010000000000000003".into(),
+            ours: marker::Side::of(b"ours"),
+            theirs: marker::Side::of(b"theirs"),
+        };
+        let text = e.to_string();
+        assert!(text.contains("CONFLICT"), "{text}");
+        assert!(text.contains("local: 4 bytes"), "{text}");
+        assert!(text.contains("object: 6 bytes"), "{text}");
+        let m = e
+            .conflict_marker("000000010000000000000003", "walrcv_a")
+            .unwrap();
+        assert_eq!(
+            (m.ours, m.theirs),
+            (marker::Side::of(b"ours"), marker::Side::of(b"theirs"))
+        );
+        assert!(m
+            .name()
+            .starts_with("conflicts/000000010000000000000003.walrcv_a."));
+        let other = StoreError::NotStored {
+            key: "k".into(),
+            cause: "reset".into(),
+        };
+        assert_eq!(other.conflict_marker("k", "walrcv_a"), None);
+    }
 
     #[test]
     fn checksum_setting() {

@@ -9,6 +9,10 @@
 //! stand for `LOCAL`, and are *superseded* once the complete segment `SEG`
 //! (any compression) is in the bucket: restore never reads them then.
 //!
+//! Conflict markers (`conflicts/...`, see [`crate::objstore::marker`]) are
+//! sorted out apart: no tool reads them as WAL, cleanup never deletes them,
+//! `walrcv status` reports them.
+//!
 //! The IO is thin: a current-thread runtime blocks on each request, one
 //! object at a time, so a tool holds at most about one segment in memory.
 
@@ -17,6 +21,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 
 use crate::archive::names::ArchiveName;
+use crate::objstore::marker::{self, MarkerName};
 use crate::objstore::partial::{self, Copy};
 use crate::objstore::{Listed, Store, StoreError};
 
@@ -47,6 +52,15 @@ pub struct BucketListing {
     pub copies: Vec<CopyObject>,
     /// Copies of a segment that is in the bucket complete, by name.
     pub superseded: Vec<CopyObject>,
+    /// Conflict markers left by the uploaders, by name.
+    pub conflicts: Vec<MarkerObject>,
+}
+
+/// A conflict marker in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkerObject {
+    pub object: Listed,
+    pub marker: MarkerName,
 }
 
 /// Sorts a listing out (pure). Objects that are neither (deeper names that
@@ -69,6 +83,10 @@ pub fn sort_listing(mut listed: Vec<Listed>) -> BucketListing {
     for object in listed {
         if !object.name.contains('/') {
             out.files.push(object);
+            continue;
+        }
+        if let Some(m) = marker::parse(&object.name) {
+            out.conflicts.push(MarkerObject { object, marker: m });
             continue;
         }
         let Some(c) = copy_of(object) else { continue };
@@ -187,6 +205,8 @@ mod tests {
             l(&format!("partial/{S4}")), // SeaweedFS directory marker
             l(&format!("partial/{S4}/{S3}.partial.walrcv_a.20-0000000b")), // wrong dir
             l("other/thing"),
+            l(&format!("conflicts/{S3}.zst.walrcv_a.0123abcd")),
+            l("conflicts/not-a-marker"),
         ]);
         let names = |v: &[Listed]| v.iter().map(|o| o.name.clone()).collect::<Vec<_>>();
         assert_eq!(
@@ -206,6 +226,11 @@ mod tests {
             listing.superseded[0].copy.local,
             format!("{S3}.zst.partial")
         );
+        // A marker is neither a file nor a copy: verify, restore and
+        // cleanup never see it.
+        assert_eq!(listing.conflicts.len(), 1);
+        assert_eq!(listing.conflicts[0].marker.object, format!("{S3}.zst"));
+        assert_eq!(listing.conflicts[0].marker.receiver, "walrcv_a");
     }
 
     #[test]

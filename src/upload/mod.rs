@@ -20,9 +20,15 @@
 //! are removed locally ([`plan::removable`]). The thread runs at nice
 //! [`UPLOAD_NICE`] (Linux), below the threads that receive and acknowledge.
 //!
+//! A conflict (an object of the name holding other bytes: never
+//! overwritten) also leaves a marker object in the bucket, create-only
+//! ([`crate::objstore::marker`]), so that `walrcv status` on the bucket
+//! sees it; failing to write it is a warning.
+//!
 //! What is confirmed is persisted in the archive directory ([`state`]): a
 //! restart neither uploads nor reads back what an earlier process
-//! confirmed. Without a usable state file, the files still in the directory
+//! confirmed (for a `.partial`: the same content, its object still there
+//! by one HEAD). Without a usable state file, the files still in the directory
 //! are offered again, which the create-only rule turns into a read-back and
 //! compare (one GET per file still local).
 
@@ -156,7 +162,7 @@ struct State {
     /// when the local file has the same size.
     vouched: state::Confirmed,
     /// What the state file says now.
-    saved: state::Confirmed,
+    saved: state::Saved,
 }
 
 impl State {
@@ -174,19 +180,22 @@ impl State {
             partial_timelines: BTreeSet::new(),
             partial_retry: None,
             vouched: state::Confirmed::new(),
-            saved: state::Confirmed::new(),
+            saved: state::Saved::default(),
         }
     }
 
     /// Loads the state file, once the store confirms it still has the
     /// newest file it names (one HEAD; a bucket emptied or replaced since,
     /// or a store that cannot answer, means every file is offered again).
+    /// Its `.partial` objects become this process's confirmed versions: a
+    /// local `.partial` whose content gives the same object is not offered
+    /// again.
     async fn load_state(&mut self) {
         let url = self.store.url().to_string();
-        let Some(confirmed) = state::load(&self.opts.directory, &url) else {
+        let Some(saved) = state::load(&self.opts.directory, &url) else {
             return;
         };
-        if let Some((newest, _)) = confirmed.last_key_value() {
+        if let Some(newest) = saved.newest_object() {
             match self.store.exists(newest).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -200,12 +209,32 @@ impl State {
             }
         }
         tracing::info!(
-            "upload: {} files confirmed by an earlier run (\"{}\")",
-            confirmed.len(),
+            "upload: {} files and {} .partial versions confirmed by an earlier run (\"{}\")",
+            saved.files.len(),
+            saved.partials.len(),
             state::FILE_NAME
         );
-        self.saved = confirmed.clone();
-        self.vouched = confirmed;
+        self.vouch_partials(&saved.partials).await;
+        self.vouched = saved.files.clone();
+        self.saved = saved;
+    }
+
+    /// Takes the state's `.partial` objects as confirmed versions, each once
+    /// the store shows it still has it (one HEAD per local `.partial`,
+    /// instead of a PUT, a 412, a GET and a compare); one it does not have,
+    /// or cannot say, is offered again.
+    async fn vouch_partials(&mut self, saved: &state::Partials) {
+        for (local, object) in saved {
+            match self.store.exists(object).await {
+                Ok(true) => {
+                    self.partials.insert(local.clone(), object.clone());
+                }
+                Ok(false) => tracing::info!(
+                    "upload: \"{object}\" named by the state file is not in the store: \"{local}\" is offered again"
+                ),
+                Err(e) => tracing::warn!("upload: {e}; \"{local}\" is offered again"),
+            }
+        }
     }
 
     /// Takes the vouched files whose local size matches as confirmed.
@@ -224,11 +253,19 @@ impl State {
     /// Rewrites the state file when the confirmed local files changed. A
     /// failure is logged: the next start offers the files again.
     fn save_state(&mut self, files: &[LocalFile]) {
-        let now: state::Confirmed = files
-            .iter()
-            .filter(|f| plan::kind(&f.name) == Kind::Final && self.done.contains(&f.name))
-            .map(|f| (f.name.clone(), f.size))
-            .collect();
+        let now = state::Saved {
+            files: files
+                .iter()
+                .filter(|f| plan::kind(&f.name) == Kind::Final && self.done.contains(&f.name))
+                .map(|f| (f.name.clone(), f.size))
+                .collect(),
+            // Of the .partial files still local: the others are complete
+            // (or gone) and need no entry.
+            partials: files
+                .iter()
+                .filter_map(|f| Some((f.name.clone(), self.partials.get(&f.name)?.clone())))
+                .collect(),
+        };
         if now == self.saved {
             return;
         }
@@ -238,7 +275,7 @@ impl State {
                 crate::metrics::global()
                     .upload()
                     .state_files
-                    .set(now.len() as u64);
+                    .set(now.files.len() as u64);
                 self.saved = now;
             }
             Err(e) => tracing::warn!(
@@ -334,12 +371,18 @@ impl State {
                 Ok(()) => {
                     self.done.insert(file.name.clone());
                     self.retries.remove(&file.name);
-                    self.conflicted.remove(&file.name);
+                    if self.conflicted.remove(&file.name) {
+                        // Resolved (the object removed or replaced by hand).
+                        crate::metrics::global()
+                            .upload()
+                            .conflicts_pending
+                            .set(self.conflicted.len() as u64);
+                    }
                     if let Some(segment) = plan::segment_of(&file.name) {
                         self.drop_partial_copies(&segment).await;
                     }
                 }
-                Err(e) => self.failed(&file.name, &e),
+                Err(e) => self.failed(&file.name, &e).await,
             }
         }
     }
@@ -364,6 +407,9 @@ impl State {
             };
             let object = partial::object_name(&segment, &file.name, &self.opts.receiver_id, &bytes);
             if self.partials.get(&file.name) == Some(&object) {
+                // Confirmed already (by this process, or by an earlier one
+                // through the state file): no PUT, no read-back.
+                self.partial_stamps.insert(file.name.clone(), stamp);
                 continue;
             }
             match self.put(&object, bytes).await {
@@ -379,7 +425,7 @@ impl State {
                 }
                 Err(e) => {
                     all_confirmed = false;
-                    self.failed(&object, &e);
+                    self.failed(&object, &e).await;
                 }
             }
         }
@@ -400,7 +446,31 @@ impl State {
         Ok(())
     }
 
-    fn failed(&mut self, name: &str, e: &StoreError) {
+    async fn failed(&mut self, name: &str, e: &StoreError) {
+        self.count_failure(name, e);
+        if let Some(marker) = e.conflict_marker(name, &self.opts.receiver_id) {
+            self.mark_conflict(&marker).await;
+        }
+    }
+
+    /// Leaves `marker` in the bucket (create-only: one that is there
+    /// already stays as it is). At every conflict, so that a marker deleted
+    /// while the conflict remains comes back at the file's next retry; a
+    /// failure is a warning, tried again then too.
+    async fn mark_conflict(&self, marker: &crate::objstore::marker::Marker) {
+        let name = marker.name();
+        let url = self.store.url();
+        let body = marker.body(&url.key(&marker.object), &url.key(&name), SystemTime::now());
+        match self.store.put_if_absent(&name, Bytes::from(body)).await {
+            Ok(()) => tracing::info!(
+                "upload: conflict marker \"{}\" is in the bucket (delete it once resolved)",
+                url.key(&name)
+            ),
+            Err(e) => tracing::warn!("upload: could not write the conflict marker: {e}"),
+        }
+    }
+
+    fn count_failure(&mut self, name: &str, e: &StoreError) {
         let m = crate::metrics::global().upload();
         let r = self.retries.entry(name.to_string()).or_insert(Retry {
             attempts: 0,

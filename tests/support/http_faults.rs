@@ -6,7 +6,8 @@
 //! client cannot know). Every request goes to the store on a connection of
 //! its own (`Connection: close` added), so responses are relayed as they
 //! come, whatever their framing. Requests need a `Content-Length` body
-//! (what the S3 client sends). Loopback only.
+//! (what the S3 client sends). It keeps the request lines, for tests that
+//! count requests. Loopback only.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,6 +22,8 @@ struct Shared {
     lose_next_put: AtomicUsize,
     failed: AtomicUsize,
     lost: AtomicUsize,
+    /// The request lines seen (`METHOD PATH HTTP/1.1`), oldest first.
+    requests: Mutex<Vec<String>>,
 }
 
 /// The relay; runs until the process ends (threads are detached).
@@ -78,6 +81,12 @@ impl HttpFaults {
     pub fn lost(&self) -> usize {
         self.shared.lost.load(Ordering::SeqCst)
     }
+
+    /// The request lines seen since the last call (`PUT /bucket/key
+    /// HTTP/1.1`), oldest first.
+    pub fn take_requests(&self) -> Vec<String> {
+        std::mem::take(&mut *self.shared.requests.lock().unwrap())
+    }
 }
 
 fn take(counter: &AtomicUsize) -> bool {
@@ -111,6 +120,9 @@ fn serve(client: TcpStream, upstream_port: u16, s: &Shared) -> std::io::Result<(
         }
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body)?;
+        if let Some(line) = head.lines().next() {
+            s.requests.lock().unwrap().push(line.trim_end().to_string());
+        }
         let method_fails = s
             .fail_method
             .lock()

@@ -9,7 +9,8 @@
 //! of a timeline is protected as locally, and when a rule removes that
 //! segment all of its copies go. Copies of a segment that is in the bucket
 //! complete are superseded (restore never reads them): every run removes
-//! them, whatever the rules.
+//! them, whatever the rules. Conflict markers (`conflicts/...`) are never
+//! deleted: a DBA removes them once the conflict is resolved.
 
 use std::collections::BTreeMap;
 
@@ -145,6 +146,8 @@ mod tests {
                 48,
                 5,
             ),
+            // A conflict marker (of segment 2, removed below): never deleted.
+            l(&format!("conflicts/{}.walrcv_a.0123abcd", seg(2)), 200, 1),
         ])
     }
 

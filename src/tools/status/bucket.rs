@@ -9,9 +9,10 @@
 //! the newest `.partial` ends is estimated as for a directory, on the copy
 //! that reaches furthest (only the newest segment's copies are fetched);
 //! the segment size comes from the first segment object's long page header
-//! (a ranged GET). A conflict (an object differing from a local file) is
-//! not visible in the bucket alone: the uploader's metrics report it
-//! (`--metrics-url`).
+//! (a ranged GET). A conflict (an object differing from a receiver's local
+//! file) shows through the marker the uploader left under `conflicts/`
+//! ([`crate::objstore::marker`]): found in the same LIST, each one is
+//! CRITICAL until a DBA deletes it.
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -37,10 +38,21 @@ pub struct PartialCopy {
     pub size: u64,
 }
 
-/// The bucket read for status, and the copies it holds.
+/// A conflict marker, as `--json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConflictMarker {
+    /// The conflicting object's key.
+    pub object: String,
+    pub receiver: String,
+    /// The marker's own key (what to delete once resolved).
+    pub marker: String,
+}
+
+/// The bucket read for status, the copies and the conflict markers it holds.
 pub struct BucketRead {
     pub read: ArchiveRead,
     pub copies: Vec<PartialCopy>,
+    pub conflicts: Vec<ConflictMarker>,
 }
 
 /// How much of an object is fetched to read its long page header.
@@ -89,6 +101,15 @@ pub fn read_bucket(
             size: c.object.size,
         })
         .collect();
+    let conflicts = listing
+        .conflicts
+        .iter()
+        .map(|m| ConflictMarker {
+            object: bucket.key(&m.marker.object),
+            receiver: m.marker.receiver.clone(),
+            marker: bucket.key(&m.object.name),
+        })
+        .collect();
     Ok(BucketRead {
         read: ArchiveRead {
             segment_size,
@@ -99,6 +120,7 @@ pub fn read_bucket(
             divergent: divergent_tally(&listing),
         },
         copies,
+        conflicts,
     })
 }
 

@@ -233,7 +233,8 @@ pub struct Problem {
     /// `archive_empty`, `gap`, `timeline_missing`, `lag_bytes`, `lag_seconds`,
     /// `slot_missing`, `slot_invalidated`, `slot_unreserved`, `slot_safe_wal_size`,
     /// `slot_unknown`, `metrics_unreachable`, `receiver_disconnected`,
-    /// `verification_failures`, `upload_conflict`, `upload_backlog`.
+    /// `verification_failures`, `upload_conflict`, `upload_backlog`,
+    /// `bucket_conflict`.
     pub kind: &'static str,
     pub message: String,
 }
@@ -261,12 +262,15 @@ pub struct Facts {
     pub lag: Option<Lag>,
     pub slot: Option<SlotFacts>,
     pub live: Option<LiveFacts>,
+    /// From a bucket's conflict markers: (conflicting object's key, receiver).
+    pub bucket_conflicts: Vec<(String, String)>,
 }
 
 /// Judges the facts: every problem, worst first.
 pub fn evaluate(f: &Facts, t: &Thresholds) -> Vec<Problem> {
     let mut out = f.errors.clone();
     archive_problems(f, &mut out);
+    conflict_problems(&f.bucket_conflicts, &mut out);
     if let Some(lag) = f.lag {
         lag_problems(lag, t, &mut out);
     }
@@ -328,6 +332,30 @@ fn archive_problems(f: &Facts, out: &mut Vec<Problem>) {
             ));
         }
     }
+}
+
+/// The bucket's conflict markers: CRITICAL, one problem naming every
+/// conflicting object (and the receivers that met it).
+fn conflict_problems(conflicts: &[(String, String)], out: &mut Vec<Problem>) {
+    if conflicts.is_empty() {
+        return;
+    }
+    let mut by_object: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (object, receiver) in conflicts {
+        by_object.entry(object).or_default().push(receiver);
+    }
+    let named: Vec<String> = by_object
+        .iter()
+        .map(|(object, receivers)| format!("\"{object}\" (by {})", receivers.join(", ")))
+        .collect();
+    out.push(problem(
+        State::Critical,
+        "bucket_conflict",
+        format!(
+            "upload conflict in the bucket: {} holds other content than a receiver's local file (nothing was overwritten; delete its marker under conflicts/ once resolved)",
+            named.join(", ")
+        ),
+    ));
 }
 
 fn lag_problems(lag: Lag, t: &Thresholds, out: &mut Vec<Problem>) {
@@ -711,6 +739,33 @@ mod tests {
                 ("lag_seconds", State::Critical)
             ]
         );
+    }
+
+    #[test]
+    fn a_bucket_conflict_marker_is_critical_and_named() {
+        let t = thresholds();
+        let f = Facts {
+            archive_timelines: Some(vec![1]),
+            bucket_conflicts: vec![
+                ("db1/000000010000000000000003".into(), "walrcv_a".into()),
+                ("db1/000000010000000000000003".into(), "walrcv_b".into()),
+                ("db1/00000002.history".into(), "walrcv_a".into()),
+            ],
+            ..Facts::default()
+        };
+        let p = evaluate(&f, &t);
+        assert_eq!(kinds(&p), [("bucket_conflict", State::Critical)]);
+        let m = &p[0].message;
+        assert!(
+            m.contains("\"db1/000000010000000000000003\" (by walrcv_a, walrcv_b)"),
+            "{m}"
+        );
+        assert!(m.contains("\"db1/00000002.history\" (by walrcv_a)"), "{m}");
+        let none = Facts {
+            archive_timelines: Some(vec![1]),
+            ..Facts::default()
+        };
+        assert!(evaluate(&none, &t).is_empty());
     }
 
     #[test]

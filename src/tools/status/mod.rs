@@ -154,6 +154,9 @@ pub struct ArchiveReport {
     /// there complete.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub partial_copies: Vec<bucket::PartialCopy>,
+    /// From a bucket: the uploaders' conflict markers (each CRITICAL).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflict_markers: Vec<bucket::ConflictMarker>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -207,9 +210,11 @@ fn gather(args: &StatusArgs, thresholds: Thresholds, timeout: Duration) -> Statu
     let server_segment_size = server.as_ref().map(|s| s.wal_segment_size);
     let url = args.directory.to_str().filter(|d| d.starts_with("s3://"));
     let mut copies = Vec::new();
+    let mut conflicts = Vec::new();
     let read = match url {
         Some(url) => bucket::read_bucket(url, server_segment_size).map(|b| {
             copies = b.copies;
+            conflicts = b.conflicts;
             b.read
         }),
         None => archive::read_archive(&args.directory, server_segment_size),
@@ -243,8 +248,13 @@ fn gather(args: &StatusArgs, thresholds: Thresholds, timeout: Duration) -> Statu
         .as_deref()
         .map(|url| metrics::read_live(url, timeout));
 
+    facts.bucket_conflicts = conflicts
+        .iter()
+        .map(|c| (c.object.clone(), c.receiver.clone()))
+        .collect();
     let archive_report = archive.as_ref().map(|a| ArchiveReport {
         partial_copies: copies,
+        conflict_markers: conflicts,
         ..archive_report(args, a)
     });
     let archived_end = archive
@@ -318,6 +328,7 @@ fn archive_report(args: &StatusArgs, a: &archive::ArchiveRead) -> ArchiveReport 
         divergent_files: a.divergent.files,
         divergent_bytes: a.divergent.bytes,
         partial_copies: Vec::new(),
+        conflict_markers: Vec::new(),
     }
 }
 

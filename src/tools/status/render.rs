@@ -93,6 +93,13 @@ pub fn human(r: &StatusReport) -> String {
                 human_bytes(c.size)
             );
         }
+        for c in &a.conflict_markers {
+            let _ = writeln!(
+                out,
+                "  conflict: {} (by {}), marker {}",
+                c.object, c.receiver, c.marker
+            );
+        }
         if a.divergent_files > 0 {
             let _ = writeln!(
                 out,
