@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use walrcv::conninfo::{ChannelBinding, ConnParams, SslMode, Target, TlsSettings};
+use walrcv::conninfo::ConnParams;
 use walrcv::pgwire::{BackendMessage, Connection};
 use walrcv::replication::ReplicationMessage;
 
@@ -21,31 +21,8 @@ const SEGMENT: u64 = 1 << 20;
 
 fn conn_params(port: u16) -> ConnParams {
     ConnParams {
-        targets: vec![Target::Tcp {
-            host: "127.0.0.1".into(),
-            hostaddr: None,
-            port,
-        }],
-        user: "postgres".into(),
-        password: None,
-        passfile: None,
-        dbname: "replication".into(),
         application_name: "probe".into(),
-        options: None,
-        connect_timeout: Some(Duration::from_secs(30)),
-        keepalives: false,
-        keepalives_idle: None,
-        keepalives_interval: None,
-        keepalives_count: None,
-        tls: TlsSettings {
-            mode: SslMode::Disable,
-            ..TlsSettings::prefer()
-        },
-        channel_binding: ChannelBinding::Prefer,
-        require_auth: None,
-        client_encoding: None,
-        target_session_attrs: walrcv::conninfo::TargetSessionAttrs::Any,
-        load_balance_hosts: walrcv::conninfo::LoadBalanceHosts::Disable,
+        ..crate::support::conn_params(port, crate::support::SUPERUSER, None)
     }
 }
 
