@@ -313,9 +313,100 @@ impl SegmentReader {
     }
 }
 
+/// Which segment to start loading ahead (pure): the one after `sending`
+/// when the segment held (`held`: its number and whether it is complete)
+/// is the complete segment being sent, nothing is being loaded ahead yet,
+/// and the next segment ends at or before `known_end` (WAL known to be
+/// there: it is complete, not the live `.partial`, which would be read
+/// twice). A client catching up from the archive then has the next segment
+/// read and verified while the current one is sent, instead of after it;
+/// never more than one segment ahead, so a client holds at most two
+/// segments (memory-mapped when stored uncompressed).
+pub fn read_ahead(
+    held: Option<(SegNo, bool)>,
+    sending: SegNo,
+    in_flight: bool,
+    segment_size: u64,
+    known_end: Lsn,
+) -> Option<SegNo> {
+    let next = sending.checked_add(1)?;
+    let next_end = next.checked_add(1)?.checked_mul(segment_size)?;
+    match held {
+        Some((segno, true)) if segno == sending && !in_flight && next_end <= known_end.0 => {
+            Some(next)
+        }
+        _ => None,
+    }
+}
+
+impl SegmentReader {
+    /// The segment loaded ahead, when it is `segno` and complete: a
+    /// `.partial` (or no file) loaded ahead may be out of date by now and
+    /// is loaded again instead.
+    pub fn ahead_for(self, segno: SegNo) -> Option<SegmentReader> {
+        self.current
+            .as_ref()
+            .is_some_and(|l| l.segno == segno && l.complete)
+            .then_some(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_one_complete_segment_ahead_at_most() {
+        let seg = 16u64 << 20;
+        let far = Lsn(100 * seg);
+        // Sending complete segment 7: load 8 ahead, once.
+        assert_eq!(read_ahead(Some((7, true)), 7, false, seg, far), Some(8));
+        assert_eq!(read_ahead(Some((7, true)), 7, true, seg, far), None);
+        // 8 complete (the known end at its end), or not yet.
+        assert_eq!(
+            read_ahead(Some((7, true)), 7, false, seg, Lsn(9 * seg)),
+            Some(8)
+        );
+        assert_eq!(
+            read_ahead(Some((7, true)), 7, false, seg, Lsn(9 * seg - 1)),
+            None
+        );
+        // The live `.partial`, nothing held, or a segment not the one sent.
+        assert_eq!(read_ahead(Some((7, false)), 7, false, seg, far), None);
+        assert_eq!(read_ahead(None, 7, false, seg, far), None);
+        assert_eq!(read_ahead(Some((6, true)), 7, false, seg, far), None);
+        let last = Some((u64::MAX, true));
+        assert_eq!(read_ahead(last, u64::MAX, false, seg, Lsn(u64::MAX)), None);
+    }
+
+    #[test]
+    fn only_a_complete_segment_loaded_ahead_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = |n: &str| format!("{}/testdata/wal/pg15/{n}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::copy(
+            fixture("000000010000000000000008"),
+            dir.path().join("000000010000000000000008"),
+        )
+        .unwrap();
+        std::fs::copy(
+            fixture("000000010000000000000009"),
+            dir.path().join("000000010000000000000009.partial"),
+        )
+        .unwrap();
+        let c = catalog(dir.path(), None, false).unwrap();
+        let mut complete = SegmentReader::default();
+        complete.load(dir.path(), &c, 1, 8).unwrap().unwrap();
+        assert!(complete.ahead_for(8).is_some());
+        let mut complete = SegmentReader::default();
+        complete.load(dir.path(), &c, 1, 8).unwrap().unwrap();
+        assert!(complete.ahead_for(9).is_none(), "another segment");
+        let mut partial = SegmentReader::default();
+        partial.load(dir.path(), &c, 1, 9).unwrap();
+        assert!(partial.ahead_for(9).is_none(), "a .partial");
+        let mut missing = SegmentReader::default();
+        assert!(missing.load(dir.path(), &c, 1, 10).unwrap().is_none());
+        assert!(missing.ahead_for(10).is_none(), "no file");
+    }
 
     /// A `.partial` whose valid WAL fills the segment (its writer died
     /// after the last write, before the fsync and the rename) is not a
