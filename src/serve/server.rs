@@ -1135,8 +1135,6 @@ async fn stream(
     )
     .with_keepalive(shared.keepalive);
     let mut reader = SegmentReader::default();
-    // The next complete segment, loaded while the current one is sent.
-    let mut ahead: Option<Ahead> = None;
     let mut live = shared.live.clone();
     let mut last_metrics = tokio::time::Instant::now();
     let mut need_reload = true;
@@ -1172,22 +1170,9 @@ async fn stream(
         if stale && need_reload {
             // The growing `.partial` in place; anything else off the runtime.
             if !reader.refresh(s.timeline(), segno, catalog.segment_size) {
-                reader = match take_ahead(&mut ahead, s.timeline(), segno).await {
-                    Some(loaded) => loaded,
-                    None => reload(shared, &catalog, s.timeline(), segno, reader).await?,
-                };
+                reader = reload(shared, &catalog, s.timeline(), segno, reader).await?;
             }
             need_reload = false;
-        }
-        let held = reader.current.as_ref().map(|l| (l.segno, l.complete));
-        let flushed = live.as_ref().and_then(|l| *l.borrow());
-        let known_end = match flushed {
-            Some((tli, end)) if tli == s.timeline() => end.max(catalog.end),
-            _ => catalog.end,
-        };
-        let size = catalog.segment_size;
-        if let Some(next) = source::read_ahead(held, segno, ahead.is_some(), size, known_end) {
-            ahead = Some(load_ahead(shared, &catalog, s.timeline(), next));
         }
         let published: Published = live.as_ref().map(|l| *l.borrow());
         let available = reader
@@ -1282,47 +1267,6 @@ async fn stream(
             _ = tokio::time::sleep(POLL) => need_reload = true,
         }
     }
-}
-
-/// A segment being loaded ahead of the one sent ([`source::read_ahead`]).
-struct Ahead {
-    timeline: TimeLineId,
-    segno: u64,
-    task: tokio::task::JoinHandle<SegmentReader>,
-}
-
-/// Starts loading segment `segno` in the blocking pool. What fails here is
-/// not reported: the segment is then loaded again when it is needed
-/// ([`reload`]), which reports it.
-fn load_ahead(shared: &Shared, catalog: &Catalog, tli: TimeLineId, segno: u64) -> Ahead {
-    let dir = shared.dir.clone();
-    let c = catalog.clone();
-    let task = tokio::task::spawn_blocking(move || {
-        let mut reader = SegmentReader::default();
-        if reader.load(&dir, &c, tli, segno).is_err() {
-            reader.current = None;
-        }
-        reader
-    });
-    Ahead {
-        timeline: tli,
-        segno,
-        task,
-    }
-}
-
-/// The segment loaded ahead, when it is `segno` of `tli` and complete;
-/// anything else loaded ahead is dropped.
-async fn take_ahead(
-    ahead: &mut Option<Ahead>,
-    tli: TimeLineId,
-    segno: u64,
-) -> Option<SegmentReader> {
-    let a = ahead.take()?;
-    if a.timeline != tli || a.segno != segno {
-        return None;
-    }
-    a.task.await.ok()?.ahead_for(segno)
 }
 
 /// [`source::timeline_end`] off the runtime's threads.
