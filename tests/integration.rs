@@ -26,6 +26,7 @@ mod restore;
 mod resume;
 mod serve;
 mod serve_auth;
+mod serve_completion;
 mod serve_majors;
 mod serve_metrics;
 mod serve_unreported;

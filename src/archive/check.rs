@@ -270,6 +270,36 @@ impl PartialCheck {
             },
         })
     }
+
+    /// The check of the same file, now complete: its writer filled it to
+    /// the segment's end, fsynced it and renamed it to the segment's own
+    /// name (the same file, the caller makes sure of that), so it must now
+    /// be what [`check_segment`] demands of a complete segment: WAL through
+    /// its last byte, a zero tail only after `XLOG_SWITCH`. `bytes` is its
+    /// whole content, of which the first [`PartialCheck::checked_len`] are
+    /// as they were; every byte after those is fed to the strict verifier,
+    /// none assumed. `Some`: [`check_segment`]'s answer for `bytes` as a
+    /// complete segment. `None`: check the whole file instead (it fails
+    /// there too, unless its checked bytes changed).
+    ///
+    /// At every segment completion this spares each caught-up client a
+    /// read and check of the whole segment: only the bytes written since
+    /// its last resume are verified.
+    pub fn complete(&self, bytes: &[u8]) -> Option<ValidEnd> {
+        let size = self.valid.segment_size;
+        if bytes.len() as u64 != self.len || self.len != size {
+            return None;
+        }
+        let from = usize::try_from(self.checked_len()).ok()?;
+        let mut strict = self.strict.clone();
+        strict.feed(bytes.get(from..)?).ok()?;
+        Some(ValidEnd {
+            segment_size: size,
+            end: Lsn(self.start.0.checked_add(size)?),
+            valid_bytes: size,
+            records: strict.records(),
+        })
+    }
 }
 
 /// The end of the bytes a resumed check looks at for its written end:

@@ -1197,6 +1197,15 @@ async fn stream(
             // No file for the segment: gone, unless it is still to come.
             catalog = load_catalog(shared).await.map_err(SessionError::Refused)?;
             if s.sent < catalog.end {
+                // The catalog found WAL past the client's position: the
+                // segment's file may have been created, or got its first
+                // WAL, since it was looked for (the next `.partial`, just
+                // after the previous segment's completion). Look once more
+                // before calling it removed.
+                reader = reload(shared, &catalog, s.timeline(), segno, reader).await?;
+                if reader.current.as_ref().is_some_and(|l| l.segno == segno) {
+                    continue;
+                }
                 let name = wal_file_name(s.timeline(), segno, catalog.segment_size);
                 reply::error(
                     &mut out,

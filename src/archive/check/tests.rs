@@ -404,3 +404,75 @@ fn written_len_finds_the_last_non_zero_byte() {
         }
     }
 }
+
+/// The `.partial` of `s` written up to `n`, checked; then the whole segment,
+/// as its writer completes and renames it.
+fn completed_after(s: &str, n: usize) -> (PartialCheck, Vec<u8>) {
+    let segment = fixture(s);
+    let (_, check) = check_partial(&written(&segment, n), &name(s)).unwrap();
+    (check.unwrap(), segment)
+}
+
+#[test]
+fn a_completed_segment_continues_the_check_as_the_full_check_answers() {
+    for (s, tli) in [
+        ("00000002000000000000000C", 2),
+        ("00000001000000000000000A", 1),
+        ("000000010000000000000009", 1),
+        ("000000010000000000000008", 1),
+    ] {
+        let segment = fixture(s);
+        let full = check_segment(&segment, &name(s), Completeness::Complete).unwrap();
+        for n in growth(&segment, s, tli).into_iter().step_by(7) {
+            let (check, segment) = completed_after(s, n);
+            assert_eq!(check.complete(&segment), Some(full), "{s} after {n}");
+        }
+        // After resumes too, and with nothing left to check.
+        let check = resume_through_growth(s, tli);
+        assert_eq!(check.complete(&segment), Some(full), "{s} grown whole");
+    }
+}
+
+#[test]
+fn a_completed_segment_with_damage_past_the_checked_bytes_is_not_vouched_for() {
+    let s = "00000002000000000000000C";
+    let segment = fixture(s);
+    let bounds = record_boundaries(&segment, s, 2);
+    let r = bounds[30] as usize;
+    let (check, _) = completed_after(s, r);
+    // A flipped byte anywhere after the checked bytes: in the next record,
+    // far out, in a page header, in the last record that ends in it (the
+    // one after, from 1 047 608, goes on in the next segment).
+    for at in [r + 30, r + 200_000, (r / 8192 + 2) * 8192 + 2, 1_047_000] {
+        let mut damaged = segment.clone();
+        damaged[at] ^= 0x01;
+        assert!(check.complete(&damaged).is_none(), "flip at {at}");
+        assert!(
+            check_segment(&damaged, &name(s), Completeness::Complete).is_err(),
+            "flip at {at}"
+        );
+    }
+    // A byte of the record that goes on in the next segment: its CRC is
+    // checked with that segment, by the full check as by this one.
+    let mut last = segment.clone();
+    last[SEG as usize - 1] ^= 0x01;
+    assert_eq!(
+        check.complete(&last),
+        check_segment(&last, &name(s), Completeness::Complete).ok()
+    );
+    // WAL ending before the segment's end (zeros, no XLOG_SWITCH): a
+    // `.partial`'s content is not a complete segment.
+    let cut = written(&segment, bounds[40] as usize);
+    assert!(check.complete(&cut).is_none());
+    assert!(check_segment(&cut, &name(s), Completeness::Complete).is_err());
+}
+
+#[test]
+fn a_completed_segment_of_another_length_is_not_vouched_for() {
+    let s = "00000002000000000000000C";
+    let (check, segment) = completed_after(s, 30_000);
+    let mut longer = segment.clone();
+    longer.push(0);
+    assert!(check.complete(&longer).is_none());
+    assert!(check.complete(&segment[..segment.len() - 1]).is_none());
+}

@@ -152,9 +152,11 @@ impl Sink<'_> {
 }
 
 /// The uncompressed `.partial` a [`SegmentBytes`] was read from, still
-/// being written: its path and identity, and where its check stopped.
+/// being written: its path and identity, where its check stopped, and the
+/// segment's own name, under which its writer renames it once complete.
 struct Growing {
     path: PathBuf,
+    complete_path: PathBuf,
     id: FileId,
     check: PartialCheck,
 }
@@ -213,7 +215,16 @@ impl SegmentBytes {
     /// now ends where [`read_segment`] would end it. `false`: nothing was
     /// changed; read the segment again with [`read_segment`] (not a
     /// growing `.partial`, renamed or replaced, or a check it cannot resume).
+    ///
+    /// A `.partial` completed since (renamed to its segment's own name, the
+    /// same file) is checked on to its end as a complete segment
+    /// ([`PartialCheck::complete`]): `true` then means complete, no longer
+    /// from a `.partial`, as [`read_segment`] would now read it.
     pub fn refresh(&mut self) -> bool {
+        self.refresh_growing() || self.refresh_completed()
+    }
+
+    fn refresh_growing(&mut self) -> bool {
         let (Some(growing), Loaded::Mapped { map, .. }) = (&mut self.growing, &self.loaded) else {
             return false;
         };
@@ -230,6 +241,37 @@ impl SegmentBytes {
         }
         self.valid = next.valid().valid_bytes.min(map.len() as u64);
         growing.check = next;
+        true
+    }
+
+    /// The `.partial` held, now under the segment's own name: its writer
+    /// renames it there only after its last write and fsync, so its bytes
+    /// are final, and as the uncompressed complete copy it is the first one
+    /// [`read_segment`] tries (rule 1 of the plan), whose full check of it
+    /// the continued check answers for. Anything else under that name
+    /// (another file, a compressed copy only, nothing) is left to
+    /// [`read_segment`].
+    fn refresh_completed(&mut self) -> bool {
+        let (Some(growing), Loaded::Mapped { map, .. }) = (&self.growing, &self.loaded) else {
+            return false;
+        };
+        let ours = std::fs::symlink_metadata(&growing.complete_path)
+            .is_ok_and(|meta| meta.file_type().is_file() && FileId::of(&meta) == growing.id);
+        if !ours {
+            return false;
+        }
+        let Some(end) = growing.check.complete(map) else {
+            return false;
+        };
+        let checked = (map.len() as u64).saturating_sub(growing.check.checked_len());
+        tracing::debug!(
+            file = %growing.complete_path.display(),
+            "\"{}\" completed: checked its last {checked} bytes, not the whole segment again",
+            growing.complete_path.display()
+        );
+        self.valid = end.valid_bytes.min(map.len() as u64);
+        self.growing = None;
+        self.from_partial = false;
         true
     }
 }
@@ -429,6 +471,7 @@ fn serve_partial(
                 {
                     Some(Growing {
                         path: dir.join(&source.file_name),
+                        complete_path: dir.join(name.as_str()),
                         id: *id,
                         check,
                     })

@@ -521,7 +521,8 @@ fn a_partial_renamed_or_replaced_is_not_refreshed() {
     )
     .unwrap();
     assert!(!bytes.refresh());
-    // Completed: renamed to the segment's name.
+    // Renamed to the segment's name with WAL only to 50 000 (zeros after):
+    // not a complete segment, so not vouched for.
     let d = dirs();
     put(&d.archive, &format!("{s}.partial"), &padded);
     let mut bytes = read_segment(&d.archive, &name).unwrap().unwrap();
@@ -555,5 +556,105 @@ fn compressed_partials_and_complete_segments_are_not_refreshed() {
     let d = dirs();
     put(&d.archive, s, &segment);
     let mut bytes = read_segment(&d.archive, &name).unwrap().unwrap();
+    assert!(!bytes.refresh());
+}
+
+/// A `.partial` held at `n` bytes written, then written to its end in
+/// place; `rename`: renamed to the segment's own name as its writer does.
+fn completed_in_place(d: &Dirs, s: &str, n: usize, rename: bool) -> SegmentBytes {
+    let segment = fixture(s);
+    let path = d.archive.join(format!("{s}.partial"));
+    let mut padded = vec![0; SEG];
+    padded[..n].copy_from_slice(&segment[..n]);
+    put(&d.archive, &format!("{s}.partial"), &padded);
+    let name = SegmentName::parse(s).unwrap();
+    let bytes = read_segment(&d.archive, &name).unwrap().unwrap();
+    assert!(bytes.from_partial());
+    write_in_place(&path, &segment, n, SEG);
+    if rename {
+        std::fs::rename(&path, d.archive.join(s)).unwrap();
+    }
+    bytes
+}
+
+#[test]
+fn a_partial_completed_in_place_is_checked_on_as_a_complete_segment() {
+    let s = "00000002000000000000000C";
+    let segment = fixture(s);
+    let name = SegmentName::parse(s).unwrap();
+    for n in [5000, 400_003, SEG - 100] {
+        let d = dirs();
+        let mut bytes = completed_in_place(&d, s, n, true);
+        assert!(bytes.refresh(), "after {n}");
+        assert!(!bytes.from_partial(), "complete after {n}");
+        assert_eq!(bytes.valid(), &segment[..], "after {n}");
+        let full = read_segment(&d.archive, &name).unwrap().unwrap();
+        assert_eq!(bytes.valid(), full.valid());
+        assert!(!full.from_partial());
+        // Complete: nothing more to refresh; a new load reads it.
+        assert!(!bytes.refresh());
+    }
+    // Written to its end but not yet renamed: still a `.partial`.
+    let d = dirs();
+    let mut bytes = completed_in_place(&d, s, 5000, false);
+    assert!(bytes.refresh());
+    assert!(bytes.from_partial());
+}
+
+#[test]
+fn a_completed_segment_damaged_past_the_checked_bytes_is_not_vouched_for() {
+    use std::os::unix::fs::FileExt as _;
+    let s = "00000002000000000000000C";
+    let name = SegmentName::parse(s).unwrap();
+    // (The segment's last record goes on in the next one, from 1 047 608:
+    // its bytes here are checked with it.)
+    for at in [5100, 600_000, 1_047_000] {
+        let d = dirs();
+        let mut bytes = completed_in_place(&d, s, 5000, true);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(d.archive.join(s))
+            .unwrap();
+        let mut b = [0u8];
+        file.read_exact_at(&mut b, at as u64).unwrap();
+        file.write_all_at(&[b[0] ^ 0x01], at as u64).unwrap();
+        assert!(!bytes.refresh(), "flip at {at}");
+        assert!(bytes.from_partial(), "unchanged: flip at {at}");
+        assert!(read_segment(&d.archive, &name).is_err(), "flip at {at}");
+    }
+}
+
+#[test]
+fn a_completed_segment_under_another_file_or_compressed_is_not_vouched_for() {
+    let s = "00000002000000000000000C";
+    let segment = fixture(s);
+    // Another file (a copy: another inode) under the segment's name, the
+    // `.partial` gone.
+    let d = dirs();
+    let mut bytes = completed_in_place(&d, s, 5000, false);
+    put(&d.archive, s, &segment);
+    std::fs::remove_file(d.archive.join(format!("{s}.partial"))).unwrap();
+    assert!(!bytes.refresh());
+    // Completed compressed (the `.partial` gone, a .gz in its place).
+    let d = dirs();
+    let mut bytes = completed_in_place(&d, s, 5000, false);
+    let gz = format!("{s}{}", Compression::Gzip.suffix());
+    put(
+        &d.archive,
+        &gz,
+        &compress(Compression::Gzip, &segment, true),
+    );
+    std::fs::remove_file(d.archive.join(format!("{s}.partial"))).unwrap();
+    assert!(!bytes.refresh());
+    // A symbolic link to the same file under the segment's name.
+    let d = dirs();
+    let mut bytes = completed_in_place(&d, s, 5000, false);
+    std::os::unix::fs::symlink(d.archive.join(format!("{s}.partial")), d.archive.join(s)).unwrap();
+    std::fs::rename(
+        d.archive.join(format!("{s}.partial")),
+        d.archive.join(format!("{s}.partial.divergent")),
+    )
+    .unwrap();
     assert!(!bytes.refresh());
 }
