@@ -20,7 +20,7 @@ use crate::support::{
 const APP: &str = "walrcv_a";
 const RECOVERY_LIMIT: Duration = Duration::from_secs(120);
 
-fn start_uploading_receiver(
+pub(crate) fn start_uploading_receiver(
     pg: &PgServer,
     weed: &Seaweed,
     dir: &Path,
@@ -390,6 +390,25 @@ fn metric(port: u16, name: &str) -> Option<f64> {
     })
 }
 
+/// `walrcv stream -v --upload URL` into `dir` as `app`, through `env`.
+fn receiver_command(
+    pg: &PgServer,
+    env: &[(&'static str, String)],
+    dir: &Path,
+    url: &str,
+    app: &str,
+    extra: &[&str],
+) -> Walrcv {
+    let conn = format!("{} application_name={app}", pg.conninfo());
+    let mut walrcv = Walrcv::new(Vec::<&str>::new());
+    let cmd = walrcv.command_mut();
+    cmd.args(["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-v"])
+        .args(["--upload", url, "--upload-receiver-id", app])
+        .args(extra);
+    crate::support::seaweed::apply_env(cmd, env);
+    walrcv
+}
+
 /// A receiver uploading through `env` (not made synchronous).
 fn spawn_receiver(
     pg: &PgServer,
@@ -399,14 +418,7 @@ fn spawn_receiver(
     app: &str,
     extra: &[&str],
 ) -> BackgroundProcess {
-    let conn = format!("{} application_name={app}", pg.conninfo());
-    let mut walrcv = Walrcv::new(Vec::<&str>::new());
-    let cmd = walrcv.command_mut();
-    cmd.args(["stream", "-D", dir.to_str().unwrap(), "-d", &conn, "-v"])
-        .args(["--upload", url, "--upload-receiver-id", app])
-        .args(extra);
-    crate::support::seaweed::apply_env(cmd, env);
-    let mut rcv = walrcv.spawn();
+    let mut rcv = receiver_command(pg, env, dir, url, app, extra).spawn();
     wait_until(Duration::from_secs(30), "the receiver to stream", || {
         assert!(rcv.is_running(), "receiver exited:\n{}", rcv.stderr());
         pg.psql(&format!(
@@ -975,33 +987,24 @@ fn upload_restart_skips_an_unchanged_partial() {
         "{state}"
     );
     // Again, on the same archive (the primary is down: the uploader runs
-    // its passes while the receiver retries), then a clean stop (one more
-    // pass over the .partial).
-    let conn = format!("{} application_name={APP}", pg.conninfo());
-    let mut walrcv = Walrcv::new(Vec::<&str>::new());
-    let cmd = walrcv.command_mut();
-    cmd.args([
-        "stream",
-        "-D",
-        archive.path().to_str().unwrap(),
-        "-d",
-        &conn,
-        "-v",
-    ])
-    .args(["--upload", &url, "--upload-receiver-id", APP])
-    .args(interval);
-    crate::support::seaweed::apply_env(cmd, &env);
-    let mut again = walrcv.spawn();
-    std::thread::sleep(Duration::from_secs(4));
-    again.interrupt();
-    let requests = relay.take_requests();
-    assert!(
-        requests
-            .iter()
-            .any(|r| r.starts_with("HEAD ") && r.contains(&copies)),
-        "the state's .partial object was not checked: {requests:?}\n{}",
-        again.stderr()
+    // its passes while the receiver retries). Once the state's object has
+    // been checked, a clean stop (one more pass over the .partial, which
+    // would upload it if it were not taken as confirmed).
+    let mut again = receiver_command(&pg, &env, archive.path(), &url, APP, &interval).spawn();
+    let mut requests = Vec::new();
+    wait_until(
+        Duration::from_secs(60),
+        "the state's .partial object to be checked",
+        || {
+            assert!(again.is_running(), "walrcv exited:\n{}", again.stderr());
+            requests.extend(relay.take_requests());
+            requests
+                .iter()
+                .any(|r| r.starts_with("HEAD ") && r.contains(&copies))
+        },
     );
+    assert!(again.interrupt().success(), "{}", again.stderr());
+    requests.extend(relay.take_requests());
     let read_or_written: Vec<_> = requests
         .iter()
         .filter(|r| (r.starts_with("GET ") || r.starts_with("PUT ")) && r.contains(&copies))

@@ -11,6 +11,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 
+use crate::object_storage::start_uploading_receiver;
 use crate::support::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
 use crate::support::{wait_until, PgServer, RunOutput, Walrcv};
 
@@ -106,29 +107,7 @@ fn uploaded_archive(
 ) -> (PgServer, tempfile::TempDir) {
     let pg = PgServer::builder().wal_segsize_mb(1).start();
     let archive = tempfile::tempdir().unwrap();
-    let conn = format!("{} application_name={APP}", pg.conninfo());
-    let mut walrcv = Walrcv::new(Vec::<&str>::new());
-    let cmd = walrcv.command_mut();
-    cmd.args([
-        "stream",
-        "-D",
-        archive.path().to_str().unwrap(),
-        "-d",
-        &conn,
-    ])
-    .args(["--upload", &weed.url(prefix)])
-    .args([
-        "--upload-partial-interval",
-        "1",
-        "--upload-receiver-id",
-        APP,
-    ]);
-    if let Some(c) = compress {
-        cmd.args(["-Z", c]);
-    }
-    weed.apply(cmd);
-    let mut rcv = walrcv.spawn();
-    pg.make_synchronous_standby(APP, &mut rcv);
+    let mut rcv = start_uploading_receiver(&pg, weed, archive.path(), prefix, compress);
     pg.psql("CREATE TABLE t (i int, filler text)");
     for i in 0..5 {
         pg.psql(&format!(
